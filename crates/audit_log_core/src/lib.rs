@@ -1,0 +1,18 @@
+//! Pure logic of audit_log, with no PostgreSQL dependency.
+//!
+//! The extension and the `audit-log` CLI both call this crate, so the canonical
+//! encoding (docs/FORMAT.md) has exactly one implementation.
+//! - [`encoding`]: the canonical byte encoding of events, links and JSON values;
+//! - [`hash`]: the domain-separated SHA-256 hashes of events and links;
+//! - [`verify`]: chain, link and checkpoint verification over streams;
+//! - [`time`]: the fixed UTC timestamp representation.
+
+pub mod encoding;
+pub mod hash;
+pub mod model;
+pub mod time;
+pub mod verify;
+
+pub use hash::{event_hash, link_hash, Hash, ZERO_HASH};
+pub use model::{Checkpoint, ChainHead, Event, Link};
+pub use verify::{Problem, ProblemKind, Verdict};

@@ -1,0 +1,126 @@
+//! The records that enter a hash: one audit event, one commit link, and a
+//! checkpoint of chain heads. Field meanings are specified in docs/FORMAT.md.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::hash::Hash;
+
+/// One captured change (or configuration change), as stored in `audit_log.events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: i64,
+    pub tx_id: u64,
+    /// 1-based position of the event inside its transaction.
+    pub tx_seq: i64,
+    /// Capture time, microseconds since 1970-01-01 00:00:00 UTC.
+    pub recorded_at: i64,
+    /// Start time of the statement that made the change, same unit.
+    pub statement_at: i64,
+    pub session_user_name: String,
+    pub current_user_name: String,
+    pub application_name: Option<String>,
+    /// The client address in PostgreSQL `inet` text form; `None` for Unix sockets.
+    pub client_addr: Option<String>,
+    /// Optional application context (the end user behind a pool, a request id).
+    pub context: Option<Value>,
+    pub table_schema: String,
+    pub table_name: String,
+    pub op: String,
+    pub old_row: Option<Value>,
+    pub new_row: Option<Value>,
+    /// Hash of the previous event of the same transaction; zero for the first.
+    pub prev_hash: Hash,
+    pub hash: Hash,
+}
+
+/// One committed transaction appended to one of the K chains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub chain_id: i32,
+    /// 1-based position in the chain (after a purge, continues from the anchor).
+    pub seq: i64,
+    pub tx_id: u64,
+    pub event_count: i64,
+    pub first_event: i64,
+    pub last_event: i64,
+    pub last_event_hash: Hash,
+    /// Commit-time clock, microseconds since the Unix epoch, UTC.
+    pub committed_at: i64,
+    pub prev_link_hash: Hash,
+    pub link_hash: Hash,
+}
+
+/// The head of one chain, as recorded in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    pub chain: i32,
+    pub seq: i64,
+    #[serde(with = "hex_hash")]
+    pub link_hash: Hash,
+    pub last_event: i64,
+}
+
+/// A checkpoint: every chain head at one moment. Saved outside the database, it
+/// proves later that the log was only extended since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub format: String,
+    #[serde(default)]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub system_identifier: Option<String>,
+    #[serde(default)]
+    pub taken_at: Option<String>,
+    pub chains: Vec<ChainHead>,
+}
+
+pub const CHECKPOINT_FORMAT: &str = "audit_log.checkpoint.v1";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CheckpointError {
+    #[error("checkpoint is not valid JSON of the expected shape: {0}")]
+    Malformed(String),
+    #[error("checkpoint format \"{0}\" is not supported; expected \"{CHECKPOINT_FORMAT}\"")]
+    UnsupportedFormat(String),
+    #[error("checkpoint names chain {0} more than once")]
+    DuplicateChain(i32),
+    #[error("checkpoint chain {chain} has invalid sequence number {seq}")]
+    BadSeq { chain: i32, seq: i64 },
+}
+
+impl Checkpoint {
+    pub fn parse(value: &Value) -> Result<Checkpoint, CheckpointError> {
+        let cp: Checkpoint = serde_json::from_value(value.clone())
+            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        if cp.format != CHECKPOINT_FORMAT {
+            return Err(CheckpointError::UnsupportedFormat(cp.format));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for h in &cp.chains {
+            if !seen.insert(h.chain) {
+                return Err(CheckpointError::DuplicateChain(h.chain));
+            }
+            if h.seq < 1 {
+                return Err(CheckpointError::BadSeq { chain: h.chain, seq: h.seq });
+            }
+        }
+        Ok(cp)
+    }
+}
+
+mod hex_hash {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(h))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = hex::decode(&text).map_err(serde::de::Error::custom)?;
+        bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("a link hash must be 32 bytes (64 hex digits)"))
+    }
+}

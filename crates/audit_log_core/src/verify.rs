@@ -1,0 +1,477 @@
+//! Verification of a whole log: every event hash, every in-transaction chain,
+//! every commit link, every chain of links, and optionally that the log extends
+//! a checkpoint. It consumes three sorted streams, so memory stays constant:
+//! events ordered by (tx_id, tx_seq, id), links ordered by (tx_id, chain_id,
+//! seq), and links ordered by (chain_id, seq). The SQL function
+//! `audit_log.verify()` and the CLI drive the same [`verify_streams`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::hash::{event_hash, link_hash, Hash, ZERO_HASH};
+use crate::model::{Checkpoint, Event, Link};
+
+/// The kinds of break, by the name `verify()` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProblemKind {
+    /// An event's content, or its stored hash, no longer matches what was committed.
+    ContentChanged,
+    /// An event that the chain or its link commits to is absent.
+    EventMissing,
+    /// An event is present that its transaction's chain or link does not contain.
+    EventInserted,
+    /// Events whose transaction has no committed link.
+    EventNotLinked,
+    /// A link's content or stored hash was altered.
+    LinkChanged,
+    /// A gap in a chain's sequence numbers: a whole transaction was removed.
+    LinkMissing,
+    /// A link does not point to the hash of its predecessor.
+    LinkBroken,
+    /// The chain is shorter than a checkpoint says it was.
+    Truncated,
+    /// The chain differs from a checkpoint at the checkpoint's head.
+    ChainRewritten,
+}
+
+impl ProblemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::ContentChanged => "content_changed",
+            ProblemKind::EventMissing => "event_missing",
+            ProblemKind::EventInserted => "event_inserted",
+            ProblemKind::EventNotLinked => "event_not_linked",
+            ProblemKind::LinkChanged => "link_changed",
+            ProblemKind::LinkMissing => "link_missing",
+            ProblemKind::LinkBroken => "link_broken",
+            ProblemKind::Truncated => "truncated",
+            ProblemKind::ChainRewritten => "chain_rewritten",
+        }
+    }
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// The event the problem is reported at, when one can be named.
+    pub event_id: Option<i64>,
+    pub detail: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.detail)
+    }
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verdict {
+    pub events_checked: i64,
+    pub links_checked: i64,
+    /// Every problem found, up to [`MAX_PROBLEMS`], in the order found.
+    pub problems: Vec<Problem>,
+    /// How many problems there were in all.
+    pub problem_count: u64,
+}
+
+/// A tampered log can have millions of bad events; keeping the first ones is enough.
+pub const MAX_PROBLEMS: usize = 1000;
+
+impl Verdict {
+    pub fn ok(&self) -> bool {
+        self.problem_count == 0
+    }
+
+    /// The problem at the lowest event id (problems without an event come last),
+    /// which is what `verify()` reports as the first bad event.
+    pub fn first(&self) -> Option<&Problem> {
+        self.problems
+            .iter()
+            .min_by_key(|p| (p.event_id.is_none(), p.event_id, p.kind))
+    }
+
+    fn push(&mut self, kind: ProblemKind, event_id: Option<i64>, detail: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(Problem { kind, event_id, detail });
+        }
+    }
+}
+
+fn short(h: &Hash) -> String {
+    hex::encode(&h[..6])
+}
+
+/// What a transaction check remembers of an event: not its row data.
+#[derive(Clone, Copy)]
+struct Seen {
+    id: i64,
+    tx_id: u64,
+    hash: Hash,
+    hash_ok: bool,
+}
+
+/// Checks the events of one transaction, fed one at a time in (tx_seq, id)
+/// order, then against the transaction's link. Constant memory, so a
+/// transaction of ten million rows verifies like one of ten.
+struct TxCheck {
+    first: Option<Seen>,
+    prev: Option<Seen>,
+    count: i64,
+    expected_seq: i64,
+    gap_reported: bool,
+}
+
+impl TxCheck {
+    fn new() -> Self {
+        TxCheck { first: None, prev: None, count: 0, expected_seq: 1, gap_reported: false }
+    }
+
+    fn event(&mut self, v: &mut Verdict, e: &Event) {
+        v.events_checked += 1;
+        self.count += 1;
+        let own_ok = event_hash(e) == e.hash;
+        if !own_ok {
+            v.push(
+                ProblemKind::ContentChanged,
+                Some(e.id),
+                format!("event {} (tx {}) does not match its hash", e.id, e.tx_id),
+            );
+        }
+        let expected_prev = self.prev.map_or(ZERO_HASH, |p| p.hash);
+        if e.tx_seq > self.expected_seq {
+            self.gap_reported = true;
+            v.push(
+                ProblemKind::EventMissing,
+                Some(e.id),
+                format!(
+                    "tx {} lacks event position(s) {}..{} before event {}",
+                    e.tx_id,
+                    self.expected_seq,
+                    e.tx_seq - 1,
+                    e.id
+                ),
+            );
+        } else if e.tx_seq < self.expected_seq {
+            v.push(
+                ProblemKind::EventInserted,
+                Some(e.id),
+                format!("event {} repeats position {} of tx {}", e.id, e.tx_seq, e.tx_id),
+            );
+        } else if e.prev_hash != expected_prev && own_ok {
+            // This event verifies, so what it was chained to is the truth: a
+            // predecessor that hashes otherwise had its hash recomputed after an edit.
+            match self.prev {
+                Some(p) if p.hash_ok => v.push(
+                    ProblemKind::ContentChanged,
+                    Some(p.id),
+                    format!(
+                        "event {} (tx {}) hashes to {}… but event {} was chained to {}…",
+                        p.id,
+                        p.tx_id,
+                        short(&p.hash),
+                        e.id,
+                        short(&e.prev_hash)
+                    ),
+                ),
+                Some(_) => {}
+                None => v.push(
+                    ProblemKind::ContentChanged,
+                    Some(e.id),
+                    format!("event {} starts tx {} but is chained to a predecessor", e.id, e.tx_id),
+                ),
+            }
+        }
+        let seen = Seen { id: e.id, tx_id: e.tx_id, hash: e.hash, hash_ok: own_ok };
+        self.first.get_or_insert(seen);
+        self.prev = Some(seen);
+        self.expected_seq = e.tx_seq.max(self.expected_seq - 1) + 1;
+    }
+
+    fn finish(&self, v: &mut Verdict, links: &[Link], beyond_link: Option<i64>) {
+        let (Some(first), Some(last)) = (self.first, self.prev) else {
+            return;
+        };
+        let Some(link) = links.first() else {
+            v.push(
+                ProblemKind::EventNotLinked,
+                Some(first.id),
+                format!(
+                    "{} event(s) of tx {} from event {} are not covered by any committed link",
+                    self.count, first.tx_id, first.id
+                ),
+            );
+            return;
+        };
+        for extra in &links[1..] {
+            v.push(
+                ProblemKind::LinkChanged,
+                Some(extra.first_event),
+                format!(
+                    "tx {} has a second link (chain {} seq {})",
+                    extra.tx_id, extra.chain_id, extra.seq
+                ),
+            );
+        }
+        let n = self.count;
+        if n < link.event_count {
+            if self.gap_reported {
+                return; // already reported where the gap is
+            }
+            v.push(
+                ProblemKind::EventMissing,
+                Some(if first.id != link.first_event { first.id } else { last.id }),
+                format!(
+                    "tx {} has {} event(s) but its link commits to {} ({}..{})",
+                    link.tx_id, n, link.event_count, link.first_event, link.last_event
+                ),
+            );
+        } else if n > link.event_count {
+            let at = beyond_link.unwrap_or(last.id);
+            v.push(
+                ProblemKind::EventInserted,
+                Some(at),
+                format!(
+                    "tx {} has {} event(s) but its link commits to {}",
+                    link.tx_id, n, link.event_count
+                ),
+            );
+        } else if first.id != link.first_event || last.id != link.last_event {
+            v.push(
+                ProblemKind::ContentChanged,
+                Some(first.id.min(link.first_event)),
+                format!(
+                    "tx {} spans events {}..{} but its link commits to {}..{}",
+                    link.tx_id, first.id, last.id, link.first_event, link.last_event
+                ),
+            );
+        } else if last.hash != link.last_event_hash && last.hash_ok {
+            v.push(
+                ProblemKind::ContentChanged,
+                Some(last.id),
+                format!(
+                    "event {} (tx {}) hashes to {}… but its link commits to {}…",
+                    last.id,
+                    link.tx_id,
+                    short(&last.hash),
+                    short(&link.last_event_hash)
+                ),
+            );
+        }
+    }
+}
+
+/// Links whose transaction has no events left.
+fn check_orphan_links(v: &mut Verdict, links: &[Link]) {
+    for l in links {
+        v.push(
+            ProblemKind::EventMissing,
+            Some(l.first_event),
+            format!(
+                "all {} event(s) of tx {} ({}..{}) are missing",
+                l.event_count, l.tx_id, l.first_event, l.last_event
+            ),
+        );
+    }
+}
+
+/// Walks one chain's links in seq order.
+struct ChainWalk {
+    chain_id: i32,
+    prev_seq: i64,
+    prev_hash: Hash,
+    prev_last_event: i64,
+    expect: Option<(i64, Hash)>,
+    expect_met: bool,
+}
+
+impl ChainWalk {
+    fn new(chain_id: i32, expect: Option<(i64, Hash)>) -> Self {
+        ChainWalk {
+            chain_id,
+            prev_seq: 0,
+            prev_hash: ZERO_HASH,
+            prev_last_event: 0,
+            expect,
+            expect_met: false,
+        }
+    }
+
+    fn step(&mut self, v: &mut Verdict, l: &Link) {
+        v.links_checked += 1;
+        let recomputed = link_hash(l);
+        if recomputed != l.link_hash {
+            v.push(
+                ProblemKind::LinkChanged,
+                Some(l.first_event),
+                format!("link {}/{} (tx {}) does not match its hash", l.chain_id, l.seq, l.tx_id),
+            );
+        }
+        if l.seq > self.prev_seq + 1 {
+            v.push(
+                ProblemKind::LinkMissing,
+                Some(l.first_event),
+                format!(
+                    "chain {} lacks links {}..{} (after event {})",
+                    l.chain_id,
+                    self.prev_seq + 1,
+                    l.seq - 1,
+                    self.prev_last_event
+                ),
+            );
+        } else if l.seq <= self.prev_seq {
+            v.push(
+                ProblemKind::LinkChanged,
+                Some(l.first_event),
+                format!("chain {} repeats seq {}", l.chain_id, l.seq),
+            );
+        } else if l.prev_link_hash != self.prev_hash && recomputed == l.link_hash {
+            v.push(
+                ProblemKind::LinkBroken,
+                Some(l.first_event),
+                format!(
+                    "link {}/{} points to {}… but its predecessor hashes to {}…",
+                    l.chain_id,
+                    l.seq,
+                    short(&l.prev_link_hash),
+                    short(&self.prev_hash)
+                ),
+            );
+        }
+        if let Some((seq, h)) = self.expect {
+            if l.seq == seq {
+                self.expect_met = true;
+                if recomputed != h {
+                    v.push(
+                        ProblemKind::ChainRewritten,
+                        Some(l.first_event),
+                        format!(
+                            "chain {} at seq {} hashes to {}… but the checkpoint holds {}…",
+                            l.chain_id,
+                            seq,
+                            short(&recomputed),
+                            short(&h)
+                        ),
+                    );
+                }
+            }
+        }
+        self.prev_seq = l.seq;
+        self.prev_hash = recomputed;
+        self.prev_last_event = l.last_event;
+    }
+
+    fn finish(&self, v: &mut Verdict, cp_last_event: i64) {
+        if let Some((seq, _)) = self.expect {
+            if !self.expect_met {
+                v.push(
+                    ProblemKind::Truncated,
+                    Some(cp_last_event),
+                    format!(
+                        "chain {} ends at seq {} but the checkpoint holds seq {} (up to event {})",
+                        self.chain_id, self.prev_seq, seq, cp_last_event
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn next_link<E>(it: &mut impl Iterator<Item = Result<Link, E>>) -> Result<Option<Link>, E> {
+    it.next().transpose()
+}
+
+/// Verify a whole log from three sorted streams (see the module comment).
+/// Errors of the streams themselves (I/O, SPI) are passed through.
+pub fn verify_streams<E>(
+    events_by_tx: impl Iterator<Item = Result<Event, E>>,
+    links_by_tx: impl Iterator<Item = Result<Link, E>>,
+    links_by_chain: impl Iterator<Item = Result<Link, E>>,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Verdict, E> {
+    let mut v = Verdict::default();
+    let mut links = links_by_tx;
+    let mut pending_link = next_link(&mut links)?;
+    let mut events = events_by_tx.peekable();
+
+    loop {
+        let next_ev_tx = match events.peek() {
+            Some(Ok(e)) => Some(e.tx_id),
+            Some(Err(_)) => match events.next() {
+                Some(Err(err)) => return Err(err),
+                _ => unreachable!("peeked an error"),
+            },
+            None => None,
+        };
+        // Links of transactions that come before the next event's: orphans.
+        while let Some(l) = pending_link.as_ref() {
+            if next_ev_tx.is_some_and(|t| l.tx_id >= t) {
+                break;
+            }
+            check_orphan_links(&mut v, std::slice::from_ref(l));
+            pending_link = next_link(&mut links)?;
+        }
+        let Some(tx_id) = next_ev_tx else { break };
+        let mut tx_links = Vec::new();
+        while let Some(l) = pending_link.take() {
+            if l.tx_id != tx_id {
+                pending_link = Some(l);
+                break;
+            }
+            tx_links.push(l);
+            pending_link = next_link(&mut links)?;
+        }
+        let link_count = tx_links.first().map(|l| l.event_count);
+        let mut check = TxCheck::new();
+        let mut beyond_link = None;
+        while let Some(item) = events.next_if(|r| r.as_ref().map_or(true, |e| e.tx_id == tx_id)) {
+            let e = item?;
+            check.event(&mut v, &e);
+            if link_count.is_some_and(|n| check.count == n.saturating_add(1)) {
+                beyond_link = Some(e.id);
+            }
+        }
+        check.finish(&mut v, &tx_links, beyond_link);
+    }
+
+    // Chains of links, against the checkpoint where one is given.
+    let mut expected: BTreeMap<i32, (i64, Hash, i64)> = checkpoint
+        .map(|cp| {
+            cp.chains
+                .iter()
+                .map(|h| (h.chain, (h.seq, h.link_hash, h.last_event)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut walk: Option<(ChainWalk, i64)> = None;
+    for item in links_by_chain {
+        let l = item?;
+        if walk.as_ref().is_none_or(|(w, _)| w.chain_id != l.chain_id) {
+            if let Some((w, cp_last)) = walk.take() {
+                w.finish(&mut v, cp_last);
+            }
+            let exp = expected.remove(&l.chain_id);
+            walk = Some((
+                ChainWalk::new(l.chain_id, exp.map(|(s, h, _)| (s, h))),
+                exp.map_or(0, |e| e.2),
+            ));
+        }
+        if let Some((w, _)) = walk.as_mut() {
+            w.step(&mut v, &l);
+        }
+    }
+    if let Some((w, cp_last)) = walk.take() {
+        w.finish(&mut v, cp_last);
+    }
+    for (chain_id, (seq, h, last_event)) in expected {
+        ChainWalk::new(chain_id, Some((seq, h))).finish(&mut v, last_event);
+    }
+    Ok(v)
+}
