@@ -1,1 +1,52 @@
+//! audit_log: tamper-evident, hash-chained audit trails for PostgreSQL.
+//!
+//! Data flow: `capture` (row and statement triggers) hashes each change into
+//! the transaction's own chain (`txstate`); `store` writes events; at
+//! pre-commit `chain` links the transaction into one of K chains; `api`
+//! offers enable/disable/verify/checkpoint; `ddl_guard` keeps auditing on.
+//! The encoding and verification live in the pure crate `audit_log_core`.
 
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry};
+
+mod api;
+mod capture;
+mod catalog;
+mod chain;
+mod ddl_guard;
+mod errors;
+mod store;
+mod txstate;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+pgrx::pg_module_magic!();
+
+pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    GucRegistry::define_int_guc(
+        c"audit_log.chains",
+        c"Number of commit chains (K) that transactions are linked into.",
+        c"More chains let more transactions commit at once; each commit holds one chain's lock only from pre-commit to the end of commit.",
+        &chain::CHAINS,
+        1,
+        1024,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    txstate::register_callbacks();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

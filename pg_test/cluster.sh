@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Start or stop a throwaway PostgreSQL 15 cluster as the postgres OS user, on a
+# private port and socket directory (never 5432). Usage:
+#   pg_test/cluster.sh start DIR PORT     (prints nothing on success)
+#   pg_test/cluster.sh stop DIR
+set -euo pipefail
+BIN=$(/usr/bin/pg_config --bindir)
+cmd=$1 dir=$2
+case "$cmd" in
+start)
+    port=$3
+    rm -rf "$dir"; mkdir -p "$dir"; chown postgres:postgres "$dir"
+    runuser -u postgres -- "$BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1
+    cat >>"$dir/data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_prepared_transactions = 10
+max_connections = 100
+fsync = on
+synchronous_commit = on
+CONF
+    runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+    ;;
+stop)
+    if [ -d "$dir/data" ]; then
+        runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+    ;;
+*) echo "usage: $0 start DIR PORT | stop DIR" >&2; exit 2 ;;
+esac

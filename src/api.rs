@@ -1,0 +1,471 @@
+//! The SQL API: enable, disable, verify, checkpoint. Each checks its caller's
+//! role itself; enable and disable then act as the extension owner, with
+//! search_path pinned, to create or drop the capture triggers.
+
+use std::cell::Cell;
+use std::ffi::CStr;
+
+use audit_log_core::model::{ChainHead, Checkpoint, CHECKPOINT_FORMAT};
+use audit_log_core::time::{format_rfc3339, from_pg_timestamp};
+use audit_log_core::verify::{verify_streams, Verdict};
+use audit_log_core::{Event, Hash, Link};
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiCursor, SpiHeapTupleData};
+use pgrx::{pg_sys, JsonB};
+use serde_json::json;
+
+use crate::capture;
+use crate::catalog::{self, as_owner};
+use crate::errors::{AuditError, OrRaise};
+
+pub const ROW_TRIGGER: &str = "audit_log_capture_row";
+pub const STMT_TRIGGER: &str = "audit_log_capture_stmt";
+
+thread_local! {
+    /// Set while audit_log itself runs DDL, so that its DDL guard lets it pass.
+    static INTERNAL_DDL: Cell<u32> = const { Cell::new(0) };
+}
+
+pub fn internal_ddl_active() -> bool {
+    INTERNAL_DDL.get() > 0
+}
+
+/// Run audit_log's own DDL: as the owner, and unseen by the DDL guard.
+pub fn internal_ddl<T>(f: impl FnOnce() -> Result<T, AuditError>) -> Result<T, AuditError> {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            INTERNAL_DDL.set(INTERNAL_DDL.get() - 1);
+        }
+    }
+    INTERNAL_DDL.set(INTERNAL_DDL.get() + 1);
+    let _depth = Depth;
+    as_owner(f)
+}
+
+struct Target {
+    oid: pg_sys::Oid,
+    schema: String,
+    name: String,
+    qualified: String,
+    partitioned: bool,
+}
+
+fn require_admin(action: &str) -> Result<(), AuditError> {
+    if catalog::current_user_has(c"audit_log_admin") {
+        Ok(())
+    } else {
+        Err(AuditError::NotAdmin { action: action.to_string() })
+    }
+}
+
+fn describe(oid: pg_sys::Oid) -> Result<Target, AuditError> {
+    let row = Spi::connect(|c| -> Result<Option<(String, String, String, String, String)>, AuditError> {
+        let t = c.select(
+            "SELECT c.relkind::text, c.relpersistence::text, n.nspname::text, c.relname::text,
+                    c.oid::regclass::text
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = $1",
+            Some(1),
+            &[oid.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok(Some((
+            r.get(1)?.unwrap_or_default(),
+            r.get(2)?.unwrap_or_default(),
+            r.get(3)?.unwrap_or_default(),
+            r.get(4)?.unwrap_or_default(),
+            r.get(5)?.unwrap_or_default(),
+        )))
+    })?;
+    let Some((kind, persistence, schema, name, qualified)) = row else {
+        return Err(AuditError::WrongObjectKind {
+            name: format!("OID {}", oid.to_u32()),
+            kind: "not an existing relation",
+        });
+    };
+    let what = match kind.as_str() {
+        "r" | "p" => None,
+        "v" => Some("a view"),
+        "m" => Some("a materialized view"),
+        "f" => Some("a foreign table"),
+        "S" => Some("a sequence"),
+        "i" | "I" => Some("an index"),
+        "c" => Some("a composite type"),
+        "t" => Some("a TOAST table"),
+        _ => Some("not a table"),
+    };
+    if let Some(kind) = what {
+        return Err(AuditError::WrongObjectKind { name: qualified, kind });
+    }
+    if persistence == "t" {
+        return Err(AuditError::TemporaryTable(qualified));
+    }
+    if schema == "pg_catalog" || schema == "information_schema" || schema == "audit_log" || schema.starts_with("pg_toast") {
+        return Err(AuditError::SystemTable(qualified));
+    }
+    Ok(Target { oid, schema, name, qualified, partitioned: kind == "p" })
+}
+
+/// Partitions at every level below a partitioned table.
+fn partitions(oid: pg_sys::Oid) -> Result<Vec<String>, AuditError> {
+    Ok(Spi::connect(|c| -> Result<Vec<String>, AuditError> {
+        let t = c.select(
+            "SELECT relid::regclass::text FROM pg_catalog.pg_partition_tree($1)
+              WHERE relid <> $1::regclass",
+            None,
+            &[oid.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.extend(r.get::<String>(1)?);
+        }
+        Ok(out)
+    })?)
+}
+
+/// Whether `rel` carries the trigger `name`, enabled ALWAYS.
+fn has_trigger(oid: pg_sys::Oid, name: &str) -> Result<bool, AuditError> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                         WHERE tgrelid = $1 AND tgname = $2 AND tgenabled = 'A')",
+        &[oid.into(), name.into()],
+    )?
+    .unwrap_or(false))
+}
+
+fn fully_audited(t: &Target) -> Result<bool, AuditError> {
+    Ok(has_trigger(t.oid, ROW_TRIGGER)? && has_trigger(t.oid, STMT_TRIGGER)?)
+}
+
+/// Create the statement trigger on one relation (a table or a partition).
+pub fn create_stmt_trigger(qualified: &str) -> Result<(), AuditError> {
+    Spi::run(&format!(
+        "DROP TRIGGER IF EXISTS {STMT_TRIGGER} ON {qualified};
+         CREATE TRIGGER {STMT_TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {qualified}
+             FOR EACH STATEMENT EXECUTE FUNCTION audit_log.capture_stmt();
+         ALTER TABLE {qualified} ENABLE ALWAYS TRIGGER {STMT_TRIGGER};"
+    ))?;
+    Ok(())
+}
+
+/// Create the row trigger; on a partitioned table PostgreSQL clones it onto
+/// every present and future partition.
+pub fn create_row_trigger(qualified: &str) -> Result<(), AuditError> {
+    Spi::run(&format!(
+        "DROP TRIGGER IF EXISTS {ROW_TRIGGER} ON {qualified};
+         CREATE TRIGGER {ROW_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {qualified}
+             FOR EACH ROW EXECUTE FUNCTION audit_log.capture_row();
+         ALTER TABLE {qualified} ENABLE ALWAYS TRIGGER {ROW_TRIGGER};"
+    ))?;
+    Ok(())
+}
+
+/// Enable auditing of a table (partitioned: every partition, present and future).
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."enable"("target" regclass) RETURNS void
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.enable(regclass) IS 'Start auditing every row change of a table. Idempotent. Requires audit_log_admin.';
+"#)]
+fn enable(target: Option<pg_sys::Oid>) {
+    enable_impl(target).or_raise()
+}
+
+fn enable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
+    let oid = target.ok_or(AuditError::NullArgument("target"))?;
+    require_admin("enable auditing")?;
+    let t = describe(oid)?;
+    if fully_audited(&t)? {
+        // Repair partitions' statement triggers all the same: cheap and idempotent.
+        if t.partitioned {
+            internal_ddl(|| partitions(oid)?.iter().try_for_each(|p| create_stmt_trigger(p)))?;
+        }
+        pgrx::notice!("table {} is already audited", t.qualified);
+        return Ok(());
+    }
+    internal_ddl(|| {
+        create_row_trigger(&t.qualified)?;
+        create_stmt_trigger(&t.qualified)?;
+        if t.partitioned {
+            for p in partitions(oid)? {
+                create_stmt_trigger(&p)?;
+                Spi::run(&format!("ALTER TABLE {p} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"))?;
+            }
+        }
+        Spi::run_with_args(
+            "INSERT INTO audit_log.audited_tables (relid) VALUES ($1) ON CONFLICT (relid) DO NOTHING",
+            &[oid.into()],
+        )?;
+        Ok(())
+    })?;
+    capture::record_config(
+        &t.schema,
+        &t.name,
+        "ENABLE",
+        json!({"table": t.qualified, "partitioned": t.partitioned}),
+    )
+}
+
+/// Stop auditing a table. Its recorded events stay.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."disable"("target" regclass) RETURNS void
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.disable(regclass) IS 'Stop auditing a table; its history stays and the change is itself recorded. Requires audit_log_admin.';
+"#)]
+fn disable(target: Option<pg_sys::Oid>) {
+    disable_impl(target).or_raise()
+}
+
+fn disable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
+    let oid = target.ok_or(AuditError::NullArgument("target"))?;
+    require_admin("disable auditing")?;
+    let t = describe(oid)?;
+    let any = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname IN ($2, $3))",
+        &[oid.into(), ROW_TRIGGER.into(), STMT_TRIGGER.into()],
+    )?
+    .unwrap_or(false);
+    if !any {
+        pgrx::notice!("table {} is not audited", t.qualified);
+        return Ok(());
+    }
+    capture::record_config(&t.schema, &t.name, "DISABLE", json!({"table": t.qualified}))?;
+    internal_ddl(|| {
+        let mut rels = vec![t.qualified.clone()];
+        if t.partitioned {
+            rels.extend(partitions(oid)?);
+        }
+        for r in rels {
+            Spi::run(&format!("DROP TRIGGER IF EXISTS {STMT_TRIGGER} ON {r}"))?;
+        }
+        Spi::run(&format!("DROP TRIGGER IF EXISTS {ROW_TRIGGER} ON {}", t.qualified))?;
+        Spi::run_with_args("DELETE FROM audit_log.audited_tables WHERE relid = $1", &[oid.into()])?;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------- verify
+
+fn hash_of(bytes: Option<Vec<u8>>) -> Hash {
+    match bytes {
+        Some(b) => match <[u8; 32]>::try_from(b.as_slice()) {
+            Ok(h) => h,
+            // A stored hash of the wrong length can never equal a real one; map
+            // it to a value no event or link hashes to (short of a collision).
+            Err(_) => {
+                use audit_log_core::hash::event_hash_from_encoding;
+                event_hash_from_encoding(&[0xFF; 32], &b)
+            }
+        },
+        None => [0xFF; 32],
+    }
+}
+
+fn ts(t: Option<TimestampWithTimeZone>) -> i64 {
+    t.map_or(i64::MIN, |t| from_pg_timestamp(t.into_inner()))
+}
+
+fn json_col(row: &SpiHeapTupleData, i: usize) -> Result<Option<serde_json::Value>, AuditError> {
+    match row.get::<String>(i)? {
+        None => Ok(None),
+        Some(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| AuditError::Internal(format!("stored jsonb did not parse: {e}"))),
+    }
+}
+
+const EVENT_QUERY: &str = "SELECT id, tx_id::text::int8, tx_seq, recorded_at, statement_at,
+        session_user_name, current_user_name, application_name,
+        pg_catalog.inet_out(client_addr)::text, context::text, table_schema, table_name, op,
+        old_row::text, new_row::text, prev_hash, hash
+   FROM audit_log.events ORDER BY tx_id, tx_seq, id";
+
+fn event_row(r: &SpiHeapTupleData) -> Result<Event, AuditError> {
+    Ok(Event {
+        id: r.get::<i64>(1)?.unwrap_or(i64::MIN),
+        tx_id: r.get::<i64>(2)?.unwrap_or(0) as u64,
+        tx_seq: i64::from(r.get::<i32>(3)?.unwrap_or(0)),
+        recorded_at: ts(r.get(4)?),
+        statement_at: ts(r.get(5)?),
+        session_user_name: r.get(6)?.unwrap_or_default(),
+        current_user_name: r.get(7)?.unwrap_or_default(),
+        application_name: r.get(8)?,
+        client_addr: r.get(9)?,
+        context: json_col(r, 10)?,
+        table_schema: r.get(11)?.unwrap_or_default(),
+        table_name: r.get(12)?.unwrap_or_default(),
+        op: r.get(13)?.unwrap_or_default(),
+        old_row: json_col(r, 14)?,
+        new_row: json_col(r, 15)?,
+        prev_hash: hash_of(r.get(16)?),
+        hash: hash_of(r.get(17)?),
+    })
+}
+
+const LINK_COLUMNS: &str = "chain_id, seq, tx_id::text::int8, event_count, first_event, last_event,
+        last_event_hash, committed_at, prev_link_hash, link_hash FROM audit_log.links";
+
+fn link_row(r: &SpiHeapTupleData) -> Result<Link, AuditError> {
+    Ok(Link {
+        chain_id: r.get::<i32>(1)?.unwrap_or(-1),
+        seq: r.get::<i64>(2)?.unwrap_or(0),
+        tx_id: r.get::<i64>(3)?.unwrap_or(0) as u64,
+        event_count: r.get::<i64>(4)?.unwrap_or(-1),
+        first_event: r.get::<i64>(5)?.unwrap_or(i64::MIN),
+        last_event: r.get::<i64>(6)?.unwrap_or(i64::MIN),
+        last_event_hash: hash_of(r.get(7)?),
+        committed_at: ts(r.get(8)?),
+        prev_link_hash: hash_of(r.get(9)?),
+        link_hash: hash_of(r.get(10)?),
+    })
+}
+
+/// Streams a query's rows through a cursor, a batch at a time.
+struct Rows<'c, T> {
+    cursor: SpiCursor<'c>,
+    batch: std::vec::IntoIter<T>,
+    done: bool,
+    convert: fn(&SpiHeapTupleData) -> Result<T, AuditError>,
+}
+
+impl<'c, T> Rows<'c, T> {
+    fn open(client: &'c SpiClient<'c>, query: &str, convert: fn(&SpiHeapTupleData) -> Result<T, AuditError>) -> Self {
+        Rows { cursor: client.open_cursor(query, &[]), batch: Vec::new().into_iter(), done: false, convert }
+    }
+}
+
+impl<T> Iterator for Rows<'_, T> {
+    type Item = Result<T, AuditError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(x) = self.batch.next() {
+                return Some(Ok(x));
+            }
+            if self.done {
+                return None;
+            }
+            let table = match self.cursor.fetch(4096) {
+                Ok(t) => t,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let mut out = Vec::with_capacity(table.len());
+            for row in table {
+                match (self.convert)(&row) {
+                    Ok(x) => out.push(x),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            self.done = out.is_empty();
+            self.batch = out.into_iter();
+        }
+    }
+}
+
+fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
+    Spi::connect(|client| {
+        let events = Rows::open(client, EVENT_QUERY, event_row);
+        let by_tx = Rows::open(client, &format!("SELECT {LINK_COLUMNS} ORDER BY tx_id, chain_id, seq"), link_row);
+        let by_chain = Rows::open(client, &format!("SELECT {LINK_COLUMNS} ORDER BY chain_id, seq"), link_row);
+        verify_streams(events, by_tx, by_chain, cp)
+    })
+}
+
+type VerifyRow = (bool, i64, Option<i64>, Option<String>);
+
+fn verdict_row(v: Verdict) -> TableIterator<'static, VerifyRow> {
+    let first = v.first().cloned();
+    let problem = first.as_ref().map(|p| {
+        if v.problem_count > 1 {
+            format!("{p} (and {} more problem(s))", v.problem_count - 1)
+        } else {
+            p.to_string()
+        }
+    });
+    TableIterator::once((v.ok(), v.events_checked, first.and_then(|p| p.event_id), problem))
+}
+
+/// Recompute every event hash and link; report the first bad event.
+#[pg_extern(name = "verify", volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn verify_all() -> TableIterator<
+    'static,
+    (
+        name!(ok, bool),
+        name!(events_checked, i64),
+        name!(first_bad_event, Option<i64>),
+        name!(problem, Option<String>),
+    ),
+> {
+    verdict_row(run_verify(None).or_raise())
+}
+
+/// As verify(), and also prove that the log extends `checkpoint`.
+#[pg_extern(name = "verify", volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn verify_against(checkpoint: Option<JsonB>) -> TableIterator<
+    'static,
+    (
+        name!(ok, bool),
+        name!(events_checked, i64),
+        name!(first_bad_event, Option<i64>),
+        name!(problem, Option<String>),
+    ),
+> {
+    let result = (|| {
+        let JsonB(value) = checkpoint.ok_or(AuditError::NullArgument("checkpoint"))?;
+        let cp = Checkpoint::parse(&value).map_err(|e| AuditError::BadCheckpoint(e.to_string()))?;
+        run_verify(Some(&cp))
+    })();
+    verdict_row(result.or_raise())
+}
+
+/// Every chain head, to be kept outside the database.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn checkpoint() -> JsonB {
+    checkpoint_impl().or_raise()
+}
+
+fn checkpoint_impl() -> Result<JsonB, AuditError> {
+    let chains = Spi::connect(|c| -> Result<Vec<ChainHead>, AuditError> {
+        let t = c.select(
+            "SELECT DISTINCT ON (chain_id) chain_id, seq, link_hash, last_event
+               FROM audit_log.links ORDER BY chain_id, seq DESC",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.push(ChainHead {
+                chain: r.get::<i32>(1)?.unwrap_or(-1),
+                seq: r.get::<i64>(2)?.unwrap_or(0),
+                link_hash: hash_of(r.get(3)?),
+                last_event: r.get::<i64>(4)?.unwrap_or(0),
+            });
+        }
+        Ok(out)
+    })?;
+    // SAFETY: plain reads of database and cluster identity and the clock.
+    let (database, sysid, now) = unsafe {
+        let db = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        let db = if db.is_null() { String::new() } else { CStr::from_ptr(db).to_string_lossy().into_owned() };
+        (db, pg_sys::GetSystemIdentifier(), pg_sys::GetCurrentTimestamp())
+    };
+    let cp = Checkpoint {
+        format: CHECKPOINT_FORMAT.into(),
+        database: Some(database),
+        system_identifier: Some(sysid.to_string()),
+        taken_at: Some(format_rfc3339(from_pg_timestamp(now))),
+        chains,
+    };
+    let value = serde_json::to_value(&cp).map_err(|e| AuditError::Internal(e.to_string()))?;
+    Ok(JsonB(value))
+}

@@ -1,0 +1,239 @@
+//! Capture: row triggers turn each changed row into an event, the statement
+//! trigger records TRUNCATE and writes the statement's events in one batch,
+//! and configuration changes (enable, disable, DDL) become events too.
+//! Hashing happens here, in the transaction, without any lock.
+
+use std::cell::RefCell;
+use std::ffi::CStr;
+
+use audit_log_core::time::from_pg_timestamp;
+use audit_log_core::{event_hash, Event, ZERO_HASH};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use serde_json::Value;
+
+use crate::errors::AuditError;
+use crate::txstate::{self, Pending};
+
+/// A jsonb value both as stored (raw varlena bytes) and as hashed.
+pub struct Json {
+    pub raw: Vec<u8>,
+    pub value: Value,
+}
+
+/// Copy a jsonb datum and parse its text form, which keeps numbers exact.
+/// The verifier reads `column::text` back the same way, so both sides hash
+/// what PostgreSQL prints.
+unsafe fn json_from_datum(d: pg_sys::Datum) -> Result<Json, AuditError> {
+    // SAFETY (caller): d is a jsonb datum.
+    unsafe {
+        let p = pg_sys::pg_detoast_datum(d.cast_mut_ptr());
+        let size = pgrx::varsize_any(p);
+        let raw = std::slice::from_raw_parts(p as *const u8, size).to_vec();
+        let jb = p as *mut pg_sys::Jsonb;
+        let text = pg_sys::JsonbToCString(std::ptr::null_mut(), &mut (*jb).root, size as i32);
+        let value = serde_json::from_slice(CStr::from_ptr(text).to_bytes())
+            .map_err(|e| AuditError::Internal(format!("jsonb text did not parse: {e}")))?;
+        pg_sys::pfree(text.cast());
+        Ok(Json { raw, value })
+    }
+}
+
+/// `to_jsonb(row)`. to_jsonb learns its argument's type from the call
+/// expression, so give it one naming the table's row type.
+unsafe fn row_to_json(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Result<Json, AuditError> {
+    // SAFETY (caller): tuple belongs to a relation whose descriptor is desc.
+    unsafe {
+        let composite = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
+        let mut flinfo: pg_sys::FmgrInfo = std::mem::zeroed();
+        let to_jsonb = pg_sys::Oid::from(pg_sys::F_TO_JSONB);
+        pg_sys::fmgr_info(to_jsonb, &mut flinfo);
+        let arg = pg_sys::makeNullConst((*desc).tdtypeid, -1, pg_sys::InvalidOid);
+        let args = pg_sys::lappend(std::ptr::null_mut(), arg.cast());
+        flinfo.fn_expr = pg_sys::makeFuncExpr(
+            to_jsonb,
+            pg_sys::JSONBOID,
+            args,
+            pg_sys::InvalidOid,
+            pg_sys::InvalidOid,
+            pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+        )
+        .cast();
+        let jsonb = pg_sys::FunctionCall1Coll(&mut flinfo, pg_sys::InvalidOid, composite);
+        json_from_datum(jsonb)
+    }
+}
+
+/// Parse a jsonb literal (for configuration-event details), via jsonb_in so
+/// that what is hashed is exactly what is stored.
+pub fn json_from_value(v: &Value) -> Result<Json, AuditError> {
+    let text = std::ffi::CString::new(v.to_string()).map_err(|e| AuditError::Internal(e.to_string()))?;
+    // SAFETY: jsonb_in parses a cstring.
+    unsafe {
+        let d = pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(text.as_ptr()))])
+            .ok_or_else(|| AuditError::Internal("jsonb_in returned NULL".into()))?;
+        json_from_datum(d)
+    }
+}
+
+thread_local! {
+    /// The client address never changes within a session.
+    static CLIENT_ADDR: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
+}
+
+fn client_addr() -> Option<String> {
+    CLIENT_ADDR.with_borrow_mut(|c| {
+        c.get_or_insert_with(|| {
+            // SAFETY: inet_client_addr takes no arguments and returns NULL for Unix sockets.
+            let d = unsafe { pgrx::direct_function_call_as_datum(pg_sys::inet_client_addr, &[]) }?;
+            // SAFETY: d is an inet datum.
+            let out = unsafe { pgrx::direct_function_call_as_datum(pg_sys::inet_out, &[Some(d)]) }?;
+            // SAFETY: inet_out returns a palloc'd cstring.
+            Some(unsafe { CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>()) }.to_string_lossy().into_owned())
+        })
+        .clone()
+    })
+}
+
+fn role_name(oid: pg_sys::Oid) -> String {
+    // SAFETY: noerr = true returns NULL for a dropped role.
+    let p = unsafe { pg_sys::GetUserNameFromId(oid, true) };
+    if p.is_null() {
+        return format!("role {}", oid.to_u32());
+    }
+    // SAFETY: p is a palloc'd cstring.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn application_name() -> Option<String> {
+    // SAFETY: returns a pointer to the GUC's current value, or NULL.
+    let p = unsafe { pg_sys::GetConfigOption(c"application_name".as_ptr(), true, false) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: p is a valid cstring owned by the GUC machinery.
+    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Record one event in the current transaction.
+pub fn record(
+    table_schema: String,
+    table_name: String,
+    op: &str,
+    old_row: Option<Json>,
+    new_row: Option<Json>,
+) -> Result<(), AuditError> {
+    // SAFETY: plain reads of session state.
+    let (session_user, current_user, recorded_at, statement_at) = unsafe {
+        (
+            role_name(pg_sys::GetSessionUserId()),
+            role_name(pg_sys::GetUserId()),
+            from_pg_timestamp(pg_sys::GetCurrentTimestamp()),
+            from_pg_timestamp(pg_sys::GetCurrentStatementStartTimestamp()),
+        )
+    };
+    let application_name = application_name();
+    let client_addr = client_addr();
+    // SAFETY: reads transaction state.
+    let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    txstate::append(|state, id, tx_seq, prev_hash| {
+        let (old_raw, old_value) = old_row.map(|j| (j.raw, j.value)).unzip();
+        let (new_raw, new_value) = new_row.map(|j| (j.raw, j.value)).unzip();
+        let mut event = Event {
+            id,
+            tx_id: state.tx_id,
+            tx_seq,
+            recorded_at,
+            statement_at,
+            session_user_name: session_user,
+            current_user_name: current_user,
+            application_name,
+            client_addr,
+            context: None,
+            table_schema,
+            table_name,
+            op: op.to_string(),
+            old_row: old_value,
+            new_row: new_value,
+            prev_hash,
+            hash: ZERO_HASH,
+        };
+        event.hash = event_hash(&event);
+        // The parsed rows were only needed for the hash.
+        event.old_row = None;
+        event.new_row = None;
+        Pending { subid, event, old_row: old_raw, new_row: new_raw, context: None }
+    })
+}
+
+/// Record a configuration change (enable, disable, DDL) as an event.
+pub fn record_config(schema: &str, table: &str, op: &str, details: Value) -> Result<(), AuditError> {
+    let details = json_from_value(&details)?;
+    record(schema.to_string(), table.to_string(), op, None, Some(details))
+}
+
+unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
+    // SAFETY (caller): rel is an open relation.
+    unsafe {
+        let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy().into_owned();
+        let ns = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
+        let schema = if ns.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(ns).to_string_lossy().into_owned()
+        };
+        (schema, name)
+    }
+}
+
+fn trigger_data<'a>(trigger: &'a PgTrigger<'a>) -> &'a pg_sys::TriggerData {
+    trigger.trigger_data()
+}
+
+/// AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW.
+#[pg_trigger]
+fn capture_row<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, AuditError> {
+    let td = trigger_data(trigger);
+    let ev = td.tg_event;
+    if ev & pg_sys::TRIGGER_EVENT_ROW == 0 || ev & pg_sys::TRIGGER_EVENT_TIMINGMASK != 0 {
+        return Err(AuditError::Internal("capture_row must be an AFTER ... FOR EACH ROW trigger".into()));
+    }
+    // SAFETY: the trigger manager hands us a valid relation and tuples.
+    unsafe {
+        let rel = td.tg_relation;
+        let desc = (*rel).rd_att;
+        let (op, old, new) = match ev & pg_sys::TRIGGER_EVENT_OPMASK {
+            pg_sys::TRIGGER_EVENT_INSERT => ("INSERT", None, Some(row_to_json(td.tg_trigtuple, desc)?)),
+            pg_sys::TRIGGER_EVENT_UPDATE => (
+                "UPDATE",
+                Some(row_to_json(td.tg_trigtuple, desc)?),
+                Some(row_to_json(td.tg_newtuple, desc)?),
+            ),
+            pg_sys::TRIGGER_EVENT_DELETE => ("DELETE", Some(row_to_json(td.tg_trigtuple, desc)?), None),
+            _ => return Err(AuditError::Internal("capture_row fired for an unexpected event".into())),
+        };
+        let (schema, name) = relation_names(rel);
+        record(schema, name, op, old, new)?;
+    }
+    Ok(None)
+}
+
+/// AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE FOR EACH STATEMENT.
+#[pg_trigger]
+fn capture_stmt<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, AuditError> {
+    let td = trigger_data(trigger);
+    if td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_TRUNCATE {
+        // SAFETY: the trigger manager hands us a valid relation.
+        let (schema, name) = unsafe { relation_names(td.tg_relation) };
+        record(schema, name, "TRUNCATE", None, None)?;
+    }
+    // Write the statement's events now, as one batch, so that they are
+    // visible to the rest of the transaction like the change itself.
+    txstate::flush(false)?;
+    Ok(None)
+}

@@ -1,0 +1,120 @@
+//! Where audit_log's own objects are. OIDs are looked up once per transaction
+//! (they change with DROP/CREATE EXTENSION, and after a restore) and never
+//! enter a hash.
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+
+use crate::errors::AuditError;
+
+pub const SCHEMA: &CStr = c"audit_log";
+
+#[derive(Clone, Copy, Debug)]
+pub struct Oids {
+    pub events: pg_sys::Oid,
+    pub links: pg_sys::Oid,
+    pub links_pkey: pg_sys::Oid,
+    pub events_seq: pg_sys::Oid,
+}
+
+fn relid(ns: pg_sys::Oid, name: &CStr) -> Result<pg_sys::Oid, AuditError> {
+    // SAFETY: a syscache lookup by name; returns InvalidOid when absent.
+    let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), ns) };
+    if oid == pg_sys::InvalidOid {
+        return Err(AuditError::NotInstalled(format!(
+            "audit_log.{} does not exist",
+            name.to_string_lossy()
+        )));
+    }
+    Ok(oid)
+}
+
+pub fn schema_oid() -> Option<pg_sys::Oid> {
+    // SAFETY: missing_ok = true, so this cannot raise.
+    let ns = unsafe { pg_sys::get_namespace_oid(SCHEMA.as_ptr(), true) };
+    (ns != pg_sys::InvalidOid).then_some(ns)
+}
+
+pub fn lookup() -> Result<Oids, AuditError> {
+    let ns = schema_oid().ok_or_else(|| AuditError::NotInstalled("schema audit_log".into()))?;
+    Ok(Oids {
+        events: relid(ns, c"events")?,
+        links: relid(ns, c"links")?,
+        links_pkey: relid(ns, c"links_pkey")?,
+        events_seq: relid(ns, c"events_id_seq")?,
+    })
+}
+
+/// The role that owns the extension (the superuser that ran CREATE EXTENSION).
+/// audit_log acts as this role to create triggers on tables it audits.
+pub fn extension_owner() -> Result<pg_sys::Oid, AuditError> {
+    pgrx::Spi::get_one::<pg_sys::Oid>(
+        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'audit_log'",
+    )?
+    .ok_or_else(|| AuditError::NotInstalled("no pg_extension row".into()))
+}
+
+pub fn role_oid(name: &CStr) -> Option<pg_sys::Oid> {
+    // SAFETY: missing_ok = true.
+    let oid = unsafe { pg_sys::get_role_oid(name.as_ptr(), true) };
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
+
+/// Superuser, or a member (with inherited privileges) of `role`.
+pub fn current_user_has(role: &CStr) -> bool {
+    // SAFETY: plain catalog checks on the current user.
+    unsafe {
+        let me = pg_sys::GetUserId();
+        pg_sys::superuser() || role_oid(role).is_some_and(|r| pg_sys::has_privs_of_role(me, r))
+    }
+}
+
+/// Run `f` as the extension owner with search_path pinned to pg_catalog, so
+/// that no object of the caller's can shadow what `f` runs. Both are restored
+/// on return, and by transaction abort processing if `f` raises.
+pub fn as_owner<T>(f: impl FnOnce() -> Result<T, AuditError>) -> Result<T, AuditError> {
+    let owner = extension_owner()?;
+    let mut save_user = pg_sys::InvalidOid;
+    let mut save_sec = 0;
+    // SAFETY: the same save/switch/restore sequence fmgr uses for SECURITY DEFINER.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    // SAFETY: GUC nest levels are unwound by AtEOXact_GUC below, or by abort.
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    unsafe {
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        // Our own DROP TRIGGER IF EXISTS is not news to the caller.
+        pg_sys::set_config_option(
+            c"client_min_messages".as_ptr(),
+            c"warning".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+    let result = f();
+    // SAFETY: undo exactly what was done above.
+    unsafe {
+        pg_sys::AtEOXact_GUC(true, nest);
+        pg_sys::SetUserIdAndSecContext(save_user, save_sec);
+    }
+    result
+}

@@ -1,0 +1,124 @@
+//! Linking a transaction into one of K chains, just before it commits.
+//!
+//! The transaction takes the first chain it can lock without waiting (it waits
+//! only if all K are busy), reads that chain's head, and appends a link. The
+//! lock is held from here to the end of commit, never across the body of the
+//! transaction. Its tag is an advisory tag with a `field4` that no SQL function
+//! produces (they use 1 and 2), so no application can take or hold it. The
+//! head is read with SnapshotSelf, which sees every committed link whatever
+//! the isolation level, and takes no SSI predicate locks: reading it with the
+//! transaction's snapshot would fork the chain under REPEATABLE READ, and
+//! predicate locks would add serialization failures.
+
+use audit_log_core::time::from_pg_timestamp;
+use audit_log_core::{link_hash, Hash, Link, ZERO_HASH};
+use pgrx::pg_sys;
+
+use crate::catalog::Oids;
+use crate::errors::AuditError;
+use crate::store;
+use crate::txstate::Head;
+
+/// "aulg": tells our locks apart in pg_locks (objid holds the chain id).
+const LOCK_KEY: u32 = 0x6175_6c67;
+/// pg_advisory_lock(bigint) uses 1 and (int, int) uses 2; nothing in SQL makes 0xA1.
+const LOCK_FIELD4: u16 = 0xA1;
+
+pub static CHAINS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(8);
+
+fn lock_chain(chain: i32, wait: bool) -> bool {
+    // SAFETY: MyDatabaseId is set in any backend that can run a transaction.
+    let mut tag = pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: LOCK_KEY,
+        locktag_field3: chain as u32,
+        locktag_field4: LOCK_FIELD4,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    // SAFETY: a transaction-level lock, released at the end of commit or abort.
+    let r = unsafe { pg_sys::LockAcquire(&mut tag, pg_sys::ExclusiveLock as i32, false, !wait) };
+    r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+}
+
+/// Lock a chain: the first free one from a per-backend starting point.
+fn choose_chain() -> i32 {
+    let k = CHAINS.get().max(1);
+    // SAFETY: reads a process-global.
+    let start = unsafe { pg_sys::MyProcPid }.rem_euclid(k);
+    for i in 0..k {
+        let c = (start + i) % k;
+        if lock_chain(c, false) {
+            return c;
+        }
+    }
+    lock_chain(start, true);
+    start
+}
+
+fn detoast_hash(d: pg_sys::Datum) -> Hash {
+    // SAFETY: d is a non-null bytea from a links tuple.
+    unsafe {
+        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+        let bytes = pgrx::varlena_to_byte_slice(v);
+        bytes.try_into().unwrap_or(ZERO_HASH)
+    }
+}
+
+/// (seq, link_hash) of the newest link of `chain`, or (0, zero) for a new chain.
+fn read_head(oids: &Oids, chain: i32) -> (i64, Hash) {
+    // SAFETY: an ordered index scan over links_pkey (chain_id, seq), backwards,
+    // under SnapshotSelf; the caller holds the chain's lock, so no other
+    // transaction can be adding to this chain.
+    unsafe {
+        let rel = pg_sys::table_open(oids.links, pg_sys::RowExclusiveLock as i32);
+        let idx = pg_sys::index_open(oids.links_pkey, pg_sys::AccessShareLock as i32);
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            1,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::Oid::from(pg_sys::F_INT4EQ),
+            pg_sys::Datum::from(chain),
+        );
+        let scan = pg_sys::systable_beginscan_ordered(rel, idx, &raw mut pg_sys::SnapshotSelfData, 1, &mut key);
+        let tup = pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::BackwardScanDirection);
+        let head = if tup.is_null() {
+            (0, ZERO_HASH)
+        } else {
+            let natts = (*(*rel).rd_att).natts as usize;
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut nulls = vec![false; natts];
+            pg_sys::heap_deform_tuple(tup, (*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let seq = if nulls[1] { 0 } else { values[1].value() as i64 };
+            let hash = if nulls[9] { ZERO_HASH } else { detoast_hash(values[9]) };
+            (seq, hash)
+        };
+        pg_sys::systable_endscan_ordered(scan);
+        pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        head
+    }
+}
+
+/// Append the commit link for a transaction whose events are all written.
+pub fn link(tx_id: u64, oids: &Oids, head: &Head) -> Result<(), AuditError> {
+    let chain = choose_chain();
+    let (seq, prev) = read_head(oids, chain);
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut l = Link {
+        chain_id: chain,
+        seq: seq + 1,
+        tx_id,
+        event_count: head.count,
+        first_event: head.first_event,
+        last_event: head.last_event,
+        last_event_hash: head.hash,
+        committed_at: from_pg_timestamp(now),
+        prev_link_hash: prev,
+        link_hash: ZERO_HASH,
+    };
+    l.link_hash = link_hash(&l);
+    store::insert_link(oids, &l)
+}

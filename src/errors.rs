@@ -1,0 +1,107 @@
+//! Every error a user can trigger, with its SQLSTATE. Raising one aborts the
+//! statement like any PostgreSQL error; nothing here panics.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("permission denied to {action}")]
+    NotAdmin { action: String },
+    #[error("\"{name}\" is {kind}; audit_log can only audit ordinary and partitioned tables")]
+    WrongObjectKind { name: String, kind: &'static str },
+    #[error("\"{0}\" is a temporary table; temporary tables cannot be audited")]
+    TemporaryTable(String),
+    #[error("\"{0}\" belongs to the system or to audit_log itself and cannot be audited")]
+    SystemTable(String),
+    #[error("cannot PREPARE a transaction that has audited changes")]
+    PrepareWithChanges,
+    #[error("cannot {action} on audited table \"{table}\"")]
+    AuditTriggerChanged { action: String, table: String },
+    #[error("permission denied: DDL on schema audit_log (\"{0}\") is reserved to superusers")]
+    AuditSchemaDdl(String),
+    #[error("invalid checkpoint: {0}")]
+    BadCheckpoint(String),
+    #[error("argument \"{0}\" must not be NULL")]
+    NullArgument(&'static str),
+    #[error("audit_log is not installed in this database, or its objects are missing: {0}")]
+    NotInstalled(String),
+    #[error("audit_log.events has an index that audit_log cannot maintain: {0}")]
+    UnsupportedIndex(String),
+    #[error("audit_log internal error: {0}")]
+    Internal(String),
+}
+
+impl AuditError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            AuditError::NotAdmin { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            AuditError::WrongObjectKind { .. } => ERRCODE_WRONG_OBJECT_TYPE,
+            AuditError::TemporaryTable(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            AuditError::SystemTable(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            AuditError::PrepareWithChanges => ERRCODE_FEATURE_NOT_SUPPORTED,
+            AuditError::AuditTriggerChanged { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            AuditError::AuditSchemaDdl(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            AuditError::BadCheckpoint(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            AuditError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            AuditError::NotInstalled(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            AuditError::UnsupportedIndex(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            AuditError::Internal(_) => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            AuditError::NotAdmin { .. } => {
+                Some("Grant the role audit_log_admin to the caller, or call it as a superuser.".into())
+            }
+            AuditError::PrepareWithChanges => Some(
+                "Commit audited changes with COMMIT; two-phase commit is refused so that a \
+                 prepared transaction can never hold or break an audit chain."
+                    .into(),
+            ),
+            AuditError::AuditTriggerChanged { table, .. } => Some(format!(
+                "Auditing can only be switched off by audit_log.disable('{table}'), which \
+                 requires audit_log_admin and is itself recorded."
+            )),
+            AuditError::BadCheckpoint(_) => {
+                Some("Pass the jsonb returned by audit_log.checkpoint(), unchanged.".into())
+            }
+            AuditError::UnsupportedIndex(_) => {
+                Some("Drop expression and partial indexes on audit_log tables.".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// Raise as a PostgreSQL ERROR. Does not return.
+    pub fn raise(self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "audit_log");
+        if let Some(h) = self.hint() {
+            report = report.set_hint(h);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ereport(ERROR) returned")
+    }
+}
+
+/// Unwrap an audit_log result, raising the error as a PostgreSQL ERROR.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T, AuditError> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => e.raise(),
+        }
+    }
+}
+
+impl From<pgrx::spi::Error> for AuditError {
+    fn from(e: pgrx::spi::Error) -> Self {
+        AuditError::Internal(format!("SPI: {e}"))
+    }
+}
