@@ -56,37 +56,38 @@ fn require_admin(action: &str) -> Result<(), AuditError> {
     if catalog::current_user_has(c"audit_log_admin") {
         Ok(())
     } else {
-        Err(AuditError::NotAdmin { action: action.to_string() })
+        Err(AuditError::NotAdmin {
+            action: action.to_string(),
+        })
     }
 }
 
 fn describe(oid: pg_sys::Oid) -> Result<Target, AuditError> {
-    let row = Spi::connect(|c| -> Result<Option<(String, String, String, String, String)>, AuditError> {
-        let t = c.select(
-            "SELECT c.relkind::text, c.relpersistence::text, n.nspname::text, c.relname::text,
+    let row = Spi::connect(
+        |c| -> Result<Option<(String, String, String, String, String)>, AuditError> {
+            let t = c.select(
+                "SELECT c.relkind::text, c.relpersistence::text, n.nspname::text, c.relname::text,
                     c.oid::regclass::text
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.oid = $1",
-            Some(1),
-            &[oid.into()],
-        )?;
-        if t.is_empty() {
-            return Ok(None);
-        }
-        let r = t.first();
-        Ok(Some((
-            r.get(1)?.unwrap_or_default(),
-            r.get(2)?.unwrap_or_default(),
-            r.get(3)?.unwrap_or_default(),
-            r.get(4)?.unwrap_or_default(),
-            r.get(5)?.unwrap_or_default(),
-        )))
-    })?;
+                Some(1),
+                &[oid.into()],
+            )?;
+            if t.is_empty() {
+                return Ok(None);
+            }
+            let r = t.first();
+            Ok(Some((
+                r.get(1)?.unwrap_or_default(),
+                r.get(2)?.unwrap_or_default(),
+                r.get(3)?.unwrap_or_default(),
+                r.get(4)?.unwrap_or_default(),
+                r.get(5)?.unwrap_or_default(),
+            )))
+        },
+    )?;
     let Some((kind, persistence, schema, name, qualified)) = row else {
-        return Err(AuditError::WrongObjectKind {
-            name: format!("OID {}", oid.to_u32()),
-            kind: "not an existing relation",
-        });
+        return Err(AuditError::NoSuchRelation(oid.to_u32()));
     };
     let what = match kind.as_str() {
         "r" | "p" => None,
@@ -100,15 +101,28 @@ fn describe(oid: pg_sys::Oid) -> Result<Target, AuditError> {
         _ => Some("not a table"),
     };
     if let Some(kind) = what {
-        return Err(AuditError::WrongObjectKind { name: qualified, kind });
+        return Err(AuditError::WrongObjectKind {
+            name: qualified,
+            kind,
+        });
     }
     if persistence == "t" {
         return Err(AuditError::TemporaryTable(qualified));
     }
-    if schema == "pg_catalog" || schema == "information_schema" || schema == "audit_log" || schema.starts_with("pg_toast") {
+    if schema == "pg_catalog"
+        || schema == "information_schema"
+        || schema == "audit_log"
+        || schema.starts_with("pg_toast")
+    {
         return Err(AuditError::SystemTable(qualified));
     }
-    Ok(Target { oid, schema, name, qualified, partitioned: kind == "p" })
+    Ok(Target {
+        oid,
+        schema,
+        name,
+        qualified,
+        partitioned: kind == "p",
+    })
 }
 
 /// Partitions at every level below a partitioned table.
@@ -184,7 +198,11 @@ fn enable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
     if fully_audited(&t)? {
         // Repair partitions' statement triggers all the same: cheap and idempotent.
         if t.partitioned {
-            internal_ddl(|| partitions(oid)?.iter().try_for_each(|p| create_stmt_trigger(p)))?;
+            internal_ddl(|| {
+                partitions(oid)?
+                    .iter()
+                    .try_for_each(|p| create_stmt_trigger(p))
+            })?;
         }
         pgrx::notice!("table {} is already audited", t.qualified);
         return Ok(());
@@ -195,7 +213,9 @@ fn enable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
         if t.partitioned {
             for p in partitions(oid)? {
                 create_stmt_trigger(&p)?;
-                Spi::run(&format!("ALTER TABLE {p} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"))?;
+                Spi::run(&format!(
+                    "ALTER TABLE {p} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"
+                ))?;
             }
         }
         Spi::run_with_args(
@@ -246,8 +266,14 @@ fn disable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
         for r in rels {
             Spi::run(&format!("DROP TRIGGER IF EXISTS {STMT_TRIGGER} ON {r}"))?;
         }
-        Spi::run(&format!("DROP TRIGGER IF EXISTS {ROW_TRIGGER} ON {}", t.qualified))?;
-        Spi::run_with_args("DELETE FROM audit_log.audited_tables WHERE relid = $1", &[oid.into()])?;
+        Spi::run(&format!(
+            "DROP TRIGGER IF EXISTS {ROW_TRIGGER} ON {}",
+            t.qualified
+        ))?;
+        Spi::run_with_args(
+            "DELETE FROM audit_log.audited_tables WHERE relid = $1",
+            &[oid.into()],
+        )?;
         Ok(())
     })
 }
@@ -286,7 +312,9 @@ const EVENT_QUERY: &str = "SELECT id, tx_id::text::int8, tx_seq, recorded_at, st
         session_user_name, current_user_name, application_name,
         pg_catalog.inet_out(client_addr)::text, context::text, table_schema, table_name, op,
         old_row::text, new_row::text, prev_hash, hash
-   FROM audit_log.events ORDER BY tx_id, tx_seq, id";
+   FROM audit_log.events
+  WHERE tx_id IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned()
+  ORDER BY tx_id, tx_seq, id";
 
 fn event_row(r: &SpiHeapTupleData) -> Result<Event, AuditError> {
     Ok(Event {
@@ -337,8 +365,17 @@ struct Rows<'c, T> {
 }
 
 impl<'c, T> Rows<'c, T> {
-    fn open(client: &'c SpiClient<'c>, query: &str, convert: fn(&SpiHeapTupleData) -> Result<T, AuditError>) -> Self {
-        Rows { cursor: client.open_cursor(query, &[]), batch: Vec::new().into_iter(), done: false, convert }
+    fn open(
+        client: &'c SpiClient<'c>,
+        query: &str,
+        convert: fn(&SpiHeapTupleData) -> Result<T, AuditError>,
+    ) -> Self {
+        Rows {
+            cursor: client.open_cursor(query, &[]),
+            batch: Vec::new().into_iter(),
+            done: false,
+            convert,
+        }
     }
 }
 
@@ -372,8 +409,16 @@ impl<T> Iterator for Rows<'_, T> {
 fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
     Spi::connect(|client| {
         let events = Rows::open(client, EVENT_QUERY, event_row);
-        let by_tx = Rows::open(client, &format!("SELECT {LINK_COLUMNS} ORDER BY tx_id, chain_id, seq"), link_row);
-        let by_chain = Rows::open(client, &format!("SELECT {LINK_COLUMNS} ORDER BY chain_id, seq"), link_row);
+        let by_tx = Rows::open(
+            client,
+            &format!("SELECT {LINK_COLUMNS} ORDER BY tx_id, chain_id, seq"),
+            link_row,
+        );
+        let by_chain = Rows::open(
+            client,
+            &format!("SELECT {LINK_COLUMNS} ORDER BY chain_id, seq"),
+            link_row,
+        );
         verify_streams(events, by_tx, by_chain, cp)
     })
 }
@@ -389,7 +434,12 @@ fn verdict_row(v: Verdict) -> TableIterator<'static, VerifyRow> {
             p.to_string()
         }
     });
-    TableIterator::once((v.ok(), v.events_checked, first.and_then(|p| p.event_id), problem))
+    TableIterator::once((
+        v.ok(),
+        v.events_checked,
+        first.and_then(|p| p.event_id),
+        problem,
+    ))
 }
 
 /// Recompute every event hash and link; report the first bad event.
@@ -410,7 +460,9 @@ fn verify_all() -> TableIterator<
 /// As verify(), and also prove that the log extends `checkpoint`.
 #[pg_extern(name = "verify", volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn verify_against(checkpoint: Option<JsonB>) -> TableIterator<
+fn verify_against(
+    checkpoint: Option<JsonB>,
+) -> TableIterator<
     'static,
     (
         name!(ok, bool),
@@ -456,8 +508,16 @@ fn checkpoint_impl() -> Result<JsonB, AuditError> {
     // SAFETY: plain reads of database and cluster identity and the clock.
     let (database, sysid, now) = unsafe {
         let db = pg_sys::get_database_name(pg_sys::MyDatabaseId);
-        let db = if db.is_null() { String::new() } else { CStr::from_ptr(db).to_string_lossy().into_owned() };
-        (db, pg_sys::GetSystemIdentifier(), pg_sys::GetCurrentTimestamp())
+        let db = if db.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(db).to_string_lossy().into_owned()
+        };
+        (
+            db,
+            pg_sys::GetSystemIdentifier(),
+            pg_sys::GetCurrentTimestamp(),
+        )
     };
     let cp = Checkpoint {
         format: CHECKPOINT_FORMAT.into(),

@@ -41,7 +41,10 @@ unsafe fn json_from_datum(d: pg_sys::Datum) -> Result<Json, AuditError> {
 
 /// `to_jsonb(row)`. to_jsonb learns its argument's type from the call
 /// expression, so give it one naming the table's row type.
-unsafe fn row_to_json(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Result<Json, AuditError> {
+unsafe fn row_to_json(
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+) -> Result<Json, AuditError> {
     // SAFETY (caller): tuple belongs to a relation whose descriptor is desc.
     unsafe {
         let composite = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
@@ -67,11 +70,15 @@ unsafe fn row_to_json(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Resu
 /// Parse a jsonb literal (for configuration-event details), via jsonb_in so
 /// that what is hashed is exactly what is stored.
 pub fn json_from_value(v: &Value) -> Result<Json, AuditError> {
-    let text = std::ffi::CString::new(v.to_string()).map_err(|e| AuditError::Internal(e.to_string()))?;
+    let text =
+        std::ffi::CString::new(v.to_string()).map_err(|e| AuditError::Internal(e.to_string()))?;
     // SAFETY: jsonb_in parses a cstring.
     unsafe {
-        let d = pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(text.as_ptr()))])
-            .ok_or_else(|| AuditError::Internal("jsonb_in returned NULL".into()))?;
+        let d = pgrx::direct_function_call_as_datum(
+            pg_sys::jsonb_in,
+            &[Some(pg_sys::Datum::from(text.as_ptr()))],
+        )
+        .ok_or_else(|| AuditError::Internal("jsonb_in returned NULL".into()))?;
         json_from_datum(d)
     }
 }
@@ -89,7 +96,11 @@ fn client_addr() -> Option<String> {
             // SAFETY: d is an inet datum.
             let out = unsafe { pgrx::direct_function_call_as_datum(pg_sys::inet_out, &[Some(d)]) }?;
             // SAFETY: inet_out returns a palloc'd cstring.
-            Some(unsafe { CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>()) }.to_string_lossy().into_owned())
+            Some(
+                unsafe { CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>()) }
+                    .to_string_lossy()
+                    .into_owned(),
+            )
         })
         .clone()
     })
@@ -163,20 +174,39 @@ pub fn record(
         // The parsed rows were only needed for the hash.
         event.old_row = None;
         event.new_row = None;
-        Pending { subid, event, old_row: old_raw, new_row: new_raw, context: None }
+        Pending {
+            subid,
+            event,
+            old_row: old_raw,
+            new_row: new_raw,
+            context: None,
+        }
     })
 }
 
 /// Record a configuration change (enable, disable, DDL) as an event.
-pub fn record_config(schema: &str, table: &str, op: &str, details: Value) -> Result<(), AuditError> {
+pub fn record_config(
+    schema: &str,
+    table: &str,
+    op: &str,
+    details: Value,
+) -> Result<(), AuditError> {
     let details = json_from_value(&details)?;
-    record(schema.to_string(), table.to_string(), op, None, Some(details))
+    record(
+        schema.to_string(),
+        table.to_string(),
+        op,
+        None,
+        Some(details),
+    )
 }
 
 unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
     // SAFETY (caller): rel is an open relation.
     unsafe {
-        let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy().into_owned();
+        let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
+            .to_string_lossy()
+            .into_owned();
         let ns = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
         let schema = if ns.is_null() {
             String::new()
@@ -199,21 +229,31 @@ fn capture_row<'a>(
     let td = trigger_data(trigger);
     let ev = td.tg_event;
     if ev & pg_sys::TRIGGER_EVENT_ROW == 0 || ev & pg_sys::TRIGGER_EVENT_TIMINGMASK != 0 {
-        return Err(AuditError::Internal("capture_row must be an AFTER ... FOR EACH ROW trigger".into()));
+        return Err(AuditError::Internal(
+            "capture_row must be an AFTER ... FOR EACH ROW trigger".into(),
+        ));
     }
     // SAFETY: the trigger manager hands us a valid relation and tuples.
     unsafe {
         let rel = td.tg_relation;
         let desc = (*rel).rd_att;
         let (op, old, new) = match ev & pg_sys::TRIGGER_EVENT_OPMASK {
-            pg_sys::TRIGGER_EVENT_INSERT => ("INSERT", None, Some(row_to_json(td.tg_trigtuple, desc)?)),
+            pg_sys::TRIGGER_EVENT_INSERT => {
+                ("INSERT", None, Some(row_to_json(td.tg_trigtuple, desc)?))
+            }
             pg_sys::TRIGGER_EVENT_UPDATE => (
                 "UPDATE",
                 Some(row_to_json(td.tg_trigtuple, desc)?),
                 Some(row_to_json(td.tg_newtuple, desc)?),
             ),
-            pg_sys::TRIGGER_EVENT_DELETE => ("DELETE", Some(row_to_json(td.tg_trigtuple, desc)?), None),
-            _ => return Err(AuditError::Internal("capture_row fired for an unexpected event".into())),
+            pg_sys::TRIGGER_EVENT_DELETE => {
+                ("DELETE", Some(row_to_json(td.tg_trigtuple, desc)?), None)
+            }
+            _ => {
+                return Err(AuditError::Internal(
+                    "capture_row fired for an unexpected event".into(),
+                ))
+            }
         };
         let (schema, name) = relation_names(rel);
         record(schema, name, op, old, new)?;

@@ -81,8 +81,15 @@ fn read_head(oids: &Oids, chain: i32) -> (i64, Hash) {
             pg_sys::Oid::from(pg_sys::F_INT4EQ),
             pg_sys::Datum::from(chain),
         );
-        let scan = pg_sys::systable_beginscan_ordered(rel, idx, &raw mut pg_sys::SnapshotSelfData, 1, &mut key);
-        let tup = pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::BackwardScanDirection);
+        let scan = pg_sys::systable_beginscan_ordered(
+            rel,
+            idx,
+            &raw mut pg_sys::SnapshotSelfData,
+            1,
+            &mut key,
+        );
+        let tup =
+            pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::BackwardScanDirection);
         let head = if tup.is_null() {
             (0, ZERO_HASH)
         } else {
@@ -90,8 +97,16 @@ fn read_head(oids: &Oids, chain: i32) -> (i64, Hash) {
             let mut values = vec![pg_sys::Datum::from(0); natts];
             let mut nulls = vec![false; natts];
             pg_sys::heap_deform_tuple(tup, (*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
-            let seq = if nulls[1] { 0 } else { values[1].value() as i64 };
-            let hash = if nulls[9] { ZERO_HASH } else { detoast_hash(values[9]) };
+            let seq = if nulls[1] {
+                0
+            } else {
+                values[1].value() as i64
+            };
+            let hash = if nulls[9] {
+                ZERO_HASH
+            } else {
+                detoast_hash(values[9])
+            };
             (seq, hash)
         };
         pg_sys::systable_endscan_ordered(scan);

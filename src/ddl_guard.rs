@@ -50,8 +50,8 @@ SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relispartition,
                                    pg_catalog.format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
                    FROM pg_catalog.pg_attribute a
                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), ''),
-       bool_or(p.proname = 'capture_row' AND t.tgenabled = 'A'),
-       bool_or(p.proname = 'capture_stmt' AND t.tgenabled = 'A'),
+       bool_or(p.proname = 'capture_row' AND t.tgenabled = 'A' AND t.tgname = 'audit_log_capture_row'),
+       bool_or(p.proname = 'capture_stmt' AND t.tgenabled = 'A' AND t.tgname = 'audit_log_capture_stmt'),
        bool_or(p.proname = 'capture_row')
   FROM pg_catalog.pg_trigger t
   JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
@@ -116,7 +116,9 @@ fn audit_schema_objects() -> Result<Vec<String>, AuditError> {
     })
 }
 
-unsafe fn event_trigger_data(fcinfo: pg_sys::FunctionCallInfo) -> Option<&'static pg_sys::EventTriggerData> {
+unsafe fn event_trigger_data(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Option<&'static pg_sys::EventTriggerData> {
     // SAFETY (caller): fcinfo comes from the function manager.
     unsafe {
         let ctx = (*fcinfo).context;
@@ -147,7 +149,12 @@ fn on_end(tag: &str) -> Result<(), AuditError> {
         if !superuser {
             return Err(AuditError::AuditSchemaDdl(obj));
         }
-        capture::record_config("audit_log", &obj, "DDL", json!({"command": tag, "object": obj}))?;
+        capture::record_config(
+            "audit_log",
+            &obj,
+            "DDL",
+            json!({"command": tag, "object": obj}),
+        )?;
     }
 
     for (oid, was) in &before {
@@ -171,7 +178,12 @@ fn on_end(tag: &str) -> Result<(), AuditError> {
                 }
             }
             _ if !relation_exists(*oid)? => {
-                capture::record_config(&was.schema, &was.name, "DROP", json!({"command": tag, "table": table}))?;
+                capture::record_config(
+                    &was.schema,
+                    &was.name,
+                    "DROP",
+                    json!({"command": tag, "table": table}),
+                )?;
                 internal_ddl(|| {
                     Spi::run_with_args(
                         "DELETE FROM audit_log.audited_tables WHERE relid = $1::int8::oid",
@@ -181,7 +193,8 @@ fn on_end(tag: &str) -> Result<(), AuditError> {
                 })?;
             }
             now => {
-                let detached = was.is_partition && now.is_none_or(|n| !n.is_partition && !n.has_row);
+                let detached =
+                    was.is_partition && now.is_none_or(|n| !n.is_partition && !n.has_row);
                 if detached {
                     // A partition detached from an audited table stays audited on its own.
                     internal_ddl(|| {
@@ -195,7 +208,10 @@ fn on_end(tag: &str) -> Result<(), AuditError> {
                         json!({"command": tag, "table": table, "detached": true, "still_audited": true}),
                     )?;
                 } else if !superuser {
-                    return Err(AuditError::AuditTriggerChanged { action: tag.to_lowercase(), table });
+                    return Err(AuditError::AuditTriggerChanged {
+                        action: tag.to_string(),
+                        table: format!("{}.{}", was.schema, was.name),
+                    });
                 } else {
                     capture::record_config(
                         &was.schema,
@@ -212,12 +228,17 @@ fn on_end(tag: &str) -> Result<(), AuditError> {
     // PostgreSQL; the statement trigger and ENABLE ALWAYS are ours to add.
     if tag == "CREATE TABLE" || tag == "ALTER TABLE" {
         for (oid, now) in &after {
-            let was_full = before.get(oid).is_some_and(RelState::fully_audited);
-            if now.is_partition && now.has_row && !now.fully_audited() && !was_full {
+            // Only tables this command made partitions (created or attached):
+            // a table that had an audit trigger before is not new, and pg_restore
+            // recreates existing partitions' triggers itself.
+            if now.is_partition && now.has_row && !now.fully_audited() && !before.contains_key(oid)
+            {
                 let table = quoted(now);
                 internal_ddl(|| {
                     api::create_stmt_trigger(&table)?;
-                    Spi::run(&format!("ALTER TABLE {table} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"))?;
+                    Spi::run(&format!(
+                        "ALTER TABLE {table} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"
+                    ))?;
                     Ok(())
                 })?;
             }
@@ -228,7 +249,9 @@ fn on_end(tag: &str) -> Result<(), AuditError> {
 
 fn command_tag(data: &pg_sys::EventTriggerData) -> String {
     // SAFETY: GetCommandTagName returns a static string.
-    unsafe { CStr::from_ptr(pg_sys::GetCommandTagName(data.tag)) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(pg_sys::GetCommandTagName(data.tag)) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[unsafe(no_mangle)]
@@ -249,7 +272,9 @@ pub extern "C" fn pg_finfo_audit_log_ddl_command_end() -> &'static pg_sys::Pg_fi
 /// Called by PostgreSQL's function manager as an event trigger.
 #[unsafe(no_mangle)]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn audit_log_ddl_command_start(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+pub unsafe extern "C-unwind" fn audit_log_ddl_command_start(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
     // SAFETY: fcinfo is valid for this call.
     if unsafe { event_trigger_data(fcinfo) }.is_none() {
         not_event_trigger().raise();
@@ -264,7 +289,9 @@ pub unsafe extern "C-unwind" fn audit_log_ddl_command_start(fcinfo: pg_sys::Func
 /// Called by PostgreSQL's function manager as an event trigger.
 #[unsafe(no_mangle)]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn audit_log_ddl_command_end(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+pub unsafe extern "C-unwind" fn audit_log_ddl_command_end(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
     // SAFETY: fcinfo is valid for this call.
     let Some(data) = (unsafe { event_trigger_data(fcinfo) }) else {
         not_event_trigger().raise();

@@ -10,13 +10,15 @@ pub enum AuditError {
     NotAdmin { action: String },
     #[error("\"{name}\" is {kind}; audit_log can only audit ordinary and partitioned tables")]
     WrongObjectKind { name: String, kind: &'static str },
+    #[error("relation with OID {0} does not exist")]
+    NoSuchRelation(u32),
     #[error("\"{0}\" is a temporary table; temporary tables cannot be audited")]
     TemporaryTable(String),
     #[error("\"{0}\" belongs to the system or to audit_log itself and cannot be audited")]
     SystemTable(String),
     #[error("cannot PREPARE a transaction that has audited changes")]
     PrepareWithChanges,
-    #[error("cannot {action} on audited table \"{table}\"")]
+    #[error("{action} would switch off auditing of table {table}; refused")]
     AuditTriggerChanged { action: String, table: String },
     #[error("permission denied: DDL on schema audit_log (\"{0}\") is reserved to superusers")]
     AuditSchemaDdl(String),
@@ -38,6 +40,7 @@ impl AuditError {
         match self {
             AuditError::NotAdmin { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::WrongObjectKind { .. } => ERRCODE_WRONG_OBJECT_TYPE,
+            AuditError::NoSuchRelation(_) => ERRCODE_UNDEFINED_TABLE,
             AuditError::TemporaryTable(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::SystemTable(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::PrepareWithChanges => ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -53,17 +56,17 @@ impl AuditError {
 
     fn hint(&self) -> Option<String> {
         match self {
-            AuditError::NotAdmin { .. } => {
-                Some("Grant the role audit_log_admin to the caller, or call it as a superuser.".into())
-            }
+            AuditError::NotAdmin { .. } => Some(
+                "Grant the role audit_log_admin to the caller, or call it as a superuser.".into(),
+            ),
             AuditError::PrepareWithChanges => Some(
                 "Commit audited changes with COMMIT; two-phase commit is refused so that a \
                  prepared transaction can never hold or break an audit chain."
                     .into(),
             ),
             AuditError::AuditTriggerChanged { table, .. } => Some(format!(
-                "Auditing can only be switched off by audit_log.disable('{table}'), which \
-                 requires audit_log_admin and is itself recorded."
+                "Only audit_log.disable('{table}') switches auditing off; it requires \
+                 audit_log_admin and is itself recorded."
             )),
             AuditError::BadCheckpoint(_) => {
                 Some("Pass the jsonb returned by audit_log.checkpoint(), unchanged.".into())

@@ -4,8 +4,8 @@
 
 use audit_log_core::time::to_pg_timestamp;
 use audit_log_core::Link;
-use pgrx::pg_sys;
 use pgrx::memcxt::PgMemoryContexts;
+use pgrx::pg_sys;
 
 use crate::catalog::Oids;
 use crate::errors::AuditError;
@@ -16,14 +16,24 @@ const LINK_COLUMNS: usize = 10;
 
 fn text_datum(s: &str) -> pg_sys::Datum {
     // SAFETY: copies the bytes into a palloc'd varlena in the current context.
-    unsafe { pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32)) }
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            s.as_ptr().cast(),
+            s.len() as i32,
+        ))
+    }
 }
 
 fn bytes_datum(b: &[u8]) -> pg_sys::Datum {
     // bytea and jsonb values are varlenas; these bytes already are one for
     // jsonb (copied from a detoasted datum), and raw content for bytea.
     // SAFETY: as above.
-    unsafe { pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(b.as_ptr().cast(), b.len() as i32)) }
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            b.as_ptr().cast(),
+            b.len() as i32,
+        ))
+    }
 }
 
 fn varlena_datum(raw: &[u8]) -> pg_sys::Datum {
@@ -39,7 +49,10 @@ fn inet_datum(text: &str) -> Result<pg_sys::Datum, AuditError> {
     let c = std::ffi::CString::new(text).map_err(|e| AuditError::Internal(e.to_string()))?;
     // SAFETY: inet_in parses a cstring; the text came from inet_out.
     Ok(unsafe {
-        pgrx::direct_function_call_as_datum(pg_sys::inet_in, &[Some(pg_sys::Datum::from(c.as_ptr()))])
+        pgrx::direct_function_call_as_datum(
+            pg_sys::inet_in,
+            &[Some(pg_sys::Datum::from(c.as_ptr()))],
+        )
     }
     .ok_or_else(|| AuditError::Internal("inet_in returned NULL".into()))?)
 }
@@ -84,7 +97,11 @@ impl Target {
     fn insert(&self, values: &mut [pg_sys::Datum], nulls: &mut [bool]) {
         // SAFETY: values/nulls match the relation's descriptor (checked in open).
         unsafe {
-            let tup = pg_sys::heap_form_tuple((*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let tup = pg_sys::heap_form_tuple(
+                (*self.rel).rd_att,
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+            );
             pg_sys::CatalogTupleInsertWithInfo(self.rel, tup, self.indexes);
             pg_sys::heap_freetuple(tup);
         }

@@ -1,1 +1,103 @@
+//! In-server tests (`cargo pgrx test`). Each runs inside one transaction that
+//! is rolled back, so they test what happens before commit: capture, the
+//! in-transaction hash chain, subtransaction rollback, and errors. Commit-time
+//! links, several sessions and crashes are tested under pg_test/.
 
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn setup() {
+        Spi::run(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             SELECT audit_log.enable('t');",
+        )
+        .unwrap();
+    }
+
+    fn count(q: &str) -> i64 {
+        Spi::get_one::<i64>(q).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn events_chain_within_a_transaction() {
+        setup();
+        Spi::run("INSERT INTO t VALUES (1, 'a'), (2, 'b'); UPDATE t SET v = 'c' WHERE id = 1; DELETE FROM t WHERE id = 2;")
+            .unwrap();
+        assert_eq!(count("SELECT count(*) FROM audit_log.events"), 5);
+        // positions 1..5 without gaps, each chained to its predecessor
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM audit_log.events e JOIN audit_log.events p
+                   ON p.tx_id = e.tx_id AND p.tx_seq = e.tx_seq - 1 AND e.prev_hash = p.hash"
+            ),
+            4
+        );
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT string_agg(op, ',' ORDER BY tx_seq) FROM audit_log.events"
+            )
+            .unwrap()
+            .unwrap(),
+            "ENABLE,INSERT,INSERT,UPDATE,DELETE"
+        );
+        assert_eq!(
+            Spi::get_one::<String>("SELECT (old_row->>'v') || (new_row->>'v') FROM audit_log.events WHERE op = 'UPDATE'")
+                .unwrap()
+                .unwrap(),
+            "ac"
+        );
+    }
+
+    #[pg_test]
+    fn rolled_back_subtransaction_leaves_no_event_and_no_gap() {
+        setup();
+        Spi::run(
+            "DO $$ BEGIN
+               INSERT INTO t VALUES (1, 'kept');
+               BEGIN INSERT INTO t VALUES (2, 'undone'); PERFORM 1/0;
+               EXCEPTION WHEN division_by_zero THEN NULL; END;
+               INSERT INTO t VALUES (3, 'kept too');
+             END $$",
+        )
+        .unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM audit_log.events WHERE new_row->>'v' = 'undone'"),
+            0
+        );
+        assert_eq!(count("SELECT max(tx_seq) FROM audit_log.events"), 3);
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM audit_log.events e JOIN audit_log.events p
+                   ON p.tx_seq = e.tx_seq - 1 AND e.prev_hash = p.hash"
+            ),
+            2
+        );
+    }
+
+    #[pg_test]
+    fn verify_ignores_the_callers_own_uncommitted_events() {
+        setup();
+        Spi::run("INSERT INTO t VALUES (1, 'a')").unwrap();
+        let ok = Spi::get_one::<bool>("SELECT ok FROM audit_log.verify()")
+            .unwrap()
+            .unwrap();
+        assert!(ok);
+        assert_eq!(count("SELECT events_checked FROM audit_log.verify()"), 0);
+    }
+
+    #[pg_test(
+        error = "\"public.v\" is a view; audit_log can only audit ordinary and partitioned tables"
+    )]
+    fn enable_refuses_a_view() {
+        Spi::run("CREATE VIEW public.v AS SELECT 1 AS x; SELECT audit_log.enable('public.v');")
+            .unwrap();
+    }
+
+    #[pg_test(
+        error = "invalid checkpoint: checkpoint format \"x\" is not supported; expected \"audit_log.checkpoint.v1\""
+    )]
+    fn verify_refuses_a_foreign_checkpoint() {
+        Spi::run("SELECT * FROM audit_log.verify('{\"format\": \"x\", \"chains\": []}')").unwrap();
+    }
+}

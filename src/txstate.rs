@@ -29,7 +29,10 @@ pub struct Pending {
 impl Pending {
     fn size(&self) -> usize {
         let rows = [&self.old_row, &self.new_row, &self.context];
-        256 + rows.iter().map(|r| r.as_ref().map_or(0, Vec::len)).sum::<usize>()
+        256 + rows
+            .iter()
+            .map(|r| r.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
     }
 }
 
@@ -78,7 +81,12 @@ pub fn append(build: impl FnOnce(&TxState, i64, i64, Hash) -> Pending) -> Result
             tx_id,
             oids,
             created_in: current_subid(),
-            head: Head { hash: ZERO_HASH, count: 0, first_event: 0, last_event: 0 },
+            head: Head {
+                hash: ZERO_HASH,
+                count: 0,
+                first_event: 0,
+                last_event: 0,
+            },
             saved: Vec::new(),
             buffer: Vec::new(),
             buffered_bytes: 0,
@@ -128,7 +136,10 @@ pub fn flush(all: bool) -> Result<(), AuditError> {
         let from = if all {
             0
         } else {
-            s.buffer.iter().position(|p| p.subid >= sub).unwrap_or(s.buffer.len())
+            s.buffer
+                .iter()
+                .position(|p| p.subid >= sub)
+                .unwrap_or(s.buffer.len())
         };
         let batch: Vec<Pending> = s.buffer.drain(from..).collect();
         s.buffered_bytes = s.buffer.iter().map(Pending::size).sum();

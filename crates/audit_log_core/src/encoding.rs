@@ -166,7 +166,9 @@ pub mod decode {
 
         pub fn i64(&mut self) -> Result<i64, Malformed> {
             let b = self.take(8)?;
-            Ok(i64::from_be_bytes(b.try_into().map_err(|_| Malformed(self.pos))?))
+            Ok(i64::from_be_bytes(
+                b.try_into().map_err(|_| Malformed(self.pos))?,
+            ))
         }
 
         pub fn len(&mut self) -> Result<usize, Malformed> {
@@ -245,7 +247,10 @@ mod tests {
 
     #[test]
     fn string_and_number_differ() {
-        assert_ne!(enc(&json!("1")), enc(&serde_json::from_str::<Value>("1").unwrap()));
+        assert_ne!(
+            enc(&json!("1")),
+            enc(&serde_json::from_str::<Value>("1").unwrap())
+        );
     }
 
     #[test]

@@ -14,5 +14,5 @@ pub mod time;
 pub mod verify;
 
 pub use hash::{event_hash, link_hash, Hash, ZERO_HASH};
-pub use model::{Checkpoint, ChainHead, Event, Link};
+pub use model::{ChainHead, Checkpoint, Event, Link};
 pub use verify::{Problem, ProblemKind, Verdict};

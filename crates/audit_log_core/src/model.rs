@@ -102,7 +102,10 @@ impl Checkpoint {
                 return Err(CheckpointError::DuplicateChain(h.chain));
             }
             if h.seq < 1 {
-                return Err(CheckpointError::BadSeq { chain: h.chain, seq: h.seq });
+                return Err(CheckpointError::BadSeq {
+                    chain: h.chain,
+                    seq: h.seq,
+                });
             }
         }
         Ok(cp)

@@ -89,7 +89,10 @@ mod tests {
     #[test]
     fn known_values() {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(format_rfc3339(PG_EPOCH_OFFSET_US), "2000-01-01T00:00:00.000000Z");
+        assert_eq!(
+            format_rfc3339(PG_EPOCH_OFFSET_US),
+            "2000-01-01T00:00:00.000000Z"
+        );
         assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999999Z");
         assert_eq!(
             parse_rfc3339("2024-02-29T12:34:56.789012Z"),

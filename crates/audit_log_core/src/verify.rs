@@ -16,14 +16,15 @@ use crate::model::{Checkpoint, Event, Link};
 pub enum ProblemKind {
     /// An event's content, or its stored hash, no longer matches what was committed.
     ContentChanged,
+    /// A link's content or stored hash was altered. (Ordered before the kinds
+    /// below: at the same event, a broken link explains what follows from it.)
+    LinkChanged,
     /// An event that the chain or its link commits to is absent.
     EventMissing,
     /// An event is present that its transaction's chain or link does not contain.
     EventInserted,
     /// Events whose transaction has no committed link.
     EventNotLinked,
-    /// A link's content or stored hash was altered.
-    LinkChanged,
     /// A gap in a chain's sequence numbers: a whole transaction was removed.
     LinkMissing,
     /// A link does not point to the hash of its predecessor.
@@ -100,7 +101,11 @@ impl Verdict {
     fn push(&mut self, kind: ProblemKind, event_id: Option<i64>, detail: String) {
         self.problem_count += 1;
         if self.problems.len() < MAX_PROBLEMS {
-            self.problems.push(Problem { kind, event_id, detail });
+            self.problems.push(Problem {
+                kind,
+                event_id,
+                detail,
+            });
         }
     }
 }
@@ -131,7 +136,13 @@ struct TxCheck {
 
 impl TxCheck {
     fn new() -> Self {
-        TxCheck { first: None, prev: None, count: 0, expected_seq: 1, gap_reported: false }
+        TxCheck {
+            first: None,
+            prev: None,
+            count: 0,
+            expected_seq: 1,
+            gap_reported: false,
+        }
     }
 
     fn event(&mut self, v: &mut Verdict, e: &Event) {
@@ -163,7 +174,10 @@ impl TxCheck {
             v.push(
                 ProblemKind::EventInserted,
                 Some(e.id),
-                format!("event {} repeats position {} of tx {}", e.id, e.tx_seq, e.tx_id),
+                format!(
+                    "event {} repeats position {} of tx {}",
+                    e.id, e.tx_seq, e.tx_id
+                ),
             );
         } else if e.prev_hash != expected_prev && own_ok {
             // This event verifies, so what it was chained to is the truth: a
@@ -185,11 +199,19 @@ impl TxCheck {
                 None => v.push(
                     ProblemKind::ContentChanged,
                     Some(e.id),
-                    format!("event {} starts tx {} but is chained to a predecessor", e.id, e.tx_id),
+                    format!(
+                        "event {} starts tx {} but is chained to a predecessor",
+                        e.id, e.tx_id
+                    ),
                 ),
             }
         }
-        let seen = Seen { id: e.id, tx_id: e.tx_id, hash: e.hash, hash_ok: own_ok };
+        let seen = Seen {
+            id: e.id,
+            tx_id: e.tx_id,
+            hash: e.hash,
+            hash_ok: own_ok,
+        };
         self.first.get_or_insert(seen);
         self.prev = Some(seen);
         self.expected_seq = e.tx_seq.max(self.expected_seq - 1) + 1;
@@ -227,7 +249,11 @@ impl TxCheck {
             }
             v.push(
                 ProblemKind::EventMissing,
-                Some(if first.id != link.first_event { first.id } else { last.id }),
+                Some(if first.id != link.first_event {
+                    first.id
+                } else {
+                    last.id
+                }),
                 format!(
                     "tx {} has {} event(s) but its link commits to {} ({}..{})",
                     link.tx_id, n, link.event_count, link.first_event, link.last_event
@@ -311,7 +337,10 @@ impl ChainWalk {
             v.push(
                 ProblemKind::LinkChanged,
                 Some(l.first_event),
-                format!("link {}/{} (tx {}) does not match its hash", l.chain_id, l.seq, l.tx_id),
+                format!(
+                    "link {}/{} (tx {}) does not match its hash",
+                    l.chain_id, l.seq, l.tx_id
+                ),
             );
         }
         if l.seq > self.prev_seq + 1 {

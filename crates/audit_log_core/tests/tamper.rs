@@ -77,7 +77,13 @@ fn forged_event_in_new_transaction() {
 #[test]
 fn forged_event_appended_to_transaction() {
     let mut log = Log::sample(10, 2);
-    let last = log.events.iter().filter(|e| e.tx_id == log.events[6].tx_id).last().unwrap().clone();
+    let last = log
+        .events
+        .iter()
+        .filter(|e| e.tx_id == log.events[6].tx_id)
+        .last()
+        .unwrap()
+        .clone();
     let mut forged = last.clone();
     forged.id = 501;
     forged.tx_seq += 1;
@@ -141,7 +147,10 @@ fn truncated_tail_needs_checkpoint() {
     let cp = log.checkpoint();
     let last = log.links.pop().unwrap();
     log.events.retain(|e| e.tx_id != last.tx_id);
-    assert!(log.verify(None).ok(), "a clean truncation is only visible against a checkpoint");
+    assert!(
+        log.verify(None).ok(),
+        "a clean truncation is only visible against a checkpoint"
+    );
     assert_eq!(first(&log, Some(&cp)).0, ProblemKind::Truncated);
 }
 

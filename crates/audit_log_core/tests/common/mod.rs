@@ -16,7 +16,12 @@ pub struct Log {
 
 impl Log {
     pub fn new() -> Self {
-        Log { events: vec![], links: vec![], next_id: 1, next_tx: 1000 }
+        Log {
+            events: vec![],
+            links: vec![],
+            next_id: 1,
+            next_tx: 1000,
+        }
     }
 
     /// Commit one transaction of `rows` events onto `chain`.
@@ -75,7 +80,9 @@ impl Log {
     pub fn sample(txs: usize, chains: i32) -> Self {
         let mut log = Log::new();
         for t in 0..txs {
-            let rows: Vec<Value> = (0..(t % 4 + 1)).map(|r| json!({"id": t * 10 + r, "v": "x"})).collect();
+            let rows: Vec<Value> = (0..(t % 4 + 1))
+                .map(|r| json!({"id": t * 10 + r, "v": "x"}))
+                .collect();
             log.commit((t as i32) % chains, &rows);
         }
         log
@@ -117,5 +124,10 @@ impl Log {
 }
 
 fn head(l: &Link) -> ChainHead {
-    ChainHead { chain: l.chain_id, seq: l.seq, link_hash: l.link_hash, last_event: l.last_event }
+    ChainHead {
+        chain: l.chain_id,
+        seq: l.seq,
+        link_hash: l.link_hash,
+        last_event: l.last_event,
+    }
 }

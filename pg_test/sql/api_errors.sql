@@ -1,0 +1,42 @@
+-- Bad input gets a clear error with the right SQLSTATE, and changes nothing.
+CREATE DATABASE al_errors;
+\c al_errors
+SET client_min_messages = warning;
+SET audit_log.chains = 1;  -- deterministic chain ids in this output
+CREATE EXTENSION audit_log;
+\set VERBOSITY sqlstate
+CREATE TABLE base (id int);
+CREATE VIEW v AS SELECT 1 AS x;
+CREATE MATERIALIZED VIEW mv AS SELECT 1 AS x;
+CREATE TEMP TABLE tmp (id int);
+CREATE SEQUENCE s;
+SELECT audit_log.enable(NULL);
+SELECT audit_log.enable('v');
+SELECT audit_log.enable('mv');
+SELECT audit_log.enable('tmp');
+SELECT audit_log.enable('s');
+SELECT audit_log.enable('no_such_table');
+SELECT audit_log.enable(424242::oid::regclass);
+SELECT audit_log.enable('audit_log.events');
+SELECT audit_log.enable('pg_class');
+SELECT audit_log.disable(NULL);
+SELECT * FROM audit_log.verify(NULL);
+SELECT * FROM audit_log.verify('[]');
+SELECT * FROM audit_log.verify('{"format": "something else", "chains": []}');
+SELECT * FROM audit_log.verify('{"format": "audit_log.checkpoint.v1", "chains": [{"chain": 0, "seq": 1, "link_hash": "zz", "last_event": 1}]}');
+SELECT * FROM audit_log.verify('{"format": "audit_log.checkpoint.v1", "chains": [{"chain": 0, "seq": 0, "link_hash": "00", "last_event": 1}]}');
+SELECT audit_log.enable('base');
+BEGIN;
+INSERT INTO base VALUES (1);
+PREPARE TRANSACTION 'p1';
+SELECT count(*) FROM pg_prepared_xacts;
+BEGIN;
+SELECT 1;
+PREPARE TRANSACTION 'p2';   -- nothing audited: allowed
+COMMIT PREPARED 'p2';
+\set VERBOSITY default
+SELECT audit_log.enable('v');
+SELECT op FROM audit_log.events ORDER BY id;
+SELECT ok, events_checked FROM audit_log.verify();
+\c postgres
+DROP DATABASE al_errors;

@@ -1,0 +1,65 @@
+-- An application role that owns its audited table cannot touch the log or
+-- switch auditing off, and its later writes are still audited.
+CREATE DATABASE al_hostile;
+\c al_hostile
+SET client_min_messages = warning;
+SET audit_log.chains = 1;  -- deterministic chain ids in this output
+CREATE EXTENSION audit_log;
+CREATE ROLE al_app LOGIN;
+GRANT CREATE ON SCHEMA public TO al_app;
+CREATE TABLE acct (id int PRIMARY KEY, v text);
+ALTER TABLE acct OWNER TO al_app;
+SELECT audit_log.enable('acct');
+SET ROLE al_app;
+INSERT INTO acct VALUES (1, 'a');
+UPDATE audit_log.events SET op = 'x';
+DELETE FROM audit_log.events;
+TRUNCATE audit_log.links;
+INSERT INTO audit_log.links (chain_id) VALUES (1);
+SELECT * FROM audit_log.events;
+ALTER TABLE acct DISABLE TRIGGER ALL;
+ALTER TABLE acct DISABLE TRIGGER USER;
+ALTER TABLE acct DISABLE TRIGGER audit_log_capture_row;
+ALTER TABLE acct DISABLE TRIGGER audit_log_capture_stmt;
+ALTER TABLE acct ENABLE REPLICA TRIGGER audit_log_capture_row;
+ALTER TABLE acct ENABLE TRIGGER audit_log_capture_row;   -- 'O' is weaker than ALWAYS
+DROP TRIGGER audit_log_capture_row ON acct;
+ALTER TRIGGER audit_log_capture_row ON acct RENAME TO x;
+SELECT audit_log.disable('acct');
+SELECT audit_log.enable('acct');
+SELECT audit_log.capture_row();
+SET session_replication_role = replica;
+SET audit_log.chains = 1;
+DROP TABLE audit_log.events;
+ALTER TABLE audit_log.events DISABLE TRIGGER ALL;
+DROP EXTENSION audit_log;
+GRANT SELECT ON audit_log.events TO al_app;
+REVOKE SELECT ON audit_log.events FROM audit_log_auditor;
+-- Shadowing through search_path changes nothing.
+CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT 'epoch'::timestamptz $$;
+SET search_path = public, pg_catalog;
+INSERT INTO acct VALUES (2, 'b');
+UPDATE acct SET v = 'c' WHERE id = 2;
+RESET search_path;
+RESET ROLE;
+SELECT op, current_user_name, old_row, new_row FROM audit_log.events ORDER BY id;
+SELECT ok, problem FROM audit_log.verify();
+-- A role without audit_log_auditor cannot read or verify; with it, it can.
+SET ROLE al_app;
+SELECT * FROM audit_log.verify();
+RESET ROLE;
+GRANT audit_log_auditor TO al_app;
+SET ROLE al_app;
+SELECT ok FROM audit_log.verify();
+SELECT count(*) FROM audit_log.events;
+RESET ROLE;
+-- Dropping the table is allowed; its events stay and the drop is recorded.
+SET ROLE al_app;
+DROP TABLE acct;
+RESET ROLE;
+SELECT op, table_name, new_row->>'command' AS command FROM audit_log.events ORDER BY id DESC LIMIT 1;
+SELECT ok FROM audit_log.verify();
+\c postgres
+DROP DATABASE al_hostile;
+DROP OWNED BY al_app CASCADE;
+DROP ROLE al_app;
