@@ -194,11 +194,11 @@ fn extended_log_still_matches_checkpoint() {
     assert!(log.verify(Some(&cp)).ok());
 }
 
-/// Apply tampering number `kind` at position `at`; returns false if it does not apply.
-fn tamper(log: &mut Log, kind: u8, at: usize) -> bool {
+/// Apply tampering number `kind` at position `at` (some draws change nothing).
+fn tamper(log: &mut Log, kind: u8, at: usize) {
     let n = log.events.len();
     if n == 0 {
-        return false;
+        return;
     }
     let i = at % n;
     match kind % 8 {
@@ -211,8 +211,8 @@ fn tamper(log: &mut Log, kind: u8, at: usize) -> bool {
         }
         5 => {
             let j = (at / 7) % n;
-            if i == j || log.events[i].new_row == log.events[j].new_row {
-                return false;
+            if i == j {
+                return;
             }
             let a = log.events[i].new_row.take();
             log.events[i].new_row = log.events[j].new_row.replace(a.unwrap());
@@ -228,7 +228,6 @@ fn tamper(log: &mut Log, kind: u8, at: usize) -> bool {
             log.events.push(e);
         }
     }
-    true
 }
 
 proptest! {
@@ -241,11 +240,12 @@ proptest! {
     ) {
         let mut log = Log::sample(txs, chains);
         prop_assert!(log.verify(None).ok());
-        let mut changed = false;
+        let original = log.clone();
         for (k, at) in kinds {
-            changed |= tamper(&mut log, k, at);
+            tamper(&mut log, k, at);
         }
-        prop_assume!(changed);
+        // Two tamperings can cancel out (forge a copy, then delete it).
+        prop_assume!(log.events != original.events || log.links != original.links);
         let v = log.verify(None);
         prop_assert!(!v.ok());
         prop_assert!(v.first().unwrap().event_id.is_some());

@@ -1,0 +1,63 @@
+//! The test vectors of docs/FORMAT.md. If one of these fails, the encoding
+//! changed: that needs a new version tag, not a new vector.
+use audit_log_core::encoding::encode_event;
+use audit_log_core::{event_hash, link_hash, Event, Link, ZERO_HASH};
+
+pub fn vector_event() -> Event {
+    Event {
+        id: 42,
+        tx_id: 777,
+        tx_seq: 1,
+        recorded_at: 1_767_225_600_123_456, // 2026-01-01T00:00:00.123456Z
+        statement_at: 1_767_225_600_000_000,
+        session_user_name: "app".into(),
+        current_user_name: "app".into(),
+        application_name: Some("psql".into()),
+        client_addr: None,
+        context: None,
+        table_schema: "public".into(),
+        table_name: "orders".into(),
+        op: "UPDATE".into(),
+        old_row: Some(serde_json::from_str(r#"{"id": 1, "amount": 10.50, "note": "é"}"#).unwrap()),
+        new_row: Some(serde_json::from_str(r#"{"id": 1, "amount": 11, "note": null}"#).unwrap()),
+        prev_hash: ZERO_HASH,
+        hash: ZERO_HASH,
+    }
+}
+
+#[test]
+fn event_vector() {
+    let e = vector_event();
+    let mut buf = Vec::new();
+    encode_event(&e, &mut buf);
+    assert_eq!(
+        hex::encode(&buf),
+        "000000000000002a0000000000000309000000000000000100064748462222400006474846204000000000036170700000000361707001000000047073716c0000000000067075626c6963000000066f72646572730000000655504441544501060000000300000006616d6f756e74030000000531302e3530000000026964030000000131000000046e6f74650400000002c3a901060000000300000006616d6f756e7403000000023131000000026964030000000131000000046e6f746500"
+    );
+    assert_eq!(
+        hex::encode(event_hash(&e)),
+        "16a3d9bb4cc9a45ec7ca5b23952f545e9dc4b7722744316b97c3c23db4b263cf"
+    );
+}
+
+#[test]
+fn link_vector() {
+    let e = vector_event();
+    let mut l = Link {
+        chain_id: 3,
+        seq: 1,
+        tx_id: 777,
+        event_count: 1,
+        first_event: 42,
+        last_event: 42,
+        last_event_hash: event_hash(&e),
+        committed_at: 1_767_225_600_200_000,
+        prev_link_hash: ZERO_HASH,
+        link_hash: ZERO_HASH,
+    };
+    l.link_hash = link_hash(&l);
+    assert_eq!(
+        hex::encode(l.link_hash),
+        "e8998486ca84c21664ee49c6e246310debd7fd1f3ec82a31fad4a0aae5960d57"
+    );
+}
