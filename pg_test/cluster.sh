@@ -9,6 +9,10 @@ cmd=$1 dir=$2
 case "$cmd" in
 start)
     port=$3
+    # A cluster left running by an earlier run is stopped before its directory goes.
+    if [ -f "$dir/data/postmaster.pid" ]; then
+        runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
     rm -rf "$dir"; mkdir -p "$dir"; chown postgres:postgres "$dir"
     runuser -u postgres -- "$BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1
     cat >>"$dir/data/postgresql.conf" <<CONF

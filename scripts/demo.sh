@@ -26,7 +26,7 @@ SELECT audit_log.checkpoint() AS checkpoint \gset
 \echo '--- a superuser bypasses the guards and rewrites history'
 ALTER TABLE audit_log.events DISABLE TRIGGER USER;
 UPDATE audit_log.events SET new_row = '{"id": 2, "customer": "bob", "amount": 1}' WHERE op = 'UPDATE';
-ALTER TABLE audit_log.events ENABLE ALWAYS TRIGGER USER;
+ALTER TABLE audit_log.events ENABLE ALWAYS TRIGGER append_only;
 \echo '--- verify now fails and names the event'
 SELECT * FROM audit_log.verify();
 SELECT * FROM audit_log.verify(:'checkpoint');

@@ -127,7 +127,7 @@ fn describe(oid: pg_sys::Oid) -> Result<Target, AuditError> {
 
 /// Partitions at every level below a partitioned table.
 fn partitions(oid: pg_sys::Oid) -> Result<Vec<String>, AuditError> {
-    Ok(Spi::connect(|c| -> Result<Vec<String>, AuditError> {
+    Spi::connect(|c| -> Result<Vec<String>, AuditError> {
         let t = c.select(
             "SELECT relid::regclass::text FROM pg_catalog.pg_partition_tree($1)
               WHERE relid <> $1::regclass",
@@ -139,7 +139,7 @@ fn partitions(oid: pg_sys::Oid) -> Result<Vec<String>, AuditError> {
             out.extend(r.get::<String>(1)?);
         }
         Ok(out)
-    })?)
+    })
 }
 
 /// Whether `rel` carries the trigger `name`, enabled ALWAYS.

@@ -28,7 +28,7 @@ pub static CHAINS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(8);
 
 fn lock_chain(chain: i32, wait: bool) -> bool {
     // SAFETY: MyDatabaseId is set in any backend that can run a transaction.
-    let mut tag = pg_sys::LOCKTAG {
+    let tag = pg_sys::LOCKTAG {
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
         locktag_field2: LOCK_KEY,
         locktag_field3: chain as u32,
@@ -37,7 +37,7 @@ fn lock_chain(chain: i32, wait: bool) -> bool {
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     };
     // SAFETY: a transaction-level lock, released at the end of commit or abort.
-    let r = unsafe { pg_sys::LockAcquire(&mut tag, pg_sys::ExclusiveLock as i32, false, !wait) };
+    let r = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, !wait) };
     r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
 }
 

@@ -172,10 +172,10 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT => pre_commit().or_raise(),
-        XACT_EVENT_PRE_PREPARE => {
-            if STATE.with_borrow(|s| s.as_ref().is_some_and(|s| s.head.count > 0)) {
-                AuditError::PrepareWithChanges.raise();
-            }
+        XACT_EVENT_PRE_PREPARE
+            if STATE.with_borrow(|s| s.as_ref().is_some_and(|s| s.head.count > 0)) =>
+        {
+            AuditError::PrepareWithChanges.raise()
         }
         XACT_EVENT_COMMIT
         | XACT_EVENT_ABORT
