@@ -62,30 +62,31 @@ fn require_admin(action: &str) -> Result<(), AuditError> {
     }
 }
 
+/// relkind, relpersistence, schema, name, and the name as regclass prints it.
+type RelRow = (String, String, String, String, String);
+
 fn describe(oid: pg_sys::Oid) -> Result<Target, AuditError> {
-    let row = Spi::connect(
-        |c| -> Result<Option<(String, String, String, String, String)>, AuditError> {
-            let t = c.select(
-                "SELECT c.relkind::text, c.relpersistence::text, n.nspname::text, c.relname::text,
+    let row = Spi::connect(|c| -> Result<Option<RelRow>, AuditError> {
+        let t = c.select(
+            "SELECT c.relkind::text, c.relpersistence::text, n.nspname::text, c.relname::text,
                     c.oid::regclass::text
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.oid = $1",
-                Some(1),
-                &[oid.into()],
-            )?;
-            if t.is_empty() {
-                return Ok(None);
-            }
-            let r = t.first();
-            Ok(Some((
-                r.get(1)?.unwrap_or_default(),
-                r.get(2)?.unwrap_or_default(),
-                r.get(3)?.unwrap_or_default(),
-                r.get(4)?.unwrap_or_default(),
-                r.get(5)?.unwrap_or_default(),
-            )))
-        },
-    )?;
+            Some(1),
+            &[oid.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok(Some((
+            r.get(1)?.unwrap_or_default(),
+            r.get(2)?.unwrap_or_default(),
+            r.get(3)?.unwrap_or_default(),
+            r.get(4)?.unwrap_or_default(),
+            r.get(5)?.unwrap_or_default(),
+        )))
+    })?;
     let Some((kind, persistence, schema, name, qualified)) = row else {
         return Err(AuditError::NoSuchRelation(oid.to_u32()));
     };

@@ -48,13 +48,13 @@ fn varlena_datum(raw: &[u8]) -> pg_sys::Datum {
 fn inet_datum(text: &str) -> Result<pg_sys::Datum, AuditError> {
     let c = std::ffi::CString::new(text).map_err(|e| AuditError::Internal(e.to_string()))?;
     // SAFETY: inet_in parses a cstring; the text came from inet_out.
-    Ok(unsafe {
+    unsafe {
         pgrx::direct_function_call_as_datum(
             pg_sys::inet_in,
             &[Some(pg_sys::Datum::from(c.as_ptr()))],
         )
     }
-    .ok_or_else(|| AuditError::Internal("inet_in returned NULL".into()))?)
+    .ok_or_else(|| AuditError::Internal("inet_in returned NULL".into()))
 }
 
 /// An open audit table with its indexes, for a batch of inserts.
