@@ -192,10 +192,19 @@ fn enable(target: Option<pg_sys::Oid>) {
     enable_impl(target).or_raise()
 }
 
-fn enable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
+/// The checks enable and disable share: a non-NULL target, an admin caller,
+/// a table that can be audited.
+fn admin_target(
+    target: Option<pg_sys::Oid>,
+    action: &str,
+) -> Result<(pg_sys::Oid, Target), AuditError> {
     let oid = target.ok_or(AuditError::NullArgument("target"))?;
-    require_admin("enable auditing")?;
-    let t = describe(oid)?;
+    require_admin(action)?;
+    Ok((oid, describe(oid)?))
+}
+
+fn enable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
+    let (oid, t) = admin_target(target, "enable auditing")?;
     if fully_audited(&t)? {
         // Repair partitions' statement triggers all the same: cheap and idempotent.
         if t.partitioned {
@@ -246,9 +255,7 @@ fn disable(target: Option<pg_sys::Oid>) {
 }
 
 fn disable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
-    let oid = target.ok_or(AuditError::NullArgument("target"))?;
-    require_admin("disable auditing")?;
-    let t = describe(oid)?;
+    let (oid, t) = admin_target(target, "disable auditing")?;
     let any = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname IN ($2, $3))",
         &[oid.into(), ROW_TRIGGER.into(), STMT_TRIGGER.into()],

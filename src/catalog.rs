@@ -70,6 +70,23 @@ pub fn current_user_has(role: &CStr) -> bool {
     }
 }
 
+/// Set a GUC until the current GUC nest level is unwound.
+fn set_in_nest_level(name: &CStr, value: &CStr) {
+    // SAFETY: both are valid settings; GUC_ACTION_SAVE undoes it at AtEOXact_GUC.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
 /// Run `f` as the extension owner with search_path pinned to pg_catalog, so
 /// that no object of the caller's can shadow what `f` runs. Both are restored
 /// on return, and by transaction abort processing if `f` raises.
@@ -87,29 +104,9 @@ pub fn as_owner<T>(f: impl FnOnce() -> Result<T, AuditError>) -> Result<T, Audit
     }
     // SAFETY: GUC nest levels are unwound by AtEOXact_GUC below, or by abort.
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    unsafe {
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        // Our own DROP TRIGGER IF EXISTS is not news to the caller.
-        pg_sys::set_config_option(
-            c"client_min_messages".as_ptr(),
-            c"warning".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-    }
+    set_in_nest_level(c"search_path", c"pg_catalog, pg_temp");
+    // Our own DROP TRIGGER IF EXISTS is not news to the caller.
+    set_in_nest_level(c"client_min_messages", c"warning");
     let result = f();
     // SAFETY: undo exactly what was done above.
     unsafe {

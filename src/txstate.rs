@@ -60,24 +60,13 @@ pub struct TxState {
 const SPILL_BYTES: usize = 8 << 20;
 const SPILL_EVENTS: usize = 4096;
 
-thread_local! {
-    static STATE: RefCell<Option<TxState>> = const { RefCell::new(None) };
-}
-
-fn current_subid() -> pg_sys::SubTransactionId {
-    // SAFETY: reads transaction state.
-    unsafe { pg_sys::GetCurrentSubTransactionId() }
-}
-
-/// Append one event to the transaction's chain. `build` receives the event's
-/// id, position and predecessor hash, and returns the hashed event.
-pub fn append(build: impl FnOnce(&TxState, i64, i64, Hash) -> Pending) -> Result<(), AuditError> {
-    let created = STATE.with_borrow(|s| s.is_some());
-    if !created {
+impl TxState {
+    /// State for a transaction's first event.
+    fn new() -> Result<TxState, AuditError> {
         let oids = catalog::lookup()?;
         // SAFETY: the change being audited already assigned an xid; this only reads it.
         let tx_id = unsafe { pg_sys::GetTopFullTransactionId() }.value;
-        STATE.set(Some(TxState {
+        Ok(TxState {
             tx_id,
             oids,
             created_in: current_subid(),
@@ -90,10 +79,34 @@ pub fn append(build: impl FnOnce(&TxState, i64, i64, Hash) -> Pending) -> Result
             saved: Vec::new(),
             buffer: Vec::new(),
             buffered_bytes: 0,
-        }));
+        })
     }
-    let spill = STATE.with_borrow_mut(|s| {
-        let s = s.as_mut().expect("state was just created");
+}
+
+thread_local! {
+    static STATE: RefCell<Option<TxState>> = const { RefCell::new(None) };
+}
+
+fn current_subid() -> pg_sys::SubTransactionId {
+    // SAFETY: reads transaction state.
+    unsafe { pg_sys::GetCurrentSubTransactionId() }
+}
+
+/// Append one event to the transaction's chain. `build` receives the event's
+/// id, position and predecessor hash, and returns the hashed event.
+pub fn append(build: impl FnOnce(&TxState, i64, i64, Hash) -> Pending) -> Result<(), AuditError> {
+    let fresh = if STATE.with_borrow(Option::is_none) {
+        Some(TxState::new()?)
+    } else {
+        None
+    };
+    let spill = STATE.with_borrow_mut(|state| {
+        if let Some(f) = fresh {
+            *state = Some(f);
+        }
+        let Some(s) = state.as_mut() else {
+            return Err(AuditError::Internal("transaction state missing".into()));
+        };
         // SAFETY: the sequence belongs to the extension; permissions are the
         // extension's business, not the audited role's.
         let id = unsafe { nextval_internal(s.oids.events_seq, false) };
@@ -106,8 +119,8 @@ pub fn append(build: impl FnOnce(&TxState, i64, i64, Hash) -> Pending) -> Result
         s.head.last_event = id;
         s.buffered_bytes += pending.size();
         s.buffer.push(pending);
-        s.buffered_bytes > SPILL_BYTES || s.buffer.len() > SPILL_EVENTS
-    });
+        Ok(s.buffered_bytes > SPILL_BYTES || s.buffer.len() > SPILL_EVENTS)
+    })?;
     if spill {
         flush(false)?;
     }
