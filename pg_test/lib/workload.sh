@@ -1,0 +1,91 @@
+# Shared by the scenarios: a concurrent audited workload, and the invariants
+# that must hold after it, each checked against something other than the log.
+# Source it; it expects PGHOST/PGPORT/PGUSER to point at the test cluster.
+
+wl_q() { psql -X -q -v ON_ERROR_STOP=1 -At -d "$WL_DB" "$@"; }
+wl_fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# Create database $1 with three audited tables and an unaudited witness
+# table, into which every workload transaction writes its own xid.
+wl_setup() {
+    WL_DB=$1
+    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $WL_DB" -c "CREATE DATABASE $WL_DB" 2>/dev/null
+    wl_q <<'SQL'
+SET client_min_messages = warning;
+CREATE EXTENSION audit_log;
+CREATE TABLE t1 (k int PRIMARY KEY, v int);
+CREATE TABLE t2 (k int PRIMARY KEY, v int);
+CREATE TABLE t3 (k int PRIMARY KEY, v int);
+CREATE TABLE witness (tx xid8 PRIMARY KEY);
+SELECT audit_log.enable('t1'), audit_log.enable('t2'), audit_log.enable('t3') \g /dev/null
+INSERT INTO t2 SELECT g, 0 FROM generate_series(1, 200) g;
+SQL
+    WL_SCRIPT=$(mktemp /tmp/audit_log_workload.XXXXXX)
+    chmod 644 "$WL_SCRIPT"
+    cat >"$WL_SCRIPT" <<'PGB'
+\set a random(1, 200)
+\set r random(0, 9)
+BEGIN;
+INSERT INTO t1 VALUES (:a, :r) ON CONFLICT (k) DO UPDATE SET v = t1.v + 1;
+INSERT INTO witness VALUES (pg_current_xact_id());
+SAVEPOINT s;
+UPDATE t2 SET v = v + 1 WHERE k = :a;
+\if :r < 3
+ROLLBACK TO s;
+\endif
+DELETE FROM t3 WHERE k = :a;
+INSERT INTO t3 VALUES (:a, :r);
+\if :r = 9
+ROLLBACK;
+\else
+COMMIT;
+\endif
+PGB
+}
+
+# The invariants:
+#  (a) verify() is ok (against checkpoint $1 if given);
+#  (b) every committed workload transaction (a witness row) has exactly one
+#      link and no link lacks one, but for the two setup transactions; and
+#      replaying the events row by row reproduces each table exactly;
+#  (c) every chain's seq runs 1..n with no gap or fork.
+wl_check() {
+    local cp=${1:-}
+    local v
+    if [ -n "$cp" ]; then
+        v=$(wl_q -c "SELECT ok || ' ' || coalesce(problem, '') FROM audit_log.verify('$cp')")
+    else
+        v=$(wl_q -c "SELECT ok || ' ' || coalesce(problem, '') FROM audit_log.verify()")
+    fi
+    [ "$v" = "true " ] || wl_fail "verify: $v"
+    local linked witness extra gaps
+    linked=$(wl_q -c "SELECT count(*) FROM audit_log.links l JOIN witness w ON w.tx = l.tx_id")
+    witness=$(wl_q -c "SELECT count(*) FROM witness")
+    [ "$linked" = "$witness" ] || wl_fail "$witness committed transactions but $linked of them linked"
+    extra=$(wl_q -c "SELECT count(*) FROM audit_log.links l WHERE NOT EXISTS (SELECT 1 FROM witness w WHERE w.tx = l.tx_id)")
+    [ "$extra" = 2 ] || wl_fail "expected 2 setup links besides the workload's, found $extra"
+    gaps=$(wl_q -c "SELECT count(*) FROM (SELECT chain_id, count(*) n, max(seq) m, count(DISTINCT seq) d
+                                            FROM audit_log.links GROUP BY 1) c WHERE n <> m OR d <> n")
+    [ "$gaps" = 0 ] || wl_fail "$gaps chain(s) with a gap or a fork"
+    local t diff
+    for t in t1 t2 t3; do
+        diff=$(wl_q <<SQL
+WITH last AS (
+  SELECT DISTINCT ON (coalesce(new_row, old_row)->>'k') op, new_row
+    FROM audit_log.events WHERE table_name = '$t' AND op IN ('INSERT', 'UPDATE', 'DELETE')
+   ORDER BY coalesce(new_row, old_row)->>'k', id DESC),
+replayed AS (SELECT (new_row->>'k')::int k, (new_row->>'v')::int v FROM last WHERE op <> 'DELETE')
+SELECT count(*) FROM ((SELECT k, v FROM replayed EXCEPT ALL SELECT k, v FROM $t)
+            UNION ALL (SELECT k, v FROM $t EXCEPT ALL SELECT k, v FROM replayed)) d;
+SQL
+)
+        [ "$diff" = 0 ] || wl_fail "$t: replaying the events differs from the table in $diff row(s)"
+    done
+    WL_TX=$witness
+    WL_EVENTS=$(wl_q -c "SELECT count(*) FROM audit_log.events")
+}
+
+wl_teardown() {
+    rm -f "$WL_SCRIPT"
+    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $WL_DB" 2>/dev/null || true
+}
