@@ -314,6 +314,8 @@ struct ChainWalk {
     prev_seq: i64,
     prev_hash: Hash,
     prev_last_event: i64,
+    /// The previous link, if its own hash verified: (seq, first_event).
+    prev_ok: Option<(i64, i64)>,
     expect: Option<(i64, Hash)>,
     expect_met: bool,
 }
@@ -325,6 +327,7 @@ impl ChainWalk {
             prev_seq: 0,
             prev_hash: ZERO_HASH,
             prev_last_event: 0,
+            prev_ok: None,
             expect,
             expect_met: false,
         }
@@ -362,17 +365,37 @@ impl ChainWalk {
                 format!("chain {} repeats seq {}", l.chain_id, l.seq),
             );
         } else if l.prev_link_hash != self.prev_hash && recomputed == l.link_hash {
-            v.push(
-                ProblemKind::LinkBroken,
-                Some(l.first_event),
-                format!(
-                    "link {}/{} points to {}… but its predecessor hashes to {}…",
-                    l.chain_id,
-                    l.seq,
-                    short(&l.prev_link_hash),
-                    short(&self.prev_hash)
+            // This link verifies, so what it was chained to is the truth: a
+            // predecessor that hashes otherwise was rewritten and re-hashed.
+            match self.prev_ok {
+                Some((seq, first_event)) if l.seq == seq + 1 => v.push(
+                    ProblemKind::LinkChanged,
+                    Some(first_event),
+                    format!(
+                        "link {}/{} (from event {}) hashes to {}… but link {}/{} was chained to {}…: \
+                         rewritten after commit",
+                        l.chain_id,
+                        seq,
+                        first_event,
+                        short(&self.prev_hash),
+                        l.chain_id,
+                        l.seq,
+                        short(&l.prev_link_hash)
+                    ),
                 ),
-            );
+                Some(_) => {}
+                None if self.prev_seq > 0 => {} // the predecessor is already reported
+                None => v.push(
+                    ProblemKind::LinkBroken,
+                    Some(l.first_event),
+                    format!(
+                        "link {}/{} starts its chain but points to {}… instead of zero",
+                        l.chain_id,
+                        l.seq,
+                        short(&l.prev_link_hash)
+                    ),
+                ),
+            }
         }
         if let Some((seq, h)) = self.expect {
             if l.seq == seq {
@@ -392,6 +415,7 @@ impl ChainWalk {
                 }
             }
         }
+        self.prev_ok = (recomputed == l.link_hash).then_some((l.seq, l.first_event));
         self.prev_seq = l.seq;
         self.prev_hash = recomputed;
         self.prev_last_event = l.last_event;

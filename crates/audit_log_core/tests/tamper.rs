@@ -137,8 +137,11 @@ fn edited_link() {
     log.links[3].committed_at += 1;
     let l = log.links[3].clone();
     log.links[3].link_hash = link_hash(&l);
-    // recomputing the link's own hash breaks its successor's pointer
-    assert_eq!(first(&log, None).0, ProblemKind::LinkBroken);
+    // a link rewritten and re-hashed is named through its successor's pointer
+    assert_eq!(
+        first(&log, None),
+        (ProblemKind::LinkChanged, Some(l.first_event))
+    );
 }
 
 #[test]
