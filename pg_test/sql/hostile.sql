@@ -35,10 +35,37 @@ ALTER TABLE audit_log.events DISABLE TRIGGER ALL;
 DROP EXTENSION audit_log;
 GRANT SELECT ON audit_log.events TO al_app;
 REVOKE SELECT ON audit_log.events FROM audit_log_auditor;
--- Shadowing through search_path changes nothing.
+-- Even with read access (USAGE on the schema), every write is refused.
+RESET ROLE;
+GRANT audit_log_auditor TO al_app;
+SET ROLE al_app;
+UPDATE audit_log.events SET op = 'x';
+DELETE FROM audit_log.links;
+INSERT INTO audit_log.events (id) VALUES (-1);
+TRUNCATE audit_log.events;
+DELETE FROM audit_log.audited_tables;
+INSERT INTO audit_log.audited_tables VALUES ('acct');
+SELECT nextval('audit_log.events_id_seq');
+SELECT setval('audit_log.events_id_seq', 1);
+ALTER FUNCTION audit_log.verify() SECURITY DEFINER;
+CREATE TABLE audit_log.mine (x int);
+CREATE FUNCTION audit_log.capture_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+SELECT audit_log.reject_change();
+SELECT audit_log.enable('acct');
+SELECT audit_log.disable('acct');
+RESET ROLE;
+REVOKE audit_log_auditor FROM al_app;
+SET ROLE al_app;
+-- Shadowing through search_path changes nothing: functions, operators and
+-- temporary tables that capture or verify could pick up by name.
+CREATE TEMP TABLE events (id int);
 CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT 'epoch'::timestamptz $$;
-SET search_path = public, pg_catalog;
+CREATE FUNCTION public.int4eq_evil(int, int) RETURNS bool LANGUAGE sql AS $$ SELECT true $$;
+CREATE OPERATOR public.= (LEFTARG = int, RIGHTARG = int, FUNCTION = public.int4eq_evil);
+SET search_path = pg_temp, public, pg_catalog;
 INSERT INTO acct VALUES (2, 'b');
+-- The evil operator makes the application's own WHERE match every row; the
+-- log shows exactly what happened, and the log itself is not fooled.
 UPDATE acct SET v = 'c' WHERE id = 2;
 RESET search_path;
 RESET ROLE;

@@ -29,6 +29,19 @@ UPDATE audit_log.events SET op = 'x' WHERE id = 3;
 DELETE FROM audit_log.links;
 TRUNCATE audit_log.events;
 
+-- session_replication_role = replica does not bypass them (they are ENABLE ALWAYS).
+BEGIN;
+SET LOCAL session_replication_role = replica;
+DELETE FROM audit_log.events WHERE id = 3;
+ROLLBACK;
+
+-- A direct catalog trick hides the guards from the relation cache; verify()
+-- still sees the edit.
+BEGIN;
+UPDATE pg_catalog.pg_class SET relhastriggers = false WHERE oid = 'audit_log.events'::regclass;
+UPDATE audit_log.events SET op = 'DELETE' WHERE id = 5;
+SELECT * FROM check_log(); ROLLBACK;
+
 -- From here on, the guard triggers are disabled inside each transaction.
 CREATE FUNCTION unguard() RETURNS void LANGUAGE sql AS $$
   ALTER TABLE audit_log.events DISABLE TRIGGER USER;
