@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::ffi::CStr;
 
-use audit_log_core::model::{ChainHead, Checkpoint, CHECKPOINT_FORMAT};
+use audit_log_core::model::{ChainHead, Checkpoint, Json, CHECKPOINT_FORMAT};
 use audit_log_core::time::{format_rfc3339, from_pg_timestamp};
 use audit_log_core::verify::{verify_streams, Verdict};
 use audit_log_core::{Event, Hash, Link};
@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::capture;
 use crate::catalog::{self, as_owner};
 use crate::errors::{AuditError, OrRaise};
+use crate::jsonb::CanonicalJsonb;
 
 pub const ROW_TRIGGER: &str = "audit_log_capture_row";
 pub const STMT_TRIGGER: &str = "audit_log_capture_stmt";
@@ -307,19 +308,14 @@ fn ts(t: Option<TimestampWithTimeZone>) -> i64 {
     t.map_or(i64::MIN, |t| from_pg_timestamp(t.into_inner()))
 }
 
-fn json_col(row: &SpiHeapTupleData, i: usize) -> Result<Option<serde_json::Value>, AuditError> {
-    match row.get::<String>(i)? {
-        None => Ok(None),
-        Some(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| AuditError::Internal(format!("stored jsonb did not parse: {e}"))),
-    }
+fn json_col(row: &SpiHeapTupleData, i: usize) -> Result<Option<Json>, AuditError> {
+    Ok(row.get::<CanonicalJsonb>(i)?.map(|c| Json::Encoded(c.0)))
 }
 
 const EVENT_QUERY: &str = "SELECT id, tx_id::text::int8, tx_seq, recorded_at, statement_at,
         session_user_name, current_user_name, application_name,
-        pg_catalog.inet_out(client_addr)::text, context::text, table_schema, table_name, op,
-        old_row::text, new_row::text, prev_hash, hash
+        pg_catalog.inet_out(client_addr)::text, context, table_schema, table_name, op,
+        old_row, new_row, prev_hash, hash
    FROM audit_log.events
   WHERE tx_id IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned()
   ORDER BY tx_id, tx_seq, id";

@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::ffi::CStr;
 
+use audit_log_core::model::Json as EventJson;
 use audit_log_core::time::from_pg_timestamp;
 use audit_log_core::{event_hash, Event, ZERO_HASH};
 use pgrx::pg_sys;
@@ -13,29 +14,25 @@ use pgrx::prelude::*;
 use serde_json::Value;
 
 use crate::errors::AuditError;
+use crate::jsonb;
 use crate::txstate::{self, Pending};
 
-/// A jsonb value both as stored (raw varlena bytes) and as hashed.
+/// A jsonb value both as stored (raw varlena bytes) and as hashed (its
+/// canonical encoding, read from the binary form by `jsonb::encode`).
 pub struct Json {
     pub raw: Vec<u8>,
-    pub value: Value,
+    pub encoded: Vec<u8>,
 }
 
-/// Copy a jsonb datum and parse its text form, which keeps numbers exact.
-/// The verifier reads `column::text` back the same way, so both sides hash
-/// what PostgreSQL prints.
+/// Copy a jsonb datum, and encode it canonically.
 unsafe fn json_from_datum(d: pg_sys::Datum) -> Result<Json, AuditError> {
     // SAFETY (caller): d is a jsonb datum.
     unsafe {
         let p = pg_sys::pg_detoast_datum(d.cast_mut_ptr());
         let size = pgrx::varsize_any(p);
         let raw = std::slice::from_raw_parts(p as *const u8, size).to_vec();
-        let jb = p as *mut pg_sys::Jsonb;
-        let text = pg_sys::JsonbToCString(std::ptr::null_mut(), &mut (*jb).root, size as i32);
-        let value = serde_json::from_slice(CStr::from_ptr(text).to_bytes())
-            .map_err(|e| AuditError::Internal(format!("jsonb text did not parse: {e}")))?;
-        pg_sys::pfree(text.cast());
-        Ok(Json { raw, value })
+        let encoded = jsonb::encode(pg_sys::Datum::from(p));
+        Ok(Json { raw, encoded })
     }
 }
 
@@ -149,8 +146,12 @@ pub fn record(
     // SAFETY: reads transaction state.
     let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
     txstate::append(|state, id, tx_seq, prev_hash| {
-        let (old_raw, old_value) = old_row.map(|j| (j.raw, j.value)).unzip();
-        let (new_raw, new_value) = new_row.map(|j| (j.raw, j.value)).unzip();
+        let (old_raw, old_value) = old_row
+            .map(|j| (j.raw, EventJson::Encoded(j.encoded)))
+            .unzip();
+        let (new_raw, new_value) = new_row
+            .map(|j| (j.raw, EventJson::Encoded(j.encoded)))
+            .unzip();
         let mut event = Event {
             id,
             tx_id: state.tx_id,
@@ -171,7 +172,7 @@ pub fn record(
             hash: ZERO_HASH,
         };
         event.hash = event_hash(&event);
-        // The parsed rows were only needed for the hash.
+        // The encoded rows were only needed for the hash.
         event.old_row = None;
         event.new_row = None;
         Pending {

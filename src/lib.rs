@@ -15,6 +15,7 @@ mod catalog;
 mod chain;
 mod ddl_guard;
 mod errors;
+mod jsonb;
 mod store;
 mod txstate;
 

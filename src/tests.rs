@@ -86,6 +86,48 @@ mod tests {
         assert_eq!(count("SELECT events_checked FROM audit_log.verify()"), 0);
     }
 
+    /// The in-place jsonb walker and the text route (what an independent
+    /// verifier does with an export) must give the same bytes, always.
+    #[pg_test]
+    fn jsonb_walker_matches_the_text_route() {
+        use crate::jsonb::CanonicalJsonb;
+        let corpus = r#"
+            SELECT v FROM (VALUES
+              ('null'::jsonb), ('true'), ('false'), ('0'), ('-0'), ('1.50'), ('1e3'), ('-1.5E-7'),
+              ('123456789012345678901234567890.123456789012345678901234567890'),
+              ('"plain"'), ('""'), ('"é ✓ 😀 \u00e9 \t \n \\ \" \u0001"'), ('[]'), ('{}'),
+              ('[1, [2, [3, []]], {"a": {}}]'),
+              ('{"b": 1, "a": 2, "aa": 3, "ab": 4, "é": 5, "": 6, "Z": 7, "zz": {"y": [null]}}'),
+              ('{"dup": 1, "dup": 2}'),
+              ('{"k": "NaN", "n": 12.3400, "m": [0.1, 1.0, 10]}')
+            ) AS c(v)
+            UNION ALL
+            SELECT jsonb_build_object(
+                     'i', g, 'f', g / 7.0, 's', md5(g::text), 'u', chr(160 + g % 5000),
+                     'a', jsonb_build_array(g, g::text, g % 2 = 0, NULL),
+                     repeat('k', g % 9), jsonb_build_object('n', -g * 1.5))
+              FROM generate_series(1, 300) g"#;
+        let rows = Spi::connect(|c| {
+            let t = c
+                .select(&format!("SELECT v, v::text FROM ({corpus}) x"), None, &[])
+                .unwrap();
+            t.map(|r| {
+                (
+                    r.get::<CanonicalJsonb>(1).unwrap().unwrap().0,
+                    r.get::<String>(2).unwrap().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+        });
+        assert!(rows.len() > 300);
+        for (walked, text) in rows {
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let mut via_text = Vec::new();
+            audit_log_core::encoding::encode_json(&value, &mut via_text);
+            assert_eq!(walked, via_text, "jsonb {text}");
+        }
+    }
+
     #[pg_test(
         error = "\"public.v\" is a view; audit_log can only audit ordinary and partitioned tables"
     )]

@@ -11,7 +11,7 @@
 
 use serde_json::Value;
 
-use crate::model::{Event, Link};
+use crate::model::{Event, Json, Link};
 
 pub mod tag {
     pub const NULL: u8 = 0x00;
@@ -51,13 +51,136 @@ pub fn put_opt_text(buf: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-pub fn put_opt_json(buf: &mut Vec<u8>, v: Option<&Value>) {
+pub fn put_opt_json(buf: &mut Vec<u8>, v: Option<&Json>) {
     match v {
         None => buf.push(0),
-        Some(v) => {
+        Some(Json::Value(v)) => {
             buf.push(1);
             encode_json(v, buf);
         }
+        Some(Json::Encoded(bytes)) => {
+            buf.push(1);
+            buf.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// Build the encoding of a JSON value from a stream of parts, for sources
+/// that are not a `serde_json::Value` (PostgreSQL's jsonb, walked in place).
+/// Arrays and objects are collected first: an object's members must be
+/// written in byte order of their keys, whatever order the source has.
+#[derive(Default)]
+pub struct JsonBuilder {
+    stack: Vec<Frame>,
+    out: Vec<u8>,
+}
+
+enum Frame {
+    Array {
+        count: usize,
+        body: Vec<u8>,
+    },
+    Object {
+        members: Vec<(Vec<u8>, Vec<u8>)>,
+        key: Option<Vec<u8>>,
+    },
+}
+
+impl JsonBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Append one finished value to the innermost open container, or to the output.
+    fn value(&mut self, encoded: Vec<u8>) {
+        match self.stack.last_mut() {
+            None => self.out.extend_from_slice(&encoded),
+            Some(Frame::Array { count, body }) => {
+                *count += 1;
+                body.extend_from_slice(&encoded);
+            }
+            Some(Frame::Object { members, key }) => {
+                let k = key.take().unwrap_or_default();
+                members.push((k, encoded));
+            }
+        }
+    }
+
+    pub fn null(&mut self) {
+        self.value(vec![tag::NULL]);
+    }
+
+    pub fn bool(&mut self, b: bool) {
+        self.value(vec![if b { tag::TRUE } else { tag::FALSE }]);
+    }
+
+    pub fn number(&mut self, text: &str) {
+        let mut v = Vec::with_capacity(5 + text.len());
+        v.push(tag::NUMBER);
+        put_text(&mut v, text);
+        self.value(v);
+    }
+
+    pub fn string(&mut self, s: &[u8]) {
+        let mut v = Vec::with_capacity(5 + s.len());
+        v.push(tag::STRING);
+        put_len(&mut v, s.len());
+        v.extend_from_slice(s);
+        self.value(v);
+    }
+
+    pub fn begin_array(&mut self) {
+        self.stack.push(Frame::Array {
+            count: 0,
+            body: Vec::new(),
+        });
+    }
+
+    pub fn begin_object(&mut self) {
+        self.stack.push(Frame::Object {
+            members: Vec::new(),
+            key: None,
+        });
+    }
+
+    /// The key of the next member of the innermost object.
+    pub fn key(&mut self, k: &[u8]) {
+        if let Some(Frame::Object { key, .. }) = self.stack.last_mut() {
+            *key = Some(k.to_vec());
+        }
+    }
+
+    /// Close the innermost array or object.
+    pub fn end(&mut self) {
+        let encoded = match self.stack.pop() {
+            None => return,
+            Some(Frame::Array { count, body }) => {
+                let mut v = Vec::with_capacity(5 + body.len());
+                v.push(tag::ARRAY);
+                put_len(&mut v, count);
+                v.extend_from_slice(&body);
+                v
+            }
+            Some(Frame::Object { mut members, .. }) => {
+                members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                let size: usize = members.iter().map(|(k, v)| 4 + k.len() + v.len()).sum();
+                let mut v = Vec::with_capacity(5 + size);
+                v.push(tag::OBJECT);
+                put_len(&mut v, members.len());
+                for (k, val) in members {
+                    put_len(&mut v, k.len());
+                    v.extend_from_slice(&k);
+                    v.extend_from_slice(&val);
+                }
+                v
+            }
+        };
+        self.value(encoded);
+    }
+
+    /// The encoding of the one value built.
+    pub fn finish(self) -> Vec<u8> {
+        self.out
     }
 }
 
@@ -229,6 +352,36 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[test]
+    fn builder_matches_encode_json() {
+        let v: Value = serde_json::from_str(
+            r#"{"b": [1.50, "é", null, true], "a": {"z": false, "": 0}, "aa": []}"#,
+        )
+        .unwrap();
+        let mut b = JsonBuilder::new();
+        b.begin_object();
+        // jsonb's own order: by length, then bytes
+        b.key(b"a");
+        b.begin_object();
+        b.key(b"");
+        b.number("0");
+        b.key(b"z");
+        b.bool(false);
+        b.end();
+        b.key(b"b");
+        b.begin_array();
+        b.number("1.50");
+        b.string("é".as_bytes());
+        b.null();
+        b.bool(true);
+        b.end();
+        b.key(b"aa");
+        b.begin_array();
+        b.end();
+        b.end();
+        assert_eq!(b.finish(), enc(&v));
+    }
+
     fn enc(v: &Value) -> Vec<u8> {
         let mut b = Vec::new();
         encode_json(v, &mut b);
@@ -268,7 +421,7 @@ mod tests {
         let mut a = Vec::new();
         put_opt_json(&mut a, None);
         let mut b = Vec::new();
-        put_opt_json(&mut b, Some(&Value::Null));
+        put_opt_json(&mut b, Some(&Json::Value(Value::Null)));
         assert_ne!(a, b);
     }
 

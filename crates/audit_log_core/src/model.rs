@@ -6,6 +6,21 @@ use serde_json::Value;
 
 use crate::hash::Hash;
 
+/// A JSON value as it enters an event: parsed, or already in its canonical
+/// encoding (the extension encodes jsonb in place, without a text round trip).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    Value(Value),
+    /// One complete `json` item of the canonical encoding (docs/FORMAT.md).
+    Encoded(Vec<u8>),
+}
+
+impl From<Value> for Json {
+    fn from(v: Value) -> Self {
+        Json::Value(v)
+    }
+}
+
 /// One captured change (or configuration change), as stored in `audit_log.events`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -23,12 +38,12 @@ pub struct Event {
     /// The client address in PostgreSQL `inet` text form; `None` for Unix sockets.
     pub client_addr: Option<String>,
     /// Optional application context (the end user behind a pool, a request id).
-    pub context: Option<Value>,
+    pub context: Option<Json>,
     pub table_schema: String,
     pub table_name: String,
     pub op: String,
-    pub old_row: Option<Value>,
-    pub new_row: Option<Value>,
+    pub old_row: Option<Json>,
+    pub new_row: Option<Json>,
     /// Hash of the previous event of the same transaction; zero for the first.
     pub prev_hash: Hash,
     pub hash: Hash,

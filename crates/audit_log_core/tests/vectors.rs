@@ -18,8 +18,16 @@ pub fn vector_event() -> Event {
         table_schema: "public".into(),
         table_name: "orders".into(),
         op: "UPDATE".into(),
-        old_row: Some(serde_json::from_str(r#"{"id": 1, "amount": 10.50, "note": "é"}"#).unwrap()),
-        new_row: Some(serde_json::from_str(r#"{"id": 1, "amount": 11, "note": null}"#).unwrap()),
+        old_row: Some(
+            serde_json::from_str::<serde_json::Value>(r#"{"id": 1, "amount": 10.50, "note": "é"}"#)
+                .unwrap()
+                .into(),
+        ),
+        new_row: Some(
+            serde_json::from_str::<serde_json::Value>(r#"{"id": 1, "amount": 11, "note": null}"#)
+                .unwrap()
+                .into(),
+        ),
         prev_hash: ZERO_HASH,
         hash: ZERO_HASH,
     }

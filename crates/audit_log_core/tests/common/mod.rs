@@ -46,7 +46,7 @@ impl Log {
                 table_name: "orders".into(),
                 op: "INSERT".into(),
                 old_row: None,
-                new_row: Some(row.clone()),
+                new_row: Some(row.clone().into()),
                 prev_hash: prev,
                 hash: ZERO_HASH,
             };

@@ -1,0 +1,150 @@
+//! The canonical encoding of a jsonb value, read straight from its binary
+//! form: no text round trip, no parse. The byte format itself lives in the
+//! pure crate (`JsonBuilder`); this only walks PostgreSQL's structure.
+//! The independent verifier in pg_test parses jsonb's text instead, so any
+//! disagreement between the two routes fails the tests.
+
+use std::cell::Cell;
+use std::ffi::CStr;
+
+use audit_log_core::encoding::JsonBuilder;
+use pgrx::pg_sys;
+use pgrx::{FromDatum, IntoDatum};
+
+thread_local! {
+    /// Scratch memory for walks (iterator frames, numeric text), reset before each.
+    static SCRATCH: Cell<pg_sys::MemoryContext> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+fn scratch() -> pg_sys::MemoryContext {
+    SCRATCH.with(|c| {
+        if c.get().is_null() {
+            // SAFETY: a child of TopMemoryContext that lives as long as the backend.
+            let cx = unsafe {
+                pg_sys::AllocSetContextCreateInternal(
+                    pg_sys::TopMemoryContext,
+                    c"audit_log jsonb walk".as_ptr(),
+                    pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                    pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                    pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+                )
+            };
+            c.set(cx);
+        }
+        c.get()
+    })
+}
+
+/// Run `f` in the scratch context, emptied first.
+fn in_scratch<T>(f: impl FnOnce() -> T) -> T {
+    let cx = scratch();
+    // SAFETY: nothing allocated in cx outlives a walk.
+    unsafe {
+        pg_sys::MemoryContextReset(cx);
+        let old = pg_sys::MemoryContextSwitchTo(cx);
+        let out = f();
+        pg_sys::MemoryContextSwitchTo(old);
+        out
+    }
+}
+
+unsafe fn scalar(b: &mut JsonBuilder, v: &pg_sys::JsonbValue) {
+    use pg_sys::jbvType as t;
+    // SAFETY (caller): v is a scalar JsonbValue from JsonbIteratorNext.
+    unsafe {
+        match v.type_ {
+            t::jbvNull => b.null(),
+            t::jbvBool => b.bool(v.val.boolean),
+            t::jbvString => {
+                let s = v.val.string;
+                b.string(std::slice::from_raw_parts(
+                    s.val as *const u8,
+                    s.len as usize,
+                ))
+            }
+            t::jbvNumeric => {
+                let text = pgrx::direct_function_call_as_datum(
+                    pg_sys::numeric_out,
+                    &[Some(pg_sys::Datum::from(v.val.numeric))],
+                );
+                let text = text.map(|d| CStr::from_ptr(d.cast_mut_ptr::<std::ffi::c_char>()));
+                b.number(&text.map(|t| t.to_string_lossy()).unwrap_or_default())
+            }
+            // Stored jsonb holds no other scalar kinds.
+            _ => b.null(),
+        }
+    }
+}
+
+/// The canonical encoding of a jsonb datum (docs/FORMAT.md, `json`).
+///
+/// # Safety
+/// `datum` must be a non-null jsonb datum.
+pub unsafe fn encode(datum: pg_sys::Datum) -> Vec<u8> {
+    use pg_sys::JsonbIteratorToken::*;
+    in_scratch(|| {
+        // SAFETY (caller): a jsonb datum; detoasted into the scratch context.
+        unsafe {
+            let jb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+            let mut it = pg_sys::JsonbIteratorInit(&mut (*jb).root);
+            let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+            let mut b = JsonBuilder::new();
+            // A top-level scalar is stored as a one-element "raw scalar" array.
+            let mut raw_scalar_depth: Vec<bool> = Vec::new();
+            loop {
+                match pg_sys::JsonbIteratorNext(&mut it, &mut v, false) {
+                    WJB_DONE => break,
+                    WJB_BEGIN_ARRAY => {
+                        let raw = v.val.array.rawScalar;
+                        raw_scalar_depth.push(raw);
+                        if !raw {
+                            b.begin_array();
+                        }
+                    }
+                    WJB_END_ARRAY => {
+                        let raw = raw_scalar_depth.pop().unwrap_or(false);
+                        if !raw {
+                            b.end();
+                        }
+                    }
+                    WJB_BEGIN_OBJECT => b.begin_object(),
+                    WJB_END_OBJECT => b.end(),
+                    WJB_KEY => {
+                        let s = v.val.string;
+                        b.key(std::slice::from_raw_parts(
+                            s.val as *const u8,
+                            s.len as usize,
+                        ));
+                    }
+                    WJB_VALUE | WJB_ELEM => scalar(&mut b, &v),
+                    _ => {}
+                }
+            }
+            b.finish()
+        }
+    })
+}
+
+/// A jsonb column read as its canonical encoding (for `SpiHeapTupleData::get`).
+pub struct CanonicalJsonb(pub Vec<u8>);
+
+impl FromDatum for CanonicalJsonb {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        // SAFETY (caller): a jsonb datum unless null.
+        (!is_null).then(|| CanonicalJsonb(unsafe { encode(datum) }))
+    }
+}
+
+impl IntoDatum for CanonicalJsonb {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        None // read-only: never passed back to PostgreSQL
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
