@@ -9,16 +9,14 @@ use audit_log_core::model::{ChainHead, Checkpoint, Json, CHECKPOINT_FORMAT};
 use audit_log_core::time::{format_rfc3339, from_pg_timestamp};
 use audit_log_core::verify::{verify_streams, Verdict};
 use audit_log_core::{Event, Hash, Link};
-use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
-use pgrx::spi::{SpiClient, SpiCursor, SpiHeapTupleData};
 use pgrx::{pg_sys, JsonB};
 use serde_json::json;
 
 use crate::capture;
 use crate::catalog::{self, as_owner};
 use crate::errors::{AuditError, OrRaise};
-use crate::jsonb::CanonicalJsonb;
+use crate::scan::{Ordered, Row, SnapshotGuard};
 
 pub const ROW_TRIGGER: &str = "audit_log_capture_row";
 pub const STMT_TRIGGER: &str = "audit_log_capture_stmt";
@@ -304,127 +302,68 @@ fn hash_of(bytes: Option<Vec<u8>>) -> Hash {
     }
 }
 
-fn ts(t: Option<TimestampWithTimeZone>) -> i64 {
-    t.map_or(i64::MIN, |t| from_pg_timestamp(t.into_inner()))
+fn json_col(row: &Row, i: usize) -> Option<Json> {
+    row.jsonb(i).map(Json::Encoded)
 }
 
-fn json_col(row: &SpiHeapTupleData, i: usize) -> Result<Option<Json>, AuditError> {
-    Ok(row.get::<CanonicalJsonb>(i)?.map(|c| Json::Encoded(c.0)))
+fn hash_col(row: &Row, i: usize) -> Hash {
+    hash_of(row.bytes(i))
 }
 
-const EVENT_QUERY: &str = "SELECT id, tx_id::text::int8, tx_seq, recorded_at, statement_at,
-        session_user_name, current_user_name, application_name,
-        pg_catalog.inet_out(client_addr)::text, context, table_schema, table_name, op,
-        old_row, new_row, prev_hash, hash
-   FROM audit_log.events
-  WHERE tx_id IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned()
-  ORDER BY tx_id, tx_seq, id";
+fn ts_col(row: &Row, i: usize) -> i64 {
+    row.i64(i).map_or(i64::MIN, from_pg_timestamp)
+}
 
-fn event_row(r: &SpiHeapTupleData) -> Result<Event, AuditError> {
-    Ok(Event {
-        id: r.get::<i64>(1)?.unwrap_or(i64::MIN),
-        tx_id: r.get::<i64>(2)?.unwrap_or(0) as u64,
-        tx_seq: i64::from(r.get::<i32>(3)?.unwrap_or(0)),
-        recorded_at: ts(r.get(4)?),
-        statement_at: ts(r.get(5)?),
-        session_user_name: r.get(6)?.unwrap_or_default(),
-        current_user_name: r.get(7)?.unwrap_or_default(),
-        application_name: r.get(8)?,
-        client_addr: r.get(9)?,
-        context: json_col(r, 10)?,
-        table_schema: r.get(11)?.unwrap_or_default(),
-        table_name: r.get(12)?.unwrap_or_default(),
-        op: r.get(13)?.unwrap_or_default(),
-        old_row: json_col(r, 14)?,
-        new_row: json_col(r, 15)?,
-        prev_hash: hash_of(r.get(16)?),
-        hash: hash_of(r.get(17)?),
+/// Columns of audit_log.events by position (sql/bootstrap.sql).
+fn event_row(r: &Row) -> Option<Event> {
+    Some(Event {
+        id: r.i64(0).unwrap_or(i64::MIN),
+        tx_id: r.i64(1).unwrap_or(0) as u64,
+        tx_seq: i64::from(r.i32(2).unwrap_or(0)),
+        recorded_at: ts_col(r, 3),
+        statement_at: ts_col(r, 4),
+        session_user_name: r.text(5).unwrap_or_default(),
+        current_user_name: r.text(6).unwrap_or_default(),
+        application_name: r.text(7),
+        client_addr: r.inet(8),
+        context: json_col(r, 9),
+        table_schema: r.text(10).unwrap_or_default(),
+        table_name: r.text(11).unwrap_or_default(),
+        op: r.text(12).unwrap_or_default(),
+        old_row: json_col(r, 13),
+        new_row: json_col(r, 14),
+        prev_hash: hash_col(r, 15),
+        hash: hash_col(r, 16),
     })
 }
 
-const LINK_COLUMNS: &str = "chain_id, seq, tx_id::text::int8, event_count, first_event, last_event,
-        last_event_hash, committed_at, prev_link_hash, link_hash FROM audit_log.links";
-
-fn link_row(r: &SpiHeapTupleData) -> Result<Link, AuditError> {
-    Ok(Link {
-        chain_id: r.get::<i32>(1)?.unwrap_or(-1),
-        seq: r.get::<i64>(2)?.unwrap_or(0),
-        tx_id: r.get::<i64>(3)?.unwrap_or(0) as u64,
-        event_count: r.get::<i64>(4)?.unwrap_or(-1),
-        first_event: r.get::<i64>(5)?.unwrap_or(i64::MIN),
-        last_event: r.get::<i64>(6)?.unwrap_or(i64::MIN),
-        last_event_hash: hash_of(r.get(7)?),
-        committed_at: ts(r.get(8)?),
-        prev_link_hash: hash_of(r.get(9)?),
-        link_hash: hash_of(r.get(10)?),
+/// Columns of audit_log.links by position.
+fn link_row(r: &Row) -> Option<Link> {
+    Some(Link {
+        chain_id: r.i32(0).unwrap_or(-1),
+        seq: r.i64(1).unwrap_or(0),
+        tx_id: r.i64(2).unwrap_or(0) as u64,
+        event_count: r.i64(3).unwrap_or(-1),
+        first_event: r.i64(4).unwrap_or(i64::MIN),
+        last_event: r.i64(5).unwrap_or(i64::MIN),
+        last_event_hash: hash_col(r, 6),
+        committed_at: ts_col(r, 7),
+        prev_link_hash: hash_col(r, 8),
+        link_hash: hash_col(r, 9),
     })
-}
-
-/// Streams a query's rows through a cursor, a batch at a time.
-struct Rows<'c, T> {
-    cursor: SpiCursor<'c>,
-    batch: std::vec::IntoIter<T>,
-    done: bool,
-    convert: fn(&SpiHeapTupleData) -> Result<T, AuditError>,
-}
-
-impl<'c, T> Rows<'c, T> {
-    fn open(
-        client: &'c SpiClient<'c>,
-        query: &str,
-        convert: fn(&SpiHeapTupleData) -> Result<T, AuditError>,
-    ) -> Self {
-        Rows {
-            cursor: client.open_cursor(query, &[]),
-            batch: Vec::new().into_iter(),
-            done: false,
-            convert,
-        }
-    }
-}
-
-impl<T> Iterator for Rows<'_, T> {
-    type Item = Result<T, AuditError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(x) = self.batch.next() {
-                return Some(Ok(x));
-            }
-            if self.done {
-                return None;
-            }
-            let table = match self.cursor.fetch(4096) {
-                Ok(t) => t,
-                Err(e) => return Some(Err(e.into())),
-            };
-            let mut out = Vec::with_capacity(table.len());
-            for row in table {
-                match (self.convert)(&row) {
-                    Ok(x) => out.push(x),
-                    Err(e) => return Some(Err(e)),
-                }
-            }
-            self.done = out.is_empty();
-            self.batch = out.into_iter();
-        }
-    }
 }
 
 fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
-    Spi::connect(|client| {
-        let events = Rows::open(client, EVENT_QUERY, event_row);
-        let by_tx = Rows::open(
-            client,
-            &format!("SELECT {LINK_COLUMNS} ORDER BY tx_id, chain_id, seq"),
-            link_row,
-        );
-        let by_chain = Rows::open(
-            client,
-            &format!("SELECT {LINK_COLUMNS} ORDER BY chain_id, seq"),
-            link_row,
-        );
-        verify_streams(events, by_tx, by_chain, cp)
-    })
+    let oids = catalog::lookup()?;
+    let snapshot = SnapshotGuard::active();
+    // The caller's own uncommitted events have no link yet: not part of the log.
+    // SAFETY: reads transaction state.
+    let own = unsafe { pg_sys::GetTopFullTransactionIdIfAny() }.value;
+    let events = Ordered::open(oids.events, oids.events_pkey, snapshot.0, event_row)?
+        .filter(move |e| !matches!(e, Ok(e) if own != 0 && e.tx_id == own));
+    let by_tx = Ordered::open(oids.links, oids.links_tx_idx, snapshot.0, link_row)?;
+    let by_chain = Ordered::open(oids.links, oids.links_pkey, snapshot.0, link_row)?;
+    verify_streams(events, by_tx, by_chain, cp)
 }
 
 type VerifyRow = (bool, i64, Option<i64>, Option<String>);

@@ -13,8 +13,10 @@ pub const SCHEMA: &CStr = c"audit_log";
 #[derive(Clone, Copy, Debug)]
 pub struct Oids {
     pub events: pg_sys::Oid,
+    pub events_pkey: pg_sys::Oid,
     pub links: pg_sys::Oid,
     pub links_pkey: pg_sys::Oid,
+    pub links_tx_idx: pg_sys::Oid,
     pub events_seq: pg_sys::Oid,
 }
 
@@ -40,8 +42,10 @@ pub fn lookup() -> Result<Oids, AuditError> {
     let ns = schema_oid().ok_or_else(|| AuditError::NotInstalled("schema audit_log".into()))?;
     Ok(Oids {
         events: relid(ns, c"events")?,
+        events_pkey: relid(ns, c"events_pkey")?,
         links: relid(ns, c"links")?,
         links_pkey: relid(ns, c"links_pkey")?,
+        links_tx_idx: relid(ns, c"links_tx_idx")?,
         events_seq: relid(ns, c"events_id_seq")?,
     })
 }

@@ -9,6 +9,7 @@ use std::ffi::CStr;
 
 use audit_log_core::encoding::JsonBuilder;
 use pgrx::pg_sys;
+#[cfg(any(test, feature = "pg_test"))]
 use pgrx::{FromDatum, IntoDatum};
 
 thread_local! {
@@ -125,9 +126,12 @@ pub unsafe fn encode(datum: pg_sys::Datum) -> Vec<u8> {
     })
 }
 
-/// A jsonb column read as its canonical encoding (for `SpiHeapTupleData::get`).
+/// A jsonb column read as its canonical encoding through SPI (tests compare
+/// it with the text route).
+#[cfg(any(test, feature = "pg_test"))]
 pub struct CanonicalJsonb(pub Vec<u8>);
 
+#[cfg(any(test, feature = "pg_test"))]
 impl FromDatum for CanonicalJsonb {
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
@@ -139,6 +143,7 @@ impl FromDatum for CanonicalJsonb {
     }
 }
 
+#[cfg(any(test, feature = "pg_test"))]
 impl IntoDatum for CanonicalJsonb {
     fn into_datum(self) -> Option<pg_sys::Datum> {
         None // read-only: never passed back to PostgreSQL

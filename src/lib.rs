@@ -16,6 +16,7 @@ mod chain;
 mod ddl_guard;
 mod errors;
 mod jsonb;
+mod scan;
 mod store;
 mod txstate;
 

@@ -67,23 +67,20 @@ pub fn put_opt_json(buf: &mut Vec<u8>, v: Option<&Json>) {
 
 /// Build the encoding of a JSON value from a stream of parts, for sources
 /// that are not a `serde_json::Value` (PostgreSQL's jsonb, walked in place).
-/// Arrays and objects are collected first: an object's members must be
-/// written in byte order of their keys, whatever order the source has.
+/// Everything is written into one buffer. An object's members must come out
+/// in byte order of their keys, whatever order the source has, so each
+/// object remembers where its members start and reorders them when it ends.
 #[derive(Default)]
 pub struct JsonBuilder {
+    buf: Vec<u8>,
     stack: Vec<Frame>,
-    out: Vec<u8>,
 }
 
 enum Frame {
-    Array {
-        count: usize,
-        body: Vec<u8>,
-    },
-    Object {
-        members: Vec<(Vec<u8>, Vec<u8>)>,
-        key: Option<Vec<u8>>,
-    },
+    /// Where the count goes, and how many items so far.
+    Array { count_at: usize, count: u32 },
+    /// Where the count goes, then each member's (key start, value start).
+    Object { count_at: usize, members: Vec<(usize, usize)> },
 }
 
 impl JsonBuilder {
@@ -91,96 +88,104 @@ impl JsonBuilder {
         Self::default()
     }
 
-    /// Append one finished value to the innermost open container, or to the output.
-    fn value(&mut self, encoded: Vec<u8>) {
-        match self.stack.last_mut() {
-            None => self.out.extend_from_slice(&encoded),
-            Some(Frame::Array { count, body }) => {
-                *count += 1;
-                body.extend_from_slice(&encoded);
-            }
-            Some(Frame::Object { members, key }) => {
-                let k = key.take().unwrap_or_default();
-                members.push((k, encoded));
-            }
+    /// Before a value: count it into an enclosing array.
+    fn item(&mut self) {
+        if let Some(Frame::Array { count, .. }) = self.stack.last_mut() {
+            *count += 1;
         }
     }
 
     pub fn null(&mut self) {
-        self.value(vec![tag::NULL]);
+        self.item();
+        self.buf.push(tag::NULL);
     }
 
     pub fn bool(&mut self, b: bool) {
-        self.value(vec![if b { tag::TRUE } else { tag::FALSE }]);
+        self.item();
+        self.buf.push(if b { tag::TRUE } else { tag::FALSE });
     }
 
     pub fn number(&mut self, text: &str) {
-        let mut v = Vec::with_capacity(5 + text.len());
-        v.push(tag::NUMBER);
-        put_text(&mut v, text);
-        self.value(v);
+        self.item();
+        self.buf.push(tag::NUMBER);
+        put_text(&mut self.buf, text);
     }
 
     pub fn string(&mut self, s: &[u8]) {
-        let mut v = Vec::with_capacity(5 + s.len());
-        v.push(tag::STRING);
-        put_len(&mut v, s.len());
-        v.extend_from_slice(s);
-        self.value(v);
+        self.item();
+        self.buf.push(tag::STRING);
+        put_len(&mut self.buf, s.len());
+        self.buf.extend_from_slice(s);
+    }
+
+    fn open(&mut self, t: u8) -> usize {
+        self.item();
+        self.buf.push(t);
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        at
     }
 
     pub fn begin_array(&mut self) {
-        self.stack.push(Frame::Array {
-            count: 0,
-            body: Vec::new(),
-        });
+        let count_at = self.open(tag::ARRAY);
+        self.stack.push(Frame::Array { count_at, count: 0 });
     }
 
     pub fn begin_object(&mut self) {
-        self.stack.push(Frame::Object {
-            members: Vec::new(),
-            key: None,
-        });
+        let count_at = self.open(tag::OBJECT);
+        self.stack.push(Frame::Object { count_at, members: Vec::new() });
     }
 
     /// The key of the next member of the innermost object.
     pub fn key(&mut self, k: &[u8]) {
-        if let Some(Frame::Object { key, .. }) = self.stack.last_mut() {
-            *key = Some(k.to_vec());
+        let key_at = self.buf.len();
+        put_len(&mut self.buf, k.len());
+        self.buf.extend_from_slice(k);
+        let value_at = self.buf.len();
+        if let Some(Frame::Object { members, .. }) = self.stack.last_mut() {
+            members.push((key_at, value_at));
         }
     }
 
     /// Close the innermost array or object.
     pub fn end(&mut self) {
-        let encoded = match self.stack.pop() {
-            None => return,
-            Some(Frame::Array { count, body }) => {
-                let mut v = Vec::with_capacity(5 + body.len());
-                v.push(tag::ARRAY);
-                put_len(&mut v, count);
-                v.extend_from_slice(&body);
-                v
+        match self.stack.pop() {
+            None => {}
+            Some(Frame::Array { count_at, count }) => {
+                self.buf[count_at..count_at + 4].copy_from_slice(&count.to_be_bytes());
             }
-            Some(Frame::Object { mut members, .. }) => {
-                members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                let size: usize = members.iter().map(|(k, v)| 4 + k.len() + v.len()).sum();
-                let mut v = Vec::with_capacity(5 + size);
-                v.push(tag::OBJECT);
-                put_len(&mut v, members.len());
-                for (k, val) in members {
-                    put_len(&mut v, k.len());
-                    v.extend_from_slice(&k);
-                    v.extend_from_slice(&val);
+            Some(Frame::Object { count_at, members }) => {
+                let n = members.len() as u32;
+                self.buf[count_at..count_at + 4].copy_from_slice(&n.to_be_bytes());
+                let body = count_at + 4;
+                let end = self.buf.len();
+                // (key bytes, whole member) of each member, in source order.
+                let spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(key_at, value_at))| {
+                        let next = members.get(i + 1).map_or(end, |m| m.0);
+                        (key_at + 4..value_at, key_at..next)
+                    })
+                    .collect();
+                let sorted = spans.windows(2).all(|w| self.buf[w[0].0.clone()] <= self.buf[w[1].0.clone()]);
+                if !sorted {
+                    let mut order: Vec<usize> = (0..spans.len()).collect();
+                    order.sort_by(|&a, &b| self.buf[spans[a].0.clone()].cmp(&self.buf[spans[b].0.clone()]));
+                    let mut out = Vec::with_capacity(end - body);
+                    for i in order {
+                        out.extend_from_slice(&self.buf[spans[i].1.clone()]);
+                    }
+                    self.buf.truncate(body);
+                    self.buf.extend_from_slice(&out);
                 }
-                v
             }
-        };
-        self.value(encoded);
+        }
     }
 
     /// The encoding of the one value built.
     pub fn finish(self) -> Vec<u8> {
-        self.out
+        self.buf
     }
 }
 
@@ -351,6 +356,57 @@ pub mod decode {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn feed(b: &mut JsonBuilder, v: &Value) {
+        match v {
+            Value::Null => b.null(),
+            Value::Bool(x) => b.bool(*x),
+            Value::Number(n) => b.number(&n.to_string()),
+            Value::String(s) => b.string(s.as_bytes()),
+            Value::Array(items) => {
+                b.begin_array();
+                items.iter().for_each(|i| feed(b, i));
+                b.end();
+            }
+            Value::Object(map) => {
+                b.begin_object();
+                // jsonb's storage order: by length, then bytes
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|x, y| (x.0.len(), x.0.as_bytes()).cmp(&(y.0.len(), y.0.as_bytes())));
+                for (k, val) in entries {
+                    b.key(k.as_bytes());
+                    feed(b, val);
+                }
+                b.end();
+            }
+        }
+    }
+
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::Number(n.into())),
+            "[a-zé😀 ]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-zé]{0,4}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn builder_in_jsonb_order_matches_encode_json(v in arb_json()) {
+            let mut b = JsonBuilder::new();
+            feed(&mut b, &v);
+            proptest::prop_assert_eq!(b.finish(), enc(&v));
+        }
+    }
 
     #[test]
     fn builder_matches_encode_json() {
