@@ -24,7 +24,11 @@ const LOCK_KEY: u32 = 0x6175_6c67;
 /// pg_advisory_lock(bigint) uses 1 and (int, int) uses 2; nothing in SQL makes 0xA1.
 const LOCK_FIELD4: u16 = 0xA1;
 
-pub static CHAINS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(8);
+/// Default 64: the chain's lock spans the commit's WAL flush, so K bounds how
+/// many audited commits can be in flight (and batched by group commit) at
+/// once. Measured on 2 cores at 32 clients: K = 8 gave 0.46x the unaudited
+/// throughput, K = 64 gave 0.81-0.98x. More chains cost only checkpoint size.
+pub static CHAINS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(64);
 
 fn lock_chain(chain: i32, wait: bool) -> bool {
     // SAFETY: MyDatabaseId is set in any backend that can run a transaction.

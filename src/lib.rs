@@ -33,7 +33,7 @@ pub extern "C-unwind" fn _PG_init() {
     GucRegistry::define_int_guc(
         c"audit_log.chains",
         c"Number of commit chains (K) that transactions are linked into.",
-        c"More chains let more transactions commit at once; each commit holds one chain's lock only from pre-commit to the end of commit.",
+        c"Set it at least to the number of sessions that commit audited changes at once: each commit holds one chain's lock from pre-commit to the end of commit, WAL flush included.",
         &chain::CHAINS,
         1,
         1024,
