@@ -47,9 +47,12 @@ for level in "repeatable read" serializable; do
     done
     rate_a=$((1000 * sum_a / (att_a > 0 ? att_a : 1))) rate_u=$((1000 * sum_u / (att_u > 0 ? att_u : 1)))
     echo "  $level failures per 1000 attempts: audited $rate_a, unaudited $rate_u"
-    # The workload's own hot keys cause failures; auditing must not add to
-    # them beyond noise (10 percentage points of slack between short runs).
-    [ $rate_a -le $((rate_u + 100)) ] || wl_fail "auditing adds failures at $level: $rate_a vs $rate_u per 1000"
+    # The workload's own hot keys cause these failures. Audited transactions
+    # last longer, which widens the windows for them a little. A conflict made
+    # by auditing itself (a predicate lock on the chain, a lock taken inside the
+    # transaction) would make nearly every audited transaction fail: that is
+    # what this catches, with room for the rest.
+    [ $rate_a -le $((rate_u * 3 / 2 + 50)) ] || wl_fail "auditing adds failures at $level: $rate_a vs $rate_u per 1000"
     summary+="$level $rate_a vs $rate_u; "
 done
 WL_SCRIPT=$audited_script
