@@ -25,23 +25,20 @@ pub struct Json {
 }
 
 /// Copy a jsonb datum, and encode it canonically.
-unsafe fn json_from_datum(d: pg_sys::Datum) -> Result<Json, AuditError> {
+unsafe fn json_from_datum(d: pg_sys::Datum) -> Json {
     // SAFETY (caller): d is a jsonb datum.
     unsafe {
         let p = pg_sys::pg_detoast_datum(d.cast_mut_ptr());
         let size = pgrx::varsize_any(p);
         let raw = std::slice::from_raw_parts(p as *const u8, size).to_vec();
         let encoded = jsonb::encode(pg_sys::Datum::from(p));
-        Ok(Json { raw, encoded })
+        Json { raw, encoded }
     }
 }
 
 /// `to_jsonb(row)`. to_jsonb learns its argument's type from the call
 /// expression, so give it one naming the table's row type.
-unsafe fn row_to_json(
-    tuple: pg_sys::HeapTuple,
-    desc: pg_sys::TupleDesc,
-) -> Result<Json, AuditError> {
+unsafe fn row_to_json(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Json {
     // SAFETY (caller): tuple belongs to a relation whose descriptor is desc.
     unsafe {
         let composite = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
@@ -76,7 +73,7 @@ pub fn json_from_value(v: &Value) -> Result<Json, AuditError> {
             &[Some(pg_sys::Datum::from(text.as_ptr()))],
         )
         .ok_or_else(|| AuditError::Internal("jsonb_in returned NULL".into()))?;
-        json_from_datum(d)
+        Ok(json_from_datum(d))
     }
 }
 
@@ -240,15 +237,15 @@ fn capture_row<'a>(
         let desc = (*rel).rd_att;
         let (op, old, new) = match ev & pg_sys::TRIGGER_EVENT_OPMASK {
             pg_sys::TRIGGER_EVENT_INSERT => {
-                ("INSERT", None, Some(row_to_json(td.tg_trigtuple, desc)?))
+                ("INSERT", None, Some(row_to_json(td.tg_trigtuple, desc)))
             }
             pg_sys::TRIGGER_EVENT_UPDATE => (
                 "UPDATE",
-                Some(row_to_json(td.tg_trigtuple, desc)?),
-                Some(row_to_json(td.tg_newtuple, desc)?),
+                Some(row_to_json(td.tg_trigtuple, desc)),
+                Some(row_to_json(td.tg_newtuple, desc)),
             ),
             pg_sys::TRIGGER_EVENT_DELETE => {
-                ("DELETE", Some(row_to_json(td.tg_trigtuple, desc)?), None)
+                ("DELETE", Some(row_to_json(td.tg_trigtuple, desc)), None)
             }
             _ => {
                 return Err(AuditError::Internal(

@@ -38,7 +38,8 @@ impl Row<'_> {
 
     pub fn text(&self, i: usize) -> Option<String> {
         self.bytes(i).map(|b| {
-            String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
         })
     }
 
@@ -48,7 +49,11 @@ impl Row<'_> {
         // SAFETY: an inet datum; inet_out returns a palloc'd cstring.
         unsafe {
             let out = pgrx::direct_function_call_as_datum(pg_sys::inet_out, &[Some(d)])?;
-            Some(CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>()).to_string_lossy().into_owned())
+            Some(
+                CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>())
+                    .to_string_lossy()
+                    .into_owned(),
+            )
         }
     }
 
@@ -81,16 +86,26 @@ impl<T> Ordered<T> {
         // SAFETY: a privilege check, then a plain ordered index scan under a
         // registered snapshot, with AccessShareLock like any SELECT.
         unsafe {
-            if pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode)
-                != pg_sys::AclResult::ACLCHECK_OK
+            if pg_sys::pg_class_aclcheck(
+                relid,
+                pg_sys::GetUserId(),
+                pg_sys::ACL_SELECT as pg_sys::AclMode,
+            ) != pg_sys::AclResult::ACLCHECK_OK
             {
                 let name = pg_sys::get_rel_name(relid);
-                let name = if name.is_null() { "?".into() } else { CStr::from_ptr(name).to_string_lossy() };
-                return Err(AuditError::NotAdmin { action: format!("read audit_log.{name} (grant audit_log_auditor)") });
+                let name = if name.is_null() {
+                    "?".into()
+                } else {
+                    CStr::from_ptr(name).to_string_lossy()
+                };
+                return Err(AuditError::NotAdmin {
+                    action: format!("read audit_log.{name} (grant audit_log_auditor)"),
+                });
             }
             let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
             let idx = pg_sys::index_open(indexid, pg_sys::AccessShareLock as i32);
-            let scan = pg_sys::systable_beginscan_ordered(rel, idx, snapshot, 0, std::ptr::null_mut());
+            let scan =
+                pg_sys::systable_beginscan_ordered(rel, idx, snapshot, 0, std::ptr::null_mut());
             let natts = (*(*rel).rd_att).natts as usize;
             let row_cx = pg_sys::AllocSetContextCreateInternal(
                 pg_sys::CurrentMemoryContext,
@@ -121,13 +136,24 @@ impl<T> Iterator for Ordered<T> {
             // a context that is reset before the next.
             unsafe {
                 pg_sys::MemoryContextReset(self.row_cx);
-                let tup = pg_sys::systable_getnext_ordered(self.scan, pg_sys::ScanDirection::ForwardScanDirection);
+                let tup = pg_sys::systable_getnext_ordered(
+                    self.scan,
+                    pg_sys::ScanDirection::ForwardScanDirection,
+                );
                 if tup.is_null() {
                     return None;
                 }
                 let old = pg_sys::MemoryContextSwitchTo(self.row_cx);
-                pg_sys::heap_deform_tuple(tup, (*self.rel).rd_att, self.values.as_mut_ptr(), self.nulls.as_mut_ptr());
-                let out = (self.convert)(&Row { values: &self.values, nulls: &self.nulls });
+                pg_sys::heap_deform_tuple(
+                    tup,
+                    (*self.rel).rd_att,
+                    self.values.as_mut_ptr(),
+                    self.nulls.as_mut_ptr(),
+                );
+                let out = (self.convert)(&Row {
+                    values: &self.values,
+                    nulls: &self.nulls,
+                });
                 pg_sys::MemoryContextSwitchTo(old);
                 if let Some(x) = out {
                     return Some(Ok(x));

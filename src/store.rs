@@ -45,16 +45,20 @@ fn varlena_datum(raw: &[u8]) -> pg_sys::Datum {
     }
 }
 
-fn inet_datum(text: &str) -> Result<pg_sys::Datum, AuditError> {
+/// An inet value as raw varlena bytes, parsed from its `inet_out` text.
+fn inet_varlena(text: &str) -> Result<Vec<u8>, AuditError> {
     let c = std::ffi::CString::new(text).map_err(|e| AuditError::Internal(e.to_string()))?;
-    // SAFETY: inet_in parses a cstring; the text came from inet_out.
+    // SAFETY: inet_in parses a cstring (the text came from inet_out) and
+    // returns a plain varlena, copied out before its context goes.
     unsafe {
-        pgrx::direct_function_call_as_datum(
+        let d = pgrx::direct_function_call_as_datum(
             pg_sys::inet_in,
             &[Some(pg_sys::Datum::from(c.as_ptr()))],
         )
+        .ok_or_else(|| AuditError::Internal("inet_in returned NULL".into()))?;
+        let p = d.cast_mut_ptr::<pg_sys::varlena>();
+        Ok(std::slice::from_raw_parts(p as *const u8, pgrx::varsize_any(p)).to_vec())
     }
-    .ok_or_else(|| AuditError::Internal("inet_in returned NULL".into()))
 }
 
 /// An open audit table with its indexes, for a batch of inserts.
@@ -121,7 +125,19 @@ impl Drop for Target {
 pub fn insert_events(oids: &Oids, batch: &[Pending]) -> Result<(), AuditError> {
     let target = Target::open(oids.events, EVENT_COLUMNS)?;
     let mut cx = PgMemoryContexts::new("audit_log event insert");
+    // A session's client address is the same for every event: parse it once.
+    let mut client: Option<(&str, Vec<u8>)> = None;
     for p in batch {
+        let client_raw = match p.event.client_addr.as_deref() {
+            None => None,
+            Some(t) if client.as_ref().is_some_and(|(c, _)| *c == t) => {
+                client.as_ref().map(|c| &c.1)
+            }
+            Some(t) => {
+                client = Some((t, inet_varlena(t)?));
+                client.as_ref().map(|c| &c.1)
+            }
+        };
         let e = &p.event;
         // SAFETY: every allocation for one row lives in `cx`, reset per row.
         unsafe {
@@ -134,17 +150,11 @@ pub fn insert_events(oids: &Oids, batch: &[Pending]) -> Result<(), AuditError> {
                         pg_sys::Datum::from(0)
                     }
                 };
-                let opt_jsonb = |b: &Option<Vec<u8>>, n: &mut bool| match b {
+                // jsonb and inet values arrive as complete varlenas.
+                let opt_varlena = |b: Option<&Vec<u8>>, n: &mut bool| match b {
                     Some(b) => varlena_datum(b),
                     None => {
                         *n = true;
-                        pg_sys::Datum::from(0)
-                    }
-                };
-                let client = match &e.client_addr {
-                    Some(t) => inet_datum(t)?,
-                    None => {
-                        nulls[8] = true;
                         pg_sys::Datum::from(0)
                     }
                 };
@@ -157,13 +167,13 @@ pub fn insert_events(oids: &Oids, batch: &[Pending]) -> Result<(), AuditError> {
                     text_datum(&e.session_user_name),
                     text_datum(&e.current_user_name),
                     opt_text(&e.application_name, &mut nulls[7]),
-                    client,
-                    opt_jsonb(&p.context, &mut nulls[9]),
+                    opt_varlena(client_raw, &mut nulls[8]),
+                    opt_varlena(p.context.as_ref(), &mut nulls[9]),
                     text_datum(&e.table_schema),
                     text_datum(&e.table_name),
                     text_datum(&e.op),
-                    opt_jsonb(&p.old_row, &mut nulls[13]),
-                    opt_jsonb(&p.new_row, &mut nulls[14]),
+                    opt_varlena(p.old_row.as_ref(), &mut nulls[13]),
+                    opt_varlena(p.new_row.as_ref(), &mut nulls[14]),
                     bytes_datum(&e.prev_hash),
                     bytes_datum(&e.hash),
                 ];

@@ -28,6 +28,11 @@ DELETE FROM "Ünïcødé" WHERE id = 2;
 INSERT INTO "Ünïcødé" (id, s) SELECT g, 'row ' || g FROM generate_series(3, 40) g;
 UPDATE "Ünïcødé" SET s = s || '!' WHERE id BETWEEN 10 AND 12;
 SQL
+# Over TCP too, so that client_addr is set and goes through both hash routes.
+psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -d al_indep \
+    -c "UPDATE \"Ünïcødé\" SET s = 'over tcp' WHERE id = 3" -c "DELETE FROM \"Ünïcødé\" WHERE id = 4"
+addr=$(q -c "SELECT string_agg(DISTINCT host(client_addr), ',') FROM audit_log.events WHERE client_addr IS NOT NULL")
+[ "$addr" = 127.0.0.1 ] || fail "client_addr over TCP recorded as '$addr'"
 out=$(dump | $py verify) || fail "independent verifier disagrees: $out"
 echo "  $out"
 cp=$(q -c "SELECT audit_log.checkpoint()")

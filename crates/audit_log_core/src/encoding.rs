@@ -80,7 +80,10 @@ enum Frame {
     /// Where the count goes, and how many items so far.
     Array { count_at: usize, count: u32 },
     /// Where the count goes, then each member's (key start, value start).
-    Object { count_at: usize, members: Vec<(usize, usize)> },
+    Object {
+        count_at: usize,
+        members: Vec<(usize, usize)>,
+    },
 }
 
 impl JsonBuilder {
@@ -133,7 +136,10 @@ impl JsonBuilder {
 
     pub fn begin_object(&mut self) {
         let count_at = self.open(tag::OBJECT);
-        self.stack.push(Frame::Object { count_at, members: Vec::new() });
+        self.stack.push(Frame::Object {
+            count_at,
+            members: Vec::new(),
+        });
     }
 
     /// The key of the next member of the innermost object.
@@ -168,10 +174,14 @@ impl JsonBuilder {
                         (key_at + 4..value_at, key_at..next)
                     })
                     .collect();
-                let sorted = spans.windows(2).all(|w| self.buf[w[0].0.clone()] <= self.buf[w[1].0.clone()]);
+                let sorted = spans
+                    .windows(2)
+                    .all(|w| self.buf[w[0].0.clone()] <= self.buf[w[1].0.clone()]);
                 if !sorted {
                     let mut order: Vec<usize> = (0..spans.len()).collect();
-                    order.sort_by(|&a, &b| self.buf[spans[a].0.clone()].cmp(&self.buf[spans[b].0.clone()]));
+                    order.sort_by(|&a, &b| {
+                        self.buf[spans[a].0.clone()].cmp(&self.buf[spans[b].0.clone()])
+                    });
                     let mut out = Vec::with_capacity(end - body);
                     for i in order {
                         out.extend_from_slice(&self.buf[spans[i].1.clone()]);
@@ -372,7 +382,8 @@ mod tests {
                 b.begin_object();
                 // jsonb's storage order: by length, then bytes
                 let mut entries: Vec<_> = map.iter().collect();
-                entries.sort_by(|x, y| (x.0.len(), x.0.as_bytes()).cmp(&(y.0.len(), y.0.as_bytes())));
+                entries
+                    .sort_by(|x, y| (x.0.len(), x.0.as_bytes()).cmp(&(y.0.len(), y.0.as_bytes())));
                 for (k, val) in entries {
                     b.key(k.as_bytes());
                     feed(b, val);
