@@ -69,33 +69,74 @@ fn detoast_hash(d: pg_sys::Datum) -> Hash {
     }
 }
 
+thread_local! {
+    /// Per chain, the highest seq this backend has seen committed: a lower
+    /// bound on the chain's head (chains only grow), keyed by the links table.
+    static SEEN: std::cell::RefCell<std::collections::HashMap<(pg_sys::Oid, i32), i64>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// (seq, link_hash) of the newest link of `chain`, or (0, zero) for a new chain.
+///
+/// A backward scan over `chain_id = c` reads every entry of the chain on the
+/// head's leaf page (hundreds), so the scan also asks for `seq >= s`, where s
+/// is the last head this backend saw on this chain: then it stops within a
+/// few entries. If no link is that high (the extension was recreated, or a
+/// superuser removed links), it scans again without the bound.
 fn read_head(oids: &Oids, chain: i32) -> (i64, Hash) {
+    let key = (oids.links, chain);
+    let seen = SEEN.with_borrow(|m| m.get(&key).copied());
+    let head = seen
+        .and_then(|s| scan_head(oids, chain, Some(s)))
+        .or_else(|| scan_head(oids, chain, None));
+    match head {
+        Some((seq, hash)) => {
+            SEEN.with_borrow_mut(|m| m.insert(key, seq));
+            (seq, hash)
+        }
+        None => (0, ZERO_HASH),
+    }
+}
+
+fn scan_head(oids: &Oids, chain: i32, at_least: Option<i64>) -> Option<(i64, Hash)> {
     // SAFETY: an ordered index scan over links_pkey (chain_id, seq), backwards,
     // under SnapshotSelf; the caller holds the chain's lock, so no other
-    // transaction can be adding to this chain.
+    // transaction can be adding to this chain. Relations are closed with
+    // NoLock: the transaction keeps its locks to commit, and the link insert
+    // that follows reopens them without going back to the lock manager.
     unsafe {
         let rel = pg_sys::table_open(oids.links, pg_sys::RowExclusiveLock as i32);
-        let idx = pg_sys::index_open(oids.links_pkey, pg_sys::AccessShareLock as i32);
-        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        let idx = pg_sys::index_open(oids.links_pkey, pg_sys::RowExclusiveLock as i32);
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
         pg_sys::ScanKeyInit(
-            &mut key,
+            &mut keys[0],
             1,
             pg_sys::BTEqualStrategyNumber as u16,
             pg_sys::Oid::from(pg_sys::F_INT4EQ),
             pg_sys::Datum::from(chain),
         );
+        let mut nkeys = 1;
+        if let Some(s) = at_least {
+            pg_sys::ScanKeyInit(
+                &mut keys[1],
+                2,
+                pg_sys::BTGreaterEqualStrategyNumber as u16,
+                pg_sys::Oid::from(pg_sys::F_INT8GE),
+                pg_sys::Datum::from(s),
+            );
+            nkeys = 2;
+        }
         let scan = pg_sys::systable_beginscan_ordered(
             rel,
             idx,
             &raw mut pg_sys::SnapshotSelfData,
-            1,
-            &mut key,
+            nkeys,
+            keys.as_mut_ptr(),
         );
         let tup =
             pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::BackwardScanDirection);
         let head = if tup.is_null() {
-            (0, ZERO_HASH)
+            None
         } else {
             let natts = (*(*rel).rd_att).natts as usize;
             let mut values = vec![pg_sys::Datum::from(0); natts];
@@ -111,10 +152,10 @@ fn read_head(oids: &Oids, chain: i32) -> (i64, Hash) {
             } else {
                 detoast_hash(values[9])
             };
-            (seq, hash)
+            Some((seq, hash))
         };
         pg_sys::systable_endscan_ordered(scan);
-        pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
+        pg_sys::index_close(idx, pg_sys::NoLock as i32);
         pg_sys::table_close(rel, pg_sys::NoLock as i32);
         head
     }

@@ -1,8 +1,9 @@
 //! The canonical encoding of a jsonb value, read straight from its binary
-//! form: no text round trip, no parse. The byte format itself lives in the
-//! pure crate (`JsonBuilder`); this only walks PostgreSQL's structure.
+//! form: no text round trip, no parse. The pure crate reads the bytes
+//! (`audit_log_core::jsonb`); PostgreSQL's own iterator is the fallback for
+//! anything that reader refuses, and the reference a test compares it with.
 //! The independent verifier in pg_test parses jsonb's text instead, so any
-//! disagreement between the two routes fails the tests.
+//! disagreement between the routes fails the tests.
 
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -82,6 +83,49 @@ unsafe fn scalar(b: &mut JsonBuilder, v: &pg_sys::JsonbValue) {
 /// # Safety
 /// `datum` must be a non-null jsonb datum.
 pub unsafe fn encode(datum: pg_sys::Datum) -> Vec<u8> {
+    // SAFETY (caller): a jsonb datum. Detoasting copies only when the value
+    // is compressed, out of line or has a short header; the copy is freed.
+    unsafe {
+        let p = datum.cast_mut_ptr::<pg_sys::varlena>();
+        let d = pg_sys::pg_detoast_datum_packed(p);
+        let out = audit_log_core::jsonb::encode_jsonb(pgrx::varlena_to_byte_slice(d));
+        if d != p {
+            pg_sys::pfree(d.cast());
+        }
+        match out {
+            Ok(bytes) => bytes,
+            Err(_) => encode_via_iterator(datum),
+        }
+    }
+}
+
+/// The canonical encoding of a jsonb value given as the bytes after its
+/// varlena header; PostgreSQL's iterator reads what the pure reader refuses.
+pub fn encode_payload(payload: &[u8]) -> Vec<u8> {
+    if let Ok(bytes) = audit_log_core::jsonb::encode_jsonb(payload) {
+        return bytes;
+    }
+    // SAFETY: rebuilds the varlena in a palloc'd copy, walks it, frees it.
+    unsafe {
+        let size = payload.len() + pg_sys::VARHDRSZ;
+        let v = pg_sys::palloc(size) as *mut pg_sys::varlena;
+        pgrx::set_varsize_4b(v, size as i32);
+        std::ptr::copy_nonoverlapping(
+            payload.as_ptr(),
+            (v as *mut u8).add(pg_sys::VARHDRSZ),
+            payload.len(),
+        );
+        let out = encode_via_iterator(pg_sys::Datum::from(v));
+        pg_sys::pfree(v.cast());
+        out
+    }
+}
+
+/// The same encoding through PostgreSQL's `JsonbIteratorNext` and `numeric_out`.
+///
+/// # Safety
+/// `datum` must be a non-null jsonb datum.
+pub unsafe fn encode_via_iterator(datum: pg_sys::Datum) -> Vec<u8> {
     use pg_sys::JsonbIteratorToken::*;
     in_scratch(|| {
         // SAFETY (caller): a jsonb datum; detoasted into the scratch context.
@@ -126,10 +170,10 @@ pub unsafe fn encode(datum: pg_sys::Datum) -> Vec<u8> {
     })
 }
 
-/// A jsonb column read as its canonical encoding through SPI (tests compare
-/// it with the text route).
+/// A jsonb column read as its canonical encoding through SPI, by both routes
+/// (tests compare them with each other and with the text route).
 #[cfg(any(test, feature = "pg_test"))]
-pub struct CanonicalJsonb(pub Vec<u8>);
+pub struct CanonicalJsonb(pub Vec<u8>, pub Vec<u8>);
 
 #[cfg(any(test, feature = "pg_test"))]
 impl FromDatum for CanonicalJsonb {
@@ -139,7 +183,8 @@ impl FromDatum for CanonicalJsonb {
         _typoid: pg_sys::Oid,
     ) -> Option<Self> {
         // SAFETY (caller): a jsonb datum unless null.
-        (!is_null).then(|| CanonicalJsonb(unsafe { encode(datum) }))
+        (!is_null)
+            .then(|| unsafe { CanonicalJsonb(encode(datum), encode_via_iterator(datum)) })
     }
 }
 

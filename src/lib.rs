@@ -40,6 +40,16 @@ pub extern "C-unwind" fn _PG_init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"audit_log.verify_threads",
+        c"Worker threads that verify() uses to read and hash events; 0 hashes in the session's own thread.",
+        c"-1, the default, uses one thread per CPU, at most 8. The threads only hash; all reading stays in the session.",
+        &api::VERIFY_THREADS,
+        -1,
+        64,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     txstate::register_callbacks();
 }
 

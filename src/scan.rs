@@ -27,41 +27,27 @@ impl Row<'_> {
         self.get(i).map(|d| d.value() as i32)
     }
 
-    /// The bytes of a text or bytea column.
-    pub fn bytes(&self, i: usize) -> Option<Vec<u8>> {
-        // SAFETY: a varlena column; detoasted into the current (per-row) context.
+    /// The bytes of a text, bytea or jsonb column (after the varlena header),
+    /// valid while the row is: detoasted, if need be, into the per-row context.
+    pub fn slice(&self, i: usize) -> Option<&[u8]> {
+        // SAFETY: a varlena column of the current row.
         self.get(i).map(|d| unsafe {
             let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-            pgrx::varlena_to_byte_slice(v).to_vec()
+            pgrx::varlena_to_byte_slice(v)
         })
     }
 
-    pub fn text(&self, i: usize) -> Option<String> {
-        self.bytes(i).map(|b| {
-            String::from_utf8(b)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-        })
-    }
-
-    /// An inet column in its `inet_out` form.
-    pub fn inet(&self, i: usize) -> Option<String> {
+    /// An inet column in its `inet_out` form (in the per-row context).
+    pub fn inet(&self, i: usize) -> Option<&[u8]> {
         let d = self.get(i)?;
         // SAFETY: an inet datum; inet_out returns a palloc'd cstring.
         unsafe {
             let out = pgrx::direct_function_call_as_datum(pg_sys::inet_out, &[Some(d)])?;
-            Some(
-                CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>())
-                    .to_string_lossy()
-                    .into_owned(),
-            )
+            Some(CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>()).to_bytes())
         }
     }
 
-    /// A jsonb column in its canonical encoding.
-    pub fn jsonb(&self, i: usize) -> Option<Vec<u8>> {
-        // SAFETY: a jsonb datum.
-        self.get(i).map(|d| unsafe { crate::jsonb::encode(d) })
-    }
+
 }
 
 /// A table read in the order of one of its btree indexes.
@@ -132,6 +118,8 @@ impl<T> Iterator for Ordered<T> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            // A long verify() can be cancelled.
+            pgrx::check_for_interrupts!();
             // SAFETY: the scan is open; each row is deformed and converted in
             // a context that is reset before the next.
             unsafe {

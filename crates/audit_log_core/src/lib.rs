@@ -4,12 +4,16 @@
 //! encoding (docs/FORMAT.md) has exactly one implementation.
 //! - [`encoding`]: the canonical byte encoding of events, links and JSON values;
 //! - [`hash`]: the domain-separated SHA-256 hashes of events and links;
+//! - [`jsonb`]: PostgreSQL's binary jsonb read into that encoding;
+//! - [`parallel`]: an order-keeping parallel map, to verify on several cores;
 //! - [`verify`]: chain, link and checkpoint verification over streams;
 //! - [`time`]: the fixed UTC timestamp representation.
 
 pub mod encoding;
 pub mod hash;
+pub mod jsonb;
 pub mod model;
+pub mod parallel;
 pub mod time;
 pub mod verify;
 

@@ -145,10 +145,10 @@ impl TxCheck {
         }
     }
 
-    fn event(&mut self, v: &mut Verdict, e: &Event) {
+    fn event(&mut self, v: &mut Verdict, e: &HashedEvent) {
         v.events_checked += 1;
         self.count += 1;
-        let own_ok = event_hash(e) == e.hash;
+        let own_ok = e.computed == e.hash;
         if !own_ok {
             v.push(
                 ProblemKind::ContentChanged,
@@ -441,10 +441,47 @@ fn next_link<E>(it: &mut impl Iterator<Item = Result<Link, E>>) -> Result<Option
     it.next().transpose()
 }
 
+/// What verification needs of an event once its hash is recomputed from its
+/// content, which may be done ahead, on other threads ([`crate::parallel`]).
+/// The row data is no longer needed, and not kept.
+#[derive(Clone, Copy, Debug)]
+pub struct HashedEvent {
+    pub id: i64,
+    pub tx_id: u64,
+    pub tx_seq: i64,
+    pub prev_hash: Hash,
+    pub hash: Hash,
+    pub computed: Hash,
+}
+
+impl HashedEvent {
+    pub fn new(e: &Event) -> Self {
+        HashedEvent {
+            id: e.id,
+            tx_id: e.tx_id,
+            tx_seq: e.tx_seq,
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+            computed: event_hash(e),
+        }
+    }
+}
+
 /// Verify a whole log from three sorted streams (see the module comment).
 /// Errors of the streams themselves (I/O, SPI) are passed through.
 pub fn verify_streams<E>(
     events_by_tx: impl Iterator<Item = Result<Event, E>>,
+    links_by_tx: impl Iterator<Item = Result<Link, E>>,
+    links_by_chain: impl Iterator<Item = Result<Link, E>>,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Verdict, E> {
+    let hashed = events_by_tx.map(|r| r.map(|e| HashedEvent::new(&e)));
+    verify_hashed_streams(hashed, links_by_tx, links_by_chain, checkpoint)
+}
+
+/// [`verify_streams`], with each event's hash already recomputed.
+pub fn verify_hashed_streams<E>(
+    events_by_tx: impl Iterator<Item = Result<HashedEvent, E>>,
     links_by_tx: impl Iterator<Item = Result<Link, E>>,
     links_by_chain: impl Iterator<Item = Result<Link, E>>,
     checkpoint: Option<&Checkpoint>,
@@ -456,7 +493,7 @@ pub fn verify_streams<E>(
 
     loop {
         let next_ev_tx = match events.peek() {
-            Some(Ok(e)) => Some(e.tx_id),
+            Some(Ok(h)) => Some(h.tx_id),
             Some(Err(_)) => match events.next() {
                 Some(Err(err)) => return Err(err),
                 _ => unreachable!("peeked an error"),
@@ -484,7 +521,9 @@ pub fn verify_streams<E>(
         let link_count = tx_links.first().map(|l| l.event_count);
         let mut check = TxCheck::new();
         let mut beyond_link = None;
-        while let Some(item) = events.next_if(|r| r.as_ref().map_or(true, |e| e.tx_id == tx_id)) {
+        while let Some(item) =
+            events.next_if(|r| r.as_ref().map_or(true, |h| h.tx_id == tx_id))
+        {
             let e = item?;
             check.event(&mut v, &e);
             if link_count.is_some_and(|n| check.count == n.saturating_add(1)) {

@@ -80,8 +80,7 @@ fn forged_event_appended_to_transaction() {
     let last = log
         .events
         .iter()
-        .filter(|e| e.tx_id == log.events[6].tx_id)
-        .last()
+        .rfind(|e| e.tx_id == log.events[6].tx_id)
         .unwrap()
         .clone();
     let mut forged = last.clone();

@@ -1,0 +1,213 @@
+//! An order-keeping parallel map for verification: the caller's thread
+//! reads items (in the extension, from PostgreSQL, which only that thread may
+//! call) and hands them out in batches; worker threads do the pure work
+//! (reading jsonb, encoding, hashing); results come back in input order.
+//! Memory is bounded by the batches in flight, never by the input's size.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::Scope;
+
+/// Items per batch handed to a worker.
+pub const BATCH: usize = 512;
+
+type Job<T, U> = (Vec<T>, SyncSender<Vec<U>>);
+
+/// The results of `f` over `input`, in input order, computed by `threads`
+/// workers spawned in `scope`. `input` is only ever read on the calling
+/// thread; `init` runs first on each worker (the extension blocks signals
+/// there). An `Err` from `input` is passed through in its place, and ends
+/// the stream. With `threads == 0` everything runs on the calling thread.
+pub fn map_ordered<'scope, 'env, T, U, E, I, F>(
+    scope: &'scope Scope<'scope, 'env>,
+    input: I,
+    threads: usize,
+    init: fn(),
+    f: F,
+) -> Ordered<T, U, E, I, F>
+where
+    T: Send + 'scope,
+    U: Send + 'scope,
+    I: Iterator<Item = Result<T, E>>,
+    F: Fn(T) -> U + Send + Sync + Clone + 'scope,
+{
+    let (jobs, rx) = mpsc::sync_channel::<Job<T, U>>(threads * 2);
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..threads {
+        let rx: Arc<Mutex<Receiver<Job<T, U>>>> = Arc::clone(&rx);
+        let f = f.clone();
+        scope.spawn(move || {
+            init();
+            loop {
+                // A poisoned lock means another worker panicked: stop too.
+                let job = match rx.lock() {
+                    Ok(r) => r.recv(),
+                    Err(_) => return,
+                };
+                let Ok((items, reply)) = job else { return };
+                let out: Vec<U> = items.into_iter().map(&f).collect();
+                if reply.send(out).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ordered {
+        input,
+        jobs: (threads > 0).then_some(jobs),
+        f,
+        in_flight: VecDeque::new(),
+        window: threads * 2,
+        ready: VecDeque::new(),
+        error: None,
+        input_done: false,
+    }
+}
+
+/// The iterator [`map_ordered`] returns.
+pub struct Ordered<T, U, E, I, F> {
+    input: I,
+    jobs: Option<SyncSender<Job<T, U>>>,
+    f: F,
+    in_flight: VecDeque<Receiver<Vec<U>>>,
+    window: usize,
+    ready: VecDeque<U>,
+    /// An input error, returned once everything read before it is out.
+    error: Option<E>,
+    input_done: bool,
+}
+
+impl<T, U, E, I, F> Ordered<T, U, E, I, F>
+where
+    I: Iterator<Item = Result<T, E>>,
+    F: Fn(T) -> U,
+{
+    /// Read up to one batch from the input.
+    fn read_batch(&mut self) -> Vec<T> {
+        let mut batch = Vec::with_capacity(BATCH);
+        while !self.input_done && batch.len() < BATCH {
+            match self.input.next() {
+                Some(Ok(t)) => batch.push(t),
+                Some(Err(e)) => {
+                    self.error = Some(e);
+                    self.input_done = true;
+                }
+                None => self.input_done = true,
+            }
+        }
+        batch
+    }
+
+    /// Keep the workers busy: dispatch batches until the window is full.
+    fn fill(&mut self) {
+        let Some(jobs) = self.jobs.clone() else {
+            return;
+        };
+        while self.in_flight.len() < self.window && !self.input_done {
+            let batch = self.read_batch();
+            if batch.is_empty() {
+                break;
+            }
+            let (reply, result) = mpsc::sync_channel(1);
+            if jobs.send((batch, reply)).is_err() {
+                // Every worker is gone (one panicked); end the stream.
+                self.input_done = true;
+                break;
+            }
+            self.in_flight.push_back(result);
+        }
+    }
+}
+
+impl<T, U, E, I, F> Iterator for Ordered<T, U, E, I, F>
+where
+    I: Iterator<Item = Result<T, E>>,
+    F: Fn(T) -> U,
+{
+    type Item = Result<U, E>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(u) = self.ready.pop_front() {
+                return Some(Ok(u));
+            }
+            if self.jobs.is_none() {
+                // No workers: map in place.
+                let batch = self.read_batch();
+                if batch.is_empty() {
+                    return self.error.take().map(Err);
+                }
+                let f = &self.f;
+                self.ready.extend(batch.into_iter().map(f));
+                continue;
+            }
+            self.fill();
+            match self.in_flight.pop_front() {
+                Some(result) => match result.recv() {
+                    Ok(out) => self.ready.extend(out),
+                    // The worker died with this batch: nothing more can be trusted.
+                    Err(_) => {
+                        self.in_flight.clear();
+                        self.input_done = true;
+                        return self.error.take().map(Err);
+                    }
+                },
+                None => return self.error.take().map(Err),
+            }
+        }
+    }
+}
+
+impl<T, U, E, I, F> Drop for Ordered<T, U, E, I, F> {
+    fn drop(&mut self) {
+        // Closing the job channel lets the workers finish, so the scope can end.
+        self.jobs = None;
+        self.in_flight.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(threads: usize, n: usize, fail_at: Option<usize>) -> Vec<Result<usize, String>> {
+        let input = (0..n).map(move |i| {
+            if Some(i) == fail_at {
+                Err(format!("bad {i}"))
+            } else {
+                Ok(i)
+            }
+        });
+        std::thread::scope(|s| map_ordered(s, input, threads, || {}, |i| i * 3).collect())
+    }
+
+    #[test]
+    fn keeps_order_with_any_number_of_threads() {
+        for threads in [0, 1, 2, 5] {
+            for n in [0, 1, BATCH - 1, BATCH, BATCH + 1, 7 * BATCH + 13] {
+                let want: Vec<Result<usize, String>> = (0..n).map(|i| Ok(i * 3)).collect();
+                assert_eq!(run(threads, n, None), want, "threads {threads}, n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_input_error_ends_the_stream_after_what_came_before() {
+        for threads in [0, 2] {
+            let got = run(threads, 3 * BATCH, Some(BATCH + 5));
+            assert_eq!(got.len(), BATCH + 6);
+            assert!(got[..BATCH + 5].iter().all(Result::is_ok));
+            assert_eq!(got[BATCH + 5], Err(format!("bad {}", BATCH + 5)));
+        }
+    }
+
+    #[test]
+    fn dropping_early_lets_the_workers_go() {
+        let firsts: Vec<usize> = std::thread::scope(|s| {
+            let it = map_ordered(s, (0..100 * BATCH).map(Ok::<_, ()>), 2, || {}, |i| i);
+            it.take(3).map(|r| r.unwrap_or(0)).collect()
+        });
+        assert_eq!(firsts, vec![0, 1, 2]);
+    }
+}
