@@ -87,9 +87,14 @@ chmod 644 "$scripts"/*.sql
 echo "bench: setting up ${#variants[@]} databases of $rows rows each" >&2
 for v in "${variants[@]}"; do setup_db "$v"; done
 
-tps() {  # variant script clients -> tps
-    local out
+lsn() { q postgres -c "SELECT pg_current_wal_insert_lsn()"; }
+wal_since() { q postgres -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$1')::bigint"; }
+tps() {  # variant script clients -> tps; WAL bytes per transaction into wal[]
+    local out start n
+    start=$(lsn)
     out=$(pgbench -n -d "b_$1" -f "$scripts/$2.sql" -c "$3" -j $(( $3 < 2 ? 1 : 2 )) -T "$secs" 2>&1) || { echo 0; return; }
+    n=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+    echo "$(( $(wal_since "$start") / (n > 0 ? n : 1) ))" >"$scripts/wal.$1.$2.$3"
     echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -106,9 +111,12 @@ for r in $(seq 1 "$rounds"); do
     done
     for v in "${variants[@]}"; do
         # A statement over the limit counts as the limit, and is shown as ">".
-        t1=$(q "b_$v" -c "TRUNCATE bulk_t" -c "SET statement_timeout = '${bulk_limit}s'" -c '\timing on' \
+        q "b_$v" -c "TRUNCATE bulk_t"
+        start=$(lsn)
+        t1=$(q "b_$v" -c "SET statement_timeout = '${bulk_limit}s'" -c '\timing on' \
               -c "INSERT INTO bulk_t SELECT g, g, 'row ' || g, g * 1.5, now() FROM generate_series(1, 100000) g" \
               2>/dev/null | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' || true)
+        echo "$(( $(wal_since "$start") / 100000 ))" >"$scripts/wal.$v.bulk_insert"
         t2=""
         # Time the UPDATE only over a complete table (not after a timed-out INSERT).
         if [ "$(q "b_$v" -c "SELECT count(*) FROM bulk_t")" = 100000 ]; then
@@ -131,11 +139,12 @@ while [ "$have" -lt "$verify_events" ]; do
     have=$(q b_audit_log -c "SELECT count(*) FROM audit_log.events")
 done
 q b_audit_log -c "VACUUM ANALYZE audit_log.events" -c "VACUUM ANALYZE audit_log.links"
-vt=()
+vt=() vt1=()
 for r in $(seq 1 "$rounds"); do
     vt+=("$(q b_audit_log -c '\timing on' -c "SELECT ok FROM audit_log.verify()" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p')")
+    vt1+=("$(q b_audit_log -c "SET audit_log.verify_threads = 0" -c '\timing on' -c "SELECT ok FROM audit_log.verify()" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p')")
 done
-verify_ms=$(median "${vt[@]}")
+verify_ms=$(median "${vt[@]}") verify1_ms=$(median "${vt1[@]}")
 events=$(q b_audit_log -c "SELECT count(*) FROM audit_log.events")
 bytes=$(q b_audit_log -c "SELECT sum(octet_length(coalesce(old_row::text, '')) + octet_length(coalesce(new_row::text, '')) + 120) FROM audit_log.events")
 sha_mbs=$(python3 -c "
@@ -178,8 +187,23 @@ for b in bulk_insert bulk_update; do
     echo "$line"
 done
 echo
-awk -v e="$events" -v ms="$verify_ms" -v b="$bytes" -v s="$sha_mbs" 'BEGIN {
-  printf "verify(): %d events in %.0f ms = %.0f events/s (one core)\n", e, ms, e / (ms / 1000);
+echo "WAL written per transaction (bytes; per row for the bulk INSERT), last round:"
+echo
+printf '| %-22s | %9s | %9s | %9s | %9s | %9s |\n' workload none audit_log pgaudit diy_jsonb diy_chain
+printf '|%s|\n' "------------------------|-----------|-----------|-----------|-----------|-----------"
+for w in "${workloads[@]}" "bulk_insert"; do
+    set -- $w
+    line=$(printf '| %-22s |' "$([ $# = 2 ] && echo "$1, $2 client(s)" || echo "INSERT 100k rows")")
+    for v in "${variants[@]}"; do
+        f="$scripts/wal.$v.$1${2:+.$2}"
+        line+=$(printf ' %9s |' "$(cat "$f" 2>/dev/null || echo -)")
+    done
+    echo "$line"
+done
+echo
+awk -v e="$events" -v ms="$verify_ms" -v ms1="$verify1_ms" -v c="$(nproc)" -v b="$bytes" -v s="$sha_mbs" 'BEGIN {
+  printf "verify(), hashing on worker threads: %d events in %.0f ms = %.0f events/s (%d cores)\n", e, ms, e / (ms / 1000), c;
+  printf "verify(), verify_threads = 0 (one core): %d events in %.0f ms = %.0f events/s\n", e, ms1, e / (ms1 / 1000);
   printf "raw SHA-256 over the same %.0f MB: %.0f MB/s = %.0f events/s (the limit)\n", b / 1e6, s, e / (b / 1e6 / s) }'
 echo "size on disk: audit_log $size bytes/event (events, links and their indexes); diy_jsonb $diy_size bytes/event"
 rm -rf "$scripts"

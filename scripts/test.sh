@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every test: the pure crate (cargo test, with property tests), the
+# Run every test: the pure crate and the CLI (cargo test, with property tests), the
 # extension's #[pg_test]s, and pg_test/ (golden SQL tests and scenarios
 # against a throwaway cluster). Installs what it needs first.
 set -euo pipefail
@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/setup.sh
 
-echo "== pure crate: cargo test"
-cargo test -p audit_log_core
+echo "== pure crate and CLI: cargo test"
+cargo test -p audit_log_core -p audit_log_cli
 
 echo "== extension: cargo pgrx test"
 pgdata=/tmp/audit_log_pgrx_test

@@ -470,7 +470,7 @@ fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
             RawEvent::hash,
         )
         .map(|r| r.map(|h| h.unwrap_or_else(|raw| raw.hash_here())));
-        verify_hashed_streams(hashed, by_tx, by_chain, cp)
+        verify_hashed_streams(hashed, by_tx, by_chain, cp, &[])
     })
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::hash::{event_hash, link_hash, Hash, ZERO_HASH};
-use crate::model::{Checkpoint, Event, Link};
+use crate::model::{ChainHead, Checkpoint, Event, Link};
 
 /// The kinds of break, by the name `verify()` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -318,18 +318,27 @@ struct ChainWalk {
     prev_ok: Option<(i64, i64)>,
     expect: Option<(i64, Hash)>,
     expect_met: bool,
+    /// The next link must follow an anchor, not a link of the stream.
+    at_anchor: bool,
 }
 
 impl ChainWalk {
-    fn new(chain_id: i32, expect: Option<(i64, Hash)>) -> Self {
+    /// A walk from the start of a chain, or from an anchor: the (seq, hash,
+    /// last event) of the link just before the first one to be walked.
+    fn new(chain_id: i32, expect: Option<(i64, Hash)>, anchor: Option<&ChainHead>) -> Self {
         ChainWalk {
             chain_id,
-            prev_seq: 0,
-            prev_hash: ZERO_HASH,
-            prev_last_event: 0,
+            prev_seq: anchor.map_or(0, |a| a.seq),
+            prev_hash: anchor.map_or(ZERO_HASH, |a| a.link_hash),
+            prev_last_event: anchor.map_or(0, |a| a.last_event),
             prev_ok: None,
+            at_anchor: anchor.is_some(),
             expect,
-            expect_met: false,
+            // A checkpoint at or before the anchor was met before the anchor.
+            expect_met: match (expect, anchor) {
+                (Some((seq, _)), Some(a)) => seq <= a.seq,
+                _ => false,
+            },
         }
     }
 
@@ -384,6 +393,18 @@ impl ChainWalk {
                     ),
                 ),
                 Some(_) => {}
+                None if self.at_anchor => v.push(
+                    ProblemKind::LinkBroken,
+                    Some(l.first_event),
+                    format!(
+                        "link {}/{} is chained to {}… but the anchor it continues (seq {}) is {}…",
+                        l.chain_id,
+                        l.seq,
+                        short(&l.prev_link_hash),
+                        self.prev_seq,
+                        short(&self.prev_hash)
+                    ),
+                ),
                 None if self.prev_seq > 0 => {} // the predecessor is already reported
                 None => v.push(
                     ProblemKind::LinkBroken,
@@ -415,6 +436,7 @@ impl ChainWalk {
                 }
             }
         }
+        self.at_anchor = false;
         self.prev_ok = (recomputed == l.link_hash).then_some((l.seq, l.first_event));
         self.prev_seq = l.seq;
         self.prev_hash = recomputed;
@@ -476,16 +498,21 @@ pub fn verify_streams<E>(
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Verdict, E> {
     let hashed = events_by_tx.map(|r| r.map(|e| HashedEvent::new(&e)));
-    verify_hashed_streams(hashed, links_by_tx, links_by_chain, checkpoint)
+    verify_hashed_streams(hashed, links_by_tx, links_by_chain, checkpoint, &[])
 }
 
-/// [`verify_streams`], with each event's hash already recomputed.
+/// [`verify_streams`], with each event's hash already recomputed, and with
+/// chains that may start from anchors rather than from their first link: a
+/// partial export starts where the previous one ended. An anchor is taken
+/// as given; what vouches for it is the verification that produced it.
 pub fn verify_hashed_streams<E>(
     events_by_tx: impl Iterator<Item = Result<HashedEvent, E>>,
     links_by_tx: impl Iterator<Item = Result<Link, E>>,
     links_by_chain: impl Iterator<Item = Result<Link, E>>,
     checkpoint: Option<&Checkpoint>,
+    anchors: &[ChainHead],
 ) -> Result<Verdict, E> {
+    let anchor = |chain: i32| anchors.iter().find(|a| a.chain == chain);
     let mut v = Verdict::default();
     let mut links = links_by_tx;
     let mut pending_link = next_link(&mut links)?;
@@ -551,7 +578,7 @@ pub fn verify_hashed_streams<E>(
             }
             let exp = expected.remove(&l.chain_id);
             walk = Some((
-                ChainWalk::new(l.chain_id, exp.map(|(s, h, _)| (s, h))),
+                ChainWalk::new(l.chain_id, exp.map(|(s, h, _)| (s, h)), anchor(l.chain_id)),
                 exp.map_or(0, |e| e.2),
             ));
         }
@@ -563,7 +590,7 @@ pub fn verify_hashed_streams<E>(
         w.finish(&mut v, cp_last);
     }
     for (chain_id, (seq, h, last_event)) in expected {
-        ChainWalk::new(chain_id, Some((seq, h))).finish(&mut v, last_event);
+        ChainWalk::new(chain_id, Some((seq, h)), anchor(chain_id)).finish(&mut v, last_event);
     }
     Ok(v)
 }

@@ -1,0 +1,304 @@
+//! `audit-log export`: stream the log to JSON Lines (`crate::format`) from
+//! one REPEATABLE READ snapshot, in constant memory: rows are written as they
+//! arrive, never collected.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use audit_log_core::time::format_rfc3339;
+use audit_log_core::{ChainHead, Checkpoint, Event, Hash, Link};
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, IsolationLevel, NoTls, Row};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::format::{line, End, EventLine, Header, LinkLine, END_PREFIX, EXPORT_FORMAT};
+
+pub fn connect(dsn: &str) -> Result<Client, String> {
+    Client::connect(dsn, NoTls).map_err(|e| format!("cannot connect: {e}"))
+}
+
+fn micros(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i64,
+        Err(e) => -(e.duration().as_micros() as i64),
+    }
+}
+
+fn hash(bytes: Option<Vec<u8>>) -> Hash {
+    match bytes {
+        Some(b) => <[u8; 32]>::try_from(b.as_slice())
+            .unwrap_or_else(|_| audit_log_core::hash::event_hash_from_encoding(&[0xFF; 32], &b)),
+        None => [0xFF; 32],
+    }
+}
+
+fn json(row: &Row, i: usize) -> Result<Option<Value>, String> {
+    let text: Option<String> = row.try_get(i).map_err(|e| e.to_string())?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| format!("jsonb text the server sent: {e}")))
+        .transpose()
+}
+
+/// The end line of an earlier export: where a continuation starts.
+pub fn previous_heads(path: &Path) -> Result<Vec<ChainHead>, String> {
+    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut last = None;
+    for l in BufReader::new(f).split(b'\n') {
+        let l = l.map_err(|e| format!("{}: {e}", path.display()))?;
+        if l.starts_with(END_PREFIX) {
+            last = Some(l);
+        }
+    }
+    let end = last.ok_or_else(|| {
+        format!("{} has no end line: it is not a complete export to continue", path.display())
+    })?;
+    let end: End = serde_json::from_slice(&end)
+        .map_err(|e| format!("{}: damaged end line: {e}", path.display()))?;
+    Ok(end.heads)
+}
+
+/// Writes lines, hashing every byte for the end line.
+struct Out {
+    w: BufWriter<Box<dyn Write>>,
+    digest: Sha256,
+}
+
+impl Out {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.digest.update(bytes);
+        self.w.write_all(bytes).map_err(|e| format!("writing the export: {e}"))
+    }
+}
+
+struct Progress {
+    on: bool,
+    total: i64,
+    done: i64,
+    started: Instant,
+    shown: Instant,
+}
+
+impl Progress {
+    fn tick(&mut self) {
+        self.done += 1;
+        if self.on && self.shown.elapsed().as_millis() >= 200 {
+            self.shown = Instant::now();
+            self.show();
+        }
+    }
+
+    fn show(&self) {
+        let pct = if self.total > 0 {
+            100.0 * self.done as f64 / self.total as f64
+        } else {
+            100.0
+        };
+        let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        let width = 30usize;
+        let filled = ((pct / 100.0) * width as f64).round().min(width as f64) as usize;
+        eprint!(
+            "\r[{}{}] {}/{} events {:5.1}% {:.0}/s ",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            self.done,
+            self.total,
+            pct,
+            rate
+        );
+    }
+}
+
+pub struct Summary {
+    pub events: u64,
+    pub links: u64,
+    pub seconds: f64,
+}
+
+/// Export every transaction not in `since` (all of them without it).
+pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Summary, String> {
+    let started = Instant::now();
+    let anchors = since.map(previous_heads).transpose()?.unwrap_or_default();
+    let mut client = connect(dsn)?;
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(|e| format!("cannot start a read-only transaction: {e}"))?;
+    let meta = tx
+        .query_one(
+            "SELECT pg_current_snapshot()::text, audit_log.checkpoint()::text",
+            &[],
+        )
+        .map_err(|e| format!("reading the log's identity (is audit_log installed, and may this role use it?): {e}"))?;
+    let snapshot: String = meta.get(0);
+    let cp_text: String = meta.get(1);
+    let cp_value: Value = serde_json::from_str(&cp_text).map_err(|e| e.to_string())?;
+    let cp = Checkpoint::parse(&cp_value).map_err(|e| e.to_string())?;
+
+    // Links past the anchors; events of those transactions, and any event
+    // with no link at all (which verification will report) that is newer
+    // than the anchors. Without anchors: everything.
+    let chains: Vec<i32> = anchors.iter().map(|a| a.chain).collect();
+    let seqs: Vec<i64> = anchors.iter().map(|a| a.seq).collect();
+    let after_event: i64 = anchors.iter().map(|a| a.last_event).max().unwrap_or(0);
+    let (new_links, event_filter) = if anchors.is_empty() {
+        ("SELECT l.* FROM audit_log.links l WHERE $1::int[] IS NOT NULL AND $2::bigint[] IS NOT NULL AND $3::bigint IS NOT NULL", "")
+    } else {
+        (
+            "SELECT l.* FROM audit_log.links l
+               LEFT JOIN unnest($1::int[], $2::bigint[]) AS a(chain_id, seq) ON a.chain_id = l.chain_id
+              WHERE l.seq > coalesce(a.seq, 0) AND $3::bigint IS NOT NULL",
+            "WHERE e.tx_id IN (SELECT tx_id FROM new_links)
+                OR (e.id > $3 AND NOT EXISTS (SELECT 1 FROM audit_log.links k WHERE k.tx_id = e.tx_id))",
+        )
+    };
+    let params: [&(dyn postgres::types::ToSql + Sync); 3] = [&chains, &seqs, &after_event];
+    let total: i64 = tx
+        .query_one(
+            &format!("WITH new_links AS ({new_links}) SELECT coalesce(sum(event_count), 0)::bigint FROM new_links"),
+            &params,
+        )
+        .map_err(|e| e.to_string())?
+        .get(0);
+
+    let sink: Box<dyn Write> = match out {
+        Some(p) => Box::new(File::create(partial(p)).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => Box::new(io::stdout().lock()),
+    };
+    let mut w = Out {
+        w: BufWriter::with_capacity(1 << 20, sink),
+        digest: Sha256::new(),
+    };
+    let header = Header {
+        kind: "header".into(),
+        format: EXPORT_FORMAT.into(),
+        database: cp.database.clone(),
+        system_identifier: cp.system_identifier.clone(),
+        exported_at: format_rfc3339(micros(SystemTime::now())),
+        snapshot,
+        anchors: anchors.clone(),
+    };
+    w.put(&line(&header).map_err(|e| e.to_string())?)?;
+
+    let mut progress = Progress {
+        on: io::stderr().is_terminal(),
+        total,
+        done: 0,
+        started: Instant::now(),
+        shown: Instant::now(),
+    };
+    let events_sql = format!(
+        "WITH new_links AS ({new_links})
+         SELECT e.id, e.tx_id::text, e.tx_seq, e.recorded_at, e.statement_at, e.session_user_name,
+                e.current_user_name, e.application_name, inet_out(e.client_addr)::text, e.context::text,
+                e.table_schema, e.table_name, e.op, e.old_row::text, e.new_row::text,
+                e.prev_hash, e.hash
+           FROM audit_log.events e {event_filter}
+          ORDER BY e.tx_id, e.tx_seq"
+    );
+    let mut rows = tx
+        .query_raw(events_sql.as_str(), params.iter().copied())
+        .map_err(|e| format!("reading events: {e}"))?;
+    let mut events = 0u64;
+    while let Some(r) = rows.next().map_err(|e| format!("reading events: {e}"))? {
+        let tx_text: String = r.get(1);
+        let e = Event {
+            id: r.get(0),
+            tx_id: tx_text.parse().map_err(|_| format!("tx_id {tx_text:?}"))?,
+            tx_seq: i64::from(r.get::<_, i32>(2)),
+            recorded_at: micros(r.get(3)),
+            statement_at: micros(r.get(4)),
+            session_user_name: r.get(5),
+            current_user_name: r.get(6),
+            application_name: r.get(7),
+            client_addr: r.get(8),
+            context: None,
+            table_schema: r.get(10),
+            table_name: r.get(11),
+            op: r.get(12),
+            old_row: None,
+            new_row: None,
+            prev_hash: hash(r.get(15)),
+            hash: hash(r.get(16)),
+        };
+        let rows = [json(&r, 9)?, json(&r, 13)?, json(&r, 14)?];
+        w.put(&line(&EventLine::from_event(&e, rows)).map_err(|e| e.to_string())?)?;
+        events += 1;
+        progress.tick();
+    }
+    drop(rows);
+
+    let links_sql = format!(
+        "SELECT chain_id, seq, tx_id::text, event_count, first_event, last_event, last_event_hash,
+                committed_at, prev_link_hash, link_hash
+           FROM ({new_links}) n ORDER BY chain_id, seq"
+    );
+    let mut rows = tx
+        .query_raw(links_sql.as_str(), params.iter().copied())
+        .map_err(|e| format!("reading links: {e}"))?;
+    let mut heads: BTreeMap<i32, ChainHead> = anchors.iter().map(|a| (a.chain, a.clone())).collect();
+    let mut links = 0u64;
+    while let Some(r) = rows.next().map_err(|e| format!("reading links: {e}"))? {
+        let tx_text: String = r.get(2);
+        let l = Link {
+            chain_id: r.get(0),
+            seq: r.get(1),
+            tx_id: tx_text.parse().map_err(|_| format!("tx_id {tx_text:?}"))?,
+            event_count: r.get(3),
+            first_event: r.get(4),
+            last_event: r.get(5),
+            last_event_hash: hash(r.get(6)),
+            committed_at: micros(r.get(7)),
+            prev_link_hash: hash(r.get(8)),
+            link_hash: hash(r.get(9)),
+        };
+        heads.insert(
+            l.chain_id,
+            ChainHead {
+                chain: l.chain_id,
+                seq: l.seq,
+                link_hash: l.link_hash,
+                last_event: l.last_event,
+            },
+        );
+        w.put(&line(&LinkLine::from_link(&l)).map_err(|e| e.to_string())?)?;
+        links += 1;
+    }
+    drop(rows);
+    tx.commit().map_err(|e| e.to_string())?;
+
+    let end = End {
+        kind: "end".into(),
+        events,
+        links,
+        heads: heads.into_values().collect(),
+        sha256: hex::encode(w.digest.clone().finalize()),
+    };
+    let end_line = line(&end).map_err(|e| e.to_string())?;
+    w.w.write_all(&end_line).map_err(|e| format!("writing the export: {e}"))?;
+    w.w.flush().map_err(|e| format!("writing the export: {e}"))?;
+    drop(w);
+    if let Some(p) = out {
+        fs::rename(partial(p), p).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if progress.on {
+        progress.show();
+        eprintln!();
+    }
+    Ok(Summary {
+        events,
+        links,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Where an export is written until it is complete.
+fn partial(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}

@@ -1,0 +1,222 @@
+//! The export format, `audit_log.export.v1` (docs/FORMAT.md, "Export"): JSON
+//! Lines, one record per line, in this order:
+//! 1. a `header` line;
+//! 2. `event` lines, ordered by (tx_id, tx_seq, id);
+//! 3. `link` lines, ordered by (chain_id, seq);
+//! 4. an `end` line with the counts, the chain heads, and the SHA-256 of
+//!    every byte before it.
+//!
+//! Every record starts with its `type` so that a reader can tell records
+//! apart without parsing them. SQL NULL in `context`, `old_row` or `new_row`
+//! is an absent field; a present field holds the jsonb value, which may be
+//! JSON `null`.
+
+use audit_log_core::model::Json;
+use audit_log_core::time::{format_rfc3339, parse_rfc3339};
+use audit_log_core::{ChainHead, Event, Hash, Link};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+pub const EXPORT_FORMAT: &str = "audit_log.export.v1";
+
+pub const HEADER_PREFIX: &[u8] = br#"{"type":"header""#;
+pub const EVENT_PREFIX: &[u8] = br#"{"type":"event""#;
+pub const LINK_PREFIX: &[u8] = br#"{"type":"link""#;
+pub const END_PREFIX: &[u8] = br#"{"type":"end""#;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub format: String,
+    pub database: Option<String>,
+    pub system_identifier: Option<String>,
+    pub exported_at: String,
+    /// The `pg_current_snapshot()` the export read under.
+    pub snapshot: String,
+    /// Empty for a whole log. For a continuation (`export --since`), the
+    /// head of each chain in the previous export: the chains continue there.
+    pub anchors: Vec<ChainHead>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct End {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub events: u64,
+    pub links: u64,
+    /// The last link of each chain in this export (with the anchors, where
+    /// the export holds no link of a chain): where a continuation starts.
+    pub heads: Vec<ChainHead>,
+    /// SHA-256, in hex, of every byte of the file before this line.
+    pub sha256: String,
+}
+
+/// A jsonb column: absent is SQL NULL, present is a value (JSON null included).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventLine {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: i64,
+    pub tx_id: u64,
+    pub tx_seq: i64,
+    pub recorded_at: String,
+    pub statement_at: String,
+    pub session_user: String,
+    pub current_user: String,
+    pub application_name: Option<String>,
+    pub client_addr: Option<String>,
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub context: Option<Value>,
+    pub table_schema: String,
+    pub table_name: String,
+    pub op: String,
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub old_row: Option<Value>,
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub new_row: Option<Value>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkLine {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub chain_id: i32,
+    pub seq: i64,
+    pub tx_id: u64,
+    pub event_count: i64,
+    pub first_event: i64,
+    pub last_event: i64,
+    pub last_event_hash: String,
+    pub committed_at: String,
+    pub prev_link_hash: String,
+    pub link_hash: String,
+}
+
+/// A hash from its hex text. A stored hash of the wrong length is kept as a
+/// value no event or link hashes to, as `audit_log.verify()` does; text that
+/// is not hex at all is an error.
+pub fn parse_hash(text: &str) -> Result<Hash, String> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!("hash {text:?} is not in lowercase hex"));
+    }
+    let bytes = hex::decode(text).map_err(|e| format!("hash {text:?} is not hex: {e}"))?;
+    Ok(match <[u8; 32]>::try_from(bytes.as_slice()) {
+        Ok(h) => h,
+        Err(_) => audit_log_core::hash::event_hash_from_encoding(&[0xFF; 32], &bytes),
+    })
+}
+
+fn time(text: &str, what: &str) -> Result<i64, String> {
+    parse_rfc3339(text).ok_or_else(|| format!("{what} {text:?} is not a timestamp of the form 2026-01-31T23:59:59.123456Z"))
+}
+
+impl EventLine {
+    pub fn from_event(e: &Event, rows: [Option<Value>; 3]) -> EventLine {
+        let [context, old_row, new_row] = rows;
+        EventLine {
+            kind: "event".into(),
+            id: e.id,
+            tx_id: e.tx_id,
+            tx_seq: e.tx_seq,
+            recorded_at: format_rfc3339(e.recorded_at),
+            statement_at: format_rfc3339(e.statement_at),
+            session_user: e.session_user_name.clone(),
+            current_user: e.current_user_name.clone(),
+            application_name: e.application_name.clone(),
+            client_addr: e.client_addr.clone(),
+            context,
+            table_schema: e.table_schema.clone(),
+            table_name: e.table_name.clone(),
+            op: e.op.clone(),
+            old_row,
+            new_row,
+            prev_hash: hex::encode(e.prev_hash),
+            hash: hex::encode(e.hash),
+        }
+    }
+
+    pub fn parse(line: &[u8]) -> Result<EventLine, String> {
+        let l: EventLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        if l.kind != "event" {
+            return Err(format!("record type {:?} where an event was expected", l.kind));
+        }
+        Ok(l)
+    }
+
+    pub fn into_event(self) -> Result<Event, String> {
+        Ok(Event {
+            id: self.id,
+            tx_id: self.tx_id,
+            tx_seq: self.tx_seq,
+            recorded_at: time(&self.recorded_at, "recorded_at")?,
+            statement_at: time(&self.statement_at, "statement_at")?,
+            session_user_name: self.session_user,
+            current_user_name: self.current_user,
+            application_name: self.application_name,
+            client_addr: self.client_addr,
+            context: self.context.map(Json::Value),
+            table_schema: self.table_schema,
+            table_name: self.table_name,
+            op: self.op,
+            old_row: self.old_row.map(Json::Value),
+            new_row: self.new_row.map(Json::Value),
+            prev_hash: parse_hash(&self.prev_hash)?,
+            hash: parse_hash(&self.hash)?,
+        })
+    }
+}
+
+impl LinkLine {
+    pub fn from_link(l: &Link) -> LinkLine {
+        LinkLine {
+            kind: "link".into(),
+            chain_id: l.chain_id,
+            seq: l.seq,
+            tx_id: l.tx_id,
+            event_count: l.event_count,
+            first_event: l.first_event,
+            last_event: l.last_event,
+            last_event_hash: hex::encode(l.last_event_hash),
+            committed_at: format_rfc3339(l.committed_at),
+            prev_link_hash: hex::encode(l.prev_link_hash),
+            link_hash: hex::encode(l.link_hash),
+        }
+    }
+
+    pub fn parse(line: &[u8]) -> Result<Link, String> {
+        let l: LinkLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        if l.kind != "link" {
+            return Err(format!("record type {:?} where a link was expected", l.kind));
+        }
+        Ok(Link {
+            chain_id: l.chain_id,
+            seq: l.seq,
+            tx_id: l.tx_id,
+            event_count: l.event_count,
+            first_event: l.first_event,
+            last_event: l.last_event,
+            last_event_hash: parse_hash(&l.last_event_hash)?,
+            committed_at: time(&l.committed_at, "committed_at")?,
+            prev_link_hash: parse_hash(&l.prev_link_hash)?,
+            link_hash: parse_hash(&l.link_hash)?,
+        })
+    }
+}
+
+/// One record as a line, with its newline.
+pub fn line<T: Serialize>(record: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = serde_json::to_vec(record)?;
+    out.push(b'\n');
+    Ok(out)
+}

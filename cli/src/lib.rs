@@ -1,0 +1,9 @@
+//! The `audit-log` tool: export, offline verification, signed checkpoints
+//! and a witness. Encoding and verification come from `audit_log_core`, the
+//! same code the extension runs.
+
+pub mod export;
+pub mod format;
+pub mod sign;
+pub mod verify_file;
+pub mod witness;

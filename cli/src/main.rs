@@ -1,0 +1,227 @@
+//! audit-log: export an audit_log, verify it offline, sign checkpoints, witness.
+//!
+//! Exit codes: 0 intact (or done), 1 tampered or refused, 2 usage or I/O error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use audit_log_cli::sign::{self, load_public, load_secret, read_signed, verify_signed};
+use audit_log_cli::{export, verify_file, witness};
+use audit_log_core::Checkpoint;
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(name = "audit-log", version, about = "Export, verify offline, sign checkpoints and witness an audit_log")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream the log to JSON Lines (docs/FORMAT.md, "Export").
+    Export {
+        /// libpq-style connection string or URL.
+        #[arg(long)]
+        dsn: String,
+        /// Continue an earlier export: write only what came after it.
+        #[arg(long, value_name = "EARLIER_EXPORT")]
+        since: Option<PathBuf>,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify exports offline, with no database: an export, then any continuations, in order.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also prove the log extends this checkpoint (plain or signed).
+        #[arg(long, value_name = "CP")]
+        checkpoint: Option<PathBuf>,
+        /// The public key that must have signed the checkpoint.
+        #[arg(long = "pub", value_name = "PUB")]
+        public: Option<PathBuf>,
+        /// Worker threads for parsing and hashing (default: one per CPU).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Create an Ed25519 key pair: KEY (secret) and KEY.pub.
+    Keygen {
+        #[arg(long, value_name = "KEY")]
+        out: PathBuf,
+    },
+    /// Fetch the current checkpoint and sign it.
+    Checkpoint {
+        #[arg(long)]
+        dsn: String,
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        #[arg(long, value_name = "CP")]
+        out: PathBuf,
+    },
+    /// Check a signed checkpoint's signature.
+    VerifyCheckpoint {
+        #[arg(value_name = "CP")]
+        checkpoint: PathBuf,
+        #[arg(long = "pub", value_name = "PUB")]
+        public: PathBuf,
+    },
+    /// Prove the log extends the last witnessed checkpoint, then sign and store the new one.
+    Witness {
+        #[arg(long)]
+        dsn: String,
+        #[arg(long, value_name = "DIR")]
+        state: PathBuf,
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// An export of the whole log, to verify offline against the last checkpoint too.
+        #[arg(long = "export", value_name = "FILE")]
+        export_file: Option<PathBuf>,
+    },
+}
+
+const INTACT: u8 = 0;
+const TAMPERED: u8 = 1;
+const TROUBLE: u8 = 2;
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("audit-log: {message}");
+    ExitCode::from(code)
+}
+
+/// A checkpoint file: signed (then `public` must vouch for it) or plain.
+fn load_checkpoint(path: &PathBuf, public: Option<&PathBuf>) -> Result<Checkpoint, (u8, String)> {
+    let text = std::fs::read_to_string(path).map_err(|e| (TROUBLE, format!("{}: {e}", path.display())))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| (TROUBLE, format!("{} is not JSON: {e}", path.display())))?;
+    if value.get("format").and_then(Value::as_str) == Some(sign::SIGNED_FORMAT) {
+        let Some(public) = public else {
+            return Err((TROUBLE, format!("{} is signed: give the signer's public key with --pub", path.display())));
+        };
+        let key = load_public(public).map_err(|e| (TROUBLE, e))?;
+        let signed = read_signed(path).map_err(|e| (TROUBLE, e))?;
+        return verify_signed(&signed, &key).map_err(|e| (TAMPERED, format!("{}: {e}", path.display())));
+    }
+    Checkpoint::parse(&value).map_err(|e| (TROUBLE, format!("{}: {e}", path.display())))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Export { dsn, since, out } => match export::export(&dsn, since.as_deref(), out.as_deref()) {
+            Ok(s) => {
+                eprintln!(
+                    "exported {} events and {} links in {:.1} s",
+                    s.events, s.links, s.seconds
+                );
+                ExitCode::from(INTACT)
+            }
+            Err(e) => fail(TROUBLE, e),
+        },
+        Command::Verify { files, checkpoint, public, threads } => {
+            let cp = match checkpoint.as_ref().map(|p| load_checkpoint(p, public.as_ref())).transpose() {
+                Ok(cp) => cp,
+                Err((code, m)) => return fail(code, m),
+            };
+            let threads = threads.unwrap_or_else(witness::threads);
+            let report = match verify_file::verify_files(&files, cp.as_ref(), threads) {
+                Ok(r) => r,
+                Err(e) => return fail(TROUBLE, e),
+            };
+            println!("ok: {}", report.ok());
+            println!(
+                "events checked: {}, links checked: {}",
+                report.verdict.events_checked, report.verdict.links_checked
+            );
+            if let Some(p) = report.verdict.first() {
+                if let Some(id) = p.event_id {
+                    println!("first bad event: {id}");
+                }
+                println!("problem: {p}");
+                if report.verdict.problem_count > 1 {
+                    println!("and {} more problem(s)", report.verdict.problem_count - 1);
+                }
+            }
+            for p in &report.file_problems {
+                println!("file problem: {p}");
+            }
+            if cp.is_some() && report.ok() {
+                println!("the log extends the checkpoint");
+            }
+            eprintln!(
+                "verified {} events in {:.2} s: {:.0} events/s with {} worker thread(s)",
+                report.events,
+                report.seconds,
+                report.events as f64 / report.seconds.max(1e-6),
+                threads
+            );
+            ExitCode::from(if report.ok() { INTACT } else { TAMPERED })
+        }
+        Command::Keygen { out } => match sign::keygen(&out) {
+            Ok(m) => {
+                eprintln!("{m}");
+                ExitCode::from(INTACT)
+            }
+            Err(e) => fail(TROUBLE, e),
+        },
+        Command::Checkpoint { dsn, key, out } => {
+            let result = (|| -> Result<String, String> {
+                let key = load_secret(&key)?;
+                let mut client = export::connect(&dsn)?;
+                let text: String = client
+                    .query_one("SELECT audit_log.checkpoint()::text", &[])
+                    .map_err(|e| format!("audit_log.checkpoint(): {e}"))?
+                    .get(0);
+                let value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                let signed = sign::sign(value, &key)?;
+                sign::write_signed(&signed, &out)?;
+                Ok(format!("signed checkpoint written to {} (key {})", out.display(), signed.key_id))
+            })();
+            match result {
+                Ok(m) => {
+                    eprintln!("{m}");
+                    ExitCode::from(INTACT)
+                }
+                Err(e) => fail(TROUBLE, e),
+            }
+        }
+        Command::VerifyCheckpoint { checkpoint, public } => {
+            let key = match load_public(&public) {
+                Ok(k) => k,
+                Err(e) => return fail(TROUBLE, e),
+            };
+            let signed = match read_signed(&checkpoint) {
+                Ok(s) => s,
+                Err(e) => return fail(TROUBLE, e),
+            };
+            match verify_signed(&signed, &key) {
+                Ok(cp) => {
+                    println!(
+                        "signature ok: key {}, signed at {}, database {:?}, {} chain(s)",
+                        signed.key_id,
+                        signed.signed_at,
+                        cp.database.unwrap_or_default(),
+                        cp.chains.len()
+                    );
+                    ExitCode::from(INTACT)
+                }
+                Err(e) => fail(TAMPERED, format!("{}: {e}", checkpoint.display())),
+            }
+        }
+        Command::Witness { dsn, state, key, export_file } => {
+            let key = match load_secret(&key) {
+                Ok(k) => k,
+                Err(e) => return fail(TROUBLE, e),
+            };
+            match witness::run(&dsn, &state, &key, export_file.as_deref()) {
+                Ok(m) => {
+                    println!("witness: {m}");
+                    ExitCode::from(INTACT)
+                }
+                Err(witness::Failure::Integrity(m)) => fail(TAMPERED, format!("witness refused: {m}")),
+                Err(witness::Failure::Trouble(m)) => fail(TROUBLE, m),
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Ed25519 keys and signed checkpoints (docs/FORMAT.md, "Signed checkpoints").
+//!
+//! A signed checkpoint wraps the JSON that `audit_log.checkpoint()` returns
+//! (chain heads, database name and system identifier, the server's clock)
+//! with the signer's clock, public key and signature. The signature covers
+//! `"audit_log:signed_checkpoint:v1\0"` followed by the canonical encoding
+//! (docs/FORMAT.md, `json`) of the object {"checkpoint", "signed_at",
+//! "public_key"}: any change to any of them, down to one digit of a
+//! sequence number, breaks it.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use audit_log_core::encoding::encode_json;
+use audit_log_core::time::format_rfc3339;
+use audit_log_core::Checkpoint;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+pub const SECRET_FORMAT: &str = "audit_log.ed25519.secret.v1";
+pub const PUBLIC_FORMAT: &str = "audit_log.ed25519.public.v1";
+pub const SIGNED_FORMAT: &str = "audit_log.signed_checkpoint.v1";
+const DOMAIN: &[u8] = b"audit_log:signed_checkpoint:v1\0";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretFile {
+    format: String,
+    secret_key: String,
+    public_key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublicFile {
+    format: String,
+    public_key: String,
+    key_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedCheckpoint {
+    pub format: String,
+    /// The checkpoint as the server returned it.
+    pub checkpoint: Value,
+    pub signed_at: String,
+    pub key_id: String,
+    pub public_key: String,
+    pub signature: String,
+}
+
+/// The first 16 hex digits of SHA-256 over the public key: a short name for it.
+pub fn key_id(key: &VerifyingKey) -> String {
+    hex::encode(&Sha256::digest(key.as_bytes())[..8])
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Write a new key pair: KEY (secret, mode 0600) and KEY.pub. Never overwrites.
+pub fn keygen(path: &Path) -> Result<String, String> {
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| format!("no randomness from the OS: {e}"))?;
+    let key = SigningKey::from_bytes(&seed);
+    let public = key.verifying_key();
+    let secret = SecretFile {
+        format: SECRET_FORMAT.into(),
+        secret_key: hex::encode(seed),
+        public_key: hex::encode(public.as_bytes()),
+    };
+    let pub_path = path.with_extension(match path.extension() {
+        Some(e) => format!("{}.pub", e.to_string_lossy()),
+        None => "pub".into(),
+    });
+    let pub_file = PublicFile {
+        format: PUBLIC_FORMAT.into(),
+        public_key: hex::encode(public.as_bytes()),
+        key_id: key_id(&public),
+    };
+    if pub_path.exists() {
+        return Err(format!("{} already exists; not overwriting", pub_path.display()));
+    }
+    write_new(path, pretty(&secret)?.as_bytes(), 0o600)?;
+    write_new(&pub_path, pretty(&pub_file)?.as_bytes(), 0o644)?;
+    Ok(format!(
+        "wrote {} (secret; keep it off the database server) and {} (key id {})",
+        path.display(),
+        pub_path.display(),
+        key_id(&public)
+    ))
+}
+
+fn pretty<T: Serialize>(v: &T) -> Result<String, String> {
+    serde_json::to_string_pretty(v).map(|s| s + "\n").map_err(|e| e.to_string())
+}
+
+pub fn load_secret(path: &Path) -> Result<SigningKey, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let f: SecretFile = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not an audit-log secret key: {e}", path.display()))?;
+    if f.format != SECRET_FORMAT {
+        return Err(format!("{}: key format {:?} is not supported", path.display(), f.format));
+    }
+    let seed: [u8; 32] = hex::decode(&f.secret_key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("{}: the secret key must be 64 hex digits", path.display()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+pub fn load_public(path: &Path) -> Result<VerifyingKey, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let f: PublicFile = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not an audit-log public key: {e}", path.display()))?;
+    if f.format != PUBLIC_FORMAT {
+        return Err(format!("{}: key format {:?} is not supported", path.display(), f.format));
+    }
+    parse_public(&f.public_key).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn parse_public(text: &str) -> Result<VerifyingKey, String> {
+    let bytes: [u8; 32] = hex::decode(text)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("a public key must be 64 hex digits")?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an Ed25519 public key: {e}"))
+}
+
+fn message(checkpoint: &Value, signed_at: &str, public_key: &str) -> Vec<u8> {
+    let mut m = DOMAIN.to_vec();
+    encode_json(
+        &json!({"checkpoint": checkpoint, "signed_at": signed_at, "public_key": public_key}),
+        &mut m,
+    );
+    m
+}
+
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Sign a checkpoint as returned by the server (checked for shape first).
+pub fn sign(checkpoint: Value, key: &SigningKey) -> Result<SignedCheckpoint, String> {
+    Checkpoint::parse(&checkpoint).map_err(|e| e.to_string())?;
+    let public = key.verifying_key();
+    let public_key = hex::encode(public.as_bytes());
+    let signed_at = format_rfc3339(now_micros());
+    let sig = key.sign(&message(&checkpoint, &signed_at, &public_key));
+    Ok(SignedCheckpoint {
+        format: SIGNED_FORMAT.into(),
+        checkpoint,
+        signed_at,
+        key_id: key_id(&public),
+        public_key,
+        signature: hex::encode(sig.to_bytes()),
+    })
+}
+
+pub fn read_signed(path: &Path) -> Result<SignedCheckpoint, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let s: SignedCheckpoint = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a signed checkpoint: {e}", path.display()))?;
+    if s.format != SIGNED_FORMAT {
+        return Err(format!("{}: format {:?} is not supported", path.display(), s.format));
+    }
+    Ok(s)
+}
+
+/// Why a signed checkpoint is refused.
+#[derive(Debug)]
+pub enum Refused {
+    OtherKey { signed_by: String, expected: String },
+    BadSignature(String),
+    BadCheckpoint(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::OtherKey { signed_by, expected } => write!(
+                f,
+                "signed by key {signed_by}, not by the expected key {expected}"
+            ),
+            Refused::BadSignature(m) => write!(f, "the signature does not verify: {m}"),
+            Refused::BadCheckpoint(m) => write!(f, "the signed checkpoint is malformed: {m}"),
+        }
+    }
+}
+
+/// Check a signed checkpoint against the key that must have signed it, and
+/// return the checkpoint it carries.
+pub fn verify_signed(s: &SignedCheckpoint, key: &VerifyingKey) -> Result<Checkpoint, Refused> {
+    let expected = hex::encode(key.as_bytes());
+    if s.public_key != expected {
+        return Err(Refused::OtherKey {
+            signed_by: s.key_id.clone(),
+            expected: key_id(key),
+        });
+    }
+    let sig: [u8; 64] = hex::decode(&s.signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Refused::BadSignature("a signature is 128 hex digits".into()))?;
+    key.verify_strict(
+        &message(&s.checkpoint, &s.signed_at, &s.public_key),
+        &Signature::from_bytes(&sig),
+    )
+    .map_err(|e| Refused::BadSignature(e.to_string()))?;
+    Checkpoint::parse(&s.checkpoint).map_err(|e| Refused::BadCheckpoint(e.to_string()))
+}
+
+/// Write a signed checkpoint, replacing `path` atomically.
+pub fn write_signed(s: &SignedCheckpoint, path: &Path) -> Result<(), String> {
+    let text = pretty(s)?;
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, text.as_bytes(), 0o644)?;
+    fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}

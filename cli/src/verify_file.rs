@@ -1,0 +1,332 @@
+//! Offline verification of exports, with no database: the same checks as
+//! `audit_log.verify()`, by the same code (`audit_log_core::verify`), plus
+//! the checks of the file itself (its end line, counts, heads and digest).
+//!
+//! Two passes over each file. The first hashes the bytes, reads the header,
+//! the end line and every link (links are kept: about 150 bytes per
+//! transaction). The second streams the events: the calling thread reads
+//! lines, worker threads parse and hash them, in order.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use audit_log_core::parallel::map_ordered;
+use audit_log_core::verify::{verify_hashed_streams, HashedEvent, Verdict};
+use audit_log_core::{ChainHead, Checkpoint, Link};
+use sha2::{Digest, Sha256};
+
+use crate::format::{
+    End, EventLine, Header, LinkLine, END_PREFIX, EVENT_PREFIX, EXPORT_FORMAT, HEADER_PREFIX,
+    LINK_PREFIX,
+};
+
+/// What verification of one or more files found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The chain checks, exactly as `audit_log.verify()` makes them.
+    pub verdict: Verdict,
+    /// Problems of the files themselves: damaged lines, a missing or
+    /// inconsistent end line, a continuation that does not continue.
+    pub file_problems: Vec<String>,
+    pub events: u64,
+    pub links: u64,
+    pub seconds: f64,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.verdict.ok() && self.file_problems.is_empty()
+    }
+
+    pub fn first_bad_event(&self) -> Option<i64> {
+        self.verdict.first().and_then(|p| p.event_id)
+    }
+}
+
+/// Usage or I/O trouble: the verification could not be carried out.
+#[derive(Debug)]
+pub enum Error {
+    Io(PathBuf, io::Error),
+    Usage(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Io(p, e) => write!(f, "{}: {e}", p.display()),
+            Error::Usage(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The first pass over one file.
+struct Scan {
+    header: Option<Header>,
+    end: Option<End>,
+    links: Vec<Link>,
+    event_lines: u64,
+    link_lines: u64,
+    problems: Vec<String>,
+}
+
+fn read_lines(path: &Path) -> Result<impl Iterator<Item = io::Result<(u64, Vec<u8>)>>, Error> {
+    let f = File::open(path).map_err(|e| Error::Io(path.into(), e))?;
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut n = 0u64;
+    Ok(std::iter::from_fn(move || {
+        let mut buf = Vec::with_capacity(512);
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                n += 1;
+                Some(Ok((n, buf)))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }))
+}
+
+fn trim(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\n").unwrap_or(line)
+}
+
+fn scan(path: &Path) -> Result<Scan, Error> {
+    let mut s = Scan {
+        header: None,
+        end: None,
+        links: Vec::new(),
+        event_lines: 0,
+        link_lines: 0,
+        problems: Vec::new(),
+    };
+    let mut digest = Sha256::new();
+    let name = path.display();
+    for item in read_lines(path)? {
+        let (n, raw) = item.map_err(|e| Error::Io(path.into(), e))?;
+        let line = trim(&raw);
+        if s.end.is_some() {
+            s.problems.push(format!("{name}:{n}: a line after the end line"));
+            continue;
+        }
+        if line.starts_with(END_PREFIX) {
+            match serde_json::from_slice::<End>(line) {
+                // Only the exporter's own spelling: the end line is not under the digest.
+                Ok(e) if crate::format::line(&e).is_ok_and(|l| l == raw) => s.end = Some(e),
+                Ok(e) => {
+                    s.problems.push(format!("{name}:{n}: the end line is not as the exporter writes it"));
+                    s.end = Some(e);
+                }
+                Err(e) => s.problems.push(format!("{name}:{n}: damaged end line: {e}")),
+            }
+            continue;
+        }
+        digest.update(&raw);
+        if n == 1 {
+            match serde_json::from_slice::<Header>(line) {
+                Ok(h) if h.kind == "header" && h.format == EXPORT_FORMAT => s.header = Some(h),
+                Ok(h) => {
+                    return Err(Error::Usage(format!(
+                        "{name}: format {:?} is not supported; expected {EXPORT_FORMAT:?}",
+                        h.format
+                    )))
+                }
+                Err(_) if !line.starts_with(HEADER_PREFIX) => {
+                    return Err(Error::Usage(format!(
+                        "{name} is not an audit_log export (no header line)"
+                    )))
+                }
+                Err(e) => s.problems.push(format!("{name}:1: damaged header: {e}")),
+            }
+        } else if line.starts_with(EVENT_PREFIX) {
+            s.event_lines += 1;
+            if s.link_lines > 0 {
+                s.problems.push(format!("{name}:{n}: an event after the links"));
+            }
+        } else if line.starts_with(LINK_PREFIX) {
+            s.link_lines += 1;
+            match LinkLine::parse(line) {
+                Ok(l) => {
+                    if s.links.last().is_some_and(|p| (p.chain_id, p.seq) >= (l.chain_id, l.seq)) {
+                        s.problems.push(format!("{name}:{n}: links out of (chain_id, seq) order"));
+                    }
+                    s.links.push(l)
+                }
+                Err(e) => s.problems.push(format!("{name}:{n}: damaged link: {e}")),
+            }
+        } else {
+            s.problems.push(format!("{name}:{n}: not an event, link or end record"));
+        }
+    }
+    let digest = hex::encode(digest.finalize());
+    match &s.end {
+        None => s.problems.push(format!(
+            "{name} has no end line: the export is incomplete or its tail was cut off"
+        )),
+        Some(end) => {
+            if end.sha256 != digest {
+                s.problems.push(format!(
+                    "{name}: the content hashes to {}… but the end line records {}…",
+                    &digest[..12],
+                    end.sha256.get(..12).unwrap_or(&end.sha256)
+                ));
+            }
+            if end.events != s.event_lines || end.links != s.link_lines {
+                s.problems.push(format!(
+                    "{name}: the end line counts {} events and {} links; the file holds {} and {}",
+                    end.events, end.links, s.event_lines, s.link_lines
+                ));
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// The last link of each chain, over the anchors.
+fn heads(anchors: &[ChainHead], links: &[Link]) -> BTreeMap<i32, ChainHead> {
+    let mut out: BTreeMap<i32, ChainHead> = anchors.iter().map(|a| (a.chain, a.clone())).collect();
+    for l in links {
+        if out.get(&l.chain_id).is_none_or(|h| l.seq >= h.seq) {
+            out.insert(
+                l.chain_id,
+                ChainHead {
+                    chain: l.chain_id,
+                    seq: l.seq,
+                    link_hash: l.link_hash,
+                    last_event: l.last_event,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The part of a checkpoint that falls within one file: chains past the
+/// file's anchors, and (unless it is the last file) not past its heads.
+fn checkpoint_within(
+    cp: &Checkpoint,
+    anchors: &[ChainHead],
+    heads: Option<&BTreeMap<i32, ChainHead>>,
+) -> Checkpoint {
+    let from = |c: i32| anchors.iter().find(|a| a.chain == c).map_or(0, |a| a.seq);
+    let mut within = cp.clone();
+    within.chains.retain(|h| {
+        h.seq > from(h.chain) && heads.is_none_or(|hs| hs.get(&h.chain).is_some_and(|t| h.seq <= t.seq))
+    });
+    within
+}
+
+/// Verify files that together hold a log: a whole export, then any number
+/// of continuations (`export --since`), in order. With a checkpoint, also
+/// prove that the log extends it.
+pub fn verify_files(paths: &[PathBuf], cp: Option<&Checkpoint>, threads: usize) -> Result<Report, Error> {
+    let started = Instant::now();
+    let mut report = Report::default();
+    let mut previous_heads: Option<BTreeMap<i32, ChainHead>> = None;
+    for (i, path) in paths.iter().enumerate() {
+        let last = i + 1 == paths.len();
+        let s = scan(path)?;
+        let name = path.display().to_string();
+        report.file_problems.extend(s.problems);
+        let anchors = s.header.as_ref().map(|h| h.anchors.clone()).unwrap_or_default();
+        // A continuation must start exactly where the file before it ended.
+        match &previous_heads {
+            Some(prev) => {
+                let want: Vec<&ChainHead> = prev.values().collect();
+                let got: Vec<&ChainHead> = anchors.iter().collect();
+                if want != got {
+                    report.file_problems.push(format!(
+                        "{name} does not continue the file before it: its anchors differ from that file's heads"
+                    ));
+                }
+            }
+            None if !anchors.is_empty() => report.file_problems.push(format!(
+                "{name} is a continuation (it starts from anchors); verify it after the export it continues"
+            )),
+            None => {}
+        }
+        let file_heads = heads(&anchors, &s.links);
+        if let Some(end) = &s.end {
+            let recorded: BTreeMap<i32, ChainHead> = end.heads.iter().map(|h| (h.chain, h.clone())).collect();
+            if recorded != file_heads {
+                report.file_problems.push(format!(
+                    "{name}: the end line's chain heads differ from the file's last links"
+                ));
+            }
+        }
+        let cp_here = cp.map(|c| checkpoint_within(c, &anchors, (!last).then_some(&file_heads)));
+        let verdict = verify_one(path, &s.links, &anchors, cp_here.as_ref(), threads, &mut report.file_problems)?;
+        merge(&mut report.verdict, verdict);
+        report.events += s.event_lines;
+        report.links += s.link_lines;
+        previous_heads = Some(file_heads);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn merge(into: &mut Verdict, v: Verdict) {
+    into.events_checked += v.events_checked;
+    into.links_checked += v.links_checked;
+    into.problem_count += v.problem_count;
+    into.problems.extend(v.problems);
+}
+
+/// The second pass: stream the events of one file through the verifier.
+fn verify_one(
+    path: &Path,
+    links: &[Link],
+    anchors: &[ChainHead],
+    cp: Option<&Checkpoint>,
+    threads: usize,
+    problems: &mut Vec<String>,
+) -> Result<Verdict, Error> {
+    let mut by_tx: Vec<&Link> = links.iter().collect();
+    by_tx.sort_by_key(|l| (l.tx_id, l.chain_id, l.seq));
+    let damaged: RefCell<Vec<String>> = RefCell::new(Vec::new());
+    let name = path.display().to_string();
+    let lines = read_lines(path)?.filter_map(|item| match item {
+        Ok((n, raw)) if raw.starts_with(EVENT_PREFIX) => Some(Ok((n, raw))),
+        Ok(_) => None,
+        Err(e) => Some(Err(e)),
+    });
+    let parse = |(n, raw): (u64, Vec<u8>)| -> Result<HashedEvent, String> {
+        let e = EventLine::parse(trim(&raw)).and_then(EventLine::into_event);
+        e.map(|e| HashedEvent::new(&e)).map_err(|m| format!("{name}:{n}: damaged event: {m}"))
+    };
+    let mut last_key: Option<(u64, i64)> = None;
+    let verdict = std::thread::scope(|scope| {
+        let events = map_ordered(scope, lines, threads, || {}, parse).filter_map(|r| match r {
+            Ok(Ok(h)) => {
+                if last_key.is_some_and(|k| k >= (h.tx_id, h.tx_seq)) {
+                    damaged.borrow_mut().push(format!(
+                        "{name}: event {} is out of (tx_id, tx_seq) order",
+                        h.id
+                    ));
+                }
+                last_key = Some((h.tx_id, h.tx_seq));
+                Some(Ok(h))
+            }
+            // A damaged line is reported, and the verification goes on
+            // without it: what it held shows up as missing.
+            Ok(Err(m)) => {
+                damaged.borrow_mut().push(m);
+                None
+            }
+            Err(e) => Some(Err(e)),
+        });
+        verify_hashed_streams(
+            events,
+            by_tx.into_iter().map(|l| Ok(l.clone())),
+            links.iter().map(|l| Ok(l.clone())),
+            cp,
+            anchors,
+        )
+    })
+    .map_err(|e| Error::Io(path.into(), e))?;
+    problems.extend(damaged.into_inner());
+    Ok(verdict)
+}

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The audit-log CLI against a live server: export, offline verification that
+# agrees with the SQL verify(), tampering of an export (an edited byte, a
+# deleted line, two lines swapped, a dropped tail against a checkpoint),
+# continuation exports, signed checkpoints and a forged signature, and the
+# witness catching a chain a superuser recomputed.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+root=$(dirname "$here")
+cli=${AUDIT_LOG_CLI:-$root/target/release/audit-log}
+[ -x "$cli" ] || { echo "FAIL: $cli not built (cargo build --release -p audit_log_cli)" >&2; exit 1; }
+db=al_cli
+q() { psql -X -q -v ON_ERROR_STOP=1 -At -d $db "$@"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+work=$(mktemp -d /tmp/al_cli.XXXXXX); chmod 755 "$work"
+trap 'rm -rf "$work"' EXIT
+dsn="host=$PGHOST port=$PGPORT user=postgres dbname=$db"
+# run CMD...: its output in $out, its exit code in $rc
+run() { set +e; out=$("$cli" "$@" 2>&1); rc=$?; set -e; }
+expect() { # expect CODE WHAT
+    [ "$rc" = "$1" ] || fail "$2: exit $rc, expected $1: $out"; }
+
+psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>/dev/null
+psql -X -q -d postgres -c "ALTER DATABASE $db SET audit_log.chains = 1"
+q <<'SQL' >/dev/null
+SET client_min_messages = warning;
+CREATE EXTENSION audit_log;
+CREATE TABLE acct (id int PRIMARY KEY, owner text, balance numeric, tags text[], meta jsonb);
+SELECT audit_log.enable('acct');
+INSERT INTO acct VALUES (1, 'Zoë ✓', 100.50, '{a,b}', '{"tier": "gold", "n": 1.50}'),
+                        (2, E'quote " and \\ backslash', -0.000001, '{}', 'null'),
+                        (3, NULL, 1e20, NULL, '[1, {"x": []}]');
+UPDATE acct SET balance = balance - 10 WHERE id = 1;
+DELETE FROM acct WHERE id = 3;
+INSERT INTO acct (id, owner, balance) SELECT g, 'owner ' || g, g * 1.25 FROM generate_series(4, 60) g;
+SQL
+psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -d $db -c "UPDATE acct SET owner = 'over tcp' WHERE id = 4"
+
+# Export, then verify offline: it must agree with the server.
+run keygen --out "$work/key"; expect 0 keygen
+run checkpoint --dsn "$dsn" --key "$work/key" --out "$work/cp1.json"; expect 0 checkpoint
+run export --dsn "$dsn" --out "$work/e1.jsonl"; expect 0 export
+run verify "$work/e1.jsonl" --checkpoint "$work/cp1.json" --pub "$work/key.pub"; expect 0 "verify of an untouched export"
+sql_checked=$(q -c "SELECT events_checked FROM audit_log.verify()")
+echo "$out" | grep -q "events checked: $sql_checked," || fail "offline verify checked other than the server's $sql_checked events: $out"
+echo "$out" | grep -q "the log extends the checkpoint" || fail "no checkpoint proof: $out"
+echo "  export of $sql_checked events verifies offline, against a signed checkpoint too"
+
+# Tampering with the export. fix_end rewrites the end line to match the edited
+# body, as an attacker would, so that only the hashes can tell.
+fix_end() { python3 - "$1" <<'PY'
+import hashlib, json, sys
+path = sys.argv[1]
+lines = open(path, 'rb').read().splitlines(keepends=True)
+body = [l for l in lines if not l.startswith(b'{"type":"end"')]
+heads, ev, lk = {}, 0, 0
+for l in body:
+    if l.startswith(b'{"type":"event"'): ev += 1
+    if l.startswith(b'{"type":"link"'):
+        lk += 1; r = json.loads(l)
+        heads[r["chain_id"]] = {"chain": r["chain_id"], "seq": r["seq"], "link_hash": r["link_hash"], "last_event": r["last_event"]}
+end = {"type": "end", "events": ev, "links": lk, "heads": [heads[c] for c in sorted(heads)],
+       "sha256": hashlib.sha256(b"".join(body)).hexdigest()}
+open(path, 'wb').write(b"".join(body) + json.dumps(end, separators=(",", ":")).encode() + b"\n")
+PY
+}
+tamper() { # tamper NAME PYTHON-EXPRESSION-ON-lines
+    python3 - "$work/e1.jsonl" "$work/$1.jsonl" "$2" <<'PY'
+import sys
+src, dst, expr = sys.argv[1:4]
+lines = open(src, 'rb').read().splitlines(keepends=True)
+events = [i for i, l in enumerate(lines) if l.startswith(b'{"type":"event"')]
+links = [i for i, l in enumerate(lines) if l.startswith(b'{"type":"link"')]
+exec(expr)
+open(dst, 'wb').writelines(lines)
+PY
+}
+# One byte of a field: the balance 100.50 becomes 900.50 in the first event.
+tamper byte 'i = next(i for i in events if b"100.50" in lines[i]); lines[i] = lines[i].replace(b"100.50", b"900.50", 1)'
+first=$(grep -m1 '"type":"event".*900\.50' "$work/byte.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+run verify "$work/byte.jsonl"; expect 1 "an edited byte"
+fix_end "$work/byte.jsonl"
+run verify "$work/byte.jsonl"; expect 1 "an edited byte with the end line rewritten"
+echo "$out" | grep -q "first bad event: $first" || fail "edited event $first not named: $out"
+echo "$out" | grep -q "problem: content_changed" || fail "edit not reported as content_changed: $out"
+for t in "delete:del lines[events[len(events) // 2]]" \
+         "swap:a, b = events[3], events[10]; lines[a], lines[b] = lines[b], lines[a]" \
+         "swaplink:a, b = links[0], links[1]; lines[a], lines[b] = lines[b], lines[a]" \
+         "hash:i = links[-1]; lines[i] = lines[i][:-4] + (b'0' if lines[i][-4:-3] != b'0' else b'1') + lines[i][-3:]"; do
+    name=${t%%:*}
+    tamper "$name" "${t#*:}"
+    run verify "$work/$name.jsonl"; expect 1 "tampering '$name'"
+    fix_end "$work/$name.jsonl"
+    run verify "$work/$name.jsonl"; expect 1 "tampering '$name' with the end line rewritten"
+done
+# The tail: the last transaction's events and link gone. Consistent in itself,
+# so only the checkpoint can tell.
+tamper tail 'last = lines[links[-1]]
+import json
+tx = json.loads(last)["tx_id"]
+lines[:] = [l for l in lines if not (l.startswith(b"{\"type\":\"event\"") or l.startswith(b"{\"type\":\"link\"")) or json.loads(l)["tx_id"] != tx]'
+fix_end "$work/tail.jsonl"
+run verify "$work/tail.jsonl"; expect 0 "a consistent prefix, with no checkpoint"
+run verify "$work/tail.jsonl" --checkpoint "$work/cp1.json" --pub "$work/key.pub"; expect 1 "a dropped tail against the checkpoint"
+echo "$out" | grep -q "truncated" || fail "dropped tail not reported as truncated: $out"
+echo "  an edited byte, a deleted line, swapped lines, a changed hash and a dropped tail are all detected"
+
+# The offline verdict names the same first bad event as the server's, for a
+# change made in the database itself.
+bad=$(q -c "SELECT id FROM audit_log.events WHERE op = 'UPDATE' ORDER BY id LIMIT 1")
+psql -X -q -d postgres -c "CREATE DATABASE al_cli_bad TEMPLATE $db"
+q -d al_cli_bad -c "ALTER TABLE audit_log.events DISABLE TRIGGER USER" \
+    -c "UPDATE audit_log.events SET new_row = '{\"forged\": true}' WHERE id = $bad" \
+    -c "ALTER TABLE audit_log.events ENABLE TRIGGER USER"
+server=$(q -d al_cli_bad -c "SELECT first_bad_event || ' ' || split_part(problem, ':', 1) FROM audit_log.verify()")
+run export --dsn "host=$PGHOST port=$PGPORT user=postgres dbname=al_cli_bad" --out "$work/bad.jsonl"; expect 0 "export of a tampered log"
+run verify "$work/bad.jsonl"; expect 1 "a log tampered in the database"
+offline="$(echo "$out" | sed -n 's/^first bad event: //p') $(echo "$out" | sed -n 's/^problem: \([a-z_]*\):.*/\1/p')"
+[ "$offline" = "$server" ] || fail "offline says '$offline', the server says '$server'"
+psql -X -q -d postgres -c "DROP DATABASE al_cli_bad"
+echo "  offline and server verify agree on a log edited in the database: $server"
+
+# Continuation exports.
+q -c "UPDATE acct SET balance = balance + 1 WHERE id < 20" -c "INSERT INTO acct (id) VALUES (1000)"
+run export --dsn "$dsn" --since "$work/e1.jsonl" --out "$work/e2.jsonl"; expect 0 "export --since"
+want=$(( $(q -c "SELECT count(*) FROM audit_log.events") - $(grep -c '"type":"event"' "$work/e1.jsonl") ))
+[ "$(grep -c '"type":"event"' "$work/e2.jsonl")" = "$want" ] || fail "the continuation holds $(grep -c '"type":"event"' "$work/e2.jsonl") events, expected $want"
+run verify "$work/e1.jsonl" "$work/e2.jsonl"; expect 0 "an export and its continuation"
+run verify "$work/e2.jsonl"; expect 1 "a continuation on its own"
+run verify "$work/byte.jsonl" "$work/e2.jsonl"; expect 1 "a continuation after a tampered export"
+echo "  a continuation verifies after the export it continues, and not alone"
+
+# Signed checkpoints: a forged signature, an edited checkpoint, another key.
+run verify-checkpoint "$work/cp1.json" --pub "$work/key.pub"; expect 0 "verify-checkpoint"
+python3 - "$work/cp1.json" "$work/forged_sig.json" "$work/forged_seq.json" <<'PY'
+import json, sys
+cp = json.load(open(sys.argv[1]))
+s = dict(cp); s["signature"] = ("0" if cp["signature"][0] != "0" else "1") + cp["signature"][1:]
+json.dump(s, open(sys.argv[2], "w"))
+c = json.loads(json.dumps(cp)); c["checkpoint"]["chains"][0]["seq"] -= 1
+json.dump(c, open(sys.argv[3], "w"))
+PY
+run verify-checkpoint "$work/forged_sig.json" --pub "$work/key.pub"; expect 1 "a forged signature"
+run verify-checkpoint "$work/forged_seq.json" --pub "$work/key.pub"; expect 1 "an edited signed checkpoint"
+run verify "$work/e1.jsonl" --checkpoint "$work/forged_seq.json" --pub "$work/key.pub"; expect 1 "verify with a forged checkpoint"
+run keygen --out "$work/other"; expect 0 "second keygen"
+run verify-checkpoint "$work/cp1.json" --pub "$work/other.pub"; expect 1 "a checkpoint signed by another key"
+run keygen --out "$work/key"; expect 2 "keygen over an existing key"
+echo "  forged, edited and foreign-key checkpoints are refused"
+
+# The witness: extends, then catches a chain recomputed by a superuser.
+run witness --dsn "$dsn" --state "$work/w" --key "$work/key"; expect 0 "first witness run"
+q -c "UPDATE acct SET balance = 0 WHERE id = 5"
+run export --dsn "$dsn" --out "$work/e3.jsonl"; expect 0 "export for the witness"
+run witness --dsn "$dsn" --state "$work/w" --key "$work/key" --export "$work/e3.jsonl"; expect 0 "second witness run"
+echo "$out" | grep -q "verified offline" || fail "witness did not verify the export: $out"
+before=$(sha256sum "$work/w/latest.json")
+target=$(q -c "SELECT id FROM audit_log.events WHERE table_name = 'acct' ORDER BY id LIMIT 1 OFFSET 5")
+{ echo "BEGIN; ALTER TABLE audit_log.events DISABLE TRIGGER USER; ALTER TABLE audit_log.links DISABLE TRIGGER USER;"
+  q -f "$here/lib/dump_log.sql" | python3 "$here/lib/format_v1.py" rewrite "$target" '{"id": 5, "balance": 1000000}' --chain
+  echo "ALTER TABLE audit_log.events ENABLE TRIGGER USER; ALTER TABLE audit_log.links ENABLE TRIGGER USER; COMMIT;"; } >"$work/forge.sql"
+q -f "$work/forge.sql" >/dev/null
+[ "$(q -c "SELECT ok FROM audit_log.verify()")" = t ] || fail "the recomputed chain should pass a plain verify()"
+run witness --dsn "$dsn" --state "$work/w" --key "$work/key"; expect 1 "witness after a recomputed chain"
+echo "$out" | grep -q "chain_rewritten\|fork" || fail "witness did not name the rewrite: $out"
+[ "$(sha256sum "$work/w/latest.json")" = "$before" ] || fail "the witness stored a checkpoint after refusing"
+echo "  witness: $(echo "$out" | head -1 | cut -c1-160)"
+psql -X -q -d postgres -c "DROP DATABASE $db"
+echo "cli: export, offline verify, signed checkpoints and the witness behave"
