@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build, install, start a throwaway cluster and show audit_log at work:
-# audit a table, write, verify, tamper as superuser, verify again.
+# audit a table, write, verify, keep a signed checkpoint with the witness,
+# export and verify offline; then tamper as superuser and watch every check fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,7 +10,9 @@ dir=/tmp/audit_log_demo port=55440
 bash pg_test/cluster.sh start "$dir" "$port"
 echo "demo: cluster running; connect with: psql -h $dir -p $port -U postgres"
 echo "      stop it with:                 bash pg_test/cluster.sh stop $dir"
-psql -X -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 <<'SQL'
+sql() { psql -X -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
+dsn="host=$dir port=$port user=postgres dbname=postgres"
+sql <<'SQL'
 \echo '--- install, and audit a table'
 SET client_min_messages = warning;
 CREATE EXTENSION audit_log;
@@ -20,14 +23,24 @@ INSERT INTO orders VALUES (1, 'alice', 120.00), (2, 'bob', 75.50);
 UPDATE orders SET amount = 99.99 WHERE id = 2;
 DELETE FROM orders WHERE id = 1;
 SELECT id, op, table_name, old_row, new_row FROM audit_log.events ORDER BY id;
-\echo '--- an auditor verifies, and keeps a checkpoint outside the database'
+\echo '--- an auditor verifies'
 SELECT * FROM audit_log.verify();
-SELECT audit_log.checkpoint() AS checkpoint \gset
+SQL
+echo "--- the witness (normally cron on another machine) keeps a signed checkpoint"
+audit-log keygen --out "$dir/witness.key"
+audit-log witness --dsn "$dsn" --state "$dir/witness" --key "$dir/witness.key"
+echo "--- an export, verified offline with no database"
+audit-log export --dsn "$dsn" --out "$dir/before.jsonl"
+audit-log verify "$dir/before.jsonl" --checkpoint "$dir/witness/latest.json" --pub "$dir/witness.key.pub"
+sql <<'SQL'
 \echo '--- a superuser bypasses the guards and rewrites history'
 ALTER TABLE audit_log.events DISABLE TRIGGER USER;
 UPDATE audit_log.events SET new_row = '{"id": 2, "customer": "bob", "amount": 1}' WHERE op = 'UPDATE';
 ALTER TABLE audit_log.events ENABLE ALWAYS TRIGGER append_only;
 \echo '--- verify now fails and names the event'
 SELECT * FROM audit_log.verify();
-SELECT * FROM audit_log.verify(:'checkpoint');
 SQL
+echo "--- so do the offline verifier and the witness (exit code 1)"
+audit-log export --dsn "$dsn" --out "$dir/after.jsonl"
+audit-log verify "$dir/after.jsonl" || echo "(audit-log verify exited $?)"
+audit-log witness --dsn "$dsn" --state "$dir/witness" --key "$dir/witness.key" || echo "(audit-log witness exited $?)"

@@ -256,15 +256,7 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
             prev_link_hash: hash(r.get(8)),
             link_hash: hash(r.get(9)),
         };
-        heads.insert(
-            l.chain_id,
-            ChainHead {
-                chain: l.chain_id,
-                seq: l.seq,
-                link_hash: l.link_hash,
-                last_event: l.last_event,
-            },
-        );
+        heads.insert(l.chain_id, ChainHead::from(&l));
         w.put(&line(&LinkLine::from_link(&l)).map_err(|e| e.to_string())?)?;
         links += 1;
     }

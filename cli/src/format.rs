@@ -121,6 +121,19 @@ fn time(text: &str, what: &str) -> Result<i64, String> {
     parse_rfc3339(text).ok_or_else(|| format!("{what} {text:?} is not a timestamp of the form 2026-01-31T23:59:59.123456Z"))
 }
 
+/// One record of type `want`.
+fn record<T: serde::de::DeserializeOwned>(
+    line: &[u8],
+    want: &str,
+    kind: impl Fn(&T) -> &String,
+) -> Result<T, String> {
+    let r: T = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    if kind(&r) != want {
+        return Err(format!("record type {:?} where {want} was expected", kind(&r)));
+    }
+    Ok(r)
+}
+
 impl EventLine {
     pub fn from_event(e: &Event, rows: [Option<Value>; 3]) -> EventLine {
         let [context, old_row, new_row] = rows;
@@ -147,11 +160,7 @@ impl EventLine {
     }
 
     pub fn parse(line: &[u8]) -> Result<EventLine, String> {
-        let l: EventLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-        if l.kind != "event" {
-            return Err(format!("record type {:?} where an event was expected", l.kind));
-        }
-        Ok(l)
+        record(line, "event", |l: &EventLine| &l.kind)
     }
 
     pub fn into_event(self) -> Result<Event, String> {
@@ -195,10 +204,7 @@ impl LinkLine {
     }
 
     pub fn parse(line: &[u8]) -> Result<Link, String> {
-        let l: LinkLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-        if l.kind != "link" {
-            return Err(format!("record type {:?} where a link was expected", l.kind));
-        }
+        let l = record(line, "link", |l: &LinkLine| &l.kind)?;
         Ok(Link {
             chain_id: l.chain_id,
             seq: l.seq,

@@ -190,15 +190,7 @@ fn heads(anchors: &[ChainHead], links: &[Link]) -> BTreeMap<i32, ChainHead> {
     let mut out: BTreeMap<i32, ChainHead> = anchors.iter().map(|a| (a.chain, a.clone())).collect();
     for l in links {
         if out.get(&l.chain_id).is_none_or(|h| l.seq >= h.seq) {
-            out.insert(
-                l.chain_id,
-                ChainHead {
-                    chain: l.chain_id,
-                    seq: l.seq,
-                    link_hash: l.link_hash,
-                    last_event: l.last_event,
-                },
-            );
+            out.insert(l.chain_id, ChainHead::from(l));
         }
     }
     out

@@ -150,10 +150,7 @@ fn end_for(lines: &[Vec<u8>]) -> Vec<u8> {
         } else if l.starts_with(br#"{"type":"link""#) {
             links += 1;
             if let Ok(k) = LinkLine::parse(l.strip_suffix(b"\n").unwrap_or(l)) {
-                heads.insert(
-                    k.chain_id,
-                    ChainHead { chain: k.chain_id, seq: k.seq, link_hash: k.link_hash, last_event: k.last_event },
-                );
+                heads.insert(k.chain_id, ChainHead::from(&k));
             }
         }
     }
@@ -297,7 +294,7 @@ proptest! {
             chains: {
                 let mut h: std::collections::BTreeMap<i32, ChainHead> = Default::default();
                 for l in &links {
-                    h.insert(l.chain_id, ChainHead { chain: l.chain_id, seq: l.seq, link_hash: l.link_hash, last_event: l.last_event });
+                    h.insert(l.chain_id, ChainHead::from(l));
                 }
                 h.into_values().collect()
             },

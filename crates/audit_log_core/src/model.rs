@@ -76,6 +76,18 @@ pub struct ChainHead {
     pub last_event: i64,
 }
 
+impl From<&Link> for ChainHead {
+    /// The head a chain has when `l` is its last link.
+    fn from(l: &Link) -> Self {
+        ChainHead {
+            chain: l.chain_id,
+            seq: l.seq,
+            link_hash: l.link_hash,
+            last_event: l.last_event,
+        }
+    }
+}
+
 /// A checkpoint: every chain head at one moment. Saved outside the database, it
 /// proves later that the log was only extended since.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
