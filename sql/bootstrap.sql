@@ -14,7 +14,10 @@ END
 $roles$;
 
 REVOKE ALL ON SCHEMA audit_log FROM PUBLIC;
-GRANT USAGE ON SCHEMA audit_log TO audit_log_admin, audit_log_auditor;
+-- USAGE lets any role call audit_log.set_context (its only PUBLIC function).
+-- It grants nothing on the tables, sequence or other functions: each has its
+-- privileges revoked from PUBLIC below and in finalize.sql.
+GRANT USAGE ON SCHEMA audit_log TO PUBLIC;
 
 -- No CACHE: ids must follow capture order across sessions, so that a row's
 -- history reads in order by id (a later change to a row is captured after the

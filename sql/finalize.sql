@@ -48,3 +48,12 @@ GRANT EXECUTE ON FUNCTION audit_log.enable(regclass), audit_log.disable(regclass
     TO audit_log_admin;
 GRANT EXECUTE ON FUNCTION audit_log.verify(), audit_log.verify(jsonb), audit_log.checkpoint()
     TO audit_log_auditor, audit_log_admin;
+
+-- The application context, for any role: it only sets the caller's own
+-- setting (audit_log.context), which every role may set anyway.
+CREATE FUNCTION audit_log.set_context(context jsonb, is_local boolean DEFAULT true)
+RETURNS void LANGUAGE sql VOLATILE
+AS $$ SELECT pg_catalog.set_config('audit_log.context', context::pg_catalog.text, is_local) $$;
+COMMENT ON FUNCTION audit_log.set_context(jsonb, boolean) IS
+    'Set the application context recorded with each audited change: for this transaction (the default) or, with is_local => false, the session.';
+GRANT EXECUTE ON FUNCTION audit_log.set_context(jsonb, boolean) TO PUBLIC;

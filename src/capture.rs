@@ -13,7 +13,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::Value;
 
-use crate::errors::AuditError;
+use crate::errors::{AuditError, OrRaise};
 use crate::jsonb;
 use crate::txstate::{self, Pending};
 
@@ -64,8 +64,63 @@ unsafe fn row_to_json(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Json
 /// Parse a jsonb literal (for configuration-event details), via jsonb_in so
 /// that what is hashed is exactly what is stored.
 pub fn json_from_value(v: &Value) -> Result<Json, AuditError> {
-    let text =
-        std::ffi::CString::new(v.to_string()).map_err(|e| AuditError::Internal(e.to_string()))?;
+    text_to_jsonb(&v.to_string())
+}
+
+/// `audit_log.context`: JSON text, or empty for none.
+pub static CONTEXT: pgrx::GucSetting<Option<std::ffi::CString>> =
+    pgrx::GucSetting::<Option<std::ffi::CString>>::new(None);
+
+/// Context values are JSON text read through `jsonb_in`, so a malformed one
+/// would raise jsonb_in's own error from deep inside a trigger. Check the
+/// text here first, with a message that names the setting.
+fn check_context(text: &str) -> Result<(), AuditError> {
+    fn has_nul(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(has_nul),
+            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| AuditError::BadContext(format!("{e}, in {text}")))?;
+    if has_nul(&v) {
+        return Err(AuditError::BadContext("\\u0000 cannot be stored in jsonb".into()));
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// The last context text seen and its jsonb: most changes repeat it.
+    static CONTEXT_CACHE: RefCell<Option<(String, Vec<u8>, Vec<u8>)>> = const { RefCell::new(None) };
+}
+
+/// The current application context as jsonb (raw, encoded), or None.
+fn current_context() -> Result<Option<Json>, AuditError> {
+    let Some(text) = CONTEXT.get() else {
+        return Ok(None);
+    };
+    let text = text.to_string_lossy();
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    if let Some(hit) = CONTEXT_CACHE.with_borrow(|c| {
+        c.as_ref()
+            .filter(|(t, _, _)| *t == text)
+            .map(|(_, raw, encoded)| Json { raw: raw.clone(), encoded: encoded.clone() })
+    }) {
+        return Ok(Some(hit));
+    }
+    check_context(&text)?;
+    let c = text_to_jsonb(&text)?;
+    CONTEXT_CACHE.set(Some((text.into_owned(), c.raw.clone(), c.encoded.clone())));
+    Ok(Some(c))
+}
+
+/// `jsonb_in` over a text, so that what is hashed is exactly what is stored.
+fn text_to_jsonb(text: &str) -> Result<Json, AuditError> {
+    let text = std::ffi::CString::new(text).map_err(|e| AuditError::Internal(e.to_string()))?;
     // SAFETY: jsonb_in parses a cstring.
     unsafe {
         let d = pgrx::direct_function_call_as_datum(
@@ -140,6 +195,8 @@ pub fn record(
     };
     let application_name = application_name();
     let client_addr = client_addr();
+    let context = current_context()?;
+    let (context_raw, context_value) = context.map(|j| (j.raw, EventJson::Encoded(j.encoded))).unzip();
     // SAFETY: reads transaction state.
     let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
     txstate::append(|state, id, tx_seq, prev_hash| {
@@ -159,7 +216,7 @@ pub fn record(
             current_user_name: current_user,
             application_name,
             client_addr,
-            context: None,
+            context: context_value,
             table_schema,
             table_name,
             op: op.to_string(),
@@ -169,15 +226,16 @@ pub fn record(
             hash: ZERO_HASH,
         };
         event.hash = event_hash(&event);
-        // The encoded rows were only needed for the hash.
+        // The encoded values were only needed for the hash.
         event.old_row = None;
         event.new_row = None;
+        event.context = None;
         Pending {
             subid,
             event,
             old_row: old_raw,
             new_row: new_raw,
-            context: None,
+            context: context_raw,
         }
     })
 }
@@ -215,15 +273,29 @@ unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
     }
 }
 
-fn trigger_data<'a>(trigger: &'a PgTrigger<'a>) -> &'a pg_sys::TriggerData {
+fn trigger_data<'a>(trigger: &'a PgTrigger<'_>) -> &'a pg_sys::TriggerData {
     trigger.trigger_data()
 }
 
+/// A trigger's result: no tuple (AFTER triggers), or an error raised as a
+/// PostgreSQL ERROR with its SQLSTATE (pgrx would report an `Err` as a panic).
+type TriggerResult<'a> = Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible>;
+
 /// AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW.
 #[pg_trigger]
-fn capture_row<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, AuditError> {
+fn capture_row<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    capture_row_impl(trigger).or_raise();
+    Ok(None)
+}
+
+/// AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE FOR EACH STATEMENT.
+#[pg_trigger]
+fn capture_stmt<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    capture_stmt_impl(trigger).or_raise();
+    Ok(None)
+}
+
+fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
     let td = trigger_data(trigger);
     let ev = td.tg_event;
     if ev & pg_sys::TRIGGER_EVENT_ROW == 0 || ev & pg_sys::TRIGGER_EVENT_TIMINGMASK != 0 {
@@ -254,16 +326,11 @@ fn capture_row<'a>(
             }
         };
         let (schema, name) = relation_names(rel);
-        record(schema, name, op, old, new)?;
+        record(schema, name, op, old, new)
     }
-    Ok(None)
 }
 
-/// AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE FOR EACH STATEMENT.
-#[pg_trigger]
-fn capture_stmt<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, AuditError> {
+fn capture_stmt_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
     let td = trigger_data(trigger);
     if td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_TRUNCATE {
         // SAFETY: the trigger manager hands us a valid relation.
@@ -272,6 +339,5 @@ fn capture_stmt<'a>(
     }
     // Write the statement's events now, as one batch, so that they are
     // visible to the rest of the transaction like the change itself.
-    txstate::flush(false)?;
-    Ok(None)
+    txstate::flush(false)
 }

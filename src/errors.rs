@@ -30,6 +30,8 @@ pub enum AuditError {
     NotInstalled(String),
     #[error("audit_log.events has an index that audit_log cannot maintain: {0}")]
     UnsupportedIndex(String),
+    #[error("invalid audit_log.context: {0}; the change was not made")]
+    BadContext(String),
     #[error("audit_log internal error: {0}")]
     Internal(String),
 }
@@ -50,6 +52,7 @@ impl AuditError {
             AuditError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             AuditError::NotInstalled(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::UnsupportedIndex(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            AuditError::BadContext(_) => ERRCODE_INVALID_TEXT_REPRESENTATION,
             AuditError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -71,6 +74,11 @@ impl AuditError {
             AuditError::BadCheckpoint(_) => {
                 Some("Pass the jsonb returned by audit_log.checkpoint(), unchanged.".into())
             }
+            AuditError::BadContext(_) => Some(
+                "Set audit_log.context to a JSON value, such as '{\"user\": \"alice\"}', or \
+                 call audit_log.set_context(jsonb), or RESET audit_log.context."
+                    .into(),
+            ),
             AuditError::UnsupportedIndex(_) => {
                 Some("Drop expression and partial indexes on audit_log tables.".into())
             }

@@ -50,6 +50,14 @@ pub extern "C-unwind" fn _PG_init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"audit_log.context",
+        c"Application context recorded with each audited change, as JSON: the end user behind a pool, a request id.",
+        c"Set it per transaction (SET LOCAL, or audit_log.set_context(jsonb)) or per session. It is stored in audit_log.events.context and covered by the event hash. Malformed JSON makes audited changes fail.",
+        &capture::CONTEXT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     txstate::register_callbacks();
 }
 

@@ -23,7 +23,9 @@ INSERT INTO "Ünïcødé" VALUES
   (1, 123456789012345678901234567890.123456789012, 'NaN', '{1,NULL,3}', 'happy', '\xdeadbeef',
    '2026-01-02 03:04:05.678901+00', '{"b": [1.50, "é", 1e3, -0.0], "a": null, "": {}}', E'ü ✓ 😀 "q" \\ \t', NULL),
   (2, -0.000001, 'Infinity', '{}', 'sad', '', 'infinity', '[]', '', NULL);
+SET audit_log.context = '{"user": "zoë", "request": "r-17", "n": 1.50, "tags": [null, "é"]}';
 UPDATE "Ünïcødé" SET n = n * 2, j = j || '{"k": true}' WHERE id = 1;
+RESET audit_log.context;
 DELETE FROM "Ünïcødé" WHERE id = 2;
 INSERT INTO "Ünïcødé" (id, s) SELECT g, 'row ' || g FROM generate_series(3, 40) g;
 UPDATE "Ünïcødé" SET s = s || '!' WHERE id BETWEEN 10 AND 12;
@@ -31,6 +33,7 @@ SQL
 # Over TCP too, so that client_addr is set and goes through both hash routes.
 psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -d al_indep \
     -c "UPDATE \"Ünïcødé\" SET s = 'over tcp' WHERE id = 3" -c "DELETE FROM \"Ünïcødé\" WHERE id = 4"
+[ "$(q -c "SELECT count(*) FROM audit_log.events WHERE context IS NOT NULL")" = 1 ] || fail "context not recorded"
 addr=$(q -c "SELECT string_agg(DISTINCT host(client_addr), ',') FROM audit_log.events WHERE client_addr IS NOT NULL")
 [ "$addr" = 127.0.0.1 ] || fail "client_addr over TCP recorded as '$addr'"
 out=$(dump | $py verify) || fail "independent verifier disagrees: $out"

@@ -10,6 +10,14 @@ GRANT CREATE ON SCHEMA public TO al_app;
 CREATE TABLE acct (id int PRIMARY KEY, v text);
 ALTER TABLE acct OWNER TO al_app;
 SELECT audit_log.enable('acct');
+-- What every role holds in the audit schema: USAGE on it, EXECUTE on
+-- set_context, and nothing on any table or sequence.
+SELECT n.nspname, a.privilege_type FROM pg_namespace n, aclexplode(n.nspacl) a
+ WHERE n.nspname = 'audit_log' AND a.grantee = 0;
+SELECT count(*) AS public_grants_on_relations FROM pg_class c, aclexplode(c.relacl) a
+ WHERE c.relnamespace = 'audit_log'::regnamespace AND a.grantee = 0;
+SELECT p.proname FROM pg_proc p
+ WHERE p.pronamespace = 'audit_log'::regnamespace AND has_function_privilege('al_app', p.oid, 'EXECUTE');
 SET ROLE al_app;
 INSERT INTO acct VALUES (1, 'a');
 UPDATE audit_log.events SET op = 'x';
