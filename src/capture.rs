@@ -19,6 +19,7 @@ use crate::txstate::{self, Pending};
 
 /// A jsonb value both as stored (raw varlena bytes) and as hashed (its
 /// canonical encoding, read from the binary form by `jsonb::encode`).
+#[derive(Clone)]
 pub struct Json {
     pub raw: Vec<u8>,
     pub encoded: Vec<u8>,
@@ -93,7 +94,7 @@ fn check_context(text: &str) -> Result<(), AuditError> {
 
 thread_local! {
     /// The last context text seen and its jsonb: most changes repeat it.
-    static CONTEXT_CACHE: RefCell<Option<(String, Vec<u8>, Vec<u8>)>> = const { RefCell::new(None) };
+    static CONTEXT_CACHE: RefCell<Option<(String, Json)>> = const { RefCell::new(None) };
 }
 
 /// The current application context as jsonb (raw, encoded), or None.
@@ -105,16 +106,14 @@ fn current_context() -> Result<Option<Json>, AuditError> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    if let Some(hit) = CONTEXT_CACHE.with_borrow(|c| {
-        c.as_ref()
-            .filter(|(t, _, _)| *t == text)
-            .map(|(_, raw, encoded)| Json { raw: raw.clone(), encoded: encoded.clone() })
-    }) {
+    if let Some(hit) = CONTEXT_CACHE
+        .with_borrow(|c| c.as_ref().filter(|(t, _)| *t == text).map(|(_, j)| j.clone()))
+    {
         return Ok(Some(hit));
     }
     check_context(&text)?;
     let c = text_to_jsonb(&text)?;
-    CONTEXT_CACHE.set(Some((text.into_owned(), c.raw.clone(), c.encoded.clone())));
+    CONTEXT_CACHE.set(Some((text.into_owned(), c.clone())));
     Ok(Some(c))
 }
 
