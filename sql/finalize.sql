@@ -57,3 +57,66 @@ AS $$ SELECT pg_catalog.set_config('audit_log.context', context::pg_catalog.text
 COMMENT ON FUNCTION audit_log.set_context(jsonb, boolean) IS
     'Set the application context recorded with each audited change: for this transaction (the default) or, with is_local => false, the session.';
 GRANT EXECUTE ON FUNCTION audit_log.set_context(jsonb, boolean) TO PUBLIC;
+
+-- A row's versions, in order. With the table's primary key, an index lookup
+-- on events.row_key; with other columns (a table without a primary key), a
+-- search of that table's events by content. The table is named as it is
+-- now: events recorded under an earlier name of the table are not found.
+CREATE FUNCTION audit_log.history(target regclass, key jsonb)
+RETURNS TABLE (event_id bigint, tx_id xid8, recorded_at timestamptz, op text,
+               session_user_name text, current_user_name text, context jsonb,
+               old_row jsonb, new_row jsonb)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k text;
+    s text;
+    t text;
+    missing text;
+BEGIN
+    IF target IS NULL OR key IS NULL THEN
+        RAISE EXCEPTION 'audit_log.history: target and key must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT n.nspname, c.relname INTO s, t
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', target::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF jsonb_typeof(key) <> 'object' OR key = '{}' THEN
+        RAISE EXCEPTION 'audit_log.history: key must be a JSON object naming the row''s key columns, such as {"id": 42}'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(quote_ident(k2), ', ') INTO missing
+      FROM jsonb_object_keys(key) AS k2
+     WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                        WHERE a.attrelid = target AND a.attname = k2 AND a.attnum > 0 AND NOT a.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'audit_log.history: %.% has no column %', quote_ident(s), quote_ident(t), missing
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    k := audit_log.row_key_of(target, key);
+    IF k IS NOT NULL THEN
+        RETURN QUERY
+            SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
+                   e.context, e.old_row, e.new_row
+              FROM audit_log.events e
+             WHERE e.table_schema = s AND e.table_name = t AND e.row_key = k
+             ORDER BY e.id;
+    ELSE
+        RETURN QUERY
+            SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
+                   e.context, e.old_row, e.new_row
+              FROM audit_log.events e
+             WHERE e.table_schema = s AND e.table_name = t
+               AND (e.old_row @> key OR e.new_row @> key)
+             ORDER BY e.id;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION audit_log.history(regclass, jsonb) IS
+    'A row''s versions in order: by primary key through an index, or by any columns of a table without one.';
+REVOKE ALL ON FUNCTION audit_log.history(regclass, jsonb), audit_log.row_key_of(regclass, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log.history(regclass, jsonb), audit_log.row_key_of(regclass, jsonb)
+    TO audit_log_auditor, audit_log_admin;

@@ -182,6 +182,7 @@ pub fn record(
     op: &str,
     old_row: Option<Json>,
     new_row: Option<Json>,
+    row_key: Option<String>,
 ) -> Result<(), AuditError> {
     // SAFETY: plain reads of session state.
     let (session_user, current_user, recorded_at, statement_at) = unsafe {
@@ -235,6 +236,7 @@ pub fn record(
             old_row: old_raw,
             new_row: new_raw,
             context: context_raw,
+            row_key,
         }
     })
 }
@@ -253,6 +255,7 @@ pub fn record_config(
         op,
         None,
         Some(details),
+        None,
     )
 }
 
@@ -325,7 +328,61 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             }
         };
         let (schema, name) = relation_names(rel);
-        record(schema, name, op, old, new)
+        // The row's identity: its key before the change, or after an INSERT.
+        let key = primary_key_names(rel);
+        let row_key = key.and_then(|names| {
+            let row = old.as_ref().or(new.as_ref())?;
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let payload = row.raw.get(pg_sys::VARHDRSZ..)?;
+            audit_log_core::jsonb::key_text(payload, &names).ok().flatten()
+        });
+        record(schema, name, op, old, new, row_key)
+    }
+}
+
+thread_local! {
+    /// Per table: its primary key index and that index's column numbers.
+    static PRIMARY_KEYS: RefCell<std::collections::HashMap<pg_sys::Oid, (pg_sys::Oid, Vec<i16>)>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+/// The names of a table's primary key columns, now (a rename shows at once).
+pub unsafe fn primary_key_names(rel: pg_sys::Relation) -> Option<Vec<String>> {
+    // SAFETY (caller): rel is an open relation.
+    unsafe {
+        if !(*rel).rd_indexvalid {
+            pg_sys::list_free(pg_sys::RelationGetIndexList(rel));
+        }
+        let pk = (*rel).rd_pkindex;
+        if pk == pg_sys::InvalidOid {
+            return None;
+        }
+        let relid = (*rel).rd_id;
+        let cached = PRIMARY_KEYS.with_borrow(|m| {
+            m.get(&relid).filter(|(idx, _)| *idx == pk).map(|(_, cols)| cols.clone())
+        });
+        let cols = match cached {
+            Some(c) => c,
+            None => {
+                let idx = pg_sys::index_open(pk, pg_sys::AccessShareLock as i32);
+                let form = (*idx).rd_index;
+                let n = (*form).indnkeyatts as usize;
+                let keys = (*form).indkey.values.as_slice(n).to_vec();
+                pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
+                PRIMARY_KEYS.with_borrow_mut(|m| m.insert(relid, (pk, keys.clone())));
+                keys
+            }
+        };
+        let desc = (*rel).rd_att;
+        let natts = (*desc).natts as i16;
+        cols.iter()
+            .map(|&a| {
+                (a >= 1 && a <= natts).then(|| {
+                    let att = (*desc).attrs.as_slice(natts as usize)[(a - 1) as usize];
+                    CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy().into_owned()
+                })
+            })
+            .collect()
     }
 }
 
@@ -334,7 +391,7 @@ fn capture_stmt_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
     if td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_TRUNCATE {
         // SAFETY: the trigger manager hands us a valid relation.
         let (schema, name) = unsafe { relation_names(td.tg_relation) };
-        record(schema, name, "TRUNCATE", None, None)?;
+        record(schema, name, "TRUNCATE", None, None, None)?;
     }
     // Write the statement's events now, as one batch, so that they are
     // visible to the rest of the transaction like the change itself.

@@ -15,6 +15,7 @@ mod catalog;
 mod chain;
 mod ddl_guard;
 mod errors;
+mod history;
 mod jsonb;
 mod scan;
 mod store;

@@ -11,7 +11,7 @@ use crate::catalog::Oids;
 use crate::errors::AuditError;
 use crate::txstate::Pending;
 
-const EVENT_COLUMNS: usize = 17;
+const EVENT_COLUMNS: usize = 18;
 const LINK_COLUMNS: usize = 10;
 
 fn text_datum(s: &str) -> pg_sys::Datum {
@@ -176,6 +176,7 @@ pub fn insert_events(oids: &Oids, batch: &[Pending]) -> Result<(), AuditError> {
                     opt_varlena(p.new_row.as_ref(), &mut nulls[14]),
                     bytes_datum(&e.prev_hash),
                     bytes_datum(&e.hash),
+                    opt_text(&p.row_key, &mut nulls[17]),
                 ];
                 target.insert(&mut values, &mut nulls);
                 Ok(())

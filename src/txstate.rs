@@ -24,6 +24,8 @@ pub struct Pending {
     pub old_row: Option<Vec<u8>>,
     pub new_row: Option<Vec<u8>>,
     pub context: Option<Vec<u8>>,
+    /// The row's primary key as JSON text (not hashed), for history().
+    pub row_key: Option<String>,
 }
 
 impl Pending {

@@ -143,6 +143,71 @@ fn container(b: &mut JsonBuilder, data: &[u8], depth: usize) -> Result<(), Malfo
     Ok(())
 }
 
+/// Some members of a top-level jsonb object as compact JSON text, members in
+/// byte order of their names: `{"id":5,"region":"eu"}`. `None` when the
+/// value is not an object or lacks one of the names. The extension stores
+/// this for a row's primary key, and computes it again for a lookup.
+pub fn key_text(data: &[u8], names: &[&str]) -> Result<Option<String>, Malformed> {
+    let header = u32_at(data, 0)?;
+    if header & JB_FOBJECT == 0 {
+        return Ok(None);
+    }
+    let count = (header & JB_CMASK) as usize;
+    let base = count
+        .checked_mul(8)
+        .and_then(|n| n.checked_add(4))
+        .filter(|&n| n <= data.len())
+        .ok_or(Malformed("entry table past the end"))?;
+    let mut spans = Vec::with_capacity(2 * count);
+    let mut off = 0usize;
+    for i in 0..2 * count {
+        let je = u32_at(data, 4 + 4 * i)?;
+        let field = (je & JENTRY_OFFLENMASK) as usize;
+        let end = if je & JENTRY_HAS_OFF != 0 { field } else { off + field };
+        if end < off || base + end > data.len() {
+            return Err(Malformed("entry past the end"));
+        }
+        spans.push((je & JENTRY_TYPEMASK, off, end));
+        off = end;
+    }
+    let area = &data[base..];
+    let mut sorted: Vec<&str> = names.to_vec();
+    sorted.sort_unstable();
+    let mut out = String::from("{");
+    for (n, name) in sorted.iter().enumerate() {
+        let Some(i) = (0..count).find(|&i| &area[spans[i].1..spans[i].2] == name.as_bytes()) else {
+            return Ok(None);
+        };
+        let (t, start, end) = spans[count + i];
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(name).map_err(|_| Malformed("key"))?);
+        out.push(':');
+        let from = align4(start).min(end);
+        let text = match t {
+            JENTRY_ISSTRING => serde_json::to_string(&String::from_utf8_lossy(&area[start..end]))
+                .map_err(|_| Malformed("string"))?,
+            JENTRY_ISNULL => "null".into(),
+            JENTRY_ISBOOL_FALSE => "false".into(),
+            JENTRY_ISBOOL_TRUE => "true".into(),
+            JENTRY_ISNUMERIC => numeric_text(&area[from..end])?,
+            JENTRY_ISCONTAINER => {
+                let mut b = JsonBuilder::new();
+                container(&mut b, &area[from..end], 1)?;
+                let v = crate::encoding::decode::Reader::new(&b.finish())
+                    .json()
+                    .map_err(|_| Malformed("container"))?;
+                serde_json::to_string(&v).map_err(|_| Malformed("container"))?
+            }
+            _ => return Err(Malformed("unknown entry type")),
+        };
+        out.push_str(&text);
+    }
+    out.push('}');
+    Ok(Some(out))
+}
+
 fn value(
     b: &mut JsonBuilder,
     t: u32,
@@ -477,6 +542,28 @@ mod tests {
         assert_eq!(encode_jsonb(&write(&J::Str("plain"))).unwrap(), canonical(r#""plain""#));
         let num = J::Num(numeric(false, 0, 1, &[2, 5000]));
         assert_eq!(encode_jsonb(&write(&num)).unwrap(), canonical("2.5"));
+    }
+
+    #[test]
+    fn key_text_picks_members_in_name_order() {
+        let row = write(&J::Obj(vec![
+            ("id", J::Num(numeric(false, 0, 0, &[42]))),
+            ("region", J::Str("e\"u")),
+            ("amount", J::Num(numeric(false, 0, 2, &[1, 5000]))),
+            ("tags", J::Arr(vec![J::Str("b"), J::Null])),
+            ("ok", J::Bool(true)),
+        ]));
+        assert_eq!(key_text(&row, &["id"]).unwrap().as_deref(), Some(r#"{"id":42}"#));
+        assert_eq!(
+            key_text(&row, &["region", "id"]).unwrap().as_deref(),
+            Some(r#"{"id":42,"region":"e\"u"}"#)
+        );
+        assert_eq!(
+            key_text(&row, &["tags", "amount", "ok"]).unwrap().as_deref(),
+            Some(r#"{"amount":1.50,"ok":true,"tags":["b",null]}"#)
+        );
+        assert_eq!(key_text(&row, &["missing"]).unwrap(), None);
+        assert_eq!(key_text(&write(&J::Arr(vec![])), &["id"]).unwrap(), None);
     }
 
     #[test]

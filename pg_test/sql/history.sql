@@ -1,0 +1,63 @@
+-- audit_log.history(): a row's versions in order, by primary key through an
+-- index, or by any columns for a table without a primary key.
+CREATE DATABASE al_history;
+\c al_history
+SET client_min_messages = warning;
+SET audit_log.chains = 1;
+CREATE EXTENSION audit_log;
+CREATE TABLE acct (id int PRIMARY KEY, owner text, balance numeric);
+CREATE TABLE pair (region text, n int, v text, PRIMARY KEY (region, n));
+CREATE TABLE nokey (email text, name text);
+SELECT audit_log.enable('acct'), audit_log.enable('pair'), audit_log.enable('nokey');
+INSERT INTO acct VALUES (1, 'alice', 10.00), (2, 'bob', 20.00);
+UPDATE acct SET balance = balance + 5 WHERE id = 1;
+BEGIN;
+SET LOCAL audit_log.context = '{"user": "carol"}';
+UPDATE acct SET owner = 'alice b.' WHERE id = 1;
+COMMIT;
+DELETE FROM acct WHERE id = 1;
+INSERT INTO acct VALUES (1, 'alice again', 0);
+-- A change of key is listed under the key the row had.
+UPDATE acct SET id = 3 WHERE id = 2;
+SELECT op, old_row->>'owner' AS old_owner, new_row->>'owner' AS new_owner, context
+  FROM audit_log.history('acct', '{"id": 1}');
+SELECT op, old_row->>'id' AS old_id, new_row->>'id' AS new_id FROM audit_log.history('acct', '{"id": 2}');
+SELECT op, new_row->>'id' AS id FROM audit_log.history('acct', '{"id": 3}');
+SELECT count(*) AS none FROM audit_log.history('acct', '{"id": 99}');
+-- A composite key, in any member order.
+INSERT INTO pair VALUES ('eu', 1, 'a'), ('us', 1, 'b');
+UPDATE pair SET v = 'c' WHERE region = 'eu' AND n = 1;
+SELECT op, new_row->>'v' AS v FROM audit_log.history('pair', '{"n": 1, "region": "eu"}');
+-- No primary key: name the columns that identify the row.
+INSERT INTO nokey VALUES ('a@example.com', 'A'), ('b@example.com', 'B');
+UPDATE nokey SET name = 'A2' WHERE email = 'a@example.com';
+SELECT op, old_row->>'name' AS old_name, new_row->>'name' AS new_name
+  FROM audit_log.history('nokey', '{"email": "a@example.com"}');
+-- Any columns of a keyed table work too, by content.
+SELECT op FROM audit_log.history('acct', '{"owner": "bob"}');
+-- The lookup by primary key uses the index, not a scan of the log.
+INSERT INTO acct SELECT g, 'owner ' || g, g FROM generate_series(100, 20099) g;
+ANALYZE audit_log.events;
+SELECT audit_log.row_key_of('acct', '{"id": 1}') AS row_key, audit_log.row_key_of('acct', '{"owner": "x"}') AS not_the_key;
+EXPLAIN (COSTS OFF) SELECT * FROM audit_log.events
+ WHERE table_schema = 'public' AND table_name = 'acct' AND row_key = audit_log.row_key_of('acct', '{"id": 1}');
+SELECT count(*) FROM audit_log.history('acct', '{"id": 20099}');
+-- Bad input.
+\set VERBOSITY sqlstate
+SELECT * FROM audit_log.history(NULL, '{"id": 1}');
+SELECT * FROM audit_log.history('acct', NULL);
+SELECT * FROM audit_log.history('acct', '[1]');
+SELECT * FROM audit_log.history('acct', '{}');
+SELECT * FROM audit_log.history('acct', '{"nope": 1}');
+SELECT * FROM audit_log.history(424242::oid::regclass, '{"id": 1}');
+\set VERBOSITY default
+SELECT * FROM audit_log.history('acct', '{"nope": 1, "id": 1}');
+-- Only auditors (and admins) may read history.
+CREATE ROLE al_nobody;
+SET ROLE al_nobody;
+SELECT * FROM audit_log.history('acct', '{"id": 1}');
+RESET ROLE;
+SELECT ok FROM audit_log.verify();
+\c postgres
+DROP DATABASE al_history;
+DROP ROLE al_nobody;
