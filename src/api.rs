@@ -3,7 +3,6 @@
 //! search_path pinned, to create or drop the capture triggers.
 
 use std::cell::Cell;
-use std::ffi::CStr;
 
 use audit_log_core::model::{ChainHead, Checkpoint, Json, CHECKPOINT_FORMAT};
 use audit_log_core::time::{format_rfc3339, from_pg_timestamp};
@@ -476,7 +475,42 @@ fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
 
 type VerifyRow = (bool, i64, Option<i64>, Option<String>);
 
-fn verdict_row(v: Verdict) -> TableIterator<'static, VerifyRow> {
+/// The channel that hears about failed verifications.
+pub const ALERT_CHANNEL: &str = "audit_log_alert";
+
+/// A failed verification is also a WARNING, and a notification on
+/// `audit_log_alert` (sent at commit, as NOTIFY is; not on a standby, where
+/// there is no NOTIFY), so that monitoring can hook in.
+fn alert(v: &Verdict, problem: &str, checkpoint: bool) {
+    pgrx::warning!("audit_log.verify() failed: {problem}");
+    // SAFETY: a read of recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let mut payload = json!({
+        "database": catalog::database_name(),
+        "first_bad_event": v.first().and_then(|p| p.event_id),
+        "kind": v.first().map(|p| p.kind.as_str()),
+        "problems": v.problem_count,
+        "against_checkpoint": checkpoint,
+        "problem": problem,
+    });
+    // NOTIFY payloads must stay under 8000 bytes.
+    let mut text = payload.to_string();
+    if text.len() > 7000 {
+        payload["problem"] = json!(problem.chars().take(1000).collect::<String>());
+        text = payload.to_string();
+    }
+    // SAFETY: pg_notify(text, text) with two non-null text datums.
+    unsafe {
+        pgrx::direct_function_call_as_datum(
+            pg_sys::pg_notify,
+            &[ALERT_CHANNEL.into_datum(), text.as_str().into_datum()],
+        );
+    }
+}
+
+fn verdict_row(v: Verdict, checkpoint: bool) -> TableIterator<'static, VerifyRow> {
     let first = v.first().cloned();
     let problem = first.as_ref().map(|p| {
         if v.problem_count > 1 {
@@ -485,6 +519,9 @@ fn verdict_row(v: Verdict) -> TableIterator<'static, VerifyRow> {
             p.to_string()
         }
     });
+    if let Some(p) = &problem {
+        alert(&v, p, checkpoint);
+    }
     TableIterator::once((
         v.ok(),
         v.events_checked,
@@ -505,7 +542,7 @@ fn verify_all() -> TableIterator<
         name!(problem, Option<String>),
     ),
 > {
-    verdict_row(run_verify(None).or_raise())
+    verdict_row(run_verify(None).or_raise(), false)
 }
 
 /// As verify(), and also prove that the log extends `checkpoint`.
@@ -527,7 +564,7 @@ fn verify_against(
         let cp = Checkpoint::parse(&value).map_err(|e| AuditError::BadCheckpoint(e.to_string()))?;
         run_verify(Some(&cp))
     })();
-    verdict_row(result.or_raise())
+    verdict_row(result.or_raise(), true)
 }
 
 /// Every chain head, to be kept outside the database.
@@ -556,16 +593,10 @@ fn checkpoint_impl() -> Result<JsonB, AuditError> {
         }
         Ok(out)
     })?;
-    // SAFETY: plain reads of database and cluster identity and the clock.
+    // SAFETY: plain reads of cluster identity and the clock.
     let (database, sysid, now) = unsafe {
-        let db = pg_sys::get_database_name(pg_sys::MyDatabaseId);
-        let db = if db.is_null() {
-            String::new()
-        } else {
-            CStr::from_ptr(db).to_string_lossy().into_owned()
-        };
         (
-            db,
+            catalog::database_name(),
             pg_sys::GetSystemIdentifier(),
             pg_sys::GetCurrentTimestamp(),
         )

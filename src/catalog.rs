@@ -32,6 +32,19 @@ fn relid(ns: pg_sys::Oid, name: &CStr) -> Result<pg_sys::Oid, AuditError> {
     Ok(oid)
 }
 
+/// The current database's name.
+pub fn database_name() -> String {
+    // SAFETY: MyDatabaseId is set in any backend running SQL; NULL if dropped.
+    unsafe {
+        let db = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        if db.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(db).to_string_lossy().into_owned()
+        }
+    }
+}
+
 pub fn schema_oid() -> Option<pg_sys::Oid> {
     // SAFETY: missing_ok = true, so this cannot raise.
     let ns = unsafe { pg_sys::get_namespace_oid(SCHEMA.as_ptr(), true) };
