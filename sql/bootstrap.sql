@@ -106,8 +106,19 @@ COMMENT ON COLUMN audit_log.links.link_hash IS 'SHA-256 over a version tag, prev
 CREATE TABLE audit_log.audited_tables (
     relid      regclass    NOT NULL PRIMARY KEY,
     enabled_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    enabled_by text        NOT NULL DEFAULT pg_catalog."session_user"()
+    enabled_by text        NOT NULL DEFAULT pg_catalog."session_user"(),
+    options    jsonb       NOT NULL DEFAULT '{}'
 );
+COMMENT ON COLUMN audit_log.audited_tables.options IS 'Capture options given to enable(): operations, exclude_columns, redact_columns, skip_unchanged_updates, notify. {} records everything.';
+
+-- Secrets only the extension's owner reads: the salt of redacted columns.
+CREATE TABLE audit_log.secrets (
+    name  text  NOT NULL PRIMARY KEY,
+    value bytea NOT NULL
+);
+COMMENT ON TABLE audit_log.secrets IS 'Readable by the extension owner only. redaction_salt salts the SHA-256 of redacted columns.';
+INSERT INTO audit_log.secrets VALUES ('redaction_salt', pg_catalog.sha256(pg_catalog.convert_to(
+    pg_catalog.gen_random_uuid()::text || pg_catalog.gen_random_uuid()::text || pg_catalog.clock_timestamp()::text, 'UTF8')));
 COMMENT ON TABLE audit_log.audited_tables IS 'Tables on which audit_log.enable() was called. The capture triggers themselves are the source of truth.';
 
 -- Nobody but the owner (the superuser that created the extension) writes here.
@@ -120,4 +131,5 @@ GRANT SELECT ON audit_log.audited_tables TO audit_log_admin;
 SELECT pg_catalog.pg_extension_config_dump('audit_log.events', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.links', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.audited_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('audit_log.secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.events_id_seq', '');

@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::capture;
 use crate::catalog::{self, as_owner};
 use crate::errors::{AuditError, OrRaise};
+use crate::options::Options;
 use crate::scan::{Ordered, Row, SnapshotGuard};
 
 pub const ROW_TRIGGER: &str = "audit_log_capture_row";
@@ -155,39 +156,114 @@ fn fully_audited(t: &Target) -> Result<bool, AuditError> {
     Ok(has_trigger(t.oid, ROW_TRIGGER)? && has_trigger(t.oid, STMT_TRIGGER)?)
 }
 
-/// Create the statement trigger on one relation (a table or a partition).
+/// The capture options a relation's row trigger carries (its one argument),
+/// or None if it has no row trigger.
+pub fn trigger_options(qualified: &str) -> Result<Option<Options>, AuditError> {
+    let arg = Spi::get_two_with_args::<bool, String>(
+        "SELECT true, CASE WHEN tgnargs > 0 THEN pg_catalog.convert_from(
+                    pg_catalog.substr(tgargs, 1, pg_catalog.length(tgargs) - 1), 'UTF8') END
+           FROM pg_catalog.pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2",
+        &[qualified.into(), ROW_TRIGGER.into()],
+    );
+    match arg {
+        Ok((Some(true), Some(text))) => Ok(Some(Options::parse(&text)?)),
+        Ok((Some(true), None)) => Ok(Some(Options::default())),
+        Ok(_) | Err(pgrx::spi::Error::InvalidPosition) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `(arg)`: the function arguments that carry options into a trigger.
+fn trigger_arg(opts: &Options) -> Result<String, AuditError> {
+    match opts.to_arg() {
+        None => Ok("()".into()),
+        Some(text) => {
+            let quoted = Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_literal($1)", &[text.into()])?
+                .ok_or_else(|| AuditError::Internal("quote_literal returned NULL".into()))?;
+            Ok(format!("({quoted})"))
+        }
+    }
+}
+
+/// Create the statement trigger on one relation (a table or a partition),
+/// with the options of that relation's row trigger.
 pub fn create_stmt_trigger(qualified: &str) -> Result<(), AuditError> {
+    let arg = trigger_arg(&trigger_options(qualified)?.unwrap_or_default())?;
     Spi::run(&format!(
         "DROP TRIGGER IF EXISTS {STMT_TRIGGER} ON {qualified};
          CREATE TRIGGER {STMT_TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {qualified}
-             FOR EACH STATEMENT EXECUTE FUNCTION audit_log.capture_stmt();
+             FOR EACH STATEMENT EXECUTE FUNCTION audit_log.capture_stmt{arg};
          ALTER TABLE {qualified} ENABLE ALWAYS TRIGGER {STMT_TRIGGER};"
     ))?;
     Ok(())
 }
 
 /// Create the row trigger; on a partitioned table PostgreSQL clones it onto
-/// every present and future partition.
-pub fn create_row_trigger(qualified: &str) -> Result<(), AuditError> {
+/// every present and future partition, arguments included.
+pub fn create_row_trigger(qualified: &str, opts: &Options) -> Result<(), AuditError> {
+    let arg = trigger_arg(opts)?;
     Spi::run(&format!(
         "DROP TRIGGER IF EXISTS {ROW_TRIGGER} ON {qualified};
          CREATE TRIGGER {ROW_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {qualified}
-             FOR EACH ROW EXECUTE FUNCTION audit_log.capture_row();
+             FOR EACH ROW EXECUTE FUNCTION audit_log.capture_row{arg};
          ALTER TABLE {qualified} ENABLE ALWAYS TRIGGER {ROW_TRIGGER};"
     ))?;
     Ok(())
 }
 
-/// Enable auditing of a table (partitioned: every partition, present and future).
+fn columns_of(oid: pg_sys::Oid) -> Result<Vec<String>, AuditError> {
+    Spi::connect(|c| -> Result<Vec<String>, AuditError> {
+        let t = c.select(
+            "SELECT attname::text FROM pg_catalog.pg_attribute
+              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            None,
+            &[oid.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.extend(r.get::<String>(1)?);
+        }
+        Ok(out)
+    })
+}
+
+/// Enable auditing of a table (partitioned: every partition, present and
+/// future), or change its options.
 #[pg_extern(sql = r#"
-CREATE FUNCTION audit_log."enable"("target" regclass) RETURNS void
+CREATE FUNCTION audit_log."enable"(
+    "target" regclass,
+    "operations" text[] DEFAULT NULL,
+    "exclude_columns" text[] DEFAULT NULL,
+    "redact_columns" text[] DEFAULT NULL,
+    "skip_unchanged_updates" boolean DEFAULT false,
+    "notify" boolean DEFAULT false) RETURNS void
 VOLATILE PARALLEL UNSAFE LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION audit_log.enable(regclass) IS 'Start auditing every row change of a table. Idempotent. Requires audit_log_admin.';
+COMMENT ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean) IS 'Start auditing the row changes of a table, or change what is recorded. Idempotent; each change of options is recorded. Requires audit_log_admin.';
 "#)]
-fn enable(target: Option<pg_sys::Oid>) {
-    enable_impl(target).or_raise()
+fn enable(
+    target: Option<pg_sys::Oid>,
+    operations: Option<Vec<Option<String>>>,
+    exclude_columns: Option<Vec<Option<String>>>,
+    redact_columns: Option<Vec<Option<String>>>,
+    skip_unchanged_updates: Option<bool>,
+    notify: Option<bool>,
+) {
+    let result = (|| {
+        let (oid, t) = admin_target(target, "enable auditing")?;
+        let opts = Options::build(
+            operations,
+            exclude_columns,
+            redact_columns,
+            skip_unchanged_updates.unwrap_or(false),
+            notify.unwrap_or(false),
+            &columns_of(oid)?,
+            (&t.schema, &t.name),
+        )?;
+        enable_with(oid, &t, &opts)
+    })();
+    result.or_raise()
 }
 
 /// The checks enable and disable share: a non-NULL target, an admin caller,
@@ -201,9 +277,34 @@ fn admin_target(
     Ok((oid, describe(oid)?))
 }
 
-fn enable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
-    let (oid, t) = admin_target(target, "enable auditing")?;
-    if fully_audited(&t)? {
+fn enable_with(oid: pg_sys::Oid, t: &Target, opts: &Options) -> Result<(), AuditError> {
+    let current = trigger_options(&t.qualified)?;
+    if fully_audited(t)? && current.as_ref().is_some_and(|c| c != opts) {
+        // Audited, with other options: recreate the triggers, and record it.
+        let old = current.unwrap_or_default();
+        internal_ddl(|| {
+            create_row_trigger(&t.qualified, opts)?;
+            create_stmt_trigger(&t.qualified)?;
+            if t.partitioned {
+                for p in partitions(oid)? {
+                    create_stmt_trigger(&p)?;
+                    Spi::run(&format!("ALTER TABLE {p} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"))?;
+                }
+            }
+            Spi::run_with_args(
+                "UPDATE audit_log.audited_tables SET options = $2 WHERE relid = $1",
+                &[oid.into(), JsonB(opts.to_value()).into()],
+            )?;
+            Ok(())
+        })?;
+        return capture::record_config(
+            &t.schema,
+            &t.name,
+            "OPTIONS",
+            json!({"table": t.qualified, "old": old.to_value(), "new": opts.to_value()}),
+        );
+    }
+    if fully_audited(t)? {
         // Repair partitions' statement triggers all the same: cheap and idempotent.
         if t.partitioned {
             internal_ddl(|| {
@@ -216,7 +317,7 @@ fn enable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
         return Ok(());
     }
     internal_ddl(|| {
-        create_row_trigger(&t.qualified)?;
+        create_row_trigger(&t.qualified, opts)?;
         create_stmt_trigger(&t.qualified)?;
         if t.partitioned {
             for p in partitions(oid)? {
@@ -227,17 +328,35 @@ fn enable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
             }
         }
         Spi::run_with_args(
-            "INSERT INTO audit_log.audited_tables (relid) VALUES ($1) ON CONFLICT (relid) DO NOTHING",
-            &[oid.into()],
+            "INSERT INTO audit_log.audited_tables (relid, options) VALUES ($1, $2)
+             ON CONFLICT (relid) DO UPDATE SET options = excluded.options",
+            &[oid.into(), JsonB(opts.to_value()).into()],
         )?;
         Ok(())
     })?;
-    capture::record_config(
-        &t.schema,
-        &t.name,
-        "ENABLE",
-        json!({"table": t.qualified, "partitioned": t.partitioned}),
-    )
+    let mut details = json!({"table": t.qualified, "partitioned": t.partitioned});
+    if !opts.is_default() {
+        details["options"] = opts.to_value();
+    }
+    capture::record_config(&t.schema, &t.name, "ENABLE", details)
+}
+
+/// What a redacted column holds for `value`: to show that a recorded change
+/// had a given value, without the log ever holding it.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."redacted"("value" jsonb) RETURNS text
+STABLE PARALLEL SAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.redacted(jsonb) IS 'The salted SHA-256 that a redacted column records for this value. Requires audit_log_admin.';
+"#)]
+fn redacted(value: Option<JsonB>) -> Option<String> {
+    let result = (|| {
+        require_admin("compute redacted values")?;
+        let JsonB(v) = value.ok_or(AuditError::NullArgument("value"))?;
+        Ok(crate::options::redact(&crate::options::redaction_salt()?, &v))
+    })();
+    Some(result.or_raise())
 }
 
 /// Stop auditing a table. Its recorded events stay.

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::errors::{AuditError, OrRaise};
 use crate::jsonb;
+use crate::options::{self, Options};
 use crate::txstate::{self, Pending};
 
 /// A jsonb value both as stored (raw varlena bytes) and as hashed (its
@@ -183,7 +184,7 @@ pub fn record(
     old_row: Option<Json>,
     new_row: Option<Json>,
     row_key: Option<String>,
-) -> Result<(), AuditError> {
+) -> Result<i64, AuditError> {
     // SAFETY: plain reads of session state.
     let (session_user, current_user, recorded_at, statement_at) = unsafe {
         (
@@ -257,6 +258,7 @@ pub fn record_config(
         Some(details),
         None,
     )
+    .map(|_| ())
 }
 
 unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
@@ -305,6 +307,15 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             "capture_row must be an AFTER ... FOR EACH ROW trigger".into(),
         ));
     }
+    let opts = options::of_trigger(td)?;
+    let op = match ev & pg_sys::TRIGGER_EVENT_OPMASK {
+        pg_sys::TRIGGER_EVENT_INSERT => "INSERT",
+        pg_sys::TRIGGER_EVENT_UPDATE => "UPDATE",
+        _ => "DELETE",
+    };
+    if !opts.records(op) {
+        return Ok(());
+    }
     // SAFETY: the trigger manager hands us a valid relation and tuples.
     unsafe {
         let rel = td.tg_relation;
@@ -327,6 +338,15 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
                 ))
             }
         };
+        let old = old.map(|j| opts.apply(j)).transpose()?;
+        let new = new.map(|j| opts.apply(j)).transpose()?;
+        if opts.skip_unchanged_updates
+            && op == "UPDATE"
+            && old.as_ref().map(|j| &j.encoded) == new.as_ref().map(|j| &j.encoded)
+        {
+            // Only excluded columns changed (or nothing did).
+            return Ok(());
+        }
         let (schema, name) = relation_names(rel);
         // The row's identity: its key before the change, or after an INSERT.
         let key = primary_key_names(rel);
@@ -336,7 +356,26 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             let payload = row.raw.get(pg_sys::VARHDRSZ..)?;
             audit_log_core::jsonb::key_text(payload, &names).ok().flatten()
         });
-        record(schema, name, op, old, new, row_key)
+        let channel = opts.notify.then(|| Options::channel(&schema, &name));
+        let id = record(schema.clone(), name.clone(), op, old, new, row_key)?;
+        if let Some(channel) = channel {
+            notify(&channel, id, op, &schema, &name);
+        }
+        Ok(())
+    }
+}
+
+/// Tell listeners of a table's channel about one change: at commit, as
+/// NOTIFY does, and not at all if the change rolls back.
+fn notify(channel: &str, id: i64, op: &str, schema: &str, table: &str) {
+    let payload = serde_json::json!({"event_id": id, "op": op, "schema": schema, "table": table})
+        .to_string();
+    // SAFETY: pg_notify(text, text) with two non-null text datums.
+    unsafe {
+        pgrx::direct_function_call_as_datum(
+            pg_sys::pg_notify,
+            &[channel.into_datum(), payload.as_str().into_datum()],
+        );
     }
 }
 
@@ -389,9 +428,15 @@ pub unsafe fn primary_key_names(rel: pg_sys::Relation) -> Option<Vec<String>> {
 fn capture_stmt_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
     let td = trigger_data(trigger);
     if td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_TRUNCATE {
-        // SAFETY: the trigger manager hands us a valid relation.
-        let (schema, name) = unsafe { relation_names(td.tg_relation) };
-        record(schema, name, "TRUNCATE", None, None, None)?;
+        let opts = options::of_trigger(td)?;
+        if opts.records("TRUNCATE") {
+            // SAFETY: the trigger manager hands us a valid relation.
+            let (schema, name) = unsafe { relation_names(td.tg_relation) };
+            let id = record(schema.clone(), name.clone(), "TRUNCATE", None, None, None)?;
+            if opts.notify {
+                notify(&Options::channel(&schema, &name), id, "TRUNCATE", &schema, &name);
+            }
+        }
     }
     // Write the statement's events now, as one batch, so that they are
     // visible to the rest of the transaction like the change itself.

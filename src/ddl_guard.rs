@@ -198,7 +198,7 @@ fn on_end(tag: &str) -> Result<(), AuditError> {
                 if detached {
                     // A partition detached from an audited table stays audited on its own.
                     internal_ddl(|| {
-                        api::create_row_trigger(&table)?;
+                        api::create_row_trigger(&table, &crate::options::Options::default())?;
                         api::create_stmt_trigger(&table)
                     })?;
                     capture::record_config(

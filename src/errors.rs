@@ -30,6 +30,10 @@ pub enum AuditError {
     NotInstalled(String),
     #[error("audit_log.events has an index that audit_log cannot maintain: {0}")]
     UnsupportedIndex(String),
+    #[error("invalid capture option: {0}")]
+    BadOption(String),
+    #[error("column \"{1}\" of table {0} does not exist")]
+    NoSuchColumn(String, String),
     #[error("invalid audit_log.context: {0}; the change was not made")]
     BadContext(String),
     #[error("audit_log internal error: {0}")]
@@ -53,6 +57,8 @@ impl AuditError {
             AuditError::NotInstalled(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::UnsupportedIndex(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::BadContext(_) => ERRCODE_INVALID_TEXT_REPRESENTATION,
+            AuditError::BadOption(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            AuditError::NoSuchColumn(..) => ERRCODE_UNDEFINED_COLUMN,
             AuditError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

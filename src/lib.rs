@@ -17,6 +17,7 @@ mod ddl_guard;
 mod errors;
 mod history;
 mod jsonb;
+mod options;
 mod scan;
 mod store;
 mod txstate;

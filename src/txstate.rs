@@ -96,7 +96,7 @@ fn current_subid() -> pg_sys::SubTransactionId {
 
 /// Append one event to the transaction's chain. `build` receives the event's
 /// id, position and predecessor hash, and returns the hashed event.
-pub fn append(build: impl FnOnce(&TxState, i64, i64, Hash) -> Pending) -> Result<(), AuditError> {
+pub fn append(build: impl FnOnce(&TxState, i64, i64, Hash) -> Pending) -> Result<i64, AuditError> {
     let fresh = if STATE.with_borrow(Option::is_none) {
         Some(TxState::new()?)
     } else {
@@ -121,12 +121,13 @@ pub fn append(build: impl FnOnce(&TxState, i64, i64, Hash) -> Pending) -> Result
         s.head.last_event = id;
         s.buffered_bytes += pending.size();
         s.buffer.push(pending);
-        Ok(s.buffered_bytes > SPILL_BYTES || s.buffer.len() > SPILL_EVENTS)
+        Ok((id, s.buffered_bytes > SPILL_BYTES || s.buffer.len() > SPILL_EVENTS))
     })?;
+    let (id, spill) = spill;
     if spill {
         flush(false)?;
     }
-    Ok(())
+    Ok(id)
 }
 
 unsafe extern "C-unwind" {

@@ -1,0 +1,61 @@
+-- Selective capture: operations, excluded and redacted columns, skipping
+-- UPDATEs that change only excluded columns; options changed later are
+-- events too. Bad options get clear errors and change nothing.
+CREATE DATABASE al_options;
+\c al_options
+SET client_min_messages = warning;
+SET audit_log.chains = 1;
+CREATE EXTENSION audit_log;
+CREATE TABLE people (id int PRIMARY KEY, name text, ssn text, last_seen timestamptz, notes text);
+CREATE TABLE log_only_deletes (id int PRIMARY KEY, v text);
+SELECT audit_log.enable('people', exclude_columns => '{last_seen}', redact_columns => '{ssn}',
+                        skip_unchanged_updates => true);
+SELECT audit_log.enable('log_only_deletes', operations => '{delete, TRUNCATE}');
+SELECT relid, options FROM audit_log.audited_tables ORDER BY relid::text;
+INSERT INTO people VALUES (1, 'Ann', '123-45-6789', now(), 'x'), (2, 'Bo', '123-45-6789', now(), 'y'),
+                          (3, 'Cy', '999-99-9999', now(), NULL);
+UPDATE people SET last_seen = now() + interval '1 day';     -- only an excluded column: skipped
+UPDATE people SET notes = 'changed' WHERE id = 1;            -- recorded, without last_seen
+UPDATE people SET ssn = '111-11-1111' WHERE id = 2;          -- recorded: the redacted value changed
+SELECT op, new_row ? 'last_seen' AS has_last_seen, new_row->>'name' AS name,
+       left(new_row->>'ssn', 15) AS ssn_prefix, length(new_row->>'ssn') AS ssn_len
+  FROM audit_log.events WHERE table_name = 'people' AND op <> 'ENABLE' ORDER BY id;
+-- Equal values hash equal; the value itself is nowhere in the log.
+SELECT count(DISTINCT new_row->>'ssn') AS distinct_ssn_hashes FROM audit_log.events
+ WHERE table_name = 'people' AND op = 'INSERT';
+SELECT (SELECT new_row->>'ssn' FROM audit_log.events WHERE table_name = 'people' AND new_row->>'name' = 'Ann' LIMIT 1)
+       = audit_log.redacted('"123-45-6789"') AS ann_had_that_ssn;
+SELECT count(*) AS plaintext_ssn FROM audit_log.events WHERE new_row::text LIKE '%123-45%' OR old_row::text LIKE '%123-45%';
+INSERT INTO log_only_deletes VALUES (1, 'a'), (2, 'b');
+UPDATE log_only_deletes SET v = 'c';
+DELETE FROM log_only_deletes WHERE id = 1;
+TRUNCATE log_only_deletes;
+SELECT op, old_row FROM audit_log.events WHERE table_name = 'log_only_deletes' ORDER BY id;
+-- Changing the options is an event; enabling with the same ones is not.
+SELECT audit_log.enable('log_only_deletes');
+SELECT audit_log.enable('log_only_deletes');
+INSERT INTO log_only_deletes VALUES (3, 'now recorded');
+SELECT op, new_row FROM audit_log.events WHERE table_name = 'log_only_deletes' AND op IN ('OPTIONS', 'INSERT') ORDER BY id;
+-- Partitions created later carry the options.
+CREATE TABLE m (id int, region text, secret text) PARTITION BY LIST (region);
+CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu');
+SELECT audit_log.enable('m', exclude_columns => '{secret}', operations => '{INSERT}');
+CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');
+INSERT INTO m VALUES (1, 'eu', 's1'), (2, 'us', 's2');
+DELETE FROM m;
+SELECT table_name, op, new_row FROM audit_log.events WHERE table_name LIKE 'm%' AND op <> 'ENABLE' ORDER BY id;
+-- Bad options.
+\set VERBOSITY sqlstate
+SELECT audit_log.enable('people', operations => '{INSERT, MERGE}');
+SELECT audit_log.enable('people', operations => '{}');
+SELECT audit_log.enable('people', exclude_columns => '{nope}');
+SELECT audit_log.enable('people', exclude_columns => '{ssn}', redact_columns => '{ssn}');
+SELECT audit_log.enable('people', redact_columns => ARRAY[NULL]::text[]);
+\set VERBOSITY default
+SELECT audit_log.enable('people', operations => '{INSERT, MERGE}');
+SELECT audit_log.enable('people', exclude_columns => '{nope}');
+SELECT audit_log.redacted(NULL);
+SELECT options FROM audit_log.audited_tables WHERE relid = 'people'::regclass;
+SELECT ok, events_checked FROM audit_log.verify();
+\c postgres
+DROP DATABASE al_options;

@@ -1,0 +1,221 @@
+//! Per-table capture options (selective capture): which operations to
+//! record, columns to leave out, columns to keep only as a salted SHA-256,
+//! whether to skip UPDATEs that changed nothing else, and a notification per
+//! change. They travel as the capture triggers' one argument, so capture
+//! reads them from the relcache with no lookup; `audited_tables.options`
+//! shows them to people.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use audit_log_core::encoding::{decode, encode_json};
+use pgrx::pg_sys;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::capture::{json_from_value, Json};
+use crate::errors::AuditError;
+
+pub const OPERATIONS: [&str; 4] = ["INSERT", "UPDATE", "DELETE", "TRUNCATE"];
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// None: every operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operations: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_columns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact_columns: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_unchanged_updates: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notify: bool,
+}
+
+/// PostgreSQL's limit on a channel name, in bytes.
+const MAX_CHANNEL: usize = 63;
+
+impl Options {
+    pub fn is_default(&self) -> bool {
+        *self == Options::default()
+    }
+
+    pub fn records(&self, op: &str) -> bool {
+        self.operations.as_ref().is_none_or(|ops| ops.iter().any(|o| o == op))
+    }
+
+    fn transforms(&self) -> bool {
+        !self.exclude_columns.is_empty() || !self.redact_columns.is_empty()
+    }
+
+    /// The trigger argument: compact JSON, or none for the defaults.
+    pub fn to_arg(&self) -> Option<String> {
+        (!self.is_default()).then(|| serde_json::to_string(self).unwrap_or_default())
+    }
+
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// The channel that hears about each change to `schema.table`.
+    pub fn channel(schema: &str, table: &str) -> String {
+        format!("audit_log:{schema}.{table}")
+    }
+
+    /// Options as given to enable(), checked against the table's columns.
+    pub fn build(
+        operations: Option<Vec<Option<String>>>,
+        exclude: Option<Vec<Option<String>>>,
+        redact: Option<Vec<Option<String>>>,
+        skip_unchanged_updates: bool,
+        notify: bool,
+        columns: &[String],
+        (schema, table): (&str, &str),
+    ) -> Result<Options, AuditError> {
+        let list = |what: &str, v: Option<Vec<Option<String>>>| -> Result<Vec<String>, AuditError> {
+            let mut out: Vec<String> = Vec::new();
+            for item in v.unwrap_or_default() {
+                let item = item.ok_or_else(|| AuditError::BadOption(format!("{what} contains NULL")))?;
+                if !out.contains(&item) {
+                    out.push(item);
+                }
+            }
+            Ok(out)
+        };
+        let operations = match operations {
+            None => None,
+            Some(ops) => {
+                let mut ops: Vec<String> = list("operations", Some(ops))?
+                    .into_iter()
+                    .map(|o| o.to_ascii_uppercase())
+                    .collect();
+                if let Some(bad) = ops.iter().find(|o| !OPERATIONS.contains(&o.as_str())) {
+                    return Err(AuditError::BadOption(format!(
+                        "unknown operation \"{bad}\"; choose from INSERT, UPDATE, DELETE, TRUNCATE"
+                    )));
+                }
+                if ops.is_empty() {
+                    return Err(AuditError::BadOption(
+                        "operations is empty: to stop auditing, call audit_log.disable()".into(),
+                    ));
+                }
+                ops.sort_by_key(|o| OPERATIONS.iter().position(|k| k == o));
+                ops.dedup();
+                (ops.len() < OPERATIONS.len()).then_some(ops)
+            }
+        };
+        let exclude_columns = list("exclude_columns", exclude)?;
+        let redact_columns = list("redact_columns", redact)?;
+        for c in exclude_columns.iter().chain(&redact_columns) {
+            if !columns.contains(c) {
+                return Err(AuditError::NoSuchColumn(format!("{schema}.{table}"), c.clone()));
+            }
+        }
+        if let Some(c) = exclude_columns.iter().find(|c| redact_columns.contains(c)) {
+            return Err(AuditError::BadOption(format!(
+                "column \"{c}\" cannot be both excluded and redacted"
+            )));
+        }
+        if notify && Self::channel(schema, table).len() > MAX_CHANNEL {
+            return Err(AuditError::BadOption(format!(
+                "the notification channel \"{}\" would be longer than {MAX_CHANNEL} bytes",
+                Self::channel(schema, table)
+            )));
+        }
+        Ok(Options {
+            operations,
+            exclude_columns,
+            redact_columns,
+            skip_unchanged_updates,
+            notify,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Options, AuditError> {
+        serde_json::from_str(text)
+            .map_err(|e| AuditError::Internal(format!("capture trigger argument {text:?}: {e}")))
+    }
+
+    /// A row as it is to be recorded: excluded columns gone, redacted ones
+    /// replaced by "sha256:" and the hex SHA-256 of the salt and the value's
+    /// canonical encoding, so equal values show as equal.
+    pub fn apply(&self, row: Json) -> Result<Json, AuditError> {
+        if !self.transforms() {
+            return Ok(row);
+        }
+        let mut v = decode::Reader::new(&row.encoded)
+            .json()
+            .map_err(|e| AuditError::Internal(format!("re-reading a row: {e:?}")))?;
+        if let Value::Object(m) = &mut v {
+            for c in &self.exclude_columns {
+                m.remove(c);
+            }
+            if !self.redact_columns.is_empty() {
+                let salt = redaction_salt()?;
+                for c in &self.redact_columns {
+                    if let Some(x) = m.get_mut(c) {
+                        *x = Value::String(redact(&salt, x));
+                    }
+                }
+            }
+        }
+        json_from_value(&v)
+    }
+}
+
+/// "sha256:<hex>" of the salt followed by the canonical encoding of `v`.
+pub fn redact(salt: &[u8], v: &Value) -> String {
+    let mut buf = Vec::new();
+    encode_json(v, &mut buf);
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(&buf);
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+thread_local! {
+    static PARSED: RefCell<HashMap<String, Rc<Options>>> = RefCell::new(HashMap::new());
+    static SALT: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// The options a capture trigger was created with.
+pub fn of_trigger(td: &pg_sys::TriggerData) -> Result<Rc<Options>, AuditError> {
+    // SAFETY: tg_trigger is valid for the trigger call; tgargs has tgnargs cstrings.
+    let arg = unsafe {
+        let t = &*td.tg_trigger;
+        if t.tgnargs < 1 || t.tgargs.is_null() {
+            None
+        } else {
+            Some(std::ffi::CStr::from_ptr(*t.tgargs).to_string_lossy().into_owned())
+        }
+    };
+    let Some(arg) = arg else {
+        return Ok(Rc::new(Options::default()));
+    };
+    if let Some(o) = PARSED.with_borrow(|m| m.get(&arg).cloned()) {
+        return Ok(o);
+    }
+    let o = Rc::new(Options::parse(&arg)?);
+    PARSED.with_borrow_mut(|m| m.insert(arg, o.clone()));
+    Ok(o)
+}
+
+/// The database's redaction salt (audit_log.secrets, readable only by the
+/// extension's owner), read once per session.
+pub fn redaction_salt() -> Result<Vec<u8>, AuditError> {
+    if let Some(s) = SALT.with_borrow(|s| s.clone()) {
+        return Ok(s);
+    }
+    let salt = crate::catalog::as_owner(|| {
+        pgrx::Spi::get_one::<Vec<u8>>(
+            "SELECT value FROM audit_log.secrets WHERE name = 'redaction_salt'",
+        )?
+        .ok_or_else(|| AuditError::NotInstalled("the redaction salt in audit_log.secrets".into()))
+    })?;
+    SALT.set(Some(salt.clone()));
+    Ok(salt)
+}
