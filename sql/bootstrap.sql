@@ -111,6 +111,13 @@ CREATE TABLE audit_log.audited_tables (
 );
 COMMENT ON COLUMN audit_log.audited_tables.options IS 'Capture options given to enable(): operations, exclude_columns, redact_columns, skip_unchanged_updates, notify. {} records everything.';
 
+CREATE TABLE audit_log.audited_schemas (
+    nspname    text        NOT NULL PRIMARY KEY,
+    enabled_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    enabled_by text        NOT NULL DEFAULT pg_catalog."session_user"()
+);
+COMMENT ON TABLE audit_log.audited_schemas IS 'Schemas given to audit_log.enable_schema(): tables created in them are audited from their creation.';
+
 -- Secrets only the extension's owner reads: the salt of redacted columns.
 CREATE TABLE audit_log.secrets (
     name  text  NOT NULL PRIMARY KEY,
@@ -124,12 +131,13 @@ COMMENT ON TABLE audit_log.audited_tables IS 'Tables on which audit_log.enable()
 -- Nobody but the owner (the superuser that created the extension) writes here.
 REVOKE ALL ON ALL TABLES IN SCHEMA audit_log FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA audit_log FROM PUBLIC;
-GRANT SELECT ON audit_log.events, audit_log.links, audit_log.audited_tables TO audit_log_auditor;
-GRANT SELECT ON audit_log.audited_tables TO audit_log_admin;
+GRANT SELECT ON audit_log.events, audit_log.links, audit_log.audited_tables, audit_log.audited_schemas TO audit_log_auditor;
+GRANT SELECT ON audit_log.audited_tables, audit_log.audited_schemas TO audit_log_admin;
 
 -- pg_dump keeps the log, the links and the configuration.
 SELECT pg_catalog.pg_extension_config_dump('audit_log.events', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.links', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.audited_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('audit_log.audited_schemas', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.events_id_seq', '');

@@ -341,6 +341,100 @@ fn enable_with(oid: pg_sys::Oid, t: &Target, opts: &Options) -> Result<(), Audit
     capture::record_config(&t.schema, &t.name, "ENABLE", details)
 }
 
+/// Audit a table with the default options, unless it is audited already
+/// (then its options stay). For enable_schema and new tables in its schemas.
+pub fn enable_default(oid: pg_sys::Oid) -> Result<(), AuditError> {
+    let t = describe(oid)?;
+    if fully_audited(&t)? {
+        return Ok(());
+    }
+    enable_with(oid, &t, &Options::default())
+}
+
+/// Audit every table of a schema, and every table created in it later.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."enable_schema"("name" text) RETURNS void
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.enable_schema(text) IS 'Audit every current and future table of a schema. Tables already audited keep their options. Requires audit_log_admin.';
+"#)]
+fn enable_schema(name: Option<String>) {
+    let result = (|| {
+        let name = name.ok_or(AuditError::NullArgument("name"))?;
+        require_admin("enable auditing")?;
+        let ns = Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1",
+            &[name.as_str().into()],
+        )
+        .ok()
+        .flatten()
+        .ok_or_else(|| AuditError::NoSuchSchema(name.clone()))?;
+        if name == "audit_log" || name == "information_schema" || name.starts_with("pg_") {
+            return Err(AuditError::SystemTable(format!("schema {name}")));
+        }
+        let tables = Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
+            let t = c.select(
+                "SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = $1 AND relkind IN ('r', 'p')
+                    AND NOT relispartition AND relpersistence <> 't' ORDER BY relname",
+                None,
+                &[ns.into()],
+            )?;
+            let mut out = Vec::new();
+            for r in t {
+                out.extend(r.get::<pg_sys::Oid>(1)?);
+            }
+            Ok(out)
+        })?;
+        let added = internal_ddl(|| {
+            Ok(Spi::get_one_with_args::<bool>(
+                "INSERT INTO audit_log.audited_schemas (nspname) VALUES ($1)
+                 ON CONFLICT (nspname) DO NOTHING RETURNING true",
+                &[name.as_str().into()],
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false))
+        })?;
+        if added {
+            capture::record_config(&name, "", "ENABLE_SCHEMA", json!({"schema": name}))?;
+        }
+        tables.into_iter().try_for_each(enable_default)
+    })();
+    result.or_raise()
+}
+
+/// Stop auditing new tables of a schema; its tables stay audited.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."disable_schema"("name" text) RETURNS void
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.disable_schema(text) IS 'Stop auditing tables created later in a schema; its tables stay audited until audit_log.disable(). Requires audit_log_admin.';
+"#)]
+fn disable_schema(name: Option<String>) {
+    let result = (|| {
+        let name = name.ok_or(AuditError::NullArgument("name"))?;
+        require_admin("disable auditing")?;
+        let removed = internal_ddl(|| {
+            Ok(Spi::get_one_with_args::<bool>(
+                "DELETE FROM audit_log.audited_schemas WHERE nspname = $1 RETURNING true",
+                &[name.as_str().into()],
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false))
+        })?;
+        if removed {
+            capture::record_config(&name, "", "DISABLE_SCHEMA", json!({"schema": name}))
+        } else {
+            pgrx::notice!("schema {name} was not given to audit_log.enable_schema()");
+            Ok(())
+        }
+    })();
+    result.or_raise()
+}
+
 /// What a redacted column holds for `value`: to show that a recorded change
 /// had a given value, without the log ever holding it.
 #[pg_extern(sql = r#"

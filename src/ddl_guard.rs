@@ -244,7 +244,36 @@ fn on_end(tag: &str) -> Result<(), AuditError> {
             }
         }
     }
+
+    // New tables in a schema given to audit_log.enable_schema() are audited
+    // from their creation. (During pg_restore the list of schemas is still
+    // empty when tables are created: the dump's own triggers come later.)
+    if matches!(tag, "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO") {
+        for oid in new_tables_in_audited_schemas()? {
+            api::enable_default(oid)?;
+        }
+    }
     Ok(())
+}
+
+fn new_tables_in_audited_schemas() -> Result<Vec<pg_sys::Oid>, AuditError> {
+    // The list of schemas is the extension's; the command's role need not read it.
+    crate::catalog::as_owner(|| Spi::connect(|c| {
+        let t = c.select(
+            "SELECT DISTINCT d.objid FROM pg_catalog.pg_event_trigger_ddl_commands() d
+               JOIN pg_catalog.pg_class c ON c.oid = d.objid
+              WHERE d.classid = 'pg_catalog.pg_class'::regclass AND c.relkind IN ('r', 'p')
+                AND NOT c.relispartition AND c.relpersistence <> 't'
+                AND d.schema_name IN (SELECT nspname FROM audit_log.audited_schemas)",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.extend(r.get::<pg_sys::Oid>(1)?);
+        }
+        Ok(out)
+    }))
 }
 
 fn command_tag(data: &pg_sys::EventTriggerData) -> String {

@@ -30,6 +30,8 @@ pub enum AuditError {
     NotInstalled(String),
     #[error("audit_log.events has an index that audit_log cannot maintain: {0}")]
     UnsupportedIndex(String),
+    #[error("schema \"{0}\" does not exist")]
+    NoSuchSchema(String),
     #[error("invalid capture option: {0}")]
     BadOption(String),
     #[error("column \"{1}\" of table {0} does not exist")]
@@ -58,6 +60,7 @@ impl AuditError {
             AuditError::UnsupportedIndex(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::BadContext(_) => ERRCODE_INVALID_TEXT_REPRESENTATION,
             AuditError::BadOption(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            AuditError::NoSuchSchema(_) => ERRCODE_INVALID_SCHEMA_NAME,
             AuditError::NoSuchColumn(..) => ERRCODE_UNDEFINED_COLUMN,
             AuditError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }

@@ -18,7 +18,7 @@ UPDATE people SET last_seen = now() + interval '1 day';     -- only an excluded 
 UPDATE people SET notes = 'changed' WHERE id = 1;            -- recorded, without last_seen
 UPDATE people SET ssn = '111-11-1111' WHERE id = 2;          -- recorded: the redacted value changed
 SELECT op, new_row ? 'last_seen' AS has_last_seen, new_row->>'name' AS name,
-       left(new_row->>'ssn', 15) AS ssn_prefix, length(new_row->>'ssn') AS ssn_len
+       left(new_row->>'ssn', 7) AS ssn_prefix, new_row->>'ssn' = audit_log.redacted('"123-45-6789"') AS is_ann_ssn, length(new_row->>'ssn') AS ssn_len
   FROM audit_log.events WHERE table_name = 'people' AND op <> 'ENABLE' ORDER BY id;
 -- Equal values hash equal; the value itself is nowhere in the log.
 SELECT count(DISTINCT new_row->>'ssn') AS distinct_ssn_hashes FROM audit_log.events
