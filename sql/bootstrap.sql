@@ -118,6 +118,25 @@ CREATE TABLE audit_log.audited_schemas (
 );
 COMMENT ON TABLE audit_log.audited_schemas IS 'Schemas given to audit_log.enable_schema(): tables created in them are audited from their creation.';
 
+-- Retention: the minimum age of what purge() may remove (one row, or none).
+CREATE TABLE audit_log.retention (
+    id      boolean     NOT NULL PRIMARY KEY DEFAULT true CHECK (id),
+    min_age interval    NOT NULL,
+    set_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    set_by  text        NOT NULL DEFAULT pg_catalog."session_user"()
+);
+COMMENT ON TABLE audit_log.retention IS 'Set by audit_log.set_retention(): purge() never removes anything younger.';
+
+-- Where each chain starts after a purge: its last purged link.
+CREATE TABLE audit_log.anchors (
+    chain_id   integer     NOT NULL PRIMARY KEY,
+    seq        bigint      NOT NULL,
+    link_hash  bytea       NOT NULL,
+    last_event bigint      NOT NULL,
+    purged_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE audit_log.anchors IS 'Written by audit_log.purge(): the last purged link of each chain, from which verify() continues. Each purge also records its anchors as an event.';
+
 -- Secrets only the extension's owner reads: the salt of redacted columns.
 CREATE TABLE audit_log.secrets (
     name  text  NOT NULL PRIMARY KEY,
@@ -131,8 +150,10 @@ COMMENT ON TABLE audit_log.audited_tables IS 'Tables on which audit_log.enable()
 -- Nobody but the owner (the superuser that created the extension) writes here.
 REVOKE ALL ON ALL TABLES IN SCHEMA audit_log FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA audit_log FROM PUBLIC;
-GRANT SELECT ON audit_log.events, audit_log.links, audit_log.audited_tables, audit_log.audited_schemas TO audit_log_auditor;
-GRANT SELECT ON audit_log.audited_tables, audit_log.audited_schemas TO audit_log_admin;
+GRANT SELECT ON audit_log.events, audit_log.links, audit_log.audited_tables, audit_log.audited_schemas,
+    audit_log.retention, audit_log.anchors TO audit_log_auditor;
+GRANT SELECT ON audit_log.audited_tables, audit_log.audited_schemas, audit_log.retention, audit_log.anchors
+    TO audit_log_admin;
 
 -- pg_dump keeps the log, the links and the configuration.
 SELECT pg_catalog.pg_extension_config_dump('audit_log.events', '');
@@ -140,4 +161,6 @@ SELECT pg_catalog.pg_extension_config_dump('audit_log.links', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.audited_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.audited_schemas', '');
+SELECT pg_catalog.pg_extension_config_dump('audit_log.retention', '');
+SELECT pg_catalog.pg_extension_config_dump('audit_log.anchors', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.events_id_seq', '');

@@ -46,7 +46,8 @@ ALTER EVENT TRIGGER audit_log_ddl_end ENABLE ALWAYS;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA audit_log FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean),
     audit_log.disable(regclass), audit_log.redacted(jsonb),
-    audit_log.enable_schema(text), audit_log.disable_schema(text)
+    audit_log.enable_schema(text), audit_log.disable_schema(text),
+    audit_log.set_retention(interval), audit_log.purge(timestamptz)
     TO audit_log_admin;
 GRANT EXECUTE ON FUNCTION audit_log.verify(), audit_log.verify(jsonb), audit_log.checkpoint()
     TO audit_log_auditor, audit_log_admin;

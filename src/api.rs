@@ -51,7 +51,7 @@ struct Target {
     partitioned: bool,
 }
 
-fn require_admin(action: &str) -> Result<(), AuditError> {
+pub fn require_admin(action: &str) -> Result<(), AuditError> {
     if catalog::current_user_has(c"audit_log_admin") {
         Ok(())
     } else {
@@ -671,6 +671,8 @@ fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
         .filter(move |e| !matches!(e, Ok(e) if own != 0 && e.tx_id == own));
     let by_tx = Ordered::open(oids.links, oids.links_tx_idx, snapshot.0, link_row)?;
     let by_chain = Ordered::open(oids.links, oids.links_pkey, snapshot.0, link_row)?;
+    // Chains that purge() shortened start from their anchors.
+    let anchors = crate::retention::anchors()?;
     // The session reads (only it may call PostgreSQL); workers encode and
     // hash, and their results come back in order.
     std::thread::scope(|scope| {
@@ -682,7 +684,7 @@ fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
             RawEvent::hash,
         )
         .map(|r| r.map(|h| h.unwrap_or_else(|raw| raw.hash_here())));
-        verify_hashed_streams(hashed, by_tx, by_chain, cp, &[])
+        verify_hashed_streams(hashed, by_tx, by_chain, cp, &anchors)
     })
 }
 

@@ -30,6 +30,10 @@ pub enum AuditError {
     NotInstalled(String),
     #[error("audit_log.events has an index that audit_log cannot maintain: {0}")]
     UnsupportedIndex(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no retention is set: call audit_log.set_retention() before audit_log.purge()")]
+    NoRetention,
     #[error("schema \"{0}\" does not exist")]
     NoSuchSchema(String),
     #[error("invalid capture option: {0}")]
@@ -61,6 +65,8 @@ impl AuditError {
             AuditError::BadContext(_) => ERRCODE_INVALID_TEXT_REPRESENTATION,
             AuditError::BadOption(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             AuditError::NoSuchSchema(_) => ERRCODE_INVALID_SCHEMA_NAME,
+            AuditError::Invalid(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            AuditError::NoRetention => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::NoSuchColumn(..) => ERRCODE_UNDEFINED_COLUMN,
             AuditError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }

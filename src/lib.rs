@@ -18,6 +18,7 @@ mod errors;
 mod history;
 mod jsonb;
 mod options;
+mod retention;
 mod scan;
 mod store;
 mod txstate;

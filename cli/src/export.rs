@@ -120,7 +120,7 @@ pub struct Summary {
 /// Export every transaction not in `since` (all of them without it).
 pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Summary, String> {
     let started = Instant::now();
-    let anchors = since.map(previous_heads).transpose()?.unwrap_or_default();
+    let continued = since.map(previous_heads).transpose()?;
     let mut client = connect(dsn)?;
     let mut tx = client
         .build_transaction()
@@ -138,6 +138,28 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
     let cp_text: String = meta.get(1);
     let cp_value: Value = serde_json::from_str(&cp_text).map_err(|e| e.to_string())?;
     let cp = Checkpoint::parse(&cp_value).map_err(|e| e.to_string())?;
+    // A whole export starts where purge() left each chain.
+    let anchors = match &continued {
+        Some(heads) => heads.clone(),
+        None => {
+            let mut out = Vec::new();
+            for r in tx
+                .query(
+                    "SELECT chain_id, seq, link_hash, last_event FROM audit_log.anchors ORDER BY chain_id",
+                    &[],
+                )
+                .map_err(|e| format!("reading audit_log.anchors: {e}"))?
+            {
+                out.push(ChainHead {
+                    chain: r.get(0),
+                    seq: r.get(1),
+                    link_hash: hash(r.get(2)),
+                    last_event: r.get(3),
+                });
+            }
+            out
+        }
+    };
 
     // Links past the anchors; events of those transactions, and any event
     // with no link at all (which verification will report) that is newer
@@ -145,7 +167,7 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
     let chains: Vec<i32> = anchors.iter().map(|a| a.chain).collect();
     let seqs: Vec<i64> = anchors.iter().map(|a| a.seq).collect();
     let after_event: i64 = anchors.iter().map(|a| a.last_event).max().unwrap_or(0);
-    let (new_links, event_filter) = if anchors.is_empty() {
+    let (new_links, event_filter) = if continued.is_none() {
         ("SELECT l.* FROM audit_log.links l WHERE $1::int[] IS NOT NULL AND $2::bigint[] IS NOT NULL AND $3::bigint IS NOT NULL", "")
     } else {
         (
@@ -181,6 +203,7 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
         exported_at: format_rfc3339(micros(SystemTime::now())),
         snapshot,
         anchors: anchors.clone(),
+        continues: continued.is_some(),
     };
     w.put(&line(&header).map_err(|e| e.to_string())?)?;
 

@@ -35,9 +35,13 @@ pub struct Header {
     pub exported_at: String,
     /// The `pg_current_snapshot()` the export read under.
     pub snapshot: String,
-    /// Empty for a whole log. For a continuation (`export --since`), the
-    /// head of each chain in the previous export: the chains continue there.
+    /// Where each chain starts: empty for a log never purged. For a whole
+    /// log after `audit_log.purge()`, the server's anchors; for a
+    /// continuation (`export --since`), the previous export's heads.
     pub anchors: Vec<ChainHead>,
+    /// True for a continuation: it is verified after the export it continues.
+    #[serde(default)]
+    pub continues: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -224,8 +224,12 @@ pub fn verify_files(paths: &[PathBuf], cp: Option<&Checkpoint>, threads: usize) 
         let name = path.display().to_string();
         report.file_problems.extend(s.problems);
         let anchors = s.header.as_ref().map(|h| h.anchors.clone()).unwrap_or_default();
+        let continues = s.header.as_ref().is_some_and(|h| h.continues);
         // A continuation must start exactly where the file before it ended.
         match &previous_heads {
+            Some(_) if !continues => report.file_problems.push(format!(
+                "{name} is a whole export, not a continuation of the file before it"
+            )),
             Some(prev) => {
                 let want: Vec<&ChainHead> = prev.values().collect();
                 let got: Vec<&ChainHead> = anchors.iter().collect();
@@ -235,8 +239,8 @@ pub fn verify_files(paths: &[PathBuf], cp: Option<&Checkpoint>, threads: usize) 
                     ));
                 }
             }
-            None if !anchors.is_empty() => report.file_problems.push(format!(
-                "{name} is a continuation (it starts from anchors); verify it after the export it continues"
+            None if continues => report.file_problems.push(format!(
+                "{name} is a continuation; verify it after the export it continues"
             )),
             None => {}
         }

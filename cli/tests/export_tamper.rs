@@ -133,6 +133,7 @@ fn header() -> Vec<u8> {
         exported_at: "2026-11-22T00:00:00.000000Z".into(),
         snapshot: "1:1:".into(),
         anchors: vec![],
+        continues: false,
     })
     .unwrap()
 }

@@ -165,5 +165,13 @@ run witness --dsn "$dsn" --state "$work/w" --key "$work/key"; expect 1 "witness 
 echo "$out" | grep -q "chain_rewritten\|fork" || fail "witness did not name the rewrite: $out"
 [ "$(sha256sum "$work/w/latest.json")" = "$before" ] || fail "the witness stored a checkpoint after refusing"
 echo "  witness: $(echo "$out" | head -1 | cut -c1-160)"
+# After a purge, a whole export starts from the server's anchors and verifies.
+q -c "SET client_min_messages = warning" -c "SELECT audit_log.set_retention('0')" \
+  -c "SELECT * FROM audit_log.purge(clock_timestamp())" >/dev/null
+q -c "INSERT INTO acct (id) VALUES (2000)"
+run export --dsn "$dsn" --out "$work/purged.jsonl"; expect 0 "export after a purge"
+grep -q '"anchors":\[{' "$work/purged.jsonl" || fail "no anchors in the header after a purge"
+run verify "$work/purged.jsonl"; expect 0 "offline verify after a purge"
+echo "  after a purge, an export starts from the anchors and verifies offline"
 psql -X -q -d postgres -c "DROP DATABASE $db"
 echo "cli: export, offline verify, signed checkpoints and the witness behave"

@@ -1,0 +1,73 @@
+-- Retention that stays verifiable: set_retention() (raised by an admin,
+-- lowered only by a superuser), purge() of whole expired transactions from
+-- the oldest end of each chain, with an anchor so that verify() still
+-- passes; tampering with what remains is still detected.
+CREATE DATABASE al_retention;
+\c al_retention
+SET client_min_messages = warning;
+SET audit_log.chains = 1;
+CREATE EXTENSION audit_log;
+CREATE TABLE t (id int PRIMARY KEY, v text);
+SELECT audit_log.enable('t');
+INSERT INTO t VALUES (1, 'a');
+INSERT INTO t VALUES (2, 'b');
+UPDATE t SET v = 'c' WHERE id = 1;
+SELECT audit_log.checkpoint() AS cp_before \gset
+INSERT INTO t VALUES (3, 'd');
+\set VERBOSITY sqlstate
+SELECT * FROM audit_log.purge(now());                 -- no retention yet: 55000
+SELECT audit_log.set_retention(NULL);
+SELECT audit_log.set_retention('-1 day');
+\set VERBOSITY default
+SELECT * FROM audit_log.purge(now());
+SELECT audit_log.set_retention('30 days');
+SELECT * FROM audit_log.purge(now());                 -- younger than the retention: refused
+-- An admin may raise it, not lower it; a superuser may lower it.
+CREATE ROLE al_dba;
+GRANT audit_log_admin TO al_dba;
+SET ROLE al_dba;
+SELECT audit_log.set_retention('60 days');
+SELECT audit_log.set_retention('1 day');
+RESET ROLE;
+SELECT audit_log.set_retention('0');
+SELECT min_age FROM audit_log.retention;
+SELECT op, new_row FROM audit_log.events WHERE op = 'RETENTION' ORDER BY id;
+-- Purge everything committed so far: every chain keeps its newest link.
+SELECT count(*) AS links_before, (SELECT count(*) FROM audit_log.events) AS events_before FROM audit_log.links;
+SELECT * FROM audit_log.purge(clock_timestamp());
+SELECT count(*) AS links_after, (SELECT count(*) FROM audit_log.events) AS events_after FROM audit_log.links;
+SELECT chain_id, seq FROM audit_log.anchors;
+SELECT op, new_row - 'older_than' - 'anchors' AS details FROM audit_log.events WHERE op = 'PURGE';
+SELECT ok, events_checked, problem FROM audit_log.verify();
+-- A checkpoint from before the purge still verifies.
+SELECT ok, problem FROM audit_log.verify(:'cp_before');
+-- Auditing goes on, and a second purge moves the anchors on.
+INSERT INTO t VALUES (4, 'e');
+SELECT * FROM audit_log.purge(clock_timestamp());
+SELECT chain_id, seq FROM audit_log.anchors;
+SELECT ok, problem FROM audit_log.verify();
+SELECT op, new_row->>'id' AS id FROM audit_log.history('t', '{"id": 4}');
+-- Tampering with what remains is still detected (the WARNING names hashes
+-- and times, so only its SQLSTATE is shown).
+\set VERBOSITY sqlstate
+BEGIN;
+ALTER TABLE audit_log.events DISABLE TRIGGER USER;
+UPDATE audit_log.events SET new_row = '{"id": 4, "v": "forged"}' WHERE op = 'INSERT';
+SELECT ok, split_part(problem, ':', 1) AS kind FROM audit_log.verify();
+ROLLBACK;
+BEGIN;
+ALTER TABLE audit_log.anchors DISABLE TRIGGER USER;
+UPDATE audit_log.anchors SET link_hash = '\x00';
+SELECT ok, split_part(problem, ':', 1) AS kind FROM audit_log.verify();
+ROLLBACK;
+\set VERBOSITY default
+-- Nobody else may purge, or change the retention.
+CREATE ROLE al_nobody;
+SET ROLE al_nobody;
+SELECT * FROM audit_log.purge(now());
+SELECT audit_log.set_retention('1 year');
+RESET ROLE;
+DROP ROLE al_nobody;
+DROP ROLE al_dba;
+\c postgres
+DROP DATABASE al_retention;

@@ -1,0 +1,287 @@
+//! Retention that stays verifiable. `set_retention` sets the minimum age of
+//! anything purged (raised by an admin, lowered only by a superuser).
+//! `purge` removes whole transactions, from the oldest end of each chain
+//! only, never a chain's newest link, and leaves an anchor per chain: the
+//! seq, hash and last event of the last link it removed. `verify()` starts
+//! each chain from its anchor. Both are recorded as events, so the anchors
+//! are themselves in the chain.
+//!
+//! The rows go by direct heap deletes, as the rows came by direct inserts:
+//! the append-only guard triggers stay on for everyone else.
+
+use pgrx::prelude::*;
+use pgrx::pg_sys;
+use serde_json::json;
+
+use crate::api::{internal_ddl, require_admin};
+use crate::capture;
+use crate::catalog::{self, Oids};
+use crate::errors::{AuditError, OrRaise};
+
+/// Set the minimum age of what purge() may remove.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."set_retention"("min_age" interval) RETURNS void
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.set_retention(interval) IS 'Minimum age of events that audit_log.purge() may remove. Raised by audit_log_admin; lowered only by a superuser. Recorded as an event.';
+"#)]
+fn set_retention(min_age: Option<pgrx::datum::Interval>) {
+    set_retention_impl(min_age).or_raise()
+}
+
+fn set_retention_impl(min_age: Option<pgrx::datum::Interval>) -> Result<(), AuditError> {
+    let min_age = min_age.ok_or(AuditError::NullArgument("min_age"))?;
+    require_admin("set the retention")?;
+    let (negative, lower, old) = Spi::get_three_with_args::<bool, bool, String>(
+        "SELECT $1 < interval '0', $1 < r.min_age, r.min_age::text
+           FROM (SELECT NULL::interval AS min_age UNION ALL SELECT min_age FROM audit_log.retention) r
+          ORDER BY r.min_age IS NULL LIMIT 1",
+        &[min_age.into()],
+    )?;
+    if negative == Some(true) {
+        return Err(AuditError::Invalid("set_retention: the retention cannot be negative".into()));
+    }
+    // SAFETY: a catalog check on the current user.
+    if lower == Some(true) && !unsafe { pg_sys::superuser() } {
+        return Err(AuditError::NotAdmin {
+            action: format!("lower the retention below {} (only a superuser may)", old.clone().unwrap_or_default()),
+        });
+    }
+    let new = internal_ddl(|| {
+        Spi::get_one_with_args::<String>(
+            "INSERT INTO audit_log.retention (id, min_age) VALUES (true, $1)
+             ON CONFLICT (id) DO UPDATE SET min_age = excluded.min_age, set_at = now(), set_by = session_user
+             RETURNING min_age::text",
+            &[min_age.into()],
+        )
+        .map_err(AuditError::from)
+    })?;
+    capture::record_config(
+        "audit_log",
+        "retention",
+        "RETENTION",
+        json!({"old": old, "new": new}),
+    )
+}
+
+/// One link to purge: where it is, and what it anchors.
+struct Expired {
+    chain_id: i32,
+    seq: i64,
+    tx_id: i64,
+    link_hash: Vec<u8>,
+    last_event: i64,
+}
+
+/// Remove whole transactions committed before `older_than` from the oldest
+/// end of each chain.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."purge"("older_than" timestamptz)
+RETURNS TABLE ("transactions" bigint, "events" bigint)
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.purge(timestamptz) IS 'Remove whole transactions committed before older_than (and older than the retention) from the oldest end of each chain, keeping an anchor so that verify() still passes. Recorded as an event. Requires audit_log_admin.';
+"#)]
+fn purge(
+    older_than: Option<pgrx::datum::TimestampWithTimeZone>,
+) -> TableIterator<'static, (name!(transactions, i64), name!(events, i64))> {
+    TableIterator::once(purge_impl(older_than).or_raise())
+}
+
+fn purge_impl(older_than: Option<pgrx::datum::TimestampWithTimeZone>) -> Result<(i64, i64), AuditError> {
+    let older_than = older_than.ok_or(AuditError::NullArgument("older_than"))?;
+    require_admin("purge the audit log")?;
+    let (retention, too_young) = Spi::get_two_with_args::<String, bool>(
+        "SELECT min_age::text, $1 > pg_catalog.clock_timestamp() - min_age FROM audit_log.retention",
+        &[older_than.into()],
+    )
+    .map_err(|_| AuditError::NoRetention)?;
+    let retention = retention.ok_or(AuditError::NoRetention)?;
+    if too_young == Some(true) {
+        return Err(AuditError::Invalid(format!(
+            "purge: older_than is younger than the retention ({retention}); nothing younger may be purged"
+        )));
+    }
+    lock_purge();
+    let oids = catalog::lookup()?;
+    // Per chain, the expired prefix; never a chain's newest link.
+    let expired = catalog::as_owner(|| {
+        Spi::connect(|c| -> Result<Vec<Expired>, AuditError> {
+            let t = c.select(
+                "SELECT chain_id, seq, tx_id::text::int8, link_hash, last_event FROM (
+                   SELECT l.*, bool_and(l.committed_at < $1) OVER w AS old_prefix,
+                          max(l.seq) OVER (PARTITION BY l.chain_id) AS head
+                     FROM audit_log.links l
+                   WINDOW w AS (PARTITION BY l.chain_id ORDER BY l.seq)) x
+                  WHERE old_prefix AND seq < head ORDER BY chain_id, seq",
+                None,
+                &[older_than.into()],
+            )?;
+            let mut out = Vec::new();
+            for r in t {
+                out.push(Expired {
+                    chain_id: r.get(1)?.unwrap_or(0),
+                    seq: r.get(2)?.unwrap_or(0),
+                    tx_id: r.get(3)?.unwrap_or(0),
+                    link_hash: r.get(4)?.unwrap_or_default(),
+                    last_event: r.get(5)?.unwrap_or(0),
+                });
+            }
+            Ok(out)
+        })
+    })?;
+    if expired.is_empty() {
+        return Ok((0, 0));
+    }
+    let mut events = 0i64;
+    for e in &expired {
+        // Heap column 2 (tx_id), the first column of events_pkey.
+        events += delete_matching(oids.events, oids.events_pkey, 2, pg_sys::F_XID8EQ, pg_sys::Datum::from(e.tx_id))?;
+    }
+    for e in &expired {
+        delete_link(&oids, e.chain_id, e.seq)?;
+    }
+    // The last purged link of each chain becomes its anchor.
+    let mut anchors = Vec::new();
+    for (i, e) in expired.iter().enumerate() {
+        if expired.get(i + 1).is_none_or(|n| n.chain_id != e.chain_id) {
+            anchors.push(e);
+        }
+    }
+    internal_ddl(|| {
+        for a in &anchors {
+            Spi::run_with_args(
+                "INSERT INTO audit_log.anchors (chain_id, seq, link_hash, last_event)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (chain_id) DO UPDATE SET seq = excluded.seq, link_hash = excluded.link_hash,
+                        last_event = excluded.last_event, purged_at = now()",
+                &[a.chain_id.into(), a.seq.into(), a.link_hash.clone().into(), a.last_event.into()],
+            )?;
+        }
+        Ok(())
+    })?;
+    let anchor_json: Vec<_> = anchors
+        .iter()
+        .map(|a| json!({"chain": a.chain_id, "seq": a.seq, "link_hash": hex::encode(&a.link_hash), "last_event": a.last_event}))
+        .collect();
+    let transactions = expired.len() as i64;
+    let older_text = Spi::get_one_with_args::<String>("SELECT $1::text", &[older_than.into()])?.unwrap_or_default();
+    capture::record_config(
+        "audit_log",
+        "purge",
+        "PURGE",
+        json!({"older_than": older_text, "retention": retention, "transactions": transactions,
+               "events": events, "anchors": anchor_json}),
+    )?;
+    Ok((transactions, events))
+}
+
+/// One purge at a time per database: the tag is like the chain locks', with
+/// a field4 no SQL function produces.
+fn lock_purge() {
+    // SAFETY: a transaction-level lock, released at commit or abort.
+    unsafe {
+        let tag = pg_sys::LOCKTAG {
+            locktag_field1: pg_sys::MyDatabaseId.to_u32(),
+            locktag_field2: 0x6175_6c67,
+            locktag_field3: 0,
+            locktag_field4: 0xA2,
+            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+        };
+        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, false);
+    }
+}
+
+/// Delete, without firing triggers, every row of `rel` visible to the
+/// transaction whose heap column `attno` (a column of the index) equals
+/// `value`. Returns the count.
+fn delete_matching(
+    rel: pg_sys::Oid,
+    idx: pg_sys::Oid,
+    attno: i16,
+    eq_proc: u32,
+    value: pg_sys::Datum,
+) -> Result<i64, AuditError> {
+    delete_where(rel, idx, &[(attno, eq_proc, value)])
+}
+
+fn delete_link(oids: &Oids, chain: i32, seq: i64) -> Result<(), AuditError> {
+    delete_where(
+        oids.links,
+        oids.links_pkey,
+        &[
+            (1, pg_sys::F_INT4EQ, pg_sys::Datum::from(chain)),
+            (2, pg_sys::F_INT8EQ, pg_sys::Datum::from(seq)),
+        ],
+    )
+    .map(|_| ())
+}
+
+fn delete_where(
+    relid: pg_sys::Oid,
+    idxid: pg_sys::Oid,
+    keys: &[(i16, u32, pg_sys::Datum)],
+) -> Result<i64, AuditError> {
+    // SAFETY: an index scan under the active snapshot, deleting each tuple it
+    // returns by TID (simple_heap_delete: no triggers, WAL-logged); the
+    // caller holds the purge lock, and nobody else deletes from these tables.
+    unsafe {
+        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
+        let idx = pg_sys::index_open(idxid, pg_sys::RowExclusiveLock as i32);
+        let mut scankeys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); keys.len()];
+        for (k, &(attno, proc_, value)) in scankeys.iter_mut().zip(keys) {
+            pg_sys::ScanKeyInit(
+                k,
+                attno,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::Oid::from(proc_),
+                value,
+            );
+        }
+        let scan = pg_sys::systable_beginscan_ordered(
+            rel,
+            idx,
+            pg_sys::GetActiveSnapshot(),
+            keys.len() as i32,
+            scankeys.as_mut_ptr(),
+        );
+        let mut n = 0;
+        loop {
+            let tup = pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tup.is_null() {
+                break;
+            }
+            pg_sys::simple_heap_delete(rel, &mut (*tup).t_self);
+            n += 1;
+        }
+        pg_sys::systable_endscan_ordered(scan);
+        pg_sys::index_close(idx, pg_sys::NoLock as i32);
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        Ok(n)
+    }
+}
+
+/// The anchors verify() starts the chains from.
+pub fn anchors() -> Result<Vec<audit_log_core::ChainHead>, AuditError> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT chain_id, seq, link_hash, last_event FROM audit_log.anchors ORDER BY chain_id",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            let h: Vec<u8> = r.get(3)?.unwrap_or_default();
+            out.push(audit_log_core::ChainHead {
+                chain: r.get(1)?.unwrap_or(0),
+                seq: r.get(2)?.unwrap_or(0),
+                link_hash: h.as_slice().try_into().unwrap_or([0xFF; 32]),
+                last_event: r.get(4)?.unwrap_or(0),
+            });
+        }
+        Ok(out)
+    })
+}
