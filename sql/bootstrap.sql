@@ -142,9 +142,9 @@ CREATE TABLE audit_log.secrets (
     name  text  NOT NULL PRIMARY KEY,
     value bytea NOT NULL
 );
-COMMENT ON TABLE audit_log.secrets IS 'Readable by the extension owner only. redaction_salt salts the SHA-256 of redacted columns.';
-INSERT INTO audit_log.secrets VALUES ('redaction_salt', pg_catalog.sha256(pg_catalog.convert_to(
-    pg_catalog.gen_random_uuid()::text || pg_catalog.gen_random_uuid()::text || pg_catalog.clock_timestamp()::text, 'UTF8')));
+COMMENT ON TABLE audit_log.secrets IS 'Readable by the extension owner only. redaction_salt salts the SHA-256 of redacted columns; pg_dump keeps it.';
+-- The salt is made by the first enable() that redacts a column, not here, so
+-- that pg_restore can bring the original one back without a conflict.
 COMMENT ON TABLE audit_log.audited_tables IS 'Tables on which audit_log.enable() was called. The capture triggers themselves are the source of truth.';
 
 -- Nobody but the owner (the superuser that created the extension) writes here.

@@ -278,6 +278,18 @@ fn admin_target(
 }
 
 fn enable_with(oid: pg_sys::Oid, t: &Target, opts: &Options) -> Result<(), AuditError> {
+    if !opts.redact_columns.is_empty() {
+        // The database's salt, made once, from the server's strong random source.
+        internal_ddl(|| {
+            Spi::run(
+                "INSERT INTO audit_log.secrets (name, value)
+                 SELECT 'redaction_salt', pg_catalog.sha256(pg_catalog.convert_to(
+                        pg_catalog.gen_random_uuid()::text || pg_catalog.gen_random_uuid()::text, 'UTF8'))
+                 ON CONFLICT (name) DO NOTHING",
+            )?;
+            Ok(())
+        })?;
+    }
     let current = trigger_options(&t.qualified)?;
     if fully_audited(t)? && current.as_ref().is_some_and(|c| c != opts) {
         // Audited, with other options: recreate the triggers, and record it.
