@@ -44,9 +44,9 @@ CREATE TABLE audit_log.events (
     new_row           jsonb,
     prev_hash         bytea       NOT NULL,
     hash              bytea       NOT NULL,
-    -- Not hashed: derived from the row and the table's primary key, to find
+    -- Not hashed: derived from the table and the row's primary key, to find
     -- a row's history without scanning the log.
-    row_key           text,
+    row_key           bigint,
     -- verify() reads events in this order, and a position cannot repeat.
     CONSTRAINT events_pkey PRIMARY KEY (tx_id, tx_seq)
 );
@@ -54,7 +54,7 @@ CREATE TABLE audit_log.events (
 -- a second btree on every insert.
 CREATE INDEX events_id_idx ON audit_log.events USING brin (id) WITH (pages_per_range = 16);
 -- audit_log.history(): a row's versions by table and primary key.
-CREATE INDEX events_row_key_idx ON audit_log.events (table_schema, table_name, row_key);
+CREATE INDEX events_row_key_idx ON audit_log.events (row_key);
 
 COMMENT ON TABLE audit_log.events IS 'Append-only audit events, one per captured row change or configuration change. Each hash chains to the previous event of the same transaction; see docs/FORMAT.md.';
 COMMENT ON COLUMN audit_log.events.id IS 'Event id, unique and increasing within a transaction.';
@@ -74,7 +74,7 @@ COMMENT ON COLUMN audit_log.events.old_row IS 'The row before the change (UPDATE
 COMMENT ON COLUMN audit_log.events.new_row IS 'The row after the change (INSERT, UPDATE), or details of a configuration change.';
 COMMENT ON COLUMN audit_log.events.prev_hash IS 'Hash of the previous event of the same transaction; 32 zero bytes for the first.';
 COMMENT ON COLUMN audit_log.events.hash IS 'SHA-256 over a version tag, prev_hash and the canonical encoding of this event.';
-COMMENT ON COLUMN audit_log.events.row_key IS 'The changed row''s primary key as canonical JSON text (the old row''s for UPDATE and DELETE); NULL without a primary key. Not covered by the hash: a lookup aid for audit_log.history().';
+COMMENT ON COLUMN audit_log.events.row_key IS 'A 64-bit hash of the table and the changed row''s primary key (the old row''s for UPDATE and DELETE); NULL without a primary key. Not covered by the event hash: a lookup aid for audit_log.history().';
 
 CREATE TABLE audit_log.links (
     chain_id        integer     NOT NULL,

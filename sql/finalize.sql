@@ -73,7 +73,7 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k text;
+    k bigint;
     s text;
     t text;
     missing text;
@@ -105,7 +105,7 @@ BEGIN
             SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
                    e.context, e.old_row, e.new_row
               FROM audit_log.events e
-             WHERE e.table_schema = s AND e.table_name = t AND e.row_key = k
+             WHERE e.row_key = k AND e.table_schema = s AND e.table_name = t
              ORDER BY e.id;
     ELSE
         RETURN QUERY

@@ -183,7 +183,7 @@ pub fn record(
     op: &str,
     old_row: Option<Json>,
     new_row: Option<Json>,
-    row_key: Option<String>,
+    row_key: Option<i64>,
 ) -> Result<i64, AuditError> {
     // SAFETY: plain reads of session state.
     let (session_user, current_user, recorded_at, statement_at) = unsafe {
@@ -261,7 +261,7 @@ pub fn record_config(
     .map(|_| ())
 }
 
-unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
+pub unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
     // SAFETY (caller): rel is an open relation.
     unsafe {
         let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
@@ -354,7 +354,8 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             let row = old.as_ref().or(new.as_ref())?;
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let payload = row.raw.get(pg_sys::VARHDRSZ..)?;
-            audit_log_core::jsonb::key_text(payload, &names).ok().flatten()
+            let text = audit_log_core::jsonb::key_text(payload, &names).ok().flatten()?;
+            Some(audit_log_core::jsonb::row_key_hash(&schema, &name, &text))
         });
         let channel = opts.notify.then(|| Options::channel(&schema, &name));
         let id = record(schema.clone(), name.clone(), op, old, new, row_key)?;

@@ -14,31 +14,32 @@ use crate::errors::{AuditError, OrRaise};
 /// NULL when the key's members are not exactly the primary key's columns
 /// (history() then searches the table's events by content instead).
 #[pg_extern(sql = r#"
-CREATE FUNCTION audit_log."row_key_of"("target" regclass, "key" jsonb) RETURNS text
+CREATE FUNCTION audit_log."row_key_of"("target" regclass, "key" jsonb) RETURNS bigint
 STABLE PARALLEL SAFE LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION audit_log.row_key_of(regclass, jsonb) IS 'The primary-key text that audit_log.history() looks a row up by; NULL if the key is not the table''s primary key.';
+COMMENT ON FUNCTION audit_log.row_key_of(regclass, jsonb) IS 'The events.row_key that audit_log.history() looks a row up by; NULL if the key is not the table''s primary key.';
 "#)]
-fn row_key_of(target: Option<pg_sys::Oid>, key: Option<JsonB>) -> Option<String> {
+fn row_key_of(target: Option<pg_sys::Oid>, key: Option<JsonB>) -> Option<i64> {
     row_key_impl(target, key).or_raise()
 }
 
-fn row_key_impl(target: Option<pg_sys::Oid>, key: Option<JsonB>) -> Result<Option<String>, AuditError> {
+fn row_key_impl(target: Option<pg_sys::Oid>, key: Option<JsonB>) -> Result<Option<i64>, AuditError> {
     let target = target.ok_or(AuditError::NullArgument("target"))?;
     let Value::Object(key) = key.ok_or(AuditError::NullArgument("key"))?.0 else {
         return Ok(None);
     };
     // SAFETY: try_relation_open returns NULL for a missing relation; the
     // lock is the one any SELECT takes.
-    let names = unsafe {
+    let (names, schema, table) = unsafe {
         let rel = pg_sys::try_relation_open(target, pg_sys::AccessShareLock as i32);
         if rel.is_null() {
             return Err(AuditError::NoSuchRelation(target.to_u32()));
         }
         let names = primary_key_names(rel);
+        let (schema, table) = crate::capture::relation_names(rel);
         pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
-        names
+        (names, schema, table)
     };
     let Some(mut names) = names else {
         return Ok(None);
@@ -62,5 +63,5 @@ fn row_key_impl(target: Option<pg_sys::Oid>, key: Option<JsonB>) -> Result<Optio
         out.push_str(&text(&key[n.as_str()])?);
     }
     out.push('}');
-    Ok(Some(out))
+    Ok(Some(audit_log_core::jsonb::row_key_hash(&schema, &table, &out)))
 }

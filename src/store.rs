@@ -176,7 +176,13 @@ pub fn insert_events(oids: &Oids, batch: &[Pending]) -> Result<(), AuditError> {
                     opt_varlena(p.new_row.as_ref(), &mut nulls[14]),
                     bytes_datum(&e.prev_hash),
                     bytes_datum(&e.hash),
-                    opt_text(&p.row_key, &mut nulls[17]),
+                    match p.row_key {
+                        Some(k) => pg_sys::Datum::from(k),
+                        None => {
+                            nulls[17] = true;
+                            pg_sys::Datum::from(0)
+                        }
+                    },
                 ];
                 target.insert(&mut values, &mut nulls);
                 Ok(())

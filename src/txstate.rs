@@ -24,8 +24,9 @@ pub struct Pending {
     pub old_row: Option<Vec<u8>>,
     pub new_row: Option<Vec<u8>>,
     pub context: Option<Vec<u8>>,
-    /// The row's primary key as JSON text (not hashed), for history().
-    pub row_key: Option<String>,
+    /// The row's primary key, hashed with its table (not in the event
+    /// hash), for history().
+    pub row_key: Option<i64>,
 }
 
 impl Pending {
