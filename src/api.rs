@@ -398,22 +398,27 @@ fn enable_schema(name: Option<String>) {
             }
             Ok(out)
         })?;
-        let added = internal_ddl(|| {
-            Ok(Spi::get_one_with_args::<bool>(
-                "INSERT INTO audit_log.audited_schemas (nspname) VALUES ($1)
-                 ON CONFLICT (nspname) DO NOTHING RETURNING true",
-                &[name.as_str().into()],
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(false))
-        })?;
+        let added = change_schema_list(
+            "INSERT INTO audit_log.audited_schemas (nspname) VALUES ($1)
+             ON CONFLICT (nspname) DO NOTHING RETURNING true",
+            &name,
+        )?;
         if added {
             capture::record_config(&name, "", "ENABLE_SCHEMA", json!({"schema": name}))?;
         }
         tables.into_iter().try_for_each(enable_default)
     })();
     result.or_raise()
+}
+
+/// Add a schema to, or remove it from, the audited list (as the owner);
+/// whether the list changed.
+fn change_schema_list(sql: &str, name: &str) -> Result<bool, AuditError> {
+    internal_ddl(|| match Spi::get_one_with_args::<bool>(sql, &[name.into()]) {
+        Ok(v) => Ok(v.unwrap_or(false)),
+        Err(pgrx::spi::Error::InvalidPosition) => Ok(false),
+        Err(e) => Err(e.into()),
+    })
 }
 
 /// Stop auditing new tables of a schema; its tables stay audited.
@@ -428,15 +433,10 @@ fn disable_schema(name: Option<String>) {
     let result = (|| {
         let name = name.ok_or(AuditError::NullArgument("name"))?;
         require_admin("disable auditing")?;
-        let removed = internal_ddl(|| {
-            Ok(Spi::get_one_with_args::<bool>(
-                "DELETE FROM audit_log.audited_schemas WHERE nspname = $1 RETURNING true",
-                &[name.as_str().into()],
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(false))
-        })?;
+        let removed = change_schema_list(
+            "DELETE FROM audit_log.audited_schemas WHERE nspname = $1 RETURNING true",
+            &name,
+        )?;
         if removed {
             capture::record_config(&name, "", "DISABLE_SCHEMA", json!({"schema": name}))
         } else {
