@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::capture;
 use crate::catalog::{self, as_owner};
-use crate::errors::{AuditError, OrRaise};
+use crate::errors::{optional_row, AuditError, OrRaise};
 use crate::options::Options;
 use crate::scan::{Ordered, Row, SnapshotGuard};
 
@@ -165,11 +165,10 @@ pub fn trigger_options(qualified: &str) -> Result<Option<Options>, AuditError> {
            FROM pg_catalog.pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2",
         &[qualified.into(), ROW_TRIGGER.into()],
     );
-    match arg {
-        Ok((Some(true), Some(text))) => Ok(Some(Options::parse(&text)?)),
-        Ok((Some(true), None)) => Ok(Some(Options::default())),
-        Ok(_) | Err(pgrx::spi::Error::InvalidPosition) => Ok(None),
-        Err(e) => Err(e.into()),
+    match optional_row(arg)? {
+        Some((Some(true), Some(text))) => Ok(Some(Options::parse(&text)?)),
+        Some((Some(true), None)) => Ok(Some(Options::default())),
+        _ => Ok(None),
     }
 }
 
@@ -375,11 +374,10 @@ fn enable_schema(name: Option<String>) {
     let result = (|| {
         let name = name.ok_or(AuditError::NullArgument("name"))?;
         require_admin("enable auditing")?;
-        let ns = Spi::get_one_with_args::<pg_sys::Oid>(
+        let ns = optional_row(Spi::get_one_with_args::<pg_sys::Oid>(
             "SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1",
             &[name.as_str().into()],
-        )
-        .ok()
+        ))?
         .flatten()
         .ok_or_else(|| AuditError::NoSuchSchema(name.clone()))?;
         if name == "audit_log" || name == "information_schema" || name.starts_with("pg_") {
@@ -414,10 +412,10 @@ fn enable_schema(name: Option<String>) {
 /// Add a schema to, or remove it from, the audited list (as the owner);
 /// whether the list changed.
 fn change_schema_list(sql: &str, name: &str) -> Result<bool, AuditError> {
-    internal_ddl(|| match Spi::get_one_with_args::<bool>(sql, &[name.into()]) {
-        Ok(v) => Ok(v.unwrap_or(false)),
-        Err(pgrx::spi::Error::InvalidPosition) => Ok(false),
-        Err(e) => Err(e.into()),
+    internal_ddl(|| {
+        Ok(optional_row(Spi::get_one_with_args::<bool>(sql, &[name.into()]))?
+            .flatten()
+            .unwrap_or(false))
     })
 }
 

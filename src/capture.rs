@@ -4,6 +4,7 @@
 //! Hashing happens here, in the transaction, without any lock.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::ffi::CStr;
 
 use audit_log_core::model::Json as EventJson;
@@ -307,12 +308,17 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             "capture_row must be an AFTER ... FOR EACH ROW trigger".into(),
         ));
     }
-    let opts = options::of_trigger(td)?;
     let op = match ev & pg_sys::TRIGGER_EVENT_OPMASK {
         pg_sys::TRIGGER_EVENT_INSERT => "INSERT",
         pg_sys::TRIGGER_EVENT_UPDATE => "UPDATE",
-        _ => "DELETE",
+        pg_sys::TRIGGER_EVENT_DELETE => "DELETE",
+        _ => {
+            return Err(AuditError::Internal(
+                "capture_row fired for an unexpected event".into(),
+            ))
+        }
     };
+    let opts = options::of_trigger(td)?;
     if !opts.records(op) {
         return Ok(());
     }
@@ -320,23 +326,11 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
     unsafe {
         let rel = td.tg_relation;
         let desc = (*rel).rd_att;
-        let (op, old, new) = match ev & pg_sys::TRIGGER_EVENT_OPMASK {
-            pg_sys::TRIGGER_EVENT_INSERT => {
-                ("INSERT", None, Some(row_to_json(td.tg_trigtuple, desc)))
-            }
-            pg_sys::TRIGGER_EVENT_UPDATE => (
-                "UPDATE",
-                Some(row_to_json(td.tg_trigtuple, desc)),
-                Some(row_to_json(td.tg_newtuple, desc)),
-            ),
-            pg_sys::TRIGGER_EVENT_DELETE => {
-                ("DELETE", Some(row_to_json(td.tg_trigtuple, desc)), None)
-            }
-            _ => {
-                return Err(AuditError::Internal(
-                    "capture_row fired for an unexpected event".into(),
-                ))
-            }
+        let old = (op != "INSERT").then(|| row_to_json(td.tg_trigtuple, desc));
+        let new = match op {
+            "INSERT" => Some(row_to_json(td.tg_trigtuple, desc)),
+            "UPDATE" => Some(row_to_json(td.tg_newtuple, desc)),
+            _ => None,
         };
         let old = old.map(|j| opts.apply(j)).transpose()?;
         let new = new.map(|j| opts.apply(j)).transpose()?;
@@ -352,7 +346,6 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         let key = primary_key_names(rel);
         let row_key = key.and_then(|names| {
             let row = old.as_ref().or(new.as_ref())?;
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let payload = row.raw.get(pg_sys::VARHDRSZ..)?;
             let text = audit_log_core::jsonb::key_text(payload, &names).ok().flatten()?;
             Some(audit_log_core::jsonb::row_key_hash(&schema, &name, &text))
@@ -380,14 +373,32 @@ fn notify(channel: &str, id: i64, op: &str, schema: &str, table: &str) {
     }
 }
 
+/// A table's primary key as last seen: its index, column numbers and names.
+struct PrimaryKey {
+    index: pg_sys::Oid,
+    columns: Vec<i16>,
+    names: Rc<[String]>,
+}
+
 thread_local! {
-    /// Per table: its primary key index and that index's column numbers.
-    static PRIMARY_KEYS: RefCell<std::collections::HashMap<pg_sys::Oid, (pg_sys::Oid, Vec<i16>)>> =
+    static PRIMARY_KEYS: RefCell<std::collections::HashMap<pg_sys::Oid, PrimaryKey>> =
         RefCell::new(std::collections::HashMap::new());
 }
 
-/// The names of a table's primary key columns, now (a rename shows at once).
-pub unsafe fn primary_key_names(rel: pg_sys::Relation) -> Option<Vec<String>> {
+/// The attribute name of column `attno` (1-based) now, if it exists.
+unsafe fn attname<'a>(desc: pg_sys::TupleDesc, attno: i16) -> Option<&'a CStr> {
+    // SAFETY (caller): desc is a valid tuple descriptor.
+    unsafe {
+        let natts = (*desc).natts as usize;
+        let i = usize::try_from(attno).ok()?.checked_sub(1).filter(|&i| i < natts)?;
+        Some(CStr::from_ptr((*desc).attrs.as_slice(natts)[i].attname.data.as_ptr()))
+    }
+}
+
+/// The names of a table's primary key columns, now: a rename shows at once.
+/// Capture calls this for every row, so the names are cached and only
+/// compared with the descriptor, which allocates nothing.
+pub unsafe fn primary_key_names(rel: pg_sys::Relation) -> Option<Rc<[String]>> {
     // SAFETY (caller): rel is an open relation.
     unsafe {
         if !(*rel).rd_indexvalid {
@@ -398,31 +409,31 @@ pub unsafe fn primary_key_names(rel: pg_sys::Relation) -> Option<Vec<String>> {
             return None;
         }
         let relid = (*rel).rd_id;
-        let cached = PRIMARY_KEYS.with_borrow(|m| {
-            m.get(&relid).filter(|(idx, _)| *idx == pk).map(|(_, cols)| cols.clone())
-        });
-        let cols = match cached {
-            Some(c) => c,
-            None => {
-                let idx = pg_sys::index_open(pk, pg_sys::AccessShareLock as i32);
-                let form = (*idx).rd_index;
-                let n = (*form).indnkeyatts as usize;
-                let keys = (*form).indkey.values.as_slice(n).to_vec();
-                pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
-                PRIMARY_KEYS.with_borrow_mut(|m| m.insert(relid, (pk, keys.clone())));
-                keys
-            }
-        };
         let desc = (*rel).rd_att;
-        let natts = (*desc).natts as i16;
-        cols.iter()
-            .map(|&a| {
-                (a >= 1 && a <= natts).then(|| {
-                    let att = (*desc).attrs.as_slice(natts as usize)[(a - 1) as usize];
-                    CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy().into_owned()
-                })
-            })
-            .collect()
+        let hit = PRIMARY_KEYS.with_borrow(|m| {
+            let k = m.get(&relid).filter(|k| k.index == pk)?;
+            let same = k.columns.iter().zip(k.names.iter()).all(|(&a, n)| {
+                attname(desc, a).is_some_and(|c| c.to_bytes() == n.as_bytes())
+            });
+            same.then(|| k.names.clone())
+        });
+        if hit.is_some() {
+            return hit;
+        }
+        let idx = pg_sys::index_open(pk, pg_sys::AccessShareLock as i32);
+        let form = (*idx).rd_index;
+        let n = (*form).indnkeyatts as usize;
+        let columns = (*form).indkey.values.as_slice(n).to_vec();
+        pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
+        let names: Option<Vec<String>> = columns
+            .iter()
+            .map(|&a| attname(desc, a).map(|c| c.to_string_lossy().into_owned()))
+            .collect();
+        let names: Rc<[String]> = names?.into();
+        PRIMARY_KEYS.with_borrow_mut(|m| {
+            m.insert(relid, PrimaryKey { index: pk, columns, names: names.clone() })
+        });
+        Some(names)
     }
 }
 

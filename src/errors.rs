@@ -131,3 +131,13 @@ impl From<pgrx::spi::Error> for AuditError {
         AuditError::Internal(format!("SPI: {e}"))
     }
 }
+
+/// A single-row SPI read where no row at all is an answer, not an error:
+/// `Ok(None)` for no row (or a NULL), every other SPI error passed on.
+pub fn optional_row<T>(r: Result<T, pgrx::spi::Error>) -> Result<Option<T>, AuditError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(pgrx::spi::Error::InvalidPosition) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -4,8 +4,7 @@
 //! the key text, computed exactly as capture computes it.
 
 use pgrx::prelude::*;
-use pgrx::{pg_sys, JsonB};
-use serde_json::Value;
+use pgrx::pg_sys;
 
 use crate::capture::primary_key_names;
 use crate::errors::{AuditError, OrRaise};
@@ -20,15 +19,16 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.row_key_of(regclass, jsonb) IS 'The events.row_key that audit_log.history() looks a row up by; NULL if the key is not the table''s primary key.';
 "#)]
-fn row_key_of(target: Option<pg_sys::Oid>, key: Option<JsonB>) -> Option<i64> {
+fn row_key_of(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> Option<i64> {
     row_key_impl(target, key).or_raise()
 }
 
-fn row_key_impl(target: Option<pg_sys::Oid>, key: Option<JsonB>) -> Result<Option<i64>, AuditError> {
+/// `key` is the jsonb's binary form (the bytes after its varlena header),
+/// read by the same `key_text` that capture uses, so the two always agree.
+fn row_key_impl(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> Result<Option<i64>, AuditError> {
+    use audit_log_core::jsonb::{key_text, object_len, row_key_hash};
     let target = target.ok_or(AuditError::NullArgument("target"))?;
-    let Value::Object(key) = key.ok_or(AuditError::NullArgument("key"))?.0 else {
-        return Ok(None);
-    };
+    let key = key.ok_or(AuditError::NullArgument("key"))?;
     // SAFETY: try_relation_open returns NULL for a missing relation; the
     // lock is the one any SELECT takes.
     let (names, schema, table) = unsafe {
@@ -41,27 +41,15 @@ fn row_key_impl(target: Option<pg_sys::Oid>, key: Option<JsonB>) -> Result<Optio
         pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
         (names, schema, table)
     };
-    let Some(mut names) = names else {
+    let Some(names) = names else {
         return Ok(None);
     };
-    names.sort_unstable();
-    let mut given: Vec<&String> = key.keys().collect();
-    given.sort_unstable();
-    if given.len() != names.len() || given.iter().zip(&names).any(|(g, n)| *g != n) {
+    let bad = |e: audit_log_core::jsonb::Malformed| AuditError::Internal(e.to_string());
+    // Exactly the key's columns: as many members, and each of them present.
+    if object_len(key).map_err(bad)? != Some(names.len()) {
         return Ok(None);
     }
-    // The same text audit_log_core::jsonb::key_text writes at capture:
-    // members in byte order of their names, compact, numbers as stored.
-    let mut out = String::from("{");
-    for (i, n) in names.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let text = |v: &Value| serde_json::to_string(v).map_err(|e| AuditError::Internal(e.to_string()));
-        out.push_str(&text(&Value::String(n.clone()))?);
-        out.push(':');
-        out.push_str(&text(&key[n.as_str()])?);
-    }
-    out.push('}');
-    Ok(Some(audit_log_core::jsonb::row_key_hash(&schema, &table, &out)))
+    Ok(key_text(key, &names)
+        .map_err(bad)?
+        .map(|text| row_key_hash(&schema, &table, &text)))
 }

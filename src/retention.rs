@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::api::{internal_ddl, require_admin};
 use crate::capture;
 use crate::catalog::{self, Oids};
-use crate::errors::{AuditError, OrRaise};
+use crate::errors::{optional_row, AuditError, OrRaise};
 
 /// Set the minimum age of what purge() may remove.
 #[pg_extern(sql = r#"
@@ -93,11 +93,11 @@ fn purge(
 fn purge_impl(older_than: Option<pgrx::datum::TimestampWithTimeZone>) -> Result<(i64, i64), AuditError> {
     let older_than = older_than.ok_or(AuditError::NullArgument("older_than"))?;
     require_admin("purge the audit log")?;
-    let (retention, too_young) = Spi::get_two_with_args::<String, bool>(
+    let (retention, too_young) = optional_row(Spi::get_two_with_args::<String, bool>(
         "SELECT min_age::text, $1 > pg_catalog.clock_timestamp() - min_age FROM audit_log.retention",
         &[older_than.into()],
-    )
-    .map_err(|_| AuditError::NoRetention)?;
+    ))?
+    .ok_or(AuditError::NoRetention)?;
     let retention = retention.ok_or(AuditError::NoRetention)?;
     if too_young == Some(true) {
         return Err(AuditError::Invalid(format!(
@@ -138,7 +138,11 @@ fn purge_impl(older_than: Option<pgrx::datum::TimestampWithTimeZone>) -> Result<
     let mut events = 0i64;
     for e in &expired {
         // Heap column 2 (tx_id), the first column of events_pkey.
-        events += delete_matching(oids.events, oids.events_pkey, 2, pg_sys::F_XID8EQ, pg_sys::Datum::from(e.tx_id))?;
+        events += delete_where(
+            oids.events,
+            oids.events_pkey,
+            &[(2, pg_sys::F_XID8EQ, pg_sys::Datum::from(e.tx_id))],
+        )?;
     }
     for e in &expired {
         delete_link(&oids, e.chain_id, e.seq)?;
@@ -195,19 +199,6 @@ fn lock_purge() {
     }
 }
 
-/// Delete, without firing triggers, every row of `rel` visible to the
-/// transaction whose heap column `attno` (a column of the index) equals
-/// `value`. Returns the count.
-fn delete_matching(
-    rel: pg_sys::Oid,
-    idx: pg_sys::Oid,
-    attno: i16,
-    eq_proc: u32,
-    value: pg_sys::Datum,
-) -> Result<i64, AuditError> {
-    delete_where(rel, idx, &[(attno, eq_proc, value)])
-}
-
 fn delete_link(oids: &Oids, chain: i32, seq: i64) -> Result<(), AuditError> {
     delete_where(
         oids.links,
@@ -220,6 +211,9 @@ fn delete_link(oids: &Oids, chain: i32, seq: i64) -> Result<(), AuditError> {
     .map(|_| ())
 }
 
+/// Delete, without firing triggers, every row of `relid` visible to the
+/// transaction whose heap columns equal the keys (each a column of the
+/// index `idxid`: heap attno, equality function, value). Returns the count.
 fn delete_where(
     relid: pg_sys::Oid,
     idxid: pg_sys::Oid,

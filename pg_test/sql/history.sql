@@ -28,6 +28,10 @@ SELECT count(*) AS none FROM audit_log.history('acct', '{"id": 99}');
 INSERT INTO pair VALUES ('eu', 1, 'a'), ('us', 1, 'b');
 UPDATE pair SET v = 'c' WHERE region = 'eu' AND n = 1;
 SELECT op, new_row->>'v' AS v FROM audit_log.history('pair', '{"n": 1, "region": "eu"}');
+-- A renamed key column is seen by the very next change in the same session.
+ALTER TABLE pair RENAME COLUMN n TO num;
+INSERT INTO pair VALUES ('eu', 2, 'd');
+SELECT op, new_row->>'num' AS num FROM audit_log.history('pair', '{"num": 2, "region": "eu"}');
 -- No primary key: name the columns that identify the row.
 INSERT INTO nokey VALUES ('a@example.com', 'A'), ('b@example.com', 'B');
 UPDATE nokey SET name = 'A2' WHERE email = 'a@example.com';

@@ -147,7 +147,7 @@ fn container(b: &mut JsonBuilder, data: &[u8], depth: usize) -> Result<(), Malfo
 /// byte order of their names: `{"id":5,"region":"eu"}`. `None` when the
 /// value is not an object or lacks one of the names. The extension stores
 /// this for a row's primary key, and computes it again for a lookup.
-pub fn key_text(data: &[u8], names: &[&str]) -> Result<Option<String>, Malformed> {
+pub fn key_text<S: AsRef<str>>(data: &[u8], names: &[S]) -> Result<Option<String>, Malformed> {
     let header = u32_at(data, 0)?;
     if header & JB_FOBJECT == 0 {
         return Ok(None);
@@ -171,7 +171,7 @@ pub fn key_text(data: &[u8], names: &[&str]) -> Result<Option<String>, Malformed
         off = end;
     }
     let area = &data[base..];
-    let mut sorted: Vec<&str> = names.to_vec();
+    let mut sorted: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
     sorted.sort_unstable();
     let mut out = String::from("{");
     for (n, name) in sorted.iter().enumerate() {
@@ -206,6 +206,13 @@ pub fn key_text(data: &[u8], names: &[&str]) -> Result<Option<String>, Malformed
     }
     out.push('}');
     Ok(Some(out))
+}
+
+/// The number of members of a top-level jsonb object, or `None` for any
+/// other value.
+pub fn object_len(data: &[u8]) -> Result<Option<usize>, Malformed> {
+    let header = u32_at(data, 0)?;
+    Ok((header & JB_FOBJECT != 0).then_some((header & JB_CMASK) as usize))
 }
 
 /// The indexed form of a row's key: the first 8 bytes, big-endian, of
@@ -580,6 +587,8 @@ mod tests {
             Some(r#"{"amount":1.50,"ok":true,"tags":["b",null]}"#)
         );
         assert_eq!(key_text(&row, &["missing"]).unwrap(), None);
+        assert_eq!(object_len(&row).unwrap(), Some(5));
+        assert_eq!(object_len(&write(&J::Arr(vec![]))).unwrap(), None);
         let h = row_key_hash("public", "t", r#"{"id":42}"#);
         assert_eq!(h, row_key_hash("public", "t", r#"{"id":42}"#));
         assert_ne!(h, row_key_hash("public", "u", r#"{"id":42}"#));
