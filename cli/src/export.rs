@@ -8,6 +8,8 @@ use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use audit_log_core::json_text::encode_json_text;
+use audit_log_core::model::Json;
 use audit_log_core::time::format_rfc3339;
 use audit_log_core::{ChainHead, Checkpoint, Event, Hash, Link};
 use postgres::fallible_iterator::FallibleIterator;
@@ -36,10 +38,16 @@ fn hash(bytes: Option<Vec<u8>>) -> Hash {
     }
 }
 
-fn json(row: &Row, i: usize) -> Result<Option<Value>, String> {
+/// A jsonb column, which the server sends as `jsonb_out` text, in its
+/// canonical encoding: with no `serde_json::Value`, whatever its depth.
+fn json(row: &Row, i: usize) -> Result<Option<Json>, String> {
     let text: Option<String> = row.try_get(i).map_err(|e| e.to_string())?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| format!("jsonb text the server sent: {e}")))
-        .transpose()
+    text.map(|t| {
+        encode_json_text(&t)
+            .map(Json::Encoded)
+            .map_err(|e| format!("jsonb text the server sent: {e}"))
+    })
+    .transpose()
 }
 
 /// The end line of an earlier export: where a continuation starts.
@@ -53,7 +61,10 @@ pub fn previous_heads(path: &Path) -> Result<Vec<ChainHead>, String> {
         }
     }
     let end = last.ok_or_else(|| {
-        format!("{} has no end line: it is not a complete export to continue", path.display())
+        format!(
+            "{} has no end line: it is not a complete export to continue",
+            path.display()
+        )
     })?;
     let end: End = serde_json::from_slice(&end)
         .map_err(|e| format!("{}: damaged end line: {e}", path.display()))?;
@@ -69,7 +80,9 @@ struct Out {
 impl Out {
     fn put(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.digest.update(bytes);
-        self.w.write_all(bytes).map_err(|e| format!("writing the export: {e}"))
+        self.w
+            .write_all(bytes)
+            .map_err(|e| format!("writing the export: {e}"))
     }
 }
 
@@ -161,9 +174,11 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
         }
     };
 
-    // Links past the anchors; events of those transactions, and any event
-    // with no link at all (which verification will report) that is newer
-    // than the anchors. Without anchors: everything.
+    // Links past the anchors; events of those transactions, and the events
+    // of any transaction with no link at all (which verification will
+    // report) that began after the anchors. Without anchors: everything.
+    // A transaction is known by its first event (tx_first, a link's
+    // first_event): its tx_id can repeat after a restore into a new cluster.
     let chains: Vec<i32> = anchors.iter().map(|a| a.chain).collect();
     let seqs: Vec<i64> = anchors.iter().map(|a| a.seq).collect();
     let after_event: i64 = anchors.iter().map(|a| a.last_event).max().unwrap_or(0);
@@ -174,8 +189,9 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
             "SELECT l.* FROM audit_log.links l
                LEFT JOIN unnest($1::int[], $2::bigint[]) AS a(chain_id, seq) ON a.chain_id = l.chain_id
               WHERE l.seq > coalesce(a.seq, 0) AND $3::bigint IS NOT NULL",
-            "WHERE e.tx_id IN (SELECT tx_id FROM new_links)
-                OR (e.id > $3 AND NOT EXISTS (SELECT 1 FROM audit_log.links k WHERE k.tx_id = e.tx_id))",
+            "WHERE e.tx_first IN (SELECT first_event FROM new_links)
+                OR (e.tx_first > $3
+                    AND NOT EXISTS (SELECT 1 FROM audit_log.links k WHERE k.first_event = e.tx_first))",
         )
     };
     let params: [&(dyn postgres::types::ToSql + Sync); 3] = [&chains, &seqs, &after_event];
@@ -219,9 +235,9 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
          SELECT e.id, e.tx_id::text, e.tx_seq, e.recorded_at, e.statement_at, e.session_user_name,
                 e.current_user_name, e.application_name, inet_out(e.client_addr)::text, e.context::text,
                 e.table_schema, e.table_name, e.op, e.old_row::text, e.new_row::text,
-                e.prev_hash, e.hash
+                e.prev_hash, e.hash, e.tx_first
            FROM audit_log.events e {event_filter}
-          ORDER BY e.tx_id, e.tx_seq"
+          ORDER BY e.tx_first, e.tx_seq"
     );
     let mut rows = tx
         .query_raw(events_sql.as_str(), params.iter().copied())
@@ -233,23 +249,24 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
             id: r.get(0),
             tx_id: tx_text.parse().map_err(|_| format!("tx_id {tx_text:?}"))?,
             tx_seq: i64::from(r.get::<_, i32>(2)),
+            tx_first: r.get(17),
             recorded_at: micros(r.get(3)),
             statement_at: micros(r.get(4)),
             session_user_name: r.get(5),
             current_user_name: r.get(6),
             application_name: r.get(7),
             client_addr: r.get(8),
-            context: None,
+            context: json(&r, 9)?,
             table_schema: r.get(10),
             table_name: r.get(11),
             op: r.get(12),
-            old_row: None,
-            new_row: None,
+            old_row: json(&r, 13)?,
+            new_row: json(&r, 14)?,
             prev_hash: hash(r.get(15)),
             hash: hash(r.get(16)),
         };
-        let rows = [json(&r, 9)?, json(&r, 13)?, json(&r, 14)?];
-        w.put(&line(&EventLine::from_event(&e, rows)).map_err(|e| e.to_string())?)?;
+        let event_line = EventLine::from_event(&e).map_err(|m| format!("event {}: {m}", e.id))?;
+        w.put(&line(&event_line).map_err(|e| e.to_string())?)?;
         events += 1;
         progress.tick();
     }
@@ -263,7 +280,8 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
     let mut rows = tx
         .query_raw(links_sql.as_str(), params.iter().copied())
         .map_err(|e| format!("reading links: {e}"))?;
-    let mut heads: BTreeMap<i32, ChainHead> = anchors.iter().map(|a| (a.chain, a.clone())).collect();
+    let mut heads: BTreeMap<i32, ChainHead> =
+        anchors.iter().map(|a| (a.chain, a.clone())).collect();
     let mut links = 0u64;
     while let Some(r) = rows.next().map_err(|e| format!("reading links: {e}"))? {
         let tx_text: String = r.get(2);
@@ -294,8 +312,10 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
         sha256: hex::encode(w.digest.clone().finalize()),
     };
     let end_line = line(&end).map_err(|e| e.to_string())?;
-    w.w.write_all(&end_line).map_err(|e| format!("writing the export: {e}"))?;
-    w.w.flush().map_err(|e| format!("writing the export: {e}"))?;
+    w.w.write_all(&end_line)
+        .map_err(|e| format!("writing the export: {e}"))?;
+    w.w.flush()
+        .map_err(|e| format!("writing the export: {e}"))?;
     drop(w);
     if let Some(p) = out {
         fs::rename(partial(p), p).map_err(|e| format!("{}: {e}", p.display()))?;

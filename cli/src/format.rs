@@ -1,7 +1,7 @@
 //! The export format, `audit_log.export.v1` (docs/FORMAT.md, "Export"): JSON
 //! Lines, one record per line, in this order:
 //! 1. a `header` line;
-//! 2. `event` lines, ordered by (tx_id, tx_seq, id);
+//! 2. `event` lines, ordered by (tx_first, tx_seq);
 //! 3. `link` lines, ordered by (chain_id, seq);
 //! 4. an `end` line with the counts, the chain heads, and the SHA-256 of
 //!    every byte before it.
@@ -10,12 +10,21 @@
 //! apart without parsing them. SQL NULL in `context`, `old_row` or `new_row`
 //! is an absent field; a present field holds the jsonb value, which may be
 //! JSON `null`.
+//!
+//! Row values are never parsed into a `serde_json::Value`: a hostile role can
+//! store one nested 100,000 deep, past serde_json's recursion limit (and a
+//! deep `Value` overflows the stack when dropped). An event line keeps them
+//! as raw JSON text, which serde_json skips without recursion, and
+//! `audit_log_core::json_text` encodes them.
 
+use audit_log_core::encoding::decode::Reader;
+use audit_log_core::encoding::encode_json;
+use audit_log_core::json_text::encode_json_text;
 use audit_log_core::model::Json;
 use audit_log_core::time::{format_rfc3339, parse_rfc3339};
 use audit_log_core::{ChainHead, Event, Hash, Link};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 pub const EXPORT_FORMAT: &str = "audit_log.export.v1";
 
@@ -59,11 +68,11 @@ pub struct End {
 }
 
 /// A jsonb column: absent is SQL NULL, present is a value (JSON null included).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventLine {
     #[serde(rename = "type")]
@@ -71,21 +80,35 @@ pub struct EventLine {
     pub id: i64,
     pub tx_id: u64,
     pub tx_seq: i64,
+    /// The id of the transaction's first event: its key (docs/FORMAT.md).
+    pub tx_first: i64,
     pub recorded_at: String,
     pub statement_at: String,
     pub session_user: String,
     pub current_user: String,
     pub application_name: Option<String>,
     pub client_addr: Option<String>,
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
-    pub context: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub context: Option<Box<RawValue>>,
     pub table_schema: String,
     pub table_name: String,
     pub op: String,
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
-    pub old_row: Option<Value>,
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
-    pub new_row: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub old_row: Option<Box<RawValue>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub new_row: Option<Box<RawValue>>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -122,7 +145,9 @@ pub fn parse_hash(text: &str) -> Result<Hash, String> {
 }
 
 fn time(text: &str, what: &str) -> Result<i64, String> {
-    parse_rfc3339(text).ok_or_else(|| format!("{what} {text:?} is not a timestamp of the form 2026-01-31T23:59:59.123456Z"))
+    parse_rfc3339(text).ok_or_else(|| {
+        format!("{what} {text:?} is not a timestamp of the form 2026-01-31T23:59:59.123456Z")
+    })
 }
 
 /// One record of type `want`.
@@ -133,34 +158,66 @@ fn record<T: serde::de::DeserializeOwned>(
 ) -> Result<T, String> {
     let r: T = serde_json::from_slice(line).map_err(|e| e.to_string())?;
     if kind(&r) != want {
-        return Err(format!("record type {:?} where {want} was expected", kind(&r)));
+        return Err(format!(
+            "record type {:?} where {want} was expected",
+            kind(&r)
+        ));
     }
     Ok(r)
 }
 
+/// A JSON value of an event as compact JSON text, through its canonical
+/// encoding: members in byte order of their keys, numbers as they are.
+fn compact(j: &Json) -> Result<Box<RawValue>, String> {
+    let mut buf = Vec::new();
+    let encoded = match j {
+        Json::Encoded(bytes) => bytes,
+        Json::Value(v) => {
+            encode_json(v, &mut buf);
+            &buf
+        }
+    };
+    let text = Reader::new(encoded)
+        .json_text()
+        .map_err(|e| e.to_string())?;
+    RawValue::from_string(text).map_err(|e| e.to_string())
+}
+
+/// A JSON value of an export, as the event hashes it.
+fn encoded(raw: Option<Box<RawValue>>, what: &str) -> Result<Option<Json>, String> {
+    raw.map(|r| {
+        encode_json_text(r.get())
+            .map(Json::Encoded)
+            .map_err(|e| format!("{what}: {e}"))
+    })
+    .transpose()
+}
+
 impl EventLine {
-    pub fn from_event(e: &Event, rows: [Option<Value>; 3]) -> EventLine {
-        let [context, old_row, new_row] = rows;
-        EventLine {
+    /// The line of an event, its JSON values written as compact text.
+    pub fn from_event(e: &Event) -> Result<EventLine, String> {
+        let text = |j: &Option<Json>| j.as_ref().map(compact).transpose();
+        Ok(EventLine {
             kind: "event".into(),
             id: e.id,
             tx_id: e.tx_id,
             tx_seq: e.tx_seq,
+            tx_first: e.tx_first,
             recorded_at: format_rfc3339(e.recorded_at),
             statement_at: format_rfc3339(e.statement_at),
             session_user: e.session_user_name.clone(),
             current_user: e.current_user_name.clone(),
             application_name: e.application_name.clone(),
             client_addr: e.client_addr.clone(),
-            context,
+            context: text(&e.context)?,
             table_schema: e.table_schema.clone(),
             table_name: e.table_name.clone(),
             op: e.op.clone(),
-            old_row,
-            new_row,
+            old_row: text(&e.old_row)?,
+            new_row: text(&e.new_row)?,
             prev_hash: hex::encode(e.prev_hash),
             hash: hex::encode(e.hash),
-        }
+        })
     }
 
     pub fn parse(line: &[u8]) -> Result<EventLine, String> {
@@ -172,18 +229,19 @@ impl EventLine {
             id: self.id,
             tx_id: self.tx_id,
             tx_seq: self.tx_seq,
+            tx_first: self.tx_first,
             recorded_at: time(&self.recorded_at, "recorded_at")?,
             statement_at: time(&self.statement_at, "statement_at")?,
             session_user_name: self.session_user,
             current_user_name: self.current_user,
             application_name: self.application_name,
             client_addr: self.client_addr,
-            context: self.context.map(Json::Value),
+            context: encoded(self.context, "context")?,
             table_schema: self.table_schema,
             table_name: self.table_name,
             op: self.op,
-            old_row: self.old_row.map(Json::Value),
-            new_row: self.new_row.map(Json::Value),
+            old_row: encoded(self.old_row, "old_row")?,
+            new_row: encoded(self.new_row, "new_row")?,
             prev_hash: parse_hash(&self.prev_hash)?,
             hash: parse_hash(&self.hash)?,
         })

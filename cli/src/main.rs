@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 #[derive(Parser)]
-#[command(name = "audit-log", version, about = "Export, verify offline, sign checkpoints and witness an audit_log")]
+#[command(
+    name = "audit-log",
+    version,
+    about = "Export, verify offline, sign checkpoints and witness an audit_log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,16 +96,24 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 
 /// A checkpoint file: signed (then `public` must vouch for it) or plain.
 fn load_checkpoint(path: &PathBuf, public: Option<&PathBuf>) -> Result<Checkpoint, (u8, String)> {
-    let text = std::fs::read_to_string(path).map_err(|e| (TROUBLE, format!("{}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| (TROUBLE, format!("{}: {e}", path.display())))?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| (TROUBLE, format!("{} is not JSON: {e}", path.display())))?;
     if value.get("format").and_then(Value::as_str) == Some(sign::SIGNED_FORMAT) {
         let Some(public) = public else {
-            return Err((TROUBLE, format!("{} is signed: give the signer's public key with --pub", path.display())));
+            return Err((
+                TROUBLE,
+                format!(
+                    "{} is signed: give the signer's public key with --pub",
+                    path.display()
+                ),
+            ));
         };
         let key = load_public(public).map_err(|e| (TROUBLE, e))?;
         let signed = read_signed(path).map_err(|e| (TROUBLE, e))?;
-        return verify_signed(&signed, &key).map_err(|e| (TAMPERED, format!("{}: {e}", path.display())));
+        return verify_signed(&signed, &key)
+            .map_err(|e| (TAMPERED, format!("{}: {e}", path.display())));
     }
     Checkpoint::parse(&value).map_err(|e| (TROUBLE, format!("{}: {e}", path.display())))
 }
@@ -109,18 +121,29 @@ fn load_checkpoint(path: &PathBuf, public: Option<&PathBuf>) -> Result<Checkpoin
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Export { dsn, since, out } => match export::export(&dsn, since.as_deref(), out.as_deref()) {
-            Ok(s) => {
-                eprintln!(
-                    "exported {} events and {} links in {:.1} s",
-                    s.events, s.links, s.seconds
-                );
-                ExitCode::from(INTACT)
+        Command::Export { dsn, since, out } => {
+            match export::export(&dsn, since.as_deref(), out.as_deref()) {
+                Ok(s) => {
+                    eprintln!(
+                        "exported {} events and {} links in {:.1} s",
+                        s.events, s.links, s.seconds
+                    );
+                    ExitCode::from(INTACT)
+                }
+                Err(e) => fail(TROUBLE, e),
             }
-            Err(e) => fail(TROUBLE, e),
-        },
-        Command::Verify { files, checkpoint, public, threads } => {
-            let cp = match checkpoint.as_ref().map(|p| load_checkpoint(p, public.as_ref())).transpose() {
+        }
+        Command::Verify {
+            files,
+            checkpoint,
+            public,
+            threads,
+        } => {
+            let cp = match checkpoint
+                .as_ref()
+                .map(|p| load_checkpoint(p, public.as_ref()))
+                .transpose()
+            {
                 Ok(cp) => cp,
                 Err((code, m)) => return fail(code, m),
             };
@@ -176,7 +199,11 @@ fn main() -> ExitCode {
                 let value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
                 let signed = sign::sign(value, &key)?;
                 sign::write_signed(&signed, &out)?;
-                Ok(format!("signed checkpoint written to {} (key {})", out.display(), signed.key_id))
+                Ok(format!(
+                    "signed checkpoint written to {} (key {})",
+                    out.display(),
+                    signed.key_id
+                ))
             })();
             match result {
                 Ok(m) => {
@@ -209,7 +236,12 @@ fn main() -> ExitCode {
                 Err(e) => fail(TAMPERED, format!("{}: {e}", checkpoint.display())),
             }
         }
-        Command::Witness { dsn, state, key, export_file } => {
+        Command::Witness {
+            dsn,
+            state,
+            key,
+            export_file,
+        } => {
             let key = match load_secret(&key) {
                 Ok(k) => k,
                 Err(e) => return fail(TROUBLE, e),
@@ -219,7 +251,9 @@ fn main() -> ExitCode {
                     println!("witness: {m}");
                     ExitCode::from(INTACT)
                 }
-                Err(witness::Failure::Integrity(m)) => fail(TAMPERED, format!("witness refused: {m}")),
+                Err(witness::Failure::Integrity(m)) => {
+                    fail(TAMPERED, format!("witness refused: {m}"))
+                }
                 Err(witness::Failure::Trouble(m)) => fail(TROUBLE, m),
             }
         }

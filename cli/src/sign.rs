@@ -66,7 +66,8 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
         .mode(mode)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(bytes).map_err(|e| format!("{}: {e}", path.display()))
+    f.write_all(bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Write a new key pair: KEY (secret, mode 0600) and KEY.pub. Never overwrites.
@@ -90,7 +91,10 @@ pub fn keygen(path: &Path) -> Result<String, String> {
         key_id: key_id(&public),
     };
     if pub_path.exists() {
-        return Err(format!("{} already exists; not overwriting", pub_path.display()));
+        return Err(format!(
+            "{} already exists; not overwriting",
+            pub_path.display()
+        ));
     }
     write_new(path, pretty(&secret)?.as_bytes(), 0o600)?;
     write_new(&pub_path, pretty(&pub_file)?.as_bytes(), 0o644)?;
@@ -103,7 +107,9 @@ pub fn keygen(path: &Path) -> Result<String, String> {
 }
 
 fn pretty<T: Serialize>(v: &T) -> Result<String, String> {
-    serde_json::to_string_pretty(v).map(|s| s + "\n").map_err(|e| e.to_string())
+    serde_json::to_string_pretty(v)
+        .map(|s| s + "\n")
+        .map_err(|e| e.to_string())
 }
 
 pub fn load_secret(path: &Path) -> Result<SigningKey, String> {
@@ -111,7 +117,11 @@ pub fn load_secret(path: &Path) -> Result<SigningKey, String> {
     let f: SecretFile = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not an audit-log secret key: {e}", path.display()))?;
     if f.format != SECRET_FORMAT {
-        return Err(format!("{}: key format {:?} is not supported", path.display(), f.format));
+        return Err(format!(
+            "{}: key format {:?} is not supported",
+            path.display(),
+            f.format
+        ));
     }
     let seed: [u8; 32] = hex::decode(&f.secret_key)
         .ok()
@@ -125,7 +135,11 @@ pub fn load_public(path: &Path) -> Result<VerifyingKey, String> {
     let f: PublicFile = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not an audit-log public key: {e}", path.display()))?;
     if f.format != PUBLIC_FORMAT {
-        return Err(format!("{}: key format {:?} is not supported", path.display(), f.format));
+        return Err(format!(
+            "{}: key format {:?} is not supported",
+            path.display(),
+            f.format
+        ));
     }
     parse_public(&f.public_key).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -175,7 +189,11 @@ pub fn read_signed(path: &Path) -> Result<SignedCheckpoint, String> {
     let s: SignedCheckpoint = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a signed checkpoint: {e}", path.display()))?;
     if s.format != SIGNED_FORMAT {
-        return Err(format!("{}: format {:?} is not supported", path.display(), s.format));
+        return Err(format!(
+            "{}: format {:?} is not supported",
+            path.display(),
+            s.format
+        ));
     }
     Ok(s)
 }
@@ -191,7 +209,10 @@ pub enum Refused {
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refused::OtherKey { signed_by, expected } => write!(
+            Refused::OtherKey {
+                signed_by,
+                expected,
+            } => write!(
                 f,
                 "signed by key {signed_by}, not by the expected key {expected}"
             ),

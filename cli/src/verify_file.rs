@@ -109,7 +109,8 @@ fn scan(path: &Path) -> Result<Scan, Error> {
         let (n, raw) = item.map_err(|e| Error::Io(path.into(), e))?;
         let line = trim(&raw);
         if s.end.is_some() {
-            s.problems.push(format!("{name}:{n}: a line after the end line"));
+            s.problems
+                .push(format!("{name}:{n}: a line after the end line"));
             continue;
         }
         if line.starts_with(END_PREFIX) {
@@ -117,10 +118,14 @@ fn scan(path: &Path) -> Result<Scan, Error> {
                 // Only the exporter's own spelling: the end line is not under the digest.
                 Ok(e) if crate::format::line(&e).is_ok_and(|l| l == raw) => s.end = Some(e),
                 Ok(e) => {
-                    s.problems.push(format!("{name}:{n}: the end line is not as the exporter writes it"));
+                    s.problems.push(format!(
+                        "{name}:{n}: the end line is not as the exporter writes it"
+                    ));
                     s.end = Some(e);
                 }
-                Err(e) => s.problems.push(format!("{name}:{n}: damaged end line: {e}")),
+                Err(e) => s
+                    .problems
+                    .push(format!("{name}:{n}: damaged end line: {e}")),
             }
             continue;
         }
@@ -144,21 +149,27 @@ fn scan(path: &Path) -> Result<Scan, Error> {
         } else if line.starts_with(EVENT_PREFIX) {
             s.event_lines += 1;
             if s.link_lines > 0 {
-                s.problems.push(format!("{name}:{n}: an event after the links"));
+                s.problems
+                    .push(format!("{name}:{n}: an event after the links"));
             }
         } else if line.starts_with(LINK_PREFIX) {
             s.link_lines += 1;
             match LinkLine::parse(line) {
                 Ok(l) => {
-                    if s.links.last().is_some_and(|p| (p.chain_id, p.seq) >= (l.chain_id, l.seq)) {
-                        s.problems.push(format!("{name}:{n}: links out of (chain_id, seq) order"));
+                    if s.links
+                        .last()
+                        .is_some_and(|p| (p.chain_id, p.seq) >= (l.chain_id, l.seq))
+                    {
+                        s.problems
+                            .push(format!("{name}:{n}: links out of (chain_id, seq) order"));
                     }
                     s.links.push(l)
                 }
                 Err(e) => s.problems.push(format!("{name}:{n}: damaged link: {e}")),
             }
         } else {
-            s.problems.push(format!("{name}:{n}: not an event, link or end record"));
+            s.problems
+                .push(format!("{name}:{n}: not an event, link or end record"));
         }
     }
     let digest = hex::encode(digest.finalize());
@@ -206,7 +217,8 @@ fn checkpoint_within(
     let from = |c: i32| anchors.iter().find(|a| a.chain == c).map_or(0, |a| a.seq);
     let mut within = cp.clone();
     within.chains.retain(|h| {
-        h.seq > from(h.chain) && heads.is_none_or(|hs| hs.get(&h.chain).is_some_and(|t| h.seq <= t.seq))
+        h.seq > from(h.chain)
+            && heads.is_none_or(|hs| hs.get(&h.chain).is_some_and(|t| h.seq <= t.seq))
     });
     within
 }
@@ -214,7 +226,11 @@ fn checkpoint_within(
 /// Verify files that together hold a log: a whole export, then any number
 /// of continuations (`export --since`), in order. With a checkpoint, also
 /// prove that the log extends it.
-pub fn verify_files(paths: &[PathBuf], cp: Option<&Checkpoint>, threads: usize) -> Result<Report, Error> {
+pub fn verify_files(
+    paths: &[PathBuf],
+    cp: Option<&Checkpoint>,
+    threads: usize,
+) -> Result<Report, Error> {
     let started = Instant::now();
     let mut report = Report::default();
     let mut previous_heads: Option<BTreeMap<i32, ChainHead>> = None;
@@ -223,7 +239,11 @@ pub fn verify_files(paths: &[PathBuf], cp: Option<&Checkpoint>, threads: usize) 
         let s = scan(path)?;
         let name = path.display().to_string();
         report.file_problems.extend(s.problems);
-        let anchors = s.header.as_ref().map(|h| h.anchors.clone()).unwrap_or_default();
+        let anchors = s
+            .header
+            .as_ref()
+            .map(|h| h.anchors.clone())
+            .unwrap_or_default();
         let continues = s.header.as_ref().is_some_and(|h| h.continues);
         // A continuation must start exactly where the file before it ended.
         match &previous_heads {
@@ -246,7 +266,8 @@ pub fn verify_files(paths: &[PathBuf], cp: Option<&Checkpoint>, threads: usize) 
         }
         let file_heads = heads(&anchors, &s.links);
         if let Some(end) = &s.end {
-            let recorded: BTreeMap<i32, ChainHead> = end.heads.iter().map(|h| (h.chain, h.clone())).collect();
+            let recorded: BTreeMap<i32, ChainHead> =
+                end.heads.iter().map(|h| (h.chain, h.clone())).collect();
             if recorded != file_heads {
                 report.file_problems.push(format!(
                     "{name}: the end line's chain heads differ from the file's last links"
@@ -254,7 +275,14 @@ pub fn verify_files(paths: &[PathBuf], cp: Option<&Checkpoint>, threads: usize) 
             }
         }
         let cp_here = cp.map(|c| checkpoint_within(c, &anchors, (!last).then_some(&file_heads)));
-        let verdict = verify_one(path, &s.links, &anchors, cp_here.as_ref(), threads, &mut report.file_problems)?;
+        let verdict = verify_one(
+            path,
+            &s.links,
+            &anchors,
+            cp_here.as_ref(),
+            threads,
+            &mut report.file_problems,
+        )?;
         merge(&mut report.verdict, verdict);
         report.events += s.event_lines;
         report.links += s.link_lines;
@@ -281,7 +309,7 @@ fn verify_one(
     problems: &mut Vec<String>,
 ) -> Result<Verdict, Error> {
     let mut by_tx: Vec<&Link> = links.iter().collect();
-    by_tx.sort_by_key(|l| (l.tx_id, l.chain_id, l.seq));
+    by_tx.sort_by_key(|l| (l.first_event, l.chain_id, l.seq));
     let damaged: RefCell<Vec<String>> = RefCell::new(Vec::new());
     let name = path.display().to_string();
     let lines = read_lines(path)?.filter_map(|item| match item {
@@ -291,19 +319,20 @@ fn verify_one(
     });
     let parse = |(n, raw): (u64, Vec<u8>)| -> Result<HashedEvent, String> {
         let e = EventLine::parse(trim(&raw)).and_then(EventLine::into_event);
-        e.map(|e| HashedEvent::new(&e)).map_err(|m| format!("{name}:{n}: damaged event: {m}"))
+        e.map(|e| HashedEvent::new(&e))
+            .map_err(|m| format!("{name}:{n}: damaged event: {m}"))
     };
-    let mut last_key: Option<(u64, i64)> = None;
+    let mut last_key: Option<(i64, i64)> = None;
     let verdict = std::thread::scope(|scope| {
         let events = map_ordered(scope, lines, threads, || {}, parse).filter_map(|r| match r {
             Ok(Ok(h)) => {
-                if last_key.is_some_and(|k| k >= (h.tx_id, h.tx_seq)) {
+                if last_key.is_some_and(|k| k >= (h.tx_first, h.tx_seq)) {
                     damaged.borrow_mut().push(format!(
-                        "{name}: event {} is out of (tx_id, tx_seq) order",
+                        "{name}: event {} is out of (tx_first, tx_seq) order",
                         h.id
                     ));
                 }
-                last_key = Some((h.tx_id, h.tx_seq));
+                last_key = Some((h.tx_first, h.tx_seq));
                 Some(Ok(h))
             }
             // A damaged line is reported, and the verification goes on

@@ -66,7 +66,12 @@ pub fn compare(last: &Checkpoint, now: &Checkpoint) -> Result<(), String> {
     Ok(())
 }
 
-pub fn run(dsn: &str, state: &Path, key: &SigningKey, export_file: Option<&Path>) -> Result<String, Failure> {
+pub fn run(
+    dsn: &str,
+    state: &Path,
+    key: &SigningKey,
+    export_file: Option<&Path>,
+) -> Result<String, Failure> {
     fs::create_dir_all(state).map_err(|e| trouble(format!("{}: {e}", state.display())))?;
     let latest = state.join("latest.json");
     let last = if latest.exists() {
@@ -90,7 +95,8 @@ pub fn run(dsn: &str, state: &Path, key: &SigningKey, export_file: Option<&Path>
     let mut proof = String::from("first checkpoint: nothing earlier to extend");
     if let Some((signed, last_cp)) = &last {
         compare(last_cp, &now).map_err(Failure::Integrity)?;
-        let last_text = serde_json::to_string(&signed.checkpoint).map_err(|e| trouble(e.to_string()))?;
+        let last_text =
+            serde_json::to_string(&signed.checkpoint).map_err(|e| trouble(e.to_string()))?;
         let row = client
             .query_one(
                 "SELECT ok, events_checked, problem FROM audit_log.verify($1::text::jsonb)",
@@ -154,7 +160,12 @@ mod tests {
             taken_at: None,
             chains: chains
                 .iter()
-                .map(|&(chain, seq, h)| ChainHead { chain, seq, link_hash: [h; 32], last_event: seq * 10 })
+                .map(|&(chain, seq, h)| ChainHead {
+                    chain,
+                    seq,
+                    link_hash: [h; 32],
+                    last_event: seq * 10,
+                })
                 .collect(),
         }
     }
@@ -163,9 +174,15 @@ mod tests {
     fn extension_rollback_and_fork() {
         let last = cp("shop", &[(0, 5, 1), (1, 3, 2)]);
         assert_eq!(compare(&last, &cp("shop", &[(0, 5, 1), (1, 3, 2)])), Ok(()));
-        assert_eq!(compare(&last, &cp("shop", &[(0, 9, 7), (1, 3, 2), (2, 1, 9)])), Ok(()));
+        assert_eq!(
+            compare(&last, &cp("shop", &[(0, 9, 7), (1, 3, 2), (2, 1, 9)])),
+            Ok(())
+        );
         let rollback = compare(&last, &cp("shop", &[(0, 4, 1), (1, 3, 2)])).unwrap_err();
-        assert!(rollback.starts_with("rollback: chain 0 is at seq 4"), "{rollback}");
+        assert!(
+            rollback.starts_with("rollback: chain 0 is at seq 4"),
+            "{rollback}"
+        );
         let gone = compare(&last, &cp("shop", &[(0, 5, 1)])).unwrap_err();
         assert!(gone.starts_with("rollback: chain 1 is gone"), "{gone}");
         let fork = compare(&last, &cp("shop", &[(0, 5, 8), (1, 3, 2)])).unwrap_err();

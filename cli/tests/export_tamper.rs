@@ -1,7 +1,9 @@
 //! Property tests of offline verification over the export format: random
 //! logs, written as exports, then tampered with at random. An untouched
 //! export verifies; every tampering is detected, including by an attacker
-//! who rewrites the end line (counts, heads and digest) to match.
+//! who rewrites the end line (counts, heads and digest) to match. Then the
+//! cases that need a log of their own: rows nested 100,000 deep, and
+//! transactions that share a tx_id (as after a restore into a new cluster).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,7 +44,8 @@ fn row(r: &mut Rng) -> Value {
 }
 
 /// A consistent log: transactions of 1-4 events, linked into 1-3 chains in
-/// commit order.
+/// commit order. Some reuse an earlier transaction's tx_id, as transactions
+/// do after a restore into a new cluster.
 fn log(seed: u64) -> (Vec<Event>, Vec<Link>) {
     let mut r = Rng(seed);
     let chains = 1 + r.below(3) as i32;
@@ -52,21 +55,33 @@ fn log(seed: u64) -> (Vec<Event>, Vec<Link>) {
     let mut id = 0i64;
     let mut heads = vec![(0i64, ZERO_HASH); chains as usize];
     for t in 0..n_tx {
-        let tx_id = 700 + t * 3 + r.below(3);
+        let tx_id = match links.get(r.below(3 * t.max(1)) as usize) {
+            Some(earlier) => earlier.tx_id,
+            None => 700 + t * 3 + r.below(3),
+        };
         let mut prev = ZERO_HASH;
         let n = 1 + r.below(4) as i64;
-        let first = id + 1;
+        let first = id + 1 + r.below(2) as i64; // ids can have gaps
         for seq in 1..=n {
-            id += 1 + r.below(2) as i64; // ids can have gaps
+            id = if seq == 1 {
+                first
+            } else {
+                id + 1 + r.below(2) as i64
+            };
             let op = ["INSERT", "UPDATE", "DELETE"][r.below(3) as usize];
             let mut e = Event {
                 id,
                 tx_id,
                 tx_seq: seq,
+                tx_first: first,
                 recorded_at: 1_700_000_000_000_000 + id * 17,
                 statement_at: 1_700_000_000_000_000 + id * 13,
                 session_user_name: "app".into(),
-                current_user_name: if r.below(2) == 0 { "app".into() } else { "owner".into() },
+                current_user_name: if r.below(2) == 0 {
+                    "app".into()
+                } else {
+                    "owner".into()
+                },
                 application_name: (r.below(2) == 0).then(|| "svc".to_string()),
                 client_addr: (r.below(2) == 0).then(|| "10.0.0.7".to_string()),
                 context: (r.below(4) == 0).then(|| Json::Value(json!({"user": "alice"}))),
@@ -89,36 +104,27 @@ fn log(seed: u64) -> (Vec<Event>, Vec<Link>) {
             seq: seq + 1,
             tx_id,
             event_count: n,
-            first_event: first.max(id - 3 * n),
+            first_event: first,
             last_event: id,
             last_event_hash: prev,
             committed_at: 1_700_000_000_500_000 + t as i64,
             prev_link_hash: h,
             link_hash: ZERO_HASH,
         };
-        l.first_event = events[events.len() - n as usize].id;
         l.link_hash = link_hash(&l);
         heads[c as usize] = (l.seq, l.link_hash);
         links.push(l);
     }
-    events.sort_by_key(|e| (e.tx_id, e.tx_seq, e.id));
+    events.sort_by_key(|e| (e.tx_first, e.tx_seq, e.id));
     links.sort_by_key(|l| (l.chain_id, l.seq));
     (events, links)
-}
-
-fn rows_of(e: &Event) -> [Option<Value>; 3] {
-    let v = |j: &Option<Json>| match j {
-        Some(Json::Value(v)) => Some(v.clone()),
-        _ => None,
-    };
-    [v(&e.context), v(&e.old_row), v(&e.new_row)]
 }
 
 /// The body lines (events, then links) of an export.
 fn body(events: &[Event], links: &[Link]) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = events
         .iter()
-        .map(|e| line(&EventLine::from_event(e, rows_of(e))).unwrap())
+        .map(|e| line(&EventLine::from_event(e).unwrap()).unwrap())
         .collect();
     out.extend(links.iter().map(|l| line(&LinkLine::from_link(l)).unwrap()));
     out
@@ -304,11 +310,219 @@ proptest! {
         let mut by_commit: Vec<&Link> = links.iter().collect();
         by_commit.sort_by_key(|l| l.committed_at);
         let cut = cut.min(by_commit.len());
-        let gone: Vec<u64> = by_commit[by_commit.len() - cut..].iter().map(|l| l.tx_id).collect();
-        let kept_events: Vec<Event> = events.iter().filter(|e| !gone.contains(&e.tx_id)).cloned().collect();
-        let kept_links: Vec<Link> = links.iter().filter(|l| !gone.contains(&l.tx_id)).cloned().collect();
+        let gone: Vec<i64> = by_commit[by_commit.len() - cut..].iter().map(|l| l.first_event).collect();
+        let kept_events: Vec<Event> = events.iter().filter(|e| !gone.contains(&e.tx_first)).cloned().collect();
+        let kept_links: Vec<Link> = links.iter().filter(|l| !gone.contains(&l.first_event)).cloned().collect();
         let lines = export(&kept_events, &kept_links);
         prop_assert!(verify(&lines, None), "a consistent prefix verifies on its own");
         prop_assert!(!verify(&lines, Some(&cp)));
+    }
+}
+
+fn report(lines: &[Vec<u8>]) -> audit_log_cli::verify_file::Report {
+    let p = write(lines);
+    let r = verify_files(std::slice::from_ref(&p), None, 2).unwrap();
+    let _ = std::fs::remove_file(&p);
+    r
+}
+
+/// The log of `log(seed)` with one more transaction, on chain 0, of events
+/// with these new_row values; and the id of its first event.
+fn with_transaction(seed: u64, tx_id: u64, rows: Vec<Json>) -> (Vec<Event>, Vec<Link>, i64) {
+    let (mut events, mut links) = log(seed);
+    let first = events.iter().map(|e| e.id).max().unwrap_or(0) + 10;
+    let mut prev = ZERO_HASH;
+    for (i, row) in rows.into_iter().enumerate() {
+        let mut e = events[0].clone();
+        e.id = first + i as i64;
+        e.tx_id = tx_id;
+        e.tx_seq = i as i64 + 1;
+        e.tx_first = first;
+        e.op = "INSERT".into();
+        e.old_row = None;
+        e.new_row = Some(row);
+        e.prev_hash = prev;
+        e.hash = event_hash(&e);
+        prev = e.hash;
+        events.push(e);
+    }
+    let head = links
+        .iter()
+        .filter(|l| l.chain_id == 0)
+        .max_by_key(|l| l.seq);
+    let mut l = Link {
+        chain_id: 0,
+        seq: head.map_or(1, |h| h.seq + 1),
+        tx_id,
+        event_count: events.iter().filter(|e| e.tx_first == first).count() as i64,
+        first_event: first,
+        last_event: events.last().unwrap().id,
+        last_event_hash: prev,
+        committed_at: 1_700_000_000_900_000,
+        prev_link_hash: head.map_or(ZERO_HASH, |h| h.link_hash),
+        link_hash: ZERO_HASH,
+    };
+    l.link_hash = link_hash(&l);
+    links.push(l);
+    events.sort_by_key(|e| (e.tx_first, e.tx_seq, e.id));
+    links.sort_by_key(|l| (l.chain_id, l.seq));
+    (events, links, first)
+}
+
+const DEEP: usize = 100_000;
+
+/// `[[[…[1]…]]]`, DEEP arrays around a number, as compact text and in the
+/// canonical encoding, both written down from docs/FORMAT.md.
+fn deep_row() -> (String, Vec<u8>) {
+    let text = format!("{}1{}", "[".repeat(DEEP), "]".repeat(DEEP));
+    let mut enc = Vec::with_capacity(5 * DEEP + 6);
+    for _ in 0..DEEP {
+        enc.extend_from_slice(&[0x05, 0, 0, 0, 1]);
+    }
+    enc.extend_from_slice(&[0x03, 0, 0, 0, 1, b'1']);
+    (text, enc)
+}
+
+#[test]
+fn rows_nested_100000_deep_verify_offline() {
+    let (text, enc) = deep_row();
+    let (events, links, first) = with_transaction(
+        7,
+        9_000,
+        vec![Json::Encoded(enc), Json::Value(json!({"n": 1}))],
+    );
+    let lines = export(&events, &links);
+    let deep_line = lines
+        .iter()
+        .position(|l| l.windows(text.len()).any(|w| w == text.as_bytes()))
+        .unwrap();
+    assert!(
+        lines[deep_line].starts_with(format!("{{\"type\":\"event\",\"id\":{first},").as_bytes())
+    );
+    let r = report(&lines);
+    assert!(r.ok(), "{:?} {:?}", r.verdict.problems, r.file_problems);
+    assert_eq!(r.verdict.events_checked as usize, events.len());
+
+    // One byte of the deep row changed: 1 becomes 2, still valid JSON.
+    let mut body = lines[..lines.len() - 1].to_vec();
+    let at = body[deep_line]
+        .windows(3)
+        .position(|w| w == b"[1]")
+        .unwrap()
+        + 1;
+    body[deep_line][at] = b'2';
+    let mut kept_end = body.clone();
+    kept_end.push(lines.last().unwrap().clone());
+    assert!(!report(&kept_end).ok(), "the digest catches it");
+    let end = end_for(&body);
+    body.push(end);
+    let r = report(&body);
+    assert!(!r.ok());
+    assert!(r.file_problems.is_empty(), "{:?}", r.file_problems);
+    assert_eq!(r.first_bad_event(), Some(first));
+    assert_eq!(
+        r.verdict.first().unwrap().kind,
+        audit_log_core::ProblemKind::ContentChanged
+    );
+
+    // A bracket changed: no longer JSON, a damaged line.
+    let mut body = lines[..lines.len() - 1].to_vec();
+    let at = body[deep_line].windows(2).position(|w| w == b"[[").unwrap() + 1;
+    body[deep_line][at] = b'{';
+    let end = end_for(&body);
+    body.push(end);
+    let r = report(&body);
+    assert!(!r.ok());
+    assert!(
+        r.file_problems.iter().any(|p| p.contains("damaged event")),
+        "{:?}",
+        r.file_problems
+    );
+}
+
+#[test]
+fn transactions_sharing_a_tx_id_verify() {
+    for seed in 0..50 {
+        let reused = log(seed).1[0].tx_id;
+        let (events, links, first) =
+            with_transaction(seed, reused, vec![Json::Value(json!({"restored": true}))]);
+        let r = report(&export(&events, &links));
+        assert!(
+            r.ok(),
+            "seed {seed}: {:?} {:?}",
+            r.verdict.problems,
+            r.file_problems
+        );
+        assert!(links.iter().filter(|l| l.tx_id == reused).count() >= 2);
+        assert!(events
+            .iter()
+            .any(|e| e.tx_first == first && e.tx_id == reused));
+    }
+}
+
+/// The export of `events` after `edit`, in (tx_first, tx_seq) order as an
+/// exporter would write it, with an end line to match.
+fn edited(events: &[Event], links: &[Link], edit: impl Fn(&mut Event)) -> Vec<Vec<u8>> {
+    let mut events = events.to_vec();
+    events.iter_mut().for_each(edit);
+    events.sort_by_key(|e| (e.tx_first, e.tx_seq, e.id));
+    export(&events, links)
+}
+
+#[test]
+fn tx_first_tampering_is_detected() {
+    for seed in 0..50 {
+        // Two transactions with one tx_id, the second of two events.
+        let reused = log(seed).1[0].tx_id;
+        let rows = vec![Json::Value(json!({"a": 1})), Json::Value(json!({"a": 2}))];
+        let (events, links, first) = with_transaction(seed, reused, rows);
+        let other = links
+            .iter()
+            .find(|l| l.tx_id == reused && l.first_event != first)
+            .unwrap()
+            .first_event;
+
+        // The last event moved to the other transaction of its tx_id.
+        let last = first + 1;
+        let moved = edited(&events, &links, |e| {
+            if e.id == last {
+                e.tx_first = other;
+            }
+        });
+        assert!(
+            !verify(&moved, None),
+            "seed {seed}: an event moved to another transaction"
+        );
+
+        // Every event of the transaction given another key.
+        let rekeyed = edited(&events, &links, |e| {
+            if e.tx_first == first {
+                e.tx_first = first + 1;
+            }
+        });
+        assert!(
+            !verify(&rekeyed, None),
+            "seed {seed}: a transaction with another key"
+        );
+
+        // One event of another tx_id moved into the transaction.
+        if let Some(foreign) = events.iter().find(|e| e.tx_id != reused).map(|e| e.id) {
+            let joined = edited(&events, &links, |e| {
+                if e.id == foreign {
+                    e.tx_first = first;
+                    e.tx_seq = 3;
+                }
+            });
+            assert!(
+                !verify(&joined, None),
+                "seed {seed}: an event of another tx_id joined"
+            );
+        }
+
+        // The untouched export verifies.
+        assert!(
+            verify(&edited(&events, &links, |_| {}), None),
+            "seed {seed}"
+        );
     }
 }

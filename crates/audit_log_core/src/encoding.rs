@@ -8,10 +8,18 @@
 //! - `opt<T>`: 0x00 for NULL, or 0x01 followed by T;
 //! - JSON: a one-byte tag, see [`tag`]. Object keys are sorted by their UTF-8
 //!   bytes; numbers keep the exact decimal text PostgreSQL prints.
+//!
+//! [`JsonBuilder`] builds the encoding of a value part by part; [`decode`]
+//! reads it back. Neither recurses, whatever the nesting depth.
 
 use serde_json::Value;
 
 use crate::model::{Event, Json, Link};
+
+mod builder;
+pub mod decode;
+
+pub use builder::JsonBuilder;
 
 pub mod tag {
     pub const NULL: u8 = 0x00;
@@ -65,173 +73,54 @@ pub fn put_opt_json(buf: &mut Vec<u8>, v: Option<&Json>) {
     }
 }
 
-/// Build the encoding of a JSON value from a stream of parts, for sources
-/// that are not a `serde_json::Value` (PostgreSQL's jsonb, walked in place).
-/// Everything is written into one buffer. An object's members must come out
-/// in byte order of their keys, whatever order the source has, so each
-/// object remembers where its members start and reorders them when it ends.
-#[derive(Default)]
-pub struct JsonBuilder {
-    buf: Vec<u8>,
-    stack: Vec<Frame>,
-}
-
-enum Frame {
-    /// Where the count goes, and how many items so far.
-    Array { count_at: usize, count: u32 },
-    /// Where the count goes, then each member's (key start, value start).
-    Object {
-        count_at: usize,
-        members: Vec<(usize, usize)>,
-    },
-}
-
-impl JsonBuilder {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Before a value: count it into an enclosing array.
-    fn item(&mut self) {
-        if let Some(Frame::Array { count, .. }) = self.stack.last_mut() {
-            *count += 1;
-        }
-    }
-
-    pub fn null(&mut self) {
-        self.item();
-        self.buf.push(tag::NULL);
-    }
-
-    pub fn bool(&mut self, b: bool) {
-        self.item();
-        self.buf.push(if b { tag::TRUE } else { tag::FALSE });
-    }
-
-    pub fn number(&mut self, text: &str) {
-        self.item();
-        self.buf.push(tag::NUMBER);
-        put_text(&mut self.buf, text);
-    }
-
-    pub fn string(&mut self, s: &[u8]) {
-        self.item();
-        self.buf.push(tag::STRING);
-        put_len(&mut self.buf, s.len());
-        self.buf.extend_from_slice(s);
-    }
-
-    fn open(&mut self, t: u8) -> usize {
-        self.item();
-        self.buf.push(t);
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&[0; 4]);
-        at
-    }
-
-    pub fn begin_array(&mut self) {
-        let count_at = self.open(tag::ARRAY);
-        self.stack.push(Frame::Array { count_at, count: 0 });
-    }
-
-    pub fn begin_object(&mut self) {
-        let count_at = self.open(tag::OBJECT);
-        self.stack.push(Frame::Object {
-            count_at,
-            members: Vec::new(),
-        });
-    }
-
-    /// The key of the next member of the innermost object.
-    pub fn key(&mut self, k: &[u8]) {
-        let key_at = self.buf.len();
-        put_len(&mut self.buf, k.len());
-        self.buf.extend_from_slice(k);
-        let value_at = self.buf.len();
-        if let Some(Frame::Object { members, .. }) = self.stack.last_mut() {
-            members.push((key_at, value_at));
-        }
-    }
-
-    /// Close the innermost array or object.
-    pub fn end(&mut self) {
-        match self.stack.pop() {
-            None => {}
-            Some(Frame::Array { count_at, count }) => {
-                self.buf[count_at..count_at + 4].copy_from_slice(&count.to_be_bytes());
-            }
-            Some(Frame::Object { count_at, members }) => {
-                let n = members.len() as u32;
-                self.buf[count_at..count_at + 4].copy_from_slice(&n.to_be_bytes());
-                let body = count_at + 4;
-                let end = self.buf.len();
-                // (key bytes, whole member) of each member, in source order.
-                let spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = members
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &(key_at, value_at))| {
-                        let next = members.get(i + 1).map_or(end, |m| m.0);
-                        (key_at + 4..value_at, key_at..next)
-                    })
-                    .collect();
-                let sorted = spans
-                    .windows(2)
-                    .all(|w| self.buf[w[0].0.clone()] <= self.buf[w[1].0.clone()]);
-                if !sorted {
-                    let mut order: Vec<usize> = (0..spans.len()).collect();
-                    order.sort_by(|&a, &b| {
-                        self.buf[spans[a].0.clone()].cmp(&self.buf[spans[b].0.clone()])
-                    });
-                    let mut out = Vec::with_capacity(end - body);
-                    for i in order {
-                        out.extend_from_slice(&self.buf[spans[i].1.clone()]);
-                    }
-                    self.buf.truncate(body);
-                    self.buf.extend_from_slice(&out);
-                }
-            }
-        }
-    }
-
-    /// The encoding of the one value built.
-    pub fn finish(self) -> Vec<u8> {
-        self.buf
-    }
-}
-
 /// Encode one JSON value. `serde_json` must be built with `arbitrary_precision`
-/// so that a number's text is kept exactly (`1.50` stays `1.50`).
+/// so that a number's text is kept exactly (`1.50` stays `1.50`). The walk
+/// keeps its own stack, so a deep value encodes without recursion (but note
+/// that dropping a deep `Value` recurses: row data is better never made into
+/// one; see [`crate::json_text`]).
 pub fn encode_json(v: &Value, buf: &mut Vec<u8>) {
-    match v {
-        Value::Null => buf.push(tag::NULL),
-        Value::Bool(false) => buf.push(tag::FALSE),
-        Value::Bool(true) => buf.push(tag::TRUE),
-        Value::Number(n) => {
-            buf.push(tag::NUMBER);
-            put_text(buf, &n.to_string());
-        }
-        Value::String(s) => {
-            buf.push(tag::STRING);
-            put_text(buf, s);
-        }
-        Value::Array(items) => {
-            buf.push(tag::ARRAY);
-            put_len(buf, items.len());
-            for item in items {
-                encode_json(item, buf);
-            }
-        }
-        Value::Object(map) => {
-            buf.push(tag::OBJECT);
-            put_len(buf, map.len());
-            // serde_json's default map is a BTreeMap<String, _>: iteration is in
-            // byte order of the keys already. Sort anyway so that the contract does
-            // not hang on a cargo feature (preserve_order) elsewhere in the build.
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            for (k, val) in entries {
+    enum Next<'a> {
+        Value(&'a Value),
+        Key(&'a str),
+    }
+    let mut todo = vec![Next::Value(v)];
+    while let Some(next) = todo.pop() {
+        let v = match next {
+            Next::Key(k) => {
                 put_text(buf, k);
-                encode_json(val, buf);
+                continue;
+            }
+            Next::Value(v) => v,
+        };
+        match v {
+            Value::Null => buf.push(tag::NULL),
+            Value::Bool(false) => buf.push(tag::FALSE),
+            Value::Bool(true) => buf.push(tag::TRUE),
+            Value::Number(n) => {
+                buf.push(tag::NUMBER);
+                put_text(buf, &n.to_string());
+            }
+            Value::String(s) => {
+                buf.push(tag::STRING);
+                put_text(buf, s);
+            }
+            Value::Array(items) => {
+                buf.push(tag::ARRAY);
+                put_len(buf, items.len());
+                todo.extend(items.iter().rev().map(Next::Value));
+            }
+            Value::Object(map) => {
+                buf.push(tag::OBJECT);
+                put_len(buf, map.len());
+                // serde_json's default map is a BTreeMap<String, _>: iteration is in
+                // byte order of the keys already. Sort anyway so that the contract does
+                // not hang on a cargo feature (preserve_order) elsewhere in the build.
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                for (k, val) in entries.into_iter().rev() {
+                    todo.push(Next::Value(val));
+                    todo.push(Next::Key(k));
+                }
             }
         }
     }
@@ -267,99 +156,6 @@ pub fn encode_link(l: &Link, buf: &mut Vec<u8>) {
     put_i64(buf, l.last_event);
     buf.extend_from_slice(&l.last_event_hash);
     put_i64(buf, l.committed_at);
-}
-
-/// Decoding exists to prove injectivity in tests and to let tools inspect bytes.
-pub mod decode {
-    use serde_json::{Map, Number, Value};
-
-    #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-    #[error("malformed canonical encoding at byte {0}")]
-    pub struct Malformed(pub usize);
-
-    pub struct Reader<'a> {
-        bytes: &'a [u8],
-        pos: usize,
-    }
-
-    impl<'a> Reader<'a> {
-        pub fn new(bytes: &'a [u8]) -> Self {
-            Reader { bytes, pos: 0 }
-        }
-
-        pub fn is_empty(&self) -> bool {
-            self.pos == self.bytes.len()
-        }
-
-        fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
-            let end = self.pos.checked_add(n).ok_or(Malformed(self.pos))?;
-            let s = self.bytes.get(self.pos..end).ok_or(Malformed(self.pos))?;
-            self.pos = end;
-            Ok(s)
-        }
-
-        pub fn u8(&mut self) -> Result<u8, Malformed> {
-            Ok(self.take(1)?[0])
-        }
-
-        pub fn i64(&mut self) -> Result<i64, Malformed> {
-            let b = self.take(8)?;
-            Ok(i64::from_be_bytes(
-                b.try_into().map_err(|_| Malformed(self.pos))?,
-            ))
-        }
-
-        pub fn len(&mut self) -> Result<usize, Malformed> {
-            let b = self.take(4)?;
-            Ok(u32::from_be_bytes(b.try_into().map_err(|_| Malformed(self.pos))?) as usize)
-        }
-
-        pub fn text(&mut self) -> Result<String, Malformed> {
-            let n = self.len()?;
-            let at = self.pos;
-            let b = self.take(n)?;
-            String::from_utf8(b.to_vec()).map_err(|_| Malformed(at))
-        }
-
-        pub fn json(&mut self) -> Result<Value, Malformed> {
-            let at = self.pos;
-            Ok(match self.u8()? {
-                super::tag::NULL => Value::Null,
-                super::tag::FALSE => Value::Bool(false),
-                super::tag::TRUE => Value::Bool(true),
-                super::tag::NUMBER => {
-                    let t = self.text()?;
-                    Value::Number(t.parse::<Number>().map_err(|_| Malformed(at))?)
-                }
-                super::tag::STRING => Value::String(self.text()?),
-                super::tag::ARRAY => {
-                    let n = self.len()?;
-                    let mut items = Vec::with_capacity(n.min(1024));
-                    for _ in 0..n {
-                        items.push(self.json()?);
-                    }
-                    Value::Array(items)
-                }
-                super::tag::OBJECT => {
-                    let n = self.len()?;
-                    let mut map = Map::new();
-                    let mut last: Option<String> = None;
-                    for _ in 0..n {
-                        let k = self.text()?;
-                        // Keys must be strictly increasing: a canonical encoding has one form.
-                        if last.as_ref().is_some_and(|l| l.as_bytes() >= k.as_bytes()) {
-                            return Err(Malformed(at));
-                        }
-                        let v = self.json()?;
-                        last = Some(k.clone());
-                        map.insert(k, v);
-                    }
-                    Value::Object(map)
-                }
-                _ => return Err(Malformed(at)),
-            })
-        }
-    }
 }
 
 #[cfg(test)]
@@ -415,8 +211,82 @@ mod tests {
         fn builder_in_jsonb_order_matches_encode_json(v in arb_json()) {
             let mut b = JsonBuilder::new();
             feed(&mut b, &v);
+            proptest::prop_assert!(!b.duplicate_keys());
             proptest::prop_assert_eq!(b.finish(), enc(&v));
         }
+
+        #[test]
+        fn decoding_prints_what_serde_json_prints(v in arb_json()) {
+            let e = enc(&v);
+            let mut r = decode::Reader::new(&e);
+            proptest::prop_assert_eq!(r.json_text().unwrap(), serde_json::to_string(&v).unwrap());
+            proptest::prop_assert!(r.is_empty());
+        }
+    }
+
+    #[test]
+    fn builder_reorders_nested_objects_once() {
+        // Members out of order at three levels, with a sorted object between.
+        let mut b = JsonBuilder::new();
+        b.begin_object();
+        b.key(b"z");
+        b.begin_object();
+        b.key(b"y");
+        b.null();
+        b.key(b"b");
+        b.begin_array();
+        b.begin_object();
+        b.key(b"q");
+        b.bool(true);
+        b.key(b"p");
+        b.begin_object();
+        b.key(b"n");
+        b.number("1");
+        b.key(b"m");
+        b.number("2");
+        b.end();
+        b.end();
+        b.end();
+        b.end();
+        b.key(b"a");
+        b.string(b"s");
+        b.end();
+        assert!(!b.duplicate_keys());
+        let want: Value = serde_json::from_str(
+            r#"{"a": "s", "z": {"b": [{"p": {"m": 2, "n": 1}, "q": true}], "y": null}}"#,
+        )
+        .unwrap();
+        assert_eq!(b.finish(), enc(&want));
+    }
+
+    #[test]
+    fn builder_notes_duplicate_keys() {
+        for keys in [[&b"a"[..], b"a", b"b"], [b"b", b"a", b"b"]] {
+            let mut b = JsonBuilder::new();
+            b.begin_object();
+            for k in keys {
+                b.key(k);
+                b.null();
+            }
+            b.end();
+            assert!(b.duplicate_keys(), "{keys:?}");
+        }
+    }
+
+    #[test]
+    fn decoder_rejects_bad_numbers_and_tags() {
+        for bad in ["01", "1.", "+1", "NaN", "", "1e", "--1"] {
+            let mut b = vec![tag::NUMBER];
+            put_text(&mut b, bad);
+            assert!(decode::Reader::new(&b).json().is_err(), "{bad:?}");
+        }
+        assert!(decode::Reader::new(&[0x07]).json().is_err());
+        // An array that claims more items than there are bytes.
+        assert!(
+            decode::Reader::new(&[tag::ARRAY, 0xFF, 0xFF, 0xFF, 0xFF, tag::NULL])
+                .json()
+                .is_err()
+        );
     }
 
     #[test]
@@ -478,7 +348,9 @@ mod tests {
         let v: Value = serde_json::from_str(r#"{"b":1,"a":2,"é":3,"aa":4}"#).unwrap();
         let e = enc(&v);
         let mut r = decode::Reader::new(&e);
-        assert_eq!(r.json().unwrap(), v);
+        assert_eq!(r.json_text().unwrap(), serde_json::to_string(&v).unwrap());
+        assert!(r.is_empty());
+        assert_eq!(decode::Reader::new(&e).json().unwrap(), &e[..]);
         // first key encoded is "a"
         assert_eq!(&e[5..10], &[0, 0, 0, 1, b'a']);
     }

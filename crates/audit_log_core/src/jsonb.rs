@@ -18,7 +18,9 @@
 
 use std::fmt;
 
+use crate::encoding::decode::Reader;
 use crate::encoding::JsonBuilder;
+use crate::json_text::write_escaped;
 
 const JB_CMASK: u32 = 0x0FFF_FFFF;
 const JB_FSCALAR: u32 = 0x1000_0000;
@@ -34,9 +36,6 @@ const JENTRY_ISBOOL_FALSE: u32 = 0x2000_0000;
 const JENTRY_ISBOOL_TRUE: u32 = 0x3000_0000;
 const JENTRY_ISNULL: u32 = 0x4000_0000;
 const JENTRY_ISCONTAINER: u32 = 0x5000_0000;
-
-/// Deeper nesting than PostgreSQL itself allows is treated as damage.
-const MAX_DEPTH: usize = 10_000;
 
 /// The bytes are not a well-formed jsonb value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,82 +64,161 @@ fn align4(n: usize) -> usize {
 }
 
 /// The canonical encoding (docs/FORMAT.md, `json`) of a jsonb value, given the
-/// bytes after its varlena header.
+/// bytes after its varlena header. The walk keeps its own stack, one
+/// [`Level`] per open container, so any depth reads without recursion: a
+/// nested container lies strictly inside its parent, so the depth is bounded
+/// by the value's length.
 pub fn encode_jsonb(data: &[u8]) -> Result<Vec<u8>, Malformed> {
     let mut b = JsonBuilder::new();
-    container(&mut b, data, 0)?;
+    // The innermost open container, and those around it (most rows are flat:
+    // no allocation for them).
+    let mut level = Level::open(&mut b, data)?;
+    let mut outer: Vec<Level> = Vec::new();
+    loop {
+        let Some((key, item)) = level.next_item()? else {
+            if !level.raw {
+                b.end();
+            }
+            match outer.pop() {
+                Some(l) => level = l,
+                None => break,
+            }
+            continue;
+        };
+        let area = level.area;
+        if let Some(k) = key {
+            b.key(&area[k.start..k.end]);
+        }
+        let from = align4(item.start).min(item.end);
+        match item.t {
+            JENTRY_ISSTRING => b.string(&area[item.start..item.end]),
+            JENTRY_ISNULL => b.null(),
+            JENTRY_ISBOOL_FALSE => b.bool(false),
+            JENTRY_ISBOOL_TRUE => b.bool(true),
+            JENTRY_ISNUMERIC => b.number(&numeric_text(&area[from..item.end])?),
+            JENTRY_ISCONTAINER => {
+                let child = Level::open(&mut b, &area[from..item.end])?;
+                outer.push(std::mem::replace(&mut level, child));
+            }
+            _ => return Err(Malformed("unknown entry type")),
+        }
+    }
     Ok(b.finish())
 }
 
-fn container(b: &mut JsonBuilder, data: &[u8], depth: usize) -> Result<(), Malformed> {
-    if depth > MAX_DEPTH {
-        return Err(Malformed("nesting too deep"));
+/// One entry of a container: its type, and where its data is in the data area.
+#[derive(Clone, Copy)]
+struct Entry {
+    t: u32,
+    start: usize,
+    end: usize,
+}
+
+/// An open container of [`encode_jsonb`]'s walk.
+struct Level<'a> {
+    /// The data area, after the header and the entry table.
+    area: &'a [u8],
+    /// The entry table.
+    table: &'a [u8],
+    count: usize,
+    /// A top-level scalar, stored as a one-element array: no brackets.
+    raw: bool,
+    /// The next item to visit.
+    next: usize,
+    /// Arrays: where the next element's data starts.
+    off: usize,
+    /// Objects: (key, value) of each member, in byte order of the keys, so
+    /// that the builder never has to reorder them.
+    members: Vec<(Entry, Entry)>,
+}
+
+impl<'a> Level<'a> {
+    /// Read a container's header and entry table, and begin it in `b`.
+    fn open(b: &mut JsonBuilder, data: &'a [u8]) -> Result<Level<'a>, Malformed> {
+        let header = u32_at(data, 0)?;
+        let count = (header & JB_CMASK) as usize;
+        let is_object = header & JB_FOBJECT != 0;
+        let is_array = header & JB_FARRAY != 0;
+        if is_object == is_array {
+            return Err(Malformed("container is neither object nor array"));
+        }
+        let entries = if is_object { count * 2 } else { count };
+        let base = entries
+            .checked_mul(4)
+            .and_then(|n| n.checked_add(4))
+            .filter(|&n| n <= data.len())
+            .ok_or(Malformed("entry table past the end"))?;
+        let mut level = Level {
+            area: &data[base..],
+            table: &data[4..base],
+            count,
+            raw: is_array && header & JB_FSCALAR != 0,
+            next: 0,
+            off: 0,
+            members: Vec::new(),
+        };
+        if level.raw {
+            if count != 1 {
+                return Err(Malformed("raw scalar with other than one element"));
+            }
+        } else if is_array {
+            b.begin_array();
+        } else {
+            // Keys come first, then the values in the same order.
+            let mut members = Vec::with_capacity(count);
+            for i in 0..count {
+                let k = level.entry(i)?;
+                if k.t != JENTRY_ISSTRING {
+                    return Err(Malformed("object key is not a string"));
+                }
+                members.push((k, k));
+            }
+            for (i, m) in members.iter_mut().enumerate() {
+                m.1 = level.entry(count + i)?;
+            }
+            // jsonb orders keys by length, then bytes; the encoding by bytes.
+            let area = level.area;
+            let key = |k: &Entry| &area[k.start..k.end];
+            members.sort_by(|x, y| key(&x.0).cmp(key(&y.0)));
+            level.members = members;
+            b.begin_object();
+        }
+        Ok(level)
     }
-    let header = u32_at(data, 0)?;
-    let count = (header & JB_CMASK) as usize;
-    let is_object = header & JB_FOBJECT != 0;
-    let is_array = header & JB_FARRAY != 0;
-    if is_object == is_array {
-        return Err(Malformed("container is neither object nor array"));
-    }
-    let entries = if is_object { count * 2 } else { count };
-    let base = entries
-        .checked_mul(4)
-        .and_then(|n| n.checked_add(4))
-        .filter(|&n| n <= data.len())
-        .ok_or(Malformed("entry table past the end"))?;
-    // (type, start, end) of entry i, relative to the data area.
-    let mut off = 0usize;
-    let mut next = |i: usize| -> Result<(u32, usize, usize), Malformed> {
-        let je = u32_at(data, 4 + 4 * i)?;
+
+    /// Entry `i`, the entries before it having been read in order.
+    fn entry(&mut self, i: usize) -> Result<Entry, Malformed> {
+        let je = u32_at(self.table, 4 * i)?;
         let field = (je & JENTRY_OFFLENMASK) as usize;
         let end = if je & JENTRY_HAS_OFF != 0 {
             field
         } else {
-            off + field
+            self.off + field
         };
-        if end < off || base + end > data.len() {
+        if end < self.off || end > self.area.len() {
             return Err(Malformed("entry past the end"));
         }
-        let start = off;
-        off = end;
-        Ok((je & JENTRY_TYPEMASK, start, end))
-    };
-    let area = &data[base..];
-    if is_array && header & JB_FSCALAR != 0 {
-        // A top-level scalar, stored as a one-element array.
-        if count != 1 {
-            return Err(Malformed("raw scalar with other than one element"));
-        }
-        let (t, s, e) = next(0)?;
-        return value(b, t, area, s, e, depth);
+        let start = self.off;
+        self.off = end;
+        Ok(Entry {
+            t: je & JENTRY_TYPEMASK,
+            start,
+            end,
+        })
     }
-    if is_array {
-        b.begin_array();
-        for i in 0..count {
-            let (t, s, e) = next(i)?;
-            value(b, t, area, s, e, depth)?;
+
+    /// The next item: an element, or a member's key and value; `None` at the end.
+    fn next_item(&mut self) -> Result<Option<(Option<Entry>, Entry)>, Malformed> {
+        if self.next >= self.count {
+            return Ok(None);
         }
-    } else {
-        // Keys come first: remember where each one is, then walk the values.
-        let mut keys = Vec::with_capacity(count);
-        for i in 0..count {
-            let (t, s, e) = next(i)?;
-            if t != JENTRY_ISSTRING {
-                return Err(Malformed("object key is not a string"));
-            }
-            keys.push((s, e));
+        let i = self.next;
+        self.next += 1;
+        if let Some(&(key, value)) = self.members.get(i) {
+            return Ok(Some((Some(key), value)));
         }
-        b.begin_object();
-        for (i, &(ks, ke)) in keys.iter().enumerate() {
-            b.key(&area[ks..ke]);
-            // Values follow all the keys, in the same order.
-            let (t, s, e) = next(count + i)?;
-            value(b, t, area, s, e, depth)?;
-        }
+        Ok(Some((None, self.entry(i)?)))
     }
-    b.end();
-    Ok(())
 }
 
 /// Some members of a top-level jsonb object as compact JSON text, members in
@@ -163,7 +241,11 @@ pub fn key_text<S: AsRef<str>>(data: &[u8], names: &[S]) -> Result<Option<String
     for i in 0..2 * count {
         let je = u32_at(data, 4 + 4 * i)?;
         let field = (je & JENTRY_OFFLENMASK) as usize;
-        let end = if je & JENTRY_HAS_OFF != 0 { field } else { off + field };
+        let end = if je & JENTRY_HAS_OFF != 0 {
+            field
+        } else {
+            off + field
+        };
         if end < off || base + end > data.len() {
             return Err(Malformed("entry past the end"));
         }
@@ -182,27 +264,25 @@ pub fn key_text<S: AsRef<str>>(data: &[u8], names: &[S]) -> Result<Option<String
         if n > 0 {
             out.push(',');
         }
-        out.push_str(&serde_json::to_string(name).map_err(|_| Malformed("key"))?);
+        write_escaped(&mut out, name);
         out.push(':');
         let from = align4(start).min(end);
-        let text = match t {
-            JENTRY_ISSTRING => serde_json::to_string(&String::from_utf8_lossy(&area[start..end]))
-                .map_err(|_| Malformed("string"))?,
-            JENTRY_ISNULL => "null".into(),
-            JENTRY_ISBOOL_FALSE => "false".into(),
-            JENTRY_ISBOOL_TRUE => "true".into(),
-            JENTRY_ISNUMERIC => numeric_text(&area[from..end])?,
+        match t {
+            JENTRY_ISSTRING => write_escaped(&mut out, &String::from_utf8_lossy(&area[start..end])),
+            JENTRY_ISNULL => out.push_str("null"),
+            JENTRY_ISBOOL_FALSE => out.push_str("false"),
+            JENTRY_ISBOOL_TRUE => out.push_str("true"),
+            JENTRY_ISNUMERIC => out.push_str(&numeric_text(&area[from..end])?),
             JENTRY_ISCONTAINER => {
-                let mut b = JsonBuilder::new();
-                container(&mut b, &area[from..end], 1)?;
-                let v = crate::encoding::decode::Reader::new(&b.finish())
-                    .json()
+                // Through the canonical encoding: members in byte order.
+                let encoded = encode_jsonb(&area[from..end])?;
+                let text = Reader::new(&encoded)
+                    .json_text()
                     .map_err(|_| Malformed("container"))?;
-                serde_json::to_string(&v).map_err(|_| Malformed("container"))?
+                out.push_str(&text);
             }
             _ => return Err(Malformed("unknown entry type")),
-        };
-        out.push_str(&text);
+        }
     }
     out.push('}');
     Ok(Some(out))
@@ -230,32 +310,6 @@ pub fn row_key_hash(schema: &str, table: &str, key_text: &str) -> i64 {
     h.update(key_text.as_bytes());
     let d = h.finalize();
     i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
-}
-
-fn value(
-    b: &mut JsonBuilder,
-    t: u32,
-    area: &[u8],
-    start: usize,
-    end: usize,
-    depth: usize,
-) -> Result<(), Malformed> {
-    match t {
-        JENTRY_ISSTRING => b.string(&area[start..end]),
-        JENTRY_ISNULL => b.null(),
-        JENTRY_ISBOOL_FALSE => b.bool(false),
-        JENTRY_ISBOOL_TRUE => b.bool(true),
-        JENTRY_ISNUMERIC => {
-            let from = align4(start).min(end);
-            b.number(&numeric_text(&area[from..end])?);
-        }
-        JENTRY_ISCONTAINER => {
-            let from = align4(start).min(end);
-            container(b, &area[from..end], depth + 1)?;
-        }
-        _ => return Err(Malformed("unknown entry type")),
-    }
-    Ok(())
 }
 
 const NUMERIC_SIGN_MASK: u16 = 0xC000;
@@ -439,7 +493,10 @@ mod tests {
     fn write(j: &J) -> Vec<u8> {
         let (header, items): (u32, Vec<&J>) = match j {
             J::Arr(a) => (JB_FARRAY | a.len() as u32, a.iter().collect()),
-            J::Obj(o) => (JB_FOBJECT | o.len() as u32, o.iter().map(|(_, v)| v).collect()),
+            J::Obj(o) => (
+                JB_FOBJECT | o.len() as u32,
+                o.iter().map(|(_, v)| v).collect(),
+            ),
             _ => (JB_FARRAY | JB_FSCALAR | 1, vec![j]),
         };
         let mut parts: Vec<(u32, Vec<u8>)> = Vec::new();
@@ -563,7 +620,10 @@ mod tests {
                 "tags": ["a", -7, [], {}, false], "b": {"z": null, "a": ""}}"#,
         );
         assert_eq!(got, want);
-        assert_eq!(encode_jsonb(&write(&J::Str("plain"))).unwrap(), canonical(r#""plain""#));
+        assert_eq!(
+            encode_jsonb(&write(&J::Str("plain"))).unwrap(),
+            canonical(r#""plain""#)
+        );
         let num = J::Num(numeric(false, 0, 1, &[2, 5000]));
         assert_eq!(encode_jsonb(&write(&num)).unwrap(), canonical("2.5"));
     }
@@ -577,13 +637,18 @@ mod tests {
             ("tags", J::Arr(vec![J::Str("b"), J::Null])),
             ("ok", J::Bool(true)),
         ]));
-        assert_eq!(key_text(&row, &["id"]).unwrap().as_deref(), Some(r#"{"id":42}"#));
+        assert_eq!(
+            key_text(&row, &["id"]).unwrap().as_deref(),
+            Some(r#"{"id":42}"#)
+        );
         assert_eq!(
             key_text(&row, &["region", "id"]).unwrap().as_deref(),
             Some(r#"{"id":42,"region":"e\"u"}"#)
         );
         assert_eq!(
-            key_text(&row, &["tags", "amount", "ok"]).unwrap().as_deref(),
+            key_text(&row, &["tags", "amount", "ok"])
+                .unwrap()
+                .as_deref(),
             Some(r#"{"amount":1.50,"ok":true,"tags":["b",null]}"#)
         );
         assert_eq!(key_text(&row, &["missing"]).unwrap(), None);

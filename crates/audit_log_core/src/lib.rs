@@ -1,16 +1,21 @@
 //! Pure logic of audit_log, with no PostgreSQL dependency.
 //!
 //! The extension and the `audit-log` CLI both call this crate, so the canonical
-//! encoding (docs/FORMAT.md) has exactly one implementation.
+//! encoding (docs/FORMAT.md) has exactly one implementation. Nothing here
+//! that walks user JSON recurses: every walk keeps its own stack on the heap,
+//! so a value nested a million deep costs memory, never a thread's stack.
+//!
 //! - [`encoding`]: the canonical byte encoding of events, links and JSON values;
 //! - [`hash`]: the domain-separated SHA-256 hashes of events and links;
 //! - [`jsonb`]: PostgreSQL's binary jsonb read into that encoding;
+//! - [`json_text`]: JSON text (as `jsonb_out` prints it) read into that encoding;
 //! - [`parallel`]: an order-keeping parallel map, to verify on several cores;
 //! - [`verify`]: chain, link and checkpoint verification over streams;
 //! - [`time`]: the fixed UTC timestamp representation.
 
 pub mod encoding;
 pub mod hash;
+pub mod json_text;
 pub mod jsonb;
 pub mod model;
 pub mod parallel;

@@ -7,7 +7,10 @@ use serde_json::Value;
 use crate::hash::Hash;
 
 /// A JSON value as it enters an event: parsed, or already in its canonical
-/// encoding (the extension encodes jsonb in place, without a text round trip).
+/// encoding (the extension encodes jsonb in place, without a text round trip;
+/// the CLI encodes JSON text with [`crate::json_text`]). Row data should come
+/// as `Encoded`: a `serde_json::Value` nested deep enough overflows the stack
+/// when it is dropped, and its parser refuses it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Json {
     Value(Value),
@@ -28,6 +31,13 @@ pub struct Event {
     pub tx_id: u64,
     /// 1-based position of the event inside its transaction.
     pub tx_seq: i64,
+    /// The id of the first event of the same transaction (the one with
+    /// `tx_seq` 1): the key that groups a transaction's events, and that its
+    /// link's `first_event` holds. Event ids come from a sequence that a dump
+    /// and restore keeps, so unlike `tx_id` (which starts again from small
+    /// numbers in a new cluster) it never repeats. Not hashed: it is
+    /// derivable, and verification checks it.
+    pub tx_first: i64,
     /// Capture time, microseconds since 1970-01-01 00:00:00 UTC.
     pub recorded_at: i64,
     /// Start time of the statement that made the change, same unit.

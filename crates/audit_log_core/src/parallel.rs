@@ -12,13 +12,21 @@ use std::thread::Scope;
 /// Items per batch handed to a worker.
 pub const BATCH: usize = 512;
 
+/// Each worker's stack. What the workers run walks user data with heap
+/// stacks of its own (jsonb, JSON text, the canonical encoding), so its
+/// depth does not depend on the data; the size is set here rather than left
+/// to `RUST_MIN_STACK` in the environment (a PostgreSQL server's, in the
+/// extension), so that what was tested is what runs, with room to spare.
+pub const WORKER_STACK: usize = 4 << 20;
+
 type Job<T, U> = (Vec<T>, SyncSender<Vec<U>>);
 
 /// The results of `f` over `input`, in input order, computed by `threads`
-/// workers spawned in `scope`. `input` is only ever read on the calling
-/// thread; `init` runs first on each worker (the extension blocks signals
-/// there). An `Err` from `input` is passed through in its place, and ends
-/// the stream. With `threads == 0` everything runs on the calling thread.
+/// workers spawned in `scope`, each with a stack of [`WORKER_STACK`] bytes.
+/// `input` is only ever read on the calling thread; `init` runs first on
+/// each worker (the extension blocks signals there). An `Err` from `input`
+/// is passed through in its place, and ends the stream. With `threads == 0`
+/// (or if no worker could be started) everything runs on the calling thread.
 pub fn map_ordered<'scope, 'env, T, U, E, I, F>(
     scope: &'scope Scope<'scope, 'env>,
     input: I,
@@ -34,10 +42,11 @@ where
 {
     let (jobs, rx) = mpsc::sync_channel::<Job<T, U>>(threads * 2);
     let rx = Arc::new(Mutex::new(rx));
+    let mut spawned = 0;
     for _ in 0..threads {
         let rx: Arc<Mutex<Receiver<Job<T, U>>>> = Arc::clone(&rx);
         let f = f.clone();
-        scope.spawn(move || {
+        let worker = move || {
             init();
             loop {
                 // A poisoned lock means another worker panicked: stop too.
@@ -51,14 +60,24 @@ where
                     return;
                 }
             }
-        });
+        };
+        // A worker can fail to start (a process or memory limit): go on
+        // with those that did, or on the calling thread.
+        let started = std::thread::Builder::new()
+            .name("audit_log worker".into())
+            .stack_size(WORKER_STACK)
+            .spawn_scoped(scope, worker);
+        if started.is_err() {
+            break;
+        }
+        spawned += 1;
     }
     Ordered {
         input,
-        jobs: (threads > 0).then_some(jobs),
+        jobs: (spawned > 0).then_some(jobs),
         f,
         in_flight: VecDeque::new(),
-        window: threads * 2,
+        window: spawned * 2,
         ready: VecDeque::new(),
         error: None,
         input_done: false,

@@ -1,9 +1,14 @@
 //! Verification of a whole log: every event hash, every in-transaction chain,
 //! every commit link, every chain of links, and optionally that the log extends
 //! a checkpoint. It consumes three sorted streams, so memory stays constant:
-//! events ordered by (tx_id, tx_seq, id), links ordered by (tx_id, chain_id,
-//! seq), and links ordered by (chain_id, seq). The SQL function
-//! `audit_log.verify()` and the CLI drive the same [`verify_streams`].
+//! events ordered by (tx_first, tx_seq, id), links ordered by (first_event,
+//! chain_id, seq), and links ordered by (chain_id, seq). A transaction is
+//! known by the id of its first event (the events' `tx_first`, its link's
+//! `first_event`), which never repeats; not by its `tx_id`, which starts
+//! again from small numbers after a restore into a new cluster. Messages
+//! still name a transaction by its `tx_id`, which is what an auditor knows.
+//! The SQL function `audit_log.verify()` and the CLI drive the same
+//! [`verify_streams`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -123,31 +128,79 @@ struct Seen {
     hash_ok: bool,
 }
 
-/// Checks the events of one transaction, fed one at a time in (tx_seq, id)
-/// order, then against the transaction's link. Constant memory, so a
-/// transaction of ten million rows verifies like one of ten.
+/// Checks the events of one transaction (those with one `tx_first`), fed one
+/// at a time in (tx_seq, id) order, then against the transaction's link.
+/// Constant memory, so a transaction of ten million rows verifies like one
+/// of ten.
 struct TxCheck {
+    /// The events' `tx_first`, which must be the id of the first of them.
+    key: i64,
+    /// The transaction's `tx_id`: as its link records it (hashed), or for
+    /// a transaction without one, as its first event does.
+    tx_id: Option<u64>,
+    linked: bool,
+    /// Events with the link's `tx_id`.
+    with_link_tx: i64,
+    /// Events of another `tx_id` (the first [`MAX_PROBLEMS`] of them, and
+    /// how many): reported when the transaction ends, since if none has the
+    /// link's `tx_id`, it is the link that is wrong.
+    foreign: Vec<(i64, u64)>,
+    foreign_count: u64,
     first: Option<Seen>,
     prev: Option<Seen>,
     count: i64,
     expected_seq: i64,
     gap_reported: bool,
+    /// The first event's id differs from `key`, and that was reported.
+    key_reported: bool,
 }
 
 impl TxCheck {
-    fn new() -> Self {
+    fn new(key: i64, link: Option<&Link>) -> Self {
         TxCheck {
+            key,
+            tx_id: link.map(|l| l.tx_id),
+            linked: link.is_some(),
+            with_link_tx: 0,
+            foreign: Vec::new(),
+            foreign_count: 0,
             first: None,
             prev: None,
             count: 0,
             expected_seq: 1,
             gap_reported: false,
+            key_reported: false,
         }
     }
 
     fn event(&mut self, v: &mut Verdict, e: &HashedEvent) {
         v.events_checked += 1;
         self.count += 1;
+        // tx_first is not hashed, but derivable: the id of the event at
+        // position 1. (A missing position 1 is reported as such below.)
+        if self.first.is_none() && e.tx_seq == 1 && e.id != self.key {
+            self.key_reported = true;
+            v.push(
+                ProblemKind::ContentChanged,
+                Some(e.id),
+                format!(
+                    "event {} starts tx {} but records tx_first {}, not its own id",
+                    e.id, e.tx_id, self.key
+                ),
+            );
+        }
+        // One transaction has one tx_id: an event of another one was moved here.
+        let tx_id = *self.tx_id.get_or_insert(e.tx_id);
+        if e.tx_id == tx_id {
+            self.with_link_tx += 1;
+        } else if !self.linked {
+            push_foreign(v, e.id, e.tx_id, self.key, tx_id);
+        } else {
+            self.foreign_count += 1;
+            if self.foreign.len() < MAX_PROBLEMS {
+                self.foreign.push((e.id, e.tx_id));
+            }
+        }
         let own_ok = e.computed == e.hash;
         if !own_ok {
             v.push(
@@ -179,9 +232,11 @@ impl TxCheck {
                     e.id, e.tx_seq, e.tx_id
                 ),
             );
-        } else if e.prev_hash != expected_prev && own_ok {
+        } else if e.prev_hash != expected_prev && own_ok && e.tx_id == tx_id {
             // This event verifies, so what it was chained to is the truth: a
-            // predecessor that hashes otherwise had its hash recomputed after an edit.
+            // predecessor that hashes otherwise had its hash recomputed after an
+            // edit. (Not for an event of another transaction moved here: it is
+            // reported as such, and its predecessor is innocent.)
             match self.prev {
                 Some(p) if p.hash_ok => v.push(
                     ProblemKind::ContentChanged,
@@ -226,8 +281,8 @@ impl TxCheck {
                 ProblemKind::EventNotLinked,
                 Some(first.id),
                 format!(
-                    "{} event(s) of tx {} from event {} are not covered by any committed link",
-                    self.count, first.tx_id, first.id
+                    "{} event(s) of tx {} with tx_first {} are not covered by any committed link",
+                    self.count, first.tx_id, self.key
                 ),
             );
             return;
@@ -237,10 +292,25 @@ impl TxCheck {
                 ProblemKind::LinkChanged,
                 Some(extra.first_event),
                 format!(
-                    "tx {} has a second link (chain {} seq {})",
-                    extra.tx_id, extra.chain_id, extra.seq
+                    "tx {} (first event {}) has a second link (chain {} seq {})",
+                    extra.tx_id, extra.first_event, extra.chain_id, extra.seq
                 ),
             );
+        }
+        if self.with_link_tx == 0 {
+            v.push(
+                ProblemKind::LinkChanged,
+                Some(first.id),
+                format!(
+                    "link {}/{} names tx {} but the events with tx_first {} are of tx {}",
+                    link.chain_id, link.seq, link.tx_id, self.key, first.tx_id
+                ),
+            );
+        } else {
+            for &(id, tx_id) in &self.foreign {
+                push_foreign(v, id, tx_id, self.key, link.tx_id);
+            }
+            v.problem_count += self.foreign_count - self.foreign.len() as u64;
         }
         let n = self.count;
         if n < link.event_count {
@@ -269,7 +339,8 @@ impl TxCheck {
                     link.tx_id, n, link.event_count
                 ),
             );
-        } else if first.id != link.first_event || last.id != link.last_event {
+        } else if (first.id != link.first_event && !self.key_reported) || last.id != link.last_event
+        {
             v.push(
                 ProblemKind::ContentChanged,
                 Some(first.id.min(link.first_event)),
@@ -292,6 +363,17 @@ impl TxCheck {
             );
         }
     }
+}
+
+/// An event grouped, by its `tx_first`, with a transaction of another `tx_id`.
+fn push_foreign(v: &mut Verdict, id: i64, tx_id: u64, key: i64, tx_of_key: u64) {
+    v.push(
+        ProblemKind::EventInserted,
+        Some(id),
+        format!(
+            "event {id} of tx {tx_id} records tx_first {key}, the first event of tx {tx_of_key}"
+        ),
+    );
 }
 
 /// Links whose transaction has no events left.
@@ -471,6 +553,8 @@ pub struct HashedEvent {
     pub id: i64,
     pub tx_id: u64,
     pub tx_seq: i64,
+    /// The transaction's key: see [`Event::tx_first`].
+    pub tx_first: i64,
     pub prev_hash: Hash,
     pub hash: Hash,
     pub computed: Hash,
@@ -482,6 +566,7 @@ impl HashedEvent {
             id: e.id,
             tx_id: e.tx_id,
             tx_seq: e.tx_seq,
+            tx_first: e.tx_first,
             prev_hash: e.prev_hash,
             hash: e.hash,
             computed: event_hash(e),
@@ -519,8 +604,8 @@ pub fn verify_hashed_streams<E>(
     let mut events = events_by_tx.peekable();
 
     loop {
-        let next_ev_tx = match events.peek() {
-            Some(Ok(h)) => Some(h.tx_id),
+        let next_key = match events.peek() {
+            Some(Ok(h)) => Some(h.tx_first),
             Some(Err(_)) => match events.next() {
                 Some(Err(err)) => return Err(err),
                 _ => unreachable!("peeked an error"),
@@ -529,16 +614,16 @@ pub fn verify_hashed_streams<E>(
         };
         // Links of transactions that come before the next event's: orphans.
         while let Some(l) = pending_link.as_ref() {
-            if next_ev_tx.is_some_and(|t| l.tx_id >= t) {
+            if next_key.is_some_and(|k| l.first_event >= k) {
                 break;
             }
             check_orphan_links(&mut v, std::slice::from_ref(l));
             pending_link = next_link(&mut links)?;
         }
-        let Some(tx_id) = next_ev_tx else { break };
+        let Some(key) = next_key else { break };
         let mut tx_links = Vec::new();
         while let Some(l) = pending_link.take() {
-            if l.tx_id != tx_id {
+            if l.first_event != key {
                 pending_link = Some(l);
                 break;
             }
@@ -546,11 +631,9 @@ pub fn verify_hashed_streams<E>(
             pending_link = next_link(&mut links)?;
         }
         let link_count = tx_links.first().map(|l| l.event_count);
-        let mut check = TxCheck::new();
+        let mut check = TxCheck::new(key, tx_links.first());
         let mut beyond_link = None;
-        while let Some(item) =
-            events.next_if(|r| r.as_ref().map_or(true, |h| h.tx_id == tx_id))
-        {
+        while let Some(item) = events.next_if(|r| r.as_ref().map_or(true, |h| h.tx_first == key)) {
             let e = item?;
             check.event(&mut v, &e);
             if link_count.is_some_and(|n| check.count == n.saturating_add(1)) {

@@ -69,6 +69,7 @@ fn forged_event_in_new_transaction() {
     let mut forged = log.events[0].clone();
     forged.id = 500;
     forged.tx_id = 99_999;
+    forged.tx_first = 500;
     forged.hash = event_hash(&forged);
     log.events.push(forged);
     assert_eq!(first(&log, None), (ProblemKind::EventNotLinked, Some(500)));
@@ -199,6 +200,152 @@ fn extended_log_still_matches_checkpoint() {
     assert!(log.verify(Some(&cp)).ok());
 }
 
+#[test]
+fn two_transactions_with_one_tx_id_verify() {
+    // After pg_dump and pg_restore into a new cluster, transaction ids start
+    // again from small numbers: a new transaction can have an old one's tx_id.
+    let mut log = Log::sample(6, 2);
+    let old_tx = log.links[1].tx_id;
+    log.commit_as(0, old_tx, &[json!({"after": "restore"}), json!({"n": 2})]);
+    log.commit_as(1, old_tx, &[json!({"again": true})]);
+    log.commit(1, &[json!({"later": 1})]);
+    assert_eq!(log.links.iter().filter(|l| l.tx_id == old_tx).count(), 3);
+    let v = log.verify(None);
+    assert!(v.ok(), "{:?}", v.problems);
+    assert_eq!(v.events_checked as usize, log.events.len());
+    assert!(log.verify(Some(&log.checkpoint())).ok());
+}
+
+/// A log in which one tx_id names two transactions: the fourth, and one of
+/// two events committed last (as after a restore into a new cluster).
+fn restored_log() -> (Log, u64) {
+    let mut log = Log::sample(8, 2);
+    let tx = log.links[3].tx_id;
+    log.commit_as(1, tx, &[json!({"x": 1}), json!({"x": 2})]);
+    assert!(log.verify(None).ok());
+    (log, tx)
+}
+
+#[test]
+fn moving_an_event_to_another_transaction_is_detected() {
+    // The last event of the later transaction, moved into the earlier one
+    // with the same tx_id: its hash still verifies, tx_first is not hashed.
+    let (mut log, tx) = restored_log();
+    let firsts: Vec<i64> = log
+        .links
+        .iter()
+        .filter(|l| l.tx_id == tx)
+        .map(|l| l.first_event)
+        .collect();
+    let last = log
+        .events
+        .iter_mut()
+        .rfind(|e| e.tx_first == firsts[1])
+        .unwrap();
+    last.tx_first = firsts[0];
+    let moved = last.id;
+    let v = log.verify(None);
+    assert!(!v.ok());
+    // Its own transaction lacks it; the other has one event too many.
+    let kinds: Vec<_> = v.problems.iter().map(|p| (p.kind, p.event_id)).collect();
+    assert!(
+        kinds.contains(&(ProblemKind::EventMissing, Some(moved - 1))),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .any(|&(k, at)| k == ProblemKind::EventInserted && at == Some(moved)),
+        "{kinds:?}"
+    );
+
+    // An event moved into a transaction of another tx_id.
+    let (mut log, _) = restored_log();
+    let e = log.events.iter_mut().find(|e| e.id == 2).unwrap();
+    let own = e.tx_first;
+    e.tx_first = 4;
+    assert_ne!(own, 4);
+    let v = log.verify(None);
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::EventInserted
+                && p.event_id == Some(2)
+                && p.detail.contains("tx_first 4")),
+        "{:?}",
+        v.problems
+    );
+}
+
+#[test]
+fn a_wrong_tx_first_is_detected() {
+    // Every event of a transaction given another key: no link covers them,
+    // and the link's own events are gone.
+    let (mut log, _) = restored_log();
+    let victim = log.links[2].first_event;
+    for e in log.events.iter_mut().filter(|e| e.tx_first == victim) {
+        e.tx_first = 900;
+    }
+    let v = log.verify(None);
+    assert_eq!(
+        first(&log, None),
+        (ProblemKind::ContentChanged, Some(victim))
+    );
+    let kinds: Vec<_> = v.problems.iter().map(|p| p.kind).collect();
+    assert!(kinds.contains(&ProblemKind::EventNotLinked), "{kinds:?}");
+    assert!(kinds.contains(&ProblemKind::EventMissing), "{kinds:?}");
+
+    // A key that is not its first event's id, with the link to match: the
+    // key must be the id of the event at position 1.
+    let (mut log, _) = restored_log();
+    let l = log
+        .links
+        .iter()
+        .find(|l| l.event_count > 1)
+        .unwrap()
+        .clone();
+    let second = l.first_event + 1;
+    for e in log
+        .events
+        .iter_mut()
+        .filter(|e| e.tx_first == l.first_event)
+    {
+        e.tx_first = second;
+    }
+    let li = log
+        .links
+        .iter()
+        .position(|x| x.first_event == l.first_event)
+        .unwrap();
+    log.links[li].first_event = second;
+    let v = log.verify(None);
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::ContentChanged
+                && p.event_id == Some(l.first_event)
+                && p.detail.contains(&format!("records tx_first {second}"))),
+        "{:?}",
+        v.problems
+    );
+}
+
+#[test]
+fn a_link_of_another_tx_id_is_detected() {
+    // A link whose tx_id is not its events', re-hashed with the rest of its
+    // chain: consistent in itself, but not with the events it commits to.
+    let mut log = Log::sample(6, 1);
+    log.links[2].tx_id += 1;
+    let mut prev = log.links[1].link_hash;
+    for l in &mut log.links[2..] {
+        l.prev_link_hash = prev;
+        l.link_hash = link_hash(l);
+        prev = l.link_hash;
+    }
+    let at = log.links[2].first_event;
+    assert_eq!(first(&log, None), (ProblemKind::LinkChanged, Some(at)));
+}
+
 /// Apply tampering number `kind` at position `at` (some draws change nothing).
 fn tamper(log: &mut Log, kind: u8, at: usize) {
     let n = log.events.len();
@@ -206,7 +353,7 @@ fn tamper(log: &mut Log, kind: u8, at: usize) {
         return;
     }
     let i = at % n;
-    match kind % 8 {
+    match kind % 9 {
         0 => log.events[i].new_row = Some(json!({"tampered": at}).into()),
         1 => log.events[i].current_user_name.push('x'),
         2 => log.events[i].hash[at % 32] ^= 1,
@@ -226,6 +373,11 @@ fn tamper(log: &mut Log, kind: u8, at: usize) {
             let li = at % log.links.len();
             log.links[li].event_count += 1;
         }
+        7 => {
+            // Move an event to another transaction's group.
+            let j = (at / 7) % n;
+            log.events[i].tx_first = log.events[j].tx_first;
+        }
         _ => {
             let mut e = log.events[i].clone();
             e.id = 1_000_000 + at as i64;
@@ -241,7 +393,7 @@ proptest! {
     fn random_tampering_is_always_detected(
         txs in 1usize..30,
         chains in 1i32..5,
-        kinds in proptest::collection::vec((0u8..8, 0usize..10_000), 1..4),
+        kinds in proptest::collection::vec((0u8..9, 0usize..10_000), 1..4),
     ) {
         let mut log = Log::sample(txs, chains);
         prop_assert!(log.verify(None).ok());

@@ -8,6 +8,7 @@ pub fn vector_event() -> Event {
         id: 42,
         tx_id: 777,
         tx_seq: 1,
+        tx_first: 42,
         recorded_at: 1_767_225_600_123_456, // 2026-01-01T00:00:00.123456Z
         statement_at: 1_767_225_600_000_000,
         session_user_name: "app".into(),
@@ -46,6 +47,18 @@ fn event_vector() {
         hex::encode(event_hash(&e)),
         "16a3d9bb4cc9a45ec7ca5b23952f545e9dc4b7722744316b97c3c23db4b263cf"
     );
+}
+
+#[test]
+fn tx_first_is_not_hashed() {
+    let e = vector_event();
+    let mut moved = e.clone();
+    moved.tx_first = 7;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    encode_event(&e, &mut a);
+    encode_event(&moved, &mut b);
+    assert_eq!(a, b);
+    assert_eq!(event_hash(&e), event_hash(&moved));
 }
 
 #[test]

@@ -28,6 +28,12 @@ impl Log {
     pub fn commit(&mut self, chain: i32, rows: &[Value]) {
         let tx = self.next_tx;
         self.next_tx += 3;
+        self.commit_as(chain, tx, rows);
+    }
+
+    /// Commit one transaction with the given `tx_id`, which may be one an
+    /// earlier transaction had (as after a restore into a new cluster).
+    pub fn commit_as(&mut self, chain: i32, tx: u64, rows: &[Value]) {
         let mut prev = ZERO_HASH;
         let first = self.next_id;
         for (i, row) in rows.iter().enumerate() {
@@ -35,6 +41,7 @@ impl Log {
                 id: self.next_id,
                 tx_id: tx,
                 tx_seq: i as i64 + 1,
+                tx_first: first,
                 recorded_at: 1_700_000_000_000_000 + self.next_id,
                 statement_at: 1_700_000_000_000_000,
                 session_user_name: "app".into(),
@@ -108,9 +115,9 @@ impl Log {
 
     pub fn verify(&self, cp: Option<&Checkpoint>) -> Verdict {
         let mut ev = self.events.clone();
-        ev.sort_by_key(|e| (e.tx_id, e.tx_seq, e.id));
+        ev.sort_by_key(|e| (e.tx_first, e.tx_seq, e.id));
         let mut by_tx = self.links.clone();
-        by_tx.sort_by_key(|l| (l.tx_id, l.chain_id, l.seq));
+        by_tx.sort_by_key(|l| (l.first_event, l.chain_id, l.seq));
         let mut by_chain = self.links.clone();
         by_chain.sort_by_key(|l| (l.chain_id, l.seq));
         verify_streams(

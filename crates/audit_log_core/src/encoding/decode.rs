@@ -1,0 +1,175 @@
+//! Reading the canonical encoding back: to prove injectivity in tests, to let
+//! tools inspect bytes, and to print a value as compact JSON text (the CLI's
+//! export, a row's key). A `json` item is walked with an explicit stack, so
+//! any nesting depth reads without recursion.
+
+use crate::json_text::{is_number, write_escaped};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed canonical encoding at byte {0}")]
+pub struct Malformed(pub usize);
+
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+/// An array or object being read: items left, and for an object the last
+/// key, which the next must follow in byte order.
+struct Open<'a> {
+    left: usize,
+    object: bool,
+    first: bool,
+    last_key: Option<&'a [u8]>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, pos: 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == self.bytes.len()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        let end = self.pos.checked_add(n).ok_or(Malformed(self.pos))?;
+        let s = self.bytes.get(self.pos..end).ok_or(Malformed(self.pos))?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, Malformed> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub fn i64(&mut self) -> Result<i64, Malformed> {
+        let b = self.take(8)?;
+        Ok(i64::from_be_bytes(
+            b.try_into().map_err(|_| Malformed(self.pos))?,
+        ))
+    }
+
+    pub fn len(&mut self) -> Result<usize, Malformed> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes(b.try_into().map_err(|_| Malformed(self.pos))?) as usize)
+    }
+
+    /// A `text`, borrowed.
+    pub fn str(&mut self) -> Result<&'a str, Malformed> {
+        let n = self.len()?;
+        let at = self.pos;
+        let b = self.take(n)?;
+        std::str::from_utf8(b).map_err(|_| Malformed(at))
+    }
+
+    pub fn text(&mut self) -> Result<String, Malformed> {
+        self.str().map(str::to_owned)
+    }
+
+    /// One `json` item, checked (known tags, UTF-8 text, numbers that are
+    /// JSON numbers, object keys strictly increasing: a canonical encoding
+    /// has one form), as its bytes.
+    pub fn json(&mut self) -> Result<&'a [u8], Malformed> {
+        let start = self.pos;
+        self.walk(None)?;
+        Ok(&self.bytes[start..self.pos])
+    }
+
+    /// One `json` item as compact JSON text: no whitespace, members in the
+    /// encoded order (byte order of their keys), numbers as encoded, strings
+    /// escaped as `serde_json` escapes them.
+    pub fn json_text(&mut self) -> Result<String, Malformed> {
+        let mut out = String::new();
+        self.walk(Some(&mut out))?;
+        Ok(out)
+    }
+
+    fn walk(&mut self, mut out: Option<&mut String>) -> Result<(), Malformed> {
+        let mut stack: Vec<Open<'a>> = Vec::new();
+        self.value(&mut stack, out.as_deref_mut())?;
+        while let Some(top) = stack.last_mut() {
+            if top.left == 0 {
+                let close = if top.object { '}' } else { ']' };
+                stack.pop();
+                if let Some(o) = out.as_deref_mut() {
+                    o.push(close);
+                }
+                continue;
+            }
+            top.left -= 1;
+            if !top.first {
+                if let Some(o) = out.as_deref_mut() {
+                    o.push(',');
+                }
+            }
+            top.first = false;
+            if top.object {
+                let at = self.pos;
+                let k = self.str()?;
+                if top.last_key.is_some_and(|l| l >= k.as_bytes()) {
+                    return Err(Malformed(at));
+                }
+                top.last_key = Some(k.as_bytes());
+                if let Some(o) = out.as_deref_mut() {
+                    write_escaped(o, k);
+                    o.push(':');
+                }
+            }
+            self.value(&mut stack, out.as_deref_mut())?;
+        }
+        Ok(())
+    }
+
+    /// One tag and what follows it, but for an array's or object's items,
+    /// which are left to the caller's loop.
+    fn value(
+        &mut self,
+        stack: &mut Vec<Open<'a>>,
+        out: Option<&mut String>,
+    ) -> Result<(), Malformed> {
+        use super::tag;
+        let at = self.pos;
+        let t = self.u8()?;
+        let mut open = |left: usize, object: bool| {
+            stack.push(Open {
+                left,
+                object,
+                first: true,
+                last_key: None,
+            })
+        };
+        let text: &str = match t {
+            tag::NULL => "null",
+            tag::FALSE => "false",
+            tag::TRUE => "true",
+            tag::NUMBER => {
+                let n = self.str()?;
+                if !is_number(n.as_bytes()) {
+                    return Err(Malformed(at));
+                }
+                n
+            }
+            tag::STRING => {
+                let s = self.str()?;
+                if let Some(o) = out {
+                    write_escaped(o, s);
+                }
+                return Ok(());
+            }
+            tag::ARRAY => {
+                open(self.len()?, false);
+                "["
+            }
+            tag::OBJECT => {
+                open(self.len()?, true);
+                "{"
+            }
+            _ => return Err(Malformed(at)),
+        };
+        if let Some(o) = out {
+            o.push_str(text);
+        }
+        Ok(())
+    }
+}
