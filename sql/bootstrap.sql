@@ -47,8 +47,14 @@ CREATE TABLE audit_log.events (
     -- Not hashed: derived from the table and the row's primary key, to find
     -- a row's history without scanning the log.
     row_key           bigint,
+    -- Not hashed: the id of the first event of the same transaction. With
+    -- tx_seq it is the event's place in the log. tx_id cannot be that key:
+    -- after a restore into a new cluster, transaction ids start again and
+    -- repeat those of restored events; event ids come from a sequence that
+    -- pg_dump keeps, so they never repeat.
+    tx_first          bigint      NOT NULL,
     -- verify() reads events in this order, and a position cannot repeat.
-    CONSTRAINT events_pkey PRIMARY KEY (tx_id, tx_seq)
+    CONSTRAINT events_pkey PRIMARY KEY (tx_first, tx_seq)
 );
 -- Ids grow with time, so a BRIN index finds them at a fraction of the cost of
 -- a second btree on every insert.
@@ -58,7 +64,7 @@ CREATE INDEX events_row_key_idx ON audit_log.events (row_key);
 
 COMMENT ON TABLE audit_log.events IS 'Append-only audit events, one per captured row change or configuration change. Each hash chains to the previous event of the same transaction; see docs/FORMAT.md.';
 COMMENT ON COLUMN audit_log.events.id IS 'Event id, unique and increasing within a transaction.';
-COMMENT ON COLUMN audit_log.events.tx_id IS 'Top-level transaction id of the change.';
+COMMENT ON COLUMN audit_log.events.tx_id IS 'Top-level transaction id (xid8) of the change, as PostgreSQL logs it. Not unique across clusters: a restored log can hold two transactions with the same tx_id.';
 COMMENT ON COLUMN audit_log.events.tx_seq IS '1-based position of the event within its transaction.';
 COMMENT ON COLUMN audit_log.events.recorded_at IS 'Clock time at capture.';
 COMMENT ON COLUMN audit_log.events.statement_at IS 'Start time of the statement that made the change.';
@@ -69,11 +75,12 @@ COMMENT ON COLUMN audit_log.events.client_addr IS 'Client address, NULL for Unix
 COMMENT ON COLUMN audit_log.events.context IS 'Application-supplied context (the end user behind a pool), or NULL.';
 COMMENT ON COLUMN audit_log.events.table_schema IS 'Schema of the changed table at the time of the change.';
 COMMENT ON COLUMN audit_log.events.table_name IS 'Name of the changed table at the time of the change.';
-COMMENT ON COLUMN audit_log.events.op IS 'INSERT, UPDATE, DELETE, TRUNCATE, or a configuration kind: ENABLE, DISABLE, DDL, DROP.';
+COMMENT ON COLUMN audit_log.events.op IS 'INSERT, UPDATE, DELETE, TRUNCATE, or a configuration kind: ENABLE, DISABLE, OPTIONS, DDL, DROP, ENABLE_SCHEMA, DISABLE_SCHEMA, RETENTION, PURGE.';
 COMMENT ON COLUMN audit_log.events.old_row IS 'The row before the change (UPDATE, DELETE), as jsonb.';
 COMMENT ON COLUMN audit_log.events.new_row IS 'The row after the change (INSERT, UPDATE), or details of a configuration change.';
 COMMENT ON COLUMN audit_log.events.prev_hash IS 'Hash of the previous event of the same transaction; 32 zero bytes for the first.';
 COMMENT ON COLUMN audit_log.events.hash IS 'SHA-256 over a version tag, prev_hash and the canonical encoding of this event.';
+COMMENT ON COLUMN audit_log.events.tx_first IS 'Id of the first event of the same transaction: with tx_seq, the event''s unique place in the log. Not covered by the event hash; verify() checks it against the transaction''s first event and its link.';
 COMMENT ON COLUMN audit_log.events.row_key IS 'A 64-bit hash of the table and the changed row''s primary key (the old row''s for UPDATE and DELETE); NULL without a primary key. Not covered by the event hash: a lookup aid for audit_log.history().';
 
 CREATE TABLE audit_log.links (
@@ -89,7 +96,8 @@ CREATE TABLE audit_log.links (
     link_hash       bytea       NOT NULL,
     CONSTRAINT links_pkey PRIMARY KEY (chain_id, seq)
 );
-CREATE INDEX links_tx_idx ON audit_log.links (tx_id);
+-- verify() matches each transaction's events to its link by the first event.
+CREATE INDEX links_first_event_idx ON audit_log.links (first_event);
 
 COMMENT ON TABLE audit_log.links IS 'Append-only commit links: one per transaction with audited changes, appended at commit to one of K chains.';
 COMMENT ON COLUMN audit_log.links.chain_id IS 'Which of the K chains this link extends.';

@@ -27,38 +27,76 @@ ALTER TABLE audit_log.events ENABLE ALWAYS TRIGGER append_only_truncate;
 ALTER TABLE audit_log.links ENABLE ALWAYS TRIGGER append_only;
 ALTER TABLE audit_log.links ENABLE ALWAYS TRIGGER append_only_truncate;
 
+-- The capture triggers' functions (src/capture.rs). No SET clause: they run
+-- for every audited row, and run no SQL.
+CREATE FUNCTION audit_log.capture_row() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'audit_log_capture_row';
+CREATE FUNCTION audit_log.capture_stmt() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'audit_log_capture_stmt';
+COMMENT ON FUNCTION audit_log.capture_row() IS 'Row trigger that records each change of an audited table. Created by audit_log.enable().';
+COMMENT ON FUNCTION audit_log.capture_stmt() IS 'Statement trigger of an audited table: records TRUNCATE and writes each statement''s events. Created by audit_log.enable().';
+
 -- DDL guard: refuses, for anyone but a superuser, DDL on the audit schema and
 -- switching off the capture triggers of an audited table; records what it allows.
+-- No SET search_path here: the guard resolves the command's table names as
+-- the command does, under the session's search_path, and pins search_path
+-- itself (to pg_catalog, pg_temp) for every query it runs.
 CREATE FUNCTION audit_log.ddl_command_start() RETURNS event_trigger
-LANGUAGE c SET search_path = pg_catalog, pg_temp
+LANGUAGE c
 AS 'MODULE_PATHNAME', 'audit_log_ddl_command_start';
 CREATE FUNCTION audit_log.ddl_command_end() RETURNS event_trigger
-LANGUAGE c SET search_path = pg_catalog, pg_temp
+LANGUAGE c
 AS 'MODULE_PATHNAME', 'audit_log_ddl_command_end';
 CREATE EVENT TRIGGER audit_log_ddl_start ON ddl_command_start
     EXECUTE FUNCTION audit_log.ddl_command_start();
 CREATE EVENT TRIGGER audit_log_ddl_end ON ddl_command_end
     EXECUTE FUNCTION audit_log.ddl_command_end();
+CREATE FUNCTION audit_log.sql_drop() RETURNS event_trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'audit_log_sql_drop';
+CREATE EVENT TRIGGER audit_log_sql_drop ON sql_drop
+    EXECUTE FUNCTION audit_log.sql_drop();
 ALTER EVENT TRIGGER audit_log_ddl_start ENABLE ALWAYS;
 ALTER EVENT TRIGGER audit_log_ddl_end ENABLE ALWAYS;
+ALTER EVENT TRIGGER audit_log_sql_drop ENABLE ALWAYS;
 
--- Functions: nothing for PUBLIC; the two roles get what they need.
+-- Functions: nothing for PUBLIC; the two roles get what they need. The
+-- admin configures what is recorded; the auditor reads and verifies it (a
+-- person who does both holds both roles). redacted() is for superusers only.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA audit_log FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean),
-    audit_log.disable(regclass), audit_log.redacted(jsonb),
+    audit_log.disable(regclass),
     audit_log.enable_schema(text), audit_log.disable_schema(text),
     audit_log.set_retention(interval), audit_log.purge(timestamptz)
     TO audit_log_admin;
 GRANT EXECUTE ON FUNCTION audit_log.verify(), audit_log.verify(jsonb), audit_log.checkpoint()
-    TO audit_log_auditor, audit_log_admin;
+    TO audit_log_auditor;
+-- The capture triggers' functions: PostgreSQL checks EXECUTE on them when it
+-- clones the row trigger onto a new partition, which the table's owner
+-- creates. A trigger function cannot be called from SQL, and the DDL guard
+-- refuses anyone but audit_log (and superusers) attaching them to a table,
+-- so this lets nobody write an event that is not a real change.
+GRANT EXECUTE ON FUNCTION audit_log.capture_row(), audit_log.capture_stmt() TO PUBLIC;
 
 -- The application context, for any role: it only sets the caller's own
 -- setting (audit_log.context), which every role may set anyway.
+-- is_local must be given: set_config() would read NULL as false, and make a
+-- context meant for one transaction stick to the session.
 CREATE FUNCTION audit_log.set_context(context jsonb, is_local boolean DEFAULT true)
-RETURNS void LANGUAGE sql VOLATILE
-AS $$ SELECT pg_catalog.set_config('audit_log.context', context::pg_catalog.text, is_local) $$;
+RETURNS void LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    IF is_local IS NULL THEN
+        RAISE EXCEPTION 'audit_log.set_context: is_local must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Pass true (this transaction only, the default) or false (the rest of the session).';
+    END IF;
+    -- A NULL context clears it.
+    PERFORM pg_catalog.set_config('audit_log.context', coalesce(context::pg_catalog.text, ''), is_local);
+END
+$$;
 COMMENT ON FUNCTION audit_log.set_context(jsonb, boolean) IS
-    'Set the application context recorded with each audited change: for this transaction (the default) or, with is_local => false, the session.';
+    'Set the application context recorded with each audited change: for this transaction (the default) or, with is_local => false, the session. NULL clears it.';
 GRANT EXECUTE ON FUNCTION audit_log.set_context(jsonb, boolean) TO PUBLIC;
 
 -- A row's versions, in order. With the table's primary key, an index lookup
@@ -122,4 +160,4 @@ COMMENT ON FUNCTION audit_log.history(regclass, jsonb) IS
     'A row''s versions in order: by primary key through an index, or by any columns of a table without one.';
 REVOKE ALL ON FUNCTION audit_log.history(regclass, jsonb), audit_log.row_key_of(regclass, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_log.history(regclass, jsonb), audit_log.row_key_of(regclass, jsonb)
-    TO audit_log_auditor, audit_log_admin;
+    TO audit_log_auditor;

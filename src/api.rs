@@ -177,8 +177,11 @@ fn trigger_arg(opts: &Options) -> Result<String, AuditError> {
     match opts.to_arg() {
         None => Ok("()".into()),
         Some(text) => {
-            let quoted = Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_literal($1)", &[text.into()])?
-                .ok_or_else(|| AuditError::Internal("quote_literal returned NULL".into()))?;
+            let quoted = Spi::get_one_with_args::<String>(
+                "SELECT pg_catalog.quote_literal($1)",
+                &[text.into()],
+            )?
+            .ok_or_else(|| AuditError::Internal("quote_literal returned NULL".into()))?;
             Ok(format!("({quoted})"))
         }
     }
@@ -186,15 +189,86 @@ fn trigger_arg(opts: &Options) -> Result<String, AuditError> {
 
 /// Create the statement trigger on one relation (a table or a partition),
 /// with the options of that relation's row trigger.
+///
+/// A foreign table (a foreign partition of an audited table) cannot have a
+/// TRUNCATE trigger: its statement trigger only writes each statement's
+/// events. A TRUNCATE through the partitioned parent is recorded there.
 pub fn create_stmt_trigger(qualified: &str) -> Result<(), AuditError> {
     let arg = trigger_arg(&trigger_options(qualified)?.unwrap_or_default())?;
+    let foreign = Spi::get_one_with_args::<bool>(
+        "SELECT relkind = 'f' FROM pg_catalog.pg_class WHERE oid = $1::pg_catalog.regclass",
+        &[qualified.into()],
+    )?
+    .unwrap_or(false);
+    let events = if foreign {
+        "INSERT OR UPDATE OR DELETE"
+    } else {
+        "INSERT OR UPDATE OR DELETE OR TRUNCATE"
+    };
     Spi::run(&format!(
         "DROP TRIGGER IF EXISTS {STMT_TRIGGER} ON {qualified};
-         CREATE TRIGGER {STMT_TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {qualified}
+         CREATE TRIGGER {STMT_TRIGGER} AFTER {events} ON {qualified}
              FOR EACH STATEMENT EXECUTE FUNCTION audit_log.capture_stmt{arg};
          ALTER TABLE {qualified} ENABLE ALWAYS TRIGGER {STMT_TRIGGER};"
     ))?;
     Ok(())
+}
+
+/// A new partition of an audited table: PostgreSQL cloned the row trigger;
+/// add the statement trigger and make both ALWAYS.
+pub fn complete_partition(p: &crate::relstate::RelState) -> Result<(), AuditError> {
+    let table = p.quoted();
+    internal_ddl(|| {
+        create_stmt_trigger(&table)?;
+        Spi::run(&format!(
+            "ALTER TABLE {table} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"
+        ))?;
+        Ok(())
+    })
+}
+
+/// A partition detached from an audited table: audited on its own from now
+/// on, with the options it had through its parent.
+pub fn enable_detached(
+    oid: pg_sys::Oid,
+    p: &crate::relstate::RelState,
+    opts: &Options,
+) -> Result<(), AuditError> {
+    let table = p.quoted();
+    internal_ddl(|| {
+        create_row_trigger(&table, opts)?;
+        create_stmt_trigger(&table)?;
+        Spi::run_with_args(
+            "INSERT INTO audit_log.audited_tables (relid, options) VALUES ($1, $2)
+             ON CONFLICT (relid) DO UPDATE SET options = excluded.options",
+            &[oid.into(), JsonB(opts.to_value()).into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// A new inheritance child of an audited table: audited like its parent,
+/// since an UPDATE or DELETE through the parent reaches its rows.
+pub fn enable_inherited(oid: pg_sys::Oid, opts: &Options, parent: &str) -> Result<(), AuditError> {
+    let t = describe(oid)?;
+    if fully_audited(&t)? {
+        return Ok(());
+    }
+    enable_with(oid, &t, opts)?;
+    pgrx::notice!(
+        "{} inherits from audited table {parent}: it is audited too",
+        t.qualified
+    );
+    Ok(())
+}
+
+/// Inheritance children (not partitions) at every level below a table.
+fn inheritance_children(oid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    crate::relstate::with_inheritors(oid)
+        .into_iter()
+        .filter(|&c| c != oid)
+        .filter(|&c| crate::relstate::rel_state(c).is_some_and(|s| !s.is_partition))
+        .collect()
 }
 
 /// Create the row trigger; on a partitioned table PostgreSQL clones it onto
@@ -260,7 +334,13 @@ fn enable(
             &columns_of(oid)?,
             (&t.schema, &t.name),
         )?;
-        enable_with(oid, &t, &opts)
+        enable_with(oid, &t, &opts)?;
+        // Rows of inheritance children show in the parent and are changed
+        // through it: they are audited with the same options.
+        for child in inheritance_children(oid) {
+            enable_with(child, &describe(child)?, &opts)?;
+        }
+        Ok(())
     })();
     result.or_raise()
 }
@@ -299,7 +379,9 @@ fn enable_with(oid: pg_sys::Oid, t: &Target, opts: &Options) -> Result<(), Audit
             if t.partitioned {
                 for p in partitions(oid)? {
                     create_stmt_trigger(&p)?;
-                    Spi::run(&format!("ALTER TABLE {p} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"))?;
+                    Spi::run(&format!(
+                        "ALTER TABLE {p} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"
+                    ))?;
                 }
             }
             Spi::run_with_args(
@@ -413,9 +495,11 @@ fn enable_schema(name: Option<String>) {
 /// whether the list changed.
 fn change_schema_list(sql: &str, name: &str) -> Result<bool, AuditError> {
     internal_ddl(|| {
-        Ok(optional_row(Spi::get_one_with_args::<bool>(sql, &[name.into()]))?
-            .flatten()
-            .unwrap_or(false))
+        Ok(
+            optional_row(Spi::get_one_with_args::<bool>(sql, &[name.into()]))?
+                .flatten()
+                .unwrap_or(false),
+        )
     })
 }
 
@@ -446,19 +530,32 @@ fn disable_schema(name: Option<String>) {
 }
 
 /// What a redacted column holds for `value`: to show that a recorded change
-/// had a given value, without the log ever holding it.
+/// had a given value, without the log ever holding it. Superusers only:
+/// whoever can call it and read events can test guesses of a low-entropy
+/// value (a 6-digit code) at hundreds of thousands per second.
 #[pg_extern(sql = r#"
 CREATE FUNCTION audit_log."redacted"("value" jsonb) RETURNS text
 STABLE PARALLEL SAFE LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION audit_log.redacted(jsonb) IS 'The salted SHA-256 that a redacted column records for this value. Requires audit_log_admin.';
+COMMENT ON FUNCTION audit_log.redacted(jsonb) IS 'The salted SHA-256 that a redacted column records for this value. Superusers only: it would let anyone who reads events test guesses of a redacted value.';
 "#)]
-fn redacted(value: Option<JsonB>) -> Option<String> {
+fn redacted(value: Option<&[u8]>) -> Option<String> {
     let result = (|| {
-        require_admin("compute redacted values")?;
-        let JsonB(v) = value.ok_or(AuditError::NullArgument("value"))?;
-        Ok(crate::options::redact(&crate::options::redaction_salt()?, &v))
+        // SAFETY: a catalog check on the current user.
+        if !unsafe { pg_sys::superuser() } {
+            return Err(AuditError::NotSuperuser {
+                action: "compute redacted values".into(),
+                why: "it would let a role that reads events test guesses of a redacted value",
+            });
+        }
+        // The binary jsonb after its header, encoded without building a tree.
+        let v = value.ok_or(AuditError::NullArgument("value"))?;
+        let encoded = crate::jsonb::encode_payload(v);
+        Ok(crate::options::redact(
+            &crate::options::redaction_salt()?,
+            &encoded,
+        ))
     })();
     Some(result.or_raise())
 }
@@ -548,6 +645,7 @@ struct RawEvent {
     id: i64,
     tx_id: u64,
     tx_seq: i64,
+    tx_first: i64,
     recorded_at: i64,
     statement_at: i64,
     prev_hash: Hash,
@@ -576,6 +674,7 @@ fn event_row(r: &Row) -> Option<RawEvent> {
         id: r.i64(0).unwrap_or(i64::MIN),
         tx_id: r.i64(1).unwrap_or(0) as u64,
         tx_seq: i64::from(r.i32(2).unwrap_or(0)),
+        tx_first: r.i64(18).unwrap_or(i64::MIN),
         recorded_at: ts_col(r, 3),
         statement_at: ts_col(r, 4),
         prev_hash: hash_col(r, 15),
@@ -591,7 +690,8 @@ impl RawEvent {
     }
 
     fn text(&self, k: usize) -> Option<String> {
-        self.field(k).map(|b| String::from_utf8_lossy(b).into_owned())
+        self.field(k)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
     }
 
     /// The event, given its jsonb columns already encoded.
@@ -600,6 +700,7 @@ impl RawEvent {
             id: self.id,
             tx_id: self.tx_id,
             tx_seq: self.tx_seq,
+            tx_first: self.tx_first,
             recorded_at: self.recorded_at,
             statement_at: self.statement_at,
             session_user_name: self.text(0).unwrap_or_default(),
@@ -674,12 +775,13 @@ fn link_row(r: &Row) -> Option<Link> {
 fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
     let oids = catalog::lookup()?;
     let snapshot = SnapshotGuard::active();
-    // The caller's own uncommitted events have no link yet: not part of the log.
-    // SAFETY: reads transaction state.
-    let own = unsafe { pg_sys::GetTopFullTransactionIdIfAny() }.value;
+    // The caller's own uncommitted events have no link yet: not part of the
+    // log. They are told apart by their first event, not by tx_id, which a
+    // restored log may hold for an older transaction too.
+    let own = crate::txstate::first_event();
     let events = Ordered::open(oids.events, oids.events_pkey, snapshot.0, event_row)?
-        .filter(move |e| !matches!(e, Ok(e) if own != 0 && e.tx_id == own));
-    let by_tx = Ordered::open(oids.links, oids.links_tx_idx, snapshot.0, link_row)?;
+        .filter(move |e| !matches!(e, Ok(e) if own.is_some_and(|f| e.tx_first == f)));
+    let by_tx = Ordered::open(oids.links, oids.links_first_event_idx, snapshot.0, link_row)?;
     let by_chain = Ordered::open(oids.links, oids.links_pkey, snapshot.0, link_row)?;
     // Chains that purge() shortened start from their anchors.
     let anchors = crate::retention::anchors()?;
@@ -770,11 +872,19 @@ fn verify_all() -> TableIterator<
     verdict_row(run_verify(None).or_raise(), false)
 }
 
-/// As verify(), and also prove that the log extends `checkpoint`.
-#[pg_extern(name = "verify", volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
+/// As verify(), and also prove that the log extends `checkpoint`. The
+/// checkpoint arrives as binary jsonb and is read through its text, so a
+/// hostile value (any depth, any size) gets a clear error, not a panic.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."verify"("checkpoint" jsonb)
+RETURNS TABLE ("ok" boolean, "events_checked" bigint, "first_bad_event" bigint, "problem" text)
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.verify(jsonb) IS 'As verify(), and also prove that the log extends a checkpoint returned earlier by audit_log.checkpoint(). Requires audit_log_auditor.';
+"#)]
 fn verify_against(
-    checkpoint: Option<JsonB>,
+    checkpoint: Option<&[u8]>,
 ) -> TableIterator<
     'static,
     (
@@ -785,7 +895,11 @@ fn verify_against(
     ),
 > {
     let result = (|| {
-        let JsonB(value) = checkpoint.ok_or(AuditError::NullArgument("checkpoint"))?;
+        let payload = checkpoint.ok_or(AuditError::NullArgument("checkpoint"))?;
+        let text = crate::jsonb::payload_to_text(payload);
+        // serde_json refuses nesting past 128 levels; a checkpoint has 3.
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| AuditError::BadCheckpoint(e.to_string()))?;
         let cp = Checkpoint::parse(&value).map_err(|e| AuditError::BadCheckpoint(e.to_string()))?;
         run_verify(Some(&cp))
     })();

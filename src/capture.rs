@@ -4,8 +4,8 @@
 //! Hashing happens here, in the transaction, without any lock.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::ffi::CStr;
+use std::rc::Rc;
 
 use audit_log_core::model::Json as EventJson;
 use audit_log_core::time::from_pg_timestamp;
@@ -39,9 +39,9 @@ unsafe fn json_from_datum(d: pg_sys::Datum) -> Json {
     }
 }
 
-/// `to_jsonb(row)`. to_jsonb learns its argument's type from the call
-/// expression, so give it one naming the table's row type.
-unsafe fn row_to_json(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Json {
+/// `to_jsonb(row)`, as a jsonb datum. to_jsonb learns its argument's type
+/// from the call expression, so give it one naming the table's row type.
+unsafe fn row_to_jsonb(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> pg_sys::Datum {
     // SAFETY (caller): tuple belongs to a relation whose descriptor is desc.
     unsafe {
         let composite = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
@@ -59,8 +59,7 @@ unsafe fn row_to_json(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Json
             pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
         )
         .cast();
-        let jsonb = pg_sys::FunctionCall1Coll(&mut flinfo, pg_sys::InvalidOid, composite);
-        json_from_datum(jsonb)
+        pg_sys::FunctionCall1Coll(&mut flinfo, pg_sys::InvalidOid, composite)
     }
 }
 
@@ -89,7 +88,9 @@ fn check_context(text: &str) -> Result<(), AuditError> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| AuditError::BadContext(format!("{e}, in {text}")))?;
     if has_nul(&v) {
-        return Err(AuditError::BadContext("\\u0000 cannot be stored in jsonb".into()));
+        return Err(AuditError::BadContext(
+            "\\u0000 cannot be stored in jsonb".into(),
+        ));
     }
     Ok(())
 }
@@ -108,9 +109,11 @@ fn current_context() -> Result<Option<Json>, AuditError> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    if let Some(hit) = CONTEXT_CACHE
-        .with_borrow(|c| c.as_ref().filter(|(t, _)| *t == text).map(|(_, j)| j.clone()))
-    {
+    if let Some(hit) = CONTEXT_CACHE.with_borrow(|c| {
+        c.as_ref()
+            .filter(|(t, _)| *t == text)
+            .map(|(_, j)| j.clone())
+    }) {
         return Ok(Some(hit));
     }
     check_context(&text)?;
@@ -121,15 +124,21 @@ fn current_context() -> Result<Option<Json>, AuditError> {
 
 /// `jsonb_in` over a text, so that what is hashed is exactly what is stored.
 fn text_to_jsonb(text: &str) -> Result<Json, AuditError> {
+    let d = jsonb_in(text)?;
+    // SAFETY: d is a jsonb datum.
+    Ok(unsafe { json_from_datum(d) })
+}
+
+/// A jsonb datum parsed from JSON text by PostgreSQL's own `jsonb_in`.
+pub fn jsonb_in(text: &str) -> Result<pg_sys::Datum, AuditError> {
     let text = std::ffi::CString::new(text).map_err(|e| AuditError::Internal(e.to_string()))?;
     // SAFETY: jsonb_in parses a cstring.
     unsafe {
-        let d = pgrx::direct_function_call_as_datum(
+        pgrx::direct_function_call_as_datum(
             pg_sys::jsonb_in,
             &[Some(pg_sys::Datum::from(text.as_ptr()))],
         )
-        .ok_or_else(|| AuditError::Internal("jsonb_in returned NULL".into()))?;
-        Ok(json_from_datum(d))
+        .ok_or_else(|| AuditError::Internal("jsonb_in returned NULL".into()))
     }
 }
 
@@ -198,10 +207,12 @@ pub fn record(
     let application_name = application_name();
     let client_addr = client_addr();
     let context = current_context()?;
-    let (context_raw, context_value) = context.map(|j| (j.raw, EventJson::Encoded(j.encoded))).unzip();
+    let (context_raw, context_value) = context
+        .map(|j| (j.raw, EventJson::Encoded(j.encoded)))
+        .unzip();
     // SAFETY: reads transaction state.
     let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    txstate::append(|state, id, tx_seq, prev_hash| {
+    txstate::append(|state, id, tx_seq, tx_first, prev_hash| {
         let (old_raw, old_value) = old_row
             .map(|j| (j.raw, EventJson::Encoded(j.encoded)))
             .unzip();
@@ -212,6 +223,7 @@ pub fn record(
             id,
             tx_id: state.tx_id,
             tx_seq,
+            tx_first,
             recorded_at,
             statement_at,
             session_user_name: session_user,
@@ -282,23 +294,49 @@ fn trigger_data<'a>(trigger: &'a PgTrigger<'_>) -> &'a pg_sys::TriggerData {
     trigger.trigger_data()
 }
 
-/// A trigger's result: no tuple (AFTER triggers), or an error raised as a
-/// PostgreSQL ERROR with its SQLSTATE (pgrx would report an `Err` as a panic).
-type TriggerResult<'a> = Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible>;
+/// The capture triggers' C entry points, with names fixed in
+/// sql/finalize.sql. Called other than as a trigger (anyone may try: the
+/// functions are executable by PUBLIC so that a table's owner can add
+/// partitions), they raise PostgreSQL's own trigger-protocol error.
+macro_rules! capture_trigger {
+    ($finfo:ident, $name:ident, $body:ident) => {
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
 
-/// AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW.
-#[pg_trigger]
-fn capture_row<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    capture_row_impl(trigger).or_raise();
-    Ok(None)
+        /// # Safety
+        /// Called by PostgreSQL's function manager.
+        #[unsafe(no_mangle)]
+        #[pg_guard]
+        pub unsafe extern "C-unwind" fn $name(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+            // SAFETY: fcinfo is valid for this call; from_fcinfo checks that
+            // it is a trigger call before reading the trigger data.
+            let trigger = match unsafe { PgTrigger::from_fcinfo(&*fcinfo) } {
+                Ok(t) => t,
+                Err(_) => AuditError::NotTrigger.raise(),
+            };
+            $body(&trigger).or_raise();
+            // An AFTER trigger's result is ignored: NULL.
+            pg_sys::Datum::from(0)
+        }
+    };
 }
 
-/// AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE FOR EACH STATEMENT.
-#[pg_trigger]
-fn capture_stmt<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    capture_stmt_impl(trigger).or_raise();
-    Ok(None)
-}
+// AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW.
+capture_trigger!(
+    pg_finfo_audit_log_capture_row,
+    audit_log_capture_row,
+    capture_row_impl
+);
+// AFTER INSERT OR UPDATE OR DELETE [OR TRUNCATE] FOR EACH STATEMENT.
+capture_trigger!(
+    pg_finfo_audit_log_capture_stmt,
+    audit_log_capture_stmt,
+    capture_stmt_impl
+);
 
 fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
     let td = trigger_data(trigger);
@@ -326,14 +364,22 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
     unsafe {
         let rel = td.tg_relation;
         let desc = (*rel).rd_att;
-        let old = (op != "INSERT").then(|| row_to_json(td.tg_trigtuple, desc));
+        let old = (op != "INSERT").then(|| row_to_jsonb(td.tg_trigtuple, desc));
         let new = match op {
-            "INSERT" => Some(row_to_json(td.tg_trigtuple, desc)),
-            "UPDATE" => Some(row_to_json(td.tg_newtuple, desc)),
+            "INSERT" => Some(row_to_jsonb(td.tg_trigtuple, desc)),
+            "UPDATE" => Some(row_to_jsonb(td.tg_newtuple, desc)),
             _ => None,
         };
-        let old = old.map(|j| opts.apply(j)).transpose()?;
-        let new = new.map(|j| opts.apply(j)).transpose()?;
+        // Options work on the datums with PostgreSQL's own jsonb functions,
+        // which never walk nested values, so any depth is fine.
+        let old = old
+            .map(|d| opts.apply(d))
+            .transpose()?
+            .map(|d| json_from_datum(d));
+        let new = new
+            .map(|d| opts.apply(d))
+            .transpose()?
+            .map(|d| json_from_datum(d));
         if opts.skip_unchanged_updates
             && op == "UPDATE"
             && old.as_ref().map(|j| &j.encoded) == new.as_ref().map(|j| &j.encoded)
@@ -347,7 +393,9 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         let row_key = key.and_then(|names| {
             let row = old.as_ref().or(new.as_ref())?;
             let payload = row.raw.get(pg_sys::VARHDRSZ..)?;
-            let text = audit_log_core::jsonb::key_text(payload, &names).ok().flatten()?;
+            let text = audit_log_core::jsonb::key_text(payload, &names)
+                .ok()
+                .flatten()?;
             Some(audit_log_core::jsonb::row_key_hash(&schema, &name, &text))
         });
         let channel = opts.notify.then(|| Options::channel(&schema, &name));
@@ -362,8 +410,8 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
 /// Tell listeners of a table's channel about one change: at commit, as
 /// NOTIFY does, and not at all if the change rolls back.
 fn notify(channel: &str, id: i64, op: &str, schema: &str, table: &str) {
-    let payload = serde_json::json!({"event_id": id, "op": op, "schema": schema, "table": table})
-        .to_string();
+    let payload =
+        serde_json::json!({"event_id": id, "op": op, "schema": schema, "table": table}).to_string();
     // SAFETY: pg_notify(text, text) with two non-null text datums.
     unsafe {
         pgrx::direct_function_call_as_datum(
@@ -390,8 +438,13 @@ unsafe fn attname<'a>(desc: pg_sys::TupleDesc, attno: i16) -> Option<&'a CStr> {
     // SAFETY (caller): desc is a valid tuple descriptor.
     unsafe {
         let natts = (*desc).natts as usize;
-        let i = usize::try_from(attno).ok()?.checked_sub(1).filter(|&i| i < natts)?;
-        Some(CStr::from_ptr((*desc).attrs.as_slice(natts)[i].attname.data.as_ptr()))
+        let i = usize::try_from(attno)
+            .ok()?
+            .checked_sub(1)
+            .filter(|&i| i < natts)?;
+        Some(CStr::from_ptr(
+            (*desc).attrs.as_slice(natts)[i].attname.data.as_ptr(),
+        ))
     }
 }
 
@@ -412,9 +465,11 @@ pub unsafe fn primary_key_names(rel: pg_sys::Relation) -> Option<Rc<[String]>> {
         let desc = (*rel).rd_att;
         let hit = PRIMARY_KEYS.with_borrow(|m| {
             let k = m.get(&relid).filter(|k| k.index == pk)?;
-            let same = k.columns.iter().zip(k.names.iter()).all(|(&a, n)| {
-                attname(desc, a).is_some_and(|c| c.to_bytes() == n.as_bytes())
-            });
+            let same = k
+                .columns
+                .iter()
+                .zip(k.names.iter())
+                .all(|(&a, n)| attname(desc, a).is_some_and(|c| c.to_bytes() == n.as_bytes()));
             same.then(|| k.names.clone())
         });
         if hit.is_some() {
@@ -431,7 +486,14 @@ pub unsafe fn primary_key_names(rel: pg_sys::Relation) -> Option<Rc<[String]>> {
             .collect();
         let names: Rc<[String]> = names?.into();
         PRIMARY_KEYS.with_borrow_mut(|m| {
-            m.insert(relid, PrimaryKey { index: pk, columns, names: names.clone() })
+            m.insert(
+                relid,
+                PrimaryKey {
+                    index: pk,
+                    columns,
+                    names: names.clone(),
+                },
+            )
         });
         Some(names)
     }
@@ -446,7 +508,13 @@ fn capture_stmt_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             let (schema, name) = unsafe { relation_names(td.tg_relation) };
             let id = record(schema.clone(), name.clone(), "TRUNCATE", None, None, None)?;
             if opts.notify {
-                notify(&Options::channel(&schema, &name), id, "TRUNCATE", &schema, &name);
+                notify(
+                    &Options::channel(&schema, &name),
+                    id,
+                    "TRUNCATE",
+                    &schema,
+                    &name,
+                );
             }
         }
     }

@@ -16,7 +16,7 @@ pub struct Oids {
     pub events_pkey: pg_sys::Oid,
     pub links: pg_sys::Oid,
     pub links_pkey: pg_sys::Oid,
-    pub links_tx_idx: pg_sys::Oid,
+    pub links_first_event_idx: pg_sys::Oid,
     pub events_seq: pg_sys::Oid,
 }
 
@@ -58,7 +58,7 @@ pub fn lookup() -> Result<Oids, AuditError> {
         events_pkey: relid(ns, c"events_pkey")?,
         links: relid(ns, c"links")?,
         links_pkey: relid(ns, c"links_pkey")?,
-        links_tx_idx: relid(ns, c"links_tx_idx")?,
+        links_first_event_idx: relid(ns, c"links_first_event_idx")?,
         events_seq: relid(ns, c"events_id_seq")?,
     })
 }
@@ -102,6 +102,19 @@ fn set_in_nest_level(name: &CStr, value: &CStr) {
             false,
         );
     }
+}
+
+/// Run `f` with search_path pinned to pg_catalog, so that no object of the
+/// caller's (an operator, a function) can shadow what `f` runs through SPI.
+/// Restored on return, and by transaction abort processing if `f` raises.
+pub fn pinned<T>(f: impl FnOnce() -> Result<T, AuditError>) -> Result<T, AuditError> {
+    // SAFETY: GUC nest levels are unwound by AtEOXact_GUC below, or by abort.
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    set_in_nest_level(c"search_path", c"pg_catalog, pg_temp");
+    let result = f();
+    // SAFETY: undo exactly what was done above.
+    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+    result
 }
 
 /// Run `f` as the extension owner with search_path pinned to pg_catalog, so

@@ -60,12 +60,13 @@ fn choose_chain() -> i32 {
     start
 }
 
-fn detoast_hash(d: pg_sys::Datum) -> Hash {
+/// A stored link hash, or None if it is not 32 bytes (damaged).
+fn detoast_hash(d: pg_sys::Datum) -> Option<Hash> {
     // SAFETY: d is a non-null bytea from a links tuple.
     unsafe {
         let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
         let bytes = pgrx::varlena_to_byte_slice(v);
-        bytes.try_into().unwrap_or(ZERO_HASH)
+        bytes.try_into().ok()
     }
 }
 
@@ -83,22 +84,26 @@ thread_local! {
 /// is the last head this backend saw on this chain: then it stops within a
 /// few entries. If no link is that high (the extension was recreated, or a
 /// superuser removed links), it scans again without the bound.
-fn read_head(oids: &Oids, chain: i32) -> (i64, Hash) {
+///
+/// A head whose stored hash is damaged (not 32 bytes, or NULL) is refused:
+/// chaining to a stand-in value would hide the damage behind a new link.
+fn read_head(oids: &Oids, chain: i32) -> Result<(i64, Hash), AuditError> {
     let key = (oids.links, chain);
     let seen = SEEN.with_borrow(|m| m.get(&key).copied());
     let head = seen
         .and_then(|s| scan_head(oids, chain, Some(s)))
         .or_else(|| scan_head(oids, chain, None));
     match head {
-        Some((seq, hash)) => {
+        Some((seq, Some(hash))) => {
             SEEN.with_borrow_mut(|m| m.insert(key, seq));
-            (seq, hash)
+            Ok((seq, hash))
         }
-        None => (0, ZERO_HASH),
+        Some((seq, None)) => Err(AuditError::ChainDamaged { chain, seq }),
+        None => Ok((0, ZERO_HASH)),
     }
 }
 
-fn scan_head(oids: &Oids, chain: i32, at_least: Option<i64>) -> Option<(i64, Hash)> {
+fn scan_head(oids: &Oids, chain: i32, at_least: Option<i64>) -> Option<(i64, Option<Hash>)> {
     // SAFETY: an ordered index scan over links_pkey (chain_id, seq), backwards,
     // under SnapshotSelf; the caller holds the chain's lock, so no other
     // transaction can be adding to this chain. Relations are closed with
@@ -148,7 +153,7 @@ fn scan_head(oids: &Oids, chain: i32, at_least: Option<i64>) -> Option<(i64, Has
                 values[1].value() as i64
             };
             let hash = if nulls[9] {
-                ZERO_HASH
+                None
             } else {
                 detoast_hash(values[9])
             };
@@ -164,7 +169,7 @@ fn scan_head(oids: &Oids, chain: i32, at_least: Option<i64>) -> Option<(i64, Has
 /// Append the commit link for a transaction whose events are all written.
 pub fn link(tx_id: u64, oids: &Oids, head: &Head) -> Result<(), AuditError> {
     let chain = choose_chain();
-    let (seq, prev) = read_head(oids, chain);
+    let (seq, prev) = read_head(oids, chain)?;
     // SAFETY: reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let mut l = Link {

@@ -1,119 +1,638 @@
-//! The DDL guard: two event triggers. At ddl_command_start they note which
-//! tables are fully audited and what shape each has; at ddl_command_end they
-//! compare. For anyone but a superuser, switching a capture trigger off
-//! (disable, drop, ENABLE REPLICA, ...) or DDL on the audit schema is an
-//! error, which undoes the command. What is allowed is recorded as an event:
-//! a dropped audited table, a renamed one, a column change, a superuser's
-//! change to the triggers or to the audit schema. New partitions of an
-//! audited table get their statement trigger here.
+//! The DDL guard: three event triggers that keep auditing on.
 //!
-//! State is compared, not commands parsed, so no spelling of a command slips by.
+//! - ddl_command_start reads the parse tree (`ddl_parse`): it refuses, for
+//!   anyone but a superuser, what would change recorded values without DML
+//!   (a rewriting column type change, SET UNLOGGED, turning a table into a
+//!   view), makes ATTACH PARTITION of an audited table work, and notes the
+//!   state of the relations the command targets.
+//! - ddl_command_end judges the effect: a capture trigger that this very
+//!   command changed must still be on (otherwise refused, or recorded for a
+//!   superuser); renames and column changes are recorded; new partitions,
+//!   inheritance children, detached partitions and tables created in (or
+//!   moved into) an audited schema are audited.
+//! - sql_drop records dropped audited tables and refuses dropping a capture
+//!   trigger.
+//!
+//! Catalog rows are judged by whether this command wrote them (their xmin
+//! and cmin), so a concurrent session's committed change is never blamed on
+//! this one. All reads go straight to the catalogs (`relstate`): the cost
+//! is per relation the command touches, whatever the number of audited
+//! tables, and no session planner setting takes part.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CStr;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::json;
 
-use crate::api::{self, internal_ddl, ROW_TRIGGER};
+use crate::api::{self, internal_ddl, ROW_TRIGGER, STMT_TRIGGER};
 use crate::capture;
+use crate::ddl_parse::{self, Action, Plan};
 use crate::errors::{AuditError, OrRaise};
+use crate::options::Options;
+use crate::relstate::{self, RelState};
 
-#[derive(Clone, Debug, PartialEq)]
-struct RelState {
-    schema: String,
-    name: String,
-    columns: String,
-    is_partition: bool,
-    row_on: bool,
-    stmt_on: bool,
-    has_row: bool,
+/// What ddl_command_start saw, for its ddl_command_end.
+struct Start {
+    subid: pg_sys::SubTransactionId,
+    /// The command's first command id: catalog rows it writes have cmin >= this.
+    cid: pg_sys::CommandId,
+    plan: Plan,
+    /// Targets' state before the command.
+    before: BTreeMap<u32, RelState>,
+    /// A superuser's column type change that may rewrite values.
+    rewrites: bool,
 }
 
-impl RelState {
-    fn fully_audited(&self) -> bool {
-        self.row_on && self.stmt_on
+thread_local! {
+    /// One entry per DDL command in progress (a command can run another).
+    static STARTS: RefCell<Vec<Start>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Transaction end: nothing is in progress any more.
+pub fn at_xact_end() {
+    STARTS.with_borrow_mut(Vec::clear);
+}
+
+/// A subtransaction rolled back: the commands it started never end.
+pub fn at_subxact_abort(subid: pg_sys::SubTransactionId) {
+    STARTS.with_borrow_mut(|s| s.retain(|st| st.subid < subid));
+}
+
+fn superuser() -> bool {
+    // SAFETY: a catalog check on the current user.
+    unsafe { pg_sys::superuser() }
+}
+
+/// The options of an audited relation's row trigger (its parent's, for a partition).
+fn options_of(st: &RelState) -> Result<Options, AuditError> {
+    Ok(api::trigger_options(&st.quoted())?.unwrap_or_default())
+}
+
+fn on_start(tag: &str, parsetree: *mut pg_sys::Node) -> Result<(), AuditError> {
+    // Every start pushes an entry, so that each end pops its own. The parse
+    // tree's names are resolved under the session's search_path, as the
+    // command itself resolves them; everything after runs pinned.
+    let plan = if crate::catalog::schema_oid().is_some() {
+        // SAFETY: the parse tree of the command this event trigger fired for.
+        unsafe { ddl_parse::plan(parsetree) }
+    } else {
+        Plan::default()
+    };
+    crate::catalog::pinned(|| judge_start(tag, plan))
+}
+
+fn judge_start(tag: &str, plan: Plan) -> Result<(), AuditError> {
+    let before = relstate::states(plan.targets.iter().copied());
+    let su = superuser();
+    let mut rewrites = false;
+    for a in &plan.actions {
+        match a {
+            Action::ColumnType {
+                table,
+                column,
+                new_type,
+                new_typmod,
+                using,
+            } => {
+                let Some(st) = before.get(&table.to_u32()) else {
+                    continue;
+                };
+                let audited = plan
+                    .targets
+                    .iter()
+                    .any(|t| before.get(&t.to_u32()).is_some_and(RelState::audited));
+                let old = column_type(*table, column);
+                let keeps = !using
+                    && old.is_some_and(|o| ddl_parse::keeps_values(o, (*new_type, *new_typmod)));
+                if audited && !keeps {
+                    if !su {
+                        return Err(AuditError::RewritesValues {
+                            action: format!("{tag} ... ALTER COLUMN {column} TYPE"),
+                            table: format!("{}.{}", st.schema, st.name),
+                        });
+                    }
+                    rewrites = true;
+                }
+            }
+            Action::SetUnlogged(t) => {
+                if let Some(st) = before.get(&t.to_u32()).filter(|s| s.audited()) {
+                    if !su {
+                        return Err(AuditError::RewritesValues {
+                            action: format!("{tag} ... SET UNLOGGED"),
+                            table: format!("{}.{}", st.schema, st.name),
+                        });
+                    }
+                }
+            }
+            Action::ToView(t) => {
+                if let Some(st) = before.get(&t.to_u32()).filter(|s| s.row.is_some()) {
+                    return Err(AuditError::AuditedToView(format!(
+                        "{}.{}",
+                        st.schema, st.name
+                    )));
+                }
+            }
+            Action::CompositeType {
+                typrel,
+                rewrites: true,
+            } if !su => {
+                if let Some(t) = audited_typed_table(*typrel)? {
+                    return Err(AuditError::RewritesValues {
+                        action: format!("{tag} ... ALTER ATTRIBUTE ... TYPE"),
+                        table: t,
+                    });
+                }
+            }
+            Action::Attach { parent, child } => attach_prepare(*parent, *child)?,
+            _ => {}
+        }
+    }
+    let start = Start {
+        // SAFETY: reads transaction state.
+        subid: unsafe { pg_sys::GetCurrentSubTransactionId() },
+        // SAFETY: as above; `false`: reading the counter does not use it up.
+        cid: unsafe { pg_sys::GetCurrentCommandId(false) },
+        plan,
+        before,
+        rewrites,
+    };
+    STARTS.with_borrow_mut(|s| s.push(start));
+    Ok(())
+}
+
+/// The type and modifier of a column now.
+fn column_type(table: pg_sys::Oid, column: &str) -> Option<(pg_sys::Oid, i32)> {
+    let name = std::ffi::CString::new(column).ok()?;
+    // SAFETY: a syscache lookup of pg_attribute by name; released at once.
+    unsafe {
+        let tup = pg_sys::SearchSysCacheAttName(table, name.as_ptr());
+        if tup.is_null() {
+            return None;
+        }
+        let hdr = (*tup).t_data;
+        let form = &*((hdr as *const u8).add((*hdr).t_hoff as usize)
+            as *const pg_sys::FormData_pg_attribute);
+        let out = (form.atttypid, form.atttypmod);
+        pg_sys::ReleaseSysCache(tup);
+        Some(out)
     }
 }
 
-type Snapshot = BTreeMap<u32, RelState>;
-
-thread_local! {
-    static STARTS: RefCell<Vec<Snapshot>> = const { RefCell::new(Vec::new()) };
-}
-
-const STATE_QUERY: &str = "
-SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relispartition,
-       coalesce((SELECT string_agg(pg_catalog.quote_ident(a.attname) || ' ' ||
-                                   pg_catalog.format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
-                   FROM pg_catalog.pg_attribute a
-                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), ''),
-       bool_or(p.proname = 'capture_row' AND t.tgenabled = 'A' AND t.tgname = 'audit_log_capture_row'),
-       bool_or(p.proname = 'capture_stmt' AND t.tgenabled = 'A' AND t.tgname = 'audit_log_capture_stmt'),
-       bool_or(p.proname = 'capture_row')
-  FROM pg_catalog.pg_trigger t
-  JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
-  JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE p.pronamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'audit_log')
-   AND p.proname IN ('capture_row', 'capture_stmt')
- GROUP BY c.oid, n.nspname, c.relname, c.relispartition";
-
-fn snapshot() -> Result<Snapshot, AuditError> {
-    Spi::connect(|c| {
-        let mut out = Snapshot::new();
-        for r in c.select(STATE_QUERY, None, &[])? {
-            let oid = r.get::<i64>(1)?.unwrap_or(0) as u32;
-            out.insert(
-                oid,
-                RelState {
-                    schema: r.get(2)?.unwrap_or_default(),
-                    name: r.get(3)?.unwrap_or_default(),
-                    is_partition: r.get(4)?.unwrap_or(false),
-                    columns: r.get(5)?.unwrap_or_default(),
-                    row_on: r.get(6)?.unwrap_or(false),
-                    stmt_on: r.get(7)?.unwrap_or(false),
-                    has_row: r.get(8)?.unwrap_or(false),
-                },
-            );
+/// An audited table of the composite type whose relation is `typrel`
+/// (CREATE TABLE ... OF type), which ALTER TYPE ... CASCADE would rewrite.
+fn audited_typed_table(typrel: pg_sys::Oid) -> Result<Option<String>, AuditError> {
+    let tables = Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
+        let t = c.select(
+            "SELECT c.oid FROM pg_catalog.pg_class c
+              WHERE c.reloftype = (SELECT reltype FROM pg_catalog.pg_class WHERE oid = $1)",
+            None,
+            &[typrel.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.extend(r.get::<pg_sys::Oid>(1)?);
         }
         Ok(out)
+    })?;
+    Ok(relstate::states(tables)
+        .into_values()
+        .find(RelState::audited)
+        .map(|s| format!("{}.{}", s.schema, s.name)))
+}
+
+/// ATTACH PARTITION of a table that is audited on its own to an audited
+/// parent: PostgreSQL would clone the parent's row trigger onto it and fail
+/// on the name. Its own capture triggers go first (the partition is then
+/// audited once, with the parent's options); ddl_command_end records it.
+fn attach_prepare(parent: pg_sys::Oid, child: pg_sys::Oid) -> Result<(), AuditError> {
+    let (Some(p), Some(c)) = (relstate::rel_state(parent), relstate::rel_state(child)) else {
+        return Ok(());
+    };
+    if p.row.is_none() || c.row.is_none_or(|t| t.clone) && c.stmt.is_none() {
+        return Ok(());
+    }
+    let table = c.quoted();
+    internal_ddl(|| {
+        Spi::run(&format!(
+            "DROP TRIGGER IF EXISTS {ROW_TRIGGER} ON {table};
+             DROP TRIGGER IF EXISTS {STMT_TRIGGER} ON {table};"
+        ))?;
+        Spi::run_with_args(
+            "DELETE FROM audit_log.audited_tables WHERE relid = $1",
+            &[child.into()],
+        )?;
+        Ok(())
     })
 }
 
-fn relation_exists(oid: u32) -> Result<bool, AuditError> {
-    Ok(Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = $1::int8::oid)",
-        &[i64::from(oid).into()],
-    )?
-    .unwrap_or(false))
+/// What pg_event_trigger_ddl_commands() says the command did.
+struct Touched {
+    relations: BTreeSet<u32>,
+    types: Vec<(pg_sys::Oid, String)>,
+    audit_schema: Vec<String>,
 }
 
-fn quoted(s: &RelState) -> String {
-    format!("{}.{}", quote_ident(&s.schema), quote_ident(&s.name))
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// Objects in the audit schema touched by this command (outside extension scripts).
-fn audit_schema_objects() -> Result<Vec<String>, AuditError> {
+fn touched() -> Result<Touched, AuditError> {
     Spi::connect(|c| {
-        let mut out = Vec::new();
+        let mut out = Touched {
+            relations: BTreeSet::new(),
+            types: Vec::new(),
+            audit_schema: Vec::new(),
+        };
         let t = c.select(
-            "SELECT coalesce(object_identity, object_type) FROM pg_catalog.pg_event_trigger_ddl_commands()
-              WHERE schema_name = 'audit_log' AND NOT in_extension",
+            "SELECT classid::pg_catalog.int8, objid, coalesce(object_identity, object_type),
+                    schema_name = 'audit_log' AND NOT in_extension
+               FROM pg_catalog.pg_event_trigger_ddl_commands()",
             None,
             &[],
         )?;
         for r in t {
-            out.extend(r.get::<String>(1)?);
+            let class = r.get::<i64>(1)?.unwrap_or(0);
+            let Some(objid) = r.get::<pg_sys::Oid>(2)? else {
+                continue;
+            };
+            let identity: String = r.get(3)?.unwrap_or_default();
+            if r.get::<bool>(4)? == Some(true) {
+                out.audit_schema.push(identity.clone());
+            }
+            match pg_sys::Oid::from(class as u32) {
+                pg_sys::RelationRelationId => {
+                    out.relations.insert(objid.to_u32());
+                }
+                pg_sys::TriggerRelationId => {
+                    out.relations
+                        .extend(relstate::trigger_relation(objid).map(|o| o.to_u32()));
+                }
+                pg_sys::TypeRelationId => out.types.push((objid, identity)),
+                _ => {}
+            }
         }
         Ok(out)
     })
+}
+
+fn on_end(tag: &str) -> Result<(), AuditError> {
+    crate::catalog::pinned(|| judge_end(tag))
+}
+
+fn judge_end(tag: &str) -> Result<(), AuditError> {
+    let Some(start) = STARTS.with_borrow_mut(Vec::pop) else {
+        return Ok(());
+    };
+    if crate::catalog::schema_oid().is_none() {
+        return Ok(());
+    }
+    let su = superuser();
+    let done = touched()?;
+
+    for obj in &done.audit_schema {
+        if !su {
+            return Err(AuditError::AuditSchemaDdl(obj.clone()));
+        }
+        capture::record_config(
+            "audit_log",
+            obj,
+            "DDL",
+            json!({"command": tag, "object": obj}),
+        )?;
+    }
+
+    let mut rels: BTreeSet<u32> = done.relations.clone();
+    rels.extend(start.plan.targets.iter().map(|o| o.to_u32()));
+
+    // A capture trigger this command wrote must still capture everything.
+    for &rel in &rels {
+        let oid = pg_sys::Oid::from(rel);
+        let changed = relstate::changed_capture_triggers(oid, start.cid);
+        if changed.iter().all(|t| t.is_on()) {
+            continue;
+        }
+        let Some(now) = relstate::rel_state(oid) else {
+            continue;
+        };
+        let table = format!("{}.{}", now.schema, now.name);
+        if !su && start.before.get(&rel).is_some_and(|b| b.row.is_some()) {
+            return Err(AuditError::AuditTriggerChanged {
+                action: tag.to_string(),
+                table,
+            });
+        }
+        if !su {
+            return Err(AuditError::HandMadeTrigger {
+                action: tag.to_string(),
+                table,
+            });
+        }
+        // A superuser may; record it when auditing was on before.
+        if start.before.get(&rel).is_some_and(RelState::fully_audited) && !now.fully_audited() {
+            capture::record_config(
+                &now.schema,
+                &now.name,
+                "DDL",
+                json!({"command": tag, "table": now.quoted(), "capture_triggers_changed_by_superuser": true}),
+            )?;
+        }
+    }
+
+    // Renames, moves and column changes of audited tables, made by this command.
+    for (&rel, was) in &start.before {
+        if !was.audited() {
+            continue;
+        }
+        let oid = pg_sys::Oid::from(rel);
+        let Some(now) = relstate::rel_state(oid) else {
+            continue;
+        };
+        let same = (&now.schema, &now.name, &now.columns, now.persistence)
+            == (&was.schema, &was.name, &was.columns, was.persistence);
+        if same || !relstate::relation_changed(oid, start.cid) {
+            continue;
+        }
+        let mut details = json!({
+            "command": tag,
+            "before": {"schema": was.schema, "table": was.name, "columns": was.columns},
+            "after": {"schema": now.schema, "table": now.name, "columns": now.columns},
+        });
+        if now.persistence != was.persistence {
+            details["persistence"] = json!({"before": (was.persistence as char).to_string(),
+                                            "after": (now.persistence as char).to_string()});
+        }
+        if start.rewrites {
+            details["values_rewritten"] = json!(true);
+        }
+        capture::record_config(&now.schema, &now.name, "DDL", details)?;
+    }
+
+    for a in &start.plan.actions {
+        match a {
+            Action::Attach { parent, child } => attached(tag, *parent, *child)?,
+            Action::Detach { parent, child } => detached(tag, *parent, *child)?,
+            Action::Move(rel) if in_audited_schema(*rel)? => api::enable_default(*rel)?,
+            _ => {}
+        }
+    }
+
+    // New partitions: PostgreSQL cloned the row trigger; the statement
+    // trigger and ENABLE ALWAYS are ours to add.
+    for &rel in &rels {
+        let oid = pg_sys::Oid::from(rel);
+        if let Some(st) = relstate::rel_state(oid) {
+            if st.is_partition && st.row.is_some_and(|t| t.clone && t.ours) && !st.fully_audited() {
+                api::complete_partition(&st)?;
+            }
+        }
+    }
+
+    // Inheritance children of audited tables are audited like their parent.
+    let parents: Vec<pg_sys::Oid> = start
+        .plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Inherit { parent } => Some(*parent),
+            _ => None,
+        })
+        .collect();
+    if let Some(parent) = parents
+        .iter()
+        .filter_map(|&p| relstate::rel_state(p))
+        .find(RelState::audited)
+    {
+        let opts = options_of(&parent)?;
+        for &rel in &done.relations {
+            let oid = pg_sys::Oid::from(rel);
+            if let Some(st) = relstate::rel_state(oid) {
+                if matches!(st.kind, b'r' | b'p') && !st.is_partition && !st.audited() {
+                    api::enable_inherited(oid, &opts, &parent.quoted())?;
+                }
+            }
+        }
+    }
+
+    // Tables created in a schema given to audit_log.enable_schema() are
+    // audited from their creation. (During pg_restore the list of schemas is
+    // still empty when tables are created: the dump's own triggers come later.)
+    if matches!(tag, "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO") {
+        for &rel in &done.relations {
+            let oid = pg_sys::Oid::from(rel);
+            if in_audited_schema(oid)? {
+                api::enable_default(oid)?;
+            }
+        }
+    }
+
+    // Types whose change alters how recorded values of audited tables read.
+    let relabels = start
+        .plan
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::EnumRename | Action::CompositeType { .. }));
+    if relabels {
+        for (typ, identity) in &done.types {
+            for st in tables_using_type(*typ)? {
+                capture::record_config(
+                    &st.schema,
+                    &st.name,
+                    "DDL",
+                    json!({"command": tag, "table": st.quoted(), "type": identity,
+                           "note": "values of this type may read differently in this table's later events"}),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An audited table attached as a partition of an audited table: it is now
+/// audited through its parent, with the parent's options.
+fn attached(tag: &str, parent: pg_sys::Oid, child: pg_sys::Oid) -> Result<(), AuditError> {
+    let (Some(p), Some(c)) = (relstate::rel_state(parent), relstate::rel_state(child)) else {
+        return Ok(());
+    };
+    if !p.audited() {
+        return Ok(());
+    }
+    capture::record_config(
+        &c.schema,
+        &c.name,
+        "DDL",
+        json!({"command": tag, "table": c.quoted(), "attached_to": p.quoted(),
+               "options": options_of(&p)?.to_value()}),
+    )
+}
+
+/// A partition detached from an audited table stays audited on its own,
+/// with the options it had.
+fn detached(tag: &str, parent: pg_sys::Oid, child: pg_sys::Oid) -> Result<(), AuditError> {
+    let (Some(p), Some(c)) = (relstate::rel_state(parent), relstate::rel_state(child)) else {
+        return Ok(());
+    };
+    if !p.audited() || c.is_partition || c.audited() {
+        return Ok(());
+    }
+    let opts = options_of(&p)?;
+    api::enable_detached(child, &c, &opts)?;
+    capture::record_config(
+        &c.schema,
+        &c.name,
+        "DDL",
+        json!({"command": tag, "table": c.quoted(), "detached_from": p.quoted(),
+               "still_audited": true, "options": opts.to_value()}),
+    )
+}
+
+/// Whether a relation is an ordinary table in a schema given to enable_schema().
+fn in_audited_schema(rel: pg_sys::Oid) -> Result<bool, AuditError> {
+    let Some(st) = relstate::rel_state(rel) else {
+        return Ok(false);
+    };
+    if !matches!(st.kind, b'r' | b'p') || st.is_partition || st.persistence == b't' || st.audited()
+    {
+        return Ok(false);
+    }
+    // The list of schemas is the extension's; the command's role need not read it.
+    crate::catalog::as_owner(|| {
+        Ok(Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM audit_log.audited_schemas WHERE nspname = $1)",
+            &[st.schema.as_str().into()],
+        )?
+        .unwrap_or(false))
+    })
+}
+
+/// Audited tables with a column of this type, directly or through arrays,
+/// domains, ranges or composites, and typed tables of it.
+fn tables_using_type(typ: pg_sys::Oid) -> Result<Vec<RelState>, AuditError> {
+    let rels = Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
+        let t = c.select(
+            "WITH RECURSIVE deps(classid, objid) AS (
+                 SELECT 'pg_catalog.pg_type'::pg_catalog.regclass::pg_catalog.oid, $1
+               UNION
+                 SELECT d.classid, d.objid FROM pg_catalog.pg_depend d JOIN deps
+                     ON d.refclassid = deps.classid AND d.refobjid = deps.objid
+                  WHERE d.classid IN ('pg_catalog.pg_type'::pg_catalog.regclass,
+                                      'pg_catalog.pg_class'::pg_catalog.regclass)
+                    AND d.deptype IN ('n', 'i'))
+             SELECT DISTINCT objid FROM deps
+              WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+             UNION
+             SELECT c.oid FROM pg_catalog.pg_class c WHERE c.reloftype = $1",
+            None,
+            &[typ.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.extend(r.get::<pg_sys::Oid>(1)?);
+        }
+        Ok(out)
+    })?;
+    Ok(relstate::states(rels)
+        .into_values()
+        .filter(RelState::audited)
+        .collect())
+}
+
+/// sql_drop: what the command dropped.
+fn on_drop(tag: &str) -> Result<(), AuditError> {
+    crate::catalog::pinned(|| judge_drop(tag))
+}
+
+fn judge_drop(tag: &str) -> Result<(), AuditError> {
+    if crate::catalog::schema_oid().is_none() {
+        return Ok(());
+    }
+    // Tables dropped, and capture triggers dropped (schema, table, trigger).
+    let (tables, triggers) = Spi::connect(|c| {
+        let mut tables: BTreeMap<(String, String), pg_sys::Oid> = BTreeMap::new();
+        let mut triggers: Vec<(String, String, String)> = Vec::new();
+        let t = c.select(
+            "SELECT object_type, objid, address_names
+               FROM pg_catalog.pg_event_trigger_dropped_objects()
+              WHERE object_type IN ('table', 'foreign table', 'trigger')",
+            None,
+            &[],
+        )?;
+        for r in t {
+            let kind: String = r.get(1)?.unwrap_or_default();
+            let objid: Option<pg_sys::Oid> = r.get(2)?;
+            let names: Vec<Option<String>> = r.get(3)?.unwrap_or_default();
+            let names: Vec<String> = names.into_iter().map(Option::unwrap_or_default).collect();
+            match (kind.as_str(), names.as_slice()) {
+                ("trigger", [s, t, name]) if name == ROW_TRIGGER || name == STMT_TRIGGER => {
+                    triggers.push((s.clone(), t.clone(), name.clone()));
+                }
+                ("table" | "foreign table", [s, t]) => {
+                    tables.insert((s.clone(), t.clone()), objid.unwrap_or(pg_sys::InvalidOid));
+                }
+                _ => {}
+            }
+        }
+        Ok::<_, AuditError>((tables, triggers))
+    })?;
+    let detaching: Vec<pg_sys::Oid> = STARTS.with_borrow(|s| {
+        s.last()
+            .map(|st| {
+                st.plan
+                    .actions
+                    .iter()
+                    .filter_map(|a| match a {
+                        Action::Detach { child, .. } => Some(*child),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    let mut recorded = BTreeSet::new();
+    for (schema, table, _) in &triggers {
+        let key = (schema.clone(), table.clone());
+        if !recorded.insert(key.clone()) {
+            continue;
+        }
+        let quoted = format!(
+            "{}.{}",
+            relstate::quote_ident(schema),
+            relstate::quote_ident(table)
+        );
+        if let Some(&oid) = tables.get(&key) {
+            capture::record_config(
+                schema,
+                table,
+                "DROP",
+                json!({"command": tag, "table": quoted}),
+            )?;
+            internal_ddl(|| {
+                Spi::run_with_args(
+                    "DELETE FROM audit_log.audited_tables WHERE relid = $1",
+                    &[oid.into()],
+                )?;
+                Ok(())
+            })?;
+            continue;
+        }
+        let still_there = relstate::states(detaching.iter().copied())
+            .values()
+            .any(|s| s.schema == *schema && s.name == *table);
+        if still_there {
+            continue; // DETACH PARTITION drops the clone; ddl_command_end re-audits
+        }
+        if !superuser() {
+            return Err(AuditError::AuditTriggerChanged {
+                action: tag.to_string(),
+                table: format!("{schema}.{table}"),
+            });
+        }
+        capture::record_config(
+            schema,
+            table,
+            "DDL",
+            json!({"command": tag, "table": quoted, "capture_triggers_changed_by_superuser": true}),
+        )?;
+    }
+    Ok(())
 }
 
 unsafe fn event_trigger_data(
@@ -129,153 +648,6 @@ unsafe fn event_trigger_data(
     }
 }
 
-fn not_event_trigger() -> AuditError {
-    AuditError::Internal("this function can only be called as an event trigger".into())
-}
-
-fn on_start() -> Result<(), AuditError> {
-    let snap = snapshot()?;
-    STARTS.with_borrow_mut(|s| s.push(snap));
-    Ok(())
-}
-
-fn on_end(tag: &str) -> Result<(), AuditError> {
-    let before = STARTS.with_borrow_mut(|s| s.pop()).unwrap_or_default();
-    let after = snapshot()?;
-    // SAFETY: reads the current role's attribute.
-    let superuser = unsafe { pg_sys::superuser() };
-
-    for obj in audit_schema_objects()? {
-        if !superuser {
-            return Err(AuditError::AuditSchemaDdl(obj));
-        }
-        capture::record_config(
-            "audit_log",
-            &obj,
-            "DDL",
-            json!({"command": tag, "object": obj}),
-        )?;
-    }
-
-    for (oid, was) in &before {
-        if !was.fully_audited() {
-            continue;
-        }
-        let table = quoted(was);
-        match after.get(oid) {
-            Some(now) if now.fully_audited() => {
-                if now.schema != was.schema || now.name != was.name || now.columns != was.columns {
-                    capture::record_config(
-                        &now.schema,
-                        &now.name,
-                        "DDL",
-                        json!({
-                            "command": tag,
-                            "before": {"schema": was.schema, "table": was.name, "columns": was.columns},
-                            "after": {"schema": now.schema, "table": now.name, "columns": now.columns},
-                        }),
-                    )?;
-                }
-            }
-            _ if !relation_exists(*oid)? => {
-                capture::record_config(
-                    &was.schema,
-                    &was.name,
-                    "DROP",
-                    json!({"command": tag, "table": table}),
-                )?;
-                internal_ddl(|| {
-                    Spi::run_with_args(
-                        "DELETE FROM audit_log.audited_tables WHERE relid = $1::int8::oid",
-                        &[i64::from(*oid).into()],
-                    )?;
-                    Ok(())
-                })?;
-            }
-            now => {
-                let detached =
-                    was.is_partition && now.is_none_or(|n| !n.is_partition && !n.has_row);
-                if detached {
-                    // A partition detached from an audited table stays audited on its own.
-                    internal_ddl(|| {
-                        api::create_row_trigger(&table, &crate::options::Options::default())?;
-                        api::create_stmt_trigger(&table)
-                    })?;
-                    capture::record_config(
-                        &was.schema,
-                        &was.name,
-                        "DDL",
-                        json!({"command": tag, "table": table, "detached": true, "still_audited": true}),
-                    )?;
-                } else if !superuser {
-                    return Err(AuditError::AuditTriggerChanged {
-                        action: tag.to_string(),
-                        table: format!("{}.{}", was.schema, was.name),
-                    });
-                } else {
-                    capture::record_config(
-                        &was.schema,
-                        &was.name,
-                        "DDL",
-                        json!({"command": tag, "table": table, "capture_triggers_changed_by_superuser": true}),
-                    )?;
-                }
-            }
-        }
-    }
-
-    // New partitions of an audited table: the row trigger is cloned by
-    // PostgreSQL; the statement trigger and ENABLE ALWAYS are ours to add.
-    if tag == "CREATE TABLE" || tag == "ALTER TABLE" {
-        for (oid, now) in &after {
-            // Only tables this command made partitions (created or attached):
-            // a table that had an audit trigger before is not new, and pg_restore
-            // recreates existing partitions' triggers itself.
-            if now.is_partition && now.has_row && !now.fully_audited() && !before.contains_key(oid)
-            {
-                let table = quoted(now);
-                internal_ddl(|| {
-                    api::create_stmt_trigger(&table)?;
-                    Spi::run(&format!(
-                        "ALTER TABLE {table} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"
-                    ))?;
-                    Ok(())
-                })?;
-            }
-        }
-    }
-
-    // New tables in a schema given to audit_log.enable_schema() are audited
-    // from their creation. (During pg_restore the list of schemas is still
-    // empty when tables are created: the dump's own triggers come later.)
-    if matches!(tag, "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO") {
-        for oid in new_tables_in_audited_schemas()? {
-            api::enable_default(oid)?;
-        }
-    }
-    Ok(())
-}
-
-fn new_tables_in_audited_schemas() -> Result<Vec<pg_sys::Oid>, AuditError> {
-    // The list of schemas is the extension's; the command's role need not read it.
-    crate::catalog::as_owner(|| Spi::connect(|c| {
-        let t = c.select(
-            "SELECT DISTINCT d.objid FROM pg_catalog.pg_event_trigger_ddl_commands() d
-               JOIN pg_catalog.pg_class c ON c.oid = d.objid
-              WHERE d.classid = 'pg_catalog.pg_class'::regclass AND c.relkind IN ('r', 'p')
-                AND NOT c.relispartition AND c.relpersistence <> 't'
-                AND d.schema_name IN (SELECT nspname FROM audit_log.audited_schemas)",
-            None,
-            &[],
-        )?;
-        let mut out = Vec::new();
-        for r in t {
-            out.extend(r.get::<pg_sys::Oid>(1)?);
-        }
-        Ok(out)
-    }))
-}
-
 fn command_tag(data: &pg_sys::EventTriggerData) -> String {
     // SAFETY: GetCommandTagName returns a static string.
     unsafe { CStr::from_ptr(pg_sys::GetCommandTagName(data.tag)) }
@@ -283,50 +655,46 @@ fn command_tag(data: &pg_sys::EventTriggerData) -> String {
         .into_owned()
 }
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_audit_log_ddl_command_start() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+macro_rules! event_trigger {
+    ($finfo:ident, $name:ident, $body:expr) => {
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_audit_log_ddl_command_end() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
-
-/// # Safety
-/// Called by PostgreSQL's function manager as an event trigger.
-#[unsafe(no_mangle)]
-#[pg_guard]
-pub unsafe extern "C-unwind" fn audit_log_ddl_command_start(
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> pg_sys::Datum {
-    // SAFETY: fcinfo is valid for this call.
-    if unsafe { event_trigger_data(fcinfo) }.is_none() {
-        not_event_trigger().raise();
-    }
-    if !api::internal_ddl_active() {
-        on_start().or_raise();
-    }
-    pg_sys::Datum::from(0)
-}
-
-/// # Safety
-/// Called by PostgreSQL's function manager as an event trigger.
-#[unsafe(no_mangle)]
-#[pg_guard]
-pub unsafe extern "C-unwind" fn audit_log_ddl_command_end(
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> pg_sys::Datum {
-    // SAFETY: fcinfo is valid for this call.
-    let Some(data) = (unsafe { event_trigger_data(fcinfo) }) else {
-        not_event_trigger().raise();
+        /// # Safety
+        /// Called by PostgreSQL's function manager as an event trigger.
+        #[unsafe(no_mangle)]
+        #[pg_guard]
+        pub unsafe extern "C-unwind" fn $name(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+            // SAFETY: fcinfo is valid for this call.
+            let Some(data) = (unsafe { event_trigger_data(fcinfo) }) else {
+                AuditError::Internal("this function can only be called as an event trigger".into())
+                    .raise();
+            };
+            if !api::internal_ddl_active() {
+                let f: fn(&pg_sys::EventTriggerData) -> Result<(), AuditError> = $body;
+                f(data).or_raise();
+            }
+            pg_sys::Datum::from(0)
+        }
     };
-    if !api::internal_ddl_active() {
-        on_end(&command_tag(data)).or_raise();
-    }
-    pg_sys::Datum::from(0)
 }
+
+event_trigger!(
+    pg_finfo_audit_log_ddl_command_start,
+    audit_log_ddl_command_start,
+    |d| on_start(&command_tag(d), d.parsetree)
+);
+event_trigger!(
+    pg_finfo_audit_log_ddl_command_end,
+    audit_log_ddl_command_end,
+    |d| on_end(&command_tag(d))
+);
+event_trigger!(
+    pg_finfo_audit_log_sql_drop,
+    audit_log_sql_drop,
+    |d| on_drop(&command_tag(d))
+);

@@ -8,6 +8,10 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 pub enum AuditError {
     #[error("permission denied to {action}")]
     NotAdmin { action: String },
+    #[error("permission denied to {action}: only a superuser may, because {why}")]
+    NotSuperuser { action: String, why: &'static str },
+    #[error("permission denied to {action}")]
+    NotAuditor { action: String },
     #[error("\"{name}\" is {kind}; audit_log can only audit ordinary and partitioned tables")]
     WrongObjectKind { name: String, kind: &'static str },
     #[error("relation with OID {0} does not exist")]
@@ -20,6 +24,12 @@ pub enum AuditError {
     PrepareWithChanges,
     #[error("{action} would switch off auditing of table {table}; refused")]
     AuditTriggerChanged { action: String, table: String },
+    #[error("{action} on table {table}: triggers that call audit_log's capture functions are made only by audit_log.enable(); refused")]
+    HandMadeTrigger { action: String, table: String },
+    #[error("{action} on audited table {table} would change recorded values without recording the change; refused")]
+    RewritesValues { action: String, table: String },
+    #[error("audited table {0} cannot be turned into a view")]
+    AuditedToView(String),
     #[error("permission denied: DDL on schema audit_log (\"{0}\") is reserved to superusers")]
     AuditSchemaDdl(String),
     #[error("invalid checkpoint: {0}")]
@@ -42,6 +52,12 @@ pub enum AuditError {
     NoSuchColumn(String, String),
     #[error("invalid audit_log.context: {0}; the change was not made")]
     BadContext(String),
+    #[error("a transaction can record at most 2147483647 audited changes; this one has {0}")]
+    TooManyEvents(i64),
+    #[error("the head of audit chain {chain} (link seq {seq}) is damaged: its link_hash is not a 32-byte hash; refusing to extend the chain")]
+    ChainDamaged { chain: i32, seq: i64 },
+    #[error("trigger functions can only be called as triggers")]
+    NotTrigger,
     #[error("audit_log internal error: {0}")]
     Internal(String),
 }
@@ -51,6 +67,8 @@ impl AuditError {
         use PgSqlErrorCode::*;
         match self {
             AuditError::NotAdmin { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            AuditError::NotSuperuser { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            AuditError::NotAuditor { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::WrongObjectKind { .. } => ERRCODE_WRONG_OBJECT_TYPE,
             AuditError::NoSuchRelation(_) => ERRCODE_UNDEFINED_TABLE,
             AuditError::TemporaryTable(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -58,6 +76,9 @@ impl AuditError {
             AuditError::PrepareWithChanges => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::AuditTriggerChanged { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::AuditSchemaDdl(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            AuditError::RewritesValues { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            AuditError::HandMadeTrigger { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            AuditError::AuditedToView(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::BadCheckpoint(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             AuditError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             AuditError::NotInstalled(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -68,6 +89,9 @@ impl AuditError {
             AuditError::Invalid(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             AuditError::NoRetention => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::NoSuchColumn(..) => ERRCODE_UNDEFINED_COLUMN,
+            AuditError::TooManyEvents(_) => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            AuditError::ChainDamaged { .. } => ERRCODE_DATA_CORRUPTED,
+            AuditError::NotTrigger => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             AuditError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -77,6 +101,10 @@ impl AuditError {
             AuditError::NotAdmin { .. } => Some(
                 "Grant the role audit_log_admin to the caller, or call it as a superuser.".into(),
             ),
+            AuditError::NotAuditor { .. } => Some(
+                "Grant the role audit_log_auditor to the caller, or call it as a superuser.".into(),
+            ),
+            AuditError::NotSuperuser { .. } => Some("Ask a superuser to do it.".into()),
             AuditError::PrepareWithChanges => Some(
                 "Commit audited changes with COMMIT; two-phase commit is refused so that a \
                  prepared transaction can never hold or break an audit chain."
@@ -86,12 +114,31 @@ impl AuditError {
                 "Only audit_log.disable('{table}') switches auditing off; it requires \
                  audit_log_admin and is itself recorded."
             )),
+            AuditError::RewritesValues { table, .. } => Some(format!(
+                "A superuser may run it, and it is then recorded. Or an audit_log_admin calls \
+                 audit_log.disable('{table}') first and audit_log.enable('{table}') after: \
+                 both are recorded."
+            )),
+            AuditError::HandMadeTrigger { table, .. } => Some(format!(
+                "To audit the table, an audit_log_admin calls audit_log.enable('{table}')."
+            )),
+            AuditError::AuditedToView(t) => Some(format!(
+                "Call audit_log.disable('{t}') first; the change is then recorded."
+            )),
             AuditError::BadCheckpoint(_) => {
                 Some("Pass the jsonb returned by audit_log.checkpoint(), unchanged.".into())
             }
             AuditError::BadContext(_) => Some(
                 "Set audit_log.context to a JSON value, such as '{\"user\": \"alice\"}', or \
                  call audit_log.set_context(jsonb), or RESET audit_log.context."
+                    .into(),
+            ),
+            AuditError::TooManyEvents(_) => {
+                Some("Split the change into several transactions.".into())
+            }
+            AuditError::ChainDamaged { .. } => Some(
+                "Someone with superuser rights changed audit_log.links. Run \
+                 SELECT * FROM audit_log.verify() to see what changed, and restore the log."
                     .into(),
             ),
             AuditError::UnsupportedIndex(_) => {

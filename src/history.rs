@@ -3,8 +3,8 @@
 //! log. `audit_log.history()` itself is SQL (sql/finalize.sql); this gives it
 //! the key text, computed exactly as capture computes it.
 
-use pgrx::prelude::*;
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 
 use crate::capture::primary_key_names;
 use crate::errors::{AuditError, OrRaise};
@@ -25,7 +25,10 @@ fn row_key_of(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> Option<i64> {
 
 /// `key` is the jsonb's binary form (the bytes after its varlena header),
 /// read by the same `key_text` that capture uses, so the two always agree.
-fn row_key_impl(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> Result<Option<i64>, AuditError> {
+fn row_key_impl(
+    target: Option<pg_sys::Oid>,
+    key: Option<&[u8]>,
+) -> Result<Option<i64>, AuditError> {
     use audit_log_core::jsonb::{key_text, object_len, row_key_hash};
     let target = target.ok_or(AuditError::NullArgument("target"))?;
     let key = key.ok_or(AuditError::NullArgument("key"))?;

@@ -107,6 +107,36 @@ pub fn encode_payload(payload: &[u8]) -> Vec<u8> {
     }
     // SAFETY: rebuilds the varlena in a palloc'd copy, walks it, frees it.
     unsafe {
+        let v = with_varlena(payload);
+        let out = encode_via_iterator(pg_sys::Datum::from(v));
+        pg_sys::pfree(v.cast());
+        out
+    }
+}
+
+/// A jsonb value's text (`jsonb_out`), given the bytes after its varlena header.
+pub fn payload_to_text(payload: &[u8]) -> String {
+    // SAFETY: rebuilds the varlena in a palloc'd copy; jsonb_out returns a
+    // palloc'd cstring, copied out; both are freed.
+    unsafe {
+        let v = with_varlena(payload);
+        let out =
+            pgrx::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(pg_sys::Datum::from(v))]);
+        let text = out.map(|d| {
+            let p = d.cast_mut_ptr::<std::ffi::c_char>();
+            let s = CStr::from_ptr(p).to_string_lossy().into_owned();
+            pg_sys::pfree(p.cast());
+            s
+        });
+        pg_sys::pfree(v.cast());
+        text.unwrap_or_default()
+    }
+}
+
+/// A palloc'd varlena holding `payload`.
+unsafe fn with_varlena(payload: &[u8]) -> *mut pg_sys::varlena {
+    // SAFETY (caller): frees the result with pfree.
+    unsafe {
         let size = payload.len() + pg_sys::VARHDRSZ;
         let v = pg_sys::palloc(size) as *mut pg_sys::varlena;
         pgrx::set_varsize_4b(v, size as i32);
@@ -115,9 +145,7 @@ pub fn encode_payload(payload: &[u8]) -> Vec<u8> {
             (v as *mut u8).add(pg_sys::VARHDRSZ),
             payload.len(),
         );
-        let out = encode_via_iterator(pg_sys::Datum::from(v));
-        pg_sys::pfree(v.cast());
-        out
+        v
     }
 }
 
@@ -183,8 +211,7 @@ impl FromDatum for CanonicalJsonb {
         _typoid: pg_sys::Oid,
     ) -> Option<Self> {
         // SAFETY (caller): a jsonb datum unless null.
-        (!is_null)
-            .then(|| unsafe { CanonicalJsonb(encode(datum), encode_via_iterator(datum)) })
+        (!is_null).then(|| unsafe { CanonicalJsonb(encode(datum), encode_via_iterator(datum)) })
     }
 }
 

@@ -14,10 +14,12 @@ mod capture;
 mod catalog;
 mod chain;
 mod ddl_guard;
+mod ddl_parse;
 mod errors;
 mod history;
 mod jsonb;
 mod options;
+mod relstate;
 mod retention;
 mod scan;
 mod store;
@@ -33,6 +35,12 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // pgrx appends a Rust backtrace to the DETAIL of any error that passes
+    // through Rust code whenever RUST_BACKTRACE is set in the server's
+    // environment. Clients must never see one: RUST_LIB_BACKTRACE takes
+    // precedence for std's Backtrace::capture. This runs before any thread
+    // of ours exists, and the variable is read once per process.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     GucRegistry::define_int_guc(
         c"audit_log.chains",
         c"Number of commit chains (K) that transactions are linked into.",

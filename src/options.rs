@@ -9,13 +9,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use audit_log_core::encoding::{decode, encode_json};
 use pgrx::pg_sys;
+use pgrx::IntoDatum;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::capture::{json_from_value, Json};
 use crate::errors::AuditError;
 
 pub const OPERATIONS: [&str; 4] = ["INSERT", "UPDATE", "DELETE", "TRUNCATE"];
@@ -45,7 +44,9 @@ impl Options {
     }
 
     pub fn records(&self, op: &str) -> bool {
-        self.operations.as_ref().is_none_or(|ops| ops.iter().any(|o| o == op))
+        self.operations
+            .as_ref()
+            .is_none_or(|ops| ops.iter().any(|o| o == op))
     }
 
     fn transforms(&self) -> bool {
@@ -76,16 +77,18 @@ impl Options {
         columns: &[String],
         (schema, table): (&str, &str),
     ) -> Result<Options, AuditError> {
-        let list = |what: &str, v: Option<Vec<Option<String>>>| -> Result<Vec<String>, AuditError> {
-            let mut out: Vec<String> = Vec::new();
-            for item in v.unwrap_or_default() {
-                let item = item.ok_or_else(|| AuditError::BadOption(format!("{what} contains NULL")))?;
-                if !out.contains(&item) {
-                    out.push(item);
+        let list =
+            |what: &str, v: Option<Vec<Option<String>>>| -> Result<Vec<String>, AuditError> {
+                let mut out: Vec<String> = Vec::new();
+                for item in v.unwrap_or_default() {
+                    let item =
+                        item.ok_or_else(|| AuditError::BadOption(format!("{what} contains NULL")))?;
+                    if !out.contains(&item) {
+                        out.push(item);
+                    }
                 }
-            }
-            Ok(out)
-        };
+                Ok(out)
+            };
         let operations = match operations {
             None => None,
             Some(ops) => {
@@ -112,7 +115,10 @@ impl Options {
         let redact_columns = list("redact_columns", redact)?;
         for c in exclude_columns.iter().chain(&redact_columns) {
             if !columns.contains(c) {
-                return Err(AuditError::NoSuchColumn(format!("{schema}.{table}"), c.clone()));
+                return Err(AuditError::NoSuchColumn(
+                    format!("{schema}.{table}"),
+                    c.clone(),
+                ));
             }
         }
         if let Some(c) = exclude_columns.iter().find(|c| redact_columns.contains(c)) {
@@ -140,46 +146,71 @@ impl Options {
             .map_err(|e| AuditError::Internal(format!("capture trigger argument {text:?}: {e}")))
     }
 
-    /// A row as it is to be recorded: excluded columns gone, redacted ones
-    /// replaced by "sha256:" and the hex SHA-256 of the salt and the value's
-    /// canonical encoding, so equal values show as equal.
-    pub fn apply(&self, row: Json) -> Result<Json, AuditError> {
+    /// A row (a jsonb datum) as it is to be recorded: excluded columns gone,
+    /// redacted ones replaced by "sha256:" and the hex SHA-256 of the salt
+    /// and the value's canonical encoding, so equal values show as equal.
+    /// Only top-level members are touched, through PostgreSQL's jsonb
+    /// functions: nothing here walks a nested value.
+    pub fn apply(&self, row: pg_sys::Datum) -> Result<pg_sys::Datum, AuditError> {
         if !self.transforms() {
             return Ok(row);
         }
-        let mut v = decode::Reader::new(&row.encoded)
-            .json()
-            .map_err(|e| AuditError::Internal(format!("re-reading a row: {e:?}")))?;
-        if let Value::Object(m) = &mut v {
-            for c in &self.exclude_columns {
-                m.remove(c);
+        let mut row = row;
+        for c in &self.exclude_columns {
+            // SAFETY: jsonb_delete(jsonb, text) on a jsonb datum and a text datum.
+            row = unsafe {
+                pgrx::direct_function_call_as_datum(
+                    pg_sys::jsonb_delete,
+                    &[Some(row), c.as_str().into_datum()],
+                )
             }
-            if !self.redact_columns.is_empty() {
-                let salt = redaction_salt()?;
-                for c in &self.redact_columns {
-                    if let Some(x) = m.get_mut(c) {
-                        *x = Value::String(redact(&salt, x));
-                    }
-                }
+            .ok_or_else(|| AuditError::Internal("jsonb_delete returned NULL".into()))?;
+        }
+        if self.redact_columns.is_empty() {
+            return Ok(row);
+        }
+        let salt = redaction_salt()?;
+        let mut hashed = serde_json::Map::new();
+        for c in &self.redact_columns {
+            // SAFETY: jsonb_object_field(jsonb, text); NULL when the member is absent.
+            let v = unsafe {
+                pgrx::direct_function_call_as_datum(
+                    pg_sys::jsonb_object_field,
+                    &[Some(row), c.as_str().into_datum()],
+                )
+            };
+            if let Some(v) = v {
+                // SAFETY: v is a jsonb datum.
+                let encoded = unsafe { crate::jsonb::encode(v) };
+                hashed.insert(c.clone(), Value::String(redact(&salt, &encoded)));
             }
         }
-        json_from_value(&v)
+        if hashed.is_empty() {
+            return Ok(row);
+        }
+        let patch = crate::capture::jsonb_in(&Value::Object(hashed).to_string())?;
+        // SAFETY: jsonb_concat(jsonb, jsonb): the patch's members replace the row's.
+        unsafe {
+            pgrx::direct_function_call_as_datum(pg_sys::jsonb_concat, &[Some(row), Some(patch)])
+        }
+        .ok_or_else(|| AuditError::Internal("jsonb_concat returned NULL".into()))
     }
 }
 
-/// "sha256:<hex>" of the salt followed by the canonical encoding of `v`.
-pub fn redact(salt: &[u8], v: &Value) -> String {
-    let mut buf = Vec::new();
-    encode_json(v, &mut buf);
+/// "sha256:<hex>" of the salt followed by a value's canonical encoding.
+pub fn redact(salt: &[u8], encoded: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(salt);
-    h.update(&buf);
+    h.update(encoded);
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
 thread_local! {
     static PARSED: RefCell<HashMap<String, Rc<Options>>> = RefCell::new(HashMap::new());
-    static SALT: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    /// The salt, with the OID of the audit_log.secrets it was read from: a
+    /// DROP and CREATE EXTENSION in the same session makes a new table, and
+    /// a new salt.
+    static SALT: RefCell<Option<(pg_sys::Oid, Vec<u8>)>> = const { RefCell::new(None) };
 }
 
 /// The options a capture trigger was created with.
@@ -190,7 +221,11 @@ pub fn of_trigger(td: &pg_sys::TriggerData) -> Result<Rc<Options>, AuditError> {
         if t.tgnargs < 1 || t.tgargs.is_null() {
             None
         } else {
-            Some(std::ffi::CStr::from_ptr(*t.tgargs).to_string_lossy().into_owned())
+            Some(
+                std::ffi::CStr::from_ptr(*t.tgargs)
+                    .to_string_lossy()
+                    .into_owned(),
+            )
         }
     };
     let Some(arg) = arg else {
@@ -205,9 +240,17 @@ pub fn of_trigger(td: &pg_sys::TriggerData) -> Result<Rc<Options>, AuditError> {
 }
 
 /// The database's redaction salt (audit_log.secrets, readable only by the
-/// extension's owner), read once per session.
+/// extension's owner), read once per session and installation.
 pub fn redaction_salt() -> Result<Vec<u8>, AuditError> {
-    if let Some(s) = SALT.with_borrow(|s| s.clone()) {
+    let secrets = crate::catalog::schema_oid()
+        // SAFETY: a syscache lookup by name; InvalidOid when absent.
+        .map(|ns| unsafe { pg_sys::get_relname_relid(c"secrets".as_ptr(), ns) })
+        .unwrap_or(pg_sys::InvalidOid);
+    if let Some(s) = SALT.with_borrow(|s| {
+        s.as_ref()
+            .filter(|(oid, _)| *oid == secrets)
+            .map(|(_, v)| v.clone())
+    }) {
         return Ok(s);
     }
     let salt = crate::catalog::as_owner(|| {
@@ -216,6 +259,6 @@ pub fn redaction_salt() -> Result<Vec<u8>, AuditError> {
         )?
         .ok_or_else(|| AuditError::NotInstalled("the redaction salt in audit_log.secrets".into()))
     })?;
-    SALT.set(Some(salt.clone()));
+    SALT.set(Some((secrets, salt.clone())));
     Ok(salt)
 }

@@ -9,8 +9,8 @@
 //! The rows go by direct heap deletes, as the rows came by direct inserts:
 //! the append-only guard triggers stay on for everyone else.
 
-use pgrx::prelude::*;
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use serde_json::json;
 
 use crate::api::{internal_ddl, require_admin};
@@ -30,22 +30,55 @@ fn set_retention(min_age: Option<pgrx::datum::Interval>) {
     set_retention_impl(min_age).or_raise()
 }
 
+/// The longest retention accepted. Longer ones are typos, and push the
+/// cutoff (now minus the retention) out of PostgreSQL's timestamp range.
+const MAX_RETENTION_YEARS: i32 = 200;
+
+/// A retention is a plain span of time: every part (months, days, time) at
+/// least zero, so that `now() - retention` is never later than now, and at
+/// most MAX_RETENTION_YEARS. Intervals such as '-1000 years 362521 days'
+/// compare as long but cut off in the future.
+fn check_retention(i: &pgrx::datum::Interval) -> Result<(), AuditError> {
+    if i.months() < 0 || i.days() < 0 || i.micros() < 0 {
+        return Err(AuditError::Invalid(format!(
+            "set_retention: every part of the retention must be zero or positive \
+             (months {}, days {}, microseconds {})",
+            i.months(),
+            i.days(),
+            i.micros()
+        )));
+    }
+    // Months, plus days and time at their shortest (a month of 31 days).
+    let months =
+        i64::from(i.months()) + i64::from(i.days()) / 31 + i.micros() / (31 * 86_400 * 1_000_000);
+    if months > i64::from(MAX_RETENTION_YEARS) * 12 {
+        return Err(AuditError::Invalid(format!(
+            "set_retention: a retention longer than {MAX_RETENTION_YEARS} years is not supported"
+        )));
+    }
+    Ok(())
+}
+
 fn set_retention_impl(min_age: Option<pgrx::datum::Interval>) -> Result<(), AuditError> {
     let min_age = min_age.ok_or(AuditError::NullArgument("min_age"))?;
     require_admin("set the retention")?;
-    let (negative, lower, old) = Spi::get_three_with_args::<bool, bool, String>(
-        "SELECT $1 < interval '0', $1 < r.min_age, r.min_age::text
+    check_retention(&min_age)?;
+    // Lower means an earlier purge: compare the cutoffs the two retentions
+    // give now, not the intervals (interval ordering takes 30-day months).
+    let (lower, old) = Spi::get_two_with_args::<bool, String>(
+        "SELECT now() - $1 > now() - r.min_age, r.min_age::text
            FROM (SELECT NULL::interval AS min_age UNION ALL SELECT min_age FROM audit_log.retention) r
           ORDER BY r.min_age IS NULL LIMIT 1",
         &[min_age.into()],
     )?;
-    if negative == Some(true) {
-        return Err(AuditError::Invalid("set_retention: the retention cannot be negative".into()));
-    }
     // SAFETY: a catalog check on the current user.
     if lower == Some(true) && !unsafe { pg_sys::superuser() } {
-        return Err(AuditError::NotAdmin {
-            action: format!("lower the retention below {} (only a superuser may)", old.clone().unwrap_or_default()),
+        return Err(AuditError::NotSuperuser {
+            action: format!(
+                "lower the retention below {}",
+                old.clone().unwrap_or_default()
+            ),
+            why: "a shorter retention lets purge() remove history sooner",
         });
     }
     let new = internal_ddl(|| {
@@ -69,7 +102,8 @@ fn set_retention_impl(min_age: Option<pgrx::datum::Interval>) -> Result<(), Audi
 struct Expired {
     chain_id: i32,
     seq: i64,
-    tx_id: i64,
+    /// The transaction's first event: its events' tx_first.
+    first_event: i64,
     link_hash: Vec<u8>,
     last_event: i64,
 }
@@ -90,7 +124,9 @@ fn purge(
     TableIterator::once(purge_impl(older_than).or_raise())
 }
 
-fn purge_impl(older_than: Option<pgrx::datum::TimestampWithTimeZone>) -> Result<(i64, i64), AuditError> {
+fn purge_impl(
+    older_than: Option<pgrx::datum::TimestampWithTimeZone>,
+) -> Result<(i64, i64), AuditError> {
     let older_than = older_than.ok_or(AuditError::NullArgument("older_than"))?;
     require_admin("purge the audit log")?;
     let (retention, too_young) = optional_row(Spi::get_two_with_args::<String, bool>(
@@ -110,7 +146,7 @@ fn purge_impl(older_than: Option<pgrx::datum::TimestampWithTimeZone>) -> Result<
     let expired = catalog::as_owner(|| {
         Spi::connect(|c| -> Result<Vec<Expired>, AuditError> {
             let t = c.select(
-                "SELECT chain_id, seq, tx_id::text::int8, link_hash, last_event FROM (
+                "SELECT chain_id, seq, first_event, link_hash, last_event FROM (
                    SELECT l.*, bool_and(l.committed_at < $1) OVER w AS old_prefix,
                           max(l.seq) OVER (PARTITION BY l.chain_id) AS head
                      FROM audit_log.links l
@@ -124,7 +160,7 @@ fn purge_impl(older_than: Option<pgrx::datum::TimestampWithTimeZone>) -> Result<
                 out.push(Expired {
                     chain_id: r.get(1)?.unwrap_or(0),
                     seq: r.get(2)?.unwrap_or(0),
-                    tx_id: r.get(3)?.unwrap_or(0),
+                    first_event: r.get(3)?.unwrap_or(0),
                     link_hash: r.get(4)?.unwrap_or_default(),
                     last_event: r.get(5)?.unwrap_or(0),
                 });
@@ -137,11 +173,11 @@ fn purge_impl(older_than: Option<pgrx::datum::TimestampWithTimeZone>) -> Result<
     }
     let mut events = 0i64;
     for e in &expired {
-        // Heap column 2 (tx_id), the first column of events_pkey.
+        // Heap column 19 (tx_first), the first column of events_pkey.
         events += delete_where(
             oids.events,
             oids.events_pkey,
-            &[(2, pg_sys::F_XID8EQ, pg_sys::Datum::from(e.tx_id))],
+            &[(19, pg_sys::F_INT8EQ, pg_sys::Datum::from(e.first_event))],
         )?;
     }
     for e in &expired {
@@ -171,7 +207,8 @@ fn purge_impl(older_than: Option<pgrx::datum::TimestampWithTimeZone>) -> Result<
         .map(|a| json!({"chain": a.chain_id, "seq": a.seq, "link_hash": hex::encode(&a.link_hash), "last_event": a.last_event}))
         .collect();
     let transactions = expired.len() as i64;
-    let older_text = Spi::get_one_with_args::<String>("SELECT $1::text", &[older_than.into()])?.unwrap_or_default();
+    let older_text = Spi::get_one_with_args::<String>("SELECT $1::text", &[older_than.into()])?
+        .unwrap_or_default();
     capture::record_config(
         "audit_log",
         "purge",
@@ -244,7 +281,8 @@ fn delete_where(
         );
         let mut n = 0;
         loop {
-            let tup = pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            let tup =
+                pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
             if tup.is_null() {
                 break;
             }

@@ -46,8 +46,6 @@ impl Row<'_> {
             Some(CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>()).to_bytes())
         }
     }
-
-
 }
 
 /// A table read in the order of one of its btree indexes.
@@ -84,8 +82,8 @@ impl<T> Ordered<T> {
                 } else {
                     CStr::from_ptr(name).to_string_lossy()
                 };
-                return Err(AuditError::NotAdmin {
-                    action: format!("read audit_log.{name} (grant audit_log_auditor)"),
+                return Err(AuditError::NotAuditor {
+                    action: format!("read audit_log.{name}"),
                 });
             }
             let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);

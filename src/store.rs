@@ -11,7 +11,7 @@ use crate::catalog::Oids;
 use crate::errors::AuditError;
 use crate::txstate::Pending;
 
-const EVENT_COLUMNS: usize = 18;
+const EVENT_COLUMNS: usize = 19;
 const LINK_COLUMNS: usize = 10;
 
 fn text_datum(s: &str) -> pg_sys::Datum {
@@ -161,7 +161,10 @@ pub fn insert_events(oids: &Oids, batch: &[Pending]) -> Result<(), AuditError> {
                 let mut values = [
                     pg_sys::Datum::from(e.id),
                     pg_sys::Datum::from(e.tx_id),
-                    pg_sys::Datum::from(e.tx_seq as i32),
+                    // append() refuses a tx_seq past i32::MAX.
+                    pg_sys::Datum::from(
+                        i32::try_from(e.tx_seq).map_err(|_| AuditError::TooManyEvents(e.tx_seq))?,
+                    ),
                     pg_sys::Datum::from(to_pg_timestamp(e.recorded_at)),
                     pg_sys::Datum::from(to_pg_timestamp(e.statement_at)),
                     text_datum(&e.session_user_name),
@@ -183,6 +186,7 @@ pub fn insert_events(oids: &Oids, batch: &[Pending]) -> Result<(), AuditError> {
                             pg_sys::Datum::from(0)
                         }
                     },
+                    pg_sys::Datum::from(e.tx_first),
                 ];
                 target.insert(&mut values, &mut nulls);
                 Ok(())

@@ -29,7 +29,7 @@ mod tests {
         assert_eq!(
             count(
                 "SELECT count(*) FROM audit_log.events e JOIN audit_log.events p
-                   ON p.tx_id = e.tx_id AND p.tx_seq = e.tx_seq - 1 AND e.prev_hash = p.hash"
+                   ON p.tx_first = e.tx_first AND p.tx_seq = e.tx_seq - 1 AND e.prev_hash = p.hash"
             ),
             4
         );
@@ -130,7 +130,10 @@ mod tests {
         });
         assert!(rows.len() > 500);
         for (CanonicalJsonb(walked, iterated), text) in rows {
-            assert_eq!(walked, iterated, "jsonb {text}: pure reader and JsonbIteratorNext differ");
+            assert_eq!(
+                walked, iterated,
+                "jsonb {text}: pure reader and JsonbIteratorNext differ"
+            );
             let value: serde_json::Value = serde_json::from_str(&text).unwrap();
             let mut via_text = Vec::new();
             audit_log_core::encoding::encode_json(&value, &mut via_text);

@@ -96,8 +96,11 @@ fn current_subid() -> pg_sys::SubTransactionId {
 }
 
 /// Append one event to the transaction's chain. `build` receives the event's
-/// id, position and predecessor hash, and returns the hashed event.
-pub fn append(build: impl FnOnce(&TxState, i64, i64, Hash) -> Pending) -> Result<i64, AuditError> {
+/// id, position, the id of the transaction's first event and the
+/// predecessor's hash, and returns the hashed event.
+pub fn append(
+    build: impl FnOnce(&TxState, i64, i64, i64, Hash) -> Pending,
+) -> Result<i64, AuditError> {
     let fresh = if STATE.with_borrow(Option::is_none) {
         Some(TxState::new()?)
     } else {
@@ -113,7 +116,16 @@ pub fn append(build: impl FnOnce(&TxState, i64, i64, Hash) -> Pending) -> Result
         // SAFETY: the sequence belongs to the extension; permissions are the
         // extension's business, not the audited role's.
         let id = unsafe { nextval_internal(s.oids.events_seq, false) };
-        let pending = build(s, id, s.head.count + 1, s.head.hash);
+        // tx_seq is stored as an integer.
+        if s.head.count >= i64::from(i32::MAX) {
+            return Err(AuditError::TooManyEvents(s.head.count));
+        }
+        let first = if s.head.count == 0 {
+            id
+        } else {
+            s.head.first_event
+        };
+        let pending = build(s, id, s.head.count + 1, first, s.head.hash);
         s.head.hash = pending.event.hash;
         s.head.count += 1;
         if s.head.count == 1 {
@@ -122,7 +134,10 @@ pub fn append(build: impl FnOnce(&TxState, i64, i64, Hash) -> Pending) -> Result
         s.head.last_event = id;
         s.buffered_bytes += pending.size();
         s.buffer.push(pending);
-        Ok((id, s.buffered_bytes > SPILL_BYTES || s.buffer.len() > SPILL_EVENTS))
+        Ok((
+            id,
+            s.buffered_bytes > SPILL_BYTES || s.buffer.len() > SPILL_EVENTS,
+        ))
     })?;
     let (id, spill) = spill;
     if spill {
@@ -168,6 +183,15 @@ pub fn flush(all: bool) -> Result<(), AuditError> {
     store::insert_events(&oids, &batch)
 }
 
+/// The id of this transaction's first recorded event, if it has one.
+pub fn first_event() -> Option<i64> {
+    STATE.with_borrow(|s| {
+        s.as_ref()
+            .filter(|s| s.head.count > 0)
+            .map(|s| s.head.first_event)
+    })
+}
+
 fn clear() {
     STATE.set(None);
 }
@@ -198,7 +222,10 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
         | XACT_EVENT_ABORT
         | XACT_EVENT_PREPARE
         | XACT_EVENT_PARALLEL_COMMIT
-        | XACT_EVENT_PARALLEL_ABORT => clear(),
+        | XACT_EVENT_PARALLEL_ABORT => {
+            clear();
+            crate::ddl_guard::at_xact_end();
+        }
         _ => {}
     }
 }
@@ -211,6 +238,9 @@ unsafe extern "C-unwind" fn on_subxact(
     _arg: *mut c_void,
 ) {
     use pg_sys::SubXactEvent::*;
+    if event == SUBXACT_EVENT_ABORT_SUB {
+        crate::ddl_guard::at_subxact_abort(my_subid);
+    }
     STATE.with_borrow_mut(|state| {
         let Some(s) = state.as_mut() else { return };
         match event {

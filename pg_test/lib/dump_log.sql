@@ -1,7 +1,7 @@
 -- The log as JSON lines for format_v1.py: jsonb columns as their text,
 -- timestamps as integer microseconds since the Unix epoch, hashes in hex.
 SELECT json_build_object(
-  'kind', 'event', 'id', id, 'tx_id', tx_id::text::int8, 'tx_seq', tx_seq,
+  'kind', 'event', 'id', id, 'tx_id', tx_id::text::int8, 'tx_seq', tx_seq, 'tx_first', tx_first,
   'recorded_at', (extract(epoch FROM recorded_at) * 1000000)::int8,
   'statement_at', (extract(epoch FROM statement_at) * 1000000)::int8,
   'session_user_name', session_user_name, 'current_user_name', current_user_name,

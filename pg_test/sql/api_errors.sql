@@ -25,6 +25,21 @@ SELECT * FROM audit_log.verify('[]');
 SELECT * FROM audit_log.verify('{"format": "something else", "chains": []}');
 SELECT * FROM audit_log.verify('{"format": "audit_log.checkpoint.v1", "chains": [{"chain": 0, "seq": 1, "link_hash": "zz", "last_event": 1}]}');
 SELECT * FROM audit_log.verify('{"format": "audit_log.checkpoint.v1", "chains": [{"chain": 0, "seq": 0, "link_hash": "00", "last_event": 1}]}');
+-- A checkpoint nested far deeper than any real one: a clear error.
+SELECT * FROM audit_log.verify((SELECT repeat('[', 5000) || repeat(']', 5000))::jsonb);
+-- set_context: NULL is_local would silently make the context session-wide.
+SELECT audit_log.set_context('{"user": "alice"}', NULL);
+-- Roles: the admin configures, the auditor reads, redacted() is a superuser's.
+DROP ROLE IF EXISTS al_errors_admin;
+CREATE ROLE al_errors_admin IN ROLE audit_log_admin;
+SET ROLE al_errors_admin;
+\set VERBOSITY default
+SELECT * FROM audit_log.verify();
+SELECT audit_log.redacted('"123-45-6789"');
+SELECT audit_log.capture_row();
+\set VERBOSITY sqlstate
+RESET ROLE;
+DROP ROLE al_errors_admin;
 SELECT audit_log.enable('base');
 BEGIN;
 INSERT INTO base VALUES (1);

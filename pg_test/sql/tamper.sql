@@ -74,13 +74,17 @@ SELECT * FROM check_log(); ROLLBACK;
 BEGIN; SELECT unguard();   -- a forged event in a transaction of its own
 INSERT INTO audit_log.events SELECT 1000, '999999', 1, recorded_at, statement_at, session_user_name,
   current_user_name, application_name, client_addr, context, table_schema, table_name, op, old_row,
-  '{"id": 99}', prev_hash, hash FROM audit_log.events WHERE id = 5;
+  '{"id": 99}', prev_hash, hash, NULL, 1000 FROM audit_log.events WHERE id = 5;
 SELECT * FROM check_log(); ROLLBACK;
 
 BEGIN; SELECT unguard();   -- a forged event slipped into a committed transaction
 INSERT INTO audit_log.events SELECT 1001, tx_id, 2, recorded_at, statement_at, session_user_name,
   current_user_name, application_name, client_addr, context, table_schema, table_name, op, old_row,
-  new_row, hash, hash FROM audit_log.events WHERE id = 5;
+  new_row, hash, hash, NULL, tx_first FROM audit_log.events WHERE id = 5;
+SELECT * FROM check_log(); ROLLBACK;
+
+BEGIN; SELECT unguard();   -- an event moved into another transaction (its tx_first rewritten)
+UPDATE audit_log.events SET tx_first = (SELECT min(tx_first) FROM audit_log.events) WHERE id = 8;
 SELECT * FROM check_log(); ROLLBACK;
 
 BEGIN; SELECT unguard();   -- swap two events' row data
@@ -108,6 +112,15 @@ BEGIN; SELECT unguard();   -- truncate everything
 DELETE FROM audit_log.links; DELETE FROM audit_log.events;
 SELECT * FROM check_log();
 SELECT * FROM check_log((SELECT cp FROM cp)); ROLLBACK;
+
+-- A damaged chain head is not extended: a writer that finds it refuses to
+-- chain to a stand-in value (which would hide the damage behind a new link).
+SELECT count(*) AS links_before FROM audit_log.links;
+BEGIN; SELECT unguard();
+UPDATE audit_log.links SET link_hash = '\x00' WHERE seq = (SELECT max(seq) FROM audit_log.links);
+INSERT INTO t VALUES (8, 'i');
+COMMIT;
+SELECT count(*) AS links_after_refused_commit FROM audit_log.links;
 
 -- Untouched, the log still verifies against the checkpoint, and after growing.
 INSERT INTO t VALUES (7, 'h');

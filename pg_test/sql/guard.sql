@@ -1,0 +1,110 @@
+-- DDL that would change recorded values, or move rows out of sight, tried
+-- by the owner of an audited table; and what the same DDL by a superuser,
+-- or the everyday partition and inheritance patterns, leave in the log.
+CREATE DATABASE al_guard;
+\c al_guard
+SET client_min_messages = warning;
+SET audit_log.chains = 1;  -- deterministic chain ids in this output
+CREATE EXTENSION audit_log;
+CREATE EXTENSION postgres_fdw;
+CREATE SERVER elsewhere FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'postgres');
+DROP ROLE IF EXISTS al_guard_owner;
+CREATE ROLE al_guard_owner LOGIN;
+GRANT CREATE ON SCHEMA public TO al_guard_owner;
+GRANT USAGE ON FOREIGN SERVER elsewhere TO al_guard_owner;
+CREATE SCHEMA aud AUTHORIZATION al_guard_owner;
+SELECT audit_log.enable_schema('aud');
+SET ROLE al_guard_owner;
+CREATE TYPE mood AS ENUM ('happy', 'sad');
+CREATE TABLE t (id int PRIMARY KEY, v int, m mood, s varchar(10), r numeric(6,2), f real);
+CREATE TABLE p (id int, k int) PARTITION BY RANGE (k);
+CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10);
+RESET ROLE;
+SELECT audit_log.enable('t'), audit_log.enable('p');
+SET ROLE al_guard_owner;
+INSERT INTO t VALUES (1, 10, 'happy', 'x', 1.50, 0.1);
+
+-- Column type changes that rewrite values are refused: USING, or a cast
+-- that may change how a value reads (float4 to float8 shows 0.1 otherwise).
+ALTER TABLE t ALTER COLUMN v TYPE int USING 999;
+ALTER TABLE t ALTER COLUMN v TYPE int USING v;
+ALTER TABLE t ALTER COLUMN f TYPE float8;
+ALTER TABLE t ALTER COLUMN r TYPE numeric(8,4);
+ALTER TABLE t ALTER COLUMN v TYPE text;
+-- Those that keep every value are allowed, and recorded as DDL.
+ALTER TABLE t ALTER COLUMN v TYPE bigint;
+ALTER TABLE t ALTER COLUMN s TYPE varchar(20), ALTER COLUMN r TYPE numeric(8,2);
+ALTER TABLE t ALTER COLUMN s TYPE text;
+ALTER TABLE t ALTER COLUMN v SET DEFAULT 5;
+-- SET UNLOGGED would let a crash empty the table with no event.
+ALTER TABLE t SET UNLOGGED;
+-- A table turned into a view.
+CREATE RULE "_RETURN" AS ON SELECT TO t DO INSTEAD SELECT * FROM t;
+-- Capture triggers are audit_log's: not made, replaced or dropped by hand.
+CREATE TABLE mine (id int);
+CREATE TRIGGER audit_log_capture_row AFTER INSERT ON mine
+    FOR EACH ROW EXECUTE FUNCTION audit_log.capture_row();
+CREATE TRIGGER sneaky AFTER INSERT ON mine FOR EACH ROW EXECUTE FUNCTION audit_log.capture_row();
+CREATE FUNCTION nothing() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE OR REPLACE TRIGGER audit_log_capture_row AFTER INSERT OR UPDATE OR DELETE ON t
+    FOR EACH ROW EXECUTE FUNCTION nothing();
+DROP TRIGGER audit_log_capture_stmt ON t;
+ALTER TABLE p DISABLE TRIGGER audit_log_capture_row;   -- reaches the partitions' clones
+-- An enum relabel changes how recorded values read: allowed, and recorded.
+ALTER TYPE mood RENAME VALUE 'happy' TO 'furious';
+ALTER TYPE mood ADD VALUE 'calm';
+
+-- Inheritance: a child's rows show in t and change through it, so it is
+-- audited like t, whether created so or attached later.
+CREATE TABLE kid (extra int) INHERITS (t);
+INSERT INTO kid VALUES (2, 20, 'sad', 'y', 2.00, 0.5, 7);
+CREATE TABLE adopted (id int NOT NULL, v bigint, m mood, s text, r numeric(8,2), f real);
+ALTER TABLE adopted INHERIT t;
+INSERT INTO adopted VALUES (3, 30, 'sad', 'z', 3.00, 0.25);
+UPDATE t SET v = v + 1;
+
+-- Partitions, by the table's owner: created, attached, detached and
+-- attached again, each audited once with the parent's options.
+CREATE TABLE p2 PARTITION OF p FOR VALUES FROM (10) TO (20);
+CREATE TABLE p3 (id int, k int);
+ALTER TABLE p ATTACH PARTITION p3 FOR VALUES FROM (20) TO (30);
+ALTER TABLE p DETACH PARTITION p3;
+INSERT INTO p3 VALUES (1, 25);        -- still audited, on its own
+ALTER TABLE p ATTACH PARTITION p3 FOR VALUES FROM (20) TO (30);
+-- The bulk-load pattern in an audited schema: the new table is audited at
+-- once, then attached.
+CREATE TABLE aud.staging (id int, k int);
+INSERT INTO aud.staging VALUES (1, 35);
+ALTER TABLE p ATTACH PARTITION aud.staging FOR VALUES FROM (30) TO (40);
+INSERT INTO p VALUES (1, 5), (2, 15), (3, 25), (4, 36);
+-- A foreign partition: row changes are captured, TRUNCATE is the parent's.
+CREATE FOREIGN TABLE pf PARTITION OF p FOR VALUES FROM (100) TO (200) SERVER elsewhere;
+CREATE FOREIGN TABLE pf2 (id int, k int) SERVER elsewhere;
+ALTER TABLE p ATTACH PARTITION pf2 FOR VALUES FROM (200) TO (300);
+-- Moved into an audited schema: audited from then on.
+CREATE TABLE loose (id int);
+ALTER TABLE loose SET SCHEMA aud;
+INSERT INTO aud.loose VALUES (1);
+-- Dropping an audited table is allowed, and recorded.
+DROP TABLE aud.loose;
+RESET ROLE;
+
+SELECT c.relname, t.tgname, t.tgenabled, t.tgparentid <> 0 AS clone,
+       pg_get_triggerdef(t.oid) LIKE '%TRUNCATE%' AS on_truncate
+  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+ WHERE t.tgname LIKE 'audit_log%' ORDER BY 1, 2;
+
+-- A superuser may do what the owner may not; it is recorded.
+ALTER TABLE t ALTER COLUMN v TYPE int USING v::int;
+ALTER TABLE t DISABLE TRIGGER audit_log_capture_stmt;
+ALTER TABLE t ENABLE ALWAYS TRIGGER audit_log_capture_stmt;
+
+SELECT op, table_schema || '.' || table_name AS tbl,
+       coalesce(new_row->>'command', '') AS command,
+       (SELECT string_agg(k, ',' ORDER BY k) FROM jsonb_object_keys(new_row) k) AS detail_keys,
+       CASE WHEN op = 'DDL' THEN new_row->'after'->>'columns' END AS columns_after
+  FROM audit_log.events WHERE op NOT IN ('ENABLE_SCHEMA') ORDER BY id;
+SELECT ok, events_checked FROM audit_log.verify();
+\c postgres
+DROP DATABASE al_guard;
+DROP ROLE al_guard_owner;

@@ -1,0 +1,286 @@
+//! What a DDL command is about to do, read from its parse tree at
+//! ddl_command_start: the relations it targets, and the few subcommands the
+//! guard must judge before they run (a column type change that rewrites
+//! values, SET UNLOGGED, ATTACH and DETACH PARTITION, INHERIT, a table
+//! turned into a view). Anything not listed here is judged by its effect at
+//! ddl_command_end and sql_drop, so an unusual spelling cannot slip by.
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+
+/// One subcommand of interest.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// ALTER [COLUMN] ... [SET DATA] TYPE on `table` (and, by recursion, its inheritors).
+    ColumnType {
+        table: pg_sys::Oid,
+        column: String,
+        new_type: pg_sys::Oid,
+        new_typmod: i32,
+        using: bool,
+    },
+    SetUnlogged(pg_sys::Oid),
+    Attach {
+        parent: pg_sys::Oid,
+        child: pg_sys::Oid,
+    },
+    Detach {
+        parent: pg_sys::Oid,
+        child: pg_sys::Oid,
+    },
+    /// A table becomes an inheritance child of `parent` (CREATE ... INHERITS,
+    /// ALTER TABLE ... INHERIT); the child is None while not yet created.
+    Inherit {
+        parent: pg_sys::Oid,
+    },
+    /// ALTER TABLE ... SET SCHEMA.
+    Move(pg_sys::Oid),
+    /// CREATE RULE "_RETURN": turns a table into a view.
+    ToView(pg_sys::Oid),
+    /// ALTER TYPE on a composite type (its relation), which may rewrite the
+    /// typed tables of that type.
+    CompositeType {
+        typrel: pg_sys::Oid,
+        rewrites: bool,
+    },
+    /// ALTER TYPE ... RENAME VALUE: every stored value of the enum reads anew.
+    EnumRename,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Relations whose state the command may change (with inheritors where
+    /// the command recurses).
+    pub targets: Vec<pg_sys::Oid>,
+    pub actions: Vec<Action>,
+}
+
+fn node_is(node: *mut pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
+    // SAFETY (caller): node is null or a valid Node.
+    !node.is_null() && unsafe { (*node).type_ } == tag
+}
+
+fn cstr(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: a NUL-terminated string of the parse tree.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// The elements of a pointer List.
+unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
+    // SAFETY (caller): l is NIL or a pointer list.
+    unsafe {
+        if l.is_null() {
+            return Vec::new();
+        }
+        (0..(*l).length as usize)
+            .map(|i| (*(*l).elements.add(i)).ptr_value as *mut T)
+            .collect()
+    }
+}
+
+/// The relation a RangeVar names now, resolved as the command will (same
+/// search_path), or None if there is none.
+unsafe fn relation(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
+    if rv.is_null() {
+        return None;
+    }
+    // SAFETY (caller): rv is a RangeVar; NoLock and missing_ok: a lookup only.
+    let oid = unsafe {
+        pg_sys::RangeVarGetRelidExtended(
+            rv,
+            pg_sys::NoLock as i32,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        )
+    };
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
+
+/// The type a TypeName names, or None if it does not exist (the command
+/// itself then fails with PostgreSQL's own message).
+unsafe fn type_of(tn: *mut pg_sys::TypeName) -> Option<(pg_sys::Oid, i32)> {
+    if tn.is_null() {
+        return None;
+    }
+    // SAFETY (caller): tn is a TypeName. LookupTypeName returns NULL for a
+    // missing type; typenameTypeIdAndMod then cannot fail on it.
+    unsafe {
+        let tup = pg_sys::LookupTypeName(std::ptr::null_mut(), tn, std::ptr::null_mut(), true);
+        if tup.is_null() {
+            return None;
+        }
+        pg_sys::ReleaseSysCache(tup);
+        let mut oid = pg_sys::InvalidOid;
+        let mut typmod = -1;
+        pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), tn, &mut oid, &mut typmod);
+        Some((oid, typmod))
+    }
+}
+
+/// Read a parse tree.
+///
+/// # Safety
+/// `node` must be the parse tree of the command an event trigger fired for.
+pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
+    use pg_sys::NodeTag::*;
+    let mut p = Plan::default();
+    if node.is_null() {
+        return p;
+    }
+    // SAFETY (caller): each cast follows the node's tag.
+    unsafe {
+        if node_is(node, T_AlterTableStmt) {
+            let s = &*(node as *mut pg_sys::AlterTableStmt);
+            let Some(rel) = relation(s.relation) else {
+                return p;
+            };
+            if s.objtype == pg_sys::ObjectType::OBJECT_TYPE {
+                let rewrites = list::<pg_sys::AlterTableCmd>(s.cmds)
+                    .iter()
+                    .any(|c| (**c).subtype == pg_sys::AlterTableType::AT_AlterColumnType);
+                p.actions.push(Action::CompositeType {
+                    typrel: rel,
+                    rewrites,
+                });
+                return p;
+            }
+            p.targets = crate::relstate::with_inheritors(rel);
+            for c in list::<pg_sys::AlterTableCmd>(s.cmds) {
+                let c = &*c;
+                use pg_sys::AlterTableType as At;
+                match c.subtype {
+                    At::AT_AlterColumnType => {
+                        let def = c.def as *mut pg_sys::ColumnDef;
+                        if node_is(c.def, T_ColumnDef) {
+                            if let Some((new_type, new_typmod)) = type_of((*def).typeName) {
+                                p.actions.push(Action::ColumnType {
+                                    table: rel,
+                                    column: cstr(c.name),
+                                    new_type,
+                                    new_typmod,
+                                    using: !(*def).raw_default.is_null(),
+                                });
+                            }
+                        }
+                    }
+                    At::AT_SetUnLogged => p.actions.push(Action::SetUnlogged(rel)),
+                    At::AT_AttachPartition | At::AT_DetachPartition
+                        if node_is(c.def, T_PartitionCmd) =>
+                    {
+                        let pc = &*(c.def as *mut pg_sys::PartitionCmd);
+                        if let Some(child) = relation(pc.name) {
+                            p.targets.push(child);
+                            p.actions.push(if c.subtype == At::AT_AttachPartition {
+                                Action::Attach { parent: rel, child }
+                            } else {
+                                Action::Detach { parent: rel, child }
+                            });
+                        }
+                    }
+                    At::AT_AddInherit if node_is(c.def, T_RangeVar) => {
+                        if let Some(parent) = relation(c.def as *mut pg_sys::RangeVar) {
+                            p.actions.push(Action::Inherit { parent });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        } else if node_is(node, T_RenameStmt) {
+            let s = &*(node as *mut pg_sys::RenameStmt);
+            use pg_sys::ObjectType::*;
+            match s.renameType {
+                OBJECT_ATTRIBUTE => {
+                    if let Some(rel) = relation(s.relation) {
+                        p.actions.push(Action::CompositeType {
+                            typrel: rel,
+                            rewrites: false,
+                        });
+                    }
+                }
+                _ => {
+                    if let Some(rel) = relation(s.relation) {
+                        p.targets = crate::relstate::with_inheritors(rel);
+                    }
+                }
+            }
+        } else if node_is(node, T_AlterObjectSchemaStmt) {
+            let s = &*(node as *mut pg_sys::AlterObjectSchemaStmt);
+            use pg_sys::ObjectType::*;
+            if matches!(s.objectType, OBJECT_TABLE | OBJECT_FOREIGN_TABLE) {
+                if let Some(rel) = relation(s.relation) {
+                    p.targets.push(rel);
+                    p.actions.push(Action::Move(rel));
+                }
+            }
+        } else if node_is(node, T_RuleStmt) {
+            let s = &*(node as *mut pg_sys::RuleStmt);
+            if let Some(rel) = relation(s.relation) {
+                p.targets.push(rel);
+                if cstr(s.rulename) == "_RETURN" {
+                    p.actions.push(Action::ToView(rel));
+                }
+            }
+        } else if node_is(node, T_CreateTrigStmt) {
+            let s = &*(node as *mut pg_sys::CreateTrigStmt);
+            if let Some(rel) = relation(s.relation) {
+                p.targets = crate::relstate::with_inheritors(rel);
+            }
+        } else if node_is(node, T_AlterEnumStmt) {
+            if !(*(node as *mut pg_sys::AlterEnumStmt)).oldVal.is_null() {
+                p.actions.push(Action::EnumRename);
+            }
+        } else if node_is(node, T_CreateStmt) || node_is(node, T_CreateForeignTableStmt) {
+            // CreateForeignTableStmt begins with a CreateStmt.
+            let s = &*(node as *mut pg_sys::CreateStmt);
+            if s.partbound.is_null() {
+                for rv in list::<pg_sys::RangeVar>(s.inhRelations) {
+                    if let Some(parent) = relation(rv) {
+                        p.actions.push(Action::Inherit { parent });
+                    }
+                }
+            }
+        }
+    }
+    p
+}
+
+/// Whether changing a column from (old type, typmod) to (new type, typmod)
+/// without USING keeps every stored value as to_jsonb renders it: the same
+/// type with its modifier dropped or widened where widening cannot change a
+/// value (varchar and varbit length, numeric precision at the same scale),
+/// a wider integer, or text and unbounded varchar into each other. Anything
+/// else (a cast that rounds, pads, reinterprets or changes the rendering,
+/// such as float4 to float8) may change recorded values.
+pub fn keeps_values(old: (pg_sys::Oid, i32), new: (pg_sys::Oid, i32)) -> bool {
+    let (ot, om) = old;
+    let (nt, nm) = new;
+    if ot == nt {
+        if nm == om || nm == -1 {
+            return true;
+        }
+        return match ot {
+            pg_sys::VARCHAROID | pg_sys::VARBITOID => om >= 0 && nm >= om,
+            // numeric typmod: ((precision << 16) | scale) + 4
+            pg_sys::NUMERICOID => {
+                om >= 4 && nm >= 4 && (om - 4) & 0xFFFF == (nm - 4) & 0xFFFF && nm >= om
+            }
+            _ => false,
+        };
+    }
+    let rank = |t| match t {
+        pg_sys::INT2OID => Some(2),
+        pg_sys::INT4OID => Some(4),
+        pg_sys::INT8OID => Some(8),
+        _ => None,
+    };
+    if let (Some(a), Some(b)) = (rank(ot), rank(nt)) {
+        return b > a;
+    }
+    let text_like = |t| t == pg_sys::TEXTOID || t == pg_sys::VARCHAROID;
+    text_like(ot) && text_like(nt) && nm == -1
+}

@@ -1,0 +1,334 @@
+//! What the DDL guard reads of a relation: its names, columns, persistence
+//! and capture triggers, straight from the relation cache and the catalogs.
+//! No SQL is run, so no session planner setting takes part, and the cost
+//! is per relation a command touches, not per audited table.
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+
+use crate::api::{ROW_TRIGGER, STMT_TRIGGER};
+
+/// One of audit_log's capture triggers on a relation, found by its name.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CaptureTrigger {
+    /// It calls audit_log's own function (capture_row or capture_stmt).
+    pub ours: bool,
+    /// pg_trigger.tgenabled: 'A' (ALWAYS) is the only state that captures everything.
+    pub enabled: u8,
+    /// Cloned by PostgreSQL from a partitioned parent's trigger.
+    pub clone: bool,
+}
+
+impl CaptureTrigger {
+    pub fn on(&self) -> bool {
+        self.ours && self.enabled == b'A'
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelState {
+    pub schema: String,
+    pub name: String,
+    /// Columns as `name type, ...`, in order.
+    pub columns: String,
+    pub kind: u8,
+    pub persistence: u8,
+    pub is_partition: bool,
+    pub row: Option<CaptureTrigger>,
+    pub stmt: Option<CaptureTrigger>,
+}
+
+impl RelState {
+    /// The row trigger is on: changes are captured.
+    pub fn audited(&self) -> bool {
+        self.row.is_some_and(|t| t.on())
+    }
+
+    pub fn fully_audited(&self) -> bool {
+        self.audited() && self.stmt.is_some_and(|t| t.on())
+    }
+
+    /// `"schema"."name"`, quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+/// An identifier quoted as PostgreSQL's quote_ident() does: only if needed.
+pub fn quote_ident(s: &str) -> String {
+    let Ok(c) = std::ffi::CString::new(s) else {
+        return format!("\"{}\"", s.replace('"', "\"\""));
+    };
+    // SAFETY: quote_identifier returns its argument or a palloc'd copy.
+    cstr(unsafe { pg_sys::quote_identifier(c.as_ptr()) })
+}
+
+fn cstr(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: a NUL-terminated string from the catalogs.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Whether `f` is audit_log's function `name`.
+fn is_audit_fn(f: pg_sys::Oid, name: &str) -> bool {
+    let Some(ns) = crate::catalog::schema_oid() else {
+        return false;
+    };
+    // SAFETY: syscache lookups; NULL / InvalidOid for a missing function.
+    unsafe { pg_sys::get_func_namespace(f) == ns && cstr(pg_sys::get_func_name(f)) == name }
+}
+
+/// The state of a relation now, or None if it does not exist.
+pub fn rel_state(oid: pg_sys::Oid) -> Option<RelState> {
+    // SAFETY: RelationIdGetRelation returns NULL for a missing relation and a
+    // reference-counted relcache entry otherwise, released by RelationClose.
+    // The caller's command holds whatever lock it needs; a read needs none.
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(oid);
+        if rel.is_null() {
+            return None;
+        }
+        let form = &*(*rel).rd_rel;
+        let desc = (*rel).rd_att;
+        let natts = (*desc).natts as usize;
+        let mut columns = Vec::new();
+        for a in (*desc).attrs.as_slice(natts) {
+            if a.attisdropped {
+                continue;
+            }
+            let name = cstr(a.attname.data.as_ptr());
+            let ty = cstr(pg_sys::format_type_with_typemod(a.atttypid, a.atttypmod));
+            columns.push(format!("{} {ty}", quote_ident(&name)));
+        }
+        let mut row = None;
+        let mut stmt = None;
+        let td = (*rel).trigdesc;
+        if !td.is_null() {
+            for t in std::slice::from_raw_parts((*td).triggers, (*td).numtriggers as usize) {
+                let name = cstr(t.tgname);
+                let slot = if name == ROW_TRIGGER {
+                    &mut row
+                } else if name == STMT_TRIGGER {
+                    &mut stmt
+                } else {
+                    continue;
+                };
+                let f = if name == ROW_TRIGGER {
+                    "capture_row"
+                } else {
+                    "capture_stmt"
+                };
+                *slot = Some(CaptureTrigger {
+                    ours: is_audit_fn(t.tgfoid, f),
+                    enabled: t.tgenabled as u8,
+                    clone: t.tgisclone,
+                });
+            }
+        }
+        let state = RelState {
+            schema: cstr(pg_sys::get_namespace_name(form.relnamespace)),
+            name: cstr(form.relname.data.as_ptr()),
+            columns: columns.join(", "),
+            kind: form.relkind as u8,
+            persistence: form.relpersistence as u8,
+            is_partition: form.relispartition,
+            row,
+            stmt,
+        };
+        pg_sys::RelationClose(rel);
+        Some(state)
+    }
+}
+
+unsafe extern "C-unwind" {
+    // catalog/pg_inherits.h, which pgrx does not bind.
+    #[link_name = "find_all_inheritors"]
+    fn find_all_inheritors_raw(
+        parent: pg_sys::Oid,
+        lockmode: pg_sys::LOCKMODE,
+        numparents: *mut *mut pg_sys::List,
+    ) -> *mut pg_sys::List;
+}
+
+/// A relation and every relation below it (partitions, inheritance children).
+pub fn with_inheritors(oid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    // SAFETY: NoLock: a read of pg_inherits; the list holds OIDs.
+    unsafe {
+        let list = pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            find_all_inheritors_raw(oid, pg_sys::NoLock as i32, std::ptr::null_mut())
+        });
+        let mut out = Vec::new();
+        if !list.is_null() {
+            for i in 0..(*list).length {
+                out.push((*(*list).elements.add(i as usize)).oid_value);
+            }
+            pg_sys::list_free(list);
+        }
+        out
+    }
+}
+
+/// States of several relations, those that exist.
+pub fn states(oids: impl IntoIterator<Item = pg_sys::Oid>) -> BTreeMap<u32, RelState> {
+    oids.into_iter()
+        .filter_map(|o| rel_state(o).map(|s| (o.to_u32(), s)))
+        .collect()
+}
+
+/// A catalog row changed (inserted or updated) by the current command or a
+/// later one of this transaction: its xmin is ours, its cmin at least `since`.
+///
+/// # Safety
+/// `tup` must be a valid heap tuple from a catalog scan.
+unsafe fn changed_since(tup: pg_sys::HeapTuple, since: pg_sys::CommandId) -> bool {
+    // SAFETY (caller): a valid tuple; GetCmin is only asked of our own tuples.
+    unsafe {
+        let hdr = (*tup).t_data;
+        let xmin = (*hdr).t_choice.t_heap.t_xmin;
+        pg_sys::TransactionIdIsCurrentTransactionId(xmin)
+            && pg_sys::HeapTupleHeaderGetCmin(hdr) >= since
+    }
+}
+
+/// Each row of `catalog` whose `attno` equals `key`, through `index`, as
+/// (changed since `since`, what `read` takes from the row's fixed part, a
+/// `Form` of that catalog).
+fn scan_rows<Form, T>(
+    catalog: pg_sys::Oid,
+    index: u32,
+    attno: u32,
+    key: pg_sys::Oid,
+    since: pg_sys::CommandId,
+    read: impl Fn(&Form) -> T,
+) -> Vec<(bool, T)> {
+    // SAFETY: a catalog index scan under the catalog snapshot; `read` sees
+    // each row's fixed-size part (laid out as Form) before the next.
+    unsafe {
+        let rel = pg_sys::table_open(catalog, pg_sys::AccessShareLock as i32);
+        let mut k: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut k,
+            attno as i16,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::Oid::from(pg_sys::F_OIDEQ),
+            pg_sys::Datum::from(key),
+        );
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::Oid::from(index),
+            true,
+            std::ptr::null_mut(),
+            1,
+            &mut k,
+        );
+        let mut out = Vec::new();
+        loop {
+            let tup = pg_sys::systable_getnext(scan);
+            if tup.is_null() {
+                break;
+            }
+            let hdr = (*tup).t_data;
+            let form = (hdr as *const u8).add((*hdr).t_hoff as usize) as *const Form;
+            out.push((changed_since(tup, since), read(&*form)));
+        }
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        out
+    }
+}
+
+/// A capture trigger (by name or by function) that the current command
+/// created or changed, as it is now.
+#[derive(Debug)]
+pub struct ChangedTrigger {
+    pub name: String,
+    /// Which of audit_log's capture functions it calls, if one.
+    pub calls: Option<&'static str>,
+    pub enabled: u8,
+}
+
+impl ChangedTrigger {
+    /// It captures everything: our name, our matching function, ALWAYS.
+    /// (What PostgreSQL itself makes when it clones the row trigger onto a
+    /// new partition; anything else was switched off, renamed, replaced or
+    /// made by hand.)
+    pub fn is_on(&self) -> bool {
+        let expected = if self.name == ROW_TRIGGER {
+            Some("capture_row")
+        } else if self.name == STMT_TRIGGER {
+            Some("capture_stmt")
+        } else {
+            None
+        };
+        self.enabled == b'A' && expected.is_some() && self.calls == expected
+    }
+}
+
+/// Capture triggers of `rel` changed by the command that started at `since`.
+pub fn changed_capture_triggers(rel: pg_sys::Oid, since: pg_sys::CommandId) -> Vec<ChangedTrigger> {
+    let rows = scan_rows(
+        pg_sys::TriggerRelationId,
+        pg_sys::TriggerRelidNameIndexId,
+        pg_sys::Anum_pg_trigger_tgrelid,
+        rel,
+        since,
+        |t: &pg_sys::FormData_pg_trigger| (cstr(t.tgname.data.as_ptr()), t.tgfoid, t.tgenabled),
+    );
+    rows.into_iter()
+        .filter(|(changed, _)| *changed)
+        .filter_map(|(_, (name, tgfoid, tgenabled))| {
+            let calls = ["capture_row", "capture_stmt"]
+                .into_iter()
+                .find(|f| is_audit_fn(tgfoid, f));
+            let ours = calls.is_some() || name == ROW_TRIGGER || name == STMT_TRIGGER;
+            ours.then_some(ChangedTrigger {
+                name,
+                calls,
+                enabled: tgenabled as u8,
+            })
+        })
+        .collect()
+}
+
+/// Whether the current command (from `since`) changed the relation's
+/// pg_class row or any of its pg_attribute rows: a rename, a move, a column
+/// change. Concurrent commits of other sessions do not count.
+pub fn relation_changed(rel: pg_sys::Oid, since: pg_sys::CommandId) -> bool {
+    let class = scan_rows(
+        pg_sys::RelationRelationId,
+        pg_sys::ClassOidIndexId,
+        pg_sys::Anum_pg_class_oid,
+        rel,
+        since,
+        |_: &pg_sys::FormData_pg_class| (),
+    );
+    if class.iter().any(|(c, _)| *c) {
+        return true;
+    }
+    let attrs = scan_rows(
+        pg_sys::AttributeRelationId,
+        pg_sys::AttributeRelidNumIndexId,
+        pg_sys::Anum_pg_attribute_attrelid,
+        rel,
+        since,
+        |_: &pg_sys::FormData_pg_attribute| (),
+    );
+    attrs.iter().any(|(c, _)| *c)
+}
+
+/// The relation a trigger belongs to.
+pub fn trigger_relation(trigger: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    let rows = scan_rows(
+        pg_sys::TriggerRelationId,
+        pg_sys::TriggerOidIndexId,
+        pg_sys::Anum_pg_trigger_oid,
+        trigger,
+        0,
+        |t: &pg_sys::FormData_pg_trigger| t.tgrelid,
+    );
+    rows.first().map(|(_, r)| *r)
+}
