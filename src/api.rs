@@ -214,6 +214,16 @@ pub fn create_stmt_trigger(qualified: &str) -> Result<(), AuditError> {
     Ok(())
 }
 
+/// List a table in audit_log.audited_tables with its options (as the owner).
+fn note_audited(oid: pg_sys::Oid, opts: &Options) -> Result<(), AuditError> {
+    Spi::run_with_args(
+        "INSERT INTO audit_log.audited_tables (relid, options) VALUES ($1, $2)
+         ON CONFLICT (relid) DO UPDATE SET options = excluded.options",
+        &[oid.into(), JsonB(opts.to_value()).into()],
+    )?;
+    Ok(())
+}
+
 /// A new partition of an audited table: PostgreSQL cloned the row trigger;
 /// add the statement trigger and make both ALWAYS.
 pub fn complete_partition(p: &crate::relstate::RelState) -> Result<(), AuditError> {
@@ -238,12 +248,7 @@ pub fn enable_detached(
     internal_ddl(|| {
         create_row_trigger(&table, opts)?;
         create_stmt_trigger(&table)?;
-        Spi::run_with_args(
-            "INSERT INTO audit_log.audited_tables (relid, options) VALUES ($1, $2)
-             ON CONFLICT (relid) DO UPDATE SET options = excluded.options",
-            &[oid.into(), JsonB(opts.to_value()).into()],
-        )?;
-        Ok(())
+        note_audited(oid, opts)
     })
 }
 
@@ -420,12 +425,7 @@ fn enable_with(oid: pg_sys::Oid, t: &Target, opts: &Options) -> Result<(), Audit
                 ))?;
             }
         }
-        Spi::run_with_args(
-            "INSERT INTO audit_log.audited_tables (relid, options) VALUES ($1, $2)
-             ON CONFLICT (relid) DO UPDATE SET options = excluded.options",
-            &[oid.into(), JsonB(opts.to_value()).into()],
-        )?;
-        Ok(())
+        note_audited(oid, opts)
     })?;
     let mut details = json!({"table": t.qualified, "partitioned": t.partitioned});
     if !opts.is_default() {

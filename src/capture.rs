@@ -15,6 +15,7 @@ use pgrx::prelude::*;
 use serde_json::Value;
 
 use crate::errors::{AuditError, OrRaise};
+use crate::fmgr::c_function;
 use crate::jsonb;
 use crate::options::{self, Options};
 use crate::txstate::{self, Pending};
@@ -294,48 +295,34 @@ fn trigger_data<'a>(trigger: &'a PgTrigger<'_>) -> &'a pg_sys::TriggerData {
     trigger.trigger_data()
 }
 
-/// The capture triggers' C entry points, with names fixed in
-/// sql/finalize.sql. Called other than as a trigger (anyone may try: the
-/// functions are executable by PUBLIC so that a table's owner can add
-/// partitions), they raise PostgreSQL's own trigger-protocol error.
-macro_rules! capture_trigger {
-    ($finfo:ident, $name:ident, $body:ident) => {
-        #[unsafe(no_mangle)]
-        #[doc(hidden)]
-        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
-            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-
-        /// # Safety
-        /// Called by PostgreSQL's function manager.
-        #[unsafe(no_mangle)]
-        #[pg_guard]
-        pub unsafe extern "C-unwind" fn $name(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-            // SAFETY: fcinfo is valid for this call; from_fcinfo checks that
-            // it is a trigger call before reading the trigger data.
-            let trigger = match unsafe { PgTrigger::from_fcinfo(&*fcinfo) } {
-                Ok(t) => t,
-                Err(_) => AuditError::NotTrigger.raise(),
-            };
-            $body(&trigger).or_raise();
-            // An AFTER trigger's result is ignored: NULL.
-            pg_sys::Datum::from(0)
-        }
+/// The capture triggers' entry point. Called other than as a trigger
+/// (anyone may try: the functions are executable by PUBLIC so that a
+/// table's owner can add partitions), it raises PostgreSQL's own
+/// trigger-protocol error.
+fn run_trigger(
+    fcinfo: pg_sys::FunctionCallInfo,
+    body: fn(&PgTrigger<'_>) -> Result<(), AuditError>,
+) -> pg_sys::Datum {
+    // SAFETY: fcinfo is valid for this call; from_fcinfo checks that it is a
+    // trigger call before reading the trigger data.
+    let trigger = match unsafe { PgTrigger::from_fcinfo(&*fcinfo) } {
+        Ok(t) => t,
+        Err(_) => AuditError::NotTrigger.raise(),
     };
+    body(&trigger).or_raise();
+    // An AFTER trigger's result is ignored: NULL.
+    pg_sys::Datum::from(0)
 }
 
 // AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW.
-capture_trigger!(
-    pg_finfo_audit_log_capture_row,
-    audit_log_capture_row,
-    capture_row_impl
-);
+c_function!(pg_finfo_audit_log_capture_row, audit_log_capture_row, |f| {
+    run_trigger(f, capture_row_impl)
+});
 // AFTER INSERT OR UPDATE OR DELETE [OR TRUNCATE] FOR EACH STATEMENT.
-capture_trigger!(
+c_function!(
     pg_finfo_audit_log_capture_stmt,
     audit_log_capture_stmt,
-    capture_stmt_impl
+    |f| run_trigger(f, capture_stmt_impl)
 );
 
 fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {

@@ -31,6 +31,7 @@ use crate::api::{self, internal_ddl, ROW_TRIGGER, STMT_TRIGGER};
 use crate::capture;
 use crate::ddl_parse::{self, Action, Plan};
 use crate::errors::{AuditError, OrRaise};
+use crate::fmgr::c_function;
 use crate::options::Options;
 use crate::relstate::{self, RelState};
 
@@ -655,46 +656,32 @@ fn command_tag(data: &pg_sys::EventTriggerData) -> String {
         .into_owned()
 }
 
-macro_rules! event_trigger {
-    ($finfo:ident, $name:ident, $body:expr) => {
-        #[unsafe(no_mangle)]
-        #[doc(hidden)]
-        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
-            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-
-        /// # Safety
-        /// Called by PostgreSQL's function manager as an event trigger.
-        #[unsafe(no_mangle)]
-        #[pg_guard]
-        pub unsafe extern "C-unwind" fn $name(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-            // SAFETY: fcinfo is valid for this call.
-            let Some(data) = (unsafe { event_trigger_data(fcinfo) }) else {
-                AuditError::Internal("this function can only be called as an event trigger".into())
-                    .raise();
-            };
-            if !api::internal_ddl_active() {
-                let f: fn(&pg_sys::EventTriggerData) -> Result<(), AuditError> = $body;
-                f(data).or_raise();
-            }
-            pg_sys::Datum::from(0)
-        }
+/// An event trigger's entry point: `judge` runs unless audit_log itself is
+/// running the DDL.
+fn run_event_trigger(
+    fcinfo: pg_sys::FunctionCallInfo,
+    judge: fn(&pg_sys::EventTriggerData) -> Result<(), AuditError>,
+) -> pg_sys::Datum {
+    // SAFETY: fcinfo is valid for this call.
+    let Some(data) = (unsafe { event_trigger_data(fcinfo) }) else {
+        AuditError::Internal("this function can only be called as an event trigger".into()).raise();
     };
+    if !api::internal_ddl_active() {
+        judge(data).or_raise();
+    }
+    pg_sys::Datum::from(0)
 }
 
-event_trigger!(
+c_function!(
     pg_finfo_audit_log_ddl_command_start,
     audit_log_ddl_command_start,
-    |d| on_start(&command_tag(d), d.parsetree)
+    |f| run_event_trigger(f, |d| on_start(&command_tag(d), d.parsetree))
 );
-event_trigger!(
+c_function!(
     pg_finfo_audit_log_ddl_command_end,
     audit_log_ddl_command_end,
-    |d| on_end(&command_tag(d))
+    |f| run_event_trigger(f, |d| on_end(&command_tag(d)))
 );
-event_trigger!(
-    pg_finfo_audit_log_sql_drop,
-    audit_log_sql_drop,
-    |d| on_drop(&command_tag(d))
-);
+c_function!(pg_finfo_audit_log_sql_drop, audit_log_sql_drop, |f| {
+    run_event_trigger(f, |d| on_drop(&command_tag(d)))
+});

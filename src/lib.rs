@@ -16,6 +16,7 @@ mod chain;
 mod ddl_guard;
 mod ddl_parse;
 mod errors;
+mod fmgr;
 mod history;
 mod jsonb;
 mod options;
