@@ -85,7 +85,13 @@ fn on_start(tag: &str, parsetree: *mut pg_sys::Node) -> Result<(), AuditError> {
     crate::catalog::pinned(|| judge_start(tag, plan))
 }
 
-fn judge_start(tag: &str, plan: Plan) -> Result<(), AuditError> {
+fn judge_start(tag: &str, mut plan: Plan) -> Result<(), AuditError> {
+    // ALTER TYPE on a composite reaches its typed tables (CASCADE).
+    for a in plan.actions.clone() {
+        if let Action::CompositeType { typrel, .. } = a {
+            plan.targets.extend(typed_tables(typrel)?);
+        }
+    }
     let before = relstate::states(plan.targets.iter().copied());
     let su = superuser();
     let mut rewrites = false;
@@ -140,7 +146,9 @@ fn judge_start(tag: &str, plan: Plan) -> Result<(), AuditError> {
                 typrel,
                 rewrites: true,
             } if !su => {
-                if let Some(t) = audited_typed_table(*typrel)? {
+                let typed = relstate::states(typed_tables(*typrel)?);
+                if let Some(t) = typed.values().find(|s| s.audited()) {
+                    let t = format!("{}.{}", t.schema, t.name);
                     return Err(AuditError::RewritesValues {
                         action: format!("{tag} ... ALTER ATTRIBUTE ... TYPE"),
                         table: t,
@@ -182,10 +190,10 @@ fn column_type(table: pg_sys::Oid, column: &str) -> Option<(pg_sys::Oid, i32)> {
     }
 }
 
-/// An audited table of the composite type whose relation is `typrel`
-/// (CREATE TABLE ... OF type), which ALTER TYPE ... CASCADE would rewrite.
-fn audited_typed_table(typrel: pg_sys::Oid) -> Result<Option<String>, AuditError> {
-    let tables = Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
+/// The typed tables (CREATE TABLE ... OF type) of the composite type whose
+/// relation is `typrel`: ALTER TYPE ... CASCADE changes them.
+fn typed_tables(typrel: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>, AuditError> {
+    Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
         let t = c.select(
             "SELECT c.oid FROM pg_catalog.pg_class c
               WHERE c.reloftype = (SELECT reltype FROM pg_catalog.pg_class WHERE oid = $1)",
@@ -197,11 +205,7 @@ fn audited_typed_table(typrel: pg_sys::Oid) -> Result<Option<String>, AuditError
             out.extend(r.get::<pg_sys::Oid>(1)?);
         }
         Ok(out)
-    })?;
-    Ok(relstate::states(tables)
-        .into_values()
-        .find(RelState::audited)
-        .map(|s| format!("{}.{}", s.schema, s.name)))
+    })
 }
 
 /// ATTACH PARTITION of a table that is audited on its own to an audited
@@ -425,23 +429,35 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
         }
     }
 
-    // Types whose change alters how recorded values of audited tables read.
-    let relabels = start
-        .plan
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::EnumRename | Action::CompositeType { .. }));
-    if relabels {
-        for (typ, identity) in &done.types {
-            for st in tables_using_type(*typ)? {
-                capture::record_config(
-                    &st.schema,
-                    &st.name,
-                    "DDL",
-                    json!({"command": tag, "table": st.quoted(), "type": identity,
-                           "note": "values of this type may read differently in this table's later events"}),
-                )?;
+    // Types whose change alters how recorded values of audited tables read:
+    // an enum's labels, a composite's attributes (a composite type is
+    // reported by its relation; its type is what columns use).
+    let mut relabeled: Vec<(pg_sys::Oid, String)> = Vec::new();
+    for a in &start.plan.actions {
+        match a {
+            Action::EnumRename => relabeled.extend(done.types.iter().cloned()),
+            Action::CompositeType { typrel, .. } => {
+                // SAFETY: a syscache lookup; InvalidOid if the relation is gone.
+                let typ = unsafe { pg_sys::get_rel_type_id(*typrel) };
+                if typ != pg_sys::InvalidOid {
+                    let name = relstate::rel_state(*typrel)
+                        .map(|s| s.quoted())
+                        .unwrap_or_default();
+                    relabeled.push((typ, name));
+                }
             }
+            _ => {}
+        }
+    }
+    for (typ, identity) in &relabeled {
+        for st in tables_using_type(*typ)? {
+            capture::record_config(
+                &st.schema,
+                &st.name,
+                "DDL",
+                json!({"command": tag, "table": st.quoted(), "type": identity,
+                       "note": "values of this type may read differently in this table's later events"}),
+            )?;
         }
     }
     Ok(())

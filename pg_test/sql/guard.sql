@@ -19,8 +19,11 @@ CREATE TYPE mood AS ENUM ('happy', 'sad');
 CREATE TABLE t (id int PRIMARY KEY, v int, m mood, s varchar(10), r numeric(6,2), f real);
 CREATE TABLE p (id int, k int) PARTITION BY RANGE (k);
 CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10);
+CREATE TYPE comp AS (a int, b text);
+CREATE TABLE typed OF comp;
+CREATE TABLE tc (id int PRIMARY KEY, c comp);
 RESET ROLE;
-SELECT audit_log.enable('t'), audit_log.enable('p');
+SELECT audit_log.enable('t'), audit_log.enable('p'), audit_log.enable('typed'), audit_log.enable('tc');
 SET ROLE al_guard_owner;
 INSERT INTO t VALUES (1, 10, 'happy', 'x', 1.50, 0.1);
 
@@ -53,6 +56,11 @@ ALTER TABLE p DISABLE TRIGGER audit_log_capture_row;   -- reaches the partitions
 -- An enum relabel changes how recorded values read: allowed, and recorded.
 ALTER TYPE mood RENAME VALUE 'happy' TO 'furious';
 ALTER TYPE mood ADD VALUE 'calm';
+-- A composite type: ALTER ATTRIBUTE ... TYPE would rewrite its audited typed
+-- table; renaming or adding an attribute changes how its values read.
+ALTER TYPE comp ALTER ATTRIBUTE a TYPE bigint CASCADE;
+ALTER TYPE comp RENAME ATTRIBUTE b TO bb CASCADE;
+ALTER TYPE comp ADD ATTRIBUTE z int CASCADE;
 
 -- Inheritance: a child's rows show in t and change through it, so it is
 -- audited like t, whether created so or attached later.
