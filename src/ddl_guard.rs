@@ -124,11 +124,18 @@ fn judge_start(tag: &str, mut plan: Plan) -> Result<(), AuditError> {
                     rewrites = true;
                 }
             }
-            Action::SetUnlogged(t) => {
+            Action::SetUnlogged(t) | Action::SetExpression(t) => {
                 if let Some(st) = before.get(&t.to_u32()).filter(|s| s.audited()) {
                     if !su {
                         return Err(AuditError::RewritesValues {
-                            action: format!("{tag} ... SET UNLOGGED"),
+                            action: format!(
+                                "{tag} ... {}",
+                                if matches!(a, Action::SetUnlogged(_)) {
+                                    "SET UNLOGGED"
+                                } else {
+                                    "SET EXPRESSION"
+                                }
+                            ),
                             table: format!("{}.{}", st.schema, st.name),
                         });
                     }

@@ -21,6 +21,9 @@ pub enum Action {
         using: bool,
     },
     SetUnlogged(pg_sys::Oid),
+    /// ALTER COLUMN ... SET EXPRESSION (PostgreSQL 17 and later).
+    #[allow(dead_code)]
+    SetExpression(pg_sys::Oid),
     Attach {
         parent: pg_sys::Oid,
         child: pg_sys::Oid,
@@ -169,6 +172,10 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                         }
                     }
                     At::AT_SetUnLogged => p.actions.push(Action::SetUnlogged(rel)),
+                    // PostgreSQL 17: a generated column's new expression
+                    // recomputes every stored value.
+                    #[cfg(any(feature = "pg17", feature = "pg18"))]
+                    At::AT_SetExpression => p.actions.push(Action::SetExpression(rel)),
                     At::AT_AttachPartition | At::AT_DetachPartition
                         if node_is(c.def, T_PartitionCmd) =>
                     {
