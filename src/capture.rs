@@ -74,26 +74,32 @@ pub fn json_from_value(v: &Value) -> Result<Json, AuditError> {
 pub static CONTEXT: pgrx::GucSetting<Option<std::ffi::CString>> =
     pgrx::GucSetting::<Option<std::ffi::CString>>::new(None);
 
-/// Context values are JSON text read through `jsonb_in`, so a malformed one
-/// would raise jsonb_in's own error from deep inside a trigger. Check the
-/// text here first, with a message that names the setting.
-fn check_context(text: &str) -> Result<(), AuditError> {
-    fn has_nul(v: &Value) -> bool {
-        match v {
-            Value::String(s) => s.contains('\0'),
-            Value::Array(a) => a.iter().any(has_nul),
-            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-            _ => false,
-        }
-    }
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| AuditError::BadContext(format!("{e}, in {text}")))?;
-    if has_nul(&v) {
-        return Err(AuditError::BadContext(
-            "\\u0000 cannot be stored in jsonb".into(),
-        ));
-    }
-    Ok(())
+/// A context value parsed by PostgreSQL's own `jsonb_in`, which takes any
+/// depth PostgreSQL allows. Its error (bad JSON, `\u0000`, a number out of
+/// range, too deep for max_stack_depth) is raised again as one that names
+/// the setting, with the start of the text, never all of it.
+fn parse_context(text: &str) -> Result<Json, AuditError> {
+    let shown: String = text.chars().take(80).collect();
+    let shown = if shown.len() < text.len() {
+        format!("{shown}…")
+    } else {
+        shown
+    };
+    pgrx::PgTryBuilder::new(|| text_to_jsonb(text))
+        .catch_others(|e| {
+            let why = match e {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => match r.detail() {
+                    Some(d) => format!("{} ({d})", r.message()),
+                    None => r.message().to_string(),
+                },
+                pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
+                    ereport.message().to_string()
+                }
+            };
+            Err(AuditError::BadContext(format!("{why}, in {shown}")))
+        })
+        .execute()
 }
 
 thread_local! {
@@ -117,8 +123,7 @@ fn current_context() -> Result<Option<Json>, AuditError> {
     }) {
         return Ok(Some(hit));
     }
-    check_context(&text)?;
-    let c = text_to_jsonb(&text)?;
+    let c = parse_context(&text)?;
     CONTEXT_CACHE.set(Some((text.into_owned(), c.clone())));
     Ok(Some(c))
 }

@@ -388,8 +388,23 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
     }
 
     // New partitions: PostgreSQL cloned the row trigger; the statement
-    // trigger and ENABLE ALWAYS are ours to add.
-    for &rel in &rels {
+    // trigger and ENABLE ALWAYS are ours to add. Only for a partition this
+    // command created or attached: when pg_restore creates a parent's row
+    // trigger, PostgreSQL clones it onto existing partitions, and the dump
+    // brings their own statement triggers next.
+    let mut new_partitions: Vec<u32> = start
+        .plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Attach { child, .. } => Some(child.to_u32()),
+            _ => None,
+        })
+        .collect();
+    if matches!(tag, "CREATE TABLE" | "CREATE FOREIGN TABLE") {
+        new_partitions.extend(done.relations.iter().copied());
+    }
+    for &rel in &new_partitions {
         let oid = pg_sys::Oid::from(rel);
         if let Some(st) = relstate::rel_state(oid) {
             if st.is_partition && st.row.is_some_and(|t| t.clone && t.ours) && !st.fully_audited() {

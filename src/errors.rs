@@ -56,6 +56,8 @@ pub enum AuditError {
     TooManyEvents(i64),
     #[error("the head of audit chain {chain} (link seq {seq}) is damaged: its link_hash is not a 32-byte hash; refusing to extend the chain")]
     ChainDamaged { chain: i32, seq: i64 },
+    #[error("no column is redacted in this database yet, so there is no redaction salt")]
+    NoSalt,
     #[error("trigger functions can only be called as triggers")]
     NotTrigger,
     #[error("audit_log internal error: {0}")]
@@ -92,6 +94,7 @@ impl AuditError {
             AuditError::TooManyEvents(_) => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             AuditError::ChainDamaged { .. } => ERRCODE_DATA_CORRUPTED,
             AuditError::NotTrigger => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            AuditError::NoSalt => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -105,6 +108,10 @@ impl AuditError {
                 "Grant the role audit_log_auditor to the caller, or call it as a superuser.".into(),
             ),
             AuditError::NotSuperuser { .. } => Some("Ask a superuser to do it.".into()),
+            AuditError::NoSalt => Some(
+                "The salt is made by the first audit_log.enable(..., redact_columns => ...)."
+                    .into(),
+            ),
             AuditError::PrepareWithChanges => Some(
                 "Commit audited changes with COMMIT; two-phase commit is refused so that a \
                  prepared transaction can never hold or break an audit chain."

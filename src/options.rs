@@ -254,10 +254,11 @@ pub fn redaction_salt() -> Result<Vec<u8>, AuditError> {
         return Ok(s);
     }
     let salt = crate::catalog::as_owner(|| {
-        pgrx::Spi::get_one::<Vec<u8>>(
+        crate::errors::optional_row(pgrx::Spi::get_one::<Vec<u8>>(
             "SELECT value FROM audit_log.secrets WHERE name = 'redaction_salt'",
-        )?
-        .ok_or_else(|| AuditError::NotInstalled("the redaction salt in audit_log.secrets".into()))
+        ))?
+        .flatten()
+        .ok_or(AuditError::NoSalt)
     })?;
     SALT.set(Some((secrets, salt.clone())));
     Ok(salt)

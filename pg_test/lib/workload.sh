@@ -6,7 +6,9 @@ wl_q() { psql -X -q -v ON_ERROR_STOP=1 -At -d "$WL_DB" "$@"; }
 wl_fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # Create database $1 with three audited tables and an unaudited witness
-# table, into which every workload transaction writes its own xid.
+# table, into which every workload transaction writes its own xid. A log
+# restored into a new cluster holds transactions of two clusters whose xids
+# overlap, so a witness row also names its era (see wl_new_era).
 wl_setup() {
     WL_DB=$1
     psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $WL_DB" -c "CREATE DATABASE $WL_DB" 2>/dev/null
@@ -16,7 +18,10 @@ CREATE EXTENSION audit_log;
 CREATE TABLE t1 (k int PRIMARY KEY, v int);
 CREATE TABLE t2 (k int PRIMARY KEY, v int);
 CREATE TABLE t3 (k int PRIMARY KEY, v int);
-CREATE TABLE witness (tx xid8 PRIMARY KEY);
+CREATE TABLE witness (tx xid8, era int NOT NULL DEFAULT 1, PRIMARY KEY (tx, era));
+-- An era's transactions are those whose first event is at or after first_event.
+CREATE TABLE wl_eras (era int PRIMARY KEY, first_event bigint NOT NULL);
+INSERT INTO wl_eras VALUES (1, 0);
 SELECT audit_log.enable('t1'), audit_log.enable('t2'), audit_log.enable('t3') \g /dev/null
 INSERT INTO t2 SELECT g, 0 FROM generate_series(1, 200) g;
 SQL
@@ -43,14 +48,27 @@ COMMIT;
 PGB
 }
 
+# Start a new era, after restoring into a new cluster: from now on witness
+# rows are of the new era, and so are links whose first event comes after
+# every event already in the log. Event ids come from a sequence pg_dump
+# keeps, so they keep growing where xids start again.
+wl_new_era() {
+    wl_q <<'SQL'
+INSERT INTO wl_eras SELECT max(era) + 1, (SELECT coalesce(max(id), 0) + 1 FROM audit_log.events) FROM wl_eras;
+SELECT format('ALTER TABLE witness ALTER era SET DEFAULT %s', max(era)) FROM wl_eras \gexec
+SQL
+}
+
 # The invariants:
 #  (a) verify() is ok (against checkpoint $1 if given);
 #  (b) every committed workload transaction (a witness row) has exactly one
 #      link and no link lacks one, but for the two setup transactions; and
 #      replaying the events row by row reproduces each table exactly;
-#  (c) every chain's seq runs 1..n with no gap or fork.
+#  (c) every chain's seq runs 1..n with no gap or fork;
+#  (d) at least $2 workload transactions (default 0) committed since the
+#      previous wl_check of this script, so that a run with no work fails.
 wl_check() {
-    local cp=${1:-}
+    local cp=${1:-} min_new=${2:-0} prev=${WL_TX:-0}
     local v
     if [ -n "$cp" ]; then
         v=$(wl_q -c "SELECT ok || ' ' || coalesce(problem, '') FROM audit_log.verify('$cp')")
@@ -59,10 +77,16 @@ wl_check() {
     fi
     [ "$v" = "true " ] || wl_fail "verify: $v"
     local linked witness extra gaps
-    linked=$(wl_q -c "SELECT count(*) FROM audit_log.links l JOIN witness w ON w.tx = l.tx_id")
+    # A link belongs to the witness row of the same xid and era.
+    local link_era="(SELECT max(era) FROM wl_eras e WHERE e.first_event <= l.first_event)"
+    linked=$(wl_q -c "SELECT count(*) || ' ' || count(DISTINCT (w.tx, w.era)) FROM audit_log.links l
+                        JOIN witness w ON w.tx = l.tx_id AND w.era = $link_era")
     witness=$(wl_q -c "SELECT count(*) FROM witness")
-    [ "$linked" = "$witness" ] || wl_fail "$witness committed transactions but $linked of them linked"
-    extra=$(wl_q -c "SELECT count(*) FROM audit_log.links l WHERE NOT EXISTS (SELECT 1 FROM witness w WHERE w.tx = l.tx_id)")
+    [ "$linked" = "$witness $witness" ] || wl_fail "$witness committed transactions, links matching them (links, transactions): $linked"
+    [ "$min_new" = 0 ] || [ $((witness - prev)) -ge "$min_new" ] \
+        || wl_fail "$((witness - prev)) workload transactions committed since the previous check, expected at least $min_new"
+    extra=$(wl_q -c "SELECT count(*) FROM audit_log.links l
+                       WHERE NOT EXISTS (SELECT 1 FROM witness w WHERE w.tx = l.tx_id AND w.era = $link_era)")
     [ "$extra" = 2 ] || wl_fail "expected 2 setup links besides the workload's, found $extra"
     gaps=$(wl_q -c "SELECT count(*) FROM (SELECT chain_id, count(*) n, max(seq) m, count(DISTINCT seq) d
                                             FROM audit_log.links GROUP BY 1) c WHERE n <> m OR d <> n")

@@ -13,7 +13,7 @@ clients=${CLIENTS:-16} seconds=${SECONDS_PER_LEVEL:-6}
 failure_rate() {
     local level=$1 out
     out=$(PGOPTIONS="-c default_transaction_isolation=${level// /\\ }" \
-        pgbench -n -d "$WL_DB" -c "$clients" -j 2 -T "$seconds" --max-tries=1 -f "$WL_SCRIPT" 2>&1) \
+        pgbench -n -c "$clients" -j 2 -T "$seconds" --max-tries=1 -f "$WL_SCRIPT" "$WL_DB" 2>&1) \
         || wl_fail "pgbench failed at $level: $out"
     local done_tx failed
     done_tx=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')

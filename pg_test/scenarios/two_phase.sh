@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${ROUNDS:-10}
 wl_setup al_2pc
 wl_q -c "CREATE TABLE plain (id int PRIMARY KEY)"
-pgbench -n -d "$WL_DB" -c 8 -j 2 -T $((rounds + 4)) -f "$WL_SCRIPT" >/dev/null 2>&1 & load=$!
+pgbench -n -c 8 -j 2 -T $((rounds + 4)) -f "$WL_SCRIPT" "$WL_DB" >/dev/null 2>&1 & load=$!
 sleep 1
 for i in $(seq 1 "$rounds"); do
     err=$(psql -X -q -d "$WL_DB" -v VERBOSITY=verbose -c "BEGIN" -c "INSERT INTO t1 VALUES (1000 + $i, 0)" \
