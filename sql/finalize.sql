@@ -111,7 +111,8 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k bigint;
+    leaves regclass[];
+    keys bigint[];
     s text;
     t text;
     missing text;
@@ -137,20 +138,32 @@ BEGIN
         RAISE EXCEPTION 'audit_log.history: %.% has no column %', quote_ident(s), quote_ident(t), missing
             USING ERRCODE = 'undefined_column';
     END IF;
-    k := audit_log.row_key_of(target, key);
-    IF k IS NOT NULL THEN
+    -- A partitioned table's events are recorded under its partitions' names.
+    SELECT pg_catalog.array_agg(p.relid) INTO leaves
+      FROM pg_catalog.pg_partition_tree(target) p WHERE p.isleaf;
+    leaves := coalesce(leaves, ARRAY[target]);
+    SELECT pg_catalog.array_agg(audit_log.row_key_of(l, key)) INTO keys
+      FROM pg_catalog.unnest(leaves) l;
+    IF pg_catalog.array_position(keys, NULL) IS NULL THEN
         RETURN QUERY
             SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
                    e.context, e.old_row, e.new_row
               FROM audit_log.events e
-             WHERE e.row_key = k AND e.table_schema = s AND e.table_name = t
+             WHERE e.row_key = ANY (keys)
+               AND (e.table_schema, e.table_name) IN (
+                   SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
+                     JOIN pg_catalog.pg_class c ON c.oid = l
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
              ORDER BY e.id;
     ELSE
         RETURN QUERY
             SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
                    e.context, e.old_row, e.new_row
               FROM audit_log.events e
-             WHERE e.table_schema = s AND e.table_name = t
+             WHERE (e.table_schema, e.table_name) IN (
+                   SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
+                     JOIN pg_catalog.pg_class c ON c.oid = l
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
                AND (e.old_row @> key OR e.new_row @> key)
              ORDER BY e.id;
     END IF;

@@ -109,6 +109,12 @@ fn describe(oid: pg_sys::Oid) -> Result<Target, AuditError> {
     if persistence == "t" {
         return Err(AuditError::TemporaryTable(qualified));
     }
+    if persistence == "u" {
+        return Err(AuditError::Unlogged {
+            table: qualified,
+            audited: "audit_log.enable() or an audited schema".into(),
+        });
+    }
     if schema == "pg_catalog"
         || schema == "information_schema"
         || schema == "audit_log"
@@ -415,6 +421,21 @@ fn enable_with(oid: pg_sys::Oid, t: &Target, opts: &Options) -> Result<(), Audit
         return Ok(());
     }
     internal_ddl(|| {
+        // A partition audited on its own (from an audited schema, say) is
+        // audited through its parent from now on: its own triggers go, or the
+        // parent's row trigger could not be cloned onto it.
+        if t.partitioned {
+            for p in partitions(oid)? {
+                Spi::run_with_args(
+                    "DELETE FROM audit_log.audited_tables WHERE relid = $1::regclass",
+                    &[p.as_str().into()],
+                )?;
+                Spi::run(&format!(
+                    "DROP TRIGGER IF EXISTS {ROW_TRIGGER} ON {p};
+                     DROP TRIGGER IF EXISTS {STMT_TRIGGER} ON {p};"
+                ))?;
+            }
+        }
         create_row_trigger(&t.qualified, opts)?;
         create_stmt_trigger(&t.qualified)?;
         if t.partitioned {
@@ -432,6 +453,12 @@ fn enable_with(oid: pg_sys::Oid, t: &Target, opts: &Options) -> Result<(), Audit
         details["options"] = opts.to_value();
     }
     capture::record_config(&t.schema, &t.name, "ENABLE", details)
+}
+
+/// New options for an audited table, as enable() would set them (recorded
+/// as an OPTIONS event).
+pub fn change_options(oid: pg_sys::Oid, opts: &Options) -> Result<(), AuditError> {
+    enable_with(oid, &describe(oid)?, opts)
 }
 
 /// Audit a table with the default options, unless it is audited already
@@ -478,6 +505,11 @@ fn enable_schema(name: Option<String>) {
             }
             Ok(out)
         })?;
+        // Unlogged tables cannot be audited: enable_schema() fails on them,
+        // with the same message enable() gives, before changing anything.
+        for &t in &tables {
+            describe(t)?;
+        }
         let added = change_schema_list(
             "INSERT INTO audit_log.audited_schemas (nspname) VALUES ($1)
              ON CONFLICT (nspname) DO NOTHING RETURNING true",

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::errors::{AuditError, OrRaise};
 use crate::fmgr::c_function;
 use crate::jsonb;
-use crate::options::{self, Options};
+use crate::options;
 use crate::txstate::{self, Pending};
 
 /// A jsonb value both as stored (raw varlena bytes) and as hashed (its
@@ -40,8 +40,68 @@ unsafe fn json_from_datum(d: pg_sys::Datum) -> Json {
     }
 }
 
-/// `to_jsonb(row)`, as a jsonb datum. to_jsonb learns its argument's type
-/// from the call expression, so give it one naming the table's row type.
+unsafe extern "C" {
+    // utils/bytea.h, which pgrx does not bind: 1 is BYTEA_OUTPUT_HEX.
+    #[link_name = "bytea_output"]
+    static BYTEA_OUTPUT: std::ffi::c_int;
+}
+
+/// Whether every setting that changes how to_jsonb renders a value has its
+/// canonical value: floats at shortest-exact precision (extra_float_digits
+/// 1), ISO dates, intervals in the postgres style, hex bytea, and a UTC
+/// clock. Any role may change these for its session; left alone, a session
+/// with extra_float_digits = -15 would record 1049.99 as 1000.
+fn output_settings_canonical() -> bool {
+    // SAFETY: plain reads of the backend's GUC variables.
+    unsafe {
+        let mut offset: std::ffi::c_long = 0;
+        pg_sys::extra_float_digits == 1
+            && pg_sys::DateStyle == pg_sys::USE_ISO_DATES as i32
+            && pg_sys::IntervalStyle == pg_sys::INTSTYLE_POSTGRES as i32
+            && BYTEA_OUTPUT == 1
+            && pg_sys::pg_get_timezone_offset(pg_sys::session_timezone, &mut offset)
+            && offset == 0
+    }
+}
+
+/// Run `f` with the output settings at their canonical values (only when
+/// they are not already: the common case costs a few reads).
+fn with_canonical_output<T>(f: impl FnOnce() -> T) -> T {
+    if output_settings_canonical() {
+        return f();
+    }
+    // SAFETY: a GUC nest level undone right after, or by abort processing.
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    for (name, value) in [
+        (c"extra_float_digits", c"1"),
+        (c"DateStyle", c"ISO, MDY"),
+        (c"IntervalStyle", c"postgres"),
+        (c"bytea_output", c"hex"),
+        (c"TimeZone", c"UTC"),
+    ] {
+        // SAFETY: valid settings and values; GUC_ACTION_SAVE is undone below.
+        unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+    }
+    let out = f();
+    // SAFETY: undo exactly what was done above.
+    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+    out
+}
+
+/// `to_jsonb(row)`, as a jsonb datum, rendered with the canonical output
+/// settings. to_jsonb learns its argument's type from the call expression,
+/// so give it one naming the table's row type.
 unsafe fn row_to_jsonb(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> pg_sys::Datum {
     // SAFETY (caller): tuple belongs to a relation whose descriptor is desc.
     unsafe {
@@ -60,7 +120,9 @@ unsafe fn row_to_jsonb(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> pg_
             pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
         )
         .cast();
-        pg_sys::FunctionCall1Coll(&mut flinfo, pg_sys::InvalidOid, composite)
+        with_canonical_output(|| {
+            pg_sys::FunctionCall1Coll(&mut flinfo, pg_sys::InvalidOid, composite)
+        })
     }
 }
 
@@ -390,7 +452,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
                 .flatten()?;
             Some(audit_log_core::jsonb::row_key_hash(&schema, &name, &text))
         });
-        let channel = opts.notify.then(|| Options::channel(&schema, &name));
+        let channel = opts.notify.then(|| opts.channel_for(&schema, &name));
         let id = record(schema.clone(), name.clone(), op, old, new, row_key)?;
         if let Some(channel) = channel {
             notify(&channel, id, op, &schema, &name);
@@ -501,7 +563,7 @@ fn capture_stmt_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             let id = record(schema.clone(), name.clone(), "TRUNCATE", None, None, None)?;
             if opts.notify {
                 notify(
-                    &Options::channel(&schema, &name),
+                    &opts.channel_for(&schema, &name),
                     id,
                     "TRUNCATE",
                     &schema,

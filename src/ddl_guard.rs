@@ -111,9 +111,11 @@ fn judge_start(tag: &str, mut plan: Plan) -> Result<(), AuditError> {
                     .targets
                     .iter()
                     .any(|t| before.get(&t.to_u32()).is_some_and(RelState::audited));
-                let old = column_type(*table, column);
-                let keeps = !using
-                    && old.is_some_and(|o| ddl_parse::keeps_values(o, (*new_type, *new_typmod)));
+                // No such column: PostgreSQL's own error follows.
+                let Some(old) = column_type(*table, column) else {
+                    continue;
+                };
+                let keeps = !using && ddl_parse::keeps_values(old, (*new_type, *new_typmod));
                 if audited && !keeps {
                     if !su {
                         return Err(AuditError::RewritesValues {
@@ -163,6 +165,14 @@ fn judge_start(tag: &str, mut plan: Plan) -> Result<(), AuditError> {
                 }
             }
             Action::Attach { parent, child } => attach_prepare(*parent, *child)?,
+            Action::DetachConcurrently { parent } => {
+                if let Some(p) = relstate::rel_state(*parent).filter(RelState::audited) {
+                    return Err(AuditError::DetachConcurrently(format!(
+                        "{}.{}",
+                        p.schema, p.name
+                    )));
+                }
+            }
             _ => {}
         }
     }
@@ -198,9 +208,10 @@ fn column_type(table: pg_sys::Oid, column: &str) -> Option<(pg_sys::Oid, i32)> {
 }
 
 /// The typed tables (CREATE TABLE ... OF type) of the composite type whose
-/// relation is `typrel`: ALTER TYPE ... CASCADE changes them.
+/// relation is `typrel`, and their inheritors: ALTER TYPE ... CASCADE
+/// changes them all.
 fn typed_tables(typrel: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>, AuditError> {
-    Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
+    let typed = Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
         let t = c.select(
             "SELECT c.oid FROM pg_catalog.pg_class c
               WHERE c.reloftype = (SELECT reltype FROM pg_catalog.pg_class WHERE oid = $1)",
@@ -212,7 +223,11 @@ fn typed_tables(typrel: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>, AuditError> {
             out.extend(r.get::<pg_sys::Oid>(1)?);
         }
         Ok(out)
-    })
+    })?;
+    Ok(typed
+        .into_iter()
+        .flat_map(relstate::with_inheritors)
+        .collect())
 }
 
 /// ATTACH PARTITION of a table that is audited on its own to an audited
@@ -312,6 +327,26 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
         )?;
     }
 
+    // What was judged must be what was done: the command resolves its
+    // table's name again after waiting for its lock, and a table created
+    // or renamed meanwhile (earlier in the search_path) can take the name.
+    if let Some(judged) = start.plan.primary {
+        let acted_elsewhere = match judged {
+            Some(oid) => !done.relations.is_empty() && !done.relations.contains(&oid.to_u32()),
+            None => !done.relations.is_empty(),
+        };
+        if acted_elsewhere {
+            return Err(AuditError::TargetChanged(tag.to_string()));
+        }
+    }
+    for a in &start.plan.actions {
+        if let Action::Attach { child, .. } = a {
+            if !relstate::rel_state(*child).is_some_and(|c| c.is_partition) {
+                return Err(AuditError::TargetChanged(tag.to_string()));
+            }
+        }
+    }
+
     let mut rels: BTreeSet<u32> = done.relations.clone();
     rels.extend(start.plan.targets.iter().map(|o| o.to_u32()));
 
@@ -376,10 +411,14 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
             details["values_rewritten"] = json!(true);
         }
         capture::record_config(&now.schema, &now.name, "DDL", details)?;
+        if !now.is_partition {
+            follow_renamed_columns(oid, was, &now)?;
+        }
     }
 
     for a in &start.plan.actions {
         match a {
+            Action::SchemaRename { old, new } => schema_renamed(tag, old, new)?,
             Action::Attach { parent, child } => attached(tag, *parent, *child)?,
             Action::Detach { parent, child } => detached(tag, *parent, *child)?,
             Action::Move(rel) if in_audited_schema(*rel)? => api::enable_default(*rel)?,
@@ -404,35 +443,65 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
     if matches!(tag, "CREATE TABLE" | "CREATE FOREIGN TABLE") {
         new_partitions.extend(done.relations.iter().copied());
     }
+    // A partitioned table attached or created as a partition brings its
+    // own partitions, at every level.
+    let new_partitions: BTreeSet<u32> = new_partitions
+        .into_iter()
+        .flat_map(|r| relstate::with_inheritors(pg_sys::Oid::from(r)))
+        .map(|o| o.to_u32())
+        .collect();
     for &rel in &new_partitions {
         let oid = pg_sys::Oid::from(rel);
         if let Some(st) = relstate::rel_state(oid) {
             if st.is_partition && st.row.is_some_and(|t| t.clone && t.ours) && !st.fully_audited() {
+                refuse_unlogged(&st, "a partition of an audited table")?;
                 api::complete_partition(&st)?;
             }
         }
     }
 
-    // Inheritance children of audited tables are audited like their parent.
-    let parents: Vec<pg_sys::Oid> = start
+    // Inheritance children of audited tables are audited like their parent
+    // (their rows show in it and change through it). Judged by the parents
+    // the new or altered table has now, not by the names the command gave.
+    let inherits = start
         .plan
         .actions
         .iter()
-        .filter_map(|a| match a {
-            Action::Inherit { parent } => Some(*parent),
-            _ => None,
-        })
-        .collect();
-    if let Some(parent) = parents
-        .iter()
-        .filter_map(|&p| relstate::rel_state(p))
-        .find(RelState::audited)
+        .any(|a| matches!(a, Action::Inherit));
+    if inherits
+        || matches!(
+            tag,
+            "CREATE TABLE" | "CREATE FOREIGN TABLE" | "CREATE SCHEMA"
+        )
     {
-        let opts = options_of(&parent)?;
         for &rel in &done.relations {
             let oid = pg_sys::Oid::from(rel);
-            if let Some(st) = relstate::rel_state(oid) {
-                if matches!(st.kind, b'r' | b'p') && !st.is_partition && !st.audited() {
+            let Some(st) = relstate::rel_state(oid) else {
+                continue;
+            };
+            if !matches!(st.kind, b'r' | b'p' | b'f') || st.is_partition || st.audited() {
+                continue;
+            }
+            let parent = inheritance_parents(oid)?
+                .into_iter()
+                .filter_map(relstate::rel_state)
+                .find(RelState::audited);
+            if let Some(parent) = parent {
+                refuse_unlogged(
+                    &st,
+                    &format!("a child of audited table {}", parent.quoted()),
+                )?;
+                let opts = options_of(&parent)?;
+                if st.kind == b'f' {
+                    api::enable_detached(oid, &st, &opts)?;
+                    capture::record_config(
+                        &st.schema,
+                        &st.name,
+                        "DDL",
+                        json!({"command": tag, "table": st.quoted(), "inherits": parent.quoted(),
+                               "audited": true, "options": opts.to_value()}),
+                    )?;
+                } else {
                     api::enable_inherited(oid, &opts, &parent.quoted())?;
                 }
             }
@@ -485,6 +554,80 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
     Ok(())
 }
 
+/// Capture options name columns: after a rename they must follow the column
+/// (its attribute number), or a renamed `ssn` would be recorded in clear
+/// and a column renamed to an excluded name would vanish from the log. A
+/// dropped column leaves the options. The change is an OPTIONS event.
+fn follow_renamed_columns(
+    oid: pg_sys::Oid,
+    was: &RelState,
+    now: &RelState,
+) -> Result<(), AuditError> {
+    let opts = options_of(now)?;
+    if opts.exclude_columns.is_empty() && opts.redact_columns.is_empty() {
+        return Ok(());
+    }
+    let follow = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .filter_map(|n| {
+                let attnum = was.attnames.iter().find(|(_, c)| c == n)?.0;
+                now.attnames
+                    .iter()
+                    .find(|(a, _)| *a == attnum)
+                    .map(|(_, c)| c.clone())
+            })
+            .collect()
+    };
+    let mut next = opts.clone();
+    next.exclude_columns = follow(&opts.exclude_columns);
+    next.redact_columns = follow(&opts.redact_columns);
+    if next != opts {
+        api::change_options(oid, &next)?;
+    }
+    Ok(())
+}
+
+/// A schema renamed: events of its audited tables carry the new name from
+/// now on, so the rename is recorded, and a schema given to enable_schema()
+/// stays so under its new name.
+fn schema_renamed(tag: &str, old: &str, new: &str) -> Result<(), AuditError> {
+    let (listed, audited) = crate::catalog::as_owner(|| {
+        let listed = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM audit_log.audited_schemas WHERE nspname = $1)",
+            &[old.into()],
+        )?
+        .unwrap_or(false);
+        let audited = Spi::get_one_with_args::<i64>(
+            "SELECT count(*) FROM audit_log.audited_tables a
+               JOIN pg_catalog.pg_class c ON c.oid = a.relid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+            &[new.into()],
+        )?
+        .unwrap_or(0);
+        Ok((listed, audited))
+    })?;
+    if !listed && audited == 0 {
+        return Ok(());
+    }
+    if listed {
+        internal_ddl(|| {
+            Spi::run_with_args(
+                "UPDATE audit_log.audited_schemas SET nspname = $2 WHERE nspname = $1",
+                &[old.into(), new.into()],
+            )?;
+            Ok(())
+        })?;
+    }
+    capture::record_config(
+        new,
+        "",
+        "DDL",
+        json!({"command": tag, "schema_before": old, "schema_after": new,
+               "audited_tables": audited, "enable_schema": listed}),
+    )
+}
+
 /// An audited table attached as a partition of an audited table: it is now
 /// audited through its parent, with the parent's options.
 fn attached(tag: &str, parent: pg_sys::Oid, child: pg_sys::Oid) -> Result<(), AuditError> {
@@ -523,6 +666,34 @@ fn detached(tag: &str, parent: pg_sys::Oid, child: pg_sys::Oid) -> Result<(), Au
     )
 }
 
+/// The direct inheritance parents of a relation (not a partition's parent).
+fn inheritance_parents(rel: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>, AuditError> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1",
+            None,
+            &[rel.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.extend(r.get::<pg_sys::Oid>(1)?);
+        }
+        Ok(out)
+    })
+}
+
+/// An unlogged table loses its rows in a crash, with no event: it cannot
+/// join an audited table or schema.
+fn refuse_unlogged(st: &RelState, audited: &str) -> Result<(), AuditError> {
+    if st.persistence == b'u' {
+        return Err(AuditError::Unlogged {
+            table: format!("{}.{}", st.schema, st.name),
+            audited: audited.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Whether a relation is an ordinary table in a schema given to enable_schema().
 fn in_audited_schema(rel: pg_sys::Oid) -> Result<bool, AuditError> {
     let Some(st) = relstate::rel_state(rel) else {
@@ -533,13 +704,18 @@ fn in_audited_schema(rel: pg_sys::Oid) -> Result<bool, AuditError> {
         return Ok(false);
     }
     // The list of schemas is the extension's; the command's role need not read it.
-    crate::catalog::as_owner(|| {
+    let audited = crate::catalog::as_owner(|| {
         Ok(Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT 1 FROM audit_log.audited_schemas WHERE nspname = $1)",
             &[st.schema.as_str().into()],
         )?
         .unwrap_or(false))
-    })
+    })?;
+    if audited {
+        let schema = relstate::quote_ident(&st.schema);
+        refuse_unlogged(&st, &format!("a table of audited schema {schema}"))?;
+    }
+    Ok(audited)
 }
 
 /// Audited tables with a column of this type, directly or through arrays,
@@ -583,14 +759,17 @@ fn judge_drop(tag: &str) -> Result<(), AuditError> {
     if crate::catalog::schema_oid().is_none() {
         return Ok(());
     }
-    // Tables dropped, and capture triggers dropped (schema, table, trigger).
-    let (tables, triggers) = Spi::connect(|c| {
+    // Tables dropped, capture triggers dropped (schema, table, trigger), and
+    // columns dropped (by a CASCADE from a type, domain or function).
+    type Columns = BTreeMap<(String, String), Vec<String>>;
+    let (tables, triggers, columns) = Spi::connect(|c| {
         let mut tables: BTreeMap<(String, String), pg_sys::Oid> = BTreeMap::new();
         let mut triggers: Vec<(String, String, String)> = Vec::new();
+        let mut columns: Columns = BTreeMap::new();
         let t = c.select(
             "SELECT object_type, objid, address_names
                FROM pg_catalog.pg_event_trigger_dropped_objects()
-              WHERE object_type IN ('table', 'foreign table', 'trigger')",
+              WHERE object_type IN ('table', 'foreign table', 'trigger', 'table column')",
             None,
             &[],
         )?;
@@ -606,11 +785,38 @@ fn judge_drop(tag: &str) -> Result<(), AuditError> {
                 ("table" | "foreign table", [s, t]) => {
                     tables.insert((s.clone(), t.clone()), objid.unwrap_or(pg_sys::InvalidOid));
                 }
+                ("table column", [s, t, col]) => {
+                    columns
+                        .entry((s.clone(), t.clone()))
+                        .or_default()
+                        .push(col.clone());
+                }
                 _ => {}
             }
         }
-        Ok::<_, AuditError>((tables, triggers))
+        Ok::<_, AuditError>((tables, triggers, columns))
     })?;
+    // ALTER TABLE ... DROP COLUMN is recorded at ddl_command_end, with the
+    // columns before and after; a column dropped by another command's
+    // CASCADE is recorded here, on each audited table that lost one.
+    if tag != "ALTER TABLE" {
+        for ((schema, table), cols) in &columns {
+            if tables.contains_key(&(schema.clone(), table.clone())) {
+                continue;
+            }
+            let audited = relstate::relation_by_name(schema, table)
+                .and_then(relstate::rel_state)
+                .is_some_and(|s| s.audited());
+            if audited {
+                capture::record_config(
+                    schema,
+                    table,
+                    "DDL",
+                    json!({"command": tag, "dropped_columns": cols}),
+                )?;
+            }
+        }
+    }
     let detaching: Vec<pg_sys::Oid> = STARTS.with_borrow(|s| {
         s.last()
             .map(|st| {

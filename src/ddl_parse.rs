@@ -18,7 +18,14 @@ pub enum Action {
         column: String,
         new_type: pg_sys::Oid,
         new_typmod: i32,
+        /// A USING expression other than the column itself (or the column
+        /// cast to the new type, which is what ORMs write).
         using: bool,
+    },
+    /// DETACH PARTITION ... CONCURRENTLY or FINALIZE: runs across two
+    /// transactions, so its end cannot be judged with its start.
+    DetachConcurrently {
+        parent: pg_sys::Oid,
     },
     SetUnlogged(pg_sys::Oid),
     /// ALTER COLUMN ... SET EXPRESSION (PostgreSQL 17 and later).
@@ -32,11 +39,9 @@ pub enum Action {
         parent: pg_sys::Oid,
         child: pg_sys::Oid,
     },
-    /// A table becomes an inheritance child of `parent` (CREATE ... INHERITS,
-    /// ALTER TABLE ... INHERIT); the child is None while not yet created.
-    Inherit {
-        parent: pg_sys::Oid,
-    },
+    /// A table becomes an inheritance child (CREATE ... INHERITS, ALTER
+    /// TABLE ... INHERIT); its parents are read from the catalog at the end.
+    Inherit,
     /// ALTER TABLE ... SET SCHEMA.
     Move(pg_sys::Oid),
     /// CREATE RULE "_RETURN": turns a table into a view.
@@ -49,10 +54,20 @@ pub enum Action {
     },
     /// ALTER TYPE ... RENAME VALUE: every stored value of the enum reads anew.
     EnumRename,
+    /// ALTER SCHEMA ... RENAME TO: audited tables move with it.
+    SchemaRename {
+        old: String,
+        new: String,
+    },
 }
 
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// The relation the statement names, as resolved at its start (None
+    /// inside: it did not exist then), for statements that name one. The
+    /// command resolves the name again after waiting for its lock; if that
+    /// gives another relation, what was judged is not what was done.
+    pub primary: Option<Option<pg_sys::Oid>>,
     /// Relations whose state the command may change (with inheritors where
     /// the command recurses).
     pub targets: Vec<pg_sys::Oid>,
@@ -125,6 +140,29 @@ unsafe fn type_of(tn: *mut pg_sys::TypeName) -> Option<(pg_sys::Oid, i32)> {
     }
 }
 
+/// Whether a USING expression is the column itself, or the column cast to
+/// the column's new type: then the change is judged like one without USING.
+unsafe fn is_column_itself(expr: *mut pg_sys::Node, column: &str, new: (pg_sys::Oid, i32)) -> bool {
+    use pg_sys::NodeTag::*;
+    // SAFETY (caller): expr is a raw expression tree.
+    unsafe {
+        let col_ref = |n: *mut pg_sys::Node| {
+            node_is(n, T_ColumnRef)
+                && cstr(pg_sys::NameListToString(
+                    (*(n as *mut pg_sys::ColumnRef)).fields,
+                )) == column
+        };
+        if col_ref(expr) {
+            return true;
+        }
+        if node_is(expr, T_TypeCast) {
+            let tc = &*(expr as *mut pg_sys::TypeCast);
+            return col_ref(tc.arg) && type_of(tc.typeName) == Some(new);
+        }
+        false
+    }
+}
+
 /// Read a parse tree.
 ///
 /// # Safety
@@ -139,7 +177,11 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
     unsafe {
         if node_is(node, T_AlterTableStmt) {
             let s = &*(node as *mut pg_sys::AlterTableStmt);
-            let Some(rel) = relation(s.relation) else {
+            let resolved = relation(s.relation);
+            if s.objtype != pg_sys::ObjectType::OBJECT_TYPE {
+                p.primary = Some(resolved);
+            }
+            let Some(rel) = resolved else {
                 return p;
             };
             if s.objtype == pg_sys::ObjectType::OBJECT_TYPE {
@@ -161,12 +203,19 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                         let def = c.def as *mut pg_sys::ColumnDef;
                         if node_is(c.def, T_ColumnDef) {
                             if let Some((new_type, new_typmod)) = type_of((*def).typeName) {
+                                let column = cstr(c.name);
+                                let using = !(*def).raw_default.is_null()
+                                    && !is_column_itself(
+                                        (*def).raw_default,
+                                        &column,
+                                        (new_type, new_typmod),
+                                    );
                                 p.actions.push(Action::ColumnType {
                                     table: rel,
-                                    column: cstr(c.name),
+                                    column,
                                     new_type,
                                     new_typmod,
-                                    using: !(*def).raw_default.is_null(),
+                                    using,
                                 });
                             }
                         }
@@ -180,6 +229,9 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                         if node_is(c.def, T_PartitionCmd) =>
                     {
                         let pc = &*(c.def as *mut pg_sys::PartitionCmd);
+                        if pc.concurrent {
+                            p.actions.push(Action::DetachConcurrently { parent: rel });
+                        }
                         if let Some(child) = relation(pc.name) {
                             p.targets.push(child);
                             p.actions.push(if c.subtype == At::AT_AttachPartition {
@@ -189,11 +241,10 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                             });
                         }
                     }
-                    At::AT_AddInherit if node_is(c.def, T_RangeVar) => {
-                        if let Some(parent) = relation(c.def as *mut pg_sys::RangeVar) {
-                            p.actions.push(Action::Inherit { parent });
-                        }
+                    At::AT_DetachPartitionFinalize => {
+                        p.actions.push(Action::DetachConcurrently { parent: rel });
                     }
+                    At::AT_AddInherit => p.actions.push(Action::Inherit),
                     _ => {}
                 }
             }
@@ -201,6 +252,10 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
             let s = &*(node as *mut pg_sys::RenameStmt);
             use pg_sys::ObjectType::*;
             match s.renameType {
+                OBJECT_SCHEMA => p.actions.push(Action::SchemaRename {
+                    old: cstr(s.subname),
+                    new: cstr(s.newname),
+                }),
                 OBJECT_ATTRIBUTE => {
                     if let Some(rel) = relation(s.relation) {
                         p.actions.push(Action::CompositeType {
@@ -209,17 +264,22 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                         });
                     }
                 }
-                _ => {
-                    if let Some(rel) = relation(s.relation) {
+                _ if !s.relation.is_null() => {
+                    let resolved = relation(s.relation);
+                    p.primary = Some(resolved);
+                    if let Some(rel) = resolved {
                         p.targets = crate::relstate::with_inheritors(rel);
                     }
                 }
+                _ => {}
             }
         } else if node_is(node, T_AlterObjectSchemaStmt) {
             let s = &*(node as *mut pg_sys::AlterObjectSchemaStmt);
             use pg_sys::ObjectType::*;
             if matches!(s.objectType, OBJECT_TABLE | OBJECT_FOREIGN_TABLE) {
-                if let Some(rel) = relation(s.relation) {
+                let resolved = relation(s.relation);
+                p.primary = Some(resolved);
+                if let Some(rel) = resolved {
                     p.targets.push(rel);
                     p.actions.push(Action::Move(rel));
                 }
@@ -234,7 +294,9 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
             }
         } else if node_is(node, T_CreateTrigStmt) {
             let s = &*(node as *mut pg_sys::CreateTrigStmt);
-            if let Some(rel) = relation(s.relation) {
+            let resolved = relation(s.relation);
+            p.primary = Some(resolved);
+            if let Some(rel) = resolved {
                 p.targets = crate::relstate::with_inheritors(rel);
             }
         } else if node_is(node, T_AlterEnumStmt) {
@@ -244,12 +306,8 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
         } else if node_is(node, T_CreateStmt) || node_is(node, T_CreateForeignTableStmt) {
             // CreateForeignTableStmt begins with a CreateStmt.
             let s = &*(node as *mut pg_sys::CreateStmt);
-            if s.partbound.is_null() {
-                for rv in list::<pg_sys::RangeVar>(s.inhRelations) {
-                    if let Some(parent) = relation(rv) {
-                        p.actions.push(Action::Inherit { parent });
-                    }
-                }
+            if s.partbound.is_null() && !s.inhRelations.is_null() {
+                p.actions.push(Action::Inherit);
             }
         }
     }

@@ -28,6 +28,14 @@ pub enum AuditError {
     HandMadeTrigger { action: String, table: String },
     #[error("{action} on audited table {table} would change recorded values without recording the change; refused")]
     RewritesValues { action: String, table: String },
+    #[error(
+        "{0}: the table the command names changed while it waited for its lock; nothing was done"
+    )]
+    TargetChanged(String),
+    #[error("DETACH PARTITION ... CONCURRENTLY (or FINALIZE) of a partition of audited table {0} is not supported")]
+    DetachConcurrently(String),
+    #[error("unlogged table {table} cannot be audited ({audited}): a crash would empty it with no event")]
+    Unlogged { table: String, audited: String },
     #[error("audited table {0} cannot be turned into a view")]
     AuditedToView(String),
     #[error("permission denied: DDL on schema audit_log (\"{0}\") is reserved to superusers")]
@@ -81,6 +89,9 @@ impl AuditError {
             AuditError::RewritesValues { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::HandMadeTrigger { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::AuditedToView(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            AuditError::TargetChanged(_) => ERRCODE_T_R_SERIALIZATION_FAILURE,
+            AuditError::Unlogged { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            AuditError::DetachConcurrently(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::BadCheckpoint(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             AuditError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             AuditError::NotInstalled(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -129,6 +140,17 @@ impl AuditError {
             AuditError::HandMadeTrigger { table, .. } => Some(format!(
                 "To audit the table, an audit_log_admin calls audit_log.enable('{table}')."
             )),
+            AuditError::Unlogged { table, .. } => Some(format!(
+                "Create it logged, or ALTER TABLE {table} SET LOGGED first."
+            )),
+            AuditError::TargetChanged(_) => {
+                Some("Run the command again, or name the table with its schema.".into())
+            }
+            AuditError::DetachConcurrently(_) => Some(
+                "Use DETACH PARTITION without CONCURRENTLY: it runs in one transaction, \
+                 so the detached partition stays audited."
+                    .into(),
+            ),
             AuditError::AuditedToView(t) => Some(format!(
                 "Call audit_log.disable('{t}') first; the change is then recorded."
             )),

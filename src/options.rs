@@ -33,6 +33,10 @@ pub struct Options {
     pub skip_unchanged_updates: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub notify: bool,
+    /// The channel, fixed by enable() from the audited table's name, so that
+    /// its partitions (whatever their names) notify on it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// PostgreSQL's limit on a channel name, in bytes.
@@ -60,6 +64,13 @@ impl Options {
 
     pub fn to_value(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// Where a change to `schema.table` under these options is announced.
+    pub fn channel_for(&self, schema: &str, table: &str) -> String {
+        self.channel
+            .clone()
+            .unwrap_or_else(|| Self::channel(schema, table))
     }
 
     /// The channel that hears about each change to `schema.table`.
@@ -138,6 +149,7 @@ impl Options {
             redact_columns,
             skip_unchanged_updates,
             notify,
+            channel: notify.then(|| Self::channel(schema, table)),
         })
     }
 

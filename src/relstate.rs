@@ -33,6 +33,8 @@ pub struct RelState {
     pub name: String,
     /// Columns as `name type, ...`, in order.
     pub columns: String,
+    /// Column names by attribute number.
+    pub attnames: Vec<(i16, String)>,
     pub kind: u8,
     pub persistence: u8,
     pub is_partition: bool,
@@ -96,6 +98,7 @@ pub fn rel_state(oid: pg_sys::Oid) -> Option<RelState> {
         let desc = (*rel).rd_att;
         let natts = (*desc).natts as usize;
         let mut columns = Vec::new();
+        let mut attnames = Vec::new();
         for a in (*desc).attrs.as_slice(natts) {
             if a.attisdropped {
                 continue;
@@ -103,6 +106,7 @@ pub fn rel_state(oid: pg_sys::Oid) -> Option<RelState> {
             let name = cstr(a.attname.data.as_ptr());
             let ty = cstr(pg_sys::format_type_with_typemod(a.atttypid, a.atttypmod));
             columns.push(format!("{} {ty}", quote_ident(&name)));
+            attnames.push((a.attnum, name));
         }
         let mut row = None;
         let mut stmt = None;
@@ -133,6 +137,7 @@ pub fn rel_state(oid: pg_sys::Oid) -> Option<RelState> {
             schema: cstr(pg_sys::get_namespace_name(form.relnamespace)),
             name: cstr(form.relname.data.as_ptr()),
             columns: columns.join(", "),
+            attnames,
             kind: form.relkind as u8,
             persistence: form.relpersistence as u8,
             is_partition: form.relispartition,
@@ -318,6 +323,22 @@ pub fn relation_changed(rel: pg_sys::Oid, since: pg_sys::CommandId) -> bool {
         |_: &pg_sys::FormData_pg_attribute| (),
     );
     attrs.iter().any(|(c, _)| *c)
+}
+
+/// A relation by schema and name, or None.
+pub fn relation_by_name(schema: &str, name: &str) -> Option<pg_sys::Oid> {
+    let (Ok(s), Ok(n)) = (std::ffi::CString::new(schema), std::ffi::CString::new(name)) else {
+        return None;
+    };
+    // SAFETY: syscache lookups by name; InvalidOid when absent.
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(s.as_ptr(), true);
+        if ns == pg_sys::InvalidOid {
+            return None;
+        }
+        let rel = pg_sys::get_relname_relid(n.as_ptr(), ns);
+        (rel != pg_sys::InvalidOid).then_some(rel)
+    }
 }
 
 /// The relation a trigger belongs to.

@@ -71,8 +71,17 @@ fn set_retention_impl(min_age: Option<pgrx::datum::Interval>) -> Result<(), Audi
           ORDER BY r.min_age IS NULL LIMIT 1",
         &[min_age.into()],
     )?;
+    // No retention yet means purge() can remove nothing: any first
+    // retention is a lowering from forever, so a superuser sets it.
     // SAFETY: a catalog check on the current user.
-    if lower == Some(true) && !unsafe { pg_sys::superuser() } {
+    let su = unsafe { pg_sys::superuser() };
+    if old.is_none() && !su {
+        return Err(AuditError::NotSuperuser {
+            action: "set the first retention".into(),
+            why: "without one purge() removes nothing, and any retention lets it remove history",
+        });
+    }
+    if lower == Some(true) && !su {
         return Err(AuditError::NotSuperuser {
             action: format!(
                 "lower the retention below {}",

@@ -39,6 +39,10 @@ ALTER TABLE t ALTER COLUMN v TYPE bigint;
 ALTER TABLE t ALTER COLUMN s TYPE varchar(20), ALTER COLUMN r TYPE numeric(8,2);
 ALTER TABLE t ALTER COLUMN s TYPE text;
 ALTER TABLE t ALTER COLUMN v SET DEFAULT 5;
+-- USING the column itself, or cast to the new type, as ORMs write it.
+ALTER TABLE t ALTER COLUMN v TYPE bigint USING v::bigint;
+-- A column that does not exist gets PostgreSQL's own error.
+ALTER TABLE t ALTER COLUMN nope TYPE int;
 -- SET UNLOGGED would let a crash empty the table with no event.
 ALTER TABLE t SET UNLOGGED;
 -- A table turned into a view.
@@ -70,6 +74,8 @@ CREATE TABLE adopted (id int NOT NULL, v bigint, m mood, s text, r numeric(8,2),
 ALTER TABLE adopted INHERIT t;
 INSERT INTO adopted VALUES (3, 30, 'sad', 'z', 3.00, 0.25);
 UPDATE t SET v = v + 1;
+-- A foreign child is audited as a foreign partition is.
+CREATE FOREIGN TABLE fkid () INHERITS (kid) SERVER elsewhere;
 
 -- Partitions, by the table's owner: created, attached, detached and
 -- attached again, each audited once with the parent's options.
@@ -95,12 +101,56 @@ ALTER TABLE loose SET SCHEMA aud;
 INSERT INTO aud.loose VALUES (1);
 -- Dropping an audited table is allowed, and recorded.
 DROP TABLE aud.loose;
+-- DETACH ... CONCURRENTLY commits half-way: refused for an audited parent.
+ALTER TABLE p DETACH PARTITION p2 CONCURRENTLY;
+-- A partitioned table attached under an audited one: every level is audited.
+CREATE TABLE sub (id int, k int) PARTITION BY RANGE (k);
+CREATE TABLE sub_1 PARTITION OF sub FOR VALUES FROM (300) TO (350);
+ALTER TABLE p ATTACH PARTITION sub FOR VALUES FROM (300) TO (400);
+INSERT INTO p VALUES (9, 310);
+TRUNCATE sub_1;
+-- Unlogged tables cannot join an audited table or schema.
+CREATE UNLOGGED TABLE p_u PARTITION OF p FOR VALUES FROM (400) TO (500);
+CREATE UNLOGGED TABLE aud.u (id int);
+-- A column dropped by a CASCADE elsewhere is recorded.
+CREATE DOMAIN cents AS int;
+CREATE TABLE priced (id int PRIMARY KEY, price cents);
 RESET ROLE;
+SELECT audit_log.enable('priced');
+SET ROLE al_guard_owner;
+DROP DOMAIN cents CASCADE;
+-- Options follow a renamed column: a redacted column stays redacted, an
+-- excluded one excluded, whatever the names become.
+CREATE TABLE people (id int PRIMARY KEY, ssn text, salary int, last_seen int);
+INSERT INTO people VALUES (1, '123-45-6789', 5000, 0);
+RESET ROLE;
+SELECT audit_log.enable('people', exclude_columns => '{last_seen}', redact_columns => '{ssn}');
+SET ROLE al_guard_owner;
+ALTER TABLE people RENAME COLUMN ssn TO social_security_number;
+ALTER TABLE people RENAME COLUMN last_seen TO seen_at;
+ALTER TABLE people RENAME COLUMN salary TO last_seen;
+UPDATE people SET social_security_number = '987-65-4321', last_seen = 9000;
+RESET ROLE;
+SELECT new_row->>'social_security_number' LIKE 'sha256:%' AS still_redacted,
+       new_row ? 'seen_at' AS excluded_shown, new_row->>'last_seen' AS salary_recorded
+  FROM audit_log.events WHERE table_name = 'people' AND op = 'UPDATE';
+SELECT options FROM audit_log.audited_tables WHERE relid = 'people'::regclass;
+-- enable() on a partitioned table whose partition is audited on its own.
+CREATE TABLE q (id int, k int) PARTITION BY RANGE (k);
+CREATE TABLE aud.q1 PARTITION OF q FOR VALUES FROM (0) TO (10);
+SELECT audit_log.enable('aud.q1');
+SELECT audit_log.enable('q');
+-- A schema renamed: recorded, and enable_schema follows it.
+ALTER SCHEMA aud RENAME TO aud2;
+SELECT nspname FROM audit_log.audited_schemas;
+CREATE TABLE aud2.later (id int);
+ALTER SCHEMA aud2 RENAME TO aud;
 
 SELECT c.relname, t.tgname, t.tgenabled, t.tgparentid <> 0 AS clone,
        pg_get_triggerdef(t.oid) LIKE '%TRUNCATE%' AS on_truncate
   FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
  WHERE t.tgname LIKE 'audit_log%' ORDER BY 1, 2;
+DROP FOREIGN TABLE fkid;  -- (a USING rewrite does not recurse into foreign tables)
 
 -- A superuser may do what the owner may not; it is recorded.
 ALTER TABLE t ALTER COLUMN v TYPE int USING v::int;

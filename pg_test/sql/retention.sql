@@ -26,11 +26,16 @@ SELECT audit_log.set_retention('1000000 years');
 SELECT audit_log.set_retention('201 years');
 \set VERBOSITY default
 SELECT * FROM audit_log.purge(now());
+-- The first retention is a superuser's: without one nothing can be purged,
+-- and an admin could otherwise set '0' and purge nearly everything.
+CREATE ROLE al_dba;
+GRANT audit_log_admin TO al_dba;
+SET ROLE al_dba;
+SELECT audit_log.set_retention('0');
+RESET ROLE;
 SELECT audit_log.set_retention('30 days');
 SELECT * FROM audit_log.purge(now());                 -- younger than the retention: refused
 -- An admin may raise it, not lower it; a superuser may lower it.
-CREATE ROLE al_dba;
-GRANT audit_log_admin TO al_dba;
 SET ROLE al_dba;
 SELECT audit_log.set_retention('60 days');
 SELECT audit_log.set_retention('1 day');
