@@ -11,6 +11,7 @@
 #   pgaudit    pgaudit with pgaudit.log = 'write' (log lines only, no row data)
 #   diy_jsonb  a PL/pgSQL trigger writing rows as jsonb (bench/baselines.sql)
 #   diy_chain  a PL/pgSQL hash chain locking one head row (bench/baselines.sql)
+# Then bench/ddl.sh: the DDL guard's cost per DDL statement, on its own cluster.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -207,3 +208,8 @@ awk -v e="$events" -v ms="$verify_ms" -v ms1="$verify1_ms" -v c="$(nproc)" -v b=
   printf "raw SHA-256 over the same %.0f MB: %.0f MB/s = %.0f events/s (the limit)\n", b / 1e6, s, e / (b / 1e6 / s) }'
 echo "size on disk: audit_log $size bytes/event (events, links and their indexes); diy_jsonb $diy_size bytes/event"
 rm -rf "$scripts"
+
+# The DDL guard's cost, on a cluster of its own, once this one has stopped.
+bash "$root/pg_test/cluster.sh" stop "$dir"
+echo
+bash "$here/ddl.sh"
