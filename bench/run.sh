@@ -93,7 +93,7 @@ wal_since() { q postgres -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(),
 tps() {  # variant script clients -> tps; WAL bytes per transaction into wal[]
     local out start n
     start=$(lsn)
-    out=$(pgbench -n -d "b_$1" -f "$scripts/$2.sql" -c "$3" -j $(( $3 < 2 ? 1 : 2 )) -T "$secs" 2>&1) || { echo 0; return; }
+    out=$(pgbench -n -f "$scripts/$2.sql" -c "$3" -j $(( $3 < 2 ? 1 : 2 )) -T "$secs" "b_$1" 2>&1) || { echo 0; return; }
     n=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
     echo "$(( $(wal_since "$start") / (n > 0 ? n : 1) ))" >"$scripts/wal.$1.$2.$3"
     echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p'

@@ -104,13 +104,35 @@ fn set_in_nest_level(name: &CStr, value: &CStr) {
     }
 }
 
+/// Planner settings that a session may change and that would otherwise
+/// reach audit_log's own small catalog queries: with every join method and
+/// scan switched off, their estimated cost passes jit_above_cost and each
+/// query was JIT-compiled (tens of milliseconds per DDL statement).
+const PLANNER: [(&CStr, &CStr); 11] = [
+    (c"jit", c"off"),
+    (c"enable_seqscan", c"on"),
+    (c"enable_indexscan", c"on"),
+    (c"enable_indexonlyscan", c"on"),
+    (c"enable_bitmapscan", c"on"),
+    (c"enable_hashjoin", c"on"),
+    (c"enable_mergejoin", c"on"),
+    (c"enable_nestloop", c"on"),
+    (c"enable_sort", c"on"),
+    (c"enable_material", c"on"),
+    (c"max_parallel_workers_per_gather", c"0"),
+];
+
 /// Run `f` with search_path pinned to pg_catalog, so that no object of the
-/// caller's (an operator, a function) can shadow what `f` runs through SPI.
-/// Restored on return, and by transaction abort processing if `f` raises.
+/// caller's (an operator, a function) can shadow what `f` runs through SPI,
+/// and with the session's planner settings out of its way. Restored on
+/// return, and by transaction abort processing if `f` raises.
 pub fn pinned<T>(f: impl FnOnce() -> Result<T, AuditError>) -> Result<T, AuditError> {
     // SAFETY: GUC nest levels are unwound by AtEOXact_GUC below, or by abort.
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
     set_in_nest_level(c"search_path", c"pg_catalog, pg_temp");
+    for (name, value) in PLANNER {
+        set_in_nest_level(name, value);
+    }
     let result = f();
     // SAFETY: undo exactly what was done above.
     unsafe { pg_sys::AtEOXact_GUC(true, nest) };
@@ -121,27 +143,28 @@ pub fn pinned<T>(f: impl FnOnce() -> Result<T, AuditError>) -> Result<T, AuditEr
 /// that no object of the caller's can shadow what `f` runs. Both are restored
 /// on return, and by transaction abort processing if `f` raises.
 pub fn as_owner<T>(f: impl FnOnce() -> Result<T, AuditError>) -> Result<T, AuditError> {
-    let owner = extension_owner()?;
-    let mut save_user = pg_sys::InvalidOid;
-    let mut save_sec = 0;
-    // SAFETY: the same save/switch/restore sequence fmgr uses for SECURITY DEFINER.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-    }
-    // SAFETY: GUC nest levels are unwound by AtEOXact_GUC below, or by abort.
-    let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    set_in_nest_level(c"search_path", c"pg_catalog, pg_temp");
-    // Our own DROP TRIGGER IF EXISTS is not news to the caller.
-    set_in_nest_level(c"client_min_messages", c"warning");
-    let result = f();
-    // SAFETY: undo exactly what was done above.
-    unsafe {
-        pg_sys::AtEOXact_GUC(true, nest);
-        pg_sys::SetUserIdAndSecContext(save_user, save_sec);
-    }
-    result
+    pinned(|| {
+        let owner = extension_owner()?;
+        let mut save_user = pg_sys::InvalidOid;
+        let mut save_sec = 0;
+        // SAFETY: the same save/switch/restore sequence fmgr uses for SECURITY DEFINER.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            );
+        }
+        // SAFETY: GUC nest levels are unwound by AtEOXact_GUC below, or by abort.
+        let nest = unsafe { pg_sys::NewGUCNestLevel() };
+        // Our own DROP TRIGGER IF EXISTS is not news to the caller.
+        set_in_nest_level(c"client_min_messages", c"warning");
+        let result = f();
+        // SAFETY: undo exactly what was done above.
+        unsafe {
+            pg_sys::AtEOXact_GUC(true, nest);
+            pg_sys::SetUserIdAndSecContext(save_user, save_sec);
+        }
+        result
+    })
 }

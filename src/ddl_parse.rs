@@ -103,20 +103,76 @@ unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
 /// The relation a RangeVar names now, resolved as the command will (same
 /// search_path), or None if there is none.
 unsafe fn relation(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
+    // SAFETY (caller): rv is a RangeVar; NoLock and missing_ok: a lookup only.
+    unsafe { relation_locked(rv, pg_sys::NoLock as pg_sys::LOCKMODE) }
+}
+
+/// The relation a RangeVar names, locked as the command itself will lock
+/// it, so that its state read now is its state when the command runs: a
+/// concurrent rename or column change commits before, or waits until after.
+/// Only the relation's owner (or a superuser) may take the lock, as
+/// PostgreSQL's own commands check before locking: nobody can block a table
+/// they do not own by naming it in DDL that would fail.
+unsafe fn relation_locked(
+    rv: *mut pg_sys::RangeVar,
+    lockmode: pg_sys::LOCKMODE,
+) -> Option<pg_sys::Oid> {
     if rv.is_null() {
         return None;
     }
-    // SAFETY (caller): rv is a RangeVar; NoLock and missing_ok: a lookup only.
+    let callback: pg_sys::RangeVarGetRelidCallback =
+        if lockmode == pg_sys::NoLock as pg_sys::LOCKMODE {
+            None
+        } else {
+            Some(owner_only)
+        };
+    // SAFETY (caller): rv is a RangeVar; missing_ok.
     let oid = unsafe {
         pg_sys::RangeVarGetRelidExtended(
             rv,
-            pg_sys::NoLock as i32,
+            lockmode,
             pg_sys::RVROption::RVR_MISSING_OK,
-            None,
+            callback,
             std::ptr::null_mut(),
         )
     };
     (oid != pg_sys::InvalidOid).then_some(oid)
+}
+
+/// Whether the current user owns a relation (or is a superuser).
+unsafe fn owns(relid: pg_sys::Oid) -> bool {
+    // SAFETY (caller): relid exists.
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        return pg_sys::pg_class_ownercheck(relid, pg_sys::GetUserId());
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        return pg_sys::object_ownercheck(pg_sys::RelationRelationId, relid, pg_sys::GetUserId());
+    }
+}
+
+/// RangeVarGetRelidExtended's callback: refuse, before any lock, a relation
+/// the current user does not own (PostgreSQL's own "must be owner" error).
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn owner_only(
+    _rv: *const pg_sys::RangeVar,
+    relid: pg_sys::Oid,
+    _old: pg_sys::Oid,
+    _arg: *mut std::ffi::c_void,
+) {
+    if relid == pg_sys::InvalidOid {
+        return;
+    }
+    // SAFETY: catalog checks on an existing relation and the current user.
+    unsafe {
+        if !owns(relid) {
+            let kind = pg_sys::get_relkind_objtype(pg_sys::get_rel_relkind(relid));
+            pg_sys::aclcheck_error(
+                pg_sys::AclResult::ACLCHECK_NOT_OWNER,
+                kind,
+                pg_sys::get_rel_name(relid),
+            );
+        }
+    }
 }
 
 /// The type a TypeName names, or None if it does not exist (the command
@@ -177,7 +233,12 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
     unsafe {
         if node_is(node, T_AlterTableStmt) {
             let s = &*(node as *mut pg_sys::AlterTableStmt);
-            let resolved = relation(s.relation);
+            let lockmode = if s.objtype == pg_sys::ObjectType::OBJECT_TYPE {
+                pg_sys::NoLock as pg_sys::LOCKMODE
+            } else {
+                pg_sys::AlterTableGetLockLevel(s.cmds)
+            };
+            let resolved = relation_locked(s.relation, lockmode);
             if s.objtype != pg_sys::ObjectType::OBJECT_TYPE {
                 p.primary = Some(resolved);
             }
@@ -194,7 +255,11 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                 });
                 return p;
             }
-            p.targets = crate::relstate::with_inheritors(rel);
+            p.targets = if (*s.relation).inh {
+                crate::relstate::inheritors_locked(rel, lockmode)
+            } else {
+                crate::relstate::with_inheritors(rel)
+            };
             for c in list::<pg_sys::AlterTableCmd>(s.cmds) {
                 let c = &*c;
                 use pg_sys::AlterTableType as At;
@@ -232,7 +297,8 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                         if pc.concurrent {
                             p.actions.push(Action::DetachConcurrently { parent: rel });
                         }
-                        if let Some(child) = relation(pc.name) {
+                        let exclusive = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
+                        if let Some(child) = relation_locked(pc.name, exclusive) {
                             p.targets.push(child);
                             p.actions.push(if c.subtype == At::AT_AttachPartition {
                                 Action::Attach { parent: rel, child }
@@ -264,6 +330,18 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                         });
                     }
                 }
+                OBJECT_TABLE | OBJECT_FOREIGN_TABLE | OBJECT_COLUMN | OBJECT_TRIGGER
+                | OBJECT_TABCONSTRAINT
+                    if !s.relation.is_null() =>
+                {
+                    // Renames of these take AccessExclusiveLock on the table.
+                    let exclusive = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
+                    let resolved = relation_locked(s.relation, exclusive);
+                    p.primary = Some(resolved);
+                    if let Some(rel) = resolved {
+                        p.targets = crate::relstate::inheritors_locked(rel, exclusive);
+                    }
+                }
                 _ if !s.relation.is_null() => {
                     let resolved = relation(s.relation);
                     p.primary = Some(resolved);
@@ -277,7 +355,8 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
             let s = &*(node as *mut pg_sys::AlterObjectSchemaStmt);
             use pg_sys::ObjectType::*;
             if matches!(s.objectType, OBJECT_TABLE | OBJECT_FOREIGN_TABLE) {
-                let resolved = relation(s.relation);
+                let resolved =
+                    relation_locked(s.relation, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE);
                 p.primary = Some(resolved);
                 if let Some(rel) = resolved {
                     p.targets.push(rel);
@@ -286,7 +365,9 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
             }
         } else if node_is(node, T_RuleStmt) {
             let s = &*(node as *mut pg_sys::RuleStmt);
-            if let Some(rel) = relation(s.relation) {
+            if let Some(rel) =
+                relation_locked(s.relation, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE)
+            {
                 p.targets.push(rel);
                 if cstr(s.rulename) == "_RETURN" {
                     p.actions.push(Action::ToView(rel));
@@ -294,10 +375,11 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
             }
         } else if node_is(node, T_CreateTrigStmt) {
             let s = &*(node as *mut pg_sys::CreateTrigStmt);
-            let resolved = relation(s.relation);
+            let lockmode = pg_sys::ShareRowExclusiveLock as pg_sys::LOCKMODE;
+            let resolved = relation_locked(s.relation, lockmode);
             p.primary = Some(resolved);
             if let Some(rel) = resolved {
-                p.targets = crate::relstate::with_inheritors(rel);
+                p.targets = crate::relstate::inheritors_locked(rel, lockmode);
             }
         } else if node_is(node, T_AlterEnumStmt) {
             if !(*(node as *mut pg_sys::AlterEnumStmt)).oldVal.is_null() {

@@ -161,10 +161,15 @@ unsafe extern "C-unwind" {
 
 /// A relation and every relation below it (partitions, inheritance children).
 pub fn with_inheritors(oid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
-    // SAFETY: NoLock: a read of pg_inherits; the list holds OIDs.
+    inheritors_locked(oid, pg_sys::NoLock as pg_sys::LOCKMODE)
+}
+
+/// The same, each child locked as the command that recurses to it will.
+pub fn inheritors_locked(oid: pg_sys::Oid, lockmode: pg_sys::LOCKMODE) -> Vec<pg_sys::Oid> {
+    // SAFETY: a read of pg_inherits, locking the children found; the list holds OIDs.
     unsafe {
         let list = pg_sys::ffi::pg_guard_ffi_boundary(|| {
-            find_all_inheritors_raw(oid, pg_sys::NoLock as i32, std::ptr::null_mut())
+            find_all_inheritors_raw(oid, lockmode, std::ptr::null_mut())
         });
         let mut out = Vec::new();
         if !list.is_null() {

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The DDL guard judges only what the current command wrote. Session B's
-# ALTER TABLE passes its ddl_command_start and then waits for its table lock
-# (held by C); meanwhile A disables auditing of another table and renames a
-# third, and commits. B then completes: not refused ("would switch off
-# auditing" was the old false error), and nothing of A's is recorded under
-# B's name (the old guard recorded A's rename as B's). Deterministic: every
-# step waits for the state before it, polled in pg_locks / pg_stat_activity.
+# ALTER TABLE has started and waits for its table lock (held by C; the
+# guard's ddl_command_start takes it as the command would); meanwhile A
+# disables auditing of another table and renames a third, and commits. B
+# then completes: not refused ("would switch off auditing" was the old false
+# error), and nothing of A's is recorded under B's name (the old guard
+# recorded A's rename as B's). Then the same table: A renames a column of
+# B's table while B waits; B's event starts from A's result, not before it.
+# Deterministic: every step waits for the state before it, polled in
+# pg_locks / pg_stat_activity.
 set -euo pipefail
 db=al_ddl_conc
 q() { psql -X -q -v ON_ERROR_STOP=1 -At -d $db "$@"; }
@@ -43,18 +46,7 @@ ALTER TABLE dc_z OWNER TO al_dc_a;
 ALTER TABLE dc_y OWNER TO al_dc_b;
 SELECT audit_log.enable('dc_x'), audit_log.enable('dc_y'), audit_log.enable('dc_z');
 INSERT INTO dc_x VALUES (1, 'x'); INSERT INTO dc_y VALUES (1, 'y'); INSERT INTO dc_z VALUES (1, 'z');
--- A probe after audit_log's own ddl_command_start (event triggers fire in
--- name order): B's application_name changes once the guard's start has run.
-CREATE FUNCTION dc_probe() RETURNS event_trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF current_setting('application_name') = 'dc_b' THEN
-        PERFORM set_config('application_name', 'dc_b_started', false);
-    END IF;
-END $$;
-CREATE EVENT TRIGGER zz_dc_probe ON ddl_command_start EXECUTE FUNCTION dc_probe();
 SQL
-[ "$(q -c "SELECT string_agg(evtname, ',' ORDER BY evtname) FROM pg_event_trigger WHERE evtevent = 'ddl_command_start'")" \
-    = "audit_log_ddl_start,zz_dc_probe" ] || fail "the probe does not fire after audit_log's ddl_command_start"
 first_new=$(q -c "SELECT coalesce(max(id), 0) + 1 FROM audit_log.events")
 
 # C holds ACCESS SHARE on dc_y in an open transaction.
@@ -65,13 +57,13 @@ echo "BEGIN; LOCK TABLE dc_y IN ACCESS SHARE MODE;" >&3
 poll "C holds its lock on dc_y" "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
       WHERE a.application_name = 'dc_c' AND l.relation = 'dc_y'::regclass AND l.mode = 'AccessShareLock' AND l.granted)"
 
-# B, the table's owner: its ALTER TABLE passes ddl_command_start, then waits.
+# B, the table's owner: its ALTER TABLE starts and waits for dc_y's lock.
 PGAPPNAME=dc_b PGOPTIONS="-c lock_timeout=60s" psql -X -q -v ON_ERROR_STOP=1 -U al_dc_b -d $db \
     -c "ALTER TABLE dc_y ADD COLUMN c int" >"$work/b.out" 2>&1 & b_pid=$!
 b_waits="SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-      WHERE a.application_name = 'dc_b_started' AND a.usename = 'al_dc_b' AND a.wait_event_type = 'Lock'
+      WHERE a.application_name = 'dc_b' AND a.usename = 'al_dc_b' AND a.wait_event_type = 'Lock'
         AND l.relation = 'dc_y'::regclass AND l.mode = 'AccessExclusiveLock' AND NOT l.granted)"
-poll "B's ALTER TABLE passed ddl_command_start and waits for dc_y" "$b_waits"
+poll "B's ALTER TABLE started and waits for dc_y" "$b_waits"
 
 # A, an audit_log_admin: disables dc_x, renames dc_z, commits; B still waits.
 PGAPPNAME=dc_a PGOPTIONS="-c lock_timeout=20s" psql -X -q -v ON_ERROR_STOP=1 -U al_dc_a -d $db \
@@ -114,5 +106,28 @@ got=$(ev "new_row->'after'->>'columns'" "session_user_name = 'al_dc_b'")
 v=$(q -c "SELECT ok || ' ' || events_checked FROM audit_log.verify()")
 [ "${v%% *}" = true ] || fail "verify() after the interleaving: $v"
 
+# The same table: A (a superuser here) renames a column of dc_y in an open
+# transaction; B's ADD COLUMN waits; A commits. B's recorded "before" must
+# be A's result: the guard reads a table's state under the command's lock.
+mkfifo "$work/a.in"
+PGAPPNAME=dc_a2 psql -X -q -v ON_ERROR_STOP=1 -d $db <"$work/a.in" >"$work/a2.out" 2>&1 & a2_pid=$!
+exec 4>"$work/a.in"
+echo "BEGIN; ALTER TABLE dc_y RENAME COLUMN v TO w;" >&4
+poll "A holds dc_y" "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+      WHERE a.application_name = 'dc_a2' AND l.relation = 'dc_y'::regclass AND l.mode = 'AccessExclusiveLock' AND l.granted)"
+second=$(q -c "SELECT coalesce(max(id), 0) + 1 FROM audit_log.events")
+PGAPPNAME=dc_b PGOPTIONS="-c lock_timeout=60s" psql -X -q -v ON_ERROR_STOP=1 -U al_dc_b -d $db \
+    -c "ALTER TABLE dc_y ADD COLUMN d int" >"$work/b2.out" 2>&1 & b2_pid=$!
+poll "B's second ALTER TABLE waits for dc_y" "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+      WHERE a.application_name = 'dc_b' AND a.usename = 'al_dc_b' AND l.relation = 'dc_y'::regclass AND NOT l.granted)"
+echo "COMMIT;" >&4
+exec 4>&-
+wait $a2_pid || fail "A's rename failed: $(cat "$work/a2.out")"
+wait $b2_pid || fail "B's second ALTER TABLE failed: $(cat "$work/b2.out")"
+got=$(q -c "SELECT string_agg(session_user_name || ': ' || (new_row->'before'->>'columns') || ' -> ' || (new_row->'after'->>'columns'), ' ; ' ORDER BY id)
+              FROM audit_log.events WHERE id >= $second AND op = 'DDL'")
+want="postgres: id integer, v text, c integer -> id integer, w text, c integer ; al_dc_b: id integer, w text, c integer -> id integer, w text, c integer, d integer"
+[ "$got" = "$want" ] || fail "the same-table interleaving was recorded as '$got', expected '$want'"
+
 psql -X -q -d postgres -c "DROP DATABASE $db" -c "DROP ROLE al_dc_a" -c "DROP ROLE al_dc_b"
-echo "ddl_concurrency: B's ALTER TABLE, waiting after ddl_command_start while A disabled dc_x and renamed dc_z, succeeded; log has A's DISABLE and A's one rename, B's one ADD COLUMN on dc_y only; verify ok (${v#* } events)"
+echo "ddl_concurrency: B's ALTER TABLE, waiting for its lock while A disabled dc_x and renamed dc_z, succeeded; log has A's DISABLE and A's one rename, B's one ADD COLUMN on dc_y only; verify ok (${v#* } events); on the same table, B's event starts from A's committed rename"
