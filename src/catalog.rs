@@ -66,10 +66,8 @@ pub fn lookup() -> Result<Oids, AuditError> {
 /// The role that owns the extension (the superuser that ran CREATE EXTENSION).
 /// audit_log acts as this role to create triggers on tables it audits.
 pub fn extension_owner() -> Result<pg_sys::Oid, AuditError> {
-    pgrx::Spi::get_one::<pg_sys::Oid>(
-        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'audit_log'",
-    )?
-    .ok_or_else(|| AuditError::NotInstalled("no pg_extension row".into()))
+    crate::relstate::extension_owner()
+        .ok_or_else(|| AuditError::NotInstalled("no pg_extension row".into()))
 }
 
 pub fn role_oid(name: &CStr) -> Option<pg_sys::Oid> {

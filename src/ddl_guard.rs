@@ -482,7 +482,7 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
             if !matches!(st.kind, b'r' | b'p' | b'f') || st.is_partition || st.audited() {
                 continue;
             }
-            let parent = inheritance_parents(oid)?
+            let parent = relstate::inheritance_parents(oid)
                 .into_iter()
                 .filter_map(relstate::rel_state)
                 .find(RelState::audited);
@@ -666,22 +666,6 @@ fn detached(tag: &str, parent: pg_sys::Oid, child: pg_sys::Oid) -> Result<(), Au
     )
 }
 
-/// The direct inheritance parents of a relation (not a partition's parent).
-fn inheritance_parents(rel: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>, AuditError> {
-    Spi::connect(|c| {
-        let t = c.select(
-            "SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1",
-            None,
-            &[rel.into()],
-        )?;
-        let mut out = Vec::new();
-        for r in t {
-            out.extend(r.get::<pg_sys::Oid>(1)?);
-        }
-        Ok(out)
-    })
-}
-
 /// An unlogged table loses its rows in a crash, with no event: it cannot
 /// join an audited table or schema.
 fn refuse_unlogged(st: &RelState, audited: &str) -> Result<(), AuditError> {
@@ -704,13 +688,7 @@ fn in_audited_schema(rel: pg_sys::Oid) -> Result<bool, AuditError> {
         return Ok(false);
     }
     // The list of schemas is the extension's; the command's role need not read it.
-    let audited = crate::catalog::as_owner(|| {
-        Ok(Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM audit_log.audited_schemas WHERE nspname = $1)",
-            &[st.schema.as_str().into()],
-        )?
-        .unwrap_or(false))
-    })?;
+    let audited = relstate::schema_is_audited(&st.schema);
     if audited {
         let schema = relstate::quote_ident(&st.schema);
         refuse_unlogged(&st, &format!("a table of audited schema {schema}"))?;

@@ -204,6 +204,99 @@ unsafe fn changed_since(tup: pg_sys::HeapTuple, since: pg_sys::CommandId) -> boo
     }
 }
 
+/// The leading columns of pg_inherits (catalog/pg_inherits.h), which pgrx
+/// does not bind: its OIDs are fixed in PostgreSQL's catalog.
+#[repr(C)]
+struct InheritsRow {
+    inhrelid: pg_sys::Oid,
+    inhparent: pg_sys::Oid,
+}
+const INHERITS_RELATION_ID: u32 = 2611;
+const INHERITS_RELID_SEQNO_INDEX_ID: u32 = 2680;
+
+/// The direct inheritance parents of a relation (for a partition, its
+/// partitioned parent).
+pub fn inheritance_parents(rel: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    scan_rows(
+        pg_sys::Oid::from(INHERITS_RELATION_ID),
+        INHERITS_RELID_SEQNO_INDEX_ID,
+        1,
+        rel,
+        0,
+        |r: &InheritsRow| {
+            debug_assert_eq!(r.inhrelid, rel);
+            r.inhparent
+        },
+    )
+    .into_iter()
+    .map(|(_, p)| p)
+    .collect()
+}
+
+/// The owner of the extension audit_log, read from pg_extension.
+pub fn extension_owner() -> Option<pg_sys::Oid> {
+    // SAFETY: a catalog lookup by name; InvalidOid when not installed.
+    let ext = unsafe { pg_sys::get_extension_oid(c"audit_log".as_ptr(), true) };
+    if ext == pg_sys::InvalidOid {
+        return None;
+    }
+    scan_rows(
+        pg_sys::ExtensionRelationId,
+        pg_sys::ExtensionOidIndexId,
+        pg_sys::Anum_pg_extension_oid,
+        ext,
+        0,
+        |e: &pg_sys::FormData_pg_extension| e.extowner,
+    )
+    .first()
+    .map(|(_, o)| *o)
+}
+
+/// Whether audit_log.audited_schemas lists a schema: read straight through
+/// its primary key, as the extension (whoever runs the command).
+pub fn schema_is_audited(name: &str) -> bool {
+    let Some(ns) = crate::catalog::schema_oid() else {
+        return false;
+    };
+    // SAFETY: syscache lookups by name; InvalidOid when absent.
+    let (table, index) = unsafe {
+        (
+            pg_sys::get_relname_relid(c"audited_schemas".as_ptr(), ns),
+            pg_sys::get_relname_relid(c"audited_schemas_pkey".as_ptr(), ns),
+        )
+    };
+    if table == pg_sys::InvalidOid || index == pg_sys::InvalidOid {
+        return false;
+    }
+    // SAFETY: an index scan of an extension table under the transaction's
+    // current snapshot, with a text key that lives through the scan.
+    unsafe {
+        let key_text = pg_sys::cstring_to_text_with_len(name.as_ptr().cast(), name.len() as i32);
+        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
+        let mut k: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut k,
+            1,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+            pg_sys::Datum::from(key_text),
+        );
+        k.sk_collation = pg_sys::DEFAULT_COLLATION_OID;
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            index,
+            true,
+            pg_sys::GetLatestSnapshot(),
+            1,
+            &mut k,
+        );
+        let found = !pg_sys::systable_getnext(scan).is_null();
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        found
+    }
+}
+
 /// Each row of `catalog` whose `attno` equals `key`, through `index`, as
 /// (changed since `since`, what `read` takes from the row's fixed part, a
 /// `Form` of that catalog).
