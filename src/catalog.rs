@@ -129,7 +129,13 @@ pub fn pinned<T>(f: impl FnOnce() -> Result<T, AuditError>) -> Result<T, AuditEr
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
     set_in_nest_level(c"search_path", c"pg_catalog, pg_temp");
     for (name, value) in PLANNER {
-        set_in_nest_level(name, value);
+        // Most sessions have most of these already: a read is cheaper.
+        // SAFETY: a read of a setting's current value; NULL if unknown.
+        let now = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+        // SAFETY: a non-null result is a valid C string owned by the GUC machinery.
+        if now.is_null() || unsafe { CStr::from_ptr(now) } != value {
+            set_in_nest_level(name, value);
+        }
     }
     let result = f();
     // SAFETY: undo exactly what was done above.

@@ -262,6 +262,18 @@ struct Touched {
     audit_schema: Vec<String>,
 }
 
+const TOUCHED_QUERY: &str =
+    "SELECT classid::pg_catalog.int8, objid, coalesce(object_identity, object_type),
+            schema_name = 'audit_log' AND NOT in_extension
+       FROM pg_catalog.pg_event_trigger_ddl_commands()";
+
+thread_local! {
+    /// TOUCHED_QUERY, planned once per session (under pinned settings): it
+    /// runs at the end of every DDL command.
+    static TOUCHED_PLAN: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
+        const { RefCell::new(None) };
+}
+
 fn touched() -> Result<Touched, AuditError> {
     Spi::connect(|c| {
         let mut out = Touched {
@@ -269,13 +281,14 @@ fn touched() -> Result<Touched, AuditError> {
             types: Vec::new(),
             audit_schema: Vec::new(),
         };
-        let t = c.select(
-            "SELECT classid::pg_catalog.int8, objid, coalesce(object_identity, object_type),
-                    schema_name = 'audit_log' AND NOT in_extension
-               FROM pg_catalog.pg_event_trigger_ddl_commands()",
-            None,
-            &[],
-        )?;
+        if TOUCHED_PLAN.with_borrow(Option::is_none) {
+            let plan = c.prepare(TOUCHED_QUERY, &[])?.keep();
+            TOUCHED_PLAN.set(Some(plan));
+        }
+        let t = TOUCHED_PLAN.with_borrow(|p| match p {
+            Some(plan) => c.select(plan, None, &[]),
+            None => c.select(TOUCHED_QUERY, None, &[]),
+        })?;
         for r in t {
             let class = r.get::<i64>(1)?.unwrap_or(0);
             let Some(objid) = r.get::<pg_sys::Oid>(2)? else {
