@@ -79,19 +79,7 @@ fn with_canonical_output<T>(f: impl FnOnce() -> T) -> T {
         (c"bytea_output", c"hex"),
         (c"TimeZone", c"UTC"),
     ] {
-        // SAFETY: valid settings and values; GUC_ACTION_SAVE is undone below.
-        unsafe {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
+        crate::catalog::set_in_nest_level(name, value);
     }
     let out = f();
     // SAFETY: undo exactly what was done above.

@@ -86,7 +86,7 @@ pub fn current_user_has(role: &CStr) -> bool {
 }
 
 /// Set a GUC until the current GUC nest level is unwound.
-fn set_in_nest_level(name: &CStr, value: &CStr) {
+pub fn set_in_nest_level(name: &CStr, value: &CStr) {
     // SAFETY: both are valid settings; GUC_ACTION_SAVE undoes it at AtEOXact_GUC.
     unsafe {
         pg_sys::set_config_option(

@@ -282,14 +282,8 @@ pub fn schema_is_audited(name: &str) -> bool {
             pg_sys::Datum::from(key_text),
         );
         k.sk_collation = pg_sys::DEFAULT_COLLATION_OID;
-        let scan = pg_sys::systable_beginscan(
-            rel,
-            index,
-            true,
-            pg_sys::GetLatestSnapshot(),
-            1,
-            &mut k,
-        );
+        let scan =
+            pg_sys::systable_beginscan(rel, index, true, pg_sys::GetLatestSnapshot(), 1, &mut k);
         let found = !pg_sys::systable_getnext(scan).is_null();
         pg_sys::systable_endscan(scan);
         pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
