@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/setup.sh
 
+echo "== gates: cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --check
+cargo clippy -q --all-targets -- -D warnings
+
 echo "== pure crate and CLI: cargo test"
 cargo test -p audit_log_core -p audit_log_cli
 
