@@ -11,15 +11,23 @@
 #   pgaudit    pgaudit with pgaudit.log = 'write' (log lines only, no row data)
 #   diy_jsonb  a PL/pgSQL trigger writing rows as jsonb (bench/baselines.sql)
 #   diy_chain  a PL/pgSQL hash chain locking one head row (bench/baselines.sql)
+#   floor      each workload's own statements, each with a CTE inserting one record
+#              of the size of the audit_log event it causes (pg_column_size of a real
+#              audit_log.events row, measured once per run) into a table with a
+#              two-column primary key. Nothing that stores the event durably in the
+#              same transaction can write less: the physical limit (issue 11).
+# Workloads: single-row INSERT and UPDATE at 1, 8 and 32 clients, a multi-statement
+# transaction and pgbench's built-in tpcb-like (all four pgbench tables audited,
+# TPCB_SCALE, default 1) at 8 clients, then a 100k-row INSERT and a 50k-row UPDATE.
 # Then bench/ddl.sh: the DDL guard's cost per DDL statement, on its own cluster.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 rounds=${ROUNDS:-3} secs=${SECONDS_PER_RUN:-8} verify_events=${VERIFY_EVENTS:-1000000}
-rows=${TABLE_ROWS:-100000}
+rows=${TABLE_ROWS:-100000} tpcb_scale=${TPCB_SCALE:-1}
 bulk_limit=${BULK_LIMIT_SECONDS:-90}   # the PL/pgSQL chain's bulk load is quadratic
 dir=${BENCH_DIR:-/tmp/audit_log_bench} port=${BENCH_PORT:-55450}
-variants=(none audit_log pgaudit diy_jsonb diy_chain)
+variants=(none audit_log pgaudit diy_jsonb diy_chain floor)
 
 dpkg -s postgresql-15-pgaudit >/dev/null 2>&1 || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-pgaudit >/dev/null; }
@@ -51,19 +59,28 @@ CREATE TABLE bench_t (id bigserial PRIMARY KEY, a int NOT NULL, b text NOT NULL,
 CREATE TABLE bulk_t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c numeric NOT NULL, d timestamptz NOT NULL);
 INSERT INTO bench_t (a, b, c, d) SELECT g, 'customer ' || g, g * 1.25, now() FROM generate_series(1, $rows) g;
 SQL
+    local out
+    out=$(pgbench -i -q -s "$tpcb_scale" "$db" 2>&1) || { echo "bench: pgbench -i failed in $db: $out" >&2; exit 1; }
     case $v in
     audit_log) q "$db" -c "SET client_min_messages = warning" -c "CREATE EXTENSION audit_log" \
-                 -c "SELECT audit_log.enable('bench_t'), audit_log.enable('bulk_t')" >/dev/null ;;
+                 -c "SELECT audit_log.enable(t) FROM unnest('{bench_t,bulk_t,$pgbench_tables}'::regclass[]) t" >/dev/null ;;
     pgaudit) q "$db" -c "CREATE EXTENSION pgaudit" -c "ALTER DATABASE $db SET pgaudit.log = 'write'" ;;
     diy_jsonb|diy_chain)
         q "$db" -f "$here/baselines.sql" >/dev/null
         local fn=${v#diy_}; fn=$([ "$fn" = jsonb ] && echo diy_audit || echo chain_audit)
-        q "$db" -c "CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON bench_t FOR EACH ROW EXECUTE FUNCTION $fn()" \
-                -c "CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON bulk_t FOR EACH ROW EXECUTE FUNCTION $fn()" ;;
+        local t
+        for t in bench_t bulk_t ${pgbench_tables//,/ }; do
+            q "$db" -c "CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON $t FOR EACH ROW EXECUTE FUNCTION $fn()"
+        done ;;
+    # The floor's record: (transaction, position) as key, padding to an event's size.
+    # STORAGE EXTERNAL: never compressed, as the events it stands for are not.
+    floor) q "$db" -c "CREATE TABLE floor_log (tx xid8 NOT NULL, n int NOT NULL, pad text NOT NULL, PRIMARY KEY (tx, n))" \
+               -c "ALTER TABLE floor_log ALTER pad SET STORAGE EXTERNAL" ;;
     esac
     q "$db" -c "VACUUM ANALYZE"
 }
 
+pgbench_tables=pgbench_accounts,pgbench_branches,pgbench_tellers,pgbench_history
 scripts=$(mktemp -d); chmod 755 "$scripts"
 cat >"$scripts/insert.sql" <<'S'
 INSERT INTO bench_t (a, b, c, d) VALUES (1, 'new customer', 99.95, now());
@@ -88,12 +105,79 @@ chmod 644 "$scripts"/*.sql
 echo "bench: setting up ${#variants[@]} databases of $rows rows each" >&2
 for v in "${variants[@]}"; do setup_db "$v"; done
 
+# The floor's record sizes: each statement run once in b_audit_log (as pgbench,
+# whose application_name the events record), its event measured with
+# pg_column_size, and the floor's padding chosen so that its row
+# (tx, n, pad) has the same pg_column_size.
+declare -A esize pad
+measure() {  # KEY SQL: the size of the one event SQL records into esize[KEY], padding into pad[KEY]
+    local before
+    before=$(q b_audit_log -c "SELECT coalesce(max(id), 0) FROM audit_log.events")
+    PGAPPNAME=pgbench q b_audit_log -c "$2" >/dev/null
+    esize[$1]=$(q b_audit_log -c "SELECT round(avg(pg_column_size(e.*)))::int FROM audit_log.events e WHERE id > $before")
+    [ -n "${esize[$1]}" ] || { echo "bench: no audit_log event for $1: $2" >&2; exit 1; }
+    pad[$1]=$(q b_floor -c "SELECT greatest(0, p - (pg_column_size(ROW('0'::xid8, 0, repeat('x', p))) - ${esize[$1]}))
+                            FROM (SELECT ${esize[$1]} - pg_column_size(ROW('0'::xid8, 0, ''::text)) AS p) s")
+}
+mid=$(( rows / 2 ))
+measure insert "INSERT INTO bench_t (a, b, c, d) VALUES (1, 'new customer', 99.95, now())"
+measure update "UPDATE bench_t SET a = a + 1, c = c + 0.01 WHERE id = $mid"
+measure multi1 "UPDATE bench_t SET a = a + 1 WHERE id = $mid"
+measure multi2 "UPDATE bench_t SET c = c + 1 WHERE id = $mid"
+measure multi3 "INSERT INTO bench_t (a, b, c, d) VALUES ($mid, 'order line', 12.50, now())"
+measure tpcb1 "UPDATE pgbench_accounts SET abalance = abalance + 1234 WHERE aid = 50000"
+measure tpcb2 "UPDATE pgbench_tellers SET tbalance = tbalance + 1234 WHERE tid = 5"
+measure tpcb3 "UPDATE pgbench_branches SET bbalance = bbalance + 1234 WHERE bid = 1"
+measure tpcb4 "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (5, 1, 50000, 1234, CURRENT_TIMESTAMP)"
+measure bulk_insert "INSERT INTO bulk_t SELECT g, g, 'row ' || g, g * 1.5, now() FROM generate_series(50000, 50000) g"
+measure bulk_update "UPDATE bulk_t SET a = a + 1 WHERE id = 50000"
+q b_audit_log -c "TRUNCATE bulk_t"
+rec() { echo "WITH f AS (INSERT INTO floor_log VALUES (pg_current_xact_id(), $1, repeat('x', ${pad[$2]})))"; }
+cat >"$scripts/insert.floor.sql" <<S
+$(rec 1 insert) INSERT INTO bench_t (a, b, c, d) VALUES (1, 'new customer', 99.95, now());
+S
+cat >"$scripts/update.floor.sql" <<S
+\set id random(1, $rows)
+$(rec 1 update) UPDATE bench_t SET a = a + 1, c = c + 0.01 WHERE id = :id;
+S
+cat >"$scripts/multi.floor.sql" <<S
+\set id random(1, $rows)
+\set id2 random(1, $rows)
+BEGIN;
+SELECT a, b, c FROM bench_t WHERE id = :id;
+$(rec 1 multi1) UPDATE bench_t SET a = a + 1 WHERE id = :id;
+$(rec 2 multi2) UPDATE bench_t SET c = c + 1 WHERE id = :id2;
+$(rec 3 multi3) INSERT INTO bench_t (a, b, c, d) VALUES (:id, 'order line', 12.50, now());
+SELECT count(*) FROM bench_t WHERE id BETWEEN :id AND :id + 10;
+COMMIT;
+S
+# pgbench's built-in tpcb-like (PostgreSQL 15's text), each write with its record.
+cat >"$scripts/tpcb-like.floor.sql" <<S
+\set aid random(1, 100000 * $tpcb_scale)
+\set bid random(1, 1 * $tpcb_scale)
+\set tid random(1, 10 * $tpcb_scale)
+\set delta random(-5000, 5000)
+BEGIN;
+$(rec 1 tpcb1) UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+$(rec 2 tpcb2) UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+$(rec 3 tpcb3) UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+$(rec 4 tpcb4) INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+S
+chmod 644 "$scripts"/*.sql
+
 lsn() { q postgres -c "SELECT pg_current_wal_insert_lsn()"; }
 wal_since() { q postgres -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$1')::bigint"; }
-tps() {  # variant script clients -> tps; WAL bytes per transaction into wal[]
+script_opt() {  # variant workload -> pgbench's script: the variant's own, the shared one, or a built-in
+    if [ -f "$scripts/$2.$1.sql" ]; then echo "-f $scripts/$2.$1.sql"
+    elif [ -f "$scripts/$2.sql" ]; then echo "-f $scripts/$2.sql"
+    else echo "-b $2"; fi
+}
+tps() {  # variant workload clients -> tps; WAL bytes per transaction into $scripts/wal.*
     local out start n
     start=$(lsn)
-    out=$(pgbench -n -f "$scripts/$2.sql" -c "$3" -j $(( $3 < 2 ? 1 : 2 )) -T "$secs" "b_$1" 2>&1) || { echo 0; return; }
+    out=$(pgbench -n $(script_opt "$1" "$2") -c "$3" -j $(( $3 < 2 ? 1 : 2 )) -T "$secs" "b_$1" 2>&1) || { echo 0; return; }
     n=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
     echo "$(( $(wal_since "$start") / (n > 0 ? n : 1) ))" >"$scripts/wal.$1.$2.$3"
     echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
@@ -101,7 +185,12 @@ tps() {  # variant script clients -> tps; WAL bytes per transaction into wal[]
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 declare -A res
-workloads=("insert 1" "insert 8" "insert 32" "update 1" "update 8" "update 32" "multi 8")
+# tpcb-like runs in every variant: audit_log, pgaudit and the two triggers cover
+# all four pgbench tables, and the floor runs the built-in script's statements
+# with a record each. None is skipped. At TPCB_SCALE 1 the 8 clients share one
+# pgbench_branches row, so its row lock (held until the commit's WAL flush)
+# serializes them, as pgbench's documentation warns for scale < clients.
+workloads=("insert 1" "insert 8" "insert 32" "update 1" "update 8" "update 32" "multi 8" "tpcb-like 8")
 for r in $(seq 1 "$rounds"); do
     for w in "${workloads[@]}"; do
         set -- $w
@@ -112,17 +201,25 @@ for r in $(seq 1 "$rounds"); do
     done
     for v in "${variants[@]}"; do
         # A statement over the limit counts as the limit, and is shown as ">".
+        # The floor writes one record of an event's size per row, in the same statement.
+        fl_ins="" fl_upd=""
+        if [ "$v" = floor ]; then
+            fl_ins="WITH f AS (INSERT INTO floor_log SELECT pg_current_xact_id(), g, repeat('x', ${pad[bulk_insert]}) FROM generate_series(1, 100000) g)"
+            fl_upd="WITH f AS (INSERT INTO floor_log SELECT pg_current_xact_id(), g, repeat('x', ${pad[bulk_update]}) FROM generate_series(1, 50000) g)"
+        fi
         q "b_$v" -c "TRUNCATE bulk_t"
         start=$(lsn)
         t1=$(q "b_$v" -c "SET statement_timeout = '${bulk_limit}s'" -c '\timing on' \
-              -c "INSERT INTO bulk_t SELECT g, g, 'row ' || g, g * 1.5, now() FROM generate_series(1, 100000) g" \
+              -c "$fl_ins INSERT INTO bulk_t SELECT g, g, 'row ' || g, g * 1.5, now() FROM generate_series(1, 100000) g" \
               2>/dev/null | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' || true)
         echo "$(( $(wal_since "$start") / 100000 ))" >"$scripts/wal.$v.bulk_insert"
         t2=""
         # Time the UPDATE only over a complete table (not after a timed-out INSERT).
         if [ "$(q "b_$v" -c "SELECT count(*) FROM bulk_t")" = 100000 ]; then
+            start=$(lsn)
             t2=$(q "b_$v" -c "SET statement_timeout = '${bulk_limit}s'" -c '\timing on' \
-                  -c "UPDATE bulk_t SET a = a + 1 WHERE id <= 50000" 2>/dev/null | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' || true)
+                  -c "$fl_upd UPDATE bulk_t SET a = a + 1 WHERE id <= 50000" 2>/dev/null | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' || true)
+            echo "$(( $(wal_since "$start") / 50000 ))" >"$scripts/wal.$v.bulk_update"
         fi
         res["bulk_insert $v"]+="${t1:-$((bulk_limit * 1000))} "
         res["bulk_update $v"]+="${t2:-$((bulk_limit * 1000))} "
@@ -157,49 +254,57 @@ size=$(q b_audit_log -c "SELECT (pg_total_relation_size('audit_log.events') + pg
 diy_size=$(q b_diy_jsonb -c "SELECT pg_total_relation_size('diy_audit') / greatest(count(*), 1) FROM diy_audit")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+cols=(audit_log floor pgaudit diy_jsonb diy_chain)   # after none, in this order
+row() {  # KEY LABEL tps|ms: one line of the table; after floor, audit_log's ratio minus the floor's
+    local key=$1 base m r cell line al=-
+    base=$(median ${res["$key none"]})
+    line=$(printf '| %-22s | %9.0f |' "$2" "$base")
+    for v in "${cols[@]}"; do
+        m=$(median ${res["$key $v"]}) r=$(ratio "$m" "$base")
+        if [ "$3" = ms ] && awk -v m="$m" -v l="$((bulk_limit * 1000))" 'BEGIN { exit !(m >= l) }'; then
+            cell=">${bulk_limit}000 (timeout)" r=-
+        else
+            cell=$(printf '%7.0f (%5sx)' "$m" "$r")
+        fi
+        line+=$(printf ' %16s |' "$cell")
+        [ "$v" = audit_log ] && al=$r
+        [ "$v" = floor ] && line+=$(printf ' %8s |' "$(awk -v a="$al" -v f="$r" 'BEGIN {
+            if (a == "-" || f == "-") print "-"; else printf "%+.2f", a - f }')")
+    done
+    echo "$line"
+}
 echo
 echo "audit_log benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), PostgreSQL $(q postgres -c 'SHOW server_version' | cut -d' ' -f1), synchronous_commit on"
-echo "medians of $rounds interleaved rounds, ${secs}s each; throughput in tps, ratio = variant / none"
+echo "medians of $rounds interleaved rounds, ${secs}s each; throughput in tps, ratio = variant / none;"
+echo "vs floor = audit_log's ratio minus the floor's (for the ms rows, + is slower); tpcb-like at scale $tpcb_scale"
 echo
-printf '| %-22s | %9s | %16s | %16s | %16s | %16s |\n' workload none audit_log pgaudit diy_jsonb diy_chain
-printf '|%s|\n' "------------------------|-----------|------------------|------------------|------------------|------------------"
+printf '| %-22s | %9s | %16s | %16s | %8s | %16s | %16s | %16s |\n' workload none audit_log floor "vs floor" pgaudit diy_jsonb diy_chain
+printf '|%s|\n' "------------------------|-----------|------------------|------------------|----------|------------------|------------------|------------------"
 for w in "${workloads[@]}"; do
     set -- $w
-    base=$(median ${res["$1 $2 none"]})
-    line=$(printf '| %-22s | %9.0f |' "$1, $2 client(s)" "$base")
-    for v in audit_log pgaudit diy_jsonb diy_chain; do
-        m=$(median ${res["$1 $2 $v"]})
-        line+=$(printf ' %7.0f (%5sx) |' "$m" "$(ratio "$m" "$base")")
-    done
-    echo "$line"
+    row "$1 $2" "$1, $2 client(s)" tps
 done
-for b in bulk_insert bulk_update; do
-    base=$(median ${res["$b none"]})
-    label=$([ $b = bulk_insert ] && echo "INSERT 100k rows (ms)" || echo "UPDATE 50k rows (ms)")
-    line=$(printf '| %-22s | %9.0f |' "$label" "$base")
-    for v in audit_log pgaudit diy_jsonb diy_chain; do
-        m=$(median ${res["$b $v"]})
-        if awk -v m="$m" -v l="$((bulk_limit * 1000))" 'BEGIN { exit !(m >= l) }'; then
-            line+=$(printf ' %16s |' ">${bulk_limit}000 (timeout)")
-        else
-            line+=$(printf ' %7.0f (%5sx) |' "$m" "$(ratio "$m" "$base")")
-        fi
-    done
-    echo "$line"
-done
+row bulk_insert "INSERT 100k rows (ms)" ms
+row bulk_update "UPDATE 50k rows (ms)" ms
 echo
-echo "WAL written per transaction (bytes; per row for the bulk INSERT), last round:"
+echo "WAL written per transaction (bytes; per row for the bulk statements), last round:"
 echo
-printf '| %-22s | %9s | %9s | %9s | %9s | %9s |\n' workload none audit_log pgaudit diy_jsonb diy_chain
-printf '|%s|\n' "------------------------|-----------|-----------|-----------|-----------|-----------"
-for w in "${workloads[@]}" "bulk_insert"; do
+printf '| %-22s | %9s | %9s | %9s | %9s | %9s | %9s |\n' workload none "${cols[@]}"
+printf '|%s|\n' "------------------------|-----------|-----------|-----------|-----------|-----------|-----------"
+for w in "${workloads[@]}" bulk_insert bulk_update; do
     set -- $w
-    line=$(printf '| %-22s |' "$([ $# = 2 ] && echo "$1, $2 client(s)" || echo "INSERT 100k rows")")
-    for v in "${variants[@]}"; do
+    case $1 in bulk_insert) label="INSERT 100k rows" ;; bulk_update) label="UPDATE 50k rows" ;; *) label="$1, $2 client(s)" ;; esac
+    line=$(printf '| %-22s |' "$label")
+    for v in none "${cols[@]}"; do
         f="$scripts/wal.$v.$1${2:+.$2}"
         line+=$(printf ' %9s |' "$(cat "$f" 2>/dev/null || echo -)")
     done
     echo "$line"
+done
+echo
+echo -n "floor records, bytes (pg_column_size of the audit_log.events row each stands for / of the floor's row):"
+for k in insert update multi1 multi2 multi3 tpcb1 tpcb2 tpcb3 tpcb4 bulk_insert bulk_update; do
+    echo -n " $k $(q b_floor -c "SELECT ${esize[$k]} || '/' || pg_column_size(ROW('0'::xid8, 0, repeat('x', ${pad[$k]})))")"
 done
 echo
 awk -v e="$events" -v ms="$verify_ms" -v ms1="$verify1_ms" -v c="$(nproc)" -v b="$bytes" -v s="$sha_mbs" 'BEGIN {
