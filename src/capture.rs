@@ -59,6 +59,7 @@ fn output_settings_canonical() -> bool {
             && pg_sys::DateStyle == pg_sys::USE_ISO_DATES as i32
             && pg_sys::IntervalStyle == pg_sys::INTSTYLE_POSTGRES as i32
             && BYTEA_OUTPUT == 1
+            && !pg_sys::quote_all_identifiers
             && pg_sys::pg_get_timezone_offset(pg_sys::session_timezone, &mut offset)
             && offset == 0
     }
@@ -78,6 +79,7 @@ fn with_canonical_output<T>(f: impl FnOnce() -> T) -> T {
         (c"IntervalStyle", c"postgres"),
         (c"bytea_output", c"hex"),
         (c"TimeZone", c"UTC"),
+        (c"quote_all_identifiers", c"off"),
     ] {
         crate::catalog::set_in_nest_level(name, value);
     }

@@ -106,7 +106,14 @@ pub fn set_in_nest_level(name: &CStr, value: &CStr) {
 /// reach audit_log's own small catalog queries: with every join method and
 /// scan switched off, their estimated cost passes jit_above_cost and each
 /// query was JIT-compiled (tens of milliseconds per DDL statement).
-const PLANNER: [(&CStr, &CStr); 11] = [
+/// Output settings too, so that what audit_log computes and records (the
+/// retention cutoff, identifiers and intervals in event details) does not
+/// follow the session's TimeZone, styles or quoting.
+const PLANNER: [(&CStr, &CStr); 15] = [
+    (c"TimeZone", c"UTC"),
+    (c"DateStyle", c"ISO, MDY"),
+    (c"IntervalStyle", c"postgres"),
+    (c"quote_all_identifiers", c"off"),
     (c"jit", c"off"),
     (c"enable_seqscan", c"on"),
     (c"enable_indexscan", c"on"),

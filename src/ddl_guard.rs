@@ -165,6 +165,15 @@ fn judge_start(tag: &str, mut plan: Plan) -> Result<(), AuditError> {
                 }
             }
             Action::Attach { parent, child } => attach_prepare(*parent, *child)?,
+            Action::JsonCast if !su => return Err(AuditError::JsonCast(tag.to_string())),
+            Action::TriggerDependsOnExtension(rel) if !su => {
+                if let Some(st) = relstate::rel_state(*rel).filter(|s| s.row.is_some()) {
+                    return Err(AuditError::AuditTriggerChanged {
+                        action: tag.to_string(),
+                        table: format!("{}.{}", st.schema, st.name),
+                    });
+                }
+            }
             Action::DetachConcurrently { parent } => {
                 if let Some(p) = relstate::rel_state(*parent).filter(RelState::audited) {
                     return Err(AuditError::DetachConcurrently(format!(
@@ -539,7 +548,7 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
     let mut relabeled: Vec<(pg_sys::Oid, String)> = Vec::new();
     for a in &start.plan.actions {
         match a {
-            Action::EnumRename => relabeled.extend(done.types.iter().cloned()),
+            Action::EnumRename | Action::JsonCast => relabeled.extend(done.types.iter().cloned()),
             Action::CompositeType { typrel, .. } => {
                 // SAFETY: a syscache lookup; InvalidOid if the relation is gone.
                 let typ = unsafe { pg_sys::get_rel_type_id(*typrel) };
@@ -551,6 +560,18 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
                 }
             }
             _ => {}
+        }
+    }
+    // A table's own row type, used as a column type elsewhere: renaming,
+    // adding or dropping its columns changes how those values read.
+    if let Some(Some(rel)) = start.plan.primary {
+        // SAFETY: a syscache lookup; InvalidOid if the relation is gone.
+        let rowtype = unsafe { pg_sys::get_rel_type_id(rel) };
+        if rowtype != pg_sys::InvalidOid && relstate::type_used_by_tables(rowtype) {
+            let name = relstate::rel_state(rel)
+                .map(|s| s.quoted())
+                .unwrap_or_default();
+            relabeled.push((rowtype, name));
         }
     }
     for (typ, identity) in &relabeled {

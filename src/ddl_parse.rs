@@ -54,6 +54,11 @@ pub enum Action {
     },
     /// ALTER TYPE ... RENAME VALUE: every stored value of the enum reads anew.
     EnumRename,
+    /// CREATE or DROP CAST to json or jsonb: to_jsonb renders the source type
+    /// through that cast, a function of the type owner's choosing.
+    JsonCast,
+    /// ALTER TRIGGER ... [NO] DEPENDS ON EXTENSION of a capture trigger.
+    TriggerDependsOnExtension(pg_sys::Oid),
     /// ALTER SCHEMA ... RENAME TO: audited tables move with it.
     SchemaRename {
         old: String,
@@ -104,28 +109,41 @@ unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
 /// search_path), or None if there is none.
 unsafe fn relation(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
     // SAFETY (caller): rv is a RangeVar; NoLock and missing_ok: a lookup only.
-    unsafe { relation_locked(rv, pg_sys::NoLock as pg_sys::LOCKMODE) }
+    unsafe { relation_locked(rv, pg_sys::NoLock as pg_sys::LOCKMODE, Check::None) }
+}
+
+/// What PostgreSQL checks before it locks a command's relation.
+#[derive(Clone, Copy, PartialEq)]
+enum Check {
+    /// Nothing (it checks after locking, or the caller takes no lock).
+    None,
+    /// The relation's owner (or a superuser): ALTER TABLE, renames, rules.
+    Owner,
+    /// The owner or a holder of the TRIGGER privilege: CREATE TRIGGER.
+    Trigger,
 }
 
 /// The relation a RangeVar names, locked as the command itself will lock
 /// it, so that its state read now is its state when the command runs: a
 /// concurrent rename or column change commits before, or waits until after.
-/// Only the relation's owner (or a superuser) may take the lock, as
-/// PostgreSQL's own commands check before locking: nobody can block a table
-/// they do not own by naming it in DDL that would fail.
+/// The privilege PostgreSQL checks before its own lock is checked before
+/// this one: nobody can block a table they may not alter by naming it in
+/// DDL that would fail. Only the named relation is locked here; children
+/// are read without a lock (PostgreSQL locks only those it recurses to,
+/// and taking more, or earlier, would add deadlocks).
 unsafe fn relation_locked(
     rv: *mut pg_sys::RangeVar,
     lockmode: pg_sys::LOCKMODE,
+    check: Check,
 ) -> Option<pg_sys::Oid> {
     if rv.is_null() {
         return None;
     }
-    let callback: pg_sys::RangeVarGetRelidCallback =
-        if lockmode == pg_sys::NoLock as pg_sys::LOCKMODE {
-            None
-        } else {
-            Some(owner_only)
-        };
+    let callback: pg_sys::RangeVarGetRelidCallback = match check {
+        Check::None => None,
+        Check::Owner => Some(owner_only),
+        Check::Trigger => Some(owner_or_trigger),
+    };
     // SAFETY (caller): rv is a RangeVar; missing_ok.
     let oid = unsafe {
         pg_sys::RangeVarGetRelidExtended(
@@ -147,6 +165,32 @@ unsafe fn owns(relid: pg_sys::Oid) -> bool {
         return pg_sys::pg_class_ownercheck(relid, pg_sys::GetUserId());
         #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
         return pg_sys::object_ownercheck(pg_sys::RelationRelationId, relid, pg_sys::GetUserId());
+    }
+}
+
+/// RangeVarGetRelidExtended's callback for CREATE TRIGGER: the owner, or a
+/// role granted TRIGGER on the relation (PostgreSQL's own check and error).
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn owner_or_trigger(
+    _rv: *const pg_sys::RangeVar,
+    relid: pg_sys::Oid,
+    _old: pg_sys::Oid,
+    _arg: *mut std::ffi::c_void,
+) {
+    if relid == pg_sys::InvalidOid {
+        return;
+    }
+    // SAFETY: catalog checks on an existing relation and the current user.
+    unsafe {
+        let ok = pg_sys::pg_class_aclcheck(
+            relid,
+            pg_sys::GetUserId(),
+            pg_sys::ACL_TRIGGER as pg_sys::AclMode,
+        );
+        if ok != pg_sys::AclResult::ACLCHECK_OK {
+            let kind = pg_sys::get_relkind_objtype(pg_sys::get_rel_relkind(relid));
+            pg_sys::aclcheck_error(ok, kind, pg_sys::get_rel_name(relid));
+        }
     }
 }
 
@@ -196,17 +240,27 @@ unsafe fn type_of(tn: *mut pg_sys::TypeName) -> Option<(pg_sys::Oid, i32)> {
     }
 }
 
+fn is_json(t: Option<(pg_sys::Oid, i32)>) -> bool {
+    t.is_some_and(|(o, _)| o == pg_sys::JSONOID || o == pg_sys::JSONBOID)
+}
+
 /// Whether a USING expression is the column itself, or the column cast to
 /// the column's new type: then the change is judged like one without USING.
 unsafe fn is_column_itself(expr: *mut pg_sys::Node, column: &str, new: (pg_sys::Oid, i32)) -> bool {
     use pg_sys::NodeTag::*;
     // SAFETY (caller): expr is a raw expression tree.
     unsafe {
+        // A single-field reference only: `a.b` is column b of table a, not
+        // the column named "a.b", though both print as a.b.
         let col_ref = |n: *mut pg_sys::Node| {
-            node_is(n, T_ColumnRef)
-                && cstr(pg_sys::NameListToString(
-                    (*(n as *mut pg_sys::ColumnRef)).fields,
-                )) == column
+            if !node_is(n, T_ColumnRef) {
+                return false;
+            }
+            let fields = (*(n as *mut pg_sys::ColumnRef)).fields;
+            !fields.is_null()
+                && (*fields).length == 1
+                && node_is((*(*fields).elements).ptr_value.cast(), T_String)
+                && cstr(pg_sys::NameListToString(fields)) == column
         };
         if col_ref(expr) {
             return true;
@@ -238,7 +292,7 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
             } else {
                 pg_sys::AlterTableGetLockLevel(s.cmds)
             };
-            let resolved = relation_locked(s.relation, lockmode);
+            let resolved = relation_locked(s.relation, lockmode, Check::Owner);
             if s.objtype != pg_sys::ObjectType::OBJECT_TYPE {
                 p.primary = Some(resolved);
             }
@@ -255,11 +309,7 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                 });
                 return p;
             }
-            p.targets = if (*s.relation).inh {
-                crate::relstate::inheritors_locked(rel, lockmode)
-            } else {
-                crate::relstate::with_inheritors(rel)
-            };
+            p.targets = crate::relstate::with_inheritors(rel);
             for c in list::<pg_sys::AlterTableCmd>(s.cmds) {
                 let c = &*c;
                 use pg_sys::AlterTableType as At;
@@ -298,7 +348,7 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                             p.actions.push(Action::DetachConcurrently { parent: rel });
                         }
                         let exclusive = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
-                        if let Some(child) = relation_locked(pc.name, exclusive) {
+                        if let Some(child) = relation_locked(pc.name, exclusive, Check::None) {
                             p.targets.push(child);
                             p.actions.push(if c.subtype == At::AT_AttachPartition {
                                 Action::Attach { parent: rel, child }
@@ -336,10 +386,10 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                 {
                     // Renames of these take AccessExclusiveLock on the table.
                     let exclusive = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
-                    let resolved = relation_locked(s.relation, exclusive);
+                    let resolved = relation_locked(s.relation, exclusive, Check::Owner);
                     p.primary = Some(resolved);
                     if let Some(rel) = resolved {
-                        p.targets = crate::relstate::inheritors_locked(rel, exclusive);
+                        p.targets = crate::relstate::with_inheritors(rel);
                     }
                 }
                 _ if !s.relation.is_null() => {
@@ -355,8 +405,11 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
             let s = &*(node as *mut pg_sys::AlterObjectSchemaStmt);
             use pg_sys::ObjectType::*;
             if matches!(s.objectType, OBJECT_TABLE | OBJECT_FOREIGN_TABLE) {
-                let resolved =
-                    relation_locked(s.relation, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE);
+                let resolved = relation_locked(
+                    s.relation,
+                    pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
+                    Check::Owner,
+                );
                 p.primary = Some(resolved);
                 if let Some(rel) = resolved {
                     p.targets.push(rel);
@@ -365,9 +418,11 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
             }
         } else if node_is(node, T_RuleStmt) {
             let s = &*(node as *mut pg_sys::RuleStmt);
-            if let Some(rel) =
-                relation_locked(s.relation, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE)
-            {
+            if let Some(rel) = relation_locked(
+                s.relation,
+                pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
+                Check::Owner,
+            ) {
                 p.targets.push(rel);
                 if cstr(s.rulename) == "_RETURN" {
                     p.actions.push(Action::ToView(rel));
@@ -376,10 +431,38 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
         } else if node_is(node, T_CreateTrigStmt) {
             let s = &*(node as *mut pg_sys::CreateTrigStmt);
             let lockmode = pg_sys::ShareRowExclusiveLock as pg_sys::LOCKMODE;
-            let resolved = relation_locked(s.relation, lockmode);
+            let resolved = relation_locked(s.relation, lockmode, Check::Trigger);
             p.primary = Some(resolved);
             if let Some(rel) = resolved {
-                p.targets = crate::relstate::inheritors_locked(rel, lockmode);
+                p.targets = crate::relstate::with_inheritors(rel);
+            }
+        } else if node_is(node, T_CreateCastStmt) {
+            let s = &*(node as *mut pg_sys::CreateCastStmt);
+            if is_json(type_of(s.targettype)) {
+                p.actions.push(Action::JsonCast);
+            }
+        } else if node_is(node, T_DropStmt) {
+            let s = &*(node as *mut pg_sys::DropStmt);
+            if s.removeType == pg_sys::ObjectType::OBJECT_CAST {
+                // Each object is (source, target) as a list of two TypeNames.
+                let json = list::<pg_sys::List>(s.objects).into_iter().any(|pair| {
+                    let names = list::<pg_sys::TypeName>(pair);
+                    names.len() == 2 && is_json(type_of(names[1]))
+                });
+                if json {
+                    p.actions.push(Action::JsonCast);
+                }
+            }
+        } else if node_is(node, T_AlterObjectDependsStmt) {
+            let s = &*(node as *mut pg_sys::AlterObjectDependsStmt);
+            if s.objectType == pg_sys::ObjectType::OBJECT_TRIGGER {
+                // The object is the trigger's name list; its table is the relation.
+                let name = cstr(pg_sys::NameListToString(s.object as *mut pg_sys::List));
+                let ours = name.ends_with(crate::api::ROW_TRIGGER)
+                    || name.ends_with(crate::api::STMT_TRIGGER);
+                if let (true, Some(rel)) = (ours, relation(s.relation)) {
+                    p.actions.push(Action::TriggerDependsOnExtension(rel));
+                }
             }
         } else if node_is(node, T_AlterEnumStmt) {
             if !(*(node as *mut pg_sys::AlterEnumStmt)).oldVal.is_null() {

@@ -36,6 +36,10 @@ pub enum AuditError {
     DetachConcurrently(String),
     #[error("unlogged table {table} cannot be audited ({audited}): a crash would empty it with no event")]
     Unlogged { table: String, audited: String },
+    #[error("{0} to json or jsonb is reserved to superusers while audit_log is installed: to_jsonb renders a type through such a cast, so its function would decide what the audit log records")]
+    JsonCast(String),
+    #[error("{0} must run at READ COMMITTED isolation")]
+    ReadCommittedOnly(&'static str),
     #[error("audited table {0} cannot be turned into a view")]
     AuditedToView(String),
     #[error("permission denied: DDL on schema audit_log (\"{0}\") is reserved to superusers")]
@@ -89,6 +93,8 @@ impl AuditError {
             AuditError::RewritesValues { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::HandMadeTrigger { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::AuditedToView(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            AuditError::JsonCast(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            AuditError::ReadCommittedOnly(_) => ERRCODE_INVALID_TRANSACTION_STATE,
             AuditError::TargetChanged(_) => ERRCODE_T_R_SERIALIZATION_FAILURE,
             AuditError::Unlogged { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::DetachConcurrently(_) => ERRCODE_FEATURE_NOT_SUPPORTED,

@@ -233,6 +233,89 @@ pub fn inheritance_parents(rel: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     .collect()
 }
 
+/// The leading columns of pg_depend (catalog/pg_depend.h, unbound), and its
+/// fixed OIDs.
+#[repr(C)]
+struct DependRow {
+    classid: pg_sys::Oid,
+    objid: pg_sys::Oid,
+    objsubid: i32,
+    refclassid: pg_sys::Oid,
+    refobjid: pg_sys::Oid,
+}
+const DEPEND_RELATION_ID: u32 = 2608;
+const DEPEND_REFERENCE_INDEX_ID: u32 = 2674;
+
+/// Whether any table column (or typed table) uses a type, directly or
+/// through its array type, domains or ranges over it: a cheap test, read
+/// from pg_depend, before the full search for audited tables that use it.
+pub fn type_used_by_tables(typ: pg_sys::Oid) -> bool {
+    let mut todo = vec![typ];
+    let mut seen = 0;
+    while let Some(t) = todo.pop() {
+        seen += 1;
+        if seen > 256 {
+            return true; // a web of types: let the full search decide
+        }
+        // SAFETY: an index scan of pg_depend on (refclassid, refobjid).
+        let rows: Vec<(pg_sys::Oid, pg_sys::Oid)> = unsafe {
+            let rel = pg_sys::table_open(
+                pg_sys::Oid::from(DEPEND_RELATION_ID),
+                pg_sys::AccessShareLock as i32,
+            );
+            let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+            pg_sys::ScanKeyInit(
+                &mut keys[0],
+                4,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::Oid::from(pg_sys::F_OIDEQ),
+                pg_sys::Datum::from(pg_sys::TypeRelationId),
+            );
+            pg_sys::ScanKeyInit(
+                &mut keys[1],
+                5,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::Oid::from(pg_sys::F_OIDEQ),
+                pg_sys::Datum::from(t),
+            );
+            let scan = pg_sys::systable_beginscan(
+                rel,
+                pg_sys::Oid::from(DEPEND_REFERENCE_INDEX_ID),
+                true,
+                std::ptr::null_mut(),
+                2,
+                keys.as_mut_ptr(),
+            );
+            let mut out = Vec::new();
+            loop {
+                let tup = pg_sys::systable_getnext(scan);
+                if tup.is_null() {
+                    break;
+                }
+                let hdr = (*tup).t_data;
+                let d = &*((hdr as *const u8).add((*hdr).t_hoff as usize) as *const DependRow);
+                debug_assert_eq!(
+                    (d.refclassid, d.refobjid, d.objsubid >= 0),
+                    (pg_sys::TypeRelationId, t, true)
+                );
+                out.push((d.classid, d.objid));
+            }
+            pg_sys::systable_endscan(scan);
+            pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+            out
+        };
+        for (class, obj) in rows {
+            if class == pg_sys::RelationRelationId {
+                return true;
+            }
+            if class == pg_sys::TypeRelationId {
+                todo.push(obj);
+            }
+        }
+    }
+    false
+}
+
 /// The owner of the extension audit_log, read from pg_extension.
 pub fn extension_owner() -> Option<pg_sys::Oid> {
     // SAFETY: a catalog lookup by name; InvalidOid when not installed.

@@ -27,7 +27,8 @@ AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.set_retention(interval) IS 'Minimum age of events that audit_log.purge() may remove. Raised by audit_log_admin; lowered only by a superuser. Recorded as an event.';
 "#)]
 fn set_retention(min_age: Option<pgrx::datum::Interval>) {
-    set_retention_impl(min_age).or_raise()
+    // Cutoffs are computed in UTC, whatever the session's TimeZone.
+    crate::catalog::pinned(|| set_retention_impl(min_age)).or_raise()
 }
 
 /// The longest retention accepted. Longer ones are typos, and push the
@@ -130,7 +131,7 @@ COMMENT ON FUNCTION audit_log.purge(timestamptz) IS 'Remove whole transactions c
 fn purge(
     older_than: Option<pgrx::datum::TimestampWithTimeZone>,
 ) -> TableIterator<'static, (name!(transactions, i64), name!(events, i64))> {
-    TableIterator::once(purge_impl(older_than).or_raise())
+    TableIterator::once(crate::catalog::pinned(|| purge_impl(older_than)).or_raise())
 }
 
 fn purge_impl(
@@ -138,6 +139,13 @@ fn purge_impl(
 ) -> Result<(i64, i64), AuditError> {
     let older_than = older_than.ok_or(AuditError::NullArgument("older_than"))?;
     require_admin("purge the audit log")?;
+    // purge() deletes what its snapshot sees, after taking the purge lock: a
+    // transaction snapshot older than that lock could see rows another
+    // purge has just deleted.
+    // SAFETY: a read of the transaction's isolation level.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        return Err(AuditError::ReadCommittedOnly("purge()"));
+    }
     let (retention, too_young) = optional_row(Spi::get_two_with_args::<String, bool>(
         "SELECT min_age::text, $1 > pg_catalog.clock_timestamp() - min_age FROM audit_log.retention",
         &[older_than.into()],
@@ -281,10 +289,13 @@ fn delete_where(
                 value,
             );
         }
+        // The latest snapshot, taken under the purge lock: the statement's
+        // own may predate another purge that has just committed.
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
         let scan = pg_sys::systable_beginscan_ordered(
             rel,
             idx,
-            pg_sys::GetActiveSnapshot(),
+            snapshot,
             keys.len() as i32,
             scankeys.as_mut_ptr(),
         );
@@ -299,6 +310,7 @@ fn delete_where(
             n += 1;
         }
         pg_sys::systable_endscan_ordered(scan);
+        pg_sys::UnregisterSnapshot(snapshot);
         pg_sys::index_close(idx, pg_sys::NoLock as i32);
         pg_sys::table_close(rel, pg_sys::NoLock as i32);
         Ok(n)

@@ -140,6 +140,33 @@ CREATE TABLE q (id int, k int) PARTITION BY RANGE (k);
 CREATE TABLE aud.q1 PARTITION OF q FOR VALUES FROM (0) TO (10);
 SELECT audit_log.enable('aud.q1');
 SELECT audit_log.enable('q');
+-- A cast to json decides how to_jsonb renders a type: reserved to superusers.
+SET ROLE al_guard_owner;
+CREATE FUNCTION mood_json(mood) RETURNS json LANGUAGE sql AS $$ SELECT '"sad"'::json $$;
+CREATE CAST (mood AS json) WITH FUNCTION mood_json(mood);
+-- USING a.b is column b of table a, not the column named "a.b".
+CREATE TABLE a (id int PRIMARY KEY, "a.b" int, b int);
+RESET ROLE;
+SELECT audit_log.enable('a');
+SET ROLE al_guard_owner;
+ALTER TABLE a ALTER COLUMN "a.b" TYPE bigint USING a.b;
+-- A table's row type used as a column type: its column changes are
+-- recorded on the audited table that holds such values.
+CREATE TABLE addr (street text, amount numeric);
+CREATE TABLE t_comp (id int PRIMARY KEY, ad addr);
+RESET ROLE;
+SELECT audit_log.enable('t_comp');
+SET ROLE al_guard_owner;
+ALTER TABLE addr RENAME COLUMN amount TO amount_old;
+-- A capture trigger made to depend on an extension would vanish with it.
+ALTER TRIGGER audit_log_capture_row ON t DEPENDS ON EXTENSION postgres_fdw;
+RESET ROLE;
+-- CREATE TRIGGER by a role granted TRIGGER (not the owner) still works.
+CREATE TABLE shared_t (id int);
+GRANT TRIGGER ON shared_t TO al_guard_owner;
+SET ROLE al_guard_owner;
+CREATE TRIGGER mine_on_shared AFTER INSERT ON shared_t FOR EACH ROW EXECUTE FUNCTION nothing();
+RESET ROLE;
 -- A schema renamed: recorded, and enable_schema follows it.
 ALTER SCHEMA aud RENAME TO aud2;
 SELECT nspname FROM audit_log.audited_schemas;

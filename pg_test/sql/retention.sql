@@ -42,6 +42,11 @@ SELECT audit_log.set_retention('1 day');
 RESET ROLE;
 SELECT audit_log.set_retention('0');
 SELECT min_age FROM audit_log.retention;
+-- purge() deletes what a snapshot taken under its lock sees: not under an
+-- older transaction snapshot.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT * FROM audit_log.purge(now() - interval '1 day');
+ROLLBACK;
 SELECT op, new_row FROM audit_log.events WHERE op = 'RETENTION' ORDER BY id;
 -- Purge everything committed so far: every chain keeps its newest link.
 SELECT count(*) AS links_before, (SELECT count(*) FROM audit_log.events) AS events_before FROM audit_log.links;
