@@ -13,6 +13,8 @@ mod api;
 mod capture;
 mod catalog;
 mod chain;
+mod ddl_drop;
+mod ddl_effects;
 mod ddl_guard;
 mod ddl_parse;
 mod errors;
