@@ -815,8 +815,10 @@ fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
         .filter(move |e| !matches!(e, Ok(e) if own.is_some_and(|f| e.tx_first == f)));
     let by_tx = Ordered::open(oids.links, oids.links_first_event_idx, snapshot.0, link_row)?;
     let by_chain = Ordered::open(oids.links, oids.links_pkey, snapshot.0, link_row)?;
-    // Chains that purge() shortened start from their anchors.
+    // Chains that purge() shortened start from their anchors, each of which
+    // a PURGE event in the log must record.
     let anchors = crate::retention::anchors()?;
+    let claimed = crate::retention::claimed_anchors()?;
     // The session reads (only it may call PostgreSQL); workers encode and
     // hash, and their results come back in order.
     std::thread::scope(|scope| {
@@ -828,7 +830,9 @@ fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
             RawEvent::hash,
         )
         .map(|r| r.map(|h| h.unwrap_or_else(|raw| raw.hash_here())));
-        verify_hashed_streams(hashed, by_tx, by_chain, cp, &anchors)
+        let mut v = verify_hashed_streams(hashed, by_tx, by_chain, cp, &anchors)?;
+        audit_log_core::verify::check_anchors(&mut v, &anchors, &claimed);
+        Ok(v)
     })
 }
 

@@ -270,3 +270,31 @@ pub(crate) fn tables_using_type(typ: pg_sys::Oid) -> Result<Vec<RelState>, Audit
         .filter(RelState::audited)
         .collect())
 }
+
+/// The default or generation expression of each of these columns that has
+/// one: what filled a column added to an audited table.
+pub(crate) fn column_expressions(
+    rel: pg_sys::Oid,
+    attnums: &[i16],
+) -> Result<Vec<serde_json::Value>, AuditError> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT a.attname::text, pg_catalog.pg_get_expr(d.adbin, d.adrelid),
+                    a.attgenerated <> ''
+               FROM pg_catalog.pg_attrdef d
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+              WHERE d.adrelid = $1 AND d.adnum = ANY ($2) ORDER BY d.adnum",
+            None,
+            &[rel.into(), attnums.to_vec().into()],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            let name: String = r.get(1)?.unwrap_or_default();
+            let expr: String = r.get(2)?.unwrap_or_default();
+            let generated = r.get::<bool>(3)?.unwrap_or(false);
+            let key = if generated { "generated" } else { "default" };
+            out.push(json!({"column": name, key: expr}));
+        }
+        Ok(out)
+    })
+}

@@ -181,6 +181,11 @@ fn judge_start(tag: &str, mut plan: Plan) -> Result<(), AuditError> {
             }
             Action::Attach { parent, child } => attach_prepare(*parent, *child)?,
             Action::JsonCast if !su => return Err(AuditError::JsonCast(tag.to_string())),
+            Action::IntoAuditSchema if !su => {
+                return Err(AuditError::AuditSchemaDdl(format!(
+                    "{tag} into schema audit_log"
+                )))
+            }
             Action::TriggerDependsOnExtension(rel) if !su => {
                 if let Some(st) = relstate::rel_state(*rel).filter(|s| s.row.is_some()) {
                     return Err(AuditError::AuditTriggerChanged {
@@ -216,6 +221,7 @@ fn judge_start(tag: &str, mut plan: Plan) -> Result<(), AuditError> {
 /// What pg_event_trigger_ddl_commands() says the command did.
 struct Touched {
     relations: BTreeSet<u32>,
+    triggers: Vec<pg_sys::Oid>,
     types: Vec<(pg_sys::Oid, String)>,
     audit_schema: Vec<String>,
 }
@@ -236,6 +242,7 @@ fn touched() -> Result<Touched, AuditError> {
     Spi::connect(|c| {
         let mut out = Touched {
             relations: BTreeSet::new(),
+            triggers: Vec::new(),
             types: Vec::new(),
             audit_schema: Vec::new(),
         };
@@ -261,6 +268,7 @@ fn touched() -> Result<Touched, AuditError> {
                     out.relations.insert(objid.to_u32());
                 }
                 pg_sys::TriggerRelationId => {
+                    out.triggers.push(objid);
                     out.relations
                         .extend(relstate::trigger_relation(objid).map(|o| o.to_u32()));
                 }
@@ -318,6 +326,29 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
         }
     }
 
+    // No permanent relation or trigger may depend on a temporary object:
+    // PostgreSQL drops those at session end without event triggers.
+    if !su {
+        let temp_dep = done
+            .relations
+            .iter()
+            .map(|&r| (pg_sys::RelationRelationId, pg_sys::Oid::from(r)))
+            .chain(
+                done.triggers
+                    .iter()
+                    .map(|&t| (pg_sys::TriggerRelationId, t)),
+            )
+            .filter(|&(c, o)| {
+                // SAFETY: a syscache lookup; a temporary relation may use temporary things.
+                c != pg_sys::RelationRelationId
+                    || !unsafe { pg_sys::isAnyTempNamespace(pg_sys::get_rel_namespace(o)) }
+            })
+            .find(|&(c, o)| relstate::depends_on_temp(c, o));
+        if temp_dep.is_some() {
+            return Err(AuditError::DependsOnTemp(tag.to_string()));
+        }
+    }
+
     let mut rels: BTreeSet<u32> = done.relations.clone();
     rels.extend(start.plan.targets.iter().map(|o| o.to_u32()));
 
@@ -364,9 +395,22 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
         let Some(now) = relstate::rel_state(oid) else {
             continue;
         };
-        let same = (&now.schema, &now.name, &now.columns, now.persistence)
-            == (&was.schema, &was.name, &was.columns, was.persistence);
-        if same || !relstate::relation_changed(oid, start.cid) {
+        // Attribute numbers too: DROP COLUMN a, ADD COLUMN a in one command
+        // leaves the same names and types, and every value replaced.
+        let same = (
+            &now.schema,
+            &now.name,
+            &now.columns,
+            now.persistence,
+            &now.attnames,
+        ) == (
+            &was.schema,
+            &was.name,
+            &was.columns,
+            was.persistence,
+            &was.attnames,
+        );
+        if (same && !start.rewrites) || !relstate::relation_changed(oid, start.cid) {
             continue;
         }
         let mut details = json!({
@@ -380,6 +424,20 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
         }
         if start.rewrites {
             details["values_rewritten"] = json!(true);
+        }
+        // New columns get their values from a default or a generation
+        // expression, not from recorded changes: the expression is recorded.
+        let added: Vec<i16> = now
+            .attnames
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| !was.attnames.iter().any(|(w, _)| w == n))
+            .collect();
+        if !added.is_empty() {
+            let filled = crate::ddl_effects::column_expressions(oid, &added)?;
+            if !filled.is_empty() {
+                details["added_column_values"] = json!(filled);
+            }
         }
         capture::record_config(&now.schema, &now.name, "DDL", details)?;
         if !now.is_partition {

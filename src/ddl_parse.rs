@@ -59,6 +59,9 @@ pub enum Action {
     JsonCast,
     /// ALTER TRIGGER ... [NO] DEPENDS ON EXTENSION of a capture trigger.
     TriggerDependsOnExtension(pg_sys::Oid),
+    /// CREATE EXTENSION ... SCHEMA audit_log, or ALTER ... SET SCHEMA
+    /// audit_log: objects put into the audit schema.
+    IntoAuditSchema,
     /// ALTER SCHEMA ... RENAME TO: audited tables move with it.
     SchemaRename {
         old: String,
@@ -404,6 +407,9 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
         } else if node_is(node, T_AlterObjectSchemaStmt) {
             let s = &*(node as *mut pg_sys::AlterObjectSchemaStmt);
             use pg_sys::ObjectType::*;
+            if cstr(s.newschema) == "audit_log" {
+                p.actions.push(Action::IntoAuditSchema);
+            }
             if matches!(s.objectType, OBJECT_TABLE | OBJECT_FOREIGN_TABLE) {
                 let resolved = relation_locked(
                     s.relation,
@@ -435,6 +441,14 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
             p.primary = Some(resolved);
             if let Some(rel) = resolved {
                 p.targets = crate::relstate::with_inheritors(rel);
+            }
+        } else if node_is(node, T_CreateExtensionStmt) {
+            let s = &*(node as *mut pg_sys::CreateExtensionStmt);
+            let into_audit = list::<pg_sys::DefElem>(s.options).into_iter().any(|d| {
+                cstr((*d).defname) == "schema" && cstr(pg_sys::defGetString(d)) == "audit_log"
+            });
+            if into_audit {
+                p.actions.push(Action::IntoAuditSchema);
             }
         } else if node_is(node, T_CreateCastStmt) {
             let s = &*(node as *mut pg_sys::CreateCastStmt);

@@ -40,6 +40,8 @@ pub enum AuditError {
     JsonCast(String),
     #[error("{0} must run at READ COMMITTED isolation")]
     ReadCommittedOnly(&'static str),
+    #[error("{0}: a permanent table or trigger cannot depend on a temporary object while audit_log is installed")]
+    DependsOnTemp(String),
     #[error("audited table {0} cannot be turned into a view")]
     AuditedToView(String),
     #[error("permission denied: DDL on schema audit_log (\"{0}\") is reserved to superusers")]
@@ -93,6 +95,7 @@ impl AuditError {
             AuditError::RewritesValues { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::HandMadeTrigger { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::AuditedToView(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            AuditError::DependsOnTemp(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::JsonCast(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::ReadCommittedOnly(_) => ERRCODE_INVALID_TRANSACTION_STATE,
             AuditError::TargetChanged(_) => ERRCODE_T_R_SERIALIZATION_FAILURE,
@@ -149,6 +152,12 @@ impl AuditError {
             AuditError::Unlogged { table, .. } => Some(format!(
                 "Create it logged, or ALTER TABLE {table} SET LOGGED first."
             )),
+            AuditError::DependsOnTemp(_) => Some(
+                "PostgreSQL drops temporary objects at the end of their session without event \
+                 triggers, and the drop cascades to what depends on them (a table made OF a \
+                 temporary type would vanish with no event). Use a permanent type or function."
+                    .into(),
+            ),
             AuditError::TargetChanged(_) => {
                 Some("Run the command again, or name the table with its schema.".into())
             }

@@ -316,6 +316,89 @@ pub fn type_used_by_tables(typ: pg_sys::Oid) -> bool {
     false
 }
 
+const DEPEND_DEPENDER_INDEX_ID: u32 = 2673;
+
+/// The namespace of an object of pg_class, pg_type or pg_proc, if any.
+fn namespace_of(class: pg_sys::Oid, obj: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    // SAFETY: syscache lookups; InvalidOid or NULL for a missing object.
+    unsafe {
+        let ns = if class == pg_sys::RelationRelationId {
+            pg_sys::get_rel_namespace(obj)
+        } else if class == pg_sys::ProcedureRelationId {
+            pg_sys::get_func_namespace(obj)
+        } else if class == pg_sys::TypeRelationId {
+            let tup = pg_sys::SearchSysCache1(
+                pg_sys::SysCacheIdentifier::TYPEOID as i32,
+                pg_sys::Datum::from(obj),
+            );
+            if tup.is_null() {
+                return None;
+            }
+            let hdr = (*tup).t_data;
+            let form = &*((hdr as *const u8).add((*hdr).t_hoff as usize)
+                as *const pg_sys::FormData_pg_type);
+            let ns = form.typnamespace;
+            pg_sys::ReleaseSysCache(tup);
+            ns
+        } else {
+            return None;
+        };
+        (ns != pg_sys::InvalidOid).then_some(ns)
+    }
+}
+
+/// Whether an object (of class `class`) depends on a temporary relation,
+/// type or function. Temporary objects are dropped at the end of their
+/// session by PostgreSQL itself, without event triggers, and the drop
+/// cascades: to an audited table made `OF` a temporary type (the table
+/// vanishes, with no event), to a column of a temporary type, or to a
+/// trigger whose drop must wait for a lock while the committing session
+/// holds its audit chain.
+pub fn depends_on_temp(class: pg_sys::Oid, obj: pg_sys::Oid) -> bool {
+    // SAFETY: an index scan of pg_depend on (classid, objid).
+    let refs: Vec<(pg_sys::Oid, pg_sys::Oid)> = unsafe {
+        let rel = pg_sys::table_open(
+            pg_sys::Oid::from(DEPEND_RELATION_ID),
+            pg_sys::AccessShareLock as i32,
+        );
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        for (k, (attno, value)) in keys.iter_mut().zip([(1, class), (2, obj)]) {
+            pg_sys::ScanKeyInit(
+                k,
+                attno,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::Oid::from(pg_sys::F_OIDEQ),
+                pg_sys::Datum::from(value),
+            );
+        }
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::Oid::from(DEPEND_DEPENDER_INDEX_ID),
+            true,
+            std::ptr::null_mut(),
+            2,
+            keys.as_mut_ptr(),
+        );
+        let mut out = Vec::new();
+        loop {
+            let tup = pg_sys::systable_getnext(scan);
+            if tup.is_null() {
+                break;
+            }
+            let hdr = (*tup).t_data;
+            let d = &*((hdr as *const u8).add((*hdr).t_hoff as usize) as *const DependRow);
+            out.push((d.refclassid, d.refobjid));
+        }
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        out
+    };
+    refs.into_iter().any(|(c, o)| {
+        // SAFETY: a lookup of the backend's temporary namespaces.
+        namespace_of(c, o).is_some_and(|ns| unsafe { pg_sys::isAnyTempNamespace(ns) })
+    })
+}
+
 /// The owner of the extension audit_log, read from pg_extension.
 pub fn extension_owner() -> Option<pg_sys::Oid> {
     // SAFETY: a catalog lookup by name; InvalidOid when not installed.

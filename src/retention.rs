@@ -219,9 +219,12 @@ fn purge_impl(
         }
         Ok(())
     })?;
-    let anchor_json: Vec<_> = anchors
+    // Every anchor, not only those this purge moved: verify() requires each
+    // anchor to be recorded by a PURGE event, and this event may outlive
+    // the earlier ones (a later purge can remove their transactions).
+    let anchor_json: Vec<_> = crate::retention::anchors()?
         .iter()
-        .map(|a| json!({"chain": a.chain_id, "seq": a.seq, "link_hash": hex::encode(&a.link_hash), "last_event": a.last_event}))
+        .map(|a| json!({"chain": a.chain, "seq": a.seq, "link_hash": hex::encode(a.link_hash), "last_event": a.last_event}))
         .collect();
     let transactions = expired.len() as i64;
     let older_text = Spi::get_one_with_args::<String>("SELECT $1::text", &[older_than.into()])?
@@ -315,6 +318,42 @@ fn delete_where(
         pg_sys::table_close(rel, pg_sys::NoLock as i32);
         Ok(n)
     }
+}
+
+/// The anchors that the log's PURGE events record (the events' integrity is
+/// verified with every other event).
+pub fn claimed_anchors() -> Result<Vec<audit_log_core::ChainHead>, AuditError> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT (a->>'chain')::int, (a->>'seq')::int8, a->>'link_hash', (a->>'last_event')::int8
+               FROM audit_log.events e,
+                    LATERAL pg_catalog.jsonb_array_elements(
+                        CASE WHEN pg_catalog.jsonb_typeof(e.new_row->'anchors') = 'array'
+                             THEN e.new_row->'anchors' ELSE '[]'::pg_catalog.jsonb END) a
+              WHERE e.op = 'PURGE' AND e.table_schema = 'audit_log'
+                AND a->>'chain' ~ '^-?[0-9]{1,9}$' AND a->>'seq' ~ '^[0-9]{1,18}$'
+                AND a->>'last_event' ~ '^-?[0-9]{1,18}$'",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            let hash: String = r.get(3)?.unwrap_or_default();
+            let Ok(bytes) = hex::decode(&hash) else {
+                continue;
+            };
+            let Ok(link_hash) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+                continue;
+            };
+            out.push(audit_log_core::ChainHead {
+                chain: r.get(1)?.unwrap_or(-1),
+                seq: r.get(2)?.unwrap_or(0),
+                link_hash,
+                last_event: r.get(4)?.unwrap_or(0),
+            });
+        }
+        Ok(out)
+    })
 }
 
 /// The anchors verify() starts the chains from.

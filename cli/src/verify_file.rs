@@ -264,6 +264,15 @@ pub fn verify_files(
             )),
             None => {}
         }
+        // A whole export that starts from anchors (the log was purged) must
+        // hold the PURGE event that recorded them; a continuation's anchors
+        // are the heads of the file before it, checked above.
+        if !continues && !anchors.is_empty() {
+            let claimed = purge_claims(path)?;
+            let mut v = Verdict::default();
+            audit_log_core::verify::check_anchors(&mut v, &anchors, &claimed);
+            merge(&mut report.verdict, v);
+        }
         let file_heads = heads(&anchors, &s.links);
         if let Some(end) = &s.end {
             let recorded: BTreeMap<i32, ChainHead> =
@@ -290,6 +299,38 @@ pub fn verify_files(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The anchors that the PURGE events of a file record.
+fn purge_claims(path: &Path) -> Result<Vec<ChainHead>, Error> {
+    #[derive(serde::Deserialize)]
+    struct Details {
+        #[serde(default)]
+        anchors: Vec<serde_json::Value>,
+    }
+    let mut out = Vec::new();
+    for item in read_lines(path)? {
+        let (_, raw) = item.map_err(|e| Error::Io(path.to_path_buf(), e))?;
+        if !raw.starts_with(EVENT_PREFIX) {
+            continue;
+        }
+        let Ok(e) = EventLine::parse(trim(&raw)) else {
+            continue; // a damaged line is reported by the second pass
+        };
+        if e.op != "PURGE" || e.table_schema != "audit_log" {
+            continue;
+        }
+        let Some(row) = e.new_row else { continue };
+        let Ok(d) = serde_json::from_str::<Details>(row.get()) else {
+            continue;
+        };
+        for a in d.anchors {
+            if let Ok(h) = serde_json::from_value::<ChainHead>(a) {
+                out.push(h);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn merge(into: &mut Verdict, v: Verdict) {

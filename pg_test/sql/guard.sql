@@ -11,6 +11,7 @@ CREATE SERVER elsewhere FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'postg
 DROP ROLE IF EXISTS al_guard_owner;
 CREATE ROLE al_guard_owner LOGIN;
 GRANT CREATE ON SCHEMA public TO al_guard_owner;
+GRANT CREATE ON DATABASE al_guard TO al_guard_owner;
 GRANT USAGE ON FOREIGN SERVER elsewhere TO al_guard_owner;
 CREATE SCHEMA aud AUTHORIZATION al_guard_owner;
 SELECT audit_log.enable_schema('aud');
@@ -166,6 +167,19 @@ CREATE TABLE shared_t (id int);
 GRANT TRIGGER ON shared_t TO al_guard_owner;
 SET ROLE al_guard_owner;
 CREATE TRIGGER mine_on_shared AFTER INSERT ON shared_t FOR EACH ROW EXECUTE FUNCTION nothing();
+RESET ROLE;
+-- Dropping and re-adding a column in one command replaces every value:
+-- recorded, with what filled the new column.
+SET ROLE al_guard_owner;
+ALTER TABLE a DROP COLUMN b, ADD COLUMN b int DEFAULT 0;
+-- Temporary objects are dropped without event triggers, and the drop
+-- cascades: no permanent table or trigger may depend on one.
+CREATE TYPE pg_temp.vt AS (id int);
+CREATE TABLE victim (id int);
+ALTER TABLE victim OF pg_temp.vt;
+ALTER TABLE priced ADD COLUMN t pg_temp.vt;
+-- Nothing goes into the audit schema, extensions included.
+CREATE EXTENSION pgcrypto SCHEMA audit_log;
 RESET ROLE;
 -- A schema renamed: recorded, and enable_schema follows it.
 ALTER SCHEMA aud RENAME TO aud2;

@@ -85,5 +85,13 @@ SELECT audit_log.set_retention('1 year');
 RESET ROLE;
 DROP ROLE al_nobody;
 DROP ROLE al_dba;
+-- An anchor no PURGE event records (a truncated chain posing as a purged
+-- one) is named.
+BEGIN;
+ALTER TABLE audit_log.anchors DISABLE TRIGGER USER;
+INSERT INTO audit_log.anchors (chain_id, seq, link_hash, last_event)
+VALUES (63, 5, decode(repeat('ab', 32), 'hex'), 99);
+SELECT ok, split_part(problem, ':', 1) AS kind FROM audit_log.verify();
+ROLLBACK;
 \c postgres
 DROP DATABASE al_retention;

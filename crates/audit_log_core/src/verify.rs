@@ -38,6 +38,8 @@ pub enum ProblemKind {
     Truncated,
     /// The chain differs from a checkpoint at the checkpoint's head.
     ChainRewritten,
+    /// A chain starts from an anchor that no intact PURGE event records.
+    AnchorUnproven,
 }
 
 impl ProblemKind {
@@ -52,6 +54,7 @@ impl ProblemKind {
             ProblemKind::LinkBroken => "link_broken",
             ProblemKind::Truncated => "truncated",
             ProblemKind::ChainRewritten => "chain_rewritten",
+            ProblemKind::AnchorUnproven => "anchor_unproven",
         }
     }
 }
@@ -374,6 +377,29 @@ fn push_foreign(v: &mut Verdict, id: i64, tx_id: u64, key: i64, tx_of_key: u64) 
             "event {id} of tx {tx_id} records tx_first {key}, the first event of tx {tx_of_key}"
         ),
     );
+}
+
+/// Anchors are where purged chains continue, and purge() records every
+/// anchor in the PURGE event it writes (an event in the chain like any
+/// other). An anchor that no PURGE event claims was put there by hand: a
+/// truncated chain posing as a purged one. `claimed` are the anchors the
+/// log's PURGE events record; their own integrity is the events' hashes.
+pub fn check_anchors(v: &mut Verdict, anchors: &[ChainHead], claimed: &[ChainHead]) {
+    for a in anchors {
+        let proven = claimed
+            .iter()
+            .any(|c| c.chain == a.chain && c.seq == a.seq && c.link_hash == a.link_hash);
+        if !proven {
+            v.push(
+                ProblemKind::AnchorUnproven,
+                None,
+                format!(
+                    "chain {} starts from an anchor at seq {} that no PURGE event records",
+                    a.chain, a.seq
+                ),
+            );
+        }
+    }
 }
 
 /// Links whose transaction has no events left.

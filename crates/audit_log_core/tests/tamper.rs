@@ -408,3 +408,33 @@ proptest! {
         prop_assert!(v.first().unwrap().event_id.is_some());
     }
 }
+
+/// An anchor is proven only by a PURGE event that records it: one put in
+/// by hand (a truncated chain posing as a purged one) is named.
+#[test]
+fn anchors_must_be_claimed_by_a_purge() {
+    use audit_log_core::verify::{check_anchors, ProblemKind, Verdict};
+    use audit_log_core::ChainHead;
+    let anchor = ChainHead {
+        chain: 3,
+        seq: 7,
+        link_hash: [7; 32],
+        last_event: 70,
+    };
+    let mut v = Verdict::default();
+    check_anchors(
+        &mut v,
+        std::slice::from_ref(&anchor),
+        std::slice::from_ref(&anchor),
+    );
+    assert!(v.ok(), "a claimed anchor is proven: {:?}", v.problems);
+
+    let mut other = anchor.clone();
+    other.link_hash[0] ^= 1;
+    for claimed in [vec![], vec![other]] {
+        let mut v = Verdict::default();
+        check_anchors(&mut v, std::slice::from_ref(&anchor), &claimed);
+        assert_eq!(v.problem_count, 1);
+        assert_eq!(v.problems[0].kind, ProblemKind::AnchorUnproven);
+    }
+}
