@@ -46,18 +46,28 @@ fn lock_chain(chain: i32, wait: bool) -> bool {
 }
 
 /// Lock a chain: the first free one from a per-backend starting point.
+/// When all K are busy, look again after a short sleep (growing to 5 ms)
+/// rather than queue behind one chain: a commit that holds its chain for
+/// long (stuck on a lock in its own commit processing) then delays no one
+/// while other chains come free. Interrupts (a cancel, a timeout) are
+/// served while waiting.
 fn choose_chain() -> i32 {
     let k = CHAINS.get().max(1);
     // SAFETY: reads a process-global.
     let start = unsafe { pg_sys::MyProcPid }.rem_euclid(k);
-    for i in 0..k {
-        let c = (start + i) % k;
-        if lock_chain(c, false) {
-            return c;
+    let mut nap_us: i64 = 50;
+    loop {
+        for i in 0..k {
+            let c = (start + i) % k;
+            if lock_chain(c, false) {
+                return c;
+            }
         }
+        pgrx::check_for_interrupts!();
+        // SAFETY: a plain sleep of this backend.
+        unsafe { pg_sys::pg_usleep(nap_us) };
+        nap_us = (nap_us * 2).min(5_000);
     }
-    lock_chain(start, true);
-    start
 }
 
 /// A stored link hash, or None if it is not 32 bytes (damaged).
