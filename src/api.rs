@@ -492,19 +492,11 @@ fn enable_schema(name: Option<String>) {
         if name == "audit_log" || name == "information_schema" || name.starts_with("pg_") {
             return Err(AuditError::SystemTable(format!("schema {name}")));
         }
-        let tables = Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
-            let t = c.select(
-                "SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = $1 AND relkind IN ('r', 'p')
+        let tables = crate::catalog::oids(
+            "SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = $1 AND relkind IN ('r', 'p')
                     AND NOT relispartition AND relpersistence <> 't' ORDER BY relname",
-                None,
-                &[ns.into()],
-            )?;
-            let mut out = Vec::new();
-            for r in t {
-                out.extend(r.get::<pg_sys::Oid>(1)?);
-            }
-            Ok(out)
-        })?;
+            ns,
+        )?;
         // Unlogged tables cannot be audited: enable_schema() fails on them,
         // with the same message enable() gives, before changing anything.
         for &t in &tables {

@@ -32,6 +32,17 @@ fn relid(ns: pg_sys::Oid, name: &CStr) -> Result<pg_sys::Oid, AuditError> {
     Ok(oid)
 }
 
+/// The OIDs in the first column of a query with one OID argument.
+pub fn oids(query: &str, arg: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>, AuditError> {
+    pgrx::Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(query, None, &[arg.into()])? {
+            out.extend(r.get::<pg_sys::Oid>(1)?);
+        }
+        Ok(out)
+    })
+}
+
 /// The current database's name.
 pub fn database_name() -> String {
     // SAFETY: MyDatabaseId is set in any backend running SQL; NULL if dropped.

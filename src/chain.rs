@@ -46,17 +46,17 @@ fn lock_chain(chain: i32, wait: bool) -> bool {
 }
 
 /// Lock a chain: the first free one from a per-backend starting point.
-/// When all K are busy, look again after a short sleep (growing to 5 ms)
-/// rather than queue behind one chain: a commit that holds its chain for
-/// long (stuck on a lock in its own commit processing) then delays no one
-/// while other chains come free. Interrupts (a cancel, a timeout) are
-/// served while waiting.
+/// When all K are busy, look again a few times after short sleeps (a
+/// commit that holds its chain for long then delays no one while others
+/// come free), then queue for one chain with a real lock wait: a wait the
+/// deadlock detector sees, so a cycle through a chain lock is broken
+/// rather than spun on forever.
 fn choose_chain() -> i32 {
     let k = CHAINS.get().max(1);
     // SAFETY: reads a process-global.
     let start = unsafe { pg_sys::MyProcPid }.rem_euclid(k);
     let mut nap_us: i64 = 50;
-    loop {
+    for _ in 0..8 {
         for i in 0..k {
             let c = (start + i) % k;
             if lock_chain(c, false) {
@@ -68,6 +68,8 @@ fn choose_chain() -> i32 {
         unsafe { pg_sys::pg_usleep(nap_us) };
         nap_us = (nap_us * 2).min(5_000);
     }
+    lock_chain(start, true);
+    start
 }
 
 /// A stored link hash, or None if it is not 32 bytes (damaged).

@@ -45,19 +45,11 @@ pub(crate) fn column_type(table: pg_sys::Oid, column: &str) -> Option<(pg_sys::O
 /// relation is `typrel`, and their inheritors: ALTER TYPE ... CASCADE
 /// changes them all.
 pub(crate) fn typed_tables(typrel: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>, AuditError> {
-    let typed = Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
-        let t = c.select(
-            "SELECT c.oid FROM pg_catalog.pg_class c
+    let typed = crate::catalog::oids(
+        "SELECT c.oid FROM pg_catalog.pg_class c
               WHERE c.reloftype = (SELECT reltype FROM pg_catalog.pg_class WHERE oid = $1)",
-            None,
-            &[typrel.into()],
-        )?;
-        let mut out = Vec::new();
-        for r in t {
-            out.extend(r.get::<pg_sys::Oid>(1)?);
-        }
-        Ok(out)
-    })?;
+        typrel,
+    )?;
     Ok(typed
         .into_iter()
         .flat_map(relstate::with_inheritors)
@@ -242,9 +234,8 @@ pub(crate) fn in_audited_schema(rel: pg_sys::Oid) -> Result<bool, AuditError> {
 /// Audited tables with a column of this type, directly or through arrays,
 /// domains, ranges or composites, and typed tables of it.
 pub(crate) fn tables_using_type(typ: pg_sys::Oid) -> Result<Vec<RelState>, AuditError> {
-    let rels = Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
-        let t = c.select(
-            "WITH RECURSIVE deps(classid, objid) AS (
+    let rels = crate::catalog::oids(
+        "WITH RECURSIVE deps(classid, objid) AS (
                  SELECT 'pg_catalog.pg_type'::pg_catalog.regclass::pg_catalog.oid, $1
                UNION
                  SELECT d.classid, d.objid FROM pg_catalog.pg_depend d JOIN deps
@@ -256,15 +247,8 @@ pub(crate) fn tables_using_type(typ: pg_sys::Oid) -> Result<Vec<RelState>, Audit
               WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass
              UNION
              SELECT c.oid FROM pg_catalog.pg_class c WHERE c.reloftype = $1",
-            None,
-            &[typ.into()],
-        )?;
-        let mut out = Vec::new();
-        for r in t {
-            out.extend(r.get::<pg_sys::Oid>(1)?);
-        }
-        Ok(out)
-    })?;
+        typ,
+    )?;
     Ok(relstate::states(rels)
         .into_values()
         .filter(RelState::audited)

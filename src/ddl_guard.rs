@@ -221,7 +221,8 @@ fn judge_start(tag: &str, mut plan: Plan) -> Result<(), AuditError> {
 /// What pg_event_trigger_ddl_commands() says the command did.
 struct Touched {
     relations: BTreeSet<u32>,
-    triggers: Vec<pg_sys::Oid>,
+    /// Every object the command created or altered, as (classid, objid).
+    objects: Vec<(pg_sys::Oid, pg_sys::Oid)>,
     types: Vec<(pg_sys::Oid, String)>,
     audit_schema: Vec<String>,
 }
@@ -242,7 +243,7 @@ fn touched() -> Result<Touched, AuditError> {
     Spi::connect(|c| {
         let mut out = Touched {
             relations: BTreeSet::new(),
-            triggers: Vec::new(),
+            objects: Vec::new(),
             types: Vec::new(),
             audit_schema: Vec::new(),
         };
@@ -263,12 +264,12 @@ fn touched() -> Result<Touched, AuditError> {
             if r.get::<bool>(4)? == Some(true) {
                 out.audit_schema.push(identity.clone());
             }
+            out.objects.push((pg_sys::Oid::from(class as u32), objid));
             match pg_sys::Oid::from(class as u32) {
                 pg_sys::RelationRelationId => {
                     out.relations.insert(objid.to_u32());
                 }
                 pg_sys::TriggerRelationId => {
-                    out.triggers.push(objid);
                     out.relations
                         .extend(relstate::trigger_relation(objid).map(|o| o.to_u32()));
                 }
@@ -330,20 +331,9 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
     // PostgreSQL drops those at session end without event triggers.
     if !su {
         let temp_dep = done
-            .relations
+            .objects
             .iter()
-            .map(|&r| (pg_sys::RelationRelationId, pg_sys::Oid::from(r)))
-            .chain(
-                done.triggers
-                    .iter()
-                    .map(|&t| (pg_sys::TriggerRelationId, t)),
-            )
-            .filter(|&(c, o)| {
-                // SAFETY: a syscache lookup; a temporary relation may use temporary things.
-                c != pg_sys::RelationRelationId
-                    || !unsafe { pg_sys::isAnyTempNamespace(pg_sys::get_rel_namespace(o)) }
-            })
-            .find(|&(c, o)| relstate::depends_on_temp(c, o));
+            .find(|&&(c, o)| relstate::depends_on_temp(c, o));
         if temp_dep.is_some() {
             return Err(AuditError::DependsOnTemp(tag.to_string()));
         }

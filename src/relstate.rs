@@ -236,6 +236,7 @@ pub fn inheritance_parents(rel: pg_sys::Oid) -> Vec<pg_sys::Oid> {
 /// The leading columns of pg_depend (catalog/pg_depend.h, unbound), and its
 /// fixed OIDs.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct DependRow {
     classid: pg_sys::Oid,
     objid: pg_sys::Oid,
@@ -245,6 +246,50 @@ struct DependRow {
 }
 const DEPEND_RELATION_ID: u32 = 2608;
 const DEPEND_REFERENCE_INDEX_ID: u32 = 2674;
+
+/// The rows of pg_depend whose two leading key columns of `index` (heap
+/// attribute numbers and values) match.
+fn depend_rows(index: u32, keys: [(i16, pg_sys::Oid); 2]) -> Vec<DependRow> {
+    // SAFETY: an index scan of pg_depend under the catalog snapshot, each
+    // row's fixed part copied before the next.
+    unsafe {
+        let rel = pg_sys::table_open(
+            pg_sys::Oid::from(DEPEND_RELATION_ID),
+            pg_sys::AccessShareLock as i32,
+        );
+        let mut scankeys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        for (k, (attno, value)) in scankeys.iter_mut().zip(keys) {
+            pg_sys::ScanKeyInit(
+                k,
+                attno,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::Oid::from(pg_sys::F_OIDEQ),
+                pg_sys::Datum::from(value),
+            );
+        }
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::Oid::from(index),
+            true,
+            std::ptr::null_mut(),
+            2,
+            scankeys.as_mut_ptr(),
+        );
+        let mut out = Vec::new();
+        loop {
+            let tup = pg_sys::systable_getnext(scan);
+            if tup.is_null() {
+                break;
+            }
+            let hdr = (*tup).t_data;
+            let d = &*((hdr as *const u8).add((*hdr).t_hoff as usize) as *const DependRow);
+            out.push(*d);
+        }
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        out
+    }
+}
 
 /// Whether any table column (or typed table) uses a type, directly or
 /// through its array type, domains or ranges over it: a cheap test, read
@@ -257,53 +302,14 @@ pub fn type_used_by_tables(typ: pg_sys::Oid) -> bool {
         if seen > 256 {
             return true; // a web of types: let the full search decide
         }
-        // SAFETY: an index scan of pg_depend on (refclassid, refobjid).
-        let rows: Vec<(pg_sys::Oid, pg_sys::Oid)> = unsafe {
-            let rel = pg_sys::table_open(
-                pg_sys::Oid::from(DEPEND_RELATION_ID),
-                pg_sys::AccessShareLock as i32,
-            );
-            let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
-            pg_sys::ScanKeyInit(
-                &mut keys[0],
-                4,
-                pg_sys::BTEqualStrategyNumber as u16,
-                pg_sys::Oid::from(pg_sys::F_OIDEQ),
-                pg_sys::Datum::from(pg_sys::TypeRelationId),
-            );
-            pg_sys::ScanKeyInit(
-                &mut keys[1],
-                5,
-                pg_sys::BTEqualStrategyNumber as u16,
-                pg_sys::Oid::from(pg_sys::F_OIDEQ),
-                pg_sys::Datum::from(t),
-            );
-            let scan = pg_sys::systable_beginscan(
-                rel,
-                pg_sys::Oid::from(DEPEND_REFERENCE_INDEX_ID),
-                true,
-                std::ptr::null_mut(),
-                2,
-                keys.as_mut_ptr(),
-            );
-            let mut out = Vec::new();
-            loop {
-                let tup = pg_sys::systable_getnext(scan);
-                if tup.is_null() {
-                    break;
-                }
-                let hdr = (*tup).t_data;
-                let d = &*((hdr as *const u8).add((*hdr).t_hoff as usize) as *const DependRow);
-                debug_assert_eq!(
-                    (d.refclassid, d.refobjid, d.objsubid >= 0),
-                    (pg_sys::TypeRelationId, t, true)
-                );
-                out.push((d.classid, d.objid));
-            }
-            pg_sys::systable_endscan(scan);
-            pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
-            out
-        };
+        // Who depends on type t: pg_depend by (refclassid, refobjid).
+        let rows: Vec<(pg_sys::Oid, pg_sys::Oid)> = depend_rows(
+            DEPEND_REFERENCE_INDEX_ID,
+            [(4, pg_sys::TypeRelationId), (5, t)],
+        )
+        .into_iter()
+        .map(|d| (d.classid, d.objid))
+        .collect();
         for (class, obj) in rows {
             if class == pg_sys::RelationRelationId {
                 return true;
@@ -347,56 +353,93 @@ fn namespace_of(class: pg_sys::Oid, obj: pg_sys::Oid) -> Option<pg_sys::Oid> {
     }
 }
 
-/// Whether an object (of class `class`) depends on a temporary relation,
-/// type or function. Temporary objects are dropped at the end of their
-/// session by PostgreSQL itself, without event triggers, and the drop
-/// cascades: to an audited table made `OF` a temporary type (the table
-/// vanishes, with no event), to a column of a temporary type, or to a
-/// trigger whose drop must wait for a lock while the committing session
-/// holds its audit chain.
+/// Objects with lower OIDs are PostgreSQL's own: never temporary, and
+/// not worth following.
+const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
+const ATTRDEF_RELATION_ID: u32 = 2604;
+const CONSTRAINT_RELATION_ID: u32 = 2606;
+const POLICY_RELATION_ID: u32 = 3256;
+
+fn is_temp(class: pg_sys::Oid, obj: pg_sys::Oid) -> bool {
+    // SAFETY: a lookup of the backend's temporary namespaces.
+    namespace_of(class, obj).is_some_and(|ns| unsafe { pg_sys::isAnyTempNamespace(ns) })
+}
+
+/// The relation a table's part (a default, constraint, policy or trigger)
+/// belongs to: the first relation it depends on. None for other objects.
+fn owning_relation(class: pg_sys::Oid, obj: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    if class == pg_sys::RelationRelationId {
+        return Some(obj);
+    }
+    let part = [ATTRDEF_RELATION_ID, CONSTRAINT_RELATION_ID, POLICY_RELATION_ID]
+        .contains(&class.to_u32())
+        || class == pg_sys::TriggerRelationId;
+    if !part {
+        return None;
+    }
+    depend_rows(DEPEND_DEPENDER_INDEX_ID, [(1, class), (2, obj)])
+        .into_iter()
+        .find(|d| d.refclassid == pg_sys::RelationRelationId)
+        .map(|d| d.refobjid)
+}
+
+/// Whether a permanent object depends on a temporary one, directly or
+/// through other objects (a function whose SQL body reads a temporary
+/// table, a domain over a temporary type), or through its own parts when it
+/// is a relation (defaults and generation expressions, constraints,
+/// policies, triggers, indexes). PostgreSQL drops temporary objects at the
+/// end of their session by itself, without event triggers, and the drop
+/// cascades: to an audited table (a partition key on such a function took
+/// the whole table), a column, a default, or a trigger whose drop waits for
+/// a lock while the committing session holds its audit chain. Objects that
+/// are themselves temporary, or belong to a temporary table, are exempt.
 pub fn depends_on_temp(class: pg_sys::Oid, obj: pg_sys::Oid) -> bool {
-    // SAFETY: an index scan of pg_depend on (classid, objid).
-    let refs: Vec<(pg_sys::Oid, pg_sys::Oid)> = unsafe {
-        let rel = pg_sys::table_open(
-            pg_sys::Oid::from(DEPEND_RELATION_ID),
-            pg_sys::AccessShareLock as i32,
-        );
-        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
-        for (k, (attno, value)) in keys.iter_mut().zip([(1, class), (2, obj)]) {
-            pg_sys::ScanKeyInit(
-                k,
-                attno,
-                pg_sys::BTEqualStrategyNumber as u16,
-                pg_sys::Oid::from(pg_sys::F_OIDEQ),
-                pg_sys::Datum::from(value),
-            );
+    if let Some(rel) = owning_relation(class, obj) {
+        if is_temp(pg_sys::RelationRelationId, rel) {
+            return false;
         }
-        let scan = pg_sys::systable_beginscan(
-            rel,
-            pg_sys::Oid::from(DEPEND_DEPENDER_INDEX_ID),
-            true,
-            std::ptr::null_mut(),
-            2,
-            keys.as_mut_ptr(),
+    }
+    if is_temp(class, obj) {
+        return false;
+    }
+    let mut todo = vec![(class, obj)];
+    if class == pg_sys::RelationRelationId {
+        let parts = depend_rows(DEPEND_REFERENCE_INDEX_ID, [(4, class), (5, obj)]);
+        todo.extend(
+            parts
+                .into_iter()
+                .filter(|d| {
+                    [
+                        ATTRDEF_RELATION_ID,
+                        CONSTRAINT_RELATION_ID,
+                        POLICY_RELATION_ID,
+                    ]
+                    .contains(&d.classid.to_u32())
+                        || d.classid == pg_sys::TriggerRelationId
+                        || (d.classid == pg_sys::RelationRelationId && !is_temp(d.classid, d.objid))
+                })
+                .map(|d| (d.classid, d.objid)),
         );
-        let mut out = Vec::new();
-        loop {
-            let tup = pg_sys::systable_getnext(scan);
-            if tup.is_null() {
-                break;
+    }
+    let mut seen = std::collections::HashSet::new();
+    while let Some((c, o)) = todo.pop() {
+        if !seen.insert((c, o)) {
+            continue;
+        }
+        if seen.len() > 4096 {
+            return true; // a web this large is refused rather than half-read
+        }
+        for d in depend_rows(DEPEND_DEPENDER_INDEX_ID, [(1, c), (2, o)]) {
+            if d.refobjid.to_u32() < FIRST_NORMAL_OBJECT_ID {
+                continue;
             }
-            let hdr = (*tup).t_data;
-            let d = &*((hdr as *const u8).add((*hdr).t_hoff as usize) as *const DependRow);
-            out.push((d.refclassid, d.refobjid));
+            if is_temp(d.refclassid, d.refobjid) {
+                return true;
+            }
+            todo.push((d.refclassid, d.refobjid));
         }
-        pg_sys::systable_endscan(scan);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
-        out
-    };
-    refs.into_iter().any(|(c, o)| {
-        // SAFETY: a lookup of the backend's temporary namespaces.
-        namespace_of(c, o).is_some_and(|ns| unsafe { pg_sys::isAnyTempNamespace(ns) })
-    })
+    }
+    false
 }
 
 /// The owner of the extension audit_log, read from pg_extension.

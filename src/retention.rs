@@ -158,6 +158,20 @@ fn purge_impl(
         )));
     }
     lock_purge();
+    // An anchor that no PURGE event records was put there by hand (a chain
+    // truncated to look purged): a purge must not launder it by recording it.
+    let claimed = claimed_anchors()?;
+    if let Some(a) = anchors()?.into_iter().find(|a| {
+        !claimed
+            .iter()
+            .any(|c| c.chain == a.chain && c.seq == a.seq && c.link_hash == a.link_hash)
+    }) {
+        return Err(AuditError::Invalid(format!(
+            "purge: the anchor of chain {} (seq {}) is not recorded by any PURGE event; \
+             run audit_log.verify() and restore the log before purging",
+            a.chain, a.seq
+        )));
+    }
     let oids = catalog::lookup()?;
     // Per chain, the expired prefix; never a chain's newest link.
     let expired = catalog::as_owner(|| {

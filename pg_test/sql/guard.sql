@@ -178,6 +178,19 @@ CREATE TYPE pg_temp.vt AS (id int);
 CREATE TABLE victim (id int);
 ALTER TABLE victim OF pg_temp.vt;
 ALTER TABLE priced ADD COLUMN t pg_temp.vt;
+-- Also through a permanent function or domain, and through a table's parts.
+CREATE TEMP TABLE tmp (x int);
+CREATE FUNCTION pk(int) RETURNS int IMMUTABLE LANGUAGE sql RETURN $1;
+CREATE OR REPLACE FUNCTION pk(int) RETURNS int IMMUTABLE LANGUAGE sql
+    BEGIN ATOMIC SELECT $1 + (SELECT count(*)::int FROM pg_temp.tmp); END;
+CREATE TYPE pg_temp.te AS ENUM ('x');
+CREATE DOMAIN dd AS pg_temp.te;
+CREATE FUNCTION pg_temp.tf() RETURNS int LANGUAGE sql RETURN 1;
+ALTER TABLE priced ALTER COLUMN id SET DEFAULT pg_temp.tf();
+ALTER TABLE priced ADD CONSTRAINT c CHECK (id > pg_temp.tf() - 100);
+-- What is temporary itself may use temporary things.
+CREATE TRIGGER on_tmp BEFORE INSERT ON tmp FOR EACH ROW EXECUTE FUNCTION nothing();
+CREATE TEMP VIEW tv AS SELECT * FROM tmp;
 -- Nothing goes into the audit schema, extensions included.
 CREATE EXTENSION pgcrypto SCHEMA audit_log;
 RESET ROLE;
