@@ -40,7 +40,9 @@ pub enum AuditError {
     JsonCast(String),
     #[error("{0} must run at READ COMMITTED isolation")]
     ReadCommittedOnly(&'static str),
-    #[error("{0}: a permanent object cannot depend on a temporary one while audit_log is installed")]
+    #[error(
+        "{0}: a permanent object cannot depend on a temporary one while audit_log is installed"
+    )]
     DependsOnTemp(String),
     #[error("audited table {0} cannot be turned into a view")]
     AuditedToView(String),

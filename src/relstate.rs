@@ -371,8 +371,12 @@ fn owning_relation(class: pg_sys::Oid, obj: pg_sys::Oid) -> Option<pg_sys::Oid> 
     if class == pg_sys::RelationRelationId {
         return Some(obj);
     }
-    let part = [ATTRDEF_RELATION_ID, CONSTRAINT_RELATION_ID, POLICY_RELATION_ID]
-        .contains(&class.to_u32())
+    let part = [
+        ATTRDEF_RELATION_ID,
+        CONSTRAINT_RELATION_ID,
+        POLICY_RELATION_ID,
+    ]
+    .contains(&class.to_u32())
         || class == pg_sys::TriggerRelationId;
     if !part {
         return None;
