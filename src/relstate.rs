@@ -243,6 +243,8 @@ struct DependRow {
     objsubid: i32,
     refclassid: pg_sys::Oid,
     refobjid: pg_sys::Oid,
+    refobjsubid: i32,
+    deptype: std::ffi::c_char,
 }
 const DEPEND_RELATION_ID: u32 = 2608;
 const DEPEND_REFERENCE_INDEX_ID: u32 = 2674;
@@ -356,9 +358,10 @@ fn namespace_of(class: pg_sys::Oid, obj: pg_sys::Oid) -> Option<pg_sys::Oid> {
 /// Objects with lower OIDs are PostgreSQL's own: never temporary, and
 /// not worth following.
 const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
-const ATTRDEF_RELATION_ID: u32 = 2604;
-const CONSTRAINT_RELATION_ID: u32 = 2606;
-const POLICY_RELATION_ID: u32 = 3256;
+/// The catalogs whose rows belong to a relation or a type: defaults and
+/// generation expressions, constraints (also a domain's), policies,
+/// triggers, rewrite rules (a view's query).
+const PART_CLASSES: [u32; 5] = [2604, 2606, 3256, 2620, 2618];
 
 /// An index (its expressions and predicate are parts of its table). Not
 /// partitions or children: they are relations of their own, judged when
@@ -374,75 +377,77 @@ fn is_temp(class: pg_sys::Oid, obj: pg_sys::Oid) -> bool {
     namespace_of(class, obj).is_some_and(|ns| unsafe { pg_sys::isAnyTempNamespace(ns) })
 }
 
-/// The relation a table's part (a default, constraint, policy or trigger)
-/// belongs to: the first relation it depends on. None for other objects.
-fn owning_relation(class: pg_sys::Oid, obj: pg_sys::Oid) -> Option<pg_sys::Oid> {
-    if class == pg_sys::RelationRelationId {
-        return Some(obj);
+/// A dependency that makes its object a part of what it depends on.
+fn is_part_of(d: &DependRow) -> bool {
+    d.deptype as u8 == b'a' || d.deptype as u8 == b'i'
+}
+
+/// The parts of a relation or type (its rows in PART_CLASSES, and a
+/// relation's indexes), and for a composite type its relation (whose
+/// columns are the type's attributes).
+fn parts_of(class: pg_sys::Oid, obj: pg_sys::Oid) -> Vec<(pg_sys::Oid, pg_sys::Oid)> {
+    let mut out: Vec<(pg_sys::Oid, pg_sys::Oid)> =
+        depend_rows(DEPEND_REFERENCE_INDEX_ID, [(4, class), (5, obj)])
+            .into_iter()
+            .filter(is_part_of)
+            .filter(|d| {
+                PART_CLASSES.contains(&d.classid.to_u32())
+                    || (d.classid == pg_sys::RelationRelationId && is_index(d.objid))
+            })
+            .map(|d| (d.classid, d.objid))
+            .collect();
+    if class == pg_sys::TypeRelationId {
+        // SAFETY: a syscache lookup; InvalidOid unless a composite type.
+        let rel = unsafe { pg_sys::get_typ_typrelid(obj) };
+        if rel != pg_sys::InvalidOid {
+            out.push((pg_sys::RelationRelationId, rel));
+        }
     }
-    let part = [
-        ATTRDEF_RELATION_ID,
-        CONSTRAINT_RELATION_ID,
-        POLICY_RELATION_ID,
-    ]
-    .contains(&class.to_u32())
-        || class == pg_sys::TriggerRelationId;
-    if !part {
+    out
+}
+
+/// The object a part belongs to (the relation or type it is a part of).
+fn owner_of_part(class: pg_sys::Oid, obj: pg_sys::Oid) -> Option<(pg_sys::Oid, pg_sys::Oid)> {
+    if !PART_CLASSES.contains(&class.to_u32()) {
         return None;
     }
     depend_rows(DEPEND_DEPENDER_INDEX_ID, [(1, class), (2, obj)])
         .into_iter()
-        .find(|d| d.refclassid == pg_sys::RelationRelationId)
-        .map(|d| d.refobjid)
+        .find(|d| {
+            is_part_of(d)
+                && (d.refclassid == pg_sys::RelationRelationId
+                    || d.refclassid == pg_sys::TypeRelationId)
+        })
+        .map(|d| (d.refclassid, d.refobjid))
 }
 
 /// Whether a permanent object depends on a temporary one, directly or
 /// through other objects (a function whose SQL body reads a temporary
-/// table, a domain over a temporary type), or through its own parts when it
-/// is a relation (defaults and generation expressions, constraints,
-/// policies, triggers, indexes). PostgreSQL drops temporary objects at the
-/// end of their session by itself, without event triggers, and the drop
-/// cascades: to an audited table (a partition key on such a function took
-/// the whole table), a column, a default, or a trigger whose drop waits for
-/// a lock while the committing session holds its audit chain. Objects that
-/// are themselves temporary, or belong to a temporary table, are exempt.
+/// table, a view over a temporary function, a domain over a temporary type
+/// or with a check on a temporary function, a composite type with an
+/// attribute of a temporary row type), or through the parts of a relation
+/// or type on the way (defaults and generation expressions, constraints,
+/// policies, triggers, rewrite rules, indexes). PostgreSQL drops temporary
+/// objects at the end of their session by itself, without event triggers,
+/// and the drop cascades: to an audited table (a partition key on such a
+/// function took the whole table), a column, a default, or a trigger whose
+/// drop waits for a lock while the committing session holds its audit
+/// chain. Objects that are temporary themselves, or parts of a temporary
+/// relation, are exempt. The walk is breadth-first: what is nearest is
+/// always judged, however large the web behind it.
 pub fn depends_on_temp(class: pg_sys::Oid, obj: pg_sys::Oid) -> bool {
-    if let Some(rel) = owning_relation(class, obj) {
-        if is_temp(pg_sys::RelationRelationId, rel) {
-            return false;
-        }
-    }
-    if is_temp(class, obj) {
+    if is_temp(class, obj) || owner_of_part(class, obj).is_some_and(|(c, o)| is_temp(c, o)) {
         return false;
     }
-    let mut todo = vec![(class, obj)];
-    if class == pg_sys::RelationRelationId {
-        let parts = depend_rows(DEPEND_REFERENCE_INDEX_ID, [(4, class), (5, obj)]);
-        todo.extend(
-            parts
-                .into_iter()
-                .filter(|d| {
-                    [
-                        ATTRDEF_RELATION_ID,
-                        CONSTRAINT_RELATION_ID,
-                        POLICY_RELATION_ID,
-                    ]
-                    .contains(&d.classid.to_u32())
-                        || d.classid == pg_sys::TriggerRelationId
-                        || (d.classid == pg_sys::RelationRelationId && is_index(d.objid))
-                })
-                .map(|d| (d.classid, d.objid)),
-        );
-    }
+    let mut todo = std::collections::VecDeque::from([(class, obj)]);
     let mut seen = std::collections::HashSet::new();
-    while let Some((c, o)) = todo.pop() {
+    while let Some((c, o)) = todo.pop_front() {
         if !seen.insert((c, o)) {
             continue;
         }
         if seen.len() > 4096 {
-            // Every object on the way was judged when it was created or
-            // replaced, so a dependency on a temporary object cannot hide
-            // this deep; a web this large is someone's big schema.
+            // Everything within the nearest levels was judged; past that,
+            // a web this large is someone's big schema.
             return false;
         }
         for d in depend_rows(DEPEND_DEPENDER_INDEX_ID, [(1, c), (2, o)]) {
@@ -452,7 +457,15 @@ pub fn depends_on_temp(class: pg_sys::Oid, obj: pg_sys::Oid) -> bool {
             if is_temp(d.refclassid, d.refobjid) {
                 return true;
             }
-            todo.push((d.refclassid, d.refobjid));
+            todo.push_back((d.refclassid, d.refobjid));
+        }
+        if c == pg_sys::RelationRelationId || c == pg_sys::TypeRelationId {
+            for part in parts_of(c, o) {
+                if is_temp(part.0, part.1) {
+                    return true;
+                }
+                todo.push_back(part);
+            }
         }
     }
     false

@@ -188,9 +188,19 @@ CREATE DOMAIN dd AS pg_temp.te;
 CREATE FUNCTION pg_temp.tf() RETURNS int LANGUAGE sql RETURN 1;
 ALTER TABLE priced ALTER COLUMN id SET DEFAULT pg_temp.tf();
 ALTER TABLE priced ADD CONSTRAINT c CHECK (id > pg_temp.tf() - 100);
--- What is temporary itself may use temporary things.
+CREATE VIEW vk AS SELECT pg_temp.tf() AS k;        -- a view is not made temporary by a function
+CREATE TYPE payload AS (amount int, who pg_temp.te);
+CREATE FUNCTION pg_temp.tchk(int) RETURNS bool LANGUAGE sql IMMUTABLE RETURN $1 > 0;
+CREATE DOMAIN d1 AS int CHECK (pg_temp.tchk(VALUE));
+-- What is temporary itself may use temporary things, and a temporary
+-- table's parts that merely refer to a permanent object do not bind it.
 CREATE TRIGGER on_tmp BEFORE INSERT ON tmp FOR EACH ROW EXECUTE FUNCTION nothing();
 CREATE TEMP VIEW tv AS SELECT * FROM tmp;
+CREATE SEQUENCE sq;
+CREATE TEMP TABLE stg (id int DEFAULT nextval('sq'), c text);
+CREATE POLICY pol ON stg USING (c IN (SELECT street FROM addr));
+ALTER SEQUENCE sq CACHE 1;
+ALTER TABLE addr ADD COLUMN n int;
 -- Nothing goes into the audit schema, extensions included.
 CREATE EXTENSION pgcrypto SCHEMA audit_log;
 RESET ROLE;
