@@ -18,6 +18,11 @@ pub(crate) fn superuser() -> bool {
     unsafe { pg_sys::superuser() }
 }
 
+/// Record a DDL event on a table.
+pub(crate) fn record_ddl(st: &RelState, details: serde_json::Value) -> Result<(), AuditError> {
+    capture::record_config(&st.schema, &st.name, "DDL", details)
+}
+
 /// The options of an audited relation's row trigger (its parent's, for a partition).
 pub(crate) fn options_of(st: &RelState) -> Result<Options, AuditError> {
     Ok(api::trigger_options(&st.quoted())?.unwrap_or_default())
@@ -168,10 +173,8 @@ pub(crate) fn attached(
     if !p.audited() {
         return Ok(());
     }
-    capture::record_config(
-        &c.schema,
-        &c.name,
-        "DDL",
+    record_ddl(
+        &c,
         json!({"command": tag, "table": c.quoted(), "attached_to": p.quoted(),
                "options": options_of(&p)?.to_value()}),
     )
@@ -192,10 +195,8 @@ pub(crate) fn detached(
     }
     let opts = options_of(&p)?;
     api::enable_detached(child, &c, &opts)?;
-    capture::record_config(
-        &c.schema,
-        &c.name,
-        "DDL",
+    record_ddl(
+        &c,
         json!({"command": tag, "table": c.quoted(), "detached_from": p.quoted(),
                "still_audited": true, "options": opts.to_value()}),
     )

@@ -33,7 +33,8 @@ use crate::api;
 use crate::capture;
 use crate::ddl_effects::{
     attach_prepare, attached, column_type, detached, follow_renamed_columns, in_audited_schema,
-    options_of, refuse_unlogged, schema_renamed, superuser, tables_using_type, typed_tables,
+    options_of, record_ddl, refuse_unlogged, schema_renamed, superuser, tables_using_type,
+    typed_tables,
 };
 use crate::ddl_parse::{self, Action, Plan};
 use crate::errors::{AuditError, OrRaise};
@@ -367,10 +368,8 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
         }
         // A superuser may; record it when auditing was on before.
         if start.before.get(&rel).is_some_and(RelState::fully_audited) && !now.fully_audited() {
-            capture::record_config(
-                &now.schema,
-                &now.name,
-                "DDL",
+            record_ddl(
+                &now,
                 json!({"command": tag, "table": now.quoted(), "capture_triggers_changed_by_superuser": true}),
             )?;
         }
@@ -429,7 +428,7 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
                 details["added_column_values"] = json!(filled);
             }
         }
-        capture::record_config(&now.schema, &now.name, "DDL", details)?;
+        record_ddl(&now, details)?;
         if !now.is_partition {
             follow_renamed_columns(oid, was, &now)?;
         }
@@ -513,10 +512,8 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
                 let opts = options_of(&parent)?;
                 if st.kind == b'f' {
                     api::enable_detached(oid, &st, &opts)?;
-                    capture::record_config(
-                        &st.schema,
-                        &st.name,
-                        "DDL",
+                    record_ddl(
+                        &st,
                         json!({"command": tag, "table": st.quoted(), "inherits": parent.quoted(),
                                "audited": true, "options": opts.to_value()}),
                     )?;
@@ -573,10 +570,8 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
     }
     for (typ, identity) in &relabeled {
         for st in tables_using_type(*typ)? {
-            capture::record_config(
-                &st.schema,
-                &st.name,
-                "DDL",
+            record_ddl(
+                &st,
                 json!({"command": tag, "table": st.quoted(), "type": identity,
                        "note": "values of this type may read differently in this table's later events"}),
             )?;

@@ -144,8 +144,12 @@ unsafe fn relation_locked(
     }
     let callback: pg_sys::RangeVarGetRelidCallback = match check {
         Check::None => None,
-        Check::Owner => Some(owner_only),
-        Check::Trigger => Some(owner_or_trigger),
+        Check::Owner | Check::Trigger => Some(privilege_first),
+    };
+    // Any non-null pointer says "TRIGGER suffices"; it is never read.
+    let arg = match check {
+        Check::Trigger => std::ptr::NonNull::<u8>::dangling().as_ptr().cast(),
+        _ => std::ptr::null_mut(),
     };
     // SAFETY (caller): rv is a RangeVar; missing_ok.
     let oid = unsafe {
@@ -154,7 +158,7 @@ unsafe fn relation_locked(
             lockmode,
             pg_sys::RVROption::RVR_MISSING_OK,
             callback,
-            std::ptr::null_mut(),
+            arg,
         )
     };
     (oid != pg_sys::InvalidOid).then_some(oid)
@@ -171,53 +175,38 @@ unsafe fn owns(relid: pg_sys::Oid) -> bool {
     }
 }
 
-/// RangeVarGetRelidExtended's callback for CREATE TRIGGER: the owner, or a
-/// role granted TRIGGER on the relation (PostgreSQL's own check and error).
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn owner_or_trigger(
-    _rv: *const pg_sys::RangeVar,
-    relid: pg_sys::Oid,
-    _old: pg_sys::Oid,
-    _arg: *mut std::ffi::c_void,
-) {
-    if relid == pg_sys::InvalidOid {
-        return;
-    }
-    // SAFETY: catalog checks on an existing relation and the current user.
-    unsafe {
-        let ok = pg_sys::pg_class_aclcheck(
-            relid,
-            pg_sys::GetUserId(),
-            pg_sys::ACL_TRIGGER as pg_sys::AclMode,
-        );
-        if ok != pg_sys::AclResult::ACLCHECK_OK {
-            let kind = pg_sys::get_relkind_objtype(pg_sys::get_rel_relkind(relid));
-            pg_sys::aclcheck_error(ok, kind, pg_sys::get_rel_name(relid));
-        }
-    }
-}
-
 /// RangeVarGetRelidExtended's callback: refuse, before any lock, a relation
-/// the current user does not own (PostgreSQL's own "must be owner" error).
+/// the current user may not alter, with PostgreSQL's own error. `arg` is
+/// null for "must be owner", non-null when the TRIGGER privilege suffices
+/// (CREATE TRIGGER).
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn owner_only(
+unsafe extern "C-unwind" fn privilege_first(
     _rv: *const pg_sys::RangeVar,
     relid: pg_sys::Oid,
     _old: pg_sys::Oid,
-    _arg: *mut std::ffi::c_void,
+    arg: *mut std::ffi::c_void,
 ) {
     if relid == pg_sys::InvalidOid {
         return;
     }
     // SAFETY: catalog checks on an existing relation and the current user.
     unsafe {
-        if !owns(relid) {
+        let result = if arg.is_null() {
+            if owns(relid) {
+                pg_sys::AclResult::ACLCHECK_OK
+            } else {
+                pg_sys::AclResult::ACLCHECK_NOT_OWNER
+            }
+        } else {
+            pg_sys::pg_class_aclcheck(
+                relid,
+                pg_sys::GetUserId(),
+                pg_sys::ACL_TRIGGER as pg_sys::AclMode,
+            )
+        };
+        if result != pg_sys::AclResult::ACLCHECK_OK {
             let kind = pg_sys::get_relkind_objtype(pg_sys::get_rel_relkind(relid));
-            pg_sys::aclcheck_error(
-                pg_sys::AclResult::ACLCHECK_NOT_OWNER,
-                kind,
-                pg_sys::get_rel_name(relid),
-            );
+            pg_sys::aclcheck_error(result, kind, pg_sys::get_rel_name(relid));
         }
     }
 }

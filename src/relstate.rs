@@ -220,8 +220,7 @@ pub fn inheritance_parents(rel: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     scan_rows(
         pg_sys::Oid::from(INHERITS_RELATION_ID),
         INHERITS_RELID_SEQNO_INDEX_ID,
-        1,
-        rel,
+        &[(1, rel)],
         0,
         |r: &InheritsRow| {
             debug_assert_eq!(r.inhrelid, rel);
@@ -252,45 +251,16 @@ const DEPEND_REFERENCE_INDEX_ID: u32 = 2674;
 /// The rows of pg_depend whose two leading key columns of `index` (heap
 /// attribute numbers and values) match.
 fn depend_rows(index: u32, keys: [(i16, pg_sys::Oid); 2]) -> Vec<DependRow> {
-    // SAFETY: an index scan of pg_depend under the catalog snapshot, each
-    // row's fixed part copied before the next.
-    unsafe {
-        let rel = pg_sys::table_open(
-            pg_sys::Oid::from(DEPEND_RELATION_ID),
-            pg_sys::AccessShareLock as i32,
-        );
-        let mut scankeys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
-        for (k, (attno, value)) in scankeys.iter_mut().zip(keys) {
-            pg_sys::ScanKeyInit(
-                k,
-                attno,
-                pg_sys::BTEqualStrategyNumber as u16,
-                pg_sys::Oid::from(pg_sys::F_OIDEQ),
-                pg_sys::Datum::from(value),
-            );
-        }
-        let scan = pg_sys::systable_beginscan(
-            rel,
-            pg_sys::Oid::from(index),
-            true,
-            std::ptr::null_mut(),
-            2,
-            scankeys.as_mut_ptr(),
-        );
-        let mut out = Vec::new();
-        loop {
-            let tup = pg_sys::systable_getnext(scan);
-            if tup.is_null() {
-                break;
-            }
-            let hdr = (*tup).t_data;
-            let d = &*((hdr as *const u8).add((*hdr).t_hoff as usize) as *const DependRow);
-            out.push(*d);
-        }
-        pg_sys::systable_endscan(scan);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
-        out
-    }
+    scan_rows(
+        pg_sys::Oid::from(DEPEND_RELATION_ID),
+        index,
+        &keys,
+        0,
+        |d: &DependRow| *d,
+    )
+    .into_iter()
+    .map(|(_, d)| d)
+    .collect()
 }
 
 /// Whether any table column (or typed table) uses a type, directly or
@@ -481,8 +451,7 @@ pub fn extension_owner() -> Option<pg_sys::Oid> {
     scan_rows(
         pg_sys::ExtensionRelationId,
         pg_sys::ExtensionOidIndexId,
-        pg_sys::Anum_pg_extension_oid,
-        ext,
+        &[(pg_sys::Anum_pg_extension_oid as i16, ext)],
         0,
         |e: &pg_sys::FormData_pg_extension| e.extowner,
     )
@@ -529,14 +498,14 @@ pub fn schema_is_audited(name: &str) -> bool {
     }
 }
 
-/// Each row of `catalog` whose `attno` equals `key`, through `index`, as
-/// (changed since `since`, what `read` takes from the row's fixed part, a
-/// `Form` of that catalog).
+/// Each row of `catalog` whose key columns (heap attribute numbers, the
+/// leading columns of `index`) equal the given OIDs, as (changed since
+/// `since`, what `read` takes from the row's fixed part, a `Form` of that
+/// catalog).
 fn scan_rows<Form, T>(
     catalog: pg_sys::Oid,
     index: u32,
-    attno: u32,
-    key: pg_sys::Oid,
+    keys: &[(i16, pg_sys::Oid)],
     since: pg_sys::CommandId,
     read: impl Fn(&Form) -> T,
 ) -> Vec<(bool, T)> {
@@ -544,21 +513,23 @@ fn scan_rows<Form, T>(
     // each row's fixed-size part (laid out as Form) before the next.
     unsafe {
         let rel = pg_sys::table_open(catalog, pg_sys::AccessShareLock as i32);
-        let mut k: pg_sys::ScanKeyData = std::mem::zeroed();
-        pg_sys::ScanKeyInit(
-            &mut k,
-            attno as i16,
-            pg_sys::BTEqualStrategyNumber as u16,
-            pg_sys::Oid::from(pg_sys::F_OIDEQ),
-            pg_sys::Datum::from(key),
-        );
+        let mut scankeys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); keys.len()];
+        for (k, &(attno, value)) in scankeys.iter_mut().zip(keys) {
+            pg_sys::ScanKeyInit(
+                k,
+                attno,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::Oid::from(pg_sys::F_OIDEQ),
+                pg_sys::Datum::from(value),
+            );
+        }
         let scan = pg_sys::systable_beginscan(
             rel,
             pg_sys::Oid::from(index),
             true,
             std::ptr::null_mut(),
-            1,
-            &mut k,
+            keys.len() as i32,
+            scankeys.as_mut_ptr(),
         );
         let mut out = Vec::new();
         loop {
@@ -608,8 +579,7 @@ pub fn changed_capture_triggers(rel: pg_sys::Oid, since: pg_sys::CommandId) -> V
     let rows = scan_rows(
         pg_sys::TriggerRelationId,
         pg_sys::TriggerRelidNameIndexId,
-        pg_sys::Anum_pg_trigger_tgrelid,
-        rel,
+        &[(pg_sys::Anum_pg_trigger_tgrelid as i16, rel)],
         since,
         |t: &pg_sys::FormData_pg_trigger| (cstr(t.tgname.data.as_ptr()), t.tgfoid, t.tgenabled),
     );
@@ -636,8 +606,7 @@ pub fn relation_changed(rel: pg_sys::Oid, since: pg_sys::CommandId) -> bool {
     let class = scan_rows(
         pg_sys::RelationRelationId,
         pg_sys::ClassOidIndexId,
-        pg_sys::Anum_pg_class_oid,
-        rel,
+        &[(pg_sys::Anum_pg_class_oid as i16, rel)],
         since,
         |_: &pg_sys::FormData_pg_class| (),
     );
@@ -647,8 +616,7 @@ pub fn relation_changed(rel: pg_sys::Oid, since: pg_sys::CommandId) -> bool {
     let attrs = scan_rows(
         pg_sys::AttributeRelationId,
         pg_sys::AttributeRelidNumIndexId,
-        pg_sys::Anum_pg_attribute_attrelid,
-        rel,
+        &[(pg_sys::Anum_pg_attribute_attrelid as i16, rel)],
         since,
         |_: &pg_sys::FormData_pg_attribute| (),
     );
@@ -676,8 +644,7 @@ pub fn trigger_relation(trigger: pg_sys::Oid) -> Option<pg_sys::Oid> {
     let rows = scan_rows(
         pg_sys::TriggerRelationId,
         pg_sys::TriggerOidIndexId,
-        pg_sys::Anum_pg_trigger_oid,
-        trigger,
+        &[(pg_sys::Anum_pg_trigger_oid as i16, trigger)],
         0,
         |t: &pg_sys::FormData_pg_trigger| t.tgrelid,
     );
