@@ -32,11 +32,15 @@ load() { pgbench -n -c "$clients" -j 2 -T 60 -f "$WL_SCRIPT" "$WL_DB" >"$out" 2>
 load_ended() {
     local rc=$1 other
     [ "$rc" = 2 ] || wl_fail "pgbench exited with $rc, not 2 (clients aborted by the crash): $(tail -n 5 "$out")"
-    # The two threads' messages can interleave, a prefix on one line and its
-    # message on the next: prefixes go first, then each line is judged.
-    other=$(sed -e 's/pgbench: error: //g' "$out" | grep -i -e error -e fatal -e abort \
-        | grep -v -x -e 'client [0-9]* aborted in command [0-9]* (SQL) of script 0; perhaps the backend died while processing' \
-                     -e 'Run was aborted; the above results are incomplete\.' || true)
+    # The two threads write their messages in pieces that can interleave at
+    # any point ("pgbench: pgbench:error: client 14 ...", a message split over
+    # two lines): join the output, remove the prefixes and every expected
+    # message, and whatever still speaks of an error is one.
+    other=$(tr '\n' ' ' <"$out" \
+        | sed -E -e 's/pgbench: ?//g' -e 's/error: ?//g' \
+                 -e 's/client [0-9]+ aborted in command [0-9]+ \(SQL\) of script 0; perhaps the backend died while processing//g' \
+                 -e 's/Run was aborted; the above results are incomplete\.//g' \
+        | grep -o -i -E '.{0,80}(error|fatal|abort).{0,80}' || true)
     [ -z "$other" ] || wl_fail "pgbench failed otherwise than by losing its server: $(head -n 5 <<<"$other")"
     LOAD_TX=$(sed -n 's/^number of transactions actually processed: \([0-9]*\)$/\1/p' "$out")
     [ "${LOAD_TX:-0}" -gt 0 ] || wl_fail "pgbench finished no transaction before the crash: $(tail -n 5 "$out")"
