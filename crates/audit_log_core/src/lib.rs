@@ -19,6 +19,7 @@ pub mod json_text;
 pub mod jsonb;
 pub mod model;
 pub mod parallel;
+pub mod record;
 pub mod time;
 pub mod verify;
 

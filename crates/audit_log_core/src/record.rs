@@ -1,0 +1,657 @@
+//! Storage format v2: one record per committed transaction.
+//!
+//! A record holds its transaction's events as one payload: each event is a
+//! `u32` byte length followed by the event's canonical encoding
+//! (docs/FORMAT.md), in `tx_seq` order. The bytes that are hashed are the
+//! bytes that are stored, so verification hashes slices of the payload and
+//! never re-encodes anything. A transaction too large to keep in memory
+//! writes the first part of this stream as segments during the transaction;
+//! the record's payload is the rest. The record also carries the link of
+//! format v1 in its columns (chain, seq, tx_id, first and last event, event
+//! count, commit time) and the link hash computed at commit. No other hash
+//! is stored: an event's hash, its predecessor's and the last event's hash
+//! are recomputed from the payload, and a link's predecessor is the stored
+//! hash of the record before it in the chain.
+
+use std::collections::BTreeMap;
+
+use crate::encoding::decode::{Malformed, Reader};
+use crate::encoding::put_len;
+use crate::hash::{event_hash_from_encoding, link_hash, Hash, ZERO_HASH};
+use crate::model::{ChainHead, Checkpoint, Event, Json, Link};
+use crate::verify::{ProblemKind, Verdict};
+
+/// Append one event's canonical encoding to a payload.
+pub fn put_event(payload: &mut Vec<u8>, canonical: &[u8]) {
+    put_len(payload, canonical.len());
+    payload.extend_from_slice(canonical);
+}
+
+/// The canonical encodings of a payload's events, in order.
+pub fn events(payload: &[u8]) -> impl Iterator<Item = Result<&[u8], Malformed>> {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        if pos == payload.len() {
+            return None;
+        }
+        let at = pos;
+        let Some(len) = payload.get(pos..pos + 4) else {
+            pos = payload.len();
+            return Some(Err(Malformed(at)));
+        };
+        let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        match payload.get(pos + 4..(pos + 4).saturating_add(n)) {
+            Some(e) => {
+                pos += 4 + n;
+                Some(Ok(e))
+            }
+            None => {
+                pos = payload.len();
+                Some(Err(Malformed(at)))
+            }
+        }
+    })
+}
+
+/// The leading fields of an event's canonical encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub id: i64,
+    pub tx_id: u64,
+    pub tx_seq: i64,
+}
+
+pub fn header(canonical: &[u8]) -> Result<Header, Malformed> {
+    let mut r = Reader::new(canonical);
+    Ok(Header {
+        id: r.i64()?,
+        tx_id: r.i64()? as u64,
+        tx_seq: r.i64()?,
+    })
+}
+
+fn opt<'a, T>(
+    r: &mut Reader<'a>,
+    f: impl FnOnce(&mut Reader<'a>) -> Result<T, Malformed>,
+) -> Result<Option<T>, Malformed> {
+    match r.u8()? {
+        0 => Ok(None),
+        1 => f(r).map(Some),
+        _ => Err(Malformed(0)),
+    }
+}
+
+/// An event read back from its canonical encoding, with its JSON values as
+/// canonical items, and the hashes given by its place in the transaction.
+/// `tx_first` is the id of the transaction's first event.
+pub fn decode_event(canonical: &[u8], tx_first: i64, prev_hash: Hash) -> Result<Event, Malformed> {
+    let mut r = Reader::new(canonical);
+    let json = |r: &mut Reader| r.json().map(|b| Json::Encoded(b.to_vec()));
+    let id = r.i64()?;
+    let tx_id = r.i64()? as u64;
+    let tx_seq = r.i64()?;
+    let recorded_at = r.i64()?;
+    let statement_at = r.i64()?;
+    let session_user_name = r.text()?;
+    let current_user_name = r.text()?;
+    let application_name = opt(&mut r, Reader::text)?;
+    let client_addr = opt(&mut r, Reader::text)?;
+    let context = opt(&mut r, json)?;
+    let table_schema = r.text()?;
+    let table_name = r.text()?;
+    let op = r.text()?;
+    let old_row = opt(&mut r, json)?;
+    let new_row = opt(&mut r, json)?;
+    if !r.is_empty() {
+        return Err(Malformed(canonical.len()));
+    }
+    Ok(Event {
+        id,
+        tx_id,
+        tx_seq,
+        tx_first,
+        recorded_at,
+        statement_at,
+        session_user_name,
+        current_user_name,
+        application_name,
+        client_addr,
+        context,
+        table_schema,
+        table_name,
+        op,
+        old_row,
+        new_row,
+        prev_hash,
+        hash: event_hash_from_encoding(&prev_hash, canonical),
+    })
+}
+
+/// A record's columns other than its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub chain_id: i32,
+    pub seq: i64,
+    pub tx_id: u64,
+    pub first_event: i64,
+    pub last_event: i64,
+    pub event_count: i64,
+    pub committed_at: i64,
+    /// The link hash stored at commit.
+    pub link_hash: Hash,
+}
+
+impl Record {
+    /// The v1 link this record stands for, chained to `prev` and holding
+    /// `last_event_hash`, with its hash recomputed.
+    pub fn link(&self, prev: Hash, last_event_hash: Hash) -> Link {
+        let mut l = Link {
+            chain_id: self.chain_id,
+            seq: self.seq,
+            tx_id: self.tx_id,
+            event_count: self.event_count,
+            first_event: self.first_event,
+            last_event: self.last_event,
+            last_event_hash,
+            committed_at: self.committed_at,
+            prev_link_hash: prev,
+            link_hash: ZERO_HASH,
+        };
+        l.link_hash = link_hash(&l);
+        l
+    }
+}
+
+/// What a transaction's payload shows, hashed: everything verification needs
+/// of it. Computed on worker threads, independent of other records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    pub count: i64,
+    pub first_id: Option<i64>,
+    pub last_id: Option<i64>,
+    pub last_hash: Hash,
+    /// The first thing wrong with the payload's structure, if any.
+    pub fault: Option<String>,
+}
+
+/// The events of a transaction in tx_seq order: its segments' (each a run
+/// of consecutive tx_seq, read in order of their first tx_seq) merged with
+/// its record's payload (the events still in memory at commit, in order).
+/// A savepoint can keep events of an outer level in memory while later ones
+/// are spilled, so the two interleave; each is sorted.
+fn merged<'a>(
+    segments: impl IntoIterator<Item = &'a [u8]>,
+    payload: &'a [u8],
+) -> impl Iterator<Item = Result<&'a [u8], Malformed>> {
+    let key = |e: &Result<&[u8], Malformed>| match e {
+        Ok(b) => header(b).map_or(i64::MIN, |h| h.tx_seq),
+        Err(_) => i64::MIN,
+    };
+    let mut a = segments.into_iter().flat_map(events).peekable();
+    let mut b = events(payload).peekable();
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if key(y) < key(x) => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
+}
+
+/// Hash a transaction's events and check their structure against the
+/// record's own columns.
+pub fn digest<'a>(
+    r: &Record,
+    segments: impl IntoIterator<Item = &'a [u8]>,
+    payload: &'a [u8],
+) -> Digest {
+    let mut d = Digest {
+        count: 0,
+        first_id: None,
+        last_id: None,
+        last_hash: ZERO_HASH,
+        fault: None,
+    };
+    let fault = |f: &mut Option<String>, why: String| {
+        if f.is_none() {
+            *f = Some(why);
+        }
+    };
+    for e in merged(segments, payload) {
+        let Ok(e) = e else {
+            fault(
+                &mut d.fault,
+                "its payload is not a sequence of events".into(),
+            );
+            break;
+        };
+        d.count += 1;
+        match header(e) {
+            Ok(h) => {
+                if h.tx_seq != d.count {
+                    fault(
+                        &mut d.fault,
+                        format!(
+                            "event {} is at tx_seq {} in position {}",
+                            h.id, h.tx_seq, d.count
+                        ),
+                    );
+                }
+                if h.tx_id != r.tx_id {
+                    fault(
+                        &mut d.fault,
+                        format!("event {} belongs to tx {}", h.id, h.tx_id),
+                    );
+                }
+                if let Some(l) = d.last_id.filter(|&l| l >= h.id) {
+                    fault(&mut d.fault, format!("event {} follows event {l}", h.id));
+                }
+                d.first_id.get_or_insert(h.id);
+                d.last_id = Some(h.id);
+            }
+            Err(_) => fault(
+                &mut d.fault,
+                format!("event {} of the payload is unreadable", d.count),
+            ),
+        }
+        d.last_hash = event_hash_from_encoding(&d.last_hash, e);
+    }
+    if d.count != r.event_count {
+        fault(
+            &mut d.fault,
+            format!("it holds {} events, not {}", d.count, r.event_count),
+        );
+    }
+    if d.first_id.is_some_and(|f| f != r.first_event)
+        || d.last_id.is_some_and(|l| l != r.last_event)
+    {
+        fault(
+            &mut d.fault,
+            format!(
+                "its events run {}..{}, not {}..{}",
+                d.first_id.unwrap_or(0),
+                d.last_id.unwrap_or(0),
+                r.first_event,
+                r.last_event
+            ),
+        );
+    }
+    d
+}
+
+fn short(h: &Hash) -> String {
+    hex::encode(&h[..6])
+}
+
+/// One chain's walk, in seq order.
+struct Walk {
+    chain_id: i32,
+    prev_seq: i64,
+    prev_hash: Hash,
+    prev_last_event: i64,
+    expect: Option<ChainHead>,
+    expect_met: bool,
+}
+
+impl Walk {
+    fn new(chain_id: i32, expect: Option<ChainHead>, anchor: Option<&ChainHead>) -> Self {
+        Walk {
+            chain_id,
+            prev_seq: anchor.map_or(0, |a| a.seq),
+            prev_hash: anchor.map_or(ZERO_HASH, |a| a.link_hash),
+            prev_last_event: anchor.map_or(0, |a| a.last_event),
+            // A checkpoint at the anchor must name the anchor's hash; one
+            // before it was met before the purge.
+            expect_met: match (&expect, anchor) {
+                (Some(e), Some(a)) => {
+                    e.seq < a.seq || (e.seq == a.seq && e.link_hash == a.link_hash)
+                }
+                _ => false,
+            },
+            expect,
+        }
+    }
+
+    fn step(&mut self, v: &mut Verdict, r: &Record, d: &Digest) {
+        v.links_checked += 1;
+        v.events_checked += d.count;
+        let at = Some(r.first_event);
+        let name = format!(
+            "record {}/{} (tx {}, events {}..{})",
+            r.chain_id, r.seq, r.tx_id, r.first_event, r.last_event
+        );
+        if r.seq > self.prev_seq + 1 {
+            v.push(
+                ProblemKind::LinkMissing,
+                at,
+                format!(
+                    "chain {} lacks records {}..{} (after event {})",
+                    r.chain_id,
+                    self.prev_seq + 1,
+                    r.seq - 1,
+                    self.prev_last_event
+                ),
+            );
+        } else if r.seq <= self.prev_seq {
+            v.push(
+                ProblemKind::LinkChanged,
+                at,
+                format!("chain {} repeats seq {}", r.chain_id, r.seq),
+            );
+        } else if let Some(why) = &d.fault {
+            v.push(ProblemKind::ContentChanged, at, format!("{name}: {why}"));
+        } else {
+            let l = r.link(self.prev_hash, d.last_hash);
+            if l.link_hash != r.link_hash {
+                v.push(
+                    ProblemKind::ContentChanged,
+                    at,
+                    format!(
+                        "{name} hashes to {}… but was committed as {}…: it, or the hash of the record before it, was changed after commit",
+                        short(&l.link_hash),
+                        short(&r.link_hash)
+                    ),
+                );
+            }
+        }
+        if let Some(e) = &self.expect {
+            if r.seq == e.seq {
+                self.expect_met = true;
+                if r.link_hash != e.link_hash {
+                    v.push(
+                        ProblemKind::ChainRewritten,
+                        at,
+                        format!(
+                            "chain {} at seq {} hashes to {}… but the checkpoint holds {}…",
+                            r.chain_id,
+                            e.seq,
+                            short(&r.link_hash),
+                            short(&e.link_hash)
+                        ),
+                    );
+                }
+            }
+        }
+        self.prev_seq = r.seq;
+        self.prev_hash = r.link_hash;
+        self.prev_last_event = r.last_event;
+    }
+
+    fn finish(&self, v: &mut Verdict) {
+        match &self.expect {
+            Some(e) if !self.expect_met => {
+                let (kind, why) = if e.seq <= self.prev_seq {
+                    (
+                        ProblemKind::ChainRewritten,
+                        "a purge anchor that differs from",
+                    )
+                } else {
+                    (ProblemKind::Truncated, "the checkpoint holding")
+                };
+                v.push(
+                    kind,
+                    Some(e.last_event),
+                    format!(
+                        "chain {} ends at seq {} but {why} seq {} (up to event {})",
+                        self.chain_id, self.prev_seq, e.seq, e.last_event
+                    ),
+                )
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Verify a log of records, read in (chain_id, seq) order, each with the
+/// digest of its events. Chains that purge() shortened start from their
+/// anchors. Errors of the stream itself are passed through.
+pub fn verify_records<E>(
+    records: impl Iterator<Item = Result<(Record, Digest), E>>,
+    checkpoint: Option<&Checkpoint>,
+    anchors: &[ChainHead],
+) -> Result<Verdict, E> {
+    let anchor = |chain: i32| anchors.iter().find(|a| a.chain == chain);
+    let mut expected: BTreeMap<i32, ChainHead> = checkpoint
+        .map(|cp| cp.chains.iter().map(|h| (h.chain, h.clone())).collect())
+        .unwrap_or_default();
+    let mut v = Verdict::default();
+    let mut walk: Option<Walk> = None;
+    for item in records {
+        let (r, d) = item?;
+        if walk.as_ref().is_none_or(|w| w.chain_id != r.chain_id) {
+            if let Some(w) = walk.take() {
+                w.finish(&mut v);
+            }
+            walk = Some(Walk::new(
+                r.chain_id,
+                expected.remove(&r.chain_id),
+                anchor(r.chain_id),
+            ));
+        }
+        if let Some(w) = walk.as_mut() {
+            w.step(&mut v, &r, &d);
+        }
+    }
+    if let Some(w) = walk.take() {
+        w.finish(&mut v);
+    }
+    for (chain_id, e) in expected {
+        Walk::new(chain_id, Some(e), anchor(chain_id)).finish(&mut v);
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::encode_event;
+
+    fn event(id: i64, tx_seq: i64) -> Event {
+        Event {
+            id,
+            tx_id: 77,
+            tx_seq,
+            tx_first: 10,
+            recorded_at: 1,
+            statement_at: 2,
+            session_user_name: "alice".into(),
+            current_user_name: "app".into(),
+            application_name: None,
+            client_addr: Some("10.0.0.1".into()),
+            context: None,
+            table_schema: "public".into(),
+            table_name: "t".into(),
+            op: "INSERT".into(),
+            old_row: None,
+            new_row: Some(Json::Value(serde_json::json!({"id": id, "v": "x"}))),
+            prev_hash: ZERO_HASH,
+            hash: ZERO_HASH,
+        }
+    }
+
+    /// A record of `n` events with ids 10, 12, 14, … and its payload.
+    fn record(chain: i32, seq: i64, prev: Hash, n: i64) -> (Record, Vec<u8>) {
+        let mut payload = Vec::new();
+        let mut h = ZERO_HASH;
+        for i in 0..n {
+            let mut e = event(10 + 2 * i, i + 1);
+            e.prev_hash = h;
+            let mut buf = Vec::new();
+            encode_event(&e, &mut buf);
+            h = crate::hash::event_hash(&e);
+            put_event(&mut payload, &buf);
+        }
+        let mut r = Record {
+            chain_id: chain,
+            seq,
+            tx_id: 77,
+            first_event: 10,
+            last_event: 10 + 2 * (n - 1),
+            event_count: n,
+            committed_at: 5,
+            link_hash: ZERO_HASH,
+        };
+        r.link_hash = r.link(prev, h).link_hash;
+        (r, payload)
+    }
+
+    fn chain(n: i64) -> Vec<(Record, Vec<u8>)> {
+        let mut out: Vec<(Record, Vec<u8>)> = Vec::new();
+        for s in 1..=n {
+            let prev = out.last().map_or(ZERO_HASH, |(r, _)| r.link_hash);
+            out.push(record(0, s, prev, s));
+        }
+        out
+    }
+
+    fn check(log: &[(Record, Vec<u8>)], cp: Option<&Checkpoint>) -> Verdict {
+        let it = log
+            .iter()
+            .map(|(r, p)| Ok::<_, ()>((r.clone(), digest(r, [], p))));
+        verify_records(it, cp, &[]).unwrap()
+    }
+
+    #[test]
+    fn an_intact_log_verifies_and_its_hashes_are_v1s() {
+        let log = chain(4);
+        let v = check(&log, None);
+        assert!(v.ok(), "{:?}", v.problems);
+        assert_eq!((v.events_checked, v.links_checked), (10, 4));
+        // The payload hashes to what format v1 stored for the same events.
+        let (r, p) = &log[2];
+        let evs: Vec<Event> = {
+            let mut prev = ZERO_HASH;
+            events(p)
+                .map(|e| {
+                    let e = decode_event(e.unwrap(), r.first_event, prev).unwrap();
+                    prev = e.hash;
+                    e
+                })
+                .collect()
+        };
+        let mut orig = event(14, 3);
+        orig.prev_hash = evs[1].hash;
+        assert_eq!(evs[2].hash, crate::hash::event_hash(&orig));
+        assert_eq!(
+            evs[2].new_row,
+            Some(Json::Encoded({
+                let mut b = Vec::new();
+                crate::encoding::encode_json(&serde_json::json!({"id": 14, "v": "x"}), &mut b);
+                b
+            }))
+        );
+    }
+
+    #[test]
+    fn every_edit_is_caught() {
+        let log = chain(4);
+        // A byte of a row changed.
+        let mut t = log.clone();
+        let n = t[2].1.len();
+        t[2].1[n - 1] ^= 1;
+        let v = check(&t, None);
+        assert_eq!(
+            v.first().map(|p| (p.kind, p.event_id)),
+            Some((ProblemKind::ContentChanged, Some(10)))
+        );
+        // A record removed from the middle.
+        let mut t = log.clone();
+        t.remove(1);
+        assert_eq!(
+            check(&t, None).first().unwrap().kind,
+            ProblemKind::LinkMissing
+        );
+        // An event dropped from a payload, the count adjusted.
+        let mut t = log.clone();
+        let first = events(&t[2].1).next().unwrap().unwrap().len() + 4;
+        t[2].1.drain(..first);
+        t[2].0.event_count -= 1;
+        assert_eq!(
+            check(&t, None).first().unwrap().kind,
+            ProblemKind::ContentChanged
+        );
+        // A column of the record changed.
+        let mut t = log.clone();
+        t[3].0.committed_at += 1;
+        assert_eq!(
+            check(&t, None).first().unwrap().kind,
+            ProblemKind::ContentChanged
+        );
+        // A stored hash recomputed after an edit: the next record breaks.
+        let mut t = log.clone();
+        t[1].0.committed_at += 1;
+        t[1].0.link_hash = t[1]
+            .0
+            .link(t[0].0.link_hash, digest(&t[1].0, [], &t[1].1).last_hash)
+            .link_hash;
+        let v = check(&t, None);
+        assert!(!v.ok());
+        assert_eq!(v.problems[0].detail.contains("record 0/3"), true);
+        // A truncated payload.
+        let mut t = log.clone();
+        t[3].1.pop();
+        assert_eq!(
+            check(&t, None).first().unwrap().kind,
+            ProblemKind::ContentChanged
+        );
+    }
+
+    #[test]
+    fn checkpoints_catch_truncation_and_rewrites() {
+        let log = chain(4);
+        let cp = Checkpoint {
+            format: crate::model::CHECKPOINT_FORMAT.into(),
+            database: None,
+            system_identifier: None,
+            taken_at: None,
+            chains: vec![ChainHead {
+                chain: 0,
+                seq: 3,
+                link_hash: log[2].0.link_hash,
+                last_event: 14,
+            }],
+        };
+        assert!(check(&log, Some(&cp)).ok());
+        assert_eq!(
+            check(&log[..2], Some(&cp)).first().unwrap().kind,
+            ProblemKind::Truncated
+        );
+        // The whole chain recomputed with one edit: only the checkpoint sees it.
+        let mut t: Vec<(Record, Vec<u8>)> = Vec::new();
+        for (r, p) in &log {
+            let mut r = r.clone();
+            r.committed_at += 1;
+            let prev = t.last().map_or(ZERO_HASH, |(r, _)| r.link_hash);
+            r.link_hash = r.link(prev, digest(&r, [], p).last_hash).link_hash;
+            t.push((r, p.clone()));
+        }
+        assert!(check(&t, None).ok());
+        assert_eq!(
+            check(&t, Some(&cp)).first().unwrap().kind,
+            ProblemKind::ChainRewritten
+        );
+    }
+
+    #[test]
+    fn segments_and_payload_hash_as_one_stream() {
+        let (r, p) = record(0, 1, ZERO_HASH, 5);
+        let cut = {
+            let mut it = events(&p);
+            it.next();
+            it.next();
+            p.len() - it.map(|e| e.unwrap().len() + 4).sum::<usize>()
+        };
+        let whole = digest(&r, [], &p);
+        assert!(whole.fault.is_none());
+        // A spilled prefix.
+        assert_eq!(digest(&r, [&p[..cut]], &p[cut..]), whole);
+        // Spilled in two runs.
+        let mid = cut + events(&p[cut..]).next().unwrap().unwrap().len() + 4;
+        assert_eq!(digest(&r, [&p[..cut], &p[mid..]], &p[cut..mid]), whole);
+        // A run that a savepoint left in memory between two spilled ones.
+        assert_eq!(
+            digest(&r, [&p[cut..mid]], &[&p[..cut], &p[mid..]].concat()),
+            whole
+        );
+        // A segment lost.
+        assert!(digest(&r, [], &p[cut..]).fault.is_some());
+    }
+}
