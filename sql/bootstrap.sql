@@ -26,90 +26,73 @@ GRANT USAGE ON SCHEMA audit_log TO PUBLIC;
 CREATE SEQUENCE audit_log.events_id_seq AS bigint;
 COMMENT ON SEQUENCE audit_log.events_id_seq IS 'Event ids, in capture order. Gaps are normal: rolled-back changes consume ids.';
 
-CREATE TABLE audit_log.events (
-    id                bigint      NOT NULL,
-    tx_id             xid8        NOT NULL,
-    tx_seq            integer     NOT NULL,
-    recorded_at       timestamptz NOT NULL,
-    statement_at      timestamptz NOT NULL,
-    session_user_name text        NOT NULL,
-    current_user_name text        NOT NULL,
-    application_name  text,
-    client_addr       inet,
-    context           jsonb,
-    table_schema      text        NOT NULL,
-    table_name        text        NOT NULL,
-    op                text        NOT NULL,
-    old_row           jsonb,
-    new_row           jsonb,
-    prev_hash         bytea       NOT NULL,
-    hash              bytea       NOT NULL,
-    -- Not hashed: derived from the table and the row's primary key, to find
-    -- a row's history without scanning the log.
-    row_key           bigint,
-    -- Not hashed: the id of the first event of the same transaction. With
-    -- tx_seq it is the event's place in the log. tx_id cannot be that key:
-    -- after a restore into a new cluster, transaction ids start again and
-    -- repeat those of restored events; event ids come from a sequence that
-    -- pg_dump keeps, so they never repeat.
-    tx_first          bigint      NOT NULL,
-    -- verify() reads events in this order, and a position cannot repeat.
-    CONSTRAINT events_pkey PRIMARY KEY (tx_first, tx_seq)
+-- Storage format v2 (docs/FORMAT.md): one record per committed transaction,
+-- written at commit with its link. Its payload holds the transaction's
+-- events, each in the canonical encoding that its hash covers.
+-- audit_log.events and audit_log.links (finalize.sql) read them as rows.
+CREATE TABLE audit_log.records (
+    chain_id     integer     NOT NULL,
+    seq          bigint      NOT NULL,
+    tx_id        xid8        NOT NULL,
+    first_event  bigint      NOT NULL,
+    last_event   bigint      NOT NULL,
+    event_count  bigint      NOT NULL,
+    committed_at timestamptz NOT NULL,
+    segments     integer     NOT NULL,
+    link_hash    bytea       NOT NULL,
+    payload      bytea       NOT NULL,
+    -- verify() and the commit path read chains in this order.
+    CONSTRAINT records_pkey PRIMARY KEY (chain_id, seq)
 );
--- Ids grow with time, so a BRIN index finds them at a fraction of the cost of
--- a second btree on every insert.
-CREATE INDEX events_id_idx ON audit_log.events USING brin (id) WITH (pages_per_range = 16);
--- audit_log.history(): a row's versions by table and primary key.
-CREATE INDEX events_row_key_idx ON audit_log.events (row_key);
+-- Large payloads (JSON rows) compress well; TOAST compresses every record
+-- over ~2 kB inline, with lz4 where the server has it (src/store.rs).
+-- Commit times and event ids grow with the log: BRIN indexes find a time
+-- range or a transaction for a fraction of a btree's cost per commit.
+CREATE INDEX records_committed_at_idx ON audit_log.records USING brin (committed_at) WITH (pages_per_range = 16);
+CREATE INDEX records_first_event_idx ON audit_log.records USING brin (first_event) WITH (pages_per_range = 16);
 
-COMMENT ON TABLE audit_log.events IS 'Append-only audit events, one per captured row change or configuration change. Each hash chains to the previous event of the same transaction; see docs/FORMAT.md.';
-COMMENT ON COLUMN audit_log.events.id IS 'Event id, unique and increasing within a transaction.';
-COMMENT ON COLUMN audit_log.events.tx_id IS 'Top-level transaction id (xid8) of the change, as PostgreSQL logs it. Not unique across clusters: a restored log can hold two transactions with the same tx_id.';
-COMMENT ON COLUMN audit_log.events.tx_seq IS '1-based position of the event within its transaction.';
-COMMENT ON COLUMN audit_log.events.recorded_at IS 'Clock time at capture.';
-COMMENT ON COLUMN audit_log.events.statement_at IS 'Start time of the statement that made the change.';
-COMMENT ON COLUMN audit_log.events.session_user_name IS 'The role that logged in (session_user).';
-COMMENT ON COLUMN audit_log.events.current_user_name IS 'The role whose privileges made the change (current_user).';
-COMMENT ON COLUMN audit_log.events.application_name IS 'application_name of the session, NULL if empty.';
-COMMENT ON COLUMN audit_log.events.client_addr IS 'Client address, NULL for Unix-socket connections.';
-COMMENT ON COLUMN audit_log.events.context IS 'Application-supplied context (the end user behind a pool), or NULL.';
-COMMENT ON COLUMN audit_log.events.table_schema IS 'Schema of the changed table at the time of the change.';
-COMMENT ON COLUMN audit_log.events.table_name IS 'Name of the changed table at the time of the change.';
-COMMENT ON COLUMN audit_log.events.op IS 'INSERT, UPDATE, DELETE, TRUNCATE, or a configuration kind: ENABLE, DISABLE, OPTIONS, DDL, DROP, ENABLE_SCHEMA, DISABLE_SCHEMA, RETENTION, PURGE.';
-COMMENT ON COLUMN audit_log.events.old_row IS 'The row before the change (UPDATE, DELETE), as jsonb.';
-COMMENT ON COLUMN audit_log.events.new_row IS 'The row after the change (INSERT, UPDATE), or details of a configuration change.';
-COMMENT ON COLUMN audit_log.events.prev_hash IS 'Hash of the previous event of the same transaction; 32 zero bytes for the first.';
-COMMENT ON COLUMN audit_log.events.hash IS 'SHA-256 over a version tag, prev_hash and the canonical encoding of this event.';
-COMMENT ON COLUMN audit_log.events.tx_first IS 'Id of the first event of the same transaction: with tx_seq, the event''s unique place in the log. Not covered by the event hash; verify() checks it against the transaction''s first event and its link.';
-COMMENT ON COLUMN audit_log.events.row_key IS 'A 64-bit hash of the table and the changed row''s primary key (the old row''s for UPDATE and DELETE); NULL without a primary key. Not covered by the event hash: a lookup aid for audit_log.history().';
+COMMENT ON TABLE audit_log.records IS 'Append-only: one record per committed transaction with audited changes, holding its events and its link into one of K chains. See docs/FORMAT.md.';
+COMMENT ON COLUMN audit_log.records.chain_id IS 'Which of the K chains this transaction extends.';
+COMMENT ON COLUMN audit_log.records.seq IS '1-based position in the chain.';
+COMMENT ON COLUMN audit_log.records.tx_id IS 'Top-level transaction id (xid8). Not unique across clusters: a restored log can hold two transactions with the same tx_id.';
+COMMENT ON COLUMN audit_log.records.first_event IS 'Id of the first event of the transaction: its key, which never repeats.';
+COMMENT ON COLUMN audit_log.records.last_event IS 'Id of the last event of the transaction.';
+COMMENT ON COLUMN audit_log.records.event_count IS 'Number of events of the transaction.';
+COMMENT ON COLUMN audit_log.records.committed_at IS 'Clock time just before commit.';
+COMMENT ON COLUMN audit_log.records.segments IS 'How many segments (audit_log.segments) a large transaction spilled before commit.';
+COMMENT ON COLUMN audit_log.records.link_hash IS 'SHA-256 over a version tag, the previous record''s link_hash and this record''s link (docs/FORMAT.md), computed at commit.';
+COMMENT ON COLUMN audit_log.records.payload IS 'The events still in memory at commit: each a u32 length and the event''s canonical encoding, in tx_seq order.';
 
-CREATE TABLE audit_log.links (
-    chain_id        integer     NOT NULL,
-    seq             bigint      NOT NULL,
-    tx_id           xid8        NOT NULL,
-    event_count     bigint      NOT NULL,
-    first_event     bigint      NOT NULL,
-    last_event      bigint      NOT NULL,
-    last_event_hash bytea       NOT NULL,
-    committed_at    timestamptz NOT NULL,
-    prev_link_hash  bytea       NOT NULL,
-    link_hash       bytea       NOT NULL,
-    CONSTRAINT links_pkey PRIMARY KEY (chain_id, seq)
+-- Events that a large transaction wrote before commit, without any lock.
+CREATE TABLE audit_log.segments (
+    first_event bigint  NOT NULL,
+    part        integer NOT NULL,
+    payload     bytea   NOT NULL,
+    CONSTRAINT segments_pkey PRIMARY KEY (first_event, part)
 );
--- verify() matches each transaction's events to its link by the first event.
-CREATE INDEX links_first_event_idx ON audit_log.links (first_event);
+ALTER TABLE audit_log.records ALTER COLUMN payload SET STORAGE EXTENDED;
+ALTER TABLE audit_log.segments ALTER COLUMN payload SET STORAGE EXTENDED;
+DO $lz4$
+BEGIN
+    -- PostgreSQL 14+ built with lz4: cheaper to compress than pglz.
+    ALTER TABLE audit_log.records ALTER COLUMN payload SET COMPRESSION lz4;
+    ALTER TABLE audit_log.segments ALTER COLUMN payload SET COMPRESSION lz4;
+EXCEPTION WHEN OTHERS THEN
+    NULL;  -- pglz, the default
+END
+$lz4$;
+COMMENT ON TABLE audit_log.segments IS 'Append-only: events of a large transaction spilled before commit; its record (same first_event) covers them by count and hash.';
+COMMENT ON COLUMN audit_log.segments.part IS 'tx_seq of the segment''s first event; its events run on consecutively.';
 
-COMMENT ON TABLE audit_log.links IS 'Append-only commit links: one per transaction with audited changes, appended at commit to one of K chains.';
-COMMENT ON COLUMN audit_log.links.chain_id IS 'Which of the K chains this link extends.';
-COMMENT ON COLUMN audit_log.links.seq IS '1-based position in the chain.';
-COMMENT ON COLUMN audit_log.links.tx_id IS 'The transaction whose events this link commits.';
-COMMENT ON COLUMN audit_log.links.event_count IS 'Number of events of the transaction.';
-COMMENT ON COLUMN audit_log.links.first_event IS 'Id of the first event of the transaction.';
-COMMENT ON COLUMN audit_log.links.last_event IS 'Id of the last event of the transaction.';
-COMMENT ON COLUMN audit_log.links.last_event_hash IS 'Hash of the last event, which covers every earlier event of the transaction.';
-COMMENT ON COLUMN audit_log.links.committed_at IS 'Clock time just before commit.';
-COMMENT ON COLUMN audit_log.links.prev_link_hash IS 'link_hash of the previous link of the chain; 32 zero bytes for the first.';
-COMMENT ON COLUMN audit_log.links.link_hash IS 'SHA-256 over a version tag, prev_link_hash and the canonical encoding of this link.';
+-- audit_log.history(): where a row's versions are, for tables enabled with
+-- history => true (one index entry per row change; none for other tables).
+CREATE TABLE audit_log.row_keys (
+    row_key     bigint  NOT NULL,
+    first_event bigint  NOT NULL,
+    tx_seq      integer NOT NULL
+);
+CREATE INDEX row_keys_row_key_idx ON audit_log.row_keys (row_key);
+COMMENT ON TABLE audit_log.row_keys IS 'Append-only lookup aid for audit_log.history(), not covered by any hash: a 64-bit hash of the table and the row''s primary key, and the event''s place (transaction, tx_seq).';
 
 CREATE TABLE audit_log.audited_tables (
     relid      regclass    NOT NULL PRIMARY KEY,
@@ -158,14 +141,15 @@ COMMENT ON TABLE audit_log.audited_tables IS 'Tables on which audit_log.enable()
 -- Nobody but the owner (the superuser that created the extension) writes here.
 REVOKE ALL ON ALL TABLES IN SCHEMA audit_log FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA audit_log FROM PUBLIC;
-GRANT SELECT ON audit_log.events, audit_log.links, audit_log.audited_tables, audit_log.audited_schemas,
+GRANT SELECT ON audit_log.records, audit_log.segments, audit_log.row_keys, audit_log.audited_tables, audit_log.audited_schemas,
     audit_log.retention, audit_log.anchors TO audit_log_auditor;
 GRANT SELECT ON audit_log.audited_tables, audit_log.audited_schemas, audit_log.retention, audit_log.anchors
     TO audit_log_admin;
 
 -- pg_dump keeps the log, the links and the configuration.
-SELECT pg_catalog.pg_extension_config_dump('audit_log.events', '');
-SELECT pg_catalog.pg_extension_config_dump('audit_log.links', '');
+SELECT pg_catalog.pg_extension_config_dump('audit_log.records', '');
+SELECT pg_catalog.pg_extension_config_dump('audit_log.segments', '');
+SELECT pg_catalog.pg_extension_config_dump('audit_log.row_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.audited_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.audited_schemas', '');

@@ -14,18 +14,54 @@ BEGIN
 END
 $fn$;
 
-CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit_log.events
-    FOR EACH ROW EXECUTE FUNCTION audit_log.reject_change();
-CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit_log.events
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_log.reject_change();
-CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit_log.links
-    FOR EACH ROW EXECUTE FUNCTION audit_log.reject_change();
-CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit_log.links
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_log.reject_change();
-ALTER TABLE audit_log.events ENABLE ALWAYS TRIGGER append_only;
-ALTER TABLE audit_log.events ENABLE ALWAYS TRIGGER append_only_truncate;
-ALTER TABLE audit_log.links ENABLE ALWAYS TRIGGER append_only;
-ALTER TABLE audit_log.links ENABLE ALWAYS TRIGGER append_only_truncate;
+DO $guards$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['records', 'segments', 'row_keys'] LOOP
+        EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit_log.%I
+                          FOR EACH ROW EXECUTE FUNCTION audit_log.reject_change()', t);
+        EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit_log.%I
+                          FOR EACH STATEMENT EXECUTE FUNCTION audit_log.reject_change()', t);
+        EXECUTE format('ALTER TABLE audit_log.%I ENABLE ALWAYS TRIGGER append_only', t);
+        EXECUTE format('ALTER TABLE audit_log.%I ENABLE ALWAYS TRIGGER append_only_truncate', t);
+    END LOOP;
+END
+$guards$;
+
+-- The auditor's interface: the log as one row per event and one per link,
+-- with the columns of format v1. Nothing in them is stored twice: events
+-- are unpacked from their records, and the hashes recomputed.
+CREATE VIEW audit_log.events AS
+SELECT e.id, e.tx_id::text::xid8 AS tx_id, e.tx_seq, e.recorded_at, e.statement_at,
+       e.session_user_name, e.current_user_name, e.application_name,
+       e.client_addr::inet AS client_addr, e.context::jsonb AS context,
+       e.table_schema, e.table_name, e.op,
+       e.old_row::jsonb AS old_row, e.new_row::jsonb AS new_row,
+       e.prev_hash, e.hash, r.first_event AS tx_first
+  FROM audit_log.records r
+ CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.segments, r.payload) e;
+COMMENT ON VIEW audit_log.events IS 'Audit events, one per captured row change or configuration change, unpacked from audit_log.records. hash and prev_hash are recomputed; see docs/FORMAT.md.';
+
+CREATE VIEW audit_log.links AS
+SELECT r.chain_id, r.seq, r.tx_id, r.event_count, r.first_event, r.last_event,
+       audit_log.record_last_hash(r.first_event, r.segments, r.payload) AS last_event_hash,
+       r.committed_at,
+       CASE WHEN r.seq = 1 THEN '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea
+            ELSE coalesce((SELECT p.link_hash FROM audit_log.records p
+                            WHERE p.chain_id = r.chain_id AND p.seq = r.seq - 1),
+                          (SELECT a.link_hash FROM audit_log.anchors a
+                            WHERE a.chain_id = r.chain_id AND a.seq = r.seq - 1))
+       END AS prev_link_hash,
+       r.link_hash
+  FROM audit_log.records r;
+COMMENT ON VIEW audit_log.links IS 'One commit link per record of audit_log.records, with the columns of format v1: last_event_hash recomputed, prev_link_hash the stored hash of the record before.';
+
+GRANT SELECT ON audit_log.events, audit_log.links TO audit_log_auditor;
+REVOKE ALL ON FUNCTION audit_log.record_events(bigint, integer, bytea),
+    audit_log.record_last_hash(bigint, integer, bytea) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log.record_events(bigint, integer, bytea),
+    audit_log.record_last_hash(bigint, integer, bytea) TO audit_log_auditor;
 
 -- The capture triggers' functions (src/capture.rs). No SET clause: they run
 -- for every audited row, and run no SQL.
@@ -64,7 +100,7 @@ ALTER EVENT TRIGGER audit_log_sql_drop ENABLE ALWAYS;
 -- admin configures what is recorded; the auditor reads and verifies it (a
 -- person who does both holds both roles). redacted() is for superusers only.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA audit_log FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean),
+GRANT EXECUTE ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean, boolean),
     audit_log.disable(regclass),
     audit_log.enable_schema(text), audit_log.disable_schema(text),
     audit_log.set_retention(interval), audit_log.purge(timestamptz)
@@ -99,9 +135,9 @@ COMMENT ON FUNCTION audit_log.set_context(jsonb, boolean) IS
     'Set the application context recorded with each audited change: for this transaction (the default) or, with is_local => false, the session. NULL clears it.';
 GRANT EXECUTE ON FUNCTION audit_log.set_context(jsonb, boolean) TO PUBLIC;
 
--- A row's versions, in order. With the table's primary key, an index lookup
--- on events.row_key; with other columns (a table without a primary key), a
--- search of that table's events by content. The table is named as it is
+-- A row's versions, in order. With the primary key of a table enabled with
+-- history => true, an index lookup in row_keys; otherwise a search of that
+-- table's events by content. The table is named as it is
 -- now: events recorded under an earlier name of the table are not found.
 CREATE FUNCTION audit_log.history(target regclass, key jsonb)
 RETURNS TABLE (event_id bigint, tx_id xid8, recorded_at timestamptz, op text,
@@ -144,12 +180,21 @@ BEGIN
     leaves := coalesce(leaves, ARRAY[target]);
     SELECT pg_catalog.array_agg(audit_log.row_key_of(l, key)) INTO keys
       FROM pg_catalog.unnest(leaves) l;
-    IF pg_catalog.array_position(keys, NULL) IS NULL THEN
+    -- The index serves tables enabled with history => true (every leaf).
+    IF pg_catalog.array_position(keys, NULL) IS NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_catalog.unnest(leaves) l
+         WHERE NOT coalesce((SELECT (a.options->>'history')::boolean FROM audit_log.audited_tables a
+                              WHERE a.relid = l), false)
+           AND NOT coalesce((SELECT (a.options->>'history')::boolean FROM audit_log.audited_tables a
+                              WHERE a.relid = target), false)) THEN
         RETURN QUERY
-            SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
-                   e.context, e.old_row, e.new_row
-              FROM audit_log.events e
-             WHERE e.row_key = ANY (keys)
+            SELECT e.id, e.tx_id::text::xid8, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
+                   e.context::jsonb, e.old_row::jsonb, e.new_row::jsonb
+              FROM (SELECT DISTINCT k.first_event, k.tx_seq FROM audit_log.row_keys k
+                     WHERE k.row_key = ANY (keys)) k
+              JOIN audit_log.records r ON r.first_event = k.first_event
+             CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.segments, r.payload) e
+             WHERE e.tx_seq = k.tx_seq
                AND (e.table_schema, e.table_name) IN (
                    SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
                      JOIN pg_catalog.pg_class c ON c.oid = l

@@ -4,10 +4,9 @@
 
 use std::cell::Cell;
 
-use audit_log_core::model::{ChainHead, Checkpoint, Json, CHECKPOINT_FORMAT};
+use audit_log_core::model::{ChainHead, Checkpoint, CHECKPOINT_FORMAT};
 use audit_log_core::time::{format_rfc3339, from_pg_timestamp};
-use audit_log_core::verify::{verify_hashed_streams, HashedEvent, Verdict};
-use audit_log_core::{Event, Hash, Link};
+use audit_log_core::verify::Verdict;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 use serde_json::json;
@@ -16,7 +15,6 @@ use crate::capture;
 use crate::catalog::{self, as_owner};
 use crate::errors::{optional_row, AuditError, OrRaise};
 use crate::options::Options;
-use crate::scan::{Ordered, Row, SnapshotGuard};
 
 pub const ROW_TRIGGER: &str = "audit_log_capture_row";
 pub const STMT_TRIGGER: &str = "audit_log_capture_stmt";
@@ -320,11 +318,12 @@ CREATE FUNCTION audit_log."enable"(
     "exclude_columns" text[] DEFAULT NULL,
     "redact_columns" text[] DEFAULT NULL,
     "skip_unchanged_updates" boolean DEFAULT false,
-    "notify" boolean DEFAULT false) RETURNS void
+    "notify" boolean DEFAULT false,
+    "history" boolean DEFAULT false) RETURNS void
 VOLATILE PARALLEL UNSAFE LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean) IS 'Start auditing the row changes of a table, or change what is recorded. Idempotent; each change of options is recorded. Requires audit_log_admin.';
+COMMENT ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean, boolean) IS 'Start auditing the row changes of a table, or change what is recorded. history => true indexes each change by the row''s primary key for audit_log.history(). Idempotent; each change of options is recorded. Requires audit_log_admin.';
 "#)]
 fn enable(
     target: Option<pg_sys::Oid>,
@@ -333,6 +332,7 @@ fn enable(
     redact_columns: Option<Vec<Option<String>>>,
     skip_unchanged_updates: Option<bool>,
     notify: Option<bool>,
+    history: Option<bool>,
 ) {
     let result = (|| {
         let (oid, t) = admin_target(target, "enable auditing")?;
@@ -342,6 +342,7 @@ fn enable(
             redact_columns,
             skip_unchanged_updates.unwrap_or(false),
             notify.unwrap_or(false),
+            history.unwrap_or(false),
             &columns_of(oid)?,
             (&t.schema, &t.name),
         )?;
@@ -630,203 +631,7 @@ fn disable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
 
 // ---------------------------------------------------------------- verify
 
-fn hash_of(bytes: Option<&[u8]>) -> Hash {
-    match bytes {
-        Some(b) => match <[u8; 32]>::try_from(b) {
-            Ok(h) => h,
-            // A stored hash of the wrong length can never equal a real one; map
-            // it to a value no event or link hashes to (short of a collision).
-            Err(_) => {
-                use audit_log_core::hash::event_hash_from_encoding;
-                event_hash_from_encoding(&[0xFF; 32], b)
-            }
-        },
-        None => [0xFF; 32],
-    }
-}
-
-fn hash_col(row: &Row, i: usize) -> Hash {
-    hash_of(row.slice(i))
-}
-
-fn ts_col(row: &Row, i: usize) -> i64 {
-    row.i64(i).map_or(i64::MIN, from_pg_timestamp)
-}
-
-/// The variable-length columns of audit_log.events, by position, in the
-/// order `RawEvent::spans` holds them.
-const EVENT_VARLENA_COLUMNS: [usize; 10] = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
-const CLIENT_ADDR: usize = 3;
-const CONTEXT: usize = 4;
-const OLD_ROW: usize = 8;
-const NEW_ROW: usize = 9;
-
-/// An event as read from its row, in one allocation: the fixed columns, and
-/// every variable-length column's bytes in one buffer. A worker thread
-/// builds the event from it, reads the jsonb and hashes. (Many small
-/// allocations made here and freed on a worker cost more than the hashing.)
-struct RawEvent {
-    id: i64,
-    tx_id: u64,
-    tx_seq: i64,
-    tx_first: i64,
-    recorded_at: i64,
-    statement_at: i64,
-    prev_hash: Hash,
-    hash: Hash,
-    blob: Vec<u8>,
-    spans: [Option<(u32, u32)>; 10],
-}
-
-/// Columns of audit_log.events by position (sql/bootstrap.sql).
-fn event_row(r: &Row) -> Option<RawEvent> {
-    let mut blob = Vec::with_capacity(512);
-    let mut spans = [None; 10];
-    for (k, &col) in EVENT_VARLENA_COLUMNS.iter().enumerate() {
-        let bytes = if k == CLIENT_ADDR {
-            r.inet(col)
-        } else {
-            r.slice(col)
-        };
-        if let Some(b) = bytes {
-            let start = blob.len() as u32;
-            blob.extend_from_slice(b);
-            spans[k] = Some((start, blob.len() as u32));
-        }
-    }
-    Some(RawEvent {
-        id: r.i64(0).unwrap_or(i64::MIN),
-        tx_id: r.i64(1).unwrap_or(0) as u64,
-        tx_seq: i64::from(r.i32(2).unwrap_or(0)),
-        tx_first: r.i64(18).unwrap_or(i64::MIN),
-        recorded_at: ts_col(r, 3),
-        statement_at: ts_col(r, 4),
-        prev_hash: hash_col(r, 15),
-        hash: hash_col(r, 16),
-        blob,
-        spans,
-    })
-}
-
-impl RawEvent {
-    fn field(&self, k: usize) -> Option<&[u8]> {
-        self.spans[k].map(|(a, b)| &self.blob[a as usize..b as usize])
-    }
-
-    fn text(&self, k: usize) -> Option<String> {
-        self.field(k)
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-    }
-
-    /// The event, given its jsonb columns already encoded.
-    fn build(&self, context: Option<Vec<u8>>, old: Option<Vec<u8>>, new: Option<Vec<u8>>) -> Event {
-        Event {
-            id: self.id,
-            tx_id: self.tx_id,
-            tx_seq: self.tx_seq,
-            tx_first: self.tx_first,
-            recorded_at: self.recorded_at,
-            statement_at: self.statement_at,
-            session_user_name: self.text(0).unwrap_or_default(),
-            current_user_name: self.text(1).unwrap_or_default(),
-            application_name: self.text(2),
-            client_addr: self.text(CLIENT_ADDR),
-            context: context.map(Json::Encoded),
-            table_schema: self.text(5).unwrap_or_default(),
-            table_name: self.text(6).unwrap_or_default(),
-            op: self.text(7).unwrap_or_default(),
-            old_row: old.map(Json::Encoded),
-            new_row: new.map(Json::Encoded),
-            prev_hash: self.prev_hash,
-            hash: self.hash,
-        }
-    }
-
-    /// Encode and hash, in pure Rust: safe on a worker thread. Hands the
-    /// event back if a jsonb value is one the pure reader refuses.
-    fn hash(self) -> Result<HashedEvent, Box<RawEvent>> {
-        use audit_log_core::jsonb::encode_jsonb;
-        let enc = |k: usize| self.field(k).map(encode_jsonb).transpose();
-        match (enc(CONTEXT), enc(OLD_ROW), enc(NEW_ROW)) {
-            (Ok(c), Ok(o), Ok(n)) => Ok(HashedEvent::new(&self.build(c, o, n))),
-            _ => Err(Box::new(self)),
-        }
-    }
-
-    /// Encode and hash on the session's thread, through PostgreSQL if need be.
-    fn hash_here(self) -> HashedEvent {
-        let enc = |k: usize| self.field(k).map(crate::jsonb::encode_payload);
-        HashedEvent::new(&self.build(enc(CONTEXT), enc(OLD_ROW), enc(NEW_ROW)))
-    }
-}
-
-/// -1: one per CPU, at most 8.
-pub static VERIFY_THREADS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(-1);
-
-fn verify_threads() -> usize {
-    match VERIFY_THREADS.get() {
-        n if n >= 0 => n as usize,
-        _ => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
-    }
-}
-
-/// Worker threads never handle the server's signals: the session does.
-fn block_signals() {
-    // SAFETY: changes only the calling (worker) thread's signal mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
-/// Columns of audit_log.links by position.
-fn link_row(r: &Row) -> Option<Link> {
-    Some(Link {
-        chain_id: r.i32(0).unwrap_or(-1),
-        seq: r.i64(1).unwrap_or(0),
-        tx_id: r.i64(2).unwrap_or(0) as u64,
-        event_count: r.i64(3).unwrap_or(-1),
-        first_event: r.i64(4).unwrap_or(i64::MIN),
-        last_event: r.i64(5).unwrap_or(i64::MIN),
-        last_event_hash: hash_col(r, 6),
-        committed_at: ts_col(r, 7),
-        prev_link_hash: hash_col(r, 8),
-        link_hash: hash_col(r, 9),
-    })
-}
-
-fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
-    let oids = catalog::lookup()?;
-    let snapshot = SnapshotGuard::active();
-    // The caller's own uncommitted events have no link yet: not part of the
-    // log. They are told apart by their first event, not by tx_id, which a
-    // restored log may hold for an older transaction too.
-    let own = crate::txstate::first_event();
-    let events = Ordered::open(oids.events, oids.events_pkey, snapshot.0, event_row)?
-        .filter(move |e| !matches!(e, Ok(e) if own.is_some_and(|f| e.tx_first == f)));
-    let by_tx = Ordered::open(oids.links, oids.links_first_event_idx, snapshot.0, link_row)?;
-    let by_chain = Ordered::open(oids.links, oids.links_pkey, snapshot.0, link_row)?;
-    // Chains that purge() shortened start from their anchors, each of which
-    // a PURGE event in the log must record.
-    let anchors = crate::retention::anchors()?;
-    let claimed = crate::retention::claimed_anchors()?;
-    // The session reads (only it may call PostgreSQL); workers encode and
-    // hash, and their results come back in order.
-    std::thread::scope(|scope| {
-        let hashed = audit_log_core::parallel::map_ordered(
-            scope,
-            events,
-            verify_threads(),
-            block_signals,
-            RawEvent::hash,
-        )
-        .map(|r| r.map(|h| h.unwrap_or_else(|raw| raw.hash_here())));
-        let mut v = verify_hashed_streams(hashed, by_tx, by_chain, cp, &anchors)?;
-        audit_log_core::verify::check_anchors(&mut v, &anchors, &claimed);
-        Ok(v)
-    })
-}
+use crate::records::{hash_of, run_verify};
 
 type VerifyRow = (bool, i64, Option<i64>, Option<String>);
 
@@ -945,7 +750,7 @@ fn checkpoint_impl() -> Result<JsonB, AuditError> {
     let chains = Spi::connect(|c| -> Result<Vec<ChainHead>, AuditError> {
         let t = c.select(
             "SELECT DISTINCT ON (chain_id) chain_id, seq, link_hash, last_event
-               FROM audit_log.links ORDER BY chain_id, seq DESC",
+               FROM audit_log.records ORDER BY chain_id, seq DESC",
             None,
             &[],
         )?;

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use audit_log_core::model::Json as EventJson;
 use audit_log_core::time::from_pg_timestamp;
-use audit_log_core::{event_hash, Event, ZERO_HASH};
+use audit_log_core::{Event, ZERO_HASH};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::Value;
@@ -265,19 +265,13 @@ pub fn record(
     let application_name = application_name();
     let client_addr = client_addr();
     let context = current_context()?;
-    let (context_raw, context_value) = context
-        .map(|j| (j.raw, EventJson::Encoded(j.encoded)))
-        .unzip();
+    let context_value = context.map(|j| EventJson::Encoded(j.encoded));
     // SAFETY: reads transaction state.
     let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
     txstate::append(|state, id, tx_seq, tx_first, prev_hash| {
-        let (old_raw, old_value) = old_row
-            .map(|j| (j.raw, EventJson::Encoded(j.encoded)))
-            .unzip();
-        let (new_raw, new_value) = new_row
-            .map(|j| (j.raw, EventJson::Encoded(j.encoded)))
-            .unzip();
-        let mut event = Event {
+        let old_value = old_row.map(|j| EventJson::Encoded(j.encoded));
+        let new_value = new_row.map(|j| EventJson::Encoded(j.encoded));
+        let event = Event {
             id,
             tx_id: state.tx_id,
             tx_seq,
@@ -297,17 +291,14 @@ pub fn record(
             prev_hash,
             hash: ZERO_HASH,
         };
-        event.hash = event_hash(&event);
-        // The encoded values were only needed for the hash.
-        event.old_row = None;
-        event.new_row = None;
-        event.context = None;
+        let mut canonical = Vec::with_capacity(256);
+        audit_log_core::encoding::encode_event(&event, &mut canonical);
+        let hash = audit_log_core::hash::event_hash_from_encoding(&prev_hash, &canonical);
         Pending {
             subid,
-            event,
-            old_row: old_raw,
-            new_row: new_raw,
-            context: context_raw,
+            tx_seq,
+            canonical,
+            hash,
             row_key,
         }
     })
@@ -433,7 +424,11 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         }
         let (schema, name) = relation_names(rel);
         // The row's identity: its key before the change, or after an INSERT.
-        let key = primary_key_names(rel);
+        let key = if opts.history {
+            primary_key_names(rel)
+        } else {
+            None
+        };
         let row_key = key.and_then(|names| {
             let row = old.as_ref().or(new.as_ref())?;
             let payload = row.raw.get(pg_sys::VARHDRSZ..)?;
@@ -562,7 +557,5 @@ fn capture_stmt_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             }
         }
     }
-    // Write the statement's events now, as one batch, so that they are
-    // visible to the rest of the transaction like the change itself.
-    txstate::flush(false)
+    Ok(())
 }

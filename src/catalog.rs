@@ -12,11 +12,11 @@ pub const SCHEMA: &CStr = c"audit_log";
 
 #[derive(Clone, Copy, Debug)]
 pub struct Oids {
-    pub events: pg_sys::Oid,
-    pub events_pkey: pg_sys::Oid,
-    pub links: pg_sys::Oid,
-    pub links_pkey: pg_sys::Oid,
-    pub links_first_event_idx: pg_sys::Oid,
+    pub records: pg_sys::Oid,
+    pub records_pkey: pg_sys::Oid,
+    pub segments: pg_sys::Oid,
+    pub segments_pkey: pg_sys::Oid,
+    pub row_keys: pg_sys::Oid,
     pub events_seq: pg_sys::Oid,
 }
 
@@ -65,11 +65,11 @@ pub fn schema_oid() -> Option<pg_sys::Oid> {
 pub fn lookup() -> Result<Oids, AuditError> {
     let ns = schema_oid().ok_or_else(|| AuditError::NotInstalled("schema audit_log".into()))?;
     Ok(Oids {
-        events: relid(ns, c"events")?,
-        events_pkey: relid(ns, c"events_pkey")?,
-        links: relid(ns, c"links")?,
-        links_pkey: relid(ns, c"links_pkey")?,
-        links_first_event_idx: relid(ns, c"links_first_event_idx")?,
+        records: relid(ns, c"records")?,
+        records_pkey: relid(ns, c"records_pkey")?,
+        segments: relid(ns, c"segments")?,
+        segments_pkey: relid(ns, c"segments_pkey")?,
+        row_keys: relid(ns, c"row_keys")?,
         events_seq: relid(ns, c"events_id_seq")?,
     })
 }

@@ -10,13 +10,14 @@
 //! transaction's snapshot would fork the chain under REPEATABLE READ, and
 //! predicate locks would add serialization failures.
 
+use audit_log_core::record::Record;
 use audit_log_core::time::from_pg_timestamp;
-use audit_log_core::{link_hash, Hash, Link, ZERO_HASH};
+use audit_log_core::{Hash, ZERO_HASH};
 use pgrx::pg_sys;
 
 use crate::catalog::Oids;
 use crate::errors::AuditError;
-use crate::store;
+use crate::store::{self, records};
 use crate::txstate::Head;
 
 /// "aulg": tells our locks apart in pg_locks (objid holds the chain id).
@@ -100,7 +101,7 @@ thread_local! {
 /// A head whose stored hash is damaged (not 32 bytes, or NULL) is refused:
 /// chaining to a stand-in value would hide the damage behind a new link.
 fn read_head(oids: &Oids, chain: i32) -> Result<(i64, Hash), AuditError> {
-    let key = (oids.links, chain);
+    let key = (oids.records, chain);
     let seen = SEEN.with_borrow(|m| m.get(&key).copied());
     let head = seen
         .and_then(|s| scan_head(oids, chain, Some(s)))
@@ -116,14 +117,14 @@ fn read_head(oids: &Oids, chain: i32) -> Result<(i64, Hash), AuditError> {
 }
 
 fn scan_head(oids: &Oids, chain: i32, at_least: Option<i64>) -> Option<(i64, Option<Hash>)> {
-    // SAFETY: an ordered index scan over links_pkey (chain_id, seq), backwards,
+    // SAFETY: an ordered index scan over records_pkey (chain_id, seq), backwards,
     // under SnapshotSelf; the caller holds the chain's lock, so no other
     // transaction can be adding to this chain. Relations are closed with
     // NoLock: the transaction keeps its locks to commit, and the link insert
     // that follows reopens them without going back to the lock manager.
     unsafe {
-        let rel = pg_sys::table_open(oids.links, pg_sys::RowExclusiveLock as i32);
-        let idx = pg_sys::index_open(oids.links_pkey, pg_sys::RowExclusiveLock as i32);
+        let rel = pg_sys::table_open(oids.records, pg_sys::RowExclusiveLock as i32);
+        let idx = pg_sys::index_open(oids.records_pkey, pg_sys::RowExclusiveLock as i32);
         let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
         pg_sys::ScanKeyInit(
             &mut keys[0],
@@ -159,15 +160,15 @@ fn scan_head(oids: &Oids, chain: i32, at_least: Option<i64>) -> Option<(i64, Opt
             let mut values = vec![pg_sys::Datum::from(0); natts];
             let mut nulls = vec![false; natts];
             pg_sys::heap_deform_tuple(tup, (*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
-            let seq = if nulls[1] {
+            let seq = if nulls[records::SEQ] {
                 0
             } else {
-                values[1].value() as i64
+                values[records::SEQ].value() as i64
             };
-            let hash = if nulls[9] {
+            let hash = if nulls[records::LINK_HASH] {
                 None
             } else {
-                detoast_hash(values[9])
+                detoast_hash(values[records::LINK_HASH])
             };
             Some((seq, hash))
         };
@@ -178,24 +179,28 @@ fn scan_head(oids: &Oids, chain: i32, at_least: Option<i64>) -> Option<(i64, Opt
     }
 }
 
-/// Append the commit link for a transaction whose events are all written.
-pub fn link(tx_id: u64, oids: &Oids, head: &Head) -> Result<(), AuditError> {
+/// Append the transaction's record: its events not yet spilled, and its link.
+pub fn link(
+    tx_id: u64,
+    oids: &Oids,
+    head: &Head,
+    segments: i32,
+    payload: &[u8],
+) -> Result<(), AuditError> {
     let chain = choose_chain();
     let (seq, prev) = read_head(oids, chain)?;
     // SAFETY: reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let mut l = Link {
+    let mut r = Record {
         chain_id: chain,
         seq: seq + 1,
         tx_id,
-        event_count: head.count,
         first_event: head.first_event,
         last_event: head.last_event,
-        last_event_hash: head.hash,
+        event_count: head.count,
         committed_at: from_pg_timestamp(now),
-        prev_link_hash: prev,
         link_hash: ZERO_HASH,
     };
-    l.link_hash = link_hash(&l);
-    store::insert_link(oids, &l)
+    r.link_hash = r.link(prev, head.hash).link_hash;
+    store::insert_record(oids, &r, segments, payload)
 }

@@ -22,6 +22,7 @@ mod fmgr;
 mod history;
 mod jsonb;
 mod options;
+mod records;
 mod relstate;
 mod retention;
 mod scan;
@@ -58,7 +59,7 @@ pub extern "C-unwind" fn _PG_init() {
         c"audit_log.verify_threads",
         c"Worker threads that verify() uses to read and hash events; 0 hashes in the session's own thread.",
         c"-1, the default, uses one thread per CPU, at most 8. The threads only hash; all reading stays in the session.",
-        &api::VERIFY_THREADS,
+        &records::VERIFY_THREADS,
         -1,
         64,
         GucContext::Userset,

@@ -33,6 +33,9 @@ pub struct Options {
     pub skip_unchanged_updates: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub notify: bool,
+    /// Index each change by the row's primary key, for audit_log.history().
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub history: bool,
     /// The channel, fixed by enable() from the audited table's name, so that
     /// its partitions (whatever their names) notify on it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +88,7 @@ impl Options {
         redact: Option<Vec<Option<String>>>,
         skip_unchanged_updates: bool,
         notify: bool,
+        history: bool,
         columns: &[String],
         (schema, table): (&str, &str),
     ) -> Result<Options, AuditError> {
@@ -150,6 +154,7 @@ impl Options {
             skip_unchanged_updates,
             notify,
             channel: notify.then(|| Self::channel(schema, table)),
+            history,
         })
     }
 

@@ -112,10 +112,11 @@ fn set_retention_impl(min_age: Option<pgrx::datum::Interval>) -> Result<(), Audi
 struct Expired {
     chain_id: i32,
     seq: i64,
-    /// The transaction's first event: its events' tx_first.
+    /// The transaction's first event: the key of its segments.
     first_event: i64,
     link_hash: Vec<u8>,
     last_event: i64,
+    event_count: i64,
 }
 
 /// Remove whole transactions committed before `older_than` from the oldest
@@ -177,10 +178,11 @@ fn purge_impl(
     let expired = catalog::as_owner(|| {
         Spi::connect(|c| -> Result<Vec<Expired>, AuditError> {
             let t = c.select(
-                "SELECT chain_id, seq, first_event, link_hash, last_event FROM (
-                   SELECT l.*, bool_and(l.committed_at < $1) OVER w AS old_prefix,
+                "SELECT chain_id, seq, first_event, link_hash, last_event, event_count FROM (
+                   SELECT l.chain_id, l.seq, l.first_event, l.link_hash, l.last_event, l.event_count,
+                          bool_and(l.committed_at < $1) OVER w AS old_prefix,
                           max(l.seq) OVER (PARTITION BY l.chain_id) AS head
-                     FROM audit_log.links l
+                     FROM audit_log.records l
                    WINDOW w AS (PARTITION BY l.chain_id ORDER BY l.seq)) x
                   WHERE old_prefix AND seq < head ORDER BY chain_id, seq",
                 None,
@@ -194,6 +196,7 @@ fn purge_impl(
                     first_event: r.get(3)?.unwrap_or(0),
                     link_hash: r.get(4)?.unwrap_or_default(),
                     last_event: r.get(5)?.unwrap_or(0),
+                    event_count: r.get(6)?.unwrap_or(0),
                 });
             }
             Ok(out)
@@ -204,15 +207,13 @@ fn purge_impl(
     }
     let mut events = 0i64;
     for e in &expired {
-        // Heap column 19 (tx_first), the first column of events_pkey.
-        events += delete_where(
-            oids.events,
-            oids.events_pkey,
-            &[(19, pg_sys::F_INT8EQ, pg_sys::Datum::from(e.first_event))],
+        events += e.event_count;
+        delete_where(
+            oids.segments,
+            oids.segments_pkey,
+            &[(1, pg_sys::F_INT8EQ, pg_sys::Datum::from(e.first_event))],
         )?;
-    }
-    for e in &expired {
-        delete_link(&oids, e.chain_id, e.seq)?;
+        delete_record(&oids, e.chain_id, e.seq)?;
     }
     // The last purged link of each chain becomes its anchor.
     let mut anchors = Vec::new();
@@ -270,10 +271,10 @@ fn lock_purge() {
     }
 }
 
-fn delete_link(oids: &Oids, chain: i32, seq: i64) -> Result<(), AuditError> {
+fn delete_record(oids: &Oids, chain: i32, seq: i64) -> Result<(), AuditError> {
     delete_where(
-        oids.links,
-        oids.links_pkey,
+        oids.records,
+        oids.records_pkey,
         &[
             (1, pg_sys::F_INT4EQ, pg_sys::Datum::from(chain)),
             (2, pg_sys::F_INT8EQ, pg_sys::Datum::from(seq)),

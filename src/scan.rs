@@ -36,16 +36,6 @@ impl Row<'_> {
             pgrx::varlena_to_byte_slice(v)
         })
     }
-
-    /// An inet column in its `inet_out` form (in the per-row context).
-    pub fn inet(&self, i: usize) -> Option<&[u8]> {
-        let d = self.get(i)?;
-        // SAFETY: an inet datum; inet_out returns a palloc'd cstring.
-        unsafe {
-            let out = pgrx::direct_function_call_as_datum(pg_sys::inet_out, &[Some(d)])?;
-            Some(CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>()).to_bytes())
-        }
-    }
 }
 
 /// A table read in the order of one of its btree indexes.
@@ -65,6 +55,18 @@ impl<T> Ordered<T> {
         relid: pg_sys::Oid,
         indexid: pg_sys::Oid,
         snapshot: pg_sys::Snapshot,
+        convert: fn(&Row) -> Option<T>,
+    ) -> Result<Self, AuditError> {
+        Self::open_where(relid, indexid, snapshot, &[], convert)
+    }
+
+    /// As `open`, for the rows whose leading index columns equal `keys`
+    /// (each: the index column's heap attno, its equality function, a value).
+    pub fn open_where(
+        relid: pg_sys::Oid,
+        indexid: pg_sys::Oid,
+        snapshot: pg_sys::Snapshot,
+        keys: &[(i16, u32, pg_sys::Datum)],
         convert: fn(&Row) -> Option<T>,
     ) -> Result<Self, AuditError> {
         // SAFETY: a privilege check, then a plain ordered index scan under a
@@ -88,8 +90,23 @@ impl<T> Ordered<T> {
             }
             let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
             let idx = pg_sys::index_open(indexid, pg_sys::AccessShareLock as i32);
-            let scan =
-                pg_sys::systable_beginscan_ordered(rel, idx, snapshot, 0, std::ptr::null_mut());
+            let mut scankeys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); keys.len()];
+            for (k, &(attno, proc_, value)) in scankeys.iter_mut().zip(keys) {
+                pg_sys::ScanKeyInit(
+                    k,
+                    attno,
+                    pg_sys::BTEqualStrategyNumber as u16,
+                    pg_sys::Oid::from(proc_),
+                    value,
+                );
+            }
+            let scan = pg_sys::systable_beginscan_ordered(
+                rel,
+                idx,
+                snapshot,
+                keys.len() as i32,
+                scankeys.as_mut_ptr(),
+            );
             let natts = (*(*rel).rd_att).natts as usize;
             let row_cx = pg_sys::AllocSetContextCreateInternal(
                 pg_sys::CurrentMemoryContext,

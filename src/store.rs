@@ -1,63 +1,61 @@
-//! Writes events and links straight into their heaps and indexes. No SQL is
-//! parsed, so neither the audited role's privileges nor its search_path take
-//! part; and it is much cheaper than one executor run per event.
+//! The one owner of audit_log's storage tables: their layout (columns by
+//! name, checked against the catalog when a table is opened) and every write
+//! to them, straight into heaps and indexes. No SQL is parsed, so neither the
+//! audited role's privileges nor its search_path take part; and it is much
+//! cheaper than an executor run.
 
+use audit_log_core::record::Record;
 use audit_log_core::time::to_pg_timestamp;
-use audit_log_core::Link;
-use pgrx::memcxt::PgMemoryContexts;
 use pgrx::pg_sys;
 
 use crate::catalog::Oids;
 use crate::errors::AuditError;
-use crate::txstate::Pending;
 
-const EVENT_COLUMNS: usize = 19;
-const LINK_COLUMNS: usize = 10;
+/// `audit_log.records` (sql/bootstrap.sql), by column.
+pub mod records {
+    pub const COLUMNS: [&str; 10] = [
+        "chain_id",
+        "seq",
+        "tx_id",
+        "first_event",
+        "last_event",
+        "event_count",
+        "committed_at",
+        "segments",
+        "link_hash",
+        "payload",
+    ];
+    pub const CHAIN_ID: usize = 0;
+    pub const SEQ: usize = 1;
+    pub const TX_ID: usize = 2;
+    pub const FIRST_EVENT: usize = 3;
+    pub const LAST_EVENT: usize = 4;
+    pub const EVENT_COUNT: usize = 5;
+    pub const COMMITTED_AT: usize = 6;
+    pub const SEGMENTS: usize = 7;
+    pub const LINK_HASH: usize = 8;
+    pub const PAYLOAD: usize = 9;
+}
 
-fn text_datum(s: &str) -> pg_sys::Datum {
-    // SAFETY: copies the bytes into a palloc'd varlena in the current context.
-    unsafe {
-        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-            s.as_ptr().cast(),
-            s.len() as i32,
-        ))
-    }
+/// `audit_log.segments`, by column.
+pub mod segments {
+    pub const COLUMNS: [&str; 3] = ["first_event", "part", "payload"];
+    pub const FIRST_EVENT: usize = 0;
+    pub const PAYLOAD: usize = 2;
+}
+
+/// `audit_log.row_keys`, by column.
+pub mod row_keys {
+    pub const COLUMNS: [&str; 3] = ["row_key", "first_event", "tx_seq"];
 }
 
 fn bytes_datum(b: &[u8]) -> pg_sys::Datum {
-    // bytea and jsonb values are varlenas; these bytes already are one for
-    // jsonb (copied from a detoasted datum), and raw content for bytea.
-    // SAFETY: as above.
+    // SAFETY: copies the bytes into a palloc'd bytea in the current context.
     unsafe {
         pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
             b.as_ptr().cast(),
             b.len() as i32,
         ))
-    }
-}
-
-fn varlena_datum(raw: &[u8]) -> pg_sys::Datum {
-    // SAFETY: `raw` is a complete varlena with a 4-byte header; copy it as is.
-    unsafe {
-        let p = pg_sys::palloc(raw.len()) as *mut u8;
-        std::ptr::copy_nonoverlapping(raw.as_ptr(), p, raw.len());
-        pg_sys::Datum::from(p)
-    }
-}
-
-/// An inet value as raw varlena bytes, parsed from its `inet_out` text.
-fn inet_varlena(text: &str) -> Result<Vec<u8>, AuditError> {
-    let c = std::ffi::CString::new(text).map_err(|e| AuditError::Internal(e.to_string()))?;
-    // SAFETY: inet_in parses a cstring (the text came from inet_out) and
-    // returns a plain varlena, copied out before its context goes.
-    unsafe {
-        let d = pgrx::direct_function_call_as_datum(
-            pg_sys::inet_in,
-            &[Some(pg_sys::Datum::from(c.as_ptr()))],
-        )
-        .ok_or_else(|| AuditError::Internal("inet_in returned NULL".into()))?;
-        let p = d.cast_mut_ptr::<pg_sys::varlena>();
-        Ok(std::slice::from_raw_parts(p as *const u8, pgrx::varsize_any(p)).to_vec())
     }
 }
 
@@ -68,7 +66,7 @@ struct Target {
 }
 
 impl Target {
-    fn open(relid: pg_sys::Oid, columns: usize) -> Result<Target, AuditError> {
+    pub fn open(relid: pg_sys::Oid, columns: &[&str]) -> Result<Target, AuditError> {
         // SAFETY: RowExclusiveLock as for any INSERT; the lock is held to commit.
         unsafe {
             let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
@@ -76,10 +74,23 @@ impl Target {
             let name = std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
                 .to_string_lossy()
                 .into_owned();
-            if natts != columns {
+            let names: Vec<String> = (0..natts)
+                .map(|i| {
+                    let a = &*(*(*rel).rd_att).attrs.as_ptr().add(i);
+                    let n = std::ffi::CStr::from_ptr(a.attname.data.as_ptr());
+                    if a.attisdropped {
+                        String::new()
+                    } else {
+                        n.to_string_lossy().into_owned()
+                    }
+                })
+                .collect();
+            if names != columns {
                 pg_sys::table_close(rel, pg_sys::NoLock as i32);
                 return Err(AuditError::NotInstalled(format!(
-                    "audit_log.{name} has {natts} columns, expected {columns}"
+                    "audit_log.{name} has columns ({}), expected ({})",
+                    names.join(", "),
+                    columns.join(", ")
                 )));
             }
             let indexes = pg_sys::CatalogOpenIndexes(rel);
@@ -122,96 +133,63 @@ impl Drop for Target {
     }
 }
 
-pub fn insert_events(oids: &Oids, batch: &[Pending]) -> Result<(), AuditError> {
-    let target = Target::open(oids.events, EVENT_COLUMNS)?;
-    let mut cx = PgMemoryContexts::new("audit_log event insert");
-    // A session's client address is the same for every event: parse it once.
-    let mut client: Option<(&str, Vec<u8>)> = None;
-    for p in batch {
-        let client_raw = match p.event.client_addr.as_deref() {
-            None => None,
-            Some(t) if client.as_ref().is_some_and(|(c, _)| *c == t) => {
-                client.as_ref().map(|c| &c.1)
-            }
-            Some(t) => {
-                client = Some((t, inet_varlena(t)?));
-                client.as_ref().map(|c| &c.1)
-            }
-        };
-        let e = &p.event;
-        // SAFETY: every allocation for one row lives in `cx`, reset per row.
-        unsafe {
-            cx.switch_to(|_| -> Result<(), AuditError> {
-                let mut nulls = [false; EVENT_COLUMNS];
-                let opt_text = |s: &Option<String>, n: &mut bool| match s {
-                    Some(s) => text_datum(s),
-                    None => {
-                        *n = true;
-                        pg_sys::Datum::from(0)
-                    }
-                };
-                // jsonb and inet values arrive as complete varlenas.
-                let opt_varlena = |b: Option<&Vec<u8>>, n: &mut bool| match b {
-                    Some(b) => varlena_datum(b),
-                    None => {
-                        *n = true;
-                        pg_sys::Datum::from(0)
-                    }
-                };
-                let mut values = [
-                    pg_sys::Datum::from(e.id),
-                    pg_sys::Datum::from(e.tx_id),
-                    // append() refuses a tx_seq past i32::MAX.
-                    pg_sys::Datum::from(
-                        i32::try_from(e.tx_seq).map_err(|_| AuditError::TooManyEvents(e.tx_seq))?,
-                    ),
-                    pg_sys::Datum::from(to_pg_timestamp(e.recorded_at)),
-                    pg_sys::Datum::from(to_pg_timestamp(e.statement_at)),
-                    text_datum(&e.session_user_name),
-                    text_datum(&e.current_user_name),
-                    opt_text(&e.application_name, &mut nulls[7]),
-                    opt_varlena(client_raw, &mut nulls[8]),
-                    opt_varlena(p.context.as_ref(), &mut nulls[9]),
-                    text_datum(&e.table_schema),
-                    text_datum(&e.table_name),
-                    text_datum(&e.op),
-                    opt_varlena(p.old_row.as_ref(), &mut nulls[13]),
-                    opt_varlena(p.new_row.as_ref(), &mut nulls[14]),
-                    bytes_datum(&e.prev_hash),
-                    bytes_datum(&e.hash),
-                    match p.row_key {
-                        Some(k) => pg_sys::Datum::from(k),
-                        None => {
-                            nulls[17] = true;
-                            pg_sys::Datum::from(0)
-                        }
-                    },
-                    pg_sys::Datum::from(e.tx_first),
-                ];
-                target.insert(&mut values, &mut nulls);
-                Ok(())
-            })?;
-            cx.reset();
-        }
-    }
+/// Append a committed transaction's record.
+pub fn insert_record(
+    oids: &Oids,
+    r: &Record,
+    segments: i32,
+    payload: &[u8],
+) -> Result<(), AuditError> {
+    let target = Target::open(oids.records, &records::COLUMNS)?;
+    let mut nulls = [false; records::COLUMNS.len()];
+    let mut values = [
+        pg_sys::Datum::from(r.chain_id),
+        pg_sys::Datum::from(r.seq),
+        pg_sys::Datum::from(r.tx_id),
+        pg_sys::Datum::from(r.first_event),
+        pg_sys::Datum::from(r.last_event),
+        pg_sys::Datum::from(r.event_count),
+        pg_sys::Datum::from(to_pg_timestamp(r.committed_at)),
+        pg_sys::Datum::from(segments),
+        bytes_datum(&r.link_hash),
+        bytes_datum(payload),
+    ];
+    target.insert(&mut values, &mut nulls);
     Ok(())
 }
 
-pub fn insert_link(oids: &Oids, l: &Link) -> Result<(), AuditError> {
-    let target = Target::open(oids.links, LINK_COLUMNS)?;
-    let mut nulls = [false; LINK_COLUMNS];
+/// Write part of a large transaction's events before commit.
+pub fn insert_segment(
+    oids: &Oids,
+    first_event: i64,
+    part: i32,
+    payload: &[u8],
+) -> Result<(), AuditError> {
+    let target = Target::open(oids.segments, &segments::COLUMNS)?;
+    let mut nulls = [false; 3];
     let mut values = [
-        pg_sys::Datum::from(l.chain_id),
-        pg_sys::Datum::from(l.seq),
-        pg_sys::Datum::from(l.tx_id),
-        pg_sys::Datum::from(l.event_count),
-        pg_sys::Datum::from(l.first_event),
-        pg_sys::Datum::from(l.last_event),
-        bytes_datum(&l.last_event_hash),
-        pg_sys::Datum::from(to_pg_timestamp(l.committed_at)),
-        bytes_datum(&l.prev_link_hash),
-        bytes_datum(&l.link_hash),
+        pg_sys::Datum::from(first_event),
+        pg_sys::Datum::from(part),
+        bytes_datum(payload),
     ];
     target.insert(&mut values, &mut nulls);
+    Ok(())
+}
+
+/// history()'s lookup entries: (row_key, first_event, tx_seq).
+pub fn insert_row_keys(oids: &Oids, keys: &[(i64, i64, i32)]) -> Result<(), AuditError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let target = Target::open(oids.row_keys, &row_keys::COLUMNS)?;
+    for &(k, first, seq) in keys {
+        let mut nulls = [false; 3];
+        let mut values = [
+            pg_sys::Datum::from(k),
+            pg_sys::Datum::from(first),
+            pg_sys::Datum::from(seq),
+        ];
+        target.insert(&mut values, &mut nulls);
+    }
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::ffi::c_void;
 
-use audit_log_core::{Event, Hash, ZERO_HASH};
+use audit_log_core::{Hash, ZERO_HASH};
 use pgrx::pg_guard;
 use pgrx::pg_sys;
 
@@ -14,29 +14,17 @@ use crate::catalog::{self, Oids};
 use crate::errors::{AuditError, OrRaise};
 use crate::{chain, store};
 
-/// An event captured in this transaction and not yet inserted.
+/// An event captured in this transaction and not yet written.
 pub struct Pending {
     /// The subtransaction that captured it: a rollback to before it drops it.
     pub subid: pg_sys::SubTransactionId,
-    /// The event, with `old_row`/`new_row`/`context` emptied after hashing:
-    /// the jsonb bytes below are what gets stored.
-    pub event: Event,
-    pub old_row: Option<Vec<u8>>,
-    pub new_row: Option<Vec<u8>>,
-    pub context: Option<Vec<u8>>,
-    /// The row's primary key, hashed with its table (not in the event
-    /// hash), for history().
+    pub tx_seq: i64,
+    /// The event's canonical encoding: what its hash covers, and what is stored.
+    pub canonical: Vec<u8>,
+    pub hash: Hash,
+    /// The row's primary key, hashed with its table, for history(); only
+    /// for tables enabled with `history => true`.
     pub row_key: Option<i64>,
-}
-
-impl Pending {
-    fn size(&self) -> usize {
-        let rows = [&self.old_row, &self.new_row, &self.context];
-        256 + rows
-            .iter()
-            .map(|r| r.as_ref().map_or(0, Vec::len))
-            .sum::<usize>()
-    }
 }
 
 /// The head of the transaction's own chain of events.
@@ -57,11 +45,13 @@ pub struct TxState {
     saved: Vec<(pg_sys::SubTransactionId, Head)>,
     buffer: Vec<Pending>,
     buffered_bytes: usize,
+    /// Segments written, by the subtransaction that wrote them: a rollback
+    /// removes the segment (MVCC), and it must leave the count too.
+    segments: Vec<pg_sys::SubTransactionId>,
 }
 
-/// Write out buffered events once this many bytes are waiting.
-const SPILL_BYTES: usize = 8 << 20;
-const SPILL_EVENTS: usize = 4096;
+/// Spill buffered events to a segment once this many bytes are waiting.
+const SPILL_BYTES: usize = 1 << 20;
 
 impl TxState {
     /// State for a transaction's first event.
@@ -82,6 +72,7 @@ impl TxState {
             saved: Vec::new(),
             buffer: Vec::new(),
             buffered_bytes: 0,
+            segments: Vec::new(),
         })
     }
 }
@@ -126,22 +117,19 @@ pub fn append(
             s.head.first_event
         };
         let pending = build(s, id, s.head.count + 1, first, s.head.hash);
-        s.head.hash = pending.event.hash;
+        s.head.hash = pending.hash;
         s.head.count += 1;
         if s.head.count == 1 {
             s.head.first_event = id;
         }
         s.head.last_event = id;
-        s.buffered_bytes += pending.size();
+        s.buffered_bytes += pending.canonical.len() + 4;
         s.buffer.push(pending);
-        Ok((
-            id,
-            s.buffered_bytes > SPILL_BYTES || s.buffer.len() > SPILL_EVENTS,
-        ))
+        Ok((id, s.buffered_bytes > SPILL_BYTES))
     })?;
     let (id, spill) = spill;
     if spill {
-        flush(false)?;
+        spill_segment()?;
     }
     Ok(id)
 }
@@ -158,38 +146,41 @@ unsafe fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64 {
     unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal_raw(relid, check_permissions)) }
 }
 
-/// Insert buffered events. Only events of the current subtransaction (and of
-/// its committed children) can be written now: written inside the current
-/// subtransaction, an ancestor's event would vanish if this one rolled back.
-pub fn flush(all: bool) -> Result<(), AuditError> {
+/// Write buffered events as a segment, without any lock. Only events of the
+/// current subtransaction (and of its committed children) can be written
+/// now: written inside the current subtransaction, an outer level's event
+/// would vanish if this one rolled back. Those stay in memory, and verifiers
+/// merge the segments and the record's payload by tx_seq.
+fn spill_segment() -> Result<(), AuditError> {
     let sub = current_subid();
-    let (oids, batch) = match STATE.with_borrow_mut(|s| {
+    let Some((oids, first, part, payload, keys)) = STATE.with_borrow_mut(|s| {
         let s = s.as_mut()?;
-        let from = if all {
-            0
-        } else {
-            s.buffer
-                .iter()
-                .position(|p| p.subid >= sub)
-                .unwrap_or(s.buffer.len())
-        };
+        let from = s.buffer.iter().position(|p| p.subid >= sub)?;
         let batch: Vec<Pending> = s.buffer.drain(from..).collect();
-        s.buffered_bytes = s.buffer.iter().map(Pending::size).sum();
-        Some((s.oids, batch))
-    }) {
-        Some((o, b)) if !b.is_empty() => (o, b),
-        _ => return Ok(()),
+        s.buffered_bytes = s.buffer.iter().map(|p| p.canonical.len() + 4).sum();
+        s.segments.push(sub);
+        let first = s.head.first_event;
+        let part = i32::try_from(batch[0].tx_seq).ok()?;
+        let (payload, keys) = pack(first, &batch);
+        Some((s.oids, first, part, payload, keys))
+    }) else {
+        return Ok(());
     };
-    store::insert_events(&oids, &batch)
+    store::insert_row_keys(&oids, &keys)?;
+    store::insert_segment(&oids, first, part, &payload)
 }
 
-/// The id of this transaction's first recorded event, if it has one.
-pub fn first_event() -> Option<i64> {
-    STATE.with_borrow(|s| {
-        s.as_ref()
-            .filter(|s| s.head.count > 0)
-            .map(|s| s.head.first_event)
-    })
+/// Events as a payload, and their history() entries.
+fn pack(first: i64, batch: &[Pending]) -> (Vec<u8>, Vec<(i64, i64, i32)>) {
+    let mut payload = Vec::with_capacity(batch.iter().map(|p| p.canonical.len() + 4).sum());
+    let mut keys = Vec::new();
+    for p in batch {
+        audit_log_core::record::put_event(&mut payload, &p.canonical);
+        if let Some(k) = p.row_key {
+            keys.push((k, first, p.tx_seq as i32));
+        }
+    }
+    (payload, keys)
 }
 
 fn clear() {
@@ -197,15 +188,18 @@ fn clear() {
 }
 
 fn pre_commit() -> Result<(), AuditError> {
-    let has_events = STATE.with_borrow(|s| s.as_ref().is_some_and(|s| s.head.count > 0));
-    if !has_events {
+    let Some((tx_id, oids, head, segments, payload, keys)) = STATE.with_borrow_mut(|s| {
+        let s = s.as_mut().filter(|s| s.head.count > 0)?;
+        let batch = std::mem::take(&mut s.buffer);
+        let (payload, keys) = pack(s.head.first_event, &batch);
+        Some((s.tx_id, s.oids, s.head, s.segments.len(), payload, keys))
+    }) else {
         return Ok(());
-    }
-    flush(true)?;
-    let (tx_id, oids, head) = STATE
-        .with_borrow(|s| s.as_ref().map(|s| (s.tx_id, s.oids, s.head)))
-        .ok_or_else(|| AuditError::Internal("transaction state vanished".into()))?;
-    chain::link(tx_id, &oids, &head)
+    };
+    // Before the chain lock, which only the record's insert needs.
+    store::insert_row_keys(&oids, &keys)?;
+    let segments = i32::try_from(segments).map_err(|_| AuditError::TooManyEvents(head.count))?;
+    chain::link(tx_id, &oids, &head, segments, &payload)
 }
 
 #[pg_guard]
@@ -258,7 +252,8 @@ unsafe extern "C-unwind" fn on_subxact(
                 s.saved.retain(|(id, _)| *id < my_subid);
                 // Subtransactions started after this one are its descendants.
                 s.buffer.retain(|p| p.subid < my_subid);
-                s.buffered_bytes = s.buffer.iter().map(Pending::size).sum();
+                s.buffered_bytes = s.buffer.iter().map(|p| p.canonical.len() + 4).sum();
+                s.segments.retain(|&id| id < my_subid);
             }
             _ => {}
         }

@@ -179,7 +179,7 @@ pub struct Digest {
 /// its record's payload (the events still in memory at commit, in order).
 /// A savepoint can keep events of an outer level in memory while later ones
 /// are spilled, so the two interleave; each is sorted.
-fn merged<'a>(
+pub fn merged<'a>(
     segments: impl IntoIterator<Item = &'a [u8]>,
     payload: &'a [u8],
 ) -> impl Iterator<Item = Result<&'a [u8], Malformed>> {

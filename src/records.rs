@@ -1,0 +1,289 @@
+//! Reading the log (storage format v2, docs/FORMAT.md): records with their
+//! segments, for verify(), and as rows for the `audit_log.events` and
+//! `audit_log.links` views.
+
+use audit_log_core::model::Checkpoint;
+use audit_log_core::record::{self, Digest, Record};
+use audit_log_core::time::from_pg_timestamp;
+use audit_log_core::verify::Verdict;
+use audit_log_core::{Hash, ZERO_HASH};
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::catalog::{self, Oids};
+use crate::errors::{AuditError, OrRaise};
+use crate::scan::{Ordered, Row, SnapshotGuard};
+use crate::store::{records, segments};
+
+/// A stored hash, or one no record hashes to if it is not 32 bytes.
+pub fn hash_of(bytes: Option<&[u8]>) -> Hash {
+    match bytes.map(<[u8; 32]>::try_from) {
+        Some(Ok(h)) => h,
+        // Short of a collision, nothing hashes to this.
+        _ => audit_log_core::hash::event_hash_from_encoding(&[0xFF; 32], bytes.unwrap_or(b"")),
+    }
+}
+
+/// A record as read from its row: its columns, and its payload.
+pub struct RawRecord {
+    pub record: Record,
+    pub segments: i32,
+    pub payload: Vec<u8>,
+    /// Its segments' payloads, read separately (in order of `part`).
+    pub parts: Vec<Vec<u8>>,
+}
+
+fn record_row(r: &Row) -> Option<RawRecord> {
+    Some(RawRecord {
+        record: Record {
+            chain_id: r.i32(records::CHAIN_ID).unwrap_or(-1),
+            seq: r.i64(records::SEQ).unwrap_or(0),
+            tx_id: r.i64(records::TX_ID).unwrap_or(0) as u64,
+            first_event: r.i64(records::FIRST_EVENT).unwrap_or(i64::MIN),
+            last_event: r.i64(records::LAST_EVENT).unwrap_or(i64::MIN),
+            event_count: r.i64(records::EVENT_COUNT).unwrap_or(-1),
+            committed_at: r
+                .i64(records::COMMITTED_AT)
+                .map_or(i64::MIN, from_pg_timestamp),
+            link_hash: hash_of(r.slice(records::LINK_HASH)),
+        },
+        segments: r.i32(records::SEGMENTS).unwrap_or(0),
+        payload: r
+            .slice(records::PAYLOAD)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default(),
+        parts: Vec::new(),
+    })
+}
+
+fn segment_row(r: &Row) -> Option<Vec<u8>> {
+    r.slice(segments::PAYLOAD).map(<[u8]>::to_vec)
+}
+
+/// The payloads of a transaction's segments, in order.
+fn read_segments(
+    oids: &Oids,
+    snapshot: pg_sys::Snapshot,
+    first_event: i64,
+) -> Result<Vec<Vec<u8>>, AuditError> {
+    Ordered::open_where(
+        oids.segments,
+        oids.segments_pkey,
+        snapshot,
+        &[(
+            segments::FIRST_EVENT as i16 + 1,
+            pg_sys::F_INT8EQ,
+            pg_sys::Datum::from(first_event),
+        )],
+        segment_row,
+    )?
+    .collect()
+}
+
+impl RawRecord {
+    pub fn digest(&self) -> Digest {
+        record::digest(
+            &self.record,
+            self.parts.iter().map(Vec::as_slice),
+            &self.payload,
+        )
+    }
+}
+
+/// -1: one per CPU, at most 8.
+pub static VERIFY_THREADS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(-1);
+
+fn verify_threads() -> usize {
+    match VERIFY_THREADS.get() {
+        n if n >= 0 => n as usize,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+    }
+}
+
+/// Worker threads never handle the server's signals: the session does.
+fn block_signals() {
+    // SAFETY: changes only the calling (worker) thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Verify the whole log, and that it extends `cp` if one is given.
+pub fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
+    let oids = catalog::lookup()?;
+    let snapshot = SnapshotGuard::active();
+    let snap = snapshot.0;
+    let records = Ordered::open(oids.records, oids.records_pkey, snap, record_row)?.map(move |r| {
+        let mut raw = r?;
+        if raw.segments != 0 {
+            raw.parts = read_segments(&oids, snap, raw.record.first_event)?;
+        }
+        Ok::<_, AuditError>(raw)
+    });
+    // Chains that purge() shortened start from their anchors, each of which
+    // a PURGE event in the log must record.
+    let anchors = crate::retention::anchors()?;
+    let claimed = if anchors.is_empty() {
+        Vec::new()
+    } else {
+        crate::retention::claimed_anchors()?
+    };
+    // The session reads (only it may call PostgreSQL); workers hash, and
+    // their results come back in order.
+    std::thread::scope(|scope| {
+        let digested = audit_log_core::parallel::map_ordered(
+            scope,
+            records,
+            verify_threads(),
+            block_signals,
+            |raw: RawRecord| {
+                let d = raw.digest();
+                (raw.record, d)
+            },
+        );
+        let mut v = record::verify_records(digested, cp, &anchors)?;
+        audit_log_core::verify::check_anchors(&mut v, &anchors, &claimed);
+        Ok(v)
+    })
+}
+
+/// The segments of one transaction, for the views (a superuser's edit of
+/// `segments` to a bad value reads as no segments, which verify() reports).
+fn transaction_parts(first_event: i64, segments: i32) -> Result<Vec<Vec<u8>>, AuditError> {
+    if segments == 0 {
+        return Ok(Vec::new());
+    }
+    let oids = catalog::lookup()?;
+    let snapshot = SnapshotGuard::active();
+    read_segments(&oids, snapshot.0, first_event)
+}
+
+fn ts(micros: i64) -> TimestampWithTimeZone {
+    let pg = audit_log_core::time::to_pg_timestamp(micros);
+    // SAFETY: any i64 is a timestamptz datum (out of range reads as infinity).
+    unsafe {
+        TimestampWithTimeZone::from_datum(pg_sys::Datum::from(pg), false)
+            .unwrap_or(TimestampWithTimeZone::positive_infinity())
+    }
+}
+
+fn json_text(j: Option<audit_log_core::model::Json>) -> Option<String> {
+    match j? {
+        audit_log_core::model::Json::Encoded(b) => {
+            audit_log_core::encoding::decode::Reader::new(&b)
+                .json_text()
+                .ok()
+        }
+        audit_log_core::model::Json::Value(v) => Some(v.to_string()),
+    }
+}
+
+/// The events of one record, as rows: the `audit_log.events` view.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."record_events"("first_event" bigint, "segments" integer, "payload" bytea)
+RETURNS TABLE ("id" bigint, "tx_id" bigint, "tx_seq" integer, "recorded_at" timestamptz,
+    "statement_at" timestamptz, "session_user_name" text, "current_user_name" text,
+    "application_name" text, "client_addr" text, "context" text, "table_schema" text,
+    "table_name" text, "op" text, "old_row" text, "new_row" text, "prev_hash" bytea, "hash" bytea)
+STABLE PARALLEL SAFE STRICT LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.record_events(bigint, integer, bytea) IS 'The events of one record of audit_log.records (with its segments), as rows, each with its recomputed hash. audit_log.events is built on it.';
+"#)]
+fn record_events(
+    first_event: i64,
+    segments: i32,
+    payload: &[u8],
+) -> TableIterator<
+    'static,
+    (
+        name!(id, i64),
+        name!(tx_id, i64),
+        name!(tx_seq, i32),
+        name!(recorded_at, TimestampWithTimeZone),
+        name!(statement_at, TimestampWithTimeZone),
+        name!(session_user_name, String),
+        name!(current_user_name, String),
+        name!(application_name, Option<String>),
+        name!(client_addr, Option<String>),
+        name!(context, Option<String>),
+        name!(table_schema, String),
+        name!(table_name, String),
+        name!(op, String),
+        name!(old_row, Option<String>),
+        name!(new_row, Option<String>),
+        name!(prev_hash, Vec<u8>),
+        name!(hash, Vec<u8>),
+    ),
+> {
+    let result = (|| -> Result<Vec<_>, AuditError> {
+        let parts = transaction_parts(first_event, segments)?;
+        let mut rows = Vec::new();
+        let mut prev = ZERO_HASH;
+        let all: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        for e in record::merged(all, payload) {
+            let Ok(e) = e else {
+                pgrx::warning!(
+                    "audit_log: the record of event {first_event} is unreadable past event {}",
+                    rows.len()
+                );
+                break;
+            };
+            let Ok(ev) = record::decode_event(e, first_event, prev) else {
+                pgrx::warning!(
+                    "audit_log: event {} of the record of event {first_event} is unreadable",
+                    rows.len() + 1
+                );
+                break;
+            };
+            prev = ev.hash;
+            rows.push((
+                ev.id,
+                ev.tx_id as i64,
+                i32::try_from(ev.tx_seq).unwrap_or(i32::MAX),
+                ts(ev.recorded_at),
+                ts(ev.statement_at),
+                ev.session_user_name,
+                ev.current_user_name,
+                ev.application_name,
+                ev.client_addr,
+                json_text(ev.context),
+                ev.table_schema,
+                ev.table_name,
+                ev.op,
+                json_text(ev.old_row),
+                json_text(ev.new_row),
+                ev.prev_hash.to_vec(),
+                ev.hash.to_vec(),
+            ));
+        }
+        Ok(rows)
+    })();
+    TableIterator::new(result.or_raise())
+}
+
+/// The hash of a record's last event: the `last_event_hash` of format v1's
+/// link, for the `audit_log.links` view.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."record_last_hash"("first_event" bigint, "segments" integer, "payload" bytea)
+RETURNS bytea
+STABLE PARALLEL SAFE STRICT LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.record_last_hash(bigint, integer, bytea) IS 'The recomputed hash of the last event of one record of audit_log.records: what its link covers.';
+"#)]
+fn record_last_hash(first_event: i64, segments: i32, payload: &[u8]) -> Vec<u8> {
+    let result = (|| -> Result<Vec<u8>, AuditError> {
+        let parts = transaction_parts(first_event, segments)?;
+        let mut h = ZERO_HASH;
+        let all: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        for e in record::merged(all, payload).flatten() {
+            h = audit_log_core::hash::event_hash_from_encoding(&h, e);
+        }
+        Ok(h.to_vec())
+    })();
+    result.or_raise()
+}
