@@ -17,6 +17,7 @@ SELECT audit_log.enable('tmp');
 SELECT audit_log.enable('s');
 SELECT audit_log.enable('no_such_table');
 SELECT audit_log.enable(424242::oid::regclass);
+SELECT audit_log.enable('audit_log.records');
 SELECT audit_log.enable('audit_log.events');
 SELECT audit_log.enable('pg_class');
 SELECT audit_log.disable(NULL);

@@ -8,7 +8,7 @@ CREATE EXTENSION audit_log;
 CREATE TABLE acct (id int PRIMARY KEY, owner text, balance numeric);
 CREATE TABLE pair (region text, n int, v text, PRIMARY KEY (region, n));
 CREATE TABLE nokey (email text, name text);
-SELECT audit_log.enable('acct'), audit_log.enable('pair'), audit_log.enable('nokey');
+SELECT audit_log.enable('acct', history => true), audit_log.enable('pair', history => true), audit_log.enable('nokey');
 INSERT INTO acct VALUES (1, 'alice', 10.00), (2, 'bob', 20.00);
 UPDATE acct SET balance = balance + 5 WHERE id = 1;
 BEGIN;
@@ -41,17 +41,17 @@ SELECT op, old_row->>'name' AS old_name, new_row->>'name' AS new_name
 SELECT op FROM audit_log.history('acct', '{"owner": "bob"}');
 -- The lookup by primary key uses the index, not a scan of the log.
 INSERT INTO acct SELECT g, 'owner ' || g, g FROM generate_series(100, 20099) g;
-ANALYZE audit_log.events;
+ANALYZE audit_log.row_keys;
 SELECT audit_log.row_key_of('acct', '{"id": 1}') AS row_key, audit_log.row_key_of('acct', '{"owner": "x"}') AS not_the_key;
-EXPLAIN (COSTS OFF) SELECT * FROM audit_log.events
- WHERE table_schema = 'public' AND table_name = 'acct' AND row_key = audit_log.row_key_of('acct', '{"id": 1}');
+EXPLAIN (COSTS OFF) SELECT * FROM audit_log.row_keys
+ WHERE row_key = audit_log.row_key_of('acct', '{"id": 1}');
 SELECT count(*) FROM audit_log.history('acct', '{"id": 20099}');
 -- A partitioned table: its events are recorded under its partitions'
 -- names, and its history follows the row across them.
 CREATE TABLE parted (id int, k int, v text, PRIMARY KEY (id, k)) PARTITION BY RANGE (k);
 CREATE TABLE parted_a PARTITION OF parted FOR VALUES FROM (0) TO (10);
 CREATE TABLE parted_b PARTITION OF parted FOR VALUES FROM (10) TO (20);
-SELECT audit_log.enable('parted');
+SELECT audit_log.enable('parted', history => true);
 INSERT INTO parted VALUES (1, 5, 'x');
 UPDATE parted SET v = 'y' WHERE id = 1;
 SELECT op, new_row->>'v' AS v FROM audit_log.history('parted', '{"id": 1, "k": 5}');

@@ -289,10 +289,17 @@ struct Walk {
     prev_last_event: i64,
     expect: Option<ChainHead>,
     expect_met: bool,
+    /// The next record continues an anchor that no PURGE event records.
+    at_unproven_anchor: bool,
 }
 
 impl Walk {
-    fn new(chain_id: i32, expect: Option<ChainHead>, anchor: Option<&ChainHead>) -> Self {
+    fn new(
+        chain_id: i32,
+        expect: Option<ChainHead>,
+        anchor: Option<&ChainHead>,
+        claimed: &[ChainHead],
+    ) -> Self {
         Walk {
             chain_id,
             prev_seq: anchor.map_or(0, |a| a.seq),
@@ -307,6 +314,7 @@ impl Walk {
                 _ => false,
             },
             expect,
+            at_unproven_anchor: anchor.is_some_and(|a| !claimed.contains(a)),
         }
     }
 
@@ -340,7 +348,17 @@ impl Walk {
             v.push(ProblemKind::ContentChanged, at, format!("{name}: {why}"));
         } else {
             let l = r.link(self.prev_hash, d.last_hash);
-            if l.link_hash != r.link_hash {
+            if l.link_hash != r.link_hash && self.at_unproven_anchor {
+                v.push(
+                    ProblemKind::LinkBroken,
+                    at,
+                    format!(
+                        "{name} does not hash to what was committed when chained to the anchor it continues (seq {}, {}…): it or the anchor was changed",
+                        self.prev_seq,
+                        short(&self.prev_hash)
+                    ),
+                );
+            } else if l.link_hash != r.link_hash {
                 v.push(
                     ProblemKind::ContentChanged,
                     at,
@@ -370,6 +388,7 @@ impl Walk {
                 }
             }
         }
+        self.at_unproven_anchor = false;
         self.prev_seq = r.seq;
         self.prev_hash = r.link_hash;
         self.prev_last_event = r.last_event;
@@ -402,11 +421,14 @@ impl Walk {
 
 /// Verify a log of records, read in (chain_id, seq) order, each with the
 /// digest of its events. Chains that purge() shortened start from their
-/// anchors. Errors of the stream itself are passed through.
+/// anchors, each of which some PURGE event must record (`claimed`: the
+/// anchors the log's PURGE events record). Errors of the stream itself are
+/// passed through.
 pub fn verify_records<E>(
     records: impl Iterator<Item = Result<(Record, Digest), E>>,
     checkpoint: Option<&Checkpoint>,
     anchors: &[ChainHead],
+    claimed: &[ChainHead],
 ) -> Result<Verdict, E> {
     let anchor = |chain: i32| anchors.iter().find(|a| a.chain == chain);
     let mut expected: BTreeMap<i32, ChainHead> = checkpoint
@@ -424,6 +446,7 @@ pub fn verify_records<E>(
                 r.chain_id,
                 expected.remove(&r.chain_id),
                 anchor(r.chain_id),
+                claimed,
             ));
         }
         if let Some(w) = walk.as_mut() {
@@ -434,8 +457,9 @@ pub fn verify_records<E>(
         w.finish(&mut v);
     }
     for (chain_id, e) in expected {
-        Walk::new(chain_id, Some(e), anchor(chain_id)).finish(&mut v);
+        Walk::new(chain_id, Some(e), anchor(chain_id), claimed).finish(&mut v);
     }
+    crate::verify::check_anchors(&mut v, anchors, claimed);
     Ok(v)
 }
 
@@ -506,7 +530,7 @@ mod tests {
         let it = log
             .iter()
             .map(|(r, p)| Ok::<_, ()>((r.clone(), digest(r, [], p))));
-        verify_records(it, cp, &[]).unwrap()
+        verify_records(it, cp, &[], &[]).unwrap()
     }
 
     #[test]
