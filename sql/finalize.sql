@@ -35,9 +35,10 @@ $guards$;
 CREATE VIEW audit_log.events AS
 SELECT e.id, e.tx_id::text::xid8 AS tx_id, e.tx_seq, e.recorded_at, e.statement_at,
        e.session_user_name, e.current_user_name, e.application_name,
-       e.client_addr::inet AS client_addr, e.context::jsonb AS context,
+       e.client_addr::inet AS client_addr, audit_log.canonical_json_text(e.context)::jsonb AS context,
        e.table_schema, e.table_name, e.op,
-       e.old_row::jsonb AS old_row, e.new_row::jsonb AS new_row,
+       audit_log.canonical_json_text(e.old_row)::jsonb AS old_row,
+       audit_log.canonical_json_text(e.new_row)::jsonb AS new_row,
        e.prev_hash, e.hash, r.first_event AS tx_first
   FROM audit_log.records r
  CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.segments, r.payload) e;
@@ -59,9 +60,9 @@ COMMENT ON VIEW audit_log.links IS 'One commit link per record of audit_log.reco
 
 GRANT SELECT ON audit_log.events, audit_log.links TO audit_log_auditor;
 REVOKE ALL ON FUNCTION audit_log.record_events(bigint, integer, bytea),
-    audit_log.record_last_hash(bigint, integer, bytea) FROM PUBLIC;
+    audit_log.record_last_hash(bigint, integer, bytea), audit_log.canonical_json_text(bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_log.record_events(bigint, integer, bytea),
-    audit_log.record_last_hash(bigint, integer, bytea) TO audit_log_auditor;
+    audit_log.record_last_hash(bigint, integer, bytea), audit_log.canonical_json_text(bytea) TO audit_log_auditor;
 
 -- The capture triggers' functions (src/capture.rs). No SET clause: they run
 -- for every audited row, and run no SQL.
@@ -189,7 +190,9 @@ BEGIN
                               WHERE a.relid = target), false)) THEN
         RETURN QUERY
             SELECT e.id, e.tx_id::text::xid8, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
-                   e.context::jsonb, e.old_row::jsonb, e.new_row::jsonb
+                   audit_log.canonical_json_text(e.context)::jsonb,
+                   audit_log.canonical_json_text(e.old_row)::jsonb,
+                   audit_log.canonical_json_text(e.new_row)::jsonb
               FROM (SELECT DISTINCT k.first_event, k.tx_seq FROM audit_log.row_keys k
                      WHERE k.row_key = ANY (keys)) k
               JOIN audit_log.records r ON r.first_event = k.first_event

@@ -183,7 +183,7 @@ impl AuditError {
                 Some("Split the change into several transactions.".into())
             }
             AuditError::ChainDamaged { .. } => Some(
-                "Someone with superuser rights changed audit_log.links. Run \
+                "Someone with superuser rights changed audit_log.records. Run \
                  SELECT * FROM audit_log.verify() to see what changed, and restore the log."
                     .into(),
             ),

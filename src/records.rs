@@ -168,15 +168,32 @@ fn ts(micros: i64) -> TimestampWithTimeZone {
     }
 }
 
-fn json_text(j: Option<audit_log_core::model::Json>) -> Option<String> {
+/// A JSON value's canonical encoding; the view turns it into jsonb only
+/// where a query reads it (through [`canonical_json_text`]).
+fn json_bytes(j: Option<audit_log_core::model::Json>) -> Option<Vec<u8>> {
     match j? {
-        audit_log_core::model::Json::Encoded(b) => {
-            audit_log_core::encoding::decode::Reader::new(&b)
-                .json_text()
-                .ok()
+        audit_log_core::model::Json::Encoded(b) => Some(b),
+        audit_log_core::model::Json::Value(v) => {
+            let mut b = Vec::new();
+            audit_log_core::encoding::encode_json(&v, &mut b);
+            Some(b)
         }
-        audit_log_core::model::Json::Value(v) => Some(v.to_string()),
     }
+}
+
+/// One canonical `json` item as JSON text.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."canonical_json_text"("encoded" bytea) RETURNS text
+IMMUTABLE PARALLEL SAFE STRICT LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.canonical_json_text(bytea) IS 'A JSON value in the canonical encoding of docs/FORMAT.md, as JSON text.';
+"#)]
+fn canonical_json_text(encoded: &[u8]) -> String {
+    audit_log_core::encoding::decode::Reader::new(encoded)
+        .json_text()
+        .map_err(|e| AuditError::Invalid(format!("not a canonical JSON value: {e}")))
+        .or_raise()
 }
 
 /// The events of one record, as rows: the `audit_log.events` view.
@@ -184,8 +201,8 @@ fn json_text(j: Option<audit_log_core::model::Json>) -> Option<String> {
 CREATE FUNCTION audit_log."record_events"("first_event" bigint, "segments" integer, "payload" bytea)
 RETURNS TABLE ("id" bigint, "tx_id" bigint, "tx_seq" integer, "recorded_at" timestamptz,
     "statement_at" timestamptz, "session_user_name" text, "current_user_name" text,
-    "application_name" text, "client_addr" text, "context" text, "table_schema" text,
-    "table_name" text, "op" text, "old_row" text, "new_row" text, "prev_hash" bytea, "hash" bytea)
+    "application_name" text, "client_addr" text, "context" bytea, "table_schema" text,
+    "table_name" text, "op" text, "old_row" bytea, "new_row" bytea, "prev_hash" bytea, "hash" bytea)
 STABLE PARALLEL SAFE STRICT LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
@@ -207,12 +224,12 @@ fn record_events(
         name!(current_user_name, String),
         name!(application_name, Option<String>),
         name!(client_addr, Option<String>),
-        name!(context, Option<String>),
+        name!(context, Option<Vec<u8>>),
         name!(table_schema, String),
         name!(table_name, String),
         name!(op, String),
-        name!(old_row, Option<String>),
-        name!(new_row, Option<String>),
+        name!(old_row, Option<Vec<u8>>),
+        name!(new_row, Option<Vec<u8>>),
         name!(prev_hash, Vec<u8>),
         name!(hash, Vec<u8>),
     ),
@@ -248,12 +265,12 @@ fn record_events(
                 ev.current_user_name,
                 ev.application_name,
                 ev.client_addr,
-                json_text(ev.context),
+                json_bytes(ev.context),
                 ev.table_schema,
                 ev.table_name,
                 ev.op,
-                json_text(ev.old_row),
-                json_text(ev.new_row),
+                json_bytes(ev.old_row),
+                json_bytes(ev.new_row),
                 ev.prev_hash.to_vec(),
                 ev.hash.to_vec(),
             ));

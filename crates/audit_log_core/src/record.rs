@@ -257,7 +257,7 @@ pub fn digest<'a>(
     if d.count != r.event_count {
         fault(
             &mut d.fault,
-            format!("it holds {} events, not {}", d.count, r.event_count),
+            format!("it holds {} event(s), not {}", d.count, r.event_count),
         );
     }
     if d.first_id.is_some_and(|f| f != r.first_event)
@@ -397,22 +397,24 @@ impl Walk {
     fn finish(&self, v: &mut Verdict) {
         match &self.expect {
             Some(e) if !self.expect_met => {
-                let (kind, why) = if e.seq <= self.prev_seq {
+                let (kind, detail) = if e.seq <= self.prev_seq {
                     (
                         ProblemKind::ChainRewritten,
-                        "a purge anchor that differs from",
+                        format!(
+                            "chain {} has no record or anchor at the checkpoint's seq {} (up to event {}) with the checkpoint's hash",
+                            self.chain_id, e.seq, e.last_event
+                        ),
                     )
                 } else {
-                    (ProblemKind::Truncated, "the checkpoint holding")
+                    (
+                        ProblemKind::Truncated,
+                        format!(
+                            "chain {} ends at seq {} but the checkpoint holds seq {} (up to event {})",
+                            self.chain_id, self.prev_seq, e.seq, e.last_event
+                        ),
+                    )
                 };
-                v.push(
-                    kind,
-                    Some(e.last_event),
-                    format!(
-                        "chain {} ends at seq {} but {why} seq {} (up to event {})",
-                        self.chain_id, self.prev_seq, e.seq, e.last_event
-                    ),
-                )
+                v.push(kind, Some(e.last_event), detail)
             }
             _ => {}
         }
