@@ -267,6 +267,13 @@ SELECT * FROM changed();
 SELECT * FROM check_log();
 SELECT * FROM check_log((SELECT cp FROM cp)); ROLLBACK;
 
+BEGIN; SELECT unguard();   -- a transaction replayed at the tail, its hash recomputed: recorded twice
+INSERT INTO audit_log.records
+SELECT chain_id, 6, tx_id, first_event, last_event, event_count, committed_at, segments, link_hash, payload
+  FROM audit_log.records WHERE seq = 2;
+SELECT relink(6);
+SELECT * FROM check_log(); ROLLBACK;
+
 BEGIN; SELECT unguard();   -- drop the newest transaction: only a checkpoint sees it
 DELETE FROM audit_log.records WHERE seq = 5;
 SELECT * FROM check_log();

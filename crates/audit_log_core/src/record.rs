@@ -438,8 +438,12 @@ pub fn verify_records<E>(
         .unwrap_or_default();
     let mut v = Verdict::default();
     let mut walk: Option<Walk> = None;
+    // Each transaction's key, to find one stored twice (a replayed record,
+    // its hash recomputed at the tail of a chain): 8 bytes per transaction.
+    let mut keys: Vec<i64> = Vec::new();
     for item in records {
         let (r, d) = item?;
+        keys.push(r.first_event);
         if walk.as_ref().is_none_or(|w| w.chain_id != r.chain_id) {
             if let Some(w) = walk.take() {
                 w.finish(&mut v);
@@ -460,6 +464,17 @@ pub fn verify_records<E>(
     }
     for (chain_id, e) in expected {
         Walk::new(chain_id, Some(e), anchor(chain_id), claimed).finish(&mut v);
+    }
+    keys.sort_unstable();
+    for w in keys.windows(2).filter(|w| w[0] == w[1]) {
+        v.push(
+            ProblemKind::EventInserted,
+            Some(w[0]),
+            format!(
+                "the transaction whose first event is {} is recorded more than once",
+                w[0]
+            ),
+        );
     }
     crate::verify::check_anchors(&mut v, anchors, claimed);
     Ok(v)
@@ -493,12 +508,13 @@ mod tests {
         }
     }
 
-    /// A record of `n` events with ids 10, 12, 14, … and its payload.
+    /// A record of `n` events with ids 100·seq + 10, + 12, + 14, … and its payload.
     fn record(chain: i32, seq: i64, prev: Hash, n: i64) -> (Record, Vec<u8>) {
+        let base = 100 * seq + 10;
         let mut payload = Vec::new();
         let mut h = ZERO_HASH;
         for i in 0..n {
-            let mut e = event(10 + 2 * i, i + 1);
+            let mut e = event(base + 2 * i, i + 1);
             e.prev_hash = h;
             let mut buf = Vec::new();
             encode_event(&e, &mut buf);
@@ -509,8 +525,8 @@ mod tests {
             chain_id: chain,
             seq,
             tx_id: 77,
-            first_event: 10,
-            last_event: 10 + 2 * (n - 1),
+            first_event: base,
+            last_event: base + 2 * (n - 1),
             event_count: n,
             committed_at: 5,
             link_hash: ZERO_HASH,
@@ -553,14 +569,14 @@ mod tests {
                 })
                 .collect()
         };
-        let mut orig = event(14, 3);
+        let mut orig = event(314, 3);
         orig.prev_hash = evs[1].hash;
         assert_eq!(evs[2].hash, crate::hash::event_hash(&orig));
         assert_eq!(
             evs[2].new_row,
             Some(Json::Encoded({
                 let mut b = Vec::new();
-                crate::encoding::encode_json(&serde_json::json!({"id": 14, "v": "x"}), &mut b);
+                crate::encoding::encode_json(&serde_json::json!({"id": 314, "v": "x"}), &mut b);
                 b
             }))
         );
@@ -576,7 +592,7 @@ mod tests {
         let v = check(&t, None);
         assert_eq!(
             v.first().map(|p| (p.kind, p.event_id)),
-            Some((ProblemKind::ContentChanged, Some(10)))
+            Some((ProblemKind::ContentChanged, Some(310)))
         );
         // A record removed from the middle.
         let mut t = log.clone();
@@ -611,6 +627,18 @@ mod tests {
         let v = check(&t, None);
         assert!(!v.ok());
         assert_eq!(v.problems[0].detail.contains("record 0/3"), true);
+        // A record replayed at the tail, its hash recomputed.
+        let mut t = log.clone();
+        let mut again = t[1].clone();
+        again.0.seq = 5;
+        again.0.link_hash = again
+            .0
+            .link(t[3].0.link_hash, digest(&again.0, [], &again.1).last_hash)
+            .link_hash;
+        t.push(again);
+        let v = check(&t, None);
+        assert_eq!(v.problem_count, 1, "{:?}", v.problems);
+        assert_eq!(v.first().unwrap().kind, ProblemKind::EventInserted);
         // A truncated payload.
         let mut t = log.clone();
         t[3].1.pop();
