@@ -82,3 +82,37 @@ fn link_vector() {
         "e8998486ca84c21664ee49c6e246310debd7fd1f3ec82a31fad4a0aae5960d57"
     );
 }
+
+#[test]
+fn record_vector() {
+    use audit_log_core::record::{digest, put_event, verify_records, Record};
+    let mut canonical = Vec::new();
+    encode_event(&vector_event(), &mut canonical);
+    let mut payload = Vec::new();
+    put_event(&mut payload, &canonical);
+    assert_eq!(hex::encode(&payload[..4]), "000000c0");
+    assert_eq!(payload.len(), 4 + 192);
+    let mut r = Record {
+        chain_id: 3,
+        seq: 1,
+        tx_id: 777,
+        first_event: 42,
+        last_event: 42,
+        event_count: 1,
+        committed_at: 1_767_225_600_200_000,
+        link_hash: ZERO_HASH,
+    };
+    let d = digest(&r, [], &payload);
+    assert_eq!(d.fault, None);
+    assert_eq!(
+        hex::encode(d.last_hash),
+        "16a3d9bb4cc9a45ec7ca5b23952f545e9dc4b7722744316b97c3c23db4b263cf"
+    );
+    r.link_hash = r.link(ZERO_HASH, d.last_hash).link_hash;
+    assert_eq!(
+        hex::encode(r.link_hash),
+        "e8998486ca84c21664ee49c6e246310debd7fd1f3ec82a31fad4a0aae5960d57"
+    );
+    let v = verify_records(std::iter::once(Ok::<_, ()>((r, d))), None, &[], &[]).unwrap();
+    assert!(v.ok());
+}
