@@ -27,9 +27,10 @@ echo "$out" | grep -q '"op": "UPDATE"' || echo "$out" | grep -q '"op":"UPDATE"' 
 echo "  notify: 3 committed changes announced on audit_log:public.orders, none for a rolled-back one"
 
 # A failed verification: a WARNING, and a notification for monitoring.
-q -c "ALTER TABLE audit_log.events DISABLE TRIGGER USER" \
-  -c "UPDATE audit_log.events SET new_row = '{\"id\": 1, \"amount\": 1000}' WHERE op = 'INSERT' AND new_row->>'id' = '1'" \
-  -c "ALTER TABLE audit_log.events ENABLE TRIGGER USER"
+# (A superuser turns the recorded INSERTs into DELETEs, in the stored bytes.)
+q -c "ALTER TABLE audit_log.records DISABLE TRIGGER USER" \
+  -c "UPDATE audit_log.records SET payload = decode(replace(encode(payload, 'hex'), encode('INSERT', 'hex'), encode('DELETE', 'hex')), 'hex') WHERE position('INSERT'::bytea IN payload) > 0" \
+  -c "ALTER TABLE audit_log.records ENABLE TRIGGER USER"
 out=$(psql -X -v ON_ERROR_STOP=1 -d $db 2>&1 <<'SQL'
 LISTEN audit_log_alert;
 SELECT ok FROM audit_log.verify();

@@ -196,38 +196,45 @@ pub fn merged<'a>(
     })
 }
 
-/// Hash a transaction's events and check their structure against the
-/// record's own columns.
-pub fn digest<'a>(
-    r: &Record,
-    segments: impl IntoIterator<Item = &'a [u8]>,
-    payload: &'a [u8],
-) -> Digest {
-    let mut d = Digest {
-        count: 0,
-        first_id: None,
-        last_id: None,
-        last_hash: ZERO_HASH,
-        fault: None,
-    };
-    let fault = |f: &mut Option<String>, why: String| {
-        if f.is_none() {
-            *f = Some(why);
+fn note(f: &mut Option<String>, why: String) {
+    if f.is_none() {
+        *f = Some(why);
+    }
+}
+
+/// A [`Digest`] built one event at a time, in tx_seq order: for readers
+/// that have a transaction's events as a stream (an export) rather than as
+/// a record's bytes.
+#[derive(Debug, Clone)]
+pub struct DigestBuilder {
+    d: Digest,
+    tx_id: Option<u64>,
+}
+
+impl Default for DigestBuilder {
+    fn default() -> Self {
+        DigestBuilder {
+            d: Digest {
+                count: 0,
+                first_id: None,
+                last_id: None,
+                last_hash: ZERO_HASH,
+                fault: None,
+            },
+            tx_id: None,
         }
-    };
-    for e in merged(segments, payload) {
-        let Ok(e) = e else {
-            fault(
-                &mut d.fault,
-                "its payload is not a sequence of events".into(),
-            );
-            break;
-        };
+    }
+}
+
+impl DigestBuilder {
+    /// The next event's canonical encoding.
+    pub fn push(&mut self, e: &[u8]) {
+        let d = &mut self.d;
         d.count += 1;
         match header(e) {
             Ok(h) => {
                 if h.tx_seq != d.count {
-                    fault(
+                    note(
                         &mut d.fault,
                         format!(
                             "event {} is at tx_seq {} in position {}",
@@ -235,46 +242,85 @@ pub fn digest<'a>(
                         ),
                     );
                 }
-                if h.tx_id != r.tx_id {
-                    fault(
+                match self.tx_id {
+                    Some(t) if t != h.tx_id => note(
                         &mut d.fault,
                         format!("event {} belongs to tx {}", h.id, h.tx_id),
-                    );
+                    ),
+                    _ => self.tx_id = Some(h.tx_id),
                 }
                 if let Some(l) = d.last_id.filter(|&l| l >= h.id) {
-                    fault(&mut d.fault, format!("event {} follows event {l}", h.id));
+                    note(&mut d.fault, format!("event {} follows event {l}", h.id));
                 }
                 d.first_id.get_or_insert(h.id);
                 d.last_id = Some(h.id);
             }
-            Err(_) => fault(
+            Err(_) => note(
                 &mut d.fault,
                 format!("event {} of the payload is unreadable", d.count),
             ),
         }
         d.last_hash = event_hash_from_encoding(&d.last_hash, e);
     }
-    if d.count != r.event_count {
-        fault(
-            &mut d.fault,
-            format!("it holds {} event(s), not {}", d.count, r.event_count),
-        );
+
+    /// The hash of the last event pushed (zero before the first).
+    pub fn last_hash(&self) -> Hash {
+        self.d.last_hash
     }
-    if d.first_id.is_some_and(|f| f != r.first_event)
-        || d.last_id.is_some_and(|l| l != r.last_event)
-    {
-        fault(
-            &mut d.fault,
-            format!(
-                "its events run {}..{}, not {}..{}",
-                d.first_id.unwrap_or(0),
-                d.last_id.unwrap_or(0),
-                r.first_event,
-                r.last_event
-            ),
-        );
+
+    /// A part of the stream that is not a sequence of events.
+    pub fn malformed(&mut self, why: &str) {
+        note(&mut self.d.fault, why.to_string());
     }
-    d
+
+    /// The digest, checked against the record's own columns.
+    pub fn finish(self, r: &Record) -> Digest {
+        let mut d = self.d;
+        if let Some(t) = self.tx_id.filter(|&t| t != r.tx_id) {
+            note(&mut d.fault, format!("its events belong to tx {t}"));
+        }
+        if d.count != r.event_count {
+            note(
+                &mut d.fault,
+                format!("it holds {} event(s), not {}", d.count, r.event_count),
+            );
+        }
+        if d.first_id.is_some_and(|f| f != r.first_event)
+            || d.last_id.is_some_and(|l| l != r.last_event)
+        {
+            note(
+                &mut d.fault,
+                format!(
+                    "its events run {}..{}, not {}..{}",
+                    d.first_id.unwrap_or(0),
+                    d.last_id.unwrap_or(0),
+                    r.first_event,
+                    r.last_event
+                ),
+            );
+        }
+        d
+    }
+}
+
+/// Hash a transaction's events and check their structure against the
+/// record's own columns.
+pub fn digest<'a>(
+    r: &Record,
+    segments: impl IntoIterator<Item = &'a [u8]>,
+    payload: &'a [u8],
+) -> Digest {
+    let mut b = DigestBuilder::default();
+    for e in merged(segments, payload) {
+        match e {
+            Ok(e) => b.push(e),
+            Err(_) => {
+                b.malformed("its payload is not a sequence of events");
+                break;
+            }
+        }
+    }
+    b.finish(r)
 }
 
 fn short(h: &Hash) -> String {

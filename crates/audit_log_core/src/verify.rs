@@ -106,7 +106,7 @@ impl Verdict {
             .min_by_key(|p| (p.event_id.is_none(), p.event_id, p.kind))
     }
 
-    pub(crate) fn push(&mut self, kind: ProblemKind, event_id: Option<i64>, detail: String) {
+    pub fn push(&mut self, kind: ProblemKind, event_id: Option<i64>, detail: String) {
         self.problem_count += 1;
         if self.problems.len() < MAX_PROBLEMS {
             self.problems.push(Problem {
