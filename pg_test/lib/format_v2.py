@@ -1,27 +1,39 @@
 #!/usr/bin/env python3
-"""An independent implementation of docs/FORMAT.md, in plain Python.
+"""An independent implementation of docs/FORMAT.md (format version 2), in
+plain Python.
 
 It shares no code with the extension: if it agrees with the hashes the
 extension stored, the specification is complete and the implementation
 follows it. It also plays the attacker who recomputes hashes after an edit.
 
-  format_v1.py verify < LOG            recompute every event and link hash,
-                                       and match transactions to their links;
-                                       exit 1 on the first mismatch
-  format_v1.py rewrite EVENT_ID NEW_ROW_JSON [--chain] < DUMP
-      print SQL that sets an event's new_row and recomputes its hash, the
-      rest of its transaction, its link and (with --chain) every later link
-      of that chain: a superuser's forgery that keeps the chain consistent.
+  format_v2.py verify < LOG
+      LOG is what pg_test/lib/dump_log.sql prints: the raw storage, one JSON
+      object a line ("kind" "record", "segment" or "anchor"; payloads and
+      hashes in hex, committed_at in integer microseconds). Every record's
+      payload (merged by tx_seq with its segments) is decoded event by event
+      and checked against the record's columns, its events are hashed, and
+      its link hash is recomputed, chained on the STORED link_hash of the
+      record before it in its chain (or on the chain's anchor). seq runs on
+      without gaps, no transaction is stored twice, and every anchor is
+      recorded by a PURGE event. The audit_log.events and audit_log.links
+      views, which the server computes, are not read.
+      LOG can also be an export of `audit-log export` (docs/FORMAT.md,
+      "Export"): its logical events and links are checked as listed there.
+      Exit 1 with a message on the first problem.
+  format_v2.py rewrite EVENT_ID NEW_ROW_JSON [--chain] < DUMP
+      print SQL that forges the storage as a superuser could: the event is
+      re-encoded with NEW_ROW_JSON as its new_row inside its record's payload
+      (or its segment's), and its record's link_hash is recomputed; with
+      --chain, so is the link_hash of every later record of that chain, each
+      chained on the forged one before it. The statements update
+      audit_log.records (and audit_log.segments, if the event was spilled to
+      a segment): the caller disables their triggers.
 
-LOG is either what pg_test/lib/dump_log.sql prints (one JSON object a line,
-"kind" "event" or "link", jsonb columns as their text, timestamps as integer
-microseconds) or an export of `audit-log export` (docs/FORMAT.md, "Export").
-
-A transaction is known by the id of its first event (an event's tx_first, a
-link's first_event), not by its tx_id, which repeats after a restore into a
-new cluster. Row values may be nested any depth: they are parsed and encoded
-without recursion (Python's json module raises RecursionError long before
-100,000 levels).
+A transaction is known by the id of its first event (a record's
+first_event, an event's tx_first), not by its tx_id, which repeats after a
+restore into a new cluster. Row values may be nested any depth: they are
+parsed, decoded and encoded without recursion (Python's json module raises
+RecursionError long before 100,000 levels).
 """
 import calendar
 import hashlib
@@ -193,6 +205,414 @@ def enc_json(v):
     return b"".join(out)
 
 
+# ---------------------------------------------------------------------------
+# Format v2 storage: records, segments and anchors, read from their bytes.
+
+
+class Malformed(ValueError):
+    """Bytes that are not a canonical encoding."""
+
+
+_JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+class Reader:
+    """Reads the primitive encodings of FORMAT.md from bytes, checking each."""
+
+    __slots__ = ("b", "pos")
+
+    def __init__(self, b):
+        self.b = b
+        self.pos = 0
+
+    def take(self, n):
+        end = self.pos + n
+        if end > len(self.b):
+            raise Malformed(f"{n} byte(s) wanted at byte {self.pos} of {len(self.b)}")
+        s = self.b[self.pos:end]
+        self.pos = end
+        return s
+
+    def i64(self):
+        return struct.unpack(">q", self.take(8))[0]
+
+    def u64(self):
+        return struct.unpack(">Q", self.take(8))[0]
+
+    def u32(self):
+        return struct.unpack(">I", self.take(4))[0]
+
+    def raw_text(self):
+        at = self.pos
+        b = self.take(self.u32())
+        try:
+            b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Malformed(f"text at byte {at} is not UTF-8") from None
+        return b
+
+    def text(self):
+        return self.raw_text().decode("utf-8")
+
+    def opt(self, read):
+        at = self.pos
+        marker = self.take(1)[0]
+        if marker == 0:
+            return None
+        if marker == 1:
+            return read()
+        raise Malformed(f"opt marker {marker:#04x} at byte {at}")
+
+    def json(self, build=False):
+        """One `json` item, checked to be canonical (known tags, UTF-8 text,
+        numbers that are JSON numbers, object keys strictly increasing in
+        byte order), with a stack of its own: no recursion at any depth.
+        With build, its value (numbers as Num); otherwise None."""
+        # Open containers, innermost last: [items left, is object, last key
+        # (bytes), the value being built, its pending key].
+        stack = []
+        while True:
+            at = self.pos
+            tag = self.take(1)[0]
+            if tag == 0x00:
+                value = None
+            elif tag == 0x01:
+                value = False
+            elif tag == 0x02:
+                value = True
+            elif tag == 0x03:
+                n = self.take(self.u32())
+                if not _JSON_NUMBER.fullmatch(n):
+                    raise Malformed(f"number {n[:40]!r} at byte {at} is not a JSON number")
+                value = Num(n.decode("ascii")) if build else None
+            elif tag == 0x04:
+                s = self.raw_text()
+                value = s.decode("utf-8") if build else None
+            elif tag in (0x05, 0x06):
+                count = self.u32()
+                # An item takes at least 1 byte, a member at least 5.
+                if count * (5 if tag == 0x06 else 1) > len(self.b) - self.pos:
+                    raise Malformed(f"a container at byte {at} claims {count} items, more than the bytes left")
+                container = ({} if tag == 0x06 else []) if build else None
+                stack.append([count, tag == 0x06, None, container, None])
+                value = stack  # a marker: nothing to attach yet
+            else:
+                raise Malformed(f"unknown json tag {tag:#04x} at byte {at}")
+            if value is not stack:
+                if not stack:
+                    return value
+                top = stack[-1]
+                if build:
+                    if top[1]:
+                        top[3][top[4]] = value
+                    else:
+                        top[3].append(value)
+            # Close the containers that are complete.
+            while stack[-1][0] == 0:
+                done = stack.pop()[3]
+                if not stack:
+                    return done
+                top = stack[-1]
+                if build:
+                    if top[1]:
+                        top[3][top[4]] = done
+                    else:
+                        top[3].append(done)
+            # The next item of the innermost open container.
+            top = stack[-1]
+            top[0] -= 1
+            if top[1]:
+                at = self.pos
+                key = self.raw_text()
+                if top[2] is not None and key <= top[2]:
+                    raise Malformed(f"object key at byte {at} does not follow the one before it in byte order")
+                top[2] = key
+                if build:
+                    top[4] = key.decode("utf-8")
+
+
+def decode_event(canonical):
+    """An event's canonical encoding, decoded in full (every field read and
+    checked, nothing left over). Returns its id, tx_id, tx_seq, table_schema,
+    op, where its new_row starts (the last field), and for a PURGE event of
+    the log its new_row as a value."""
+    r = Reader(canonical)
+    e = {"id": r.i64(), "tx_id": r.u64(), "tx_seq": r.i64()}
+    r.i64()  # recorded_at
+    r.i64()  # statement_at
+    r.text()  # session_user_name
+    r.text()  # current_user_name
+    r.opt(r.text)  # application_name
+    r.opt(r.text)  # client_addr
+    r.opt(r.json)  # context
+    e["table_schema"] = r.text()
+    r.text()  # table_name
+    e["op"] = r.text()
+    r.opt(r.json)  # old_row
+    e["new_row_at"] = r.pos
+    purge = e["table_schema"] == "audit_log" and e["op"] == "PURGE"
+    new_row = r.opt(lambda: r.json(build=purge))
+    if r.pos != len(canonical):
+        raise Malformed(f"{len(canonical) - r.pos} byte(s) after the event's last field")
+    e["purge"] = new_row if purge else None
+    return e
+
+
+def split(payload):
+    """A payload's events: each a u32 length and that many bytes."""
+    out, pos = [], 0
+    while pos < len(payload):
+        if pos + 4 > len(payload):
+            raise Malformed(f"a length prefix at byte {pos} runs past the payload's end ({len(payload)})")
+        n = struct.unpack_from(">I", payload, pos)[0]
+        if pos + 4 + n > len(payload):
+            raise Malformed(f"the event at byte {pos} ({n} bytes) runs past the payload's end ({len(payload)})")
+        out.append(payload[pos + 4:pos + 4 + n])
+        pos += 4 + n
+    return out
+
+
+def join(events):
+    return b"".join(struct.pack(">I", len(c)) + c for c in events)
+
+
+def record_events(rec, segs):
+    """A record's events in tx_seq order: [(canonical, decoded, where)],
+    where = ("payload", i) or ("segment", part, i). Its segments' events, in
+    order of part, are merged by tx_seq with its payload's (ties to the
+    segment), as FORMAT.md says; a segment's part is its first tx_seq and
+    its events run on consecutively."""
+    spilled = []
+    for s in segs:
+        evs = split(s["payload"])
+        if not evs:
+            raise Malformed(f"segment {s['first_event']}/{s['part']} holds no event")
+        for i, c in enumerate(evs):
+            d = decode_event(c)
+            if d["tx_seq"] != s["part"] + i:
+                raise Malformed(f"segment {s['first_event']}/{s['part']}: its event {i + 1} (id {d['id']}) "
+                                f"is at tx_seq {d['tx_seq']}, not {s['part'] + i}")
+            spilled.append((c, d, ("segment", s["part"], i)))
+    kept = [(c, decode_event(c), ("payload", i)) for i, c in enumerate(split(rec["payload"]))]
+    out, i, j = [], 0, 0
+    while i < len(spilled) or j < len(kept):
+        if j < len(kept) and (i == len(spilled) or kept[j][1]["tx_seq"] < spilled[i][1]["tx_seq"]):
+            out.append(kept[j])
+            j += 1
+        else:
+            out.append(spilled[i])
+            i += 1
+    return out
+
+
+def digest(rec, events):
+    """Check a record's events against its columns, as docs/FORMAT.md
+    ("What a verifier checks", 1) lists; return the last event's hash."""
+    h, last = ZERO, None
+    for pos, (c, d, _) in enumerate(events, 1):
+        if d["tx_seq"] != pos:
+            raise Malformed(f"event {d['id']} is at tx_seq {d['tx_seq']} in position {pos}")
+        if d["tx_id"] != rec["tx_id"]:
+            raise Malformed(f"event {d['id']} belongs to tx {d['tx_id']}")
+        if last is not None and d["id"] <= last:
+            raise Malformed(f"event {d['id']} follows event {last}")
+        last = d["id"]
+        h = hashlib.sha256(EVENT_TAG + h + c).digest()
+    if not events:
+        raise Malformed("it holds no event")
+    if len(events) != rec["event_count"]:
+        raise Malformed(f"it holds {len(events)} event(s), not {rec['event_count']}")
+    if (events[0][1]["id"], last) != (rec["first_event"], rec["last_event"]):
+        raise Malformed(f"its events run {events[0][1]['id']}..{last}, not {rec['first_event']}..{rec['last_event']}")
+    return h
+
+
+def record_link_hash(rec, prev, last_event_hash):
+    canonical = (
+        i64(rec["chain_id"]) + i64(rec["seq"]) + u64(rec["tx_id"]) + i64(rec["event_count"])
+        + i64(rec["first_event"]) + i64(rec["last_event"]) + last_event_hash + i64(rec["committed_at"])
+    )
+    return hashlib.sha256(LINK_TAG + prev + canonical).digest()
+
+
+def claims(purge_row):
+    """The anchors a PURGE event's new_row records: {(chain, seq, link_hash)}."""
+    out = set()
+    anchors = purge_row.get("anchors") if isinstance(purge_row, dict) else None
+    for a in anchors if isinstance(anchors, list) else []:
+        try:
+            out.add((int(a["chain"]), int(a["seq"]), bytes.fromhex(a["link_hash"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def name(rec):
+    return (f"record {rec['chain_id']}/{rec['seq']} (tx {rec['tx_id']}, "
+            f"events {rec['first_event']}..{rec['last_event']})")
+
+
+class Problem(Exception):
+    pass
+
+
+def load_dump(lines):
+    """Records by (chain_id, seq), segments by first_event (in order of
+    part) and anchors by chain, from dump_log.sql's lines."""
+    records, segments, anchors = [], {}, {}
+    for line in lines:
+        rec = json.loads(line)
+        kind = rec.pop("kind", None)
+        if kind == "record":
+            for k in ("chain_id", "seq", "tx_id", "first_event", "last_event", "event_count",
+                      "committed_at", "segments"):
+                rec[k] = int(rec[k])
+            rec["link_hash"] = bytes.fromhex(rec["link_hash"])
+            rec["payload"] = bytes.fromhex(rec["payload"])
+            records.append(rec)
+        elif kind == "segment":
+            rec["first_event"], rec["part"] = int(rec["first_event"]), int(rec["part"])
+            rec["payload"] = bytes.fromhex(rec["payload"])
+            segments.setdefault(rec["first_event"], []).append(rec)
+        elif kind == "anchor":
+            for k in ("chain_id", "seq", "last_event"):
+                rec[k] = int(rec[k])
+            rec["link_hash"] = bytes.fromhex(rec["link_hash"])
+            if rec["chain_id"] in anchors:
+                raise ValueError(f"two anchors for chain {rec['chain_id']}")
+            anchors[rec["chain_id"]] = rec
+        else:
+            raise ValueError(f"a dump line of kind {kind!r}: pg_test/lib/dump_log.sql dumps the raw "
+                             "storage of format v2 (record, segment, anchor)")
+    records.sort(key=lambda r: (r["chain_id"], r["seq"]))
+    for segs in segments.values():
+        segs.sort(key=lambda s: s["part"])
+    return records, segments, anchors
+
+
+def segments_of(rec, segments):
+    segs = segments.get(rec["first_event"], []) if rec["segments"] else []
+    if len(segs) != rec["segments"]:
+        raise Malformed(f"it spilled {rec['segments']} segment(s), {len(segs)} are stored")
+    return segs
+
+
+def verify_dump(records, segments, anchors):
+    # 1. Each record on its own: its events decoded and hashed, checked
+    # against its columns; the anchors its PURGE events record.
+    digests, claimed, ids, n_events = [], set(), set(), 0
+    for rec in records:
+        try:
+            evs = record_events(rec, segments_of(rec, segments))
+            digests.append(digest(rec, evs))
+        except Malformed as m:
+            digests.append(m)
+            continue
+        n_events += len(evs)
+        for _, d, _ in evs:
+            if d["id"] in ids:
+                raise Problem(f"event {d['id']} of {name(rec)} is stored twice (event_inserted)")
+            ids.add(d["id"])
+            if d["purge"] is not None:
+                claimed |= claims(d["purge"])
+    # 2. Each chain, in seq order, from its anchor: seq runs on, and each
+    # link hashes to the stored link_hash, chained on the stored hash before.
+    chain = None
+    for rec, d in zip(records, digests):
+        if rec["chain_id"] != chain:
+            chain = rec["chain_id"]
+            a = anchors.get(chain)
+            prev_seq, prev = (a["seq"], a["link_hash"]) if a else (0, ZERO)
+            unproven = a is not None and (a["chain_id"], a["seq"], a["link_hash"]) not in claimed
+        if rec["seq"] > prev_seq + 1:
+            raise Problem(f"chain {chain} lacks records {prev_seq + 1}..{rec['seq'] - 1} "
+                          f"before {name(rec)} (link_missing)")
+        if rec["seq"] <= prev_seq:
+            raise Problem(f"chain {chain} repeats seq {rec['seq']}: {name(rec)} (link_changed)")
+        if isinstance(d, Malformed):
+            raise Problem(f"{name(rec)}: {d} (content_changed)")
+        if record_link_hash(rec, prev, d) != rec["link_hash"]:
+            if unproven:
+                raise Problem(f"{name(rec)} does not hash to its stored link_hash when chained on the anchor "
+                              f"it continues (seq {prev_seq}), which no PURGE event records (link_broken)")
+            raise Problem(f"{name(rec)} does not hash to its stored link_hash {rec['link_hash'].hex()[:12]}… "
+                          f"when chained on {prev.hex()[:12]}…, the stored hash before it (content_changed)")
+        prev_seq, prev, unproven = rec["seq"], rec["link_hash"], False
+    # 3. No transaction twice; no segment outside a record; every anchor
+    # recorded by a PURGE event.
+    keys = {}
+    for rec in records:
+        if rec["first_event"] in keys:
+            raise Problem(f"{name(rec)} and {name(keys[rec['first_event']])} are one transaction, "
+                          "recorded twice (event_inserted)")
+        keys[rec["first_event"]] = rec
+    for first, segs in segments.items():
+        if first not in keys or not keys[first]["segments"]:
+            raise Problem(f"segment(s) {first}/{','.join(str(s['part']) for s in segs)} belong to no record")
+    for a in anchors.values():
+        if (a["chain_id"], a["seq"], a["link_hash"]) not in claimed:
+            raise Problem(f"chain {a['chain_id']} starts from an anchor at seq {a['seq']} "
+                          "that no PURGE event records (anchor_unproven)")
+    return n_events, len(records)
+
+
+def rewrite_dump(records, segments, anchors, event_id, new_row, whole_chain):
+    """SQL for a forgery of the storage: re-encode one event with another
+    new_row, recompute its record's link_hash (and with whole_chain those of
+    every later record of its chain)."""
+    found = None
+    for k, rec in enumerate(records):
+        if rec["first_event"] <= event_id <= rec["last_event"]:
+            evs = record_events(rec, segments_of(rec, segments))
+            hit = [x for x in evs if x[1]["id"] == event_id]
+            if hit:
+                found = (k, rec, evs, hit[0])
+                break
+    if found is None:
+        raise ValueError(f"no record holds event {event_id}")
+    k, rec, evs, (canonical, d, where) = found
+    forged = canonical[:d["new_row_at"]] + b"\x01" + enc_json(parse_json(new_row))
+    sql = []
+    if where[0] == "payload":
+        kept = split(rec["payload"])
+        kept[where[1]] = forged
+        rec["payload"] = join(kept)
+    else:
+        seg = next(s for s in segments[rec["first_event"]] if s["part"] == where[1])
+        spilled = split(seg["payload"])
+        spilled[where[2]] = forged
+        seg["payload"] = join(spilled)
+        sql.append(f"UPDATE audit_log.segments SET payload = '\\x{seg['payload'].hex()}' "
+                   f"WHERE first_event = {seg['first_event']} AND part = {seg['part']};")
+    later = [r for r in records[k:] if r["chain_id"] == rec["chain_id"]]
+    if not whole_chain:
+        later = later[:1]
+    if rec["seq"] > 1:
+        before = [r for r in records if r["chain_id"] == rec["chain_id"] and r["seq"] == rec["seq"] - 1]
+        a = anchors.get(rec["chain_id"])
+        if before:
+            prev = before[0]["link_hash"]
+        elif a is not None and a["seq"] == rec["seq"] - 1:
+            prev = a["link_hash"]
+        else:
+            raise ValueError(f"nothing before {name(rec)} to chain it on")
+    else:
+        prev = ZERO
+    for r in later:
+        last_hash = digest(r, record_events(r, segments_of(r, segments)))
+        r["link_hash"] = record_link_hash(r, prev, last_hash)
+        prev = r["link_hash"]
+        payload = f"payload = '\\x{r['payload'].hex()}', " if r is rec and where[0] == "payload" else ""
+        sql.append(f"UPDATE audit_log.records SET {payload}link_hash = '\\x{r['link_hash'].hex()}' "
+                   f"WHERE chain_id = {r['chain_id']} AND seq = {r['seq']};")
+    print("\n".join(sql))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# An export (audit_log.export.v1): the logical form, events and links.
+
+
 def event_hash(e, prev):
     rows = e["rows"]
     canonical = (
@@ -227,12 +647,6 @@ def micros(ts):
     return calendar.timegm((y, mo, d, h, mi, s)) * 1_000_000 + us
 
 
-def from_dump(rec):
-    """An event of dump_log.sql: jsonb columns as text, or null for SQL NULL."""
-    rec["rows"] = {c: None if rec[c] is None else enc_json(parse_json(rec[c])) for c in ROWS}
-    return rec
-
-
 def from_export(rec):
     """An event line of an export: jsonb columns as JSON, absent for SQL NULL."""
     e = {k: rec[k] for k in ("id", "tx_id", "tx_seq", "tx_first", "application_name", "client_addr",
@@ -245,32 +659,22 @@ def from_export(rec):
     return e
 
 
-def load(stream):
+def load_export(lines):
     """Events by (tx_first, tx_seq, id), links by (chain_id, seq), and where
-    each chain starts: {chain: (seq, link_hash)} (an export's anchors)."""
+    each chain starts: {chain: (seq, link_hash)} (the header's anchors)."""
     events, links, starts = [], [], {}
-    for line in stream:
-        if not line.strip():
-            continue
-        if line.startswith('{"type":'):
-            # Export lines hold row values as JSON, at any depth.
-            rec = parse_json(line)
-            kind = rec.pop("type")
-            if kind == "header":
-                starts = {a["chain"]: (int(a["seq"]), bytes.fromhex(a["link_hash"])) for a in rec["anchors"]}
-            elif kind == "event":
-                events.append(from_export(rec))
-            elif kind == "link":
-                rec["committed_at"] = micros(rec["committed_at"])
-                links.append(rec)
-            continue
-        # Dump lines hold row values as strings: nothing deep for json.loads.
-        rec = json.loads(line)
-        if rec.pop("kind") == "event":
-            if "tx_first" not in rec:
-                raise ValueError("the dump has no tx_first: pg_test/lib/dump_log.sql must select it")
-            events.append(from_dump(rec))
-        else:
+    for line in lines:
+        if not line.startswith('{"type":'):
+            raise ValueError("an export line that does not start with its type")
+        # Export lines hold row values as JSON, at any depth.
+        rec = parse_json(line)
+        kind = rec.pop("type")
+        if kind == "header":
+            starts = {a["chain"]: (int(a["seq"]), bytes.fromhex(a["link_hash"])) for a in rec["anchors"]}
+        elif kind == "event":
+            events.append(from_export(rec))
+        elif kind == "link":
+            rec["committed_at"] = micros(rec["committed_at"])
             links.append(rec)
     for e in events:
         for k in ("id", "tx_id", "tx_seq", "tx_first"):
@@ -293,7 +697,7 @@ def transactions(events):
     return groups
 
 
-def verify(events, links, starts):
+def verify_export(events, links, starts):
     link_of = {}
     for l in links:
         if l["first_event"] in link_of:
@@ -334,49 +738,40 @@ def verify(events, links, starts):
             print(f"link {l['chain_id']}/{l['seq']}: hash does not recompute")
             return 1
         seq, prev = l["seq"], bytes.fromhex(l["link_hash"])
-    print(f"independent verifier: {len(events)} events and {len(links)} links recompute")
+    print(f"independent verifier: {len(events)} events and {len(links)} links of the export recompute")
     return 0
 
 
-def rewrite(events, links, event_id, new_row, whole_chain):
-    """SQL for a forgery: edit one event, recompute what depends on it."""
-    sql = []
-    target = next(e for e in events if e["id"] == event_id)
-    tx = [e for e in events if e["tx_first"] == target["tx_first"]]
-    target["new_row"] = new_row
-    target["rows"]["new_row"] = enc_json(parse_json(new_row))
-    prev = ZERO
-    for e in tx:
-        e["prev_hash"] = prev.hex()
-        h = event_hash(e, prev)
-        e["hash"] = h.hex()
-        prev = h
-        row = "NULL" if e["new_row"] is None else "'" + e["new_row"].replace("'", "''") + "'"
-        sql.append(f"UPDATE audit_log.events SET new_row = {row}, prev_hash = '\\x{e['prev_hash']}', "
-                   f"hash = '\\x{e['hash']}' WHERE tx_first = {e['tx_first']} AND tx_seq = {e['tx_seq']};")
-    link = next(l for l in links if l["first_event"] == target["tx_first"])
-    link["last_event_hash"] = prev.hex()
-    chain = [l for l in links if l["chain_id"] == link["chain_id"] and l["seq"] >= link["seq"]]
-    if not whole_chain:
-        chain = chain[:1]
-    for l in chain:
-        before = [x for x in links if x["chain_id"] == l["chain_id"] and x["seq"] == l["seq"] - 1]
-        p = bytes.fromhex(before[0]["link_hash"]) if before else ZERO
-        l["prev_link_hash"] = p.hex()
-        l["link_hash"] = link_hash(l, p).hex()
-        sql.append(f"UPDATE audit_log.links SET last_event_hash = '\\x{l['last_event_hash']}', "
-                   f"prev_link_hash = '\\x{l['prev_link_hash']}', link_hash = '\\x{l['link_hash']}' "
-                   f"WHERE chain_id = {l['chain_id']} AND seq = {l['seq']};")
-    print("\n".join(sql))
-    return 0
+# ---------------------------------------------------------------------------
+
+
+def read(stream):
+    """("export", lines) or ("dump", lines): an export's lines start with
+    their type, a dump's are objects with a "kind"."""
+    lines = [line for line in stream if line.strip()]
+    if lines and lines[0].startswith('{"type":'):
+        return "export", lines
+    return "dump", lines
 
 
 def main(argv):
     if argv[1:2] == ["verify"]:
-        return verify(*load(sys.stdin))
+        kind, lines = read(sys.stdin)
+        if kind == "export":
+            return verify_export(*load_export(lines))
+        try:
+            n_events, n_records = verify_dump(*load_dump(lines))
+        except Problem as p:
+            print(p)
+            return 1
+        print(f"independent verifier: {n_events} events and {n_records} records recompute")
+        return 0
     if argv[1:2] == ["rewrite"] and len(argv) >= 4:
-        events, links, _ = load(sys.stdin)
-        return rewrite(events, links, int(argv[2]), argv[3], "--chain" in argv[4:])
+        kind, lines = read(sys.stdin)
+        if kind != "dump":
+            print("rewrite forges the storage: it reads pg_test/lib/dump_log.sql's output", file=sys.stderr)
+            return 2
+        return rewrite_dump(*load_dump(lines), int(argv[2]), argv[3], "--chain" in argv[4:])
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -109,9 +109,10 @@ echo "  an edited byte, a deleted line, swapped lines, a changed hash and a drop
 # change made in the database itself.
 bad=$(q -c "SELECT id FROM audit_log.events WHERE op = 'UPDATE' ORDER BY id LIMIT 1")
 psql -X -q -d postgres -c "CREATE DATABASE al_cli_bad TEMPLATE $db"
-q -d al_cli_bad -c "ALTER TABLE audit_log.events DISABLE TRIGGER USER" \
-    -c "UPDATE audit_log.events SET new_row = '{\"forged\": true}' WHERE id = $bad" \
-    -c "ALTER TABLE audit_log.events ENABLE TRIGGER USER"
+# (The UPDATE's op, in the stored bytes of its record, becomes DELETE.)
+q -d al_cli_bad -c "ALTER TABLE audit_log.records DISABLE TRIGGER USER" \
+    -c "UPDATE audit_log.records SET payload = decode(replace(encode(payload, 'hex'), encode('UPDATE', 'hex'), encode('DELETE', 'hex')), 'hex') WHERE $bad BETWEEN first_event AND last_event" \
+    -c "ALTER TABLE audit_log.records ENABLE TRIGGER USER"
 server=$(q -d al_cli_bad -c "SELECT first_bad_event || ' ' || split_part(problem, ':', 1) FROM audit_log.verify()")
 run export --dsn "host=$PGHOST port=$PGPORT user=postgres dbname=al_cli_bad" --out "$work/bad.jsonl"; expect 0 "export of a tampered log"
 run verify "$work/bad.jsonl"; expect 1 "a log tampered in the database"
