@@ -12,13 +12,18 @@
 #   diy_jsonb  a PL/pgSQL trigger writing rows as jsonb (bench/baselines.sql)
 #   diy_chain  a PL/pgSQL hash chain locking one head row (bench/baselines.sql)
 #   floor      each workload's own statements, each with a CTE inserting one record
-#              of the size of the audit_log event it causes (pg_column_size of a real
-#              audit_log.events row, measured once per run) into a table with a
+#              of the size of the audit_log record it causes (pg_column_size of the
+#              audit_log.records row that a single-row transaction of that statement
+#              writes, per event, measured once per run) into a table with a
 #              two-column primary key. Nothing that stores the event durably in the
 #              same transaction can write less: the physical limit (issue 11).
+# Besides, not in the pgbench workloads: audit_hist (database b_audit_hist) is
+# audit_log with history => true on bulk_t, timed on the bulk statements only.
 # Workloads: single-row INSERT and UPDATE at 1, 8 and 32 clients, a multi-statement
 # transaction and pgbench's built-in tpcb-like (all four pgbench tables audited,
 # TPCB_SCALE, default 1) at 8 clients, then a 100k-row INSERT and a 50k-row UPDATE.
+# WAL bytes per transaction for each, and for single-row INSERTs (1 client) their
+# ratio to no auditing (issue target: audit_log <= 2.5x).
 # Then bench/ddl.sh: the DDL guard's cost per DDL statement, on its own cluster.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -60,10 +65,16 @@ CREATE TABLE bulk_t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c n
 INSERT INTO bench_t (a, b, c, d) SELECT g, 'customer ' || g, g * 1.25, now() FROM generate_series(1, $rows) g;
 SQL
     local out
-    out=$(pgbench -i -q -s "$tpcb_scale" "$db" 2>&1) || { echo "bench: pgbench -i failed in $db: $out" >&2; exit 1; }
+    # audit_hist runs only the bulk statements: no pgbench tables.
+    if [ "$v" != audit_hist ]; then
+        out=$(pgbench -i -q -s "$tpcb_scale" "$db" 2>&1) || { echo "bench: pgbench -i failed in $db: $out" >&2; exit 1; }
+    fi
     case $v in
     audit_log) q "$db" -c "SET client_min_messages = warning" -c "CREATE EXTENSION audit_log" \
                  -c "SELECT audit_log.enable(t) FROM unnest('{bench_t,bulk_t,$pgbench_tables}'::regclass[]) t" >/dev/null ;;
+    # history => true: each row change also indexed in audit_log.row_keys.
+    audit_hist) q "$db" -c "SET client_min_messages = warning" -c "CREATE EXTENSION audit_log" \
+                  -c "SELECT audit_log.enable('bulk_t', history => true)" >/dev/null ;;
     pgaudit) q "$db" -c "CREATE EXTENSION pgaudit" -c "ALTER DATABASE $db SET pgaudit.log = 'write'" ;;
     diy_jsonb|diy_chain)
         q "$db" -f "$here/baselines.sql" >/dev/null
@@ -102,20 +113,23 @@ COMMIT;
 S
 chmod 644 "$scripts"/*.sql
 
-echo "bench: setting up ${#variants[@]} databases of $rows rows each" >&2
-for v in "${variants[@]}"; do setup_db "$v"; done
+extra=(audit_hist)   # bulk statements only, reported below the table
+echo "bench: setting up $(( ${#variants[@]} + ${#extra[@]} )) databases of $rows rows each" >&2
+for v in "${variants[@]}" "${extra[@]}"; do setup_db "$v"; done
 
-# The floor's record sizes: each statement run once in b_audit_log (as pgbench,
-# whose application_name the events record), its event measured with
-# pg_column_size, and the floor's padding chosen so that its row
+# The floor's record sizes: each statement run once, as a transaction of its
+# own, in b_audit_log (as pgbench, whose application_name the events record),
+# the audit_log.records row it writes measured with pg_column_size (per event:
+# one event each here), and the floor's padding chosen so that its row
 # (tx, n, pad) has the same pg_column_size.
 declare -A esize pad
-measure() {  # KEY SQL: the size of the one event SQL records into esize[KEY], padding into pad[KEY]
+measure() {  # KEY SQL: the record size per event that SQL writes into esize[KEY], padding into pad[KEY]
     local before
-    before=$(q b_audit_log -c "SELECT coalesce(max(id), 0) FROM audit_log.events")
+    before=$(q b_audit_log -c "SELECT coalesce(max(last_event), 0) FROM audit_log.records")
     PGAPPNAME=pgbench q b_audit_log -c "$2" >/dev/null
-    esize[$1]=$(q b_audit_log -c "SELECT round(avg(pg_column_size(e.*)))::int FROM audit_log.events e WHERE id > $before")
-    [ -n "${esize[$1]}" ] || { echo "bench: no audit_log event for $1: $2" >&2; exit 1; }
+    esize[$1]=$(q b_audit_log -c "SELECT round(sum(pg_column_size(r.*))::numeric / sum(r.event_count))::int
+                                  FROM audit_log.records r WHERE r.first_event > $before")
+    [ -n "${esize[$1]}" ] || { echo "bench: no audit_log record for $1: $2" >&2; exit 1; }
     pad[$1]=$(q b_floor -c "SELECT greatest(0, p - (pg_column_size(ROW('0'::xid8, 0, repeat('x', p))) - ${esize[$1]}))
                             FROM (SELECT ${esize[$1]} - pg_column_size(ROW('0'::xid8, 0, ''::text)) AS p) s")
 }
@@ -179,7 +193,7 @@ tps() {  # variant workload clients -> tps; WAL bytes per transaction into $scri
     start=$(lsn)
     out=$(pgbench -n $(script_opt "$1" "$2") -c "$3" -j $(( $3 < 2 ? 1 : 2 )) -T "$secs" "b_$1" 2>&1) || { echo 0; return; }
     n=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
-    echo "$(( $(wal_since "$start") / (n > 0 ? n : 1) ))" >"$scripts/wal.$1.$2.$3"
+    echo "$(( $(wal_since "$start") / (n > 0 ? n : 1) ))" | tee -a "$scripts/walall.$1.$2.$3" >"$scripts/wal.$1.$2.$3"
     echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -199,7 +213,7 @@ for r in $(seq 1 "$rounds"); do
         done
         echo "bench: round $r/$rounds $1 x$2 done" >&2
     done
-    for v in "${variants[@]}"; do
+    for v in "${variants[@]}" "${extra[@]}"; do
         # A statement over the limit counts as the limit, and is shown as ">".
         # The floor writes one record of an event's size per row, in the same statement.
         fl_ins="" fl_upd=""
@@ -228,29 +242,36 @@ for r in $(seq 1 "$rounds"); do
 done
 
 # Verification speed over VERIFY_EVENTS events, next to raw SHA-256 over the same bytes.
+# Events are counted from the records (event_count): the events view unpacks them.
 q b_audit_log -c "SET client_min_messages = warning" -c "CREATE TABLE vt (id bigint, a int, b text, c numeric, d timestamptz)" \
     -c "SELECT audit_log.enable('vt')" >/dev/null
-have=$(q b_audit_log -c "SELECT count(*) FROM audit_log.events")
+n_events() { q "$1" -c "SELECT coalesce(sum(event_count), 0)::bigint FROM audit_log.records"; }
+have=$(n_events b_audit_log)
 while [ "$have" -lt "$verify_events" ]; do
     n=$(( verify_events - have < 200000 ? verify_events - have : 200000 ))
     q b_audit_log -c "INSERT INTO vt SELECT g, g, 'row ' || g, g * 1.5, now() FROM generate_series(1, $n) g"
-    have=$(q b_audit_log -c "SELECT count(*) FROM audit_log.events")
+    have=$(n_events b_audit_log)
 done
-q b_audit_log -c "VACUUM ANALYZE audit_log.events" -c "VACUUM ANALYZE audit_log.links"
+q b_audit_log -c "VACUUM ANALYZE audit_log.records" -c "VACUUM ANALYZE audit_log.segments" -c "VACUUM ANALYZE audit_log.row_keys"
 vt=() vt1=()
 for r in $(seq 1 "$rounds"); do
     vt+=("$(q b_audit_log -c '\timing on' -c "SELECT ok FROM audit_log.verify()" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p')")
     vt1+=("$(q b_audit_log -c "SET audit_log.verify_threads = 0" -c '\timing on' -c "SELECT ok FROM audit_log.verify()" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p')")
 done
 verify_ms=$(median "${vt[@]}") verify1_ms=$(median "${vt1[@]}")
-events=$(q b_audit_log -c "SELECT count(*) FROM audit_log.events")
-bytes=$(q b_audit_log -c "SELECT sum(octet_length(coalesce(old_row::text, '')) + octet_length(coalesce(new_row::text, '')) + 120) FROM audit_log.events")
+events=$(n_events b_audit_log)
+# What verify() hashes: every payload, uncompressed (octet_length of a bytea is its raw size).
+bytes=$(q b_audit_log -c "SELECT (SELECT coalesce(sum(octet_length(payload)), 0) FROM audit_log.records)
+                               + (SELECT coalesce(sum(octet_length(payload)), 0) FROM audit_log.segments)")
 sha_mbs=$(python3 -c "
 import hashlib, time
 buf = b'x' * (64 << 20); t = time.perf_counter(); n = 0
 while time.perf_counter() - t < 2: hashlib.sha256(buf).digest(); n += len(buf)
 print(n / (time.perf_counter() - t) / 1e6)")
-size=$(q b_audit_log -c "SELECT (pg_total_relation_size('audit_log.events') + pg_total_relation_size('audit_log.links')) / count(*) FROM audit_log.events")
+log_size="pg_total_relation_size('audit_log.records') + pg_total_relation_size('audit_log.segments') + pg_total_relation_size('audit_log.row_keys')"
+size=$(q b_audit_log -c "SELECT ($log_size) / greatest(sum(event_count), 1) FROM audit_log.records")
+hist_size=$(q b_audit_hist -c "SELECT ($log_size) / greatest(sum(event_count), 1) FROM audit_log.records")
+hist_keys=$(q b_audit_hist -c "SELECT pg_total_relation_size('audit_log.row_keys') / greatest(count(*), 1) FROM audit_log.row_keys")
 diy_size=$(q b_diy_jsonb -c "SELECT pg_total_relation_size('diy_audit') / greatest(count(*), 1) FROM diy_audit")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -286,23 +307,49 @@ for w in "${workloads[@]}"; do
 done
 row bulk_insert "INSERT 100k rows (ms)" ms
 row bulk_update "UPDATE 50k rows (ms)" ms
+# audit_log with history => true on bulk_t (b_audit_hist), bulk statements only.
+hist_row() {  # KEY LABEL: its median ms, ratio to none, and audit_log's for comparison
+    local m base al
+    m=$(median ${res["$1 audit_hist"]}) base=$(median ${res["$1 none"]}) al=$(median ${res["$1 audit_log"]})
+    if awk -v m="$m" -v l="$((bulk_limit * 1000))" 'BEGIN { exit !(m >= l) }'; then
+        printf '%s >%s000 ms (timeout)' "$2" "$bulk_limit"
+    else
+        printf '%s %.0f ms (%sx; audit_log without history %.0f ms, %sx)' "$2" "$m" "$(ratio "$m" "$base")" "$al" "$(ratio "$al" "$base")"
+    fi
+}
 echo
-echo "WAL written per transaction (bytes; per row for the bulk statements), last round:"
+echo "history => true on bulk_t: $(hist_row bulk_insert "INSERT 100k rows"), $(hist_row bulk_update "UPDATE 50k rows")"
 echo
-printf '| %-22s | %9s | %9s | %9s | %9s | %9s | %9s |\n' workload none "${cols[@]}"
-printf '|%s|\n' "------------------------|-----------|-----------|-----------|-----------|-----------|-----------"
+echo "WAL written per transaction (bytes; per row for the bulk statements; ratio = variant / none), last round:"
+echo
+printf '| %-22s | %9s | %16s | %16s | %16s | %16s | %16s |\n' workload none "${cols[@]}"
+printf '|%s|\n' "------------------------|-----------|------------------|------------------|------------------|------------------|------------------"
 for w in "${workloads[@]}" bulk_insert bulk_update; do
     set -- $w
     case $1 in bulk_insert) label="INSERT 100k rows" ;; bulk_update) label="UPDATE 50k rows" ;; *) label="$1, $2 client(s)" ;; esac
     line=$(printf '| %-22s |' "$label")
-    for v in none "${cols[@]}"; do
+    base=$(cat "$scripts/wal.none.$1${2:+.$2}" 2>/dev/null || echo -)
+    line+=$(printf ' %9s |' "$base")
+    for v in "${cols[@]}"; do
         f="$scripts/wal.$v.$1${2:+.$2}"
-        line+=$(printf ' %9s |' "$(cat "$f" 2>/dev/null || echo -)")
+        if [ -f "$f" ]; then
+            wal=$(cat "$f") cell=$(printf '%7s (%5sx)' "$wal" "$(ratio "$wal" "${base/-/0}")")
+        else
+            cell=-
+        fi
+        line+=$(printf ' %16s |' "$cell")
     done
     echo "$line"
 done
+echo "history => true on bulk_t, WAL per row: INSERT $(cat "$scripts/wal.audit_hist.bulk_insert" 2>/dev/null || echo -)," \
+     "UPDATE $(cat "$scripts/wal.audit_hist.bulk_update" 2>/dev/null || echo -)"
+# The issue's target: an audited single-row transaction writes <= 2.5x the WAL
+# of an unaudited one. Medians over every round of the single-row INSERT at 1 client.
+wal_none=$(median $(cat "$scripts/walall.none.insert.1" 2>/dev/null)) wal_al=$(median $(cat "$scripts/walall.audit_log.insert.1" 2>/dev/null))
+echo "WAL per single-row INSERT transaction (1 client, median of $rounds round(s)): none $wal_none bytes/tx," \
+     "audit_log $wal_al bytes/tx = $(ratio "$wal_al" "$wal_none")x none (target <= 2.5x)"
 echo
-echo -n "floor records, bytes (pg_column_size of the audit_log.events row each stands for / of the floor's row):"
+echo -n "floor records, bytes (pg_column_size per event of the audit_log.records row each stands for / of the floor's row):"
 for k in insert update multi1 multi2 multi3 tpcb1 tpcb2 tpcb3 tpcb4 bulk_insert bulk_update; do
     echo -n " $k $(q b_floor -c "SELECT ${esize[$k]} || '/' || pg_column_size(ROW('0'::xid8, 0, repeat('x', ${pad[$k]})))")"
 done
@@ -311,7 +358,8 @@ awk -v e="$events" -v ms="$verify_ms" -v ms1="$verify1_ms" -v c="$(nproc)" -v b=
   printf "verify(), hashing on worker threads: %d events in %.0f ms = %.0f events/s (%d cores)\n", e, ms, e / (ms / 1000), c;
   printf "verify(), verify_threads = 0 (one core): %d events in %.0f ms = %.0f events/s\n", e, ms1, e / (ms1 / 1000);
   printf "raw SHA-256 over the same %.0f MB: %.0f MB/s = %.0f events/s (the limit)\n", b / 1e6, s, e / (b / 1e6 / s) }'
-echo "size on disk: audit_log $size bytes/event (events, links and their indexes); diy_jsonb $diy_size bytes/event"
+echo "size on disk: audit_log $size bytes/event (records, segments, row_keys and their indexes, TOAST included); diy_jsonb $diy_size bytes/event"
+echo "size on disk with history => true on bulk_t: $hist_size bytes/event, of which row_keys $hist_keys bytes per entry"
 rm -rf "$scripts"
 
 # The DDL guard's cost, on a cluster of its own, once this one has stopped.

@@ -84,6 +84,23 @@ $lz4$;
 COMMENT ON TABLE audit_log.segments IS 'Append-only: events of a large transaction spilled before commit; its record (same first_event) covers them by count and hash.';
 COMMENT ON COLUMN audit_log.segments.part IS 'tx_seq of the segment''s first event; its events run on consecutively.';
 
+-- A prepared transaction's events (PREPARE TRANSACTION), sealed by the
+-- transaction itself: COMMIT PREPARED makes the row visible, ROLLBACK
+-- PREPARED removes it. The next audited commit (or checkpoint()) links it
+-- into a chain as a record and removes it from here, so that no chain ever
+-- waits on a prepared transaction.
+CREATE TABLE audit_log.prepared (
+    first_event bigint  NOT NULL,
+    tx_id       xid8    NOT NULL,
+    last_event  bigint  NOT NULL,
+    event_count bigint  NOT NULL,
+    segments    integer NOT NULL,
+    payload     bytea   NOT NULL,
+    CONSTRAINT prepared_pkey PRIMARY KEY (first_event)
+);
+ALTER TABLE audit_log.prepared ALTER COLUMN payload SET STORAGE EXTENDED;
+COMMENT ON TABLE audit_log.prepared IS 'Events of prepared transactions (two-phase commit) not yet linked into a chain; the next audited commit or audit_log.checkpoint() links each committed one as a record.';
+
 -- audit_log.history(): where a row's versions are, for tables enabled with
 -- history => true (one index entry per row change; none for other tables).
 CREATE TABLE audit_log.row_keys (
@@ -141,7 +158,7 @@ COMMENT ON TABLE audit_log.audited_tables IS 'Tables on which audit_log.enable()
 -- Nobody but the owner (the superuser that created the extension) writes here.
 REVOKE ALL ON ALL TABLES IN SCHEMA audit_log FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA audit_log FROM PUBLIC;
-GRANT SELECT ON audit_log.records, audit_log.segments, audit_log.row_keys, audit_log.audited_tables, audit_log.audited_schemas,
+GRANT SELECT ON audit_log.records, audit_log.segments, audit_log.row_keys, audit_log.prepared, audit_log.audited_tables, audit_log.audited_schemas,
     audit_log.retention, audit_log.anchors TO audit_log_auditor;
 GRANT SELECT ON audit_log.audited_tables, audit_log.audited_schemas, audit_log.retention, audit_log.anchors
     TO audit_log_admin;
@@ -150,6 +167,7 @@ GRANT SELECT ON audit_log.audited_tables, audit_log.audited_schemas, audit_log.r
 SELECT pg_catalog.pg_extension_config_dump('audit_log.records', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.segments', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.row_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('audit_log.prepared', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.audited_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.audited_schemas', '');

@@ -18,7 +18,7 @@ DO $guards$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['records', 'segments', 'row_keys'] LOOP
+    FOREACH t IN ARRAY ARRAY['records', 'segments', 'row_keys', 'prepared'] LOOP
         EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit_log.%I
                           FOR EACH ROW EXECUTE FUNCTION audit_log.reject_change()', t);
         EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit_log.%I

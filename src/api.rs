@@ -747,6 +747,12 @@ fn checkpoint() -> JsonB {
 }
 
 fn checkpoint_impl() -> Result<JsonB, AuditError> {
+    // Committed prepared transactions join the chains first, so that the
+    // checkpoint covers them; not on a standby or in a read-only transaction.
+    // SAFETY: plain reads of transaction state.
+    if unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly } {
+        crate::chain::link_prepared(&catalog::lookup()?)?;
+    }
     let chains = Spi::connect(|c| -> Result<Vec<ChainHead>, AuditError> {
         let t = c.select(
             "SELECT DISTINCT ON (chain_id) chain_id, seq, link_hash, last_event

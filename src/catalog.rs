@@ -17,6 +17,8 @@ pub struct Oids {
     pub segments: pg_sys::Oid,
     pub segments_pkey: pg_sys::Oid,
     pub row_keys: pg_sys::Oid,
+    pub prepared: pg_sys::Oid,
+    pub prepared_pkey: pg_sys::Oid,
     pub events_seq: pg_sys::Oid,
 }
 
@@ -70,6 +72,8 @@ pub fn lookup() -> Result<Oids, AuditError> {
         segments: relid(ns, c"segments")?,
         segments_pkey: relid(ns, c"segments_pkey")?,
         row_keys: relid(ns, c"row_keys")?,
+        prepared: relid(ns, c"prepared")?,
+        prepared_pkey: relid(ns, c"prepared_pkey")?,
         events_seq: relid(ns, c"events_id_seq")?,
     })
 }

@@ -179,6 +179,110 @@ fn scan_head(oids: &Oids, chain: i32, at_least: Option<i64>) -> Option<(i64, Opt
     }
 }
 
+/// "aulg" 0xA3: one linker of prepared transactions at a time.
+const PREPARED_FIELD4: u16 = 0xA3;
+
+/// A committed prepared transaction's sealed events, as read from
+/// `audit_log.prepared`.
+struct Sealed {
+    first_event: i64,
+    tx_id: u64,
+    last_event: i64,
+    event_count: i64,
+    segments: i32,
+    payload: Vec<u8>,
+}
+
+fn sealed_row(r: &crate::scan::Row) -> Option<Sealed> {
+    use crate::store::prepared as p;
+    Some(Sealed {
+        first_event: r.i64(p::FIRST_EVENT)?,
+        tx_id: r.i64(p::TX_ID)? as u64,
+        last_event: r.i64(p::LAST_EVENT)?,
+        event_count: r.i64(p::EVENT_COUNT)?,
+        segments: r.i32(p::SEGMENTS)?,
+        payload: r.slice(p::PAYLOAD)?.to_vec(),
+    })
+}
+
+/// The committed prepared transactions waiting to be linked, under the
+/// latest snapshot (the statement's may predate their COMMIT PREPARED).
+fn sealed(oids: &Oids) -> Result<Vec<Sealed>, AuditError> {
+    // SAFETY: a snapshot registered for the scan and released after it.
+    let snapshot = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) };
+    let rows = crate::scan::Ordered::open(oids.prepared, oids.prepared_pkey, snapshot, sealed_row)
+        .and_then(|scan| scan.collect::<Result<Vec<_>, _>>());
+    // SAFETY: registered above.
+    unsafe { pg_sys::UnregisterSnapshot(snapshot) };
+    rows
+}
+
+/// Link every committed prepared transaction into a chain, as a record
+/// with the commit time of its linking. Called by each audited commit
+/// (before its own link) and by checkpoint(): a prepared transaction never
+/// holds a chain, and ROLLBACK PREPARED leaves nothing to link.
+pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
+    // SAFETY: the table's size, through the relation cache; an empty table
+    // (nothing was ever prepared) costs one lseek.
+    let empty = unsafe {
+        let rel = pg_sys::table_open(oids.prepared, pg_sys::AccessShareLock as i32);
+        let n = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        n == 0
+    };
+    if empty || sealed(oids)?.is_empty() {
+        return Ok(());
+    }
+    // One linker at a time; what another linked before we got the lock is
+    // gone from the table by then (it commits before releasing it).
+    // SAFETY: MyDatabaseId is set in any backend that runs a transaction.
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: LOCK_KEY,
+        locktag_field3: 0,
+        locktag_field4: PREPARED_FIELD4,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    // SAFETY: a transaction-level lock, released at the end of commit.
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, false) };
+    for s in sealed(oids)? {
+        let parts = if s.segments != 0 {
+            // SAFETY: a snapshot registered for the read and released after it.
+            let snapshot = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) };
+            let parts = crate::records::read_segments(oids, snapshot, s.first_event);
+            // SAFETY: registered above.
+            unsafe { pg_sys::UnregisterSnapshot(snapshot) };
+            parts?
+        } else {
+            Vec::new()
+        };
+        let chain = choose_chain();
+        let (seq, prev) = read_head(oids, chain)?;
+        // SAFETY: reads the clock.
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        let mut r = Record {
+            chain_id: chain,
+            seq: seq + 1,
+            tx_id: s.tx_id,
+            first_event: s.first_event,
+            last_event: s.last_event,
+            event_count: s.event_count,
+            committed_at: from_pg_timestamp(now),
+            link_hash: ZERO_HASH,
+        };
+        let d = audit_log_core::record::digest(&r, parts.iter().map(Vec::as_slice), &s.payload);
+        r.link_hash = r.link(prev, d.last_hash).link_hash;
+        store::insert_record(oids, &r, s.segments, &s.payload)?;
+        crate::retention::delete_where(
+            oids.prepared,
+            oids.prepared_pkey,
+            &[(1, pg_sys::F_INT8EQ, pg_sys::Datum::from(s.first_event))],
+        )?;
+    }
+    Ok(())
+}
+
 /// Append the transaction's record: its events not yet spilled, and its link.
 pub fn link(
     tx_id: u64,

@@ -20,8 +20,6 @@ pub enum AuditError {
     TemporaryTable(String),
     #[error("\"{0}\" belongs to the system or to audit_log itself and cannot be audited")]
     SystemTable(String),
-    #[error("cannot PREPARE a transaction that has audited changes")]
-    PrepareWithChanges,
     #[error("{action} would switch off auditing of table {table}; refused")]
     AuditTriggerChanged { action: String, table: String },
     #[error("{action} on table {table}: triggers that call audit_log's capture functions are made only by audit_log.enable(); refused")]
@@ -91,7 +89,6 @@ impl AuditError {
             AuditError::NoSuchRelation(_) => ERRCODE_UNDEFINED_TABLE,
             AuditError::TemporaryTable(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::SystemTable(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
-            AuditError::PrepareWithChanges => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::AuditTriggerChanged { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::AuditSchemaDdl(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::RewritesValues { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -132,11 +129,6 @@ impl AuditError {
             AuditError::NotSuperuser { .. } => Some("Ask a superuser to do it.".into()),
             AuditError::NoSalt => Some(
                 "The salt is made by the first audit_log.enable(..., redact_columns => ...)."
-                    .into(),
-            ),
-            AuditError::PrepareWithChanges => Some(
-                "Commit audited changes with COMMIT; two-phase commit is refused so that a \
-                 prepared transaction can never hold or break an audit chain."
                     .into(),
             ),
             AuditError::AuditTriggerChanged { table, .. } => Some(format!(

@@ -62,7 +62,7 @@ fn segment_row(r: &Row) -> Option<Vec<u8>> {
 }
 
 /// The payloads of a transaction's segments, in order.
-fn read_segments(
+pub fn read_segments(
     oids: &Oids,
     snapshot: pg_sys::Snapshot,
     first_event: i64,

@@ -286,7 +286,7 @@ fn delete_record(oids: &Oids, chain: i32, seq: i64) -> Result<(), AuditError> {
 /// Delete, without firing triggers, every row of `relid` visible to the
 /// transaction whose heap columns equal the keys (each a column of the
 /// index `idxid`: heap attno, equality function, value). Returns the count.
-fn delete_where(
+pub fn delete_where(
     relid: pg_sys::Oid,
     idxid: pg_sys::Oid,
     keys: &[(i16, u32, pg_sys::Datum)],

@@ -44,6 +44,24 @@ pub mod segments {
     pub const PAYLOAD: usize = 2;
 }
 
+/// `audit_log.prepared`, by column.
+pub mod prepared {
+    pub const COLUMNS: [&str; 6] = [
+        "first_event",
+        "tx_id",
+        "last_event",
+        "event_count",
+        "segments",
+        "payload",
+    ];
+    pub const FIRST_EVENT: usize = 0;
+    pub const TX_ID: usize = 1;
+    pub const LAST_EVENT: usize = 2;
+    pub const EVENT_COUNT: usize = 3;
+    pub const SEGMENTS: usize = 4;
+    pub const PAYLOAD: usize = 5;
+}
+
 /// `audit_log.row_keys`, by column.
 pub mod row_keys {
     pub const COLUMNS: [&str; 3] = ["row_key", "first_event", "tx_seq"];
@@ -152,6 +170,28 @@ pub fn insert_record(
         pg_sys::Datum::from(to_pg_timestamp(r.committed_at)),
         pg_sys::Datum::from(segments),
         bytes_datum(&r.link_hash),
+        bytes_datum(payload),
+    ];
+    target.insert(&mut values, &mut nulls);
+    Ok(())
+}
+
+/// Seal a transaction's events at PREPARE TRANSACTION.
+pub fn insert_prepared(
+    oids: &Oids,
+    tx_id: u64,
+    head: &crate::txstate::Head,
+    segments: i32,
+    payload: &[u8],
+) -> Result<(), AuditError> {
+    let target = Target::open(oids.prepared, &prepared::COLUMNS)?;
+    let mut nulls = [false; prepared::COLUMNS.len()];
+    let mut values = [
+        pg_sys::Datum::from(head.first_event),
+        pg_sys::Datum::from(tx_id),
+        pg_sys::Datum::from(head.last_event),
+        pg_sys::Datum::from(head.count),
+        pg_sys::Datum::from(segments),
         bytes_datum(payload),
     ];
     target.insert(&mut values, &mut nulls);

@@ -187,19 +187,58 @@ fn clear() {
     STATE.set(None);
 }
 
+/// What the transaction has left to write: its events still in memory (as
+/// a payload, with their history() entries), and how many segments it spilled.
+struct Unwritten {
+    tx_id: u64,
+    oids: Oids,
+    head: Head,
+    segments: i32,
+    payload: Vec<u8>,
+    keys: Vec<(i64, i64, i32)>,
+}
+
+fn unwritten() -> Result<Option<Unwritten>, AuditError> {
+    STATE
+        .with_borrow_mut(|s| {
+            let s = s.as_mut().filter(|s| s.head.count > 0)?;
+            let batch = std::mem::take(&mut s.buffer);
+            let (payload, keys) = pack(s.head.first_event, &batch);
+            Some((s.tx_id, s.oids, s.head, s.segments.len(), payload, keys))
+        })
+        .map(|(tx_id, oids, head, segments, payload, keys)| {
+            Ok(Unwritten {
+                tx_id,
+                oids,
+                head,
+                segments: i32::try_from(segments)
+                    .map_err(|_| AuditError::TooManyEvents(head.count))?,
+                payload,
+                keys,
+            })
+        })
+        .transpose()
+}
+
 fn pre_commit() -> Result<(), AuditError> {
-    let Some((tx_id, oids, head, segments, payload, keys)) = STATE.with_borrow_mut(|s| {
-        let s = s.as_mut().filter(|s| s.head.count > 0)?;
-        let batch = std::mem::take(&mut s.buffer);
-        let (payload, keys) = pack(s.head.first_event, &batch);
-        Some((s.tx_id, s.oids, s.head, s.segments.len(), payload, keys))
-    }) else {
+    let Some(u) = unwritten()? else {
         return Ok(());
     };
     // Before the chain lock, which only the record's insert needs.
-    store::insert_row_keys(&oids, &keys)?;
-    let segments = i32::try_from(segments).map_err(|_| AuditError::TooManyEvents(head.count))?;
-    chain::link(tx_id, &oids, &head, segments, &payload)
+    store::insert_row_keys(&u.oids, &u.keys)?;
+    chain::link_prepared(&u.oids)?;
+    chain::link(u.tx_id, &u.oids, &u.head, u.segments, &u.payload)
+}
+
+/// PREPARE TRANSACTION: seal the events in the transaction itself. Its
+/// COMMIT PREPARED makes them visible for a later commit to link; ROLLBACK
+/// PREPARED removes them.
+fn pre_prepare() -> Result<(), AuditError> {
+    let Some(u) = unwritten()? else {
+        return Ok(());
+    };
+    store::insert_row_keys(&u.oids, &u.keys)?;
+    store::insert_prepared(&u.oids, u.tx_id, &u.head, u.segments, &u.payload)
 }
 
 #[pg_guard]
@@ -207,11 +246,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT => pre_commit().or_raise(),
-        XACT_EVENT_PRE_PREPARE
-            if STATE.with_borrow(|s| s.as_ref().is_some_and(|s| s.head.count > 0)) =>
-        {
-            AuditError::PrepareWithChanges.raise()
-        }
+        XACT_EVENT_PRE_PREPARE => pre_prepare().or_raise(),
         XACT_EVENT_COMMIT
         | XACT_EVENT_ABORT
         | XACT_EVENT_PREPARE

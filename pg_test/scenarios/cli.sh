@@ -157,10 +157,12 @@ run witness --dsn "$dsn" --state "$work/w" --key "$work/key" --export "$work/e3.
 echo "$out" | grep -q "verified offline" || fail "witness did not verify the export: $out"
 before=$(sha256sum "$work/w/latest.json")
 target=$(q -c "SELECT id FROM audit_log.events WHERE table_name = 'acct' ORDER BY id LIMIT 1 OFFSET 5")
-{ echo "BEGIN; ALTER TABLE audit_log.events DISABLE TRIGGER USER; ALTER TABLE audit_log.links DISABLE TRIGGER USER;"
-  q -f "$here/lib/dump_log.sql" | python3 "$here/lib/format_v1.py" rewrite "$target" '{"id": 5, "balance": 1000000}' --chain
-  echo "ALTER TABLE audit_log.events ENABLE TRIGGER USER; ALTER TABLE audit_log.links ENABLE TRIGGER USER; COMMIT;"; } >"$work/forge.sql"
+{ echo "BEGIN; ALTER TABLE audit_log.records DISABLE TRIGGER USER;"
+  q -f "$here/lib/dump_log.sql" | python3 "$here/lib/format_v2.py" rewrite "$target" '{"id": 5, "balance": 1000000}' --chain
+  echo "ALTER TABLE audit_log.records ENABLE TRIGGER USER; COMMIT;"; } >"$work/forge.sql"
 q -f "$work/forge.sql" >/dev/null
+[ "$(q -c "SELECT new_row->>'balance' FROM audit_log.events WHERE id = $target")" = 1000000 ] ||
+    fail "the forgery did not change event $target"
 [ "$(q -c "SELECT ok FROM audit_log.verify()")" = t ] || fail "the recomputed chain should pass a plain verify()"
 run witness --dsn "$dsn" --state "$work/w" --key "$work/key"; expect 1 "witness after a recomputed chain"
 echo "$out" | grep -q "chain_rewritten\|fork" || fail "witness did not name the rewrite: $out"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# An independent implementation of docs/FORMAT.md (lib/format_v1.py, plain
-# Python) recomputes every hash the extension stored, over awkward data. Then
-# it plays a superuser who edits an event and recomputes hashes: of the event
-# alone (detected by the chain itself), and of the whole chain from there on
-# (detected against a checkpoint taken before).
+# An independent implementation of docs/FORMAT.md (lib/format_v2.py, plain
+# Python) decodes the raw storage (records, segments, anchors) and recomputes
+# every hash the extension stored, over awkward data. Then it plays a
+# superuser who edits an event inside its record's payload and recomputes
+# hashes: of that record alone (detected by the chain at the next record,
+# whose stored link no longer hashes when chained on it), and of the whole
+# chain from there on (detected against a checkpoint taken before).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-py="python3 $here/lib/format_v1.py"
+py="python3 $here/lib/format_v2.py"
 q() { psql -X -q -v ON_ERROR_STOP=1 -At -d al_indep "$@"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 dump() { q -f "$here/lib/dump_log.sql"; }
@@ -40,24 +42,44 @@ out=$(dump | $py verify) || fail "independent verifier disagrees: $out"
 echo "  $out"
 cp=$(q -c "SELECT audit_log.checkpoint()")
 
-# Edit event 4 (the UPDATE) and recompute its hash, its transaction and its link.
+# Edit the UPDATE's event in its record's payload and recompute that record's
+# link hash. v2 stores no event hash and no previous link hash: the record
+# itself hashes to its (recomputed) link_hash, and the forgery shows at the
+# next record of the chain, which was chained on the original hash.
+target=$(q -c "SELECT id FROM audit_log.events WHERE op = 'UPDATE' AND table_name = 'Ünïcødé' ORDER BY id LIMIT 1")
+read -r chain seq <<<"$(q -F ' ' -c "SELECT r.chain_id, r.seq FROM audit_log.records r
+    JOIN audit_log.events e ON e.tx_first = r.first_event WHERE e.id = $target")"
+next=$(q -c "SELECT first_event FROM audit_log.records WHERE chain_id = $chain AND seq = $seq + 1")
+[ -n "$next" ] || fail "event $target's record $chain/$seq is the last of its chain: a forgery of it alone would look like a whole chain recomputed"
 forged='{"id": 1, "n": 0, "s": "forged"}'
-{ echo "BEGIN; ALTER TABLE audit_log.events DISABLE TRIGGER USER; ALTER TABLE audit_log.links DISABLE TRIGGER USER;"
-  dump | $py rewrite 4 "$forged"
+{ echo "BEGIN; ALTER TABLE audit_log.records DISABLE TRIGGER USER;"
+  dump | $py rewrite "$target" "$forged"
   echo "SELECT ok, first_bad_event, problem FROM audit_log.verify(); ROLLBACK;"; } >/tmp/al_forge1.sql
+[ "$(grep -c '^UPDATE audit_log.records SET payload' /tmp/al_forge1.sql)" = 1 ] || fail "rewrite did not forge one record's payload"
 v=$(q -f /tmp/al_forge1.sql | tail -1)
-case "$v" in "f|4|link_changed"*) ;; *) fail "recomputed event hash not detected at event 4: $v" ;; esac
-echo "  event hash recomputed after an edit: $v"
+case "$v" in "f|$next|content_changed: record $chain/$((seq + 1)) "*) ;;
+    *) fail "record $chain/$seq forged, its hash recomputed: not detected at the next record $chain/$((seq + 1)) (event $next): $v" ;; esac
+echo "  event $target edited, its record's hash recomputed: $v"
+# The independent verifier, on the forged storage, agrees on where.
+set +e
+out=$({ echo "BEGIN; ALTER TABLE audit_log.records DISABLE TRIGGER USER;"
+        grep '^UPDATE' /tmp/al_forge1.sql; cat "$here/lib/dump_log.sql"; echo "ROLLBACK;"; } | q | $py verify)
+rc=$?
+set -e
+case "$rc $out" in "1 record $chain/$((seq + 1)) "*"(content_changed)") ;;
+    *) fail "format_v2.py on the forged storage: exit $rc, not at record $chain/$((seq + 1)): $out" ;; esac
+echo "  format_v2.py on it: $out"
 
 # Recompute the whole chain from there on: consistent in itself, so only the
 # checkpoint can tell.
-{ echo "BEGIN; ALTER TABLE audit_log.events DISABLE TRIGGER USER; ALTER TABLE audit_log.links DISABLE TRIGGER USER;"
-  dump | $py rewrite 4 "$forged" --chain
+{ echo "BEGIN; ALTER TABLE audit_log.records DISABLE TRIGGER USER;"
+  dump | $py rewrite "$target" "$forged" --chain
+  echo "SELECT new_row = '$forged'::jsonb FROM audit_log.events WHERE id = $target;"
   echo "SELECT ok, coalesce(problem, '') FROM audit_log.verify();"
   echo "SELECT ok, first_bad_event, problem FROM audit_log.verify('$cp'); ROLLBACK;"; } >/tmp/al_forge2.sql
-v=$(q -f /tmp/al_forge2.sql | tail -2 | tr '\n' ' ')
-case "$v" in "t| f|"*"chain_rewritten"*) ;; *) fail "recomputed chain not caught by the checkpoint: $v" ;; esac
-echo "  whole chain recomputed: verify() passes, verify(checkpoint) says: ${v#t| }"
+v=$(q -f /tmp/al_forge2.sql | tail -3 | tr '\n' ' ')
+case "$v" in "t t| f|"*"chain_rewritten"*) ;; *) fail "recomputed chain (event $target forged) not caught by the checkpoint: $v" ;; esac
+echo "  whole chain recomputed: event $target reads as forged, verify() passes, verify(checkpoint) says: ${v#t t| }"
 rm -f /tmp/al_forge1.sql /tmp/al_forge2.sql
 psql -X -q -d postgres -c "DROP DATABASE al_indep"
 echo "independent: the Python implementation of FORMAT.md agrees with every stored hash; forgeries detected"
