@@ -16,7 +16,7 @@ export PGHOST=$dir PGPORT=${AUDIT_LOG_DEEP_PORT:-55501} PGUSER=postgres
 db=al_deep
 stack_kb=262144      # ulimit -s for the postmaster: 256MB
 max_stack=240MB      # PostgreSQL wants it below the OS limit minus a margin
-py="python3 $here/lib/format_v1.py"
+py="python3 $here/lib/format_v2.py"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 q() { psql -X -q -v ON_ERROR_STOP=1 -At -d $db "$@"; }
 as_owner() { q -U deep_owner "$@"; }
@@ -128,16 +128,27 @@ for threads in 0 2; do
 done
 lap; echo "  verify() and verify(checkpoint) ok over $events events, with 0 and 2 worker threads $took"
 
-# A superuser edits the innermost string of the 100,000-deep new_row.
+# A superuser edits the innermost string of the 100,000-deep new_row, in the
+# stored bytes of its record: in the canonical encoding the string is the tag
+# 0x04, its u32 length (9) and its bytes. v2 locates an edit to its
+# transaction (its first event): the INSERT is alone in its transaction, so
+# that is the event itself.
 target=$(q -c "SELECT id FROM audit_log.events WHERE table_name = 'deep' AND op = 'INSERT' AND new_row->>'id' = '2'")
+[ "$(q -c "SELECT event_count FROM audit_log.records WHERE first_event = $target")" = 1 ] ||
+    fail "event $target is not the only event of its record"
 for threads in 0 2; do
-    v=$(q -c "SET client_min_messages = error" -c "BEGIN" -c "ALTER TABLE audit_log.events DISABLE TRIGGER USER" \
-          -c "UPDATE audit_log.events SET new_row = replace(new_row::text, '\"core-100k\"', '\"core-100K\"')::jsonb WHERE id = $target" \
+    v=$(q -c "SET client_min_messages = error" -c "BEGIN" -c "ALTER TABLE audit_log.records DISABLE TRIGGER USER" \
+          -c "UPDATE audit_log.records SET payload = decode(replace(encode(payload, 'hex'),
+                  '0400000009' || encode('core-100k', 'hex'), '0400000009' || encode('core-100K', 'hex')), 'hex')
+              WHERE first_event = $target" \
+          -c "SELECT count(*) FROM audit_log.records WHERE first_event = $target
+                AND position('\x0400000009'::bytea || 'core-100K'::bytea IN payload) > 0" \
           -c "SET audit_log.verify_threads = $threads" \
           -c "SELECT ok, first_bad_event, split_part(problem, ':', 1) FROM audit_log.verify()" -c "ROLLBACK")
-    [ "$v" = "f|$target|content_changed" ] || fail "innermost edit of event $target not named (verify_threads = $threads): $v"
+    [ "$v" = "1
+f|$target|content_changed" ] || fail "innermost edit of event $target not made or not named (verify_threads = $threads): $v"
 done
-lap; echo "  an edit of the innermost value, 100,000 levels down, is named: event $target, content_changed $took"
+lap; echo "  an edit of the innermost value, 100,000 levels down in a record's payload, is named: event $target, content_changed $took"
 
 no_crash
 
@@ -167,10 +178,22 @@ lap; echo "  audit-log export and verify: ok; one byte edited 100,000 levels dow
 
 # The independent verifier, on a dump of the log and on the edited export.
 out=$(q -f "$here/lib/dump_log.sql" | $py verify) || fail "independent verifier disagrees: $out"
-echo "  format_v1.py on the dump: $out"
+echo "  format_v2.py on the dump: $out"
 set +e; out=$($py verify <"$work/bad.jsonl" 2>&1); rc=$?; set -e
-[ $rc = 1 ] || fail "format_v1.py on the edited export: exit $rc, expected 1: $out"
-lap; echo "  format_v1.py on the edited export: exit 1 $took"
+[ $rc = 1 ] || fail "format_v2.py on the edited export: exit $rc, expected 1: $out"
+lap; echo "  format_v2.py on the edited export: exit 1 $took"
+# And on the storage edited as above, 100,000 levels down in a payload.
+set +e
+out=$({ echo "SET client_min_messages = error; BEGIN; ALTER TABLE audit_log.records DISABLE TRIGGER USER;"
+        echo "UPDATE audit_log.records SET payload = decode(replace(encode(payload, 'hex'),
+                '0400000009' || encode('core-100k', 'hex'), '0400000009' || encode('core-100K', 'hex')), 'hex')
+              WHERE first_event = $target;"
+        cat "$here/lib/dump_log.sql"; echo "ROLLBACK;"; } | q | $py verify 2>&1)
+rc=$?
+set -e
+case "$rc $out" in "1 record "*" events $target..$target)"*"(content_changed)") ;;
+    *) fail "format_v2.py on the storage edited deep inside a payload: exit $rc, expected 1 at event $target: $out" ;; esac
+lap; echo "  format_v2.py on the edited storage: exit 1, $out $took"
 
 no_crash
 echo "deep_jsonb: values 100,000 deep are captured, verified (SQL, CLI, Python) and tamper-checked; no crash"
