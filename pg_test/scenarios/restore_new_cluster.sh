@@ -83,7 +83,7 @@ wl_check "$cp"
 shared=$(wl_q -c "SELECT count(*) FROM (SELECT tx_id FROM audit_log.links GROUP BY tx_id HAVING count(*) > 1) s")
 [ "$shared" -gt 0 ] || wl_fail "no two transactions share a tx_id: the scenario did not reach the case it tests"
 # The independent implementation of docs/FORMAT.md agrees, tx_ids repeated.
-out=$(wl_q -f "$here/lib/dump_log.sql" | python3 "$here/lib/format_v1.py" verify) \
+out=$(wl_q -f "$here/lib/dump_log.sql" | python3 "$here/lib/format_v2.py" verify) \
     || wl_fail "the independent verifier disagrees: $out"
 echo "  new cluster: $new_tx more transactions to xid $now, $shared tx_ids shared by two transactions, $WL_TX committed in all, verified; $out"
 "$here/cluster.sh" stop "$new_dir"

@@ -42,13 +42,24 @@ SELECT audit_log.capture_row();
 RESET ROLE;
 DROP ROLE al_errors_admin;
 SELECT audit_log.enable('base');
+-- Two-phase commit: a prepared transaction's events wait, sealed, for
+-- COMMIT PREPARED; ROLLBACK PREPARED leaves none; checkpoint() (or the next
+-- audited commit) links the committed ones into a chain.
 BEGIN;
 INSERT INTO base VALUES (1);
 PREPARE TRANSACTION 'p1';
-SELECT count(*) FROM pg_prepared_xacts;
+BEGIN;
+INSERT INTO base VALUES (2);
+PREPARE TRANSACTION 'p3';
+SELECT count(*) AS prepared, (SELECT count(*) FROM audit_log.prepared) AS sealed_visible FROM pg_prepared_xacts;
+COMMIT PREPARED 'p1';
+ROLLBACK PREPARED 'p3';
+SELECT count(*) AS waiting_for_a_link FROM audit_log.prepared;
+SELECT audit_log.checkpoint() IS NOT NULL AS checkpoint_taken;
+SELECT count(*) AS waiting_for_a_link FROM audit_log.prepared;
 BEGIN;
 SELECT 1;
-PREPARE TRANSACTION 'p2';   -- nothing audited: allowed
+PREPARE TRANSACTION 'p2';   -- nothing audited
 COMMIT PREPARED 'p2';
 \set VERBOSITY default
 SELECT audit_log.enable('v');
