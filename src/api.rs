@@ -340,9 +340,11 @@ fn enable(
             operations,
             exclude_columns,
             redact_columns,
-            skip_unchanged_updates.unwrap_or(false),
-            notify.unwrap_or(false),
-            history.unwrap_or(false),
+            crate::options::Switches {
+                skip_unchanged_updates: skip_unchanged_updates.unwrap_or(false),
+                notify: notify.unwrap_or(false),
+                history: history.unwrap_or(false),
+            },
             &columns_of(oid)?,
             (&t.schema, &t.name),
         )?;

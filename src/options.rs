@@ -42,6 +42,13 @@ pub struct Options {
     pub channel: Option<String>,
 }
 
+/// enable()'s on/off options.
+pub struct Switches {
+    pub skip_unchanged_updates: bool,
+    pub notify: bool,
+    pub history: bool,
+}
+
 /// PostgreSQL's limit on a channel name, in bytes.
 const MAX_CHANNEL: usize = 63;
 
@@ -86,9 +93,11 @@ impl Options {
         operations: Option<Vec<Option<String>>>,
         exclude: Option<Vec<Option<String>>>,
         redact: Option<Vec<Option<String>>>,
-        skip_unchanged_updates: bool,
-        notify: bool,
-        history: bool,
+        Switches {
+            skip_unchanged_updates,
+            notify,
+            history,
+        }: Switches,
         columns: &[String],
         (schema, table): (&str, &str),
     ) -> Result<Options, AuditError> {

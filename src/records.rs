@@ -197,6 +197,7 @@ fn canonical_json_text(encoded: &[u8]) -> String {
 }
 
 /// The events of one record, as rows: the `audit_log.events` view.
+#[allow(clippy::type_complexity)]
 #[pg_extern(sql = r#"
 CREATE FUNCTION audit_log."record_events"("first_event" bigint, "segments" integer, "payload" bytea)
 RETURNS TABLE ("id" bigint, "tx_id" bigint, "tx_seq" integer, "recorded_at" timestamptz,

@@ -1,7 +1,9 @@
 //! In-server tests (`cargo pgrx test`). Each runs inside one transaction that
 //! is rolled back, so they test what happens before commit: capture, the
 //! in-transaction hash chain, subtransaction rollback, and errors. Commit-time
-//! links, several sessions and crashes are tested under pg_test/.
+//! records, several sessions and crashes are tested under pg_test/. A
+//! transaction's events are written at its commit: until then they are
+//! read here through `tests.pending()`.
 
 #[pgrx::pg_schema]
 mod tests {
@@ -19,32 +21,77 @@ mod tests {
         Spi::get_one::<i64>(q).unwrap().unwrap()
     }
 
+    /// The events this transaction holds in memory, decoded from the bytes
+    /// that will be stored, with their hashes.
+    #[allow(clippy::type_complexity)]
+    #[pg_extern]
+    fn pending() -> TableIterator<
+        'static,
+        (
+            name!(tx_seq, i64),
+            name!(op, String),
+            name!(old_row, Option<String>),
+            name!(new_row, Option<String>),
+            name!(prev_hash, Vec<u8>),
+            name!(hash, Vec<u8>),
+        ),
+    > {
+        use audit_log_core::encoding::decode::Reader;
+        use audit_log_core::model::Json;
+        use audit_log_core::record::{decode_event, events};
+        let text = |j: Option<Json>| match j {
+            Some(Json::Encoded(b)) => Reader::new(&b).json_text().ok(),
+            _ => None,
+        };
+        let mut rows = Vec::new();
+        if let Some((first, payload)) = crate::txstate::pending_payload() {
+            let mut prev = audit_log_core::ZERO_HASH;
+            for e in events(&payload) {
+                let e = decode_event(e.unwrap(), first, prev).unwrap();
+                prev = e.hash;
+                rows.push((
+                    e.tx_seq,
+                    e.op,
+                    text(e.old_row),
+                    text(e.new_row),
+                    e.prev_hash.to_vec(),
+                    e.hash.to_vec(),
+                ));
+            }
+        }
+        TableIterator::new(rows)
+    }
+
     #[pg_test]
     fn events_chain_within_a_transaction() {
         setup();
         Spi::run("INSERT INTO t VALUES (1, 'a'), (2, 'b'); UPDATE t SET v = 'c' WHERE id = 1; DELETE FROM t WHERE id = 2;")
             .unwrap();
-        assert_eq!(count("SELECT count(*) FROM audit_log.events"), 5);
+        // Nothing is in the log before commit.
+        assert_eq!(count("SELECT count(*) FROM audit_log.events"), 0);
+        assert_eq!(count("SELECT count(*) FROM tests.pending()"), 5);
         // positions 1..5 without gaps, each chained to its predecessor
         assert_eq!(
             count(
-                "SELECT count(*) FROM audit_log.events e JOIN audit_log.events p
-                   ON p.tx_first = e.tx_first AND p.tx_seq = e.tx_seq - 1 AND e.prev_hash = p.hash"
+                "SELECT count(*) FROM tests.pending() e JOIN tests.pending() p
+                   ON p.tx_seq = e.tx_seq - 1 AND e.prev_hash = p.hash"
             ),
             4
         );
         assert_eq!(
             Spi::get_one::<String>(
-                "SELECT string_agg(op, ',' ORDER BY tx_seq) FROM audit_log.events"
+                "SELECT string_agg(op, ',' ORDER BY tx_seq) FROM tests.pending()"
             )
             .unwrap()
             .unwrap(),
             "ENABLE,INSERT,INSERT,UPDATE,DELETE"
         );
         assert_eq!(
-            Spi::get_one::<String>("SELECT (old_row->>'v') || (new_row->>'v') FROM audit_log.events WHERE op = 'UPDATE'")
-                .unwrap()
-                .unwrap(),
+            Spi::get_one::<String>(
+                "SELECT (old_row::jsonb->>'v') || (new_row::jsonb->>'v') FROM tests.pending() WHERE op = 'UPDATE'"
+            )
+            .unwrap()
+            .unwrap(),
             "ac"
         );
     }
@@ -62,13 +109,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            count("SELECT count(*) FROM audit_log.events WHERE new_row->>'v' = 'undone'"),
+            count("SELECT count(*) FROM tests.pending() WHERE new_row::jsonb->>'v' = 'undone'"),
             0
         );
-        assert_eq!(count("SELECT max(tx_seq) FROM audit_log.events"), 3);
+        assert_eq!(count("SELECT max(tx_seq) FROM tests.pending()"), 3);
         assert_eq!(
             count(
-                "SELECT count(*) FROM audit_log.events e JOIN audit_log.events p
+                "SELECT count(*) FROM tests.pending() e JOIN tests.pending() p
                    ON p.tx_seq = e.tx_seq - 1 AND e.prev_hash = p.hash"
             ),
             2

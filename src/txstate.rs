@@ -183,6 +183,16 @@ fn pack(first: i64, batch: &[Pending]) -> (Vec<u8>, Vec<(i64, i64, i32)>) {
     (payload, keys)
 }
 
+/// The events this transaction holds in memory, as a payload, with the id
+/// of its first event (tests only: committed events are in the log).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn pending_payload() -> Option<(i64, Vec<u8>)> {
+    STATE.with_borrow(|s| {
+        let s = s.as_ref()?;
+        Some((s.head.first_event, pack(s.head.first_event, &s.buffer).0))
+    })
+}
+
 fn clear() {
     STATE.set(None);
 }
