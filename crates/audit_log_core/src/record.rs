@@ -467,11 +467,47 @@ impl Walk {
     }
 }
 
-/// Verify a log of records, read in (chain_id, seq) order, each with the
-/// digest of its events. Chains that purge() shortened start from their
-/// anchors, each of which some PURGE event must record (`claimed`: the
-/// anchors the log's PURGE events record). Errors of the stream itself are
-/// passed through.
+/// One chain's walk, and its records that came before their predecessors.
+struct ChainState {
+    walk: Walk,
+    /// Records ahead of the walk, by seq: (record, digest).
+    ahead: BTreeMap<i64, (Record, Digest)>,
+}
+
+impl ChainState {
+    fn feed(&mut self, v: &mut Verdict, r: Record, d: Digest) {
+        if r.seq > self.walk.prev_seq + 1 {
+            // Its predecessor may come later; a duplicate seq is reported
+            // when it is walked.
+            if let Some((r, d)) = self.ahead.insert(r.seq, (r, d)) {
+                self.walk.step(v, &r, &d);
+            }
+            return;
+        }
+        self.walk.step(v, &r, &d);
+        self.drain(v, false);
+    }
+
+    /// Walk the records that now follow on; with `all`, every one left,
+    /// in seq order (the gaps before them are reported as missing).
+    fn drain(&mut self, v: &mut Verdict, all: bool) {
+        while let Some(entry) = self.ahead.first_entry() {
+            if !all && *entry.key() != self.walk.prev_seq + 1 {
+                break;
+            }
+            let (r, d) = entry.remove();
+            self.walk.step(v, &r, &d);
+        }
+    }
+}
+
+/// Verify a log of records, each with the digest of its events, in any
+/// order: a sequential scan reads them in the order they lie on disk, which
+/// within a chain is almost always seq order, so the records held back
+/// waiting for a predecessor stay few. Chains that purge() shortened start
+/// from their anchors, each of which some PURGE event must record
+/// (`claimed`: the anchors the log's PURGE events record). Errors of the
+/// stream itself are passed through.
 pub fn verify_records<E>(
     records: impl Iterator<Item = Result<(Record, Digest), E>>,
     checkpoint: Option<&Checkpoint>,
@@ -483,30 +519,27 @@ pub fn verify_records<E>(
         .map(|cp| cp.chains.iter().map(|h| (h.chain, h.clone())).collect())
         .unwrap_or_default();
     let mut v = Verdict::default();
-    let mut walk: Option<Walk> = None;
+    let mut chains: BTreeMap<i32, ChainState> = BTreeMap::new();
     // Each transaction's key, to find one stored twice (a replayed record,
     // its hash recomputed at the tail of a chain): 8 bytes per transaction.
     let mut keys: Vec<i64> = Vec::new();
     for item in records {
         let (r, d) = item?;
         keys.push(r.first_event);
-        if walk.as_ref().is_none_or(|w| w.chain_id != r.chain_id) {
-            if let Some(w) = walk.take() {
-                w.finish(&mut v);
-            }
-            walk = Some(Walk::new(
+        let state = chains.entry(r.chain_id).or_insert_with(|| ChainState {
+            walk: Walk::new(
                 r.chain_id,
                 expected.remove(&r.chain_id),
                 anchor(r.chain_id),
                 claimed,
-            ));
-        }
-        if let Some(w) = walk.as_mut() {
-            w.step(&mut v, &r, &d);
-        }
+            ),
+            ahead: BTreeMap::new(),
+        });
+        state.feed(&mut v, r, d);
     }
-    if let Some(w) = walk.take() {
-        w.finish(&mut v);
+    for state in chains.values_mut() {
+        state.drain(&mut v, true);
+        state.walk.finish(&mut v);
     }
     for (chain_id, e) in expected {
         Walk::new(chain_id, Some(e), anchor(chain_id), claimed).finish(&mut v);
@@ -556,7 +589,7 @@ mod tests {
 
     /// A record of `n` events with ids 100·seq + 10, + 12, + 14, … and its payload.
     fn record(chain: i32, seq: i64, prev: Hash, n: i64) -> (Record, Vec<u8>) {
-        let base = 100 * seq + 10;
+        let base = 1000 * i64::from(chain) + 100 * seq + 10;
         let mut payload = Vec::new();
         let mut h = ZERO_HASH;
         for i in 0..n {
@@ -692,6 +725,38 @@ mod tests {
             check(&t, None).first().unwrap().kind,
             ProblemKind::ContentChanged
         );
+    }
+
+    #[test]
+    fn any_reading_order_gives_the_same_verdict() {
+        let log = chain(6);
+        let mut shuffled = log.clone();
+        shuffled.reverse();
+        shuffled.swap(1, 4);
+        assert!(check(&shuffled, None).ok());
+        // A removed record is reported the same way in any order.
+        let mut t = log.clone();
+        t.remove(2);
+        let ordered = check(&t, None);
+        t.reverse();
+        assert_eq!(check(&t, None).first(), ordered.first());
+        // Two chains, interleaved.
+        let mut two: Vec<(Record, Vec<u8>)> = Vec::new();
+        for s in 1..=3 {
+            let prev = two
+                .iter()
+                .rev()
+                .find(|(r, _)| r.chain_id == 1)
+                .map_or(ZERO_HASH, |(r, _)| r.link_hash);
+            two.push(record(1, s, prev, 1));
+        }
+        let mut all = log.clone();
+        for (i, x) in two.into_iter().rev().enumerate() {
+            all.insert(i * 2, x);
+        }
+        let v = check(&all, None);
+        assert!(v.ok(), "{:?}", v.problems);
+        assert_eq!(v.links_checked, 9);
     }
 
     #[test]
