@@ -38,9 +38,11 @@ impl Row<'_> {
     }
 }
 
-/// A table read in the order of one of its btree indexes.
+/// A table read in the order of one of its btree indexes, or (with no
+/// index) in the order its rows lie on disk.
 pub struct Ordered<T> {
     rel: pg_sys::Relation,
+    /// Null for a sequential scan.
     idx: pg_sys::Relation,
     scan: pg_sys::SysScanDesc,
     row_cx: pg_sys::MemoryContext,
@@ -58,6 +60,15 @@ impl<T> Ordered<T> {
         convert: fn(&Row) -> Option<T>,
     ) -> Result<Self, AuditError> {
         Self::open_where(relid, indexid, snapshot, &[], convert)
+    }
+
+    /// Every row, in the order they lie on disk (a sequential scan).
+    pub fn sequential(
+        relid: pg_sys::Oid,
+        snapshot: pg_sys::Snapshot,
+        convert: fn(&Row) -> Option<T>,
+    ) -> Result<Self, AuditError> {
+        Self::open_where(relid, pg_sys::InvalidOid, snapshot, &[], convert)
     }
 
     /// As `open`, for the rows whose leading index columns equal `keys`
@@ -89,7 +100,11 @@ impl<T> Ordered<T> {
                 });
             }
             let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
-            let idx = pg_sys::index_open(indexid, pg_sys::AccessShareLock as i32);
+            let idx = if indexid == pg_sys::InvalidOid {
+                std::ptr::null_mut()
+            } else {
+                pg_sys::index_open(indexid, pg_sys::AccessShareLock as i32)
+            };
             let mut scankeys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); keys.len()];
             for (k, &(attno, proc_, value)) in scankeys.iter_mut().zip(keys) {
                 pg_sys::ScanKeyInit(
@@ -100,13 +115,24 @@ impl<T> Ordered<T> {
                     value,
                 );
             }
-            let scan = pg_sys::systable_beginscan_ordered(
-                rel,
-                idx,
-                snapshot,
-                keys.len() as i32,
-                scankeys.as_mut_ptr(),
-            );
+            let scan = if idx.is_null() {
+                pg_sys::systable_beginscan(
+                    rel,
+                    pg_sys::InvalidOid,
+                    false,
+                    snapshot,
+                    keys.len() as i32,
+                    scankeys.as_mut_ptr(),
+                )
+            } else {
+                pg_sys::systable_beginscan_ordered(
+                    rel,
+                    idx,
+                    snapshot,
+                    keys.len() as i32,
+                    scankeys.as_mut_ptr(),
+                )
+            };
             let natts = (*(*rel).rd_att).natts as usize;
             let row_cx = pg_sys::AllocSetContextCreateInternal(
                 pg_sys::CurrentMemoryContext,
@@ -139,10 +165,14 @@ impl<T> Iterator for Ordered<T> {
             // a context that is reset before the next.
             unsafe {
                 pg_sys::MemoryContextReset(self.row_cx);
-                let tup = pg_sys::systable_getnext_ordered(
-                    self.scan,
-                    pg_sys::ScanDirection::ForwardScanDirection,
-                );
+                let tup = if self.idx.is_null() {
+                    pg_sys::systable_getnext(self.scan)
+                } else {
+                    pg_sys::systable_getnext_ordered(
+                        self.scan,
+                        pg_sys::ScanDirection::ForwardScanDirection,
+                    )
+                };
                 if tup.is_null() {
                     return None;
                 }
@@ -170,8 +200,12 @@ impl<T> Drop for Ordered<T> {
     fn drop(&mut self) {
         // SAFETY: opened in `open`.
         unsafe {
-            pg_sys::systable_endscan_ordered(self.scan);
-            pg_sys::index_close(self.idx, pg_sys::AccessShareLock as i32);
+            if self.idx.is_null() {
+                pg_sys::systable_endscan(self.scan);
+            } else {
+                pg_sys::systable_endscan_ordered(self.scan);
+                pg_sys::index_close(self.idx, pg_sys::AccessShareLock as i32);
+            }
             pg_sys::table_close(self.rel, pg_sys::AccessShareLock as i32);
             pg_sys::MemoryContextDelete(self.row_cx);
         }
