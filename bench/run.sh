@@ -269,8 +269,8 @@ buf = b'x' * (64 << 20); t = time.perf_counter(); n = 0
 while time.perf_counter() - t < 2: hashlib.sha256(buf).digest(); n += len(buf)
 print(n / (time.perf_counter() - t) / 1e6)")
 log_size="pg_total_relation_size('audit_log.records') + pg_total_relation_size('audit_log.segments') + pg_total_relation_size('audit_log.row_keys')"
-size=$(q b_audit_log -c "SELECT ($log_size) / greatest(sum(event_count), 1) FROM audit_log.records")
-hist_size=$(q b_audit_hist -c "SELECT ($log_size) / greatest(sum(event_count), 1) FROM audit_log.records")
+size=$(q b_audit_log -c "SELECT ($log_size) / greatest(sum(event_count), 1)::bigint FROM audit_log.records")
+hist_size=$(q b_audit_hist -c "SELECT ($log_size) / greatest(sum(event_count), 1)::bigint FROM audit_log.records")
 hist_keys=$(q b_audit_hist -c "SELECT pg_total_relation_size('audit_log.row_keys') / greatest(count(*), 1) FROM audit_log.row_keys")
 diy_size=$(q b_diy_jsonb -c "SELECT pg_total_relation_size('diy_audit') / greatest(count(*), 1) FROM diy_audit")
 
@@ -359,7 +359,7 @@ awk -v e="$events" -v ms="$verify_ms" -v ms1="$verify1_ms" -v c="$(nproc)" -v b=
   printf "verify(), verify_threads = 0 (one core): %d events in %.0f ms = %.0f events/s\n", e, ms1, e / (ms1 / 1000);
   printf "raw SHA-256 over the same %.0f MB: %.0f MB/s = %.0f events/s (the limit)\n", b / 1e6, s, e / (b / 1e6 / s) }'
 echo "size on disk: audit_log $size bytes/event (records, segments, row_keys and their indexes, TOAST included); diy_jsonb $diy_size bytes/event"
-echo "size on disk with history => true on bulk_t: $hist_size bytes/event, of which row_keys $hist_keys bytes per entry"
+echo "size on disk, b_audit_hist (bulk statements only, history => true): $hist_size bytes/event; row_keys $hist_keys bytes per entry (one per row change)"
 rm -rf "$scripts"
 
 # The DDL guard's cost, on a cluster of its own, once this one has stopped.

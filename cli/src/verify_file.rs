@@ -18,11 +18,9 @@ use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use audit_log_core::encoding::encode_event;
 use audit_log_core::parallel::map_ordered;
-use audit_log_core::record::{verify_records, DigestBuilder, Record};
-use audit_log_core::verify::{ProblemKind, Verdict};
-use audit_log_core::{ChainHead, Checkpoint, Hash, Link, ZERO_HASH};
+use audit_log_core::verify::{verify_logical, EncodedEvent, Verdict};
+use audit_log_core::{ChainHead, Checkpoint, Link};
 use sha2::{Digest, Sha256};
 
 use crate::format::{
@@ -292,8 +290,7 @@ pub fn verify_files(
         let verdict = verify_one(
             path,
             &s.links,
-            &anchors,
-            &claimed,
+            (&anchors, &claimed),
             cp_here.as_ref(),
             threads,
             &mut report.file_problems,
@@ -346,34 +343,16 @@ fn merge(into: &mut Verdict, v: Verdict) {
     into.problems.extend(v.problems);
 }
 
-/// One event line, parsed and encoded on a worker thread.
-struct Encoded {
-    id: i64,
-    tx_first: i64,
-    prev_hash: Hash,
-    hash: Hash,
-    canonical: Vec<u8>,
-}
-
-/// The second pass: stream the events of one file, build each
-/// transaction's digest, and verify the links as the records they stand for.
-#[allow(clippy::too_many_arguments)]
+/// The second pass: stream the events of one file (parsed and encoded on
+/// worker threads, in order) into the verifier of the logical form.
 fn verify_one(
     path: &Path,
     links: &[Link],
-    anchors: &[ChainHead],
-    claimed: &[ChainHead],
+    (anchors, claimed): (&[ChainHead], &[ChainHead]),
     cp: Option<&Checkpoint>,
     threads: usize,
     problems: &mut Vec<String>,
 ) -> Result<Verdict, Error> {
-    let by_first: std::collections::HashMap<i64, usize> = links
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.first_event, i))
-        .collect();
-    let mut built: Vec<Option<DigestBuilder>> = vec![None; links.len()];
-    let mut extra = Verdict::default();
     let damaged: RefCell<Vec<String>> = RefCell::new(Vec::new());
     let name = path.display().to_string();
     let lines = read_lines(path)?.filter_map(|item| match item {
@@ -381,142 +360,36 @@ fn verify_one(
         Ok(_) => None,
         Err(e) => Some(Err(e)),
     });
-    let parse = |(n, raw): (u64, Vec<u8>)| -> Result<(Encoded, i64), String> {
-        let e = EventLine::parse(trim(&raw))
+    let parse = |(n, raw): (u64, Vec<u8>)| -> Result<EncodedEvent, String> {
+        EventLine::parse(trim(&raw))
             .and_then(EventLine::into_event)
-            .map_err(|m| format!("{name}:{n}: damaged event: {m}"))?;
-        let mut canonical = Vec::with_capacity(256);
-        encode_event(&e, &mut canonical);
-        Ok((
-            Encoded {
-                id: e.id,
-                tx_first: e.tx_first,
-                prev_hash: e.prev_hash,
-                hash: e.hash,
-                canonical,
-            },
-            e.tx_seq,
-        ))
+            .map(|e| EncodedEvent::new(&e))
+            .map_err(|m| format!("{name}:{n}: damaged event: {m}"))
     };
     let mut last_key: Option<(i64, i64)> = None;
-    // The transaction being read: its key and its digest so far.
-    let mut current: Option<(i64, DigestBuilder)> = None;
-    let mut close = |cur: Option<(i64, DigestBuilder)>, extra: &mut Verdict| {
-        let Some((key, b)) = cur else { return };
-        match by_first.get(&key) {
-            Some(&i) => built[i] = Some(b),
-            None => extra.push(
-                ProblemKind::EventNotLinked,
-                Some(key),
-                format!("the events of the transaction whose first event is {key} have no link"),
-            ),
-        }
-    };
-    std::thread::scope(|scope| -> Result<(), io::Error> {
-        let events = map_ordered(scope, lines, threads, || {}, parse);
-        for item in events {
-            let (e, tx_seq) = match item? {
-                Ok(x) => x,
-                // A damaged line is reported, and the verification goes on
-                // without it: what it held shows up as missing.
-                Err(m) => {
-                    damaged.borrow_mut().push(m);
-                    continue;
+    let verdict = std::thread::scope(|scope| {
+        let events = map_ordered(scope, lines, threads, || {}, parse).filter_map(|r| match r {
+            Ok(Ok(e)) => {
+                if last_key.is_some_and(|k| k >= (e.tx_first, e.tx_seq)) {
+                    damaged.borrow_mut().push(format!(
+                        "{name}: event {} is out of (tx_first, tx_seq) order",
+                        e.id
+                    ));
                 }
-            };
-            if last_key.is_some_and(|k| k >= (e.tx_first, tx_seq)) {
-                damaged.borrow_mut().push(format!(
-                    "{name}: event {} is out of (tx_first, tx_seq) order",
-                    e.id
-                ));
+                last_key = Some((e.tx_first, e.tx_seq));
+                Some(Ok(e))
             }
-            last_key = Some((e.tx_first, tx_seq));
-            if current.as_ref().is_none_or(|(k, _)| *k != e.tx_first) {
-                close(current.take(), &mut extra);
-                current = Some((e.tx_first, DigestBuilder::default()));
-                if e.id != e.tx_first {
-                    extra.push(
-                        ProblemKind::EventMissing,
-                        Some(e.tx_first),
-                        format!(
-                            "the transaction whose first event is {} starts at event {}",
-                            e.tx_first, e.id
-                        ),
-                    );
-                }
+            // A damaged line is reported, and the verification goes on
+            // without it: what it held shows up as missing.
+            Ok(Err(m)) => {
+                damaged.borrow_mut().push(m);
+                None
             }
-            if let Some((_, b)) = current.as_mut() {
-                // What the file spells out must be what the events hash to.
-                if e.prev_hash != b.last_hash() {
-                    extra.push(
-                        ProblemKind::ContentChanged,
-                        Some(e.id),
-                        format!(
-                            "event {}: its prev_hash is not its predecessor's hash",
-                            e.id
-                        ),
-                    );
-                }
-                b.push(&e.canonical);
-                if e.hash != b.last_hash() {
-                    extra.push(
-                        ProblemKind::ContentChanged,
-                        Some(e.id),
-                        format!("event {} does not match its hash", e.id),
-                    );
-                }
-            }
-        }
-        close(current.take(), &mut extra);
-        Ok(())
+            Err(e) => Some(Err(e)),
+        });
+        verify_logical(events, links, cp, anchors, claimed)
     })
     .map_err(|e| Error::Io(path.into(), e))?;
     problems.extend(damaged.into_inner());
-    // The links, in the file's (chain_id, seq) order, as records.
-    let mut prev: BTreeMap<i32, (i64, Hash)> = anchors
-        .iter()
-        .map(|a| (a.chain, (a.seq, a.link_hash)))
-        .collect();
-    let records = links.iter().zip(built).map(|(l, b)| {
-        let r = Record {
-            chain_id: l.chain_id,
-            seq: l.seq,
-            tx_id: l.tx_id,
-            first_event: l.first_event,
-            last_event: l.last_event,
-            event_count: l.event_count,
-            committed_at: l.committed_at,
-            link_hash: l.link_hash,
-        };
-        let d = b.unwrap_or_default().finish(&r);
-        if d.fault.is_none() && d.last_hash != l.last_event_hash {
-            extra.push(
-                ProblemKind::LinkChanged,
-                Some(l.first_event),
-                format!(
-                    "link {}/{}: its last_event_hash is not its last event's hash",
-                    l.chain_id, l.seq
-                ),
-            );
-        }
-        let before = match prev.insert(l.chain_id, (l.seq, l.link_hash)) {
-            Some((s, h)) if s + 1 == l.seq => Some(h),
-            None if l.seq == 1 => Some(ZERO_HASH),
-            _ => None,
-        };
-        if before.is_some_and(|h| h != l.prev_link_hash) {
-            extra.push(
-                ProblemKind::LinkChanged,
-                Some(l.first_event),
-                format!(
-                    "link {}/{}: its prev_link_hash is not its predecessor's link_hash",
-                    l.chain_id, l.seq
-                ),
-            );
-        }
-        Ok::<_, ()>((r, d))
-    });
-    let mut verdict = verify_records(records, cp, anchors, claimed).unwrap_or_default();
-    merge(&mut verdict, extra);
     Ok(verdict)
 }

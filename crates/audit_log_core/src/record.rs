@@ -170,8 +170,9 @@ pub struct Digest {
     pub first_id: Option<i64>,
     pub last_id: Option<i64>,
     pub last_hash: Hash,
-    /// The first thing wrong with the payload's structure, if any.
-    pub fault: Option<String>,
+    /// The first thing wrong with the payload's structure, if any, and
+    /// what kind of break it is.
+    pub fault: Option<(ProblemKind, String)>,
 }
 
 /// The events of a transaction in tx_seq order: its segments' (each a run
@@ -196,9 +197,9 @@ pub fn merged<'a>(
     })
 }
 
-fn note(f: &mut Option<String>, why: String) {
+fn note(f: &mut Option<(ProblemKind, String)>, kind: ProblemKind, why: String) {
     if f.is_none() {
-        *f = Some(why);
+        *f = Some((kind, why));
     }
 }
 
@@ -234,8 +235,16 @@ impl DigestBuilder {
         match header(e) {
             Ok(h) => {
                 if h.tx_seq != d.count {
+                    // A later position: events before it are gone; an
+                    // earlier one: it is one too many.
+                    let kind = if h.tx_seq > d.count {
+                        ProblemKind::EventMissing
+                    } else {
+                        ProblemKind::EventInserted
+                    };
                     note(
                         &mut d.fault,
+                        kind,
                         format!(
                             "event {} is at tx_seq {} in position {}",
                             h.id, h.tx_seq, d.count
@@ -245,22 +254,33 @@ impl DigestBuilder {
                 match self.tx_id {
                     Some(t) if t != h.tx_id => note(
                         &mut d.fault,
+                        ProblemKind::EventInserted,
                         format!("event {} belongs to tx {}", h.id, h.tx_id),
                     ),
                     _ => self.tx_id = Some(h.tx_id),
                 }
                 if let Some(l) = d.last_id.filter(|&l| l >= h.id) {
-                    note(&mut d.fault, format!("event {} follows event {l}", h.id));
+                    note(
+                        &mut d.fault,
+                        ProblemKind::ContentChanged,
+                        format!("event {} follows event {l}", h.id),
+                    );
                 }
                 d.first_id.get_or_insert(h.id);
                 d.last_id = Some(h.id);
             }
             Err(_) => note(
                 &mut d.fault,
+                ProblemKind::ContentChanged,
                 format!("event {} of the payload is unreadable", d.count),
             ),
         }
         d.last_hash = event_hash_from_encoding(&d.last_hash, e);
+    }
+
+    /// How many events were pushed.
+    pub fn count(&self) -> i64 {
+        self.d.count
     }
 
     /// The hash of the last event pushed (zero before the first).
@@ -270,18 +290,32 @@ impl DigestBuilder {
 
     /// A part of the stream that is not a sequence of events.
     pub fn malformed(&mut self, why: &str) {
-        note(&mut self.d.fault, why.to_string());
+        note(
+            &mut self.d.fault,
+            ProblemKind::ContentChanged,
+            why.to_string(),
+        );
     }
 
     /// The digest, checked against the record's own columns.
     pub fn finish(self, r: &Record) -> Digest {
         let mut d = self.d;
         if let Some(t) = self.tx_id.filter(|&t| t != r.tx_id) {
-            note(&mut d.fault, format!("its events belong to tx {t}"));
-        }
-        if d.count != r.event_count {
             note(
                 &mut d.fault,
+                ProblemKind::LinkChanged,
+                format!("its events belong to tx {t}"),
+            );
+        }
+        if d.count != r.event_count {
+            let kind = if d.count > r.event_count {
+                ProblemKind::EventInserted
+            } else {
+                ProblemKind::EventMissing
+            };
+            note(
+                &mut d.fault,
+                kind,
                 format!("it holds {} event(s), not {}", d.count, r.event_count),
             );
         }
@@ -290,6 +324,7 @@ impl DigestBuilder {
         {
             note(
                 &mut d.fault,
+                ProblemKind::LinkChanged,
                 format!(
                     "its events run {}..{}, not {}..{}",
                     d.first_id.unwrap_or(0),
@@ -390,8 +425,8 @@ impl Walk {
                 at,
                 format!("chain {} repeats seq {}", r.chain_id, r.seq),
             );
-        } else if let Some(why) = &d.fault {
-            v.push(ProblemKind::ContentChanged, at, format!("{name}: {why}"));
+        } else if let Some((kind, why)) = &d.fault {
+            v.push(*kind, at, format!("{name}: {why}"));
         } else {
             let l = r.link(self.prev_hash, d.last_hash);
             if l.link_hash != r.link_hash && self.at_unproven_anchor {
@@ -687,7 +722,7 @@ mod tests {
         t[2].0.event_count -= 1;
         assert_eq!(
             check(&t, None).first().unwrap().kind,
-            ProblemKind::ContentChanged
+            ProblemKind::EventMissing
         );
         // A column of the record changed.
         let mut t = log.clone();

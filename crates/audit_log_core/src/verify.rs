@@ -1,20 +1,24 @@
-//! Verification of a whole log: every event hash, every in-transaction chain,
-//! every commit link, every chain of links, and optionally that the log extends
-//! a checkpoint. It consumes three sorted streams, so memory stays constant:
-//! events ordered by (tx_first, tx_seq, id), links ordered by (first_event,
-//! chain_id, seq), and links ordered by (chain_id, seq). A transaction is
-//! known by the id of its first event (the events' `tx_first`, its link's
-//! `first_event`), which never repeats; not by its `tx_id`, which starts
-//! again from small numbers after a restore into a new cluster. Messages
-//! still name a transaction by its `tx_id`, which is what an auditor knows.
-//! The SQL function `audit_log.verify()` and the CLI drive the same
-//! [`verify_streams`].
+//! What verification reports ([`Verdict`], [`ProblemKind`]), and the
+//! verification of a log in its logical form (events and links, as the
+//! views and an export show it): each link with its transaction's events is
+//! the record that storage format 2 keeps, and is verified as one by
+//! [`crate::record::verify_records`], the code `audit_log.verify()` runs.
+//! What the logical form spells out that storage recomputes (each event's
+//! `hash` and `prev_hash`, each link's `last_event_hash` and
+//! `prev_link_hash`) is checked against the recomputed values too.
+//!
+//! A transaction is known by the id of its first event (the events'
+//! `tx_first`, its link's `first_event`), which never repeats; not by its
+//! `tx_id`, which starts again from small numbers after a restore into a new
+//! cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use crate::hash::{event_hash, link_hash, Hash, ZERO_HASH};
+use crate::encoding::encode_event;
+use crate::hash::{Hash, ZERO_HASH};
 use crate::model::{ChainHead, Checkpoint, Event, Link};
+use crate::record::{verify_records, DigestBuilder, Record};
 
 /// The kinds of break, by the name `verify()` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -118,267 +122,6 @@ impl Verdict {
     }
 }
 
-fn short(h: &Hash) -> String {
-    hex::encode(&h[..6])
-}
-
-/// What a transaction check remembers of an event: not its row data.
-#[derive(Clone, Copy)]
-struct Seen {
-    id: i64,
-    tx_id: u64,
-    hash: Hash,
-    hash_ok: bool,
-}
-
-/// Checks the events of one transaction (those with one `tx_first`), fed one
-/// at a time in (tx_seq, id) order, then against the transaction's link.
-/// Constant memory, so a transaction of ten million rows verifies like one
-/// of ten.
-struct TxCheck {
-    /// The events' `tx_first`, which must be the id of the first of them.
-    key: i64,
-    /// The transaction's `tx_id`: as its link records it (hashed), or for
-    /// a transaction without one, as its first event does.
-    tx_id: Option<u64>,
-    linked: bool,
-    /// Events with the link's `tx_id`.
-    with_link_tx: i64,
-    /// Events of another `tx_id` (the first [`MAX_PROBLEMS`] of them, and
-    /// how many): reported when the transaction ends, since if none has the
-    /// link's `tx_id`, it is the link that is wrong.
-    foreign: Vec<(i64, u64)>,
-    foreign_count: u64,
-    first: Option<Seen>,
-    prev: Option<Seen>,
-    count: i64,
-    expected_seq: i64,
-    gap_reported: bool,
-    /// The first event's id differs from `key`, and that was reported.
-    key_reported: bool,
-}
-
-impl TxCheck {
-    fn new(key: i64, link: Option<&Link>) -> Self {
-        TxCheck {
-            key,
-            tx_id: link.map(|l| l.tx_id),
-            linked: link.is_some(),
-            with_link_tx: 0,
-            foreign: Vec::new(),
-            foreign_count: 0,
-            first: None,
-            prev: None,
-            count: 0,
-            expected_seq: 1,
-            gap_reported: false,
-            key_reported: false,
-        }
-    }
-
-    fn event(&mut self, v: &mut Verdict, e: &HashedEvent) {
-        v.events_checked += 1;
-        self.count += 1;
-        // tx_first is not hashed, but derivable: the id of the event at
-        // position 1. (A missing position 1 is reported as such below.)
-        if self.first.is_none() && e.tx_seq == 1 && e.id != self.key {
-            self.key_reported = true;
-            v.push(
-                ProblemKind::ContentChanged,
-                Some(e.id),
-                format!(
-                    "event {} starts tx {} but records tx_first {}, not its own id",
-                    e.id, e.tx_id, self.key
-                ),
-            );
-        }
-        // One transaction has one tx_id: an event of another one was moved here.
-        let tx_id = *self.tx_id.get_or_insert(e.tx_id);
-        if e.tx_id == tx_id {
-            self.with_link_tx += 1;
-        } else if !self.linked {
-            push_foreign(v, e.id, e.tx_id, self.key, tx_id);
-        } else {
-            self.foreign_count += 1;
-            if self.foreign.len() < MAX_PROBLEMS {
-                self.foreign.push((e.id, e.tx_id));
-            }
-        }
-        let own_ok = e.computed == e.hash;
-        if !own_ok {
-            v.push(
-                ProblemKind::ContentChanged,
-                Some(e.id),
-                format!("event {} (tx {}) does not match its hash", e.id, e.tx_id),
-            );
-        }
-        let expected_prev = self.prev.map_or(ZERO_HASH, |p| p.hash);
-        if e.tx_seq > self.expected_seq {
-            self.gap_reported = true;
-            v.push(
-                ProblemKind::EventMissing,
-                Some(e.id),
-                format!(
-                    "tx {} lacks event position(s) {}..{} before event {}",
-                    e.tx_id,
-                    self.expected_seq,
-                    e.tx_seq - 1,
-                    e.id
-                ),
-            );
-        } else if e.tx_seq < self.expected_seq {
-            v.push(
-                ProblemKind::EventInserted,
-                Some(e.id),
-                format!(
-                    "event {} repeats position {} of tx {}",
-                    e.id, e.tx_seq, e.tx_id
-                ),
-            );
-        } else if e.prev_hash != expected_prev && own_ok && e.tx_id == tx_id {
-            // This event verifies, so what it was chained to is the truth: a
-            // predecessor that hashes otherwise had its hash recomputed after an
-            // edit. (Not for an event of another transaction moved here: it is
-            // reported as such, and its predecessor is innocent.)
-            match self.prev {
-                Some(p) if p.hash_ok => v.push(
-                    ProblemKind::ContentChanged,
-                    Some(p.id),
-                    format!(
-                        "event {} (tx {}) hashes to {}… but event {} was chained to {}…",
-                        p.id,
-                        p.tx_id,
-                        short(&p.hash),
-                        e.id,
-                        short(&e.prev_hash)
-                    ),
-                ),
-                Some(_) => {}
-                None => v.push(
-                    ProblemKind::ContentChanged,
-                    Some(e.id),
-                    format!(
-                        "event {} starts tx {} but is chained to a predecessor",
-                        e.id, e.tx_id
-                    ),
-                ),
-            }
-        }
-        let seen = Seen {
-            id: e.id,
-            tx_id: e.tx_id,
-            hash: e.hash,
-            hash_ok: own_ok,
-        };
-        self.first.get_or_insert(seen);
-        self.prev = Some(seen);
-        self.expected_seq = e.tx_seq.max(self.expected_seq - 1) + 1;
-    }
-
-    fn finish(&self, v: &mut Verdict, links: &[Link], beyond_link: Option<i64>) {
-        let (Some(first), Some(last)) = (self.first, self.prev) else {
-            return;
-        };
-        let Some(link) = links.first() else {
-            v.push(
-                ProblemKind::EventNotLinked,
-                Some(first.id),
-                format!(
-                    "{} event(s) of tx {} with tx_first {} are not covered by any committed link",
-                    self.count, first.tx_id, self.key
-                ),
-            );
-            return;
-        };
-        for extra in &links[1..] {
-            v.push(
-                ProblemKind::LinkChanged,
-                Some(extra.first_event),
-                format!(
-                    "tx {} (first event {}) has a second link (chain {} seq {})",
-                    extra.tx_id, extra.first_event, extra.chain_id, extra.seq
-                ),
-            );
-        }
-        if self.with_link_tx == 0 {
-            v.push(
-                ProblemKind::LinkChanged,
-                Some(first.id),
-                format!(
-                    "link {}/{} names tx {} but the events with tx_first {} are of tx {}",
-                    link.chain_id, link.seq, link.tx_id, self.key, first.tx_id
-                ),
-            );
-        } else {
-            for &(id, tx_id) in &self.foreign {
-                push_foreign(v, id, tx_id, self.key, link.tx_id);
-            }
-            v.problem_count += self.foreign_count - self.foreign.len() as u64;
-        }
-        let n = self.count;
-        if n < link.event_count {
-            if self.gap_reported {
-                return; // already reported where the gap is
-            }
-            v.push(
-                ProblemKind::EventMissing,
-                Some(if first.id != link.first_event {
-                    first.id
-                } else {
-                    last.id
-                }),
-                format!(
-                    "tx {} has {} event(s) but its link commits to {} ({}..{})",
-                    link.tx_id, n, link.event_count, link.first_event, link.last_event
-                ),
-            );
-        } else if n > link.event_count {
-            let at = beyond_link.unwrap_or(last.id);
-            v.push(
-                ProblemKind::EventInserted,
-                Some(at),
-                format!(
-                    "tx {} has {} event(s) but its link commits to {}",
-                    link.tx_id, n, link.event_count
-                ),
-            );
-        } else if (first.id != link.first_event && !self.key_reported) || last.id != link.last_event
-        {
-            v.push(
-                ProblemKind::ContentChanged,
-                Some(first.id.min(link.first_event)),
-                format!(
-                    "tx {} spans events {}..{} but its link commits to {}..{}",
-                    link.tx_id, first.id, last.id, link.first_event, link.last_event
-                ),
-            );
-        } else if last.hash != link.last_event_hash && last.hash_ok {
-            v.push(
-                ProblemKind::ContentChanged,
-                Some(last.id),
-                format!(
-                    "event {} (tx {}) hashes to {}… but its link commits to {}…",
-                    last.id,
-                    link.tx_id,
-                    short(&last.hash),
-                    short(&link.last_event_hash)
-                ),
-            );
-        }
-    }
-}
-
-/// An event grouped, by its `tx_first`, with a transaction of another `tx_id`.
-fn push_foreign(v: &mut Verdict, id: i64, tx_id: u64, key: i64, tx_of_key: u64) {
-    v.push(
-        ProblemKind::EventInserted,
-        Some(id),
-        format!(
-            "event {id} of tx {tx_id} records tx_first {key}, the first event of tx {tx_of_key}"
-        ),
-    );
-}
-
 /// Anchors are where purged chains continue, and purge() records every
 /// anchor in the PURGE event it writes (an event in the chain like any
 /// other). An anchor that no PURGE event claims was put there by hand: a
@@ -402,59 +145,92 @@ pub fn check_anchors(v: &mut Verdict, anchors: &[ChainHead], claimed: &[ChainHea
     }
 }
 
-/// Links whose transaction has no events left.
-fn check_orphan_links(v: &mut Verdict, links: &[Link]) {
-    for l in links {
-        v.push(
-            ProblemKind::EventMissing,
-            Some(l.first_event),
-            format!(
-                "all {} event(s) of tx {} ({}..{}) are missing",
-                l.event_count, l.tx_id, l.first_event, l.last_event
-            ),
-        );
-    }
+/// An event of the logical form, encoded: what verification needs of it.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    pub id: i64,
+    pub tx_first: i64,
+    pub tx_seq: i64,
+    /// The hashes the logical form states (recomputed, then compared).
+    pub prev_hash: Hash,
+    pub hash: Hash,
+    pub canonical: Vec<u8>,
 }
 
-/// Walks one chain's links in seq order.
-struct ChainWalk {
-    chain_id: i32,
-    prev_seq: i64,
-    prev_hash: Hash,
-    prev_last_event: i64,
-    /// The previous link, if its own hash verified: (seq, first_event).
-    prev_ok: Option<(i64, i64)>,
-    expect: Option<(i64, Hash)>,
-    expect_met: bool,
-    /// The next link must follow an anchor, not a link of the stream.
-    at_anchor: bool,
-}
-
-impl ChainWalk {
-    /// A walk from the start of a chain, or from an anchor: the (seq, hash,
-    /// last event) of the link just before the first one to be walked.
-    fn new(chain_id: i32, expect: Option<(i64, Hash)>, anchor: Option<&ChainHead>) -> Self {
-        ChainWalk {
-            chain_id,
-            prev_seq: anchor.map_or(0, |a| a.seq),
-            prev_hash: anchor.map_or(ZERO_HASH, |a| a.link_hash),
-            prev_last_event: anchor.map_or(0, |a| a.last_event),
-            prev_ok: None,
-            at_anchor: anchor.is_some(),
-            expect,
-            // A checkpoint at or before the anchor was met before the anchor.
-            expect_met: match (expect, anchor) {
-                (Some((seq, _)), Some(a)) => seq <= a.seq,
-                _ => false,
-            },
+impl EncodedEvent {
+    pub fn new(e: &Event) -> Self {
+        let mut canonical = Vec::with_capacity(256);
+        encode_event(e, &mut canonical);
+        EncodedEvent {
+            id: e.id,
+            tx_first: e.tx_first,
+            tx_seq: e.tx_seq,
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+            canonical,
         }
     }
+}
 
-    fn step(&mut self, v: &mut Verdict, l: &Link) {
-        v.links_checked += 1;
-        let recomputed = link_hash(l);
-        if recomputed != l.link_hash {
-            v.push(
+/// Verify a log in its logical form: `events` ordered by (tx_first,
+/// tx_seq), `links` in any order (they are kept: about 150 bytes per
+/// transaction). Chains start from `anchors` (a whole log after a purge, or
+/// a continuation), which the PURGE events' `claimed` anchors must prove.
+pub fn verify_logical<E>(
+    events: impl Iterator<Item = Result<EncodedEvent, E>>,
+    links: &[Link],
+    checkpoint: Option<&Checkpoint>,
+    anchors: &[ChainHead],
+    claimed: &[ChainHead],
+) -> Result<Verdict, E> {
+    let by_first: HashMap<i64, usize> = links
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.first_event, i))
+        .collect();
+    let mut built: Vec<Option<DigestBuilder>> = vec![None; links.len()];
+    // Transactions (by key) whose problems are named at an event already:
+    // the record-level problem they cause says nothing more.
+    let mut located: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    let mut extra = Verdict::default();
+    let mut tx = TxRead::default();
+    for e in events {
+        let e = e?;
+        if tx.key != Some(e.tx_first) {
+            tx.close(&by_first, links, &mut built, &mut located, &mut extra);
+            tx = TxRead {
+                key: Some(e.tx_first),
+                link: by_first.get(&e.tx_first).copied(),
+                ..TxRead::default()
+            };
+            if e.id != e.tx_first {
+                tx.problem(
+                    &mut extra,
+                    ProblemKind::ContentChanged,
+                    e.id,
+                    format!(
+                        "event {} is the first of its transaction but records tx_first {}",
+                        e.id, e.tx_first
+                    ),
+                );
+            }
+        }
+        tx.event(&e, links, &mut extra);
+    }
+    tx.close(&by_first, links, &mut built, &mut located, &mut extra);
+    // Each chain's links in seq order.
+    let mut order: Vec<usize> = (0..links.len()).collect();
+    order.sort_by_key(|&i| (links[i].chain_id, links[i].seq));
+    let mut prev: BTreeMap<i32, (i64, Hash, i64)> = anchors
+        .iter()
+        .map(|a| (a.chain, (a.seq, a.link_hash, 0)))
+        .collect();
+    for &i in &order {
+        let l = &links[i];
+        // A link that does not hash to itself was changed after commit.
+        if crate::hash::link_hash(l) != l.link_hash {
+            located.insert(l.first_event);
+            extra.push(
                 ProblemKind::LinkChanged,
                 Some(l.first_event),
                 format!(
@@ -463,243 +239,233 @@ impl ChainWalk {
                 ),
             );
         }
-        if l.seq > self.prev_seq + 1 {
-            v.push(
-                ProblemKind::LinkMissing,
+        let before = match prev.insert(l.chain_id, (l.seq, l.link_hash, l.first_event)) {
+            Some((s, h, first)) if s + 1 == l.seq => Some((h, Some(first))),
+            None if l.seq == 1 => Some((ZERO_HASH, None)),
+            _ => None,
+        };
+        match before {
+            // Chained to another hash than its predecessor states: the
+            // predecessor was rewritten and re-hashed after this committed.
+            Some((h, Some(first))) if h != l.prev_link_hash => {
+                located.insert(l.first_event);
+                extra.push(
+                    ProblemKind::LinkChanged,
+                    Some(first),
+                    format!(
+                        "link {}/{} (from event {first}) was rewritten after link {}/{} was chained to it",
+                        l.chain_id,
+                        l.seq - 1,
+                        l.chain_id,
+                        l.seq
+                    ),
+                );
+            }
+            Some((h, None)) if h != l.prev_link_hash => extra.push(
+                ProblemKind::LinkBroken,
                 Some(l.first_event),
                 format!(
-                    "chain {} lacks links {}..{} (after event {})",
-                    l.chain_id,
-                    self.prev_seq + 1,
-                    l.seq - 1,
-                    self.prev_last_event
+                    "link {}/{} starts its chain but points to another link",
+                    l.chain_id, l.seq
                 ),
-            );
-        } else if l.seq <= self.prev_seq {
-            v.push(
-                ProblemKind::LinkChanged,
-                Some(l.first_event),
-                format!("chain {} repeats seq {}", l.chain_id, l.seq),
-            );
-        } else if l.prev_link_hash != self.prev_hash && recomputed == l.link_hash {
-            // This link verifies, so what it was chained to is the truth: a
-            // predecessor that hashes otherwise was rewritten and re-hashed.
-            match self.prev_ok {
-                Some((seq, first_event)) if l.seq == seq + 1 => v.push(
-                    ProblemKind::LinkChanged,
-                    Some(first_event),
-                    format!(
-                        "link {}/{} (from event {}) hashes to {}… but link {}/{} was chained to {}…: \
-                         rewritten after commit",
-                        l.chain_id,
-                        seq,
-                        first_event,
-                        short(&self.prev_hash),
-                        l.chain_id,
-                        l.seq,
-                        short(&l.prev_link_hash)
-                    ),
-                ),
-                Some(_) => {}
-                None if self.at_anchor => v.push(
-                    ProblemKind::LinkBroken,
-                    Some(l.first_event),
-                    format!(
-                        "link {}/{} is chained to {}… but the anchor it continues (seq {}) is {}…",
-                        l.chain_id,
-                        l.seq,
-                        short(&l.prev_link_hash),
-                        self.prev_seq,
-                        short(&self.prev_hash)
-                    ),
-                ),
-                None if self.prev_seq > 0 => {} // the predecessor is already reported
-                None => v.push(
-                    ProblemKind::LinkBroken,
-                    Some(l.first_event),
-                    format!(
-                        "link {}/{} starts its chain but points to {}… instead of zero",
-                        l.chain_id,
-                        l.seq,
-                        short(&l.prev_link_hash)
-                    ),
-                ),
-            }
+            ),
+            _ => {}
         }
-        if let Some((seq, h)) = self.expect {
-            if l.seq == seq {
-                self.expect_met = true;
-                if recomputed != h {
-                    v.push(
-                        ProblemKind::ChainRewritten,
-                        Some(l.first_event),
-                        format!(
-                            "chain {} at seq {} hashes to {}… but the checkpoint holds {}…",
-                            l.chain_id,
-                            seq,
-                            short(&recomputed),
-                            short(&h)
-                        ),
-                    );
-                }
+    }
+    let records: Vec<(Record, crate::record::Digest)> = order
+        .into_iter()
+        .map(|i| {
+            let l = &links[i];
+            let r = Record {
+                chain_id: l.chain_id,
+                seq: l.seq,
+                tx_id: l.tx_id,
+                first_event: l.first_event,
+                last_event: l.last_event,
+                event_count: l.event_count,
+                committed_at: l.committed_at,
+                link_hash: l.link_hash,
+            };
+            let d = built[i].take().unwrap_or_default().finish(&r);
+            if d.fault.is_none() && d.last_hash != l.last_event_hash && !located.contains(&l.first_event) {
+                // The link holds another hash of its last event: that event
+                // was rewritten, its own hash recomputed.
+                located.insert(l.first_event);
+                extra.push(
+                    ProblemKind::ContentChanged,
+                    Some(l.last_event),
+                    format!(
+                        "event {} hashes otherwise than link {}/{} committed it: rewritten after commit",
+                        l.last_event, l.chain_id, l.seq
+                    ),
+                );
             }
+            (r, d)
+        })
+        .collect();
+    let mut v = verify_records(
+        records.into_iter().map(Ok::<_, E>),
+        checkpoint,
+        anchors,
+        claimed,
+    )?;
+    // Problems of a record whose break is named at an event already.
+    let before = v.problems.len();
+    v.problems.retain(|p| {
+        !(p.event_id.is_some_and(|id| located.contains(&id)) && p.detail.starts_with("record "))
+    });
+    v.problem_count -= (before - v.problems.len()) as u64;
+    v.problem_count += extra.problem_count;
+    for p in extra.problems {
+        if v.problems.len() < MAX_PROBLEMS {
+            v.problems.push(p);
         }
-        self.at_anchor = false;
-        self.prev_ok = (recomputed == l.link_hash).then_some((l.seq, l.first_event));
-        self.prev_seq = l.seq;
-        self.prev_hash = recomputed;
-        self.prev_last_event = l.last_event;
+    }
+    Ok(v)
+}
+
+/// One transaction of the logical form, as its events stream by.
+#[derive(Default)]
+struct TxRead {
+    key: Option<i64>,
+    /// Its link, by index.
+    link: Option<usize>,
+    digest: DigestBuilder,
+    /// The stated hash and id of the previous event.
+    prev: Option<(Hash, i64)>,
+    /// Its events of another tx_id than its link's, and whether any has
+    /// the link's.
+    foreign: Vec<(i64, String)>,
+    native: bool,
+    located: bool,
+}
+
+impl TxRead {
+    fn problem(&mut self, v: &mut Verdict, kind: ProblemKind, at: i64, detail: String) {
+        self.located = true;
+        v.push(kind, Some(at), detail);
     }
 
-    fn finish(&self, v: &mut Verdict, cp_last_event: i64) {
-        if let Some((seq, _)) = self.expect {
-            if !self.expect_met {
-                v.push(
-                    ProblemKind::Truncated,
-                    Some(cp_last_event),
+    fn event(&mut self, e: &EncodedEvent, links: &[Link], v: &mut Verdict) {
+        let position = self.digest.count() + 1;
+        let own = crate::hash::event_hash_from_encoding(&e.prev_hash, &e.canonical);
+        let recomputed_prev = self.digest.last_hash();
+        if own != e.hash {
+            self.problem(
+                v,
+                ProblemKind::ContentChanged,
+                e.id,
+                format!("event {} does not match its hash", e.id),
+            );
+        } else if e.prev_hash != recomputed_prev {
+            if e.tx_seq > position {
+                self.problem(
+                    v,
+                    ProblemKind::EventMissing,
+                    e.id,
                     format!(
-                        "chain {} ends at seq {} but the checkpoint holds seq {} (up to event {})",
-                        self.chain_id, self.prev_seq, seq, cp_last_event
+                        "the events before event {} (tx_seq {position}..{}) are missing",
+                        e.id,
+                        e.tx_seq - 1
+                    ),
+                );
+            } else if e.tx_seq < position {
+                self.problem(
+                    v,
+                    ProblemKind::EventInserted,
+                    e.id,
+                    format!(
+                        "event {} repeats tx_seq {} of its transaction",
+                        e.id, e.tx_seq
+                    ),
+                );
+            } else if let Some((_, id)) = self.prev.filter(|(h, _)| *h != e.prev_hash) {
+                // It was chained to another hash than its predecessor now
+                // states: the predecessor was rewritten, hash and all.
+                self.problem(
+                    v,
+                    ProblemKind::ContentChanged,
+                    id,
+                    format!(
+                        "event {id} was rewritten after event {} was chained to it",
+                        e.id
+                    ),
+                );
+            }
+            // Otherwise the predecessor's own hash is wrong: reported there.
+        }
+        if let Some(l) = self.link.map(|i| &links[i]) {
+            // An event of another tx_id than its link's was moved in; if
+            // all of them differ, the link is what changed (the record
+            // reports that), so these wait for the end of the transaction.
+            let tx_id = crate::record::header(&e.canonical).map(|h| h.tx_id).ok();
+            match tx_id {
+                Some(t) if t != l.tx_id => self.foreign.push((
+                    e.id,
+                    format!(
+                        "event {} (tx {t}) is filed under tx_first {}, a transaction of tx {}",
+                        e.id, l.first_event, l.tx_id
+                    ),
+                )),
+                _ => self.native = true,
+            }
+            if position == l.event_count + 1 {
+                self.problem(
+                    v,
+                    ProblemKind::EventInserted,
+                    e.id,
+                    format!(
+                        "event {} is beyond the {} event(s) link {}/{} commits to",
+                        e.id, l.event_count, l.chain_id, l.seq
                     ),
                 );
             }
         }
+        self.digest.push(&e.canonical);
+        self.prev = Some((e.hash, e.id));
     }
-}
 
-fn next_link<E>(it: &mut impl Iterator<Item = Result<Link, E>>) -> Result<Option<Link>, E> {
-    it.next().transpose()
-}
-
-/// What verification needs of an event once its hash is recomputed from its
-/// content, which may be done ahead, on other threads ([`crate::parallel`]).
-/// The row data is no longer needed, and not kept.
-#[derive(Clone, Copy, Debug)]
-pub struct HashedEvent {
-    pub id: i64,
-    pub tx_id: u64,
-    pub tx_seq: i64,
-    /// The transaction's key: see [`Event::tx_first`].
-    pub tx_first: i64,
-    pub prev_hash: Hash,
-    pub hash: Hash,
-    pub computed: Hash,
-}
-
-impl HashedEvent {
-    pub fn new(e: &Event) -> Self {
-        HashedEvent {
-            id: e.id,
-            tx_id: e.tx_id,
-            tx_seq: e.tx_seq,
-            tx_first: e.tx_first,
-            prev_hash: e.prev_hash,
-            hash: e.hash,
-            computed: event_hash(e),
+    fn close(
+        &mut self,
+        by_first: &HashMap<i64, usize>,
+        links: &[Link],
+        built: &mut [Option<DigestBuilder>],
+        located: &mut std::collections::HashSet<i64>,
+        v: &mut Verdict,
+    ) {
+        let Some(key) = self.key.take() else { return };
+        let _ = links;
+        if self.native {
+            for (id, why) in std::mem::take(&mut self.foreign) {
+                self.problem(v, ProblemKind::EventInserted, id, why);
+            }
+        }
+        if self.located {
+            located.insert(key);
+        }
+        let digest = std::mem::take(&mut self.digest);
+        match by_first.get(&key) {
+            Some(&i) if built[i].is_none() => built[i] = Some(digest),
+            Some(_) => v.push(
+                ProblemKind::EventInserted,
+                Some(key),
+                format!("the events of the transaction whose first event is {key} appear twice"),
+            ),
+            None => v.push(
+                ProblemKind::EventNotLinked,
+                Some(key),
+                format!("the events of the transaction whose first event is {key} have no link"),
+            ),
         }
     }
 }
 
-/// Verify a whole log from three sorted streams (see the module comment).
-/// Errors of the streams themselves (I/O, SPI) are passed through.
+/// [`verify_logical`] over whole events, from the start of every chain.
 pub fn verify_streams<E>(
     events_by_tx: impl Iterator<Item = Result<Event, E>>,
-    links_by_tx: impl Iterator<Item = Result<Link, E>>,
-    links_by_chain: impl Iterator<Item = Result<Link, E>>,
+    links: &[Link],
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Verdict, E> {
-    let hashed = events_by_tx.map(|r| r.map(|e| HashedEvent::new(&e)));
-    verify_hashed_streams(hashed, links_by_tx, links_by_chain, checkpoint, &[])
-}
-
-/// [`verify_streams`], with each event's hash already recomputed, and with
-/// chains that may start from anchors rather than from their first link: a
-/// partial export starts where the previous one ended. An anchor is taken
-/// as given; what vouches for it is the verification that produced it.
-pub fn verify_hashed_streams<E>(
-    events_by_tx: impl Iterator<Item = Result<HashedEvent, E>>,
-    links_by_tx: impl Iterator<Item = Result<Link, E>>,
-    links_by_chain: impl Iterator<Item = Result<Link, E>>,
-    checkpoint: Option<&Checkpoint>,
-    anchors: &[ChainHead],
-) -> Result<Verdict, E> {
-    let anchor = |chain: i32| anchors.iter().find(|a| a.chain == chain);
-    let mut v = Verdict::default();
-    let mut links = links_by_tx;
-    let mut pending_link = next_link(&mut links)?;
-    let mut events = events_by_tx.peekable();
-
-    loop {
-        let next_key = match events.peek() {
-            Some(Ok(h)) => Some(h.tx_first),
-            Some(Err(_)) => match events.next() {
-                Some(Err(err)) => return Err(err),
-                _ => unreachable!("peeked an error"),
-            },
-            None => None,
-        };
-        // Links of transactions that come before the next event's: orphans.
-        while let Some(l) = pending_link.as_ref() {
-            if next_key.is_some_and(|k| l.first_event >= k) {
-                break;
-            }
-            check_orphan_links(&mut v, std::slice::from_ref(l));
-            pending_link = next_link(&mut links)?;
-        }
-        let Some(key) = next_key else { break };
-        let mut tx_links = Vec::new();
-        while let Some(l) = pending_link.take() {
-            if l.first_event != key {
-                pending_link = Some(l);
-                break;
-            }
-            tx_links.push(l);
-            pending_link = next_link(&mut links)?;
-        }
-        let link_count = tx_links.first().map(|l| l.event_count);
-        let mut check = TxCheck::new(key, tx_links.first());
-        let mut beyond_link = None;
-        while let Some(item) = events.next_if(|r| r.as_ref().map_or(true, |h| h.tx_first == key)) {
-            let e = item?;
-            check.event(&mut v, &e);
-            if link_count.is_some_and(|n| check.count == n.saturating_add(1)) {
-                beyond_link = Some(e.id);
-            }
-        }
-        check.finish(&mut v, &tx_links, beyond_link);
-    }
-
-    // Chains of links, against the checkpoint where one is given.
-    let mut expected: BTreeMap<i32, (i64, Hash, i64)> = checkpoint
-        .map(|cp| {
-            cp.chains
-                .iter()
-                .map(|h| (h.chain, (h.seq, h.link_hash, h.last_event)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut walk: Option<(ChainWalk, i64)> = None;
-    for item in links_by_chain {
-        let l = item?;
-        if walk.as_ref().is_none_or(|(w, _)| w.chain_id != l.chain_id) {
-            if let Some((w, cp_last)) = walk.take() {
-                w.finish(&mut v, cp_last);
-            }
-            let exp = expected.remove(&l.chain_id);
-            walk = Some((
-                ChainWalk::new(l.chain_id, exp.map(|(s, h, _)| (s, h)), anchor(l.chain_id)),
-                exp.map_or(0, |e| e.2),
-            ));
-        }
-        if let Some((w, _)) = walk.as_mut() {
-            w.step(&mut v, &l);
-        }
-    }
-    if let Some((w, cp_last)) = walk.take() {
-        w.finish(&mut v, cp_last);
-    }
-    for (chain_id, (seq, h, last_event)) in expected {
-        ChainWalk::new(chain_id, Some((seq, h)), anchor(chain_id)).finish(&mut v, last_event);
-    }
-    Ok(v)
+    let encoded = events_by_tx.map(|r| r.map(|e| EncodedEvent::new(&e)));
+    verify_logical(encoded, links, checkpoint, &[], &[])
 }

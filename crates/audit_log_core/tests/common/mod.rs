@@ -116,17 +116,7 @@ impl Log {
     pub fn verify(&self, cp: Option<&Checkpoint>) -> Verdict {
         let mut ev = self.events.clone();
         ev.sort_by_key(|e| (e.tx_first, e.tx_seq, e.id));
-        let mut by_tx = self.links.clone();
-        by_tx.sort_by_key(|l| (l.first_event, l.chain_id, l.seq));
-        let mut by_chain = self.links.clone();
-        by_chain.sort_by_key(|l| (l.chain_id, l.seq));
-        verify_streams(
-            ev.into_iter().map(Ok::<_, ()>),
-            by_tx.into_iter().map(Ok::<_, ()>),
-            by_chain.into_iter().map(Ok::<_, ()>),
-            cp,
-        )
-        .unwrap()
+        verify_streams(ev.into_iter().map(Ok::<_, ()>), &self.links, cp).unwrap()
     }
 }
 
