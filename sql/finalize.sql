@@ -101,7 +101,7 @@ ALTER EVENT TRIGGER audit_log_sql_drop ENABLE ALWAYS;
 -- admin configures what is recorded; the auditor reads and verifies it (a
 -- person who does both holds both roles). redacted() is for superusers only.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA audit_log FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean, boolean),
+GRANT EXECUTE ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean, boolean, boolean),
     audit_log.disable(regclass),
     audit_log.enable_schema(text), audit_log.disable_schema(text),
     audit_log.set_retention(interval), audit_log.purge(timestamptz)

@@ -319,11 +319,12 @@ CREATE FUNCTION audit_log."enable"(
     "redact_columns" text[] DEFAULT NULL,
     "skip_unchanged_updates" boolean DEFAULT false,
     "notify" boolean DEFAULT false,
-    "history" boolean DEFAULT false) RETURNS void
+    "history" boolean DEFAULT false,
+    "changed_only" boolean DEFAULT false) RETURNS void
 VOLATILE PARALLEL UNSAFE LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean, boolean) IS 'Start auditing the row changes of a table, or change what is recorded. history => true indexes each change by the row''s primary key for audit_log.history(). Idempotent; each change of options is recorded. Requires audit_log_admin.';
+COMMENT ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean, boolean, boolean) IS 'Start auditing the row changes of a table, or change what is recorded. history => true indexes each change by the row''s primary key for audit_log.history(); changed_only => true keeps in an UPDATE''s old_row only the columns it changed. Idempotent; each change of options is recorded. Requires audit_log_admin.';
 "#)]
 fn enable(
     target: Option<pg_sys::Oid>,
@@ -333,6 +334,7 @@ fn enable(
     skip_unchanged_updates: Option<bool>,
     notify: Option<bool>,
     history: Option<bool>,
+    changed_only: Option<bool>,
 ) {
     let result = (|| {
         let (oid, t) = admin_target(target, "enable auditing")?;
@@ -344,6 +346,7 @@ fn enable(
                 skip_unchanged_updates: skip_unchanged_updates.unwrap_or(false),
                 notify: notify.unwrap_or(false),
                 history: history.unwrap_or(false),
+                changed_only: changed_only.unwrap_or(false),
             },
             &columns_of(oid)?,
             (&t.schema, &t.name),

@@ -437,6 +437,19 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
                 .flatten()?;
             Some(audit_log_core::jsonb::row_key_hash(&schema, &name, &text))
         });
+        // changed_only: the old row keeps what the UPDATE changed (its key
+        // was taken above, from the whole row).
+        let old = match (old, &new) {
+            (Some(mut o), Some(n)) if opts.changed_only && op == "UPDATE" => {
+                if let Some(c) =
+                    audit_log_core::encoding::decode::changed_members(&o.encoded, &n.encoded)
+                {
+                    o.encoded = c;
+                }
+                Some(o)
+            }
+            (o, _) => o,
+        };
         let channel = opts.notify.then(|| opts.channel_for(&schema, &name));
         let id = record(schema.clone(), name.clone(), op, old, new, row_key)?;
         if let Some(channel) = channel {

@@ -36,6 +36,9 @@ pub struct Options {
     /// Index each change by the row's primary key, for audit_log.history().
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub history: bool,
+    /// An UPDATE's old_row holds only the columns it changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub changed_only: bool,
     /// The channel, fixed by enable() from the audited table's name, so that
     /// its partitions (whatever their names) notify on it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,6 +50,7 @@ pub struct Switches {
     pub skip_unchanged_updates: bool,
     pub notify: bool,
     pub history: bool,
+    pub changed_only: bool,
 }
 
 /// PostgreSQL's limit on a channel name, in bytes.
@@ -97,6 +101,7 @@ impl Options {
             skip_unchanged_updates,
             notify,
             history,
+            changed_only,
         }: Switches,
         columns: &[String],
         (schema, table): (&str, &str),
@@ -164,6 +169,7 @@ impl Options {
             notify,
             channel: notify.then(|| Self::channel(schema, table)),
             history,
+            changed_only,
         })
     }
 

@@ -44,6 +44,16 @@ CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');
 INSERT INTO m VALUES (1, 'eu', 's1'), (2, 'us', 's2');
 DELETE FROM m;
 SELECT table_name, op, new_row FROM audit_log.events WHERE table_name LIKE 'm%' AND op <> 'ENABLE' ORDER BY id;
+-- changed_only: an UPDATE's old row keeps only the columns it changed
+-- (the new row stays whole); other operations are untouched.
+CREATE TABLE wide3 (id int PRIMARY KEY, a text, b text, c jsonb);
+SELECT audit_log.enable('wide3', changed_only => true, history => true);
+INSERT INTO wide3 VALUES (1, 'x', 'y', '{"deep": [1, 2]}');
+UPDATE wide3 SET b = 'z', c = '{"deep": [1, 3]}' WHERE id = 1;
+UPDATE wide3 SET a = a WHERE id = 1;
+DELETE FROM wide3;
+SELECT op, old_row, new_row FROM audit_log.events WHERE table_name = 'wide3' ORDER BY id;
+SELECT op, old_row FROM audit_log.history('wide3', '{"id": 1}');
 -- Bad options.
 \set VERBOSITY sqlstate
 SELECT audit_log.enable('people', operations => '{INSERT, MERGE}');

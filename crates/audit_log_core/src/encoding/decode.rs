@@ -173,3 +173,65 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 }
+
+/// The members of a canonical object, as (key, value's encoding).
+fn members(object: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let mut r = Reader::new(object);
+    if r.u8().ok()? != super::tag::OBJECT {
+        return None;
+    }
+    let n = r.len().ok()?;
+    let mut out = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        let k = r.str().ok()?.as_bytes();
+        out.push((k, r.json().ok()?));
+    }
+    r.is_empty().then_some(out)
+}
+
+/// The members of the canonical object `old` whose values differ in `new`
+/// or are absent from it, as a canonical object: an UPDATE's old row
+/// reduced to what the update changed. None unless both are objects.
+pub fn changed_members(old: &[u8], new: &[u8]) -> Option<Vec<u8>> {
+    let new = members(new)?;
+    let changed: Vec<(&[u8], &[u8])> = members(old)?
+        .into_iter()
+        .filter(|(k, v)| {
+            new.binary_search_by(|(nk, _)| nk.cmp(k))
+                .map_or(true, |i| new[i].1 != *v)
+        })
+        .collect();
+    let mut out = vec![super::tag::OBJECT];
+    super::put_len(&mut out, changed.len());
+    for (k, v) in changed {
+        super::put_len(&mut out, k.len());
+        out.extend_from_slice(k);
+        out.extend_from_slice(v);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod changed_tests {
+    use super::*;
+    use crate::encoding::encode_json;
+    use serde_json::json;
+
+    fn enc(v: serde_json::Value) -> Vec<u8> {
+        let mut b = Vec::new();
+        encode_json(&v, &mut b);
+        b
+    }
+
+    #[test]
+    fn only_what_changed_stays() {
+        let old = enc(json!({"id": 1, "a": "x", "b": [1, {"c": 2}], "gone": null}));
+        let new = enc(json!({"id": 1, "a": "y", "b": [1, {"c": 2}], "added": true}));
+        assert_eq!(
+            changed_members(&old, &new),
+            Some(enc(json!({"a": "x", "gone": null})))
+        );
+        assert_eq!(changed_members(&old, &old), Some(enc(json!({}))));
+        assert_eq!(changed_members(&enc(json!([1])), &new), None);
+    }
+}
