@@ -130,9 +130,15 @@ fn deleted_whole_transaction_with_link() {
 
 #[test]
 fn edited_link() {
+    // A record's hash covers its link and its events alike: a changed link
+    // field reads as verify() reads a changed record, and the link is named.
     let mut log = Log::sample(12, 2);
     log.links[3].committed_at += 1;
-    assert_eq!(first(&log, None).0, ProblemKind::LinkChanged);
+    let v = log.verify(None);
+    assert_eq!(v.first().unwrap().kind, ProblemKind::ContentChanged);
+    assert!(v.problems.iter().any(
+        |p| p.kind == ProblemKind::LinkChanged && p.event_id == Some(log.links[3].first_event)
+    ));
     let mut log = Log::sample(12, 2);
     log.links[3].committed_at += 1;
     let l = log.links[3].clone();
