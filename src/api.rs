@@ -326,6 +326,8 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean, boolean, boolean) IS 'Start auditing the row changes of a table, or change what is recorded. history => true indexes each change by the row''s primary key for audit_log.history(); changed_only => true keeps in an UPDATE''s old_row only the columns it changed. Idempotent; each change of options is recorded. Requires audit_log_admin.';
 "#)]
+// One argument per SQL parameter: the signature is the SQL API's.
+#[allow(clippy::too_many_arguments)]
 fn enable(
     target: Option<pg_sys::Oid>,
     operations: Option<Vec<Option<String>>>,
