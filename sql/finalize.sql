@@ -39,10 +39,11 @@ SELECT e.id, e.tx_id::text::xid8 AS tx_id, e.tx_seq, e.recorded_at, e.statement_
        e.table_schema, e.table_name, e.op,
        audit_log.canonical_json_text(e.old_row)::jsonb AS old_row,
        audit_log.canonical_json_text(e.new_row)::jsonb AS new_row,
-       e.prev_hash, e.hash, r.first_event AS tx_first
+       e.prev_hash, e.hash, r.first_event AS tx_first, r.committed_at
   FROM audit_log.records r
  CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.segments, r.payload) e;
 COMMENT ON VIEW audit_log.events IS 'Audit events, one per captured row change or configuration change, unpacked from audit_log.records. hash and prev_hash are recomputed; see docs/FORMAT.md.';
+COMMENT ON COLUMN audit_log.events.committed_at IS 'When the event''s transaction was linked (its commit): a time range on this column reads only the records in it, through a BRIN index.';
 
 CREATE VIEW audit_log.links AS
 SELECT r.chain_id, r.seq, r.tx_id, r.event_count, r.first_event, r.last_event,

@@ -1,0 +1,70 @@
+-- Large transactions: past 1 MB of unwritten events, a transaction writes
+-- them as segments (audit_log.segments) during the transaction, without any
+-- lock; its record at commit covers them. A savepoint rolled back, or a
+-- PL/pgSQL exception block, drops exactly its events, whether they were
+-- still in memory or already spilled.
+CREATE DATABASE al_spill;
+\c al_spill
+SET client_min_messages = warning;
+SET audit_log.chains = 1;
+CREATE EXTENSION audit_log;
+CREATE TABLE s (id int PRIMARY KEY, pad text);
+SELECT audit_log.enable('s');
+-- What the log holds of each transaction, and how it is stored.
+CREATE FUNCTION shape() RETURNS TABLE (seq bigint, events bigint, segments int, spilled_rows bigint,
+                                       first_id int, last_id int, ids bigint)
+LANGUAGE sql AS $$
+  SELECT r.seq, r.event_count, r.segments,
+         (SELECT count(*) FROM audit_log.segments g WHERE g.first_event = r.first_event),
+         min((e.new_row->>'id')::int), max((e.new_row->>'id')::int), count(DISTINCT e.new_row->>'id')
+    FROM audit_log.records r JOIN audit_log.events e ON e.tx_first = r.first_event
+   WHERE e.table_name = 's'
+   GROUP BY r.seq, r.event_count, r.segments, r.first_event ORDER BY r.seq $$;
+
+-- 1. One transaction of 12,000 rows of 200 bytes: it spills.
+INSERT INTO s SELECT g, repeat('x', 200) FROM generate_series(1, 12000) g;
+SELECT * FROM shape();
+
+-- 2. A savepoint that spilled, rolled back: none of its events remain, the
+--    rows before and after it do.
+BEGIN;
+INSERT INTO s VALUES (20001, 'before');
+SAVEPOINT a;
+INSERT INTO s SELECT g, repeat('y', 200) FROM generate_series(30001, 42000) g;
+ROLLBACK TO a;
+INSERT INTO s VALUES (20002, 'after');
+COMMIT;
+SELECT * FROM shape() WHERE seq > 2;
+
+-- 3. Spilled before a savepoint, then more inside it, released: all kept,
+--    in order; then a PL/pgSQL exception block that spilled: dropped.
+BEGIN;
+INSERT INTO s SELECT g, repeat('z', 200) FROM generate_series(50001, 62000) g;
+SAVEPOINT b;
+INSERT INTO s SELECT g, repeat('z', 200) FROM generate_series(62001, 74000) g;
+RELEASE b;
+DO $$ BEGIN
+  INSERT INTO s SELECT g, repeat('w', 200) FROM generate_series(80001, 92000) g;
+  RAISE EXCEPTION 'undo';
+EXCEPTION WHEN raise_exception THEN NULL;
+END $$;
+INSERT INTO s VALUES (74001, 'last');
+COMMIT;
+SELECT * FROM shape() WHERE seq > 3;
+SELECT count(*) AS rolled_back_rows_in_the_log FROM audit_log.events
+ WHERE table_name = 's' AND (new_row->>'id')::int BETWEEN 30001 AND 42000
+    OR (new_row->>'id')::int BETWEEN 80001 AND 92000;
+
+-- 4. A transaction rolled back as a whole leaves no segment.
+BEGIN;
+INSERT INTO s SELECT g, repeat('v', 200) FROM generate_series(100001, 112000) g;
+ROLLBACK;
+SELECT count(*) AS orphan_segments FROM audit_log.segments g
+ WHERE NOT EXISTS (SELECT 1 FROM audit_log.records r WHERE r.first_event = g.first_event);
+
+-- The table and the log agree, and the log verifies.
+SELECT (SELECT count(*) FROM s) AS table_rows,
+       (SELECT count(*) FROM audit_log.events WHERE table_name = 's' AND op = 'INSERT') AS insert_events;
+SELECT ok, events_checked, problem FROM audit_log.verify();
+\c postgres
+DROP DATABASE al_spill;
