@@ -18,7 +18,15 @@ use pgrx::pg_sys;
 use crate::catalog::Oids;
 use crate::errors::AuditError;
 use crate::store::{self, records};
-use crate::txstate::Head;
+
+/// The head of a transaction's own chain of events: what its record links.
+#[derive(Clone, Copy, Debug)]
+pub struct Head {
+    pub hash: Hash,
+    pub count: i64,
+    pub first_event: i64,
+    pub last_event: i64,
+}
 
 /// "aulg": tells our locks apart in pg_locks (objid holds the chain id).
 const LOCK_KEY: u32 = 0x6175_6c67;

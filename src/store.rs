@@ -180,17 +180,17 @@ pub fn insert_record(
 pub fn insert_prepared(
     oids: &Oids,
     tx_id: u64,
-    head: &crate::txstate::Head,
+    (first_event, last_event, event_count): (i64, i64, i64),
     segments: i32,
     payload: &[u8],
 ) -> Result<(), AuditError> {
     let target = Target::open(oids.prepared, &prepared::COLUMNS)?;
     let mut nulls = [false; prepared::COLUMNS.len()];
     let mut values = [
-        pg_sys::Datum::from(head.first_event),
+        pg_sys::Datum::from(first_event),
         pg_sys::Datum::from(tx_id),
-        pg_sys::Datum::from(head.last_event),
-        pg_sys::Datum::from(head.count),
+        pg_sys::Datum::from(last_event),
+        pg_sys::Datum::from(event_count),
         pg_sys::Datum::from(segments),
         bytes_datum(payload),
     ];

@@ -12,7 +12,8 @@ use pgrx::pg_sys;
 
 use crate::catalog::{self, Oids};
 use crate::errors::{AuditError, OrRaise};
-use crate::{chain, store};
+use crate::chain::{self, Head};
+use crate::store;
 
 /// An event captured in this transaction and not yet written.
 pub struct Pending {
@@ -27,14 +28,6 @@ pub struct Pending {
     pub row_key: Option<i64>,
 }
 
-/// The head of the transaction's own chain of events.
-#[derive(Clone, Copy, Debug)]
-pub struct Head {
-    pub hash: Hash,
-    pub count: i64,
-    pub first_event: i64,
-    pub last_event: i64,
-}
 
 pub struct TxState {
     pub tx_id: u64,
@@ -248,7 +241,14 @@ fn pre_prepare() -> Result<(), AuditError> {
         return Ok(());
     };
     store::insert_row_keys(&u.oids, &u.keys)?;
-    store::insert_prepared(&u.oids, u.tx_id, &u.head, u.segments, &u.payload)
+    let h = &u.head;
+    store::insert_prepared(
+        &u.oids,
+        u.tx_id,
+        (h.first_event, h.last_event, h.count),
+        u.segments,
+        &u.payload,
+    )
 }
 
 #[pg_guard]

@@ -109,6 +109,15 @@ SQL
     WL_EVENTS=$(wl_q -c "SELECT count(*) FROM audit_log.events")
 }
 
+# After a crash and a restart: wait until the server accepts connections.
+wait_ready() {
+    for _ in $(seq 1 120); do
+        psql -X -q -d postgres -c "SELECT 1" >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    wl_fail "server did not come back"
+}
+
 wl_teardown() {
     rm -f "$WL_SCRIPT"
     psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $WL_DB" 2>/dev/null || true

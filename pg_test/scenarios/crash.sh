@@ -13,14 +13,6 @@ dir=$PGHOST
 data=$dir/data
 BIN=$(/usr/bin/pg_config --bindir)
 
-wait_ready() {
-    for _ in $(seq 1 120); do
-        psql -X -q -d postgres -c "SELECT 1" >/dev/null 2>&1 && return 0
-        sleep 0.5
-    done
-    wl_fail "server did not come back"
-}
-
 out=$(mktemp)
 trap 'rm -f "$out" "${WL_SCRIPT:-}"' EXIT
 load() { pgbench -n -c "$clients" -j 2 -T 60 -f "$WL_SCRIPT" "$WL_DB" >"$out" 2>&1; }

@@ -33,14 +33,6 @@ prepare() {  # $1: gid, $2: key base
          -c "PREPARE TRANSACTION '$1'" >/dev/null
 }
 
-wait_ready() {
-    for _ in $(seq 1 120); do
-        psql -X -q -d postgres -c "SELECT 1" >/dev/null 2>&1 && return 0
-        sleep 0.5
-    done
-    wl_fail "server did not come back"
-}
-
 pgbench -n -c 8 -j 2 -T $((rounds + 4)) -f "$WL_SCRIPT" "$WL_DB" >/dev/null 2>&1 & load=$!
 sleep 1
 committed=0 rolled_back=0
