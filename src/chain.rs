@@ -265,23 +265,24 @@ pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
         } else {
             Vec::new()
         };
-        let chain = choose_chain();
-        let (seq, prev) = read_head(oids, chain)?;
-        // SAFETY: reads the clock.
-        let now = unsafe { pg_sys::GetCurrentTimestamp() };
-        let mut r = Record {
-            chain_id: chain,
-            seq: seq + 1,
-            tx_id: s.tx_id,
+        let head = Head {
+            hash: ZERO_HASH,
+            count: s.event_count,
             first_event: s.first_event,
             last_event: s.last_event,
-            event_count: s.event_count,
-            committed_at: from_pg_timestamp(now),
-            link_hash: ZERO_HASH,
         };
-        let d = audit_log_core::record::digest(&r, parts.iter().map(Vec::as_slice), &s.payload);
-        r.link_hash = r.link(prev, d.last_hash).link_hash;
-        store::insert_record(oids, &r, s.segments, &s.payload)?;
+        let probe = record(s.tx_id, &head, 0, 0);
+        let d = audit_log_core::record::digest(&probe, parts.iter().map(Vec::as_slice), &s.payload);
+        link(
+            s.tx_id,
+            oids,
+            &Head {
+                hash: d.last_hash,
+                ..head
+            },
+            s.segments,
+            &s.payload,
+        )?;
         crate::retention::delete_where(
             oids.prepared,
             oids.prepared_pkey,
@@ -302,17 +303,24 @@ pub fn link(
     let chain = choose_chain();
     let (seq, prev) = read_head(oids, chain)?;
     // SAFETY: reads the clock.
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let mut r = Record {
+    let now = from_pg_timestamp(unsafe { pg_sys::GetCurrentTimestamp() });
+    let mut r = record(tx_id, head, chain, seq + 1);
+    r.committed_at = now;
+    r.link_hash = r.link(prev, head.hash).link_hash;
+    store::insert_record(oids, &r, segments, payload)
+}
+
+/// The record of a transaction with this head, at `seq` of `chain`, before
+/// its commit time and link hash are set.
+fn record(tx_id: u64, head: &Head, chain: i32, seq: i64) -> Record {
+    Record {
         chain_id: chain,
-        seq: seq + 1,
+        seq,
         tx_id,
         first_event: head.first_event,
         last_event: head.last_event,
         event_count: head.count,
-        committed_at: from_pg_timestamp(now),
+        committed_at: 0,
         link_hash: ZERO_HASH,
-    };
-    r.link_hash = r.link(prev, head.hash).link_hash;
-    store::insert_record(oids, &r, segments, payload)
+    }
 }

@@ -293,20 +293,12 @@ pub fn delete_where(
 ) -> Result<i64, AuditError> {
     // SAFETY: an index scan under the active snapshot, deleting each tuple it
     // returns by TID (simple_heap_delete: no triggers, WAL-logged); the
-    // caller holds the purge lock, and nobody else deletes from these tables.
+    // caller holds the lock of whoever deletes from that table (purge, or
+    // the linker of prepared transactions), and nobody else deletes there.
     unsafe {
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
         let idx = pg_sys::index_open(idxid, pg_sys::RowExclusiveLock as i32);
-        let mut scankeys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); keys.len()];
-        for (k, &(attno, proc_, value)) in scankeys.iter_mut().zip(keys) {
-            pg_sys::ScanKeyInit(
-                k,
-                attno,
-                pg_sys::BTEqualStrategyNumber as u16,
-                pg_sys::Oid::from(proc_),
-                value,
-            );
-        }
+        let mut scankeys = crate::scan::equality_keys(keys);
         // The latest snapshot, taken under the purge lock: the statement's
         // own may predate another purge that has just committed.
         let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());

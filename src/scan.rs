@@ -38,6 +38,24 @@ impl Row<'_> {
     }
 }
 
+/// Scan keys for "heap column = value" (heap attno, equality function, value).
+pub fn equality_keys(keys: &[(i16, u32, pg_sys::Datum)]) -> Vec<pg_sys::ScanKeyData> {
+    // SAFETY: ScanKeyData is plain data; ScanKeyInit fills each entry.
+    unsafe {
+        let mut out: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); keys.len()];
+        for (k, &(attno, proc_, value)) in out.iter_mut().zip(keys) {
+            pg_sys::ScanKeyInit(
+                k,
+                attno,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::Oid::from(proc_),
+                value,
+            );
+        }
+        out
+    }
+}
+
 /// A table read in the order of one of its btree indexes, or (with no
 /// index) in the order its rows lie on disk.
 pub struct Ordered<T> {
@@ -105,16 +123,7 @@ impl<T> Ordered<T> {
             } else {
                 pg_sys::index_open(indexid, pg_sys::AccessShareLock as i32)
             };
-            let mut scankeys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); keys.len()];
-            for (k, &(attno, proc_, value)) in scankeys.iter_mut().zip(keys) {
-                pg_sys::ScanKeyInit(
-                    k,
-                    attno,
-                    pg_sys::BTEqualStrategyNumber as u16,
-                    pg_sys::Oid::from(proc_),
-                    value,
-                );
-            }
+            let mut scankeys = equality_keys(keys);
             let scan = if idx.is_null() {
                 pg_sys::systable_beginscan(
                     rel,

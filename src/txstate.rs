@@ -11,8 +11,8 @@ use pgrx::pg_guard;
 use pgrx::pg_sys;
 
 use crate::catalog::{self, Oids};
-use crate::errors::{AuditError, OrRaise};
 use crate::chain::{self, Head};
+use crate::errors::{AuditError, OrRaise};
 use crate::store;
 
 /// An event captured in this transaction and not yet written.
@@ -27,7 +27,6 @@ pub struct Pending {
     /// for tables enabled with `history => true`.
     pub row_key: Option<i64>,
 }
-
 
 pub struct TxState {
     pub tx_id: u64,
