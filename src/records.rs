@@ -34,27 +34,58 @@ pub struct RawRecord {
     pub parts: Vec<Vec<u8>>,
 }
 
-fn record_row(r: &Row) -> Option<RawRecord> {
-    Some(RawRecord {
-        record: Record {
-            chain_id: r.i32(records::CHAIN_ID).unwrap_or(-1),
-            seq: r.i64(records::SEQ).unwrap_or(0),
-            tx_id: r.i64(records::TX_ID).unwrap_or(0) as u64,
-            first_event: r.i64(records::FIRST_EVENT).unwrap_or(i64::MIN),
-            last_event: r.i64(records::LAST_EVENT).unwrap_or(i64::MIN),
-            event_count: r.i64(records::EVENT_COUNT).unwrap_or(-1),
-            committed_at: r
-                .i64(records::COMMITTED_AT)
-                .map_or(i64::MIN, from_pg_timestamp),
-            link_hash: hash_of(r.slice(records::LINK_HASH)),
-        },
-        segments: r.i32(records::SEGMENTS).unwrap_or(0),
-        payload: r
-            .slice(records::PAYLOAD)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default(),
+/// Payloads up to this size are hashed by the session as it reads them:
+/// copying one and handing it to a worker costs about as much as hashing it.
+const HASH_IN_PLACE: usize = 4096;
+
+/// A record as the session read it: already digested (a small payload, no
+/// segments), or with its bytes, for a worker.
+pub enum Read {
+    Done(Record, Digest),
+    Raw(RawRecord),
+}
+
+impl Read {
+    fn digested(self) -> (Record, Digest) {
+        match self {
+            Read::Done(r, d) => (r, d),
+            Read::Raw(raw) => {
+                let d = raw.digest();
+                (raw.record, d)
+            }
+        }
+    }
+}
+
+fn read_row(r: &Row) -> Option<Read> {
+    let record = record_columns(r);
+    let segments = r.i32(records::SEGMENTS).unwrap_or(0);
+    let payload = r.slice(records::PAYLOAD).unwrap_or_default();
+    if segments == 0 && payload.len() <= HASH_IN_PLACE {
+        let d = record::digest(&record, [], payload);
+        return Some(Read::Done(record, d));
+    }
+    Some(Read::Raw(RawRecord {
+        record,
+        segments,
+        payload: payload.to_vec(),
         parts: Vec::new(),
-    })
+    }))
+}
+
+fn record_columns(r: &Row) -> Record {
+    Record {
+        chain_id: r.i32(records::CHAIN_ID).unwrap_or(-1),
+        seq: r.i64(records::SEQ).unwrap_or(0),
+        tx_id: r.i64(records::TX_ID).unwrap_or(0) as u64,
+        first_event: r.i64(records::FIRST_EVENT).unwrap_or(i64::MIN),
+        last_event: r.i64(records::LAST_EVENT).unwrap_or(i64::MIN),
+        event_count: r.i64(records::EVENT_COUNT).unwrap_or(-1),
+        committed_at: r
+            .i64(records::COMMITTED_AT)
+            .map_or(i64::MIN, from_pg_timestamp),
+        link_hash: hash_of(r.slice(records::LINK_HASH)),
+    }
 }
 
 fn segment_row(r: &Row) -> Option<Vec<u8>> {
@@ -118,12 +149,14 @@ pub fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
     let snap = snapshot.0;
     // In the order records lie on disk: verify_records puts each chain in
     // order, holding back the few that come before their predecessor.
-    let records = Ordered::sequential(oids.records, snap, record_row)?.map(move |r| {
-        let mut raw = r?;
-        if raw.segments != 0 {
-            raw.parts = read_segments(&oids, snap, raw.record.first_event)?;
+    let records = Ordered::sequential(oids.records, snap, read_row)?.map(move |r| {
+        let mut read = r?;
+        if let Read::Raw(raw) = &mut read {
+            if raw.segments != 0 {
+                raw.parts = read_segments(&oids, snap, raw.record.first_event)?;
+            }
         }
-        Ok::<_, AuditError>(raw)
+        Ok::<_, AuditError>(read)
     });
     // Chains that purge() shortened start from their anchors, each of which
     // a PURGE event in the log must record.
@@ -141,10 +174,7 @@ pub fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
             records,
             verify_threads(),
             block_signals,
-            |raw: RawRecord| {
-                let d = raw.digest();
-                (raw.record, d)
-            },
+            Read::digested,
         );
         record::verify_records(digested, cp, &anchors, &claimed)
     })

@@ -333,7 +333,12 @@ pub fn claimed_anchors() -> Result<Vec<audit_log_core::ChainHead>, AuditError> {
     Spi::connect(|c| {
         let t = c.select(
             "SELECT (a->>'chain')::int, (a->>'seq')::int8, a->>'link_hash', (a->>'last_event')::int8
-               FROM audit_log.events e,
+               FROM (SELECT e.* FROM audit_log.records r
+                      CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.segments, r.payload) e
+                     -- Only the records that can hold a PURGE event are unpacked.
+                     WHERE r.segments > 0 OR pg_catalog.position(r.payload, '\\x0000000550555247'::pg_catalog.bytea) > 0) x,
+                    LATERAL (SELECT x.op, x.table_schema,
+                                    audit_log.canonical_json_text(x.new_row)::pg_catalog.jsonb AS new_row) e,
                     LATERAL pg_catalog.jsonb_array_elements(
                         CASE WHEN pg_catalog.jsonb_typeof(e.new_row->'anchors') = 'array'
                              THEN e.new_row->'anchors' ELSE '[]'::pg_catalog.jsonb END) a

@@ -31,11 +31,29 @@ pub fn event_hash_from_encoding(prev_hash: &Hash, canonical: &[u8]) -> Hash {
 
 /// `SHA-256(LINK_TAG || prev_link_hash || canonical(link))`.
 pub fn link_hash(link: &Link) -> Hash {
-    let mut buf = Vec::with_capacity(128);
-    encoding::encode_link(link, &mut buf);
+    // canonical(link) is 88 bytes: no allocation, once per transaction.
+    let mut buf = [0u8; 88];
+    let fields = [
+        i64::from(link.chain_id),
+        link.seq,
+        link.tx_id as i64,
+        link.event_count,
+        link.first_event,
+        link.last_event,
+    ];
+    for (i, f) in fields.iter().enumerate() {
+        buf[i * 8..i * 8 + 8].copy_from_slice(&f.to_be_bytes());
+    }
+    buf[48..80].copy_from_slice(&link.last_event_hash);
+    buf[80..88].copy_from_slice(&link.committed_at.to_be_bytes());
+    debug_assert_eq!(buf.as_slice(), {
+        let mut v = Vec::new();
+        encoding::encode_link(link, &mut v);
+        v
+    });
     let mut h = Sha256::new();
     h.update(LINK_TAG);
     h.update(link.prev_link_hash);
-    h.update(&buf);
+    h.update(buf);
     h.finalize().into()
 }

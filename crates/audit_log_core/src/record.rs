@@ -403,10 +403,13 @@ impl Walk {
         v.links_checked += 1;
         v.events_checked += d.count;
         let at = Some(r.first_event);
-        let name = format!(
-            "record {}/{} (tx {}, events {}..{})",
-            r.chain_id, r.seq, r.tx_id, r.first_event, r.last_event
-        );
+        // Only a problem needs the record's name: not formatted otherwise.
+        let name = || {
+            format!(
+                "record {}/{} (tx {}, events {}..{})",
+                r.chain_id, r.seq, r.tx_id, r.first_event, r.last_event
+            )
+        };
         if r.seq > self.prev_seq + 1 {
             v.push(
                 ProblemKind::LinkMissing,
@@ -426,7 +429,7 @@ impl Walk {
                 format!("chain {} repeats seq {}", r.chain_id, r.seq),
             );
         } else if let Some((kind, why)) = &d.fault {
-            v.push(*kind, at, format!("{name}: {why}"));
+            v.push(*kind, at, format!("{}: {why}", name()));
         } else {
             let l = r.link(self.prev_hash, d.last_hash);
             if l.link_hash != r.link_hash && self.at_unproven_anchor {
@@ -434,7 +437,8 @@ impl Walk {
                     ProblemKind::LinkBroken,
                     at,
                     format!(
-                        "{name} does not hash to what was committed when chained to the anchor it continues (seq {}, {}…): it or the anchor was changed",
+                        "{} does not hash to what was committed when chained to the anchor it continues (seq {}, {}…): it or the anchor was changed",
+                        name(),
                         self.prev_seq,
                         short(&self.prev_hash)
                     ),
@@ -444,7 +448,8 @@ impl Walk {
                     ProblemKind::ContentChanged,
                     at,
                     format!(
-                        "{name} hashes to {}… but was committed as {}…: it, or the hash of the record before it, was changed after commit",
+                        "{} hashes to {}… but was committed as {}…: it, or the hash of the record before it, was changed after commit",
+                        name(),
                         short(&l.link_hash),
                         short(&r.link_hash)
                     ),
