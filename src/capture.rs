@@ -20,21 +20,24 @@ use crate::jsonb;
 use crate::options;
 use crate::txstate::{self, Pending};
 
-/// A jsonb value both as stored (raw varlena bytes) and as hashed (its
-/// canonical encoding, read from the binary form by `jsonb::encode`).
+/// A jsonb value as hashed and stored (its canonical encoding, read from
+/// the binary form by `jsonb::encode`), and its binary form if asked for.
 #[derive(Clone)]
 pub struct Json {
-    pub raw: Vec<u8>,
+    /// The binary jsonb, kept only when a row key is to be read from it
+    /// (tables with `history => true`): copying it for every row would be
+    /// work for nothing on the write path.
+    pub raw: Option<Vec<u8>>,
     pub encoded: Vec<u8>,
 }
 
 /// Copy a jsonb datum, and encode it canonically.
-unsafe fn json_from_datum(d: pg_sys::Datum) -> Json {
+unsafe fn json_from_datum(d: pg_sys::Datum, keep_raw: bool) -> Json {
     // SAFETY (caller): d is a jsonb datum.
     unsafe {
         let p = pg_sys::pg_detoast_datum(d.cast_mut_ptr());
-        let size = pgrx::varsize_any(p);
-        let raw = std::slice::from_raw_parts(p as *const u8, size).to_vec();
+        let raw = keep_raw
+            .then(|| std::slice::from_raw_parts(p as *const u8, pgrx::varsize_any(p)).to_vec());
         let encoded = jsonb::encode(pg_sys::Datum::from(p));
         Json { raw, encoded }
     }
@@ -184,7 +187,7 @@ fn current_context() -> Result<Option<Json>, AuditError> {
 fn text_to_jsonb(text: &str) -> Result<Json, AuditError> {
     let d = jsonb_in(text)?;
     // SAFETY: d is a jsonb datum.
-    Ok(unsafe { json_from_datum(d) })
+    Ok(unsafe { json_from_datum(d, false) })
 }
 
 /// A jsonb datum parsed from JSON text by PostgreSQL's own `jsonb_in`.
@@ -366,7 +369,8 @@ fn run_trigger(
 c_function!(pg_finfo_audit_log_capture_row, audit_log_capture_row, |f| {
     run_trigger(f, capture_row_impl)
 });
-// AFTER INSERT OR UPDATE OR DELETE [OR TRUNCATE] FOR EACH STATEMENT.
+// AFTER TRUNCATE FOR EACH STATEMENT (AFTER INSERT OR UPDATE OR DELETE on a
+// foreign table, where it records nothing).
 c_function!(
     pg_finfo_audit_log_capture_stmt,
     audit_log_capture_stmt,
@@ -410,11 +414,11 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         let old = old
             .map(|d| opts.apply(d))
             .transpose()?
-            .map(|d| json_from_datum(d));
+            .map(|d| json_from_datum(d, opts.history));
         let new = new
             .map(|d| opts.apply(d))
             .transpose()?
-            .map(|d| json_from_datum(d));
+            .map(|d| json_from_datum(d, opts.history));
         if opts.skip_unchanged_updates
             && op == "UPDATE"
             && old.as_ref().map(|j| &j.encoded) == new.as_ref().map(|j| &j.encoded)
@@ -431,7 +435,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         };
         let row_key = key.and_then(|names| {
             let row = old.as_ref().or(new.as_ref())?;
-            let payload = row.raw.get(pg_sys::VARHDRSZ..)?;
+            let payload = row.raw.as_ref()?.get(pg_sys::VARHDRSZ..)?;
             let text = audit_log_core::jsonb::key_text(payload, &names)
                 .ok()
                 .flatten()?;

@@ -89,24 +89,32 @@ impl Target {
         unsafe {
             let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
             let natts = (*(*rel).rd_att).natts as usize;
-            let name = std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
-                .to_string_lossy()
-                .into_owned();
-            let names: Vec<String> = (0..natts)
-                .map(|i| {
-                    let a = &*(*(*rel).rd_att).attrs.as_ptr().add(i);
-                    let n = std::ffi::CStr::from_ptr(a.attname.data.as_ptr());
-                    if a.attisdropped {
-                        String::new()
-                    } else {
-                        n.to_string_lossy().into_owned()
-                    }
-                })
-                .collect();
-            if names != columns {
+            let name = || {
+                std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            // Checked on every open (each commit), so compared without
+            // allocating; the names are spelled out only for the error.
+            let name_of = |i: usize| {
+                let a = &*(*(*rel).rd_att).attrs.as_ptr().add(i);
+                (!a.attisdropped).then(|| std::ffi::CStr::from_ptr(a.attname.data.as_ptr()))
+            };
+            let same = natts == columns.len()
+                && columns
+                    .iter()
+                    .enumerate()
+                    .all(|(i, c)| name_of(i).is_some_and(|n| n.to_bytes() == c.as_bytes()));
+            if !same {
+                let names: Vec<String> = (0..natts)
+                    .map(|i| {
+                        name_of(i).map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                    })
+                    .collect();
+                let table = name();
                 pg_sys::table_close(rel, pg_sys::NoLock as i32);
                 return Err(AuditError::NotInstalled(format!(
-                    "audit_log.{name} has columns ({}), expected ({})",
+                    "audit_log.{table} has columns ({}), expected ({})",
                     names.join(", "),
                     columns.join(", ")
                 )));
@@ -116,10 +124,11 @@ impl Target {
             for i in 0..st.ri_NumIndices as usize {
                 let info = &**st.ri_IndexRelationInfo.add(i);
                 if !info.ii_Expressions.is_null() || !info.ii_Predicate.is_null() {
+                    let table = name();
                     pg_sys::CatalogCloseIndexes(indexes);
                     pg_sys::table_close(rel, pg_sys::NoLock as i32);
                     return Err(AuditError::UnsupportedIndex(format!(
-                        "an expression or partial index on audit_log.{name}"
+                        "an expression or partial index on audit_log.{table}"
                     )));
                 }
             }
