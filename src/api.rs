@@ -194,9 +194,13 @@ fn trigger_arg(opts: &Options) -> Result<String, AuditError> {
 /// Create the statement trigger on one relation (a table or a partition),
 /// with the options of that relation's row trigger.
 ///
-/// A foreign table (a foreign partition of an audited table) cannot have a
-/// TRUNCATE trigger: its statement trigger only writes each statement's
-/// events. A TRUNCATE through the partitioned parent is recorded there.
+/// It records TRUNCATE; row changes are the row trigger's, and events are
+/// written at commit, so it fires on nothing else (a statement trigger on
+/// every INSERT would be work for nothing on the write path). A foreign
+/// table (a foreign partition of an audited table) cannot have a TRUNCATE
+/// trigger: its statement trigger, on the other operations, records
+/// nothing and is kept so that every audited relation has the same pair
+/// of triggers. A TRUNCATE through the partitioned parent is recorded there.
 pub fn create_stmt_trigger(qualified: &str) -> Result<(), AuditError> {
     let arg = trigger_arg(&trigger_options(qualified)?.unwrap_or_default())?;
     let foreign = Spi::get_one_with_args::<bool>(
@@ -207,7 +211,7 @@ pub fn create_stmt_trigger(qualified: &str) -> Result<(), AuditError> {
     let events = if foreign {
         "INSERT OR UPDATE OR DELETE"
     } else {
-        "INSERT OR UPDATE OR DELETE OR TRUNCATE"
+        "TRUNCATE"
     };
     Spi::run(&format!(
         "DROP TRIGGER IF EXISTS {STMT_TRIGGER} ON {qualified};

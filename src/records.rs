@@ -270,24 +270,14 @@ fn record_events(
     let result = (|| -> Result<Vec<_>, AuditError> {
         let parts = transaction_parts(first_event, segments)?;
         let mut rows = Vec::new();
-        let mut prev = ZERO_HASH;
-        let all: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-        for e in record::merged(all, payload) {
-            let Ok(e) = e else {
+        for ev in record::decoded(parts.iter().map(Vec::as_slice), payload, first_event) {
+            let Ok(ev) = ev else {
                 pgrx::warning!(
                     "audit_log: the record of event {first_event} is unreadable past event {}",
                     rows.len()
                 );
                 break;
             };
-            let Ok(ev) = record::decode_event(e, first_event, prev) else {
-                pgrx::warning!(
-                    "audit_log: event {} of the record of event {first_event} is unreadable",
-                    rows.len() + 1
-                );
-                break;
-            };
-            prev = ev.hash;
             rows.push((
                 ev.id,
                 ev.tx_id as i64,

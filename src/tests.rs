@@ -36,19 +36,19 @@ mod tests {
             name!(hash, Vec<u8>),
         ),
     > {
+        use crate::errors::{AuditError, OrRaise};
         use audit_log_core::encoding::decode::Reader;
         use audit_log_core::model::Json;
-        use audit_log_core::record::{decode_event, events};
         let text = |j: Option<Json>| match j {
             Some(Json::Encoded(b)) => Reader::new(&b).json_text().ok(),
             _ => None,
         };
         let mut rows = Vec::new();
         if let Some((first, payload)) = crate::txstate::pending_payload() {
-            let mut prev = audit_log_core::ZERO_HASH;
-            for e in events(&payload) {
-                let e = decode_event(e.unwrap(), first, prev).unwrap();
-                prev = e.hash;
+            for e in audit_log_core::record::decoded([], &payload, first) {
+                let e = e
+                    .map_err(|m| AuditError::Internal(format!("pending events: {m}")))
+                    .or_raise();
                 rows.push((
                     e.tx_seq,
                     e.op,

@@ -127,6 +127,26 @@ pub fn decode_event(canonical: &[u8], tx_first: i64, prev_hash: Hash) -> Result<
     })
 }
 
+/// A transaction's events decoded, in tx_seq order (segments merged with
+/// the payload), each with the hash chained on the one before: the rows of
+/// the events view. Stops after the first unreadable event.
+pub fn decoded<'a>(
+    segments: impl IntoIterator<Item = &'a [u8]>,
+    payload: &'a [u8],
+    tx_first: i64,
+) -> impl Iterator<Item = Result<Event, Malformed>> + 'a {
+    let segments: Vec<&'a [u8]> = segments.into_iter().collect();
+    let mut prev = Some(ZERO_HASH);
+    merged(segments, payload).map_while(move |e| {
+        let p = prev.take()?;
+        let ev = e.and_then(|e| decode_event(e, tx_first, p));
+        if let Ok(ev) = &ev {
+            prev = Some(ev.hash);
+        }
+        Some(ev)
+    })
+}
+
 /// A record's columns other than its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

@@ -197,7 +197,7 @@ pub fn verify_logical<E>(
     for e in events {
         let e = e?;
         if tx.key != Some(e.tx_first) {
-            tx.close(&by_first, links, &mut built, &mut located, &mut extra);
+            tx.close(&by_first, &mut built, &mut located, &mut extra);
             tx = TxRead {
                 key: Some(e.tx_first),
                 link: by_first.get(&e.tx_first).copied(),
@@ -217,7 +217,7 @@ pub fn verify_logical<E>(
         }
         tx.event(&e, links, &mut extra);
     }
-    tx.close(&by_first, links, &mut built, &mut located, &mut extra);
+    tx.close(&by_first, &mut built, &mut located, &mut extra);
     // Each chain's links in seq order.
     let mut order: Vec<usize> = (0..links.len()).collect();
     order.sort_by_key(|&i| (links[i].chain_id, links[i].seq));
@@ -429,13 +429,11 @@ impl TxRead {
     fn close(
         &mut self,
         by_first: &HashMap<i64, usize>,
-        links: &[Link],
         built: &mut [Option<DigestBuilder>],
         located: &mut std::collections::HashSet<i64>,
         v: &mut Verdict,
     ) {
         let Some(key) = self.key.take() else { return };
-        let _ = links;
         if self.native {
             for (id, why) in std::mem::take(&mut self.foreign) {
                 self.problem(v, ProblemKind::EventInserted, id, why);
