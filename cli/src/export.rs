@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use audit_log_core::json_text::encode_json_text;
 use audit_log_core::model::Json;
+use audit_log_core::record::Record;
 use audit_log_core::time::format_rfc3339;
 use audit_log_core::{ChainHead, Checkpoint, Event, Hash, Link};
 use postgres::fallible_iterator::FallibleIterator;
@@ -17,7 +18,18 @@ use postgres::{Client, IsolationLevel, NoTls, Row};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::format::{line, End, EventLine, Header, LinkLine, END_PREFIX, EXPORT_FORMAT};
+use crate::format::{
+    line, End, EventLine, Header, LinkLine, RecordLine, END_PREFIX, EXPORT_FORMAT, RECORDS_FORMAT,
+};
+
+/// What an export holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `audit_log.export.v1`: every event spelled out, then the links.
+    Logical,
+    /// `audit_log.export.v2`: each transaction's record as stored.
+    Records,
+}
 
 pub fn connect(dsn: &str) -> Result<Client, String> {
     Client::connect(dsn, NoTls).map_err(|e| format!("cannot connect: {e}"))
@@ -96,7 +108,11 @@ struct Progress {
 
 impl Progress {
     fn tick(&mut self) {
-        self.done += 1;
+        self.advance(1);
+    }
+
+    fn advance(&mut self, n: i64) {
+        self.done += n;
         if self.on && self.shown.elapsed().as_millis() >= 200 {
             self.shown = Instant::now();
             self.show();
@@ -131,7 +147,12 @@ pub struct Summary {
 }
 
 /// Export every transaction not in `since` (all of them without it).
-pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Summary, String> {
+pub fn export(
+    dsn: &str,
+    since: Option<&Path>,
+    out: Option<&Path>,
+    format: Format,
+) -> Result<Summary, String> {
     let started = Instant::now();
     let continued = since.map(previous_heads).transpose()?;
     let mut client = connect(dsn)?;
@@ -182,13 +203,18 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
     let chains: Vec<i32> = anchors.iter().map(|a| a.chain).collect();
     let seqs: Vec<i64> = anchors.iter().map(|a| a.seq).collect();
     let after_event: i64 = anchors.iter().map(|a| a.last_event).max().unwrap_or(0);
+    // The records export reads the records table itself, not the links view.
+    let source = match format {
+        Format::Logical => "audit_log.links",
+        Format::Records => "audit_log.records",
+    };
     let (new_links, event_filter) = if continued.is_none() {
-        ("SELECT l.* FROM audit_log.links l WHERE $1::int[] IS NOT NULL AND $2::bigint[] IS NOT NULL AND $3::bigint IS NOT NULL", "")
+        (format!("SELECT l.* FROM {source} l WHERE $1::int[] IS NOT NULL AND $2::bigint[] IS NOT NULL AND $3::bigint IS NOT NULL"), "")
     } else {
         (
-            "SELECT l.* FROM audit_log.links l
+            format!("SELECT l.* FROM {source} l
                LEFT JOIN unnest($1::int[], $2::bigint[]) AS a(chain_id, seq) ON a.chain_id = l.chain_id
-              WHERE l.seq > coalesce(a.seq, 0) AND $3::bigint IS NOT NULL",
+              WHERE l.seq > coalesce(a.seq, 0) AND $3::bigint IS NOT NULL"),
             "WHERE e.tx_first IN (SELECT first_event FROM new_links)
                 OR (e.tx_first > $3
                     AND NOT EXISTS (SELECT 1 FROM audit_log.links k WHERE k.first_event = e.tx_first))",
@@ -213,7 +239,11 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
     };
     let header = Header {
         kind: "header".into(),
-        format: EXPORT_FORMAT.into(),
+        format: match format {
+            Format::Logical => EXPORT_FORMAT,
+            Format::Records => RECORDS_FORMAT,
+        }
+        .into(),
         database: cp.database.clone(),
         system_identifier: cp.system_identifier.clone(),
         exported_at: format_rfc3339(micros(SystemTime::now())),
@@ -230,6 +260,127 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
         started: Instant::now(),
         shown: Instant::now(),
     };
+    let mut heads: BTreeMap<i32, ChainHead> =
+        anchors.iter().map(|a| (a.chain, a.clone())).collect();
+    let (events, links) = match format {
+        Format::Records => write_records(
+            &mut tx,
+            &new_links,
+            &params,
+            &mut w,
+            &mut progress,
+            &mut heads,
+        )?,
+        Format::Logical => write_logical(
+            &mut tx,
+            (&new_links, event_filter),
+            &params,
+            &mut w,
+            &mut progress,
+            &mut heads,
+        )?,
+    };
+    tx.commit().map_err(|e| e.to_string())?;
+
+    let end = End {
+        kind: "end".into(),
+        events,
+        links,
+        heads: heads.into_values().collect(),
+        sha256: hex::encode(w.digest.clone().finalize()),
+    };
+    let end_line = line(&end).map_err(|e| e.to_string())?;
+    w.w.write_all(&end_line)
+        .map_err(|e| format!("writing the export: {e}"))?;
+    w.w.flush()
+        .map_err(|e| format!("writing the export: {e}"))?;
+    drop(w);
+    if let Some(p) = out {
+        fs::rename(partial(p), p).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if progress.on {
+        progress.show();
+        eprintln!();
+    }
+    Ok(Summary {
+        events,
+        links,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+type Params<'a> = [&'a (dyn postgres::types::ToSql + Sync); 3];
+
+/// The records export: each new record as stored, with its segments, in
+/// (chain_id, seq) order. Returns the number of events and of records.
+fn write_records(
+    tx: &mut postgres::Transaction<'_>,
+    new_records: &str,
+    params: &Params<'_>,
+    w: &mut Out,
+    progress: &mut Progress,
+    heads: &mut BTreeMap<i32, ChainHead>,
+) -> Result<(u64, u64), String> {
+    let sql = format!(
+        "SELECT r.chain_id, r.seq, r.tx_id::text, r.first_event, r.last_event, r.event_count,
+                r.committed_at, r.link_hash, coalesce(r.payload, ''::bytea),
+                CASE WHEN r.segments <> 0 THEN ARRAY(
+                    SELECT s.payload FROM audit_log.segments s
+                     WHERE s.first_event = r.first_event ORDER BY s.part) END
+           FROM ({new_records}) r ORDER BY r.chain_id, r.seq"
+    );
+    let mut rows = tx
+        .query_raw(sql.as_str(), params.iter().copied())
+        .map_err(|e| format!("reading records: {e}"))?;
+    let (mut events, mut records) = (0u64, 0u64);
+    while let Some(row) = rows.next().map_err(|e| format!("reading records: {e}"))? {
+        let tx_text: String = row.get(2);
+        let r = Record {
+            chain_id: row.get(0),
+            seq: row.get(1),
+            tx_id: tx_text.parse().map_err(|_| format!("tx_id {tx_text:?}"))?,
+            first_event: row.get(3),
+            last_event: row.get(4),
+            event_count: row.get(5),
+            committed_at: micros(row.get(6)),
+            link_hash: hash(row.get(7)),
+        };
+        let payload: Vec<u8> = row.get(8);
+        let segments: Option<Vec<Option<Vec<u8>>>> = row.get(9);
+        let segments: Vec<Vec<u8>> = segments
+            .unwrap_or_default()
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect();
+        w.put(
+            &line(&RecordLine::from_record(&r, &segments, &payload)).map_err(|e| e.to_string())?,
+        )?;
+        heads.insert(
+            r.chain_id,
+            ChainHead {
+                chain: r.chain_id,
+                seq: r.seq,
+                link_hash: r.link_hash,
+                last_event: r.last_event,
+            },
+        );
+        events += u64::try_from(r.event_count).unwrap_or(0);
+        records += 1;
+        progress.advance(r.event_count.max(0));
+    }
+    Ok((events, records))
+}
+
+/// The logical export: every new event spelled out, then the new links.
+/// Returns the number of events and of links.
+fn write_logical(
+    tx: &mut postgres::Transaction<'_>,
+    (new_links, event_filter): (&str, &str),
+    params: &Params<'_>,
+    w: &mut Out,
+    progress: &mut Progress,
+    heads: &mut BTreeMap<i32, ChainHead>,
+) -> Result<(u64, u64), String> {
     let events_sql = format!(
         "WITH new_links AS ({new_links})
          SELECT e.id, e.tx_id::text, e.tx_seq, e.recorded_at, e.statement_at, e.session_user_name,
@@ -280,8 +431,6 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
     let mut rows = tx
         .query_raw(links_sql.as_str(), params.iter().copied())
         .map_err(|e| format!("reading links: {e}"))?;
-    let mut heads: BTreeMap<i32, ChainHead> =
-        anchors.iter().map(|a| (a.chain, a.clone())).collect();
     let mut links = 0u64;
     while let Some(r) = rows.next().map_err(|e| format!("reading links: {e}"))? {
         let tx_text: String = r.get(2);
@@ -301,34 +450,7 @@ pub fn export(dsn: &str, since: Option<&Path>, out: Option<&Path>) -> Result<Sum
         w.put(&line(&LinkLine::from_link(&l)).map_err(|e| e.to_string())?)?;
         links += 1;
     }
-    drop(rows);
-    tx.commit().map_err(|e| e.to_string())?;
-
-    let end = End {
-        kind: "end".into(),
-        events,
-        links,
-        heads: heads.into_values().collect(),
-        sha256: hex::encode(w.digest.clone().finalize()),
-    };
-    let end_line = line(&end).map_err(|e| e.to_string())?;
-    w.w.write_all(&end_line)
-        .map_err(|e| format!("writing the export: {e}"))?;
-    w.w.flush()
-        .map_err(|e| format!("writing the export: {e}"))?;
-    drop(w);
-    if let Some(p) = out {
-        fs::rename(partial(p), p).map_err(|e| format!("{}: {e}", p.display()))?;
-    }
-    if progress.on {
-        progress.show();
-        eprintln!();
-    }
-    Ok(Summary {
-        events,
-        links,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok((events, links))
 }
 
 /// Where an export is written until it is complete.

@@ -1,10 +1,14 @@
-//! The export format, `audit_log.export.v1` (docs/FORMAT.md, "Export"): JSON
-//! Lines, one record per line, in this order:
+//! The export formats (docs/FORMAT.md, "Export"). `audit_log.export.v1`,
+//! the logical export, is JSON Lines, one record per line, in this order:
 //! 1. a `header` line;
 //! 2. `event` lines, ordered by (tx_first, tx_seq);
 //! 3. `link` lines, ordered by (chain_id, seq);
 //! 4. an `end` line with the counts, the chain heads, and the SHA-256 of
 //!    every byte before it.
+//!
+//! `audit_log.export.v2`, the records export, has the same header and end
+//! lines, and between them one `record` line per transaction, ordered by
+//! (chain_id, seq): the stored record, its payload and segments in base64.
 //!
 //! Every record starts with its `type` so that a reader can tell records
 //! apart without parsing them. SQL NULL in `context`, `old_row` or `new_row`
@@ -21,17 +25,22 @@ use audit_log_core::encoding::decode::Reader;
 use audit_log_core::encoding::encode_json;
 use audit_log_core::json_text::encode_json_text;
 use audit_log_core::model::Json;
+use audit_log_core::record::Record;
 use audit_log_core::time::{format_rfc3339, parse_rfc3339};
 use audit_log_core::{ChainHead, Event, Hash, Link};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 pub const EXPORT_FORMAT: &str = "audit_log.export.v1";
+/// The records export: each transaction's record as stored (docs/FORMAT.md,
+/// "Records export"), verified by hashing the stored bytes.
+pub const RECORDS_FORMAT: &str = "audit_log.export.v2";
 
 pub const HEADER_PREFIX: &[u8] = br#"{"type":"header""#;
 pub const EVENT_PREFIX: &[u8] = br#"{"type":"event""#;
 pub const LINK_PREFIX: &[u8] = br#"{"type":"link""#;
 pub const END_PREFIX: &[u8] = br#"{"type":"end""#;
+pub const RECORD_PREFIX: &[u8] = br#"{"type":"record""#;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +143,9 @@ pub struct LinkLine {
 /// value no event or link hashes to, as `audit_log.verify()` does; text that
 /// is not hex at all is an error.
 pub fn parse_hash(text: &str) -> Result<Hash, String> {
+    if let Some(h) = hex_hash(text.as_bytes()) {
+        return Ok(h);
+    }
     if text.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(format!("hash {text:?} is not in lowercase hex"));
     }
@@ -142,6 +154,37 @@ pub fn parse_hash(text: &str) -> Result<Hash, String> {
         Ok(h) => h,
         Err(_) => audit_log_core::hash::event_hash_from_encoding(&[0xFF; 32], &bytes),
     })
+}
+
+/// 64 lowercase hex digits as a hash, without allocating: the common case
+/// of `parse_hash`, which verification of a large export runs millions of
+/// times.
+fn hex_hash(text: &[u8]) -> Option<Hash> {
+    /// Each byte's value as a lowercase hex digit, or 0xFF.
+    const DIGIT: [u8; 256] = {
+        let mut t = [0xFFu8; 256];
+        let mut c = 0;
+        while c < 10 {
+            t[b'0' as usize + c] = c as u8;
+            c += 1;
+        }
+        let mut c = 0;
+        while c < 6 {
+            t[b'a' as usize + c] = 10 + c as u8;
+            c += 1;
+        }
+        t
+    };
+    let text: &[u8; 64] = text.try_into().ok()?;
+    let mut out = [0u8; 32];
+    let mut bad = 0u8;
+    for (i, o) in out.iter_mut().enumerate() {
+        let (hi, lo) = (DIGIT[text[2 * i] as usize], DIGIT[text[2 * i + 1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | lo;
+    }
+    // A valid digit is below 16; 0xFF marks anything else.
+    (bad < 16).then_some(out)
 }
 
 fn time(text: &str, what: &str) -> Result<i64, String> {
@@ -287,4 +330,131 @@ pub fn line<T: Serialize>(record: &T) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = serde_json::to_vec(record)?;
     out.push(b'\n');
     Ok(out)
+}
+
+/// A transaction's record as stored, in a records export: its columns, and
+/// its segments (in `part` order) and payload as base64 of the stored bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordLine {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub chain_id: i32,
+    pub seq: i64,
+    pub tx_id: u64,
+    pub first_event: i64,
+    pub last_event: i64,
+    pub event_count: i64,
+    pub committed_at: String,
+    pub link_hash: String,
+    pub segments: Vec<String>,
+    pub payload: String,
+}
+
+/// A record read back from its line: the columns, and the bytes.
+pub struct StoredRecord {
+    pub record: Record,
+    pub segments: Vec<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+fn base64(text: &str, what: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("{what} is not base64: {e}"))
+}
+
+impl RecordLine {
+    pub fn from_record(r: &Record, segments: &[Vec<u8>], payload: &[u8]) -> RecordLine {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        RecordLine {
+            kind: "record".into(),
+            chain_id: r.chain_id,
+            seq: r.seq,
+            tx_id: r.tx_id,
+            first_event: r.first_event,
+            last_event: r.last_event,
+            event_count: r.event_count,
+            committed_at: format_rfc3339(r.committed_at),
+            link_hash: hex::encode(r.link_hash),
+            segments: segments.iter().map(|s| b64(s)).collect(),
+            payload: b64(payload),
+        }
+    }
+
+    /// What the first pass of verification needs: the chain head this
+    /// record makes, and its event count. The rest is checked in the second.
+    pub fn parse_head(line: &[u8]) -> Result<(ChainHead, i64), String> {
+        #[derive(Deserialize)]
+        struct Columns<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            chain_id: i32,
+            seq: i64,
+            last_event: i64,
+            event_count: i64,
+            link_hash: &'a str,
+        }
+        let c: Columns = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        if c.kind != "record" {
+            return Err(format!(
+                "record type {:?} where record was expected",
+                c.kind
+            ));
+        }
+        let head = ChainHead {
+            chain: c.chain_id,
+            seq: c.seq,
+            link_hash: parse_hash(c.link_hash)?,
+            last_event: c.last_event,
+        };
+        Ok((head, c.event_count))
+    }
+
+    pub fn parse(line: &[u8]) -> Result<StoredRecord, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Borrowed<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            chain_id: i32,
+            seq: i64,
+            tx_id: u64,
+            first_event: i64,
+            last_event: i64,
+            event_count: i64,
+            committed_at: &'a str,
+            link_hash: &'a str,
+            #[serde(borrow)]
+            segments: Vec<&'a str>,
+            payload: &'a str,
+        }
+        let l: Borrowed = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        if l.kind != "record" {
+            return Err(format!(
+                "record type {:?} where record was expected",
+                l.kind
+            ));
+        }
+        Ok(StoredRecord {
+            record: Record {
+                chain_id: l.chain_id,
+                seq: l.seq,
+                tx_id: l.tx_id,
+                first_event: l.first_event,
+                last_event: l.last_event,
+                event_count: l.event_count,
+                committed_at: time(l.committed_at, "committed_at")?,
+                link_hash: parse_hash(l.link_hash)?,
+            },
+            segments: l
+                .segments
+                .iter()
+                .map(|s| base64(s, "a segment"))
+                .collect::<Result<_, _>>()?,
+            payload: base64(l.payload, "the payload")?,
+        })
+    }
 }

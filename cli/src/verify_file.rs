@@ -23,9 +23,11 @@ use audit_log_core::verify::{verify_logical, EncodedEvent, Verdict};
 use audit_log_core::{ChainHead, Checkpoint, Link};
 use sha2::{Digest, Sha256};
 
+use audit_log_core::record::{self, Digest as RecordDigest, Record};
+
 use crate::format::{
-    End, EventLine, Header, LinkLine, END_PREFIX, EVENT_PREFIX, EXPORT_FORMAT, HEADER_PREFIX,
-    LINK_PREFIX,
+    End, EventLine, Header, LinkLine, RecordLine, END_PREFIX, EVENT_PREFIX, EXPORT_FORMAT,
+    HEADER_PREFIX, LINK_PREFIX, RECORDS_FORMAT, RECORD_PREFIX,
 };
 
 /// What verification of one or more files found.
@@ -70,9 +72,16 @@ impl std::fmt::Display for Error {
 /// The first pass over one file.
 struct Scan {
     header: Option<Header>,
+    /// A records export (`audit_log.export.v2`) rather than a logical one.
+    records: bool,
     end: Option<End>,
+    /// A logical export's links.
     links: Vec<Link>,
+    /// A records export's last record of each chain.
+    record_heads: BTreeMap<i32, ChainHead>,
+    /// Events: event lines, or the event counts of record lines.
     event_lines: u64,
+    /// Link lines, or record lines.
     link_lines: u64,
     problems: Vec<String>,
 }
@@ -82,7 +91,7 @@ fn read_lines(path: &Path) -> Result<impl Iterator<Item = io::Result<(u64, Vec<u
     let mut r = BufReader::with_capacity(1 << 20, f);
     let mut n = 0u64;
     Ok(std::iter::from_fn(move || {
-        let mut buf = Vec::with_capacity(512);
+        let mut buf = Vec::with_capacity(1024);
         match r.read_until(b'\n', &mut buf) {
             Ok(0) => None,
             Ok(_) => {
@@ -98,24 +107,41 @@ fn trim(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\n").unwrap_or(line)
 }
 
-fn scan(path: &Path) -> Result<Scan, Error> {
-    let mut s = Scan {
-        header: None,
-        end: None,
-        links: Vec::new(),
-        event_lines: 0,
-        link_lines: 0,
-        problems: Vec::new(),
-    };
-    let mut digest = Sha256::new();
-    let name = path.display();
-    for item in read_lines(path)? {
-        let (n, raw) = item.map_err(|e| Error::Io(path.into(), e))?;
-        let line = trim(&raw);
+/// The first pass's checks, one line at a time: `Scanner::line` takes
+/// each line of a file in order, `Scanner::finish` checks the end line.
+struct Scanner<'a> {
+    s: Scan,
+    digest: Sha256,
+    name: &'a str,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(name: &'a str) -> Self {
+        Scanner {
+            s: Scan {
+                header: None,
+                records: false,
+                end: None,
+                links: Vec::new(),
+                record_heads: BTreeMap::new(),
+                event_lines: 0,
+                link_lines: 0,
+                problems: Vec::new(),
+            },
+            digest: Sha256::new(),
+            name,
+        }
+    }
+
+    /// Check line `n`. With `defer_records`, a record line is handed
+    /// back unparsed, for the caller to parse and pass to `record`.
+    fn line(&mut self, n: u64, raw: &[u8], defer_records: bool) -> Result<bool, Error> {
+        let (s, name) = (&mut self.s, self.name);
+        let line = trim(raw);
         if s.end.is_some() {
             s.problems
                 .push(format!("{name}:{n}: a line after the end line"));
-            continue;
+            return Ok(false);
         }
         if line.starts_with(END_PREFIX) {
             match serde_json::from_slice::<End>(line) {
@@ -131,25 +157,31 @@ fn scan(path: &Path) -> Result<Scan, Error> {
                     .problems
                     .push(format!("{name}:{n}: damaged end line: {e}")),
             }
-            continue;
+            return Ok(false);
         }
-        digest.update(&raw);
+        self.digest.update(raw);
         if n == 1 {
-            match serde_json::from_slice::<Header>(line) {
-                Ok(h) if h.kind == "header" && h.format == EXPORT_FORMAT => s.header = Some(h),
+            match parse_header(name, line)? {
                 Ok(h) => {
-                    return Err(Error::Usage(format!(
-                        "{name}: format {:?} is not supported; expected {EXPORT_FORMAT:?}",
-                        h.format
-                    )))
+                    s.records = h.format == RECORDS_FORMAT;
+                    s.header = Some(h)
                 }
-                Err(_) if !line.starts_with(HEADER_PREFIX) => {
-                    return Err(Error::Usage(format!(
-                        "{name} is not an audit_log export (no header line)"
-                    )))
-                }
-                Err(e) => s.problems.push(format!("{name}:1: damaged header: {e}")),
+                Err(e) => s.problems.push(e),
             }
+        } else if s.records && line.starts_with(RECORD_PREFIX) {
+            if defer_records {
+                return Ok(true);
+            }
+            match RecordLine::parse_head(line) {
+                Ok((head, event_count)) => self.record(n, head, event_count),
+                Err(e) => {
+                    s.link_lines += 1;
+                    s.problems.push(format!("{name}:{n}: damaged record: {e}"))
+                }
+            }
+        } else if s.records {
+            s.problems
+                .push(format!("{name}:{n}: not a record or end line"));
         } else if line.starts_with(EVENT_PREFIX) {
             s.event_lines += 1;
             if s.link_lines > 0 {
@@ -175,29 +207,102 @@ fn scan(path: &Path) -> Result<Scan, Error> {
             s.problems
                 .push(format!("{name}:{n}: not an event, link or end record"));
         }
+        Ok(false)
     }
-    let digest = hex::encode(digest.finalize());
-    match &s.end {
-        None => s.problems.push(format!(
-            "{name} has no end line: the export is incomplete or its tail was cut off"
-        )),
-        Some(end) => {
-            if end.sha256 != digest {
-                s.problems.push(format!(
-                    "{name}: the content hashes to {}… but the end line records {}…",
-                    &digest[..12],
-                    end.sha256.get(..12).unwrap_or(&end.sha256)
-                ));
-            }
-            if end.events != s.event_lines || end.links != s.link_lines {
-                s.problems.push(format!(
-                    "{name}: the end line counts {} events and {} links; the file holds {} and {}",
-                    end.events, end.links, s.event_lines, s.link_lines
-                ));
+
+    /// A record line of a records export, in file order.
+    fn record(&mut self, n: u64, head: ChainHead, event_count: i64) {
+        let s = &mut self.s;
+        s.link_lines += 1;
+        let last = s
+            .record_heads
+            .last_key_value()
+            .map(|(_, h)| (h.chain, h.seq));
+        if last.is_some_and(|p| p >= (head.chain, head.seq)) {
+            s.problems.push(format!(
+                "{}:{n}: records out of (chain_id, seq) order",
+                self.name
+            ));
+        }
+        s.event_lines += u64::try_from(event_count).unwrap_or(0);
+        s.record_heads.insert(head.chain, head);
+    }
+
+    /// A record line that could not be read (the second pass reports why).
+    fn damaged_record(&mut self) {
+        self.s.link_lines += 1;
+    }
+
+    fn finish(self) -> Scan {
+        let (mut s, name) = (self.s, self.name);
+        let digest = hex::encode(self.digest.finalize());
+        match &s.end {
+            None => s.problems.push(format!(
+                "{name} has no end line: the export is incomplete or its tail was cut off"
+            )),
+            Some(end) => {
+                if end.sha256 != digest {
+                    s.problems.push(format!(
+                        "{name}: the content hashes to {}… but the end line records {}…",
+                        &digest[..12],
+                        end.sha256.get(..12).unwrap_or(&end.sha256)
+                    ));
+                }
+                if end.events != s.event_lines || end.links != s.link_lines {
+                    s.problems.push(format!(
+                        "{name}: the end line counts {} events and {} links; the file holds {} and {}",
+                        end.events, end.links, s.event_lines, s.link_lines
+                    ));
+                }
             }
         }
+        s
     }
-    Ok(s)
+}
+
+/// A file's first line as a header: an error if the file is not an export
+/// at all or of a format this version does not read; a problem if it is a
+/// damaged header.
+fn parse_header(name: &str, line: &[u8]) -> Result<Result<Header, String>, Error> {
+    match serde_json::from_slice::<Header>(line) {
+        Ok(h)
+            if h.kind == "header" && (h.format == EXPORT_FORMAT || h.format == RECORDS_FORMAT) =>
+        {
+            Ok(Ok(h))
+        }
+        Ok(h) => Err(Error::Usage(format!(
+            "{name}: format {:?} is not supported; expected {EXPORT_FORMAT:?} or {RECORDS_FORMAT:?}",
+            h.format
+        ))),
+        Err(_) if !line.starts_with(HEADER_PREFIX) => Err(Error::Usage(format!(
+            "{name} is not an audit_log export (no header line)"
+        ))),
+        Err(e) => Ok(Err(format!("{name}:1: damaged header: {e}"))),
+    }
+}
+
+/// The header of a file, read alone (None if it is damaged: the scan reports it).
+fn read_header(path: &Path) -> Result<Option<Header>, Error> {
+    let name = path.display().to_string();
+    match read_lines(path)?.next() {
+        None => Err(Error::Usage(format!(
+            "{name} is not an audit_log export (no header line)"
+        ))),
+        Some(item) => {
+            let (_, raw) = item.map_err(|e| Error::Io(path.into(), e))?;
+            Ok(parse_header(&name, trim(&raw))?.ok())
+        }
+    }
+}
+
+fn scan(path: &Path) -> Result<Scan, Error> {
+    let name = path.display().to_string();
+    let mut scanner = Scanner::new(&name);
+    for item in read_lines(path)? {
+        let (n, raw) = item.map_err(|e| Error::Io(path.into(), e))?;
+        scanner.line(n, &raw, false)?;
+    }
+    Ok(scanner.finish())
 }
 
 /// The last link of each chain, over the anchors.
@@ -240,30 +345,31 @@ pub fn verify_files(
     let mut previous_heads: Option<BTreeMap<i32, ChainHead>> = None;
     for (i, path) in paths.iter().enumerate() {
         let last = i + 1 == paths.len();
-        let s = scan(path)?;
         let name = path.display().to_string();
-        report.file_problems.extend(s.problems);
-        let anchors = s
-            .header
+        let header = read_header(path)?;
+        let records = header.as_ref().is_some_and(|h| h.format == RECORDS_FORMAT);
+        let anchors = header
             .as_ref()
             .map(|h| h.anchors.clone())
             .unwrap_or_default();
-        let continues = s.header.as_ref().is_some_and(|h| h.continues);
-        // A continuation must start exactly where the file before it ended.
+        let continues = header.as_ref().is_some_and(|h| h.continues);
+        // A continuation must start exactly where the file before it ended
+        // (reported after the file's own problems).
+        let mut continuity = Vec::new();
         match &previous_heads {
-            Some(_) if !continues => report.file_problems.push(format!(
+            Some(_) if !continues => continuity.push(format!(
                 "{name} is a whole export, not a continuation of the file before it"
             )),
             Some(prev) => {
                 let want: Vec<&ChainHead> = prev.values().collect();
                 let got: Vec<&ChainHead> = anchors.iter().collect();
                 if want != got {
-                    report.file_problems.push(format!(
+                    continuity.push(format!(
                         "{name} does not continue the file before it: its anchors differ from that file's heads"
                     ));
                 }
             }
-            None if continues => report.file_problems.push(format!(
+            None if continues => continuity.push(format!(
                 "{name} is a continuation; verify it after the export it continues"
             )),
             None => {}
@@ -272,11 +378,57 @@ pub fn verify_files(
         // hold the PURGE event that recorded them; a continuation's anchors
         // are the heads of the file before it, checked above.
         let claimed = if !continues && !anchors.is_empty() {
-            purge_claims(path)?
+            if records {
+                purge_claims_records(path)?
+            } else {
+                purge_claims(path)?
+            }
         } else {
             anchors.clone()
         };
-        let file_heads = heads(&anchors, &s.links);
+        let file_heads = |s: &Scan| {
+            if s.records {
+                let mut h: BTreeMap<i32, ChainHead> =
+                    anchors.iter().map(|a| (a.chain, a.clone())).collect();
+                h.extend(s.record_heads.clone());
+                h
+            } else {
+                heads(&anchors, &s.links)
+            }
+        };
+        // A records export is checked and verified in one pass, unless a
+        // checkpoint must be cut at the heads of a file before the last.
+        let (s, verdict) = if records && (last || cp.is_none()) {
+            let cp_here = cp.map(|c| checkpoint_within(c, &anchors, None));
+            stream_records(path, (&anchors, &claimed), cp_here.as_ref(), threads)?
+        } else {
+            let s = scan(path)?;
+            let cp_here = cp
+                .map(|c| checkpoint_within(c, &anchors, (!last).then(|| file_heads(&s)).as_ref()));
+            let mut problems = Vec::new();
+            let verdict = if s.records {
+                verify_records_file(
+                    path,
+                    (&anchors, &claimed),
+                    cp_here.as_ref(),
+                    threads,
+                    &mut problems,
+                )?
+            } else {
+                verify_one(
+                    path,
+                    &s.links,
+                    (&anchors, &claimed),
+                    cp_here.as_ref(),
+                    threads,
+                    &mut problems,
+                )?
+            };
+            let mut s = s;
+            s.problems.extend(problems);
+            (s, verdict)
+        };
+        let file_heads = file_heads(&s);
         if let Some(end) = &s.end {
             let recorded: BTreeMap<i32, ChainHead> =
                 end.heads.iter().map(|h| (h.chain, h.clone())).collect();
@@ -286,15 +438,8 @@ pub fn verify_files(
                 ));
             }
         }
-        let cp_here = cp.map(|c| checkpoint_within(c, &anchors, (!last).then_some(&file_heads)));
-        let verdict = verify_one(
-            path,
-            &s.links,
-            (&anchors, &claimed),
-            cp_here.as_ref(),
-            threads,
-            &mut report.file_problems,
-        )?;
+        report.file_problems.extend(s.problems);
+        report.file_problems.extend(continuity);
         merge(&mut report.verdict, verdict);
         report.events += s.event_lines;
         report.links += s.link_lines;
@@ -306,11 +451,6 @@ pub fn verify_files(
 
 /// The anchors that the PURGE events of a file record.
 fn purge_claims(path: &Path) -> Result<Vec<ChainHead>, Error> {
-    #[derive(serde::Deserialize)]
-    struct Details {
-        #[serde(default)]
-        anchors: Vec<serde_json::Value>,
-    }
     let mut out = Vec::new();
     for item in read_lines(path)? {
         let (_, raw) = item.map_err(|e| Error::Io(path.to_path_buf(), e))?;
@@ -324,16 +464,162 @@ fn purge_claims(path: &Path) -> Result<Vec<ChainHead>, Error> {
             continue;
         }
         let Some(row) = e.new_row else { continue };
-        let Ok(d) = serde_json::from_str::<Details>(row.get()) else {
+        out.extend(anchors_of_purge(row.get()));
+    }
+    Ok(out)
+}
+
+/// The anchors that the PURGE events of a records export record: every
+/// record's events are decoded (only logs that purge() shortened need this).
+fn purge_claims_records(path: &Path) -> Result<Vec<ChainHead>, Error> {
+    let mut out = Vec::new();
+    for item in read_lines(path)? {
+        let (_, raw) = item.map_err(|e| Error::Io(path.to_path_buf(), e))?;
+        if !raw.starts_with(RECORD_PREFIX) {
             continue;
+        }
+        let Ok(r) = RecordLine::parse(trim(&raw)) else {
+            continue; // a damaged line is reported by the second pass
         };
-        for a in d.anchors {
-            if let Ok(h) = serde_json::from_value::<ChainHead>(a) {
-                out.push(h);
+        let segments = r.segments.iter().map(Vec::as_slice);
+        for e in record::decoded(segments, &r.payload, r.record.first_event) {
+            let Ok(e) = e else { break };
+            if e.op != "PURGE" || e.table_schema != "audit_log" {
+                continue;
             }
+            let Some(audit_log_core::model::Json::Encoded(row)) = &e.new_row else {
+                continue;
+            };
+            let Ok(text) = audit_log_core::encoding::decode::Reader::new(row).json_text() else {
+                continue;
+            };
+            out.extend(anchors_of_purge(&text));
         }
     }
     Ok(out)
+}
+
+/// The anchors a PURGE event's details record.
+fn anchors_of_purge(details: &str) -> Vec<ChainHead> {
+    #[derive(serde::Deserialize)]
+    struct Details {
+        #[serde(default)]
+        anchors: Vec<serde_json::Value>,
+    }
+    let Ok(d) = serde_json::from_str::<Details>(details) else {
+        return Vec::new();
+    };
+    d.anchors
+        .into_iter()
+        .filter_map(|a| serde_json::from_value::<ChainHead>(a).ok())
+        .collect()
+}
+
+/// A records export checked and verified in one pass: the calling thread
+/// reads lines, digests the file and keeps the scan's checks; worker threads
+/// parse and hash records; the results come back in file order.
+fn stream_records(
+    path: &Path,
+    (anchors, claimed): (&[ChainHead], &[ChainHead]),
+    cp: Option<&Checkpoint>,
+    threads: usize,
+) -> Result<(Scan, Verdict), Error> {
+    let name = path.display().to_string();
+    let scanner = RefCell::new(Scanner::new(&name));
+    let failed: RefCell<Option<Error>> = RefCell::new(None);
+    let mut lines = read_lines(path)?;
+    let to_verify = std::iter::from_fn(|| loop {
+        match lines.next()? {
+            Err(e) => return Some(Err(e)),
+            Ok((n, raw)) => match scanner.borrow_mut().line(n, &raw, true) {
+                Ok(true) => return Some(Ok((n, raw))),
+                Ok(false) => continue,
+                Err(e) => {
+                    *failed.borrow_mut() = Some(e);
+                    return None;
+                }
+            },
+        }
+    });
+    type Parsed = (Record, RecordDigest, ChainHead);
+    let parse = |(n, raw): (u64, Vec<u8>)| -> (u64, Result<Parsed, String>) {
+        let r = RecordLine::parse(trim(&raw)).map(|r| {
+            let d = record::digest(&r.record, r.segments.iter().map(Vec::as_slice), &r.payload);
+            let head = ChainHead {
+                chain: r.record.chain_id,
+                seq: r.record.seq,
+                link_hash: r.record.link_hash,
+                last_event: r.record.last_event,
+            };
+            (r.record, d, head)
+        });
+        (n, r)
+    };
+    let verdict = std::thread::scope(|scope| {
+        let records =
+            map_ordered(scope, to_verify, threads, || {}, parse).filter_map(|r| match r {
+                Ok((n, Ok((record, digest, head)))) => {
+                    scanner.borrow_mut().record(n, head, record.event_count);
+                    Some(Ok((record, digest)))
+                }
+                // A damaged line is reported, and the verification goes on
+                // without it: its transaction shows up as missing.
+                Ok((n, Err(m))) => {
+                    let mut sc = scanner.borrow_mut();
+                    sc.damaged_record();
+                    sc.s.problems
+                        .push(format!("{name}:{n}: damaged record: {m}"));
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            });
+        record::verify_records(records, cp, anchors, claimed)
+    })
+    .map_err(|e| Error::Io(path.into(), e))?;
+    if let Some(e) = failed.into_inner() {
+        return Err(e);
+    }
+    Ok((scanner.into_inner().finish(), verdict))
+}
+
+/// The second pass over a records export: records parsed and hashed on
+/// worker threads, in order, into the verifier the server uses.
+fn verify_records_file(
+    path: &Path,
+    (anchors, claimed): (&[ChainHead], &[ChainHead]),
+    cp: Option<&Checkpoint>,
+    threads: usize,
+    problems: &mut Vec<String>,
+) -> Result<Verdict, Error> {
+    let damaged: RefCell<Vec<String>> = RefCell::new(Vec::new());
+    let name = path.display().to_string();
+    let lines = read_lines(path)?.filter_map(|item| match item {
+        Ok((n, raw)) if raw.starts_with(RECORD_PREFIX) => Some(Ok((n, raw))),
+        Ok(_) => None,
+        Err(e) => Some(Err(e)),
+    });
+    let digest = |(n, raw): (u64, Vec<u8>)| -> Result<(Record, RecordDigest), String> {
+        let r = RecordLine::parse(trim(&raw))
+            .map_err(|m| format!("{name}:{n}: damaged record: {m}"))?;
+        let d = record::digest(&r.record, r.segments.iter().map(Vec::as_slice), &r.payload);
+        Ok((r.record, d))
+    };
+    let verdict = std::thread::scope(|scope| {
+        let records = map_ordered(scope, lines, threads, || {}, digest).filter_map(|r| match r {
+            Ok(Ok(rd)) => Some(Ok(rd)),
+            // A damaged line is reported, and the verification goes on
+            // without it: its transaction shows up as missing.
+            Ok(Err(m)) => {
+                damaged.borrow_mut().push(m);
+                None
+            }
+            Err(e) => Some(Err(e)),
+        });
+        record::verify_records(records, cp, anchors, claimed)
+    })
+    .map_err(|e| Error::Io(path.into(), e))?;
+    problems.extend(damaged.into_inner());
+    Ok(verdict)
 }
 
 fn merge(into: &mut Verdict, v: Verdict) {
