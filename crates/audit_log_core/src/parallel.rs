@@ -152,14 +152,21 @@ where
                 return Some(Ok(u));
             }
             if self.jobs.is_none() {
-                // No workers: map in place.
-                let batch = self.read_batch();
-                if batch.is_empty() {
-                    return self.error.take().map(Err);
+                // No workers: map in place, one at a time (no batch to fill).
+                if self.input_done {
+                    return None;
                 }
-                let f = &self.f;
-                self.ready.extend(batch.into_iter().map(f));
-                continue;
+                return match self.input.next() {
+                    Some(Ok(t)) => Some(Ok((self.f)(t))),
+                    Some(Err(e)) => {
+                        self.input_done = true;
+                        Some(Err(e))
+                    }
+                    None => {
+                        self.input_done = true;
+                        None
+                    }
+                };
             }
             self.fill();
             match self.in_flight.pop_front() {
