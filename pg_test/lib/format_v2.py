@@ -19,6 +19,17 @@ follows it. It also plays the attacker who recomputes hashes after an edit.
       views, which the server computes, are not read.
       LOG can also be an export of `audit-log export` (docs/FORMAT.md,
       "Export"): its logical events and links are checked as listed there.
+      Or a records export (`audit-log export --format records`, header format
+      audit_log.export.v2): each record line is the stored record, its
+      payload and segments in base64. They become the records, segments and
+      anchors (the header's) a dump gives, and are verified as above; for a
+      continuation (`"continues":true`) the anchors are taken as proven, since
+      they are the heads of the export before it, which is not read here. The
+      file itself is checked too: a header, records in strictly increasing
+      (chain_id, seq) order, and one end line, last, as the exporter writes
+      it, whose sha256 covers every byte before it, whose counts are the sum
+      of event_count and the number of records, and whose heads are each
+      chain's last record (or its anchor).
       Exit 1 with a message on the first problem.
   format_v2.py rewrite EVENT_ID NEW_ROW_JSON [--chain] < DUMP
       print SQL that forges the storage as a superuser could: the event is
@@ -35,6 +46,8 @@ restore into a new cluster. Row values may be nested any depth: they are
 parsed, decoded and encoded without recursion (Python's json module raises
 RecursionError long before 100,000 levels).
 """
+import base64
+import binascii
 import calendar
 import hashlib
 import json
@@ -497,10 +510,14 @@ def segments_of(rec, segments):
     return segs
 
 
-def verify_dump(records, segments, anchors):
+def verify_dump(records, segments, anchors, given=()):
+    """The checks of FORMAT.md on records in (chain_id, seq) order. given:
+    anchors proven elsewhere, {(chain, seq, link_hash)} (a continuation's,
+    which the export before it ends at); any other anchor must be recorded
+    by a PURGE event."""
     # 1. Each record on its own: its events decoded and hashed, checked
     # against its columns; the anchors its PURGE events record.
-    digests, claimed, ids, n_events = [], set(), set(), 0
+    digests, claimed, ids, n_events = [], set(given), set(), 0
     for rec in records:
         try:
             evs = record_events(rec, segments_of(rec, segments))
@@ -661,12 +678,16 @@ def load_export(lines):
     """Events by (tx_first, tx_seq, id), links by (chain_id, seq), and where
     each chain starts: {chain: (seq, link_hash)} (the header's anchors)."""
     events, links, starts = [], [], {}
-    for line in lines:
+    for n, line in enumerate(lines, 1):
         if not line.startswith('{"type":'):
             raise ValueError("an export line that does not start with its type")
         # Export lines hold row values as JSON, at any depth.
         rec = parse_json(line)
         kind = rec.pop("type")
+        # (Not a records export whose header was edited, or moved: its record
+        # lines must not pass for an empty logical export.)
+        if n == 1 and (kind != "header" or rec.get("format") != "audit_log.export.v1"):
+            raise ValueError("the first line is not the header of a logical export (audit_log.export.v1)")
         if kind == "header":
             starts = {a["chain"]: (int(a["seq"]), bytes.fromhex(a["link_hash"])) for a in rec["anchors"]}
         elif kind == "event":
@@ -674,6 +695,8 @@ def load_export(lines):
         elif kind == "link":
             rec["committed_at"] = micros(rec["committed_at"])
             links.append(rec)
+        elif kind != "end":
+            raise ValueError(f"line {n}: a line of type {kind!r} in a logical export")
     for e in events:
         for k in ("id", "tx_id", "tx_seq", "tx_first"):
             e[k] = int(e[k])
@@ -741,12 +764,217 @@ def verify_export(events, links, starts):
 
 
 # ---------------------------------------------------------------------------
+# A records export (audit_log.export.v2): the header and end lines of an
+# export, and between them each transaction's record as stored, its payload
+# and segments in base64: the raw storage that dump_log.sql prints.
+
+RECORDS_FORMAT = "audit_log.export.v2"
+HEADER_KEYS = {"type", "format", "exported_at", "snapshot", "anchors"}
+HEADER_OPTIONAL = {"database", "system_identifier", "continues"}
+RECORD_KEYS = {"type", "chain_id", "seq", "tx_id", "first_event", "last_event", "event_count",
+               "committed_at", "link_hash", "segments", "payload"}
+HEAD_KEYS = {"chain", "seq", "link_hash", "last_event"}
+END_KEYS = {"type", "events", "links", "heads", "sha256"}
+I32 = (-(1 << 31), (1 << 31) - 1)
+I64 = (-(1 << 63), (1 << 63) - 1)
+U64 = (0, (1 << 64) - 1)
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
 
 
-def read(stream):
-    """("export", lines) or ("dump", lines): an export's lines start with
-    their type, a dump's are objects with a "kind"."""
-    lines = [line for line in stream if line.strip()]
+def members(obj, keys, what, optional=frozenset()):
+    """obj is a JSON object with the members keys (and maybe optional), no others."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    missing, unknown = keys - obj.keys(), obj.keys() - keys - optional
+    if missing or unknown:
+        raise ValueError(f"{what}: " + "; ".join(
+            x for x in (missing and f"missing {sorted(missing)}", unknown and f"unknown {sorted(unknown)}") if x))
+    return obj
+
+
+def integer(v, what, bounds=I64):
+    """A JSON number that is an integer within bounds (not a string of digits)."""
+    if not isinstance(v, Num) or not _INTEGER.fullmatch(v):
+        raise ValueError(f"{what} {v!r} is not an integer")
+    n = int(v)
+    if not bounds[0] <= n <= bounds[1]:
+        raise ValueError(f"{what} {n} is out of range")
+    return n
+
+
+def string(v, what):
+    if type(v) is not str:
+        raise ValueError(f"{what} {v!r} is not a string")
+    return v
+
+
+def hex_bytes(v, what):
+    """Lowercase hex, as the exporter writes hashes. (A stored hash of
+    another length than 32 bytes is kept: no link hashes to it.)"""
+    if not _HEX.fullmatch(string(v, what)):
+        raise ValueError(f"{what} {v[:80]!r} is not lowercase hex")
+    return bytes.fromhex(v)
+
+
+def base64_bytes(v, what):
+    """Base64 of the standard alphabet with padding, as the exporter writes
+    it: no other spelling of the same bytes is taken."""
+    try:
+        b = base64.b64decode(string(v, what), validate=True)
+    except binascii.Error as e:
+        raise ValueError(f"{what} is not base64: {e}") from None
+    if base64.b64encode(b).decode("ascii") != v:
+        raise ValueError(f"{what} is not base64 as the exporter writes it (standard alphabet, padded)")
+    return b
+
+
+def chain_head(h, what):
+    """A {"chain","seq","link_hash","last_event"} object, in the form of a
+    dump's anchor."""
+    members(h, HEAD_KEYS, what)
+    return {"chain_id": integer(h["chain"], f"{what}: chain", I32), "seq": integer(h["seq"], f"{what}: seq"),
+            "link_hash": hex_bytes(h["link_hash"], f"{what}: link_hash"),
+            "last_event": integer(h["last_event"], f"{what}: last_event")}
+
+
+def first_tx_seq(payload):
+    """A segment's part, which a records export leaves out: the tx_seq of
+    its first event. 0 if that event is unreadable: record_events reports
+    the segment then, before it looks at the part."""
+    try:
+        n = struct.unpack_from(">I", payload, 0)[0]
+        return decode_event(payload[4:4 + n])["tx_seq"] if 4 + n <= len(payload) else 0
+    except (struct.error, Malformed):
+        return 0
+
+
+def load_records(data):
+    """A records export's bytes as load_dump's records (in file order),
+    segments and anchors (the header's), and the anchors proven by the file
+    before it (a continuation's, {(chain, seq, link_hash)}); what the file
+    states about itself is checked on the way (Problem)."""
+    if not data.endswith(b"\n"):
+        raise Problem("the export does not end with a newline: it is incomplete or its tail was cut off")
+    digest = hashlib.sha256()
+    records, segments, anchors, given, end = [], {}, {}, set(), None
+    for n, raw in enumerate(data[:-1].split(b"\n"), 1):
+        try:
+            if end is not None:
+                raise ValueError("a line after the end line")
+            if not raw.startswith(b'{"type":'):
+                raise ValueError("a line that does not start with its type")
+            # Any line may have been replaced by deep JSON: no recursion.
+            obj = parse_json(raw.decode("utf-8"))
+            kind = obj.get("type") if isinstance(obj, dict) else None
+            if n == 1:
+                if kind != "header":
+                    raise ValueError("the first line is not the header")
+                members(obj, HEADER_KEYS, "the header", HEADER_OPTIONAL)
+                if obj["format"] != RECORDS_FORMAT:
+                    raise ValueError(f"format {obj['format']!r}, not {RECORDS_FORMAT!r}")
+                continues = obj.get("continues", False)
+                if not isinstance(continues, bool) or not isinstance(obj["anchors"], list):
+                    raise ValueError("the header's continues is not true or false, or its anchors not a list")
+                for i, h in enumerate(obj["anchors"], 1):
+                    a = chain_head(h, f"anchor {i} of the header")
+                    if a["chain_id"] in anchors:
+                        raise ValueError(f"two anchors for chain {a['chain_id']}")
+                    anchors[a["chain_id"]] = a
+                    if continues:
+                        given.add((a["chain_id"], a["seq"], a["link_hash"]))
+            elif kind == "record":
+                members(obj, RECORD_KEYS, "the record")
+                rec = {"chain_id": integer(obj["chain_id"], "chain_id", I32),
+                       "seq": integer(obj["seq"], "seq"), "tx_id": integer(obj["tx_id"], "tx_id", U64)}
+                for k in ("first_event", "last_event", "event_count"):
+                    rec[k] = integer(obj[k], k)
+                rec["committed_at"] = micros(string(obj["committed_at"], "committed_at"))
+                rec["link_hash"] = hex_bytes(obj["link_hash"], "link_hash")
+                rec["payload"] = base64_bytes(obj["payload"], "payload")
+                if not isinstance(obj["segments"], list):
+                    raise ValueError("segments is not a list")
+                spilled = [base64_bytes(b, f"segment {i}") for i, b in enumerate(obj["segments"], 1)]
+                rec["segments"] = len(spilled)
+                if records and (records[-1]["chain_id"], records[-1]["seq"]) >= (rec["chain_id"], rec["seq"]):
+                    raise ValueError(f"{name(rec)} follows {name(records[-1])}: records out of (chain_id, seq) order")
+                # Segments are found by first_event: a second record of one
+                # transaction must not have its segments counted with the first's.
+                first = rec["first_event"]
+                if first in segments:
+                    other = next(r for r in records if r["first_event"] == first)
+                    raise Problem(f"{name(rec)} and {name(other)} are one transaction, recorded twice (event_inserted)")
+                # In the file's order, which is the order of part.
+                segments[first] = [{"first_event": first, "part": first_tx_seq(b), "payload": b} for b in spilled]
+                records.append(rec)
+            elif kind == "end":
+                members(obj, END_KEYS, "the end line")
+                end = {"events": integer(obj["events"], "the end line's events", U64),
+                       "links": integer(obj["links"], "the end line's links", U64),
+                       "sha256": string(obj["sha256"], "the end line's sha256")}
+                if not isinstance(obj["heads"], list):
+                    raise ValueError("the end line's heads are not a list")
+                end["heads"] = [chain_head(h, f"head {i} of the end line") for i, h in enumerate(obj["heads"], 1)]
+                # The exporter's own spelling: the end line is not under the digest.
+                spelled = json.dumps({"type": "end", "events": end["events"], "links": end["links"], "heads": [
+                    {"chain": h["chain_id"], "seq": h["seq"], "link_hash": h["link_hash"].hex(),
+                     "last_event": h["last_event"]} for h in end["heads"]], "sha256": end["sha256"]},
+                    separators=(",", ":"))
+                if spelled.encode("utf-8") != raw:
+                    raise ValueError("the end line is not as the exporter writes it")
+                continue
+            else:
+                raise ValueError(f"a line of type {kind!r}: a records export holds record lines and an end line")
+        except ValueError as e:
+            raise Problem(f"line {n}: {e}") from None
+        digest.update(raw + b"\n")
+    # The end line: the digest, the counts and the heads.
+    if end is None:
+        raise Problem("no end line: the export is incomplete or its tail was cut off")
+    if digest.hexdigest() != end["sha256"]:
+        raise Problem(f"the content hashes to {digest.hexdigest()[:12]}… but the end line records "
+                      f"{end['sha256'][:12]}…")
+    events = sum(r["event_count"] for r in records)
+    if (end["events"], end["links"]) != (events, len(records)):
+        raise Problem(f"the end line counts {end['events']} events and {end['links']} links; "
+                      f"the records hold {events} and {len(records)}")
+    heads = {c: (a["seq"], a["link_hash"], a["last_event"]) for c, a in anchors.items()}
+    heads.update({r["chain_id"]: (r["seq"], r["link_hash"], r["last_event"]) for r in records})
+    stated = [(h["chain_id"], (h["seq"], h["link_hash"], h["last_event"])) for h in end["heads"]]
+    if [c for c, _ in stated] != sorted(heads) or dict(stated) != heads:
+        raise Problem("the end line's chain heads differ from the file's last records (or anchors), "
+                      "in order of chain")
+    return records, segments, anchors, given
+
+
+def verify_records(data):
+    try:
+        n_events, n_records = verify_dump(*load_records(data))
+    except Problem as p:
+        print(p)
+        return 1
+    print(f"independent verifier: {n_events} events and {n_records} records of the records export recompute")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+
+
+def read(data):
+    """("records", data), ("export", lines) or ("dump", lines): an export's
+    lines start with their type, a records export's header names its
+    format, a dump's lines are objects with a "kind"."""
+    first = data.split(b"\n", 1)[0]
+    if first.startswith(b'{"type":'):
+        try:
+            header = parse_json(first.decode("utf-8"))
+            records = isinstance(header, dict) and header.get("format") == RECORDS_FORMAT
+        except ValueError:
+            # A damaged header: load_records says what is wrong with it.
+            records = b'"' + RECORDS_FORMAT.encode() + b'"' in first
+        if records:
+            return "records", data
+    lines = [line for line in data.decode("utf-8").split("\n") if line.strip()]
     if lines and lines[0].startswith('{"type":'):
         return "export", lines
     return "dump", lines
@@ -754,9 +982,16 @@ def read(stream):
 
 def main(argv):
     if argv[1:2] == ["verify"]:
-        kind, lines = read(sys.stdin)
+        kind, lines = read(sys.stdin.buffer.read())
+        if kind == "records":
+            return verify_records(lines)
         if kind == "export":
-            return verify_export(*load_export(lines))
+            try:
+                loaded = load_export(lines)
+            except ValueError as e:
+                print(f"not a readable logical export: {e}")
+                return 1
+            return verify_export(*loaded)
         try:
             n_events, n_records = verify_dump(*load_dump(lines))
         except Problem as p:
@@ -765,7 +1000,7 @@ def main(argv):
         print(f"independent verifier: {n_events} events and {n_records} records recompute")
         return 0
     if argv[1:2] == ["rewrite"] and len(argv) >= 4:
-        kind, lines = read(sys.stdin)
+        kind, lines = read(sys.stdin.buffer.read())
         if kind != "dump":
             print("rewrite forges the storage: it reads pg_test/lib/dump_log.sql's output", file=sys.stderr)
             return 2

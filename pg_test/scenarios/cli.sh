@@ -2,8 +2,10 @@
 # The audit-log CLI against a live server: export, offline verification that
 # agrees with the SQL verify(), tampering of an export (an edited byte, a
 # deleted line, two lines swapped, a dropped tail against a checkpoint),
-# continuation exports, signed checkpoints and a forged signature, and the
-# witness catching a chain a superuser recomputed.
+# continuation exports, signed checkpoints and a forged signature, the
+# records export (--format records) checked by the CLI and by the independent
+# pg_test/lib/format_v2.py, and the witness catching a chain a superuser
+# recomputed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 root=$(dirname "$here")
@@ -47,7 +49,8 @@ echo "$out" | grep -q "the log extends the checkpoint" || fail "no checkpoint pr
 echo "  export of $sql_checked events verifies offline, against a signed checkpoint too"
 
 # Tampering with the export. fix_end rewrites the end line to match the edited
-# body, as an attacker would, so that only the hashes can tell.
+# body (of a logical or a records export), as an attacker would, so that only
+# the hashes can tell.
 fix_end() { python3 - "$1" <<'PY'
 import hashlib, json, sys
 path = sys.argv[1]
@@ -55,9 +58,13 @@ lines = open(path, 'rb').read().splitlines(keepends=True)
 body = [l for l in lines if not l.startswith(b'{"type":"end"')]
 heads, ev, lk = {}, 0, 0
 for l in body:
+    if l.startswith(b'{"type":"header"'):
+        heads = {a["chain"]: a for a in json.loads(l)["anchors"]}
     if l.startswith(b'{"type":"event"'): ev += 1
-    if l.startswith(b'{"type":"link"'):
+    # A records export: each record line is a link of event_count events.
+    if l.startswith(b'{"type":"link"') or l.startswith(b'{"type":"record"'):
         lk += 1; r = json.loads(l)
+        if l.startswith(b'{"type":"record"'): ev += r["event_count"]
         heads[r["chain_id"]] = {"chain": r["chain_id"], "seq": r["seq"], "link_hash": r["link_hash"], "last_event": r["last_event"]}
 end = {"type": "end", "events": ev, "links": lk, "heads": [heads[c] for c in sorted(heads)],
        "sha256": hashlib.sha256(b"".join(body)).hexdigest()}
@@ -131,6 +138,105 @@ run verify "$work/e2.jsonl"; expect 1 "a continuation on its own"
 run verify "$work/byte.jsonl" "$work/e2.jsonl"; expect 1 "a continuation after a tampered export"
 echo "  a continuation verifies after the export it continues, and not alone"
 
+# The records export (audit_log.export.v2): each transaction's stored record,
+# its payload and segments in base64. The CLI and the independent format_v2.py
+# both verify it, and agree with the server and with the logical export.
+py="python3 $here/lib/format_v2.py"
+# pyverify FILE: format_v2.py verify < FILE, its output in $out, its exit code in $rc
+pyverify() { set +e; out=$($py verify <"$1" 2>&1); rc=$?; set -e; }
+counts() { echo "$out" | grep -o 'events checked: [0-9]*, links checked: [0-9]*' || true; }
+server_counts() { echo "events checked: $(q -c "SELECT events_checked FROM audit_log.verify()"), links checked: $(q -c "SELECT count(*) FROM audit_log.records")"; }
+records_in() { grep -c '^{"type":"record",' "$1" || true; }
+run export --dsn "$dsn" --format records --out "$work/r1.jsonl"; expect 0 "records export"
+head -1 "$work/r1.jsonl" | grep -q '^{"type":"header","format":"audit_log.export.v2",' ||
+    fail "the records export's header: $(head -1 "$work/r1.jsonl" | cut -c1-200)"
+run export --dsn "$dsn" --out "$work/l1.jsonl"; expect 0 "logical export of the same log"
+run verify "$work/r1.jsonl"; expect 0 "verify of an untouched records export"
+r_counts=$(counts)
+[ "$r_counts" = "$(server_counts)" ] || fail "the records export verifies '$r_counts', the server '$(server_counts)'"
+[ "$(records_in "$work/r1.jsonl")" = "$(q -c "SELECT count(*) FROM audit_log.records")" ] ||
+    fail "the records export holds $(records_in "$work/r1.jsonl") record lines, the server $(q -c "SELECT count(*) FROM audit_log.records") records"
+run verify "$work/l1.jsonl"; expect 0 "verify of the logical export of the same log"
+[ "$r_counts" = "$(counts)" ] || fail "the records export verifies '$r_counts', the logical export '$(counts)'"
+pyverify "$work/r1.jsonl"; expect 0 "format_v2.py on an untouched records export"
+[ "$out" = "independent verifier: $(q -c "SELECT events_checked FROM audit_log.verify()") events and $(records_in "$work/r1.jsonl") records of the records export recompute" ] ||
+    fail "format_v2.py on the records export, unlike the server: $out"
+# A continuation after more writes, against a checkpoint taken between them.
+q -c "UPDATE acct SET balance = balance * 2 WHERE id BETWEEN 20 AND 30" -c "INSERT INTO acct (id, owner) VALUES (3000, 'records')"
+run checkpoint --dsn "$dsn" --key "$work/key" --out "$work/cp2.json"; expect 0 "checkpoint before the records continuation"
+q -c "DELETE FROM acct WHERE id = 3000"
+run export --dsn "$dsn" --format records --since "$work/r1.jsonl" --out "$work/r2.jsonl"; expect 0 "records export --since"
+head -1 "$work/r2.jsonl" | grep -q '"continues":true' || fail "the records continuation is not marked as one"
+want=$(( $(q -c "SELECT count(*) FROM audit_log.records") - $(records_in "$work/r1.jsonl") ))
+[ "$(records_in "$work/r2.jsonl")" = "$want" ] && [ "$want" -ge 3 ] ||
+    fail "the records continuation holds $(records_in "$work/r2.jsonl") records, expected $want (at least 3)"
+run verify "$work/r1.jsonl" "$work/r2.jsonl"; expect 0 "a records export and its continuation"
+[ "$(counts)" = "$(server_counts)" ] || fail "a records export and its continuation verify '$(counts)', the server '$(server_counts)'"
+run verify "$work/r1.jsonl" "$work/r2.jsonl" --checkpoint "$work/cp2.json" --pub "$work/key.pub"; expect 0 "records exports against the checkpoint"
+echo "$out" | grep -q "the log extends the checkpoint" || fail "no checkpoint proof for the records exports: $out"
+run verify "$work/r1.jsonl" --checkpoint "$work/cp2.json" --pub "$work/key.pub"; expect 1 "a records export that ends before the checkpoint"
+echo "$out" | grep -q "truncated" || fail "a records export short of the checkpoint not reported as truncated: $out"
+run verify "$work/r2.jsonl"; expect 1 "a records continuation on its own"
+pyverify "$work/r2.jsonl"; expect 0 "format_v2.py on the records continuation, from its anchors"
+# Formats mixed: e2, the logical continuation of e1, does not continue the
+# records export r1 (of a later log), nor does r2 the logical e1.
+run verify "$work/r1.jsonl" "$work/e2.jsonl"; expect 1 "a logical continuation after a records export it does not continue"
+echo "$out" | grep -q "does not continue the file before it" || fail "the mixed files not reported as discontinuous: $out"
+run verify "$work/e1.jsonl" "$work/r2.jsonl"; expect 1 "a records continuation after a logical export it does not continue"
+echo "$out" | grep -q "does not continue the file before it" || fail "the mixed files not reported as discontinuous: $out"
+# Tampering with the records export: the CLI and format_v2.py both refuse it,
+# before and after the end line is rewritten to match (fix_end).
+tamper_records() { # tamper_records NAME PYTHON-EXPRESSION-ON-lines
+    python3 - "$work/r1.jsonl" "$work/$1.jsonl" "$2" <<'PY'
+import base64, json, sys
+src, dst, expr = sys.argv[1:4]
+lines = open(src, 'rb').read().splitlines(keepends=True)
+records = [i for i, l in enumerate(lines) if l.startswith(b'{"type":"record"')]
+exec(expr)
+open(dst, 'wb').writelines(lines)
+PY
+}
+refused() { # refused NAME WHAT: `audit-log verify` (its output kept in $cli_out) and format_v2.py exit 1
+    run verify "$work/$1.jsonl"; expect 1 "$2"
+    cli_out=$out
+    pyverify "$work/$1.jsonl"; expect 1 "format_v2.py on $2"
+}
+# (a) One byte of a row value in a payload: the balance 100.50 becomes 900.50
+# in the first record that holds it (its INSERT), decoded and re-encoded.
+tamper_records rbyte 'i = next(i for i in records if b"100.50" in base64.b64decode(json.loads(lines[i])["payload"]))
+old = json.loads(lines[i])["payload"].encode()
+new = base64.b64encode(base64.b64decode(old).replace(b"100.50", b"900.50", 1))
+assert new != old and lines[i].count(old) == 1
+lines[i] = lines[i].replace(old, new)'
+first=$(python3 -c 'import base64, json, sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    if r["type"] == "record" and b"900.50" in base64.b64decode(r["payload"]): print(r["first_event"]); break' "$work/rbyte.jsonl")
+[ -n "$first" ] || fail "no edited payload in rbyte.jsonl"
+refused rbyte "a byte edited in a payload"
+fix_end "$work/rbyte.jsonl"
+refused rbyte "a byte edited in a payload, with the end line rewritten"
+! echo "$cli_out" | grep -q "file problem" || fail "the rewritten end line should leave only the chain to tell: $cli_out"
+echo "$cli_out" | grep -q "first bad event: $first" || fail "the edited record (first event $first) not named: $cli_out"
+echo "$cli_out" | grep -q "problem: content_changed" || fail "the edited payload not reported as content_changed: $cli_out"
+echo "$out" | grep -q "events $first\.\..*(content_changed)" || fail "format_v2.py did not name the edited record (first event $first): $out"
+# (b) A record line deleted, from the middle of the chain.
+tamper_records rdelete 'del lines[records[len(records) // 2]]'
+refused rdelete "a record line deleted"
+fix_end "$work/rdelete.jsonl"
+refused rdelete "a record line deleted, with the end line rewritten"
+! echo "$cli_out" | grep -q "file problem" || fail "the rewritten end line should leave only the chain to tell: $cli_out"
+echo "$cli_out" | grep -q "link_missing" || fail "the deleted record not reported as link_missing: $cli_out"
+echo "$out" | grep -q "(link_missing)" || fail "format_v2.py on the deleted record: $out"
+# (c) Two record lines swapped.
+tamper_records rswap 'a, b = records[1], records[-2]; lines[a], lines[b] = lines[b], lines[a]'
+refused rswap "two record lines swapped"
+fix_end "$work/rswap.jsonl"
+refused rswap "two record lines swapped, with the end line rewritten"
+echo "$cli_out" | grep -q "out of (chain_id, seq) order" || fail "the swapped records not reported out of order: $cli_out"
+echo "$out" | grep -q "out of (chain_id, seq) order" || fail "format_v2.py on the swapped records: $out"
+echo "  records export: $r_counts as the server and the logical export, by format_v2.py too; its continuation verifies, against a checkpoint too; an edited payload byte, a deleted record, swapped records and mixed files that do not continue each other are refused"
+
 # Signed checkpoints: a forged signature, an edited checkpoint, another key.
 run verify-checkpoint "$work/cp1.json" --pub "$work/key.pub"; expect 0 "verify-checkpoint"
 python3 - "$work/cp1.json" "$work/forged_sig.json" "$work/forged_seq.json" <<'PY'
@@ -175,6 +281,11 @@ q -c "INSERT INTO acct (id) VALUES (2000)"
 run export --dsn "$dsn" --out "$work/purged.jsonl"; expect 0 "export after a purge"
 grep -q '"anchors":\[{' "$work/purged.jsonl" || fail "no anchors in the header after a purge"
 run verify "$work/purged.jsonl"; expect 0 "offline verify after a purge"
-echo "  after a purge, an export starts from the anchors and verifies offline"
+# A records export too, whose anchors format_v2.py finds recorded by its PURGE event.
+run export --dsn "$dsn" --format records --out "$work/purged_r.jsonl"; expect 0 "records export after a purge"
+grep -q '"anchors":\[{' "$work/purged_r.jsonl" || fail "no anchors in the records export's header after a purge"
+run verify "$work/purged_r.jsonl"; expect 0 "offline verify of a records export after a purge"
+pyverify "$work/purged_r.jsonl"; expect 0 "format_v2.py on a records export after a purge"
+echo "  after a purge, an export (logical or records) starts from the anchors and verifies offline"
 psql -X -q -d postgres -c "DROP DATABASE $db"
 echo "cli: export, offline verify, signed checkpoints and the witness behave"
