@@ -33,7 +33,7 @@ pub struct Json {
 
 /// Copy a jsonb datum, and encode it canonically.
 unsafe fn json_from_datum(d: pg_sys::Datum, keep_raw: bool) -> Json {
-    // SAFETY (caller): d is a jsonb datum.
+    // SAFETY: by the caller's contract, d is a jsonb datum.
     unsafe {
         let p = pg_sys::pg_detoast_datum(d.cast_mut_ptr());
         let raw = keep_raw
@@ -96,7 +96,7 @@ fn with_canonical_output<T>(f: impl FnOnce() -> T) -> T {
 /// settings. to_jsonb learns its argument's type from the call expression,
 /// so give it one naming the table's row type.
 unsafe fn row_to_jsonb(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> pg_sys::Datum {
-    // SAFETY (caller): tuple belongs to a relation whose descriptor is desc.
+    // SAFETY: by the caller's contract, tuple belongs to a relation whose descriptor is desc.
     unsafe {
         let composite = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
         let mut flinfo: pg_sys::FmgrInfo = std::mem::zeroed();
@@ -327,7 +327,7 @@ pub fn record_config(
 }
 
 pub unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
-    // SAFETY (caller): rel is an open relation.
+    // SAFETY: by the caller's contract, rel is an open relation.
     unsafe {
         let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
             .to_string_lossy()
@@ -491,7 +491,7 @@ thread_local! {
 
 /// The attribute name of column `attno` (1-based) now, if it exists.
 unsafe fn attname<'a>(desc: pg_sys::TupleDesc, attno: i16) -> Option<&'a CStr> {
-    // SAFETY (caller): desc is a valid tuple descriptor.
+    // SAFETY: by the caller's contract, desc is a valid tuple descriptor.
     unsafe {
         let natts = (*desc).natts as usize;
         let i = usize::try_from(attno)
@@ -508,7 +508,7 @@ unsafe fn attname<'a>(desc: pg_sys::TupleDesc, attno: i16) -> Option<&'a CStr> {
 /// Capture calls this for every row, so the names are cached and only
 /// compared with the descriptor, which allocates nothing.
 pub unsafe fn primary_key_names(rel: pg_sys::Relation) -> Option<Rc<[String]>> {
-    // SAFETY (caller): rel is an open relation.
+    // SAFETY: by the caller's contract, rel is an open relation.
     unsafe {
         if !(*rel).rd_indexvalid {
             pg_sys::list_free(pg_sys::RelationGetIndexList(rel));

@@ -41,8 +41,9 @@ pub static CHAINS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(64);
 
 fn lock_chain(chain: i32, wait: bool) -> bool {
     // SAFETY: MyDatabaseId is set in any backend that can run a transaction.
+    let database = unsafe { pg_sys::MyDatabaseId };
     let tag = pg_sys::LOCKTAG {
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field1: database.to_u32(),
         locktag_field2: LOCK_KEY,
         locktag_field3: chain as u32,
         locktag_field4: LOCK_FIELD4,
@@ -244,8 +245,9 @@ pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
     // One linker at a time; what another linked before we got the lock is
     // gone from the table by then (it commits before releasing it).
     // SAFETY: MyDatabaseId is set in any backend that runs a transaction.
+    let database = unsafe { pg_sys::MyDatabaseId };
     let tag = pg_sys::LOCKTAG {
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field1: database.to_u32(),
         locktag_field2: LOCK_KEY,
         locktag_field3: 0,
         locktag_field4: PREPARED_FIELD4,

@@ -583,7 +583,7 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
 unsafe fn event_trigger_data(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Option<&'static pg_sys::EventTriggerData> {
-    // SAFETY (caller): fcinfo comes from the function manager.
+    // SAFETY: by the caller's contract, fcinfo comes from the function manager.
     unsafe {
         let ctx = (*fcinfo).context;
         if ctx.is_null() || (*ctx).type_ != pg_sys::NodeTag::T_EventTriggerData {

@@ -83,7 +83,7 @@ pub struct Plan {
 }
 
 fn node_is(node: *mut pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
-    // SAFETY (caller): node is null or a valid Node.
+    // SAFETY: by the caller's contract, node is null or a valid Node.
     !node.is_null() && unsafe { (*node).type_ } == tag
 }
 
@@ -97,7 +97,7 @@ fn cstr(p: *const std::ffi::c_char) -> String {
 
 /// The elements of a pointer List.
 unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
-    // SAFETY (caller): l is NIL or a pointer list.
+    // SAFETY: by the caller's contract, l is NIL or a pointer list.
     unsafe {
         if l.is_null() {
             return Vec::new();
@@ -111,7 +111,7 @@ unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
 /// The relation a RangeVar names now, resolved as the command will (same
 /// search_path), or None if there is none.
 unsafe fn relation(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
-    // SAFETY (caller): rv is a RangeVar; NoLock and missing_ok: a lookup only.
+    // SAFETY: by the caller's contract, rv is a RangeVar; NoLock and missing_ok: a lookup only.
     unsafe { relation_locked(rv, pg_sys::NoLock as pg_sys::LOCKMODE, Check::None) }
 }
 
@@ -151,7 +151,7 @@ unsafe fn relation_locked(
         Check::Trigger => std::ptr::NonNull::<u8>::dangling().as_ptr().cast(),
         _ => std::ptr::null_mut(),
     };
-    // SAFETY (caller): rv is a RangeVar; missing_ok.
+    // SAFETY: by the caller's contract, rv is a RangeVar; missing_ok.
     let oid = unsafe {
         pg_sys::RangeVarGetRelidExtended(
             rv,
@@ -166,7 +166,7 @@ unsafe fn relation_locked(
 
 /// Whether the current user owns a relation (or is a superuser).
 unsafe fn owns(relid: pg_sys::Oid) -> bool {
-    // SAFETY (caller): relid exists.
+    // SAFETY: by the caller's contract, relid exists.
     unsafe {
         #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
         return pg_sys::pg_class_ownercheck(relid, pg_sys::GetUserId());
@@ -217,7 +217,7 @@ unsafe fn type_of(tn: *mut pg_sys::TypeName) -> Option<(pg_sys::Oid, i32)> {
     if tn.is_null() {
         return None;
     }
-    // SAFETY (caller): tn is a TypeName. LookupTypeName returns NULL for a
+    // SAFETY: by the caller's contract, tn is a TypeName. LookupTypeName returns NULL for a
     // missing type; typenameTypeIdAndMod then cannot fail on it.
     unsafe {
         let tup = pg_sys::LookupTypeName(std::ptr::null_mut(), tn, std::ptr::null_mut(), true);
@@ -240,7 +240,7 @@ fn is_json(t: Option<(pg_sys::Oid, i32)>) -> bool {
 /// the column's new type: then the change is judged like one without USING.
 unsafe fn is_column_itself(expr: *mut pg_sys::Node, column: &str, new: (pg_sys::Oid, i32)) -> bool {
     use pg_sys::NodeTag::*;
-    // SAFETY (caller): expr is a raw expression tree.
+    // SAFETY: by the caller's contract, expr is a raw expression tree.
     unsafe {
         // A single-field reference only: `a.b` is column b of table a, not
         // the column named "a.b", though both print as a.b.
@@ -275,7 +275,7 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
     if node.is_null() {
         return p;
     }
-    // SAFETY (caller): each cast follows the node's tag.
+    // SAFETY: by the caller's contract, each cast follows the node's tag.
     unsafe {
         if node_is(node, T_AlterTableStmt) {
             let s = &*(node as *mut pg_sys::AlterTableStmt);

@@ -52,7 +52,7 @@ fn in_scratch<T>(f: impl FnOnce() -> T) -> T {
 
 unsafe fn scalar(b: &mut JsonBuilder, v: &pg_sys::JsonbValue) {
     use pg_sys::jbvType as t;
-    // SAFETY (caller): v is a scalar JsonbValue from JsonbIteratorNext.
+    // SAFETY: by the caller's contract, v is a scalar JsonbValue from JsonbIteratorNext.
     unsafe {
         match v.type_ {
             t::jbvNull => b.null(),
@@ -83,7 +83,7 @@ unsafe fn scalar(b: &mut JsonBuilder, v: &pg_sys::JsonbValue) {
 /// # Safety
 /// `datum` must be a non-null jsonb datum.
 pub unsafe fn encode(datum: pg_sys::Datum) -> Vec<u8> {
-    // SAFETY (caller): a jsonb datum. Detoasting copies only when the value
+    // SAFETY: by the caller's contract, a jsonb datum. Detoasting copies only when the value
     // is compressed, out of line or has a short header; the copy is freed.
     unsafe {
         let p = datum.cast_mut_ptr::<pg_sys::varlena>();
@@ -135,7 +135,7 @@ pub fn payload_to_text(payload: &[u8]) -> String {
 
 /// A palloc'd varlena holding `payload`.
 unsafe fn with_varlena(payload: &[u8]) -> *mut pg_sys::varlena {
-    // SAFETY (caller): frees the result with pfree.
+    // SAFETY: by the caller's contract, frees the result with pfree.
     unsafe {
         let size = payload.len() + pg_sys::VARHDRSZ;
         let v = pg_sys::palloc(size) as *mut pg_sys::varlena;
@@ -156,7 +156,7 @@ unsafe fn with_varlena(payload: &[u8]) -> *mut pg_sys::varlena {
 pub unsafe fn encode_via_iterator(datum: pg_sys::Datum) -> Vec<u8> {
     use pg_sys::JsonbIteratorToken::*;
     in_scratch(|| {
-        // SAFETY (caller): a jsonb datum; detoasted into the scratch context.
+        // SAFETY: by the caller's contract, a jsonb datum; detoasted into the scratch context.
         unsafe {
             let jb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
             let mut it = pg_sys::JsonbIteratorInit(&mut (*jb).root);
@@ -210,7 +210,7 @@ impl FromDatum for CanonicalJsonb {
         is_null: bool,
         _typoid: pg_sys::Oid,
     ) -> Option<Self> {
-        // SAFETY (caller): a jsonb datum unless null.
+        // SAFETY: by the caller's contract, a jsonb datum unless null.
         (!is_null).then(|| unsafe { CanonicalJsonb(encode(datum), encode_via_iterator(datum)) })
     }
 }

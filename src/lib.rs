@@ -6,6 +6,9 @@
 //! offers enable/disable/verify/checkpoint; `ddl_guard` keeps auditing on.
 //! The encoding and verification live in the pure crate `audit_log_core`.
 
+// Every unsafe block says why it is sound (a `// SAFETY:` comment above it).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry};
 

@@ -195,7 +195,7 @@ pub fn states(oids: impl IntoIterator<Item = pg_sys::Oid>) -> BTreeMap<u32, RelS
 /// # Safety
 /// `tup` must be a valid heap tuple from a catalog scan.
 unsafe fn changed_since(tup: pg_sys::HeapTuple, since: pg_sys::CommandId) -> bool {
-    // SAFETY (caller): a valid tuple; GetCmin is only asked of our own tuples.
+    // SAFETY: by the caller's contract, a valid tuple; GetCmin is only asked of our own tuples.
     unsafe {
         let hdr = (*tup).t_data;
         let xmin = (*hdr).t_choice.t_heap.t_xmin;

@@ -134,7 +134,7 @@ unsafe extern "C-unwind" {
 
 /// `nextval_internal`, with a PostgreSQL error turned into a Rust unwind.
 unsafe fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64 {
-    // SAFETY (caller): relid is a sequence.
+    // SAFETY: by the caller's contract, relid is a sequence.
     unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal_raw(relid, check_permissions)) }
 }
 

@@ -2,6 +2,8 @@
 //! and a witness. Encoding and verification come from `audit_log_core`, the
 //! same code the extension runs.
 
+#![forbid(unsafe_code)]
+
 pub mod export;
 pub mod format;
 pub mod sign;

@@ -2,6 +2,8 @@
 //!
 //! Exit codes: 0 intact (or done), 1 tampered or refused, 2 usage or I/O error.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -13,6 +13,9 @@
 //! - [`verify`]: chain, link and checkpoint verification over streams;
 //! - [`time`]: the fixed UTC timestamp representation.
 
+// No unsafe code: what verifies the log must be memory-safe by construction.
+#![forbid(unsafe_code)]
+
 pub mod encoding;
 pub mod hash;
 pub mod json_text;

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Upgrades in place. For each released version whose install script is
+# frozen in sql/archive/: install that script, write a log with it (row
+# changes, a transaction that spills segments, history, a configuration
+# change), take a checkpoint, then ALTER EXTENSION audit_log UPDATE to the
+# version built here. Then:
+# - the upgraded schema equals a fresh install's, object by object
+#   (pg_test/lib/extension_schema.sql);
+# - the old log verifies: in SQL, against the checkpoint taken before the
+#   upgrade, with the CLI on a records export, and with the independent
+#   Python verifier on the raw storage;
+# - new writes chain on from the old heads, and history() reads across;
+# - every C symbol that a released install or upgrade script names is
+#   exported by the library built here (renaming a Rust function would
+#   otherwise break the definitions a database already holds).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+root=$(dirname "$here")
+pg_config=${PG_CONFIG:-/usr/bin/pg_config}
+extdir=$("$pg_config" --sharedir)/extension
+lib=$("$pg_config" --pkglibdir)/audit_log.so
+cli=${AUDIT_LOG_CLI:-$root/target/release/audit-log}
+fail() { echo "FAIL: $*" >&2; exit 1; }
+q() { local db=$1; shift; psql -X -q -v ON_ERROR_STOP=1 -At -d "$db" "$@"; }
+work=$(mktemp -d /tmp/al_upgrade.XXXXXX); chmod 755 "$work"
+installed=()
+cleanup() {
+    rm -rf "$work"
+    # Frozen scripts this test put in place go again.
+    for f in ${installed[@]+"${installed[@]}"}; do rm -f "$f"; done
+}
+trap cleanup EXIT
+
+current=$(sed -n "s/^default_version = '\(.*\)'$/\1/p" "$extdir/audit_log.control")
+[ -n "$current" ] || fail "no default_version in $extdir/audit_log.control"
+[ -f "$extdir/audit_log--$current.sql" ] || fail "audit_log--$current.sql is not installed"
+
+# Every symbol a released script names must be in the library.
+exported=$(nm -D --defined-only "$lib" | awk '{print $NF}' | sort -u)
+shopt -s nullglob
+released=("$root"/sql/archive/audit_log--*.sql "$root"/sql/audit_log--*--*.sql)
+[ ${#released[@]} -gt 0 ] || fail "no frozen install script in sql/archive/"
+checked=0
+for f in "${released[@]}"; do
+    for sym in $(grep -o "'MODULE_PATHNAME', *'[A-Za-z0-9_]*'" "$f" | sed "s/.*, *'\(.*\)'/\1/" | sort -u); do
+        grep -qx "$sym" <<<"$exported" || fail "$(basename "$f") calls C symbol $sym, which $lib no longer exports"
+        checked=$((checked + 1))
+    done
+done
+[ "$checked" -ge 10 ] || fail "only $checked C symbols found in the released scripts: is the pattern still right?"
+echo "  $checked C symbols of ${#released[@]} released script(s) are exported by the library"
+
+# A fresh install of the current version: what every upgrade must arrive at.
+psql -X -q -d postgres -c "DROP DATABASE IF EXISTS al_up_fresh" -c "CREATE DATABASE al_up_fresh" 2>/dev/null
+q al_up_fresh -c "SET client_min_messages = warning" -c "CREATE EXTENSION audit_log"
+q al_up_fresh -f "$here/lib/extension_schema.sql" >"$work/fresh.schema"
+[ "$(wc -l <"$work/fresh.schema")" -gt 100 ] || fail "the schema description of a fresh install is too short: $(wc -l <"$work/fresh.schema") lines"
+
+upgrades=0
+for frozen in "$root"/sql/archive/audit_log--*.sql; do
+    old=$(basename "$frozen" .sql); old=${old#audit_log--}
+    [ "$old" != "$current" ] || fail "sql/archive holds the current version $current: bump the version (Cargo.toml) before releasing changes"
+    target="$extdir/audit_log--$old.sql"
+    if [ ! -f "$target" ]; then
+        cp "$frozen" "$target"; installed+=("$target")
+    elif ! cmp -s "$frozen" "$target"; then
+        fail "$target differs from the frozen $frozen"
+    fi
+    db=al_up_$(echo "$old" | tr . _)
+    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>/dev/null
+    q "$db" <<SQL >/dev/null
+SET client_min_messages = warning;
+CREATE EXTENSION audit_log VERSION '$old';
+CREATE TABLE acct (id int PRIMARY KEY, owner text, balance numeric, meta jsonb);
+SELECT audit_log.enable('acct', history => true);
+INSERT INTO acct SELECT g, 'owner ' || g, g * 1.25, jsonb_build_object('n', g) FROM generate_series(1, 200) g;
+UPDATE acct SET balance = balance + 1 WHERE id <= 50;
+DELETE FROM acct WHERE id > 190;
+-- Past 1 MB of events: segments.
+INSERT INTO acct SELECT g, repeat('x', 400), g, NULL FROM generate_series(1000, 4999) g;
+SELECT audit_log.enable('acct', history => true, exclude_columns => '{meta}');
+UPDATE acct SET owner = 'before upgrade' WHERE id = 7;
+SQL
+    [ "$(q "$db" -c "SELECT extversion FROM pg_extension WHERE extname = 'audit_log'")" = "$old" ] || fail "$db did not install version $old"
+    [ "$(q "$db" -c "SELECT count(*) FROM audit_log.segments")" -gt 0 ] || fail "$db: the large transaction spilled no segment"
+    q "$db" -c "SELECT audit_log.checkpoint()" >"$work/cp.json"
+    before=$(q "$db" -c "SELECT ok || ' ' || events_checked FROM audit_log.verify()")
+    [ "${before%% *}" = true ] || fail "$db: the log does not verify before the upgrade: $before"
+
+    q "$db" -c "ALTER EXTENSION audit_log UPDATE"
+    [ "$(q "$db" -c "SELECT extversion FROM pg_extension WHERE extname = 'audit_log'")" = "$current" ] ||
+        fail "$db: ALTER EXTENSION UPDATE did not reach $current"
+
+    q "$db" -f "$here/lib/extension_schema.sql" >"$work/upgraded.schema"
+    if ! diff -u "$work/fresh.schema" "$work/upgraded.schema" >"$work/schema.diff"; then
+        head -60 "$work/schema.diff" >&2
+        fail "the schema upgraded from $old differs from a fresh install of $current (diff above: - fresh, + upgraded)"
+    fi
+
+    after=$(q "$db" -c "SELECT ok || ' ' || events_checked FROM audit_log.verify()")
+    [ "$after" = "$before" ] || fail "$db: after the upgrade verify() says '$after', before it said '$before'"
+    against=$(q "$db" -c "SELECT ok FROM audit_log.verify('$(cat "$work/cp.json")'::jsonb)")
+    [ "$against" = t ] || fail "$db: the log does not extend the checkpoint taken before the upgrade"
+
+    # New writes chain on from the old heads.
+    heads_before=$(q "$db" -c "SELECT coalesce(sum(seq), 0) FROM (SELECT max(seq) AS seq FROM audit_log.records GROUP BY chain_id) h")
+    q "$db" -c "INSERT INTO acct VALUES (9000, 'after upgrade', 1, '{}')" -c "UPDATE acct SET owner = 'after upgrade' WHERE id = 7"
+    heads_after=$(q "$db" -c "SELECT coalesce(sum(seq), 0) FROM (SELECT max(seq) AS seq FROM audit_log.records GROUP BY chain_id) h")
+    [ "$heads_after" -eq $((heads_before + 2)) ] || fail "$db: two new transactions moved the chain heads by $((heads_after - heads_before)), not 2"
+    now=$(q "$db" -c "SELECT ok || ' ' || events_checked FROM audit_log.verify()")
+    [ "$now" = "true $(( ${before#* } + 2 ))" ] || fail "$db: after new writes verify() says '$now' (before: '$before')"
+    [ "$(q "$db" -c "SELECT ok FROM audit_log.verify('$(cat "$work/cp.json")'::jsonb)")" = t ] ||
+        fail "$db: the log with new writes does not extend the pre-upgrade checkpoint"
+    hist=$(q "$db" -c "SELECT string_agg(coalesce(new_row->>'owner', '-'), ',' ORDER BY event_id) FROM audit_log.history('acct', '{\"id\": 7}')")
+    [ "$hist" = "owner 7,owner 7,before upgrade,after upgrade" ] || fail "$db: history() across the upgrade reads '$hist'"
+
+    # Offline: the CLI on a records export, and the Python implementation on the raw storage.
+    "$cli" export --dsn "host=$PGHOST port=$PGPORT user=postgres dbname=$db" --format records --out "$work/up.jsonl" 2>/dev/null
+    out=$("$cli" verify "$work/up.jsonl" --checkpoint "$work/cp.json" 2>&1) || fail "$db: the CLI refuses the upgraded log: $out"
+    grep -q "events checked: ${now#* }," <<<"$out" || fail "$db: the CLI checked other than the server's ${now#* } events: $out"
+    q "$db" -f "$here/lib/dump_log.sql" >"$work/dump.jsonl"
+    out=$(python3 "$here/lib/format_v2.py" verify <"$work/dump.jsonl" 2>&1) || fail "$db: format_v2.py refuses the upgraded log: $out"
+    upgrades=$((upgrades + 1))
+    echo "  $old -> $current: schema as a fresh install; ${now#* } events verify (SQL, checkpoint, CLI, Python); writes chain on"
+done
+[ "$upgrades" -gt 0 ] || fail "no upgrade tested"
+echo "upgrade: $upgrades released version(s) upgrade in place to $current"

@@ -1,0 +1,11 @@
+-- audit_log 0.2.0 -> 0.3.0: ALTER EXTENSION audit_log UPDATE.
+--
+-- 0.3.0 changes no SQL object: what it adds is in the library (the
+-- records export of the audit-log CLI, a faster single-core verify()), and
+-- the storage format is still version 2 (docs/FORMAT.md). The upgrade
+-- therefore only moves the recorded version. pg_test/scenarios/upgrade.sh
+-- checks that the result equals a fresh install of 0.3.0, object by object.
+--
+-- Complain if this script is sourced in psql rather than run by ALTER
+-- EXTENSION.
+\echo Use "ALTER EXTENSION audit_log UPDATE TO '0.3.0'" to load this file. \quit
