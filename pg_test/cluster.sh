@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Start or stop a throwaway PostgreSQL 15 cluster as the postgres OS user, on a
+# Start or stop a throwaway PostgreSQL cluster as the postgres OS user, on a
 # private port and socket directory (never 5432). Usage:
 #   pg_test/cluster.sh start DIR PORT     (prints nothing on success)
 #   pg_test/cluster.sh stop DIR
+# The server is Debian's PostgreSQL 15, or the one whose pg_config PG_CONFIG names.
 set -euo pipefail
-BIN=$(/usr/bin/pg_config --bindir)
+BIN=$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)
 cmd=$1 dir=$2
 case "$cmd" in
 start)

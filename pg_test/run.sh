@@ -21,7 +21,12 @@ fi
 dir=${AUDIT_LOG_TEST_DIR:-/tmp/audit_log_pg_test}
 port=${AUDIT_LOG_TEST_PORT:-55433}
 export PGHOST=$dir PGPORT=$port PGUSER=postgres
-regress=$(/usr/bin/pg_config --pkglibdir)/pgxs/src/test/regress/pg_regress
+# The server and its client programs: Debian's PostgreSQL 15, or the one
+# whose pg_config PG_CONFIG names (scripts/test.sh runs both 15 and 18).
+export PG_CONFIG=${PG_CONFIG:-/usr/bin/pg_config}
+bindir=$("$PG_CONFIG" --bindir)
+export PATH="$bindir:$PATH"
+regress=$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress
 
 "$here/cluster.sh" start "$dir" "$port"
 trap '"$here/cluster.sh" stop "$dir"' EXIT
@@ -32,7 +37,7 @@ status=0
 if [ $# -eq 0 ] || [ ${#golden[@]} -gt 0 ]; then
     which=(--schedule="$here/schedule")
     [ $# -eq 0 ] || which=("${golden[@]}")
-    "$regress" --use-existing --host="$dir" --port="$port" --user=postgres \
+    "$regress" --use-existing --bindir="$bindir" --host="$dir" --port="$port" --user=postgres \
         --inputdir="$here" --outputdir="$out" --dbname=al_regress "${which[@]}" || status=$?
     if [ $status -ne 0 ] && [ -f "$out/regression.diffs" ]; then
         cat "$out/regression.diffs"

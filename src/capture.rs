@@ -499,7 +499,7 @@ unsafe fn attname<'a>(desc: pg_sys::TupleDesc, attno: i16) -> Option<&'a CStr> {
             .checked_sub(1)
             .filter(|&i| i < natts)?;
         Some(CStr::from_ptr(
-            (*desc).attrs.as_slice(natts)[i].attname.data.as_ptr(),
+            crate::pgcompat::attrs(desc)[i].attname.data.as_ptr(),
         ))
     }
 }

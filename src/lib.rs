@@ -25,6 +25,7 @@ mod fmgr;
 mod history;
 mod jsonb;
 mod options;
+mod pgcompat;
 mod records;
 mod relstate;
 mod retention;

@@ -96,10 +96,9 @@ pub fn rel_state(oid: pg_sys::Oid) -> Option<RelState> {
         }
         let form = &*(*rel).rd_rel;
         let desc = (*rel).rd_att;
-        let natts = (*desc).natts as usize;
         let mut columns = Vec::new();
         let mut attnames = Vec::new();
-        for a in (*desc).attrs.as_slice(natts) {
+        for a in crate::pgcompat::attrs(desc) {
             if a.attisdropped {
                 continue;
             }

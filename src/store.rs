@@ -97,7 +97,7 @@ impl Target {
             // Checked on every open (each commit), so compared without
             // allocating; the names are spelled out only for the error.
             let name_of = |i: usize| {
-                let a = &*(*(*rel).rd_att).attrs.as_ptr().add(i);
+                let a = &crate::pgcompat::attrs((*rel).rd_att)[i];
                 (!a.attisdropped).then(|| std::ffi::CStr::from_ptr(a.attname.data.as_ptr()))
             };
             let same = natts == columns.len()

@@ -11,7 +11,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 crashes=${CRASHES:-5} kills=${KILLS:-3} clients=${CLIENTS:-16} min_tx=${MIN_TX:-100}
 dir=$PGHOST
 data=$dir/data
-BIN=$(/usr/bin/pg_config --bindir)
+BIN=$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)
 
 out=$(mktemp)
 trap 'rm -f "$out" "${WL_SCRIPT:-}"' EXIT

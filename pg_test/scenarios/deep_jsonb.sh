@@ -10,7 +10,7 @@
 # this scenario runs its own cluster, started under a raised OS stack limit.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-BIN=$(/usr/bin/pg_config --bindir)
+BIN=$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)
 dir=${AUDIT_LOG_DEEP_DIR:-/tmp/audit_log_deep}
 export PGHOST=$dir PGPORT=${AUDIT_LOG_DEEP_PORT:-55501} PGUSER=postgres
 db=al_deep

@@ -13,7 +13,7 @@ source_tx=${SOURCE_TX:-4000}
 new_tx=$((source_tx + 2000))
 new_dir=/tmp/audit_log_newcluster new_port=55481
 copy_dir=/tmp/audit_log_copy copy_port=55482
-BIN=$(/usr/bin/pg_config --bindir)
+BIN=$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)
 src_host=$PGHOST src_port=$PGPORT
 work=$(mktemp -d)
 

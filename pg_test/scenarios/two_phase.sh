@@ -14,7 +14,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/lib/workload.sh"
 rounds=${ROUNDS:-10}
 data=$PGHOST/data
-BIN=$(/usr/bin/pg_config --bindir)
+BIN=$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)
 wl_setup al_2pc
 wl_q -c "CREATE TABLE plain (id int PRIMARY KEY)"
 

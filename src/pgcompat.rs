@@ -1,0 +1,27 @@
+//! What differs between the PostgreSQL versions audit_log builds for (13 to
+//! 18, by cargo feature), in one place.
+
+use pgrx::pg_sys;
+
+/// A tuple descriptor's attributes, 0-based. PostgreSQL 18 keeps the array
+/// behind its compact attributes, where only `TupleDescAttr` finds it;
+/// before 18 it is the descriptor's `attrs` member. Either way the
+/// attributes lie next to each other.
+///
+/// # Safety
+/// `desc` is a valid tuple descriptor that outlives the slice.
+pub unsafe fn attrs<'a>(desc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
+    // SAFETY: by the caller's contract, desc is valid; its natts attributes
+    // are one array starting at attribute 0.
+    unsafe {
+        let natts = usize::try_from((*desc).natts).unwrap_or(0);
+        if natts == 0 {
+            return &[];
+        }
+        #[cfg(feature = "pg18")]
+        let first = pg_sys::TupleDescAttr(desc, 0).cast_const();
+        #[cfg(not(feature = "pg18"))]
+        let first = (*desc).attrs.as_ptr();
+        std::slice::from_raw_parts(first, natts)
+    }
+}
