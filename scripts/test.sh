@@ -10,6 +10,8 @@ bash scripts/setup.sh
 echo "== gates: cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --check
 cargo clippy -q --all-targets -- -D warnings
+echo "== gates: the extension type-checks for PostgreSQL 13, 14, 16 and 17"
+bash scripts/check_versions.sh
 
 echo "== pure crate and CLI: cargo test"
 cargo test -p audit_log_core -p audit_log_cli

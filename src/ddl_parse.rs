@@ -279,19 +279,20 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
     unsafe {
         if node_is(node, T_AlterTableStmt) {
             let s = &*(node as *mut pg_sys::AlterTableStmt);
-            let lockmode = if s.objtype == pg_sys::ObjectType::OBJECT_TYPE {
+            let objtype = crate::pgcompat::alter_table_objtype(s);
+            let lockmode = if objtype == pg_sys::ObjectType::OBJECT_TYPE {
                 pg_sys::NoLock as pg_sys::LOCKMODE
             } else {
                 pg_sys::AlterTableGetLockLevel(s.cmds)
             };
             let resolved = relation_locked(s.relation, lockmode, Check::Owner);
-            if s.objtype != pg_sys::ObjectType::OBJECT_TYPE {
+            if objtype != pg_sys::ObjectType::OBJECT_TYPE {
                 p.primary = Some(resolved);
             }
             let Some(rel) = resolved else {
                 return p;
             };
-            if s.objtype == pg_sys::ObjectType::OBJECT_TYPE {
+            if objtype == pg_sys::ObjectType::OBJECT_TYPE {
                 let rewrites = list::<pg_sys::AlterTableCmd>(s.cmds)
                     .iter()
                     .any(|c| (**c).subtype == pg_sys::AlterTableType::AT_AlterColumnType);
@@ -336,7 +337,7 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                         if node_is(c.def, T_PartitionCmd) =>
                     {
                         let pc = &*(c.def as *mut pg_sys::PartitionCmd);
-                        if pc.concurrent {
+                        if crate::pgcompat::detach_concurrently(pc) {
                             p.actions.push(Action::DetachConcurrently { parent: rel });
                         }
                         let exclusive = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
@@ -349,6 +350,8 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
                             });
                         }
                     }
+                    // DETACH CONCURRENTLY came with PostgreSQL 14.
+                    #[cfg(not(feature = "pg13"))]
                     At::AT_DetachPartitionFinalize => {
                         p.actions.push(Action::DetachConcurrently { parent: rel });
                     }

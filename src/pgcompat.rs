@@ -25,3 +25,23 @@ pub unsafe fn attrs<'a>(desc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_att
         std::slice::from_raw_parts(first, natts)
     }
 }
+
+/// What an ALTER TABLE statement alters (a table, a view, a composite
+/// type…): `objtype` since PostgreSQL 14, `relkind` in 13.
+pub fn alter_table_objtype(s: &pg_sys::AlterTableStmt) -> pg_sys::ObjectType::Type {
+    #[cfg(feature = "pg13")]
+    return s.relkind;
+    #[cfg(not(feature = "pg13"))]
+    return s.objtype;
+}
+
+/// Whether a partition command is DETACH … CONCURRENTLY (PostgreSQL 14 on).
+pub fn detach_concurrently(pc: &pg_sys::PartitionCmd) -> bool {
+    #[cfg(feature = "pg13")]
+    return {
+        let _ = pc;
+        false
+    };
+    #[cfg(not(feature = "pg13"))]
+    return pc.concurrent;
+}
