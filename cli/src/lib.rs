@@ -6,6 +6,7 @@
 
 pub mod export;
 pub mod format;
+pub mod report;
 pub mod sign;
 pub mod verify_file;
 pub mod witness;

@@ -4,11 +4,11 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use audit_log_cli::sign::{self, load_public, load_secret, read_signed, verify_signed};
-use audit_log_cli::{export, verify_file, witness};
+use audit_log_cli::{export, report, verify_file, witness};
 use audit_log_core::Checkpoint;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
@@ -84,6 +84,28 @@ enum Command {
         #[arg(long = "pub", value_name = "PUB")]
         public: PathBuf,
     },
+    /// Write one self-contained HTML report for an auditor: the verdict, a
+    /// timeline, configuration changes, the most active roles, the first bad event.
+    Report {
+        /// Read the log from this database (exported to a temporary file first).
+        #[arg(long, conflicts_with = "files")]
+        dsn: Option<String>,
+        /// Or from these exports: a whole export, then any continuations.
+        #[arg(required_unless_present = "dsn")]
+        files: Vec<PathBuf>,
+        /// The HTML file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also prove the log extends this checkpoint (plain or signed).
+        #[arg(long, value_name = "CP")]
+        checkpoint: Option<PathBuf>,
+        /// The public key that must have signed the checkpoint.
+        #[arg(long = "pub", value_name = "PUB")]
+        public: Option<PathBuf>,
+        /// Worker threads for verification (default: one per CPU).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Prove the log extends the last witnessed checkpoint, then sign and store the new one.
     Witness {
         #[arg(long)]
@@ -108,27 +130,13 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 }
 
 /// A checkpoint file: signed (then `public` must vouch for it) or plain.
-fn load_checkpoint(path: &PathBuf, public: Option<&PathBuf>) -> Result<Checkpoint, (u8, String)> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| (TROUBLE, format!("{}: {e}", path.display())))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| (TROUBLE, format!("{} is not JSON: {e}", path.display())))?;
-    if value.get("format").and_then(Value::as_str) == Some(sign::SIGNED_FORMAT) {
-        let Some(public) = public else {
-            return Err((
-                TROUBLE,
-                format!(
-                    "{} is signed: give the signer's public key with --pub",
-                    path.display()
-                ),
-            ));
-        };
-        let key = load_public(public).map_err(|e| (TROUBLE, e))?;
-        let signed = read_signed(path).map_err(|e| (TROUBLE, e))?;
-        return verify_signed(&signed, &key)
-            .map_err(|e| (TAMPERED, format!("{}: {e}", path.display())));
-    }
-    Checkpoint::parse(&value).map_err(|e| (TROUBLE, format!("{}: {e}", path.display())))
+fn load_checkpoint(path: &Path, public: Option<&Path>) -> Result<Checkpoint, (u8, String)> {
+    sign::load_checkpoint(path, public)
+        .map(|(cp, _)| cp)
+        .map_err(|e| match e {
+            sign::LoadError::Unusable(m) => (TROUBLE, m),
+            sign::LoadError::BadSignature(m) => (TAMPERED, m),
+        })
 }
 
 fn main() -> ExitCode {
@@ -163,7 +171,7 @@ fn main() -> ExitCode {
         } => {
             let cp = match checkpoint
                 .as_ref()
-                .map(|p| load_checkpoint(p, public.as_ref()))
+                .map(|p| load_checkpoint(p, public.as_deref()))
                 .transpose()
             {
                 Ok(cp) => cp,
@@ -256,6 +264,33 @@ fn main() -> ExitCode {
                     ExitCode::from(INTACT)
                 }
                 Err(e) => fail(TAMPERED, format!("{}: {e}", checkpoint.display())),
+            }
+        }
+        Command::Report {
+            dsn,
+            files,
+            out,
+            checkpoint,
+            public,
+            threads,
+        } => {
+            let input = match dsn {
+                Some(dsn) => report::Input::Dsn(dsn),
+                None => report::Input::Files(files),
+            };
+            let threads = threads.unwrap_or_else(witness::threads);
+            match report::run(
+                input,
+                &out,
+                checkpoint.as_deref(),
+                public.as_deref(),
+                threads,
+            ) {
+                Ok((intact, summary)) => {
+                    println!("{summary}");
+                    ExitCode::from(if intact { INTACT } else { TAMPERED })
+                }
+                Err(e) => fail(TROUBLE, e),
             }
         }
         Command::Witness {
