@@ -4,8 +4,9 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-# chromium: the report scenario renders audit-log's HTML report headless.
-for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3 chromium; do
+# chromium: the report scenario renders audit-log's HTML report headless;
+# postgresql-15-pgaudit: the pgaudit scenario runs both side by side.
+for p in postgresql-15 postgresql-server-dev-15 postgresql-15-pgaudit libclang-dev clang sudo python3 chromium; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
