@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::capture;
 use crate::catalog::{self, as_owner};
-use crate::errors::{optional_row, AuditError, OrRaise};
+use crate::errors::{optional_row, AuditError, SqlResult};
 use crate::options::Options;
 
 pub const ROW_TRIGGER: &str = "audit_log_capture_row";
@@ -341,8 +341,8 @@ fn enable(
     notify: Option<bool>,
     history: Option<bool>,
     changed_only: Option<bool>,
-) {
-    let result = (|| {
+) -> SqlResult<()> {
+    {
         let (oid, t) = admin_target(target, "enable auditing")?;
         let opts = Options::build(
             operations,
@@ -364,8 +364,7 @@ fn enable(
             enable_with(child, &describe(child)?, &opts)?;
         }
         Ok(())
-    })();
-    result.or_raise()
+    }
 }
 
 /// The checks enable and disable share: a non-NULL target, an admin caller,
@@ -491,8 +490,8 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.enable_schema(text) IS 'Audit every current and future table of a schema. Tables already audited keep their options. Requires audit_log_admin.';
 "#)]
-fn enable_schema(name: Option<String>) {
-    let result = (|| {
+fn enable_schema(name: Option<String>) -> SqlResult<()> {
+    {
         let name = name.ok_or(AuditError::NullArgument("name"))?;
         require_admin("enable auditing")?;
         let ns = optional_row(Spi::get_one_with_args::<pg_sys::Oid>(
@@ -502,7 +501,7 @@ fn enable_schema(name: Option<String>) {
         .flatten()
         .ok_or_else(|| AuditError::NoSuchSchema(name.clone()))?;
         if name == "audit_log" || name == "information_schema" || name.starts_with("pg_") {
-            return Err(AuditError::SystemTable(format!("schema {name}")));
+            return Err(AuditError::SystemTable(format!("schema {name}")).into());
         }
         let tables = crate::catalog::oids(
             "SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = $1 AND relkind IN ('r', 'p')
@@ -522,9 +521,8 @@ fn enable_schema(name: Option<String>) {
         if added {
             capture::record_config(&name, "", "ENABLE_SCHEMA", json!({"schema": name}))?;
         }
-        tables.into_iter().try_for_each(enable_default)
-    })();
-    result.or_raise()
+        Ok(tables.into_iter().try_for_each(enable_default)?)
+    }
 }
 
 /// Add a schema to, or remove it from, the audited list (as the owner);
@@ -547,8 +545,8 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.disable_schema(text) IS 'Stop auditing tables created later in a schema; its tables stay audited until audit_log.disable(). Requires audit_log_admin.';
 "#)]
-fn disable_schema(name: Option<String>) {
-    let result = (|| {
+fn disable_schema(name: Option<String>) -> SqlResult<()> {
+    {
         let name = name.ok_or(AuditError::NullArgument("name"))?;
         require_admin("disable auditing")?;
         let removed = change_schema_list(
@@ -556,13 +554,12 @@ fn disable_schema(name: Option<String>) {
             &name,
         )?;
         if removed {
-            capture::record_config(&name, "", "DISABLE_SCHEMA", json!({"schema": name}))
+            capture::record_config(&name, "", "DISABLE_SCHEMA", json!({"schema": name}))?;
         } else {
             pgrx::notice!("schema {name} was not given to audit_log.enable_schema()");
-            Ok(())
         }
-    })();
-    result.or_raise()
+        Ok(())
+    }
 }
 
 /// What a redacted column holds for `value`: to show that a recorded change
@@ -576,24 +573,24 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.redacted(jsonb) IS 'The salted SHA-256 that a redacted column records for this value. Superusers only: it would let anyone who reads events test guesses of a redacted value.';
 "#)]
-fn redacted(value: Option<&[u8]>) -> Option<String> {
-    let result = (|| {
+fn redacted(value: Option<&[u8]>) -> SqlResult<Option<String>> {
+    {
         // SAFETY: a catalog check on the current user.
         if !unsafe { pg_sys::superuser() } {
             return Err(AuditError::NotSuperuser {
                 action: "compute redacted values".into(),
                 why: "it would let a role that reads events test guesses of a redacted value",
-            });
+            }
+            .into());
         }
         // The binary jsonb after its header, encoded without building a tree.
         let v = value.ok_or(AuditError::NullArgument("value"))?;
         let encoded = crate::jsonb::encode_payload(v);
-        Ok(crate::options::redact(
+        Ok(Some(crate::options::redact(
             &crate::options::redaction_salt()?,
             &encoded,
-        ))
-    })();
-    Some(result.or_raise())
+        )))
+    }
 }
 
 /// Stop auditing a table. Its recorded events stay.
@@ -604,16 +601,13 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.disable(regclass) IS 'Stop auditing a table; its history stays and the change is itself recorded. Requires audit_log_admin.';
 "#)]
-fn disable(target: Option<pg_sys::Oid>) {
-    disable_impl(target).or_raise()
-}
-
-fn disable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
+fn disable(target: Option<pg_sys::Oid>) -> SqlResult<()> {
     let (oid, t) = admin_target(target, "disable auditing")?;
     let any = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname IN ($2, $3))",
         &[oid.into(), ROW_TRIGGER.into(), STMT_TRIGGER.into()],
-    )?
+    )
+    .map_err(AuditError::from)?
     .unwrap_or(false);
     if !any {
         pgrx::notice!("table {} is not audited", t.qualified);
@@ -637,7 +631,8 @@ fn disable_impl(target: Option<pg_sys::Oid>) -> Result<(), AuditError> {
             &[oid.into()],
         )?;
         Ok(())
-    })
+    })?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- verify
@@ -704,16 +699,20 @@ fn verdict_row(v: Verdict, checkpoint: bool) -> TableIterator<'static, VerifyRow
 /// Recompute every event hash and link; report the first bad event.
 #[pg_extern(name = "verify", volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn verify_all() -> TableIterator<
-    'static,
-    (
-        name!(ok, bool),
-        name!(events_checked, i64),
-        name!(first_bad_event, Option<i64>),
-        name!(problem, Option<String>),
-    ),
+// The SQL signature, spelled out for pgrx.
+#[allow(clippy::type_complexity)]
+fn verify_all() -> SqlResult<
+    TableIterator<
+        'static,
+        (
+            name!(ok, bool),
+            name!(events_checked, i64),
+            name!(first_bad_event, Option<i64>),
+            name!(problem, Option<String>),
+        ),
+    >,
 > {
-    verdict_row(run_verify(None).or_raise(), false)
+    Ok(verdict_row(run_verify(None)?, false))
 }
 
 /// As verify(), and also prove that the log extends `checkpoint`. The
@@ -727,37 +726,36 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.verify(jsonb) IS 'As verify(), and also prove that the log extends a checkpoint returned earlier by audit_log.checkpoint(). Requires audit_log_auditor.';
 "#)]
+// The SQL signature, spelled out for pgrx.
+#[allow(clippy::type_complexity)]
 fn verify_against(
     checkpoint: Option<&[u8]>,
-) -> TableIterator<
-    'static,
-    (
-        name!(ok, bool),
-        name!(events_checked, i64),
-        name!(first_bad_event, Option<i64>),
-        name!(problem, Option<String>),
-    ),
+) -> SqlResult<
+    TableIterator<
+        'static,
+        (
+            name!(ok, bool),
+            name!(events_checked, i64),
+            name!(first_bad_event, Option<i64>),
+            name!(problem, Option<String>),
+        ),
+    >,
 > {
-    let result = (|| {
+    {
         let payload = checkpoint.ok_or(AuditError::NullArgument("checkpoint"))?;
         let text = crate::jsonb::payload_to_text(payload);
         // serde_json refuses nesting past 128 levels; a checkpoint has 3.
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| AuditError::BadCheckpoint(e.to_string()))?;
         let cp = Checkpoint::parse(&value).map_err(|e| AuditError::BadCheckpoint(e.to_string()))?;
-        run_verify(Some(&cp))
-    })();
-    verdict_row(result.or_raise(), true)
+        Ok(verdict_row(run_verify(Some(&cp))?, true))
+    }
 }
 
 /// Every chain head, to be kept outside the database.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn checkpoint() -> JsonB {
-    checkpoint_impl().or_raise()
-}
-
-fn checkpoint_impl() -> Result<JsonB, AuditError> {
+fn checkpoint() -> SqlResult<JsonB> {
     // Committed prepared transactions join the chains first, so that the
     // checkpoint covers them; not on a standby or in a read-only transaction.
     // SAFETY: plain reads of transaction state.

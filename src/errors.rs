@@ -186,18 +186,34 @@ impl AuditError {
         }
     }
 
-    /// Raise as a PostgreSQL ERROR. Does not return.
+    /// Raise as a PostgreSQL ERROR, from code PostgreSQL calls directly (a
+    /// trigger, an event trigger, a transaction callback) rather than
+    /// through a SQL function's wrapper. Does not return.
     pub fn raise(self) -> ! {
-        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "audit_log");
-        if let Some(h) = self.hint() {
-            report = report.set_hint(h);
-        }
-        report.report(PgLogLevel::ERROR);
+        ErrorReport::from(self).report(PgLogLevel::ERROR);
         unreachable!("ereport(ERROR) returned")
     }
 }
 
-/// Unwrap an audit_log result, raising the error as a PostgreSQL ERROR.
+/// The one conversion of an audit_log error into PostgreSQL's error report:
+/// its message, SQLSTATE and hint. SQL functions return
+/// `Result<T, ErrorReport>` (`SqlResult`), and pgrx raises the report.
+impl From<AuditError> for ErrorReport {
+    fn from(e: AuditError) -> ErrorReport {
+        let report = ErrorReport::new(e.sqlstate(), e.to_string(), "audit_log");
+        match e.hint() {
+            Some(h) => report.set_hint(h),
+            None => report,
+        }
+    }
+}
+
+/// What a SQL function returns: its value, or an error that pgrx raises
+/// with audit_log's SQLSTATE.
+pub type SqlResult<T> = Result<T, ErrorReport>;
+
+/// Unwrap an audit_log result, raising the error as a PostgreSQL ERROR
+/// (for the callbacks `AuditError::raise` is for).
 pub trait OrRaise<T> {
     fn or_raise(self) -> T;
 }

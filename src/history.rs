@@ -7,7 +7,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::capture::primary_key_names;
-use crate::errors::{AuditError, OrRaise};
+use crate::errors::{AuditError, SqlResult};
 
 /// The row_key that capture stores for a row of `target` with this key, or
 /// NULL when the key's members are not exactly the primary key's columns
@@ -19,16 +19,10 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.row_key_of(regclass, jsonb) IS 'The events.row_key that audit_log.history() looks a row up by; NULL if the key is not the table''s primary key.';
 "#)]
-fn row_key_of(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> Option<i64> {
-    row_key_impl(target, key).or_raise()
-}
-
+///
 /// `key` is the jsonb's binary form (the bytes after its varlena header),
 /// read by the same `key_text` that capture uses, so the two always agree.
-fn row_key_impl(
-    target: Option<pg_sys::Oid>,
-    key: Option<&[u8]>,
-) -> Result<Option<i64>, AuditError> {
+fn row_key_of(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> SqlResult<Option<i64>> {
     use audit_log_core::jsonb::{key_text, object_len, row_key_hash};
     let target = target.ok_or(AuditError::NullArgument("target"))?;
     let key = key.ok_or(AuditError::NullArgument("key"))?;
@@ -37,7 +31,7 @@ fn row_key_impl(
     let (names, schema, table) = unsafe {
         let rel = pg_sys::try_relation_open(target, pg_sys::AccessShareLock as i32);
         if rel.is_null() {
-            return Err(AuditError::NoSuchRelation(target.to_u32()));
+            return Err(AuditError::NoSuchRelation(target.to_u32()).into());
         }
         let names = primary_key_names(rel);
         let (schema, table) = crate::capture::relation_names(rel);

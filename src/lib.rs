@@ -8,6 +8,10 @@
 
 // Every unsafe block says why it is sound (a `// SAFETY:` comment above it).
 #![deny(clippy::undocumented_unsafe_blocks)]
+// SQL functions return Result<T, ErrorReport> (errors::SqlResult): pgrx
+// raises an ErrorReport with its own SQLSTATE, and no other error type.
+// It is large, and returned once per call.
+#![allow(clippy::result_large_err)]
 
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry};

@@ -12,7 +12,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::catalog::{self, Oids};
-use crate::errors::{AuditError, OrRaise};
+use crate::errors::{AuditError, SqlResult};
 use crate::scan::{Ordered, Row, SnapshotGuard};
 use crate::store::{records, segments};
 
@@ -221,11 +221,10 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.canonical_json_text(bytea) IS 'A JSON value in the canonical encoding of docs/FORMAT.md, as JSON text.';
 "#)]
-fn canonical_json_text(encoded: &[u8]) -> String {
-    audit_log_core::encoding::decode::Reader::new(encoded)
+fn canonical_json_text(encoded: &[u8]) -> SqlResult<String> {
+    Ok(audit_log_core::encoding::decode::Reader::new(encoded)
         .json_text()
-        .map_err(|e| AuditError::Invalid(format!("not a canonical JSON value: {e}")))
-        .or_raise()
+        .map_err(|e| AuditError::Invalid(format!("not a canonical JSON value: {e}")))?)
 }
 
 /// The events of one record, as rows: the `audit_log.events` view.
@@ -245,29 +244,31 @@ fn record_events(
     first_event: i64,
     segments: i32,
     payload: &[u8],
-) -> TableIterator<
-    'static,
-    (
-        name!(id, i64),
-        name!(tx_id, i64),
-        name!(tx_seq, i32),
-        name!(recorded_at, TimestampWithTimeZone),
-        name!(statement_at, TimestampWithTimeZone),
-        name!(session_user_name, String),
-        name!(current_user_name, String),
-        name!(application_name, Option<String>),
-        name!(client_addr, Option<String>),
-        name!(context, Option<Vec<u8>>),
-        name!(table_schema, String),
-        name!(table_name, String),
-        name!(op, String),
-        name!(old_row, Option<Vec<u8>>),
-        name!(new_row, Option<Vec<u8>>),
-        name!(prev_hash, Vec<u8>),
-        name!(hash, Vec<u8>),
-    ),
+) -> SqlResult<
+    TableIterator<
+        'static,
+        (
+            name!(id, i64),
+            name!(tx_id, i64),
+            name!(tx_seq, i32),
+            name!(recorded_at, TimestampWithTimeZone),
+            name!(statement_at, TimestampWithTimeZone),
+            name!(session_user_name, String),
+            name!(current_user_name, String),
+            name!(application_name, Option<String>),
+            name!(client_addr, Option<String>),
+            name!(context, Option<Vec<u8>>),
+            name!(table_schema, String),
+            name!(table_name, String),
+            name!(op, String),
+            name!(old_row, Option<Vec<u8>>),
+            name!(new_row, Option<Vec<u8>>),
+            name!(prev_hash, Vec<u8>),
+            name!(hash, Vec<u8>),
+        ),
+    >,
 > {
-    let result = (|| -> Result<Vec<_>, AuditError> {
+    {
         let parts = transaction_parts(first_event, segments)?;
         let mut rows = Vec::new();
         for ev in record::decoded(parts.iter().map(Vec::as_slice), payload, first_event) {
@@ -298,9 +299,8 @@ fn record_events(
                 ev.hash.to_vec(),
             ));
         }
-        Ok(rows)
-    })();
-    TableIterator::new(result.or_raise())
+        Ok(TableIterator::new(rows))
+    }
 }
 
 /// The hash of a record's last event: the `last_event_hash` of format v1's
@@ -313,15 +313,12 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.record_last_hash(bigint, integer, bytea) IS 'The recomputed hash of the last event of one record of audit_log.records: what its link covers.';
 "#)]
-fn record_last_hash(first_event: i64, segments: i32, payload: &[u8]) -> Vec<u8> {
-    let result = (|| -> Result<Vec<u8>, AuditError> {
-        let parts = transaction_parts(first_event, segments)?;
-        let mut h = ZERO_HASH;
-        let all: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-        for e in record::merged(all, payload).flatten() {
-            h = audit_log_core::hash::event_hash_from_encoding(&h, e);
-        }
-        Ok(h.to_vec())
-    })();
-    result.or_raise()
+fn record_last_hash(first_event: i64, segments: i32, payload: &[u8]) -> SqlResult<Vec<u8>> {
+    let parts = transaction_parts(first_event, segments)?;
+    let mut h = ZERO_HASH;
+    let all: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    for e in record::merged(all, payload).flatten() {
+        h = audit_log_core::hash::event_hash_from_encoding(&h, e);
+    }
+    Ok(h.to_vec())
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::api::{internal_ddl, require_admin};
 use crate::capture;
 use crate::catalog::{self, Oids};
-use crate::errors::{optional_row, AuditError, OrRaise};
+use crate::errors::{optional_row, AuditError, SqlResult};
 
 /// Set the minimum age of what purge() may remove.
 #[pg_extern(sql = r#"
@@ -26,9 +26,9 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.set_retention(interval) IS 'Minimum age of events that audit_log.purge() may remove. Raised by audit_log_admin; lowered only by a superuser. Recorded as an event.';
 "#)]
-fn set_retention(min_age: Option<pgrx::datum::Interval>) {
+fn set_retention(min_age: Option<pgrx::datum::Interval>) -> SqlResult<()> {
     // Cutoffs are computed in UTC, whatever the session's TimeZone.
-    crate::catalog::pinned(|| set_retention_impl(min_age)).or_raise()
+    Ok(crate::catalog::pinned(|| set_retention_impl(min_age))?)
 }
 
 /// The longest retention accepted. Longer ones are typos, and push the
@@ -131,8 +131,10 @@ COMMENT ON FUNCTION audit_log.purge(timestamptz) IS 'Remove whole transactions c
 "#)]
 fn purge(
     older_than: Option<pgrx::datum::TimestampWithTimeZone>,
-) -> TableIterator<'static, (name!(transactions, i64), name!(events, i64))> {
-    TableIterator::once(crate::catalog::pinned(|| purge_impl(older_than)).or_raise())
+) -> SqlResult<TableIterator<'static, (name!(transactions, i64), name!(events, i64))>> {
+    Ok(TableIterator::once(crate::catalog::pinned(|| {
+        purge_impl(older_than)
+    })?))
 }
 
 fn purge_impl(
