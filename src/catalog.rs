@@ -91,6 +91,17 @@ pub fn role_oid(name: &CStr) -> Option<pg_sys::Oid> {
     (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
+/// Refuse a caller that does not hold audit_log_admin (or is not a superuser).
+pub fn require_admin(action: &str) -> Result<(), AuditError> {
+    if current_user_has(c"audit_log_admin") {
+        Ok(())
+    } else {
+        Err(AuditError::NotAdmin {
+            action: action.to_string(),
+        })
+    }
+}
+
 /// Superuser, or a member (with inherited privileges) of `role`.
 pub fn current_user_has(role: &CStr) -> bool {
     // SAFETY: plain catalog checks on the current user.

@@ -9,11 +9,11 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::json;
 
-use crate::api::{internal_ddl, ROW_TRIGGER, STMT_TRIGGER};
 use crate::capture;
 use crate::ddl_effects::superuser;
 use crate::errors::AuditError;
 use crate::relstate;
+use crate::triggers::{internal_ddl, ROW_TRIGGER, STMT_TRIGGER};
 
 /// sql_drop: what the command dropped.
 pub(crate) fn on_drop(tag: &str) -> Result<(), AuditError> {

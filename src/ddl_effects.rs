@@ -7,11 +7,11 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::json;
 
-use crate::api::{self, internal_ddl, ROW_TRIGGER, STMT_TRIGGER};
 use crate::capture;
 use crate::errors::AuditError;
 use crate::options::Options;
 use crate::relstate::{self, RelState};
+use crate::triggers::{self, internal_ddl, ROW_TRIGGER, STMT_TRIGGER};
 
 pub(crate) fn superuser() -> bool {
     // SAFETY: a catalog check on the current user.
@@ -25,7 +25,7 @@ pub(crate) fn record_ddl(st: &RelState, details: serde_json::Value) -> Result<()
 
 /// The options of an audited relation's row trigger (its parent's, for a partition).
 pub(crate) fn options_of(st: &RelState) -> Result<Options, AuditError> {
-    Ok(api::trigger_options(&st.quoted())?.unwrap_or_default())
+    Ok(triggers::trigger_options(&st.quoted())?.unwrap_or_default())
 }
 
 /// The type and modifier of a column now.
@@ -115,7 +115,7 @@ pub(crate) fn follow_renamed_columns(
     next.exclude_columns = follow(&opts.exclude_columns);
     next.redact_columns = follow(&opts.redact_columns);
     if next != opts {
-        api::change_options(oid, &next)?;
+        triggers::change_options(oid, &next)?;
     }
     Ok(())
 }
@@ -194,7 +194,7 @@ pub(crate) fn detached(
         return Ok(());
     }
     let opts = options_of(&p)?;
-    api::enable_detached(child, &c, &opts)?;
+    triggers::enable_detached(child, &c, &opts)?;
     record_ddl(
         &c,
         json!({"command": tag, "table": c.quoted(), "detached_from": p.quoted(),

@@ -29,7 +29,6 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::json;
 
-use crate::api;
 use crate::capture;
 use crate::ddl_effects::{
     attach_prepare, attached, column_type, detached, follow_renamed_columns, in_audited_schema,
@@ -40,6 +39,7 @@ use crate::ddl_parse::{self, Action, Plan};
 use crate::errors::{AuditError, OrRaise};
 use crate::fmgr::c_function;
 use crate::relstate::{self, RelState};
+use crate::triggers;
 
 /// What ddl_command_start saw, for its ddl_command_end.
 struct Start {
@@ -439,7 +439,7 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
             Action::SchemaRename { old, new } => schema_renamed(tag, old, new)?,
             Action::Attach { parent, child } => attached(tag, *parent, *child)?,
             Action::Detach { parent, child } => detached(tag, *parent, *child)?,
-            Action::Move(rel) if in_audited_schema(*rel)? => api::enable_default(*rel)?,
+            Action::Move(rel) if in_audited_schema(*rel)? => triggers::enable_default(*rel)?,
             _ => {}
         }
     }
@@ -473,7 +473,7 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
         if let Some(st) = relstate::rel_state(oid) {
             if st.is_partition && st.row.is_some_and(|t| t.clone && t.ours) && !st.fully_audited() {
                 refuse_unlogged(&st, "a partition of an audited table")?;
-                api::complete_partition(&st)?;
+                triggers::complete_partition(&st)?;
             }
         }
     }
@@ -511,14 +511,14 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
                 )?;
                 let opts = options_of(&parent)?;
                 if st.kind == b'f' {
-                    api::enable_detached(oid, &st, &opts)?;
+                    triggers::enable_detached(oid, &st, &opts)?;
                     record_ddl(
                         &st,
                         json!({"command": tag, "table": st.quoted(), "inherits": parent.quoted(),
                                "audited": true, "options": opts.to_value()}),
                     )?;
                 } else {
-                    api::enable_inherited(oid, &opts, &parent.quoted())?;
+                    triggers::enable_inherited(oid, &opts, &parent.quoted())?;
                 }
             }
         }
@@ -531,7 +531,7 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
         for &rel in &done.relations {
             let oid = pg_sys::Oid::from(rel);
             if in_audited_schema(oid)? {
-                api::enable_default(oid)?;
+                triggers::enable_default(oid)?;
             }
         }
     }
@@ -610,7 +610,7 @@ fn run_event_trigger(
     let Some(data) = (unsafe { event_trigger_data(fcinfo) }) else {
         AuditError::Internal("this function can only be called as an event trigger".into()).raise();
     };
-    if !api::internal_ddl_active() {
+    if !triggers::internal_ddl_active() {
         judge(data).or_raise();
     }
     pg_sys::Datum::from(0)

@@ -1,9 +1,11 @@
 //! audit_log: tamper-evident, hash-chained audit trails for PostgreSQL.
 //!
 //! Data flow: `capture` (row and statement triggers) hashes each change into
-//! the transaction's own chain (`txstate`); `store` writes events; at
-//! pre-commit `chain` links the transaction into one of K chains; `api`
-//! offers enable/disable/verify/checkpoint; `ddl_guard` keeps auditing on.
+//! the transaction's own chain (`txstate`); at pre-commit `chain` links the
+//! transaction into one of K chains and `store` writes its record. The SQL
+//! API: `api` (enable, disable and the schema functions, acting on tables
+//! through `triggers`), `proof` (verify, checkpoint), `history`,
+//! `retention`; `records` reads the log back. `ddl_guard` keeps auditing on.
 //! The encoding and verification live in the pure crate `audit_log_core`.
 
 // Every unsafe block says why it is sound (a `// SAFETY:` comment above it).
@@ -30,11 +32,13 @@ mod history;
 mod jsonb;
 mod options;
 mod pgcompat;
+mod proof;
 mod records;
 mod relstate;
 mod retention;
 mod scan;
 mod store;
+mod triggers;
 mod txstate;
 
 #[cfg(any(test, feature = "pg_test"))]

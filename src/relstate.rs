@@ -8,7 +8,7 @@ use std::ffi::CStr;
 
 use pgrx::pg_sys;
 
-use crate::api::{ROW_TRIGGER, STMT_TRIGGER};
+use crate::triggers::{ROW_TRIGGER, STMT_TRIGGER};
 
 /// One of audit_log's capture triggers on a relation, found by its name.
 #[derive(Clone, Copy, Debug, PartialEq)]

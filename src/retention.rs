@@ -13,10 +13,11 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::json;
 
-use crate::api::{internal_ddl, require_admin};
 use crate::capture;
+use crate::catalog::require_admin;
 use crate::catalog::{self, Oids};
 use crate::errors::{optional_row, AuditError, SqlResult};
+use crate::triggers::internal_ddl;
 
 /// Set the minimum age of what purge() may remove.
 #[pg_extern(sql = r#"

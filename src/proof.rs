@@ -1,0 +1,174 @@
+//! The SQL API of proof: verify(), verify(checkpoint) and checkpoint(), and
+//! the alert a failed verification raises. The verification itself is in
+//! `records` (reading) and the core crate (checking).
+
+use audit_log_core::model::{ChainHead, Checkpoint, CHECKPOINT_FORMAT};
+use audit_log_core::time::{format_rfc3339, from_pg_timestamp};
+use audit_log_core::verify::Verdict;
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB};
+use serde_json::json;
+
+use crate::catalog;
+use crate::errors::{AuditError, SqlResult};
+use crate::records::{hash_of, run_verify};
+
+type VerifyRow = (bool, i64, Option<i64>, Option<String>);
+
+/// The channel that hears about failed verifications.
+pub const ALERT_CHANNEL: &str = "audit_log_alert";
+
+/// A failed verification is also a WARNING, and a notification on
+/// `audit_log_alert` (sent at commit, as NOTIFY is; not on a standby, where
+/// there is no NOTIFY), so that monitoring can hook in.
+fn alert(v: &Verdict, problem: &str, checkpoint: bool) {
+    pgrx::warning!("audit_log.verify() failed: {problem}");
+    // SAFETY: a read of recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let mut payload = json!({
+        "database": catalog::database_name(),
+        "first_bad_event": v.first().and_then(|p| p.event_id),
+        "kind": v.first().map(|p| p.kind.as_str()),
+        "problems": v.problem_count,
+        "against_checkpoint": checkpoint,
+        "problem": problem,
+    });
+    // NOTIFY payloads must stay under 8000 bytes.
+    let mut text = payload.to_string();
+    if text.len() > 7000 {
+        payload["problem"] = json!(problem.chars().take(1000).collect::<String>());
+        text = payload.to_string();
+    }
+    // SAFETY: pg_notify(text, text) with two non-null text datums.
+    unsafe {
+        pgrx::direct_function_call_as_datum(
+            pg_sys::pg_notify,
+            &[ALERT_CHANNEL.into_datum(), text.as_str().into_datum()],
+        );
+    }
+}
+
+fn verdict_row(v: Verdict, checkpoint: bool) -> TableIterator<'static, VerifyRow> {
+    let first = v.first().cloned();
+    let problem = first.as_ref().map(|p| {
+        if v.problem_count > 1 {
+            format!("{p} (and {} more problem(s))", v.problem_count - 1)
+        } else {
+            p.to_string()
+        }
+    });
+    if let Some(p) = &problem {
+        alert(&v, p, checkpoint);
+    }
+    TableIterator::once((
+        v.ok(),
+        v.events_checked,
+        first.and_then(|p| p.event_id),
+        problem,
+    ))
+}
+
+/// Recompute every event hash and link; report the first bad event.
+#[pg_extern(name = "verify", volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+// The SQL signature, spelled out for pgrx.
+#[allow(clippy::type_complexity)]
+fn verify_all() -> SqlResult<
+    TableIterator<
+        'static,
+        (
+            name!(ok, bool),
+            name!(events_checked, i64),
+            name!(first_bad_event, Option<i64>),
+            name!(problem, Option<String>),
+        ),
+    >,
+> {
+    Ok(verdict_row(run_verify(None)?, false))
+}
+
+/// As verify(), and also prove that the log extends `checkpoint`. The
+/// checkpoint arrives as binary jsonb and is read through its text, so a
+/// hostile value (any depth, any size) gets a clear error, not a panic.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."verify"("checkpoint" jsonb)
+RETURNS TABLE ("ok" boolean, "events_checked" bigint, "first_bad_event" bigint, "problem" text)
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.verify(jsonb) IS 'As verify(), and also prove that the log extends a checkpoint returned earlier by audit_log.checkpoint(). Requires audit_log_auditor.';
+"#)]
+// The SQL signature, spelled out for pgrx.
+#[allow(clippy::type_complexity)]
+fn verify_against(
+    checkpoint: Option<&[u8]>,
+) -> SqlResult<
+    TableIterator<
+        'static,
+        (
+            name!(ok, bool),
+            name!(events_checked, i64),
+            name!(first_bad_event, Option<i64>),
+            name!(problem, Option<String>),
+        ),
+    >,
+> {
+    {
+        let payload = checkpoint.ok_or(AuditError::NullArgument("checkpoint"))?;
+        let text = crate::jsonb::payload_to_text(payload);
+        // serde_json refuses nesting past 128 levels; a checkpoint has 3.
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| AuditError::BadCheckpoint(e.to_string()))?;
+        let cp = Checkpoint::parse(&value).map_err(|e| AuditError::BadCheckpoint(e.to_string()))?;
+        Ok(verdict_row(run_verify(Some(&cp))?, true))
+    }
+}
+
+/// Every chain head, to be kept outside the database.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn checkpoint() -> SqlResult<JsonB> {
+    // Committed prepared transactions join the chains first, so that the
+    // checkpoint covers them; not on a standby or in a read-only transaction.
+    // SAFETY: plain reads of transaction state.
+    if unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly } {
+        crate::chain::link_prepared(&catalog::lookup()?)?;
+    }
+    let chains = Spi::connect(|c| -> Result<Vec<ChainHead>, AuditError> {
+        let t = c.select(
+            "SELECT DISTINCT ON (chain_id) chain_id, seq, link_hash, last_event
+               FROM audit_log.records ORDER BY chain_id, seq DESC",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.push(ChainHead {
+                chain: r.get::<i32>(1)?.unwrap_or(-1),
+                seq: r.get::<i64>(2)?.unwrap_or(0),
+                link_hash: hash_of(r.get(3)?),
+                last_event: r.get::<i64>(4)?.unwrap_or(0),
+            });
+        }
+        Ok(out)
+    })?;
+    // SAFETY: plain reads of cluster identity and the clock.
+    let (database, sysid, now) = unsafe {
+        (
+            catalog::database_name(),
+            pg_sys::GetSystemIdentifier(),
+            pg_sys::GetCurrentTimestamp(),
+        )
+    };
+    let cp = Checkpoint {
+        format: CHECKPOINT_FORMAT.into(),
+        database: Some(database),
+        system_identifier: Some(sysid.to_string()),
+        taken_at: Some(format_rfc3339(from_pg_timestamp(now))),
+        chains,
+    };
+    let value = serde_json::to_value(&cp).map_err(|e| AuditError::Internal(e.to_string()))?;
+    Ok(JsonB(value))
+}
