@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::errors::{AuditError, OrRaise};
 use crate::fmgr::c_function;
 use crate::jsonb;
-use crate::options;
+use crate::options::{self, Op};
 use crate::txstate::{self, Pending};
 
 /// A jsonb value as hashed and stored (its canonical encoding, read from
@@ -386,9 +386,9 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         ));
     }
     let op = match ev & pg_sys::TRIGGER_EVENT_OPMASK {
-        pg_sys::TRIGGER_EVENT_INSERT => "INSERT",
-        pg_sys::TRIGGER_EVENT_UPDATE => "UPDATE",
-        pg_sys::TRIGGER_EVENT_DELETE => "DELETE",
+        pg_sys::TRIGGER_EVENT_INSERT => Op::Insert,
+        pg_sys::TRIGGER_EVENT_UPDATE => Op::Update,
+        pg_sys::TRIGGER_EVENT_DELETE => Op::Delete,
         _ => {
             return Err(AuditError::Internal(
                 "capture_row fired for an unexpected event".into(),
@@ -403,10 +403,10 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
     unsafe {
         let rel = td.tg_relation;
         let desc = (*rel).rd_att;
-        let old = (op != "INSERT").then(|| row_to_jsonb(td.tg_trigtuple, desc));
+        let old = (op != Op::Insert).then(|| row_to_jsonb(td.tg_trigtuple, desc));
         let new = match op {
-            "INSERT" => Some(row_to_jsonb(td.tg_trigtuple, desc)),
-            "UPDATE" => Some(row_to_jsonb(td.tg_newtuple, desc)),
+            Op::Insert => Some(row_to_jsonb(td.tg_trigtuple, desc)),
+            Op::Update => Some(row_to_jsonb(td.tg_newtuple, desc)),
             _ => None,
         };
         // Options work on the datums with PostgreSQL's own jsonb functions,
@@ -420,7 +420,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             .transpose()?
             .map(|d| json_from_datum(d, opts.history));
         if opts.skip_unchanged_updates
-            && op == "UPDATE"
+            && op == Op::Update
             && old.as_ref().map(|j| &j.encoded) == new.as_ref().map(|j| &j.encoded)
         {
             // Only excluded columns changed (or nothing did).
@@ -444,7 +444,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         // changed_only: the old row keeps what the UPDATE changed (its key
         // was taken above, from the whole row).
         let old = match (old, &new) {
-            (Some(mut o), Some(n)) if opts.changed_only && op == "UPDATE" => {
+            (Some(mut o), Some(n)) if opts.changed_only && op == Op::Update => {
                 if let Some(c) =
                     audit_log_core::encoding::decode::changed_members(&o.encoded, &n.encoded)
                 {
@@ -455,9 +455,9 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             (o, _) => o,
         };
         let channel = opts.notify.then(|| opts.channel_for(&schema, &name));
-        let id = record(schema.clone(), name.clone(), op, old, new, row_key)?;
+        let id = record(schema.clone(), name.clone(), op.as_str(), old, new, row_key)?;
         if let Some(channel) = channel {
-            notify(&channel, id, op, &schema, &name);
+            notify(&channel, id, op.as_str(), &schema, &name);
         }
         Ok(())
     }
@@ -559,18 +559,13 @@ fn capture_stmt_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
     let td = trigger_data(trigger);
     if td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_TRUNCATE {
         let opts = options::of_trigger(td)?;
-        if opts.records("TRUNCATE") {
+        if opts.records(Op::Truncate) {
             // SAFETY: the trigger manager hands us a valid relation.
             let (schema, name) = unsafe { relation_names(td.tg_relation) };
-            let id = record(schema.clone(), name.clone(), "TRUNCATE", None, None, None)?;
+            let op = Op::Truncate.as_str();
+            let id = record(schema.clone(), name.clone(), op, None, None, None)?;
             if opts.notify {
-                notify(
-                    &opts.channel_for(&schema, &name),
-                    id,
-                    "TRUNCATE",
-                    &schema,
-                    &name,
-                );
+                notify(&opts.channel_for(&schema, &name), id, op, &schema, &name);
             }
         }
     }

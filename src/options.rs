@@ -17,14 +17,44 @@ use sha2::{Digest, Sha256};
 
 use crate::errors::AuditError;
 
-pub const OPERATIONS: [&str; 4] = ["INSERT", "UPDATE", "DELETE", "TRUNCATE"];
+/// A row operation that capture records (the `operations` option chooses
+/// among them). Spelled in upper case in options, trigger arguments and
+/// events, as SQL spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Op {
+    pub const ALL: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+            Op::Truncate => "TRUNCATE",
+        }
+    }
+
+    /// An operation's name, in any case.
+    pub fn parse(name: &str) -> Option<Op> {
+        Op::ALL
+            .into_iter()
+            .find(|o| o.as_str().eq_ignore_ascii_case(name))
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
     /// None: every operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub operations: Option<Vec<String>>,
+    pub operations: Option<Vec<Op>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_columns: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -61,10 +91,8 @@ impl Options {
         *self == Options::default()
     }
 
-    pub fn records(&self, op: &str) -> bool {
-        self.operations
-            .as_ref()
-            .is_none_or(|ops| ops.iter().any(|o| o == op))
+    pub fn records(&self, op: Op) -> bool {
+        self.operations.as_ref().is_none_or(|ops| ops.contains(&op))
     }
 
     fn transforms(&self) -> bool {
@@ -121,23 +149,25 @@ impl Options {
         let operations = match operations {
             None => None,
             Some(ops) => {
-                let mut ops: Vec<String> = list("operations", Some(ops))?
-                    .into_iter()
-                    .map(|o| o.to_ascii_uppercase())
-                    .collect();
-                if let Some(bad) = ops.iter().find(|o| !OPERATIONS.contains(&o.as_str())) {
-                    return Err(AuditError::BadOption(format!(
-                        "unknown operation \"{bad}\"; choose from INSERT, UPDATE, DELETE, TRUNCATE"
-                    )));
+                let names = list("operations", Some(ops))?;
+                let mut ops = Vec::with_capacity(names.len());
+                for name in names {
+                    let Some(op) = Op::parse(&name) else {
+                        return Err(AuditError::BadOption(format!(
+                            "unknown operation \"{}\"; choose from INSERT, UPDATE, DELETE, TRUNCATE",
+                            name.to_ascii_uppercase()
+                        )));
+                    };
+                    ops.push(op);
                 }
                 if ops.is_empty() {
                     return Err(AuditError::BadOption(
                         "operations is empty: to stop auditing, call audit_log.disable()".into(),
                     ));
                 }
-                ops.sort_by_key(|o| OPERATIONS.iter().position(|k| k == o));
+                ops.sort();
                 ops.dedup();
-                (ops.len() < OPERATIONS.len()).then_some(ops)
+                (ops.len() < Op::ALL.len()).then_some(ops)
             }
         };
         let exclude_columns = list("exclude_columns", exclude)?;
