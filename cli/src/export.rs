@@ -152,7 +152,7 @@ pub fn export(
     since: Option<&Path>,
     out: Option<&Path>,
     format: Format,
-) -> Result<Summary, String> {
+) -> Result<Summary, crate::error::Error> {
     let started = Instant::now();
     let continued = since.map(previous_heads).transpose()?;
     let mut client = connect(dsn)?;

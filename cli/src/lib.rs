@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod error;
 pub mod export;
 pub mod format;
 pub mod report;

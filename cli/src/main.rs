@@ -4,12 +4,12 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use audit_log_cli::error::Error;
 use audit_log_cli::sign::{self, load_public, load_secret, read_signed, verify_signed};
 use audit_log_cli::{export, report, verify_file, witness};
-use audit_log_core::Checkpoint;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
@@ -122,26 +122,21 @@ enum Command {
 
 const INTACT: u8 = 0;
 const TAMPERED: u8 = 1;
-const TROUBLE: u8 = 2;
-
-fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("audit-log: {message}");
-    ExitCode::from(code)
-}
-
-/// A checkpoint file: signed (then `public` must vouch for it) or plain.
-fn load_checkpoint(path: &Path, public: Option<&Path>) -> Result<Checkpoint, (u8, String)> {
-    sign::load_checkpoint(path, public)
-        .map(|(cp, _)| cp)
-        .map_err(|e| match e {
-            sign::LoadError::Unusable(m) => (TROUBLE, m),
-            sign::LoadError::BadSignature(m) => (TAMPERED, m),
-        })
-}
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    match run(Cli::parse().command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("audit-log: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Run one command: its exit code (0 intact or done, 1 not intact), or the
+/// error that stopped it (which says its own code).
+fn run(command: Command) -> Result<u8, Error> {
+    match command {
         Command::Export {
             dsn,
             since,
@@ -152,16 +147,12 @@ fn main() -> ExitCode {
                 ExportFormat::Logical => (export::Format::Logical, "links"),
                 ExportFormat::Records => (export::Format::Records, "records"),
             };
-            match export::export(&dsn, since.as_deref(), out.as_deref(), format) {
-                Ok(s) => {
-                    eprintln!(
-                        "exported {} events and {} {what} in {:.1} s",
-                        s.events, s.links, s.seconds
-                    );
-                    ExitCode::from(INTACT)
-                }
-                Err(e) => fail(TROUBLE, e),
-            }
+            let s = export::export(&dsn, since.as_deref(), out.as_deref(), format)?;
+            eprintln!(
+                "exported {} events and {} {what} in {:.1} s",
+                s.events, s.links, s.seconds
+            );
+            Ok(INTACT)
         }
         Command::Verify {
             files,
@@ -169,19 +160,12 @@ fn main() -> ExitCode {
             public,
             threads,
         } => {
-            let cp = match checkpoint
+            let cp = checkpoint
                 .as_ref()
-                .map(|p| load_checkpoint(p, public.as_deref()))
-                .transpose()
-            {
-                Ok(cp) => cp,
-                Err((code, m)) => return fail(code, m),
-            };
+                .map(|p| sign::load_checkpoint(p, public.as_deref()).map(|(cp, _)| cp))
+                .transpose()?;
             let threads = threads.unwrap_or_else(witness::threads);
-            let report = match verify_file::verify_files(&files, cp.as_ref(), threads) {
-                Ok(r) => r,
-                Err(e) => return fail(TROUBLE, e),
-            };
+            let report = verify_file::verify_files(&files, cp.as_ref(), threads)?;
             println!("ok: {}", report.ok());
             println!(
                 "events checked: {}, links checked: {}",
@@ -209,62 +193,43 @@ fn main() -> ExitCode {
                 report.events as f64 / report.seconds.max(1e-6),
                 threads
             );
-            ExitCode::from(if report.ok() { INTACT } else { TAMPERED })
+            Ok(if report.ok() { INTACT } else { TAMPERED })
         }
-        Command::Keygen { out } => match sign::keygen(&out) {
-            Ok(m) => {
-                eprintln!("{m}");
-                ExitCode::from(INTACT)
-            }
-            Err(e) => fail(TROUBLE, e),
-        },
+        Command::Keygen { out } => {
+            eprintln!("{}", sign::keygen(&out)?);
+            Ok(INTACT)
+        }
         Command::Checkpoint { dsn, key, out } => {
-            let result = (|| -> Result<String, String> {
-                let key = load_secret(&key)?;
-                let mut client = export::connect(&dsn)?;
-                let text: String = client
-                    .query_one("SELECT audit_log.checkpoint()::text", &[])
-                    .map_err(|e| format!("audit_log.checkpoint(): {e}"))?
-                    .get(0);
-                let value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                let signed = sign::sign(value, &key)?;
-                sign::write_signed(&signed, &out)?;
-                Ok(format!(
-                    "signed checkpoint written to {} (key {})",
-                    out.display(),
-                    signed.key_id
-                ))
-            })();
-            match result {
-                Ok(m) => {
-                    eprintln!("{m}");
-                    ExitCode::from(INTACT)
-                }
-                Err(e) => fail(TROUBLE, e),
-            }
+            let key = load_secret(&key)?;
+            let mut client = export::connect(&dsn)?;
+            let text: String = client
+                .query_one("SELECT audit_log.checkpoint()::text", &[])
+                .map_err(|e| Error::trouble(format!("audit_log.checkpoint(): {e}")))?
+                .get(0);
+            let value: Value = serde_json::from_str(&text)
+                .map_err(|e| Error::trouble(format!("audit_log.checkpoint(): {e}")))?;
+            let signed = sign::sign(value, &key)?;
+            sign::write_signed(&signed, &out)?;
+            eprintln!(
+                "signed checkpoint written to {} (key {})",
+                out.display(),
+                signed.key_id
+            );
+            Ok(INTACT)
         }
         Command::VerifyCheckpoint { checkpoint, public } => {
-            let key = match load_public(&public) {
-                Ok(k) => k,
-                Err(e) => return fail(TROUBLE, e),
-            };
-            let signed = match read_signed(&checkpoint) {
-                Ok(s) => s,
-                Err(e) => return fail(TROUBLE, e),
-            };
-            match verify_signed(&signed, &key) {
-                Ok(cp) => {
-                    println!(
-                        "signature ok: key {}, signed at {}, database {:?}, {} chain(s)",
-                        signed.key_id,
-                        signed.signed_at,
-                        cp.database.unwrap_or_default(),
-                        cp.chains.len()
-                    );
-                    ExitCode::from(INTACT)
-                }
-                Err(e) => fail(TAMPERED, format!("{}: {e}", checkpoint.display())),
-            }
+            let key = load_public(&public)?;
+            let signed = read_signed(&checkpoint)?;
+            let cp = verify_signed(&signed, &key)
+                .map_err(|e| Error::Refused(format!("{}: {e}", checkpoint.display())))?;
+            println!(
+                "signature ok: key {}, signed at {}, database {:?}, {} chain(s)",
+                signed.key_id,
+                signed.signed_at,
+                cp.database.unwrap_or_default(),
+                cp.chains.len()
+            );
+            Ok(INTACT)
         }
         Command::Report {
             dsn,
@@ -279,19 +244,15 @@ fn main() -> ExitCode {
                 None => report::Input::Files(files),
             };
             let threads = threads.unwrap_or_else(witness::threads);
-            match report::run(
+            let (intact, summary) = report::run(
                 input,
                 &out,
                 checkpoint.as_deref(),
                 public.as_deref(),
                 threads,
-            ) {
-                Ok((intact, summary)) => {
-                    println!("{summary}");
-                    ExitCode::from(if intact { INTACT } else { TAMPERED })
-                }
-                Err(e) => fail(TROUBLE, e),
-            }
+            )?;
+            println!("{summary}");
+            Ok(if intact { INTACT } else { TAMPERED })
         }
         Command::Witness {
             dsn,
@@ -299,19 +260,14 @@ fn main() -> ExitCode {
             key,
             export_file,
         } => {
-            let key = match load_secret(&key) {
-                Ok(k) => k,
-                Err(e) => return fail(TROUBLE, e),
-            };
+            let key = load_secret(&key)?;
             match witness::run(&dsn, &state, &key, export_file.as_deref()) {
                 Ok(m) => {
                     println!("witness: {m}");
-                    ExitCode::from(INTACT)
+                    Ok(INTACT)
                 }
-                Err(witness::Failure::Integrity(m)) => {
-                    fail(TAMPERED, format!("witness refused: {m}"))
-                }
-                Err(witness::Failure::Trouble(m)) => fail(TROUBLE, m),
+                Err(Error::Refused(m)) => Err(Error::Refused(format!("witness refused: {m}"))),
+                Err(e) => Err(e),
             }
         }
     }

@@ -667,7 +667,7 @@ pub fn run(
     checkpoint: Option<&Path>,
     public: Option<&Path>,
     threads: usize,
-) -> Result<(bool, String), String> {
+) -> Result<(bool, String), crate::error::Error> {
     let mut temporary = Temporary(None);
     let (files, description) = match input {
         Input::Files(files) => {
@@ -700,9 +700,7 @@ pub fn run(
                 let taken_at = cp.taken_at.clone();
                 (Some(cp), CheckpointStatus::Signed { taken_at, key })
             }
-            Err(crate::sign::LoadError::Unusable(m) | crate::sign::LoadError::BadSignature(m)) => {
-                (None, CheckpointStatus::Refused(m))
-            }
+            Err(e) => (None, CheckpointStatus::Refused(e.to_string())),
         },
     };
     let v = crate::verify_file::verify_files(&files, cp.as_ref(), threads)
@@ -716,8 +714,9 @@ pub fn run(
     let html = build(&files, &source, &v, &status, crate::sign::now_micros())?;
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
-    std::fs::write(&partial, html.as_bytes()).map_err(|e| format!("{}: {e}", out.display()))?;
-    std::fs::rename(&partial, out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(&partial, html.as_bytes())
+        .map_err(|e| crate::error::Error::Io(out.to_path_buf(), e))?;
+    std::fs::rename(&partial, out).map_err(|e| crate::error::Error::Io(out.to_path_buf(), e))?;
     let intact = v.ok() && !matches!(status, CheckpointStatus::Refused(_));
     let summary = format!(
         "{}: {} events in {} transactions, {}; {} bytes written to {}",

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::error::Error;
+
 pub const SECRET_FORMAT: &str = "audit_log.ed25519.secret.v1";
 pub const PUBLIC_FORMAT: &str = "audit_log.ed25519.public.v1";
 pub const SIGNED_FORMAT: &str = "audit_log.signed_checkpoint.v1";
@@ -253,40 +255,31 @@ pub fn write_signed(s: &SignedCheckpoint, path: &Path) -> Result<(), String> {
     fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Why a checkpoint file could not be used.
-#[derive(Debug)]
-pub enum LoadError {
-    /// Unreadable, not a checkpoint, or signed with no key given.
-    Unusable(String),
-    /// Signed, and the signature does not verify with the given key.
-    BadSignature(String),
-}
-
 /// A checkpoint file, plain or signed; a signed one is checked against
 /// `public` (which it must then be given). Also returns the signing key's
 /// id for a signed one.
 pub fn load_checkpoint(
     path: &Path,
     public: Option<&Path>,
-) -> Result<(Checkpoint, Option<String>), LoadError> {
+) -> Result<(Checkpoint, Option<String>), Error> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| LoadError::Unusable(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Error::Trouble(format!("{}: {e}", path.display())))?;
     let value: Value = serde_json::from_str(&text)
-        .map_err(|e| LoadError::Unusable(format!("{} is not JSON: {e}", path.display())))?;
+        .map_err(|e| Error::Trouble(format!("{} is not JSON: {e}", path.display())))?;
     if value.get("format").and_then(Value::as_str) == Some(SIGNED_FORMAT) {
         let Some(public) = public else {
-            return Err(LoadError::Unusable(format!(
+            return Err(Error::Trouble(format!(
                 "{} is signed: give the signer's public key with --pub",
                 path.display()
             )));
         };
-        let key = load_public(public).map_err(LoadError::Unusable)?;
-        let signed = read_signed(path).map_err(LoadError::Unusable)?;
+        let key = load_public(public).map_err(Error::Trouble)?;
+        let signed = read_signed(path).map_err(Error::Trouble)?;
         return verify_signed(&signed, &key)
             .map(|cp| (cp, Some(key_id(&key))))
-            .map_err(|e| LoadError::BadSignature(format!("{}: {e}", path.display())));
+            .map_err(|e| Error::Refused(format!("{}: {e}", path.display())));
     }
     Checkpoint::parse(&value)
         .map(|cp| (cp, None))
-        .map_err(|e| LoadError::Unusable(format!("{}: {e}", path.display())))
+        .map_err(|e| Error::Trouble(format!("{}: {e}", path.display())))
 }

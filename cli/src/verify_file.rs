@@ -53,21 +53,8 @@ impl Report {
     }
 }
 
-/// Usage or I/O trouble: the verification could not be carried out.
-#[derive(Debug)]
-pub enum Error {
-    Io(PathBuf, io::Error),
-    Usage(String),
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::Io(p, e) => write!(f, "{}: {e}", p.display()),
-            Error::Usage(m) => f.write_str(m),
-        }
-    }
-}
+/// Why a verification could not be carried out (not: what it found).
+pub use crate::error::Error;
 
 /// The first pass over one file.
 struct Scan {
@@ -270,11 +257,11 @@ fn parse_header(name: &str, line: &[u8]) -> Result<Result<Header, String>, Error
         {
             Ok(Ok(h))
         }
-        Ok(h) => Err(Error::Usage(format!(
+        Ok(h) => Err(Error::Trouble(format!(
             "{name}: format {:?} is not supported; expected {EXPORT_FORMAT:?} or {RECORDS_FORMAT:?}",
             h.format
         ))),
-        Err(_) if !line.starts_with(HEADER_PREFIX) => Err(Error::Usage(format!(
+        Err(_) if !line.starts_with(HEADER_PREFIX) => Err(Error::Trouble(format!(
             "{name} is not an audit_log export (no header line)"
         ))),
         Err(e) => Ok(Err(format!("{name}:1: damaged header: {e}"))),
@@ -285,7 +272,7 @@ fn parse_header(name: &str, line: &[u8]) -> Result<Result<Header, String>, Error
 fn read_header(path: &Path) -> Result<Option<Header>, Error> {
     let name = path.display().to_string();
     match read_lines(path)?.next() {
-        None => Err(Error::Usage(format!(
+        None => Err(Error::Trouble(format!(
             "{name} is not an audit_log export (no header line)"
         ))),
         Some(item) => {

@@ -15,16 +15,12 @@ use serde_json::Value;
 use crate::sign::{read_signed, sign, verify_signed, write_signed};
 use crate::{export, verify_file};
 
-/// Why the witness refused to go on.
-pub enum Failure {
-    /// The log does not extend what was witnessed (exit 1).
-    Integrity(String),
-    /// Usage, I/O or connection trouble (exit 2).
-    Trouble(String),
-}
+/// Why the witness refused to go on: `Error::Refused` when the log does
+/// not extend what was witnessed (exit 1), trouble otherwise (exit 2).
+pub use crate::error::Error as Failure;
 
 fn trouble(m: impl Into<String>) -> Failure {
-    Failure::Trouble(m.into())
+    Failure::trouble(m)
 }
 
 /// Compare two checkpoints of the same log chain by chain: each chain must
@@ -78,7 +74,7 @@ pub fn run(
         let s = read_signed(&latest).map_err(Failure::Trouble)?;
         // The state is only as good as its signature: an edited state file is refused.
         let cp = verify_signed(&s, &key.verifying_key())
-            .map_err(|e| Failure::Integrity(format!("{}: {e}", latest.display())))?;
+            .map_err(|e| Failure::Refused(format!("{}: {e}", latest.display())))?;
         Some((s, cp))
     } else {
         None
@@ -94,7 +90,7 @@ pub fn run(
 
     let mut proof = String::from("first checkpoint: nothing earlier to extend");
     if let Some((signed, last_cp)) = &last {
-        compare(last_cp, &now).map_err(Failure::Integrity)?;
+        compare(last_cp, &now).map_err(Failure::Refused)?;
         let last_text =
             serde_json::to_string(&signed.checkpoint).map_err(|e| trouble(e.to_string()))?;
         let row = client
@@ -107,7 +103,7 @@ pub fn run(
         let checked: i64 = row.get(1);
         let problem: Option<String> = row.get(2);
         if !ok {
-            return Err(Failure::Integrity(format!(
+            return Err(Failure::Refused(format!(
                 "the server's verify() against the last witnessed checkpoint failed: {}",
                 problem.unwrap_or_default()
             )));
@@ -123,7 +119,7 @@ pub fn run(
                     .map(|p| p.to_string())
                     .or_else(|| report.file_problems.first().cloned())
                     .unwrap_or_default();
-                return Err(Failure::Integrity(format!(
+                return Err(Failure::Refused(format!(
                     "the export {} does not verify against the last checkpoint: {why}",
                     file.display()
                 )));
