@@ -9,7 +9,7 @@ bash scripts/setup.sh
 
 echo "== gates: cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --check
-cargo clippy -q --all-targets -- -D warnings
+cargo clippy -q --workspace --all-targets -- -D warnings
 echo "== gates: the extension type-checks for PostgreSQL 13, 14, 16 and 17"
 bash scripts/check_versions.sh
 

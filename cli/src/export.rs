@@ -355,15 +355,7 @@ fn write_records(
         w.put(
             &line(&RecordLine::from_record(&r, &segments, &payload)).map_err(|e| e.to_string())?,
         )?;
-        heads.insert(
-            r.chain_id,
-            ChainHead {
-                chain: r.chain_id,
-                seq: r.seq,
-                link_hash: r.link_hash,
-                last_event: r.last_event,
-            },
-        );
+        heads.insert(r.chain_id, ChainHead::from(&r));
         events += u64::try_from(r.event_count).unwrap_or(0);
         records += 1;
         progress.advance(r.event_count.max(0));

@@ -24,6 +24,20 @@ struct Cli {
     command: Command,
 }
 
+/// What verify and report check a log against, and with how many threads.
+#[derive(clap::Args)]
+struct Proof {
+    /// Also prove the log extends this checkpoint (plain or signed).
+    #[arg(long, value_name = "CP")]
+    checkpoint: Option<PathBuf>,
+    /// The public key that must have signed the checkpoint.
+    #[arg(long = "pub", value_name = "PUB")]
+    public: Option<PathBuf>,
+    /// Worker threads for parsing and hashing (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum ExportFormat {
     Logical,
@@ -53,15 +67,8 @@ enum Command {
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Also prove the log extends this checkpoint (plain or signed).
-        #[arg(long, value_name = "CP")]
-        checkpoint: Option<PathBuf>,
-        /// The public key that must have signed the checkpoint.
-        #[arg(long = "pub", value_name = "PUB")]
-        public: Option<PathBuf>,
-        /// Worker threads for parsing and hashing (default: one per CPU).
-        #[arg(long)]
-        threads: Option<usize>,
+        #[command(flatten)]
+        proof: Proof,
     },
     /// Create an Ed25519 key pair: KEY (secret) and KEY.pub.
     Keygen {
@@ -96,15 +103,8 @@ enum Command {
         /// The HTML file to write.
         #[arg(long)]
         out: PathBuf,
-        /// Also prove the log extends this checkpoint (plain or signed).
-        #[arg(long, value_name = "CP")]
-        checkpoint: Option<PathBuf>,
-        /// The public key that must have signed the checkpoint.
-        #[arg(long = "pub", value_name = "PUB")]
-        public: Option<PathBuf>,
-        /// Worker threads for verification (default: one per CPU).
-        #[arg(long)]
-        threads: Option<usize>,
+        #[command(flatten)]
+        proof: Proof,
     },
     /// Prove the log extends the last witnessed checkpoint, then sign and store the new one.
     Witness {
@@ -156,9 +156,12 @@ fn run(command: Command) -> Result<u8, Error> {
         }
         Command::Verify {
             files,
-            checkpoint,
-            public,
-            threads,
+            proof:
+                Proof {
+                    checkpoint,
+                    public,
+                    threads,
+                },
         } => {
             let cp = checkpoint
                 .as_ref()
@@ -235,9 +238,12 @@ fn run(command: Command) -> Result<u8, Error> {
             dsn,
             files,
             out,
-            checkpoint,
-            public,
-            threads,
+            proof:
+                Proof {
+                    checkpoint,
+                    public,
+                    threads,
+                },
         } => {
             let input = match dsn {
                 Some(dsn) => report::Input::Dsn(dsn),

@@ -532,12 +532,7 @@ fn stream_records(
     let parse = |(n, raw): (u64, Vec<u8>)| -> (u64, Result<Parsed, String>) {
         let r = RecordLine::parse(trim(&raw)).map(|r| {
             let d = record::digest(&r.record, r.segments.iter().map(Vec::as_slice), &r.payload);
-            let head = ChainHead {
-                chain: r.record.chain_id,
-                seq: r.record.seq,
-                link_hash: r.record.link_hash,
-                last_event: r.record.last_event,
-            };
+            let head = ChainHead::from(&r.record);
             (r.record, d, head)
         });
         (n, r)

@@ -245,6 +245,23 @@ fn edit_field(record: &[u8], pick: u64) -> Vec<u8> {
     out
 }
 
+/// A checkpoint of a log whose links these are: each chain's last link.
+fn checkpoint_of(links: &[Link]) -> Checkpoint {
+    let mut heads: std::collections::BTreeMap<i32, ChainHead> = Default::default();
+    for l in links {
+        if heads.get(&l.chain_id).is_none_or(|h| h.seq < l.seq) {
+            heads.insert(l.chain_id, ChainHead::from(l));
+        }
+    }
+    Checkpoint {
+        format: "audit_log.checkpoint.v1".into(),
+        database: None,
+        system_identifier: None,
+        taken_at: None,
+        chains: heads.into_values().collect(),
+    }
+}
+
 #[test]
 fn untouched_exports_verify() {
     for seed in 0..200 {
@@ -295,19 +312,7 @@ proptest! {
     #[test]
     fn a_dropped_tail_is_detected_against_a_checkpoint(seed in any::<u64>(), cut in 1usize..4) {
         let (events, links) = log(seed);
-        let cp = Checkpoint {
-            format: "audit_log.checkpoint.v1".into(),
-            database: None,
-            system_identifier: None,
-            taken_at: None,
-            chains: {
-                let mut h: std::collections::BTreeMap<i32, ChainHead> = Default::default();
-                for l in &links {
-                    h.insert(l.chain_id, ChainHead::from(l));
-                }
-                h.into_values().collect()
-            },
-        };
+        let cp = checkpoint_of(&links);
         // The transactions that committed last, by commit time.
         let mut by_commit: Vec<&Link> = links.iter().collect();
         by_commit.sort_by_key(|l| l.committed_at);
@@ -588,15 +593,7 @@ fn records_end_for(lines: &[Vec<u8>]) -> Vec<u8> {
         if let Ok(r) = RecordLine::parse(l.strip_suffix(b"\n").unwrap_or(l)) {
             events += r.record.event_count as u64;
             links += 1;
-            heads.insert(
-                r.record.chain_id,
-                ChainHead {
-                    chain: r.record.chain_id,
-                    seq: r.record.seq,
-                    link_hash: r.record.link_hash,
-                    last_event: r.record.last_event,
-                },
-            );
+            heads.insert(r.record.chain_id, ChainHead::from(&r.record));
         } else if l.starts_with(br#"{"type":"record""#) {
             links += 1;
         }
@@ -723,17 +720,7 @@ proptest! {
     #[test]
     fn a_dropped_tail_of_records_is_detected_against_a_checkpoint(seed in any::<u64>(), cut in 1usize..4) {
         let (events, links) = log(seed);
-        let mut heads: std::collections::BTreeMap<i32, ChainHead> = Default::default();
-        for l in &links {
-            heads.insert(l.chain_id, ChainHead::from(l));
-        }
-        let cp = Checkpoint {
-            format: "audit_log.checkpoint.v1".into(),
-            database: None,
-            system_identifier: None,
-            taken_at: None,
-            chains: heads.into_values().collect(),
-        };
+        let cp = checkpoint_of(&links);
         let mut by_commit: Vec<&Link> = links.iter().collect();
         by_commit.sort_by_key(|l| l.committed_at);
         let cut = cut.min(by_commit.len());

@@ -161,6 +161,18 @@ pub struct Record {
     pub link_hash: Hash,
 }
 
+impl From<&Record> for ChainHead {
+    /// The head a chain has when `r` is its last record.
+    fn from(r: &Record) -> Self {
+        ChainHead {
+            chain: r.chain_id,
+            seq: r.seq,
+            link_hash: r.link_hash,
+            last_event: r.last_event,
+        }
+    }
+}
+
 impl Record {
     /// The v1 link this record stands for, chained to `prev` and holding
     /// `last_event_hash`, with its hash recomputed.
@@ -765,7 +777,7 @@ mod tests {
             .link_hash;
         let v = check(&t, None);
         assert!(!v.ok());
-        assert_eq!(v.problems[0].detail.contains("record 0/3"), true);
+        assert!(v.problems[0].detail.contains("record 0/3"));
         // A record replayed at the tail, its hash recomputed.
         let mut t = log.clone();
         let mut again = t[1].clone();
