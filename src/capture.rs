@@ -185,22 +185,9 @@ fn current_context() -> Result<Option<Json>, AuditError> {
 
 /// `jsonb_in` over a text, so that what is hashed is exactly what is stored.
 fn text_to_jsonb(text: &str) -> Result<Json, AuditError> {
-    let d = jsonb_in(text)?;
+    let d = crate::jsonb::jsonb_in(text)?;
     // SAFETY: d is a jsonb datum.
     Ok(unsafe { json_from_datum(d, false) })
-}
-
-/// A jsonb datum parsed from JSON text by PostgreSQL's own `jsonb_in`.
-pub fn jsonb_in(text: &str) -> Result<pg_sys::Datum, AuditError> {
-    let text = std::ffi::CString::new(text).map_err(|e| AuditError::Internal(e.to_string()))?;
-    // SAFETY: jsonb_in parses a cstring.
-    unsafe {
-        pgrx::direct_function_call_as_datum(
-            pg_sys::jsonb_in,
-            &[Some(pg_sys::Datum::from(text.as_ptr()))],
-        )
-        .ok_or_else(|| AuditError::Internal("jsonb_in returned NULL".into()))
-    }
 }
 
 thread_local! {

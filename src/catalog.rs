@@ -10,6 +10,10 @@ use crate::errors::AuditError;
 
 pub const SCHEMA: &CStr = c"audit_log";
 
+/// The names of the capture triggers audit_log puts on the tables it audits.
+pub const ROW_TRIGGER: &str = "audit_log_capture_row";
+pub const STMT_TRIGGER: &str = "audit_log_capture_stmt";
+
 #[derive(Clone, Copy, Debug)]
 pub struct Oids {
     pub records: pg_sys::Oid,
@@ -81,8 +85,25 @@ pub fn lookup() -> Result<Oids, AuditError> {
 /// The role that owns the extension (the superuser that ran CREATE EXTENSION).
 /// audit_log acts as this role to create triggers on tables it audits.
 pub fn extension_owner() -> Result<pg_sys::Oid, AuditError> {
-    crate::relstate::extension_owner()
-        .ok_or_else(|| AuditError::NotInstalled("no pg_extension row".into()))
+    owner_in_pg_extension().ok_or_else(|| AuditError::NotInstalled("no pg_extension row".into()))
+}
+
+/// The owner of the extension audit_log, read from pg_extension.
+fn owner_in_pg_extension() -> Option<pg_sys::Oid> {
+    // SAFETY: a catalog lookup by name; InvalidOid when not installed.
+    let ext = unsafe { pg_sys::get_extension_oid(c"audit_log".as_ptr(), true) };
+    if ext == pg_sys::InvalidOid {
+        return None;
+    }
+    crate::scan::catalog_rows(
+        pg_sys::ExtensionRelationId,
+        pg_sys::ExtensionOidIndexId,
+        &[(pg_sys::Anum_pg_extension_oid as i16, ext)],
+        0,
+        |e: &pg_sys::FormData_pg_extension| e.extowner,
+    )
+    .first()
+    .map(|(_, o)| *o)
 }
 
 pub fn role_oid(name: &CStr) -> Option<pg_sys::Oid> {

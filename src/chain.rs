@@ -260,7 +260,7 @@ pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
         let parts = if s.segments != 0 {
             // SAFETY: a snapshot registered for the read and released after it.
             let snapshot = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) };
-            let parts = crate::records::read_segments(oids, snapshot, s.first_event);
+            let parts = crate::store::read_segments(oids, snapshot, s.first_event);
             // SAFETY: registered above.
             unsafe { pg_sys::UnregisterSnapshot(snapshot) };
             parts?
@@ -285,7 +285,7 @@ pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
             s.segments,
             &s.payload,
         )?;
-        crate::retention::delete_where(
+        crate::store::delete_where(
             oids.prepared,
             oids.prepared_pkey,
             &[(1, pg_sys::F_INT8EQ, pg_sys::Datum::from(s.first_event))],

@@ -16,11 +16,13 @@ use crate::relstate;
 use crate::triggers::{internal_ddl, ROW_TRIGGER, STMT_TRIGGER};
 
 /// sql_drop: what the command dropped.
-pub(crate) fn on_drop(tag: &str) -> Result<(), AuditError> {
-    crate::catalog::pinned(|| judge_drop(tag))
+/// `detaching`: the partitions the command detaches (the DDL guard knows),
+/// whose cloned row trigger PostgreSQL drops itself.
+pub(crate) fn on_drop(tag: &str, detaching: &[pg_sys::Oid]) -> Result<(), AuditError> {
+    crate::catalog::pinned(|| judge_drop(tag, detaching))
 }
 
-pub(crate) fn judge_drop(tag: &str) -> Result<(), AuditError> {
+pub(crate) fn judge_drop(tag: &str, detaching: &[pg_sys::Oid]) -> Result<(), AuditError> {
     if crate::catalog::schema_oid().is_none() {
         return Ok(());
     }
@@ -82,7 +84,6 @@ pub(crate) fn judge_drop(tag: &str) -> Result<(), AuditError> {
             }
         }
     }
-    let detaching = crate::ddl_guard::detaching_now();
     let mut recorded = BTreeSet::new();
     for (schema, table, _) in &triggers {
         let key = (schema.clone(), table.clone());

@@ -59,13 +59,44 @@ thread_local! {
 }
 
 /// Transaction end: nothing is in progress any more.
-pub fn at_xact_end() {
-    STARTS.with_borrow_mut(Vec::clear);
+#[pg_guard]
+unsafe extern "C-unwind" fn at_xact_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PREPARE
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PARALLEL_ABORT
+    ) {
+        STARTS.with_borrow_mut(Vec::clear);
+    }
 }
 
 /// A subtransaction rolled back: the commands it started never end.
-pub fn at_subxact_abort(subid: pg_sys::SubTransactionId) {
-    STARTS.with_borrow_mut(|s| s.retain(|st| st.subid < subid));
+#[pg_guard]
+unsafe extern "C-unwind" fn at_subxact_end(
+    event: pg_sys::SubXactEvent::Type,
+    subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        STARTS.with_borrow_mut(|s| s.retain(|st| st.subid < subid));
+    }
+}
+
+/// The guard's own transaction callbacks, to forget commands that ended.
+pub fn register_callbacks() {
+    // SAFETY: called once from _PG_init; the callbacks live as long as the library.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(at_xact_end), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(at_subxact_end), std::ptr::null_mut());
+    }
 }
 
 /// The partitions the command in progress detaches: PostgreSQL drops their
@@ -627,5 +658,7 @@ c_function!(
     |f| run_event_trigger(f, |d| on_end(&command_tag(d)))
 );
 c_function!(pg_finfo_audit_log_sql_drop, audit_log_sql_drop, |f| {
-    run_event_trigger(f, |d| crate::ddl_drop::on_drop(&command_tag(d)))
+    run_event_trigger(f, |d| {
+        crate::ddl_drop::on_drop(&command_tag(d), &detaching_now())
+    })
 });

@@ -464,8 +464,8 @@ pub unsafe fn plan(node: *mut pg_sys::Node) -> Plan {
             if s.objectType == pg_sys::ObjectType::OBJECT_TRIGGER {
                 // The object is the trigger's name list; its table is the relation.
                 let name = cstr(pg_sys::NameListToString(s.object as *mut pg_sys::List));
-                let ours = name.ends_with(crate::triggers::ROW_TRIGGER)
-                    || name.ends_with(crate::triggers::STMT_TRIGGER);
+                let ours = name.ends_with(crate::catalog::ROW_TRIGGER)
+                    || name.ends_with(crate::catalog::STMT_TRIGGER);
                 if let (true, Some(rel)) = (ours, relation(s.relation)) {
                     p.actions.push(Action::TriggerDependsOnExtension(rel));
                 }

@@ -13,6 +13,8 @@ use pgrx::pg_sys;
 #[cfg(any(test, feature = "pg_test"))]
 use pgrx::{FromDatum, IntoDatum};
 
+use crate::errors::AuditError;
+
 thread_local! {
     /// Scratch memory for walks (iterator frames, numeric text), reset before each.
     static SCRATCH: Cell<pg_sys::MemoryContext> = const { Cell::new(std::ptr::null_mut()) };
@@ -223,5 +225,18 @@ impl IntoDatum for CanonicalJsonb {
 
     fn type_oid() -> pg_sys::Oid {
         pg_sys::JSONBOID
+    }
+}
+
+/// A jsonb datum parsed from JSON text by PostgreSQL's own `jsonb_in`.
+pub fn jsonb_in(text: &str) -> Result<pg_sys::Datum, AuditError> {
+    let text = std::ffi::CString::new(text).map_err(|e| AuditError::Internal(e.to_string()))?;
+    // SAFETY: jsonb_in parses a cstring.
+    unsafe {
+        pgrx::direct_function_call_as_datum(
+            pg_sys::jsonb_in,
+            &[Some(pg_sys::Datum::from(text.as_ptr()))],
+        )
+        .ok_or_else(|| AuditError::Internal("jsonb_in returned NULL".into()))
     }
 }

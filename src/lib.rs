@@ -86,6 +86,7 @@ pub extern "C-unwind" fn _PG_init() {
         GucFlags::default(),
     );
     txstate::register_callbacks();
+    ddl_guard::register_callbacks();
 }
 
 /// Required by `cargo pgrx test`.

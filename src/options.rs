@@ -250,7 +250,7 @@ impl Options {
         if hashed.is_empty() {
             return Ok(row);
         }
-        let patch = crate::capture::jsonb_in(&Value::Object(hashed).to_string())?;
+        let patch = crate::jsonb::jsonb_in(&Value::Object(hashed).to_string())?;
         // SAFETY: jsonb_concat(jsonb, jsonb): the patch's members replace the row's.
         unsafe {
             pgrx::direct_function_call_as_datum(pg_sys::jsonb_concat, &[Some(row), Some(patch)])

@@ -11,10 +11,10 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::catalog::{self, Oids};
+use crate::catalog;
 use crate::errors::{AuditError, SqlResult};
 use crate::scan::{Ordered, Row, SnapshotGuard};
-use crate::store::{records, segments};
+use crate::store::{read_segments, records};
 
 /// A stored hash, or one no record hashes to if it is not 32 bytes.
 pub fn hash_of(bytes: Option<&[u8]>) -> Hash {
@@ -86,30 +86,6 @@ fn record_columns(r: &Row) -> Record {
             .map_or(i64::MIN, from_pg_timestamp),
         link_hash: hash_of(r.slice(records::LINK_HASH)),
     }
-}
-
-fn segment_row(r: &Row) -> Option<Vec<u8>> {
-    r.slice(segments::PAYLOAD).map(<[u8]>::to_vec)
-}
-
-/// The payloads of a transaction's segments, in order.
-pub fn read_segments(
-    oids: &Oids,
-    snapshot: pg_sys::Snapshot,
-    first_event: i64,
-) -> Result<Vec<Vec<u8>>, AuditError> {
-    Ordered::open_where(
-        oids.segments,
-        oids.segments_pkey,
-        snapshot,
-        &[(
-            segments::FIRST_EVENT as i16 + 1,
-            pg_sys::F_INT8EQ,
-            pg_sys::Datum::from(first_event),
-        )],
-        segment_row,
-    )?
-    .collect()
 }
 
 impl RawRecord {

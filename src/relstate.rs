@@ -8,7 +8,8 @@ use std::ffi::CStr;
 
 use pgrx::pg_sys;
 
-use crate::triggers::{ROW_TRIGGER, STMT_TRIGGER};
+use crate::catalog::{ROW_TRIGGER, STMT_TRIGGER};
+use crate::scan::catalog_rows as scan_rows;
 
 /// One of audit_log's capture triggers on a relation, found by its name.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -186,21 +187,6 @@ pub fn states(oids: impl IntoIterator<Item = pg_sys::Oid>) -> BTreeMap<u32, RelS
     oids.into_iter()
         .filter_map(|o| rel_state(o).map(|s| (o.to_u32(), s)))
         .collect()
-}
-
-/// A catalog row changed (inserted or updated) by the current command or a
-/// later one of this transaction: its xmin is ours, its cmin at least `since`.
-///
-/// # Safety
-/// `tup` must be a valid heap tuple from a catalog scan.
-unsafe fn changed_since(tup: pg_sys::HeapTuple, since: pg_sys::CommandId) -> bool {
-    // SAFETY: by the caller's contract, a valid tuple; GetCmin is only asked of our own tuples.
-    unsafe {
-        let hdr = (*tup).t_data;
-        let xmin = (*hdr).t_choice.t_heap.t_xmin;
-        pg_sys::TransactionIdIsCurrentTransactionId(xmin)
-            && pg_sys::HeapTupleHeaderGetCmin(hdr) >= since
-    }
 }
 
 /// The leading columns of pg_inherits (catalog/pg_inherits.h), which pgrx
@@ -440,24 +426,6 @@ pub fn depends_on_temp(class: pg_sys::Oid, obj: pg_sys::Oid) -> bool {
     false
 }
 
-/// The owner of the extension audit_log, read from pg_extension.
-pub fn extension_owner() -> Option<pg_sys::Oid> {
-    // SAFETY: a catalog lookup by name; InvalidOid when not installed.
-    let ext = unsafe { pg_sys::get_extension_oid(c"audit_log".as_ptr(), true) };
-    if ext == pg_sys::InvalidOid {
-        return None;
-    }
-    scan_rows(
-        pg_sys::ExtensionRelationId,
-        pg_sys::ExtensionOidIndexId,
-        &[(pg_sys::Anum_pg_extension_oid as i16, ext)],
-        0,
-        |e: &pg_sys::FormData_pg_extension| e.extowner,
-    )
-    .first()
-    .map(|(_, o)| *o)
-}
-
 /// Whether audit_log.audited_schemas lists a schema: read straight through
 /// its primary key, as the extension (whoever runs the command).
 pub fn schema_is_audited(name: &str) -> bool {
@@ -494,55 +462,6 @@ pub fn schema_is_audited(name: &str) -> bool {
         pg_sys::systable_endscan(scan);
         pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
         found
-    }
-}
-
-/// Each row of `catalog` whose key columns (heap attribute numbers, the
-/// leading columns of `index`) equal the given OIDs, as (changed since
-/// `since`, what `read` takes from the row's fixed part, a `Form` of that
-/// catalog).
-fn scan_rows<Form, T>(
-    catalog: pg_sys::Oid,
-    index: u32,
-    keys: &[(i16, pg_sys::Oid)],
-    since: pg_sys::CommandId,
-    read: impl Fn(&Form) -> T,
-) -> Vec<(bool, T)> {
-    // SAFETY: a catalog index scan under the catalog snapshot; `read` sees
-    // each row's fixed-size part (laid out as Form) before the next.
-    unsafe {
-        let rel = pg_sys::table_open(catalog, pg_sys::AccessShareLock as i32);
-        let mut scankeys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); keys.len()];
-        for (k, &(attno, value)) in scankeys.iter_mut().zip(keys) {
-            pg_sys::ScanKeyInit(
-                k,
-                attno,
-                pg_sys::BTEqualStrategyNumber as u16,
-                pg_sys::Oid::from(pg_sys::F_OIDEQ),
-                pg_sys::Datum::from(value),
-            );
-        }
-        let scan = pg_sys::systable_beginscan(
-            rel,
-            pg_sys::Oid::from(index),
-            true,
-            std::ptr::null_mut(),
-            keys.len() as i32,
-            scankeys.as_mut_ptr(),
-        );
-        let mut out = Vec::new();
-        loop {
-            let tup = pg_sys::systable_getnext(scan);
-            if tup.is_null() {
-                break;
-            }
-            let hdr = (*tup).t_data;
-            let form = (hdr as *const u8).add((*hdr).t_hoff as usize) as *const Form;
-            out.push((changed_since(tup, since), read(&*form)));
-        }
-        pg_sys::systable_endscan(scan);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
-        out
     }
 }
 

@@ -17,6 +17,7 @@ use crate::capture;
 use crate::catalog::require_admin;
 use crate::catalog::{self, Oids};
 use crate::errors::{optional_row, AuditError, SqlResult};
+use crate::store::delete_where;
 use crate::triggers::internal_ddl;
 
 /// Set the minimum age of what purge() may remove.
@@ -284,50 +285,6 @@ fn delete_record(oids: &Oids, chain: i32, seq: i64) -> Result<(), AuditError> {
         ],
     )
     .map(|_| ())
-}
-
-/// Delete, without firing triggers, every row of `relid` visible to the
-/// transaction whose heap columns equal the keys (each a column of the
-/// index `idxid`: heap attno, equality function, value). Returns the count.
-pub fn delete_where(
-    relid: pg_sys::Oid,
-    idxid: pg_sys::Oid,
-    keys: &[(i16, u32, pg_sys::Datum)],
-) -> Result<i64, AuditError> {
-    // SAFETY: an index scan under the active snapshot, deleting each tuple it
-    // returns by TID (simple_heap_delete: no triggers, WAL-logged); the
-    // caller holds the lock of whoever deletes from that table (purge, or
-    // the linker of prepared transactions), and nobody else deletes there.
-    unsafe {
-        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
-        let idx = pg_sys::index_open(idxid, pg_sys::RowExclusiveLock as i32);
-        let mut scankeys = crate::scan::equality_keys(keys);
-        // The latest snapshot, taken under the purge lock: the statement's
-        // own may predate another purge that has just committed.
-        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
-        let scan = pg_sys::systable_beginscan_ordered(
-            rel,
-            idx,
-            snapshot,
-            keys.len() as i32,
-            scankeys.as_mut_ptr(),
-        );
-        let mut n = 0;
-        loop {
-            let tup =
-                pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
-            if tup.is_null() {
-                break;
-            }
-            pg_sys::simple_heap_delete(rel, &mut (*tup).t_self);
-            n += 1;
-        }
-        pg_sys::systable_endscan_ordered(scan);
-        pg_sys::UnregisterSnapshot(snapshot);
-        pg_sys::index_close(idx, pg_sys::NoLock as i32);
-        pg_sys::table_close(rel, pg_sys::NoLock as i32);
-        Ok(n)
-    }
 }
 
 /// The anchors that the log's PURGE events record (the events' integrity is

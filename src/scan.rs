@@ -237,3 +237,67 @@ impl Drop for SnapshotGuard {
         unsafe { pg_sys::UnregisterSnapshot(self.0) }
     }
 }
+
+/// A catalog row changed (inserted or updated) by the current command or a
+/// later one of this transaction: its xmin is ours, its cmin at least `since`.
+///
+/// # Safety
+/// `tup` must be a valid heap tuple from a catalog scan.
+pub unsafe fn changed_since(tup: pg_sys::HeapTuple, since: pg_sys::CommandId) -> bool {
+    // SAFETY: by the caller's contract, a valid tuple; GetCmin is only asked of our own tuples.
+    unsafe {
+        let hdr = (*tup).t_data;
+        let xmin = (*hdr).t_choice.t_heap.t_xmin;
+        pg_sys::TransactionIdIsCurrentTransactionId(xmin)
+            && pg_sys::HeapTupleHeaderGetCmin(hdr) >= since
+    }
+}
+
+/// Each row of `catalog` whose key columns (heap attribute numbers, the
+/// leading columns of `index`) equal the given OIDs, as (changed since
+/// `since`, what `read` takes from the row's fixed part, a `Form` of that
+/// catalog).
+pub fn catalog_rows<Form, T>(
+    catalog: pg_sys::Oid,
+    index: u32,
+    keys: &[(i16, pg_sys::Oid)],
+    since: pg_sys::CommandId,
+    read: impl Fn(&Form) -> T,
+) -> Vec<(bool, T)> {
+    // SAFETY: a catalog index scan under the catalog snapshot; `read` sees
+    // each row's fixed-size part (laid out as Form) before the next.
+    unsafe {
+        let rel = pg_sys::table_open(catalog, pg_sys::AccessShareLock as i32);
+        let mut scankeys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); keys.len()];
+        for (k, &(attno, value)) in scankeys.iter_mut().zip(keys) {
+            pg_sys::ScanKeyInit(
+                k,
+                attno,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::Oid::from(pg_sys::F_OIDEQ),
+                pg_sys::Datum::from(value),
+            );
+        }
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::Oid::from(index),
+            true,
+            std::ptr::null_mut(),
+            keys.len() as i32,
+            scankeys.as_mut_ptr(),
+        );
+        let mut out = Vec::new();
+        loop {
+            let tup = pg_sys::systable_getnext(scan);
+            if tup.is_null() {
+                break;
+            }
+            let hdr = (*tup).t_data;
+            let form = (hdr as *const u8).add((*hdr).t_hoff as usize) as *const Form;
+            out.push((changed_since(tup, since), read(&*form)));
+        }
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        out
+    }
+}

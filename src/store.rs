@@ -242,3 +242,71 @@ pub fn insert_row_keys(oids: &Oids, keys: &[(i64, i64, i32)]) -> Result<(), Audi
     }
     Ok(())
 }
+
+fn segment_row(r: &crate::scan::Row) -> Option<Vec<u8>> {
+    r.slice(segments::PAYLOAD).map(<[u8]>::to_vec)
+}
+
+/// The payloads of a transaction's segments, in order.
+pub fn read_segments(
+    oids: &Oids,
+    snapshot: pg_sys::Snapshot,
+    first_event: i64,
+) -> Result<Vec<Vec<u8>>, AuditError> {
+    crate::scan::Ordered::open_where(
+        oids.segments,
+        oids.segments_pkey,
+        snapshot,
+        &[(
+            segments::FIRST_EVENT as i16 + 1,
+            pg_sys::F_INT8EQ,
+            pg_sys::Datum::from(first_event),
+        )],
+        segment_row,
+    )?
+    .collect()
+}
+
+/// Delete, without firing triggers, every row of `relid` visible to the
+/// transaction whose heap columns equal the keys (each a column of the
+/// index `idxid`: heap attno, equality function, value). Returns the count.
+pub fn delete_where(
+    relid: pg_sys::Oid,
+    idxid: pg_sys::Oid,
+    keys: &[(i16, u32, pg_sys::Datum)],
+) -> Result<i64, AuditError> {
+    // SAFETY: an index scan under the active snapshot, deleting each tuple it
+    // returns by TID (simple_heap_delete: no triggers, WAL-logged); the
+    // caller holds the lock of whoever deletes from that table (purge, or
+    // the linker of prepared transactions), and nobody else deletes there.
+    unsafe {
+        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
+        let idx = pg_sys::index_open(idxid, pg_sys::RowExclusiveLock as i32);
+        let mut scankeys = crate::scan::equality_keys(keys);
+        // The latest snapshot, taken under the purge lock: the statement's
+        // own may predate another purge that has just committed.
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let scan = pg_sys::systable_beginscan_ordered(
+            rel,
+            idx,
+            snapshot,
+            keys.len() as i32,
+            scankeys.as_mut_ptr(),
+        );
+        let mut n = 0;
+        loop {
+            let tup =
+                pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tup.is_null() {
+                break;
+            }
+            pg_sys::simple_heap_delete(rel, &mut (*tup).t_self);
+            n += 1;
+        }
+        pg_sys::systable_endscan_ordered(scan);
+        pg_sys::UnregisterSnapshot(snapshot);
+        pg_sys::index_close(idx, pg_sys::NoLock as i32);
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        Ok(n)
+    }
+}

@@ -14,8 +14,7 @@ use crate::catalog::as_owner;
 use crate::errors::{optional_row, AuditError};
 use crate::options::Options;
 
-pub const ROW_TRIGGER: &str = "audit_log_capture_row";
-pub const STMT_TRIGGER: &str = "audit_log_capture_stmt";
+pub use crate::catalog::{ROW_TRIGGER, STMT_TRIGGER};
 
 thread_local! {
     /// Set while audit_log itself runs DDL, so that its DDL guard lets it pass.

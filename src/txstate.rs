@@ -260,10 +260,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
         | XACT_EVENT_ABORT
         | XACT_EVENT_PREPARE
         | XACT_EVENT_PARALLEL_COMMIT
-        | XACT_EVENT_PARALLEL_ABORT => {
-            clear();
-            crate::ddl_guard::at_xact_end();
-        }
+        | XACT_EVENT_PARALLEL_ABORT => clear(),
         _ => {}
     }
 }
@@ -276,9 +273,6 @@ unsafe extern "C-unwind" fn on_subxact(
     _arg: *mut c_void,
 ) {
     use pg_sys::SubXactEvent::*;
-    if event == SUBXACT_EVENT_ABORT_SUB {
-        crate::ddl_guard::at_subxact_abort(my_subid);
-    }
     STATE.with_borrow_mut(|state| {
         let Some(s) = state.as_mut() else { return };
         match event {
