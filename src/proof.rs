@@ -71,8 +71,14 @@ fn verdict_row(v: Verdict, checkpoint: bool) -> TableIterator<'static, VerifyRow
 }
 
 /// Recompute every event hash and link; report the first bad event.
-#[pg_extern(name = "verify", volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."verify"()
+RETURNS TABLE ("ok" boolean, "events_checked" bigint, "first_bad_event" bigint, "problem" text)
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.verify() IS 'Recompute every event hash and link of the log; ok, or the first bad event and what is wrong with it. A failure also raises a WARNING and notifies audit_log_alert. Requires audit_log_auditor.';
+"#)]
 // The SQL signature, spelled out for pgrx.
 #[allow(clippy::type_complexity)]
 fn verify_all() -> SqlResult<
@@ -127,8 +133,13 @@ fn verify_against(
 }
 
 /// Every chain head, to be kept outside the database.
-#[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."checkpoint"() RETURNS jsonb
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.checkpoint() IS 'Every chain''s head (seq, link hash, last event), to keep outside the database: audit_log.verify(checkpoint) later proves that the log extends it. Requires audit_log_auditor.';
+"#)]
 fn checkpoint() -> SqlResult<JsonB> {
     // Committed prepared transactions join the chains first, so that the
     // checkpoint covers them; not on a standby or in a read-only transaction.
