@@ -8,12 +8,13 @@ use serde_json::json;
 
 use crate::capture;
 use crate::catalog::require_admin;
-use crate::errors::{optional_row, AuditError, SqlResult};
+use crate::errors::{optional_row, AuditError};
 use crate::options::Options;
 use crate::triggers::{
     columns_of, describe, enable_default, enable_with, inheritance_children, internal_ddl,
     partitions, Target, ROW_TRIGGER, STMT_TRIGGER,
 };
+use pgrx::pg_sys::panic::ErrorReport;
 
 /// Enable auditing of a table (partitioned: every partition, present and
 /// future), or change its options.
@@ -43,7 +44,7 @@ fn enable(
     notify: Option<bool>,
     history: Option<bool>,
     changed_only: Option<bool>,
-) -> SqlResult<()> {
+) -> Result<(), ErrorReport> {
     {
         let (oid, t) = admin_target(target, "enable auditing")?;
         let opts = Options::build(
@@ -88,7 +89,7 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.enable_schema(text) IS 'Audit every current and future table of a schema. Tables already audited keep their options. Requires audit_log_admin.';
 "#)]
-fn enable_schema(name: Option<String>) -> SqlResult<()> {
+fn enable_schema(name: Option<String>) -> Result<(), ErrorReport> {
     {
         let name = name.ok_or(AuditError::NullArgument("name"))?;
         require_admin("enable auditing")?;
@@ -143,7 +144,7 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.disable_schema(text) IS 'Stop auditing tables created later in a schema; its tables stay audited until audit_log.disable(). Requires audit_log_admin.';
 "#)]
-fn disable_schema(name: Option<String>) -> SqlResult<()> {
+fn disable_schema(name: Option<String>) -> Result<(), ErrorReport> {
     {
         let name = name.ok_or(AuditError::NullArgument("name"))?;
         require_admin("disable auditing")?;
@@ -171,7 +172,7 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.redacted(jsonb) IS 'The salted SHA-256 that a redacted column records for this value. Superusers only: it would let anyone who reads events test guesses of a redacted value.';
 "#)]
-fn redacted(value: Option<&[u8]>) -> SqlResult<Option<String>> {
+fn redacted(value: Option<&[u8]>) -> Result<Option<String>, ErrorReport> {
     {
         // SAFETY: a catalog check on the current user.
         if !unsafe { pg_sys::superuser() } {
@@ -199,7 +200,7 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.disable(regclass) IS 'Stop auditing a table; its history stays and the change is itself recorded. Requires audit_log_admin.';
 "#)]
-fn disable(target: Option<pg_sys::Oid>) -> SqlResult<()> {
+fn disable(target: Option<pg_sys::Oid>) -> Result<(), ErrorReport> {
     let (oid, t) = admin_target(target, "disable auditing")?;
     let any = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname IN ($2, $3))",

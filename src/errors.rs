@@ -197,7 +197,9 @@ impl AuditError {
 
 /// The one conversion of an audit_log error into PostgreSQL's error report:
 /// its message, SQLSTATE and hint. SQL functions return
-/// `Result<T, ErrorReport>` (`SqlResult`), and pgrx raises the report.
+/// `Result<T, ErrorReport>`, spelled out (pgrx reads the signature to
+/// generate SQL and does not see through an alias), and pgrx raises the
+/// report.
 impl From<AuditError> for ErrorReport {
     fn from(e: AuditError) -> ErrorReport {
         let report = ErrorReport::new(e.sqlstate(), e.to_string(), "audit_log");
@@ -207,10 +209,6 @@ impl From<AuditError> for ErrorReport {
         }
     }
 }
-
-/// What a SQL function returns: its value, or an error that pgrx raises
-/// with audit_log's SQLSTATE.
-pub type SqlResult<T> = Result<T, ErrorReport>;
 
 /// Unwrap an audit_log result, raising the error as a PostgreSQL ERROR
 /// (for the callbacks `AuditError::raise` is for).

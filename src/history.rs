@@ -7,7 +7,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::capture::primary_key_names;
-use crate::errors::{AuditError, SqlResult};
+use crate::errors::AuditError;
+use pgrx::pg_sys::panic::ErrorReport;
 
 /// The row_key that capture stores for a row of `target` with this key, or
 /// NULL when the key's members are not exactly the primary key's columns
@@ -22,7 +23,7 @@ COMMENT ON FUNCTION audit_log.row_key_of(regclass, jsonb) IS 'The events.row_key
 ///
 /// `key` is the jsonb's binary form (the bytes after its varlena header),
 /// read by the same `key_text` that capture uses, so the two always agree.
-fn row_key_of(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> SqlResult<Option<i64>> {
+fn row_key_of(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> Result<Option<i64>, ErrorReport> {
     use audit_log_core::jsonb::{key_text, object_len, row_key_hash};
     let target = target.ok_or(AuditError::NullArgument("target"))?;
     let key = key.ok_or(AuditError::NullArgument("key"))?;

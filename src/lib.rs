@@ -10,7 +10,7 @@
 
 // Every unsafe block says why it is sound (a `// SAFETY:` comment above it).
 #![deny(clippy::undocumented_unsafe_blocks)]
-// SQL functions return Result<T, ErrorReport> (errors::SqlResult): pgrx
+// SQL functions return Result<T, ErrorReport> (see errors.rs): pgrx
 // raises an ErrorReport with its own SQLSTATE, and no other error type.
 // It is large, and returned once per call.
 #![allow(clippy::result_large_err)]

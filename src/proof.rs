@@ -10,8 +10,9 @@ use pgrx::{pg_sys, JsonB};
 use serde_json::json;
 
 use crate::catalog;
-use crate::errors::{AuditError, SqlResult};
+use crate::errors::AuditError;
 use crate::records::{hash_of, run_verify};
+use pgrx::pg_sys::panic::ErrorReport;
 
 type VerifyRow = (bool, i64, Option<i64>, Option<String>);
 
@@ -81,7 +82,7 @@ COMMENT ON FUNCTION audit_log.verify() IS 'Recompute every event hash and link o
 "#)]
 // The SQL signature, spelled out for pgrx.
 #[allow(clippy::type_complexity)]
-fn verify_all() -> SqlResult<
+fn verify_all() -> Result<
     TableIterator<
         'static,
         (
@@ -91,6 +92,7 @@ fn verify_all() -> SqlResult<
             name!(problem, Option<String>),
         ),
     >,
+    ErrorReport,
 > {
     Ok(verdict_row(run_verify(None)?, false))
 }
@@ -110,7 +112,7 @@ COMMENT ON FUNCTION audit_log.verify(jsonb) IS 'As verify(), and also prove that
 #[allow(clippy::type_complexity)]
 fn verify_against(
     checkpoint: Option<&[u8]>,
-) -> SqlResult<
+) -> Result<
     TableIterator<
         'static,
         (
@@ -120,6 +122,7 @@ fn verify_against(
             name!(problem, Option<String>),
         ),
     >,
+    ErrorReport,
 > {
     {
         let payload = checkpoint.ok_or(AuditError::NullArgument("checkpoint"))?;
@@ -140,7 +143,7 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.checkpoint() IS 'Every chain''s head (seq, link hash, last event), to keep outside the database: audit_log.verify(checkpoint) later proves that the log extends it. Requires audit_log_auditor.';
 "#)]
-fn checkpoint() -> SqlResult<JsonB> {
+fn checkpoint() -> Result<JsonB, ErrorReport> {
     // Committed prepared transactions join the chains first, so that the
     // checkpoint covers them; not on a standby or in a read-only transaction.
     // SAFETY: plain reads of transaction state.

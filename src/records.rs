@@ -12,9 +12,10 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::catalog;
-use crate::errors::{AuditError, SqlResult};
+use crate::errors::AuditError;
 use crate::scan::{Ordered, Row, SnapshotGuard};
 use crate::store::{read_segments, records};
+use pgrx::pg_sys::panic::ErrorReport;
 
 /// A stored hash, or one no record hashes to if it is not 32 bytes.
 pub fn hash_of(bytes: Option<&[u8]>) -> Hash {
@@ -197,7 +198,7 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.canonical_json_text(bytea) IS 'A JSON value in the canonical encoding of docs/FORMAT.md, as JSON text.';
 "#)]
-fn canonical_json_text(encoded: &[u8]) -> SqlResult<String> {
+fn canonical_json_text(encoded: &[u8]) -> Result<String, ErrorReport> {
     Ok(audit_log_core::encoding::decode::Reader::new(encoded)
         .json_text()
         .map_err(|e| AuditError::Invalid(format!("not a canonical JSON value: {e}")))?)
@@ -220,7 +221,7 @@ fn record_events(
     first_event: i64,
     segments: i32,
     payload: &[u8],
-) -> SqlResult<
+) -> Result<
     TableIterator<
         'static,
         (
@@ -243,6 +244,7 @@ fn record_events(
             name!(hash, Vec<u8>),
         ),
     >,
+    ErrorReport,
 > {
     {
         let parts = transaction_parts(first_event, segments)?;
@@ -289,7 +291,11 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.record_last_hash(bigint, integer, bytea) IS 'The recomputed hash of the last event of one record of audit_log.records: what its link covers.';
 "#)]
-fn record_last_hash(first_event: i64, segments: i32, payload: &[u8]) -> SqlResult<Vec<u8>> {
+fn record_last_hash(
+    first_event: i64,
+    segments: i32,
+    payload: &[u8],
+) -> Result<Vec<u8>, ErrorReport> {
     let parts = transaction_parts(first_event, segments)?;
     let mut h = ZERO_HASH;
     let all: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();

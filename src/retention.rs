@@ -16,9 +16,10 @@ use serde_json::json;
 use crate::capture;
 use crate::catalog::require_admin;
 use crate::catalog::{self, Oids};
-use crate::errors::{optional_row, AuditError, SqlResult};
+use crate::errors::{optional_row, AuditError};
 use crate::store::delete_where;
 use crate::triggers::internal_ddl;
+use pgrx::pg_sys::panic::ErrorReport;
 
 /// Set the minimum age of what purge() may remove.
 #[pg_extern(sql = r#"
@@ -28,7 +29,7 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.set_retention(interval) IS 'Minimum age of events that audit_log.purge() may remove. Raised by audit_log_admin; lowered only by a superuser. Recorded as an event.';
 "#)]
-fn set_retention(min_age: Option<pgrx::datum::Interval>) -> SqlResult<()> {
+fn set_retention(min_age: Option<pgrx::datum::Interval>) -> Result<(), ErrorReport> {
     // Cutoffs are computed in UTC, whatever the session's TimeZone.
     Ok(crate::catalog::pinned(|| set_retention_impl(min_age))?)
 }
@@ -133,7 +134,7 @@ COMMENT ON FUNCTION audit_log.purge(timestamptz) IS 'Remove whole transactions c
 "#)]
 fn purge(
     older_than: Option<pgrx::datum::TimestampWithTimeZone>,
-) -> SqlResult<TableIterator<'static, (name!(transactions, i64), name!(events, i64))>> {
+) -> Result<TableIterator<'static, (name!(transactions, i64), name!(events, i64))>, ErrorReport> {
     Ok(TableIterator::once(crate::catalog::pinned(|| {
         purge_impl(older_than)
     })?))
