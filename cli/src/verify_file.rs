@@ -502,6 +502,16 @@ fn anchors_of_purge(details: &str) -> Vec<ChainHead> {
         .collect()
 }
 
+/// Bytes of whole lines handed to a worker at once.
+const BLOCK: usize = 16 << 10;
+
+/// Lines of a records export, and where its record lines lie in them (line
+/// number, start, end).
+struct Block {
+    data: Vec<u8>,
+    records: Vec<(u64, usize, usize)>,
+}
+
 /// A records export checked and verified in one pass: the calling thread
 /// reads lines, digests the file and keeps the scan's checks; worker threads
 /// parse and hash records; the results come back in file order.
@@ -514,32 +524,56 @@ fn stream_records(
     let name = path.display().to_string();
     let scanner = RefCell::new(Scanner::new(&name));
     let failed: RefCell<Option<Error>> = RefCell::new(None);
-    let mut lines = read_lines(path)?;
-    let to_verify = std::iter::from_fn(|| loop {
-        match lines.next()? {
-            Err(e) => return Some(Err(e)),
-            Ok((n, raw)) => match scanner.borrow_mut().line(n, &raw, true) {
-                Ok(true) => return Some(Ok((n, raw))),
-                Ok(false) => continue,
+    let file = File::open(path).map_err(|e| Error::Io(path.into(), e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut n = 0u64;
+    // Blocks of whole lines: each line is checked here in place (no copy of
+    // its own), and a worker gets a block's record lines at once.
+    let to_verify = std::iter::from_fn(|| {
+        let mut block = Block {
+            data: Vec::with_capacity(BLOCK + 4096),
+            records: Vec::new(),
+        };
+        while block.data.len() < BLOCK {
+            let start = block.data.len();
+            match reader.read_until(b'\n', &mut block.data) {
+                Err(e) => return Some(Err(e)),
+                Ok(0) => break,
+                Ok(_) => {}
+            }
+            n += 1;
+            match scanner.borrow_mut().line(n, &block.data[start..], true) {
+                Ok(true) => block.records.push((n, start, block.data.len())),
+                Ok(false) => {}
                 Err(e) => {
                     *failed.borrow_mut() = Some(e);
                     return None;
                 }
-            },
+            }
         }
+        (!block.data.is_empty()).then_some(Ok(block))
     });
     type Parsed = (Record, RecordDigest, ChainHead);
-    let parse = |(n, raw): (u64, Vec<u8>)| -> (u64, Result<Parsed, String>) {
-        let r = RecordLine::parse(trim(&raw)).map(|r| {
+    let parse_one = |raw: &[u8]| -> Result<Parsed, String> {
+        RecordLine::parse(trim(raw)).map(|r| {
             let d = record::digest(&r.record, r.segments.iter().map(Vec::as_slice), &r.payload);
             let head = ChainHead::from(&r.record);
             (r.record, d, head)
-        });
-        (n, r)
+        })
+    };
+    let parse = |b: Block| -> Vec<(u64, Result<Parsed, String>)> {
+        b.records
+            .iter()
+            .map(|&(n, from, to)| (n, parse_one(&b.data[from..to])))
+            .collect()
     };
     let verdict = std::thread::scope(|scope| {
-        let records =
-            map_ordered(scope, to_verify, threads, || {}, parse).filter_map(|r| match r {
+        let records = map_ordered(scope, to_verify, threads, || {}, parse)
+            .flat_map(|r| match r {
+                Ok(parsed) => parsed.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
+            .filter_map(|r| match r {
                 Ok((n, Ok((record, digest, head)))) => {
                     scanner.borrow_mut().record(n, head, record.event_count);
                     Some(Ok((record, digest)))
