@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use audit_log_core::record::{self, Digest as RecordDigest, Record};
 
+use crate::error::Error;
 use crate::format::{
     End, EventLine, Header, LinkLine, RecordLine, END_PREFIX, EVENT_PREFIX, EXPORT_FORMAT,
     HEADER_PREFIX, LINK_PREFIX, RECORDS_FORMAT, RECORD_PREFIX,
@@ -52,9 +53,6 @@ impl Report {
         self.verdict.first().and_then(|p| p.event_id)
     }
 }
-
-/// Why a verification could not be carried out (not: what it found).
-pub use crate::error::Error;
 
 /// The first pass over one file.
 struct Scan {
@@ -383,35 +381,29 @@ pub fn verify_files(
                 heads(&anchors, &s.links)
             }
         };
-        // A records export is checked and verified in one pass, unless a
-        // checkpoint must be cut at the heads of a file before the last.
-        let (s, verdict) = if records && (last || cp.is_none()) {
-            let cp_here = cp.map(|c| checkpoint_within(c, &anchors, None));
+        // A records export is checked and verified in one pass.
+        let (s, verdict) = if records {
+            // Only a checkpoint cut at the heads of a file before the last
+            // needs those heads before the one pass; a scan finds them.
+            let heads_first = match cp {
+                Some(_) if !last => Some(file_heads(&scan(path)?)),
+                _ => None,
+            };
+            let cp_here = cp.map(|c| checkpoint_within(c, &anchors, heads_first.as_ref()));
             stream_records(path, (&anchors, &claimed), cp_here.as_ref(), threads)?
         } else {
-            let s = scan(path)?;
+            let mut s = scan(path)?;
             let cp_here = cp
                 .map(|c| checkpoint_within(c, &anchors, (!last).then(|| file_heads(&s)).as_ref()));
             let mut problems = Vec::new();
-            let verdict = if s.records {
-                verify_records_file(
-                    path,
-                    (&anchors, &claimed),
-                    cp_here.as_ref(),
-                    threads,
-                    &mut problems,
-                )?
-            } else {
-                verify_one(
-                    path,
-                    &s.links,
-                    (&anchors, &claimed),
-                    cp_here.as_ref(),
-                    threads,
-                    &mut problems,
-                )?
-            };
-            let mut s = s;
+            let verdict = verify_one(
+                path,
+                &s.links,
+                (&anchors, &claimed),
+                cp_here.as_ref(),
+                threads,
+                &mut problems,
+            )?;
             s.problems.extend(problems);
             (s, verdict)
         };
@@ -596,46 +588,6 @@ fn stream_records(
         return Err(e);
     }
     Ok((scanner.into_inner().finish(), verdict))
-}
-
-/// The second pass over a records export: records parsed and hashed on
-/// worker threads, in order, into the verifier the server uses.
-fn verify_records_file(
-    path: &Path,
-    (anchors, claimed): (&[ChainHead], &[ChainHead]),
-    cp: Option<&Checkpoint>,
-    threads: usize,
-    problems: &mut Vec<String>,
-) -> Result<Verdict, Error> {
-    let damaged: RefCell<Vec<String>> = RefCell::new(Vec::new());
-    let name = path.display().to_string();
-    let lines = read_lines(path)?.filter_map(|item| match item {
-        Ok((n, raw)) if raw.starts_with(RECORD_PREFIX) => Some(Ok((n, raw))),
-        Ok(_) => None,
-        Err(e) => Some(Err(e)),
-    });
-    let digest = |(n, raw): (u64, Vec<u8>)| -> Result<(Record, RecordDigest), String> {
-        let r = RecordLine::parse(trim(&raw))
-            .map_err(|m| format!("{name}:{n}: damaged record: {m}"))?;
-        let d = record::digest(&r.record, r.segments.iter().map(Vec::as_slice), &r.payload);
-        Ok((r.record, d))
-    };
-    let verdict = std::thread::scope(|scope| {
-        let records = map_ordered(scope, lines, threads, || {}, digest).filter_map(|r| match r {
-            Ok(Ok(rd)) => Some(Ok(rd)),
-            // A damaged line is reported, and the verification goes on
-            // without it: its transaction shows up as missing.
-            Ok(Err(m)) => {
-                damaged.borrow_mut().push(m);
-                None
-            }
-            Err(e) => Some(Err(e)),
-        });
-        record::verify_records(records, cp, anchors, claimed)
-    })
-    .map_err(|e| Error::Io(path.into(), e))?;
-    problems.extend(damaged.into_inner());
-    Ok(verdict)
 }
 
 fn merge(into: &mut Verdict, v: Verdict) {
