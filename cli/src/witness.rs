@@ -12,16 +12,9 @@ use audit_log_core::Checkpoint;
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 
+use crate::error::Error;
 use crate::sign::{read_signed, sign, verify_signed, write_signed};
 use crate::{export, verify_file};
-
-/// Why the witness refused to go on: `Error::Refused` when the log does
-/// not extend what was witnessed (exit 1), trouble otherwise (exit 2).
-pub use crate::error::Error as Failure;
-
-fn trouble(m: impl Into<String>) -> Failure {
-    Failure::trouble(m)
-}
 
 /// Compare two checkpoints of the same log chain by chain: each chain must
 /// still be at least as long, and unchanged where it was.
@@ -67,43 +60,44 @@ pub fn run(
     state: &Path,
     key: &SigningKey,
     export_file: Option<&Path>,
-) -> Result<String, Failure> {
-    fs::create_dir_all(state).map_err(|e| trouble(format!("{}: {e}", state.display())))?;
+) -> Result<String, Error> {
+    fs::create_dir_all(state).map_err(|e| Error::Io(state.to_path_buf(), e))?;
     let latest = state.join("latest.json");
     let last = if latest.exists() {
-        let s = read_signed(&latest).map_err(Failure::Trouble)?;
+        let s = read_signed(&latest).map_err(Error::Trouble)?;
         // The state is only as good as its signature: an edited state file is refused.
         let cp = verify_signed(&s, &key.verifying_key())
-            .map_err(|e| Failure::Refused(format!("{}: {e}", latest.display())))?;
+            .map_err(|e| Error::Refused(format!("{}: {e}", latest.display())))?;
         Some((s, cp))
     } else {
         None
     };
 
-    let mut client = export::connect(dsn).map_err(Failure::Trouble)?;
+    let mut client = export::connect(dsn).map_err(Error::Trouble)?;
     let now_text: String = client
         .query_one("SELECT audit_log.checkpoint()::text", &[])
-        .map_err(|e| trouble(format!("audit_log.checkpoint(): {e}")))?
+        .map_err(|e| Error::trouble(format!("audit_log.checkpoint(): {e}")))?
         .get(0);
-    let now_value: Value = serde_json::from_str(&now_text).map_err(|e| trouble(e.to_string()))?;
-    let now = Checkpoint::parse(&now_value).map_err(|e| trouble(e.to_string()))?;
+    let now_value: Value =
+        serde_json::from_str(&now_text).map_err(|e| Error::trouble(e.to_string()))?;
+    let now = Checkpoint::parse(&now_value).map_err(|e| Error::trouble(e.to_string()))?;
 
     let mut proof = String::from("first checkpoint: nothing earlier to extend");
     if let Some((signed, last_cp)) = &last {
-        compare(last_cp, &now).map_err(Failure::Refused)?;
+        compare(last_cp, &now).map_err(Error::Refused)?;
         let last_text =
-            serde_json::to_string(&signed.checkpoint).map_err(|e| trouble(e.to_string()))?;
+            serde_json::to_string(&signed.checkpoint).map_err(|e| Error::trouble(e.to_string()))?;
         let row = client
             .query_one(
                 "SELECT ok, events_checked, problem FROM audit_log.verify($1::text::jsonb)",
                 &[&last_text],
             )
-            .map_err(|e| trouble(format!("audit_log.verify(checkpoint): {e}")))?;
+            .map_err(|e| Error::trouble(format!("audit_log.verify(checkpoint): {e}")))?;
         let ok: bool = row.get(0);
         let checked: i64 = row.get(1);
         let problem: Option<String> = row.get(2);
         if !ok {
-            return Err(Failure::Refused(format!(
+            return Err(Error::Refused(format!(
                 "the server's verify() against the last witnessed checkpoint failed: {}",
                 problem.unwrap_or_default()
             )));
@@ -111,7 +105,7 @@ pub fn run(
         proof = format!("the server verified {checked} events against the last checkpoint");
         if let Some(file) = export_file {
             let report = verify_file::verify_files(&[file.to_path_buf()], Some(last_cp), threads())
-                .map_err(|e| trouble(e.to_string()))?;
+                .map_err(|e| Error::trouble(e.to_string()))?;
             if !report.ok() {
                 let why = report
                     .verdict
@@ -119,7 +113,7 @@ pub fn run(
                     .map(|p| p.to_string())
                     .or_else(|| report.file_problems.first().cloned())
                     .unwrap_or_default();
-                return Err(Failure::Refused(format!(
+                return Err(Error::Refused(format!(
                     "the export {} does not verify against the last checkpoint: {why}",
                     file.display()
                 )));
@@ -132,10 +126,10 @@ pub fn run(
         }
     }
 
-    let signed = sign(now_value, key).map_err(Failure::Trouble)?;
+    let signed = sign(now_value, key).map_err(Error::Trouble)?;
     let name = format!("checkpoint-{}.json", signed.signed_at.replace(':', ""));
-    write_signed(&signed, &state.join(&name)).map_err(Failure::Trouble)?;
-    write_signed(&signed, &latest).map_err(Failure::Trouble)?;
+    write_signed(&signed, &state.join(&name)).map_err(Error::Trouble)?;
+    write_signed(&signed, &latest).map_err(Error::Trouble)?;
     Ok(format!("{proof}; signed and stored {name}"))
 }
 
