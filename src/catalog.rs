@@ -38,15 +38,23 @@ fn relid(ns: pg_sys::Oid, name: &CStr) -> Result<pg_sys::Oid, AuditError> {
     Ok(oid)
 }
 
-/// The OIDs in the first column of a query with one OID argument.
-pub fn oids(query: &str, arg: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>, AuditError> {
+/// The first column of a query with one OID argument, NULLs left out.
+pub fn first_column<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    query: &str,
+    arg: pg_sys::Oid,
+) -> Result<Vec<T>, AuditError> {
     pgrx::Spi::connect(|c| {
         let mut out = Vec::new();
         for r in c.select(query, None, &[arg.into()])? {
-            out.extend(r.get::<pg_sys::Oid>(1)?);
+            out.extend(r.get::<T>(1)?);
         }
         Ok(out)
     })
+}
+
+/// The OIDs in the first column of a query with one OID argument.
+pub fn oids(query: &str, arg: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>, AuditError> {
+    first_column(query, arg)
 }
 
 /// The current database's name.

@@ -10,7 +10,7 @@ use pgrx::{pg_sys, JsonB};
 use serde_json::json;
 
 use crate::capture;
-use crate::catalog::as_owner;
+use crate::catalog::{self, as_owner};
 use crate::errors::{optional_row, AuditError};
 use crate::options::Options;
 
@@ -119,19 +119,11 @@ pub fn describe(oid: pg_sys::Oid) -> Result<Target, AuditError> {
 
 /// Partitions at every level below a partitioned table.
 pub fn partitions(oid: pg_sys::Oid) -> Result<Vec<String>, AuditError> {
-    Spi::connect(|c| -> Result<Vec<String>, AuditError> {
-        let t = c.select(
-            "SELECT relid::regclass::text FROM pg_catalog.pg_partition_tree($1)
-              WHERE relid <> $1::regclass",
-            None,
-            &[oid.into()],
-        )?;
-        let mut out = Vec::new();
-        for r in t {
-            out.extend(r.get::<String>(1)?);
-        }
-        Ok(out)
-    })
+    catalog::first_column(
+        "SELECT relid::regclass::text FROM pg_catalog.pg_partition_tree($1)
+          WHERE relid <> $1::regclass",
+        oid,
+    )
 }
 
 /// Whether `rel` carries the trigger `name`, enabled ALWAYS.
@@ -286,19 +278,11 @@ pub fn create_row_trigger(qualified: &str, opts: &Options) -> Result<(), AuditEr
 }
 
 pub fn columns_of(oid: pg_sys::Oid) -> Result<Vec<String>, AuditError> {
-    Spi::connect(|c| -> Result<Vec<String>, AuditError> {
-        let t = c.select(
-            "SELECT attname::text FROM pg_catalog.pg_attribute
-              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            None,
-            &[oid.into()],
-        )?;
-        let mut out = Vec::new();
-        for r in t {
-            out.extend(r.get::<String>(1)?);
-        }
-        Ok(out)
-    })
+    catalog::first_column(
+        "SELECT attname::text FROM pg_catalog.pg_attribute
+          WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        oid,
+    )
 }
 
 pub fn enable_with(oid: pg_sys::Oid, t: &Target, opts: &Options) -> Result<(), AuditError> {
