@@ -40,6 +40,21 @@ SET ROLE al_dba;
 SELECT audit_log.set_retention('60 days');
 SELECT audit_log.set_retention('1 day');
 RESET ROLE;
+-- Lower means an earlier cutoff, not a smaller interval: '364 days' orders
+-- above '1 year' (twelve 30-day months) but cuts off later, so it is a
+-- lowering; '366 days' cuts off earlier, so it is a raise. (In a transaction
+-- rolled back after, so that the rest of this file sees the same log.)
+BEGIN;
+\set ON_ERROR_ROLLBACK on
+SELECT audit_log.set_retention('1 year');
+SELECT '364 days'::interval > '1 year'::interval AS orders_above;
+SET ROLE al_dba;
+SELECT audit_log.set_retention('364 days');
+SELECT audit_log.set_retention('366 days');
+SELECT min_age FROM audit_log.retention;
+RESET ROLE;
+\set ON_ERROR_ROLLBACK off
+ROLLBACK;
 SELECT audit_log.set_retention('0');
 SELECT min_age FROM audit_log.retention;
 -- purge() deletes what a snapshot taken under its lock sees: not under an
