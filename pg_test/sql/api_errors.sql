@@ -41,6 +41,28 @@ SELECT audit_log.capture_row();
 \set VERBOSITY sqlstate
 RESET ROLE;
 DROP ROLE al_errors_admin;
+-- A role holding neither role, on a table it owns: PostgreSQL refuses it
+-- EXECUTE. Should a superuser grant EXECUTE outside the roles, each
+-- function still checks the role itself, and the hint names the one missing.
+DROP ROLE IF EXISTS al_errors_nobody;
+CREATE ROLE al_errors_nobody;
+GRANT CREATE ON SCHEMA public TO al_errors_nobody;
+SET ROLE al_errors_nobody;
+CREATE TABLE nobodys (id int);
+\set VERBOSITY default
+SELECT audit_log.enable('nobodys');
+SELECT * FROM audit_log.verify();
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean, boolean, boolean),
+    audit_log.verify() TO al_errors_nobody;
+SET ROLE al_errors_nobody;
+SELECT audit_log.enable('nobodys');
+SELECT * FROM audit_log.verify();
+\set VERBOSITY sqlstate
+RESET ROLE;
+SELECT count(*) AS audited FROM audit_log.audited_tables WHERE relid = 'nobodys'::regclass;
+DROP OWNED BY al_errors_nobody;
+DROP ROLE al_errors_nobody;
 SELECT audit_log.enable('base');
 -- Two-phase commit: a prepared transaction's events wait, sealed, for
 -- COMMIT PREPARED; ROLLBACK PREPARED leaves none; checkpoint() (or the next
