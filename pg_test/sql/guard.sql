@@ -23,8 +23,13 @@ CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10);
 CREATE TYPE comp AS (a int, b text);
 CREATE TABLE typed OF comp;
 CREATE TABLE tc (id int PRIMARY KEY, c comp);
+-- The enum through a domain over it, and in an array.
+CREATE DOMAIN mood_d AS mood;
+CREATE TABLE t_dom (id int PRIMARY KEY, m mood_d);
+CREATE TABLE t_arr (id int PRIMARY KEY, ms mood[]);
 RESET ROLE;
 SELECT audit_log.enable('t'), audit_log.enable('p'), audit_log.enable('typed'), audit_log.enable('tc');
+SELECT audit_log.enable('t_dom'), audit_log.enable('t_arr');
 SET ROLE al_guard_owner;
 INSERT INTO t VALUES (1, 10, 'happy', 'x', 1.50, 0.1);
 
@@ -58,7 +63,9 @@ CREATE OR REPLACE TRIGGER audit_log_capture_row AFTER INSERT OR UPDATE OR DELETE
     FOR EACH ROW EXECUTE FUNCTION nothing();
 DROP TRIGGER audit_log_capture_stmt ON t;
 ALTER TABLE p DISABLE TRIGGER audit_log_capture_row;   -- reaches the partitions' clones
--- An enum relabel changes how recorded values read: allowed, and recorded.
+-- An enum relabel changes how recorded values read: allowed, and recorded
+-- on every audited table that holds the enum's values (t, and t_dom and
+-- t_arr through the domain and the array).
 ALTER TYPE mood RENAME VALUE 'happy' TO 'furious';
 ALTER TYPE mood ADD VALUE 'calm';
 -- A composite type: ALTER ATTRIBUTE ... TYPE would rewrite its audited typed
@@ -220,6 +227,16 @@ DROP FOREIGN TABLE fkid;  -- (a USING rewrite does not recurse into foreign tabl
 ALTER TABLE t ALTER COLUMN v TYPE int USING v::int;
 ALTER TABLE t DISABLE TRIGGER audit_log_capture_stmt;
 ALTER TABLE t ENABLE ALWAYS TRIGGER audit_log_capture_stmt;
+-- SET UNLOGGED: recorded with the persistence before and after (the table
+-- stays audited); SET LOGGED back is recorded the same way.
+ALTER TABLE t SET UNLOGGED;
+SELECT relpersistence FROM pg_class WHERE oid = 't'::regclass;
+INSERT INTO t VALUES (9, 90, 'sad', 'q', 9.00, 0.9);
+ALTER TABLE t SET LOGGED;
+SELECT new_row->'persistence' AS persistence FROM audit_log.events
+ WHERE table_name = 't' AND new_row ? 'persistence' ORDER BY id;
+-- A table turned into a view is refused for a superuser too.
+CREATE RULE "_RETURN" AS ON SELECT TO t DO INSTEAD SELECT * FROM t;
 
 SELECT op, table_schema || '.' || table_name AS tbl,
        coalesce(new_row->>'command', '') AS command,
