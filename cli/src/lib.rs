@@ -1,5 +1,5 @@
-//! The `audit-log` tool: export, offline verification, signed checkpoints
-//! and a witness. Encoding and verification come from `audit_log_core`, the
+//! The `audit-log` tool: export, offline verification, signed checkpoints,
+//! a witness and a live feed. Encoding and verification come from `audit_log_core`, the
 //! same code the extension runs.
 
 #![forbid(unsafe_code)]
@@ -8,6 +8,8 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod report;
+pub mod siem;
 pub mod sign;
+pub mod tail;
 pub mod verify_file;
 pub mod witness;

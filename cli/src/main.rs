@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use audit_log_cli::error::Error;
 use audit_log_cli::sign::{self, load_public, load_secret, read_signed, verify_signed};
-use audit_log_cli::{export, report, verify_file, witness};
+use audit_log_cli::{export, report, tail, verify_file, witness};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
@@ -117,6 +117,37 @@ enum Command {
         /// An export of the whole log, to verify offline against the last checkpoint too.
         #[arg(long = "export", value_name = "FILE")]
         export_file: Option<PathBuf>,
+    },
+    /// Print committed events as JSON Lines as they commit, each chain's in
+    /// order, checked against its chain; resumes from STATE after any stop.
+    Tail {
+        #[arg(long)]
+        dsn: String,
+        /// Where the feed is: created on the first run, saved after each write.
+        #[arg(long, value_name = "STATE")]
+        state: PathBuf,
+        /// Append to this file, exactly once across restarts (default:
+        /// standard output, where a restart after kill -9 can repeat the
+        /// last poll's lines).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = tail::Feed::Native)]
+        format: tail::Feed,
+        /// Milliseconds between polls that found nothing new.
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        /// Transactions read per chain and poll.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        batch: i64,
+        /// Stop once caught up with the log.
+        #[arg(long)]
+        once: bool,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// With no state file yet, start at the log's current end, not its start.
+        #[arg(long)]
+        from_now: bool,
     },
 }
 
@@ -259,6 +290,31 @@ fn run(command: Command) -> Result<u8, Error> {
             )?;
             println!("{summary}");
             Ok(if intact { INTACT } else { TAMPERED })
+        }
+        Command::Tail {
+            dsn,
+            state,
+            out,
+            format,
+            interval_ms,
+            batch,
+            once,
+            seconds,
+            from_now,
+        } => {
+            let stats = tail::run(&tail::Options {
+                dsn,
+                state,
+                out,
+                feed: format,
+                interval: std::time::Duration::from_millis(interval_ms),
+                batch,
+                once,
+                seconds,
+                from_now,
+            })?;
+            eprintln!("{}", stats.summary());
+            Ok(INTACT)
         }
         Command::Witness {
             dsn,

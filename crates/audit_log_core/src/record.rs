@@ -19,7 +19,7 @@ use crate::encoding::decode::{Malformed, Reader};
 use crate::encoding::put_len;
 use crate::hash::{event_hash_from_encoding, link_hash, Hash, ZERO_HASH};
 use crate::model::{ChainHead, Checkpoint, Event, Json, Link};
-use crate::verify::{ProblemKind, Verdict};
+use crate::verify::{Problem, ProblemKind, Verdict};
 
 /// Append one event's canonical encoding to a payload.
 pub fn put_event(payload: &mut Vec<u8>, canonical: &[u8]) {
@@ -573,6 +573,62 @@ impl ChainState {
     }
 }
 
+/// Chains followed forward from known heads, one record at a time: what a
+/// live reader (`audit-log tail`) checks before it hands a record on. Each
+/// chain's records must come in seq order; a head is trusted as given (it
+/// was checked when it was reached), and a chain with no head starts at its
+/// first record.
+pub struct Follower {
+    walks: BTreeMap<i32, Walk>,
+}
+
+impl Follower {
+    pub fn new(heads: &[ChainHead]) -> Self {
+        let walks = heads
+            .iter()
+            .map(|h| {
+                let w = Walk::new(h.chain, None, Some(h), std::slice::from_ref(h));
+                (h.chain, w)
+            })
+            .collect();
+        Follower { walks }
+    }
+
+    /// Check `r`, whose events hash to `d`, as the next record of its chain:
+    /// the first problem found, or its new head.
+    pub fn step(&mut self, r: &Record, d: &Digest) -> Result<ChainHead, Problem> {
+        let w = self
+            .walks
+            .entry(r.chain_id)
+            .or_insert_with(|| Walk::new(r.chain_id, None, None, &[]));
+        let mut v = Verdict::default();
+        // A record out of order is not walked: the chain stays where it was.
+        let saved = (w.prev_seq, w.prev_hash, w.prev_last_event);
+        w.step(&mut v, r, d);
+        match v.problems.into_iter().next() {
+            Some(p) => {
+                (w.prev_seq, w.prev_hash, w.prev_last_event) = saved;
+                Err(p)
+            }
+            None => Ok(ChainHead::from(r)),
+        }
+    }
+
+    /// Every chain's head, in chain order.
+    pub fn heads(&self) -> Vec<ChainHead> {
+        self.walks
+            .values()
+            .filter(|w| w.prev_seq > 0)
+            .map(|w| ChainHead {
+                chain: w.chain_id,
+                seq: w.prev_seq,
+                link_hash: w.prev_hash,
+                last_event: w.prev_last_event,
+            })
+            .collect()
+    }
+}
+
 /// Verify a log of records, each with the digest of its events, in any
 /// order: a sequential scan reads them in the order they lie on disk, which
 /// within a chain is almost always seq order, so the records held back
@@ -890,5 +946,41 @@ mod tests {
         );
         // A segment lost.
         assert!(digest(&r, [], &p[cut..]).fault.is_some());
+    }
+
+    #[test]
+    fn a_follower_continues_from_a_head_and_stops_at_a_break() {
+        let log = chain(5);
+        let d = |(r, p): &(Record, Vec<u8>)| digest(r, [], p);
+        // Started at the head after record 2: records 3..5 follow on.
+        let mut f = Follower::new(&[ChainHead::from(&log[1].0)]);
+        for x in &log[2..] {
+            assert_eq!(f.step(&x.0, &d(x)), Ok(ChainHead::from(&x.0)));
+        }
+        assert_eq!(f.heads(), vec![ChainHead::from(&log[4].0)]);
+        // A chain it has no head for starts at seq 1.
+        let mut f = Follower::new(&[]);
+        assert!(f.step(&log[0].0, &d(&log[0])).is_ok());
+        // A gap, a repeat, an edit and a head from another log each refuse
+        // the record and leave the chain where it was.
+        let mut f = Follower::new(&[ChainHead::from(&log[0].0)]);
+        let gap = f.step(&log[2].0, &d(&log[2])).unwrap_err();
+        assert_eq!(gap.kind, ProblemKind::LinkMissing);
+        let again = f.step(&log[0].0, &d(&log[0])).unwrap_err();
+        assert_eq!(again.kind, ProblemKind::LinkChanged);
+        let mut edited = log[1].clone();
+        let n = edited.1.len();
+        edited.1[n - 1] ^= 1;
+        let e = f.step(&edited.0, &d(&edited)).unwrap_err();
+        assert_eq!(e.kind, ProblemKind::ContentChanged);
+        assert_eq!(f.heads(), vec![ChainHead::from(&log[0].0)]);
+        assert!(f.step(&log[1].0, &d(&log[1])).is_ok());
+        let mut other = ChainHead::from(&log[0].0);
+        other.link_hash[0] ^= 1;
+        let mut f = Follower::new(&[other]);
+        assert_eq!(
+            f.step(&log[1].0, &d(&log[1])).unwrap_err().kind,
+            ProblemKind::ContentChanged
+        );
     }
 }
