@@ -67,5 +67,18 @@ SELECT audit_log.enable('people', exclude_columns => '{nope}');
 SELECT audit_log.redacted(NULL);
 SELECT options FROM audit_log.audited_tables WHERE relid = 'people'::regclass;
 SELECT ok, events_checked FROM audit_log.verify();
+-- The redaction salt follows DROP and CREATE EXTENSION in the same session:
+-- the new installation's salt is new, so the same value hashes differently
+-- (a salt cached from the dropped installation would hash it the same).
+SELECT new_row->>'ssn' AS old_install_ssn FROM audit_log.events
+ WHERE table_name = 'people' AND new_row->>'name' = 'Ann' AND op = 'INSERT' \gset
+DROP EXTENSION audit_log CASCADE;
+CREATE EXTENSION audit_log;
+CREATE TABLE people_again (id int PRIMARY KEY, ssn text);
+SELECT audit_log.enable('people_again', redact_columns => '{ssn}');
+INSERT INTO people_again VALUES (1, '123-45-6789');
+SELECT new_row->>'ssn' <> :'old_install_ssn' AS new_salt_used,
+       new_row->>'ssn' = audit_log.redacted('"123-45-6789"') AS redacted_agrees
+  FROM audit_log.events WHERE table_name = 'people_again' AND op = 'INSERT';
 \c postgres
 DROP DATABASE al_options;
