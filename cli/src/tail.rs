@@ -416,7 +416,7 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
         let records = poll(&mut client, &follower.heads(), o.batch)?;
         let found = records.len();
         let mut buf = Vec::new();
-        let written_at = micros(SystemTime::now());
+        let mut committed = Vec::with_capacity(found);
         for (r, segments, payload) in merge_by_time(records) {
             let segs = segments.iter().map(Vec::as_slice);
             let d = digest(&r, segs.clone(), &payload);
@@ -434,12 +434,16 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
                 stats.events += 1;
             }
             stats.records += 1;
-            stats
-                .lags
-                .push((written_at - r.committed_at).max(0) as f64 / 1000.0);
+            committed.push(r.committed_at);
         }
         if !buf.is_empty() {
             sink.write(&buf)?;
+            let written_at = micros(SystemTime::now());
+            stats.lags.extend(
+                committed
+                    .iter()
+                    .map(|c| (written_at - c).max(0) as f64 / 1000.0),
+            );
             state.events += buf.iter().filter(|&&b| b == b'\n').count() as u64;
             state.heads = follower.heads();
             state.out_bytes = sink.bytes();
