@@ -109,6 +109,50 @@ SQL
     WL_EVENTS=$(wl_q -c "SELECT count(*) FROM audit_log.events")
 }
 
+# wl_check against checkpoint $1 (or none) with at least $2 new commits, and
+# the commits of the $3 transactions pgbench finished since the previous
+# check are there: 1 in 10 on average end with the script's ROLLBACK, so at
+# least 7 in 10 committed.
+wl_check_load() {
+    local prev=${WL_TX:-0} finished=$3
+    wl_check "$1" "$2"
+    [ $((WL_TX - prev)) -ge $((finished * 7 / 10)) ] \
+        || wl_fail "pgbench finished $finished transactions, but only $((WL_TX - prev)) committed"
+}
+
+# After a pgbench load that ran to its end, with its output in file $1 and
+# its exit status $2: it must have exited 0 (serialization failures and
+# deadlocks, counted without retries, are not errors) having finished
+# transactions. Sets LOAD_TX to how many.
+wl_load_done() {
+    local out=$1 rc=$2
+    [ "$rc" = 0 ] || wl_fail "pgbench exited with $rc: $(tail -n 5 "$out")"
+    LOAD_TX=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
+    [ "${LOAD_TX:-0}" -gt 0 ] || wl_fail "pgbench finished no transaction: $(tail -n 5 "$out")"
+}
+
+# After a pgbench load that a crash ended, with its output in file $1 and
+# its exit status $2: it must have started (status 2, clients aborted; 1 is
+# a failure to start), every client must have aborted by losing its server
+# and by nothing else, and it must have finished transactions first. Sets
+# LOAD_TX to how many.
+wl_load_crashed() {
+    local out=$1 rc=$2 other
+    [ "$rc" = 2 ] || wl_fail "pgbench exited with $rc, not 2 (clients aborted by the crash): $(tail -n 5 "$out")"
+    # The two threads write their messages in pieces that can interleave at
+    # any point ("pgbench: pgbench:error: client 14 ...", a message split over
+    # two lines): join the output, remove the prefixes and every expected
+    # message, and whatever still speaks of an error is one.
+    other=$(tr '\n' ' ' <"$out" \
+        | sed -E -e 's/pgbench: ?//g' -e 's/error: ?//g' \
+                 -e 's/client [0-9]+ aborted in command [0-9]+ \(SQL\) of script 0; perhaps the backend died while processing//g' \
+                 -e 's/Run was aborted; the above results are incomplete\.//g' \
+        | grep -o -i -E '.{0,80}(error|fatal|abort).{0,80}' || true)
+    [ -z "$other" ] || wl_fail "pgbench failed otherwise than by losing its server: $(head -n 5 <<<"$other")"
+    LOAD_TX=$(sed -n 's/^number of transactions actually processed: \([0-9]*\)$/\1/p' "$out")
+    [ "${LOAD_TX:-0}" -gt 0 ] || wl_fail "pgbench finished no transaction before the crash: $(tail -n 5 "$out")"
+}
+
 # After a crash and a restart: wait until the server accepts connections.
 wait_ready() {
     for _ in $(seq 1 120); do

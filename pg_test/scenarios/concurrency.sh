@@ -3,30 +3,33 @@
 # with savepoint and whole-transaction rollbacks; then the invariants of
 # lib/workload.sh. The same workload without auditing shows that auditing
 # adds no serialization failures or deadlocks.
-# CLIENTS and SECONDS_PER_LEVEL are parameters for a longer soak.
+# CLIENTS and SECONDS_PER_LEVEL are parameters for a longer soak; each run
+# of the audited workload must commit MIN_TX transactions at least.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/lib/workload.sh"
-clients=${CLIENTS:-16} seconds=${SECONDS_PER_LEVEL:-6}
+clients=${CLIENTS:-16} seconds=${SECONDS_PER_LEVEL:-6} min_tx=${MIN_TX:-100}
 
-# pgbench's failure rate (serialization failures and deadlocks, no retries).
-failure_rate() {
-    local level=$1 out
-    out=$(PGOPTIONS="-c default_transaction_isolation=${level// /\\ }" \
-        pgbench -n -c "$clients" -j 2 -T "$seconds" --max-tries=1 -f "$WL_SCRIPT" "$WL_DB" 2>&1) \
-        || wl_fail "pgbench failed at $level: $out"
-    local done_tx failed
-    done_tx=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
-    failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
-    failed=${failed:-0}
-    echo "$done_tx $failed"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+# Run the workload at an isolation level, to its end (lib/workload.sh's
+# wl_load_done: exit 0, transactions finished). Sets LOAD_TX (finished:
+# committed or rolled back by the script) and FAILED_TX.
+run_level() {
+    local level=$1 rc=0
+    PGOPTIONS="-c default_transaction_isolation=${level// /\\ }" \
+        pgbench -n -c "$clients" -j 2 -T "$seconds" --max-tries=1 -f "$WL_SCRIPT" "$WL_DB" >"$out" 2>&1 || rc=$?
+    wl_load_done "$out" "$rc"
+    FAILED_TX=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out")
+    FAILED_TX=${FAILED_TX:-0}
 }
 
 wl_setup al_conc
 for level in "read committed" "repeatable read" serializable; do
-    read -r ok_tx failed <<<"$(failure_rate "$level")"
-    echo "  audited, $level: $ok_tx committed or rolled back, $failed failed"
-    wl_check
+    run_level "$level"
+    echo "  audited, $level: $LOAD_TX committed or rolled back, $FAILED_TX failed"
+    wl_check_load "" "$min_tx" "$LOAD_TX"
 done
 echo "concurrency: $WL_TX transactions, $WL_EVENTS events, verified, replay matches"
 
@@ -39,11 +42,14 @@ unaudited=$(mktemp /tmp/audit_log_unaudited.XXXXXX); chmod 644 "$unaudited"
 sed -e 's/\bt1\b/u1/g; s/\bt2\b/u2/g; s/\bt3\b/u3/g; s/\bwitness\b/uw/g' "$WL_SCRIPT" >"$unaudited"
 audited_script=$WL_SCRIPT
 summary=""
+audited_done=0
 for level in "repeatable read" serializable; do
     sum_a=0 att_a=0 sum_u=0 att_u=0
     for round in 1 2; do
-        WL_SCRIPT=$audited_script; read -r d f <<<"$(failure_rate "$level")"; sum_a=$((sum_a + f)); att_a=$((att_a + d + f))
-        WL_SCRIPT=$unaudited; read -r d f <<<"$(failure_rate "$level")"; sum_u=$((sum_u + f)); att_u=$((att_u + d + f))
+        WL_SCRIPT=$audited_script; run_level "$level"
+        sum_a=$((sum_a + FAILED_TX)); att_a=$((att_a + LOAD_TX + FAILED_TX)); audited_done=$((audited_done + LOAD_TX))
+        WL_SCRIPT=$unaudited; run_level "$level"
+        sum_u=$((sum_u + FAILED_TX)); att_u=$((att_u + LOAD_TX + FAILED_TX))
     done
     rate_a=$((1000 * sum_a / (att_a > 0 ? att_a : 1))) rate_u=$((1000 * sum_u / (att_u > 0 ? att_u : 1)))
     echo "  $level failures per 1000 attempts: audited $rate_a, unaudited $rate_u"
@@ -57,6 +63,6 @@ for level in "repeatable read" serializable; do
 done
 WL_SCRIPT=$audited_script
 rm -f "$unaudited"
-wl_check
+wl_check_load "" "$min_tx" "$audited_done"
 wl_teardown
 echo "concurrency: auditing adds no serialization failures or deadlocks (per 1000 attempts, audited vs not: ${summary%; })"
