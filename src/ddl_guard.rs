@@ -90,6 +90,12 @@ unsafe extern "C-unwind" fn at_subxact_end(
     }
 }
 
+/// How many DDL commands the guard holds as in progress (tests only).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn commands_in_progress() -> usize {
+    STARTS.with_borrow(Vec::len)
+}
+
 /// The guard's own transaction callbacks, to forget commands that ended.
 pub fn register_callbacks() {
     // SAFETY: called once from _PG_init; the callbacks live as long as the library.
@@ -188,6 +194,11 @@ fn judge_start(tag: &str, mut plan: Plan) -> Result<(), AuditError> {
                             table: format!("{}.{}", st.schema, st.name),
                         });
                     }
+                    // A superuser's: SET EXPRESSION recomputes every stored
+                    // value of the column, so it is recorded as a rewrite.
+                    if matches!(a, Action::SetExpression(_)) {
+                        rewrites = true;
+                    }
                 }
             }
             Action::ToView(t) => {
@@ -211,6 +222,9 @@ fn judge_start(tag: &str, mut plan: Plan) -> Result<(), AuditError> {
                     });
                 }
             }
+            // A superuser's attribute type change rewrites the typed tables'
+            // values, as ALTER COLUMN ... TYPE does a table's.
+            Action::CompositeType { rewrites: true, .. } => rewrites = true,
             Action::Attach { parent, child } => attach_prepare(*parent, *child)?,
             Action::JsonCast if !su => return Err(AuditError::JsonCast(tag.to_string())),
             Action::IntoAuditSchema if !su => {

@@ -235,6 +235,15 @@ INSERT INTO t VALUES (9, 90, 'sad', 'q', 9.00, 0.9);
 ALTER TABLE t SET LOGGED;
 SELECT new_row->'persistence' AS persistence FROM audit_log.events
  WHERE table_name = 't' AND new_row ? 'persistence' ORDER BY id;
+-- A superuser's attribute type change of a composite type rewrites the
+-- values of its typed tables: recorded there as a rewrite.
+CREATE TYPE comp2 AS (a int, b text);
+CREATE TABLE typed2 OF comp2;
+SELECT audit_log.enable('typed2');
+INSERT INTO typed2 VALUES (1, 'x');
+ALTER TYPE comp2 ALTER ATTRIBUTE a TYPE text CASCADE;
+SELECT table_name, new_row->>'command' AS command, new_row->'values_rewritten' AS values_rewritten
+  FROM audit_log.events WHERE table_name = 'typed2' AND op = 'DDL';
 -- A table turned into a view is refused for a superuser too.
 CREATE RULE "_RETURN" AS ON SELECT TO t DO INSTEAD SELECT * FROM t;
 
@@ -244,6 +253,35 @@ SELECT op, table_schema || '.' || table_name AS tbl,
        CASE WHEN op = 'DDL' THEN new_row->'after'->>'columns' END AS columns_after
   FROM audit_log.events WHERE op NOT IN ('ENABLE_SCHEMA') ORDER BY id;
 SELECT ok, events_checked FROM audit_log.verify();
+-- PostgreSQL 17 and later: ALTER COLUMN ... SET EXPRESSION recomputes every
+-- stored value of a generated column. The owner is refused; a superuser's
+-- is recorded as a rewrite. Earlier versions have no such command, so
+-- there the block does nothing and no such event is expected.
+DO $$
+BEGIN
+    IF current_setting('server_version_num')::int < 170000 THEN
+        RETURN;
+    END IF;
+    SET LOCAL ROLE al_guard_owner;
+    CREATE TABLE gen (id int PRIMARY KEY, v int, g int GENERATED ALWAYS AS (v + 1) STORED);
+    RESET ROLE;
+    PERFORM audit_log.enable('gen');
+    INSERT INTO gen VALUES (1, 10);
+    SET LOCAL ROLE al_guard_owner;
+    BEGIN
+        EXECUTE 'ALTER TABLE gen ALTER COLUMN g SET EXPRESSION AS (v * 100)';
+        RAISE EXCEPTION 'SET EXPRESSION by the owner of an audited table was not refused';
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;
+    END;
+    RESET ROLE;
+    EXECUTE 'ALTER TABLE gen ALTER COLUMN g SET EXPRESSION AS (v * 100)';
+END
+$$;
+SELECT count(*) = CASE WHEN current_setting('server_version_num')::int >= 170000 THEN 1 ELSE 0 END
+       AS set_expression_recorded_where_it_exists
+  FROM audit_log.events
+ WHERE table_name = 'gen' AND op = 'DDL' AND (new_row->>'values_rewritten')::boolean;
 \c postgres
 DROP DATABASE al_guard;
 DROP ROLE al_guard_owner;
