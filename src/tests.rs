@@ -202,4 +202,43 @@ mod tests {
     fn verify_refuses_a_foreign_checkpoint() {
         Spi::run("SELECT * FROM audit_log.verify('{\"format\": \"x\", \"chains\": []}')").unwrap();
     }
+
+    /// A DDL command that fails inside a subtransaction (a PL/pgSQL
+    /// exception block) never reaches ddl_command_end: the guard forgets it
+    /// when the subtransaction aborts, so failures do not pile up.
+    #[pg_test]
+    fn failed_ddl_in_subtransactions_leaves_nothing_in_progress() {
+        setup();
+        let before = crate::ddl_guard::commands_in_progress();
+        Spi::run(
+            "DO $$ BEGIN
+                 FOR i IN 1..5 LOOP
+                     BEGIN
+                         ALTER TABLE t ADD COLUMN v int;
+                     EXCEPTION WHEN duplicate_column THEN NULL;
+                     END;
+                 END LOOP;
+             END $$;",
+        )
+        .unwrap();
+        assert_eq!(crate::ddl_guard::commands_in_progress(), before);
+    }
+
+    /// tx_seq is stored as an integer: the event after 2^31 - 1 in one
+    /// transaction is refused with a clear error, never wrapped.
+    #[pg_test(
+        error = "a transaction can record at most 2147483647 audited changes; this one has 2147483647"
+    )]
+    fn a_transaction_past_two_billion_events_is_refused() {
+        setup();
+        Spi::run("INSERT INTO t VALUES (1, 'a')").unwrap();
+        crate::txstate::pretend_event_count(i64::from(i32::MAX) - 1);
+        // The 2^31 - 1st event is still recorded, at that tx_seq.
+        Spi::run("INSERT INTO t VALUES (2, 'b')").unwrap();
+        let last = Spi::get_one::<i64>("SELECT max(tx_seq) FROM tests.pending()")
+            .unwrap()
+            .unwrap();
+        assert_eq!(last, i64::from(i32::MAX));
+        Spi::run("INSERT INTO t VALUES (3, 'c')").unwrap();
+    }
 }

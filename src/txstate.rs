@@ -175,6 +175,17 @@ fn pack(first: i64, batch: &[Pending]) -> (Vec<u8>, Vec<(i64, i64, i32)>) {
     (payload, keys)
 }
 
+/// Make the transaction's event count `n`, as if it had captured that many
+/// (tests only: 2^31 real events cannot be made in a test).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn pretend_event_count(n: i64) {
+    STATE.with_borrow_mut(|s| {
+        if let Some(s) = s.as_mut() {
+            s.head.count = n;
+        }
+    });
+}
+
 /// The events this transaction holds in memory, as a payload, with the id
 /// of its first event (tests only: committed events are in the log).
 #[cfg(any(test, feature = "pg_test"))]
