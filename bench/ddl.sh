@@ -5,7 +5,7 @@
 #   audited  a database with audit_log and DDL_AUDITED_TABLES audited tables
 # each also under hostile planner settings for the session. The guard's cost
 # must not grow with the number of audited tables, nor depend on the
-# planner: target < 1 ms added per statement on an unaudited table.
+# planner: target < 1 ms added per statement that records no event.
 #
 #   bash bench/ddl.sh            (bench/run.sh calls it at its end)
 #   DDL_ITERATIONS=100 DDL_ROUNDS=3 DDL_AUDITED_TABLES=10000 bash bench/ddl.sh
@@ -17,7 +17,12 @@ dir=${DDL_BENCH_DIR:-/tmp/audit_log_bench_ddl} port=${DDL_BENCH_PORT:-55491}
 target_ms=1
 hostile="-c enable_seqscan=off -c enable_indexscan=off -c enable_bitmapscan=off -c enable_hashjoin=off
  -c enable_mergejoin=off -c enable_nestloop=off -c parallel_setup_cost=0 -c parallel_tuple_cost=0
- -c min_parallel_table_scan_size=0"
+ -c min_parallel_table_scan_size=0 -c max_parallel_maintenance_workers=0"
+# max_parallel_maintenance_workers = 0: with parallel costs at 0, PostgreSQL
+# would build even an empty table's index with parallel workers, and each
+# worker loads every library the session has loaded (audit_log's costs about
+# 0.4 ms per worker): a cost of loading any extension, the same with one
+# audited table or 10,000, measured apart below.
 hostile=$(echo $hostile)
 
 bash "$root/pg_test/cluster.sh" start "$dir" "$port"
@@ -89,6 +94,7 @@ declare -A res
 run() {  # run WORKLOAD DB SETTINGS(normal|hostile) ITERATIONS [keep] -> per-statement ms into res[]
     local w=$1 db=$2 s=$3 n=$4 out opts=""
     [ "$s" = hostile ] && opts=$hostile
+    [ "$s" = parallel ] && opts="$hostile -c max_parallel_maintenance_workers=2"
     [ "$w" = audited ] && reset_acct "$db"
     out=$(PGOPTIONS="$opts" pgbench -n -r -U bench_owner -f "$scripts/$w.sql" -t "$n" "$db" 2>&1) \
         || { echo "bench: pgbench failed ($w, $db, $s): $out" >&2; exit 1; }
@@ -116,6 +122,11 @@ for r in $(seq 1 "$rounds"); do
     echo "bench ddl: round $r/$rounds done" >&2
 done
 measure_s=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }')
+# Parallel index builds forced (the hostile settings with parallel
+# maintenance workers allowed): what loading audit_log in each worker costs.
+for r in $(seq 1 "$rounds"); do
+    for db in plain audited; do run unaudited "$db" parallel "$iters" keep; done
+done
 
 worst=0
 table() {  # table WORKLOAD LABELS...
@@ -149,7 +160,7 @@ echo "setup: $ntables tables (id int, v int) created in ${setup_s[plain]} s with
 echo "plain: no audit_log, the same $ntables tables; 10k aud.: audit_log, $ntables audited tables;"
 echo "hostile: the session SETs $hostile"
 echo
-echo "Target: < $target_ms ms added per DDL statement on a table that is not audited, with $ntables audited tables, hostile settings too."
+echo "Target: < $target_ms ms added per DDL statement that records no event, with $ntables audited tables, hostile settings too."
 echo
 header "unaudited table"
 unaudited_rows=$(table unaudited "${unaudited_labels[@]}")
@@ -158,9 +169,18 @@ echo
 echo "On the audited table acct (1000 rows); * records an event in the log, expected cost beyond the guard:"
 echo
 header "audited table"
-table audited "${audited_labels[@]}"
+audited_rows=$(table audited "${audited_labels[@]}")
+echo "$audited_rows"
 echo
-worst=$(echo "$unaudited_rows" | awk -F'|' '{ for (i = 5; i <= 8; i += 3) if ($i + 0 > m) m = $i + 0 } END { printf "%.3f", m }')
+# The target covers every statement that records no event: those on
+# unaudited tables, and CREATE and DROP INDEX on the audited one.
+worst=$( { echo "$unaudited_rows"; echo "$audited_rows" | grep -v '\*'; } | grep -v 'mix, mean' \
+    | awk -F'|' '{ for (i = 5; i <= 8; i += 3) if ($i + 0 > m) m = $i + 0 } END { printf "%.3f", m }')
 verdict=$(awk -v w="$worst" -v t="$target_ms" 'BEGIN { print (w < t ? "met" : "NOT MET") }')
-echo "largest added cost on an unaudited table: $worst ms per statement (target < $target_ms ms): $verdict"
+echo "largest added cost on a statement that records no event: $worst ms per statement (target < $target_ms ms): $verdict"
+for i in 0 2; do
+    awk -v l="${unaudited_labels[$i]}" -v p="$(median ${res["unaudited plain parallel $i"]})" \
+        -v a="$(median ${res["unaudited audited parallel $i"]})" 'BEGIN {
+        printf "parallel index builds forced, %s: %.3f ms without audit_log, %.3f with (%+.3f: each parallel worker loads the library)\n", l, p, a, a - p }'
+done
 echo "measured in ${measure_s} s"

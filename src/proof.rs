@@ -144,6 +144,14 @@ AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.checkpoint() IS 'Every chain''s head (seq, link hash, last event), to keep outside the database: audit_log.verify(checkpoint) later proves that the log extends it. Requires audit_log_auditor.';
 "#)]
 fn checkpoint() -> Result<JsonB, ErrorReport> {
+    // EXECUTE granted outside the role still gets the role's hint, not a
+    // bare "permission denied for table records".
+    if !catalog::current_user_has(c"audit_log_auditor") {
+        return Err(AuditError::NotAuditor {
+            action: "take a checkpoint".into(),
+        }
+        .into());
+    }
     // Committed prepared transactions join the chains first, so that the
     // checkpoint covers them; not on a standby or in a read-only transaction.
     // SAFETY: plain reads of transaction state.

@@ -54,10 +54,11 @@ SELECT audit_log.enable('nobodys');
 SELECT * FROM audit_log.verify();
 RESET ROLE;
 GRANT EXECUTE ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean, boolean, boolean),
-    audit_log.verify() TO al_errors_nobody;
+    audit_log.verify(), audit_log.checkpoint() TO al_errors_nobody;
 SET ROLE al_errors_nobody;
 SELECT audit_log.enable('nobodys');
 SELECT * FROM audit_log.verify();
+SELECT audit_log.checkpoint();
 \set VERBOSITY sqlstate
 RESET ROLE;
 SELECT count(*) AS audited FROM audit_log.audited_tables WHERE relid = 'nobodys'::regclass;
