@@ -145,6 +145,30 @@ CREATE TABLE audit_log.anchors (
 );
 COMMENT ON TABLE audit_log.anchors IS 'Written by audit_log.purge(): the last purged link of each chain, from which verify() continues. Each purge also records its anchors as an event.';
 
+-- This log's identity as a source of central collection: made once by
+-- audit_log.source_id(), kept by pg_dump and by physical copies, so a
+-- restore or a failover does not change it.
+CREATE TABLE audit_log.source (
+    id         boolean     NOT NULL PRIMARY KEY DEFAULT true CHECK (id),
+    source_id  uuid        NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE audit_log.source IS 'This log''s identity for central collection (audit_log.source_id()): one row, made once, kept by pg_dump and physical copies.';
+
+-- At a collector: the sources whose logs it receives by logical
+-- replication, each kept in schema audit_log_source_<name>.
+CREATE TABLE audit_log.sources (
+    name         text        NOT NULL PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,39}$'),
+    subscription name        NOT NULL UNIQUE,
+    source_id    uuid,
+    -- The subscription (OID) that delivered the matching identity: rows of
+    -- any other subscription, or before it, are refused.
+    verified_by  oid,
+    added_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    added_by     text        NOT NULL DEFAULT pg_catalog."session_user"()
+);
+COMMENT ON TABLE audit_log.sources IS 'Sources collected here by audit_log.collect(): the subscription that delivers each, and the source''s identity (audit_log.source_id() there), learnt from the first row it sends.';
+
 -- Secrets only the extension's owner reads: the salt of redacted columns.
 CREATE TABLE audit_log.secrets (
     name  text  NOT NULL PRIMARY KEY,
@@ -159,7 +183,7 @@ COMMENT ON TABLE audit_log.audited_tables IS 'Tables on which audit_log.enable()
 REVOKE ALL ON ALL TABLES IN SCHEMA audit_log FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA audit_log FROM PUBLIC;
 GRANT SELECT ON audit_log.records, audit_log.segments, audit_log.row_keys, audit_log.prepared, audit_log.audited_tables, audit_log.audited_schemas,
-    audit_log.retention, audit_log.anchors TO audit_log_auditor;
+    audit_log.retention, audit_log.anchors, audit_log.source, audit_log.sources TO audit_log_auditor;
 GRANT SELECT ON audit_log.audited_tables, audit_log.audited_schemas, audit_log.retention, audit_log.anchors
     TO audit_log_admin;
 
@@ -174,3 +198,6 @@ SELECT pg_catalog.pg_extension_config_dump('audit_log.audited_schemas', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.retention', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.anchors', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.events_id_seq', '');
+-- New in 0.3.0, after what 0.2.0 had, so that an upgraded database lists them alike.
+SELECT pg_catalog.pg_extension_config_dump('audit_log.source', '');
+SELECT pg_catalog.pg_extension_config_dump('audit_log.sources', '');

@@ -223,3 +223,187 @@ COMMENT ON FUNCTION audit_log.history(regclass, jsonb) IS
 REVOKE ALL ON FUNCTION audit_log.history(regclass, jsonb), audit_log.row_key_of(regclass, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_log.history(regclass, jsonb), audit_log.row_key_of(regclass, jsonb)
     TO audit_log_auditor;
+
+-- Central collection (docs: README, "Collecting many databases' logs").
+-- This log's identity as a source: made on first call, then fixed.
+CREATE FUNCTION audit_log.source_id() RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found_id uuid;
+BEGIN
+    SELECT s.source_id INTO found_id FROM audit_log.source s;
+    IF FOUND THEN
+        RETURN found_id;
+    END IF;
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'audit_log: this log has no source identity yet'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Call audit_log.source_id() once on the primary.';
+    END IF;
+    INSERT INTO audit_log.source DEFAULT VALUES ON CONFLICT DO NOTHING;
+    SELECT s.source_id INTO found_id FROM audit_log.source s;
+    RETURN found_id;
+END
+$$;
+COMMENT ON FUNCTION audit_log.source_id() IS
+    'This log''s identity for central collection: a UUID made on the first call (on the primary) and kept by pg_dump, restores and physical copies.';
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit_log.source
+    FOR EACH ROW EXECUTE FUNCTION audit_log.reject_change();
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit_log.source
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log.reject_change();
+ALTER TABLE audit_log.source ENABLE ALWAYS TRIGGER append_only;
+ALTER TABLE audit_log.source ENABLE ALWAYS TRIGGER append_only_truncate;
+
+-- At a collector: register a source, delivered by a subscription (made
+-- before or after) to a source's publication of audit_log.records,
+-- segments, anchors and source, WITH (publish = 'insert').
+CREATE FUNCTION audit_log.collect(source text, subscription name) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s text := 'audit_log_source_' || source;
+    t text;
+BEGIN
+    IF source IS NULL OR subscription IS NULL THEN
+        RAISE EXCEPTION 'audit_log.collect: source and subscription must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RAISE EXCEPTION 'permission denied to collect a source''s log'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'Ask a superuser to do it: subscriptions are theirs.';
+    END IF;
+    IF source !~ '^[a-z][a-z0-9_]{0,39}$' THEN
+        RAISE EXCEPTION 'audit_log.collect: source name "%" must be 1 to 40 lower-case letters, digits or _, starting with a letter', source
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM audit_log.sources x WHERE x.name = source OR x.subscription = collect.subscription) THEN
+        RAISE EXCEPTION 'audit_log.collect: source "%" or subscription "%" is already registered', source, subscription
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    INSERT INTO audit_log.sources (name, subscription) VALUES (source, subscription);
+    EXECUTE pg_catalog.format('CREATE SCHEMA %I', s);
+    FOREACH t IN ARRAY ARRAY['records', 'segments', 'anchors'] LOOP
+        EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE audit_log.%I INCLUDING ALL)', s, t, t);
+        EXECUTE pg_catalog.format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON %I.%I
+                                     FOR EACH ROW EXECUTE FUNCTION audit_log.reject_change()', s, t);
+        EXECUTE pg_catalog.format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON %I.%I
+                                     FOR EACH STATEMENT EXECUTE FUNCTION audit_log.reject_change()', s, t);
+        EXECUTE pg_catalog.format('ALTER TABLE %I.%I ENABLE ALWAYS TRIGGER append_only', s, t);
+        EXECUTE pg_catalog.format('ALTER TABLE %I.%I ENABLE ALWAYS TRIGGER append_only_truncate', s, t);
+        EXECUTE pg_catalog.format('REVOKE ALL ON %I.%I FROM PUBLIC', s, t);
+        EXECUTE pg_catalog.format('GRANT SELECT ON %I.%I TO audit_log_auditor', s, t);
+    END LOOP;
+    EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO audit_log_auditor', s);
+END
+$$;
+COMMENT ON FUNCTION audit_log.collect(text, name) IS
+    'At a collector: keep the log that subscription delivers (a source''s publication of audit_log.records, segments, anchors and source) in schema audit_log_source_<source>. Superuser only.';
+
+-- Rows a subscription applies to audit_log.records, segments, anchors and
+-- source go to their source's schema instead (REPLICA triggers fire only in
+-- a subscription's workers). A key delivered twice must carry the same row;
+-- a later anchor of a chain (a purge at the source) is not news here, where
+-- the purged records are kept.
+CREATE FUNCTION audit_log.collect_route() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    sub oid;
+    syncing oid;
+    src audit_log.sources;
+    s text;
+    n bigint;
+    last bigint;
+    same boolean;
+BEGIN
+    -- relid is set in a worker copying a table's initial data.
+    SELECT w.subid, w.relid INTO sub, syncing FROM pg_catalog.pg_stat_subscription w
+     WHERE w.pid = pg_catalog.pg_backend_pid() LIMIT 1;
+    IF sub IS NULL THEN
+        RETURN NEW;  -- not a subscription's worker
+    END IF;
+    SELECT x.* INTO src FROM audit_log.sources x
+      JOIN pg_catalog.pg_subscription p ON p.subname = x.subscription
+     WHERE p.oid = sub;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'audit_log: subscription % delivers audit_log rows, but no source is registered for it',
+            (SELECT p.subname FROM pg_catalog.pg_subscription p WHERE p.oid = sub)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run SELECT audit_log.collect(''<source name>'', ''<subscription>'') here.';
+    END IF;
+    IF TG_TABLE_NAME = 'source' THEN
+        IF src.source_id IS NULL OR src.source_id = NEW.source_id THEN
+            UPDATE audit_log.sources SET source_id = NEW.source_id, verified_by = sub WHERE name = src.name;
+        ELSE
+            RAISE EXCEPTION 'audit_log: subscription % delivers the log of source %, but % collects the log of source %',
+                src.subscription, NEW.source_id, src.name, src.source_id
+                USING ERRCODE = 'data_exception',
+                      HINT = 'The subscription points at another database than the one first collected as this source.';
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF src.verified_by IS DISTINCT FROM sub THEN
+        RAISE EXCEPTION 'audit_log: subscription % has not delivered the identity of the log it reads yet', src.subscription
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Its publication must include audit_log.source, copied with its initial data; the rows are retried until it arrives.';
+    END IF;
+    s := 'audit_log_source_' || src.name;
+    IF TG_TABLE_NAME = 'records' AND syncing IS NULL THEN
+        -- Streamed records come in commit order, so each continues its chain.
+        EXECUTE pg_catalog.format('SELECT max(r.seq) FROM %I.records r WHERE r.chain_id = $1', s)
+            INTO last USING NEW.chain_id;
+        IF last IS NULL THEN
+            EXECUTE pg_catalog.format('SELECT a.seq FROM %I.anchors a WHERE a.chain_id = $1', s)
+                INTO last USING NEW.chain_id;
+        END IF;
+        IF NEW.seq > coalesce(last, 0) + 1 THEN
+            RAISE EXCEPTION 'audit_log: record %/% from subscription % does not continue chain % of source % (collected up to seq %)',
+                NEW.chain_id, NEW.seq, src.subscription, NEW.chain_id, src.name, coalesce(last, 0)
+                USING ERRCODE = 'data_corrupted',
+                      HINT = 'The subscription delivers another log than the one collected as this source, or records were lost.';
+        END IF;
+    END IF;
+    IF TG_TABLE_NAME = 'anchors' THEN
+        -- Where the collected copy of a chain starts, when the source had
+        -- purged before collection began; not once the copy holds what it covers.
+        EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %I.records r WHERE r.chain_id = $1 AND r.seq <= $2)', s)
+            INTO same USING NEW.chain_id, NEW.seq;
+        IF NOT same THEN
+            EXECUTE pg_catalog.format('INSERT INTO %I.anchors SELECT ($1).* ON CONFLICT DO NOTHING', s) USING NEW;
+        END IF;
+        RETURN NULL;
+    END IF;
+    EXECUTE pg_catalog.format('INSERT INTO %I.%I SELECT ($1).* ON CONFLICT DO NOTHING', s, TG_TABLE_NAME) USING NEW;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n = 0 THEN
+        EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %I.%I t WHERE ROW(t.*) = ROW(($1).*))', s, TG_TABLE_NAME)
+            INTO same USING NEW;
+        IF NOT same THEN
+            RAISE EXCEPTION 'audit_log: source % sent a row of % that differs from the one it sent before under the same key',
+                src.name, TG_TABLE_NAME
+                USING ERRCODE = 'data_corrupted',
+                      HINT = 'The source''s log changed after it was collected; compare audit_log.verify_source() here with verify() there.';
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+DO $collect$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['records', 'segments', 'anchors', 'source'] LOOP
+        EXECUTE format('CREATE TRIGGER collect BEFORE INSERT ON audit_log.%I
+                          FOR EACH ROW EXECUTE FUNCTION audit_log.collect_route()', t);
+        EXECUTE format('ALTER TABLE audit_log.%I ENABLE REPLICA TRIGGER collect', t);
+    END LOOP;
+END
+$collect$;
+REVOKE ALL ON FUNCTION audit_log.collect(text, name), audit_log.collect_route(), audit_log.source_id() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log.source_id() TO audit_log_admin, audit_log_auditor;
+GRANT EXECUTE ON FUNCTION audit_log.verify_source(text), audit_log.verify_source(text, jsonb),
+    audit_log.source_checkpoint(text) TO audit_log_auditor;

@@ -76,7 +76,65 @@ pub fn schema_oid() -> Option<pg_sys::Oid> {
     (ns != pg_sys::InvalidOid).then_some(ns)
 }
 
+thread_local! {
+    /// The schema of the log that verification reads, when it is not
+    /// audit_log's own: a source's log collected by logical replication
+    /// (audit_log.verify_source()). Set only by [`with_log_schema`].
+    static LOG_SCHEMA: std::cell::RefCell<Option<(pg_sys::Oid, String)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Restores the log schema when dropped, also when an error unwinds.
+struct LogSchemaReset;
+
+impl Drop for LogSchemaReset {
+    fn drop(&mut self) {
+        LOG_SCHEMA.set(None);
+    }
+}
+
+/// Run `f` reading the log in `schema` (which holds records, segments and
+/// anchors laid out as audit_log's own) instead of audit_log's.
+pub fn with_log_schema<T>(
+    schema: &CStr,
+    f: impl FnOnce() -> Result<T, AuditError>,
+) -> Result<T, AuditError> {
+    // SAFETY: missing_ok = true, so this cannot raise.
+    let ns = unsafe { pg_sys::get_namespace_oid(schema.as_ptr(), true) };
+    if ns == pg_sys::InvalidOid {
+        return Err(AuditError::NotInstalled(format!(
+            "schema {}",
+            schema.to_string_lossy()
+        )));
+    }
+    let _reset = LogSchemaReset;
+    LOG_SCHEMA.set(Some((ns, schema.to_string_lossy().into_owned())));
+    f()
+}
+
+/// The log's schema as an SQL identifier: audit_log, or the collected
+/// source's that [`with_log_schema`] set.
+pub fn log_schema_sql() -> String {
+    LOG_SCHEMA.with_borrow(|s| match s {
+        Some((_, name)) => format!("\"{}\"", name.replace('"', "\"\"")),
+        None => "audit_log".into(),
+    })
+}
+
 pub fn lookup() -> Result<Oids, AuditError> {
+    if let Some(ns) = LOG_SCHEMA.with_borrow(|s| s.as_ref().map(|(ns, _)| *ns)) {
+        // A collected log: only what verification reads.
+        return Ok(Oids {
+            records: relid(ns, c"records")?,
+            records_pkey: relid(ns, c"records_pkey")?,
+            segments: relid(ns, c"segments")?,
+            segments_pkey: relid(ns, c"segments_pkey")?,
+            row_keys: pg_sys::InvalidOid,
+            prepared: pg_sys::InvalidOid,
+            prepared_pkey: pg_sys::InvalidOid,
+            events_seq: pg_sys::InvalidOid,
+        });
+    }
     let ns = schema_oid().ok_or_else(|| AuditError::NotInstalled("schema audit_log".into()))?;
     Ok(Oids {
         records: relid(ns, c"records")?,

@@ -50,6 +50,8 @@ pub enum AuditError {
     BadCheckpoint(String),
     #[error("argument \"{0}\" must not be NULL")]
     NullArgument(&'static str),
+    #[error("no collected source is named \"{0}\"")]
+    UnknownSource(String),
     #[error("audit_log is not installed in this database, or its objects are missing: {0}")]
     NotInstalled(String),
     #[error("audit_log.events has an index that audit_log cannot maintain: {0}")]
@@ -102,6 +104,7 @@ impl AuditError {
             AuditError::DetachConcurrently(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::BadCheckpoint(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             AuditError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            AuditError::UnknownSource(_) => ERRCODE_UNDEFINED_OBJECT,
             AuditError::NotInstalled(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::UnsupportedIndex(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::BadContext(_) => ERRCODE_INVALID_TEXT_REPRESENTATION,
@@ -127,6 +130,9 @@ impl AuditError {
                 "Grant the role audit_log_auditor to the caller, or call it as a superuser.".into(),
             ),
             AuditError::NotSuperuser { .. } => Some("Ask a superuser to do it.".into()),
+            AuditError::UnknownSource(_) => Some(
+                "audit_log.sources lists the sources this database collects; audit_log.collect() adds one.".into(),
+            ),
             AuditError::NoSalt => Some(
                 "The salt is made by the first audit_log.enable(..., redact_columns => ...)."
                     .into(),

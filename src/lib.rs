@@ -22,6 +22,7 @@ mod api;
 mod capture;
 mod catalog;
 mod chain;
+mod collect;
 mod ddl_drop;
 mod ddl_effects;
 mod ddl_guard;

@@ -14,7 +14,7 @@ use crate::errors::AuditError;
 use crate::records::{hash_of, run_verify};
 use pgrx::pg_sys::panic::ErrorReport;
 
-type VerifyRow = (bool, i64, Option<i64>, Option<String>);
+pub(crate) type VerifyRow = (bool, i64, Option<i64>, Option<String>);
 
 /// The channel that hears about failed verifications.
 pub const ALERT_CHANNEL: &str = "audit_log_alert";
@@ -51,7 +51,7 @@ fn alert(v: &Verdict, problem: &str, checkpoint: bool) {
     }
 }
 
-fn verdict_row(v: Verdict, checkpoint: bool) -> TableIterator<'static, VerifyRow> {
+pub(crate) fn verdict_row(v: Verdict, checkpoint: bool) -> TableIterator<'static, VerifyRow> {
     let first = v.first().cloned();
     let problem = first.as_ref().map(|p| {
         if v.problem_count > 1 {
@@ -124,15 +124,19 @@ fn verify_against(
     >,
     ErrorReport,
 > {
-    {
-        let payload = checkpoint.ok_or(AuditError::NullArgument("checkpoint"))?;
-        let text = crate::jsonb::payload_to_text(payload);
-        // serde_json refuses nesting past 128 levels; a checkpoint has 3.
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| AuditError::BadCheckpoint(e.to_string()))?;
-        let cp = Checkpoint::parse(&value).map_err(|e| AuditError::BadCheckpoint(e.to_string()))?;
-        Ok(verdict_row(run_verify(Some(&cp))?, true))
-    }
+    let cp = parse_checkpoint(checkpoint)?;
+    Ok(verdict_row(run_verify(Some(&cp))?, true))
+}
+
+/// A checkpoint argument, read through its text, so a hostile value (any
+/// depth, any size) gets a clear error, not a panic.
+pub(crate) fn parse_checkpoint(checkpoint: Option<&[u8]>) -> Result<Checkpoint, AuditError> {
+    let payload = checkpoint.ok_or(AuditError::NullArgument("checkpoint"))?;
+    let text = crate::jsonb::payload_to_text(payload);
+    // serde_json refuses nesting past 128 levels; a checkpoint has 3.
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| AuditError::BadCheckpoint(e.to_string()))?;
+    Checkpoint::parse(&value).map_err(|e| AuditError::BadCheckpoint(e.to_string()))
 }
 
 /// Every chain head, to be kept outside the database.
@@ -158,10 +162,27 @@ fn checkpoint() -> Result<JsonB, ErrorReport> {
     if unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly } {
         crate::chain::link_prepared(&catalog::lookup()?)?;
     }
+    // SAFETY: a plain read of the cluster's identity.
+    let sysid = unsafe { pg_sys::GetSystemIdentifier() };
+    Ok(checkpoint_of(
+        Some(catalog::database_name()),
+        Some(sysid.to_string()),
+    )?)
+}
+
+/// The checkpoint of the log being read (audit_log's own, or a collected
+/// source's): every chain's last record.
+pub(crate) fn checkpoint_of(
+    database: Option<String>,
+    system_identifier: Option<String>,
+) -> Result<JsonB, AuditError> {
     let chains = Spi::connect(|c| -> Result<Vec<ChainHead>, AuditError> {
         let t = c.select(
-            "SELECT DISTINCT ON (chain_id) chain_id, seq, link_hash, last_event
-               FROM audit_log.records ORDER BY chain_id, seq DESC",
+            &format!(
+                "SELECT DISTINCT ON (chain_id) chain_id, seq, link_hash, last_event
+                   FROM {}.records ORDER BY chain_id, seq DESC",
+                catalog::log_schema_sql()
+            ),
             None,
             &[],
         )?;
@@ -176,18 +197,12 @@ fn checkpoint() -> Result<JsonB, ErrorReport> {
         }
         Ok(out)
     })?;
-    // SAFETY: plain reads of cluster identity and the clock.
-    let (database, sysid, now) = unsafe {
-        (
-            catalog::database_name(),
-            pg_sys::GetSystemIdentifier(),
-            pg_sys::GetCurrentTimestamp(),
-        )
-    };
+    // SAFETY: a plain read of the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let cp = Checkpoint {
         format: CHECKPOINT_FORMAT.into(),
-        database: Some(database),
-        system_identifier: Some(sysid.to_string()),
+        database,
+        system_identifier,
         taken_at: Some(format_rfc3339(from_pg_timestamp(now))),
         chains,
     };

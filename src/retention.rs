@@ -293,8 +293,8 @@ fn delete_record(oids: &Oids, chain: i32, seq: i64) -> Result<(), AuditError> {
 pub fn claimed_anchors() -> Result<Vec<audit_log_core::ChainHead>, AuditError> {
     Spi::connect(|c| {
         let t = c.select(
-            "SELECT (a->>'chain')::int, (a->>'seq')::int8, a->>'link_hash', (a->>'last_event')::int8
-               FROM (SELECT e.* FROM audit_log.records r
+            &format!("SELECT (a->>'chain')::int, (a->>'seq')::int8, a->>'link_hash', (a->>'last_event')::int8
+               FROM (SELECT e.* FROM {}.records r
                       CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.segments, r.payload) e
                      -- Only the records that can hold a PURGE event are unpacked.
                      WHERE r.segments > 0 OR pg_catalog.position(r.payload, '\\x0000000550555247'::pg_catalog.bytea) > 0) x,
@@ -304,8 +304,8 @@ pub fn claimed_anchors() -> Result<Vec<audit_log_core::ChainHead>, AuditError> {
                         CASE WHEN pg_catalog.jsonb_typeof(e.new_row->'anchors') = 'array'
                              THEN e.new_row->'anchors' ELSE '[]'::pg_catalog.jsonb END) a
               WHERE e.op = 'PURGE' AND e.table_schema = 'audit_log'
-                AND a->>'chain' ~ '^-?[0-9]{1,9}$' AND a->>'seq' ~ '^[0-9]{1,18}$'
-                AND a->>'last_event' ~ '^-?[0-9]{1,18}$'",
+                AND a->>'chain' ~ '^-?[0-9]{{1,9}}$' AND a->>'seq' ~ '^[0-9]{{1,18}}$'
+                AND a->>'last_event' ~ '^-?[0-9]{{1,18}}$'", crate::catalog::log_schema_sql()),
             None,
             &[],
         )?;
@@ -333,7 +333,10 @@ pub fn claimed_anchors() -> Result<Vec<audit_log_core::ChainHead>, AuditError> {
 pub fn anchors() -> Result<Vec<audit_log_core::ChainHead>, AuditError> {
     Spi::connect(|c| {
         let t = c.select(
-            "SELECT chain_id, seq, link_hash, last_event FROM audit_log.anchors ORDER BY chain_id",
+            &format!(
+                "SELECT chain_id, seq, link_hash, last_event FROM {}.anchors ORDER BY chain_id",
+                crate::catalog::log_schema_sql()
+            ),
             None,
             &[],
         )?;

@@ -152,8 +152,25 @@ pub fn export(
     since: Option<&Path>,
     out: Option<&Path>,
     format: Format,
+    source: Option<&str>,
 ) -> Result<Summary, crate::error::Error> {
     let started = Instant::now();
+    // A source collected by logical replication: its log is in a schema of
+    // its own at the collector, in the records' layout.
+    let schema = match source {
+        None => "audit_log".to_string(),
+        Some(_) if format == Format::Logical => {
+            return Err(crate::error::Error::trouble(
+                "--source exports the records format only: add --format records",
+            ))
+        }
+        Some(name) if valid_source_name(name) => format!("audit_log_source_{name}"),
+        Some(name) => {
+            return Err(crate::error::Error::trouble(format!(
+                "--source {name:?}: a source name is 1 to 40 lower-case letters, digits or _, starting with a letter"
+            )))
+        }
+    };
     let continued = since.map(previous_heads).transpose()?;
     let mut client = connect(dsn)?;
     let mut tx = client
@@ -162,12 +179,21 @@ pub fn export(
         .read_only(true)
         .start()
         .map_err(|e| format!("cannot start a read-only transaction: {e}"))?;
-    let meta = tx
-        .query_one(
+    let meta = match source {
+        None => tx.query_one(
             "SELECT pg_current_snapshot()::text, audit_log.checkpoint()::text",
             &[],
+        ),
+        Some(name) => tx.query_one(
+            "SELECT pg_current_snapshot()::text, audit_log.source_checkpoint($1)::text",
+            &[&name],
+        ),
+    }
+    .map_err(|e| {
+        format!(
+            "reading the log's identity (is audit_log installed, and may this role use it?): {e}"
         )
-        .map_err(|e| format!("reading the log's identity (is audit_log installed, and may this role use it?): {e}"))?;
+    })?;
     let snapshot: String = meta.get(0);
     let cp_text: String = meta.get(1);
     let cp_value: Value = serde_json::from_str(&cp_text).map_err(|e| e.to_string())?;
@@ -179,10 +205,10 @@ pub fn export(
             let mut out = Vec::new();
             for r in tx
                 .query(
-                    "SELECT chain_id, seq, link_hash, last_event FROM audit_log.anchors ORDER BY chain_id",
+                    &format!("SELECT chain_id, seq, link_hash, last_event FROM {schema}.anchors ORDER BY chain_id"),
                     &[],
                 )
-                .map_err(|e| format!("reading audit_log.anchors: {e}"))?
+                .map_err(|e| format!("reading {schema}.anchors: {e}"))?
             {
                 out.push(ChainHead {
                     chain: r.get(0),
@@ -206,7 +232,7 @@ pub fn export(
     // The records export reads the records table itself, not the links view.
     let source = match format {
         Format::Logical => "audit_log.links",
-        Format::Records => "audit_log.records",
+        Format::Records => &format!("{schema}.records"),
     };
     let (new_links, event_filter) = if continued.is_none() {
         (format!("SELECT l.* FROM {source} l WHERE $1::int[] IS NOT NULL AND $2::bigint[] IS NOT NULL AND $3::bigint IS NOT NULL"), "")
@@ -265,6 +291,7 @@ pub fn export(
     let (events, links) = match format {
         Format::Records => write_records(
             &mut tx,
+            &schema,
             &new_links,
             &params,
             &mut w,
@@ -315,6 +342,7 @@ type Params<'a> = [&'a (dyn postgres::types::ToSql + Sync); 3];
 /// (chain_id, seq) order. Returns the number of events and of records.
 fn write_records(
     tx: &mut postgres::Transaction<'_>,
+    schema: &str,
     new_records: &str,
     params: &Params<'_>,
     w: &mut Out,
@@ -325,7 +353,7 @@ fn write_records(
         "SELECT r.chain_id, r.seq, r.tx_id::text, r.first_event, r.last_event, r.event_count,
                 r.committed_at, r.link_hash, coalesce(r.payload, ''::bytea),
                 CASE WHEN r.segments <> 0 THEN ARRAY(
-                    SELECT s.payload FROM audit_log.segments s
+                    SELECT s.payload FROM {schema}.segments s
                      WHERE s.first_event = r.first_event ORDER BY s.part) END
            FROM ({new_records}) r ORDER BY r.chain_id, r.seq"
     );
@@ -443,6 +471,14 @@ fn write_logical(
         links += 1;
     }
     Ok((events, links))
+}
+
+/// A collected source's name, as audit_log.collect() accepts it.
+fn valid_source_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.len() <= 40
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Where an export is written until it is complete.

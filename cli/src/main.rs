@@ -62,6 +62,10 @@ enum Command {
         /// (audit_log.export.v2), several times faster to verify.
         #[arg(long, value_enum, default_value_t = ExportFormat::Logical)]
         format: ExportFormat,
+        /// At a collector: export the log of this collected source
+        /// (audit_log.collect()), in the records format.
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
     },
     /// Verify exports offline, with no database: an export, then any continuations, in order.
     Verify {
@@ -173,12 +177,19 @@ fn run(command: Command) -> Result<u8, Error> {
             since,
             out,
             format,
+            source,
         } => {
             let (format, what) = match format {
                 ExportFormat::Logical => (export::Format::Logical, "links"),
                 ExportFormat::Records => (export::Format::Records, "records"),
             };
-            let s = export::export(&dsn, since.as_deref(), out.as_deref(), format)?;
+            let s = export::export(
+                &dsn,
+                since.as_deref(),
+                out.as_deref(),
+                format,
+                source.as_deref(),
+            )?;
             eprintln!(
                 "exported {} events and {} {what} in {:.1} s",
                 s.events, s.links, s.seconds

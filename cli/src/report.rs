@@ -681,7 +681,7 @@ pub fn run(
                 crate::sign::now_micros()
             ));
             temporary.0 = Some(tmp.clone());
-            crate::export::export(&dsn, None, Some(&tmp), crate::export::Format::Records)?;
+            crate::export::export(&dsn, None, Some(&tmp), crate::export::Format::Records, None)?;
             // The connection string is not shown: it may hold a password.
             (
                 vec![tmp],

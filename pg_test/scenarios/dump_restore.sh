@@ -33,6 +33,7 @@ SQL
 [ "$(q -d al_src -c "SELECT count(*) FROM audit_log.anchors")" -ge 1 ] || fail "the purge left no anchor"
 q -d al_src -c "SET audit_log.context = '{\"user\": \"alice\"}'" -c "INSERT INTO app.people VALUES (1, '123-45-6789')"
 cp_before=$(q -d al_src -c "SELECT audit_log.checkpoint()")
+source_id=$(q -d al_src -c "SELECT audit_log.source_id()")
 count_src=$(q -d al_src -c "SELECT count(*) FROM audit_log.events")
 [ "$(q -d al_src -c "SELECT ok FROM audit_log.verify()")" = t ] || fail "source does not verify"
 
@@ -49,6 +50,8 @@ for db in al_dst_c al_dst_p; do
     [ "$v" = "true " ] || fail "$db does not verify: $v"
     v=$(q -d "$db" -c "SELECT ok || ' ' || coalesce(problem, '') FROM audit_log.verify('$cp_before')")
     [ "$v" = "true " ] || fail "$db does not extend the pre-dump checkpoint: $v"
+    # The log keeps its identity as a source of central collection.
+    [ "$(q -d "$db" -c "SELECT audit_log.source_id()")" = "$source_id" ] || fail "$db: the source identity changed"
     # Auditing still works, and the chains go on from where they were.
     q -d "$db" -c "INSERT INTO items VALUES (1000, 1, '{}', 'sad', now())" -c "INSERT INTO parts VALUES (3, 1)"
     n2=$(q -d "$db" -c "SELECT count(*) FROM audit_log.events")
@@ -67,4 +70,4 @@ for db in al_dst_c al_dst_p; do
 done
 q -d postgres -c "DROP DATABASE al_src" -c "DROP DATABASE al_dst_c" -c "DROP DATABASE al_dst_p"
 rm -rf "$work"
-echo "dump/restore: custom and plain restores verify with $count_src events"
+echo "dump/restore: custom and plain restores verify with $count_src events and keep the source identity"

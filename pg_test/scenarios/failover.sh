@@ -47,6 +47,9 @@ CONF
 as_pg "$BIN/pg_ctl" -D "$dir/primary" -l "$dir/primary.log" -w start >/dev/null
 
 wl_setup al_failover
+# The log's identity as a source of central collection: the same after a
+# promotion and a point-in-time restore.
+source_id=$(on $pport -c "SELECT audit_log.source_id()")
 # The base backup for point-in-time recovery: before any workload.
 as_pg "$BIN/pg_basebackup" -h "$dir" -p "$pport" -U postgres -D "$dir/base" -X none --checkpoint=fast >"$dir/base.log" 2>&1 ||
     wl_fail "pg_basebackup: $(tail -3 "$dir/base.log")"
@@ -91,6 +94,7 @@ set +e; wait $load; rc=$?; set -e
 [ "$rc" = 2 ] || wl_fail "pgbench against the dying primary exited $rc: $(tail -3 "$work/load1.out")"
 as_pg "$BIN/pg_ctl" -D "$dir/standby" -w promote >/dev/null
 [ "$(on $sport -c 'SELECT pg_is_in_recovery()')" = f ] || wl_fail "the replica was not promoted"
+[ "$(on $sport -c 'SELECT audit_log.source_id()')" = "$source_id" ] || wl_fail "the promoted replica has another source identity"
 
 # The new primary: every committed workload transaction it has, audited once.
 export PGPORT=$sport
@@ -122,6 +126,7 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 [ "$(on $rport -c 'SELECT pg_is_in_recovery()')" = f ] || wl_fail "the restored cluster did not reach its target"
+[ "$(on $rport -c 'SELECT audit_log.source_id()')" = "$source_id" ] || wl_fail "the restored cluster has another source identity"
 export PGPORT=$rport
 WL_TX=0
 wl_check "$(cat "$work/cp_target.json")" 1
