@@ -178,8 +178,15 @@ pub fn role_oid(name: &CStr) -> Option<pg_sys::Oid> {
     (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
-/// Refuse a caller that does not hold audit_log_admin (or is not a superuser).
+/// Refuse a caller that does not hold audit_log_admin (or is not a
+/// superuser), and, since every admin action writes, a standby.
 pub fn require_admin(action: &str) -> Result<(), AuditError> {
+    // SAFETY: a read of recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Err(AuditError::Standby {
+            action: action.to_string(),
+        });
+    }
     if current_user_has(c"audit_log_admin") {
         Ok(())
     } else {

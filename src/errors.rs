@@ -50,6 +50,8 @@ pub enum AuditError {
     BadCheckpoint(String),
     #[error("argument \"{0}\" must not be NULL")]
     NullArgument(&'static str),
+    #[error("cannot {action} on a standby: this server is in recovery, and it writes")]
+    Standby { action: String },
     #[error("no collected source is named \"{0}\"")]
     UnknownSource(String),
     #[error("audit_log is not installed in this database, or its objects are missing: {0}")]
@@ -105,6 +107,7 @@ impl AuditError {
             AuditError::BadCheckpoint(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             AuditError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             AuditError::UnknownSource(_) => ERRCODE_UNDEFINED_OBJECT,
+            AuditError::Standby { .. } => ERRCODE_READ_ONLY_SQL_TRANSACTION,
             AuditError::NotInstalled(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::UnsupportedIndex(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::BadContext(_) => ERRCODE_INVALID_TEXT_REPRESENTATION,
@@ -130,6 +133,7 @@ impl AuditError {
                 "Grant the role audit_log_auditor to the caller, or call it as a superuser.".into(),
             ),
             AuditError::NotSuperuser { .. } => Some("Ask a superuser to do it.".into()),
+            AuditError::Standby { .. } => Some("Run it on the primary; a standby replays its changes.".into()),
             AuditError::UnknownSource(_) => Some(
                 "audit_log.sources lists the sources this database collects; audit_log.collect() adds one.".into(),
             ),

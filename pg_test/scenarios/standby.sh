@@ -96,6 +96,23 @@ for i in 1 2; do
     out=$("$cli" witness --dsn "$sdsn" --state "$work/witness" --key "$work/key" 2>&1) || fail "witness run $i against the replica: $out"
 done
 
+# A standby asked to write: a clear read-only error (SQLSTATE 25006), no
+# crash, no Rust panic, and nothing changes.
+for stmt in "SELECT audit_log.enable('acct')" "SELECT audit_log.disable('acct')" \
+            "SELECT audit_log.set_retention('1 year')" "SELECT * FROM audit_log.purge(now())" \
+            "SELECT audit_log.enable_schema('public')" "INSERT INTO acct VALUES (5000, 'x', 1)" \
+            "SELECT audit_log.source_id()"; do
+    set +e
+    out=$(psql -X -q -At -h "$dir" -p "$sport" -U postgres -d $db -v VERBOSITY=verbose -c "$stmt" 2>&1)
+    rc=$?
+    set -e
+    [ "$rc" != 0 ] || fail "the standby accepted: $stmt"
+    grep -Eq "ERROR:  (25006|55000)" <<<"$out" || fail "the standby's error for '$stmt' is not a read-only one: $out"
+    ! grep -Eqi "panick|backtrace|RUST_BACKTRACE" <<<"$out" || fail "a Rust panic reached the client: $out"
+done
+[ "$(s -c "SELECT count(*) FROM audit_log.records")" = "$(p -c "SELECT count(*) FROM audit_log.records")" ] \
+    || fail "the standby's log differs from the primary's after the refused writes"
+
 # A superuser's edit on the primary is caught on the replica.
 bad=$(p -c "SELECT id FROM audit_log.events WHERE op = 'UPDATE' ORDER BY id LIMIT 1 OFFSET 3")
 p -c "ALTER TABLE audit_log.records DISABLE TRIGGER USER" \
