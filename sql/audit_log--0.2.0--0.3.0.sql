@@ -37,6 +37,9 @@ CREATE TABLE audit_log.sources (
     -- The subscription (OID) that delivered the matching identity: rows of
     -- any other subscription, or before it, are refused.
     verified_by  oid,
+    -- The schema audit_log.collect() made: a schema of that name made later
+    -- (by anyone) is not this source's.
+    schema_oid   oid,
     added_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
     added_by     text        NOT NULL DEFAULT pg_catalog."session_user"()
 );
@@ -124,8 +127,9 @@ BEGIN
         RAISE EXCEPTION 'audit_log.collect: source "%" or subscription "%" is already registered', source, subscription
             USING ERRCODE = 'duplicate_object';
     END IF;
-    INSERT INTO audit_log.sources (name, subscription) VALUES (source, subscription);
     EXECUTE pg_catalog.format('CREATE SCHEMA %I', s);
+    INSERT INTO audit_log.sources (name, subscription, schema_oid)
+    VALUES (source, subscription, (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = s));
     FOREACH t IN ARRAY ARRAY['records', 'segments', 'anchors'] LOOP
         EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE audit_log.%I INCLUDING ALL)', s, t, t);
         EXECUTE pg_catalog.format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON %I.%I
@@ -167,6 +171,11 @@ BEGIN
     IF sub IS NULL THEN
         RETURN NEW;  -- not a subscription's worker
     END IF;
+    IF TG_TABLE_NAME NOT IN ('records', 'segments', 'anchors', 'source') THEN
+        RAISE EXCEPTION 'audit_log: audit_log.% takes no rows from a subscription', TG_TABLE_NAME
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A source publishes audit_log.records, segments, anchors and source only.';
+    END IF;
     SELECT x.* INTO src FROM audit_log.sources x
       JOIN pg_catalog.pg_subscription p ON p.subname = x.subscription
      WHERE p.oid = sub;
@@ -193,6 +202,10 @@ BEGIN
                   HINT = 'Its publication must include audit_log.source, copied with its initial data; the rows are retried until it arrives.';
     END IF;
     s := 'audit_log_source_' || src.name;
+    IF src.schema_oid IS DISTINCT FROM (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = s) THEN
+        RAISE EXCEPTION 'audit_log: schema % is not the one audit_log.collect() made for source %', s, src.name
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF TG_TABLE_NAME = 'records' AND syncing IS NULL THEN
         -- Streamed records come in commit order, so each continues its chain.
         EXECUTE pg_catalog.format('SELECT max(r.seq) FROM %I.records r WHERE r.chain_id = $1', s)
@@ -237,7 +250,10 @@ DO $collect$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['records', 'segments', 'anchors', 'source'] LOOP
+    -- Every table of the log: those a source publishes are routed, the
+    -- others refuse a subscription's rows.
+    FOREACH t IN ARRAY ARRAY['records', 'segments', 'anchors', 'source', 'prepared', 'row_keys',
+                             'audited_tables', 'audited_schemas', 'retention', 'secrets', 'sources'] LOOP
         EXECUTE format('CREATE TRIGGER collect BEFORE INSERT ON audit_log.%I
                           FOR EACH ROW EXECUTE FUNCTION audit_log.collect_route()', t);
         EXECUTE format('ALTER TABLE audit_log.%I ENABLE REPLICA TRIGGER collect', t);

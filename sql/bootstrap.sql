@@ -164,6 +164,9 @@ CREATE TABLE audit_log.sources (
     -- The subscription (OID) that delivered the matching identity: rows of
     -- any other subscription, or before it, are refused.
     verified_by  oid,
+    -- The schema audit_log.collect() made: a schema of that name made later
+    -- (by anyone) is not this source's.
+    schema_oid   oid,
     added_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
     added_by     text        NOT NULL DEFAULT pg_catalog."session_user"()
 );

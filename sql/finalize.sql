@@ -283,8 +283,9 @@ BEGIN
         RAISE EXCEPTION 'audit_log.collect: source "%" or subscription "%" is already registered', source, subscription
             USING ERRCODE = 'duplicate_object';
     END IF;
-    INSERT INTO audit_log.sources (name, subscription) VALUES (source, subscription);
     EXECUTE pg_catalog.format('CREATE SCHEMA %I', s);
+    INSERT INTO audit_log.sources (name, subscription, schema_oid)
+    VALUES (source, subscription, (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = s));
     FOREACH t IN ARRAY ARRAY['records', 'segments', 'anchors'] LOOP
         EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE audit_log.%I INCLUDING ALL)', s, t, t);
         EXECUTE pg_catalog.format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON %I.%I
@@ -326,6 +327,11 @@ BEGIN
     IF sub IS NULL THEN
         RETURN NEW;  -- not a subscription's worker
     END IF;
+    IF TG_TABLE_NAME NOT IN ('records', 'segments', 'anchors', 'source') THEN
+        RAISE EXCEPTION 'audit_log: audit_log.% takes no rows from a subscription', TG_TABLE_NAME
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A source publishes audit_log.records, segments, anchors and source only.';
+    END IF;
     SELECT x.* INTO src FROM audit_log.sources x
       JOIN pg_catalog.pg_subscription p ON p.subname = x.subscription
      WHERE p.oid = sub;
@@ -352,6 +358,10 @@ BEGIN
                   HINT = 'Its publication must include audit_log.source, copied with its initial data; the rows are retried until it arrives.';
     END IF;
     s := 'audit_log_source_' || src.name;
+    IF src.schema_oid IS DISTINCT FROM (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = s) THEN
+        RAISE EXCEPTION 'audit_log: schema % is not the one audit_log.collect() made for source %', s, src.name
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF TG_TABLE_NAME = 'records' AND syncing IS NULL THEN
         -- Streamed records come in commit order, so each continues its chain.
         EXECUTE pg_catalog.format('SELECT max(r.seq) FROM %I.records r WHERE r.chain_id = $1', s)
@@ -396,7 +406,10 @@ DO $collect$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['records', 'segments', 'anchors', 'source'] LOOP
+    -- Every table of the log: those a source publishes are routed, the
+    -- others refuse a subscription's rows.
+    FOREACH t IN ARRAY ARRAY['records', 'segments', 'anchors', 'source', 'prepared', 'row_keys',
+                             'audited_tables', 'audited_schemas', 'retention', 'secrets', 'sources'] LOOP
         EXECUTE format('CREATE TRIGGER collect BEFORE INSERT ON audit_log.%I
                           FOR EACH ROW EXECUTE FUNCTION audit_log.collect_route()', t);
         EXECUTE format('ALTER TABLE audit_log.%I ENABLE REPLICA TRIGGER collect', t);

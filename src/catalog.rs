@@ -31,7 +31,8 @@ fn relid(ns: pg_sys::Oid, name: &CStr) -> Result<pg_sys::Oid, AuditError> {
     let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), ns) };
     if oid == pg_sys::InvalidOid {
         return Err(AuditError::NotInstalled(format!(
-            "audit_log.{} does not exist",
+            "{}.{} does not exist",
+            log_schema_sql(),
             name.to_string_lossy()
         )));
     }
@@ -84,6 +85,56 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// The columns of audit_log.records that verification reads, in order.
+const RECORDS_LAYOUT: [(&CStr, pg_sys::Oid); 10] = [
+    (c"chain_id", pg_sys::INT4OID),
+    (c"seq", pg_sys::INT8OID),
+    (c"tx_id", pg_sys::XID8OID),
+    (c"first_event", pg_sys::INT8OID),
+    (c"last_event", pg_sys::INT8OID),
+    (c"event_count", pg_sys::INT8OID),
+    (c"committed_at", pg_sys::TIMESTAMPTZOID),
+    (c"segments", pg_sys::INT4OID),
+    (c"link_hash", pg_sys::BYTEAOID),
+    (c"payload", pg_sys::BYTEAOID),
+];
+
+/// The columns of audit_log.segments, in order.
+const SEGMENTS_LAYOUT: [(&CStr, pg_sys::Oid); 3] = [
+    (c"first_event", pg_sys::INT8OID),
+    (c"part", pg_sys::INT4OID),
+    (c"payload", pg_sys::BYTEAOID),
+];
+
+/// Refuse a table whose columns are not `layout`, at those places.
+fn check_layout(rel: pg_sys::Oid, layout: &[(&CStr, pg_sys::Oid)]) -> Result<(), AuditError> {
+    for (i, (name, typ)) in layout.iter().enumerate() {
+        // SAFETY: syscache lookups by relation OID and column name.
+        let (attnum, found) = unsafe {
+            let n = pg_sys::get_attnum(rel, name.as_ptr());
+            (n, pg_sys::get_atttype(rel, n))
+        };
+        if i16::try_from(i + 1) != Ok(attnum) || found != *typ {
+            // SAFETY: a syscache lookup; NULL when the relation is gone.
+            let table = unsafe { pg_sys::get_rel_name(rel) };
+            let table = if table.is_null() {
+                "?".into()
+            } else {
+                // SAFETY: a non-null result is a palloc'd C string.
+                unsafe { CStr::from_ptr(table) }
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            return Err(AuditError::NotInstalled(format!(
+                "{table}: column {} is not column {} of audit_log's own {table}, with its type",
+                name.to_string_lossy(),
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Restores the log schema when dropped, also when an error unwinds.
 struct LogSchemaReset;
 
@@ -123,11 +174,16 @@ pub fn log_schema_sql() -> String {
 
 pub fn lookup() -> Result<Oids, AuditError> {
     if let Some(ns) = LOG_SCHEMA.with_borrow(|s| s.as_ref().map(|(ns, _)| *ns)) {
-        // A collected log: only what verification reads.
+        // A collected log: only what verification reads, which reads
+        // columns by position, so their places and types are checked.
+        let records = relid(ns, c"records")?;
+        let segments = relid(ns, c"segments")?;
+        check_layout(records, &RECORDS_LAYOUT)?;
+        check_layout(segments, &SEGMENTS_LAYOUT)?;
         return Ok(Oids {
-            records: relid(ns, c"records")?,
+            records,
             records_pkey: relid(ns, c"records_pkey")?,
-            segments: relid(ns, c"segments")?,
+            segments,
             segments_pkey: relid(ns, c"segments_pkey")?,
             row_keys: pg_sys::InvalidOid,
             prepared: pg_sys::InvalidOid,

@@ -25,14 +25,30 @@ fn source_schema(source: Option<&str>) -> Result<CString, AuditError> {
             action: format!("read the collected log of {name:?}"),
         });
     }
-    let known = catalog::pinned(|| {
-        Ok(Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM audit_log.sources WHERE name = $1)",
+    // The schema must be the one audit_log.collect() made: one of that name
+    // made later, by anyone, is not this source's log.
+    let ours = catalog::pinned(|| {
+        crate::errors::optional_row(Spi::get_one_with_args::<bool>(
+            "SELECT s.schema_oid IS NOT DISTINCT FROM
+                    (SELECT n.oid FROM pg_catalog.pg_namespace n
+                      WHERE n.nspname = 'audit_log_source_' || s.name)
+               FROM audit_log.sources s WHERE s.name = $1",
             &[name.into()],
-        )?)
-    })?;
-    if known != Some(true) {
-        return Err(AuditError::UnknownSource(name.to_string()));
+        ))
+    })?
+    .flatten();
+    match ours {
+        Some(true) => {}
+        Some(false) => {
+            return Err(AuditError::NotInstalled(format!(
+                "schema audit_log_source_{name} is not the one audit_log.collect() made for this source"
+            )))
+        }
+        None => {
+            return Err(AuditError::UnknownSource(
+                name.chars().take(64).collect::<String>(),
+            ))
+        }
     }
     CString::new(format!("audit_log_source_{name}"))
         .map_err(|_| AuditError::UnknownSource(name.to_string()))

@@ -148,6 +148,41 @@ for stmt in "UPDATE audit_log_source_src1.records SET seq = seq" "DELETE FROM au
     grep -q "append-only" <<<"$out" || wl_fail "$stmt as a superuser: $out"
 done
 
+# A schema made under a registered source's name, after a superuser
+# dropped the real one, is not that source's log: a non-superuser who made
+# it cannot have it read, or written to, as one.
+C -c "SELECT audit_log.collect('src3', 'sub_src3')" -c "DROP SCHEMA audit_log_source_src3 CASCADE" \
+  -c "CREATE ROLE squatter LOGIN" -c "GRANT CREATE ON DATABASE collector TO squatter" >/dev/null 2>&1
+PGPORT=$bport psql -X -q -v ON_ERROR_STOP=1 -U squatter -d collector \
+  -c "CREATE SCHEMA audit_log_source_src3" \
+  -c "CREATE TABLE audit_log_source_src3.records (chain_id int, seq bigint, tx_id xid8, first_event bigint, last_event bigint,
+        event_count bigint, committed_at timestamptz, segments int, link_hash bytea, payload bytea)" \
+  -c "CREATE TABLE audit_log_source_src3.segments (first_event bigint, part int, payload bytea)" \
+  -c "CREATE TABLE audit_log_source_src3.anchors (chain_id int, seq bigint, link_hash bytea, last_event bigint, purged_at timestamptz)" \
+  >/dev/null || wl_fail "the squatter could not make its schema"
+out=$(C -c "SELECT * FROM audit_log.verify_source('src3')" 2>&1) && wl_fail "a squatted schema was verified as a source's log"
+grep -q "is not the one audit_log.collect() made" <<<"$out" || wl_fail "squatted schema: $out"
+# A collected table whose columns a superuser changed is refused, not misread.
+C -c "SELECT audit_log.collect('src5', 'sub_src5')" \
+  -c "INSERT INTO audit_log_source_src5.records SELECT * FROM audit_log_source_src1.records" \
+  -c "ALTER TABLE audit_log_source_src5.records ALTER link_hash TYPE bigint USING 7" >/dev/null 2>&1
+out=$(C -c "SELECT * FROM audit_log.verify_source('src5')" 2>&1) && wl_fail "a collected table with other column types verified"
+grep -q "column link_hash is not column 9" <<<"$out" || wl_fail "changed column type: $out"
+[ "$(C -c "SELECT 1")" = 1 ] || wl_fail "the collector's server did not survive"
+# A publication of the whole audit_log schema: the tables a source does not
+# publish by design refuse the subscription's rows, so a source cannot write
+# the collector's own configuration or log.
+A -d src1 -c "SELECT audit_log.set_retention('10 years')" \
+  -c "CREATE PUBLICATION audit_log_all FOR TABLES IN SCHEMA audit_log WITH (publish = 'insert')" >/dev/null
+C -c "SELECT audit_log.collect('srcall', 'sub_all')" >/dev/null
+C -c "CREATE SUBSCRIPTION sub_all CONNECTION 'host=$dir port=$aport user=postgres dbname=src1' PUBLICATION audit_log_all" 2>/dev/null
+for _ in $(seq 1 60); do grep -q "audit_log.retention takes no rows from a subscription" "$dir/b.log" && break; sleep 0.25; done
+grep -q "audit_log.retention takes no rows from a subscription" "$dir/b.log" \
+    || wl_fail "a subscription wrote the collector's retention: $(grep ERROR "$dir/b.log" | tail -3)"
+[ "$(C -c "SELECT count(*) FROM audit_log.retention")" = 0 ] || wl_fail "the collector's retention took a source's row"
+[ "$(C -c "SELECT count(*) FROM audit_log.audited_tables")" = 0 ] || wl_fail "the collector's audited_tables took a source's rows"
+C -c "DROP SUBSCRIPTION sub_all" 2>/dev/null
+
 # Bad input.
 out=$(C -c "SELECT * FROM audit_log.verify_source('nope')" 2>&1) && wl_fail "an unknown source verified"
 grep -q 'no collected source is named "nope"' <<<"$out" || wl_fail "unknown source: $out"
@@ -180,7 +215,7 @@ sleep 1
 C -c "ALTER SUBSCRIPTION sub_src1 DISABLE" -c "ALTER SUBSCRIPTION sub_src1 SET (slot_name = NONE)" \
   -c "DROP SUBSCRIPTION sub_src1" 2>/dev/null
 B -d src2 -c "SELECT pg_drop_replication_slot('sub_src1')" >/dev/null
-echo "  bad input: an unknown source, a bad name, an unregistered subscription and one re-made against another database refused; nothing stored"
+echo "  bad input: an unknown source, a bad name, an unregistered subscription, one re-made against another database, a squatted schema, changed column types and a whole-schema publication refused; nothing stored"
 
 # Lag from a source's commit to the collector, at a stated write rate:
 # src2 (src1's subscription is gone), a marker transaction every 0.5 s.
