@@ -147,12 +147,20 @@ enum Command {
         #[arg(long)]
         once: bool,
         /// Stop after this many seconds.
-        #[arg(long)]
+        #[arg(long, value_parser = seconds)]
         seconds: Option<f64>,
         /// With no state file yet, start at the log's current end, not its start.
         #[arg(long)]
         from_now: bool,
     },
+}
+
+/// A number of seconds: finite and not negative.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        _ => Err(format!("{text:?} is not a number of seconds")),
+    }
 }
 
 const INTACT: u8 = 0;

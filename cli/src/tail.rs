@@ -17,12 +17,14 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use audit_log_core::record::{decoded, digest, Follower, Record};
 use audit_log_core::time::format_rfc3339;
+use audit_log_core::verify::ProblemKind;
 use audit_log_core::{ChainHead, Checkpoint, Event, Hash};
 use postgres::Client;
 use serde::{Deserialize, Serialize};
@@ -158,12 +160,19 @@ fn read_state(path: &Path) -> Result<Option<State>, Error> {
 /// Write the state beside its file, flush it to disk, and rename it over
 /// the old one: a crash leaves the old state or the new, never half of one.
 fn save_state(path: &Path, s: &State) -> Result<(), Error> {
+    // A name of this process's own, made new: never a file (or a link to
+    // one) that was there before.
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
     let mut bytes = serde_json::to_vec_pretty(s).map_err(|e| Error::trouble(e.to_string()))?;
     bytes.push(b'\n');
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
     f.write_all(&bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     fs::rename(&tmp, path).map_err(io(path))?;
@@ -296,9 +305,24 @@ impl Sink {
         let Some(p) = out else {
             return Ok(Sink::Stdout(io::stdout()));
         };
+        // A regular file only: a link could point the cut-back below at
+        // another file, and a FIFO or device cannot be synced or cut.
+        match fs::symlink_metadata(p) {
+            Ok(m) if !m.file_type().is_file() => {
+                return Err(Error::trouble(format!(
+                    "{}: --out must be a regular file (not a link, FIFO, device or directory)",
+                    p.display()
+                )))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Io(p.to_path_buf(), e)),
+        }
         let f = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
+            .mode(0o600)
             .open(p)
             .map_err(io(p))?;
         let len = f.metadata().map_err(io(p))?.len();
@@ -326,6 +350,18 @@ impl Sink {
             }
             None => 0,
         };
+        if keep > 0 {
+            // The state's length must end a line of this file.
+            let mut last = [0u8; 1];
+            f.read_exact_at(&mut last, keep - 1).map_err(io(p))?;
+            if last[0] != b'\n' {
+                return Err(Error::trouble(format!(
+                    "{}: byte {keep}, where {} says the feed ended, does not end a line: the state does not belong to this file",
+                    p.display(),
+                    state_path.display()
+                )));
+            }
+        }
         if len > keep {
             // Written after the last save: the next poll writes it again.
             f.set_len(keep).map_err(io(p))?;
@@ -362,6 +398,24 @@ impl Sink {
 /// Follow the log until stopped (or caught up, with `once`).
 pub fn run(o: &Options) -> Result<Stats, Error> {
     let started = Instant::now();
+    // One tail per state file: two would ship the same events twice.
+    let mut lock_path = o.state.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let lock = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    lock.try_lock().map_err(|_| {
+        Error::trouble(format!(
+            "another audit-log tail is running with {} (it holds {})",
+            o.state.display(),
+            lock_path.display()
+        ))
+    })?;
     let old = read_state(&o.state)?;
     if let Some(s) = &old {
         if s.feed != o.feed {
@@ -425,12 +479,38 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
         for (r, segments, payload) in merge_by_time(records) {
             let segs = segments.iter().map(Vec::as_slice);
             let d = digest(&r, segs.clone(), &payload);
-            follower.step(&r, &d).map_err(|p| {
-                Error::Refused(format!(
-                    "chain {} seq {} does not continue its chain, so it was not shipped: {p}",
-                    r.chain_id, r.seq
-                ))
-            })?;
+            if let Err(p) = follower.step(&r, &d) {
+                // Records purged before they were shipped: the chain goes
+                // on from the anchor the purge left, and the gap is said.
+                let anchor = match p.kind {
+                    ProblemKind::LinkMissing => anchor_before(&mut client, &r)?,
+                    _ => None,
+                };
+                let Some(a) = anchor else {
+                    return Err(Error::Refused(format!(
+                        "chain {} seq {} does not continue its chain, so it was not shipped: {p}",
+                        r.chain_id, r.seq
+                    )));
+                };
+                let from = follower
+                    .heads()
+                    .iter()
+                    .find(|h| h.chain == r.chain_id)
+                    .map_or(0, |h| h.seq);
+                eprintln!(
+                    "audit-log tail: chain {} records {}..{} were purged before this feed shipped them; it goes on from the purge's anchor",
+                    r.chain_id,
+                    from + 1,
+                    a.seq
+                );
+                follower.restart(&a);
+                follower.step(&r, &d).map_err(|p| {
+                    Error::Refused(format!(
+                        "chain {} seq {} does not continue its chain, so it was not shipped: {p}",
+                        r.chain_id, r.seq
+                    ))
+                })?;
+            }
             for e in decoded(segs, &payload, r.first_event) {
                 let e = e.map_err(|m| {
                     Error::Refused(format!("record {}/{}: {m:?}", r.chain_id, r.seq))
@@ -470,6 +550,25 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
 }
 
 type Fetched = (Record, Vec<Vec<u8>>, Vec<u8>);
+
+/// The anchor a purge left just before `r` in its chain, if there is one.
+fn anchor_before(client: &mut Client, r: &Record) -> Result<Option<ChainHead>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT seq, link_hash, last_event FROM audit_log.anchors WHERE chain_id = $1 AND seq = $2",
+            &[&r.chain_id, &(r.seq - 1)],
+        )
+        .map_err(|e| Error::trouble(format!("reading audit_log.anchors: {e}")))?;
+    row.map(|row| {
+        Ok(ChainHead {
+            chain: r.chain_id,
+            seq: row.get(0),
+            link_hash: hash(row.get(1))?,
+            last_event: row.get(2),
+        })
+    })
+    .transpose()
+}
 
 /// Up to `batch` records of each chain after its head, in seq order per
 /// chain. Chains are found by a skip scan of the records' primary key, so a

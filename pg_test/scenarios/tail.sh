@@ -117,6 +117,50 @@ for o in ocsf:
 print(f"  ECS and OCSF: {len(ecs)} events each, mapped as documented")
 PY
 
+# Records purged before the feed shipped them: the tail says so and goes
+# on from the purge's anchors, shipping everything that remains.
+before_purge=$(python3 -c "import json,sys; print(max(json.loads(l)['id'] for l in open(sys.argv[1])))" "$feed")
+# One session, so one chain: the purge keeps only its newest link.
+wl_q -c "INSERT INTO t1 VALUES (20001, 1) ON CONFLICT (k) DO NOTHING" -c "INSERT INTO t1 VALUES (20002, 1) ON CONFLICT (k) DO NOTHING" \
+     -c "INSERT INTO t1 VALUES (20003, 1) ON CONFLICT (k) DO NOTHING" -c "SELECT audit_log.set_retention('0')" \
+     -c "SELECT * FROM audit_log.purge(clock_timestamp())" >/dev/null
+wl_q -c "INSERT INTO t1 VALUES (30001, 1) ON CONFLICT (k) DO NOTHING"
+run tail --dsn "$dsn" --state "$state" --out "$feed" --once
+[ "$rc" = 0 ] || wl_fail "the tail after a purge of unshipped records: exit $rc: $out"
+grep -q "were purged before this feed shipped them" <<<"$out" || wl_fail "the tail did not say records were purged unshipped: $out"
+wl_q -c "SELECT id FROM audit_log.events WHERE id > $before_purge ORDER BY id" >"$work/remaining.txt"
+python3 - "$feed" "$work/remaining.txt" "$before_purge" <<'PY' || wl_fail "after the purge, the feed lacks what remains of the log"
+import json, sys
+fed = {json.loads(l)["id"] for l in open(sys.argv[1])}
+remaining = [int(x) for x in open(sys.argv[2]).read().split()]
+missing = [i for i in remaining if i not in fed]
+assert remaining and not missing, f"missing {missing[:5]} of {len(remaining)}"
+PY
+echo "  a purge of unshipped records is reported, and the feed goes on from the anchors"
+
+# One tail per state file; --out a regular file; a state whose length is
+# not a line end of the file.
+"$cli" tail --dsn "$dsn" --state "$state" --out "$feed" --seconds 4 2>/dev/null &
+tail_pid=$!
+sleep 1
+run tail --dsn "$dsn" --state "$state" --out "$feed" --once
+[ "$rc" = 2 ] && grep -q "another audit-log tail is running" <<<"$out" || wl_fail "two tails on one state: exit $rc: $out"
+wait "$tail_pid"; tail_pid=
+mkfifo "$work/fifo"; ln -s "$feed" "$work/link.jsonl"
+for target in "$work/fifo" "$work/link.jsonl"; do
+    rm -f "$work/other.state"
+    run tail --dsn "$dsn" --state "$work/other.state" --out "$target" --once
+    [ "$rc" = 2 ] && grep -q "must be a regular file" <<<"$out" || wl_fail "--out $target: exit $rc: $out"
+done
+python3 - "$state" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1])); s["out_bytes"] -= 3
+json.dump(s, open(sys.argv[1] + ".off", "w"))
+PY
+run tail --dsn "$dsn" --state "$state.off" --out "$feed" --once
+[ "$rc" = 2 ] && grep -q "does not end a line" <<<"$out" || wl_fail "a state off a line end: exit $rc: $out"
+[ "$(stat -c %a "$feed")" = 600 ] || wl_fail "the feed file is not private (mode $(stat -c %a "$feed"))"
+
 # Bad input.
 wl_q -c "SELECT 1" >/dev/null
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS al_tail_other" -c "CREATE DATABASE al_tail_other" 2>/dev/null

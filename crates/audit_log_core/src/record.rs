@@ -614,6 +614,15 @@ impl Follower {
         }
     }
 
+    /// Continue a chain from `head` (an anchor a purge left), whatever was
+    /// followed of it before.
+    pub fn restart(&mut self, head: &ChainHead) {
+        self.walks.insert(
+            head.chain,
+            Walk::new(head.chain, None, Some(head), std::slice::from_ref(head)),
+        );
+    }
+
     /// Every chain's head, in chain order.
     pub fn heads(&self) -> Vec<ChainHead> {
         self.walks
