@@ -20,31 +20,18 @@ dir=${AUDIT_LOG_FAILOVER_DIR:-/tmp/audit_log_failover}
 pport=${AUDIT_LOG_FAILOVER_PORT:-55506} sport=$((pport + 1)) rport=$((pport + 2))
 . "$here/lib/workload.sh"
 [ -x "$cli" ] || wl_fail "$cli not built (cargo build --release -p audit_log_cli)"
-as_pg() { runuser -u postgres -- "$@"; }
+CL_DIR=$dir; . "$here/lib/clusters.sh"
+as_pg() { cl_pg "$@"; }
 export PGHOST=$dir PGUSER=postgres PGPORT=$pport
 on() { local port=$1; shift; PGPORT=$port psql -X -q -v ON_ERROR_STOP=1 -At -d al_failover "$@"; }
 dsn() { echo "host=$dir port=$1 user=postgres dbname=al_failover"; }
 
-stop_all() {
-    for d in primary standby pitr; do
-        [ -f "$dir/$d/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$dir/$d" -m immediate -w stop >/dev/null 2>&1 || true
-    done
-}
-stop_all
-rm -rf "$dir"; mkdir -p "$dir/archive" "$dir/work"; chown -R postgres:postgres "$dir"; chmod 755 "$dir/work"
+cl_fresh
+mkdir -p "$dir/archive"; chown postgres:postgres "$dir/archive"
 work=$dir/work
-trap 'stop_all; rm -f "${WL_SCRIPT:-}"; rm -rf "$dir"' EXIT
-as_pg "$BIN/initdb" -D "$dir/primary" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1
-cat >>"$dir/primary/postgresql.conf" <<CONF
-port = $pport
-listen_addresses = ''
-unix_socket_directories = '$dir'
-wal_level = replica
-max_wal_senders = 4
-archive_mode = on
-archive_command = 'test ! -f $dir/archive/%f && cp %p $dir/archive/%f'
-CONF
-as_pg "$BIN/pg_ctl" -D "$dir/primary" -l "$dir/primary.log" -w start >/dev/null
+trap 'cl_stop_all; rm -f "${WL_SCRIPT:-}"; rm -rf "$dir"' EXIT
+cl_init primary "$pport" "wal_level = replica" "max_wal_senders = 4" "archive_mode = on" \
+    "archive_command = 'test ! -f $dir/archive/%f && cp %p $dir/archive/%f'"
 
 wl_setup al_failover
 # The log's identity as a source of central collection: the same after a
@@ -56,7 +43,7 @@ as_pg "$BIN/pg_basebackup" -h "$dir" -p "$pport" -U postgres -D "$dir/base" -X n
 as_pg "$BIN/pg_basebackup" -h "$dir" -p "$pport" -U postgres -D "$dir/standby" -R -X stream --checkpoint=fast >"$dir/basebackup.log" 2>&1 ||
     wl_fail "pg_basebackup: $(tail -3 "$dir/basebackup.log")"
 sed -i "s/^port = .*/port = $sport/" "$dir/standby/postgresql.conf"
-as_pg "$BIN/pg_ctl" -D "$dir/standby" -l "$dir/standby.log" -w start >/dev/null
+cl_start standby
 "$cli" keygen --out "$work/key" 2>/dev/null
 
 # Load on the primary; a witness run and the PITR target in the middle.
@@ -88,7 +75,7 @@ done
 [ "$(on $sport -c "SELECT pg_last_wal_replay_lsn() >= '$target'::pg_lsn")" = t ] ||
     wl_fail "the replica did not replay up to $target"
 sleep 1
-as_pg "$BIN/pg_ctl" -D "$dir/primary" -m immediate -w stop >/dev/null
+cl_crash primary
 # pgbench loses its server by design: exit 2 with connection errors only.
 set +e; wait $load; rc=$?; set -e
 [ "$rc" = 2 ] || wl_fail "pgbench against the dying primary exited $rc: $(tail -3 "$work/load1.out")"

@@ -22,26 +22,13 @@ pport=${AUDIT_LOG_STANDBY_PORT:-55503} sport=$((pport + 1))
 db=al_standby
 p() { psql -X -q -v ON_ERROR_STOP=1 -At -h "$dir" -p "$pport" -U postgres -d $db "$@"; }
 s() { psql -X -q -v ON_ERROR_STOP=1 -At -h "$dir" -p "$sport" -U postgres -d $db "$@"; }
-as_pg() { runuser -u postgres -- "$@"; }
+CL_DIR=$dir; . "$here/lib/clusters.sh"
+as_pg() { cl_pg "$@"; }
 
-stop_all() {
-    for d in primary standby; do
-        [ -f "$dir/$d/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$dir/$d" -m immediate -w stop >/dev/null 2>&1 || true
-    done
-}
-stop_all
-rm -rf "$dir"; mkdir -p "$dir/work"; chown -R postgres:postgres "$dir"; chmod 755 "$dir/work"
+cl_fresh
 work=$dir/work
-trap 'stop_all; rm -rf "$dir"' EXIT
-as_pg "$BIN/initdb" -D "$dir/primary" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1
-cat >>"$dir/primary/postgresql.conf" <<CONF
-port = $pport
-listen_addresses = ''
-unix_socket_directories = '$dir'
-wal_level = replica
-max_wal_senders = 4
-CONF
-as_pg "$BIN/pg_ctl" -D "$dir/primary" -l "$dir/primary.log" -w start >/dev/null
+trap 'cl_stop_all; rm -rf "$dir"' EXIT
+cl_init primary "$pport" "wal_level = replica" "max_wal_senders = 4"
 psql -X -q -h "$dir" -p "$pport" -U postgres -d postgres -c "CREATE DATABASE $db"
 p <<'SQL' >/dev/null
 SET client_min_messages = warning;
@@ -55,7 +42,7 @@ SQL
 as_pg "$BIN/pg_basebackup" -h "$dir" -p "$pport" -U postgres -D "$dir/standby" -R -X stream --checkpoint=fast >"$dir/basebackup.log" 2>&1 ||
     fail "pg_basebackup: $(tail -3 "$dir/basebackup.log")"
 sed -i "s/^port = .*/port = $sport/" "$dir/standby/postgresql.conf"
-as_pg "$BIN/pg_ctl" -D "$dir/standby" -l "$dir/standby.log" -w start >/dev/null
+cl_start standby
 [ "$(s -c 'SELECT pg_is_in_recovery()')" = t ] || fail "the replica is not in recovery"
 
 # More writes after the copy: the replica gets them by streaming.
