@@ -146,6 +146,8 @@ wl_load_crashed() {
     other=$(tr '\n' ' ' <"$out" \
         | sed -E -e 's/pgbench: ?//g' -e 's/error: ?//g' \
                  -e 's/client [0-9]+ aborted in command [0-9]+ \(SQL\) of script 0; perhaps the backend died while processing//g' \
+                 -e 's/client [0-9]+ script [0-9]+ aborted in command [0-9]+ query [0-9]+: server closed the connection unexpectedly//g' \
+                 -e 's/(FATAL|WARNING): +terminating connection due to (immediate shutdown|administrator) command//g' \
                  -e 's/Run was aborted; the above results are incomplete\.//g' \
         | grep -o -i -E '.{0,80}(error|fatal|abort).{0,80}' || true)
     [ -z "$other" ] || wl_fail "pgbench failed otherwise than by losing its server: $(head -n 5 <<<"$other")"
