@@ -9,6 +9,7 @@
 //! - [`hash`]: the domain-separated SHA-256 hashes of events and links;
 //! - [`jsonb`]: PostgreSQL's binary jsonb read into that encoding;
 //! - [`json_text`]: JSON text (as `jsonb_out` prints it) read into that encoding;
+//! - [`merkle`]: RFC 9162 Merkle trees, inclusion and consistency proofs;
 //! - [`parallel`]: an order-keeping parallel map, to verify on several cores;
 //! - [`verify`]: chain, link and checkpoint verification over streams;
 //! - [`time`]: the fixed UTC timestamp representation.
@@ -20,6 +21,7 @@ pub mod encoding;
 pub mod hash;
 pub mod json_text;
 pub mod jsonb;
+pub mod merkle;
 pub mod model;
 pub mod parallel;
 pub mod record;
