@@ -18,7 +18,7 @@ DO $guards$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['records', 'segments', 'row_keys', 'prepared'] LOOP
+    FOREACH t IN ARRAY ARRAY['records', 'segments', 'row_keys', 'prepared', 'source'] LOOP
         EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit_log.%I
                           FOR EACH ROW EXECUTE FUNCTION audit_log.reject_change()', t);
         EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit_log.%I
@@ -249,12 +249,6 @@ END
 $$;
 COMMENT ON FUNCTION audit_log.source_id() IS
     'This log''s identity for central collection: a UUID made on the first call (on the primary) and kept by pg_dump, restores and physical copies.';
-CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit_log.source
-    FOR EACH ROW EXECUTE FUNCTION audit_log.reject_change();
-CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit_log.source
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_log.reject_change();
-ALTER TABLE audit_log.source ENABLE ALWAYS TRIGGER append_only;
-ALTER TABLE audit_log.source ENABLE ALWAYS TRIGGER append_only_truncate;
 
 -- At a collector: register a source, delivered by a subscription (made
 -- before or after) to a source's publication of audit_log.records,

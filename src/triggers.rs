@@ -285,6 +285,27 @@ pub fn columns_of(oid: pg_sys::Oid) -> Result<Vec<String>, AuditError> {
     )
 }
 
+/// A table's capture triggers, made (or made again) with `opts`; a
+/// partitioned table's partitions get their statement triggers and the
+/// cloned row trigger enabled always.
+fn install_capture_triggers(
+    t: &Target,
+    oid: pg_sys::Oid,
+    opts: &Options,
+) -> Result<(), AuditError> {
+    create_row_trigger(&t.qualified, opts)?;
+    create_stmt_trigger(&t.qualified)?;
+    if t.partitioned {
+        for p in partitions(oid)? {
+            create_stmt_trigger(&p)?;
+            Spi::run(&format!(
+                "ALTER TABLE {p} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn enable_with(oid: pg_sys::Oid, t: &Target, opts: &Options) -> Result<(), AuditError> {
     if !opts.redact_columns.is_empty() {
         // The database's salt, made once, from the server's strong random source.
@@ -303,16 +324,7 @@ pub fn enable_with(oid: pg_sys::Oid, t: &Target, opts: &Options) -> Result<(), A
         // Audited, with other options: recreate the triggers, and record it.
         let old = current.unwrap_or_default();
         internal_ddl(|| {
-            create_row_trigger(&t.qualified, opts)?;
-            create_stmt_trigger(&t.qualified)?;
-            if t.partitioned {
-                for p in partitions(oid)? {
-                    create_stmt_trigger(&p)?;
-                    Spi::run(&format!(
-                        "ALTER TABLE {p} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"
-                    ))?;
-                }
-            }
+            install_capture_triggers(t, oid, opts)?;
             Spi::run_with_args(
                 "UPDATE audit_log.audited_tables SET options = $2 WHERE relid = $1",
                 &[oid.into(), JsonB(opts.to_value()).into()],
@@ -354,16 +366,7 @@ pub fn enable_with(oid: pg_sys::Oid, t: &Target, opts: &Options) -> Result<(), A
                 ))?;
             }
         }
-        create_row_trigger(&t.qualified, opts)?;
-        create_stmt_trigger(&t.qualified)?;
-        if t.partitioned {
-            for p in partitions(oid)? {
-                create_stmt_trigger(&p)?;
-                Spi::run(&format!(
-                    "ALTER TABLE {p} ENABLE ALWAYS TRIGGER {ROW_TRIGGER}"
-                ))?;
-            }
-        }
+        install_capture_triggers(t, oid, opts)?;
         note_audited(oid, opts)
     })?;
     let mut details = json!({"table": t.qualified, "partitioned": t.partitioned});

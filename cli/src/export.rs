@@ -35,14 +35,18 @@ pub fn connect(dsn: &str) -> Result<Client, String> {
     Client::connect(dsn, NoTls).map_err(|e| format!("cannot connect: {e}"))
 }
 
-fn micros(t: SystemTime) -> i64 {
+/// Microseconds since the Unix epoch (negative before it).
+pub fn micros(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_micros() as i64,
         Err(e) => -(e.duration().as_micros() as i64),
     }
 }
 
-fn hash(bytes: Option<Vec<u8>>) -> Hash {
+/// A stored hash. One of the wrong length (or missing) becomes a value
+/// nothing hashes to, so verification reports it where it is, as the
+/// server's verify() does.
+pub fn hash(bytes: Option<Vec<u8>>) -> Hash {
     match bytes {
         Some(b) => <[u8; 32]>::try_from(b.as_slice())
             .unwrap_or_else(|_| audit_log_core::hash::event_hash_from_encoding(&[0xFF; 32], &b)),
@@ -60,6 +64,25 @@ fn json(row: &Row, i: usize) -> Result<Option<Json>, String> {
             .map_err(|e| format!("jsonb text the server sent: {e}"))
     })
     .transpose()
+}
+
+/// The server's current checkpoint: as the JSON it returned (what a
+/// signature covers) and parsed.
+pub fn current_checkpoint(client: &mut Client) -> Result<(Value, Checkpoint), crate::error::Error> {
+    use crate::error::Error;
+    let text: String = client
+        .query_one("SELECT audit_log.checkpoint()::text", &[])
+        .map_err(|e| {
+            Error::trouble(format!(
+                "audit_log.checkpoint() (is audit_log installed, and may this role use it?): {e}"
+            ))
+        })?
+        .get(0);
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::trouble(format!("audit_log.checkpoint(): {e}")))?;
+    let cp = Checkpoint::parse(&value)
+        .map_err(|e| Error::trouble(format!("audit_log.checkpoint(): {e}")))?;
+    Ok((value, cp))
 }
 
 /// The end line of an earlier export: where a continuation starts.

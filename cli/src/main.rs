@@ -11,7 +11,6 @@ use audit_log_cli::error::Error;
 use audit_log_cli::sign::{self, load_public, load_secret, read_signed, verify_signed};
 use audit_log_cli::{export, report, tail, verify_file, witness};
 use clap::{Parser, Subcommand};
-use serde_json::Value;
 
 #[derive(Parser)]
 #[command(
@@ -255,12 +254,7 @@ fn run(command: Command) -> Result<u8, Error> {
         Command::Checkpoint { dsn, key, out } => {
             let key = load_secret(&key)?;
             let mut client = export::connect(&dsn)?;
-            let text: String = client
-                .query_one("SELECT audit_log.checkpoint()::text", &[])
-                .map_err(|e| Error::trouble(format!("audit_log.checkpoint(): {e}")))?
-                .get(0);
-            let value: Value = serde_json::from_str(&text)
-                .map_err(|e| Error::trouble(format!("audit_log.checkpoint(): {e}")))?;
+            let (value, _) = export::current_checkpoint(&mut client)?;
             let signed = sign::sign(value, &key)?;
             sign::write_signed(&signed, &out)?;
             eprintln!(

@@ -20,17 +20,17 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use audit_log_core::record::{decoded, digest, Follower, Record};
 use audit_log_core::time::format_rfc3339;
 use audit_log_core::verify::ProblemKind;
-use audit_log_core::{ChainHead, Checkpoint, Event, Hash};
+use audit_log_core::{ChainHead, Checkpoint, Event};
 use postgres::Client;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::export::connect;
+use crate::export::{connect, current_checkpoint, hash, micros};
 use crate::format::EventLine;
 use crate::siem::{ecs, ocsf, Source};
 
@@ -95,39 +95,55 @@ pub struct Stats {
     pub events: u64,
     pub records: u64,
     pub seconds: f64,
-    /// From commit to the line's write, in milliseconds: sorted samples.
-    lags: Vec<f64>,
+    lags: Lags,
+}
+
+/// How many of the latest lags the percentiles are taken over: a tail runs
+/// for months, and must not keep one sample per transaction.
+const LAG_SAMPLES: usize = 100_000;
+
+/// From commit to the line's write, in milliseconds: the latest
+/// [`LAG_SAMPLES`], and the largest ever.
+#[derive(Default)]
+struct Lags {
+    recent: std::collections::VecDeque<f64>,
+    max: f64,
+}
+
+impl Lags {
+    fn push(&mut self, ms: f64) {
+        if self.recent.len() == LAG_SAMPLES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ms);
+        self.max = self.max.max(ms);
+    }
+
+    /// The q-quantile of the latest samples.
+    fn quantile(&self, q: f64) -> f64 {
+        let mut sorted: Vec<f64> = self.recent.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        match sorted.len() {
+            0 => 0.0,
+            n => sorted[((n - 1) as f64 * q).round() as usize],
+        }
+    }
 }
 
 impl Stats {
     /// One line for the operator: throughput and lag.
     pub fn summary(&self) -> String {
         let rate = self.events as f64 / self.seconds.max(1e-6);
-        let pick = |q: f64| {
-            if self.lags.is_empty() {
-                0.0
-            } else {
-                let i = ((self.lags.len() - 1) as f64 * q).round() as usize;
-                self.lags[i]
-            }
-        };
         format!(
-            "shipped {} events ({} transactions) in {:.1} s: {:.0} events/s; lag from commit to output: median {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            "shipped {} events ({} transactions) in {:.1} s: {:.0} events/s; lag from commit to output: median {:.0} ms, p99 {:.0} ms (latest 100,000 transactions), max {:.0} ms",
             self.events,
             self.records,
             self.seconds,
             rate,
-            pick(0.5),
-            pick(0.99),
-            pick(1.0)
+            self.lags.quantile(0.5),
+            self.lags.quantile(0.99),
+            self.lags.max
         )
-    }
-}
-
-fn micros(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_micros() as i64,
-        Err(e) => -(e.duration().as_micros() as i64),
     }
 }
 
@@ -187,20 +203,6 @@ fn sync_dir(path: &Path) -> Result<(), Error> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
-/// The log's identity and current end.
-fn checkpoint(client: &mut Client) -> Result<Checkpoint, Error> {
-    let text: String = client
-        .query_one("SELECT audit_log.checkpoint()::text", &[])
-        .map_err(|e| {
-            Error::trouble(format!(
-                "audit_log.checkpoint() (is audit_log installed, and may this role use it?): {e}"
-            ))
-        })?
-        .get(0);
-    let v = serde_json::from_str(&text).map_err(|e| Error::trouble(e.to_string()))?;
-    Checkpoint::parse(&v).map_err(|e| Error::trouble(e.to_string()))
-}
-
 fn anchors(client: &mut Client) -> Result<Vec<ChainHead>, Error> {
     let rows = client
         .query(
@@ -213,16 +215,11 @@ fn anchors(client: &mut Client) -> Result<Vec<ChainHead>, Error> {
             Ok(ChainHead {
                 chain: r.get(0),
                 seq: r.get(1),
-                link_hash: hash(r.get(2))?,
+                link_hash: hash(r.get(2)),
                 last_event: r.get(3),
             })
         })
         .collect()
-}
-
-fn hash(bytes: Vec<u8>) -> Result<Hash, Error> {
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| Error::Refused(format!("a stored hash has {} bytes, not 32", bytes.len())))
 }
 
 /// A state file belongs to this log if each head in it is a record here
@@ -433,7 +430,7 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
     client
         .batch_execute("SET jit = off")
         .map_err(|e| Error::trouble(format!("SET jit = off: {e}")))?;
-    let cp = checkpoint(&mut client)?;
+    let (_, cp) = current_checkpoint(&mut client)?;
     let mut state = match old {
         Some(s) => {
             check_heads(&mut client, &s, &cp, &o.state)?;
@@ -469,7 +466,7 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
         events: 0,
         records: 0,
         seconds: 0.0,
-        lags: Vec::new(),
+        lags: Lags::default(),
     };
     loop {
         let records = poll(&mut client, &follower.heads(), o.batch)?;
@@ -479,38 +476,35 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
         for (r, segments, payload) in merge_by_time(records) {
             let segs = segments.iter().map(Vec::as_slice);
             let d = digest(&r, segs.clone(), &payload);
-            if let Err(p) = follower.step(&r, &d) {
-                // Records purged before they were shipped: the chain goes
-                // on from the anchor the purge left, and the gap is said.
-                let anchor = match p.kind {
-                    ProblemKind::LinkMissing => anchor_before(&mut client, &r)?,
-                    _ => None,
-                };
-                let Some(a) = anchor else {
-                    return Err(Error::Refused(format!(
-                        "chain {} seq {} does not continue its chain, so it was not shipped: {p}",
-                        r.chain_id, r.seq
-                    )));
-                };
-                let from = follower
-                    .heads()
-                    .iter()
-                    .find(|h| h.chain == r.chain_id)
-                    .map_or(0, |h| h.seq);
-                eprintln!(
-                    "audit-log tail: chain {} records {}..{} were purged before this feed shipped them; it goes on from the purge's anchor",
-                    r.chain_id,
-                    from + 1,
-                    a.seq
-                );
-                follower.restart(&a);
-                follower.step(&r, &d).map_err(|p| {
-                    Error::Refused(format!(
-                        "chain {} seq {} does not continue its chain, so it was not shipped: {p}",
-                        r.chain_id, r.seq
-                    ))
-                })?;
+            let mut stepped = follower.step(&r, &d);
+            // Records purged before they were shipped: the chain goes on
+            // from the anchor the purge left, and the gap is said.
+            if stepped
+                .as_ref()
+                .is_err_and(|p| p.kind == ProblemKind::LinkMissing)
+            {
+                if let Some(a) = anchor_before(&mut client, &r)? {
+                    let from = follower
+                        .heads()
+                        .iter()
+                        .find(|h| h.chain == r.chain_id)
+                        .map_or(0, |h| h.seq);
+                    eprintln!(
+                        "audit-log tail: chain {} records {}..{} were purged before this feed shipped them; it goes on from the purge's anchor",
+                        r.chain_id,
+                        from + 1,
+                        a.seq
+                    );
+                    follower.restart(&a);
+                    stepped = follower.step(&r, &d);
+                }
             }
+            stepped.map_err(|p| {
+                Error::Refused(format!(
+                    "chain {} seq {} does not continue its chain, so it was not shipped: {p}",
+                    r.chain_id, r.seq
+                ))
+            })?;
             for e in decoded(segs, &payload, r.first_event) {
                 let e = e.map_err(|m| {
                     Error::Refused(format!("record {}/{}: {m:?}", r.chain_id, r.seq))
@@ -524,11 +518,9 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
         if !buf.is_empty() {
             sink.write(&buf)?;
             let written_at = micros(SystemTime::now());
-            stats.lags.extend(
-                committed
-                    .iter()
-                    .map(|c| (written_at - c).max(0) as f64 / 1000.0),
-            );
+            for c in &committed {
+                stats.lags.push((written_at - c).max(0) as f64 / 1000.0);
+            }
             state.events += buf.iter().filter(|&&b| b == b'\n').count() as u64;
             state.heads = follower.heads();
             state.out_bytes = sink.bytes();
@@ -545,7 +537,6 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
         }
     }
     stats.seconds = started.elapsed().as_secs_f64();
-    stats.lags.sort_by(f64::total_cmp);
     Ok(stats)
 }
 
@@ -563,7 +554,7 @@ fn anchor_before(client: &mut Client, r: &Record) -> Result<Option<ChainHead>, E
         Ok(ChainHead {
             chain: r.chain_id,
             seq: row.get(0),
-            link_hash: hash(row.get(1))?,
+            link_hash: hash(row.get(1)),
             last_event: row.get(2),
         })
     })
@@ -612,7 +603,7 @@ fn poll(client: &mut Client, heads: &[ChainHead], batch: i64) -> Result<Vec<Fetc
                 last_event: row.get(4),
                 event_count: row.get(5),
                 committed_at: micros(row.get(6)),
-                link_hash: hash(row.get(7))?,
+                link_hash: hash(row.get(7)),
             };
             let segments: Option<Vec<Option<Vec<u8>>>> = row.get(9);
             let segments = segments

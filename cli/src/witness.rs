@@ -10,7 +10,6 @@ use std::path::Path;
 
 use audit_log_core::Checkpoint;
 use ed25519_dalek::SigningKey;
-use serde_json::Value;
 
 use crate::error::Error;
 use crate::sign::{read_signed, sign, verify_signed, write_signed};
@@ -74,13 +73,7 @@ pub fn run(
     };
 
     let mut client = export::connect(dsn).map_err(Error::Trouble)?;
-    let now_text: String = client
-        .query_one("SELECT audit_log.checkpoint()::text", &[])
-        .map_err(|e| Error::trouble(format!("audit_log.checkpoint(): {e}")))?
-        .get(0);
-    let now_value: Value =
-        serde_json::from_str(&now_text).map_err(|e| Error::trouble(e.to_string()))?;
-    let now = Checkpoint::parse(&now_value).map_err(|e| Error::trouble(e.to_string()))?;
+    let (now_value, now) = export::current_checkpoint(&mut client)?;
 
     let mut proof = String::from("first checkpoint: nothing earlier to extend");
     if let Some((signed, last_cp)) = &last {
