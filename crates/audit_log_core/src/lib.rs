@@ -10,6 +10,7 @@
 //! - [`jsonb`]: PostgreSQL's binary jsonb read into that encoding;
 //! - [`json_text`]: JSON text (as `jsonb_out` prints it) read into that encoding;
 //! - [`merkle`]: RFC 9162 Merkle trees, inclusion and consistency proofs;
+//! - [`tree`]: a chain's Merkle tree, its tiles, event and consistency proofs;
 //! - [`parallel`]: an order-keeping parallel map, to verify on several cores;
 //! - [`verify`]: chain, link and checkpoint verification over streams;
 //! - [`time`]: the fixed UTC timestamp representation.
@@ -26,8 +27,9 @@ pub mod model;
 pub mod parallel;
 pub mod record;
 pub mod time;
+pub mod tree;
 pub mod verify;
 
 pub use hash::{event_hash, link_hash, Hash, ZERO_HASH};
-pub use model::{ChainHead, Checkpoint, Event, Link};
+pub use model::{ChainHead, Checkpoint, Event, Link, TreeHead};
 pub use verify::{Problem, ProblemKind, Verdict};

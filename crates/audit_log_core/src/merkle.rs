@@ -1,8 +1,13 @@
 //! Merkle trees as RFC 9162 (Certificate Transparency 2.0) defines them,
 //! section 2.1: leaves hashed with a 0x00 prefix, interior nodes with 0x01,
 //! SHA-256; inclusion proofs (2.1.3) and consistency proofs (2.1.4), and
-//! their verification. A chain's tree has its records' link hashes as
-//! leaves, in seq order (docs/FORMAT.md).
+//! their verification. A chain's tree has one leaf per record, in seq
+//! order ([`crate::tree`], docs/FORMAT.md).
+//!
+//! The functions over a slice of leaves are the RFC's definitions. A stored
+//! tree is read through [`Subtrees`] instead, which gives the hash of a
+//! complete, aligned subtree: every node an RFC proof needs is one of those,
+//! or is built from O(log n) of them.
 //!
 //! Everything here is iterative or recurses only on the tree's height
 //! (at most 64 levels), never on data.
@@ -110,14 +115,21 @@ fn subproof(m: usize, leaves: &[Hash], complete: bool, proof: &mut Vec<Hash>) {
 /// RFC 9162 2.1.3.2: does `proof` show `leaf` (a leaf hash) at `index` in a
 /// tree of `size` leaves whose root is `root`?
 pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> bool {
+    root_from_inclusion(index, size, leaf, proof).is_some_and(|r| r == *root)
+}
+
+/// The root that an inclusion proof of `leaf` at `index` in a tree of
+/// `size` leaves leads to (RFC 9162 2.1.3.2 without the last comparison);
+/// None if the proof has the wrong length for that index and size.
+pub fn root_from_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash]) -> Option<Hash> {
     if index >= size {
-        return false;
+        return None;
     }
     let (mut fnode, mut snode) = (index, size - 1);
     let mut r = *leaf;
     for p in proof {
         if snode == 0 {
-            return false;
+            return None;
         }
         if fnode & 1 == 1 || fnode == snode {
             r = node_hash(p, &r);
@@ -133,7 +145,7 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root
         fnode >>= 1;
         snode >>= 1;
     }
-    snode == 0 && r == *root
+    (snode == 0).then_some(r)
 }
 
 /// RFC 9162 2.1.4.2: does `proof` show that the tree of `first` leaves with
@@ -186,6 +198,120 @@ pub fn verify_consistency(
         snode >>= 1;
     }
     snode == 0 && fr == *first_root && sr == *second_root
+}
+
+/// The hashes of a tree's complete, aligned subtrees: `subtree(h, i)` is
+/// MTH of leaves `[i * 2^h, (i + 1) * 2^h)`. A stored tree answers from its
+/// tiles; [`Leaves`] answers from a slice.
+pub trait Subtrees {
+    type Error;
+    fn subtree(&mut self, height: u32, index: u64) -> Result<Hash, Self::Error>;
+}
+
+/// A slice of leaf hashes as [`Subtrees`] (for tests, and small trees).
+pub struct Leaves<'a>(pub &'a [Hash]);
+
+impl Subtrees for Leaves<'_> {
+    type Error = std::convert::Infallible;
+    fn subtree(&mut self, height: u32, index: u64) -> Result<Hash, Self::Error> {
+        let lo = (index << height) as usize;
+        Ok(root(&self.0[lo..lo + (1usize << height)]))
+    }
+}
+
+/// MTH of leaves `[lo, hi)` of a tree, where `lo` is a multiple of the
+/// largest power of two not above `hi - lo` (every range RFC 9162's
+/// recursions reach is): complete subtrees from the left, then the rest.
+pub fn range_root<S: Subtrees>(s: &mut S, lo: u64, hi: u64) -> Result<Hash, S::Error> {
+    if hi <= lo {
+        return Ok(empty_root());
+    }
+    // The complete subtrees of the range, largest first, folded from the right.
+    let mut peaks = Vec::new();
+    let mut at = lo;
+    while at < hi {
+        let n = hi - at;
+        let h = 63 - n.leading_zeros();
+        let h = h.min(if at == 0 { 63 } else { at.trailing_zeros() });
+        peaks.push(s.subtree(h, at >> h)?);
+        at += 1 << h;
+    }
+    let mut it = peaks.into_iter().rev();
+    let mut r = it.next().unwrap_or_else(empty_root);
+    for left in it {
+        r = node_hash(&left, &r);
+    }
+    Ok(r)
+}
+
+/// MTH of the first `size` leaves.
+pub fn tree_root<S: Subtrees>(s: &mut S, size: u64) -> Result<Hash, S::Error> {
+    range_root(s, 0, size)
+}
+
+fn split64(n: u64) -> u64 {
+    1 << (63 - (n - 1).leading_zeros())
+}
+
+/// PATH(m, D[size]) read through `s`; None if `m` is not a leaf of the tree.
+pub fn inclusion_path<S: Subtrees>(
+    s: &mut S,
+    m: u64,
+    size: u64,
+) -> Result<Option<Vec<Hash>>, S::Error> {
+    if m >= size {
+        return Ok(None);
+    }
+    let mut proof = Vec::new();
+    let (mut lo, mut hi) = (0u64, size);
+    while hi - lo > 1 {
+        let k = split64(hi - lo);
+        if m < lo + k {
+            proof.push(range_root(s, lo + k, hi)?);
+            hi = lo + k;
+        } else {
+            proof.push(range_root(s, lo, lo + k)?);
+            lo += k;
+        }
+    }
+    proof.reverse();
+    Ok(Some(proof))
+}
+
+/// PROOF(m, D[size]) read through `s`; None unless 0 < m <= size.
+pub fn consistency_path<S: Subtrees>(
+    s: &mut S,
+    m: u64,
+    size: u64,
+) -> Result<Option<Vec<Hash>>, S::Error> {
+    if m == 0 || m > size {
+        return Ok(None);
+    }
+    // SUBPROOF unrolled: walk down, keeping the siblings top-down; the
+    // RFC lists the node where m meets n first, then the siblings bottom-up.
+    let mut siblings = Vec::new();
+    let (mut lo, mut hi, mut m, mut complete) = (0u64, size, m, true);
+    let last = loop {
+        let n = hi - lo;
+        if m == n {
+            break if complete {
+                None
+            } else {
+                Some(range_root(s, lo, hi)?)
+            };
+        }
+        let k = split64(n);
+        if m <= k {
+            siblings.push(range_root(s, lo + k, hi)?);
+            hi = lo + k;
+        } else {
+            siblings.push(range_root(s, lo, lo + k)?);
+            lo += k;
+            m -= k;
+            complete = false;
+        }
+    };
+    Ok(Some(last.into_iter().chain(siblings.into_iter().rev()).collect()))
 }
 
 /// A tree's right edge: the roots of its complete subtrees, largest first.
@@ -355,6 +481,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn proofs_read_through_subtrees_are_the_rfcs() {
+        // A Subtrees that answers from leaves, and counts what it is asked:
+        // only complete, aligned subtrees, and O(log n) of them per node.
+        struct Counting<'a>(&'a [Hash], usize);
+        impl Subtrees for Counting<'_> {
+            type Error = ();
+            fn subtree(&mut self, h: u32, i: u64) -> Result<Hash, ()> {
+                let lo = (i << h) as usize;
+                assert!(lo + (1 << h) <= self.0.len(), "subtree past the tree");
+                self.1 += 1;
+                Ok(root(&self.0[lo..lo + (1 << h)]))
+            }
+        }
+        for n in 1..=70usize {
+            let l = leaves(n);
+            let mut s = Counting(&l, 0);
+            assert_eq!(tree_root(&mut s, n as u64), Ok(root(&l)), "n {n}");
+            for m in 0..n {
+                assert_eq!(
+                    inclusion_path(&mut s, m as u64, n as u64),
+                    Ok(inclusion_proof(&l, m)),
+                    "n {n} m {m}"
+                );
+            }
+            for m in 0..=n + 1 {
+                assert_eq!(
+                    consistency_path(&mut s, m as u64, n as u64),
+                    Ok(consistency_proof(&l, m)),
+                    "n {n} m {m}"
+                );
+            }
+            assert_eq!(inclusion_path(&mut s, n as u64, n as u64), Ok(None));
+            let r = root(&l);
+            for m in 0..n {
+                let p = inclusion_proof(&l, m).unwrap();
+                assert_eq!(root_from_inclusion(m as u64, n as u64, &l[m], &p), Some(r));
+            }
+        }
+        // A big tree: a proof asks for a few dozen subtrees, not the leaves.
+        let l = leaves(5000);
+        let mut s = Counting(&l, 0);
+        inclusion_path(&mut s, 1234, 5000).unwrap();
+        consistency_path(&mut s, 3001, 5000).unwrap();
+        assert!(s.1 < 60, "{} subtrees", s.1);
+        assert_eq!(Leaves(&l).subtree(3, 2), Ok(root(&l[16..24])));
     }
 
     #[test]

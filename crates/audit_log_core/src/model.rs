@@ -110,16 +110,35 @@ pub struct Checkpoint {
     #[serde(default)]
     pub taken_at: Option<String>,
     pub chains: Vec<ChainHead>,
+    /// Each chain's Merkle tree (format v2): its size, which is the head's
+    /// `seq`, and its root. Empty in a v1 checkpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<TreeHead>,
 }
 
-pub const CHECKPOINT_FORMAT: &str = "audit_log.checkpoint.v1";
+/// A chain's Merkle tree: the number of records in it, and its root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeHead {
+    pub chain: i32,
+    pub size: i64,
+    #[serde(with = "hex_hash")]
+    pub root: Hash,
+}
+
+/// The format `audit_log.checkpoint()` returns: v1's heads, and each
+/// chain's tree.
+pub const CHECKPOINT_FORMAT: &str = "audit_log.checkpoint.v2";
+/// Checkpoints of extension 0.2.0: heads only. They still verify.
+pub const CHECKPOINT_FORMAT_V1: &str = "audit_log.checkpoint.v1";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CheckpointError {
     #[error("checkpoint is not valid JSON of the expected shape: {0}")]
     Malformed(String),
-    #[error("checkpoint format \"{0}\" is not supported; expected \"{CHECKPOINT_FORMAT}\"")]
+    #[error("checkpoint format \"{0}\" is not supported; expected \"{CHECKPOINT_FORMAT}\" or \"{CHECKPOINT_FORMAT_V1}\"")]
     UnsupportedFormat(String),
+    #[error("checkpoint tree of chain {chain} does not match its head: {why}")]
+    BadTree { chain: i32, why: String },
     #[error("checkpoint names chain {0} more than once")]
     DuplicateChain(i32),
     #[error("checkpoint chain {chain} has invalid sequence number {seq}")]
@@ -130,8 +149,31 @@ impl Checkpoint {
     pub fn parse(value: &Value) -> Result<Checkpoint, CheckpointError> {
         let cp: Checkpoint = serde_json::from_value(value.clone())
             .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
-        if cp.format != CHECKPOINT_FORMAT {
+        if cp.format != CHECKPOINT_FORMAT && cp.format != CHECKPOINT_FORMAT_V1 {
             return Err(CheckpointError::UnsupportedFormat(cp.format));
+        }
+        let mut trees = std::collections::BTreeSet::new();
+        for t in &cp.trees {
+            let head = cp.chains.iter().find(|h| h.chain == t.chain);
+            let why = if !trees.insert(t.chain) {
+                Some("named twice".to_string())
+            } else if cp.format == CHECKPOINT_FORMAT_V1 {
+                Some("a v1 checkpoint has no trees".into())
+            } else {
+                match head {
+                    None => Some("no head".into()),
+                    Some(h) if h.seq != t.size => {
+                        Some(format!("size {} is not the head's seq {}", t.size, h.seq))
+                    }
+                    Some(_) => None,
+                }
+            };
+            if let Some(why) = why {
+                return Err(CheckpointError::BadTree {
+                    chain: t.chain,
+                    why,
+                });
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for h in &cp.chains {
@@ -149,7 +191,7 @@ impl Checkpoint {
     }
 }
 
-mod hex_hash {
+pub(crate) mod hex_hash {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {

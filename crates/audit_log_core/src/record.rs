@@ -904,6 +904,7 @@ mod tests {
             database: None,
             system_identifier: None,
             taken_at: None,
+            trees: vec![],
             chains: vec![ChainHead {
                 chain: 0,
                 seq: 3,

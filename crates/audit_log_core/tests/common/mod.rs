@@ -109,6 +109,7 @@ impl Log {
             database: None,
             system_identifier: None,
             taken_at: None,
+            trees: vec![],
             chains,
         }
     }
