@@ -13,7 +13,7 @@
 \echo Use "ALTER EXTENSION audit_log UPDATE TO '0.3.0'" to load this file. \quit
 
 COMMENT ON FUNCTION audit_log.verify() IS 'Recompute every event hash and link of the log; ok, or the first bad event and what is wrong with it. A failure also raises a WARNING and notifies audit_log_alert. Requires audit_log_auditor.';
-COMMENT ON FUNCTION audit_log.checkpoint() IS 'Every chain''s head (seq, link hash, last event), to keep outside the database: audit_log.verify(checkpoint) later proves that the log extends it. Requires audit_log_auditor.';
+COMMENT ON FUNCTION audit_log.checkpoint() IS 'Every chain''s head (seq, link hash, last event) and Merkle tree (size, root), to keep outside the database: audit_log.verify(checkpoint) or audit_log.consistency(checkpoint) later proves that the log extends it, and audit_log.prove(event, checkpoint) that it holds an event. Requires audit_log_auditor.';
 
 -- Central collection (new in 0.3.0): this log's identity as a source, and at
 -- a collector, the sources it receives by logical replication. The same
@@ -264,3 +264,49 @@ REVOKE ALL ON FUNCTION audit_log.collect(text, name), audit_log.collect_route(),
 GRANT EXECUTE ON FUNCTION audit_log.source_id() TO audit_log_admin, audit_log_auditor;
 GRANT EXECUTE ON FUNCTION audit_log.verify_source(text), audit_log.verify_source(text, jsonb),
     audit_log.source_checkpoint(text) TO audit_log_auditor;
+
+-- Each chain's Merkle tree (new in 0.3.0; docs/FORMAT.md, "Merkle trees"):
+-- tiles of 256 hashes, integrated by checkpoint() and purge(), never on
+-- the commit path. Derived from the records, except the leaves a purge
+-- keeps of the tile it cuts through (width < 256).
+CREATE TABLE audit_log.tiles (
+    chain_id integer NOT NULL,
+    level    integer NOT NULL CHECK (level >= 0),
+    idx      bigint  NOT NULL CHECK (idx >= 0),
+    width    integer NOT NULL CHECK (width BETWEEN 1 AND 256),
+    hashes   bytea   NOT NULL,
+    root     bytea   NOT NULL,
+    CONSTRAINT tiles_pkey PRIMARY KEY (chain_id, level, idx, width)
+);
+ALTER TABLE audit_log.tiles ALTER COLUMN hashes SET STORAGE EXTERNAL;
+COMMENT ON TABLE audit_log.tiles IS 'Append-only: each chain''s Merkle tree as tiles of 256 hashes (level 0: the records'' leaf hashes; level L: the roots of the tiles of level L - 1), with each tile''s root. Integrated by checkpoint() and purge(); audit_log.prove() and consistency() read them. See docs/FORMAT.md.';
+GRANT SELECT ON audit_log.tiles TO audit_log_auditor;
+SELECT pg_catalog.pg_extension_config_dump('audit_log.tiles', '');
+CREATE FUNCTION audit_log."prove"("event_id" bigint, "checkpoint" jsonb DEFAULT NULL) RETURNS jsonb
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'prove_wrapper';
+COMMENT ON FUNCTION audit_log.prove(bigint, jsonb) IS 'An inclusion proof of one event: the event, its record, and O(log n) hashes up to its chain''s Merkle root in the given checkpoint (or the current tree). It reveals that event and hashes only. audit-log verify-proof checks it offline against a signed checkpoint. Requires audit_log_auditor.';
+CREATE FUNCTION audit_log."consistency"("old" jsonb) RETURNS jsonb
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'consistency_wrapper';
+COMMENT ON FUNCTION audit_log.consistency(jsonb) IS 'A new checkpoint, and for each chain of an older checkpoint (format v2) the RFC 9162 consistency proof that the chain''s tree now extends the old one: O(chains x log n) hashes instead of a full verify. Requires audit_log_auditor.';
+
+-- Merkle proofs (new in 0.3.0): the tiles are append-only like the log,
+-- refuse a subscription's rows, and only auditors ask for proofs.
+DO $tiles$
+BEGIN
+    CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit_log.tiles
+        FOR EACH ROW EXECUTE FUNCTION audit_log.reject_change();
+    CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit_log.tiles
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_log.reject_change();
+    ALTER TABLE audit_log.tiles ENABLE ALWAYS TRIGGER append_only;
+    ALTER TABLE audit_log.tiles ENABLE ALWAYS TRIGGER append_only_truncate;
+    CREATE TRIGGER collect BEFORE INSERT ON audit_log.tiles
+        FOR EACH ROW EXECUTE FUNCTION audit_log.collect_route();
+    ALTER TABLE audit_log.tiles ENABLE REPLICA TRIGGER collect;
+END
+$tiles$;
+REVOKE ALL ON FUNCTION audit_log.prove(bigint, jsonb), audit_log.consistency(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log.prove(bigint, jsonb), audit_log.consistency(jsonb) TO audit_log_auditor;

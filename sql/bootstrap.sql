@@ -172,6 +172,22 @@ CREATE TABLE audit_log.sources (
 );
 COMMENT ON TABLE audit_log.sources IS 'Sources collected here by audit_log.collect(): the subscription that delivers each, and the source''s identity (audit_log.source_id() there), learnt from the first row it sends.';
 
+-- Each chain's Merkle tree (new in 0.3.0; docs/FORMAT.md, "Merkle trees"):
+-- tiles of 256 hashes, integrated by checkpoint() and purge(), never on
+-- the commit path. Derived from the records, except the leaves a purge
+-- keeps of the tile it cuts through (width < 256).
+CREATE TABLE audit_log.tiles (
+    chain_id integer NOT NULL,
+    level    integer NOT NULL CHECK (level >= 0),
+    idx      bigint  NOT NULL CHECK (idx >= 0),
+    width    integer NOT NULL CHECK (width BETWEEN 1 AND 256),
+    hashes   bytea   NOT NULL,
+    root     bytea   NOT NULL,
+    CONSTRAINT tiles_pkey PRIMARY KEY (chain_id, level, idx, width)
+);
+ALTER TABLE audit_log.tiles ALTER COLUMN hashes SET STORAGE EXTERNAL;
+COMMENT ON TABLE audit_log.tiles IS 'Append-only: each chain''s Merkle tree as tiles of 256 hashes (level 0: the records'' leaf hashes; level L: the roots of the tiles of level L - 1), with each tile''s root. Integrated by checkpoint() and purge(); audit_log.prove() and consistency() read them. See docs/FORMAT.md.';
+
 -- Secrets only the extension's owner reads: the salt of redacted columns.
 CREATE TABLE audit_log.secrets (
     name  text  NOT NULL PRIMARY KEY,
@@ -186,7 +202,7 @@ COMMENT ON TABLE audit_log.audited_tables IS 'Tables on which audit_log.enable()
 REVOKE ALL ON ALL TABLES IN SCHEMA audit_log FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA audit_log FROM PUBLIC;
 GRANT SELECT ON audit_log.records, audit_log.segments, audit_log.row_keys, audit_log.prepared, audit_log.audited_tables, audit_log.audited_schemas,
-    audit_log.retention, audit_log.anchors, audit_log.source, audit_log.sources TO audit_log_auditor;
+    audit_log.retention, audit_log.anchors, audit_log.source, audit_log.sources, audit_log.tiles TO audit_log_auditor;
 GRANT SELECT ON audit_log.audited_tables, audit_log.audited_schemas, audit_log.retention, audit_log.anchors
     TO audit_log_admin;
 
@@ -204,3 +220,4 @@ SELECT pg_catalog.pg_extension_config_dump('audit_log.events_id_seq', '');
 -- New in 0.3.0, after what 0.2.0 had, so that an upgraded database lists them alike.
 SELECT pg_catalog.pg_extension_config_dump('audit_log.source', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log.sources', '');
+SELECT pg_catalog.pg_extension_config_dump('audit_log.tiles', '');

@@ -414,3 +414,21 @@ REVOKE ALL ON FUNCTION audit_log.collect(text, name), audit_log.collect_route(),
 GRANT EXECUTE ON FUNCTION audit_log.source_id() TO audit_log_admin, audit_log_auditor;
 GRANT EXECUTE ON FUNCTION audit_log.verify_source(text), audit_log.verify_source(text, jsonb),
     audit_log.source_checkpoint(text) TO audit_log_auditor;
+
+-- Merkle proofs (new in 0.3.0): the tiles are append-only like the log,
+-- refuse a subscription's rows, and only auditors ask for proofs.
+DO $tiles$
+BEGIN
+    CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit_log.tiles
+        FOR EACH ROW EXECUTE FUNCTION audit_log.reject_change();
+    CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit_log.tiles
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_log.reject_change();
+    ALTER TABLE audit_log.tiles ENABLE ALWAYS TRIGGER append_only;
+    ALTER TABLE audit_log.tiles ENABLE ALWAYS TRIGGER append_only_truncate;
+    CREATE TRIGGER collect BEFORE INSERT ON audit_log.tiles
+        FOR EACH ROW EXECUTE FUNCTION audit_log.collect_route();
+    ALTER TABLE audit_log.tiles ENABLE REPLICA TRIGGER collect;
+END
+$tiles$;
+REVOKE ALL ON FUNCTION audit_log.prove(bigint, jsonb), audit_log.consistency(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log.prove(bigint, jsonb), audit_log.consistency(jsonb) TO audit_log_auditor;

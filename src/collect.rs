@@ -14,7 +14,9 @@ use pgrx::JsonB;
 
 use crate::catalog;
 use crate::errors::AuditError;
-use crate::proof::{checkpoint_of, parse_checkpoint, verdict_row};
+use crate::proof::{
+    checkpoint_json, checkpoint_of, parse_checkpoint, verdict_row, verify_checkpoint,
+};
 use crate::records::run_verify;
 
 /// The schema holding a registered source's log.
@@ -113,7 +115,7 @@ fn verify_source_against(
 > {
     let schema = source_schema(source)?;
     let cp = parse_checkpoint(checkpoint)?;
-    let v = catalog::with_log_schema(&schema, || run_verify(Some(&cp)))?;
+    let v = catalog::with_log_schema(&schema, || verify_checkpoint(&cp))?;
     Ok(verdict_row(v, true))
 }
 
@@ -129,6 +131,6 @@ fn source_checkpoint(source: Option<&str>) -> Result<JsonB, ErrorReport> {
     let schema = source_schema(source)?;
     let name = source.map(str::to_string);
     Ok(catalog::with_log_schema(&schema, || {
-        checkpoint_of(name, None)
+        checkpoint_of(name, None).and_then(|cp| checkpoint_json(&cp))
     })?)
 }

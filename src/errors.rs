@@ -78,6 +78,14 @@ pub enum AuditError {
     NoSalt,
     #[error("trigger functions can only be called as triggers")]
     NotTrigger,
+    #[error("chain {chain}'s Merkle tree cannot be built: {why}")]
+    TreeUnavailable { chain: i32, why: String },
+    #[error("record {seq} of audit chain {chain} is damaged: {why}")]
+    TreeDamaged { chain: i32, seq: i64, why: String },
+    #[error("event {0} is not in the audit log")]
+    NoSuchEvent(i64),
+    #[error("event {0} was purged: its record is no longer in the audit log")]
+    EventPurged(i64),
     #[error("audit_log internal error: {0}")]
     Internal(String),
 }
@@ -120,6 +128,10 @@ impl AuditError {
             AuditError::ChainDamaged { .. } => ERRCODE_DATA_CORRUPTED,
             AuditError::NotTrigger => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             AuditError::NoSalt => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            AuditError::TreeUnavailable { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            AuditError::TreeDamaged { .. } => ERRCODE_DATA_CORRUPTED,
+            AuditError::NoSuchEvent(_) => ERRCODE_UNDEFINED_OBJECT,
+            AuditError::EventPurged(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -184,9 +196,19 @@ impl AuditError {
             AuditError::TooManyEvents(_) => {
                 Some("Split the change into several transactions.".into())
             }
-            AuditError::ChainDamaged { .. } => Some(
+            AuditError::ChainDamaged { .. } | AuditError::TreeDamaged { .. } => Some(
                 "Someone with superuser rights changed audit_log.records. Run \
                  SELECT * FROM audit_log.verify() to see what changed, and restore the log."
+                    .into(),
+            ),
+            AuditError::TreeUnavailable { .. } => Some(
+                "Records purged before audit_log kept tree tiles cannot be proven; \
+                 audit_log.verify(checkpoint) still proves the rest."
+                    .into(),
+            ),
+            AuditError::EventPurged(_) => Some(
+                "audit_log.purge() removed it. A proof made before the purge still \
+                 verifies against its checkpoint."
                     .into(),
             ),
             AuditError::UnsupportedIndex(_) => {

@@ -39,6 +39,7 @@ mod relstate;
 mod retention;
 mod scan;
 mod store;
+mod tree;
 mod triggers;
 mod txstate;
 

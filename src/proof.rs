@@ -4,7 +4,7 @@
 
 use audit_log_core::model::{ChainHead, Checkpoint, CHECKPOINT_FORMAT};
 use audit_log_core::time::{format_rfc3339, from_pg_timestamp};
-use audit_log_core::verify::Verdict;
+use audit_log_core::verify::{ProblemKind, Verdict};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 use serde_json::json;
@@ -125,7 +125,19 @@ fn verify_against(
     ErrorReport,
 > {
     let cp = parse_checkpoint(checkpoint)?;
-    Ok(verdict_row(run_verify(Some(&cp))?, true))
+    Ok(verdict_row(verify_checkpoint(&cp)?, true))
+}
+
+/// The log, and that it extends `cp`: its heads, and (format v2) its
+/// trees, recomputed from the records.
+pub(crate) fn verify_checkpoint(cp: &Checkpoint) -> Result<Verdict, AuditError> {
+    let mut v = run_verify(Some(cp))?;
+    if !cp.trees.is_empty() {
+        for (_, why) in catalog::pinned(|| crate::tree::check_trees(cp))? {
+            v.push(ProblemKind::ChainRewritten, None, why);
+        }
+    }
+    Ok(v)
 }
 
 /// A checkpoint argument, read through its text, so a hostile value (any
@@ -145,37 +157,49 @@ CREATE FUNCTION audit_log."checkpoint"() RETURNS jsonb
 STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION audit_log.checkpoint() IS 'Every chain''s head (seq, link hash, last event), to keep outside the database: audit_log.verify(checkpoint) later proves that the log extends it. Requires audit_log_auditor.';
+COMMENT ON FUNCTION audit_log.checkpoint() IS 'Every chain''s head (seq, link hash, last event) and Merkle tree (size, root), to keep outside the database: audit_log.verify(checkpoint) or audit_log.consistency(checkpoint) later proves that the log extends it, and audit_log.prove(event, checkpoint) that it holds an event. Requires audit_log_auditor.';
 "#)]
 fn checkpoint() -> Result<JsonB, ErrorReport> {
+    let cp = take_checkpoint()?;
+    Ok(checkpoint_json(&cp)?)
+}
+
+/// checkpoint(): committed prepared transactions linked, tiles integrated,
+/// and every chain's head and tree.
+pub(crate) fn take_checkpoint() -> Result<Checkpoint, AuditError> {
     // EXECUTE granted outside the role still gets the role's hint, not a
     // bare "permission denied for table records".
     if !catalog::current_user_has(c"audit_log_auditor") {
         return Err(AuditError::NotAuditor {
             action: "take a checkpoint".into(),
-        }
-        .into());
+        });
     }
     // Committed prepared transactions join the chains first, so that the
     // checkpoint covers them; not on a standby or in a read-only transaction.
-    // SAFETY: plain reads of transaction state.
-    if unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly } {
+    if crate::tree::can_write() {
         crate::chain::link_prepared(&catalog::lookup()?)?;
     }
+    // New records join the trees' tiles here, off the commit path.
+    catalog::pinned(crate::tree::integrate_all)?;
     // SAFETY: a plain read of the cluster's identity.
     let sysid = unsafe { pg_sys::GetSystemIdentifier() };
-    Ok(checkpoint_of(
-        Some(catalog::database_name()),
-        Some(sysid.to_string()),
-    )?)
+    let mut cp = checkpoint_of(Some(catalog::database_name()), Some(sysid.to_string()))?;
+    cp.trees = catalog::pinned(|| crate::tree::trees(&cp.chains))?;
+    Ok(cp)
+}
+
+pub(crate) fn checkpoint_json(cp: &Checkpoint) -> Result<JsonB, AuditError> {
+    let value = serde_json::to_value(cp).map_err(|e| AuditError::Internal(e.to_string()))?;
+    Ok(JsonB(value))
 }
 
 /// The checkpoint of the log being read (audit_log's own, or a collected
-/// source's): every chain's last record.
+/// source's): every chain's last record. No trees: only the own log keeps
+/// tiles, and [`take_checkpoint`] adds them.
 pub(crate) fn checkpoint_of(
     database: Option<String>,
     system_identifier: Option<String>,
-) -> Result<JsonB, AuditError> {
+) -> Result<Checkpoint, AuditError> {
     let chains = Spi::connect(|c| -> Result<Vec<ChainHead>, AuditError> {
         let t = c.select(
             &format!(
@@ -205,7 +229,7 @@ pub(crate) fn checkpoint_of(
         system_identifier,
         taken_at: Some(format_rfc3339(from_pg_timestamp(now))),
         chains,
+        trees: Vec::new(),
     };
-    let value = serde_json::to_value(&cp).map_err(|e| AuditError::Internal(e.to_string()))?;
-    Ok(JsonB(value))
+    Ok(cp)
 }

@@ -211,6 +211,18 @@ fn purge_impl(
     if expired.is_empty() {
         return Ok((0, 0));
     }
+    // The trees keep what the records held: every tile up to the new
+    // anchor, and the leaves of the tile it cuts through, before the
+    // records go. A chain purged before tiles were kept has no tree.
+    for (i, e) in expired.iter().enumerate() {
+        if expired.get(i + 1).is_none_or(|n| n.chain_id != e.chain_id) {
+            let upto = e.seq.max(0) as u64;
+            match catalog::pinned(|| crate::tree::integrate(e.chain_id, upto, Some(upto))) {
+                Ok(_) | Err(AuditError::TreeUnavailable { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
     let mut events = 0i64;
     for e in &expired {
         events += e.event_count;

@@ -40,17 +40,21 @@ impl Row<'_> {
 
 /// Scan keys for "heap column = value" (heap attno, equality function, value).
 pub fn equality_keys(keys: &[(i16, u32, pg_sys::Datum)]) -> Vec<pg_sys::ScanKeyData> {
+    let with_strategy: Vec<_> = keys
+        .iter()
+        .map(|&(attno, proc_, value)| (attno, pg_sys::BTEqualStrategyNumber, proc_, value))
+        .collect();
+    scan_keys(&with_strategy)
+}
+
+/// Scan keys for "heap column OP value" (heap attno, btree strategy,
+/// the operator's function, value).
+pub fn scan_keys(keys: &[(i16, u32, u32, pg_sys::Datum)]) -> Vec<pg_sys::ScanKeyData> {
     // SAFETY: ScanKeyData is plain data; ScanKeyInit fills each entry.
     unsafe {
         let mut out: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); keys.len()];
-        for (k, &(attno, proc_, value)) in out.iter_mut().zip(keys) {
-            pg_sys::ScanKeyInit(
-                k,
-                attno,
-                pg_sys::BTEqualStrategyNumber as u16,
-                pg_sys::Oid::from(proc_),
-                value,
-            );
+        for (k, &(attno, strategy, proc_, value)) in out.iter_mut().zip(keys) {
+            pg_sys::ScanKeyInit(k, attno, strategy as u16, pg_sys::Oid::from(proc_), value);
         }
         out
     }
@@ -98,6 +102,17 @@ impl<T> Ordered<T> {
         keys: &[(i16, u32, pg_sys::Datum)],
         convert: fn(&Row) -> Option<T>,
     ) -> Result<Self, AuditError> {
+        Self::open_keys(relid, indexid, snapshot, equality_keys(keys), convert)
+    }
+
+    /// As `open`, for the rows that match `scankeys` (made by [`scan_keys`]).
+    pub fn open_keys(
+        relid: pg_sys::Oid,
+        indexid: pg_sys::Oid,
+        snapshot: pg_sys::Snapshot,
+        mut scankeys: Vec<pg_sys::ScanKeyData>,
+        convert: fn(&Row) -> Option<T>,
+    ) -> Result<Self, AuditError> {
         // SAFETY: a privilege check, then a plain ordered index scan under a
         // registered snapshot, with AccessShareLock like any SELECT.
         unsafe {
@@ -123,24 +138,18 @@ impl<T> Ordered<T> {
             } else {
                 pg_sys::index_open(indexid, pg_sys::AccessShareLock as i32)
             };
-            let mut scankeys = equality_keys(keys);
+            let nkeys = scankeys.len() as i32;
             let scan = if idx.is_null() {
                 pg_sys::systable_beginscan(
                     rel,
                     pg_sys::InvalidOid,
                     false,
                     snapshot,
-                    keys.len() as i32,
+                    nkeys,
                     scankeys.as_mut_ptr(),
                 )
             } else {
-                pg_sys::systable_beginscan_ordered(
-                    rel,
-                    idx,
-                    snapshot,
-                    keys.len() as i32,
-                    scankeys.as_mut_ptr(),
-                )
+                pg_sys::systable_beginscan_ordered(rel, idx, snapshot, nkeys, scankeys.as_mut_ptr())
             };
             let natts = (*(*rel).rd_att).natts as usize;
             let row_cx = pg_sys::AllocSetContextCreateInternal(

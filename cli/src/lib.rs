@@ -7,6 +7,7 @@
 pub mod error;
 pub mod export;
 pub mod format;
+pub mod prove;
 pub mod report;
 pub mod siem;
 pub mod sign;

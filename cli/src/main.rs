@@ -1,4 +1,5 @@
-//! audit-log: export an audit_log, verify it offline, sign checkpoints, witness.
+//! audit-log: export an audit_log, verify it offline, sign checkpoints,
+//! witness, prove one event.
 //!
 //! Exit codes: 0 intact (or done), 1 tampered or refused, 2 usage or I/O error.
 
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 
 use audit_log_cli::error::Error;
 use audit_log_cli::sign::{self, load_public, load_secret, read_signed, verify_signed};
-use audit_log_cli::{export, report, tail, verify_file, witness};
+use audit_log_cli::{export, prove, report, tail, verify_file, witness};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -120,6 +121,39 @@ enum Command {
         /// An export of the whole log, to verify offline against the last checkpoint too.
         #[arg(long = "export", value_name = "FILE")]
         export_file: Option<PathBuf>,
+        /// Have the server verify every event against the last checkpoint
+        /// (audit_log.verify(checkpoint)), instead of checking its Merkle
+        /// consistency proofs (O(chains x log n) hashes).
+        #[arg(long)]
+        full: bool,
+    },
+    /// Fetch the proof that one event is in the log whose tree a checkpoint
+    /// holds (audit_log.prove()), check it, and write it.
+    Prove {
+        #[arg(long)]
+        dsn: String,
+        #[arg(long, value_name = "ID")]
+        event: i64,
+        /// The checkpoint to prove against (plain or signed).
+        #[arg(long, value_name = "CP")]
+        checkpoint: PathBuf,
+        /// The public key that must have signed the checkpoint.
+        #[arg(long = "pub", value_name = "PUB")]
+        public: Option<PathBuf>,
+        #[arg(long, value_name = "PROOF")]
+        out: PathBuf,
+    },
+    /// Check an event's proof offline, trusting only the checkpoint: prints
+    /// the proven event.
+    VerifyProof {
+        #[arg(value_name = "PROOF")]
+        proof: PathBuf,
+        /// The checkpoint whose tree the proof leads to (plain or signed).
+        #[arg(long, value_name = "CP")]
+        checkpoint: PathBuf,
+        /// The public key that must have signed the checkpoint.
+        #[arg(long = "pub", value_name = "PUB")]
+        public: Option<PathBuf>,
     },
     /// Print committed events as JSON Lines as they commit, each chain's in
     /// order, checked against its chain; resumes from STATE after any stop.
@@ -329,14 +363,36 @@ fn run(command: Command) -> Result<u8, Error> {
             eprintln!("{}", stats.summary());
             Ok(INTACT)
         }
+        Command::Prove {
+            dsn,
+            event,
+            checkpoint,
+            public,
+            out,
+        } => {
+            let p = prove::fetch(&dsn, event, &checkpoint, public.as_deref(), &out)?;
+            eprintln!("{}; written to {}", p.summary, out.display());
+            Ok(INTACT)
+        }
+        Command::VerifyProof {
+            proof,
+            checkpoint,
+            public,
+        } => {
+            let p = prove::verify_proof(&proof, &checkpoint, public.as_deref())?;
+            println!("{}", p.event_line);
+            eprintln!("{}", p.summary);
+            Ok(INTACT)
+        }
         Command::Witness {
             dsn,
             state,
             key,
             export_file,
+            full,
         } => {
             let key = load_secret(&key)?;
-            match witness::run(&dsn, &state, &key, export_file.as_deref()) {
+            match witness::run(&dsn, &state, &key, export_file.as_deref(), full) {
                 Ok(m) => {
                     println!("witness: {m}");
                     Ok(INTACT)

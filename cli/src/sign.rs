@@ -1,9 +1,11 @@
 //! Ed25519 keys and signed checkpoints (docs/FORMAT.md, "Signed checkpoints").
 //!
 //! A signed checkpoint wraps the JSON that `audit_log.checkpoint()` returns
-//! (chain heads, database name and system identifier, the server's clock)
-//! with the signer's clock, public key and signature. The signature covers
-//! `"audit_log:signed_checkpoint:v1\0"` followed by the canonical encoding
+//! (chain heads and, from format v2, each chain's Merkle tree; database name
+//! and system identifier, the server's clock) with the signer's clock,
+//! public key and signature. The signature covers
+//! `"audit_log:signed_checkpoint:v2\0"` (v1 for a checkpoint of format v1,
+//! which still verifies) followed by the canonical encoding
 //! (docs/FORMAT.md, `json`) of the object {"checkpoint", "signed_at",
 //! "public_key"}: any change to any of them, down to one digit of a
 //! sequence number, breaks it.
@@ -13,6 +15,7 @@ use std::io::Write;
 use std::path::Path;
 
 use audit_log_core::encoding::encode_json;
+use audit_log_core::model::CHECKPOINT_FORMAT_V1;
 use audit_log_core::time::format_rfc3339;
 use audit_log_core::Checkpoint;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -24,8 +27,19 @@ use crate::error::Error;
 
 pub const SECRET_FORMAT: &str = "audit_log.ed25519.secret.v1";
 pub const PUBLIC_FORMAT: &str = "audit_log.ed25519.public.v1";
-pub const SIGNED_FORMAT: &str = "audit_log.signed_checkpoint.v1";
-const DOMAIN: &[u8] = b"audit_log:signed_checkpoint:v1\0";
+/// Signed checkpoints of format v2 checkpoints, which carry Merkle trees.
+pub const SIGNED_FORMAT: &str = "audit_log.signed_checkpoint.v2";
+/// Those of v1 checkpoints (heads only): still made for a v1 checkpoint, and verified.
+pub const SIGNED_FORMAT_V1: &str = "audit_log.signed_checkpoint.v1";
+
+/// The signature's domain for a signed format; None if unknown.
+fn domain(format: &str) -> Option<&'static [u8]> {
+    match format {
+        SIGNED_FORMAT => Some(b"audit_log:signed_checkpoint:v2\0"),
+        SIGNED_FORMAT_V1 => Some(b"audit_log:signed_checkpoint:v1\0"),
+        _ => None,
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -154,8 +168,8 @@ fn parse_public(text: &str) -> Result<VerifyingKey, String> {
     VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an Ed25519 public key: {e}"))
 }
 
-fn message(checkpoint: &Value, signed_at: &str, public_key: &str) -> Vec<u8> {
-    let mut m = DOMAIN.to_vec();
+fn message(domain: &[u8], checkpoint: &Value, signed_at: &str, public_key: &str) -> Vec<u8> {
+    let mut m = domain.to_vec();
     encode_json(
         &json!({"checkpoint": checkpoint, "signed_at": signed_at, "public_key": public_key}),
         &mut m,
@@ -171,13 +185,19 @@ pub fn now_micros() -> i64 {
 
 /// Sign a checkpoint as returned by the server (checked for shape first).
 pub fn sign(checkpoint: Value, key: &SigningKey) -> Result<SignedCheckpoint, String> {
-    Checkpoint::parse(&checkpoint).map_err(|e| e.to_string())?;
+    let cp = Checkpoint::parse(&checkpoint).map_err(|e| e.to_string())?;
+    let format = if cp.format == CHECKPOINT_FORMAT_V1 {
+        SIGNED_FORMAT_V1
+    } else {
+        SIGNED_FORMAT
+    };
     let public = key.verifying_key();
     let public_key = hex::encode(public.as_bytes());
     let signed_at = format_rfc3339(now_micros());
-    let sig = key.sign(&message(&checkpoint, &signed_at, &public_key));
+    let domain = domain(format).ok_or("no signature domain")?;
+    let sig = key.sign(&message(domain, &checkpoint, &signed_at, &public_key));
     Ok(SignedCheckpoint {
-        format: SIGNED_FORMAT.into(),
+        format: format.into(),
         checkpoint,
         signed_at,
         key_id: key_id(&public),
@@ -190,7 +210,7 @@ pub fn read_signed(path: &Path) -> Result<SignedCheckpoint, String> {
     let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let s: SignedCheckpoint = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a signed checkpoint: {e}", path.display()))?;
-    if s.format != SIGNED_FORMAT {
+    if domain(&s.format).is_none() {
         return Err(format!(
             "{}: format {:?} is not supported",
             path.display(),
@@ -238,8 +258,10 @@ pub fn verify_signed(s: &SignedCheckpoint, key: &VerifyingKey) -> Result<Checkpo
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| Refused::BadSignature("a signature is 128 hex digits".into()))?;
+    let domain = domain(&s.format)
+        .ok_or_else(|| Refused::BadCheckpoint(format!("format {:?} is not supported", s.format)))?;
     key.verify_strict(
-        &message(&s.checkpoint, &s.signed_at, &s.public_key),
+        &message(domain, &s.checkpoint, &s.signed_at, &s.public_key),
         &Signature::from_bytes(&sig),
     )
     .map_err(|e| Refused::BadSignature(e.to_string()))?;
@@ -266,7 +288,11 @@ pub fn load_checkpoint(
         .map_err(|e| Error::Trouble(format!("{}: {e}", path.display())))?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| Error::Trouble(format!("{} is not JSON: {e}", path.display())))?;
-    if value.get("format").and_then(Value::as_str) == Some(SIGNED_FORMAT) {
+    if value
+        .get("format")
+        .and_then(Value::as_str)
+        .is_some_and(|f| domain(f).is_some())
+    {
         let Some(public) = public else {
             return Err(Error::Trouble(format!(
                 "{} is signed: give the signer's public key with --pub",

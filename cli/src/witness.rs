@@ -1,6 +1,10 @@
 //! `audit-log witness`: run from cron or a systemd timer on another machine.
 //! Each run proves that the database's current checkpoint extends the last
-//! one the witness signed, then signs and stores the new one. A rollback, a
+//! one the witness signed, then signs and stores the new one. By default the
+//! proof is each chain's Merkle consistency proof (audit_log.consistency()),
+//! checked here: O(chains x log n) hashes, whatever the log's size. With
+//! `--full`, or after a checkpoint of format v1, the server verifies every
+//! event against the last checkpoint instead. A rollback, a
 //! fork or a failed verification stops it with a non-zero exit and stores
 //! nothing, so the last good checkpoint stays the reference.
 
@@ -8,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
+use audit_log_core::tree::Consistency;
 use audit_log_core::Checkpoint;
 use ed25519_dalek::SigningKey;
 
@@ -59,6 +64,7 @@ pub fn run(
     state: &Path,
     key: &SigningKey,
     export_file: Option<&Path>,
+    full: bool,
 ) -> Result<String, Error> {
     fs::create_dir_all(state).map_err(|e| Error::Io(state.to_path_buf(), e))?;
     let latest = state.join("latest.json");
@@ -73,11 +79,26 @@ pub fn run(
     };
 
     let mut client = export::connect(dsn).map_err(Error::Trouble)?;
-    let (now_value, now) = export::current_checkpoint(&mut client)?;
+    let by_proofs = !full && last.as_ref().is_some_and(|(_, cp)| !cp.trees.is_empty());
+    let (now_value, now) = if by_proofs {
+        let (_, last_cp) = last
+            .as_ref()
+            .ok_or_else(|| Error::trouble("no last checkpoint"))?;
+        consistent_checkpoint(&mut client, last_cp)?
+    } else {
+        export::current_checkpoint(&mut client)?
+    };
 
     let mut proof = String::from("first checkpoint: nothing earlier to extend");
-    if let Some((signed, last_cp)) = &last {
+    if let Some((_, last_cp)) = &last {
         compare(last_cp, &now).map_err(Error::Refused)?;
+    }
+    if let (Some(_), true) = (&last, by_proofs) {
+        proof = format!(
+            "each of {} chain trees extends the last checkpoint's (consistency proofs checked)",
+            now.trees.len()
+        );
+    } else if let Some((signed, _)) = &last {
         let last_text =
             serde_json::to_string(&signed.checkpoint).map_err(|e| Error::trouble(e.to_string()))?;
         let row = client
@@ -96,6 +117,8 @@ pub fn run(
             )));
         }
         proof = format!("the server verified {checked} events against the last checkpoint");
+    }
+    if let Some((_, last_cp)) = &last {
         if let Some(file) = export_file {
             let report = verify_file::verify_files(&[file.to_path_buf()], Some(last_cp), threads())
                 .map_err(|e| Error::trouble(e.to_string()))?;
@@ -126,6 +149,42 @@ pub fn run(
     Ok(format!("{proof}; signed and stored {name}"))
 }
 
+/// The server's new checkpoint, with consistency proofs from `last`,
+/// checked here: every tree of `last` is a prefix of the new one's.
+fn consistent_checkpoint(
+    client: &mut postgres::Client,
+    last: &Checkpoint,
+) -> Result<(serde_json::Value, Checkpoint), Error> {
+    let last_text = serde_json::to_string(last).map_err(|e| Error::trouble(e.to_string()))?;
+    let text: String = client
+        .query_one(
+            "SELECT audit_log.consistency($1::text::jsonb)::text",
+            &[&last_text],
+        )
+        .map_err(|e| match e.as_db_error().map(|d| d.code().code()) {
+            // The server's own refusal: the log does not extend the checkpoint.
+            Some("22023") | Some("XX001") => Error::Refused(format!(
+                "audit_log.consistency(): {}",
+                crate::prove::server_message(&e)
+            )),
+            _ => Error::trouble(format!(
+                "audit_log.consistency(): {}",
+                crate::prove::server_message(&e)
+            )),
+        })?
+        .get(0);
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::trouble(format!("audit_log.consistency(): {e}")))?;
+    let c = Consistency::parse(&value)
+        .map_err(|e| Error::trouble(format!("audit_log.consistency(): {e}")))?;
+    c.verify(last).map_err(|e| Error::Refused(e.to_string()))?;
+    let cp_value = value
+        .get("checkpoint")
+        .cloned()
+        .ok_or_else(|| Error::trouble("audit_log.consistency(): no checkpoint"))?;
+    Ok((cp_value, c.checkpoint))
+}
+
 pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -150,6 +209,7 @@ mod tests {
                     last_event: seq * 10,
                 })
                 .collect(),
+            trees: vec![],
         }
     }
 

@@ -258,6 +258,7 @@ fn checkpoint_of(links: &[Link]) -> Checkpoint {
         database: None,
         system_identifier: None,
         taken_at: None,
+        trees: vec![],
         chains: heads.into_values().collect(),
     }
 }

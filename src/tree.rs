@@ -1,0 +1,809 @@
+//! The chains' Merkle trees (docs/FORMAT.md, "Merkle trees"). Tiles are kept
+//! in `audit_log.tiles` and integrated off the commit path: by checkpoint(),
+//! by purge() before it removes records, and by prove() and consistency()
+//! when they may write. Whatever is not integrated yet is computed from the
+//! records, so a proof never depends on when integration ran. The SQL API:
+//! prove(event [, checkpoint]) and consistency(old checkpoint).
+
+use std::collections::HashMap;
+
+use audit_log_core::merkle::{self, consistency_path, inclusion_path, tree_root};
+use audit_log_core::model::Checkpoint;
+use audit_log_core::record::Record;
+use audit_log_core::time::from_pg_timestamp;
+use audit_log_core::tree::{
+    self as core_tree, event_hashes, events_root, record_leaf, ChainConsistency, Consistency,
+    ProvenRecord, TileSource, Tiled, CONSISTENCY_FORMAT, TILE_WIDTH,
+};
+use audit_log_core::{Hash, TreeHead, ZERO_HASH};
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB};
+
+use crate::catalog::{self, Oids};
+use crate::errors::AuditError;
+use crate::records::hash_of;
+use crate::scan::{scan_keys, Ordered, Row, SnapshotGuard};
+use crate::store::{read_segments, records};
+use pgrx::pg_sys::panic::ErrorReport;
+
+/// A record as integration reads it: its columns, and its events' hashes
+/// (computed in place when it has no segments).
+struct LeafRow {
+    record: Record,
+    segments: i32,
+    hashes: Option<Vec<Hash>>,
+    payload: Vec<u8>,
+}
+
+fn leaf_row(r: &Row) -> Option<LeafRow> {
+    let record = Record {
+        chain_id: r.i32(records::CHAIN_ID).unwrap_or(-1),
+        seq: r.i64(records::SEQ).unwrap_or(0),
+        tx_id: r.i64(records::TX_ID).unwrap_or(0) as u64,
+        first_event: r.i64(records::FIRST_EVENT).unwrap_or(i64::MIN),
+        last_event: r.i64(records::LAST_EVENT).unwrap_or(i64::MIN),
+        event_count: r.i64(records::EVENT_COUNT).unwrap_or(-1),
+        committed_at: r
+            .i64(records::COMMITTED_AT)
+            .map_or(i64::MIN, from_pg_timestamp),
+        link_hash: hash_of(r.slice(records::LINK_HASH)),
+    };
+    let segments = r.i32(records::SEGMENTS).unwrap_or(0);
+    let payload = r.slice(records::PAYLOAD).unwrap_or_default();
+    if segments == 0 {
+        // An unreadable payload reads as no events: the link check fails.
+        let hashes = event_hashes([], payload).unwrap_or_default();
+        return Some(LeafRow {
+            record,
+            segments,
+            hashes: Some(hashes),
+            payload: Vec::new(),
+        });
+    }
+    Some(LeafRow {
+        record,
+        segments,
+        hashes: None,
+        payload: payload.to_vec(),
+    })
+}
+
+fn damaged(chain: i32, seq: i64, why: impl Into<String>) -> AuditError {
+    AuditError::TreeDamaged {
+        chain,
+        seq,
+        why: why.into(),
+    }
+}
+
+/// One chain's stored tree, for reading through [`Tiled`].
+pub struct ChainTiles {
+    chain: i32,
+    oids: Oids,
+    snap: pg_sys::Snapshot,
+    /// Tiles at or below this many leaves may be trusted as stored
+    /// without their records (`verify(checkpoint)` trusts only tiles of
+    /// purged records); every stored tile when None.
+    trust_below: Option<u64>,
+    /// The level-0 partial tiles that purges left, by tile index.
+    partial: HashMap<u64, Option<Vec<Hash>>>,
+    /// audit_log's own log, which keeps tiles; a collected source's has
+    /// none here, and its tree is computed from its records.
+    own_log: bool,
+}
+
+impl ChainTiles {
+    fn new(chain: i32, oids: Oids, snap: pg_sys::Snapshot) -> Self {
+        ChainTiles {
+            chain,
+            oids,
+            snap,
+            trust_below: None,
+            partial: HashMap::new(),
+            own_log: catalog::log_schema_sql() == "audit_log",
+        }
+    }
+
+    fn trusted(&self, level: u32, t: u64) -> bool {
+        let end = (t + 1) << (8 * (level + 1));
+        self.own_log && self.trust_below.is_none_or(|b| end <= b)
+    }
+
+    /// The link hash of record `seq` of the chain, or of the anchor a purge
+    /// left there; zero before the first.
+    fn link_hash_at(&self, seq: i64) -> Result<Option<Hash>, AuditError> {
+        if seq == 0 {
+            return Ok(Some(ZERO_HASH));
+        }
+        let schema = catalog::log_schema_sql();
+        let h = Spi::get_one_with_args::<Vec<u8>>(
+            &format!(
+                "SELECT link_hash FROM {schema}.records WHERE chain_id = $1 AND seq = $2
+                 UNION ALL
+                 SELECT link_hash FROM {schema}.anchors WHERE chain_id = $1 AND seq = $2
+                 LIMIT 1"
+            ),
+            &[self.chain.into(), seq.into()],
+        );
+        Ok(crate::errors::optional_row(h)?
+            .flatten()
+            .map(|b| hash_of(Some(&b))))
+    }
+
+    /// Leaf hashes `lo..hi` from the records (seq `lo + 1 ..= hi`), each
+    /// record's link checked against the one before.
+    pub fn record_leaves(&mut self, lo: u64, hi: u64) -> Result<Vec<Hash>, AuditError> {
+        let keys = scan_keys(&[
+            (
+                records::CHAIN_ID as i16 + 1,
+                pg_sys::BTEqualStrategyNumber,
+                pg_sys::F_INT4EQ,
+                pg_sys::Datum::from(self.chain),
+            ),
+            (
+                records::SEQ as i16 + 1,
+                pg_sys::BTGreaterStrategyNumber,
+                pg_sys::F_INT8GT,
+                pg_sys::Datum::from(lo as i64),
+            ),
+            (
+                records::SEQ as i16 + 1,
+                pg_sys::BTLessEqualStrategyNumber,
+                pg_sys::F_INT8LE,
+                pg_sys::Datum::from(hi as i64),
+            ),
+        ]);
+        let rows = Ordered::open_keys(
+            self.oids.records,
+            self.oids.records_pkey,
+            self.snap,
+            keys,
+            leaf_row,
+        )?;
+        let mut out = Vec::with_capacity((hi - lo) as usize);
+        let mut prev: Option<(i64, Hash)> = None;
+        for row in rows {
+            let row = row?;
+            let r = &row.record;
+            let want = lo as i64 + out.len() as i64 + 1;
+            if r.seq != want {
+                return Err(damaged(self.chain, want, "the record is missing"));
+            }
+            let prev_hash = match prev {
+                Some((s, h)) if s == r.seq - 1 => h,
+                _ => self
+                    .link_hash_at(r.seq - 1)?
+                    .ok_or_else(|| damaged(self.chain, r.seq, "its predecessor is missing"))?,
+            };
+            let hashes = match row.hashes {
+                Some(h) => h,
+                None => {
+                    let parts = read_segments(&self.oids, self.snap, r.first_event)?;
+                    event_hashes(parts.iter().map(Vec::as_slice), &row.payload)
+                        .map_err(|_| damaged(self.chain, r.seq, "its payload is unreadable"))?
+                }
+            };
+            let _ = row.segments;
+            let last = hashes.last().copied().unwrap_or(ZERO_HASH);
+            if hashes.len() as i64 != r.event_count
+                || r.link(prev_hash, last).link_hash != r.link_hash
+            {
+                return Err(damaged(
+                    self.chain,
+                    r.seq,
+                    "its link does not recompute from its events and the record before",
+                ));
+            }
+            out.push(record_leaf(&r.link_hash, &events_root(&hashes)));
+            prev = Some((r.seq, r.link_hash));
+        }
+        Ok(out)
+    }
+
+    /// The widest partial level-0 tile a purge left at tile `t`.
+    fn partial_tile(&mut self, t: u64) -> Result<Option<Vec<Hash>>, AuditError> {
+        if let Some(p) = self.partial.get(&t) {
+            return Ok(p.clone());
+        }
+        if !self.own_log {
+            return Ok(None);
+        }
+        let b = crate::errors::optional_row(Spi::get_one_with_args::<Vec<u8>>(
+            "SELECT hashes FROM audit_log.tiles
+              WHERE chain_id = $1 AND level = 0 AND idx = $2 AND width < 256
+              ORDER BY width DESC LIMIT 1",
+            &[self.chain.into(), (t as i64).into()],
+        ))?
+        .flatten();
+        let p = b.map(|b| split_hashes(&b));
+        self.partial.insert(t, p.clone());
+        Ok(p)
+    }
+}
+
+/// A tile's hashes, 32 bytes each (a trailing partial hash is dropped).
+fn split_hashes(b: &[u8]) -> Vec<Hash> {
+    b.chunks_exact(32)
+        .map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect()
+}
+
+impl TileSource for ChainTiles {
+    type Error = AuditError;
+
+    fn tile(&mut self, level: u32, t: u64) -> Result<Option<Vec<Hash>>, AuditError> {
+        if !self.trusted(level, t) {
+            return Ok(None);
+        }
+        let b = crate::errors::optional_row(Spi::get_one_with_args::<Vec<u8>>(
+            "SELECT hashes FROM audit_log.tiles
+              WHERE chain_id = $1 AND level = $2 AND idx = $3 AND width = 256",
+            &[self.chain.into(), (level as i32).into(), (t as i64).into()],
+        ))?
+        .flatten();
+        Ok(b.map(|b| split_hashes(&b))
+            .filter(|h| h.len() == TILE_WIDTH as usize))
+    }
+
+    fn roots(&mut self, level: u32, lo: u64, hi: u64) -> Result<Vec<Option<Hash>>, AuditError> {
+        let mut out = vec![None; (hi - lo) as usize];
+        Spi::connect(|c| -> Result<(), AuditError> {
+            let rows = c.select(
+                "SELECT idx, root FROM audit_log.tiles
+                  WHERE chain_id = $1 AND level = $2 AND width = 256 AND idx >= $3 AND idx < $4",
+                None,
+                &[
+                    self.chain.into(),
+                    (level as i32).into(),
+                    (lo as i64).into(),
+                    (hi as i64).into(),
+                ],
+            )?;
+            for r in rows {
+                let idx = r.get::<i64>(1)?.unwrap_or(-1);
+                let root = r.get::<Vec<u8>>(2)?;
+                if idx >= lo as i64 && idx < hi as i64 && self.trusted(level, idx as u64) {
+                    if let Some(root) = root.filter(|b| b.len() == 32) {
+                        out[(idx as u64 - lo) as usize] = Some(hash_of(Some(&root)));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn leaves(&mut self, lo: u64, hi: u64) -> Result<Vec<Hash>, AuditError> {
+        let t = lo / TILE_WIDTH;
+        let mut out = Vec::new();
+        let mut at = lo;
+        // Leaves whose records a purge removed are in its partial tile.
+        if let Some(p) = self.partial_tile(t)? {
+            let base = t * TILE_WIDTH;
+            let end = (base + p.len() as u64).min(hi);
+            while at < end {
+                out.push(p[(at - base) as usize]);
+                at += 1;
+            }
+        }
+        if at < hi {
+            let first = self.record_leaves(at, hi);
+            match first {
+                Ok(l) if l.len() as u64 == hi - at => out.extend(l),
+                Ok(l) => {
+                    return Err(AuditError::TreeUnavailable {
+                        chain: self.chain,
+                        why: format!(
+                            "record {} is not in the log, and no tile holds its leaf \
+                             (purged before this version of audit_log kept tree tiles?)",
+                            at + l.len() as u64 + 1
+                        ),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn concat(hashes: &[Hash]) -> Vec<u8> {
+    hashes.iter().flatten().copied().collect()
+}
+
+/// How many complete tiles of `level` the chain has stored (they are
+/// integrated in order, so the highest index plus one).
+fn stored_tiles(chain: i32, level: u32) -> Result<u64, AuditError> {
+    let n = Spi::get_one_with_args::<i64>(
+        "SELECT coalesce(max(idx) + 1, 0) FROM audit_log.tiles
+          WHERE chain_id = $1 AND level = $2 AND width = 256",
+        &[chain.into(), (level as i32).into()],
+    )?;
+    Ok(n.unwrap_or(0).max(0) as u64)
+}
+
+fn insert_tile(
+    chain: i32,
+    level: u32,
+    idx: u64,
+    hashes: &[Hash],
+    root: &Hash,
+) -> Result<(), AuditError> {
+    Spi::run_with_args(
+        "INSERT INTO audit_log.tiles (chain_id, level, idx, width, hashes, root)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        &[
+            chain.into(),
+            (level as i32).into(),
+            (idx as i64).into(),
+            (hashes.len() as i32).into(),
+            concat(hashes).into(),
+            root.to_vec().into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Can this transaction write tiles? Not on a standby, nor in a read-only
+/// transaction.
+pub fn can_write() -> bool {
+    // SAFETY: plain reads of transaction state.
+    unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly }
+}
+
+/// Store every complete tile of the chain's first `size` leaves that is
+/// not stored yet; with `partial_at`, also the leaves of the level-0 tile
+/// that holds leaf `partial_at - 1` up to it (for a purge). As the
+/// extension's owner. Returns the number of leaves integrated.
+pub fn integrate(chain: i32, size: u64, partial_at: Option<u64>) -> Result<u64, AuditError> {
+    catalog::as_owner(|| {
+        let oids = catalog::lookup()?;
+        let snapshot = SnapshotGuard::active();
+        let mut src = ChainTiles::new(chain, oids, snapshot.0);
+        let mut done = 0u64;
+        let from = stored_tiles(chain, 0)?;
+        let to = size / TILE_WIDTH;
+        // Read the records in runs of tiles, not a scan per tile.
+        let mut t = from;
+        while t < to {
+            let run_end = (t + 64).min(to);
+            let leaves = src.leaves_run(t * TILE_WIDTH, run_end * TILE_WIDTH)?;
+            for (i, tile) in leaves.chunks_exact(TILE_WIDTH as usize).enumerate() {
+                insert_tile(chain, 0, t + i as u64, tile, &merkle::root(tile))?;
+                done += TILE_WIDTH;
+            }
+            t = run_end;
+        }
+        // Upper levels, from the roots of the level below.
+        let mut level = 1u32;
+        let mut below = to.max(from);
+        while below >= TILE_WIDTH {
+            let have = stored_tiles(chain, level)?;
+            for t in have..below / TILE_WIDTH {
+                let roots = src.roots(level - 1, t * TILE_WIDTH, (t + 1) * TILE_WIDTH)?;
+                let roots: Option<Vec<Hash>> = roots.into_iter().collect();
+                let Some(roots) = roots else {
+                    return Err(damaged(
+                        chain,
+                        ((t * TILE_WIDTH) << (8 * level)) as i64 + 1,
+                        format!("a tile of level {} is missing", level - 1),
+                    ));
+                };
+                insert_tile(chain, level, t, &roots, &merkle::root(&roots))?;
+            }
+            below /= TILE_WIDTH;
+            level += 1;
+        }
+        if let Some(p) = partial_at.filter(|p| p % TILE_WIDTH != 0) {
+            let t = p / TILE_WIDTH;
+            if t >= stored_tiles(chain, 0)? {
+                let leaves = src.leaves(t * TILE_WIDTH, p)?;
+                insert_tile(chain, 0, t, &leaves, &merkle::root(&leaves))?;
+            }
+        }
+        Ok(done)
+    })
+}
+
+impl ChainTiles {
+    /// Leaves `lo..hi` across several level-0 tiles.
+    fn leaves_run(&mut self, lo: u64, hi: u64) -> Result<Vec<Hash>, AuditError> {
+        let mut out = Vec::with_capacity((hi - lo) as usize);
+        let mut at = lo;
+        // The first tile may be partly a purge's; the rest are records.
+        let first_end = ((lo / TILE_WIDTH) + 1) * TILE_WIDTH;
+        if self.partial_tile(lo / TILE_WIDTH)?.is_some() {
+            out.extend(self.leaves(lo, first_end.min(hi))?);
+            at = first_end.min(hi);
+        }
+        if at < hi {
+            let l = self.record_leaves(at, hi)?;
+            if l.len() as u64 != hi - at {
+                return Err(AuditError::TreeUnavailable {
+                    chain: self.chain,
+                    why: format!(
+                        "record {} is not in the log, and no tile holds its leaf \
+                         (purged before this version of audit_log kept tree tiles?)",
+                        at + l.len() as u64 + 1
+                    ),
+                });
+            }
+            out.extend(l);
+        }
+        Ok(out)
+    }
+}
+
+/// Every chain's head seq, in chain order.
+fn heads() -> Result<Vec<(i32, i64)>, AuditError> {
+    Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
+            "SELECT chain_id, max(seq) FROM audit_log.records GROUP BY chain_id
+             UNION ALL
+             SELECT a.chain_id, a.seq FROM audit_log.anchors a
+              WHERE NOT EXISTS (SELECT FROM audit_log.records r WHERE r.chain_id = a.chain_id)
+             ORDER BY 1",
+            None,
+            &[],
+        )? {
+            out.push((
+                r.get::<i32>(1)?.unwrap_or(-1),
+                r.get::<i64>(2)?.unwrap_or(0),
+            ));
+        }
+        Ok(out)
+    })
+}
+
+/// Integrate every chain up to its head, if this transaction may write.
+pub fn integrate_all() -> Result<(), AuditError> {
+    if !can_write() {
+        return Ok(());
+    }
+    for (chain, seq) in heads()? {
+        match integrate(chain, seq.max(0) as u64, None) {
+            // A chain purged before tiles were kept has no tree.
+            Ok(_) | Err(AuditError::TreeUnavailable { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The tree of the chain's first `size` records.
+pub fn tree_head(chain: i32, size: i64) -> Result<TreeHead, AuditError> {
+    let oids = catalog::lookup()?;
+    let snapshot = SnapshotGuard::active();
+    let mut t = Tiled::new(ChainTiles::new(chain, oids, snapshot.0));
+    Ok(TreeHead {
+        chain,
+        size,
+        root: tree_root(&mut t, size.max(0) as u64)?,
+    })
+}
+
+/// Each chain's tree at `heads`, for a checkpoint (own log only).
+/// A chain purged before tiles were kept has none.
+pub fn trees(heads: &[audit_log_core::ChainHead]) -> Result<Vec<TreeHead>, AuditError> {
+    let mut out = Vec::new();
+    for h in heads {
+        match tree_head(h.chain, h.seq) {
+            Ok(t) => out.push(t),
+            Err(AuditError::TreeUnavailable { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The root of each of `cp`'s trees recomputed from the records, trusting
+/// only tiles of records that a purge removed: for verify(checkpoint).
+/// Returns (chain, recomputed root) for each tree whose root differs.
+pub fn check_trees(cp: &Checkpoint) -> Result<Vec<(TreeHead, String)>, AuditError> {
+    let anchors = crate::retention::anchors()?;
+    let oids = catalog::lookup()?;
+    let snapshot = SnapshotGuard::active();
+    let mut bad = Vec::new();
+    for want in &cp.trees {
+        let purged = anchors
+            .iter()
+            .find(|a| a.chain == want.chain)
+            .map_or(0, |a| a.seq.max(0) as u64);
+        let mut src = ChainTiles::new(want.chain, oids, snapshot.0);
+        src.trust_below = Some(purged);
+        let mut t = Tiled::new(src);
+        match tree_root(&mut t, want.size.max(0) as u64) {
+            Ok(root) if root == want.root => {}
+            Ok(root) => bad.push((
+                want.clone(),
+                format!(
+                    "chain {}'s first {} records have root {}, the checkpoint says {}",
+                    want.chain,
+                    want.size,
+                    hex::encode(&root[..6]),
+                    hex::encode(&want.root[..6])
+                ),
+            )),
+            Err(e) => bad.push((want.clone(), e.to_string())),
+        }
+    }
+    Ok(bad)
+}
+
+/// The record that holds event `id`, found through the BRIN index on
+/// first_event with a widening window.
+fn record_of(id: i64) -> Result<Option<(i32, i64)>, AuditError> {
+    for window in [1i64 << 10, 1 << 20, 1 << 30, i64::MAX] {
+        let lo = id.saturating_sub(window);
+        let r = Spi::get_two_with_args::<i32, i64>(
+            "SELECT chain_id, seq FROM audit_log.records
+              WHERE first_event BETWEEN $2 AND $1 AND last_event >= $1
+              ORDER BY first_event DESC LIMIT 1",
+            &[id.into(), lo.into()],
+        );
+        match crate::errors::optional_row(r)? {
+            Some((Some(c), Some(s))) => return Ok(Some((c, s))),
+            _ if lo == i64::MIN || window == i64::MAX => return Ok(None),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// prove(): the proof of one event, to the tree of `cp` if given, or to
+/// the chain's current tree.
+fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError> {
+    if !catalog::current_user_has(c"audit_log_auditor") {
+        return Err(AuditError::NotAuditor {
+            action: "prove an event".into(),
+        });
+    }
+    let Some((chain, seq)) = record_of(event_id)? else {
+        let purged = crate::retention::anchors()?
+            .iter()
+            .any(|a| a.last_event >= event_id);
+        return Err(if purged {
+            AuditError::EventPurged(event_id)
+        } else {
+            AuditError::NoSuchEvent(event_id)
+        });
+    };
+    let size = match &cp {
+        Some(cp) => {
+            let t = cp.trees.iter().find(|t| t.chain == chain).ok_or_else(|| {
+                AuditError::BadCheckpoint(format!(
+                    "it has no tree for chain {chain}, which holds event {event_id} \
+                         (a checkpoint of format v1, or of another database)"
+                ))
+            })?;
+            if t.size < seq {
+                return Err(AuditError::BadCheckpoint(format!(
+                    "event {event_id} was recorded after it (record {seq} of chain {chain}; \
+                     the checkpoint has {} records); take a new checkpoint",
+                    t.size
+                )));
+            }
+            t.size
+        }
+        None => {
+            if can_write() {
+                integrate_all_for(chain)?;
+            }
+            head_of(chain)?
+        }
+    };
+    let oids = catalog::lookup()?;
+    let snapshot = SnapshotGuard::active();
+    let mut tiles = Tiled::new(ChainTiles::new(chain, oids, snapshot.0));
+    let root = tree_root(&mut tiles, size as u64)?;
+    if let Some(t) = cp
+        .as_ref()
+        .and_then(|cp| cp.trees.iter().find(|t| t.chain == chain))
+    {
+        if t.root != root {
+            return Err(not_this_log(chain, size, &root, &t.root));
+        }
+    }
+    let path = inclusion_path(&mut tiles, (seq - 1) as u64, size as u64)?
+        .ok_or_else(|| AuditError::Internal("record outside its tree".into()))?;
+    // The record, its events' hashes, and the event itself.
+    let src = &mut tiles.source;
+    let mut rows = Ordered::open_keys(
+        oids.records,
+        oids.records_pkey,
+        snapshot.0,
+        scan_keys(&[
+            (
+                1,
+                pg_sys::BTEqualStrategyNumber,
+                pg_sys::F_INT4EQ,
+                pg_sys::Datum::from(chain),
+            ),
+            (
+                2,
+                pg_sys::BTEqualStrategyNumber,
+                pg_sys::F_INT8EQ,
+                pg_sys::Datum::from(seq),
+            ),
+        ]),
+        raw_row,
+    )?;
+    let (r, segments, payload) = rows
+        .next()
+        .transpose()?
+        .ok_or(AuditError::NoSuchEvent(event_id))?;
+    drop(rows);
+    let parts = if segments != 0 {
+        read_segments(&oids, snapshot.0, r.first_event)?
+    } else {
+        Vec::new()
+    };
+    let all: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let hashes = event_hashes(all.iter().copied(), &payload)
+        .map_err(|_| damaged(chain, seq, "its payload is unreadable"))?;
+    let mut canonical = None;
+    for (i, e) in audit_log_core::record::merged(all, &payload).enumerate() {
+        let e = e.map_err(|_| damaged(chain, seq, "its payload is unreadable"))?;
+        if audit_log_core::record::header(e).is_ok_and(|h| h.id == event_id) {
+            canonical = Some((i as i64 + 1, e.to_vec()));
+            break;
+        }
+    }
+    let (tx_seq, canonical) = canonical.ok_or(AuditError::NoSuchEvent(event_id))?;
+    let prev_link_hash = src
+        .link_hash_at(seq - 1)?
+        .ok_or_else(|| damaged(chain, seq, "its predecessor is missing"))?;
+    let record = ProvenRecord {
+        chain,
+        seq,
+        tx_id: r.tx_id,
+        first_event: r.first_event,
+        last_event: r.last_event,
+        event_count: r.event_count,
+        committed_at: r.committed_at,
+        prev_link_hash,
+        last_event_hash: hashes.last().copied().unwrap_or(ZERO_HASH),
+        link_hash: r.link_hash,
+    };
+    let tree = TreeHead { chain, size, root };
+    let proof = core_tree::prove_event(
+        Some(catalog::database_name()),
+        record,
+        &hashes,
+        &canonical,
+        tx_seq,
+        tree,
+        path,
+    )
+    .ok_or_else(|| AuditError::Internal("event outside its record".into()))?;
+    // What the server hands out must verify: a damaged record or tile
+    // fails here, not at the auditor's.
+    proof
+        .check()
+        .map_err(|e| damaged(chain, seq, format!("its proof does not hold: {e}")))?;
+    let value = serde_json::to_value(&proof).map_err(|e| AuditError::Internal(e.to_string()))?;
+    Ok(JsonB(value))
+}
+
+fn raw_row(r: &Row) -> Option<(Record, i32, Vec<u8>)> {
+    let l = leaf_row(r)?;
+    let payload = r.slice(records::PAYLOAD).unwrap_or_default().to_vec();
+    Some((l.record, l.segments, payload))
+}
+
+fn not_this_log(chain: i32, size: i64, here: &Hash, there: &Hash) -> AuditError {
+    AuditError::BadCheckpoint(format!(
+        "chain {chain}'s first {size} records have root {} here, the checkpoint says {}: \
+         a checkpoint of another database, or this log was rewritten since \
+         (audit_log.verify(checkpoint) tells which)",
+        hex::encode(&here[..8]),
+        hex::encode(&there[..8])
+    ))
+}
+
+fn head_of(chain: i32) -> Result<i64, AuditError> {
+    Ok(heads()?
+        .into_iter()
+        .find(|(c, _)| *c == chain)
+        .map_or(0, |(_, s)| s))
+}
+
+fn integrate_all_for(chain: i32) -> Result<(), AuditError> {
+    let size = head_of(chain)?;
+    integrate(chain, size.max(0) as u64, None)?;
+    Ok(())
+}
+
+/// consistency(): the current checkpoint, and for each tree of `old`, the
+/// proof that the current one extends it.
+fn consistency_impl(old: Checkpoint) -> Result<JsonB, AuditError> {
+    if !catalog::current_user_has(c"audit_log_auditor") {
+        return Err(AuditError::NotAuditor {
+            action: "prove consistency".into(),
+        });
+    }
+    if old.trees.is_empty() {
+        return Err(AuditError::BadCheckpoint(
+            "it has no trees (format v1): verify against it with audit_log.verify(checkpoint)"
+                .into(),
+        ));
+    }
+    let new = crate::proof::take_checkpoint()?;
+    let oids = catalog::lookup()?;
+    let snapshot = SnapshotGuard::active();
+    let mut proofs = Vec::new();
+    for o in &old.trees {
+        let Some(n) = new.trees.iter().find(|t| t.chain == o.chain) else {
+            return Err(AuditError::BadCheckpoint(format!(
+                "chain {} is not in this log (a checkpoint of another database?)",
+                o.chain
+            )));
+        };
+        if n.size < o.size {
+            return Err(AuditError::BadCheckpoint(format!(
+                "chain {} has {} records here, the checkpoint has {}: it is ahead of this log \
+                 (a checkpoint of another database, or this log was cut; \
+                 audit_log.verify(checkpoint) tells which)",
+                o.chain, n.size, o.size
+            )));
+        }
+        let mut tiles = Tiled::new(ChainTiles::new(o.chain, oids, snapshot.0));
+        let old_root = tree_root(&mut tiles, o.size as u64)?;
+        if old_root != o.root {
+            return Err(not_this_log(o.chain, o.size, &old_root, &o.root));
+        }
+        let path = consistency_path(&mut tiles, o.size as u64, n.size as u64)?
+            .ok_or_else(|| AuditError::Internal("consistency outside the tree".into()))?;
+        proofs.push(ChainConsistency {
+            chain: o.chain,
+            old_size: o.size,
+            new_size: n.size,
+            path,
+        });
+    }
+    let c = Consistency {
+        format: CONSISTENCY_FORMAT.into(),
+        checkpoint: new,
+        proofs,
+    };
+    // As prove(): hand out only what verifies.
+    c.verify(&old)
+        .map_err(|e| AuditError::Internal(format!("a consistency proof does not hold: {e}")))?;
+    let value = serde_json::to_value(&c).map_err(|e| AuditError::Internal(e.to_string()))?;
+    Ok(JsonB(value))
+}
+
+/// The proof that one event is in the log, against a checkpoint.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."prove"("event_id" bigint, "checkpoint" jsonb DEFAULT NULL) RETURNS jsonb
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.prove(bigint, jsonb) IS 'An inclusion proof of one event: the event, its record, and O(log n) hashes up to its chain''s Merkle root in the given checkpoint (or the current tree). It reveals that event and hashes only. audit-log verify-proof checks it offline against a signed checkpoint. Requires audit_log_auditor.';
+"#)]
+fn prove(event_id: Option<i64>, checkpoint: Option<&[u8]>) -> Result<JsonB, ErrorReport> {
+    let event_id = event_id.ok_or(AuditError::NullArgument("event_id"))?;
+    let cp = match checkpoint {
+        Some(_) => Some(crate::proof::parse_checkpoint(checkpoint)?),
+        None => None,
+    };
+    Ok(catalog::pinned(|| prove_impl(event_id, cp))?)
+}
+
+/// Consistency proofs from an older checkpoint to now.
+#[pg_extern(sql = r#"
+CREATE FUNCTION audit_log."consistency"("old" jsonb) RETURNS jsonb
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION audit_log.consistency(jsonb) IS 'A new checkpoint, and for each chain of an older checkpoint (format v2) the RFC 9162 consistency proof that the chain''s tree now extends the old one: O(chains x log n) hashes instead of a full verify. Requires audit_log_auditor.';
+"#)]
+fn consistency(old: Option<&[u8]>) -> Result<JsonB, ErrorReport> {
+    let old = crate::proof::parse_checkpoint(old)?;
+    Ok(catalog::pinned(|| consistency_impl(old))?)
+}
