@@ -606,7 +606,7 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
         .and_then(|cp| cp.trees.iter().find(|t| t.chain == chain))
     {
         if t.root != root {
-            return Err(not_this_log(chain, size, &root, &t.root));
+            return Err(root_mismatch(chain, size, &root, &t.root));
         }
     }
     let path = inclusion_path(&mut tiles, (seq - 1) as u64, size as u64)?
@@ -696,6 +696,31 @@ fn raw_row(r: &Row) -> Option<(Record, i32, Vec<u8>)> {
     Some((l.record, l.segments, payload))
 }
 
+/// The stored tree's root for `size` records is not the checkpoint's: a
+/// damaged tile if the records give the checkpoint's root, otherwise a
+/// checkpoint of another log (or this one rewritten).
+fn root_mismatch(chain: i32, size: i64, here: &Hash, there: &Hash) -> AuditError {
+    let from_records = || -> Result<Hash, AuditError> {
+        let purged = crate::retention::anchors()?
+            .iter()
+            .find(|a| a.chain == chain)
+            .map_or(0, |a| a.seq.max(0) as u64);
+        let oids = catalog::lookup()?;
+        let snapshot = SnapshotGuard::active();
+        let mut src = ChainTiles::new(chain, oids, snapshot.0);
+        src.trust_below = Some(purged);
+        tree_root(&mut Tiled::new(src), size.max(0) as u64)
+    };
+    match from_records() {
+        Ok(r) if r == *there => damaged(
+            chain,
+            size,
+            "a stored tile of its tree is damaged: the records give the checkpoint's root",
+        ),
+        _ => not_this_log(chain, size, here, there),
+    }
+}
+
 fn not_this_log(chain: i32, size: i64, here: &Hash, there: &Hash) -> AuditError {
     AuditError::BadCheckpoint(format!(
         "chain {chain}'s first {size} records have root {} here, the checkpoint says {}: \
@@ -755,7 +780,7 @@ fn consistency_impl(old: Checkpoint) -> Result<JsonB, AuditError> {
         let mut tiles = Tiled::new(ChainTiles::new(o.chain, oids, snapshot.0));
         let old_root = tree_root(&mut tiles, o.size as u64)?;
         if old_root != o.root {
-            return Err(not_this_log(o.chain, o.size, &old_root, &o.root));
+            return Err(root_mismatch(o.chain, o.size, &old_root, &o.root));
         }
         let path = consistency_path(&mut tiles, o.size as u64, n.size as u64)?
             .ok_or_else(|| AuditError::Internal("consistency outside the tree".into()))?;
