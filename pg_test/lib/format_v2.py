@@ -31,6 +31,16 @@ follows it. It also plays the attacker who recomputes hashes after an edit.
       of event_count and the number of records, and whose heads are each
       chain's last record (or its anchor).
       Exit 1 with a message on the first problem.
+  format_v2.py trees CHECKPOINT < DUMP
+      recompute each tree of CHECKPOINT (format v2) from the dump of a log
+      never purged (FORMAT.md, "Merkle trees").
+  format_v2.py proof PROOF CHECKPOINT
+      check an event's proof (audit_log.prove()) against a checkpoint, plain
+      or as signed (its signature is the CLI's business, not checked here).
+  format_v2.py consistency ANSWER OLD_CHECKPOINT
+      check audit_log.consistency()'s answer against the old checkpoint.
+  format_v2.py selftest
+      the Merkle vectors of FORMAT.md and RFC 9162's example.
   format_v2.py rewrite EVENT_ID NEW_ROW_JSON [--chain] < DUMP
       print SQL that forges the storage as a superuser could: the event is
       re-encoded with NEW_ROW_JSON as its new_row inside its record's payload
@@ -957,6 +967,203 @@ def verify_records(data):
     return 0
 
 
+
+# ---------------------------------------------------------------------------
+# Merkle trees (FORMAT.md, "Merkle trees"): RFC 9162 section 2.1, written
+# from the RFC's own definitions (recursive MTH, PATH and PROOF, and the
+# verification algorithms of 2.1.3.2 and 2.1.4.2).
+
+LEAF_TAG = b"audit_log:leaf:v1\0"
+
+
+def leaf_hash(data):
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left, right):
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def mth(leaves):
+    """MTH over leaf hashes (each already leaf_hash'ed)."""
+    n = len(leaves)
+    if n == 0:
+        return hashlib.sha256(b"").digest()
+    if n == 1:
+        return leaves[0]
+    k = 1 << ((n - 1).bit_length() - 1)
+    return node_hash(mth(leaves[:k]), mth(leaves[k:]))
+
+
+def path(m, leaves):
+    n = len(leaves)
+    if n <= 1:
+        return []
+    k = 1 << ((n - 1).bit_length() - 1)
+    if m < k:
+        return path(m, leaves[:k]) + [mth(leaves[k:])]
+    return path(m - k, leaves[k:]) + [mth(leaves[:k])]
+
+
+def subproof(m, leaves, b):
+    n = len(leaves)
+    if m == n:
+        return [] if b else [mth(leaves)]
+    k = 1 << ((n - 1).bit_length() - 1)
+    if m <= k:
+        return subproof(m, leaves[:k], b) + [mth(leaves[k:])]
+    return subproof(m - k, leaves[k:], False) + [mth(leaves[:k])]
+
+
+def inclusion_root(index, size, leaf, proof):
+    """RFC 9162 2.1.3.2, returning the root the proof leads to (None if it
+    cannot be a proof for that index and size)."""
+    if index >= size:
+        return None
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return None
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return r if sn == 0 else None
+
+
+def consistency_holds(first, second, first_root, second_root, proof):
+    """RFC 9162 2.1.4.2."""
+    if first == 0 or first > second:
+        return False
+    if first == second:
+        return not proof and first_root == second_root
+    proof = list(proof)
+    if first & (first - 1) == 0:
+        proof.insert(0, first_root)
+    if not proof:
+        return False
+    fn, sn = first - 1, second - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == first_root and sr == second_root
+
+
+def event_hashes(events):
+    h, out = ZERO, []
+    for c, _, _ in events:
+        h = hashlib.sha256(EVENT_TAG + h + c).digest()
+        out.append(h)
+    return out
+
+
+def record_leaf(link_hash, hashes):
+    """A record's leaf: over its link hash and the MTH of its event hashes."""
+    return leaf_hash(LEAF_TAG + link_hash + mth([leaf_hash(h) for h in hashes]))
+
+
+def check_trees(records, segments, checkpoint):
+    """Each tree of a checkpoint (format v2) recomputed from a dump of a log
+    never purged: the leaves of records 1..size of its chain."""
+    leaves = {}
+    for rec in records:
+        evs = record_events(rec, segments_of(rec, segments))
+        leaves.setdefault(rec["chain_id"], []).append(record_leaf(rec["link_hash"], event_hashes(evs)))
+    for t in checkpoint["trees"]:
+        got = leaves.get(t["chain"], [])
+        if len(got) < t["size"]:
+            raise Problem(f"chain {t['chain']} has {len(got)} records, the checkpoint's tree {t['size']}")
+        if mth(got[:t["size"]]).hex() != t["root"]:
+            raise Problem(f"chain {t['chain']}'s first {t['size']} records do not give the checkpoint's root")
+    return len(checkpoint["trees"])
+
+
+def check_proof(proof, checkpoint):
+    """An event's proof (audit_log.prove()) against a checkpoint (format v2):
+    returns the event's id. Raises Problem if it does not hold."""
+    rec = dict(proof["record"])
+    canonical = bytes.fromhex(proof["event"])
+    d = decode_event(canonical)
+    if d["id"] != proof["event_id"] or d["tx_id"] != rec["tx_id"]:
+        raise Problem("the event is not the one named, or not of the record's transaction")
+    if not rec["first_event"] <= d["id"] <= rec["last_event"] or not 1 <= d["tx_seq"] <= rec["event_count"]:
+        raise Problem("the event is outside its record")
+    prev = bytes.fromhex(proof["prev_event_hash"])
+    if (d["tx_seq"] == 1) != (prev == ZERO):
+        raise Problem("prev_event_hash is zero exactly for tx_seq 1")
+    h = hashlib.sha256(EVENT_TAG + prev + canonical).digest()
+    last = bytes.fromhex(rec["last_event_hash"])
+    if d["tx_seq"] == rec["event_count"] and h != last:
+        raise Problem("the last event's hash is not last_event_hash")
+    events_root = inclusion_root(d["tx_seq"] - 1, rec["event_count"], leaf_hash(h),
+                                 [bytes.fromhex(x) for x in proof["event_path"]])
+    if events_root is None:
+        raise Problem("event_path has the wrong length")
+    prev_link = bytes.fromhex(rec["prev_link_hash"])
+    if (rec["seq"] == 1) != (prev_link == ZERO):
+        raise Problem("prev_link_hash is zero exactly for seq 1")
+    rec["chain_id"] = rec["chain"]
+    link = bytes.fromhex(rec["link_hash"])
+    if record_link_hash(rec, prev_link, last) != link:
+        raise Problem("the record's link hash does not recompute")
+    tree = proof["tree"]
+    if tree["chain"] != rec["chain"] or not 1 <= rec["seq"] <= tree["size"]:
+        raise Problem("the record is not a leaf of the proof's tree")
+    root = inclusion_root(rec["seq"] - 1, tree["size"], leaf_hash(LEAF_TAG + link + events_root),
+                          [bytes.fromhex(x) for x in proof["path"]])
+    if root is None or root.hex() != tree["root"]:
+        raise Problem("the path does not lead to the tree's root")
+    if not any(t == tree for t in checkpoint.get("trees", [])):
+        raise Problem(f"the checkpoint does not hold chain {tree['chain']}'s tree of {tree['size']} records")
+    return d["id"]
+
+
+def check_consistency(c, old):
+    """audit_log.consistency()'s answer against the old checkpoint."""
+    new = {t["chain"]: t for t in c["checkpoint"]["trees"]}
+    proofs = {p["chain"]: p for p in c["proofs"]}
+    for o in old["trees"]:
+        n, p = new.get(o["chain"]), proofs.get(o["chain"])
+        if n is None or p is None or (p["old_size"], p["new_size"]) != (o["size"], n["size"]):
+            raise Problem(f"chain {o['chain']}: no proof from the old tree to the new one")
+        if not consistency_holds(o["size"], n["size"], bytes.fromhex(o["root"]), bytes.fromhex(n["root"]),
+                                 [bytes.fromhex(x) for x in p["path"]]):
+            raise Problem(f"chain {o['chain']}'s tree of {n['size']} does not extend the old one of {o['size']}")
+    return len(old["trees"])
+
+
+def self_test():
+    """The vectors of FORMAT.md, "Merkle trees", and RFC 9162's example."""
+    d = [leaf_hash(bytes([i])) for i in range(7)]
+    assert mth(d).hex() == "3560191803028444b232018ac047fdb561c09c23a7a6876c85e08b5e4d48e9f3"
+    assert leaf_hash(b"").hex() == "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+    for n in range(1, 33):
+        leaves = [leaf_hash(i.to_bytes(8, "big")) for i in range(n)]
+        r = mth(leaves)
+        for m in range(n):
+            assert inclusion_root(m, n, leaves[m], path(m, leaves)) == r
+        for m in range(1, n + 1):
+            assert consistency_holds(m, n, mth(leaves[:m]), r, subproof(m, leaves, True))
+    return 0
+
 # ---------------------------------------------------------------------------
 
 
@@ -999,6 +1206,42 @@ def main(argv):
             return 1
         print(f"independent verifier: {n_events} events and {n_records} records recompute")
         return 0
+    if argv[1:2] == ["trees"] and len(argv) == 3:
+        with open(argv[2]) as f:
+            cp = json.load(f)
+        kind, lines = read(sys.stdin.buffer.read())
+        try:
+            records, segments, anchors = load_dump(lines)
+            if anchors:
+                raise Problem("trees are recomputed from a log never purged")
+            n = check_trees(records, segments, cp)
+        except (Problem, Malformed) as p:
+            print(p)
+            return 1
+        print(f"independent verifier: {n} chain trees of the checkpoint recompute from the records")
+        return 0
+    if argv[1:2] == ["proof"] and len(argv) == 4:
+        with open(argv[2]) as f, open(argv[3]) as g:
+            proof, cp = json.load(f), json.load(g)
+        try:
+            event = check_proof(proof, cp.get("checkpoint", cp))
+        except (Problem, Malformed, KeyError, TypeError, ValueError) as p:
+            print(f"the proof does not hold: {p!r}")
+            return 1
+        print(f"independent verifier: event {event} is in the checkpoint's tree")
+        return 0
+    if argv[1:2] == ["consistency"] and len(argv) == 4:
+        with open(argv[2]) as f, open(argv[3]) as g:
+            c, old = json.load(f), json.load(g)
+        try:
+            n = check_consistency(c, old.get("checkpoint", old))
+        except (Problem, KeyError, TypeError, ValueError) as p:
+            print(f"the consistency proof does not hold: {p!r}")
+            return 1
+        print(f"independent verifier: {n} chain trees extend the old checkpoint's")
+        return 0
+    if argv[1:2] == ["selftest"]:
+        return self_test()
     if argv[1:2] == ["rewrite"] and len(argv) >= 4:
         kind, lines = read(sys.stdin.buffer.read())
         if kind != "dump":

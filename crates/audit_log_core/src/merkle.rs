@@ -311,7 +311,9 @@ pub fn consistency_path<S: Subtrees>(
             complete = false;
         }
     };
-    Ok(Some(last.into_iter().chain(siblings.into_iter().rev()).collect()))
+    Ok(Some(
+        last.into_iter().chain(siblings.into_iter().rev()).collect(),
+    ))
 }
 
 /// A tree's right edge: the roots of its complete subtrees, largest first.

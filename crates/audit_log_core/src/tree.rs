@@ -400,13 +400,8 @@ impl Consistency {
                     o.chain, p.old_size, p.new_size, o.size, n.size
                 )));
             }
-            if !merkle::verify_consistency(
-                o.size as u64,
-                n.size as u64,
-                &o.root,
-                &n.root,
-                &p.path,
-            ) {
+            if !merkle::verify_consistency(o.size as u64, n.size as u64, &o.root, &n.root, &p.path)
+            {
                 return Err(invalid(format!(
                     "chain {}'s tree of {} records does not extend the old one of {}",
                     o.chain, n.size, o.size

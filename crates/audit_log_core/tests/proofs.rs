@@ -24,7 +24,10 @@ fn leaves(log: &Log, chain: i32) -> Vec<Hash> {
     links
         .iter()
         .map(|l| {
-            let hs: Vec<Hash> = tx_events(log, l.first_event).iter().map(|e| e.hash).collect();
+            let hs: Vec<Hash> = tx_events(log, l.first_event)
+                .iter()
+                .map(|e| e.hash)
+                .collect();
             record_leaf(&l.link_hash, &events_root(&hs))
         })
         .collect()
@@ -95,7 +98,9 @@ fn every_event_of_a_log_is_proven_against_its_checkpoint() {
     let cp = checkpoint(&log);
     for e in &log.events {
         let p = prove(&log, e.id);
-        let shown = p.verify(&cp).unwrap_or_else(|err| panic!("{}: {err}", e.id));
+        let shown = p
+            .verify(&cp)
+            .unwrap_or_else(|err| panic!("{}: {err}", e.id));
         assert_eq!(shown.hash, e.hash);
         // The proof round-trips through its JSON.
         let text = serde_json::to_value(&p).unwrap();
@@ -256,7 +261,11 @@ impl TileSource for &mut Mem {
     }
     fn leaves(&mut self, lo: u64, hi: u64) -> Result<Vec<Hash>, ()> {
         self.reads += 1;
-        assert_eq!(lo / TILE_WIDTH, (hi - 1) / TILE_WIDTH, "leaves across tiles");
+        assert_eq!(
+            lo / TILE_WIDTH,
+            (hi - 1) / TILE_WIDTH,
+            "leaves across tiles"
+        );
         Ok(self.leaves[lo as usize..hi as usize].to_vec())
     }
 }
@@ -283,7 +292,11 @@ fn a_tiled_tree_gives_the_rfcs_roots_and_proofs_however_far_it_is_integrated() {
                 reads: 0,
             };
             let mut t = Tiled::new(&mut mem);
-            assert_eq!(tree_root(&mut t, size), Ok(merkle::root(l)), "{upto:?} {size}");
+            assert_eq!(
+                tree_root(&mut t, size),
+                Ok(merkle::root(l)),
+                "{upto:?} {size}"
+            );
             for m in [0, size / 3, size / 2, size - 1] {
                 assert_eq!(
                     inclusion_path(&mut t, m, size),

@@ -116,3 +116,34 @@ fn record_vector() {
     let v = verify_records(std::iter::once(Ok::<_, ()>((r, d))), None, &[], &[]).unwrap();
     assert!(v.ok());
 }
+
+/// FORMAT.md, "Merkle trees": the vector record's leaf, an events root of
+/// three events, and RFC 9162's seven-leaf example.
+#[test]
+fn merkle_vectors() {
+    use audit_log_core::merkle::{leaf_hash, root};
+    use audit_log_core::tree::{events_root, record_leaf};
+    use sha2::{Digest, Sha256};
+    let hex32 = |s: &str| -> [u8; 32] { hex::decode(s).unwrap().try_into().unwrap() };
+    let event = hex32("16a3d9bb4cc9a45ec7ca5b23952f545e9dc4b7722744316b97c3c23db4b263cf");
+    let link = hex32("e8998486ca84c21664ee49c6e246310debd7fd1f3ec82a31fad4a0aae5960d57");
+    let er = events_root(&[event]);
+    assert_eq!(
+        hex::encode(er),
+        "3e84d36c437a7b449498777d98f9fa64ba2ead12c2ec3524aef068f8f09c33cd"
+    );
+    assert_eq!(
+        hex::encode(record_leaf(&link, &er)),
+        "aeca0d0ddb038d3041f50b4801106cbc0d6f6d267517d35e1a089568434d0710"
+    );
+    let three: Vec<[u8; 32]> = (1u8..=3).map(|i| Sha256::digest([i]).into()).collect();
+    assert_eq!(
+        hex::encode(events_root(&three)),
+        "15681b71a5a1895616f06c60725050e8d9cd13a6ebbbd6ff8ca1a936bb504350"
+    );
+    let d: Vec<[u8; 32]> = (0..7u8).map(|i| leaf_hash(&[i])).collect();
+    assert_eq!(
+        hex::encode(root(&d)),
+        "3560191803028444b232018ac047fdb561c09c23a7a6876c85e08b5e4d48e9f3"
+    );
+}
