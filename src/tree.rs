@@ -362,7 +362,7 @@ pub fn can_write() -> bool {
 pub fn integrate(chain: i32, size: u64, partial_at: Option<u64>) -> Result<u64, AuditError> {
     catalog::as_owner(|| {
         let oids = catalog::lookup()?;
-        let snapshot = SnapshotGuard::active();
+        let snapshot = SnapshotGuard::fresh();
         let mut src = ChainTiles::new(chain, oids, snapshot.0);
         let mut done = 0u64;
         let from = stored_tiles(chain, 0)?;
@@ -467,8 +467,9 @@ pub fn integrate_all() -> Result<(), AuditError> {
     }
     for (chain, seq) in heads()? {
         match integrate(chain, seq.max(0) as u64, None) {
-            // A chain purged before tiles were kept has no tree.
-            Ok(_) | Err(AuditError::TreeUnavailable { .. }) => {}
+            // A chain purged before tiles were kept has no tree; a damaged
+            // one is left out of the checkpoint, with a warning (trees()).
+            Ok(_) | Err(AuditError::TreeUnavailable { .. } | AuditError::TreeDamaged { .. }) => {}
             Err(e) => return Err(e),
         }
     }
@@ -478,7 +479,7 @@ pub fn integrate_all() -> Result<(), AuditError> {
 /// The tree of the chain's first `size` records.
 pub fn tree_head(chain: i32, size: i64) -> Result<TreeHead, AuditError> {
     let oids = catalog::lookup()?;
-    let snapshot = SnapshotGuard::active();
+    let snapshot = SnapshotGuard::fresh();
     let mut t = Tiled::new(ChainTiles::new(chain, oids, snapshot.0));
     Ok(TreeHead {
         chain,
@@ -488,13 +489,19 @@ pub fn tree_head(chain: i32, size: i64) -> Result<TreeHead, AuditError> {
 }
 
 /// Each chain's tree at `heads`, for a checkpoint (own log only).
-/// A chain purged before tiles were kept has none.
+/// A chain purged before tiles were kept has none. Nor has a chain with a
+/// damaged record: the checkpoint still names its head (an export or a
+/// verify() of a tampered log needs one), and a witness that held its tree
+/// refuses a checkpoint without it.
 pub fn trees(heads: &[audit_log_core::ChainHead]) -> Result<Vec<TreeHead>, AuditError> {
     let mut out = Vec::new();
     for h in heads {
         match tree_head(h.chain, h.seq) {
             Ok(t) => out.push(t),
             Err(AuditError::TreeUnavailable { .. }) => {}
+            Err(e @ AuditError::TreeDamaged { .. }) => {
+                pgrx::warning!("audit_log.checkpoint(): chain {} has no tree: {e}", h.chain);
+            }
             Err(e) => return Err(e),
         }
     }
@@ -507,7 +514,7 @@ pub fn trees(heads: &[audit_log_core::ChainHead]) -> Result<Vec<TreeHead>, Audit
 pub fn check_trees(cp: &Checkpoint) -> Result<Vec<(TreeHead, String)>, AuditError> {
     let anchors = crate::retention::anchors()?;
     let oids = catalog::lookup()?;
-    let snapshot = SnapshotGuard::active();
+    let snapshot = SnapshotGuard::fresh();
     let mut bad = Vec::new();
     for want in &cp.trees {
         let purged = anchors
@@ -535,21 +542,114 @@ pub fn check_trees(cp: &Checkpoint) -> Result<Vec<(TreeHead, String)>, AuditErro
     Ok(bad)
 }
 
-/// The record that holds event `id`, found through the BRIN index on
-/// first_event with a widening window.
-fn record_of(id: i64) -> Result<Option<(i32, i64)>, AuditError> {
-    for window in [1i64 << 10, 1 << 20, 1 << 30, i64::MAX] {
-        let lo = id.saturating_sub(window);
-        let r = Spi::get_two_with_args::<i32, i64>(
+/// The records whose id range holds `id`, newest first, found through the
+/// BRIN index on first_event with a widening window. Ranges overlap (ids
+/// of concurrent transactions interleave), so each candidate is looked in.
+fn candidates(id: i64, lo: i64) -> Result<Vec<(i32, i64)>, AuditError> {
+    Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
             "SELECT chain_id, seq FROM audit_log.records
               WHERE first_event BETWEEN $2 AND $1 AND last_event >= $1
-              ORDER BY first_event DESC LIMIT 1",
+              ORDER BY first_event DESC",
+            None,
             &[id.into(), lo.into()],
+        )? {
+            out.push((
+                r.get::<i32>(1)?.unwrap_or(-1),
+                r.get::<i64>(2)?.unwrap_or(0),
+            ));
+        }
+        Ok(out)
+    })
+}
+
+/// A record read whole: its columns, its events' canonical encodings (its
+/// segments merged with its payload) and their hashes.
+struct Whole {
+    record: Record,
+    events: Vec<Vec<u8>>,
+    hashes: Vec<Hash>,
+}
+
+fn read_whole(
+    oids: Oids,
+    snap: pg_sys::Snapshot,
+    chain: i32,
+    seq: i64,
+) -> Result<Option<Whole>, AuditError> {
+    let mut rows = Ordered::open_keys(
+        oids.records,
+        oids.records_pkey,
+        snap,
+        scan_keys(&[
+            (
+                records::CHAIN_ID as i16 + 1,
+                pg_sys::BTEqualStrategyNumber,
+                pg_sys::F_INT4EQ,
+                pg_sys::Datum::from(chain),
+            ),
+            (
+                records::SEQ as i16 + 1,
+                pg_sys::BTEqualStrategyNumber,
+                pg_sys::F_INT8EQ,
+                pg_sys::Datum::from(seq),
+            ),
+        ]),
+        raw_row,
+    )?;
+    let Some((record, segments, payload)) = rows.next().transpose()? else {
+        return Ok(None);
+    };
+    drop(rows);
+    let parts = if segments != 0 {
+        read_segments(&oids, snap, record.first_event)?
+    } else {
+        Vec::new()
+    };
+    let all: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let mut events = Vec::new();
+    for e in audit_log_core::record::merged(all.iter().copied(), &payload) {
+        events.push(
+            e.map_err(|_| damaged(chain, seq, "its payload is unreadable"))?
+                .to_vec(),
         );
-        match crate::errors::optional_row(r)? {
-            Some((Some(c), Some(s))) => return Ok(Some((c, s))),
-            _ if lo == i64::MIN || window == i64::MAX => return Ok(None),
-            _ => {}
+    }
+    let hashes = event_hashes(all, &payload)
+        .map_err(|_| damaged(chain, seq, "its payload is unreadable"))?;
+    Ok(Some(Whole {
+        record,
+        events,
+        hashes,
+    }))
+}
+
+/// The record that holds event `id`, and the event's tx_seq.
+fn find_event(
+    oids: Oids,
+    snap: pg_sys::Snapshot,
+    id: i64,
+) -> Result<Option<(Whole, i64)>, AuditError> {
+    let mut seen = std::collections::HashSet::new();
+    for window in [1i64 << 10, 1 << 20, 1 << 30, i64::MAX] {
+        let lo = id.saturating_sub(window);
+        for (chain, seq) in candidates(id, lo)? {
+            if !seen.insert((chain, seq)) {
+                continue;
+            }
+            let Some(w) = read_whole(oids, snap, chain, seq)? else {
+                continue;
+            };
+            let at = w
+                .events
+                .iter()
+                .position(|e| audit_log_core::record::header(e).is_ok_and(|h| h.id == id));
+            if let Some(i) = at {
+                return Ok(Some((w, i as i64 + 1)));
+            }
+        }
+        if lo == i64::MIN {
+            break;
         }
     }
     Ok(None)
@@ -563,7 +663,9 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
             action: "prove an event".into(),
         });
     }
-    let Some((chain, seq)) = record_of(event_id)? else {
+    let oids = catalog::lookup()?;
+    let snapshot = SnapshotGuard::fresh();
+    let Some((whole, tx_seq)) = find_event(oids, snapshot.0, event_id)? else {
         let purged = crate::retention::anchors()?
             .iter()
             .any(|a| a.last_event >= event_id);
@@ -573,6 +675,7 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
             AuditError::NoSuchEvent(event_id)
         });
     };
+    let (chain, seq) = (whole.record.chain_id, whole.record.seq);
     let size = match &cp {
         Some(cp) => {
             let t = cp.trees.iter().find(|t| t.chain == chain).ok_or_else(|| {
@@ -597,8 +700,8 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
             head_of(chain)?
         }
     };
-    let oids = catalog::lookup()?;
-    let snapshot = SnapshotGuard::active();
+    // Integration above may have added tiles: read the tree afresh.
+    let snapshot = SnapshotGuard::fresh();
     let mut tiles = Tiled::new(ChainTiles::new(chain, oids, snapshot.0));
     let root = tree_root(&mut tiles, size as u64)?;
     if let Some(t) = cp
@@ -611,50 +714,10 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
     }
     let path = inclusion_path(&mut tiles, (seq - 1) as u64, size as u64)?
         .ok_or_else(|| AuditError::Internal("record outside its tree".into()))?;
-    // The record, its events' hashes, and the event itself.
     let src = &mut tiles.source;
-    let mut rows = Ordered::open_keys(
-        oids.records,
-        oids.records_pkey,
-        snapshot.0,
-        scan_keys(&[
-            (
-                1,
-                pg_sys::BTEqualStrategyNumber,
-                pg_sys::F_INT4EQ,
-                pg_sys::Datum::from(chain),
-            ),
-            (
-                2,
-                pg_sys::BTEqualStrategyNumber,
-                pg_sys::F_INT8EQ,
-                pg_sys::Datum::from(seq),
-            ),
-        ]),
-        raw_row,
-    )?;
-    let (r, segments, payload) = rows
-        .next()
-        .transpose()?
-        .ok_or(AuditError::NoSuchEvent(event_id))?;
-    drop(rows);
-    let parts = if segments != 0 {
-        read_segments(&oids, snapshot.0, r.first_event)?
-    } else {
-        Vec::new()
-    };
-    let all: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    let hashes = event_hashes(all.iter().copied(), &payload)
-        .map_err(|_| damaged(chain, seq, "its payload is unreadable"))?;
-    let mut canonical = None;
-    for (i, e) in audit_log_core::record::merged(all, &payload).enumerate() {
-        let e = e.map_err(|_| damaged(chain, seq, "its payload is unreadable"))?;
-        if audit_log_core::record::header(e).is_ok_and(|h| h.id == event_id) {
-            canonical = Some((i as i64 + 1, e.to_vec()));
-            break;
-        }
-    }
-    let (tx_seq, canonical) = canonical.ok_or(AuditError::NoSuchEvent(event_id))?;
+    let r = &whole.record;
+    let hashes = &whole.hashes;
+    let canonical = whole.events[(tx_seq - 1) as usize].clone();
     let prev_link_hash = src
         .link_hash_at(seq - 1)?
         .ok_or_else(|| damaged(chain, seq, "its predecessor is missing"))?;
@@ -674,7 +737,7 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
     let proof = core_tree::prove_event(
         Some(catalog::database_name()),
         record,
-        &hashes,
+        hashes,
         &canonical,
         tx_seq,
         tree,
@@ -706,7 +769,7 @@ fn root_mismatch(chain: i32, size: i64, here: &Hash, there: &Hash) -> AuditError
             .find(|a| a.chain == chain)
             .map_or(0, |a| a.seq.max(0) as u64);
         let oids = catalog::lookup()?;
-        let snapshot = SnapshotGuard::active();
+        let snapshot = SnapshotGuard::fresh();
         let mut src = ChainTiles::new(chain, oids, snapshot.0);
         src.trust_below = Some(purged);
         tree_root(&mut Tiled::new(src), size.max(0) as u64)
@@ -760,7 +823,7 @@ fn consistency_impl(old: Checkpoint) -> Result<JsonB, AuditError> {
     }
     let new = crate::proof::take_checkpoint()?;
     let oids = catalog::lookup()?;
-    let snapshot = SnapshotGuard::active();
+    let snapshot = SnapshotGuard::fresh();
     let mut proofs = Vec::new();
     for o in &old.trees {
         let Some(n) = new.trees.iter().find(|t| t.chain == o.chain) else {
@@ -778,6 +841,24 @@ fn consistency_impl(old: Checkpoint) -> Result<JsonB, AuditError> {
             )));
         }
         let mut tiles = Tiled::new(ChainTiles::new(o.chain, oids, snapshot.0));
+        // The old head's record (or the anchor there) still has the head's
+        // link hash: a chain recomputed since, whose old records the tiles
+        // still hold, is refused here, not signed by a witness.
+        if let Some(h) = old.chains.iter().find(|h| h.chain == o.chain) {
+            if let Some(now) = tiles.source.link_hash_at(h.seq)? {
+                if now != h.link_hash {
+                    return Err(AuditError::BadCheckpoint(format!(
+                        "chain {}'s record {} has link hash {} here, the checkpoint's head {}: \
+                         a checkpoint of another database, or this chain was rewritten since \
+                         (audit_log.verify(checkpoint) tells which)",
+                        o.chain,
+                        h.seq,
+                        hex::encode(&now[..8]),
+                        hex::encode(&h.link_hash[..8])
+                    )));
+                }
+            }
+        }
         let old_root = tree_root(&mut tiles, o.size as u64)?;
         if old_root != o.root {
             return Err(root_mismatch(o.chain, o.size, &old_root, &o.root));

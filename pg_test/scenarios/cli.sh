@@ -271,7 +271,9 @@ q -f "$work/forge.sql" >/dev/null
     fail "the forgery did not change event $target"
 [ "$(q -c "SELECT ok FROM audit_log.verify()")" = t ] || fail "the recomputed chain should pass a plain verify()"
 run witness --dsn "$dsn" --state "$work/w" --key "$work/key"; expect 1 "witness after a recomputed chain"
-echo "$out" | grep -q "chain_rewritten\|fork" || fail "witness did not name the rewrite: $out"
+echo "$out" | grep -q "chain_rewritten\|fork\|rewritten since" || fail "witness did not name the rewrite: $out"
+run witness --dsn "$dsn" --state "$work/w" --key "$work/key" --full; expect 1 "witness --full after a recomputed chain"
+echo "$out" | grep -q "chain_rewritten\|fork" || fail "witness --full did not name the rewrite: $out"
 [ "$(sha256sum "$work/w/latest.json")" = "$before" ] || fail "the witness stored a checkpoint after refusing"
 echo "  witness: $(echo "$out" | head -1 | cut -c1-160)"
 # After a purge, a whole export starts from the server's anchors and verifies.

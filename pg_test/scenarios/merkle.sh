@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Merkle proofs against a live server, checked outside it by the CLI and by
+# the independent pg_test/lib/format_v2.py: checkpoints and proofs taken
+# while concurrent sessions commit (small, savepoint-rolled-back and spilled
+# transactions), then every checkpoint verifies; random events proven to a
+# signed checkpoint; every kind of edit of a proof refused; the witness's
+# consistency mode extending, then refusing a chain a superuser recomputed;
+# proofs and consistency after pg_dump and pg_restore into a new database
+# and after an immediate shutdown in the middle of integration.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+root=$(dirname "$here")
+cli=${AUDIT_LOG_CLI:-$root/target/release/audit-log}
+[ -x "$cli" ] || { echo "FAIL: $cli not built (cargo build --release -p audit_log_cli)" >&2; exit 1; }
+py="$here/lib/format_v2.py"
+. "$here/lib/workload.sh"
+dir=$PGHOST
+BIN=$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)
+work=$(mktemp -d /tmp/al_proofs.XXXXXX); chmod 755 "$work"
+trap 'rm -rf "$work" "${WL_SCRIPT:-}"; kill $(jobs -p) 2>/dev/null || true' EXIT
+run() { set +e; out=$("$cli" "$@" 2>&1); rc=$?; set -e; }
+expect() { [ "$rc" = "$1" ] || wl_fail "$2: exit $rc, expected $1: $out"; }
+pyrun() { set +e; out=$(python3 "$py" "$@" 2>&1); rc=$?; set -e; }
+
+wl_setup al_proofs_sc
+dsn="host=$PGHOST port=$PGPORT user=postgres dbname=$WL_DB"
+wl_q -c "CREATE ROLE al_proofs_aud LOGIN" -c "GRANT audit_log_auditor TO al_proofs_aud" 2>/dev/null ||
+    wl_q -c "GRANT audit_log_auditor TO al_proofs_aud"
+aq() { psql -X -q -v ON_ERROR_STOP=1 -At -U al_proofs_aud -d "$WL_DB" "$@"; }
+"$cli" keygen --out "$work/key" >/dev/null 2>&1
+run witness --dsn "$dsn" --state "$work/w" --key "$work/key"; expect 0 "first witness run"
+
+# 1. Load, with checkpoints and proofs taken by an auditor meanwhile. One
+# transaction spills its events to segments (past 1 MB).
+pgbench -n -c 4 -j 2 -T 8 -f "$WL_SCRIPT" "$WL_DB" >"$work/pgbench.out" 2>&1 & load=$!
+wl_q -c "INSERT INTO t3 SELECT g, g FROM generate_series(100000, 112000) g"
+n=0
+while kill -0 $load 2>/dev/null; do
+    aq -c "SELECT audit_log.checkpoint()" >"$work/cp_$n.json"
+    aq -c "SELECT audit_log.prove(id) IS NOT NULL FROM audit_log.events ORDER BY random() LIMIT 3" >/dev/null
+    n=$((n + 1))
+    sleep 0.3
+done
+wait $load || wl_fail "pgbench: $(tail -3 "$work/pgbench.out")"
+[ "$n" -ge 5 ] || wl_fail "only $n checkpoints during the load"
+spilled=$(wl_q -c "SELECT count(*) FROM audit_log.records WHERE segments > 0")
+[ "$spilled" -ge 1 ] || wl_fail "no transaction spilled"
+for f in "$work"/cp_*.json; do
+    v=$(wl_q -c "SELECT ok::text || ' ' || coalesce(problem, '') FROM audit_log.verify(pg_read_file('$f')::jsonb)")
+    [ "$v" = "true " ] || wl_fail "a checkpoint taken during the load does not verify: $v"
+done
+cp_final="$work/cp_final.json"
+wl_q -c "SELECT audit_log.checkpoint()" >"$cp_final"
+wl_q -f "$here/lib/dump_log.sql" >"$work/dump.jsonl"
+pyrun trees "$cp_final" <"$work/dump.jsonl"; expect 0 "format_v2.py trees"
+trees=$(wl_q -c "SELECT jsonb_array_length(pg_read_file('$cp_final')::jsonb->'trees')")
+records=$(wl_q -c "SELECT count(*) FROM audit_log.records")
+echo "  $n checkpoints taken by an auditor during the load all verify; $trees trees over $records records recompute in Python"
+
+# 2. The witness extends by consistency proofs; Python checks them too.
+run witness --dsn "$dsn" --state "$work/w" --key "$work/key"; expect 0 "second witness run"
+echo "$out" | grep -q "consistency proofs checked" || wl_fail "the witness did not use consistency proofs: $out"
+wl_q -c "SELECT audit_log.consistency(pg_read_file('$work/cp_0.json')::jsonb)" >"$work/cons.json"
+pyrun consistency "$work/cons.json" "$work/cp_0.json"; expect 0 "format_v2.py consistency"
+
+# 3. Random events, a spilled one, and the first and last, proven to the
+# witness's signed checkpoint, checked by the CLI and by Python.
+signed="$work/w/latest.json"
+ids=$(wl_q -c "(SELECT id FROM audit_log.events ORDER BY random() LIMIT 25)
+               UNION SELECT min(id) FROM audit_log.events UNION SELECT max(id) FROM audit_log.events
+               UNION (SELECT first_event + 5 FROM audit_log.records WHERE segments > 0 LIMIT 1)")
+count=0
+for id in $ids; do
+    run prove --dsn "$dsn" --event "$id" --checkpoint "$signed" --pub "$work/key.pub" --out "$work/p_$id.json"
+    if [ "$rc" = 2 ] && echo "$out" | grep -q "recorded after it"; then continue; fi
+    expect 0 "prove $id"
+    run verify-proof "$work/p_$id.json" --checkpoint "$signed" --pub "$work/key.pub"; expect 0 "verify-proof $id"
+    echo "$out" | head -1 | grep -q "\"id\":$id," || wl_fail "verify-proof did not print event $id: $out"
+    pyrun proof "$work/p_$id.json" "$signed"; expect 0 "format_v2.py proof $id"
+    count=$((count + 1))
+done
+[ "$count" -ge 20 ] || wl_fail "only $count events proven"
+echo "  $count events proven to the witness's signed checkpoint, by the CLI and in Python"
+
+# 4. Every kind of edit of a proof is refused by both.
+# The newest event: its chain grew after the first checkpoints.
+id=$(echo "$ids" | sort -n | tail -1)
+[ -f "$work/p_$id.json" ] || wl_fail "no proof of the newest event $id"
+edits=0
+for edit in event_byte event_id prev tx_id seq committed count link path_step path_short path_long \
+            event_path_long tree_size tree_root; do
+    python3 - "$work/p_$id.json" "$work/bad.json" "$edit" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+e = sys.argv[3]
+flip = lambda h: ("0" if h[0] != "0" else "1") + h[1:]
+if e == "event_byte": p["event"] = p["event"][:-2] + ("00" if p["event"][-2:] != "00" else "01")
+elif e == "event_id": p["event_id"] += 1
+elif e == "prev": p["prev_event_hash"] = flip(p["prev_event_hash"])
+elif e == "tx_id": p["record"]["tx_id"] += 1
+elif e == "seq": p["record"]["seq"] += 1
+elif e == "committed": p["record"]["committed_at"] += 1
+elif e == "count": p["record"]["event_count"] += 1
+elif e == "link": p["record"]["link_hash"] = flip(p["record"]["link_hash"])
+elif e == "path_step": p["path"][0] = flip(p["path"][0])
+elif e == "path_short": p["path"].pop()
+elif e == "path_long": p["path"].append("00" * 32)
+elif e == "event_path_long": p["event_path"].append("00" * 32)
+elif e == "tree_size": p["tree"]["size"] -= 1
+elif e == "tree_root": p["tree"]["root"] = flip(p["tree"]["root"])
+json.dump(p, open(sys.argv[2], "w"))
+PY
+    run verify-proof "$work/bad.json" --checkpoint "$signed" --pub "$work/key.pub"; expect 1 "verify-proof of an edited proof ($edit)"
+    pyrun proof "$work/bad.json" "$signed"; expect 1 "format_v2.py on an edited proof ($edit)"
+    edits=$((edits + 1))
+done
+"$cli" keygen --out "$work/other" >/dev/null 2>&1
+run verify-proof "$work/p_$id.json" --checkpoint "$signed" --pub "$work/other.pub"; expect 1 "a checkpoint signed by another key"
+run verify-proof "$work/p_$id.json" --checkpoint "$work/cp_0.json"; expect 1 "a proof against an earlier checkpoint's tree"
+echo "$out" | grep -q "prove(event, checkpoint)\|has no tree" || wl_fail "no hint to prove against that checkpoint: $out"
+echo "  $edits edits of a proof, another key and another checkpoint are refused by the CLI and in Python"
+
+# 5. pg_dump and pg_restore into a new database: the tiles come along, and
+# the restored log proves to the checkpoint signed before the dump.
+pg_dump -Fc -d "$WL_DB" -f "$work/db.dump"
+psql -X -q -d postgres -c "DROP DATABASE IF EXISTS al_proofs_rs" -c "CREATE DATABASE al_proofs_rs" 2>/dev/null
+pg_restore -d al_proofs_rs "$work/db.dump" 2>"$work/restore.err" || wl_fail "pg_restore: $(cat "$work/restore.err")"
+rdsn="host=$PGHOST port=$PGPORT user=postgres dbname=al_proofs_rs"
+[ "$(psql -X -At -d al_proofs_rs -c "SELECT count(*) FROM audit_log.tiles")" = \
+  "$(wl_q -c "SELECT count(*) FROM audit_log.tiles")" ] || wl_fail "the restore lost tiles"
+run prove --dsn "$rdsn" --event "$id" --checkpoint "$signed" --pub "$work/key.pub" --out "$work/pr.json"; expect 0 "prove after a restore"
+run verify-proof "$work/pr.json" --checkpoint "$signed" --pub "$work/key.pub"; expect 0 "verify-proof after a restore"
+psql -X -At -d al_proofs_rs -c "INSERT INTO t1 VALUES (-1, 1)" \
+     -c "SELECT audit_log.consistency(pg_read_file('$signed')::jsonb->'checkpoint')" | tail -1 >"$work/rcons.json"
+pyrun consistency "$work/rcons.json" "$signed"; expect 0 "consistency after a restore"
+psql -X -q -d postgres -c "DROP DATABASE al_proofs_rs"
+echo "  after pg_dump and pg_restore into a new database: tiles kept, proofs and consistency hold"
+
+# 6. A chain recomputed by a superuser after the witness signed: the
+# witness (consistency mode, and --full) refuses and stores nothing; the
+# forged event's proof is refused at the server.
+before=$(sha256sum "$work/w/latest.json")
+target=$(wl_q -c "SELECT min(id) FROM audit_log.events WHERE table_name = 't1'")
+{ echo "BEGIN; ALTER TABLE audit_log.records DISABLE TRIGGER USER;"
+  python3 "$py" rewrite "$target" '{"k": 1, "v": 424242}' --chain <"$work/dump.jsonl"
+  echo "ALTER TABLE audit_log.records ENABLE TRIGGER USER; COMMIT;"; } >"$work/forge.sql"
+wl_q -f "$work/forge.sql" >/dev/null
+[ "$(wl_q -c "SELECT ok FROM audit_log.verify()")" = t ] || wl_fail "the recomputed chain should pass a plain verify()"
+run witness --dsn "$dsn" --state "$work/w" --key "$work/key"; expect 1 "witness (consistency) after a recomputed chain"
+echo "$out" | grep -q "rewritten" || wl_fail "the witness did not name the rewrite: $out"
+run witness --dsn "$dsn" --state "$work/w" --key "$work/key" --full; expect 1 "witness --full after a recomputed chain"
+[ "$(sha256sum "$work/w/latest.json")" = "$before" ] || wl_fail "the witness stored a checkpoint after refusing"
+set +e; err=$(wl_q -c "SELECT audit_log.prove($target, pg_read_file('$signed')::jsonb->'checkpoint')" 2>&1); set -e
+echo "$err" | grep -q "rewritten" || wl_fail "the forged event's proof to the signed checkpoint was not refused: $err"
+# A proof to the forged tree itself does not verify against the signed checkpoint.
+wl_q -c "SELECT audit_log.prove($target)" >"$work/forged.json"
+run verify-proof "$work/forged.json" --checkpoint "$signed" --pub "$work/key.pub"; expect 1 "a proof of the forged tree"
+pyrun proof "$work/forged.json" "$signed"; expect 1 "format_v2.py on a proof of the forged tree"
+echo "  a recomputed chain: the witness refuses in both modes, the forged event proves to no signed tree"
+
+# 7. An immediate shutdown while checkpoints integrate under load: after the
+# restart, checkpoints verify and the trees recompute in Python.
+rm -f "$WL_SCRIPT"
+wl_setup al_proofs_cr
+pgbench -n -c 4 -j 2 -T 30 -f "$WL_SCRIPT" "$WL_DB" >"$work/pgbench2.out" 2>&1 & load=$!
+( while true; do psql -X -q -At -d "$WL_DB" -c "SELECT audit_log.checkpoint()" >/dev/null 2>&1 || true; done ) & looper=$!
+sleep 3
+runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
+wait $load || true
+kill $looper 2>/dev/null || true; wait $looper 2>/dev/null || true
+runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+wait_ready
+wl_q -c "INSERT INTO t1 VALUES (-5, 1) ON CONFLICT DO NOTHING"
+wl_q -c "SELECT audit_log.checkpoint()" >"$work/cp_crash.json"
+v=$(wl_q -c "SELECT ok::text || ' ' || coalesce(problem, '') FROM audit_log.verify(pg_read_file('$work/cp_crash.json')::jsonb)")
+[ "$v" = "true " ] || wl_fail "after the crash, the checkpoint does not verify: $v"
+wl_q -f "$here/lib/dump_log.sql" >"$work/dump_crash.jsonl"
+pyrun trees "$work/cp_crash.json" <"$work/dump_crash.jsonl"; expect 0 "format_v2.py trees after the crash"
+tiles=$(wl_q -c "SELECT count(*) FROM audit_log.tiles")
+echo "  an immediate shutdown during integration: $tiles tiles, the checkpoint after it verifies and recomputes in Python"
+psql -X -q -d postgres -c "DROP DATABASE al_proofs_cr" -c "DROP DATABASE al_proofs_sc" -c "DROP ROLE al_proofs_aud"
+echo "merkle: checkpoints under load, proofs, edits, the witness, a restore and a crash behave"
