@@ -39,6 +39,14 @@ fn relid(ns: pg_sys::Oid, name: &CStr) -> Result<pg_sys::Oid, AuditError> {
     Ok(oid)
 }
 
+/// Does audit_log's own schema have its Merkle tiles? Not while a database
+/// still runs an older version's SQL with this library (before ALTER
+/// EXTENSION audit_log UPDATE), nor for a collected source's log.
+pub fn has_tiles() -> bool {
+    LOG_SCHEMA.with_borrow(Option::is_none)
+        && schema_oid().is_some_and(|ns| relid(ns, c"tiles").is_ok())
+}
+
 /// The first column of a query with one OID argument, NULLs left out.
 pub fn first_column<T: pgrx::FromDatum + pgrx::IntoDatum>(
     query: &str,

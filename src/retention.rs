@@ -215,7 +215,7 @@ fn purge_impl(
     // anchor, and the leaves of the tile it cuts through, before the
     // records go. A chain purged before tiles were kept has no tree.
     for (i, e) in expired.iter().enumerate() {
-        if expired.get(i + 1).is_none_or(|n| n.chain_id != e.chain_id) {
+        if catalog::has_tiles() && expired.get(i + 1).is_none_or(|n| n.chain_id != e.chain_id) {
             let upto = e.seq.max(0) as u64;
             match catalog::pinned(|| crate::tree::integrate(e.chain_id, upto, Some(upto))) {
                 Ok(_) | Err(AuditError::TreeUnavailable { .. }) => {}

@@ -100,7 +100,7 @@ impl ChainTiles {
             snap,
             trust_below: None,
             partial: HashMap::new(),
-            own_log: catalog::log_schema_sql() == "audit_log",
+            own_log: catalog::has_tiles(),
         }
     }
 
@@ -462,7 +462,7 @@ fn heads() -> Result<Vec<(i32, i64)>, AuditError> {
 
 /// Integrate every chain up to its head, if this transaction may write.
 pub fn integrate_all() -> Result<(), AuditError> {
-    if !can_write() {
+    if !can_write() || !catalog::has_tiles() {
         return Ok(());
     }
     for (chain, seq) in heads()? {
@@ -495,6 +495,10 @@ pub fn tree_head(chain: i32, size: i64) -> Result<TreeHead, AuditError> {
 /// refuses a checkpoint without it.
 pub fn trees(heads: &[audit_log_core::ChainHead]) -> Result<Vec<TreeHead>, AuditError> {
     let mut out = Vec::new();
+    // An older version's schema, not yet updated: checkpoints as it made them.
+    if !catalog::has_tiles() {
+        return Ok(out);
+    }
     for h in heads {
         match tree_head(h.chain, h.seq) {
             Ok(t) => out.push(t),
@@ -663,6 +667,11 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
             action: "prove an event".into(),
         });
     }
+    if !catalog::has_tiles() {
+        return Err(AuditError::NotInstalled(
+            "audit_log.tiles (run ALTER EXTENSION audit_log UPDATE)".into(),
+        ));
+    }
     let oids = catalog::lookup()?;
     let snapshot = SnapshotGuard::fresh();
     let Some((whole, tx_seq)) = find_event(oids, snapshot.0, event_id)? else {
@@ -814,6 +823,11 @@ fn consistency_impl(old: Checkpoint) -> Result<JsonB, AuditError> {
         return Err(AuditError::NotAuditor {
             action: "prove consistency".into(),
         });
+    }
+    if !catalog::has_tiles() {
+        return Err(AuditError::NotInstalled(
+            "audit_log.tiles (run ALTER EXTENSION audit_log UPDATE)".into(),
+        ));
     }
     if old.trees.is_empty() {
         return Err(AuditError::BadCheckpoint(

@@ -10,6 +10,8 @@
 #   upgrade, with the CLI on a records export, and with the independent
 #   Python verifier on the raw storage;
 # - new writes chain on from the old heads, and history() reads across;
+# - the old log gets Merkle trees, and an event written before the upgrade
+#   proves (CLI, and Python);
 # - every C symbol that a released install or upgrade script names is
 #   exported by the library built here (renaming a Rust function would
 #   otherwise break the definitions a database already holds).
@@ -120,8 +122,17 @@ SQL
     grep -q "events checked: ${now#* }," <<<"$out" || fail "$db: the CLI checked other than the server's ${now#* } events: $out"
     q "$db" -f "$here/lib/dump_log.sql" >"$work/dump.jsonl"
     out=$(python3 "$here/lib/format_v2.py" verify <"$work/dump.jsonl" 2>&1) || fail "$db: format_v2.py refuses the upgraded log: $out"
+    # The old log gets its Merkle trees: every chain, from its first record;
+    # an event written before the upgrade proves, in the CLI and in Python.
+    q "$db" -c "SELECT audit_log.checkpoint()" >"$work/cp2.json"
+    [ "$(q "$db" -c "SELECT jsonb_array_length(pg_read_file('$work/cp2.json')::jsonb->'trees') = jsonb_array_length(pg_read_file('$work/cp2.json')::jsonb->'chains')")" = t ] ||
+        fail "$db: the checkpoint after the upgrade lacks trees"
+    out=$(python3 "$here/lib/format_v2.py" trees "$work/cp2.json" <"$work/dump.jsonl" 2>&1) || fail "$db: the trees do not recompute: $out"
+    "$cli" prove --dsn "host=$PGHOST port=$PGPORT user=postgres dbname=$db" --event 5 --checkpoint "$work/cp2.json" \
+        --out "$work/p5.json" 2>/dev/null || fail "$db: no proof of event 5 after the upgrade"
+    out=$(python3 "$here/lib/format_v2.py" proof "$work/p5.json" "$work/cp2.json" 2>&1) || fail "$db: the proof does not hold: $out"
     upgrades=$((upgrades + 1))
-    echo "  $old -> $current: schema as a fresh install; ${now#* } events verify (SQL, checkpoint, CLI, Python); writes chain on"
+    echo "  $old -> $current: schema as a fresh install; ${now#* } events verify (SQL, checkpoint, CLI, Python); writes chain on; trees built, an old event proves"
 done
 [ "$upgrades" -gt 0 ] || fail "no upgrade tested"
 echo "upgrade: $upgrades released version(s) upgrade in place to $current"
