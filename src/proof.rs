@@ -193,6 +193,24 @@ pub(crate) fn checkpoint_json(cp: &Checkpoint) -> Result<JsonB, AuditError> {
     Ok(JsonB(value))
 }
 
+/// Every chain's last record (chain_id, seq, link_hash, last_event), by a
+/// skip scan of the primary key: one index probe per chain, not a scan of
+/// the log (which took 140 ms at 100,000 records).
+pub(crate) fn heads_sql(schema: &str) -> String {
+    format!(
+        "WITH RECURSIVE c AS (
+           (SELECT chain_id FROM {schema}.records ORDER BY chain_id LIMIT 1)
+           UNION ALL
+           SELECT (SELECT r.chain_id FROM {schema}.records r WHERE r.chain_id > c.chain_id
+                    ORDER BY r.chain_id LIMIT 1)
+             FROM c WHERE c.chain_id IS NOT NULL)
+         SELECT h.chain_id, h.seq, h.link_hash, h.last_event
+           FROM c, LATERAL (SELECT r.chain_id, r.seq, r.link_hash, r.last_event FROM {schema}.records r
+                             WHERE r.chain_id = c.chain_id ORDER BY r.seq DESC LIMIT 1) h
+          ORDER BY h.chain_id"
+    )
+}
+
 /// The checkpoint of the log being read (audit_log's own, or a collected
 /// source's): every chain's last record. No trees: only the own log keeps
 /// tiles, and [`take_checkpoint`] adds them.
@@ -202,11 +220,7 @@ pub(crate) fn checkpoint_of(
 ) -> Result<Checkpoint, AuditError> {
     let chains = Spi::connect(|c| -> Result<Vec<ChainHead>, AuditError> {
         let t = c.select(
-            &format!(
-                "SELECT DISTINCT ON (chain_id) chain_id, seq, link_hash, last_event
-                   FROM {}.records ORDER BY chain_id, seq DESC",
-                catalog::log_schema_sql()
-            ),
+            &heads_sql(&catalog::log_schema_sql()),
             None,
             &[],
         )?;

@@ -102,7 +102,7 @@ impl RawRecord {
 /// -1: one per CPU, at most 8.
 pub static VERIFY_THREADS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(-1);
 
-fn verify_threads() -> usize {
+pub(crate) fn verify_threads() -> usize {
     match VERIFY_THREADS.get() {
         n if n >= 0 => n as usize,
         _ => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
@@ -110,7 +110,7 @@ fn verify_threads() -> usize {
 }
 
 /// Worker threads never handle the server's signals: the session does.
-fn block_signals() {
+pub(crate) fn block_signals() {
     // SAFETY: changes only the calling (worker) thread's signal mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();

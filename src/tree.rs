@@ -26,17 +26,19 @@ use crate::scan::{scan_keys, Ordered, Row, SnapshotGuard};
 use crate::store::{read_segments, records};
 use pgrx::pg_sys::panic::ErrorReport;
 
-/// A record as integration reads it: its columns, and its events' hashes
-/// (computed in place when it has no segments).
+/// A record as integration reads it: its columns, and its payload (a copy,
+/// hashed on a worker thread), with its segments' payloads and the stored
+/// link hash of the record before it, which the session adds.
 struct LeafRow {
     record: Record,
     segments: i32,
-    hashes: Option<Vec<Hash>>,
     payload: Vec<u8>,
+    parts: Vec<Vec<u8>>,
+    prev: Hash,
 }
 
-fn leaf_row(r: &Row) -> Option<LeafRow> {
-    let record = Record {
+fn record_of_row(r: &Row) -> Record {
+    Record {
         chain_id: r.i32(records::CHAIN_ID).unwrap_or(-1),
         seq: r.i64(records::SEQ).unwrap_or(0),
         tx_id: r.i64(records::TX_ID).unwrap_or(0) as u64,
@@ -47,26 +49,35 @@ fn leaf_row(r: &Row) -> Option<LeafRow> {
             .i64(records::COMMITTED_AT)
             .map_or(i64::MIN, from_pg_timestamp),
         link_hash: hash_of(r.slice(records::LINK_HASH)),
-    };
-    let segments = r.i32(records::SEGMENTS).unwrap_or(0);
-    let payload = r.slice(records::PAYLOAD).unwrap_or_default();
-    if segments == 0 {
-        // An unreadable payload reads as no events: the link check fails.
-        let hashes = event_hashes([], payload).unwrap_or_default();
-        return Some(LeafRow {
-            record,
-            segments,
-            hashes: Some(hashes),
-            payload: Vec::new(),
-        });
     }
+}
+
+fn leaf_row(r: &Row) -> Option<LeafRow> {
     Some(LeafRow {
-        record,
-        segments,
-        hashes: None,
-        payload: payload.to_vec(),
+        record: record_of_row(r),
+        segments: r.i32(records::SEGMENTS).unwrap_or(0),
+        payload: r.slice(records::PAYLOAD).unwrap_or_default().to_vec(),
+        parts: Vec::new(),
+        prev: ZERO_HASH,
     })
 }
+
+/// A record's leaf, if its link recomputes from its events and the stored
+/// hash before it; otherwise what is wrong. Runs on worker threads.
+fn leaf_of(row: &LeafRow) -> Result<Hash, &'static str> {
+    let r = &row.record;
+    let hashes = event_hashes(row.parts.iter().map(Vec::as_slice), &row.payload)
+        .map_err(|_| "its payload is unreadable")?;
+    let last = hashes.last().copied().unwrap_or(ZERO_HASH);
+    if hashes.len() as i64 != r.event_count || r.link(row.prev, last).link_hash != r.link_hash {
+        return Err("its link does not recompute from its events and the record before");
+    }
+    Ok(record_leaf(&r.link_hash, &events_root(&hashes)))
+}
+
+/// Records handed to a worker at a time: one record's hashing is a few
+/// microseconds, less than a hand-over.
+const LEAF_BATCH: usize = 64;
 
 fn damaged(chain: i32, seq: i64, why: impl Into<String>) -> AuditError {
     AuditError::TreeDamaged {
@@ -153,50 +164,90 @@ impl ChainTiles {
                 pg_sys::Datum::from(hi as i64),
             ),
         ]);
-        let rows = Ordered::open_keys(
+        let mut rows = Ordered::open_keys(
             self.oids.records,
             self.oids.records_pkey,
             self.snap,
             keys,
             leaf_row,
-        )?;
-        let mut out = Vec::with_capacity((hi - lo) as usize);
+        )?
+        // A btree scan asked again after its end starts over: fused.
+        .fuse();
+        // The session reads (only it may call PostgreSQL): each record with
+        // its segments and the stored hash before it, in batches; workers
+        // hash, and their leaves come back in order.
+        let chain = self.chain;
+        let mut expect = lo as i64 + 1;
         let mut prev: Option<(i64, Hash)> = None;
-        for row in rows {
-            let row = row?;
-            let r = &row.record;
-            let want = lo as i64 + out.len() as i64 + 1;
-            if r.seq != want {
-                return Err(damaged(self.chain, want, "the record is missing"));
+        let mut failed: Option<AuditError> = None;
+        let batches = std::iter::from_fn(|| {
+            if failed.is_some() {
+                return None;
             }
-            let prev_hash = match prev {
-                Some((s, h)) if s == r.seq - 1 => h,
-                _ => self
-                    .link_hash_at(r.seq - 1)?
-                    .ok_or_else(|| damaged(self.chain, r.seq, "its predecessor is missing"))?,
-            };
-            let hashes = match row.hashes {
-                Some(h) => h,
-                None => {
-                    let parts = read_segments(&self.oids, self.snap, r.first_event)?;
-                    event_hashes(parts.iter().map(Vec::as_slice), &row.payload)
-                        .map_err(|_| damaged(self.chain, r.seq, "its payload is unreadable"))?
+            let mut batch = Vec::with_capacity(LEAF_BATCH);
+            while batch.len() < LEAF_BATCH {
+                let mut row = match rows.next() {
+                    Some(Ok(row)) => row,
+                    Some(Err(e)) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    None => break,
+                };
+                let r = &row.record;
+                let step = (|| -> Result<(), AuditError> {
+                    if r.seq != expect {
+                        return Err(damaged(chain, expect, "the record is missing"));
+                    }
+                    row.prev = match prev {
+                        Some((s, h)) if s == r.seq - 1 => h,
+                        _ => self.link_hash_at(r.seq - 1)?.ok_or_else(|| {
+                            damaged(chain, r.seq, "its predecessor is missing")
+                        })?,
+                    };
+                    if row.segments != 0 {
+                        row.parts = read_segments(&self.oids, self.snap, r.first_event)?;
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = step {
+                    failed = Some(e);
+                    break;
                 }
-            };
-            let _ = row.segments;
-            let last = hashes.last().copied().unwrap_or(ZERO_HASH);
-            if hashes.len() as i64 != r.event_count
-                || r.link(prev_hash, last).link_hash != r.link_hash
-            {
-                return Err(damaged(
-                    self.chain,
-                    r.seq,
-                    "its link does not recompute from its events and the record before",
-                ));
+                prev = Some((row.record.seq, row.record.link_hash));
+                expect += 1;
+                batch.push(row);
+                if batch.len() == LEAF_BATCH {
+                    break;
+                }
             }
-            out.push(record_leaf(&r.link_hash, &events_root(&hashes)));
-            prev = Some((r.seq, r.link_hash));
+            (!batch.is_empty()).then_some(Ok::<_, AuditError>(batch))
+        });
+        let mut out = Vec::with_capacity((hi - lo) as usize);
+        let hashed = std::thread::scope(|scope| -> Result<(), AuditError> {
+            let leaves = audit_log_core::parallel::map_ordered(
+                scope,
+                batches,
+                crate::records::verify_threads(),
+                crate::records::block_signals,
+                |batch: Vec<LeafRow>| -> Vec<Result<Hash, (i64, &'static str)>> {
+                    batch
+                        .iter()
+                        .map(|row| leaf_of(row).map_err(|why| (row.record.seq, why)))
+                        .collect()
+                },
+            );
+            for batch in leaves {
+                for leaf in batch? {
+                    out.push(leaf.map_err(|(seq, why)| damaged(chain, seq, why))?);
+                }
+            }
+            Ok(())
+        });
+        if let Some(e) = failed {
+            return Err(e);
         }
+        hashed?;
         Ok(out)
     }
 
@@ -442,15 +493,7 @@ impl ChainTiles {
 fn heads() -> Result<Vec<(i32, i64)>, AuditError> {
     Spi::connect(|c| {
         let mut out = Vec::new();
-        for r in c.select(
-            "SELECT chain_id, max(seq) FROM audit_log.records GROUP BY chain_id
-             UNION ALL
-             SELECT a.chain_id, a.seq FROM audit_log.anchors a
-              WHERE NOT EXISTS (SELECT FROM audit_log.records r WHERE r.chain_id = a.chain_id)
-             ORDER BY 1",
-            None,
-            &[],
-        )? {
+        for r in c.select(&crate::proof::heads_sql("audit_log"), None, &[])? {
             out.push((
                 r.get::<i32>(1)?.unwrap_or(-1),
                 r.get::<i64>(2)?.unwrap_or(0),
@@ -460,11 +503,25 @@ fn heads() -> Result<Vec<(i32, i64)>, AuditError> {
     })
 }
 
+/// BRIN ranges filled since the last call are summarized, so that prove()
+/// finds an event's record by id, and the events view a time range, in a
+/// few pages (autovacuum summarizes too, later). As the owner.
+fn summarize_brin() -> Result<(), AuditError> {
+    catalog::as_owner(|| {
+        Spi::run(
+            "SELECT pg_catalog.brin_summarize_new_values('audit_log.records_first_event_idx'::regclass),
+                    pg_catalog.brin_summarize_new_values('audit_log.records_committed_at_idx'::regclass)",
+        )?;
+        Ok(())
+    })
+}
+
 /// Integrate every chain up to its head, if this transaction may write.
 pub fn integrate_all() -> Result<(), AuditError> {
     if !can_write() || !catalog::has_tiles() {
         return Ok(());
     }
+    summarize_brin()?;
     for (chain, seq) in heads()? {
         match integrate(chain, seq.max(0) as u64, None) {
             // A chain purged before tiles were kept has no tree; a damaged
@@ -550,6 +607,9 @@ pub fn check_trees(cp: &Checkpoint) -> Result<Vec<(TreeHead, String)>, AuditErro
 /// BRIN index on first_event with a widening window. Ranges overlap (ids
 /// of concurrent transactions interleave), so each candidate is looked in.
 fn candidates(id: i64, lo: i64) -> Result<Vec<(i32, i64)>, AuditError> {
+    // Without statistics (a log never analyzed) the planner would scan the
+    // whole log rather than use the BRIN index. Unwound with pinned()'s level.
+    catalog::set_in_nest_level(c"enable_seqscan", c"off");
     Spi::connect(|c| {
         let mut out = Vec::new();
         for r in c.select(
@@ -764,8 +824,7 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
 
 fn raw_row(r: &Row) -> Option<(Record, i32, Vec<u8>)> {
     let l = leaf_row(r)?;
-    let payload = r.slice(records::PAYLOAD).unwrap_or_default().to_vec();
-    Some((l.record, l.segments, payload))
+    Some((l.record, l.segments, l.payload))
 }
 
 /// The stored tree's root for `size` records is not the checkpoint's: a
