@@ -84,7 +84,7 @@ pub enum AuditError {
     TreeDamaged { chain: i32, seq: i64, why: String },
     #[error("event {0} is not in the audit log")]
     NoSuchEvent(i64),
-    #[error("event {0} was purged: its record is no longer in the audit log")]
+    #[error("event {0} is not in the audit log: it is older than what audit_log.purge() left")]
     EventPurged(i64),
     #[error("audit_log internal error: {0}")]
     Internal(String),

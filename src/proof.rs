@@ -174,6 +174,8 @@ pub(crate) fn take_checkpoint() -> Result<Checkpoint, AuditError> {
             action: "take a checkpoint".into(),
         });
     }
+    // No purge runs while the heads and trees are read.
+    crate::retention::lock_purge_shared();
     // Committed prepared transactions join the chains first, so that the
     // checkpoint covers them; not on a standby or in a read-only transaction.
     if crate::tree::can_write() {
@@ -219,11 +221,7 @@ pub(crate) fn checkpoint_of(
     system_identifier: Option<String>,
 ) -> Result<Checkpoint, AuditError> {
     let chains = Spi::connect(|c| -> Result<Vec<ChainHead>, AuditError> {
-        let t = c.select(
-            &heads_sql(&catalog::log_schema_sql()),
-            None,
-            &[],
-        )?;
+        let t = c.select(&heads_sql(&catalog::log_schema_sql()), None, &[])?;
         let mut out = Vec::new();
         for r in t {
             out.push(ChainHead {

@@ -217,7 +217,7 @@ fn purge_impl(
     for (i, e) in expired.iter().enumerate() {
         if catalog::has_tiles() && expired.get(i + 1).is_none_or(|n| n.chain_id != e.chain_id) {
             let upto = e.seq.max(0) as u64;
-            match catalog::pinned(|| crate::tree::integrate(e.chain_id, upto, Some(upto))) {
+            match catalog::pinned(|| crate::tree::integrate(e.chain_id, upto, Some(upto), true)) {
                 Ok(_) | Err(AuditError::TreeUnavailable { .. }) => {}
                 Err(err) => return Err(err),
             }
@@ -275,6 +275,20 @@ fn purge_impl(
 /// One purge at a time per database: the tag is like the chain locks', with
 /// a field4 no SQL function produces.
 fn lock_purge() {
+    purge_lock(pg_sys::ExclusiveLock);
+}
+
+/// Readers of the trees (checkpoint(), prove(), consistency(),
+/// verify(checkpoint)) hold the purge lock shared, so that a purge does not
+/// remove records between their reads; not on a standby, which runs none.
+pub fn lock_purge_shared() {
+    // SAFETY: a read of recovery state.
+    if unsafe { !pg_sys::RecoveryInProgress() } {
+        purge_lock(pg_sys::ShareLock);
+    }
+}
+
+fn purge_lock(mode: u32) {
     // SAFETY: a transaction-level lock, released at commit or abort.
     unsafe {
         let tag = pg_sys::LOCKTAG {
@@ -285,7 +299,7 @@ fn lock_purge() {
             locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
             locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
         };
-        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, false);
+        pg_sys::LockAcquire(&tag, mode as i32, false, false);
     }
 }
 

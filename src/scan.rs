@@ -244,8 +244,13 @@ impl SnapshotGuard {
     /// calling query's snapshot can be older). For scans that must see the
     /// records whose count an SPI query just read.
     pub fn fresh() -> Self {
-        // SAFETY: inside a transaction, as every SQL function is.
-        SnapshotGuard(unsafe { pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot()) })
+        // SAFETY: inside a transaction, as every SQL function is; the
+        // command counter moves on first, so this transaction's own writes
+        // so far (tiles just integrated) are seen.
+        unsafe {
+            pg_sys::CommandCounterIncrement();
+            SnapshotGuard(pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot()))
+        }
     }
 }
 
@@ -318,4 +323,119 @@ pub fn catalog_rows<Form, T>(
         pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
         out
     }
+}
+
+/// One column of a row [`select_at`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Val {
+    Null,
+    Int(i64),
+    Bytes(Vec<u8>),
+}
+
+impl Val {
+    pub fn int(&self) -> Option<i64> {
+        match self {
+            Val::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Val::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// An argument of [`select_at`].
+pub enum Arg {
+    Int4(i32),
+    Int8(i64),
+}
+
+/// The rows of a read-only query run under exactly `snapshot`, whose
+/// columns are integers (int4, int8) or bytea. SPI's own choice of
+/// snapshot depends on what the transaction ran before (read-only SPI uses
+/// the calling query's, read-write SPI a new one each time); a reader that
+/// also scans tables directly needs one snapshot for both.
+pub fn select_at(
+    snapshot: pg_sys::Snapshot,
+    query: &str,
+    args: &[Arg],
+) -> Result<Vec<Vec<Val>>, AuditError> {
+    let q = std::ffi::CString::new(query)
+        .map_err(|_| AuditError::Internal("a query with a NUL byte".into()))?;
+    let mut types: Vec<pg_sys::Oid> = args
+        .iter()
+        .map(|a| match a {
+            Arg::Int4(_) => pg_sys::INT4OID,
+            Arg::Int8(_) => pg_sys::INT8OID,
+        })
+        .collect();
+    let mut values: Vec<pg_sys::Datum> = args
+        .iter()
+        .map(|a| match a {
+            Arg::Int4(i) => pg_sys::Datum::from(*i),
+            Arg::Int8(i) => pg_sys::Datum::from(*i),
+        })
+        .collect();
+    let nulls: Vec<std::ffi::c_char> = vec![b' ' as std::ffi::c_char; args.len()];
+    pgrx::spi::Spi::connect(|_| {
+        // SAFETY: SPI is connected for the closure; the plan and the result
+        // are SPI's, read before the connection ends; every value is copied
+        // out of the tuple table.
+        unsafe {
+            let plan = pg_sys::SPI_prepare(q.as_ptr(), types.len() as i32, types.as_mut_ptr());
+            if plan.is_null() {
+                let code = std::ptr::addr_of!(pg_sys::SPI_result).read();
+                return Err(AuditError::Internal(format!("SPI_prepare failed ({code})")));
+            }
+            let rc = pg_sys::SPI_execute_snapshot(
+                plan,
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                snapshot,
+                std::ptr::null_mut(),
+                true,
+                false,
+                0,
+            );
+            if rc != pg_sys::SPI_OK_SELECT as i32 {
+                pg_sys::SPI_freeplan(plan);
+                return Err(AuditError::Internal(format!("SPI_execute_snapshot: {rc}")));
+            }
+            let tt = pg_sys::SPI_tuptable;
+            let mut out = Vec::new();
+            if !tt.is_null() {
+                let desc = (*tt).tupdesc;
+                let ncols = (*desc).natts;
+                for i in 0..pg_sys::SPI_processed as usize {
+                    let tup = *(*tt).vals.add(i);
+                    let mut row = Vec::with_capacity(ncols as usize);
+                    for col in 1..=ncols {
+                        let mut isnull = false;
+                        let d = pg_sys::SPI_getbinval(tup, desc, col, &mut isnull);
+                        let typ = pg_sys::SPI_gettypeid(desc, col);
+                        row.push(if isnull {
+                            Val::Null
+                        } else if typ == pg_sys::INT4OID {
+                            Val::Int(i64::from(d.value() as i32))
+                        } else if typ == pg_sys::INT8OID {
+                            Val::Int(d.value() as i64)
+                        } else if typ == pg_sys::BYTEAOID {
+                            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                            Val::Bytes(pgrx::varlena_to_byte_slice(v).to_vec())
+                        } else {
+                            Val::Null
+                        });
+                    }
+                    out.push(row);
+                }
+            }
+            pg_sys::SPI_freeplan(plan);
+            Ok(out)
+        }
+    })
 }

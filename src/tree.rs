@@ -22,7 +22,7 @@ use pgrx::{pg_sys, JsonB};
 use crate::catalog::{self, Oids};
 use crate::errors::AuditError;
 use crate::records::hash_of;
-use crate::scan::{scan_keys, Ordered, Row, SnapshotGuard};
+use crate::scan::{scan_keys, select_at, Arg, Ordered, Row, SnapshotGuard, Val};
 use crate::store::{read_segments, records};
 use pgrx::pg_sys::panic::ErrorReport;
 
@@ -96,23 +96,39 @@ pub struct ChainTiles {
     /// without their records (`verify(checkpoint)` trusts only tiles of
     /// purged records); every stored tile when None.
     trust_below: Option<u64>,
-    /// The level-0 partial tiles that purges left, by tile index.
-    partial: HashMap<u64, Option<Vec<Hash>>>,
+    /// How many of the chain's first records a purge removed (its anchor's
+    /// seq): their leaves are only in tiles.
+    purged: u64,
+    /// The widest level-0 tile stored at each index (a purge's partial one,
+    /// or a complete one): where purged leaves are read.
+    leaf_tiles: HashMap<u64, Option<Vec<Hash>>>,
     /// audit_log's own log, which keeps tiles; a collected source's has
     /// none here, and its tree is computed from its records.
     own_log: bool,
 }
 
 impl ChainTiles {
-    fn new(chain: i32, oids: Oids, snap: pg_sys::Snapshot) -> Self {
-        ChainTiles {
+    fn new(chain: i32, oids: Oids, snap: pg_sys::Snapshot) -> Result<Self, AuditError> {
+        let purged = select_at(
+            snap,
+            &format!(
+                "SELECT seq FROM {}.anchors WHERE chain_id = $1",
+                catalog::log_schema_sql()
+            ),
+            &[Arg::Int4(chain)],
+        )?
+        .first()
+        .and_then(|r| r.first().and_then(Val::int))
+        .map_or(0, |s| s.max(0) as u64);
+        Ok(ChainTiles {
             chain,
             oids,
             snap,
             trust_below: None,
-            partial: HashMap::new(),
+            purged,
+            leaf_tiles: HashMap::new(),
             own_log: catalog::has_tiles(),
-        }
+        })
     }
 
     fn trusted(&self, level: u32, t: u64) -> bool {
@@ -127,18 +143,17 @@ impl ChainTiles {
             return Ok(Some(ZERO_HASH));
         }
         let schema = catalog::log_schema_sql();
-        let h = Spi::get_one_with_args::<Vec<u8>>(
+        let h = first_bytes(select_at(
+            self.snap,
             &format!(
                 "SELECT link_hash FROM {schema}.records WHERE chain_id = $1 AND seq = $2
                  UNION ALL
                  SELECT link_hash FROM {schema}.anchors WHERE chain_id = $1 AND seq = $2
                  LIMIT 1"
             ),
-            &[self.chain.into(), seq.into()],
-        );
-        Ok(crate::errors::optional_row(h)?
-            .flatten()
-            .map(|b| hash_of(Some(&b))))
+            &[Arg::Int4(self.chain), Arg::Int8(seq)],
+        )?);
+        Ok(h.map(|b| hash_of(Some(&b))))
     }
 
     /// Leaf hashes `lo..hi` from the records (seq `lo + 1 ..= hi`), each
@@ -201,9 +216,9 @@ impl ChainTiles {
                     }
                     row.prev = match prev {
                         Some((s, h)) if s == r.seq - 1 => h,
-                        _ => self.link_hash_at(r.seq - 1)?.ok_or_else(|| {
-                            damaged(chain, r.seq, "its predecessor is missing")
-                        })?,
+                        _ => self
+                            .link_hash_at(r.seq - 1)?
+                            .ok_or_else(|| damaged(chain, r.seq, "its predecessor is missing"))?,
                     };
                     if row.segments != 0 {
                         row.parts = read_segments(&self.oids, self.snap, r.first_event)?;
@@ -251,24 +266,33 @@ impl ChainTiles {
         Ok(out)
     }
 
-    /// The widest partial level-0 tile a purge left at tile `t`.
-    fn partial_tile(&mut self, t: u64) -> Result<Option<Vec<Hash>>, AuditError> {
-        if let Some(p) = self.partial.get(&t) {
+    /// The widest level-0 tile stored at index `t`, whatever its width: a
+    /// complete one, or the leaves a purge kept of the tile it cut through.
+    fn leaf_tile(&mut self, t: u64) -> Result<Option<Vec<Hash>>, AuditError> {
+        if let Some(p) = self.leaf_tiles.get(&t) {
             return Ok(p.clone());
         }
         if !self.own_log {
             return Ok(None);
         }
-        let b = crate::errors::optional_row(Spi::get_one_with_args::<Vec<u8>>(
+        let b = first_bytes(select_at(
+            self.snap,
             "SELECT hashes FROM audit_log.tiles
-              WHERE chain_id = $1 AND level = 0 AND idx = $2 AND width < 256
+              WHERE chain_id = $1 AND level = 0 AND idx = $2 AND length(hashes) = 32 * width
               ORDER BY width DESC LIMIT 1",
-            &[self.chain.into(), (t as i64).into()],
-        ))?
-        .flatten();
+            &[Arg::Int4(self.chain), Arg::Int8(t as i64)],
+        )?);
         let p = b.map(|b| split_hashes(&b));
-        self.partial.insert(t, p.clone());
+        self.leaf_tiles.insert(t, p.clone());
         Ok(p)
+    }
+}
+
+/// The first column of the first row, if it is bytes.
+fn first_bytes(rows: Vec<Vec<Val>>) -> Option<Vec<u8>> {
+    match rows.into_iter().next()?.into_iter().next()? {
+        Val::Bytes(b) => Some(b),
+        _ => None,
     }
 }
 
@@ -290,73 +314,102 @@ impl TileSource for ChainTiles {
         if !self.trusted(level, t) {
             return Ok(None);
         }
-        let b = crate::errors::optional_row(Spi::get_one_with_args::<Vec<u8>>(
+        let b = first_bytes(select_at(
+            self.snap,
             "SELECT hashes FROM audit_log.tiles
               WHERE chain_id = $1 AND level = $2 AND idx = $3 AND width = 256",
-            &[self.chain.into(), (level as i32).into(), (t as i64).into()],
-        ))?
-        .flatten();
+            &[
+                Arg::Int4(self.chain),
+                Arg::Int4(level as i32),
+                Arg::Int8(t as i64),
+            ],
+        )?);
         Ok(b.map(|b| split_hashes(&b))
             .filter(|h| h.len() == TILE_WIDTH as usize))
     }
 
     fn roots(&mut self, level: u32, lo: u64, hi: u64) -> Result<Vec<Option<Hash>>, AuditError> {
         let mut out = vec![None; (hi - lo) as usize];
-        Spi::connect(|c| -> Result<(), AuditError> {
-            let rows = c.select(
-                "SELECT idx, root FROM audit_log.tiles
-                  WHERE chain_id = $1 AND level = $2 AND width = 256 AND idx >= $3 AND idx < $4",
-                None,
-                &[
-                    self.chain.into(),
-                    (level as i32).into(),
-                    (lo as i64).into(),
-                    (hi as i64).into(),
-                ],
-            )?;
-            for r in rows {
-                let idx = r.get::<i64>(1)?.unwrap_or(-1);
-                let root = r.get::<Vec<u8>>(2)?;
-                if idx >= lo as i64 && idx < hi as i64 && self.trusted(level, idx as u64) {
-                    if let Some(root) = root.filter(|b| b.len() == 32) {
-                        out[(idx as u64 - lo) as usize] = Some(hash_of(Some(&root)));
-                    }
+        let rows = select_at(
+            self.snap,
+            "SELECT idx, root FROM audit_log.tiles
+              WHERE chain_id = $1 AND level = $2 AND width = 256 AND idx >= $3 AND idx < $4",
+            &[
+                Arg::Int4(self.chain),
+                Arg::Int4(level as i32),
+                Arg::Int8(lo as i64),
+                Arg::Int8(hi as i64),
+            ],
+        )?;
+        for r in rows {
+            let idx = r.first().and_then(Val::int).unwrap_or(-1);
+            let root = r.get(1).and_then(Val::bytes);
+            if idx >= lo as i64 && idx < hi as i64 && self.trusted(level, idx as u64) {
+                if let Some(root) = root.filter(|b| b.len() == 32) {
+                    out[(idx as u64 - lo) as usize] = Some(hash_of(Some(root)));
                 }
             }
-            Ok(())
-        })?;
+        }
         Ok(out)
     }
 
     fn leaves(&mut self, lo: u64, hi: u64) -> Result<Vec<Hash>, AuditError> {
         let t = lo / TILE_WIDTH;
+        let base = t * TILE_WIDTH;
         let mut out = Vec::new();
         let mut at = lo;
-        // Leaves whose records a purge removed are in its partial tile.
-        if let Some(p) = self.partial_tile(t)? {
-            let base = t * TILE_WIDTH;
-            let end = (base + p.len() as u64).min(hi);
-            while at < end {
-                out.push(p[(at - base) as usize]);
-                at += 1;
+        // Leaves whose records a purge removed are only in a tile.
+        let purged_end = hi.min(self.purged);
+        if at < purged_end {
+            if let Some(p) = self.leaf_tile(t)? {
+                while at < purged_end && ((at - base) as usize) < p.len() {
+                    out.push(p[(at - base) as usize]);
+                    at += 1;
+                }
+            }
+            if at < purged_end {
+                return Err(self.unavailable(at));
             }
         }
         if at < hi {
-            let first = self.record_leaves(at, hi);
-            match first {
-                Ok(l) if l.len() as u64 == hi - at => out.extend(l),
-                Ok(l) => {
-                    return Err(AuditError::TreeUnavailable {
-                        chain: self.chain,
-                        why: format!(
-                            "record {} is not in the log, and no tile holds its leaf \
-                             (purged before this version of audit_log kept tree tiles?)",
-                            at + l.len() as u64 + 1
-                        ),
-                    })
-                }
-                Err(e) => return Err(e),
+            let l = self.record_leaves(at, hi)?;
+            if l.len() as u64 != hi - at {
+                return Err(self.unavailable(at + l.len() as u64));
             }
+            out.extend(l);
+        }
+        Ok(out)
+    }
+}
+
+impl ChainTiles {
+    fn unavailable(&self, leaf: u64) -> AuditError {
+        AuditError::TreeUnavailable {
+            chain: self.chain,
+            why: format!(
+                "record {} is not in the log, and no tile holds its leaf \
+                 (purged before this version of audit_log kept tree tiles?)",
+                leaf + 1
+            ),
+        }
+    }
+
+    /// Leaves `lo..hi` across several level-0 tiles.
+    fn leaves_run(&mut self, lo: u64, hi: u64) -> Result<Vec<Hash>, AuditError> {
+        let mut out = Vec::with_capacity((hi - lo) as usize);
+        let mut at = lo;
+        // Tiles a purge cut through, one at a time; then the records.
+        while at < hi && at < self.purged {
+            let end = hi.min((at / TILE_WIDTH + 1) * TILE_WIDTH);
+            out.extend(self.leaves(at, end)?);
+            at = end;
+        }
+        if at < hi {
+            let l = self.record_leaves(at, hi)?;
+            if l.len() as u64 != hi - at {
+                return Err(self.unavailable(at + l.len() as u64));
+            }
+            out.extend(l);
         }
         Ok(out)
     }
@@ -368,12 +421,15 @@ fn concat(hashes: &[Hash]) -> Vec<u8> {
 
 /// How many complete tiles of `level` the chain has stored (they are
 /// integrated in order, so the highest index plus one).
-fn stored_tiles(chain: i32, level: u32) -> Result<u64, AuditError> {
-    let n = Spi::get_one_with_args::<i64>(
+fn stored_tiles(snap: pg_sys::Snapshot, chain: i32, level: u32) -> Result<u64, AuditError> {
+    let n = select_at(
+        snap,
         "SELECT coalesce(max(idx) + 1, 0) FROM audit_log.tiles
           WHERE chain_id = $1 AND level = $2 AND width = 256",
-        &[chain.into(), (level as i32).into()],
-    )?;
+        &[Arg::Int4(chain), Arg::Int4(level as i32)],
+    )?
+    .first()
+    .and_then(|r| r.first().and_then(Val::int));
     Ok(n.unwrap_or(0).max(0) as u64)
 }
 
@@ -410,13 +466,31 @@ pub fn can_write() -> bool {
 /// not stored yet; with `partial_at`, also the leaves of the level-0 tile
 /// that holds leaf `partial_at - 1` up to it (for a purge). As the
 /// extension's owner. Returns the number of leaves integrated.
-pub fn integrate(chain: i32, size: u64, partial_at: Option<u64>) -> Result<u64, AuditError> {
+///
+/// One transaction integrates a chain at a time: with `wait` (a purge,
+/// which needs the tiles before it removes records) it waits for the
+/// chain's lock; otherwise (checkpoint(), prove()) a chain another open
+/// transaction is integrating is left to it, and its tree is read from the
+/// records meanwhile, so an idle transaction blocks nobody.
+pub fn integrate(
+    chain: i32,
+    size: u64,
+    partial_at: Option<u64>,
+    wait: bool,
+) -> Result<u64, AuditError> {
+    if !lock_chain_tiles(chain, wait) {
+        return Ok(0);
+    }
     catalog::as_owner(|| {
         let oids = catalog::lookup()?;
+        // One snapshot for every read: tiles this call inserts are not in
+        // it, so their roots are kept here for the level above.
         let snapshot = SnapshotGuard::fresh();
-        let mut src = ChainTiles::new(chain, oids, snapshot.0);
+        let snap = snapshot.0;
+        let mut src = ChainTiles::new(chain, oids, snap)?;
+        let mut made: HashMap<(u32, u64), Hash> = HashMap::new();
         let mut done = 0u64;
-        let from = stored_tiles(chain, 0)?;
+        let from = stored_tiles(snap, chain, 0)?;
         let to = size / TILE_WIDTH;
         // Read the records in runs of tiles, not a scan per tile.
         let mut t = from;
@@ -424,7 +498,9 @@ pub fn integrate(chain: i32, size: u64, partial_at: Option<u64>) -> Result<u64, 
             let run_end = (t + 64).min(to);
             let leaves = src.leaves_run(t * TILE_WIDTH, run_end * TILE_WIDTH)?;
             for (i, tile) in leaves.chunks_exact(TILE_WIDTH as usize).enumerate() {
-                insert_tile(chain, 0, t + i as u64, tile, &merkle::root(tile))?;
+                let root = merkle::root(tile);
+                insert_tile(chain, 0, t + i as u64, tile, &root)?;
+                made.insert((0, t + i as u64), root);
                 done += TILE_WIDTH;
             }
             t = run_end;
@@ -433,25 +509,33 @@ pub fn integrate(chain: i32, size: u64, partial_at: Option<u64>) -> Result<u64, 
         let mut level = 1u32;
         let mut below = to.max(from);
         while below >= TILE_WIDTH {
-            let have = stored_tiles(chain, level)?;
+            let have = stored_tiles(snap, chain, level)?;
             for t in have..below / TILE_WIDTH {
-                let roots = src.roots(level - 1, t * TILE_WIDTH, (t + 1) * TILE_WIDTH)?;
-                let roots: Option<Vec<Hash>> = roots.into_iter().collect();
-                let Some(roots) = roots else {
-                    return Err(damaged(
-                        chain,
-                        ((t * TILE_WIDTH) << (8 * level)) as i64 + 1,
-                        format!("a tile of level {} is missing", level - 1),
-                    ));
-                };
-                insert_tile(chain, level, t, &roots, &merkle::root(&roots))?;
+                let (lo, hi) = (t * TILE_WIDTH, (t + 1) * TILE_WIDTH);
+                let stored = src.roots(level - 1, lo, hi)?;
+                let mut roots = Vec::with_capacity(TILE_WIDTH as usize);
+                for (j, r) in (lo..hi).zip(stored) {
+                    match r.or_else(|| made.get(&(level - 1, j)).copied()) {
+                        Some(r) => roots.push(r),
+                        None => {
+                            return Err(damaged(
+                                chain,
+                                (j << (8 * level)) as i64 + 1,
+                                format!("a tile of level {} is missing", level - 1),
+                            ))
+                        }
+                    }
+                }
+                let root = merkle::root(&roots);
+                insert_tile(chain, level, t, &roots, &root)?;
+                made.insert((level, t), root);
             }
             below /= TILE_WIDTH;
             level += 1;
         }
         if let Some(p) = partial_at.filter(|p| p % TILE_WIDTH != 0) {
             let t = p / TILE_WIDTH;
-            if t >= stored_tiles(chain, 0)? {
+            if t >= from.max(to) {
                 let leaves = src.leaves(t * TILE_WIDTH, p)?;
                 insert_tile(chain, 0, t, &leaves, &merkle::root(&leaves))?;
             }
@@ -460,47 +544,34 @@ pub fn integrate(chain: i32, size: u64, partial_at: Option<u64>) -> Result<u64, 
     })
 }
 
-impl ChainTiles {
-    /// Leaves `lo..hi` across several level-0 tiles.
-    fn leaves_run(&mut self, lo: u64, hi: u64) -> Result<Vec<Hash>, AuditError> {
-        let mut out = Vec::with_capacity((hi - lo) as usize);
-        let mut at = lo;
-        // The first tile may be partly a purge's; the rest are records.
-        let first_end = ((lo / TILE_WIDTH) + 1) * TILE_WIDTH;
-        if self.partial_tile(lo / TILE_WIDTH)?.is_some() {
-            out.extend(self.leaves(lo, first_end.min(hi))?);
-            at = first_end.min(hi);
-        }
-        if at < hi {
-            let l = self.record_leaves(at, hi)?;
-            if l.len() as u64 != hi - at {
-                return Err(AuditError::TreeUnavailable {
-                    chain: self.chain,
-                    why: format!(
-                        "record {} is not in the log, and no tile holds its leaf \
-                         (purged before this version of audit_log kept tree tiles?)",
-                        at + l.len() as u64 + 1
-                    ),
-                });
-            }
-            out.extend(l);
-        }
-        Ok(out)
+/// The lock on integrating one chain's tiles, held to the end of the
+/// transaction: an advisory lock tag like the chain locks', with a field4
+/// no SQL function produces. False if `wait` is off and another holds it.
+fn lock_chain_tiles(chain: i32, wait: bool) -> bool {
+    // SAFETY: a transaction-level lock, released at commit or abort.
+    unsafe {
+        let tag = pg_sys::LOCKTAG {
+            locktag_field1: pg_sys::MyDatabaseId.to_u32(),
+            locktag_field2: 0x6175_6c67,
+            locktag_field3: chain as u32,
+            locktag_field4: 0xA3,
+            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+        };
+        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, !wait)
+            != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
     }
 }
 
 /// Every chain's head seq, in chain order.
-fn heads() -> Result<Vec<(i32, i64)>, AuditError> {
-    Spi::connect(|c| {
-        let mut out = Vec::new();
-        for r in c.select(&crate::proof::heads_sql("audit_log"), None, &[])? {
-            out.push((
-                r.get::<i32>(1)?.unwrap_or(-1),
-                r.get::<i64>(2)?.unwrap_or(0),
-            ));
-        }
-        Ok(out)
-    })
+fn heads(snap: pg_sys::Snapshot) -> Result<Vec<(i32, i64)>, AuditError> {
+    Ok(select_at(snap, &crate::proof::heads_sql("audit_log"), &[])?
+        .iter()
+        .map(|r| {
+            let c = r.first().and_then(Val::int).unwrap_or(-1) as i32;
+            (c, r.get(1).and_then(Val::int).unwrap_or(0))
+        })
+        .collect())
 }
 
 /// BRIN ranges filled since the last call are summarized, so that prove()
@@ -522,8 +593,9 @@ pub fn integrate_all() -> Result<(), AuditError> {
         return Ok(());
     }
     summarize_brin()?;
-    for (chain, seq) in heads()? {
-        match integrate(chain, seq.max(0) as u64, None) {
+    let snapshot = SnapshotGuard::fresh();
+    for (chain, seq) in heads(snapshot.0)? {
+        match integrate(chain, seq.max(0) as u64, None, false) {
             // A chain purged before tiles were kept has no tree; a damaged
             // one is left out of the checkpoint, with a warning (trees()).
             Ok(_) | Err(AuditError::TreeUnavailable { .. } | AuditError::TreeDamaged { .. }) => {}
@@ -537,7 +609,7 @@ pub fn integrate_all() -> Result<(), AuditError> {
 pub fn tree_head(chain: i32, size: i64) -> Result<TreeHead, AuditError> {
     let oids = catalog::lookup()?;
     let snapshot = SnapshotGuard::fresh();
-    let mut t = Tiled::new(ChainTiles::new(chain, oids, snapshot.0));
+    let mut t = Tiled::new(ChainTiles::new(chain, oids, snapshot.0)?);
     Ok(TreeHead {
         chain,
         size,
@@ -573,17 +645,13 @@ pub fn trees(heads: &[audit_log_core::ChainHead]) -> Result<Vec<TreeHead>, Audit
 /// only tiles of records that a purge removed: for verify(checkpoint).
 /// Returns (chain, recomputed root) for each tree whose root differs.
 pub fn check_trees(cp: &Checkpoint) -> Result<Vec<(TreeHead, String)>, AuditError> {
-    let anchors = crate::retention::anchors()?;
+    crate::retention::lock_purge_shared();
     let oids = catalog::lookup()?;
     let snapshot = SnapshotGuard::fresh();
     let mut bad = Vec::new();
     for want in &cp.trees {
-        let purged = anchors
-            .iter()
-            .find(|a| a.chain == want.chain)
-            .map_or(0, |a| a.seq.max(0) as u64);
-        let mut src = ChainTiles::new(want.chain, oids, snapshot.0);
-        src.trust_below = Some(purged);
+        let mut src = ChainTiles::new(want.chain, oids, snapshot.0)?;
+        src.trust_below = Some(src.purged);
         let mut t = Tiled::new(src);
         match tree_root(&mut t, want.size.max(0) as u64) {
             Ok(root) if root == want.root => {}
@@ -606,26 +674,23 @@ pub fn check_trees(cp: &Checkpoint) -> Result<Vec<(TreeHead, String)>, AuditErro
 /// The records whose id range holds `id`, newest first, found through the
 /// BRIN index on first_event with a widening window. Ranges overlap (ids
 /// of concurrent transactions interleave), so each candidate is looked in.
-fn candidates(id: i64, lo: i64) -> Result<Vec<(i32, i64)>, AuditError> {
+fn candidates(snap: pg_sys::Snapshot, id: i64, lo: i64) -> Result<Vec<(i32, i64)>, AuditError> {
     // Without statistics (a log never analyzed) the planner would scan the
     // whole log rather than use the BRIN index. Unwound with pinned()'s level.
     catalog::set_in_nest_level(c"enable_seqscan", c"off");
-    Spi::connect(|c| {
-        let mut out = Vec::new();
-        for r in c.select(
-            "SELECT chain_id, seq FROM audit_log.records
-              WHERE first_event BETWEEN $2 AND $1 AND last_event >= $1
-              ORDER BY first_event DESC",
-            None,
-            &[id.into(), lo.into()],
-        )? {
-            out.push((
-                r.get::<i32>(1)?.unwrap_or(-1),
-                r.get::<i64>(2)?.unwrap_or(0),
-            ));
-        }
-        Ok(out)
+    Ok(select_at(
+        snap,
+        "SELECT chain_id, seq FROM audit_log.records
+          WHERE first_event BETWEEN $2 AND $1 AND last_event >= $1
+          ORDER BY first_event DESC",
+        &[Arg::Int8(id), Arg::Int8(lo)],
+    )?
+    .iter()
+    .map(|r| {
+        let c = r.first().and_then(Val::int).unwrap_or(-1) as i32;
+        (c, r.get(1).and_then(Val::int).unwrap_or(0))
     })
+    .collect())
 }
 
 /// A record read whole: its columns, its events' canonical encodings (its
@@ -697,7 +762,7 @@ fn find_event(
     let mut seen = std::collections::HashSet::new();
     for window in [1i64 << 10, 1 << 20, 1 << 30, i64::MAX] {
         let lo = id.saturating_sub(window);
-        for (chain, seq) in candidates(id, lo)? {
+        for (chain, seq) in candidates(snap, id, lo)? {
             if !seen.insert((chain, seq)) {
                 continue;
             }
@@ -719,6 +784,23 @@ fn find_event(
     Ok(None)
 }
 
+/// Is `id`, which no record holds, older than what purge() left? Ids of
+/// concurrent transactions interleave, so an anchor's last event is not a
+/// bound: an id below the first event of a chain's first remaining record
+/// is taken as purged too (or it was never committed).
+fn purged_event(snap: pg_sys::Snapshot, id: i64) -> Result<bool, AuditError> {
+    let anchors = select_at(
+        snap,
+        "SELECT a.last_event, r.first_event FROM audit_log.anchors a
+           LEFT JOIN audit_log.records r ON r.chain_id = a.chain_id AND r.seq = a.seq + 1",
+        &[],
+    )?;
+    Ok(anchors.iter().any(|r| {
+        r.first().and_then(Val::int).is_some_and(|last| id <= last)
+            || r.get(1).and_then(Val::int).is_some_and(|next| id < next)
+    }))
+}
+
 /// prove(): the proof of one event, to the tree of `cp` if given, or to
 /// the chain's current tree.
 fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError> {
@@ -732,25 +814,38 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
             "audit_log.tiles (run ALTER EXTENSION audit_log UPDATE)".into(),
         ));
     }
+    // No purge runs meanwhile: what this reads stays (the snapshots below
+    // are taken after the lock).
+    crate::retention::lock_purge_shared();
     let oids = catalog::lookup()?;
-    let snapshot = SnapshotGuard::fresh();
-    let Some((whole, tx_seq)) = find_event(oids, snapshot.0, event_id)? else {
-        let purged = crate::retention::anchors()?
-            .iter()
-            .any(|a| a.last_event >= event_id);
-        return Err(if purged {
-            AuditError::EventPurged(event_id)
-        } else {
-            AuditError::NoSuchEvent(event_id)
-        });
+    let found = {
+        let snapshot = SnapshotGuard::fresh();
+        match find_event(oids, snapshot.0, event_id)? {
+            Some(f) => f,
+            None => {
+                return Err(if purged_event(snapshot.0, event_id)? {
+                    AuditError::EventPurged(event_id)
+                } else {
+                    AuditError::NoSuchEvent(event_id)
+                })
+            }
+        }
     };
+    let (whole, tx_seq) = found;
     let (chain, seq) = (whole.record.chain_id, whole.record.seq);
+    // To the current tree: its new records join the tiles first.
+    if cp.is_none() && can_write() {
+        integrate_chain(chain)?;
+    }
+    // One snapshot from here on, which sees those tiles.
+    let snapshot = SnapshotGuard::fresh();
+    let head = head_of(snapshot.0, chain)?;
     let size = match &cp {
         Some(cp) => {
             let t = cp.trees.iter().find(|t| t.chain == chain).ok_or_else(|| {
                 AuditError::BadCheckpoint(format!(
                     "it has no tree for chain {chain}, which holds event {event_id} \
-                         (a checkpoint of format v1, or of another database)"
+                     (a checkpoint of format v1, or of another database)"
                 ))
             })?;
             if t.size < seq {
@@ -760,18 +855,19 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
                     t.size
                 )));
             }
+            if t.size > head {
+                return Err(AuditError::BadCheckpoint(format!(
+                    "chain {chain} has {head} records here, the checkpoint has {}: it is ahead \
+                     of this log (a checkpoint of another database, or this log was cut; \
+                     audit_log.verify(checkpoint) tells which)",
+                    t.size
+                )));
+            }
             t.size
         }
-        None => {
-            if can_write() {
-                integrate_all_for(chain)?;
-            }
-            head_of(chain)?
-        }
+        None => head,
     };
-    // Integration above may have added tiles: read the tree afresh.
-    let snapshot = SnapshotGuard::fresh();
-    let mut tiles = Tiled::new(ChainTiles::new(chain, oids, snapshot.0));
+    let mut tiles = Tiled::new(ChainTiles::new(chain, oids, snapshot.0)?);
     let root = tree_root(&mut tiles, size as u64)?;
     if let Some(t) = cp
         .as_ref()
@@ -832,14 +928,10 @@ fn raw_row(r: &Row) -> Option<(Record, i32, Vec<u8>)> {
 /// checkpoint of another log (or this one rewritten).
 fn root_mismatch(chain: i32, size: i64, here: &Hash, there: &Hash) -> AuditError {
     let from_records = || -> Result<Hash, AuditError> {
-        let purged = crate::retention::anchors()?
-            .iter()
-            .find(|a| a.chain == chain)
-            .map_or(0, |a| a.seq.max(0) as u64);
         let oids = catalog::lookup()?;
         let snapshot = SnapshotGuard::fresh();
-        let mut src = ChainTiles::new(chain, oids, snapshot.0);
-        src.trust_below = Some(purged);
+        let mut src = ChainTiles::new(chain, oids, snapshot.0)?;
+        src.trust_below = Some(src.purged);
         tree_root(&mut Tiled::new(src), size.max(0) as u64)
     };
     match from_records() {
@@ -862,16 +954,21 @@ fn not_this_log(chain: i32, size: i64, here: &Hash, there: &Hash) -> AuditError 
     ))
 }
 
-fn head_of(chain: i32) -> Result<i64, AuditError> {
-    Ok(heads()?
-        .into_iter()
-        .find(|(c, _)| *c == chain)
-        .map_or(0, |(_, s)| s))
+/// The chain's head seq under `snap`: one probe of the primary key.
+fn head_of(snap: pg_sys::Snapshot, chain: i32) -> Result<i64, AuditError> {
+    Ok(select_at(
+        snap,
+        "SELECT seq FROM audit_log.records WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
+        &[Arg::Int4(chain)],
+    )?
+    .first()
+    .and_then(|r| r.first().and_then(Val::int))
+    .unwrap_or(0))
 }
 
-fn integrate_all_for(chain: i32) -> Result<(), AuditError> {
-    let size = head_of(chain)?;
-    integrate(chain, size.max(0) as u64, None)?;
+fn integrate_chain(chain: i32) -> Result<(), AuditError> {
+    let size = head_of(SnapshotGuard::fresh().0, chain)?;
+    integrate(chain, size.max(0) as u64, None, false)?;
     Ok(())
 }
 
@@ -913,7 +1010,7 @@ fn consistency_impl(old: Checkpoint) -> Result<JsonB, AuditError> {
                 o.chain, n.size, o.size
             )));
         }
-        let mut tiles = Tiled::new(ChainTiles::new(o.chain, oids, snapshot.0));
+        let mut tiles = Tiled::new(ChainTiles::new(o.chain, oids, snapshot.0)?);
         // The old head's record (or the anchor there) still has the head's
         // link hash: a chain recomputed since, whose old records the tiles
         // still hold, is refused here, not signed by a witness.

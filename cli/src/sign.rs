@@ -278,8 +278,8 @@ pub fn write_signed(s: &SignedCheckpoint, path: &Path) -> Result<(), String> {
 }
 
 /// A checkpoint file, plain or signed; a signed one is checked against
-/// `public` (which it must then be given). Also returns the signing key's
-/// id for a signed one.
+/// `public` (which it must then be given), and with `public` an unsigned one
+/// is refused. Also returns the signing key's id for a signed one.
 pub fn load_checkpoint(
     path: &Path,
     public: Option<&Path>,
@@ -304,6 +304,13 @@ pub fn load_checkpoint(
         return verify_signed(&signed, &key)
             .map(|cp| (cp, Some(key_id(&key))))
             .map_err(|e| Error::Refused(format!("{}: {e}", path.display())));
+    }
+    // A key says what must be trusted: an unsigned file is not signed by it.
+    if public.is_some() {
+        return Err(Error::Refused(format!(
+            "{} is not signed, and --pub asks for a checkpoint signed by that key",
+            path.display()
+        )));
     }
     Checkpoint::parse(&value)
         .map(|cp| (cp, None))

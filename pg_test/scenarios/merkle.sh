@@ -114,11 +114,21 @@ PY
     pyrun proof "$work/bad.json" "$signed"; expect 1 "format_v2.py on an edited proof ($edit)"
     edits=$((edits + 1))
 done
+run verify-proof "$work/p_$id.json" --checkpoint "$cp_final" --pub "$work/key.pub"; expect 1 "an unsigned checkpoint with --pub"
 "$cli" keygen --out "$work/other" >/dev/null 2>&1
 run verify-proof "$work/p_$id.json" --checkpoint "$signed" --pub "$work/other.pub"; expect 1 "a checkpoint signed by another key"
 run verify-proof "$work/p_$id.json" --checkpoint "$work/cp_0.json"; expect 1 "a proof against an earlier checkpoint's tree"
 echo "$out" | grep -q "prove(event, checkpoint)\|has no tree" || wl_fail "no hint to prove against that checkpoint: $out"
-echo "  $edits edits of a proof, another key and another checkpoint are refused by the CLI and in Python"
+echo "  $edits edits of a proof, another key, an unsigned checkpoint with --pub and another checkpoint are refused by the CLI and in Python"
+
+# An auditor's transaction left open after checkpoint() (holding what it
+# integrated) does not block another auditor's checkpoint().
+( aq -c "BEGIN" -c "SELECT audit_log.checkpoint() IS NOT NULL" -c "SELECT pg_sleep(4)" -c "COMMIT" >/dev/null ) & idle=$!
+sleep 1
+PGOPTIONS="-c statement_timeout=2500" aq -c "SELECT audit_log.checkpoint() IS NOT NULL" >/dev/null ||
+    wl_fail "a checkpoint waited for another auditor's open transaction"
+wait $idle
+echo "  an auditor's open transaction blocks no other checkpoint"
 
 # 5. pg_dump and pg_restore into a new database: the tiles come along, and
 # the restored log proves to the checkpoint signed before the dump.
@@ -178,5 +188,34 @@ wl_q -f "$here/lib/dump_log.sql" >"$work/dump_crash.jsonl"
 pyrun trees "$work/cp_crash.json" <"$work/dump_crash.jsonl"; expect 0 "format_v2.py trees after the crash"
 tiles=$(wl_q -c "SELECT count(*) FROM audit_log.tiles")
 echo "  an immediate shutdown during integration: $tiles tiles, the checkpoint after it verifies and recomputes in Python"
+
+# 8. Purges during the load, beside checkpoints and proofs: every checkpoint
+# verifies, and a proof is given or refused as purged (55000), never as
+# damage.
+wl_q -c "SELECT audit_log.set_retention('0')" >/dev/null
+pgbench -n -c 3 -j 2 -T 8 -f "$WL_SCRIPT" "$WL_DB" >"$work/pgbench3.out" 2>&1 & load=$!
+( while kill -0 $load 2>/dev/null; do
+      wl_q -c "SELECT * FROM audit_log.purge(now() - interval '1 second')" >/dev/null 2>>"$work/purge.err"; sleep 0.5
+  done ) & purger=$!
+n=0
+while kill -0 $load 2>/dev/null; do
+    aq -c "SELECT audit_log.checkpoint()" >"$work/pcp_$n.json"
+    set +e
+    aq -v VERBOSITY=sqlstate -c "SELECT audit_log.prove(id) IS NOT NULL FROM (SELECT id FROM audit_log.events ORDER BY random() LIMIT 2) e" \
+        >/dev/null 2>>"$work/prove.err"
+    set -e
+    n=$((n + 1))
+done
+wait $load || wl_fail "pgbench: $(tail -3 "$work/pgbench3.out")"
+wait $purger || true
+[ ! -s "$work/purge.err" ] || wl_fail "a purge failed: $(head -3 "$work/purge.err")"
+! grep -v "ERROR:  55000" "$work/prove.err" | grep -q ERROR || wl_fail "prove() failed otherwise than purged: $(grep ERROR "$work/prove.err" | head -3)"
+purged=$(wl_q -c "SELECT coalesce(sum(seq), 0) FROM audit_log.anchors")
+[ "$purged" -gt 0 ] || wl_fail "the purges removed nothing"
+for f in "$work"/pcp_*.json; do
+    v=$(wl_q -c "SELECT ok::text || ' ' || coalesce(problem, '') FROM audit_log.verify(pg_read_file('$f')::jsonb)")
+    [ "$v" = "true " ] || wl_fail "a checkpoint taken beside purges does not verify: $v"
+done
+echo "  $n checkpoints beside purges (of $purged records) all verify; proofs given or refused as purged"
 psql -X -q -d postgres -c "DROP DATABASE al_proofs_cr" -c "DROP DATABASE al_proofs_sc" -c "DROP ROLE al_proofs_aud"
 echo "merkle: checkpoints under load, proofs, edits, the witness, a restore and a crash behave"

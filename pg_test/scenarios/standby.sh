@@ -2,8 +2,9 @@
 # Verification on a hot standby (issue 13, part 1): a primary and a
 # streaming replica made with pg_basebackup, on their own ports. On the
 # replica, at the same replayed state as the primary:
-# - verify(), checkpoint() (its chains), verify(checkpoint) with the
-#   primary's checkpoint, and history() give the primary's answers;
+# - verify(), checkpoint() (its chains and trees), verify(checkpoint) with
+#   the primary's checkpoint, prove(), consistency() and history() give the
+#   primary's answers;
 # - the CLI exports the log from the replica and verifies it offline, and
 #   the witness runs against the replica, twice;
 # - a superuser's edit made on the primary is caught on the replica, with
@@ -63,6 +64,7 @@ catch_up
 # The same answers on both.
 for q in "SELECT ok || ' ' || events_checked || ' ' || coalesce(first_bad_event::text, '-') FROM audit_log.verify()" \
          "SELECT (audit_log.checkpoint() -> 'chains')::text" \
+         "SELECT (audit_log.checkpoint() -> 'trees')::text" \
          "SELECT string_agg(op || ':' || coalesce(new_row->>'owner', '-'), ',' ORDER BY event_id) FROM audit_log.history('acct', '{\"id\": 7}')" \
          "SELECT count(*) || ' ' || sum(event_count) FROM audit_log.records"; do
     a=$(p -c "$q"); b=$(s -c "$q")
@@ -71,6 +73,13 @@ done
 p -c "SELECT audit_log.checkpoint()" >"$work/cp.json"
 [ "$(s -c "SELECT ok FROM audit_log.verify('$(cat "$work/cp.json")'::jsonb)")" = t ] ||
     fail "the replica's log does not extend the primary's checkpoint"
+# Merkle proofs on the replica (read-only: no tile is written there): the
+# primary's proof of an event, and consistency from the primary's checkpoint.
+a=$(p -c "SELECT audit_log.prove(5, '$(cat "$work/cp.json")') - 'database'")
+b=$(s -c "SELECT audit_log.prove(5, '$(cat "$work/cp.json")') - 'database'")
+[ -n "$a" ] && [ "$a" = "$b" ] || fail "the replica proves event 5 otherwise than the primary: $b"
+[ "$(s -c "SELECT audit_log.consistency('$(cat "$work/cp.json")') -> 'proofs' IS NOT NULL")" = t ] ||
+    fail "no consistency proof on the replica"
 events=$(s -c "SELECT events_checked FROM audit_log.verify()")
 
 # The CLI against the replica: export and offline verify; the witness twice.

@@ -161,6 +161,21 @@ SELECT ok, problem FROM audit_log.verify(:'cp2');
 INSERT INTO t VALUES (5000, 'after');
 SELECT audit_log.checkpoint()#>'{trees,0,size}' AS size_after_purge;
 
+-- A tile half purged is integrated from the purge's leaves and the
+-- records; a second purge cuts through a tile already integrated, and
+-- verify(checkpoint) reads the purged leaves from that tile.
+DO $$ BEGIN FOR i IN 3001..3600 LOOP INSERT INTO t VALUES (i, 'x'); COMMIT; END LOOP; END $$;
+SELECT audit_log.checkpoint() AS cp3 \gset
+SELECT level, idx, width FROM audit_log.tiles ORDER BY level, idx, width;
+SELECT * FROM audit_log.purge((SELECT committed_at FROM audit_log.records WHERE seq = 900));
+SELECT seq AS anchor FROM audit_log.anchors;
+SELECT level, idx, width FROM audit_log.tiles WHERE width < 256 ORDER BY level, idx, width;
+SELECT ok, problem FROM audit_log.verify(:'cp3');
+SELECT ok, problem FROM audit_log.verify(:'cp2');
+SELECT ok, problem FROM audit_log.verify(audit_log.checkpoint());
+SELECT (audit_log.prove(min(id), :'cp3')->>'event_id')::bigint = min(id) AS oldest_left_proves FROM audit_log.events;
+SELECT jsonb_array_length(audit_log.consistency(:'cp1')->'proofs') AS from_cp1;
+
 \c postgres
 DROP DATABASE al_proofs;
 DROP ROLE al_app;

@@ -152,18 +152,20 @@ impl Checkpoint {
         if cp.format != CHECKPOINT_FORMAT && cp.format != CHECKPOINT_FORMAT_V1 {
             return Err(CheckpointError::UnsupportedFormat(cp.format));
         }
+        // Heads by chain, for the trees: O(n log n) for a hostile size.
+        let heads: std::collections::BTreeMap<i32, i64> =
+            cp.chains.iter().map(|h| (h.chain, h.seq)).collect();
         let mut trees = std::collections::BTreeSet::new();
         for t in &cp.trees {
-            let head = cp.chains.iter().find(|h| h.chain == t.chain);
             let why = if !trees.insert(t.chain) {
                 Some("named twice".to_string())
             } else if cp.format == CHECKPOINT_FORMAT_V1 {
                 Some("a v1 checkpoint has no trees".into())
             } else {
-                match head {
+                match heads.get(&t.chain) {
                     None => Some("no head".into()),
-                    Some(h) if h.seq != t.size => {
-                        Some(format!("size {} is not the head's seq {}", t.size, h.seq))
+                    Some(&seq) if seq != t.size => {
+                        Some(format!("size {} is not the head's seq {seq}", t.size))
                     }
                     Some(_) => None,
                 }

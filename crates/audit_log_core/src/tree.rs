@@ -380,8 +380,21 @@ impl Consistency {
 
     /// Does `self.checkpoint`'s every tree extend `old`'s? Every tree of
     /// `old` must have its proof, and the new checkpoint a tree at least
-    /// as large.
+    /// as large. Every chain of the new checkpoint must have a tree: one
+    /// left out (the server found a record damaged) would go unchecked.
     pub fn verify(&self, old: &Checkpoint) -> Result<(), ProofError> {
+        if let Some(h) = self
+            .checkpoint
+            .chains
+            .iter()
+            .find(|h| !self.checkpoint.trees.iter().any(|t| t.chain == h.chain))
+        {
+            return Err(invalid(format!(
+                "chain {} has no tree in the new checkpoint (a damaged record, or records \
+                 purged before trees were kept): verify the log in full",
+                h.chain
+            )));
+        }
         for o in &old.trees {
             let n = self
                 .checkpoint

@@ -353,6 +353,12 @@ fn consistency_proofs_between_checkpoints() {
     let mut missing = c.clone();
     missing.proofs.pop();
     assert!(missing.verify(&old).is_err());
+    // A chain new since the old checkpoint, whose tree the new one leaves out.
+    let mut treeless = c.clone();
+    let mut head = treeless.checkpoint.chains[0].clone();
+    head.chain = 99;
+    treeless.checkpoint.chains.push(head);
+    assert!(treeless.verify(&old).is_err());
     // Each step of each proof edited.
     for i in 0..c.proofs.len() {
         for s in 0..c.proofs[i].path.len() {
