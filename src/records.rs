@@ -74,7 +74,7 @@ fn read_row(r: &Row) -> Option<Read> {
     }))
 }
 
-fn record_columns(r: &Row) -> Record {
+pub(crate) fn record_columns(r: &Row) -> Record {
     Record {
         chain_id: r.i32(records::CHAIN_ID).unwrap_or(-1),
         seq: r.i64(records::SEQ).unwrap_or(0),

@@ -197,7 +197,7 @@ mod tests {
     }
 
     #[pg_test(
-        error = "invalid checkpoint: checkpoint format \"x\" is not supported; expected \"audit_log.checkpoint.v1\""
+        error = "invalid checkpoint: checkpoint format \"x\" is not supported; expected \"audit_log.checkpoint.v2\" or \"audit_log.checkpoint.v1\""
     )]
     fn verify_refuses_a_foreign_checkpoint() {
         Spi::run("SELECT * FROM audit_log.verify('{\"format\": \"x\", \"chains\": []}')").unwrap();

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use audit_log_core::merkle::{self, consistency_path, inclusion_path, tree_root};
 use audit_log_core::model::Checkpoint;
 use audit_log_core::record::Record;
-use audit_log_core::time::from_pg_timestamp;
 use audit_log_core::tree::{
     self as core_tree, event_hashes, events_root, record_leaf, ChainConsistency, Consistency,
     ProvenRecord, TileSource, Tiled, CONSISTENCY_FORMAT, TILE_WIDTH,
@@ -37,24 +36,9 @@ struct LeafRow {
     prev: Hash,
 }
 
-fn record_of_row(r: &Row) -> Record {
-    Record {
-        chain_id: r.i32(records::CHAIN_ID).unwrap_or(-1),
-        seq: r.i64(records::SEQ).unwrap_or(0),
-        tx_id: r.i64(records::TX_ID).unwrap_or(0) as u64,
-        first_event: r.i64(records::FIRST_EVENT).unwrap_or(i64::MIN),
-        last_event: r.i64(records::LAST_EVENT).unwrap_or(i64::MIN),
-        event_count: r.i64(records::EVENT_COUNT).unwrap_or(-1),
-        committed_at: r
-            .i64(records::COMMITTED_AT)
-            .map_or(i64::MIN, from_pg_timestamp),
-        link_hash: hash_of(r.slice(records::LINK_HASH)),
-    }
-}
-
 fn leaf_row(r: &Row) -> Option<LeafRow> {
     Some(LeafRow {
-        record: record_of_row(r),
+        record: crate::records::record_columns(r),
         segments: r.i32(records::SEGMENTS).unwrap_or(0),
         payload: r.slice(records::PAYLOAD).unwrap_or_default().to_vec(),
         parts: Vec::new(),
@@ -372,17 +356,22 @@ impl TileSource for ChainTiles {
             }
         }
         if at < hi {
-            let l = self.record_leaves(at, hi)?;
-            if l.len() as u64 != hi - at {
-                return Err(self.unavailable(at + l.len() as u64));
-            }
-            out.extend(l);
+            out.extend(self.all_record_leaves(at, hi)?);
         }
         Ok(out)
     }
 }
 
 impl ChainTiles {
+    /// Leaves `lo..hi` from the records, every one of them.
+    fn all_record_leaves(&mut self, lo: u64, hi: u64) -> Result<Vec<Hash>, AuditError> {
+        let l = self.record_leaves(lo, hi)?;
+        if l.len() as u64 != hi - lo {
+            return Err(self.unavailable(lo + l.len() as u64));
+        }
+        Ok(l)
+    }
+
     fn unavailable(&self, leaf: u64) -> AuditError {
         AuditError::TreeUnavailable {
             chain: self.chain,
@@ -405,11 +394,7 @@ impl ChainTiles {
             at = end;
         }
         if at < hi {
-            let l = self.record_leaves(at, hi)?;
-            if l.len() as u64 != hi - at {
-                return Err(self.unavailable(at + l.len() as u64));
-            }
-            out.extend(l);
+            out.extend(self.all_record_leaves(at, hi)?);
         }
         Ok(out)
     }

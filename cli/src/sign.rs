@@ -316,3 +316,61 @@ pub fn load_checkpoint(
         .map(|cp| (cp, None))
         .map_err(|e| Error::Trouble(format!("{}: {e}", path.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(format: &str, trees: bool) -> Value {
+        let mut cp = json!({
+            "format": format,
+            "database": "shop",
+            "chains": [{"chain": 0, "seq": 3, "link_hash": "ab".repeat(32), "last_event": 9}],
+        });
+        if trees {
+            cp["trees"] = json!([{"chain": 0, "size": 3, "root": "cd".repeat(32)}]);
+        }
+        cp
+    }
+
+    /// A checkpoint of format v1 (extension 0.2.0) is signed and verified as
+    /// before; one of format v2 under its own format and domain; neither
+    /// passes as the other, and no edit of a tree passes.
+    #[test]
+    fn v1_and_v2_checkpoints_sign_and_verify_each_in_its_own_format() {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let public = key.verifying_key();
+        let v1 = sign(checkpoint(CHECKPOINT_FORMAT_V1, false), &key).unwrap();
+        assert_eq!(v1.format, SIGNED_FORMAT_V1);
+        assert!(verify_signed(&v1, &public).is_ok());
+        let v2 = sign(
+            checkpoint(audit_log_core::model::CHECKPOINT_FORMAT, true),
+            &key,
+        )
+        .unwrap();
+        assert_eq!(v2.format, SIGNED_FORMAT);
+        assert_eq!(verify_signed(&v2, &public).unwrap().trees.len(), 1);
+        for (s, other) in [(&v1, SIGNED_FORMAT), (&v2, SIGNED_FORMAT_V1)] {
+            let mut x = s.clone();
+            x.format = other.into();
+            assert!(matches!(
+                verify_signed(&x, &public),
+                Err(Refused::BadSignature(_))
+            ));
+        }
+        let mut edited = v2.clone();
+        edited.checkpoint["trees"][0]["root"] = json!("ef".repeat(32));
+        assert!(verify_signed(&edited, &public).is_err());
+        let mut grown = v2.clone();
+        grown.checkpoint["trees"][0]["size"] = json!(4);
+        assert!(verify_signed(&grown, &public).is_err());
+        // v1's message is what 0.2.0 signed: the v1 domain, then the object.
+        let m = message(
+            domain(SIGNED_FORMAT_V1).unwrap(),
+            &v1.checkpoint,
+            &v1.signed_at,
+            &v1.public_key,
+        );
+        assert!(m.starts_with(b"audit_log:signed_checkpoint:v1\0"));
+    }
+}
