@@ -116,8 +116,9 @@ impl ChainTiles {
     }
 
     fn trusted(&self, level: u32, t: u64) -> bool {
-        let end = (t + 1) << (8 * (level + 1));
-        self.own_log && self.trust_below.is_none_or(|b| end <= b)
+        // Where the tile ends, in leaves; past u64 for the top levels.
+        let end = (u128::from(t) + 1) << (8 * (level + 1)).min(120);
+        self.own_log && self.trust_below.is_none_or(|b| end <= u128::from(b))
     }
 
     /// The link hash of record `seq` of the chain, or of the anchor a purge
@@ -447,6 +448,15 @@ pub fn can_write() -> bool {
     unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly }
 }
 
+/// Should this transaction integrate tiles? Not if it cannot write, nor at
+/// REPEATABLE READ or above: its snapshot would miss tiles another session
+/// committed since, and inserting them again would fail to serialize. The
+/// trees are then read from the records (and the tiles there are).
+fn integrates() -> bool {
+    // SAFETY: a read of the transaction's isolation level.
+    can_write() && unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32
+}
+
 /// Store every complete tile of the chain's first `size` leaves that is
 /// not stored yet; with `partial_at`, also the leaves of the level-0 tile
 /// that holds leaf `partial_at - 1` up to it (for a purge). As the
@@ -550,13 +560,21 @@ fn lock_chain_tiles(chain: i32, wait: bool) -> bool {
 
 /// Every chain's head seq, in chain order.
 fn heads(snap: pg_sys::Snapshot) -> Result<Vec<(i32, i64)>, AuditError> {
-    Ok(select_at(snap, &crate::proof::heads_sql("audit_log"), &[])?
-        .iter()
+    Ok(chain_seqs(select_at(
+        snap,
+        &crate::proof::heads_sql("audit_log"),
+        &[],
+    )?))
+}
+
+/// Rows of (chain_id, seq, …) as pairs.
+fn chain_seqs(rows: Vec<Vec<Val>>) -> Vec<(i32, i64)> {
+    rows.iter()
         .map(|r| {
             let c = r.first().and_then(Val::int).unwrap_or(-1) as i32;
             (c, r.get(1).and_then(Val::int).unwrap_or(0))
         })
-        .collect())
+        .collect()
 }
 
 /// BRIN ranges filled since the last call are summarized, so that prove()
@@ -574,7 +592,7 @@ fn summarize_brin() -> Result<(), AuditError> {
 
 /// Integrate every chain up to its head, if this transaction may write.
 pub fn integrate_all() -> Result<(), AuditError> {
-    if !can_write() || !catalog::has_tiles() {
+    if !integrates() || !catalog::has_tiles() {
         return Ok(());
     }
     summarize_brin()?;
@@ -635,6 +653,11 @@ pub fn check_trees(cp: &Checkpoint) -> Result<Vec<(TreeHead, String)>, AuditErro
     let snapshot = SnapshotGuard::fresh();
     let mut bad = Vec::new();
     for want in &cp.trees {
+        // A tree past the chain's head: the heads' check already says the
+        // log was cut; no need to read the chain first.
+        if want.size > head_of(snapshot.0, want.chain)? {
+            continue;
+        }
         let mut src = ChainTiles::new(want.chain, oids, snapshot.0)?;
         src.trust_below = Some(src.purged);
         let mut t = Tiled::new(src);
@@ -650,6 +673,10 @@ pub fn check_trees(cp: &Checkpoint) -> Result<Vec<(TreeHead, String)>, AuditErro
                     hex::encode(&want.root[..6])
                 ),
             )),
+            // Purged records whose leaves no tile here holds (a purge before
+            // tiles were kept, or a collected source's): that tree cannot be
+            // checked, which says nothing of a rewrite.
+            Err(AuditError::TreeUnavailable { .. }) => {}
             Err(e) => bad.push((want.clone(), e.to_string())),
         }
     }
@@ -663,19 +690,13 @@ fn candidates(snap: pg_sys::Snapshot, id: i64, lo: i64) -> Result<Vec<(i32, i64)
     // Without statistics (a log never analyzed) the planner would scan the
     // whole log rather than use the BRIN index. Unwound with pinned()'s level.
     catalog::set_in_nest_level(c"enable_seqscan", c"off");
-    Ok(select_at(
+    Ok(chain_seqs(select_at(
         snap,
         "SELECT chain_id, seq FROM audit_log.records
           WHERE first_event BETWEEN $2 AND $1 AND last_event >= $1
           ORDER BY first_event DESC",
         &[Arg::Int8(id), Arg::Int8(lo)],
-    )?
-    .iter()
-    .map(|r| {
-        let c = r.first().and_then(Val::int).unwrap_or(-1) as i32;
-        (c, r.get(1).and_then(Val::int).unwrap_or(0))
-    })
-    .collect())
+    )?))
 }
 
 /// A record read whole: its columns, its events' canonical encodings (its
@@ -819,7 +840,7 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
     let (whole, tx_seq) = found;
     let (chain, seq) = (whole.record.chain_id, whole.record.seq);
     // To the current tree: its new records join the tiles first.
-    if cp.is_none() && can_write() {
+    if cp.is_none() && integrates() {
         integrate_chain(chain)?;
     }
     // One snapshot from here on, which sees those tiles.

@@ -79,7 +79,17 @@ pub fn run(
     };
 
     let mut client = export::connect(dsn).map_err(Error::Trouble)?;
-    let by_proofs = !full && last.as_ref().is_some_and(|(_, cp)| !cp.trees.is_empty());
+    // Consistency proofs cover the chains that had a tree; a last
+    // checkpoint with a chain without one (format v1, a chain purged before
+    // trees were kept, or a damaged record then) is verified in full.
+    let by_proofs = !full
+        && last.as_ref().is_some_and(|(_, cp)| {
+            !cp.trees.is_empty()
+                && cp
+                    .chains
+                    .iter()
+                    .all(|h| cp.trees.iter().any(|t| t.chain == h.chain))
+        });
     let (now_value, now) = if by_proofs {
         let (_, last_cp) = last
             .as_ref()

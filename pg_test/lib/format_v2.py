@@ -1099,7 +1099,13 @@ def check_trees(records, segments, checkpoint):
 def check_proof(proof, checkpoint):
     """An event's proof (audit_log.prove()) against a checkpoint (format v2):
     returns the event's id. Raises Problem if it does not hold."""
+    if proof.get("format") != "audit_log.proof.v1":
+        raise Problem(f"proof format {proof.get('format')!r} is not audit_log.proof.v1")
     rec = dict(proof["record"])
+    for h in [proof["prev_event_hash"], rec["prev_link_hash"], rec["last_event_hash"], rec["link_hash"],
+              proof["tree"]["root"], *proof["path"], *proof["event_path"]]:
+        if not (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)):
+            raise Problem("a hash is not 64 lowercase hex digits")
     canonical = bytes.fromhex(proof["event"])
     d = decode_event(canonical)
     if d["id"] != proof["event_id"] or d["tx_id"] != rec["tx_id"]:
@@ -1138,8 +1144,16 @@ def check_proof(proof, checkpoint):
 
 def check_consistency(c, old):
     """audit_log.consistency()'s answer against the old checkpoint."""
+    if c.get("format") != "audit_log.consistency.v1":
+        raise Problem(f"format {c.get('format')!r} is not audit_log.consistency.v1")
     new = {t["chain"]: t for t in c["checkpoint"]["trees"]}
     proofs = {p["chain"]: p for p in c["proofs"]}
+    # Every chain of either checkpoint has a tree: one without is checked by nothing.
+    for cp, which in ((old, "old"), (c["checkpoint"], "new")):
+        trees = {t["chain"] for t in cp["trees"]}
+        for h in cp["chains"]:
+            if h["chain"] not in trees:
+                raise Problem(f"chain {h['chain']} has no tree in the {which} checkpoint")
     for o in old["trees"]:
         n, p = new.get(o["chain"]), proofs.get(o["chain"])
         if n is None or p is None or (p["old_size"], p["new_size"]) != (o["size"], n["size"]):

@@ -79,6 +79,20 @@ SELECT audit_log.consistency(jsonb_set(:'cp1', '{trees,0,size}', '3'));
 SELECT audit_log.consistency(jsonb_set(:'cp1'::jsonb - 'trees', '{format}', '"audit_log.checkpoint.v1"'));
 SELECT audit_log.consistency(NULL);                             -- 22004
 \set VERBOSITY default
+-- A checkpoint whose chain and tree claim 2^56 + 1 records: truncated, found
+-- without reading the chain (and no overflow where its tiles would end).
+SELECT ok, split_part(problem, ':', 1) AS kind
+  FROM audit_log.verify(jsonb_set(jsonb_set(:'cp1', '{trees,0,size}', '72057594037927937'),
+                                  '{chains,0,seq}', '72057594037927937'));
+-- At REPEATABLE READ and SERIALIZABLE nothing is integrated (another
+-- session's tiles may be missing from the snapshot); trees are read anyway.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT audit_log.checkpoint()->'trees' = audit_log.checkpoint()->'trees' AS rr_checkpoint,
+       (audit_log.prove(5)->>'event_id')::int AS rr_proves;
+COMMIT;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT jsonb_array_length(audit_log.consistency(:'cp1')->'proofs') AS serializable_consistency;
+COMMIT;
 -- The checkpoint's tree for a chain that is not in it.
 SELECT audit_log.prove(1, jsonb_set(:'cp1', '{trees,0,chain}', '7'));
 

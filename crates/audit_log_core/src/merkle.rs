@@ -316,49 +316,6 @@ pub fn consistency_path<S: Subtrees>(
     ))
 }
 
-/// A tree's right edge: the roots of its complete subtrees, largest first.
-/// Appending a leaf costs O(log n) hashes and O(log n) memory, so leaves
-/// are integrated one at a time, off the commit path, and the root of the
-/// tree so far is always at hand.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CompactRange {
-    size: u64,
-    /// (height, root) of each complete subtree, from the left.
-    peaks: Vec<(u32, Hash)>,
-}
-
-impl CompactRange {
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Add the next leaf hash.
-    pub fn push(&mut self, leaf: Hash) {
-        let mut node = (0u32, leaf);
-        while let Some(&(h, left)) = self.peaks.last() {
-            if h != node.0 {
-                break;
-            }
-            self.peaks.pop();
-            node = (h + 1, node_hash(&left, &node.1));
-        }
-        self.peaks.push(node);
-        self.size += 1;
-    }
-
-    /// MTH of the leaves pushed so far.
-    pub fn root(&self) -> Hash {
-        let mut it = self.peaks.iter().rev();
-        let Some(&(_, mut r)) = it.next() else {
-            return empty_root();
-        };
-        for (_, left) in it {
-            r = node_hash(left, &r);
-        }
-        r
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,17 +488,5 @@ mod tests {
         consistency_path(&mut s, 3001, 5000).unwrap();
         assert!(s.1 < 60, "{} subtrees", s.1);
         assert_eq!(Leaves(&l).subtree(3, 2), Ok(root(&l[16..24])));
-    }
-
-    #[test]
-    fn a_compact_range_has_the_trees_root_at_every_size() {
-        let l = leaves(300);
-        let mut c = CompactRange::default();
-        assert_eq!(c.root(), empty_root());
-        for (i, leaf) in l.iter().enumerate() {
-            c.push(*leaf);
-            assert_eq!(c.size(), i as u64 + 1);
-            assert_eq!(c.root(), root(&l[..=i]), "size {}", i + 1);
-        }
     }
 }

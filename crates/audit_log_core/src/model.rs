@@ -152,6 +152,18 @@ impl Checkpoint {
         if cp.format != CHECKPOINT_FORMAT && cp.format != CHECKPOINT_FORMAT_V1 {
             return Err(CheckpointError::UnsupportedFormat(cp.format));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for h in &cp.chains {
+            if !seen.insert(h.chain) {
+                return Err(CheckpointError::DuplicateChain(h.chain));
+            }
+            if h.seq < 1 {
+                return Err(CheckpointError::BadSeq {
+                    chain: h.chain,
+                    seq: h.seq,
+                });
+            }
+        }
         // Heads by chain, for the trees: O(n log n) for a hostile size.
         let heads: std::collections::BTreeMap<i32, i64> =
             cp.chains.iter().map(|h| (h.chain, h.seq)).collect();
@@ -174,18 +186,6 @@ impl Checkpoint {
                 return Err(CheckpointError::BadTree {
                     chain: t.chain,
                     why,
-                });
-            }
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for h in &cp.chains {
-            if !seen.insert(h.chain) {
-                return Err(CheckpointError::DuplicateChain(h.chain));
-            }
-            if h.seq < 1 {
-                return Err(CheckpointError::BadSeq {
-                    chain: h.chain,
-                    seq: h.seq,
                 });
             }
         }

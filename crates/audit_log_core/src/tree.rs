@@ -105,9 +105,15 @@ impl<T: TileSource> Tiled<T> {
             let tile = self.source.tile(level, t)?;
             self.tiles.insert(key, tile);
         }
-        if let Some(Some(tile)) = self.tiles.get(&key) {
-            let base = t * TILE_WIDTH;
-            return Ok(tile[(lo - base) as usize..(hi - base) as usize].to_vec());
+        let base = t * TILE_WIDTH;
+        // A tile shorter than it should be counts as not stored.
+        if let Some(part) = self
+            .tiles
+            .get(&key)
+            .and_then(Option::as_ref)
+            .and_then(|tile| tile.get((lo - base) as usize..(hi - base) as usize))
+        {
+            return Ok(part.to_vec());
         }
         if level == 0 {
             return self.source.leaves(lo, hi);
@@ -375,6 +381,11 @@ impl Consistency {
         if c.format != CONSISTENCY_FORMAT {
             return Err(ProofError::UnsupportedFormat(c.format));
         }
+        // The new checkpoint is held to a checkpoint's own rules.
+        let cp = value
+            .get("checkpoint")
+            .ok_or_else(|| ProofError::Malformed("no checkpoint".into()))?;
+        Checkpoint::parse(cp).map_err(|e| ProofError::Malformed(e.to_string()))?;
         Ok(c)
     }
 
@@ -383,6 +394,18 @@ impl Consistency {
     /// as large. Every chain of the new checkpoint must have a tree: one
     /// left out (the server found a record damaged) would go unchecked.
     pub fn verify(&self, old: &Checkpoint) -> Result<(), ProofError> {
+        // Every chain of the old checkpoint must have had a tree: one
+        // without would be checked by nothing here.
+        if let Some(h) = old
+            .chains
+            .iter()
+            .find(|h| !old.trees.iter().any(|t| t.chain == h.chain))
+        {
+            return Err(invalid(format!(
+                "chain {} has no tree in the old checkpoint: verify the log in full",
+                h.chain
+            )));
+        }
         if let Some(h) = self
             .checkpoint
             .chains

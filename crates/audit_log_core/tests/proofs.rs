@@ -353,6 +353,10 @@ fn consistency_proofs_between_checkpoints() {
     let mut missing = c.clone();
     missing.proofs.pop();
     assert!(missing.verify(&old).is_err());
+    // An old checkpoint with a chain that has no tree: nothing here checks it.
+    let mut old_treeless = old.clone();
+    old_treeless.trees.pop();
+    assert!(c.verify(&old_treeless).is_err());
     // A chain new since the old checkpoint, whose tree the new one leaves out.
     let mut treeless = c.clone();
     let mut head = treeless.checkpoint.chains[0].clone();
