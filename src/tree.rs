@@ -12,7 +12,7 @@ use audit_log_core::model::Checkpoint;
 use audit_log_core::record::Record;
 use audit_log_core::tree::{
     self as core_tree, event_hashes, events_root, record_leaf, ChainConsistency, Consistency,
-    ProvenRecord, TileSource, Tiled, CONSISTENCY_FORMAT, TILE_WIDTH,
+    HeadLeaf, ProvenRecord, TileSource, Tiled, CONSISTENCY_FORMAT, TILE_WIDTH,
 };
 use audit_log_core::{Hash, TreeHead, ZERO_HASH};
 use pgrx::prelude::*;
@@ -1048,10 +1048,39 @@ fn consistency_impl(old: Checkpoint) -> Result<JsonB, AuditError> {
             path,
         });
     }
+    if let Some(h) = new
+        .chains
+        .iter()
+        .find(|h| !new.trees.iter().any(|t| t.chain == h.chain))
+    {
+        return Err(AuditError::TreeUnavailable {
+            chain: h.chain,
+            why: "the new checkpoint has no tree for it (a damaged record, which \
+                  checkpoint() warned of, or records purged before trees were kept); \
+                  verify the log in full"
+                .into(),
+        });
+    }
+    // Each new head is the last leaf of its tree: its events root, and the
+    // path of that leaf, so that a witness checks the heads it signs.
+    let mut heads = Vec::new();
+    for t in &new.trees {
+        let whole = read_whole(oids, snapshot.0, t.chain, t.size)?
+            .ok_or_else(|| damaged(t.chain, t.size, "the head record is missing"))?;
+        let mut tiles = Tiled::new(ChainTiles::new(t.chain, oids, snapshot.0)?);
+        let path = inclusion_path(&mut tiles, (t.size - 1) as u64, t.size as u64)?
+            .ok_or_else(|| AuditError::Internal("head outside its tree".into()))?;
+        heads.push(HeadLeaf {
+            chain: t.chain,
+            events_root: events_root(&whole.hashes),
+            path,
+        });
+    }
     let c = Consistency {
         format: CONSISTENCY_FORMAT.into(),
         checkpoint: new,
         proofs,
+        heads,
     };
     // As prove(): hand out only what verifies.
     c.verify(&old)

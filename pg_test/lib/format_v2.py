@@ -1161,6 +1161,14 @@ def check_consistency(c, old):
         if not consistency_holds(o["size"], n["size"], bytes.fromhex(o["root"]), bytes.fromhex(n["root"]),
                                  [bytes.fromhex(x) for x in p["path"]]):
             raise Problem(f"chain {o['chain']}'s tree of {n['size']} does not extend the old one of {o['size']}")
+    # Each new head is its tree's last leaf.
+    leaves = {h["chain"]: h for h in c["heads"]}
+    for h in c["checkpoint"]["chains"]:
+        t, l = new[h["chain"]], leaves.get(h["chain"])
+        leaf = l and leaf_hash(LEAF_TAG + bytes.fromhex(h["link_hash"]) + bytes.fromhex(l["events_root"]))
+        root = l and inclusion_root(t["size"] - 1, t["size"], leaf, [bytes.fromhex(x) for x in l["path"]])
+        if root is None or root.hex() != t["root"]:
+            raise Problem(f"chain {h['chain']}'s head is not the last leaf of its tree")
     return len(old["trees"])
 
 

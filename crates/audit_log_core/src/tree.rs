@@ -365,13 +365,37 @@ pub struct ChainConsistency {
     pub path: Vec<Hash>,
 }
 
-/// `audit_log.consistency(old)`: the new checkpoint, and for each tree of
-/// the old one, the proof that the new tree extends it.
+/// A chain's head bound to its tree: the head record's events root, and
+/// the path of its leaf (`size - 1`) to the root. With the head's link hash
+/// it gives the leaf, so a checkpoint's head and tree cannot disagree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadLeaf {
+    pub chain: i32,
+    #[serde(with = "hex_hash")]
+    pub events_root: Hash,
+    #[serde(with = "hex_list")]
+    pub path: Vec<Hash>,
+}
+
+/// `audit_log.consistency(old)`: the new checkpoint, for each tree of the
+/// old one the proof that the new tree extends it, and each new head's leaf.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Consistency {
     pub format: String,
     pub checkpoint: Checkpoint,
     pub proofs: Vec<ChainConsistency>,
+    pub heads: Vec<HeadLeaf>,
+}
+
+/// Does `head` (with this link hash) sit at the end of `tree`?
+pub fn head_in_tree(link_hash: &Hash, tree: &TreeHead, head: &HeadLeaf) -> bool {
+    tree.size >= 1
+        && root_from_inclusion(
+            (tree.size - 1) as u64,
+            tree.size as u64,
+            &record_leaf(link_hash, &head.events_root),
+            &head.path,
+        ) == Some(tree.root)
 }
 
 impl Consistency {
@@ -406,17 +430,22 @@ impl Consistency {
                 h.chain
             )));
         }
-        if let Some(h) = self
-            .checkpoint
-            .chains
-            .iter()
-            .find(|h| !self.checkpoint.trees.iter().any(|t| t.chain == h.chain))
-        {
-            return Err(invalid(format!(
-                "chain {} has no tree in the new checkpoint (a damaged record, or records \
-                 purged before trees were kept): verify the log in full",
-                h.chain
-            )));
+        for h in &self.checkpoint.chains {
+            let Some(t) = self.checkpoint.trees.iter().find(|t| t.chain == h.chain) else {
+                return Err(invalid(format!(
+                    "chain {} has no tree in the new checkpoint (a damaged record, or records \
+                     purged before trees were kept): verify the log in full",
+                    h.chain
+                )));
+            };
+            // The head the checkpoint names is the tree's last leaf.
+            let leaf = self.heads.iter().find(|l| l.chain == h.chain);
+            if !leaf.is_some_and(|l| head_in_tree(&h.link_hash, t, l)) {
+                return Err(invalid(format!(
+                    "chain {}'s head (seq {}) is not the last leaf of its tree",
+                    h.chain, h.seq
+                )));
+            }
         }
         for o in &old.trees {
             let n = self

@@ -9,8 +9,8 @@ use audit_log_core::encoding::encode_event;
 use audit_log_core::merkle::{self, consistency_path, inclusion_path, tree_root};
 use audit_log_core::model::{Checkpoint, CHECKPOINT_FORMAT};
 use audit_log_core::tree::{
-    events_root, prove_event, record_leaf, Consistency, EventProof, ProofError, ProvenRecord,
-    TileSource, Tiled, CONSISTENCY_FORMAT, TILE_WIDTH,
+    events_root, prove_event, record_leaf, Consistency, EventProof, HeadLeaf, ProofError,
+    ProvenRecord, TileSource, Tiled, CONSISTENCY_FORMAT, TILE_WIDTH,
 };
 use audit_log_core::{Hash, TreeHead, ZERO_HASH};
 use common::Log;
@@ -334,10 +334,32 @@ fn consistency_proofs_between_checkpoints() {
             }
         })
         .collect();
+    let heads = new
+        .chains
+        .iter()
+        .map(|h| {
+            let l = leaves(&log, h.chain);
+            let last = log
+                .links
+                .iter()
+                .find(|k| k.chain_id == h.chain && k.seq == h.seq)
+                .unwrap();
+            let hs: Vec<Hash> = tx_events(&log, last.first_event)
+                .iter()
+                .map(|e| e.hash)
+                .collect();
+            HeadLeaf {
+                chain: h.chain,
+                events_root: events_root(&hs),
+                path: merkle::inclusion_proof(&l, l.len() - 1).unwrap(),
+            }
+        })
+        .collect();
     let c = Consistency {
         format: CONSISTENCY_FORMAT.into(),
         checkpoint: new.clone(),
         proofs,
+        heads,
     };
     c.verify(&old).unwrap();
     let v = serde_json::to_value(&c).unwrap();
@@ -353,6 +375,21 @@ fn consistency_proofs_between_checkpoints() {
     let mut missing = c.clone();
     missing.proofs.pop();
     assert!(missing.verify(&old).is_err());
+    // A head whose link hash is not the tree's last leaf, and a head leaf
+    // with an edited path or root.
+    let mut other_head = c.clone();
+    other_head.checkpoint.chains[0].link_hash[0] ^= 1;
+    assert!(other_head.verify(&old).is_err());
+    let mut bad_path = c.clone();
+    if let Some(p) = bad_path.heads[0].path.first_mut() {
+        p[3] ^= 1;
+    } else {
+        bad_path.heads[0].events_root[3] ^= 1;
+    }
+    assert!(bad_path.verify(&old).is_err());
+    let mut no_head = c.clone();
+    no_head.heads.pop();
+    assert!(no_head.verify(&old).is_err());
     // An old checkpoint with a chain that has no tree: nothing here checks it.
     let mut old_treeless = old.clone();
     old_treeless.trees.pop();
