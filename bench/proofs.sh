@@ -16,6 +16,7 @@
 #
 #   bash bench/proofs.sh                      (needs the README's setup)
 #   EVENTS=1000000 bash bench/proofs.sh       (a quicker run)
+#   SHARED_BUFFERS=2GB bash bench/proofs.sh   (the log in PostgreSQL's buffers)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -26,13 +27,19 @@ cli=${AUDIT_LOG_CLI:-$(command -v audit-log || echo "$root/target/release/audit-
 bash "$root/pg_test/cluster.sh" start "$dir" "$port"
 trap 'bash "$root/pg_test/cluster.sh" stop "$dir"' EXIT
 export PGHOST=$dir PGPORT=$port PGUSER=postgres PGOPTIONS="-c client_min_messages=warning"
+# SHARED_BUFFERS=2GB: the records a checkpoint integrates are still in
+# PostgreSQL's buffers, as they are when checkpoints follow the writes.
+if [ -n "${SHARED_BUFFERS:-}" ]; then
+    psql -X -q -d postgres -c "ALTER SYSTEM SET shared_buffers = '$SHARED_BUFFERS'"
+    runuser -u postgres -- "$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w restart >/dev/null
+fi
 q() { psql -X -q -v ON_ERROR_STOP=1 -At -d bench "$@"; }
 ms() { date +%s%N | cut -c1-13; }
 psql -X -q -d postgres -c "CREATE DATABASE bench" -c "ALTER DATABASE bench SET audit_log.chains = $chains"
 q -c "CREATE EXTENSION audit_log" \
   -c "CREATE TABLE t (id bigint PRIMARY KEY, a int, b text, c numeric)" \
   -c "CREATE SEQUENCE s" -c "SELECT audit_log.enable('t')" >/dev/null
-echo "Merkle proof benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL $(q -c 'SHOW server_version' | cut -d' ' -f1)"
+echo "Merkle proof benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL $(q -c 'SHOW server_version' | cut -d' ' -f1), shared_buffers $(q -c 'SHOW shared_buffers')"
 
 # The log, written fast (synchronous_commit off: this bench is not about writes).
 script=$dir/load.sql

@@ -31,17 +31,43 @@ use pgrx::pg_sys::panic::ErrorReport;
 struct LeafRow {
     record: Record,
     segments: i32,
+    /// The payload, for a worker; empty when the session hashed it in place.
     payload: Vec<u8>,
     parts: Vec<Vec<u8>>,
+    /// (count, last event hash, events root), hashed in place; or the
+    /// payload could not be read (an empty list).
+    hashed: Option<(usize, Hash, Hash)>,
     prev: Hash,
 }
 
+/// Payloads up to this size are hashed by the session as it reads them:
+/// copying one to a worker costs about as much as hashing it (verify()'s
+/// rule too).
+const HASH_IN_PLACE: usize = 4096;
+
+fn digest_of(hashes: &[Hash]) -> (usize, Hash, Hash) {
+    (
+        hashes.len(),
+        hashes.last().copied().unwrap_or(ZERO_HASH),
+        events_root(hashes),
+    )
+}
+
 fn leaf_row(r: &Row) -> Option<LeafRow> {
+    let segments = r.i32(records::SEGMENTS).unwrap_or(0);
+    let payload = r.slice(records::PAYLOAD).unwrap_or_default();
+    let hashed = (segments == 0 && payload.len() <= HASH_IN_PLACE)
+        .then(|| digest_of(&event_hashes([], payload).unwrap_or_default()));
     Some(LeafRow {
         record: crate::records::record_columns(r),
-        segments: r.i32(records::SEGMENTS).unwrap_or(0),
-        payload: r.slice(records::PAYLOAD).unwrap_or_default().to_vec(),
+        segments,
+        payload: if hashed.is_some() {
+            Vec::new()
+        } else {
+            payload.to_vec()
+        },
         parts: Vec::new(),
+        hashed,
         prev: ZERO_HASH,
     })
 }
@@ -50,13 +76,17 @@ fn leaf_row(r: &Row) -> Option<LeafRow> {
 /// hash before it; otherwise what is wrong. Runs on worker threads.
 fn leaf_of(row: &LeafRow) -> Result<Hash, &'static str> {
     let r = &row.record;
-    let hashes = event_hashes(row.parts.iter().map(Vec::as_slice), &row.payload)
-        .map_err(|_| "its payload is unreadable")?;
-    let last = hashes.last().copied().unwrap_or(ZERO_HASH);
-    if hashes.len() as i64 != r.event_count || r.link(row.prev, last).link_hash != r.link_hash {
+    let (count, last, root) = match row.hashed {
+        Some(d) => d,
+        None => digest_of(
+            &event_hashes(row.parts.iter().map(Vec::as_slice), &row.payload)
+                .map_err(|_| "its payload is unreadable")?,
+        ),
+    };
+    if count as i64 != r.event_count || r.link(row.prev, last).link_hash != r.link_hash {
         return Err("its link does not recompute from its events and the record before");
     }
-    Ok(record_leaf(&r.link_hash, &events_root(&hashes)))
+    Ok(record_leaf(&r.link_hash, &root))
 }
 
 /// Records handed to a worker at a time: one record's hashing is a few
@@ -419,23 +449,28 @@ fn stored_tiles(snap: pg_sys::Snapshot, chain: i32, level: u32) -> Result<u64, A
     Ok(n.unwrap_or(0).max(0) as u64)
 }
 
-fn insert_tile(
-    chain: i32,
-    level: u32,
-    idx: u64,
-    hashes: &[Hash],
-    root: &Hash,
-) -> Result<(), AuditError> {
+/// Store tiles of one level, one statement for all of them: (index,
+/// hashes, root) each.
+fn insert_tiles(chain: i32, level: u32, tiles: &[(u64, &[Hash], Hash)]) -> Result<(), AuditError> {
+    if tiles.is_empty() {
+        return Ok(());
+    }
+    let idx: Vec<i64> = tiles.iter().map(|t| t.0 as i64).collect();
+    let width: Vec<i32> = tiles.iter().map(|t| t.1.len() as i32).collect();
+    let hashes: Vec<Vec<u8>> = tiles.iter().map(|t| concat(t.1)).collect();
+    let roots: Vec<Vec<u8>> = tiles.iter().map(|t| t.2.to_vec()).collect();
     Spi::run_with_args(
         "INSERT INTO audit_log.tiles (chain_id, level, idx, width, hashes, root)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+         SELECT $1, $2, u.i, u.w, u.h, u.r
+           FROM unnest($3::bigint[], $4::integer[], $5::bytea[], $6::bytea[]) AS u(i, w, h, r)
+         ON CONFLICT DO NOTHING",
         &[
             chain.into(),
             (level as i32).into(),
-            (idx as i64).into(),
-            (hashes.len() as i32).into(),
-            concat(hashes).into(),
-            root.to_vec().into(),
+            idx.into(),
+            width.into(),
+            hashes.into(),
+            roots.into(),
         ],
     )?;
     Ok(())
@@ -492,12 +527,14 @@ pub fn integrate(
         while t < to {
             let run_end = (t + 64).min(to);
             let leaves = src.leaves_run(t * TILE_WIDTH, run_end * TILE_WIDTH)?;
+            let mut tiles = Vec::new();
             for (i, tile) in leaves.chunks_exact(TILE_WIDTH as usize).enumerate() {
                 let root = merkle::root(tile);
-                insert_tile(chain, 0, t + i as u64, tile, &root)?;
                 made.insert((0, t + i as u64), root);
+                tiles.push((t + i as u64, tile, root));
                 done += TILE_WIDTH;
             }
+            insert_tiles(chain, 0, &tiles)?;
             t = run_end;
         }
         // Upper levels, from the roots of the level below.
@@ -522,7 +559,7 @@ pub fn integrate(
                     }
                 }
                 let root = merkle::root(&roots);
-                insert_tile(chain, level, t, &roots, &root)?;
+                insert_tiles(chain, level, &[(t, &roots, root)])?;
                 made.insert((level, t), root);
             }
             below /= TILE_WIDTH;
@@ -532,7 +569,7 @@ pub fn integrate(
             let t = p / TILE_WIDTH;
             if t >= from.max(to) {
                 let leaves = src.leaves(t * TILE_WIDTH, p)?;
-                insert_tile(chain, 0, t, &leaves, &merkle::root(&leaves))?;
+                insert_tiles(chain, 0, &[(t, &leaves, merkle::root(&leaves))])?;
             }
         }
         Ok(done)
@@ -577,14 +614,14 @@ fn chain_seqs(rows: Vec<Vec<Val>>) -> Vec<(i32, i64)> {
         .collect()
 }
 
-/// BRIN ranges filled since the last call are summarized, so that prove()
-/// finds an event's record by id, and the events view a time range, in a
-/// few pages (autovacuum summarizes too, later). As the owner.
+/// BRIN ranges of the first_event index filled since the last call are
+/// summarized, so that prove() finds an event's record by id in a few pages
+/// (autovacuum summarizes too, later). As the owner.
 fn summarize_brin() -> Result<(), AuditError> {
     catalog::as_owner(|| {
+        // Only the index prove() uses: autovacuum summarizes the other.
         Spi::run(
-            "SELECT pg_catalog.brin_summarize_new_values('audit_log.records_first_event_idx'::regclass),
-                    pg_catalog.brin_summarize_new_values('audit_log.records_committed_at_idx'::regclass)",
+            "SELECT pg_catalog.brin_summarize_new_values('audit_log.records_first_event_idx'::regclass)",
         )?;
         Ok(())
     })
@@ -925,8 +962,11 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
 }
 
 fn raw_row(r: &Row) -> Option<(Record, i32, Vec<u8>)> {
-    let l = leaf_row(r)?;
-    Some((l.record, l.segments, l.payload))
+    Some((
+        crate::records::record_columns(r),
+        r.i32(records::SEGMENTS).unwrap_or(0),
+        r.slice(records::PAYLOAD).unwrap_or_default().to_vec(),
+    ))
 }
 
 /// The stored tree's root for `size` records is not the checkpoint's: a
