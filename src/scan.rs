@@ -71,6 +71,8 @@ pub struct Ordered<T> {
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,
     convert: fn(&Row) -> Option<T>,
+    /// The scan reached its end: a btree scan asked again would start over.
+    done: bool,
 }
 
 impl<T> Ordered<T> {
@@ -167,6 +169,7 @@ impl<T> Ordered<T> {
                 values: vec![pg_sys::Datum::from(0); natts],
                 nulls: vec![true; natts],
                 convert,
+                done: false,
             })
         }
     }
@@ -176,6 +179,9 @@ impl<T> Iterator for Ordered<T> {
     type Item = Result<T, AuditError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
         loop {
             // A long verify() can be cancelled.
             pgrx::check_for_interrupts!();
@@ -192,6 +198,7 @@ impl<T> Iterator for Ordered<T> {
                     )
                 };
                 if tup.is_null() {
+                    self.done = true;
                     return None;
                 }
                 let old = pg_sys::MemoryContextSwitchTo(self.row_cx);

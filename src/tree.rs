@@ -200,9 +200,7 @@ impl ChainTiles {
             self.snap,
             keys,
             leaf_row,
-        )?
-        // A btree scan asked again after its end starts over: fused.
-        .fuse();
+        )?;
         // The session reads (only it may call PostgreSQL): each record with
         // its segments and the stored hash before it, in batches; workers
         // hash, and their leaves come back in order.
@@ -645,32 +643,28 @@ pub fn integrate_all() -> Result<(), AuditError> {
     Ok(())
 }
 
-/// The tree of the chain's first `size` records.
-pub fn tree_head(chain: i32, size: i64) -> Result<TreeHead, AuditError> {
-    let oids = catalog::lookup()?;
-    let snapshot = SnapshotGuard::fresh();
-    let mut t = Tiled::new(ChainTiles::new(chain, oids, snapshot.0)?);
-    Ok(TreeHead {
-        chain,
-        size,
-        root: tree_root(&mut t, size.max(0) as u64)?,
-    })
-}
-
-/// Each chain's tree at `heads`, for a checkpoint (own log only).
-/// A chain purged before tiles were kept has none. Nor has a chain with a
-/// damaged record: the checkpoint still names its head (an export or a
-/// verify() of a tampered log needs one), and a witness that held its tree
-/// refuses a checkpoint without it.
+/// Each chain's tree at `heads`, for a checkpoint (own log only), read
+/// under one snapshot. A chain purged before tiles were kept has none. Nor
+/// has a chain with a damaged record: the checkpoint still names its head
+/// (an export or a verify() of a tampered log needs one), and a witness
+/// that held its tree refuses a checkpoint without it.
 pub fn trees(heads: &[audit_log_core::ChainHead]) -> Result<Vec<TreeHead>, AuditError> {
     let mut out = Vec::new();
     // An older version's schema, not yet updated: checkpoints as it made them.
     if !catalog::has_tiles() {
         return Ok(out);
     }
+    let oids = catalog::lookup()?;
+    let snapshot = SnapshotGuard::fresh();
     for h in heads {
-        match tree_head(h.chain, h.seq) {
-            Ok(t) => out.push(t),
+        let root = ChainTiles::new(h.chain, oids, snapshot.0)
+            .and_then(|src| tree_root(&mut Tiled::new(src), h.seq.max(0) as u64));
+        match root {
+            Ok(root) => out.push(TreeHead {
+                chain: h.chain,
+                size: h.seq,
+                root,
+            }),
             Err(AuditError::TreeUnavailable { .. }) => {}
             Err(e @ AuditError::TreeDamaged { .. }) => {
                 pgrx::warning!("audit_log.checkpoint(): chain {} has no tree: {e}", h.chain);
@@ -844,12 +838,11 @@ fn purged_event(snap: pg_sys::Snapshot, id: i64) -> Result<bool, AuditError> {
     }))
 }
 
-/// prove(): the proof of one event, to the tree of `cp` if given, or to
-/// the chain's current tree.
-fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError> {
+/// Proofs are for auditors, and need the tiles of this version's schema.
+fn may_prove(action: &str) -> Result<(), AuditError> {
     if !catalog::current_user_has(c"audit_log_auditor") {
         return Err(AuditError::NotAuditor {
-            action: "prove an event".into(),
+            action: action.into(),
         });
     }
     if !catalog::has_tiles() {
@@ -857,6 +850,13 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
             "audit_log.tiles (run ALTER EXTENSION audit_log UPDATE)".into(),
         ));
     }
+    Ok(())
+}
+
+/// prove(): the proof of one event, to the tree of `cp` if given, or to
+/// the chain's current tree.
+fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError> {
+    may_prove("prove an event")?;
     // No purge runs meanwhile: what this reads stays (the snapshots below
     // are taken after the lock).
     crate::retention::lock_purge_shared();
@@ -1021,16 +1021,7 @@ fn integrate_chain(chain: i32) -> Result<(), AuditError> {
 /// consistency(): the current checkpoint, and for each tree of `old`, the
 /// proof that the current one extends it.
 fn consistency_impl(old: Checkpoint) -> Result<JsonB, AuditError> {
-    if !catalog::current_user_has(c"audit_log_auditor") {
-        return Err(AuditError::NotAuditor {
-            action: "prove consistency".into(),
-        });
-    }
-    if !catalog::has_tiles() {
-        return Err(AuditError::NotInstalled(
-            "audit_log.tiles (run ALTER EXTENSION audit_log UPDATE)".into(),
-        ));
-    }
+    may_prove("prove consistency")?;
     if old.trees.is_empty() {
         return Err(AuditError::BadCheckpoint(
             "it has no trees (format v1): verify against it with audit_log.verify(checkpoint)"

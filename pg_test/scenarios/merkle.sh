@@ -21,6 +21,14 @@ trap 'rm -rf "$work" "${WL_SCRIPT:-}"; kill $(jobs -p) 2>/dev/null || true' EXIT
 run() { set +e; out=$("$cli" "$@" 2>&1); rc=$?; set -e; }
 expect() { [ "$rc" = "$1" ] || wl_fail "$2: exit $rc, expected $1: $out"; }
 pyrun() { set +e; out=$(python3 "$py" "$@" 2>&1); rc=$?; set -e; }
+# verifies WHAT FILE...: each checkpoint file verifies against the log in SQL.
+verifies() {
+    local what=$1 f v; shift
+    for f in "$@"; do
+        v=$(wl_q -c "SELECT ok::text || ' ' || coalesce(problem, '') FROM audit_log.verify(pg_read_file('$f')::jsonb)")
+        [ "$v" = "true " ] || wl_fail "$what does not verify: $v"
+    done
+}
 
 wl_setup al_proofs_sc
 dsn="host=$PGHOST port=$PGPORT user=postgres dbname=$WL_DB"
@@ -45,10 +53,7 @@ wait $load || wl_fail "pgbench: $(tail -3 "$work/pgbench.out")"
 [ "$n" -ge 5 ] || wl_fail "only $n checkpoints during the load"
 spilled=$(wl_q -c "SELECT count(*) FROM audit_log.records WHERE segments > 0")
 [ "$spilled" -ge 1 ] || wl_fail "no transaction spilled"
-for f in "$work"/cp_*.json; do
-    v=$(wl_q -c "SELECT ok::text || ' ' || coalesce(problem, '') FROM audit_log.verify(pg_read_file('$f')::jsonb)")
-    [ "$v" = "true " ] || wl_fail "a checkpoint taken during the load does not verify: $v"
-done
+verifies "a checkpoint taken during the load" "$work"/cp_*.json
 cp_final="$work/cp_final.json"
 wl_q -c "SELECT audit_log.checkpoint()" >"$cp_final"
 wl_q -f "$here/lib/dump_log.sql" >"$work/dump.jsonl"
@@ -182,8 +187,7 @@ runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w star
 wait_ready
 wl_q -c "INSERT INTO t1 VALUES (-5, 1) ON CONFLICT DO NOTHING"
 wl_q -c "SELECT audit_log.checkpoint()" >"$work/cp_crash.json"
-v=$(wl_q -c "SELECT ok::text || ' ' || coalesce(problem, '') FROM audit_log.verify(pg_read_file('$work/cp_crash.json')::jsonb)")
-[ "$v" = "true " ] || wl_fail "after the crash, the checkpoint does not verify: $v"
+verifies "after the crash, the checkpoint" "$work/cp_crash.json"
 wl_q -f "$here/lib/dump_log.sql" >"$work/dump_crash.jsonl"
 pyrun trees "$work/cp_crash.json" <"$work/dump_crash.jsonl"; expect 0 "format_v2.py trees after the crash"
 tiles=$(wl_q -c "SELECT count(*) FROM audit_log.tiles")
@@ -212,10 +216,7 @@ wait $purger || true
 ! grep -v "ERROR:  55000" "$work/prove.err" | grep -q ERROR || wl_fail "prove() failed otherwise than purged: $(grep ERROR "$work/prove.err" | head -3)"
 purged=$(wl_q -c "SELECT coalesce(sum(seq), 0) FROM audit_log.anchors")
 [ "$purged" -gt 0 ] || wl_fail "the purges removed nothing"
-for f in "$work"/pcp_*.json; do
-    v=$(wl_q -c "SELECT ok::text || ' ' || coalesce(problem, '') FROM audit_log.verify(pg_read_file('$f')::jsonb)")
-    [ "$v" = "true " ] || wl_fail "a checkpoint taken beside purges does not verify: $v"
-done
+verifies "a checkpoint taken beside purges" "$work"/pcp_*.json
 echo "  $n checkpoints beside purges (of $purged records) all verify; proofs given or refused as purged"
 psql -X -q -d postgres -c "DROP DATABASE al_proofs_cr" -c "DROP DATABASE al_proofs_sc" -c "DROP ROLE al_proofs_aud"
 echo "merkle: checkpoints under load, proofs, edits, the witness, a restore and a crash behave"
