@@ -40,6 +40,7 @@ mod retention;
 mod scan;
 mod store;
 mod tree;
+mod tree_scan;
 mod triggers;
 mod txstate;
 
@@ -77,6 +78,16 @@ pub extern "C-unwind" fn _PG_init() {
         -1,
         64,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audit_log.integration_scan_leaves",
+        c"Smallest backlog of Merkle leaves that checkpoint() integrates by one sequential scan of audit_log.records.",
+        c"Smaller backlogs, or backlogs under an eighth of the records, are read through the primary key, chain by chain. -1 never scans.",
+        &tree_scan::SCAN_MIN_LEAVES,
+        -1,
+        i32::MAX,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(

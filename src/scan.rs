@@ -62,7 +62,7 @@ pub fn scan_keys(keys: &[(i16, u32, u32, pg_sys::Datum)]) -> Vec<pg_sys::ScanKey
 
 /// A table read in the order of one of its btree indexes, or (with no
 /// index) in the order its rows lie on disk.
-pub struct Ordered<T> {
+pub struct Ordered<T, F = fn(&Row) -> Option<T>> {
     rel: pg_sys::Relation,
     /// Null for a sequential scan.
     idx: pg_sys::Relation,
@@ -70,9 +70,10 @@ pub struct Ordered<T> {
     row_cx: pg_sys::MemoryContext,
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,
-    convert: fn(&Row) -> Option<T>,
+    convert: F,
     /// The scan reached its end: a btree scan asked again would start over.
     done: bool,
+    _rows: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T> Ordered<T> {
@@ -112,8 +113,44 @@ impl<T> Ordered<T> {
         relid: pg_sys::Oid,
         indexid: pg_sys::Oid,
         snapshot: pg_sys::Snapshot,
-        mut scankeys: Vec<pg_sys::ScanKeyData>,
+        scankeys: Vec<pg_sys::ScanKeyData>,
         convert: fn(&Row) -> Option<T>,
+    ) -> Result<Self, AuditError> {
+        Ordered::with(relid, indexid, snapshot, scankeys, convert)
+    }
+}
+
+impl<T, F: FnMut(&Row) -> Option<T>> Ordered<T, F> {
+    /// The rows from block `start` on, in the order they lie on disk,
+    /// through a converter that may keep state (and skip rows by returning
+    /// None). A table not stored by the heap access method is read whole.
+    pub fn sequential_from(
+        relid: pg_sys::Oid,
+        snapshot: pg_sys::Snapshot,
+        start: u32,
+        convert: F,
+    ) -> Result<Self, AuditError> {
+        let this = Self::with(relid, pg_sys::InvalidOid, snapshot, Vec::new(), convert)?;
+        // SAFETY: a heap scan not started yet, of a relation it holds open.
+        unsafe {
+            if start > 0 && (*(*this.rel).rd_rel).relam == pg_sys::HEAP_TABLE_AM_OID {
+                let blocks = pg_sys::RelationGetNumberOfBlocksInFork(
+                    this.rel,
+                    pg_sys::ForkNumber::MAIN_FORKNUM,
+                );
+                let start = start.min(blocks);
+                pg_sys::heap_setscanlimits((*this.scan).scan, start, blocks - start);
+            }
+        }
+        Ok(this)
+    }
+
+    fn with(
+        relid: pg_sys::Oid,
+        indexid: pg_sys::Oid,
+        snapshot: pg_sys::Snapshot,
+        mut scankeys: Vec<pg_sys::ScanKeyData>,
+        convert: F,
     ) -> Result<Self, AuditError> {
         // SAFETY: a privilege check, then a plain ordered index scan under a
         // registered snapshot, with AccessShareLock like any SELECT.
@@ -170,12 +207,13 @@ impl<T> Ordered<T> {
                 nulls: vec![true; natts],
                 convert,
                 done: false,
+                _rows: std::marker::PhantomData,
             })
         }
     }
 }
 
-impl<T> Iterator for Ordered<T> {
+impl<T, F: FnMut(&Row) -> Option<T>> Iterator for Ordered<T, F> {
     type Item = Result<T, AuditError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -221,7 +259,7 @@ impl<T> Iterator for Ordered<T> {
     }
 }
 
-impl<T> Drop for Ordered<T> {
+impl<T, F> Drop for Ordered<T, F> {
     fn drop(&mut self) {
         // SAFETY: opened in `open`.
         unsafe {

@@ -75,15 +75,32 @@ fn leaf_row(r: &Row) -> Option<LeafRow> {
 /// A record's leaf, if its link recomputes from its events and the stored
 /// hash before it; otherwise what is wrong. Runs on worker threads.
 fn leaf_of(row: &LeafRow) -> Result<Hash, &'static str> {
-    let r = &row.record;
-    let (count, last, root) = match row.hashed {
+    let digest = match row.hashed {
         Some(d) => d,
-        None => digest_of(
-            &event_hashes(row.parts.iter().map(Vec::as_slice), &row.payload)
-                .map_err(|_| "its payload is unreadable")?,
-        ),
+        None => payload_digest(&row.parts, &row.payload)?,
     };
-    if count as i64 != r.event_count || r.link(row.prev, last).link_hash != r.link_hash {
+    checked_leaf(&row.record, &row.prev, digest)
+}
+
+/// (count, last event hash, events root) of a transaction's events.
+pub(crate) fn payload_digest(
+    parts: &[Vec<u8>],
+    payload: &[u8],
+) -> Result<(usize, Hash, Hash), &'static str> {
+    Ok(digest_of(
+        &event_hashes(parts.iter().map(Vec::as_slice), payload)
+            .map_err(|_| "its payload is unreadable")?,
+    ))
+}
+
+/// The leaf of record `r`, whose events have `digest`, if its link
+/// recomputes from them and `prev`, the stored link hash before it.
+pub(crate) fn checked_leaf(
+    r: &Record,
+    prev: &Hash,
+    (count, last, root): (usize, Hash, Hash),
+) -> Result<Hash, &'static str> {
+    if count as i64 != r.event_count || r.link(*prev, last).link_hash != r.link_hash {
         return Err("its link does not recompute from its events and the record before");
     }
     Ok(record_leaf(&r.link_hash, &root))
@@ -112,7 +129,7 @@ pub struct ChainTiles {
     trust_below: Option<u64>,
     /// How many of the chain's first records a purge removed (its anchor's
     /// seq): their leaves are only in tiles.
-    purged: u64,
+    pub(crate) purged: u64,
     /// The widest level-0 tile stored at each index (a purge's partial one,
     /// or a complete one): where purged leaves are read.
     leaf_tiles: HashMap<u64, Option<Vec<Hash>>>,
@@ -122,7 +139,7 @@ pub struct ChainTiles {
 }
 
 impl ChainTiles {
-    fn new(chain: i32, oids: Oids, snap: pg_sys::Snapshot) -> Result<Self, AuditError> {
+    pub(crate) fn new(chain: i32, oids: Oids, snap: pg_sys::Snapshot) -> Result<Self, AuditError> {
         let purged = select_at(
             snap,
             &format!(
@@ -153,7 +170,7 @@ impl ChainTiles {
 
     /// The link hash of record `seq` of the chain, or of the anchor a purge
     /// left there; zero before the first.
-    fn link_hash_at(&self, seq: i64) -> Result<Option<Hash>, AuditError> {
+    pub(crate) fn link_hash_at(&self, seq: i64) -> Result<Option<Hash>, AuditError> {
         if seq == 0 {
             return Ok(Some(ZERO_HASH));
         }
@@ -435,7 +452,11 @@ fn concat(hashes: &[Hash]) -> Vec<u8> {
 
 /// How many complete tiles of `level` the chain has stored (they are
 /// integrated in order, so the highest index plus one).
-fn stored_tiles(snap: pg_sys::Snapshot, chain: i32, level: u32) -> Result<u64, AuditError> {
+pub(crate) fn stored_tiles(
+    snap: pg_sys::Snapshot,
+    chain: i32,
+    level: u32,
+) -> Result<u64, AuditError> {
     let n = select_at(
         snap,
         "SELECT coalesce(max(idx) + 1, 0) FROM audit_log.tiles
@@ -449,7 +470,11 @@ fn stored_tiles(snap: pg_sys::Snapshot, chain: i32, level: u32) -> Result<u64, A
 
 /// Store tiles of one level, one statement for all of them: (index,
 /// hashes, root) each.
-fn insert_tiles(chain: i32, level: u32, tiles: &[(u64, &[Hash], Hash)]) -> Result<(), AuditError> {
+pub(crate) fn insert_tiles(
+    chain: i32,
+    level: u32,
+    tiles: &[(u64, &[Hash], Hash)],
+) -> Result<(), AuditError> {
     if tiles.is_empty() {
         return Ok(());
     }
@@ -577,7 +602,7 @@ pub fn integrate(
 /// The lock on integrating one chain's tiles, held to the end of the
 /// transaction: an advisory lock tag like the chain locks', with a field4
 /// no SQL function produces. False if `wait` is off and another holds it.
-fn lock_chain_tiles(chain: i32, wait: bool) -> bool {
+pub(crate) fn lock_chain_tiles(chain: i32, wait: bool) -> bool {
     // SAFETY: a transaction-level lock, released at commit or abort.
     unsafe {
         let tag = pg_sys::LOCKTAG {
@@ -632,7 +657,11 @@ pub fn integrate_all() -> Result<(), AuditError> {
     }
     summarize_brin()?;
     let snapshot = SnapshotGuard::fresh();
-    for (chain, seq) in heads(snapshot.0)? {
+    let heads = heads(snapshot.0)?;
+    // A large backlog is read in one pass over the table; what that pass
+    // leaves (upper levels, a chain it stopped on) the loop below does.
+    crate::tree_scan::integrate_by_scan(&heads)?;
+    for (chain, seq) in heads {
         match integrate(chain, seq.max(0) as u64, None, false) {
             // A chain purged before tiles were kept has no tree; a damaged
             // one is left out of the checkpoint, with a warning (trees()).

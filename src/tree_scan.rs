@@ -1,0 +1,505 @@
+//! Integrating a large backlog of leaves in one sequential pass over
+//! `audit_log.records`, as verify() reads: records in the order they lie on
+//! disk, each chain put back in order with the few that come before their
+//! predecessor held back. Reading a record through the primary key costs a
+//! random heap fetch; this pass reads pages in order, so a first checkpoint
+//! after a large load (or after an upgrade) integrates at the speed of the
+//! hashing. It only stores complete level-0 tiles, each contiguous with the
+//! chain's stored ones; [`crate::tree::integrate`] then does the upper
+//! levels and whatever this pass left (a chain it stopped on reads as
+//! before, through the primary key, and reports what is wrong there).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use audit_log_core::merkle;
+use audit_log_core::tree::{TileSource, TILE_WIDTH};
+use audit_log_core::{Hash, ZERO_HASH};
+
+use audit_log_core::record::Record;
+
+use crate::catalog;
+use crate::errors::AuditError;
+use crate::records::{block_signals, record_columns, verify_threads};
+use crate::scan::{scan_keys, select_at, Arg, Ordered, Row, SnapshotGuard, Val};
+use crate::store::{read_segments, records};
+use crate::tree::{
+    checked_leaf, insert_tiles, lock_chain_tiles, payload_digest, stored_tiles, ChainTiles,
+};
+
+/// `audit_log.integration_scan_leaves`: backlogs of fewer leaves than this
+/// are read through the primary key; -1 never scans.
+pub static SCAN_MIN_LEAVES: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(16384);
+
+/// The pass reads every record, so it runs only when the backlog is at
+/// least this fraction (1/n) of the records present; below it, reading
+/// through the primary key touches fewer pages.
+const SCAN_MIN_SHARE: u64 = 8;
+
+/// Records held back (they came before their predecessor), over all
+/// chains, and their payload bytes: past either, the chain that needs more
+/// stops here, and the primary-key path integrates the rest of it.
+const AHEAD_MAX: usize = 1 << 16;
+const AHEAD_MAX_BYTES: usize = 64 << 20;
+
+/// A chain holding back this many records has its missing one read through
+/// the primary key: it lies where the scan has been or does not start (a
+/// backend's insert into an older page with room, a page a purge freed).
+const GAP_FILL: usize = 1024;
+
+/// Complete tiles of a chain stored with one statement.
+const TILES_PER_INSERT: usize = 64;
+
+/// A record the scan wants, as read: the index of its chain's run, its
+/// columns, its payload (and segments'), and the stored link hash of the
+/// record before it, set once the chain's order is known.
+struct Scanned {
+    run: usize,
+    record: Record,
+    segments: i32,
+    payload: Vec<u8>,
+    parts: Vec<Vec<u8>>,
+    prev: Hash,
+}
+
+/// A record's leaf, or why it has none. Runs on worker threads, and hands
+/// the record back: its buffers are freed by the session that allocated
+/// them (a free in another thread takes the allocator's locks).
+fn leaf(s: Scanned) -> (Result<Hash, ()>, Scanned) {
+    let leaf = payload_digest(&s.parts, &s.payload)
+        .and_then(|d| checked_leaf(&s.record, &s.prev, d))
+        .map_err(|_| ());
+    (leaf, s)
+}
+
+/// Putting one chain's records in order, in the session: which seq is due,
+/// the stored link hash before it, and the records that came early.
+struct Order {
+    chain: i32,
+    next: i64,
+    end: i64,
+    prev: Hash,
+    ahead: BTreeMap<i64, Scanned>,
+    /// A record is missing, or too much is held back: the rest of this
+    /// chain is the primary-key path's.
+    stopped: bool,
+}
+
+/// The session's side of the pass: the chains put in order, and the
+/// records due next, for the workers.
+struct Producer {
+    oids: catalog::Oids,
+    snap: pgrx::pg_sys::Snapshot,
+    orders: Vec<Order>,
+    ready: VecDeque<Scanned>,
+    held: usize,
+    held_bytes: usize,
+    held_most: usize,
+    /// Records read through the primary key.
+    fetched: usize,
+}
+
+impl Producer {
+    /// A record the scan (or the primary key) gave.
+    fn place(&mut self, s: Scanned) -> Result<(), AuditError> {
+        let o = &mut self.orders[s.run];
+        let seq = s.record.seq;
+        // Already read through the primary key (the key is unique).
+        if o.stopped || seq < o.next {
+            return Ok(());
+        }
+        if seq == o.next {
+            self.feed(s);
+            return Ok(());
+        }
+        let run = s.run;
+        let bytes = s.payload.len();
+        if self.held >= AHEAD_MAX || self.held_bytes + bytes > AHEAD_MAX_BYTES {
+            o.stopped = true;
+            return Ok(());
+        }
+        o.ahead.insert(seq, s);
+        self.held += 1;
+        self.held_bytes += bytes;
+        self.held_most = self.held_most.max(self.held);
+        if o.ahead.len() >= GAP_FILL {
+            self.fill(run)?;
+        }
+        Ok(())
+    }
+
+    /// The record due next in its chain, with every held one it releases.
+    fn feed(&mut self, s: Scanned) {
+        let o = &mut self.orders[s.run];
+        let mut due = Some(s);
+        while let Some(mut s) = due {
+            s.prev = o.prev;
+            o.prev = s.record.link_hash;
+            o.next += 1;
+            self.ready.push_back(s);
+            due = o.ahead.remove(&o.next);
+            if let Some(n) = &due {
+                self.held -= 1;
+                self.held_bytes -= n.payload.len();
+            }
+        }
+    }
+
+    /// Read chain `run`'s missing record through the primary key; if it is
+    /// not there, the chain stops (the primary-key path reports it).
+    fn fill(&mut self, run: usize) -> Result<(), AuditError> {
+        let o = &self.orders[run];
+        match fetch(&self.oids, self.snap, o.chain, o.next)? {
+            Some(mut s) => {
+                self.fetched += 1;
+                s.run = run;
+                self.feed(s);
+            }
+            None => self.orders[run].stopped = true,
+        }
+        Ok(())
+    }
+
+    /// After the scan: the records of a chain it did not see, read in one
+    /// range of the primary key. False when no chain has any left.
+    fn fill_any(&mut self) -> Result<bool, AuditError> {
+        let Some(run) = self
+            .orders
+            .iter()
+            .position(|o| !o.stopped && o.next <= o.end)
+        else {
+            return Ok(false);
+        };
+        let (chain, lo, hi) = {
+            let o = &self.orders[run];
+            (o.chain, o.next, o.end)
+        };
+        for s in fetch_range(&self.oids, self.snap, chain, lo, hi)? {
+            let mut s = s?;
+            self.fetched += 1;
+            s.run = run;
+            self.place(s)?;
+        }
+        // Whatever is still due is not in the log: the primary-key path
+        // reports it.
+        let o = &mut self.orders[run];
+        if o.next <= o.end {
+            o.stopped = true;
+        }
+        Ok(true)
+    }
+}
+
+/// A record the scan wants, from its row (its run is set by the caller).
+fn scanned(row: &Row, run: usize) -> Scanned {
+    Scanned {
+        run,
+        record: record_columns(row),
+        segments: row.i32(records::SEGMENTS).unwrap_or(0),
+        payload: row.slice(records::PAYLOAD).unwrap_or_default().to_vec(),
+        parts: Vec::new(),
+        prev: ZERO_HASH,
+    }
+}
+
+/// Record `seq` of `chain`, through the primary key.
+fn fetch(
+    oids: &catalog::Oids,
+    snap: pgrx::pg_sys::Snapshot,
+    chain: i32,
+    seq: i64,
+) -> Result<Option<Scanned>, AuditError> {
+    fetch_range(oids, snap, chain, seq, seq)?.next().transpose()
+}
+
+/// Records `lo..=hi` of `chain`, in order, through the primary key.
+fn fetch_range(
+    oids: &catalog::Oids,
+    snap: pgrx::pg_sys::Snapshot,
+    chain: i32,
+    lo: i64,
+    hi: i64,
+) -> Result<Ordered<Scanned>, AuditError> {
+    use pgrx::pg_sys::{self, Datum};
+    let seq = records::SEQ as i16 + 1;
+    let keys = scan_keys(&[
+        (
+            records::CHAIN_ID as i16 + 1,
+            pg_sys::BTEqualStrategyNumber,
+            pg_sys::F_INT4EQ,
+            Datum::from(chain),
+        ),
+        (
+            seq,
+            pg_sys::BTGreaterEqualStrategyNumber,
+            pg_sys::F_INT8GE,
+            Datum::from(lo),
+        ),
+        (
+            seq,
+            pg_sys::BTLessEqualStrategyNumber,
+            pg_sys::F_INT8LE,
+            Datum::from(hi),
+        ),
+    ]);
+    Ordered::open_keys(oids.records, oids.records_pkey, snap, keys, |r| {
+        Some(scanned(r, 0))
+    })
+}
+
+/// The first page to scan: the lowest that holds a chain's next record.
+/// Records of the backlog on pages before it are read through the primary
+/// key (as gaps); none is missed. After a purge, the pages it freed take
+/// new records, so the scan starts at the beginning.
+fn start_block(orders: &[Order], snap: pgrx::pg_sys::Snapshot) -> Result<u32, AuditError> {
+    let schema = catalog::log_schema_sql();
+    if !select_at(
+        snap,
+        &format!("SELECT 1 FROM {schema}.anchors LIMIT 1"),
+        &[],
+    )?
+    .is_empty()
+    {
+        return Ok(0);
+    }
+    let query = format!(
+        "SELECT ((ctid::text::point)[0])::bigint FROM {schema}.records WHERE chain_id = $1 AND seq = $2"
+    );
+    let mut start = u32::MAX;
+    for o in orders {
+        let rows = select_at(snap, &query, &[Arg::Int4(o.chain), Arg::Int8(o.next)])?;
+        // A chain whose next record is not there starts the scan at the
+        // beginning (and the primary-key path reports the record missing).
+        let block = rows.first().and_then(|r| r.first()).and_then(Val::int);
+        start = start.min(block.and_then(|b| u32::try_from(b).ok()).unwrap_or(0));
+    }
+    Ok(if start == u32::MAX { 0 } else { start })
+}
+
+/// One chain's tiles, as its leaves come back from the workers.
+struct Tiles {
+    chain: i32,
+    /// The first tile this pass makes, and the one in progress.
+    from: u64,
+    tile: u64,
+    leaves: Vec<Hash>,
+    /// Complete tiles not stored yet: (index, leaves, root).
+    made: Vec<(u64, Vec<Hash>, Hash)>,
+    /// A record's link did not recompute: nothing after it is a leaf here.
+    failed: bool,
+}
+
+impl Tiles {
+    fn push(&mut self, leaf: Result<Hash, ()>) -> Result<(), AuditError> {
+        if self.failed {
+            return Ok(());
+        }
+        let Ok(leaf) = leaf else {
+            self.failed = true;
+            return Ok(());
+        };
+        self.leaves.push(leaf);
+        if self.leaves.len() as u64 == TILE_WIDTH {
+            let leaves = std::mem::take(&mut self.leaves);
+            let root = merkle::root(&leaves);
+            self.made.push((self.tile, leaves, root));
+            self.tile += 1;
+            if self.made.len() >= TILES_PER_INSERT {
+                self.store()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn store(&mut self) -> Result<(), AuditError> {
+        let tiles: Vec<(u64, &[Hash], Hash)> = self
+            .made
+            .iter()
+            .map(|(t, l, r)| (*t, l.as_slice(), *r))
+            .collect();
+        insert_tiles(self.chain, 0, &tiles)?;
+        self.made.clear();
+        Ok(())
+    }
+}
+
+/// If the chains' backlog (up to `heads`, in complete tiles) is large,
+/// integrate it from one sequential scan. Chains another transaction is
+/// integrating are left alone.
+pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<(), AuditError> {
+    let Ok(min) = u64::try_from(SCAN_MIN_LEAVES.get()) else {
+        return Ok(());
+    };
+    // Even every complete tile would not be enough: nothing to decide.
+    let most: u64 = heads
+        .iter()
+        .map(|&(_, s)| s.max(0) as u64 / TILE_WIDTH * TILE_WIDTH)
+        .sum();
+    if most < min.max(1) {
+        return Ok(());
+    }
+    // The summary is for a DBA who asks (client_min_messages = debug1),
+    // raised after as_owner() has put the caller's message level back.
+    let summary = catalog::as_owner(|| {
+        let oids = catalog::lookup()?;
+        let locked: Vec<(i32, i64)> = heads
+            .iter()
+            .copied()
+            .filter(|&(c, _)| lock_chain_tiles(c, false))
+            .collect();
+        // Taken after the locks: tiles committed before them are seen.
+        let snapshot = SnapshotGuard::fresh();
+        let snap = snapshot.0;
+        let mut orders: Vec<Order> = Vec::new();
+        let mut tiles: Vec<Tiles> = Vec::new();
+        let (mut backlog, mut present) = (0u64, 0u64);
+        for (chain, head) in locked {
+            let from = stored_tiles(snap, chain, 0)?;
+            let to = head.max(0) as u64 / TILE_WIDTH;
+            if to <= from {
+                continue;
+            }
+            let mut src = ChainTiles::new(chain, oids, snap)?;
+            present += (head.max(0) as u64).saturating_sub(src.purged);
+            // The tile a purge cut through: its purged leaves are in the
+            // partial tile the purge stored; the scan reads the rest.
+            // (A purge stores the tiles before its cut: more than one tile's
+            // worth of purged leaves past the stored tiles is the primary-key
+            // path's to report.)
+            let first = (from * TILE_WIDTH).max(src.purged);
+            if first >= to * TILE_WIDTH || first - from * TILE_WIDTH >= TILE_WIDTH {
+                continue;
+            }
+            let cut = match src.leaves(from * TILE_WIDTH, first) {
+                Ok(l) => l,
+                // No tile holds them: the primary-key path says why.
+                Err(AuditError::TreeUnavailable { .. } | AuditError::TreeDamaged { .. }) => {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(prev) = src.link_hash_at(first as i64)? else {
+                continue;
+            };
+            backlog += (to - from) * TILE_WIDTH;
+            orders.push(Order {
+                chain,
+                next: first as i64 + 1,
+                end: (to * TILE_WIDTH) as i64,
+                prev,
+                ahead: BTreeMap::new(),
+                stopped: false,
+            });
+            tiles.push(Tiles {
+                chain,
+                from,
+                tile: from,
+                leaves: cut,
+                made: Vec::new(),
+                failed: false,
+            });
+        }
+        if backlog < min.max(1) || backlog * SCAN_MIN_SHARE < present {
+            return Ok(None);
+        }
+        // The rows each chain wants, for the scan to skip the others before
+        // it copies their payloads.
+        let want: HashMap<i32, (usize, i64, i64)> = tiles
+            .iter()
+            .zip(&orders)
+            .enumerate()
+            .map(|(i, (t, o))| (t.chain, (i, o.next, o.end)))
+            .collect();
+        let start = start_block(&orders, snap)?;
+        let mut rows = Ordered::sequential_from(oids.records, snap, start, move |row: &Row| {
+            let &(run, lo, hi) = want.get(&row.i32(records::CHAIN_ID)?)?;
+            (lo..=hi)
+                .contains(&row.i64(records::SEQ)?)
+                .then(|| scanned(row, run))
+        })?;
+        // The session reads and puts each chain in order (only it may call
+        // PostgreSQL); workers hash, and the leaves come back in that order.
+        let mut p = Producer {
+            oids,
+            snap,
+            orders,
+            ready: VecDeque::new(),
+            held: 0,
+            held_bytes: 0,
+            held_most: 0,
+            fetched: 0,
+        };
+        let mut scanning = true;
+        let mut failed: Option<AuditError> = None;
+        let input = std::iter::from_fn(|| loop {
+            if let Some(mut s) = p.ready.pop_front() {
+                if s.segments != 0 {
+                    match read_segments(&p.oids, p.snap, s.record.first_event) {
+                        Ok(parts) => s.parts = parts,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                return Some(Ok(s));
+            }
+            let step = if scanning {
+                match rows.next() {
+                    Some(Ok(s)) => p.place(s),
+                    Some(Err(e)) => Err(e),
+                    None => {
+                        scanning = false;
+                        Ok(())
+                    }
+                }
+            } else {
+                match p.fill_any() {
+                    Ok(true) => Ok(()),
+                    Ok(false) => return None,
+                    Err(e) => Err(e),
+                }
+            };
+            if let Err(e) = step {
+                return Some(Err(e));
+            }
+        });
+        std::thread::scope(|scope| -> Result<(), AuditError> {
+            let leaves = audit_log_core::parallel::map_ordered(
+                scope,
+                input,
+                verify_threads(),
+                block_signals,
+                leaf,
+            );
+            for item in leaves {
+                match item {
+                    Ok((leaf, s)) => tiles[s.run].push(leaf)?,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // What each chain completed in order is kept, even if it stopped
+        // later: the primary-key path goes on from there.
+        let mut leaves = 0u64;
+        let mut left = 0usize;
+        for (t, o) in tiles.iter_mut().zip(&p.orders) {
+            t.store()?;
+            leaves += (t.tile - t.from) * TILE_WIDTH;
+            left += usize::from(t.failed || o.stopped || o.next <= o.end);
+        }
+        Ok(Some(format!(
+            "audit_log: integrated {leaves} leaves of {} chain(s) by one sequential scan from page {start}; at most {} record(s) held back, {} read through the primary key; {left} chain(s) left to the primary key",
+            tiles.len(),
+            p.held_most,
+            p.fetched
+        )))
+    })?;
+    if let Some(s) = summary {
+        pgrx::debug1!("{s}");
+    }
+    Ok(())
+}
