@@ -639,15 +639,26 @@ fn chain_seqs(rows: Vec<Vec<Val>>) -> Vec<(i32, i64)> {
 
 /// BRIN ranges of the first_event index filled since the last call are
 /// summarized, so that prove() finds an event's record by id in a few pages
-/// (autovacuum summarizes too, later). As the owner.
+/// (autovacuum summarizes too, later). As the owner. Not while a VACUUM of
+/// the records runs (autovacuum's, after a large load): it summarizes them
+/// itself, and waiting for it would hold up the checkpoint for as long.
 fn summarize_brin() -> Result<(), AuditError> {
-    catalog::as_owner(|| {
+    let records = catalog::lookup()?.records;
+    let lock = pg_sys::ShareUpdateExclusiveLock as pg_sys::LOCKMODE;
+    // SAFETY: a conditional lock on the table, released below.
+    if !unsafe { pg_sys::ConditionalLockRelationOid(records, lock) } {
+        return Ok(());
+    }
+    let done = catalog::as_owner(|| {
         // Only the index prove() uses: autovacuum summarizes the other.
         Spi::run(
             "SELECT pg_catalog.brin_summarize_new_values('audit_log.records_first_event_idx'::regclass)",
         )?;
         Ok(())
-    })
+    });
+    // SAFETY: the lock taken above (the summary took and released its own).
+    unsafe { pg_sys::UnlockRelationOid(records, lock) };
+    done
 }
 
 /// Integrate every chain up to its head, if this transaction may write.
@@ -655,19 +666,31 @@ pub fn integrate_all() -> Result<(), AuditError> {
     if !integrates() || !catalog::has_tiles() {
         return Ok(());
     }
+    let t0 = std::time::Instant::now();
     summarize_brin()?;
+    let t1 = std::time::Instant::now();
     let snapshot = SnapshotGuard::fresh();
     let heads = heads(snapshot.0)?;
     // A large backlog is read in one pass over the table; what that pass
     // leaves (upper levels, a chain it stopped on) the loop below does.
-    crate::tree_scan::integrate_by_scan(&heads)?;
+    let scanned = crate::tree_scan::integrate_by_scan(&heads)?;
+    let mut leaves = scanned;
     for (chain, seq) in heads {
         match integrate(chain, seq.max(0) as u64, None, false) {
+            Ok(n) => leaves += n,
             // A chain purged before tiles were kept has no tree; a damaged
             // one is left out of the checkpoint, with a warning (trees()).
-            Ok(_) | Err(AuditError::TreeUnavailable { .. } | AuditError::TreeDamaged { .. }) => {}
+            Err(AuditError::TreeUnavailable { .. } | AuditError::TreeDamaged { .. }) => {}
             Err(e) => return Err(e),
         }
+    }
+    if leaves > 0 {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        pgrx::debug1!(
+            "audit_log: integrated {leaves} leaves ({scanned} by a sequential scan) in {:.1} ms, after summarizing the BRIN index in {:.1} ms",
+            ms(t1.elapsed()),
+            ms(t1 - t0)
+        );
     }
     Ok(())
 }

@@ -325,9 +325,9 @@ impl Tiles {
 /// If the chains' backlog (up to `heads`, in complete tiles) is large,
 /// integrate it from one sequential scan. Chains another transaction is
 /// integrating are left alone.
-pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<(), AuditError> {
+pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<u64, AuditError> {
     let Ok(min) = u64::try_from(SCAN_MIN_LEAVES.get()) else {
-        return Ok(());
+        return Ok(0);
     };
     // Even every complete tile would not be enough: nothing to decide.
     let most: u64 = heads
@@ -335,7 +335,7 @@ pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<(), AuditError> {
         .map(|&(_, s)| s.max(0) as u64 / TILE_WIDTH * TILE_WIDTH)
         .sum();
     if most < min.max(1) {
-        return Ok(());
+        return Ok(0);
     }
     // The summary is for a DBA who asks (client_min_messages = debug1),
     // raised after as_owner() has put the caller's message level back.
@@ -491,15 +491,18 @@ pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<(), AuditError> {
             leaves += (t.tile - t.from) * TILE_WIDTH;
             left += usize::from(t.failed || o.stopped || o.next <= o.end);
         }
-        Ok(Some(format!(
+        Ok(Some((leaves, format!(
             "audit_log: integrated {leaves} leaves of {} chain(s) by one sequential scan from page {start}; at most {} record(s) held back, {} read through the primary key; {left} chain(s) left to the primary key",
             tiles.len(),
             p.held_most,
             p.fetched
-        )))
+        ))))
     })?;
-    if let Some(s) = summary {
-        pgrx::debug1!("{s}");
-    }
-    Ok(())
+    Ok(match summary {
+        Some((leaves, s)) => {
+            pgrx::debug1!("{s}");
+            leaves
+        }
+        None => 0,
+    })
 }
