@@ -134,10 +134,10 @@ impl<T, F: FnMut(&Row) -> Option<T>> Ordered<T, F> {
         // SAFETY: a heap scan not started yet, of a relation it holds open.
         unsafe {
             if start > 0 && (*(*this.rel).rd_rel).relam == pg_sys::HEAP_TABLE_AM_OID {
-                let blocks = pg_sys::RelationGetNumberOfBlocksInFork(
-                    this.rel,
-                    pg_sys::ForkNumber::MAIN_FORKNUM,
-                );
+                // The pages the scan saw at its start (a heap scan's
+                // descriptor begins with the table scan's).
+                let heap = (*this.scan).scan as *mut pg_sys::HeapScanDescData;
+                let blocks = (*heap).rs_nblocks;
                 let start = start.min(blocks);
                 pg_sys::heap_setscanlimits((*this.scan).scan, start, blocks - start);
             }

@@ -639,9 +639,11 @@ fn chain_seqs(rows: Vec<Vec<Val>>) -> Vec<(i32, i64)> {
 
 /// BRIN ranges of the first_event index filled since the last call are
 /// summarized, so that prove() finds an event's record by id in a few pages
-/// (autovacuum summarizes too, later). As the owner. Not while a VACUUM of
-/// the records runs (autovacuum's, after a large load): it summarizes them
-/// itself, and waiting for it would hold up the checkpoint for as long.
+/// (autovacuum summarizes too, later). As the owner. Not while another
+/// session holds a conflicting lock on the records: autovacuum's VACUUM
+/// after a large load (which summarizes the same ranges itself; waiting for
+/// it held up a checkpoint by 1.2 s), its ANALYZE, or another checkpoint's
+/// summary. The next checkpoint catches up.
 fn summarize_brin() -> Result<(), AuditError> {
     let records = catalog::lookup()?.records;
     let lock = pg_sys::ShareUpdateExclusiveLock as pg_sys::LOCKMODE;

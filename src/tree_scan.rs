@@ -9,7 +9,9 @@
 //! levels and whatever this pass left (a chain it stopped on reads as
 //! before, through the primary key, and reports what is wrong there).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
 
 use audit_log_core::merkle;
 use audit_log_core::tree::{TileSource, TILE_WIDTH};
@@ -79,7 +81,7 @@ struct Order {
     end: i64,
     prev: Hash,
     ahead: BTreeMap<i64, Scanned>,
-    /// A record is missing, or too much is held back: the rest of this
+    /// A record is missing, or too much was held back: the rest of this
     /// chain is the primary-key path's.
     stopped: bool,
 }
@@ -90,6 +92,11 @@ struct Producer {
     oids: catalog::Oids,
     snap: pgrx::pg_sys::Snapshot,
     orders: Vec<Order>,
+    /// Per run: it is complete or stopped, so the scan skips its rows
+    /// (shared with the scan's row filter).
+    done: Rc<[Cell<bool>]>,
+    /// Runs not done yet: at none, the scan ends.
+    live: usize,
     ready: VecDeque<Scanned>,
     held: usize,
     held_bytes: usize,
@@ -99,22 +106,22 @@ struct Producer {
 }
 
 impl Producer {
-    /// A record the scan (or the primary key) gave.
+    /// A record the scan gave.
     fn place(&mut self, s: Scanned) -> Result<(), AuditError> {
-        let o = &mut self.orders[s.run];
+        let run = s.run;
+        let o = &mut self.orders[run];
         let seq = s.record.seq;
         // Already read through the primary key (the key is unique).
-        if o.stopped || seq < o.next {
+        if self.done[run].get() || seq < o.next {
             return Ok(());
         }
         if seq == o.next {
             self.feed(s);
             return Ok(());
         }
-        let run = s.run;
         let bytes = s.payload.len();
         if self.held >= AHEAD_MAX || self.held_bytes + bytes > AHEAD_MAX_BYTES {
-            o.stopped = true;
+            self.stop(run);
             return Ok(());
         }
         o.ahead.insert(seq, s);
@@ -122,14 +129,17 @@ impl Producer {
         self.held_bytes += bytes;
         self.held_most = self.held_most.max(self.held);
         if o.ahead.len() >= GAP_FILL {
-            self.fill(run)?;
+            // The records between the one due and the first held back.
+            let hi = o.ahead.keys().next().map_or(o.next, |k| k - 1);
+            self.fill(run, hi)?;
         }
         Ok(())
     }
 
     /// The record due next in its chain, with every held one it releases.
     fn feed(&mut self, s: Scanned) {
-        let o = &mut self.orders[s.run];
+        let run = s.run;
+        let o = &mut self.orders[run];
         let mut due = Some(s);
         while let Some(mut s) = due {
             s.prev = o.prev;
@@ -142,49 +152,66 @@ impl Producer {
                 self.held_bytes -= n.payload.len();
             }
         }
+        if o.next > o.end {
+            self.finish(run);
+        }
     }
 
-    /// Read chain `run`'s missing record through the primary key; if it is
-    /// not there, the chain stops (the primary-key path reports it).
-    fn fill(&mut self, run: usize) -> Result<(), AuditError> {
+    /// The run is complete, or stopped.
+    fn finish(&mut self, run: usize) {
+        if !self.done[run].replace(true) {
+            self.live -= 1;
+        }
+    }
+
+    /// The rest of this chain is the primary-key path's: what it held back
+    /// is let go.
+    fn stop(&mut self, run: usize) {
+        let o = &mut self.orders[run];
+        o.stopped = true;
+        for s in std::mem::take(&mut o.ahead).into_values() {
+            self.held -= 1;
+            self.held_bytes -= s.payload.len();
+        }
+        self.finish(run);
+    }
+
+    /// Read chain `run`'s records from the one due up to seq `hi` through
+    /// the primary key. One missing stops the chain (the primary-key path
+    /// reports it).
+    fn fill(&mut self, run: usize, hi: i64) -> Result<(), AuditError> {
         let o = &self.orders[run];
-        match fetch(&self.oids, self.snap, o.chain, o.next)? {
-            Some(mut s) => {
-                self.fetched += 1;
-                s.run = run;
-                self.feed(s);
+        let (chain, lo) = (o.chain, o.next);
+        for s in fetch_range(&self.oids, self.snap, chain, lo, hi)? {
+            let mut s = s?;
+            if self.done[run].get() {
+                break;
             }
-            None => self.orders[run].stopped = true,
+            let next = self.orders[run].next;
+            if s.record.seq < next {
+                continue;
+            }
+            if s.record.seq > next {
+                break;
+            }
+            self.fetched += 1;
+            s.run = run;
+            self.feed(s);
+        }
+        if !self.done[run].get() && self.orders[run].next <= hi {
+            self.stop(run);
         }
         Ok(())
     }
 
-    /// After the scan: the records of a chain it did not see, read in one
-    /// range of the primary key. False when no chain has any left.
+    /// After the scan: the records of a chain it did not see. False when
+    /// no chain has any left.
     fn fill_any(&mut self) -> Result<bool, AuditError> {
-        let Some(run) = self
-            .orders
-            .iter()
-            .position(|o| !o.stopped && o.next <= o.end)
-        else {
+        let Some(run) = (0..self.orders.len()).find(|&r| !self.done[r].get()) else {
             return Ok(false);
         };
-        let (chain, lo, hi) = {
-            let o = &self.orders[run];
-            (o.chain, o.next, o.end)
-        };
-        for s in fetch_range(&self.oids, self.snap, chain, lo, hi)? {
-            let mut s = s?;
-            self.fetched += 1;
-            s.run = run;
-            self.place(s)?;
-        }
-        // Whatever is still due is not in the log: the primary-key path
-        // reports it.
-        let o = &mut self.orders[run];
-        if o.next <= o.end {
-            o.stopped = true;
-        }
+        let end = self.orders[run].end;
+        self.fill(run, end)?;
         Ok(true)
     }
 }
@@ -199,16 +226,6 @@ fn scanned(row: &Row, run: usize) -> Scanned {
         parts: Vec::new(),
         prev: ZERO_HASH,
     }
-}
-
-/// Record `seq` of `chain`, through the primary key.
-fn fetch(
-    oids: &catalog::Oids,
-    snap: pgrx::pg_sys::Snapshot,
-    chain: i32,
-    seq: i64,
-) -> Result<Option<Scanned>, AuditError> {
-    fetch_range(oids, snap, chain, seq, seq)?.next().transpose()
 }
 
 /// Records `lo..=hi` of `chain`, in order, through the primary key.
@@ -351,7 +368,23 @@ pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<u64, AuditError> {
         let snap = snapshot.0;
         let mut orders: Vec<Order> = Vec::new();
         let mut tiles: Vec<Tiles> = Vec::new();
-        let (mut backlog, mut present) = (0u64, 0u64);
+        // The records in the log, over every chain: what a scan reads.
+        let purged: HashMap<i32, i64> = select_at(
+            snap,
+            &format!(
+                "SELECT chain_id, seq FROM {}.anchors",
+                catalog::log_schema_sql()
+            ),
+            &[],
+        )?
+        .iter()
+        .filter_map(|r| Some((r.first()?.int()? as i32, r.get(1)?.int()?)))
+        .collect();
+        let present: u64 = heads
+            .iter()
+            .map(|&(c, h)| (h - purged.get(&c).copied().unwrap_or(0)).max(0) as u64)
+            .sum();
+        let mut backlog = 0u64;
         for (chain, head) in locked {
             let from = stored_tiles(snap, chain, 0)?;
             let to = head.max(0) as u64 / TILE_WIDTH;
@@ -359,7 +392,6 @@ pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<u64, AuditError> {
                 continue;
             }
             let mut src = ChainTiles::new(chain, oids, snap)?;
-            present += (head.max(0) as u64).saturating_sub(src.purged);
             // The tile a purge cut through: its purged leaves are in the
             // partial tile the purge stored; the scan reads the rest.
             // (A purge stores the tiles before its cut: more than one tile's
@@ -410,17 +442,20 @@ pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<u64, AuditError> {
             .map(|(i, (t, o))| (t.chain, (i, o.next, o.end)))
             .collect();
         let start = start_block(&orders, snap)?;
+        let done: Rc<[Cell<bool>]> = orders.iter().map(|_| Cell::new(false)).collect();
+        let skip = Rc::clone(&done);
         let mut rows = Ordered::sequential_from(oids.records, snap, start, move |row: &Row| {
             let &(run, lo, hi) = want.get(&row.i32(records::CHAIN_ID)?)?;
-            (lo..=hi)
-                .contains(&row.i64(records::SEQ)?)
-                .then(|| scanned(row, run))
+            let seq = row.i64(records::SEQ)?;
+            ((lo..=hi).contains(&seq) && !skip[run].get()).then(|| scanned(row, run))
         })?;
         // The session reads and puts each chain in order (only it may call
         // PostgreSQL); workers hash, and the leaves come back in that order.
         let mut p = Producer {
             oids,
             snap,
+            live: orders.len(),
+            done,
             orders,
             ready: VecDeque::new(),
             held: 0,
@@ -439,6 +474,11 @@ pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<u64, AuditError> {
                     }
                 }
                 return Some(Ok(s));
+            }
+            // Every chain complete or stopped: the rest of the table is
+            // not read.
+            if p.live == 0 {
+                scanning = false;
             }
             let step = if scanning {
                 match rows.next() {

@@ -219,82 +219,105 @@ purged=$(wl_q -c "SELECT coalesce(sum(seq), 0) FROM audit_log.anchors")
 verifies "a checkpoint taken beside purges" "$work"/pcp_*.json
 echo "  $n checkpoints beside purges (of $purged records) all verify; proofs given or refused as purged"
 # 9. A large backlog is integrated by one sequential scan of the records.
-# It must store exactly the tiles that reading each chain through its
-# primary key stores. The log: 4 chains written concurrently (records lie
-# out of order on disk), a spilled transaction, purges whose cuts lie in
-# tiles (their purged leaves come from the purge's partial tile), VACUUMs
-# that let later records into freed pages (before where the scan starts),
-# and, in a second pair, a record edited in the backlog (both paths stop
-# the chain there, and the checkpoint leaves its tree out).
+# It must store the tiles that reading each chain through its primary key
+# stores. Three pairs of copies of one log, one of each integrated by the
+# scan and the other through the primary key:
+#  - f, g: 4 chains written concurrently (records lie out of order on
+#    disk), a spilled transaction, a backlog behind integrated tiles (the
+#    scan starts at a later page);
+#  - a, b: then purges whose cuts lie in tiles (the purged leaves of the
+#    cut tile come from the purge's partial tile), and VACUUMs that let
+#    later records into the freed pages (the scan, from the first page,
+#    meets them before their predecessors, and reads those through the
+#    primary key);
+#  - c, d: then a record edited in the backlog: both stop the chain there,
+#    and the checkpoint leaves its tree out.
 rm -f "$WL_SCRIPT"
 wl_setup al_proofs_scan
 psql -X -q -d postgres -c "ALTER DATABASE al_proofs_scan SET audit_log.chains = 4"
 load() { pgbench -n -c 4 -j 2 -T "$1" -f "$WL_SCRIPT" "$WL_DB" >"$work/pgbench_scan.out" 2>&1 || wl_fail "pgbench: $(tail -3 "$work/pgbench_scan.out")"; }
-# cut N: purge the records committed before the Nth-last record's time.
-cut() { wl_q -c "SELECT * FROM audit_log.purge((SELECT committed_at FROM audit_log.records ORDER BY committed_at DESC OFFSET $1 LIMIT 1))" >/dev/null; }
+# purge_before N: purge the records committed before the Nth-last record's time.
+purge_before() { wl_q -c "SELECT * FROM audit_log.purge((SELECT committed_at FROM audit_log.records ORDER BY committed_at DESC OFFSET $1 LIMIT 1))" >/dev/null; }
+copy() { psql -X -q -d postgres -c "CREATE DATABASE al_proofs_$2 TEMPLATE al_proofs_$1"; }
 wl_q -c "SELECT audit_log.set_retention('0')" >/dev/null
 load 3 & l=$!; wl_q -c "INSERT INTO t3 SELECT g, g FROM generate_series(200000, 212000) g"; wait $l
 wl_q -c "SELECT audit_log.checkpoint()" >/dev/null
-cut $(( $(wl_q -c "SELECT count(*) FROM audit_log.records") / 2 ))
+load 3
+copy scan scan_f; copy scan scan_g
+purge_before $(( $(wl_q -c "SELECT count(*) FROM audit_log.records") / 2 ))
 wl_q -c "VACUUM audit_log.records"
 load 3
-cut 300
+purge_before 300
 wl_q -c "VACUUM audit_log.records"
 load 3
-# An edit in the backlog of the longest chain, 300 records before its head,
-# in a copy that two more copies are made of (the edit's own DDL is logged).
-edit="ALTER TABLE audit_log.records DISABLE TRIGGER USER;
-      UPDATE audit_log.records SET payload = overlay(payload PLACING '\x00' FROM length(payload) - 1)
-       WHERE (chain_id, seq) = (SELECT chain_id, max(seq) - 300 FROM audit_log.records GROUP BY 1 ORDER BY 2 DESC LIMIT 1);
-      ALTER TABLE audit_log.records ENABLE TRIGGER USER;"
-for db in scan_a scan_b scan_e; do
-    psql -X -q -d postgres -c "CREATE DATABASE al_proofs_$db TEMPLATE al_proofs_scan"
-done
-psql -X -q -v ON_ERROR_STOP=1 -d al_proofs_scan_e -c "$edit"
-for db in scan_c scan_d; do
-    psql -X -q -d postgres -c "CREATE DATABASE al_proofs_$db TEMPLATE al_proofs_scan_e"
-done
+copy scan scan_a; copy scan scan_b; copy scan scan_e
+# The edit: the longest chain's record 300 before its head, in a copy that
+# the pair is copied from (the edit's own DDL is logged).
+read -r edited edited_seq <<<"$(wl_q -F ' ' -c "SELECT chain_id, max(seq) - 300 FROM audit_log.records GROUP BY 1 ORDER BY 2 DESC LIMIT 1")"
+psql -X -q -v ON_ERROR_STOP=1 -d al_proofs_scan_e <<SQL
+ALTER TABLE audit_log.records DISABLE TRIGGER USER;
+UPDATE audit_log.records SET payload = overlay(payload PLACING '\x00' FROM length(payload) - 1)
+ WHERE chain_id = $edited AND seq = $edited_seq;
+ALTER TABLE audit_log.records ENABLE TRIGGER USER;
+SQL
+copy scan_e scan_c; copy scan_e scan_d
 # Every tile, one line each, sorted.
 tiles_of() { psql -X -q -At -d "$1" -c "SELECT format('%s/%s/%s/%s/%s/%s', chain_id, level, idx, width, encode(hashes, 'hex'), encode(root, 'hex')) FROM audit_log.tiles" | LC_ALL=C sort; }
-for pair in "scan_a scan_b" "scan_c scan_d"; do
+trees_of() { python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))['trees'], sort_keys=True))" "$1"; }
+for pair in "scan_f scan_g" "scan_a scan_b" "scan_c scan_d"; do
     set -- $pair
-    # By the scan (the database's setting is the default), then by the primary key.
     psql -X -q -At -d al_proofs_$1 -c "SET audit_log.integration_scan_leaves = 1" -c "SET client_min_messages = debug1" \
         -c "SELECT audit_log.checkpoint()" >"$work/cp_$1.json" 2>"$work/scan_$1.log"
-    grep -q "by one sequential scan" "$work/scan_$1.log" || wl_fail "$1: the backlog was not integrated by a scan: $(cat "$work/scan_$1.log")"
     psql -X -q -At -d al_proofs_$2 -c "SET audit_log.integration_scan_leaves = -1" -c "SET client_min_messages = debug1" \
         -c "SELECT audit_log.checkpoint()" >"$work/cp_$2.json" 2>"$work/scan_$2.log"
     ! grep -q "by one sequential scan" "$work/scan_$2.log" || wl_fail "$2: integrated by a scan with the scan off"
+    # What the scan did: leaves, chains, first page, held back, read through
+    # the primary key, chains left to it.
+    read -r leaves chains page held fetched left <<<"$(sed -n 's/.*DEBUG:  audit_log: integrated \([0-9]*\) leaves of \([0-9]*\) chain(s) by one sequential scan from page \([0-9]*\); at most \([0-9]*\) record(s) held back, \([0-9]*\) read through the primary key; \([0-9]*\) chain(s) left.*/\1 \2 \3 \4 \5 \6/p' "$work/scan_$1.log")"
+    [ "${leaves:-0}" -gt 0 ] && [ "$chains" = 4 ] || wl_fail "$1: the scan did not integrate 4 chains: $(cat "$work/scan_$1.log")"
+    case $1 in
+    scan_f) [ "$page" -gt 0 ] && [ "$left" = 0 ] || wl_fail "scan_f: expected a scan from a later page, no chain left: $(cat "$work/scan_$1.log")" ;;
+    scan_a) [ "$page" = 0 ] && [ "$held" -gt 0 ] && [ "$fetched" -gt 0 ] && [ "$left" = 0 ] ||
+                wl_fail "scan_a: expected a scan from page 0, records held back and read through the primary key, no chain left: $(cat "$work/scan_$1.log")" ;;
+    scan_c) [ "$left" = 1 ] || wl_fail "scan_c: expected the edited chain left to the primary key: $(cat "$work/scan_$1.log")" ;;
+    esac
     tiles_of al_proofs_$1 >"$work/tiles_$1"; tiles_of al_proofs_$2 >"$work/tiles_$2"
-    # Every tile the primary key stored, the scan stored alike. Where a record
-    # was edited, the scan also keeps the complete tiles before it, which the
-    # primary key drops with the rest of the run of tiles it was reading.
+    [ -s "$work/tiles_$1" ] || wl_fail "$1: no tiles"
+    # Every tile the primary key stored, the scan stored alike.
     [ -z "$(LC_ALL=C comm -13 "$work/tiles_$1" "$work/tiles_$2")" ] ||
         wl_fail "$1 and $2: tiles of the primary key's that the scan did not store alike: $(LC_ALL=C comm -13 "$work/tiles_$1" "$work/tiles_$2" | cut -c1-40 | head -3)"
-    extra=$(LC_ALL=C comm -23 "$work/tiles_$1" "$work/tiles_$2" | wc -l)
-    if [ "$1" = scan_a ] && [ "$extra" != 0 ]; then wl_fail "scan_a: $extra tiles the primary key did not store"; fi
-    [ "$(wc -l <"$work/tiles_$1")" -gt 0 ] || wl_fail "$1: no tiles"
-    ta=$(python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))['trees'], sort_keys=True))" "$work/cp_$1.json")
-    tb=$(python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))['trees'], sort_keys=True))" "$work/cp_$2.json")
-    [ "$ta" = "$tb" ] || wl_fail "$1 and $2: the checkpoints' trees differ: $ta against $tb"
-    echo "  $1: $(sed -n 's/.*DEBUG:  audit_log: integrated //p' "$work/scan_$1.log"); $(wc -l <"$work/tiles_$1") tiles, $extra more than the primary key's"
+    # And no other, but where a record was edited: there the scan keeps the
+    # complete level-0 tiles before it, which the primary key drops with the
+    # rest of the run of tiles it was reading.
+    LC_ALL=C comm -23 "$work/tiles_$1" "$work/tiles_$2" >"$work/extra_$1"
+    extra=$(wc -l <"$work/extra_$1")
+    if [ "$1" = scan_c ]; then
+        awk -F/ -v c="$edited" -v t=$(( (edited_seq - 1) / 256 )) '$1 != c || $2 != 0 || $3 >= t { bad = 1 } END { exit bad }' "$work/extra_$1" ||
+            wl_fail "scan_c: a tile beyond the primary key's that is not before the edited record: $(cut -c1-40 "$work/extra_$1" | head -3)"
+    elif [ "$extra" != 0 ]; then
+        wl_fail "$1: $extra tiles the primary key did not store"
+    fi
+    [ "$(trees_of "$work/cp_$1.json")" = "$(trees_of "$work/cp_$2.json")" ] ||
+        wl_fail "$1 and $2: the checkpoints' trees differ: $(trees_of "$work/cp_$1.json") against $(trees_of "$work/cp_$2.json")"
+    echo "  $1: $leaves leaves of $chains chains from page $page, at most $held held back, $fetched read through the primary key, $left chain(s) left to it; $(wc -l <"$work/tiles_$1") tiles, $extra more than the primary key's"
 done
-edited=$(psql -X -q -At -d al_proofs_scan -c "SELECT chain_id FROM audit_log.records GROUP BY 1 ORDER BY max(seq) DESC LIMIT 1")
 has_tree() { python3 -c "import json,sys; sys.exit(0 if any(t['chain'] == int(sys.argv[2]) for t in json.load(open(sys.argv[1]))['trees']) else 1)" "$1" "$2"; }
 has_tree "$work/cp_scan_a.json" "$edited" || wl_fail "the intact log has no tree for chain $edited"
 ! has_tree "$work/cp_scan_c.json" "$edited" || wl_fail "chain $edited has a tree despite its edited record"
-grep -q "WARNING.*has no tree" "$work/scan_scan_c.log" || wl_fail "no warning for the edited chain: $(cat "$work/scan_scan_c.log")"
-WL_DB=al_proofs_scan_a verifies "the scan's checkpoint" "$work/cp_scan_a.json"
-# The log was purged, so Python checks the trees through proofs: random
-# events, and the first and last left, to the scan's checkpoint.
-ids=$(psql -X -q -At -d al_proofs_scan_a -c "(SELECT id FROM audit_log.events ORDER BY random() LIMIT 20)
-        UNION SELECT min(id) FROM audit_log.events UNION SELECT max(id) FROM audit_log.events")
-for id in $ids; do
-    psql -X -q -At -d al_proofs_scan_a -c "SELECT audit_log.prove($id, pg_read_file('$work/cp_scan_a.json')::jsonb)" >"$work/sp_$id.json"
-    pyrun proof "$work/sp_$id.json" "$work/cp_scan_a.json"; expect 0 "format_v2.py: event $id's proof to the scan's checkpoint"
-    run verify-proof "$work/sp_$id.json" --checkpoint "$work/cp_scan_a.json"; expect 0 "verify-proof: event $id's proof to the scan's checkpoint"
+grep -q "WARNING.*chain $edited has no tree" "$work/scan_scan_c.log" || wl_fail "no warning for the edited chain: $(cat "$work/scan_scan_c.log")"
+for db in scan_f scan_a; do
+    WL_DB=al_proofs_$db verifies "the scan's checkpoint ($db)" "$work/cp_$db.json"
+    # Python checks the trees through proofs (the log in a was purged):
+    # random events, and the first and last left, to the scan's checkpoint.
+    ids=$(psql -X -q -At -d al_proofs_$db -c "(SELECT id FROM audit_log.events ORDER BY random() LIMIT 15)
+            UNION SELECT min(id) FROM audit_log.events UNION SELECT max(id) FROM audit_log.events")
+    for id in $ids; do
+        psql -X -q -At -d al_proofs_$db -c "SELECT audit_log.prove($id, pg_read_file('$work/cp_$db.json')::jsonb)" >"$work/sp_$id.json"
+        pyrun proof "$work/sp_$id.json" "$work/cp_$db.json"; expect 0 "format_v2.py: event $id's proof to the scan's checkpoint ($db)"
+        run verify-proof "$work/sp_$id.json" --checkpoint "$work/cp_$db.json"; expect 0 "verify-proof: event $id's proof to the scan's checkpoint ($db)"
+    done
 done
-for db in scan scan_a scan_b scan_c scan_d scan_e; do psql -X -q -d postgres -c "DROP DATABASE al_proofs_$db"; done
-echo "  a backlog integrated by one sequential scan: the same tiles as through the primary key, with and without an edited record"
+for db in scan scan_a scan_b scan_c scan_d scan_e scan_f scan_g; do psql -X -q -d postgres -c "DROP DATABASE al_proofs_$db"; done
+echo "  a backlog integrated by one sequential scan: the same tiles as through the primary key, from a later page, after purges and with an edited record"
 psql -X -q -d postgres -c "DROP DATABASE al_proofs_cr" -c "DROP DATABASE al_proofs_sc" -c "DROP ROLE al_proofs_aud"
 echo "merkle: checkpoints under load, proofs, edits, the witness, a restore and a crash behave"
