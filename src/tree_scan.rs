@@ -48,8 +48,10 @@ const AHEAD_MAX_BYTES: usize = 64 << 20;
 /// backend's insert into an older page with room, a page a purge freed).
 const GAP_FILL: usize = 1024;
 
-/// Complete tiles of a chain stored with one statement.
+/// Complete tiles of a chain stored with one statement, and complete tiles
+/// kept in memory over all chains (8 kB each) before every chain's are.
 const TILES_PER_INSERT: usize = 64;
+const TILES_KEPT: usize = 512;
 
 /// A record the scan wants, as read: the index of its chain's run, its
 /// columns, its payload (and segments'), and the stored link hash of the
@@ -306,25 +308,25 @@ struct Tiles {
 }
 
 impl Tiles {
-    fn push(&mut self, leaf: Result<Hash, ()>) -> Result<(), AuditError> {
+    /// The chain's next leaf (or that it has none); true if it completed a
+    /// tile.
+    fn push(&mut self, leaf: Result<Hash, ()>) -> bool {
         if self.failed {
-            return Ok(());
+            return false;
         }
         let Ok(leaf) = leaf else {
             self.failed = true;
-            return Ok(());
+            return false;
         };
         self.leaves.push(leaf);
-        if self.leaves.len() as u64 == TILE_WIDTH {
-            let leaves = std::mem::take(&mut self.leaves);
-            let root = merkle::root(&leaves);
-            self.made.push((self.tile, leaves, root));
-            self.tile += 1;
-            if self.made.len() >= TILES_PER_INSERT {
-                self.store()?;
-            }
+        if self.leaves.len() as u64 != TILE_WIDTH {
+            return false;
         }
-        Ok(())
+        let leaves = std::mem::take(&mut self.leaves);
+        let root = merkle::root(&leaves);
+        self.made.push((self.tile, leaves, root));
+        self.tile += 1;
+        true
     }
 
     fn store(&mut self) -> Result<(), AuditError> {
@@ -508,9 +510,26 @@ pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<u64, AuditError> {
                 block_signals,
                 leaf,
             );
+            let mut kept = 0usize;
             for item in leaves {
                 match item {
-                    Ok((leaf, s)) => tiles[s.run].push(leaf)?,
+                    Ok((leaf, s)) => {
+                        let t = &mut tiles[s.run];
+                        if !t.push(leaf) {
+                            continue;
+                        }
+                        kept += 1;
+                        if t.made.len() >= TILES_PER_INSERT {
+                            kept -= t.made.len();
+                            t.store()?;
+                        }
+                        if kept >= TILES_KEPT {
+                            for t in tiles.iter_mut() {
+                                t.store()?;
+                            }
+                            kept = 0;
+                        }
+                    }
                     Err(e) => {
                         failed = Some(e);
                         break;
