@@ -46,7 +46,25 @@ pub enum Read {
     Raw(RawRecord),
 }
 
+/// Payload bytes handed to a worker in one batch: with two batches a
+/// worker in flight, what a transaction's size can make the session hold is
+/// bounded by bytes, not only by a number of records (one transaction is
+/// still read whole).
+pub(crate) const BATCH_BYTES: usize = 8 << 20;
+
+/// The bytes of a payload and its segments.
+pub(crate) fn weight(payload: &[u8], parts: &[Vec<u8>]) -> usize {
+    parts.iter().map(Vec::len).sum::<usize>() + payload.len()
+}
+
 impl Read {
+    fn weight(&self) -> usize {
+        match self {
+            Read::Done(..) => 0,
+            Read::Raw(raw) => weight(&raw.payload, &raw.parts),
+        }
+    }
+
     fn digested(self) -> (Record, Digest) {
         match self {
             Read::Done(r, d) => (r, d),
@@ -146,12 +164,14 @@ pub fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
     // The session reads (only it may call PostgreSQL); workers hash, and
     // their results come back in order.
     std::thread::scope(|scope| {
-        let digested = audit_log_core::parallel::map_ordered(
+        let digested = audit_log_core::parallel::map_ordered_bounded(
             scope,
             records,
             verify_threads(),
             block_signals,
             Read::digested,
+            Read::weight,
+            BATCH_BYTES,
         );
         record::verify_records(digested, cp, &anchors, &claimed)
     })

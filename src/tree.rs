@@ -72,6 +72,12 @@ fn leaf_row(r: &Row) -> Option<LeafRow> {
     })
 }
 
+impl LeafRow {
+    fn weight(&self) -> usize {
+        crate::records::weight(&self.payload, &self.parts)
+    }
+}
+
 /// A record's leaf, if its link recomputes from its events and the stored
 /// hash before it; otherwise what is wrong. Runs on worker threads.
 fn leaf_of(row: &LeafRow) -> Result<Hash, &'static str> {
@@ -230,7 +236,8 @@ impl ChainTiles {
                 return None;
             }
             let mut batch = Vec::with_capacity(LEAF_BATCH);
-            while batch.len() < LEAF_BATCH {
+            let mut bytes = 0usize;
+            while batch.len() < LEAF_BATCH && bytes < crate::records::BATCH_BYTES {
                 let mut row = match rows.next() {
                     Some(Ok(row)) => row,
                     Some(Err(e)) => {
@@ -261,6 +268,7 @@ impl ChainTiles {
                 }
                 prev = Some((row.record.seq, row.record.link_hash));
                 expect += 1;
+                bytes += row.weight();
                 batch.push(row);
                 if batch.len() == LEAF_BATCH {
                     break;
@@ -270,7 +278,7 @@ impl ChainTiles {
         });
         let mut out = Vec::with_capacity((hi - lo) as usize);
         let hashed = std::thread::scope(|scope| -> Result<(), AuditError> {
-            let leaves = audit_log_core::parallel::map_ordered(
+            let leaves = audit_log_core::parallel::map_ordered_bounded(
                 scope,
                 batches,
                 crate::records::verify_threads(),
@@ -281,6 +289,8 @@ impl ChainTiles {
                         .map(|row| leaf_of(row).map_err(|why| (row.record.seq, why)))
                         .collect()
                 },
+                |batch: &Vec<LeafRow>| batch.iter().map(LeafRow::weight).sum(),
+                crate::records::BATCH_BYTES,
             );
             for batch in leaves {
                 for leaf in batch? {

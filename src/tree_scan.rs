@@ -503,12 +503,14 @@ pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<u64, AuditError> {
             }
         });
         std::thread::scope(|scope| -> Result<(), AuditError> {
-            let leaves = audit_log_core::parallel::map_ordered(
+            let leaves = audit_log_core::parallel::map_ordered_bounded(
                 scope,
                 input,
                 verify_threads(),
                 block_signals,
                 leaf,
+                |s: &Scanned| crate::records::weight(&s.payload, &s.parts),
+                crate::records::BATCH_BYTES,
             );
             let mut kept = 0usize;
             for item in leaves {

@@ -40,6 +40,28 @@ where
     I: Iterator<Item = Result<T, E>>,
     F: Fn(T) -> U + Send + Sync + Clone + 'scope,
 {
+    map_ordered_bounded(scope, input, threads, init, f, |_| 0, usize::MAX)
+}
+
+/// As [`map_ordered`], with batches that also end once their items weigh
+/// `budget` (by `weigh`, in bytes, say): what is in flight at once is then
+/// bounded by about `2 × threads × budget` plus one item a batch, whatever
+/// the items' sizes, not only by their number.
+pub fn map_ordered_bounded<'scope, 'env, T, U, E, I, F>(
+    scope: &'scope Scope<'scope, 'env>,
+    input: I,
+    threads: usize,
+    init: fn(),
+    f: F,
+    weigh: fn(&T) -> usize,
+    budget: usize,
+) -> Ordered<T, U, E, I, F>
+where
+    T: Send + 'scope,
+    U: Send + 'scope,
+    I: Iterator<Item = Result<T, E>>,
+    F: Fn(T) -> U + Send + Sync + Clone + 'scope,
+{
     let (jobs, rx) = mpsc::sync_channel::<Job<T, U>>(threads * 2);
     let rx = Arc::new(Mutex::new(rx));
     let mut spawned = 0;
@@ -76,6 +98,8 @@ where
         input,
         jobs: (spawned > 0).then_some(jobs),
         f,
+        weigh,
+        budget,
         in_flight: VecDeque::new(),
         window: spawned * 2,
         ready: VecDeque::new(),
@@ -89,6 +113,8 @@ pub struct Ordered<T, U, E, I, F> {
     input: I,
     jobs: Option<SyncSender<Job<T, U>>>,
     f: F,
+    weigh: fn(&T) -> usize,
+    budget: usize,
     in_flight: VecDeque<Receiver<Vec<U>>>,
     window: usize,
     ready: VecDeque<U>,
@@ -105,9 +131,13 @@ where
     /// Read up to one batch from the input.
     fn read_batch(&mut self) -> Vec<T> {
         let mut batch = Vec::with_capacity(BATCH);
-        while !self.input_done && batch.len() < BATCH {
+        let mut weight = 0usize;
+        while !self.input_done && batch.len() < BATCH && weight < self.budget {
             match self.input.next() {
-                Some(Ok(t)) => batch.push(t),
+                Some(Ok(t)) => {
+                    weight = weight.saturating_add((self.weigh)(&t));
+                    batch.push(t);
+                }
                 Some(Err(e)) => {
                     self.error = Some(e);
                     self.input_done = true;
@@ -196,6 +226,50 @@ impl<T, U, E, I, F> Drop for Ordered<T, U, E, I, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_end_at_their_budget() {
+        // Items weigh their value; a budget of 100 puts at most one item of
+        // 100 (or a few lighter ones) in a batch. Order and results are kept.
+        let input: Vec<usize> = (0..2000)
+            .map(|i| if i % 7 == 0 { 100 } else { i % 13 })
+            .collect();
+        let want: Vec<usize> = input.iter().map(|i| i + 1).collect();
+        for threads in [0, 1, 3] {
+            let got: Vec<usize> = std::thread::scope(|s| {
+                let weigh: fn(&usize) -> usize = |&i| i;
+                map_ordered_bounded(
+                    s,
+                    input.iter().copied().map(Ok::<_, ()>),
+                    threads,
+                    || {},
+                    |i| i + 1,
+                    weigh,
+                    100,
+                )
+                .map(|r| r.unwrap())
+                .collect()
+            });
+            assert_eq!(got, want, "{threads} threads");
+        }
+        // The batches themselves: read one and weigh it.
+        std::thread::scope(|s| {
+            let weigh: fn(&usize) -> usize = |&i| i;
+            let mut it = map_ordered_bounded(
+                s,
+                [60usize, 30, 20, 5, 100, 1].into_iter().map(Ok::<_, ()>),
+                1,
+                || {},
+                |i| i,
+                weigh,
+                100,
+            );
+            assert_eq!(it.read_batch(), vec![60, 30, 20]);
+            assert_eq!(it.read_batch(), vec![5, 100]);
+            assert_eq!(it.read_batch(), vec![1]);
+            assert!(it.read_batch().is_empty());
+        });
+    }
 
     fn run(threads: usize, n: usize, fail_at: Option<usize>) -> Vec<Result<usize, String>> {
         let input = (0..n).map(move |i| {
