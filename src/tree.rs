@@ -112,6 +112,32 @@ pub(crate) fn checked_leaf(
     Ok(record_leaf(&r.link_hash, &root))
 }
 
+/// Scan keys for chain `chain`'s records with seq in `after+1 ..= upto`
+/// (for its primary key).
+pub(crate) fn seq_range_keys(chain: i32, after: i64, upto: i64) -> Vec<pg_sys::ScanKeyData> {
+    let seq = records::SEQ as i16 + 1;
+    scan_keys(&[
+        (
+            records::CHAIN_ID as i16 + 1,
+            pg_sys::BTEqualStrategyNumber,
+            pg_sys::F_INT4EQ,
+            pg_sys::Datum::from(chain),
+        ),
+        (
+            seq,
+            pg_sys::BTGreaterStrategyNumber,
+            pg_sys::F_INT8GT,
+            pg_sys::Datum::from(after),
+        ),
+        (
+            seq,
+            pg_sys::BTLessEqualStrategyNumber,
+            pg_sys::F_INT8LE,
+            pg_sys::Datum::from(upto),
+        ),
+    ])
+}
+
 /// Records handed to a worker at a time: one record's hashing is a few
 /// microseconds, less than a hand-over.
 const LEAF_BATCH: usize = 64;
@@ -197,26 +223,7 @@ impl ChainTiles {
     /// Leaf hashes `lo..hi` from the records (seq `lo + 1 ..= hi`), each
     /// record's link checked against the one before.
     pub fn record_leaves(&mut self, lo: u64, hi: u64) -> Result<Vec<Hash>, AuditError> {
-        let keys = scan_keys(&[
-            (
-                records::CHAIN_ID as i16 + 1,
-                pg_sys::BTEqualStrategyNumber,
-                pg_sys::F_INT4EQ,
-                pg_sys::Datum::from(self.chain),
-            ),
-            (
-                records::SEQ as i16 + 1,
-                pg_sys::BTGreaterStrategyNumber,
-                pg_sys::F_INT8GT,
-                pg_sys::Datum::from(lo as i64),
-            ),
-            (
-                records::SEQ as i16 + 1,
-                pg_sys::BTLessEqualStrategyNumber,
-                pg_sys::F_INT8LE,
-                pg_sys::Datum::from(hi as i64),
-            ),
-        ]);
+        let keys = seq_range_keys(self.chain, lo as i64, hi as i64);
         let mut rows = Ordered::open_keys(
             self.oids.records,
             self.oids.records_pkey,

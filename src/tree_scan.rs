@@ -22,10 +22,11 @@ use audit_log_core::record::Record;
 use crate::catalog;
 use crate::errors::AuditError;
 use crate::records::{block_signals, record_columns, verify_threads};
-use crate::scan::{scan_keys, select_at, Arg, Ordered, Row, SnapshotGuard, Val};
+use crate::scan::{select_at, Arg, Ordered, Row, SnapshotGuard, Val};
 use crate::store::{read_segments, records};
 use crate::tree::{
-    checked_leaf, insert_tiles, lock_chain_tiles, payload_digest, stored_tiles, ChainTiles,
+    checked_leaf, insert_tiles, lock_chain_tiles, payload_digest, seq_range_keys, stored_tiles,
+    ChainTiles,
 };
 
 /// `audit_log.integration_scan_leaves`: backlogs of fewer leaves than this
@@ -83,9 +84,6 @@ struct Order {
     end: i64,
     prev: Hash,
     ahead: BTreeMap<i64, Scanned>,
-    /// A record is missing, or too much was held back: the rest of this
-    /// chain is the primary-key path's.
-    stopped: bool,
 }
 
 /// The session's side of the pass: the chains put in order, and the
@@ -169,9 +167,7 @@ impl Producer {
     /// The rest of this chain is the primary-key path's: what it held back
     /// is let go.
     fn stop(&mut self, run: usize) {
-        let o = &mut self.orders[run];
-        o.stopped = true;
-        for s in std::mem::take(&mut o.ahead).into_values() {
+        for s in std::mem::take(&mut self.orders[run].ahead).into_values() {
             self.held -= 1;
             self.held_bytes -= s.payload.len();
         }
@@ -238,28 +234,7 @@ fn fetch_range(
     lo: i64,
     hi: i64,
 ) -> Result<Ordered<Scanned>, AuditError> {
-    use pgrx::pg_sys::{self, Datum};
-    let seq = records::SEQ as i16 + 1;
-    let keys = scan_keys(&[
-        (
-            records::CHAIN_ID as i16 + 1,
-            pg_sys::BTEqualStrategyNumber,
-            pg_sys::F_INT4EQ,
-            Datum::from(chain),
-        ),
-        (
-            seq,
-            pg_sys::BTGreaterEqualStrategyNumber,
-            pg_sys::F_INT8GE,
-            Datum::from(lo),
-        ),
-        (
-            seq,
-            pg_sys::BTLessEqualStrategyNumber,
-            pg_sys::F_INT8LE,
-            Datum::from(hi),
-        ),
-    ]);
+    let keys = seq_range_keys(chain, lo - 1, hi);
     Ordered::open_keys(oids.records, oids.records_pkey, snap, keys, |r| {
         Some(scanned(r, 0))
     })
@@ -421,7 +396,6 @@ pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<u64, AuditError> {
                 end: (to * TILE_WIDTH) as i64,
                 prev,
                 ahead: BTreeMap::new(),
-                stopped: false,
             });
             tiles.push(Tiles {
                 chain,
@@ -550,7 +524,7 @@ pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<u64, AuditError> {
         for (t, o) in tiles.iter_mut().zip(&p.orders) {
             t.store()?;
             leaves += (t.tile - t.from) * TILE_WIDTH;
-            left += usize::from(t.failed || o.stopped || o.next <= o.end);
+            left += usize::from(t.failed || o.next <= o.end);
         }
         Ok(Some((leaves, format!(
             "audit_log: integrated {leaves} leaves of {} chain(s) by one sequential scan from page {start}; at most {} record(s) held back, {} read through the primary key; {left} chain(s) left to the primary key",
