@@ -32,7 +32,15 @@ impl Row<'_> {
     pub fn slice(&self, i: usize) -> Option<&[u8]> {
         // SAFETY: a varlena column of the current row.
         self.get(i).map(|d| unsafe {
-            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+            let p = d.cast_mut_ptr::<pg_sys::varlena>();
+            // Most values lie in the row as they are (what
+            // pg_detoast_datum_packed returns unchanged): read in place,
+            // without a call into PostgreSQL per column per row.
+            let v = if pgrx::varlena::varatt_is_4b_c(p) || pgrx::varlena::varatt_is_1b_e(p) {
+                pg_sys::pg_detoast_datum_packed(p)
+            } else {
+                p
+            };
             pgrx::varlena_to_byte_slice(v)
         })
     }

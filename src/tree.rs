@@ -106,7 +106,7 @@ pub(crate) fn checked_leaf(
     prev: &Hash,
     (count, last, root): (usize, Hash, Hash),
 ) -> Result<Hash, &'static str> {
-    if count as i64 != r.event_count || r.link(*prev, last).link_hash != r.link_hash {
+    if count as i64 != r.event_count || r.link_hash_after(prev, &last) != r.link_hash {
         return Err("its link does not recompute from its events and the record before");
     }
     Ok(record_leaf(&r.link_hash, &root))

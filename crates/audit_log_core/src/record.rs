@@ -192,6 +192,23 @@ impl Record {
         l.link_hash = link_hash(&l);
         l
     }
+
+    /// The hash of [`Record::link`], without the link.
+    pub fn link_hash_after(&self, prev: &Hash, last_event_hash: &Hash) -> Hash {
+        crate::hash::link_hash_of(
+            prev,
+            [
+                i64::from(self.chain_id),
+                self.seq,
+                self.tx_id as i64,
+                self.event_count,
+                self.first_event,
+                self.last_event,
+            ],
+            last_event_hash,
+            self.committed_at,
+        )
+    }
 }
 
 /// What a transaction's payload shows, hashed: everything verification needs
@@ -203,8 +220,9 @@ pub struct Digest {
     pub last_id: Option<i64>,
     pub last_hash: Hash,
     /// The first thing wrong with the payload's structure, if any, and
-    /// what kind of break it is.
-    pub fault: Option<(ProblemKind, String)>,
+    /// what kind of break it is (boxed: every record's digest is moved
+    /// several times on its way to the walk, and few have one).
+    pub fault: Option<Box<(ProblemKind, String)>>,
 }
 
 /// The events of a transaction in tx_seq order: its segments' (each a run
@@ -229,9 +247,9 @@ pub fn merged<'a>(
     })
 }
 
-fn note(f: &mut Option<(ProblemKind, String)>, kind: ProblemKind, why: String) {
+fn note(f: &mut Option<Box<(ProblemKind, String)>>, kind: ProblemKind, why: String) {
     if f.is_none() {
-        *f = Some((kind, why));
+        *f = Some(Box::new((kind, why)));
     }
 }
 
@@ -460,11 +478,12 @@ impl Walk {
                 at,
                 format!("chain {} repeats seq {}", r.chain_id, r.seq),
             );
-        } else if let Some((kind, why)) = &d.fault {
+        } else if let Some(fault) = &d.fault {
+            let (kind, why) = &**fault;
             v.push(*kind, at, format!("{}: {why}", name()));
         } else {
-            let l = r.link(self.prev_hash, d.last_hash);
-            if l.link_hash != r.link_hash && self.at_unproven_anchor {
+            let link_hash = r.link_hash_after(&self.prev_hash, &d.last_hash);
+            if link_hash != r.link_hash && self.at_unproven_anchor {
                 v.push(
                     ProblemKind::LinkBroken,
                     at,
@@ -475,14 +494,14 @@ impl Walk {
                         short(&self.prev_hash)
                     ),
                 );
-            } else if l.link_hash != r.link_hash {
+            } else if link_hash != r.link_hash {
                 v.push(
                     ProblemKind::ContentChanged,
                     at,
                     format!(
                         "{} hashes to {}… but was committed as {}…: it, or the hash of the record before it, was changed after commit",
                         name(),
-                        short(&l.link_hash),
+                        short(&link_hash),
                         short(&r.link_hash)
                     ),
                 );
@@ -638,6 +657,9 @@ impl Follower {
     }
 }
 
+/// Chain ids found without a map lookup (`audit_log.chains` is at most 1024).
+const DIRECT_CHAINS: usize = 1024;
+
 /// Verify a log of records, each with the digest of its events, in any
 /// order: a sequential scan reads them in the order they lie on disk, which
 /// within a chain is almost always seq order, so the records held back
@@ -656,25 +678,47 @@ pub fn verify_records<E>(
         .map(|cp| cp.chains.iter().map(|h| (h.chain, h.clone())).collect())
         .unwrap_or_default();
     let mut v = Verdict::default();
-    let mut chains: BTreeMap<i32, ChainState> = BTreeMap::new();
+    // Each chain's state, found by its id: directly for the ids
+    // `audit_log.chains` gives (0 to 1023), through a map for any other.
+    let mut chains: Vec<ChainState> = Vec::new();
+    let mut direct: Vec<u32> = vec![u32::MAX; DIRECT_CHAINS];
+    let mut other: BTreeMap<i32, usize> = BTreeMap::new();
     // Each transaction's key, to find one stored twice (a replayed record,
     // its hash recomputed at the tail of a chain): 8 bytes per transaction.
     let mut keys: Vec<i64> = Vec::new();
     for item in records {
         let (r, d) = item?;
         keys.push(r.first_event);
-        let state = chains.entry(r.chain_id).or_insert_with(|| ChainState {
-            walk: Walk::new(
-                r.chain_id,
-                expected.remove(&r.chain_id),
-                anchor(r.chain_id),
-                claimed,
-            ),
-            ahead: BTreeMap::new(),
-        });
-        state.feed(&mut v, r, d);
+        let slot = match usize::try_from(r.chain_id) {
+            Ok(c) if c < DIRECT_CHAINS => direct[c] as usize,
+            _ => other.get(&r.chain_id).copied().unwrap_or(usize::MAX),
+        };
+        let at = if slot < chains.len() {
+            slot
+        } else {
+            chains.push(ChainState {
+                walk: Walk::new(
+                    r.chain_id,
+                    expected.remove(&r.chain_id),
+                    anchor(r.chain_id),
+                    claimed,
+                ),
+                ahead: BTreeMap::new(),
+            });
+            let at = chains.len() - 1;
+            match usize::try_from(r.chain_id) {
+                Ok(c) if c < DIRECT_CHAINS => direct[c] = at as u32,
+                _ => {
+                    other.insert(r.chain_id, at);
+                }
+            }
+            at
+        };
+        chains[at].feed(&mut v, r, d);
     }
-    for state in chains.values_mut() {
+    // Problems at the end come in chain order, whatever order chains came in.
+    chains.sort_unstable_by_key(|c| c.walk.chain_id);
+    for state in &mut chains {
         state.drain(&mut v, true);
         state.walk.finish(&mut v);
     }
