@@ -21,6 +21,12 @@ pub const WORKER_STACK: usize = 4 << 20;
 
 type Job<T, U> = (Vec<T>, SyncSender<Vec<U>>);
 
+/// A batch in flight: with a worker, or already mapped.
+enum Batch<U> {
+    Sent(Receiver<Vec<U>>),
+    Mapped(Vec<U>),
+}
+
 /// The results of `f` over `input`, in input order, computed by `threads`
 /// workers spawned in `scope`, each with a stack of [`WORKER_STACK`] bytes.
 /// `input` is only ever read on the calling thread; `init` runs first on
@@ -40,13 +46,16 @@ where
     I: Iterator<Item = Result<T, E>>,
     F: Fn(T) -> U + Send + Sync + Clone + 'scope,
 {
-    map_ordered_bounded(scope, input, threads, init, f, |_| 0, usize::MAX)
+    map_ordered_bounded(scope, input, threads, init, f, |_| 1, usize::MAX)
 }
 
 /// As [`map_ordered`], with batches that also end once their items weigh
 /// `budget` (by `weigh`, in bytes, say): what is in flight at once is then
 /// bounded by about `2 × threads × budget` plus one item a batch, whatever
-/// the items' sizes, not only by their number.
+/// the items' sizes, not only by their number. A batch whose items weigh
+/// nothing at all is mapped on the calling thread as it is read: items that
+/// need no work (the extension hashes small payloads as it reads them) are
+/// not sent to a worker and back.
 pub fn map_ordered_bounded<'scope, 'env, T, U, E, I, F>(
     scope: &'scope Scope<'scope, 'env>,
     input: I,
@@ -115,7 +124,7 @@ pub struct Ordered<T, U, E, I, F> {
     f: F,
     weigh: fn(&T) -> usize,
     budget: usize,
-    in_flight: VecDeque<Receiver<Vec<U>>>,
+    in_flight: VecDeque<Batch<U>>,
     window: usize,
     ready: VecDeque<U>,
     /// An input error, returned once everything read before it is out.
@@ -128,8 +137,8 @@ where
     I: Iterator<Item = Result<T, E>>,
     F: Fn(T) -> U,
 {
-    /// Read up to one batch from the input.
-    fn read_batch(&mut self) -> Vec<T> {
+    /// Read up to one batch from the input, and its weight.
+    fn read_batch(&mut self) -> (Vec<T>, usize) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut weight = 0usize;
         while !self.input_done && batch.len() < BATCH && weight < self.budget {
@@ -145,7 +154,7 @@ where
                 None => self.input_done = true,
             }
         }
-        batch
+        (batch, weight)
     }
 
     /// Keep the workers busy: dispatch batches until the window is full.
@@ -154,9 +163,14 @@ where
             return;
         };
         while self.in_flight.len() < self.window && !self.input_done {
-            let batch = self.read_batch();
+            let (batch, weight) = self.read_batch();
             if batch.is_empty() {
                 break;
+            }
+            if weight == 0 {
+                let out = batch.into_iter().map(&self.f).collect();
+                self.in_flight.push_back(Batch::Mapped(out));
+                continue;
             }
             let (reply, result) = mpsc::sync_channel(1);
             if jobs.send((batch, reply)).is_err() {
@@ -164,7 +178,7 @@ where
                 self.input_done = true;
                 break;
             }
-            self.in_flight.push_back(result);
+            self.in_flight.push_back(Batch::Sent(result));
         }
     }
 }
@@ -200,7 +214,8 @@ where
             }
             self.fill();
             match self.in_flight.pop_front() {
-                Some(result) => match result.recv() {
+                Some(Batch::Mapped(out)) => self.ready.extend(out),
+                Some(Batch::Sent(result)) => match result.recv() {
                     Ok(out) => self.ready.extend(out),
                     // The worker died with this batch: nothing more can be trusted.
                     Err(_) => {
@@ -264,11 +279,38 @@ mod tests {
                 weigh,
                 100,
             );
-            assert_eq!(it.read_batch(), vec![60, 30, 20]);
-            assert_eq!(it.read_batch(), vec![5, 100]);
-            assert_eq!(it.read_batch(), vec![1]);
-            assert!(it.read_batch().is_empty());
+            assert_eq!(it.read_batch(), (vec![60, 30, 20], 110));
+            assert_eq!(it.read_batch(), (vec![5, 100], 105));
+            assert_eq!(it.read_batch(), (vec![1], 1));
+            assert!(it.read_batch().0.is_empty());
         });
+    }
+
+    #[test]
+    fn weightless_batches_stay_on_the_calling_thread() {
+        // Items of weight 0 are mapped where they are read; the others go
+        // to a worker. Either way the results come back in order.
+        let me = std::thread::current().id();
+        let input: Vec<usize> = (0..3 * BATCH).collect();
+        let got: Vec<(usize, bool)> = std::thread::scope(|s| {
+            // The middle batch weighs something; the first and last do not.
+            let weigh: fn(&usize) -> usize = |&i| usize::from(i / BATCH == 1);
+            map_ordered_bounded(
+                s,
+                input.iter().copied().map(Ok::<_, ()>),
+                1,
+                || {},
+                move |i| (i, std::thread::current().id() == me),
+                weigh,
+                usize::MAX,
+            )
+            .map(|r| r.unwrap())
+            .collect()
+        });
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), input);
+        for (i, here) in got {
+            assert_eq!(here, i / BATCH != 1, "item {i}");
+        }
     }
 
     fn run(threads: usize, n: usize, fail_at: Option<usize>) -> Vec<Result<usize, String>> {
