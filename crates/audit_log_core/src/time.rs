@@ -61,13 +61,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     if b[16] != b':' || b[19] != b'.' || b[26] != b'Z' {
         return None;
     }
+    // Digits only (no sign, no space): at most 6 of them, so no overflow.
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        if t.bytes().all(|c| c.is_ascii_digit()) {
-            t.parse().ok()
-        } else {
-            None
-        }
+        b.get(r)?.iter().try_fold(0i64, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+        })
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, se, us) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..26)?);
