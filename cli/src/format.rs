@@ -25,7 +25,7 @@ use audit_log_core::encoding::decode::Reader;
 use audit_log_core::encoding::encode_json;
 use audit_log_core::json_text::encode_json_text;
 use audit_log_core::model::Json;
-use audit_log_core::record::Record;
+use audit_log_core::record::{self, Digest, Record};
 use audit_log_core::time::{format_rfc3339, parse_rfc3339};
 use audit_log_core::{ChainHead, Event, Hash, Link};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -359,9 +359,16 @@ pub struct StoredRecord {
 }
 
 fn base64(text: &[u8], what: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    base64_into(text, what, &mut out)?;
+    Ok(out)
+}
+
+/// Decode base64 `text` onto the end of `out`.
+fn base64_into(text: &[u8], what: &str, out: &mut Vec<u8>) -> Result<(), String> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
-        .decode(text)
+        .decode_vec(text, out)
         .map_err(|e| format!("{what} is not base64: {e}"))
 }
 
@@ -419,6 +426,26 @@ impl RecordLine {
         match exact::record(line) {
             Some(l) => l.stored(),
             None => Self::parse_json(line),
+        }
+    }
+
+    /// A record line's columns and the digest of its events. A payload
+    /// with no segments (most records) is decoded into `scratch`, which the
+    /// caller reuses from line to line: no allocation per record.
+    pub fn digest(line: &[u8], scratch: &mut Vec<u8>) -> Result<(Record, Digest), String> {
+        match exact::record(line) {
+            Some(f) if f.segments.is_empty() => {
+                let record = f.record()?;
+                scratch.clear();
+                base64_into(f.payload, "the payload", scratch)?;
+                let d = record::digest(&record, [], scratch);
+                Ok((record, d))
+            }
+            _ => {
+                let r = Self::parse(line)?;
+                let d = record::digest(&r.record, r.segments.iter().map(Vec::as_slice), &r.payload);
+                Ok((r.record, d))
+            }
         }
     }
 
@@ -487,18 +514,22 @@ mod exact {
     }
 
     impl Fields<'_> {
+        pub(super) fn record(&self) -> Result<Record, String> {
+            Ok(Record {
+                chain_id: self.chain_id,
+                seq: self.seq,
+                tx_id: self.tx_id,
+                first_event: self.first_event,
+                last_event: self.last_event,
+                event_count: self.event_count,
+                committed_at: time(self.committed_at, "committed_at")?,
+                link_hash: parse_hash(self.link_hash)?,
+            })
+        }
+
         pub(super) fn stored(&self) -> Result<StoredRecord, String> {
             Ok(StoredRecord {
-                record: Record {
-                    chain_id: self.chain_id,
-                    seq: self.seq,
-                    tx_id: self.tx_id,
-                    first_event: self.first_event,
-                    last_event: self.last_event,
-                    event_count: self.event_count,
-                    committed_at: time(self.committed_at, "committed_at")?,
-                    link_hash: parse_hash(self.link_hash)?,
-                },
+                record: self.record()?,
                 segments: self
                     .segments
                     .iter()
@@ -712,6 +743,7 @@ mod tests {
         };
         let alphabet = b"0123456789-+.eE\" {}[],:abAZ=/\\\x7f\x1f\xc3\xa9";
         let mut direct = 0;
+        let mut scratch = b"left over from an earlier line".to_vec();
         for line in &lines {
             assert!(
                 exact::record(line).is_some(),
@@ -730,6 +762,14 @@ mod tests {
                         }
                     }
                 }
+                // The digest of a line, read either way, with a buffer
+                // reused from line to line.
+                let by_json = RecordLine::parse_json(&l).map(|r| {
+                    let d =
+                        record::digest(&r.record, r.segments.iter().map(Vec::as_slice), &r.payload);
+                    (r.record, d)
+                });
+                assert_eq!(RecordLine::digest(&l, &mut scratch), by_json);
                 if let Some(f) = exact::record(&l) {
                     direct += 1;
                     assert!(

@@ -546,17 +546,17 @@ fn stream_records(
         (!block.data.is_empty()).then_some(Ok(block))
     });
     type Parsed = (Record, RecordDigest, ChainHead);
-    let parse_one = |raw: &[u8]| -> Result<Parsed, String> {
-        RecordLine::parse(trim(raw)).map(|r| {
-            let d = record::digest(&r.record, r.segments.iter().map(Vec::as_slice), &r.payload);
-            let head = ChainHead::from(&r.record);
-            (r.record, d, head)
+    let parse_one = |raw: &[u8], scratch: &mut Vec<u8>| -> Result<Parsed, String> {
+        RecordLine::digest(trim(raw), scratch).map(|(r, d)| {
+            let head = ChainHead::from(&r);
+            (r, d, head)
         })
     };
     let parse = |b: Block| -> Vec<(u64, Result<Parsed, String>)> {
+        let mut scratch = Vec::new();
         b.records
             .iter()
-            .map(|&(n, from, to)| (n, parse_one(&b.data[from..to])))
+            .map(|&(n, from, to)| (n, parse_one(&b.data[from..to], &mut scratch)))
             .collect()
     };
     let verdict = std::thread::scope(|scope| {
