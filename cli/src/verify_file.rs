@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use audit_log_core::parallel::map_ordered;
@@ -96,11 +97,21 @@ fn trim(line: &[u8]) -> &[u8] {
 /// each line of a file in order, `Scanner::finish` checks the end line.
 struct Scanner<'a> {
     s: Scan,
-    digest: Sha256,
+    /// The digest of the lines before the end line, or None when the
+    /// caller digests them (see `stream_records`).
+    digest: Option<Sha256>,
     name: &'a str,
 }
 
 impl<'a> Scanner<'a> {
+    /// A scanner whose caller digests the lines before the end line itself.
+    fn without_digest(name: &'a str) -> Self {
+        Scanner {
+            digest: None,
+            ..Scanner::new(name)
+        }
+    }
+
     fn new(name: &'a str) -> Self {
         Scanner {
             s: Scan {
@@ -113,7 +124,7 @@ impl<'a> Scanner<'a> {
                 link_lines: 0,
                 problems: Vec::new(),
             },
-            digest: Sha256::new(),
+            digest: Some(Sha256::new()),
             name,
         }
     }
@@ -144,7 +155,9 @@ impl<'a> Scanner<'a> {
             }
             return Ok(false);
         }
-        self.digest.update(raw);
+        if let Some(d) = &mut self.digest {
+            d.update(raw);
+        }
         if n == 1 {
             match parse_header(name, line)? {
                 Ok(h) => {
@@ -218,9 +231,15 @@ impl<'a> Scanner<'a> {
         self.s.link_lines += 1;
     }
 
-    fn finish(self) -> Scan {
+    fn finish(mut self) -> Scan {
+        let digest = self.digest.take().unwrap_or_default().finalize();
+        self.finish_with(digest.into())
+    }
+
+    /// Finish with the digest of the lines before the end line.
+    fn finish_with(self, digest: [u8; 32]) -> Scan {
         let (mut s, name) = (self.s, self.name);
-        let digest = hex::encode(self.digest.finalize());
+        let digest = hex::encode(digest);
         match &s.end {
             None => s.problems.push(format!(
                 "{name} has no end line: the export is incomplete or its tail was cut off"
@@ -500,13 +519,19 @@ const BLOCK: usize = 16 << 10;
 /// Lines of a records export, and where its record lines lie in them (line
 /// number, start, end).
 struct Block {
-    data: Vec<u8>,
+    data: Arc<Vec<u8>>,
     records: Vec<(u64, usize, usize)>,
 }
 
+/// Bytes handed to the digest's thread at once (in blocks; one send per
+/// block cost more in wake-ups than the thread saved).
+const DIGEST_BATCH: usize = 1 << 20;
+
 /// A records export checked and verified in one pass: the calling thread
-/// reads lines, digests the file and keeps the scan's checks; worker threads
-/// parse and hash records; the results come back in file order.
+/// reads lines and keeps the scan's checks; a thread of its own digests the
+/// file (the end line's SHA-256, over a file about three times the size of
+/// the payloads); worker threads parse and hash records; the results come
+/// back in file order.
 fn stream_records(
     path: &Path,
     (anchors, claimed): (&[ChainHead], &[ChainHead]),
@@ -514,36 +539,60 @@ fn stream_records(
     threads: usize,
 ) -> Result<(Scan, Verdict), Error> {
     let name = path.display().to_string();
-    let scanner = RefCell::new(Scanner::new(&name));
+    let scanner = RefCell::new(Scanner::without_digest(&name));
     let failed: RefCell<Option<Error>> = RefCell::new(None);
     let file = File::open(path).map_err(|e| Error::Io(path.into(), e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut n = 0u64;
+    // Blocks' bytes before the end line, for the digest's thread.
+    type ToDigest = Vec<(Arc<Vec<u8>>, usize)>;
+    let (to_digest, digest_rx) = mpsc::sync_channel::<ToDigest>(4);
+    let (mut pending, mut pending_bytes): (ToDigest, usize) = (Vec::new(), 0);
+    let (scanner_in, failed_in) = (&scanner, &failed);
     // Blocks of whole lines: each line is checked here in place (no copy of
-    // its own), and a worker gets a block's record lines at once.
-    let to_verify = std::iter::from_fn(|| {
-        let mut block = Block {
-            data: Vec::with_capacity(BLOCK + 4096),
-            records: Vec::new(),
-        };
-        while block.data.len() < BLOCK {
-            let start = block.data.len();
-            match reader.read_until(b'\n', &mut block.data) {
+    // its own), and a worker gets a block's record lines at once. The
+    // iterator owns the digest's sender: once it is dropped (at the end of
+    // the verification, or on the way out of a panic), the digest's thread
+    // ends.
+    let to_verify = std::iter::from_fn(move || {
+        let (scanner, failed) = (scanner_in, failed_in);
+        let mut data = Vec::with_capacity(BLOCK + 4096);
+        let mut records = Vec::new();
+        // The digest covers the lines before the end line (Scanner::line).
+        let mut upto = scanner.borrow().s.end.is_some().then_some(0);
+        while data.len() < BLOCK {
+            let start = data.len();
+            match reader.read_until(b'\n', &mut data) {
                 Err(e) => return Some(Err(e)),
                 Ok(0) => break,
                 Ok(_) => {}
             }
             n += 1;
-            match scanner.borrow_mut().line(n, &block.data[start..], true) {
-                Ok(true) => block.records.push((n, start, block.data.len())),
+            let mut sc = scanner.borrow_mut();
+            match sc.line(n, &data[start..], true) {
+                Ok(true) => records.push((n, start, data.len())),
                 Ok(false) => {}
                 Err(e) => {
                     *failed.borrow_mut() = Some(e);
                     return None;
                 }
             }
+            if upto.is_none() && sc.s.end.is_some() {
+                upto = Some(start);
+            }
         }
-        (!block.data.is_empty()).then_some(Ok(block))
+        let data = Arc::new(data);
+        let upto = upto.unwrap_or(data.len());
+        if upto > 0 {
+            pending.push((Arc::clone(&data), upto));
+            pending_bytes += upto;
+        }
+        if pending_bytes >= DIGEST_BATCH || data.is_empty() {
+            // The digest's thread only ends once this sender is gone.
+            let _ = to_digest.send(std::mem::take(&mut pending));
+            pending_bytes = 0;
+        }
+        (!data.is_empty()).then_some(Ok(Block { data, records }))
     });
     type Parsed = (Record, RecordDigest, ChainHead);
     let parse_one = |raw: &[u8], scratch: &mut Vec<u8>| -> Result<Parsed, String> {
@@ -559,7 +608,16 @@ fn stream_records(
             .map(|&(n, from, to)| (n, parse_one(&b.data[from..to], &mut scratch)))
             .collect()
     };
-    let verdict = std::thread::scope(|scope| {
+    let (verdict, digest) = std::thread::scope(|scope| {
+        let digester = scope.spawn(move || {
+            let mut d = Sha256::new();
+            for batch in digest_rx {
+                for (data, upto) in batch {
+                    d.update(&data[..upto]);
+                }
+            }
+            <[u8; 32]>::from(d.finalize())
+        });
         let records = map_ordered(scope, to_verify, threads, || {}, parse)
             .flat_map(|r| match r {
                 Ok(parsed) => parsed.into_iter().map(Ok).collect::<Vec<_>>(),
@@ -581,13 +639,21 @@ fn stream_records(
                 }
                 Err(e) => Some(Err(e)),
             });
-        record::verify_records(records, cp, anchors, claimed)
-    })
-    .map_err(|e| Error::Io(path.into(), e))?;
+        // verify_records consumes (and drops) the records, and so the sender.
+        let verdict = record::verify_records(records, cp, anchors, claimed);
+        (verdict, digester.join())
+    });
+    let verdict = verdict.map_err(|e| Error::Io(path.into(), e))?;
+    let digest = digest.map_err(|_| {
+        Error::Io(
+            path.into(),
+            io::Error::other("the thread digesting the file failed"),
+        )
+    })?;
     if let Some(e) = failed.into_inner() {
         return Err(e);
     }
-    Ok((scanner.into_inner().finish(), verdict))
+    Ok((scanner.into_inner().finish_with(digest), verdict))
 }
 
 fn merge(into: &mut Verdict, v: Verdict) {
