@@ -100,6 +100,9 @@ struct Scanner<'a> {
     /// The digest of the lines before the end line, or None when the
     /// caller digests them (see `stream_records`).
     digest: Option<Sha256>,
+    /// Whether the digest covers the last line `line` took: every line
+    /// but end lines (damaged ones too) and what follows a valid one.
+    digested: bool,
     name: &'a str,
 }
 
@@ -125,6 +128,7 @@ impl<'a> Scanner<'a> {
                 problems: Vec::new(),
             },
             digest: Some(Sha256::new()),
+            digested: false,
             name,
         }
     }
@@ -134,6 +138,7 @@ impl<'a> Scanner<'a> {
     fn line(&mut self, n: u64, raw: &[u8], defer_records: bool) -> Result<bool, Error> {
         let (s, name) = (&mut self.s, self.name);
         let line = trim(raw);
+        self.digested = false;
         if s.end.is_some() {
             s.problems
                 .push(format!("{name}:{n}: a line after the end line"));
@@ -155,6 +160,7 @@ impl<'a> Scanner<'a> {
             }
             return Ok(false);
         }
+        self.digested = true;
         if let Some(d) = &mut self.digest {
             d.update(raw);
         }
@@ -544,8 +550,9 @@ fn stream_records(
     let file = File::open(path).map_err(|e| Error::Io(path.into(), e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut n = 0u64;
-    // Blocks' bytes before the end line, for the digest's thread.
-    type ToDigest = Vec<(Arc<Vec<u8>>, usize)>;
+    // Blocks, and the runs of their bytes that the digest covers (the lines
+    // Scanner::line digests), for the digest's thread.
+    type ToDigest = Vec<(Arc<Vec<u8>>, Vec<(usize, usize)>)>;
     let (to_digest, digest_rx) = mpsc::sync_channel::<ToDigest>(4);
     let (mut pending, mut pending_bytes): (ToDigest, usize) = (Vec::new(), 0);
     let (scanner_in, failed_in) = (&scanner, &failed);
@@ -558,8 +565,7 @@ fn stream_records(
         let (scanner, failed) = (scanner_in, failed_in);
         let mut data = Vec::with_capacity(BLOCK + 4096);
         let mut records = Vec::new();
-        // The digest covers the lines before the end line (Scanner::line).
-        let mut upto = scanner.borrow().s.end.is_some().then_some(0);
+        let mut runs: Vec<(usize, usize)> = Vec::new();
         while data.len() < BLOCK {
             let start = data.len();
             match reader.read_until(b'\n', &mut data) {
@@ -577,15 +583,17 @@ fn stream_records(
                     return None;
                 }
             }
-            if upto.is_none() && sc.s.end.is_some() {
-                upto = Some(start);
+            if sc.digested {
+                match runs.last_mut() {
+                    Some(run) if run.1 == start => run.1 = data.len(),
+                    _ => runs.push((start, data.len())),
+                }
             }
         }
         let data = Arc::new(data);
-        let upto = upto.unwrap_or(data.len());
-        if upto > 0 {
-            pending.push((Arc::clone(&data), upto));
-            pending_bytes += upto;
+        if !runs.is_empty() {
+            pending_bytes += runs.iter().map(|(a, b)| b - a).sum::<usize>();
+            pending.push((Arc::clone(&data), runs));
         }
         if pending_bytes >= DIGEST_BATCH || data.is_empty() {
             // The digest's thread only ends once this sender is gone.
@@ -612,8 +620,10 @@ fn stream_records(
         let digester = scope.spawn(move || {
             let mut d = Sha256::new();
             for batch in digest_rx {
-                for (data, upto) in batch {
-                    d.update(&data[..upto]);
+                for (data, runs) in batch {
+                    for (from, to) in runs {
+                        d.update(&data[from..to]);
+                    }
                 }
             }
             <[u8; 32]>::from(d.finalize())

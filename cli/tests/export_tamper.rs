@@ -769,3 +769,38 @@ fn rows_nested_100000_deep_verify_in_a_records_export() {
     assert!(r.file_problems.is_empty(), "{:?}", r.file_problems);
     assert_eq!(r.first_bad_event(), Some(first));
 }
+
+/// A damaged end line before the real one, in either kind of export: it is
+/// reported, it is not under the digest (no end line is), and the lines
+/// around it are, in both the logical reader and the records reader.
+#[test]
+fn a_damaged_end_line_is_reported_alike_in_both_kinds_of_export() {
+    let (events, links) = log(7);
+    let damaged = br#"{"type":"end" this is not JSON"#.to_vec();
+    let logical = export(&events, &links);
+    let records = records_export(&events, &links, true);
+    for (kind, mut lines) in [("logical", logical), ("records", records)] {
+        // The end line as exported covers every line before it; the damaged
+        // line goes in the middle (and at the start of the body).
+        for at in [1, lines.len() / 2] {
+            let mut l = lines.clone();
+            l.insert(at, [damaged.as_slice(), b"\n"].concat());
+            let r = report(&l);
+            let damaged_reported = r
+                .file_problems
+                .iter()
+                .any(|p| p.contains("damaged end line"));
+            let digest_reported = r
+                .file_problems
+                .iter()
+                .any(|p| p.contains("content hashes to"));
+            assert!(damaged_reported, "{kind}, at {at}: {:?}", r.file_problems);
+            assert!(!digest_reported, "{kind}, at {at}: {:?}", r.file_problems);
+        }
+        // And with its bytes changed, the digest says so.
+        let n = lines.len();
+        lines[n / 2][2] ^= 1;
+        let r = report(&lines);
+        assert!(!r.ok(), "{kind}");
+    }
+}
