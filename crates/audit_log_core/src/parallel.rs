@@ -52,10 +52,10 @@ where
 /// As [`map_ordered`], with batches that also end once their items weigh
 /// `budget` (by `weigh`, in bytes, say): what is in flight at once is then
 /// bounded by about `2 × threads × budget` plus one item a batch, whatever
-/// the items' sizes, not only by their number. A batch whose items weigh
-/// nothing at all is mapped on the calling thread as it is read: items that
-/// need no work (the extension hashes small payloads as it reads them) are
-/// not sent to a worker and back.
+/// the items' sizes, not only by their number. Items that weigh nothing
+/// (the extension hashes small payloads as it reads them) are mapped on the
+/// calling thread as they are read when nothing is in flight ahead of them,
+/// and so is a batch of them: they are not sent to a worker and back.
 pub fn map_ordered_bounded<'scope, 'env, T, U, E, I, F>(
     scope: &'scope Scope<'scope, 'env>,
     input: I,
@@ -112,6 +112,7 @@ where
         in_flight: VecDeque::new(),
         window: spawned * 2,
         ready: VecDeque::new(),
+        held: None,
         error: None,
         input_done: false,
     }
@@ -127,6 +128,9 @@ pub struct Ordered<T, U, E, I, F> {
     in_flight: VecDeque<Batch<U>>,
     window: usize,
     ready: VecDeque<U>,
+    /// An item read while nothing was in flight that needs work: the
+    /// first of the next batch.
+    held: Option<T>,
     /// An input error, returned once everything read before it is out.
     error: Option<E>,
     input_done: bool,
@@ -141,6 +145,10 @@ where
     fn read_batch(&mut self) -> (Vec<T>, usize) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut weight = 0usize;
+        if let Some(t) = self.held.take() {
+            weight = (self.weigh)(&t);
+            batch.push(t);
+        }
         while !self.input_done && batch.len() < BATCH && weight < self.budget {
             match self.input.next() {
                 Some(Ok(t)) => {
@@ -162,7 +170,7 @@ where
         let Some(jobs) = self.jobs.clone() else {
             return;
         };
-        while self.in_flight.len() < self.window && !self.input_done {
+        while self.in_flight.len() < self.window && (!self.input_done || self.held.is_some()) {
             let (batch, weight) = self.read_batch();
             if batch.is_empty() {
                 break;
@@ -211,6 +219,19 @@ where
                         None
                     }
                 };
+            }
+            if self.in_flight.is_empty() && self.held.is_none() && !self.input_done {
+                // Nothing is ahead of the next item: one that needs no work
+                // is mapped here as it is read, without a batch.
+                match self.input.next() {
+                    Some(Ok(t)) if (self.weigh)(&t) == 0 => return Some(Ok((self.f)(t))),
+                    Some(Ok(t)) => self.held = Some(t),
+                    Some(Err(e)) => {
+                        self.error = Some(e);
+                        self.input_done = true;
+                    }
+                    None => self.input_done = true,
+                }
             }
             self.fill();
             match self.in_flight.pop_front() {
@@ -310,6 +331,49 @@ mod tests {
         assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), input);
         for (i, here) in got {
             assert_eq!(here, i / BATCH != 1, "item {i}");
+        }
+    }
+
+    /// Items that need no work mixed with some that do, and an input error:
+    /// every result in order, then the error, then the end.
+    #[test]
+    fn light_and_heavy_items_keep_their_order() {
+        for (every, fail_at) in [
+            (1, None),
+            (97, None),
+            (97, Some(3000)),
+            (5000, Some(10)),
+            (3, Some(0)),
+        ] {
+            let n = 4000;
+            let input = (0..n).map(move |i| {
+                if Some(i) == fail_at {
+                    Err(format!("bad {i}"))
+                } else {
+                    Ok(i)
+                }
+            });
+            for threads in [0, 1, 2] {
+                let got: Vec<Result<usize, String>> = std::thread::scope(|s| {
+                    let weigh: fn(&usize) -> usize = match every {
+                        1 => |_| 0,
+                        97 => |&i| usize::from(i % 97 == 0),
+                        3 => |&i| usize::from(i % 3 == 0),
+                        _ => |&i| usize::from(i % 5000 == 0),
+                    };
+                    map_ordered_bounded(s, input.clone(), threads, || {}, |i| i * 3, weigh, 100)
+                        .collect()
+                });
+                let stop = fail_at.unwrap_or(n);
+                let mut want: Vec<Result<usize, String>> = (0..stop).map(|i| Ok(i * 3)).collect();
+                if let Some(f) = fail_at {
+                    want.push(Err(format!("bad {f}")));
+                }
+                assert_eq!(
+                    got, want,
+                    "every {every}, fail at {fail_at:?}, {threads} threads"
+                );
+            }
         }
     }
 
