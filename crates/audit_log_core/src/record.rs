@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use crate::encoding::decode::{Malformed, Reader};
 use crate::encoding::put_len;
-use crate::hash::{event_hash_from_encoding, link_hash, Hash, ZERO_HASH};
+use crate::hash::{event_hash_from_encoding, Hash, ZERO_HASH};
 use crate::model::{ChainHead, Checkpoint, Event, Json, Link};
 use crate::verify::{Problem, ProblemKind, Verdict};
 
@@ -189,7 +189,7 @@ impl Record {
             prev_link_hash: prev,
             link_hash: ZERO_HASH,
         };
-        l.link_hash = link_hash(&l);
+        l.link_hash = self.link_hash_after(&prev, &last_event_hash);
         l
     }
 
@@ -657,8 +657,43 @@ impl Follower {
     }
 }
 
-/// Chain ids found without a map lookup (`audit_log.chains` is at most 1024).
-const DIRECT_CHAINS: usize = 1024;
+/// Where each chain's state is, by chain id: in a table for the ids
+/// `audit_log.chains` gives (0 to 1023), without a map lookup per record;
+/// in a map for any other.
+#[derive(Default)]
+struct ChainIndex {
+    direct: Vec<Option<usize>>,
+    other: BTreeMap<i32, usize>,
+}
+
+impl ChainIndex {
+    const DIRECT: usize = 1024;
+
+    fn direct_slot(chain: i32) -> Option<usize> {
+        usize::try_from(chain).ok().filter(|&c| c < Self::DIRECT)
+    }
+
+    fn get(&self, chain: i32) -> Option<usize> {
+        match Self::direct_slot(chain) {
+            Some(c) => self.direct.get(c).copied().flatten(),
+            None => self.other.get(&chain).copied(),
+        }
+    }
+
+    fn insert(&mut self, chain: i32, at: usize) {
+        match Self::direct_slot(chain) {
+            Some(c) => {
+                if self.direct.len() <= c {
+                    self.direct.resize(c + 1, None);
+                }
+                self.direct[c] = Some(at);
+            }
+            None => {
+                self.other.insert(chain, at);
+            }
+        }
+    }
+}
 
 /// Verify a log of records, each with the digest of its events, in any
 /// order: a sequential scan reads them in the order they lie on disk, which
@@ -681,38 +716,28 @@ pub fn verify_records<E>(
     // Each chain's state, found by its id: directly for the ids
     // `audit_log.chains` gives (0 to 1023), through a map for any other.
     let mut chains: Vec<ChainState> = Vec::new();
-    let mut direct: Vec<u32> = vec![u32::MAX; DIRECT_CHAINS];
-    let mut other: BTreeMap<i32, usize> = BTreeMap::new();
+    let mut index = ChainIndex::default();
     // Each transaction's key, to find one stored twice (a replayed record,
     // its hash recomputed at the tail of a chain): 8 bytes per transaction.
     let mut keys: Vec<i64> = Vec::new();
     for item in records {
         let (r, d) = item?;
         keys.push(r.first_event);
-        let slot = match usize::try_from(r.chain_id) {
-            Ok(c) if c < DIRECT_CHAINS => direct[c] as usize,
-            _ => other.get(&r.chain_id).copied().unwrap_or(usize::MAX),
-        };
-        let at = if slot < chains.len() {
-            slot
-        } else {
-            chains.push(ChainState {
-                walk: Walk::new(
-                    r.chain_id,
-                    expected.remove(&r.chain_id),
-                    anchor(r.chain_id),
-                    claimed,
-                ),
-                ahead: BTreeMap::new(),
-            });
-            let at = chains.len() - 1;
-            match usize::try_from(r.chain_id) {
-                Ok(c) if c < DIRECT_CHAINS => direct[c] = at as u32,
-                _ => {
-                    other.insert(r.chain_id, at);
-                }
+        let at = match index.get(r.chain_id) {
+            Some(at) => at,
+            None => {
+                chains.push(ChainState {
+                    walk: Walk::new(
+                        r.chain_id,
+                        expected.remove(&r.chain_id),
+                        anchor(r.chain_id),
+                        claimed,
+                    ),
+                    ahead: BTreeMap::new(),
+                });
+                index.insert(r.chain_id, chains.len() - 1);
+                chains.len() - 1
             }
-            at
         };
         chains[at].feed(&mut v, r, d);
     }
@@ -809,6 +834,35 @@ mod tests {
             .iter()
             .map(|(r, p)| Ok::<_, ()>((r.clone(), digest(r, [], p))));
         verify_records(it, cp, &[], &[]).unwrap()
+    }
+
+    /// Chain ids in the table, past it and negative, arriving in any
+    /// order: each chain is walked on its own, and what the end of the walk
+    /// finds (here, each chain lacks its first record) comes in chain order.
+    #[test]
+    fn chains_of_any_id_are_walked_apart() {
+        let ids = [-5, 0, 1023, 1024, i32::MAX];
+        let mut log = Vec::new();
+        for &c in &ids {
+            let first = record(c, 1, ZERO_HASH, 1).0;
+            let second = record(c, 2, first.link_hash, 2);
+            let third = record(c, 3, second.0.link_hash, 1);
+            log.push(second);
+            log.push(third);
+        }
+        let forward = check(&log, None);
+        log.reverse();
+        let backward = check(&log, None);
+        assert_eq!(forward, backward);
+        assert_eq!((forward.links_checked, forward.events_checked), (10, 15));
+        let missing: Vec<&str> = forward.problems.iter().map(|p| p.detail.as_str()).collect();
+        assert_eq!(missing.len(), ids.len(), "{missing:?}");
+        for (p, c) in missing.iter().zip(ids) {
+            assert!(
+                p.starts_with(&format!("chain {c} lacks records 1..1")),
+                "{p}"
+            );
+        }
     }
 
     #[test]
