@@ -18,6 +18,7 @@ use postgres::{Client, IsolationLevel, NoTls, Row};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::binary::BINARY_FORMAT;
 use crate::format::{
     line, End, EventLine, Header, LinkLine, RecordLine, END_PREFIX, EXPORT_FORMAT, RECORDS_FORMAT,
 };
@@ -29,6 +30,9 @@ pub enum Format {
     Logical,
     /// `audit_log.export.v2`: each transaction's record as stored.
     Records,
+    /// `audit_log.export.v3`: the records in binary frames, larger
+    /// payloads compressed.
+    Binary,
 }
 
 pub fn connect(dsn: &str) -> Result<Client, String> {
@@ -89,11 +93,11 @@ pub fn current_checkpoint(client: &mut Client) -> Result<(Value, Checkpoint), cr
 pub fn previous_heads(path: &Path) -> Result<Vec<ChainHead>, String> {
     let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut last = None;
+    // The end line is the file's last line (a binary export's frames may
+    // hold anything before it).
     for l in BufReader::new(f).split(b'\n') {
         let l = l.map_err(|e| format!("{}: {e}", path.display()))?;
-        if l.starts_with(END_PREFIX) {
-            last = Some(l);
-        }
+        last = l.starts_with(END_PREFIX).then_some(l);
     }
     let end = last.ok_or_else(|| {
         format!(
@@ -184,7 +188,7 @@ pub fn export(
         None => "audit_log".to_string(),
         Some(_) if format == Format::Logical => {
             return Err(crate::error::Error::trouble(
-                "--source exports the records format only: add --format records",
+                "--source exports the records formats only: add --format records or --format binary",
             ))
         }
         Some(name) if valid_source_name(name) => format!("audit_log_source_{name}"),
@@ -255,7 +259,7 @@ pub fn export(
     // The records export reads the records table itself, not the links view.
     let source = match format {
         Format::Logical => "audit_log.links",
-        Format::Records => &format!("{schema}.records"),
+        Format::Records | Format::Binary => &format!("{schema}.records"),
     };
     let (new_links, event_filter) = if continued.is_none() {
         (format!("SELECT l.* FROM {source} l WHERE $1::int[] IS NOT NULL AND $2::bigint[] IS NOT NULL AND $3::bigint IS NOT NULL"), "")
@@ -291,6 +295,7 @@ pub fn export(
         format: match format {
             Format::Logical => EXPORT_FORMAT,
             Format::Records => RECORDS_FORMAT,
+            Format::Binary => BINARY_FORMAT,
         }
         .into(),
         database: cp.database.clone(),
@@ -312,11 +317,11 @@ pub fn export(
     let mut heads: BTreeMap<i32, ChainHead> =
         anchors.iter().map(|a| (a.chain, a.clone())).collect();
     let (events, links) = match format {
-        Format::Records => write_records(
+        Format::Records | Format::Binary => write_records(
             &mut tx,
+            format == Format::Binary,
             &schema,
-            &new_links,
-            &params,
+            (&new_links, &params),
             &mut w,
             &mut progress,
             &mut heads,
@@ -365,9 +370,9 @@ type Params<'a> = [&'a (dyn postgres::types::ToSql + Sync); 3];
 /// (chain_id, seq) order. Returns the number of events and of records.
 fn write_records(
     tx: &mut postgres::Transaction<'_>,
+    binary: bool,
     schema: &str,
-    new_records: &str,
-    params: &Params<'_>,
+    (new_records, params): (&str, &Params<'_>),
     w: &mut Out,
     progress: &mut Progress,
     heads: &mut BTreeMap<i32, ChainHead>,
@@ -384,6 +389,7 @@ fn write_records(
         .query_raw(sql.as_str(), params.iter().copied())
         .map_err(|e| format!("reading records: {e}"))?;
     let (mut events, mut records) = (0u64, 0u64);
+    let mut frame = Vec::new();
     while let Some(row) = rows.next().map_err(|e| format!("reading records: {e}"))? {
         let tx_text: String = row.get(2);
         let r = Record {
@@ -403,13 +409,23 @@ fn write_records(
             .into_iter()
             .map(Option::unwrap_or_default)
             .collect();
-        w.put(
-            &line(&RecordLine::from_record(&r, &segments, &payload)).map_err(|e| e.to_string())?,
-        )?;
+        if binary {
+            frame.clear();
+            crate::binary::write_record(&mut frame, &r, &segments, &payload)?;
+            w.put(&frame)?;
+        } else {
+            w.put(
+                &line(&RecordLine::from_record(&r, &segments, &payload))
+                    .map_err(|e| e.to_string())?,
+            )?;
+        }
         heads.insert(r.chain_id, ChainHead::from(&r));
         events += u64::try_from(r.event_count).unwrap_or(0);
         records += 1;
         progress.advance(r.event_count.max(0));
+    }
+    if binary {
+        w.put(&[crate::binary::END_OF_FRAMES])?;
     }
     Ok((events, records))
 }

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod binary;
 pub mod error;
 pub mod export;
 pub mod format;

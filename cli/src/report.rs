@@ -22,7 +22,8 @@ use audit_log_core::record;
 use audit_log_core::time::format_rfc3339;
 use audit_log_core::Event;
 
-use crate::format::{EventLine, Header, RecordLine, EVENT_PREFIX, RECORDS_FORMAT, RECORD_PREFIX};
+use crate::binary::BINARY_FORMAT;
+use crate::format::{EventLine, Header, EVENT_PREFIX, RECORDS_FORMAT};
 use crate::verify_file::Report as Verification;
 
 /// Configuration changes listed in full; past this, only counted.
@@ -190,12 +191,12 @@ pub fn for_each_event(path: &Path, mut f: impl FnMut(&Event)) -> Result<u64, Str
         Some(Ok(l)) => serde_json::from_slice(&l).ok(),
         _ => None,
     };
-    let records = header.is_some_and(|h| h.format == RECORDS_FORMAT);
+    let records = header.is_some_and(|h| h.format == RECORDS_FORMAT || h.format == BINARY_FORMAT);
     let mut unreadable = 0u64;
-    for line in lines {
-        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
-        if records && line.starts_with(RECORD_PREFIX) {
-            let Ok(r) = RecordLine::parse(&line) else {
+    if records {
+        let io = |e: std::io::Error| format!("{}: {e}", path.display());
+        for r in crate::verify_file::stored_records(path).map_err(io)? {
+            let Some(r) = r.map_err(io)? else {
                 unreadable += 1;
                 continue;
             };
@@ -209,7 +210,12 @@ pub fn for_each_event(path: &Path, mut f: impl FnMut(&Event)) -> Result<u64, Str
                     }
                 }
             }
-        } else if !records && line.starts_with(EVENT_PREFIX) {
+        }
+        return Ok(unreadable);
+    }
+    for line in lines {
+        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+        if line.starts_with(EVENT_PREFIX) {
             match EventLine::parse(&line).and_then(EventLine::into_event) {
                 Ok(e) => f(&e),
                 Err(_) => unreadable += 1,

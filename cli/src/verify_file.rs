@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use audit_log_core::record::{self, Digest as RecordDigest, Record};
 
+use crate::binary::{self, Next, BINARY_FORMAT};
 use crate::error::Error;
 use crate::format::{
     End, EventLine, Header, LinkLine, RecordLine, END_PREFIX, EVENT_PREFIX, EXPORT_FORMAT,
@@ -58,8 +59,15 @@ impl Report {
 /// The first pass over one file.
 struct Scan {
     header: Option<Header>,
-    /// A records export (`audit_log.export.v2`) rather than a logical one.
+    /// A records export (`audit_log.export.v2` or `.v3`) rather than a
+    /// logical one.
     records: bool,
+    /// A binary records export (`audit_log.export.v3`): places in it are
+    /// byte offsets, not line numbers.
+    binary: bool,
+    /// A binary export's frames could not be read past a damaged one:
+    /// neither its end line nor its counts can be checked.
+    cut: bool,
     end: Option<End>,
     /// A logical export's links.
     links: Vec<Link>,
@@ -120,6 +128,8 @@ impl<'a> Scanner<'a> {
             s: Scan {
                 header: None,
                 records: false,
+                binary: false,
+                cut: false,
                 end: None,
                 links: Vec::new(),
                 record_heads: BTreeMap::new(),
@@ -136,30 +146,20 @@ impl<'a> Scanner<'a> {
     /// Check line `n`. With `defer_records`, a record line is handed
     /// back unparsed, for the caller to parse and pass to `record`.
     fn line(&mut self, n: u64, raw: &[u8], defer_records: bool) -> Result<bool, Error> {
-        let (s, name) = (&mut self.s, self.name);
         let line = trim(raw);
         self.digested = false;
-        if s.end.is_some() {
-            s.problems
-                .push(format!("{name}:{n}: a line after the end line"));
+        if self.s.end.is_some() {
+            let at = self.at(n);
+            self.s
+                .problems
+                .push(format!("{at}: a line after the end line"));
             return Ok(false);
         }
         if line.starts_with(END_PREFIX) {
-            match serde_json::from_slice::<End>(line) {
-                // Only the exporter's own spelling: the end line is not under the digest.
-                Ok(e) if crate::format::line(&e).is_ok_and(|l| l == raw) => s.end = Some(e),
-                Ok(e) => {
-                    s.problems.push(format!(
-                        "{name}:{n}: the end line is not as the exporter writes it"
-                    ));
-                    s.end = Some(e);
-                }
-                Err(e) => s
-                    .problems
-                    .push(format!("{name}:{n}: damaged end line: {e}")),
-            }
+            self.end_line(n, raw);
             return Ok(false);
         }
+        let (s, name) = (&mut self.s, self.name);
         self.digested = true;
         if let Some(d) = &mut self.digest {
             d.update(raw);
@@ -167,7 +167,8 @@ impl<'a> Scanner<'a> {
         if n == 1 {
             match parse_header(name, line)? {
                 Ok(h) => {
-                    s.records = h.format == RECORDS_FORMAT;
+                    s.binary = h.format == BINARY_FORMAT;
+                    s.records = h.format == RECORDS_FORMAT || s.binary;
                     s.header = Some(h)
                 }
                 Err(e) => s.problems.push(e),
@@ -214,8 +215,50 @@ impl<'a> Scanner<'a> {
         Ok(false)
     }
 
-    /// A record line of a records export, in file order.
+    /// Where line `n` (or, in a binary export, byte `n`) is, for a problem.
+    fn at(&self, n: u64) -> String {
+        if self.s.binary {
+            format!("{}, byte {n}", self.name)
+        } else {
+            format!("{}:{n}", self.name)
+        }
+    }
+
+    /// An end line: only the exporter's own spelling of it, since it is
+    /// not under the digest.
+    fn end_line(&mut self, n: u64, raw: &[u8]) {
+        let at = self.at(n);
+        let s = &mut self.s;
+        match serde_json::from_slice::<End>(trim(raw)) {
+            // (A binary export's frames are followed by whatever line is there.)
+            Ok(e) if e.kind != "end" => s.problems.push(format!(
+                "{at}: a line of type {:?} where the end line was expected",
+                e.kind
+            )),
+            Ok(e) if crate::format::line(&e).is_ok_and(|l| l == raw) => s.end = Some(e),
+            Ok(e) => {
+                s.problems.push(format!(
+                    "{at}: the end line is not as the exporter writes it"
+                ));
+                s.end = Some(e);
+            }
+            Err(e) => s.problems.push(format!("{at}: damaged end line: {e}")),
+        }
+    }
+
+    /// A binary export's frame that cannot be read: what follows it cannot be either.
+    fn damaged_frame(&mut self, n: u64, why: &str) {
+        let at = self.at(n);
+        self.s.problems.push(format!(
+            "{at}: damaged record frame: {why}; nothing after it can be read"
+        ));
+        self.s.cut = true;
+    }
+
+    /// A record line of a records export (or a binary export's record
+    /// frame), in file order.
     fn record(&mut self, n: u64, head: ChainHead, event_count: i64) {
+        let at = self.at(n);
         let s = &mut self.s;
         s.link_lines += 1;
         let last = s
@@ -223,10 +266,8 @@ impl<'a> Scanner<'a> {
             .last_key_value()
             .map(|(_, h)| (h.chain, h.seq));
         if last.is_some_and(|p| p >= (head.chain, head.seq)) {
-            s.problems.push(format!(
-                "{}:{n}: records out of (chain_id, seq) order",
-                self.name
-            ));
+            s.problems
+                .push(format!("{at}: records out of (chain_id, seq) order"));
         }
         s.event_lines += u64::try_from(event_count).unwrap_or(0);
         s.record_heads.insert(head.chain, head);
@@ -247,6 +288,8 @@ impl<'a> Scanner<'a> {
         let (mut s, name) = (self.s, self.name);
         let digest = hex::encode(digest);
         match &s.end {
+            // The damaged frame is the problem reported.
+            None if s.cut => {}
             None => s.problems.push(format!(
                 "{name} has no end line: the export is incomplete or its tail was cut off"
             )),
@@ -276,12 +319,13 @@ impl<'a> Scanner<'a> {
 fn parse_header(name: &str, line: &[u8]) -> Result<Result<Header, String>, Error> {
     match serde_json::from_slice::<Header>(line) {
         Ok(h)
-            if h.kind == "header" && (h.format == EXPORT_FORMAT || h.format == RECORDS_FORMAT) =>
+            if h.kind == "header"
+                && [EXPORT_FORMAT, RECORDS_FORMAT, BINARY_FORMAT].contains(&h.format.as_str()) =>
         {
             Ok(Ok(h))
         }
         Ok(h) => Err(Error::Trouble(format!(
-            "{name}: format {:?} is not supported; expected {EXPORT_FORMAT:?} or {RECORDS_FORMAT:?}",
+            "{name}: format {:?} is not supported; expected {EXPORT_FORMAT:?}, {RECORDS_FORMAT:?} or {BINARY_FORMAT:?}",
             h.format
         ))),
         Err(_) if !line.starts_with(HEADER_PREFIX) => Err(Error::Trouble(format!(
@@ -357,7 +401,8 @@ pub fn verify_files(
         let last = i + 1 == paths.len();
         let name = path.display().to_string();
         let header = read_header(path)?;
-        let records = header.as_ref().is_some_and(|h| h.format == RECORDS_FORMAT);
+        let binary = header.as_ref().is_some_and(|h| h.format == BINARY_FORMAT);
+        let records = binary || header.as_ref().is_some_and(|h| h.format == RECORDS_FORMAT);
         let anchors = header
             .as_ref()
             .map(|h| h.anchors.clone())
@@ -411,11 +456,18 @@ pub fn verify_files(
             // Only a checkpoint cut at the heads of a file before the last
             // needs those heads before the one pass; a scan finds them.
             let heads_first = match cp {
+                Some(_) if !last && binary => Some(file_heads(&scan_binary(path)?)),
                 Some(_) if !last => Some(file_heads(&scan(path)?)),
                 _ => None,
             };
             let cp_here = cp.map(|c| checkpoint_within(c, &anchors, heads_first.as_ref()));
-            stream_records(path, (&anchors, &claimed), cp_here.as_ref(), threads)?
+            stream_records(
+                path,
+                binary,
+                (&anchors, &claimed),
+                cp_here.as_ref(),
+                threads,
+            )?
         } else {
             let mut s = scan(path)?;
             let cp_here = cp
@@ -477,13 +529,9 @@ fn purge_claims(path: &Path) -> Result<Vec<ChainHead>, Error> {
 /// record's events are decoded (only logs that purge() shortened need this).
 fn purge_claims_records(path: &Path) -> Result<Vec<ChainHead>, Error> {
     let mut out = Vec::new();
-    for item in read_lines(path)? {
-        let (_, raw) = item.map_err(|e| Error::Io(path.to_path_buf(), e))?;
-        if !raw.starts_with(RECORD_PREFIX) {
-            continue;
-        }
-        let Ok(r) = RecordLine::parse(trim(&raw)) else {
-            continue; // a damaged line is reported by the second pass
+    for r in stored_records(path).map_err(|e| Error::Io(path.to_path_buf(), e))? {
+        let Some(r) = r.map_err(|e| Error::Io(path.to_path_buf(), e))? else {
+            continue; // a damaged record is reported by the second pass
         };
         let segments = r.segments.iter().map(Vec::as_slice);
         for e in record::decoded(segments, &r.payload, r.record.first_event) {
@@ -501,6 +549,29 @@ fn purge_claims_records(path: &Path) -> Result<Vec<ChainHead>, Error> {
         }
     }
     Ok(out)
+}
+
+/// The records of a records export of either form, in file order: None
+/// for one that cannot be read (verification reports why). A binary
+/// export's records stop at a damaged frame.
+pub fn stored_records(
+    path: &Path,
+) -> io::Result<Box<dyn Iterator<Item = io::Result<Option<crate::format::StoredRecord>>>>> {
+    let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let mut header = Vec::new();
+    r.read_until(b'\n', &mut header)?;
+    let binary =
+        serde_json::from_slice::<Header>(trim(&header)).is_ok_and(|h| h.format == BINARY_FORMAT);
+    if binary {
+        return Ok(Box::new(binary::frames(r).map(|f| {
+            f.map(|f| binary::parse(&f).and_then(|f| f.stored()).ok())
+        })));
+    }
+    Ok(Box::new(r.split(b'\n').filter_map(|l| match l {
+        Ok(l) if l.starts_with(RECORD_PREFIX) => Some(Ok(RecordLine::parse(&l).ok())),
+        Ok(_) => None,
+        Err(e) => Some(Err(e)),
+    })))
 }
 
 /// The anchors a PURGE event's details record.
@@ -540,6 +611,7 @@ const DIGEST_BATCH: usize = 1 << 20;
 /// back in file order.
 fn stream_records(
     path: &Path,
+    binary: bool,
     (anchors, claimed): (&[ChainHead], &[ChainHead]),
     cp: Option<&Checkpoint>,
     threads: usize,
@@ -566,7 +638,25 @@ fn stream_records(
         let mut data = Vec::with_capacity(BLOCK + 4096);
         let mut records = Vec::new();
         let mut runs: Vec<(usize, usize)> = Vec::new();
-        while data.len() < BLOCK {
+        if binary {
+            // Every byte a step appends is digested.
+            let mut sc = scanner.borrow_mut();
+            while data.len() < BLOCK {
+                match binary_step(&mut reader, &mut n, &mut sc, &mut data) {
+                    Err(e) => {
+                        *failed.borrow_mut() = Some(e);
+                        return None;
+                    }
+                    Ok(Step::Record(at, from, to)) => records.push((at, from, to)),
+                    Ok(Step::Other) => {}
+                    Ok(Step::Done) => break,
+                }
+            }
+            if !data.is_empty() {
+                runs.push((0, data.len()));
+            }
+        }
+        while !binary && data.len() < BLOCK {
             let start = data.len();
             match reader.read_until(b'\n', &mut data) {
                 Err(e) => return Some(Err(e)),
@@ -604,7 +694,12 @@ fn stream_records(
     });
     type Parsed = (Record, RecordDigest, ChainHead);
     let parse_one = |raw: &[u8], scratch: &mut Vec<u8>| -> Result<Parsed, String> {
-        RecordLine::digest(trim(raw), scratch).map(|(r, d)| {
+        let digested = if binary {
+            binary::digest(raw, scratch)
+        } else {
+            RecordLine::digest(trim(raw), scratch)
+        };
+        digested.map(|(r, d)| {
             let head = ChainHead::from(&r);
             (r, d, head)
         })
@@ -643,8 +738,8 @@ fn stream_records(
                 Ok((n, Err(m))) => {
                     let mut sc = scanner.borrow_mut();
                     sc.damaged_record();
-                    sc.s.problems
-                        .push(format!("{name}:{n}: damaged record: {m}"));
+                    let at = sc.at(n);
+                    sc.s.problems.push(format!("{at}: damaged record: {m}"));
                     None
                 }
                 Err(e) => Some(Err(e)),
@@ -664,6 +759,93 @@ fn stream_records(
         return Err(e);
     }
     Ok((scanner.into_inner().finish_with(digest), verdict))
+}
+
+/// What one step through a binary export read.
+enum Step {
+    /// A record frame, at this byte offset, appended to the data here.
+    Record(u64, usize, usize),
+    /// The header line, or the end of the frames (the end line was read and
+    /// checked; it is not appended).
+    Other,
+    /// Nothing more to read: the file ended, or a frame was damaged.
+    Done,
+}
+
+/// Read the next piece of a binary export onto `data`, where `at` is the
+/// byte offset of what comes next (0 before the header line), and tell
+/// the scanner what it is. Everything appended is under the digest.
+fn binary_step(
+    r: &mut impl BufRead,
+    at: &mut u64,
+    sc: &mut Scanner,
+    data: &mut Vec<u8>,
+) -> Result<Step, Error> {
+    let io = |e: io::Error| Error::Io(sc.name.into(), e);
+    let start = data.len();
+    if *at == 0 {
+        r.read_until(b'\n', data).map_err(io)?;
+        if data.len() == start {
+            return Ok(Step::Done);
+        }
+        sc.line(1, &data[start..], true)?;
+        *at = (data.len() - start) as u64;
+        return Ok(Step::Other);
+    }
+    if sc.s.end.is_some() || sc.s.cut {
+        return Ok(Step::Done);
+    }
+    let next = binary::read_frame(r, data).map_err(io)?;
+    let here = *at;
+    *at += (data.len() - start) as u64;
+    match next {
+        Next::Record => Ok(Step::Record(here, start, data.len())),
+        Next::End => {
+            let mut end = Vec::new();
+            r.read_until(b'\n', &mut end).map_err(io)?;
+            sc.end_line(*at, &end);
+            *at += end.len() as u64;
+            if !r.fill_buf().map_err(io)?.is_empty() {
+                let where_ = sc.at(*at);
+                sc.s.problems
+                    .push(format!("{where_}: bytes after the end line"));
+            }
+            Ok(Step::Other)
+        }
+        Next::Eof => Ok(Step::Done),
+        Next::Damaged(why) => {
+            sc.damaged_frame(here, &why);
+            Ok(Step::Done)
+        }
+    }
+}
+
+/// The first pass over a binary export alone: its checks, and each
+/// record's head, read without its payloads' decompression or hashing.
+fn scan_binary(path: &Path) -> Result<Scan, Error> {
+    let name = path.display().to_string();
+    let mut sc = Scanner::without_digest(&name);
+    let file = File::open(path).map_err(|e| Error::Io(path.into(), e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let (mut at, mut data, mut digest) = (0u64, Vec::new(), Sha256::new());
+    loop {
+        data.clear();
+        let step = binary_step(&mut reader, &mut at, &mut sc, &mut data)?;
+        digest.update(&data);
+        match step {
+            Step::Record(n, from, to) => match binary::parse(&data[from..to]) {
+                Ok(f) => sc.record(n, ChainHead::from(&f.record), f.record.event_count),
+                Err(m) => {
+                    sc.damaged_record();
+                    let where_ = sc.at(n);
+                    sc.s.problems.push(format!("{where_}: damaged record: {m}"));
+                }
+            },
+            Step::Other => {}
+            Step::Done => break,
+        }
+    }
+    Ok(sc.finish_with(digest.finalize().into()))
 }
 
 fn merge(into: &mut Verdict, v: Verdict) {

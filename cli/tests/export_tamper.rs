@@ -588,7 +588,12 @@ fn records_header() -> Vec<u8> {
 fn records_end_for(lines: &[Vec<u8>]) -> Vec<u8> {
     let mut digest = Sha256::new();
     let (mut events, mut links) = (0, 0);
-    let mut heads: std::collections::BTreeMap<i32, ChainHead> = Default::default();
+    // Each chain's last record, or its anchor.
+    let mut heads: std::collections::BTreeMap<i32, ChainHead> = lines
+        .first()
+        .and_then(|h| serde_json::from_slice::<Header>(h).ok())
+        .map(|h| h.anchors.into_iter().map(|a| (a.chain, a)).collect())
+        .unwrap_or_default();
     for l in lines {
         digest.update(l);
         if let Ok(r) = RecordLine::parse(l.strip_suffix(b"\n").unwrap_or(l)) {
@@ -802,5 +807,225 @@ fn a_damaged_end_line_is_reported_alike_in_both_kinds_of_export() {
         lines[n / 2][2] ^= 1;
         let r = report(&lines);
         assert!(!r.ok(), "{kind}");
+    }
+}
+
+// The binary records export (audit_log.export.v3): the records of a
+// records export in frames, its larger payloads compressed.
+
+/// A records export's header and record lines (no end line) as a binary
+/// export, with an end line that matches it.
+fn binary_from_records(lines: &[Vec<u8>]) -> Vec<u8> {
+    use audit_log_cli::binary::{write_record, BINARY_FORMAT, END_OF_FRAMES};
+    let mut h: Header = serde_json::from_slice(&lines[0]).unwrap();
+    h.format = BINARY_FORMAT.into();
+    let mut out = line(&h).unwrap();
+    let (mut events, mut links) = (0u64, 0u64);
+    let mut heads: std::collections::BTreeMap<i32, ChainHead> =
+        h.anchors.iter().map(|a| (a.chain, a.clone())).collect();
+    for l in &lines[1..] {
+        let r = RecordLine::parse(l.strip_suffix(b"\n").unwrap()).unwrap();
+        write_record(&mut out, &r.record, &r.segments, &r.payload).unwrap();
+        events += r.record.event_count as u64;
+        links += 1;
+        heads.insert(r.record.chain_id, ChainHead::from(&r.record));
+    }
+    out.push(END_OF_FRAMES);
+    let end = line(&End {
+        kind: "end".into(),
+        events,
+        links,
+        heads: heads.into_values().collect(),
+        sha256: hex::encode(Sha256::digest(&out)),
+    })
+    .unwrap();
+    out.extend_from_slice(&end);
+    out
+}
+
+fn binary_export(events: &[Event], links: &[Link], split: bool) -> Vec<u8> {
+    let mut lines = vec![records_header()];
+    lines.extend(record_lines(events, links, split));
+    binary_from_records(&lines)
+}
+
+#[test]
+fn untouched_binary_exports_verify_as_the_records_exports_do() {
+    for seed in 0..200 {
+        let (events, links) = log(seed);
+        for split in [false, true] {
+            let records = report(&records_export(&events, &links, split));
+            let r = report(&[binary_export(&events, &links, split)]);
+            assert!(
+                r.ok(),
+                "seed {seed}: {:?} {:?}",
+                r.verdict.problems,
+                r.file_problems
+            );
+            assert_eq!(r.events, records.events, "seed {seed}");
+            assert_eq!(r.links, records.links, "seed {seed}");
+            assert_eq!(r.verdict.events_checked, records.verdict.events_checked);
+            assert_eq!(r.verdict.links_checked, records.verdict.links_checked);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Any one byte changed anywhere (lengths, methods, compressed blocks,
+    /// the end line), or the file cut anywhere: detected, never a panic.
+    #[test]
+    fn any_byte_edit_or_cut_of_a_binary_export_is_detected(seed in any::<u64>(), split in any::<bool>(), at in any::<u64>(), bit in 0u8..8) {
+        let (events, links) = log(seed);
+        let bytes = binary_export(&events, &links, split);
+        let i = (at % bytes.len() as u64) as usize;
+        let mut edited = bytes.clone();
+        edited[i] ^= 1 << bit;
+        prop_assert!(!verify(&[edited], None));
+        prop_assert!(!verify(&[bytes[..i].to_vec()], None));
+    }
+
+    /// The records export's tamperings (a column, a stored byte, a record
+    /// deleted, two swapped), written as a binary export whose end line
+    /// matches.
+    #[test]
+    fn binary_export_tampering_is_detected(seed in any::<u64>(), split in any::<bool>(), kind in 0u8..4, a in any::<u64>(), b in any::<u64>()) {
+        let (events, links) = log(seed);
+        let mut lines = vec![records_header()];
+        lines.extend(record_lines(&events, &links, split));
+        let n = lines.len() - 1;
+        let i = 1 + (a % n as u64) as usize;
+        let last_of_chain = |i: usize| {
+            let r = RecordLine::parse(lines[i].strip_suffix(b"\n").unwrap()).unwrap().record;
+            !links.iter().any(|l| l.chain_id == r.chain_id && l.seq > r.seq)
+        };
+        match kind {
+            0 => lines[i] = edit_field(&lines[i], b),
+            1 => lines[i] = edit_payload(&lines[i], b, (a % 8) as u8),
+            2 => {
+                prop_assume!(!last_of_chain(i));
+                lines.remove(i);
+            }
+            _ => {
+                let j = 1 + (b % n as u64) as usize;
+                prop_assume!(i != j);
+                lines.swap(i, j);
+            }
+        }
+        // An edited column that no longer reads as a record is left to the
+        // records export's tests: a binary frame has no spelling to damage.
+        prop_assume!(lines[1..].iter().all(|l| RecordLine::parse(l.strip_suffix(b"\n").unwrap()).is_ok()));
+        prop_assert!(!verify(&[binary_from_records(&lines)], None));
+    }
+
+    /// Records cut off the end of their chains: a checkpoint taken before tells.
+    #[test]
+    fn a_dropped_tail_of_a_binary_export_is_detected_against_a_checkpoint(seed in any::<u64>(), cut in 1usize..4) {
+        let (events, links) = log(seed);
+        let cp = checkpoint_of(&links);
+        let mut by_commit: Vec<&Link> = links.iter().collect();
+        by_commit.sort_by_key(|l| l.committed_at);
+        let cut = cut.min(by_commit.len());
+        let gone: Vec<i64> = by_commit[by_commit.len() - cut..].iter().map(|l| l.first_event).collect();
+        let kept: Vec<Link> = links.iter().filter(|l| !gone.contains(&l.first_event)).cloned().collect();
+        let bytes = binary_export(&events, &kept, false);
+        prop_assert!(verify(std::slice::from_ref(&bytes), None), "a consistent prefix verifies on its own");
+        prop_assert!(!verify(&[bytes], Some(&cp)));
+    }
+}
+
+/// Rows large enough to be compressed: the export verifies, is smaller
+/// than the records export, and a change inside a compressed block is
+/// caught by the hashes even with the end line rewritten to match.
+#[test]
+fn compressed_payloads_verify_and_their_tampering_is_detected() {
+    let big = |i: u64| {
+        Json::Value(json!({"id": i, "note": "x".repeat(3000), "tags": vec!["audit"; 200]}))
+    };
+    let (events, links, first) = with_transaction(11, 9_001, (0..6).map(big).collect());
+    for split in [false, true] {
+        let records = records_export(&events, &links, split);
+        let bytes = binary_export(&events, &links, split);
+        assert!(
+            bytes.len() * 4 < records.concat().len(),
+            "{} vs {}",
+            bytes.len(),
+            records.concat().len()
+        );
+        let r = report(&[bytes]);
+        assert!(r.ok(), "{:?} {:?}", r.verdict.problems, r.file_problems);
+        assert_eq!(r.verdict.events_checked as usize, events.len());
+        // The big transaction's payload edited inside, then compressed anew.
+        let mut lines = records[..records.len() - 1].to_vec();
+        let at = lines
+            .iter()
+            .position(|l| {
+                RecordLine::parse(l.strip_suffix(b"\n").unwrap_or(l))
+                    .is_ok_and(|r| r.record.first_event == first)
+            })
+            .unwrap();
+        let rec = RecordLine::parse(lines[at].strip_suffix(b"\n").unwrap()).unwrap();
+        let x = rec.payload.iter().position(|&c| c == b'x').unwrap()
+            + rec.segments.iter().map(Vec::len).sum::<usize>();
+        lines[at] = edit_payload(&lines[at], x as u64, 1);
+        let r = report(&[binary_from_records(&lines)]);
+        assert!(!r.ok());
+        assert!(r.file_problems.is_empty(), "{:?}", r.file_problems);
+        assert!(
+            r.first_bad_event().is_some_and(|e| e >= first),
+            "{:?}",
+            r.verdict.problems
+        );
+    }
+}
+
+/// A binary export read against a checkpoint as the first of two files
+/// (its heads found by a pass of its own), and continued by a records
+/// export and by another binary one.
+#[test]
+fn binary_exports_continue_and_are_continued_by_either_form() {
+    let (events, links) = log(3);
+    let cp = checkpoint_of(&links);
+    // The first half of each chain in the first file, the rest after it.
+    let half: Vec<Link> = links
+        .iter()
+        .filter(|l| {
+            l.seq <= 1 + links.iter().filter(|k| k.chain_id == l.chain_id).count() as i64 / 2
+        })
+        .cloned()
+        .collect();
+    let rest: Vec<Link> = links
+        .iter()
+        .filter(|l| !half.contains(l))
+        .cloned()
+        .collect();
+    let first = binary_export(&events, &half, true);
+    let heads: Vec<ChainHead> = {
+        let mut h: std::collections::BTreeMap<i32, ChainHead> = Default::default();
+        for l in &half {
+            h.insert(l.chain_id, ChainHead::from(l));
+        }
+        h.into_values().collect()
+    };
+    let mut h: Header = serde_json::from_slice(&records_header()).unwrap();
+    h.continues = true;
+    h.anchors = heads;
+    let mut lines = vec![line(&h).unwrap()];
+    lines.extend(record_lines(&events, &rest, false));
+    let as_binary = binary_from_records(&lines);
+    let end = records_end_for(&lines);
+    lines.push(end);
+    for second in [lines.concat(), as_binary] {
+        let files: Vec<PathBuf> = [first.clone(), second]
+            .iter()
+            .map(|b| write(std::slice::from_ref(b)))
+            .collect();
+        let r = verify_files(&files, Some(&cp), 2).unwrap();
+        for f in &files {
+            let _ = std::fs::remove_file(f);
+        }
+        assert!(r.ok(), "{:?} {:?}", r.verdict.problems, r.file_problems);
+        assert_eq!(r.verdict.events_checked as usize, events.len());
     }
 }

@@ -30,6 +30,10 @@ follows it. It also plays the attacker who recomputes hashes after an edit.
       it, whose sha256 covers every byte before it, whose counts are the sum
       of event_count and the number of records, and whose heads are each
       chain's last record (or its anchor).
+      Or a binary records export (`audit-log export --format binary`, header
+      format audit_log.export.v3): the same records in binary frames, LZ4
+      blocks decompressed here by an implementation of the block format of
+      its own; the same checks.
       Exit 1 with a message on the first problem.
   format_v2.py trees CHECKPOINT < DUMP
       recompute each tree of CHECKPOINT (format v2) from the dump of a log
@@ -878,21 +882,7 @@ def load_records(data):
             obj = parse_json(raw.decode("utf-8"))
             kind = obj.get("type") if isinstance(obj, dict) else None
             if n == 1:
-                if kind != "header":
-                    raise ValueError("the first line is not the header")
-                members(obj, HEADER_KEYS, "the header", HEADER_OPTIONAL)
-                if obj["format"] != RECORDS_FORMAT:
-                    raise ValueError(f"format {obj['format']!r}, not {RECORDS_FORMAT!r}")
-                continues = obj.get("continues", False)
-                if not isinstance(continues, bool) or not isinstance(obj["anchors"], list):
-                    raise ValueError("the header's continues is not true or false, or its anchors not a list")
-                for i, h in enumerate(obj["anchors"], 1):
-                    a = chain_head(h, f"anchor {i} of the header")
-                    if a["chain_id"] in anchors:
-                        raise ValueError(f"two anchors for chain {a['chain_id']}")
-                    anchors[a["chain_id"]] = a
-                    if continues:
-                        given.add((a["chain_id"], a["seq"], a["link_hash"]))
+                read_header(obj, kind, RECORDS_FORMAT, anchors, given)
             elif kind == "record":
                 members(obj, RECORD_KEYS, "the record")
                 rec = {"chain_id": integer(obj["chain_id"], "chain_id", I32),
@@ -905,40 +895,78 @@ def load_records(data):
                 if not isinstance(obj["segments"], list):
                     raise ValueError("segments is not a list")
                 spilled = [base64_bytes(b, f"segment {i}") for i, b in enumerate(obj["segments"], 1)]
-                rec["segments"] = len(spilled)
-                if records and (records[-1]["chain_id"], records[-1]["seq"]) >= (rec["chain_id"], rec["seq"]):
-                    raise ValueError(f"{name(rec)} follows {name(records[-1])}: records out of (chain_id, seq) order")
-                # Segments are found by first_event: a second record of one
-                # transaction must not have its segments counted with the first's.
-                first = rec["first_event"]
-                if first in segments:
-                    other = next(r for r in records if r["first_event"] == first)
-                    raise Problem(f"{name(rec)} and {name(other)} are one transaction, recorded twice (event_inserted)")
-                # In the file's order, which is the order of part.
-                segments[first] = [{"first_event": first, "part": first_tx_seq(b), "payload": b} for b in spilled]
-                records.append(rec)
+                add_record(rec, spilled, records, segments)
             elif kind == "end":
-                members(obj, END_KEYS, "the end line")
-                end = {"events": integer(obj["events"], "the end line's events", U64),
-                       "links": integer(obj["links"], "the end line's links", U64),
-                       "sha256": string(obj["sha256"], "the end line's sha256")}
-                if not isinstance(obj["heads"], list):
-                    raise ValueError("the end line's heads are not a list")
-                end["heads"] = [chain_head(h, f"head {i} of the end line") for i, h in enumerate(obj["heads"], 1)]
-                # The exporter's own spelling: the end line is not under the digest.
-                spelled = json.dumps({"type": "end", "events": end["events"], "links": end["links"], "heads": [
-                    {"chain": h["chain_id"], "seq": h["seq"], "link_hash": h["link_hash"].hex(),
-                     "last_event": h["last_event"]} for h in end["heads"]], "sha256": end["sha256"]},
-                    separators=(",", ":"))
-                if spelled.encode("utf-8") != raw:
-                    raise ValueError("the end line is not as the exporter writes it")
+                end = read_end(obj, raw)
                 continue
             else:
                 raise ValueError(f"a line of type {kind!r}: a records export holds record lines and an end line")
         except ValueError as e:
             raise Problem(f"line {n}: {e}") from None
         digest.update(raw + b"\n")
-    # The end line: the digest, the counts and the heads.
+    check_end(end, digest, records, anchors)
+    return records, segments, anchors, given
+
+
+def read_header(obj, kind, form, anchors, given):
+    """An export's header (as parsed JSON) of format form: its anchors into
+    anchors, and into given if it is a continuation's."""
+    if kind != "header":
+        raise ValueError("the first line is not the header")
+    members(obj, HEADER_KEYS, "the header", HEADER_OPTIONAL)
+    if obj["format"] != form:
+        raise ValueError(f"format {obj['format']!r}, not {form!r}")
+    continues = obj.get("continues", False)
+    if not isinstance(continues, bool) or not isinstance(obj["anchors"], list):
+        raise ValueError("the header's continues is not true or false, or its anchors not a list")
+    for i, h in enumerate(obj["anchors"], 1):
+        a = chain_head(h, f"anchor {i} of the header")
+        if a["chain_id"] in anchors:
+            raise ValueError(f"two anchors for chain {a['chain_id']}")
+        anchors[a["chain_id"]] = a
+        if continues:
+            given.add((a["chain_id"], a["seq"], a["link_hash"]))
+
+
+def add_record(rec, spilled, records, segments):
+    """A record of an export, with its segments' bytes, in file order."""
+    rec["segments"] = len(spilled)
+    if records and (records[-1]["chain_id"], records[-1]["seq"]) >= (rec["chain_id"], rec["seq"]):
+        raise ValueError(f"{name(rec)} follows {name(records[-1])}: records out of (chain_id, seq) order")
+    # Segments are found by first_event: a second record of one
+    # transaction must not have its segments counted with the first's.
+    first = rec["first_event"]
+    if first in segments:
+        other = next(r for r in records if r["first_event"] == first)
+        raise Problem(f"{name(rec)} and {name(other)} are one transaction, recorded twice (event_inserted)")
+    # In the file's order, which is the order of part.
+    segments[first] = [{"first_event": first, "part": first_tx_seq(b), "payload": b} for b in spilled]
+    records.append(rec)
+
+
+def read_end(obj, raw):
+    """An end line (parsed, and its bytes without the newline)."""
+    members(obj, END_KEYS, "the end line")
+    if obj["type"] != "end":
+        raise ValueError(f"a line of type {obj['type']!r} where the end line was expected")
+    end = {"events": integer(obj["events"], "the end line's events", U64),
+           "links": integer(obj["links"], "the end line's links", U64),
+           "sha256": string(obj["sha256"], "the end line's sha256")}
+    if not isinstance(obj["heads"], list):
+        raise ValueError("the end line's heads are not a list")
+    end["heads"] = [chain_head(h, f"head {i} of the end line") for i, h in enumerate(obj["heads"], 1)]
+    # The exporter's own spelling: the end line is not under the digest.
+    spelled = json.dumps({"type": "end", "events": end["events"], "links": end["links"], "heads": [
+        {"chain": h["chain_id"], "seq": h["seq"], "link_hash": h["link_hash"].hex(),
+         "last_event": h["last_event"]} for h in end["heads"]], "sha256": end["sha256"]},
+        separators=(",", ":"))
+    if spelled.encode("utf-8") != raw:
+        raise ValueError("the end line is not as the exporter writes it")
+    return end
+
+
+def check_end(end, digest, records, anchors):
+    """The end line against the file: the digest, the counts and the heads."""
     if end is None:
         raise Problem("no end line: the export is incomplete or its tail was cut off")
     if digest.hexdigest() != end["sha256"]:
@@ -954,7 +982,133 @@ def load_records(data):
     if [c for c, _ in stated] != sorted(heads) or dict(stated) != heads:
         raise Problem("the end line's chain heads differ from the file's last records (or anchors), "
                       "in order of chain")
+
+
+# A binary records export (audit_log.export.v3): the records of a records
+# export in binary frames between the same header and end lines, larger
+# payloads as LZ4 blocks.
+
+BINARY_FORMAT = "audit_log.export.v3"
+MAX_BLOB = 1 << 30
+FRAME_HEAD = struct.Struct(">iqQqqqq32sI")
+
+
+def lz4_block(src, size):
+    """Decompress an LZ4 block (the block format alone: sequences of a
+    token, literals, a 2-byte little-endian offset and a match) that must
+    come to exactly size bytes."""
+    out, i, n = bytearray(), 0, len(src)
+
+    def length(base, i):
+        if base != 15:
+            return base, i
+        while True:
+            if i >= n:
+                raise ValueError("an LZ4 block ends within a length")
+            b = src[i]
+            i += 1
+            base += b
+            if b != 255:
+                return base, i
+
+    while True:
+        if i >= n:
+            raise ValueError("an LZ4 block ends where a sequence was due")
+        token = src[i]
+        i += 1
+        lit, i = length(token >> 4, i)
+        if i + lit > n or len(out) + lit > size:
+            raise ValueError("an LZ4 block's literals run past its end")
+        out += src[i:i + lit]
+        i += lit
+        if i == n:
+            break  # the last sequence has literals only
+        if i + 2 > n:
+            raise ValueError("an LZ4 block ends within an offset")
+        offset = src[i] | src[i + 1] << 8
+        i += 2
+        match, i = length(token & 15, i)
+        match += 4
+        if offset == 0 or offset > len(out) or len(out) + match > size:
+            raise ValueError("an LZ4 block's match reaches outside its output")
+        start = len(out) - offset
+        for k in range(match):  # a match may overlap what it copies
+            out.append(out[start + k])
+    if len(out) != size:
+        raise ValueError(f"an LZ4 block decompresses to {len(out)} bytes, not the {size} it claims")
+    return bytes(out)
+
+
+def load_binary(data):
+    """A binary export's bytes as load_records gives a records export's."""
+    digest = hashlib.sha256()
+    records, segments, anchors, given = [], {}, {}, set()
+    nl = data.find(b"\n")
+    if nl < 0:
+        raise Problem("no header line")
+    try:
+        header = parse_json(data[:nl].decode("utf-8"))
+        read_header(header, header.get("type") if isinstance(header, dict) else None, BINARY_FORMAT,
+                    anchors, given)
+    except ValueError as e:
+        raise Problem(f"the header: {e}") from None
+    at = nl + 1
+
+    def take(k, what):
+        nonlocal at
+        if at + k > len(data):
+            raise ValueError(f"the file ends within {what}")
+        at += k
+        return data[at - k:at]
+
+    while True:
+        frame = at
+        try:
+            kind = take(1, "a frame")
+            if kind == b"\n":
+                break
+            if kind != b"R":
+                raise ValueError(f"a frame starting with byte 0x{kind[0]:02x}")
+            (chain_id, seq, tx_id, first, last, count, committed_at, link_hash,
+             n_segments) = FRAME_HEAD.unpack(take(FRAME_HEAD.size, "a record frame"))
+            blobs = []
+            for _ in range(n_segments + 1):
+                method, stored, raw = struct.unpack(">BII", take(9, "a record frame"))
+                if stored > MAX_BLOB or raw > MAX_BLOB:
+                    raise ValueError(f"a blob of {stored} bytes standing for {raw}: past the limit")
+                body = take(stored, "a record frame")
+                if method == 0 and stored == raw:
+                    blobs.append(body)
+                elif method == 1:
+                    blobs.append(lz4_block(body, raw))
+                else:
+                    raise ValueError(f"a blob of method {method}, {stored} bytes standing for {raw}")
+            rec = {"chain_id": chain_id, "seq": seq, "tx_id": tx_id, "first_event": first, "last_event": last,
+                   "event_count": count, "committed_at": committed_at, "link_hash": link_hash,
+                   "payload": blobs.pop()}
+            add_record(rec, blobs, records, segments)
+        except ValueError as e:
+            raise Problem(f"byte {frame}: {e}") from None
+    digest.update(data[:at])
+    raw = data[at:]
+    try:
+        if not raw.endswith(b"\n") or b"\n" in raw[:-1]:
+            raise ValueError("the end line is not the file's last line, ending in a newline")
+        end = read_end(parse_json(raw[:-1].decode("utf-8")), raw[:-1])
+    except ValueError as e:
+        raise Problem(f"byte {at}: {e}") from None
+    check_end(end, digest, records, anchors)
     return records, segments, anchors, given
+
+
+def verify_binary(data):
+    try:
+        n_events, n_records = verify_dump(*load_binary(data))
+    except Problem as p:
+        print(p)
+        return 1
+    print(f"independent verifier: {n_events} events and {n_records} records of the binary export recompute")
+    return 0
 
 
 def verify_records(data):
@@ -1195,14 +1349,15 @@ def read(data):
     format, a dump's lines are objects with a "kind"."""
     first = data.split(b"\n", 1)[0]
     if first.startswith(b'{"type":'):
-        try:
-            header = parse_json(first.decode("utf-8"))
-            records = isinstance(header, dict) and header.get("format") == RECORDS_FORMAT
-        except ValueError:
-            # A damaged header: load_records says what is wrong with it.
-            records = b'"' + RECORDS_FORMAT.encode() + b'"' in first
-        if records:
-            return "records", data
+        for kind, form in (("records", RECORDS_FORMAT), ("binary", BINARY_FORMAT)):
+            try:
+                header = parse_json(first.decode("utf-8"))
+                ours = isinstance(header, dict) and header.get("format") == form
+            except ValueError:
+                # A damaged header: the loader says what is wrong with it.
+                ours = b'"' + form.encode() + b'"' in first
+            if ours:
+                return kind, data
     lines = [line for line in data.decode("utf-8").split("\n") if line.strip()]
     if lines and lines[0].startswith('{"type":'):
         return "export", lines
@@ -1214,6 +1369,8 @@ def main(argv):
         kind, lines = read(sys.stdin.buffer.read())
         if kind == "records":
             return verify_records(lines)
+        if kind == "binary":
+            return verify_binary(lines)
         if kind == "export":
             try:
                 loaded = load_export(lines)
