@@ -7,7 +7,8 @@
 # INSERT ... SELECT statements of 200,000 rows (default 0; they spill
 # segments). Then, ROUNDS times (default 3), medians printed:
 #   verify() on one core (audit_log.verify_threads = 0) and with workers;
-#   audit-log verify of a records export, with 1 and with 2 worker threads;
+#   audit-log verify of a records export (JSON lines, base64) and of a
+#   binary export (frames, LZ4), each with 1 and with 2 worker threads;
 #   raw SHA-256 over the same payload bytes, the limit.
 #
 #   bash bench/verify.sh                          (needs the README's setup)
@@ -56,13 +57,22 @@ timed() {  # SETTING -> milliseconds of one verify(), which must hold
     case "$out" in t*) ;; *) echo "verify() did not hold: $out" >&2; exit 1 ;; esac
     echo "$out" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
 }
-"$cli" export --dsn "host=$PGHOST port=$PGPORT user=postgres dbname=bench" --format records --out "$dir/records.jsonl" 2>/dev/null
-offline() {  # THREADS -> milliseconds that audit-log verify took
-    "$cli" verify --threads "$1" "$dir/records.jsonl" 2>&1 >/dev/null |
-        sed -n 's/^verified [0-9]* events in \([0-9.]*\) s.*/\1/p' | awk '{ printf "%.0f", $1 * 1000 }'; }
-v1=() vn=() o1=() on=()
+dsn="host=$PGHOST port=$PGPORT user=postgres dbname=bench"
+"$cli" export --dsn "$dsn" --format records --out "$dir/records.jsonl" 2>/dev/null
+"$cli" export --dsn "$dsn" --format binary --out "$dir/records.bin" 2>/dev/null
+offline() {  # FILE THREADS -> milliseconds that audit-log verify took; it must hold
+    local out
+    out=$("$cli" verify --threads "$2" "$1" 2>&1) || { echo "audit-log verify $1 did not hold: $out" >&2; exit 1; }
+    echo "$out" | sed -n 's/^verified [0-9]* events in \([0-9.]*\) s.*/\1/p' | awk '{ printf "%.0f", $1 * 1000 }'; }
+v1=() vn=() o1=() on=() b1=() bn=()
 for _ in $(seq 1 "$rounds"); do
-    v1+=("$(timed 0)") vn+=("$(timed -1)") o1+=("$(offline 1)") on+=("$(offline "$(nproc)")")
+    # One measurement a line: set -e sees only a line's last substitution.
+    v1+=("$(timed 0)")
+    vn+=("$(timed -1)")
+    o1+=("$(offline "$dir/records.jsonl" 1)")
+    on+=("$(offline "$dir/records.jsonl" "$(nproc)")")
+    b1+=("$(offline "$dir/records.bin" 1)")
+    bn+=("$(offline "$dir/records.bin" "$(nproc)")")
 done
 bytes=$(q -c "SELECT (SELECT coalesce(sum(octet_length(payload)), 0) FROM audit_log.records)
                    + (SELECT coalesce(sum(octet_length(payload)), 0) FROM audit_log.segments)")
@@ -72,9 +82,16 @@ buf = b'x' * (64 << 20); t = time.perf_counter(); n = 0
 while time.perf_counter() - t < 2: hashlib.sha256(buf).digest(); n += len(buf)
 print(n / (time.perf_counter() - t) / 1e6)")
 awk -v e="$events" -v a="$(median "${v1[@]}")" -v b="$(median "${vn[@]}")" -v c="$(median "${o1[@]}")" \
-    -v d="$(median "${on[@]}")" -v n="$(nproc)" -v by="$bytes" -v s="$sha_mbs" 'BEGIN {
+    -v d="$(median "${on[@]}")" -v n="$(nproc)" -v by="$bytes" -v s="$sha_mbs" \
+    -v f="$(median "${b1[@]}")" -v g="$(median "${bn[@]}")" \
+    -v rs="$(stat -c %s "$dir/records.jsonl")" -v bs="$(stat -c %s "$dir/records.bin")" 'BEGIN {
   printf "verify(), one core (verify_threads = 0): %.0f ms = %.0f events/s (target >= 2,000,000)\n", a, e / (a / 1000);
   printf "verify(), hashing on worker threads:     %.0f ms = %.0f events/s (%d cores)\n", b, e / (b / 1000), n;
   printf "audit-log verify, records export, 1 worker thread:  %.0f ms = %.0f events/s\n", c, e / (c / 1000);
   printf "audit-log verify, records export, %d worker threads: %.0f ms = %.0f events/s\n", n, d, e / (d / 1000);
+  printf "audit-log verify, binary export, 1 worker thread:   %.0f ms = %.0f events/s\n", f, e / (f / 1000);
+  printf "audit-log verify, binary export, %d worker threads:  %.0f ms = %.0f events/s\n", n, g, e / (g / 1000);
+  printf "export sizes: records %.0f MB, binary %.0f MB\n", rs / 1e6, bs / 1e6;
+  best = (f < g ? f : g);
+  printf "offline (binary export) against verify() on one core: %.2fx as fast (target >= 1)\n", a / best;
   printf "raw SHA-256 over the same %.0f MB of payload: %.0f MB/s = %.0f events/s (the limit)\n", by / 1e6, s, e / (by / 1e6 / s) }'

@@ -195,6 +195,26 @@ fn check_blob(method: u8, stored: u32, raw: u32) -> Result<(), String> {
     }
 }
 
+/// A run of this many 0xFF bytes in an LZ4 block spells a length of more
+/// than 2^32 (past any blob's 2^30, so the block is invalid), which the
+/// LZ4 decoder would add up in 32 bits and wrap: such a block is refused
+/// before it is decoded, as an independent reader refuses it. (A block of
+/// a blob under 1 GiB never needs a run this long; the exporter's never
+/// has one.)
+const FF_RUN_LIMIT: usize = (u32::MAX / 255) as usize;
+
+fn longest_run_of_ff(b: &[u8]) -> usize {
+    if b.len() < FF_RUN_LIMIT {
+        return 0;
+    }
+    let (mut best, mut run) = (0, 0);
+    for &c in b {
+        run = if c == 0xFF { run + 1 } else { 0 };
+        best = best.max(run);
+    }
+    best
+}
+
 /// A record frame, parsed: its columns, and its blobs (the segments in
 /// `part` order, then the payload) as they lie in the frame.
 pub struct Frame<'a> {
@@ -215,7 +235,18 @@ impl Blob<'_> {
             return Ok(self.bytes);
         }
         scratch.clear();
+        // A blob stands for at most 1 GiB (and 255 times its own size): an
+        // allocation that fails is reported, not an abort.
+        scratch
+            .try_reserve_exact(self.raw)
+            .map_err(|_| format!("cannot allocate {} bytes to decompress a blob", self.raw))?;
         scratch.resize(self.raw, 0);
+        if longest_run_of_ff(self.bytes) >= FF_RUN_LIMIT {
+            return Err(
+                "an LZ4 block with a length spelled in more bytes than any block of 1 GiB needs"
+                    .into(),
+            );
+        }
         match lz4_flex::block::decompress_into(self.bytes, scratch) {
             Ok(n) if n == self.raw => Ok(scratch.as_slice()),
             Ok(n) => Err(format!(
@@ -455,6 +486,24 @@ mod tests {
             );
             assert!(parse(&f).is_err());
         }
+    }
+
+    /// An LZ4 length spelled in 2^32 / 255 bytes of 0xFF wraps a 32-bit
+    /// sum (and overflows one in a debug build): refused before decoding.
+    #[test]
+    fn a_length_past_32_bits_in_an_lz4_block_is_refused() {
+        let mut block = vec![0xF0u8];
+        block.resize(1 + FF_RUN_LIMIT, 0xFF);
+        block.extend_from_slice(&[0x00, b'a']);
+        let mut frame = Vec::new();
+        write_record(&mut frame, &record(1), &[], b"").unwrap();
+        frame.truncate(HEAD);
+        frame.push(LZ4);
+        frame.extend_from_slice(&(block.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&1000u32.to_be_bytes());
+        frame.extend_from_slice(&block);
+        let e = digest(&frame, &mut Vec::new()).unwrap_err();
+        assert!(e.contains("length spelled"), "{e}");
     }
 
     /// docs/FORMAT.md, "Binary records export": the two frames of its test

@@ -198,6 +198,11 @@ pub fn export(
             )))
         }
     };
+    if format == Format::Binary && out.is_none() && io::stdout().is_terminal() {
+        return Err(crate::error::Error::trouble(
+            "a binary export is not for a terminal: give --out FILE or redirect standard output",
+        ));
+    }
     let continued = since.map(previous_heads).transpose()?;
     let mut client = connect(dsn)?;
     let mut tx = client

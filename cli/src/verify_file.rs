@@ -318,6 +318,10 @@ impl<'a> Scanner<'a> {
 /// damaged header.
 fn parse_header(name: &str, line: &[u8]) -> Result<Result<Header, String>, Error> {
     match serde_json::from_slice::<Header>(line) {
+        // FORMAT.md: every line starts with its type, written first.
+        Ok(h) if h.kind == "header" && !line.starts_with(HEADER_PREFIX) => Ok(Err(format!(
+            "{name}:1: the header is not as the exporter writes it (\"type\" first, no spaces)"
+        ))),
         Ok(h)
             if h.kind == "header"
                 && [EXPORT_FORMAT, RECORDS_FORMAT, BINARY_FORMAT].contains(&h.format.as_str()) =>

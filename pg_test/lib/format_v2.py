@@ -1358,7 +1358,12 @@ def read(data):
                 ours = b'"' + form.encode() + b'"' in first
             if ours:
                 return kind, data
-    lines = [line for line in data.decode("utf-8").split("\n") if line.strip()]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # Not text, and not an export whose header names a binary format.
+        raise Problem(f"neither an export nor a dump of the storage: not UTF-8 ({e})") from None
+    lines = [line for line in text.split("\n") if line.strip()]
     if lines and lines[0].startswith('{"type":'):
         return "export", lines
     return "dump", lines
@@ -1366,7 +1371,11 @@ def read(data):
 
 def main(argv):
     if argv[1:2] == ["verify"]:
-        kind, lines = read(sys.stdin.buffer.read())
+        try:
+            kind, lines = read(sys.stdin.buffer.read())
+        except Problem as p:
+            print(p)
+            return 1
         if kind == "records":
             return verify_records(lines)
         if kind == "binary":

@@ -238,7 +238,15 @@ pub fn merged<'a>(
         Ok(b) => header(b).map_or(i64::MIN, |h| h.tx_seq),
         Err(_) => i64::MIN,
     };
-    let mut a = segments.into_iter().flat_map(events).peekable();
+    // A segment holds at least one event: its part is its first event's
+    // tx_seq. The server never writes an empty one.
+    let mut a = segments
+        .into_iter()
+        .flat_map(|s| {
+            let empty = s.is_empty().then_some(Err(Malformed(0)));
+            empty.into_iter().chain(events(s))
+        })
+        .peekable();
     let mut b = events(payload).peekable();
     std::iter::from_fn(move || match (a.peek(), b.peek()) {
         (Some(x), Some(y)) if key(y) < key(x) => b.next(),
@@ -1054,6 +1062,9 @@ mod tests {
         );
         // A segment lost.
         assert!(digest(&r, [], &p[cut..]).fault.is_some());
+        // An empty segment beside the events (no segment is ever empty).
+        assert!(digest(&r, [&p[..0]], &p).fault.is_some());
+        assert!(digest(&r, [&p[..cut], &p[..0]], &p[cut..]).fault.is_some());
     }
 
     #[test]
