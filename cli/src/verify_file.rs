@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use audit_log_core::parallel::map_ordered;
+use audit_log_core::parallel::{map_ordered, map_ordered_bounded};
 use audit_log_core::verify::{verify_logical, EncodedEvent, Verdict};
 use audit_log_core::{ChainHead, Checkpoint, Link};
 use sha2::{Digest, Sha256};
@@ -604,6 +604,18 @@ struct Block {
     records: Vec<(u64, usize, usize)>,
 }
 
+impl Block {
+    /// Never zero: a block always goes to a worker.
+    fn weight(&self) -> usize {
+        self.data.len().max(1)
+    }
+}
+
+/// Bytes of blocks handed to a worker at once: a batch of one large
+/// transaction's frame (a bulk load's) keeps the other workers busy with
+/// the next ones, instead of 512 of them going to one worker.
+const BATCH_BYTES: usize = 1 << 20;
+
 /// Bytes handed to the digest's thread at once (in blocks; one send per
 /// block cost more in wake-ups than the thread saved).
 const DIGEST_BATCH: usize = 1 << 20;
@@ -727,27 +739,35 @@ fn stream_records(
             }
             <[u8; 32]>::from(d.finalize())
         });
-        let records = map_ordered(scope, to_verify, threads, || {}, parse)
-            .flat_map(|r| match r {
-                Ok(parsed) => parsed.into_iter().map(Ok).collect::<Vec<_>>(),
-                Err(e) => vec![Err(e)],
-            })
-            .filter_map(|r| match r {
-                Ok((n, Ok((record, digest, head)))) => {
-                    scanner.borrow_mut().record(n, head, record.event_count);
-                    Some(Ok((record, digest)))
-                }
-                // A damaged line is reported, and the verification goes on
-                // without it: its transaction shows up as missing.
-                Ok((n, Err(m))) => {
-                    let mut sc = scanner.borrow_mut();
-                    sc.damaged_record();
-                    let at = sc.at(n);
-                    sc.s.problems.push(format!("{at}: damaged record: {m}"));
-                    None
-                }
-                Err(e) => Some(Err(e)),
-            });
+        let records = map_ordered_bounded(
+            scope,
+            to_verify,
+            threads,
+            || {},
+            parse,
+            Block::weight,
+            BATCH_BYTES,
+        )
+        .flat_map(|r| match r {
+            Ok(parsed) => parsed.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+        .filter_map(|r| match r {
+            Ok((n, Ok((record, digest, head)))) => {
+                scanner.borrow_mut().record(n, head, record.event_count);
+                Some(Ok((record, digest)))
+            }
+            // A damaged line is reported, and the verification goes on
+            // without it: its transaction shows up as missing.
+            Ok((n, Err(m))) => {
+                let mut sc = scanner.borrow_mut();
+                sc.damaged_record();
+                let at = sc.at(n);
+                sc.s.problems.push(format!("{at}: damaged record: {m}"));
+                None
+            }
+            Err(e) => Some(Err(e)),
+        });
         // verify_records consumes (and drops) the records, and so the sender.
         let verdict = record::verify_records(records, cp, anchors, claimed);
         (verdict, digester.join())
