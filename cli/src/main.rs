@@ -273,6 +273,16 @@ fn run(command: Command) -> Result<u8, Error> {
             for p in &report.file_problems {
                 println!("file problem: {p}");
             }
+            if cp.as_ref().is_some_and(|c| !c.trees.is_empty()) {
+                println!(
+                    "trees checked: {} of the checkpoint's {}",
+                    report.trees_checked,
+                    cp.as_ref().map_or(0, |c| c.trees.len())
+                );
+                for why in &report.trees_skipped {
+                    println!("tree not recomputed here: {why}");
+                }
+            }
             if cp.is_some() && report.ok() {
                 println!("the log extends the checkpoint");
             }

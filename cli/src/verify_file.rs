@@ -20,8 +20,9 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use audit_log_core::parallel::{map_ordered, map_ordered_bounded};
+use audit_log_core::verify::ProblemKind;
 use audit_log_core::verify::{verify_logical, EncodedEvent, Verdict};
-use audit_log_core::{ChainHead, Checkpoint, Link};
+use audit_log_core::{merkle, tree, ChainHead, Checkpoint, Hash, Link, TreeHead};
 use sha2::{Digest, Sha256};
 
 use audit_log_core::record::{self, Digest as RecordDigest, Record};
@@ -44,6 +45,11 @@ pub struct Report {
     pub events: u64,
     pub links: u64,
     pub seconds: f64,
+    /// A checkpoint's trees (format v2) whose root was recomputed and matches.
+    pub trees_checked: usize,
+    /// Trees that could not be recomputed, and why, one line per reason
+    /// (not a problem: a purged log, a logical export).
+    pub trees_skipped: Vec<String>,
 }
 
 impl Report {
@@ -401,6 +407,7 @@ pub fn verify_files(
     let started = Instant::now();
     let mut report = Report::default();
     let mut previous_heads: Option<BTreeMap<i32, ChainHead>> = None;
+    let mut trees = cp.and_then(Trees::new);
     for (i, path) in paths.iter().enumerate() {
         let last = i + 1 == paths.len();
         let name = path.display().to_string();
@@ -455,6 +462,19 @@ pub fn verify_files(
                 heads(&anchors, &s.links)
             }
         };
+        if let Some(t) = &mut trees {
+            let chains: Vec<i32> = t.want.keys().copied().collect();
+            for c in chains {
+                if !records {
+                    t.skip(c, format!("{name} is a logical export: trees are recomputed from a records or binary export"));
+                } else if let Some(a) = anchors
+                    .iter()
+                    .find(|a| a.chain == c && !continues && a.seq > 0)
+                {
+                    t.skip(c, format!("{name} starts it after seq {} (a purge): the records before are not here", a.seq));
+                }
+            }
+        }
         // A records export is checked and verified in one pass.
         let (s, verdict) = if records {
             // Only a checkpoint cut at the heads of a file before the last
@@ -471,6 +491,7 @@ pub fn verify_files(
                 (&anchors, &claimed),
                 cp_here.as_ref(),
                 threads,
+                trees.as_mut(),
             )?
         } else {
             let mut s = scan(path)?;
@@ -504,6 +525,21 @@ pub fn verify_files(
         report.events += s.event_lines;
         report.links += s.link_lines;
         previous_heads = Some(file_heads);
+    }
+    if let Some(t) = trees {
+        for why in t.problems {
+            report.verdict.push(ProblemKind::ChainRewritten, None, why);
+        }
+        report.trees_checked = t.checked;
+        // One line per reason, with its chains.
+        let mut by_reason: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (c, why) in t.skipped {
+            by_reason.entry(why).or_default().push(c.to_string());
+        }
+        report.trees_skipped = by_reason
+            .into_iter()
+            .map(|(why, chains)| format!("chain(s) {}: {why}", chains.join(", ")))
+            .collect();
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -631,9 +667,11 @@ fn stream_records(
     (anchors, claimed): (&[ChainHead], &[ChainHead]),
     cp: Option<&Checkpoint>,
     threads: usize,
+    mut trees: Option<&mut Trees>,
 ) -> Result<(Scan, Verdict), Error> {
     let name = path.display().to_string();
     let scanner = RefCell::new(Scanner::without_digest(&name));
+    let leaves = trees.is_some();
     let failed: RefCell<Option<Error>> = RefCell::new(None);
     let file = File::open(path).map_err(|e| Error::Io(path.into(), e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -708,7 +746,7 @@ fn stream_records(
         }
         (!data.is_empty()).then_some(Ok(Block { data, records }))
     });
-    type Parsed = (Record, RecordDigest, ChainHead);
+    type Parsed = (Record, RecordDigest, ChainHead, Option<Hash>);
     let parse_one = |raw: &[u8], scratch: &mut Vec<u8>| -> Result<Parsed, String> {
         let digested = if binary {
             binary::digest(raw, scratch)
@@ -717,7 +755,9 @@ fn stream_records(
         };
         digested.map(|(r, d)| {
             let head = ChainHead::from(&r);
-            (r, d, head)
+            // Only for a checkpoint's trees: the record read and hashed again.
+            let leaf = leaves.then(|| record_leaf_of(raw, binary)).flatten();
+            (r, d, head, leaf)
         })
     };
     let parse = |b: Block| -> Vec<(u64, Result<Parsed, String>)> {
@@ -753,8 +793,11 @@ fn stream_records(
             Err(e) => vec![Err(e)],
         })
         .filter_map(|r| match r {
-            Ok((n, Ok((record, digest, head)))) => {
+            Ok((n, Ok((record, digest, head, leaf)))) => {
                 scanner.borrow_mut().record(n, head, record.event_count);
+                if let Some(t) = trees.as_deref_mut() {
+                    t.push(record.chain_id, record.seq, leaf);
+                }
                 Some(Ok((record, digest)))
             }
             // A damaged line is reported, and the verification goes on
@@ -783,6 +826,113 @@ fn stream_records(
         return Err(e);
     }
     Ok((scanner.into_inner().finish_with(digest), verdict))
+}
+
+/// A record's leaf in its chain's Merkle tree (docs/FORMAT.md, "Merkle
+/// trees"), from its line or frame; None if its events cannot be read
+/// (the chain's checks report it).
+fn record_leaf_of(raw: &[u8], binary: bool) -> Option<Hash> {
+    let stored = if binary {
+        binary::parse(raw).and_then(|f| f.stored())
+    } else {
+        RecordLine::parse(trim(raw))
+    }
+    .ok()?;
+    let segments = stored.segments.iter().map(Vec::as_slice);
+    let hashes = tree::event_hashes(segments, &stored.payload).ok()?;
+    Some(tree::record_leaf(
+        &stored.record.link_hash,
+        &tree::events_root(&hashes),
+    ))
+}
+
+/// A checkpoint's Merkle trees (format v2), recomputed offline from the
+/// records of records or binary exports: each chain's leaves in seq order,
+/// across the files, compared with the checkpoint's root at its size, as
+/// `audit_log.verify(checkpoint)` compares them.
+pub struct Trees {
+    want: BTreeMap<i32, TreeHead>,
+    building: BTreeMap<i32, merkle::Builder>,
+    /// Chains whose tree cannot be recomputed here, and why.
+    skipped: BTreeMap<i32, String>,
+    /// Trees whose root differs, said as the server says it.
+    problems: Vec<String>,
+    checked: usize,
+}
+
+impl Trees {
+    fn new(cp: &Checkpoint) -> Option<Trees> {
+        if cp.trees.is_empty() {
+            return None;
+        }
+        let mut t = Trees {
+            want: cp.trees.iter().map(|h| (h.chain, h.clone())).collect(),
+            building: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+            problems: Vec::new(),
+            checked: 0,
+        };
+        for h in &cp.trees {
+            if h.size <= 0 {
+                t.compare(h.chain, &merkle::Builder::default());
+            }
+        }
+        Some(t)
+    }
+
+    fn skip(&mut self, chain: i32, why: String) {
+        if self.want.get(&chain).is_some_and(|w| w.size > 0) {
+            self.skipped.entry(chain).or_insert(why);
+        }
+    }
+
+    /// The next record of a file, in file order.
+    fn push(&mut self, chain: i32, seq: i64, leaf: Option<Hash>) {
+        let Some(size) = self.want.get(&chain).map(|w| w.size) else {
+            return;
+        };
+        if self.skipped.contains_key(&chain) {
+            return;
+        }
+        let b = self.building.entry(chain).or_default();
+        let done = b.size() as i64;
+        if done >= size {
+            return; // past the checkpoint's tree
+        }
+        let Some(leaf) = leaf.filter(|_| seq == done + 1) else {
+            // A gap, a repeat or an unreadable record: the chain's own
+            // checks report it, and no root can be recomputed past it.
+            let why = format!(
+                "its record {} is not readable or not in seq order",
+                done + 1
+            );
+            self.skip(chain, why);
+            return;
+        };
+        b.push(leaf);
+        if b.size() as i64 == size {
+            let b = b.clone();
+            self.compare(chain, &b);
+        }
+    }
+
+    fn compare(&mut self, chain: i32, b: &merkle::Builder) {
+        let Some(want) = self.want.get(&chain) else {
+            return;
+        };
+        let root = b.root();
+        if root == want.root {
+            self.checked += 1;
+        } else {
+            self.problems.push(format!(
+                "chain {}'s first {} records have root {}, the checkpoint says {}",
+                chain,
+                want.size,
+                hex::encode(&root[..6]),
+                hex::encode(&want.root[..6])
+            ));
+        }
+    }
 }
 
 /// What one step through a binary export read.

@@ -270,6 +270,16 @@ run export --dsn "$dsn" --format binary --since "$work/b1.bin" --out "$work/b2.b
 run export --dsn "$dsn" --format binary --since "$work/r3.jsonl" --out "$work/b3.bin"; expect 0 "binary export --since a records export"
 run verify "$work/b1.bin" "$work/b2.bin" --checkpoint "$work/cp3.json" --pub "$work/key.pub"; expect 0 "a binary export and its continuation, against a checkpoint"
 echo "$out" | grep -q "the log extends the checkpoint" || fail "no checkpoint proof for the binary exports: $out"
+echo "$out" | grep -q "trees checked: 1 of the checkpoint's 1" || fail "the checkpoint's tree not recomputed offline: $out"
+# A checkpoint whose tree root does not match the log (heads intact): the
+# offline verifier recomputes the tree and refuses it, as verify(checkpoint) does.
+q -c "SELECT audit_log.checkpoint()" | python3 -c 'import json, sys
+cp = json.load(sys.stdin); r = cp["trees"][0]["root"]; cp["trees"][0]["root"] = ("0" if r[0] != "0" else "1") + r[1:]
+json.dump(cp, open(sys.argv[1], "w"))' "$work/cp_root.json"
+[ "$(q -c "SELECT ok FROM audit_log.verify(pg_read_file('$work/cp_root.json')::jsonb)")" = f ] ||
+    fail "verify(checkpoint) accepts a checkpoint whose tree root was changed"
+run verify "$work/b1.bin" "$work/b2.bin" --checkpoint "$work/cp_root.json"; expect 1 "a checkpoint whose tree root was changed, offline"
+echo "$out" | grep -q "problem: chain_rewritten: chain 0's first [0-9]* records have root" || fail "the changed tree root, offline: $out"
 [ "$(counts)" = "$(server_counts)" ] || fail "a binary export and its continuation verify '$(counts)', the server '$(server_counts)'"
 run verify "$work/r3.jsonl" "$work/b3.bin" --checkpoint "$work/cp3.json" --pub "$work/key.pub"; expect 0 "a records export continued in binary, against a checkpoint"
 run verify "$work/b1.bin" --checkpoint "$work/cp3.json" --pub "$work/key.pub"; expect 1 "a binary export that ends before the checkpoint"
@@ -318,7 +328,7 @@ while hit is None:  # the first LZ4 blob: walk the frames by their lengths
         k += 9 + n
 data[hit] ^= 0x10'
 refused_bin blz4 "a byte changed inside an LZ4 block, with the end line rewritten"
-echo "  binary export: $b_counts as the server and the records export, in $b1 bytes against $r3; by format_v2.py too; continues and is continued by either form, against a checkpoint; an edited payload, a cut file, a huge count and a damaged LZ4 block are refused"
+echo "  binary export: $b_counts as the server and the records export, in $b1 bytes against $r3; by format_v2.py too; continues and is continued by either form, against a checkpoint whose tree it recomputes (a changed root is refused); an edited payload, a cut file, a huge count and a damaged LZ4 block are refused"
 
 # Signed checkpoints: a forged signature, an edited checkpoint, another key.
 run verify-checkpoint "$work/cp1.json" --pub "$work/key.pub"; expect 0 "verify-checkpoint"

@@ -57,6 +57,50 @@ pub fn root(leaves: &[Hash]) -> Hash {
     }
 }
 
+/// MTH of leaves given one at a time, in order, holding one hash per set
+/// bit of their number: the roots of the perfect subtrees that RFC 9162's
+/// splits make of a tree of that size, largest first. For a verifier that
+/// streams a chain's records (the offline one) rather than storing them.
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    /// (size, root) of each perfect subtree, sizes decreasing.
+    stack: Vec<(u64, Hash)>,
+    size: u64,
+}
+
+impl Builder {
+    /// The number of leaves pushed.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Append a leaf hash (already `leaf_hash`ed).
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = (1u64, leaf);
+        while let Some(&(size, left)) = self.stack.last() {
+            if size != node.0 {
+                break;
+            }
+            self.stack.pop();
+            node = (size * 2, node_hash(&left, &node.1));
+        }
+        self.stack.push(node);
+        self.size += 1;
+    }
+
+    /// MTH of the leaves pushed so far.
+    pub fn root(&self) -> Hash {
+        let mut subtrees = self.stack.iter().rev();
+        let Some(&(_, mut acc)) = subtrees.next() else {
+            return empty_root();
+        };
+        for (_, left) in subtrees {
+            acc = node_hash(left, &acc);
+        }
+        acc
+    }
+}
+
 /// PATH(m, D[n]): the inclusion proof of leaf `m` in the tree of `leaves`,
 /// from the leaf's sibling up. None if `m` is not a leaf of it.
 pub fn inclusion_proof(leaves: &[Hash], m: usize) -> Option<Vec<Hash>> {
@@ -488,5 +532,17 @@ mod tests {
         consistency_path(&mut s, 3001, 5000).unwrap();
         assert!(s.1 < 60, "{} subtrees", s.1);
         assert_eq!(Leaves(&l).subtree(3, 2), Ok(root(&l[16..24])));
+    }
+
+    #[test]
+    fn a_builder_fed_leaf_by_leaf_has_the_root_of_every_prefix() {
+        let leaves: Vec<Hash> = (0u32..140).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut b = Builder::default();
+        assert_eq!(b.root(), root(&[]));
+        for (n, l) in leaves.iter().enumerate() {
+            b.push(*l);
+            assert_eq!(b.size(), n as u64 + 1);
+            assert_eq!(b.root(), root(&leaves[..=n]), "{} leaves", n + 1);
+        }
     }
 }
