@@ -521,6 +521,21 @@ pub fn render(
             );
         }
     }
+    // A checkpoint's trees (format v2), recomputed from the export's records.
+    if v.trees_checked > 0 || !v.trees_skipped.is_empty() {
+        let _ = write!(
+            p,
+            "<li>The checkpoint's Merkle trees recomputed from the records: {}</li>",
+            v.trees_checked
+        );
+    }
+    for why in &v.trees_skipped {
+        let _ = write!(
+            p,
+            "<li class=\"warn\">A tree of the checkpoint not recomputed here (its chain's head was checked): {}</li>",
+            esc(why)
+        );
+    }
     if let Some(first) = v.verdict.first() {
         let _ = write!(
             p,

@@ -671,7 +671,7 @@ fn stream_records(
 ) -> Result<(Scan, Verdict), Error> {
     let name = path.display().to_string();
     let scanner = RefCell::new(Scanner::without_digest(&name));
-    let leaves = trees.is_some();
+    let sizes = trees.as_deref().map(Trees::sizes);
     let failed: RefCell<Option<Error>> = RefCell::new(None);
     let file = File::open(path).map_err(|e| Error::Io(path.into(), e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -755,8 +755,12 @@ fn stream_records(
         };
         digested.map(|(r, d)| {
             let head = ChainHead::from(&r);
-            // Only for a checkpoint's trees: the record read and hashed again.
-            let leaf = leaves.then(|| record_leaf_of(raw, binary)).flatten();
+            // Only for a record that a checkpoint's tree covers: read and
+            // hashed again.
+            let covered = sizes
+                .as_ref()
+                .is_some_and(|s| s.get(&r.chain_id).is_some_and(|&size| r.seq <= size));
+            let leaf = covered.then(|| record_leaf_of(raw, binary)).flatten();
             (r, d, head, leaf)
         })
     };
@@ -865,25 +869,32 @@ impl Trees {
         if cp.trees.is_empty() {
             return None;
         }
-        let mut t = Trees {
+        // (Checkpoint::parse refuses a tree of no records.)
+        Some(Trees {
             want: cp.trees.iter().map(|h| (h.chain, h.clone())).collect(),
             building: BTreeMap::new(),
             skipped: BTreeMap::new(),
             problems: Vec::new(),
             checked: 0,
-        };
-        for h in &cp.trees {
-            if h.size <= 0 {
-                t.compare(h.chain, &merkle::Builder::default());
-            }
-        }
-        Some(t)
+        })
     }
 
     fn skip(&mut self, chain: i32, why: String) {
-        if self.want.get(&chain).is_some_and(|w| w.size > 0) {
+        let done = self.building.get(&chain).map_or(0, |b| b.size() as i64);
+        // (A tree already compared in an earlier file is not skipped.)
+        if self.want.get(&chain).is_some_and(|w| w.size > done) {
             self.skipped.entry(chain).or_insert(why);
         }
+    }
+
+    /// Each chain's tree size, for the workers: a record's leaf is only
+    /// computed if a tree covers it.
+    fn sizes(&self) -> BTreeMap<i32, i64> {
+        self.want
+            .iter()
+            .filter(|(c, _)| !self.skipped.contains_key(c))
+            .map(|(&c, w)| (c, w.size))
+            .collect()
     }
 
     /// The next record of a file, in file order.
