@@ -18,6 +18,7 @@ use crate::errors::{AuditError, OrRaise};
 use crate::fmgr::c_function;
 use crate::jsonb;
 use crate::options::{self, Op};
+use crate::rowenc;
 use crate::txstate::{self, Pending};
 
 /// A jsonb value as hashed and stored (its canonical encoding, read from
@@ -32,7 +33,7 @@ pub struct Json {
 }
 
 /// Copy a jsonb datum, and encode it canonically.
-unsafe fn json_from_datum(d: pg_sys::Datum, keep_raw: bool) -> Json {
+pub(crate) unsafe fn json_from_datum(d: pg_sys::Datum, keep_raw: bool) -> Json {
     // SAFETY: by the caller's contract, d is a jsonb datum.
     unsafe {
         let p = pg_sys::pg_detoast_datum(d.cast_mut_ptr());
@@ -70,7 +71,7 @@ fn output_settings_canonical() -> bool {
 
 /// Run `f` with the output settings at their canonical values (only when
 /// they are not already: the common case costs a few reads).
-fn with_canonical_output<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn with_canonical_output<T>(f: impl FnOnce() -> T) -> T {
     if output_settings_canonical() {
         return f();
     }
@@ -95,7 +96,10 @@ fn with_canonical_output<T>(f: impl FnOnce() -> T) -> T {
 /// `to_jsonb(row)`, as a jsonb datum, rendered with the canonical output
 /// settings. to_jsonb learns its argument's type from the call expression,
 /// so give it one naming the table's row type.
-unsafe fn row_to_jsonb(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> pg_sys::Datum {
+pub(crate) unsafe fn row_to_jsonb(
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+) -> pg_sys::Datum {
     // SAFETY: by the caller's contract, tuple belongs to a relation whose descriptor is desc.
     unsafe {
         let composite = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
@@ -390,22 +394,31 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
     unsafe {
         let rel = td.tg_relation;
         let desc = (*rel).rd_att;
-        let old = (op != Op::Insert).then(|| row_to_jsonb(td.tg_trigtuple, desc));
+        // A row of common column types is encoded from its datums (rowenc),
+        // unless it is to be redacted or keyed for history(): those work on
+        // the jsonb.
+        let direct = !opts.history && opts.redact_columns.is_empty() && rowenc::handles(desc);
+        let row = |t: pg_sys::HeapTuple| -> Result<Json, AuditError> {
+            if direct {
+                if let Some(encoded) =
+                    with_canonical_output(|| rowenc::encode(t, desc, &opts.exclude_columns))
+                {
+                    return Ok(Json { raw: None, encoded });
+                }
+            }
+            // Options work on the datums with PostgreSQL's own jsonb
+            // functions, which never walk nested values, so any depth is fine.
+            let d = opts.apply(row_to_jsonb(t, desc))?;
+            Ok(json_from_datum(d, opts.history))
+        };
+        let old = (op != Op::Insert)
+            .then(|| row(td.tg_trigtuple))
+            .transpose()?;
         let new = match op {
-            Op::Insert => Some(row_to_jsonb(td.tg_trigtuple, desc)),
-            Op::Update => Some(row_to_jsonb(td.tg_newtuple, desc)),
+            Op::Insert => Some(row(td.tg_trigtuple)?),
+            Op::Update => Some(row(td.tg_newtuple)?),
             _ => None,
         };
-        // Options work on the datums with PostgreSQL's own jsonb functions,
-        // which never walk nested values, so any depth is fine.
-        let old = old
-            .map(|d| opts.apply(d))
-            .transpose()?
-            .map(|d| json_from_datum(d, opts.history));
-        let new = new
-            .map(|d| opts.apply(d))
-            .transpose()?
-            .map(|d| json_from_datum(d, opts.history));
         if opts.skip_unchanged_updates
             && op == Op::Update
             && old.as_ref().map(|j| &j.encoded) == new.as_ref().map(|j| &j.encoded)

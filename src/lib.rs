@@ -37,6 +37,7 @@ mod proof;
 mod records;
 mod relstate;
 mod retention;
+mod rowenc;
 mod scan;
 mod store;
 mod tree;

@@ -62,6 +62,120 @@ mod tests {
         TableIterator::new(rows)
     }
 
+    /// Every row of `rel`, encoded both ways: straight from its datums
+    /// (rowenc) and through to_jsonb and jsonb_delete (what capture does
+    /// otherwise). Returns (rows, rows rowenc took, rows that differ).
+    #[pg_extern]
+    fn row_encodings(
+        rel: pg_sys::Oid,
+        exclude: Vec<String>,
+    ) -> TableIterator<'static, (name!(rows, i64), name!(direct, i64), name!(differ, i64))> {
+        let (mut rows, mut direct, mut differ) = (0i64, 0i64, 0i64);
+        // SAFETY: a heap scan of one table under the active snapshot, each
+        // tuple encoded while the scan holds it.
+        unsafe {
+            let r = pg_sys::table_open(rel, pg_sys::AccessShareLock as i32);
+            let desc = (*r).rd_att;
+            let scan =
+                pg_sys::table_beginscan(r, pg_sys::GetActiveSnapshot(), 0, std::ptr::null_mut());
+            loop {
+                let t = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+                if t.is_null() {
+                    break;
+                }
+                rows += 1;
+                let mut d = crate::capture::row_to_jsonb(t, desc);
+                for c in &exclude {
+                    d = pgrx::direct_function_call_as_datum(
+                        pg_sys::jsonb_delete,
+                        &[Some(d), c.as_str().into_datum()],
+                    )
+                    .unwrap();
+                }
+                let via_jsonb = crate::capture::json_from_datum(d, false).encoded;
+                let straight = crate::capture::with_canonical_output(|| {
+                    crate::rowenc::encode(t, desc, &exclude)
+                });
+                if let Some(e) = straight {
+                    direct += 1;
+                    if e != via_jsonb {
+                        differ += 1;
+                    }
+                }
+            }
+            pg_sys::table_endscan(scan);
+            pg_sys::table_close(r, pg_sys::AccessShareLock as i32);
+        }
+        TableIterator::new(vec![(rows, direct, differ)])
+    }
+
+    /// rowenc gives to_jsonb's own value, byte for byte, for every kind of
+    /// value of the types it takes, in a session whose output settings are
+    /// not the canonical ones; it declines NaN, the infinities of numeric,
+    /// and any row with a column of another type.
+    #[pg_test]
+    fn rows_encoded_from_their_datums_are_to_jsonb_byte_for_byte() {
+        Spi::run(
+            "SET TimeZone = 'America/St_Johns'; SET DateStyle = 'SQL, DMY';
+             SET extra_float_digits = -3; SET IntervalStyle = 'sql_standard';
+             CREATE TABLE enc (gone int, b boolean, s smallint, i integer, l bigint, t text,
+                               v varchar(8), n numeric, n2 numeric(12,4), d date, ts timestamp,
+                               tz timestamptz, \"Ünïcode key\" text, \" \" int);
+             ALTER TABLE enc DROP COLUMN gone;
+             INSERT INTO enc VALUES
+               (true, -32768, -2147483648, -9223372036854775808, '', 'Zoë ✓', 1.50, 1.5,
+                '2026-11-29', '2026-11-29 12:34:56.123456', '2026-11-29 12:34:56.123456+05:30', 'k', 1),
+               (false, 32767, 2147483647, 9223372036854775807, E'q\" b\\\\ t\t n\n c\\001', 'abcdefgh',
+                -0.000001, -0.0001, 'infinity', '-infinity', 'infinity', NULL, NULL),
+               (NULL, 0, 0, 0, repeat('abcdefghij', 20000), NULL, 1e20, 0, '4713-01-01 BC',
+                '0001-01-01 00:00:00 BC', '1900-01-01 00:00:00+00', '', 0),
+               (NULL, NULL, NULL, NULL, NULL, NULL, 0.000000000000000000000000000001, NULL,
+                '-infinity', NULL, '2000-02-29 23:59:59.999999-12', NULL, NULL),
+               (true, 1, 1, 1, 'x', 'y', 123456789012345678901234567890.123456789, 99999999.9999,
+                '1999-12-31', '1999-12-31 23:59:59', 'epoch', 'z', 2),
+               (true, 1, 1, 1, 'nan row', 'y', 'NaN', 1, NULL, NULL, NULL, NULL, NULL);",
+        )
+        .unwrap();
+        let got = |sql: &str| -> (i64, i64, i64) {
+            let (r, d, x) = Spi::get_three::<i64, i64, i64>(sql).unwrap();
+            (r.unwrap(), d.unwrap(), x.unwrap())
+        };
+        // Five rows taken straight, all equal; the NaN row declined.
+        assert_eq!(
+            got("SELECT * FROM tests.row_encodings('enc'::regclass, '{}')"),
+            (6, 5, 0)
+        );
+        // Excluded columns are left out as jsonb_delete leaves them out.
+        assert_eq!(
+            got("SELECT * FROM tests.row_encodings('enc'::regclass, '{t,tz,nope}')"),
+            (6, 5, 0)
+        );
+        // Another type anywhere in the row: to_jsonb for every row.
+        Spi::run(
+            "CREATE TABLE enc2 (i int, j jsonb); INSERT INTO enc2 VALUES (1, '{}'), (2, NULL)",
+        )
+        .unwrap();
+        assert_eq!(
+            got("SELECT * FROM tests.row_encodings('enc2'::regclass, '{}')"),
+            (2, 0, 0)
+        );
+        // And what capture records (under those settings) is to_jsonb's
+        // value under the canonical ones.
+        Spi::run(
+            "SELECT audit_log.enable('enc'); UPDATE enc SET s = s WHERE b;
+             SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 1;",
+        )
+        .unwrap();
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM tests.pending() p JOIN enc e ON (p.new_row::jsonb)->>'v' = e.v
+                  WHERE p.op = 'UPDATE' AND p.new_row::jsonb::text = to_jsonb(e)::text
+                    AND p.old_row::jsonb::text = to_jsonb(e)::text"
+            ),
+            3
+        );
+    }
+
     #[pg_test]
     fn events_chain_within_a_transaction() {
         setup();
