@@ -263,16 +263,20 @@ verify_ms=$(median "${vt[@]}") verify1_ms=$(median "${vt1[@]}")
 cli=${AUDIT_LOG_CLI:-$(command -v audit-log || echo "$root/target/release/audit-log")}
 dsn="host=$PGHOST port=$PGPORT user=postgres dbname=b_audit_log"
 "$cli" export --dsn "$dsn" --format records --out "$scripts/records.jsonl" 2>/dev/null
+"$cli" export --dsn "$dsn" --format binary --out "$scripts/records.bin" 2>/dev/null
 "$cli" export --dsn "$dsn" --format logical --out "$scripts/logical.jsonl" 2>/dev/null
 offline() {  # FILE THREADS -> milliseconds that audit-log verify took
     "$cli" verify --threads "$2" "$1" 2>&1 >/dev/null | sed -n 's/^verified [0-9]* events in \([0-9.]*\) s.*/\1/p' | awk '{ printf "%.0f", $1 * 1000 }'; }
-ort=() or1=() olt=()
+ort=() or1=() olt=() obt=() ob1=()
 for r in $(seq 1 "$rounds"); do
     ort+=("$(offline "$scripts/records.jsonl" "$(nproc)")")
     or1+=("$(offline "$scripts/records.jsonl" 1)")
+    obt+=("$(offline "$scripts/records.bin" "$(nproc)")")
+    ob1+=("$(offline "$scripts/records.bin" 1)")
     olt+=("$(offline "$scripts/logical.jsonl" "$(nproc)")")
 done
 offline_rec_ms=$(median "${ort[@]}") offline_rec1_ms=$(median "${or1[@]}") offline_log_ms=$(median "${olt[@]}")
+offline_bin_ms=$(median "${obt[@]}") offline_bin1_ms=$(median "${ob1[@]}")
 events=$(n_events b_audit_log)
 # What verify() hashes: every payload, uncompressed (octet_length of a bytea is its raw size).
 bytes=$(q b_audit_log -c "SELECT (SELECT coalesce(sum(octet_length(payload)), 0) FROM audit_log.records)
@@ -372,7 +376,9 @@ awk -v e="$events" -v ms="$verify_ms" -v ms1="$verify1_ms" -v c="$(nproc)" -v b=
   printf "verify(), hashing on worker threads: %d events in %.0f ms = %.0f events/s (%d cores)\n", e, ms, e / (ms / 1000), c;
   printf "verify(), verify_threads = 0 (one core): %d events in %.0f ms = %.0f events/s\n", e, ms1, e / (ms1 / 1000);
   printf "raw SHA-256 over the same %.0f MB: %.0f MB/s = %.0f events/s (the limit)\n", b / 1e6, s, e / (b / 1e6 / s) }'
-awk -v e="$events" -v r="$offline_rec_ms" -v r1="$offline_rec1_ms" -v l="$offline_log_ms" -v c="$(nproc)" 'BEGIN {
+awk -v e="$events" -v r="$offline_rec_ms" -v r1="$offline_rec1_ms" -v l="$offline_log_ms" -v c="$(nproc)" \
+    -v b="$offline_bin_ms" -v b1="$offline_bin1_ms" 'BEGIN {
+  printf "offline audit-log verify, binary export: %.0f ms = %.0f events/s (%d worker threads), %.0f ms = %.0f events/s (1 worker thread)\n", b, e / (b / 1000), c, b1, e / (b1 / 1000);
   printf "offline audit-log verify, records export: %.0f ms = %.0f events/s (%d worker threads), %.0f ms = %.0f events/s (1 worker thread)\n", r, e / (r / 1000), c, r1, e / (r1 / 1000);
   printf "offline audit-log verify, logical export: %.0f ms = %.0f events/s (%d worker threads)\n", l, e / (l / 1000), c }'
 echo "size on disk: audit_log $size bytes/event (records, segments, row_keys and their indexes, TOAST included); diy_jsonb $diy_size bytes/event"

@@ -50,6 +50,14 @@ fn kind(t: pg_sys::Oid) -> Option<Kind> {
     })
 }
 
+/// Rows larger than this (the bytes of their names and values) take
+/// to_jsonb: jsonb refuses a string or an object past 256 MB ("string too
+/// long to represent as jsonb string"), and a row it refuses must be
+/// refused here too, not recorded as an event that the views, which read
+/// rows back as jsonb, could not show. Far below that limit, so that no
+/// estimate of jsonb's own overhead matters.
+const MAX_DIRECT_BYTES: usize = 16 << 20;
+
 /// Whether every column of `desc` is of a type encoded here.
 ///
 /// # Safety
@@ -84,6 +92,7 @@ pub unsafe fn encode(
         let mut nulls = vec![false; attrs.len()];
         pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
         let mut b = JsonBuilder::new();
+        let mut size = 0usize;
         b.begin_object();
         for (i, a) in attrs.iter().enumerate() {
             if a.attisdropped {
@@ -94,6 +103,7 @@ pub unsafe fn encode(
                 continue;
             }
             b.key(name);
+            size += name.len();
             if nulls[i] {
                 b.null();
                 continue;
@@ -105,6 +115,11 @@ pub unsafe fn encode(
                 Kind::Int4 => b.number(&(d.value() as i32).to_string()),
                 Kind::Int8 => b.number(&(d.value() as i64).to_string()),
                 Kind::Text => {
+                    // The size is known without detoasting the value.
+                    size += pg_sys::toast_raw_datum_size(d);
+                    if size > MAX_DIRECT_BYTES {
+                        return None;
+                    }
                     let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
                     b.string(pgrx::varlena_to_byte_slice(v));
                 }
@@ -114,6 +129,10 @@ pub unsafe fn encode(
                     let text = audit_log_core::jsonb::numeric_text(bytes).ok()?;
                     // NaN and the infinities are strings in to_jsonb.
                     if !text.as_bytes().last().is_some_and(u8::is_ascii_digit) {
+                        return None;
+                    }
+                    size += text.len();
+                    if size > MAX_DIRECT_BYTES {
                         return None;
                     }
                     b.number(&text);
