@@ -246,6 +246,29 @@ fn edit_field(record: &[u8], pick: u64) -> Vec<u8> {
 }
 
 /// A checkpoint of a log whose links these are: each chain's last link.
+/// `log(seed)` without the `cut` transactions that committed last, and a
+/// checkpoint of the whole log, taken before they were cut.
+fn without_last(seed: u64, cut: usize) -> (Vec<Event>, Vec<Link>, Checkpoint) {
+    let (events, links) = log(seed);
+    let cp = checkpoint_of(&links);
+    let mut by_commit: Vec<&Link> = links.iter().collect();
+    by_commit.sort_by_key(|l| l.committed_at);
+    let cut = cut.min(by_commit.len());
+    let gone: Vec<i64> = by_commit[by_commit.len() - cut..]
+        .iter()
+        .map(|l| l.first_event)
+        .collect();
+    let events = events
+        .into_iter()
+        .filter(|e| !gone.contains(&e.tx_first))
+        .collect();
+    let links = links
+        .into_iter()
+        .filter(|l| !gone.contains(&l.first_event))
+        .collect();
+    (events, links, cp)
+}
+
 fn checkpoint_of(links: &[Link]) -> Checkpoint {
     let mut heads: std::collections::BTreeMap<i32, ChainHead> = Default::default();
     for l in links {
@@ -312,16 +335,8 @@ proptest! {
     /// checkpoint taken before can tell, and it does.
     #[test]
     fn a_dropped_tail_is_detected_against_a_checkpoint(seed in any::<u64>(), cut in 1usize..4) {
-        let (events, links) = log(seed);
-        let cp = checkpoint_of(&links);
-        // The transactions that committed last, by commit time.
-        let mut by_commit: Vec<&Link> = links.iter().collect();
-        by_commit.sort_by_key(|l| l.committed_at);
-        let cut = cut.min(by_commit.len());
-        let gone: Vec<i64> = by_commit[by_commit.len() - cut..].iter().map(|l| l.first_event).collect();
-        let kept_events: Vec<Event> = events.iter().filter(|e| !gone.contains(&e.tx_first)).cloned().collect();
-        let kept_links: Vec<Link> = links.iter().filter(|l| !gone.contains(&l.first_event)).cloned().collect();
-        let lines = export(&kept_events, &kept_links);
+        let (events, links, cp) = without_last(seed, cut);
+        let lines = export(&events, &links);
         prop_assert!(verify(&lines, None), "a consistent prefix verifies on its own");
         prop_assert!(!verify(&lines, Some(&cp)));
     }
@@ -622,6 +637,25 @@ fn records_export(events: &[Event], links: &[Link], split: bool) -> Vec<Vec<u8>>
     lines
 }
 
+/// `r` is intact, with the counts of `other`, a verification of the same
+/// log in another form.
+fn assert_intact_as(
+    r: &audit_log_cli::verify_file::Report,
+    other: &audit_log_cli::verify_file::Report,
+    seed: u64,
+) {
+    assert!(
+        r.ok(),
+        "seed {seed}: {:?} {:?}",
+        r.verdict.problems,
+        r.file_problems
+    );
+    assert_eq!(r.events, other.events, "seed {seed}");
+    assert_eq!(r.links, other.links, "seed {seed}");
+    assert_eq!(r.verdict.events_checked, other.verdict.events_checked);
+    assert_eq!(r.verdict.links_checked, other.verdict.links_checked);
+}
+
 #[test]
 fn untouched_records_exports_verify_as_the_logical_ones_do() {
     for seed in 0..200 {
@@ -629,17 +663,47 @@ fn untouched_records_exports_verify_as_the_logical_ones_do() {
         let logical = report(&export(&events, &links));
         for split in [false, true] {
             let r = report(&records_export(&events, &links, split));
-            assert!(
-                r.ok(),
-                "seed {seed}: {:?} {:?}",
-                r.verdict.problems,
-                r.file_problems
-            );
-            assert_eq!(r.events, logical.events, "seed {seed}");
-            assert_eq!(r.links, logical.links, "seed {seed}");
-            assert_eq!(r.verdict.events_checked, logical.verdict.events_checked);
+            assert_intact_as(&r, &logical, seed);
         }
     }
+}
+
+/// A records export's header and record lines (no end line) of
+/// `log(seed)`, tampered with: a column edited (kind 0), a stored byte
+/// changed (1), a record deleted (2) or two swapped (3), at places picked
+/// by `a` and `b`. None where the tampering would not be one: a chain's
+/// last record deleted leaves a consistent shorter log, which only a
+/// checkpoint tells (tested apart), and a record swapped with itself.
+fn tampered_records(seed: u64, split: bool, kind: u8, a: u64, b: u64) -> Option<Vec<Vec<u8>>> {
+    let (events, links) = log(seed);
+    let mut lines = vec![records_header()];
+    lines.extend(record_lines(&events, &links, split));
+    let n = lines.len() - 1;
+    let i = 1 + (a % n as u64) as usize;
+    let last_of_chain = |i: usize| {
+        let r = RecordLine::parse(lines[i].strip_suffix(b"\n").unwrap())
+            .unwrap()
+            .record;
+        !links
+            .iter()
+            .any(|l| l.chain_id == r.chain_id && l.seq > r.seq)
+    };
+    match kind {
+        0 => lines[i] = edit_field(&lines[i], b),
+        1 => lines[i] = edit_payload(&lines[i], b, (a % 8) as u8),
+        2 if last_of_chain(i) => return None,
+        2 => {
+            lines.remove(i);
+        }
+        _ => {
+            let j = 1 + (b % n as u64) as usize;
+            if i == j {
+                return None;
+            }
+            lines.swap(i, j);
+        }
+    }
+    Some(lines)
 }
 
 /// One byte of one record's stored bytes changed, validly re-encoded.
@@ -692,30 +756,9 @@ proptest! {
     /// deleted, or two swapped, the end line rewritten to match.
     #[test]
     fn records_export_tampering_is_detected(seed in any::<u64>(), split in any::<bool>(), kind in 0u8..4, a in any::<u64>(), b in any::<u64>()) {
-        let (events, links) = log(seed);
-        let mut lines = vec![records_header()];
-        lines.extend(record_lines(&events, &links, split));
-        let n = lines.len() - 1;
-        let i = 1 + (a % n as u64) as usize;
-        // A chain's last record deleted leaves a consistent shorter log:
-        // only a checkpoint tells (the test above), so keep to the others.
-        let last_of_chain = |i: usize| {
-            let r = RecordLine::parse(lines[i].strip_suffix(b"\n").unwrap()).unwrap().record;
-            !links.iter().any(|l| l.chain_id == r.chain_id && l.seq > r.seq)
-        };
-        match kind {
-            0 => lines[i] = edit_field(&lines[i], b),
-            1 => lines[i] = edit_payload(&lines[i], b, (a % 8) as u8),
-            2 => {
-                prop_assume!(!last_of_chain(i));
-                lines.remove(i);
-            }
-            _ => {
-                let j = 1 + (b % n as u64) as usize;
-                prop_assume!(i != j);
-                lines.swap(i, j);
-            }
-        }
+        let lines = tampered_records(seed, split, kind, a, b);
+        prop_assume!(lines.is_some());
+        let mut lines = lines.unwrap_or_default();
         let end = records_end_for(&lines);
         lines.push(end);
         prop_assert!(!verify(&lines, None));
@@ -725,17 +768,22 @@ proptest! {
     /// checkpoint taken before tells.
     #[test]
     fn a_dropped_tail_of_records_is_detected_against_a_checkpoint(seed in any::<u64>(), cut in 1usize..4) {
-        let (events, links) = log(seed);
-        let cp = checkpoint_of(&links);
-        let mut by_commit: Vec<&Link> = links.iter().collect();
-        by_commit.sort_by_key(|l| l.committed_at);
-        let cut = cut.min(by_commit.len());
-        let gone: Vec<i64> = by_commit[by_commit.len() - cut..].iter().map(|l| l.first_event).collect();
-        let kept: Vec<Link> = links.iter().filter(|l| !gone.contains(&l.first_event)).cloned().collect();
+        let (events, kept, cp) = without_last(seed, cut);
         let lines = records_export(&events, &kept, false);
         prop_assert!(verify(&lines, None), "a consistent prefix verifies on its own");
         prop_assert!(!verify(&lines, Some(&cp)));
     }
+}
+
+/// The record line of the transaction whose first event is `first`: its
+/// place in `lines`, and the record it holds.
+fn record_line_of(lines: &[Vec<u8>], first: i64) -> (usize, audit_log_cli::format::StoredRecord) {
+    let parse = |l: &[u8]| RecordLine::parse(l.strip_suffix(b"\n").unwrap_or(l));
+    let at = lines
+        .iter()
+        .position(|l| parse(l).is_ok_and(|r| r.record.first_event == first))
+        .unwrap();
+    (at, parse(&lines[at]).unwrap())
 }
 
 #[test]
@@ -751,15 +799,8 @@ fn rows_nested_100000_deep_verify_in_a_records_export() {
     assert!(r.ok(), "{:?} {:?}", r.verdict.problems, r.file_problems);
     assert_eq!(r.verdict.events_checked as usize, events.len());
     // The deep row's innermost number changed, in its stored bytes.
-    let at = lines
-        .iter()
-        .position(|l| {
-            RecordLine::parse(l.strip_suffix(b"\n").unwrap_or(l))
-                .is_ok_and(|r| r.record.first_event == first)
-        })
-        .unwrap();
+    let (at, rec) = record_line_of(&lines, first);
     let mut body = lines[..lines.len() - 1].to_vec();
-    let rec = RecordLine::parse(body[at].strip_suffix(b"\n").unwrap()).unwrap();
     let seg = &rec.segments[0];
     let one = seg
         .windows(6)
@@ -856,16 +897,7 @@ fn untouched_binary_exports_verify_as_the_records_exports_do() {
         for split in [false, true] {
             let records = report(&records_export(&events, &links, split));
             let r = report(&[binary_export(&events, &links, split)]);
-            assert!(
-                r.ok(),
-                "seed {seed}: {:?} {:?}",
-                r.verdict.problems,
-                r.file_problems
-            );
-            assert_eq!(r.events, records.events, "seed {seed}");
-            assert_eq!(r.links, records.links, "seed {seed}");
-            assert_eq!(r.verdict.events_checked, records.verdict.events_checked);
-            assert_eq!(r.verdict.links_checked, records.verdict.links_checked);
+            assert_intact_as(&r, &records, seed);
         }
     }
 }
@@ -891,28 +923,9 @@ proptest! {
     /// matches.
     #[test]
     fn binary_export_tampering_is_detected(seed in any::<u64>(), split in any::<bool>(), kind in 0u8..4, a in any::<u64>(), b in any::<u64>()) {
-        let (events, links) = log(seed);
-        let mut lines = vec![records_header()];
-        lines.extend(record_lines(&events, &links, split));
-        let n = lines.len() - 1;
-        let i = 1 + (a % n as u64) as usize;
-        let last_of_chain = |i: usize| {
-            let r = RecordLine::parse(lines[i].strip_suffix(b"\n").unwrap()).unwrap().record;
-            !links.iter().any(|l| l.chain_id == r.chain_id && l.seq > r.seq)
-        };
-        match kind {
-            0 => lines[i] = edit_field(&lines[i], b),
-            1 => lines[i] = edit_payload(&lines[i], b, (a % 8) as u8),
-            2 => {
-                prop_assume!(!last_of_chain(i));
-                lines.remove(i);
-            }
-            _ => {
-                let j = 1 + (b % n as u64) as usize;
-                prop_assume!(i != j);
-                lines.swap(i, j);
-            }
-        }
+        let lines = tampered_records(seed, split, kind, a, b);
+        prop_assume!(lines.is_some());
+        let lines = lines.unwrap_or_default();
         // An edited column that no longer reads as a record is left to the
         // records export's tests: a binary frame has no spelling to damage.
         prop_assume!(lines[1..].iter().all(|l| RecordLine::parse(l.strip_suffix(b"\n").unwrap()).is_ok()));
@@ -922,13 +935,7 @@ proptest! {
     /// Records cut off the end of their chains: a checkpoint taken before tells.
     #[test]
     fn a_dropped_tail_of_a_binary_export_is_detected_against_a_checkpoint(seed in any::<u64>(), cut in 1usize..4) {
-        let (events, links) = log(seed);
-        let cp = checkpoint_of(&links);
-        let mut by_commit: Vec<&Link> = links.iter().collect();
-        by_commit.sort_by_key(|l| l.committed_at);
-        let cut = cut.min(by_commit.len());
-        let gone: Vec<i64> = by_commit[by_commit.len() - cut..].iter().map(|l| l.first_event).collect();
-        let kept: Vec<Link> = links.iter().filter(|l| !gone.contains(&l.first_event)).cloned().collect();
+        let (events, kept, cp) = without_last(seed, cut);
         let bytes = binary_export(&events, &kept, false);
         prop_assert!(verify(std::slice::from_ref(&bytes), None), "a consistent prefix verifies on its own");
         prop_assert!(!verify(&[bytes], Some(&cp)));
@@ -958,14 +965,7 @@ fn compressed_payloads_verify_and_their_tampering_is_detected() {
         assert_eq!(r.verdict.events_checked as usize, events.len());
         // The big transaction's payload edited inside, then compressed anew.
         let mut lines = records[..records.len() - 1].to_vec();
-        let at = lines
-            .iter()
-            .position(|l| {
-                RecordLine::parse(l.strip_suffix(b"\n").unwrap_or(l))
-                    .is_ok_and(|r| r.record.first_event == first)
-            })
-            .unwrap();
-        let rec = RecordLine::parse(lines[at].strip_suffix(b"\n").unwrap()).unwrap();
+        let (at, rec) = record_line_of(&lines, first);
         let x = rec.payload.iter().position(|&c| c == b'x').unwrap()
             + rec.segments.iter().map(Vec::len).sum::<usize>();
         lines[at] = edit_payload(&lines[at], x as u64, 1);

@@ -1101,23 +1101,14 @@ def load_binary(data):
     return records, segments, anchors, given
 
 
-def verify_binary(data):
+def verify_export_of_records(load, what, data):
+    """A records export (load_records) or a binary one (load_binary)."""
     try:
-        n_events, n_records = verify_dump(*load_binary(data))
+        n_events, n_records = verify_dump(*load(data))
     except Problem as p:
         print(p)
         return 1
-    print(f"independent verifier: {n_events} events and {n_records} records of the binary export recompute")
-    return 0
-
-
-def verify_records(data):
-    try:
-        n_events, n_records = verify_dump(*load_records(data))
-    except Problem as p:
-        print(p)
-        return 1
-    print(f"independent verifier: {n_events} events and {n_records} records of the records export recompute")
+    print(f"independent verifier: {n_events} events and {n_records} records of the {what} recompute")
     return 0
 
 
@@ -1377,9 +1368,9 @@ def main(argv):
             print(p)
             return 1
         if kind == "records":
-            return verify_records(lines)
+            return verify_export_of_records(load_records, "records export", lines)
         if kind == "binary":
-            return verify_binary(lines)
+            return verify_export_of_records(load_binary, "binary export", lines)
         if kind == "export":
             try:
                 loaded = load_export(lines)
