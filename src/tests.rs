@@ -70,6 +70,7 @@ mod tests {
         rel: pg_sys::Oid,
         exclude: Vec<String>,
     ) -> TableIterator<'static, (name!(rows, i64), name!(direct, i64), name!(differ, i64))> {
+        use crate::errors::OrRaise;
         let (mut rows, mut direct, mut differ) = (0i64, 0i64, 0i64);
         // SAFETY: a heap scan of one table under the active snapshot, each
         // tuple encoded while the scan holds it.
@@ -90,7 +91,10 @@ mod tests {
                         pg_sys::jsonb_delete,
                         &[Some(d), c.as_str().into_datum()],
                     )
-                    .unwrap();
+                    .ok_or_else(|| {
+                        crate::errors::AuditError::Internal("jsonb_delete returned NULL".into())
+                    })
+                    .or_raise();
                 }
                 let via_jsonb = crate::capture::json_from_datum(d, false).encoded;
                 let straight = crate::capture::with_canonical_output(|| {

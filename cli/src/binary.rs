@@ -8,9 +8,9 @@
 use std::borrow::Cow;
 use std::io::{self, BufRead};
 
-use audit_log_core::record::{self, Digest, Record};
+use audit_log_core::record::Record;
 
-use crate::format::StoredRecord;
+use crate::format::{digest_record, Digested, StoredRecord};
 
 pub const BINARY_FORMAT: &str = "audit_log.export.v3";
 
@@ -327,21 +327,27 @@ impl Frame<'_> {
     }
 }
 
-/// A frame's record and the digest of its events. A payload with no
-/// segments is hashed where it lies (or decompressed into `scratch`, which
-/// the caller reuses from frame to frame).
-pub fn digest(frame: &[u8], scratch: &mut Vec<u8>) -> Result<(Record, Digest), String> {
+/// A frame's record, the digest of its events and, if `leaf` says so of
+/// the record, its Merkle leaf (`format::digest_record`). A payload with no segments is hashed
+/// where it lies (or decompressed into `scratch`, which the caller reuses
+/// from frame to frame).
+pub fn digest(
+    frame: &[u8],
+    scratch: &mut Vec<u8>,
+    leaf: impl Fn(&Record) -> bool,
+) -> Result<Digested, String> {
     let f = parse(frame)?;
     match f.blobs.as_slice() {
         [payload] => {
             let bytes = payload.decode_into(scratch)?;
-            let d = record::digest(&f.record, [], bytes);
-            Ok((f.record, d))
+            let (d, l) = digest_record(&f.record, [], bytes, leaf(&f.record));
+            Ok((f.record, d, l))
         }
         _ => {
             let s = f.stored()?;
-            let d = record::digest(&s.record, s.segments.iter().map(Vec::as_slice), &s.payload);
-            Ok((s.record, d))
+            let segments = s.segments.iter().map(Vec::as_slice);
+            let (d, l) = digest_record(&s.record, segments, &s.payload, leaf(&s.record));
+            Ok((s.record, d, l))
         }
     }
 }
@@ -461,9 +467,9 @@ mod tests {
                 f[at] ^= bit;
                 let (frames, _) = read_all(&f);
                 for g in frames {
-                    let _ = digest(&g, &mut scratch);
+                    let _ = digest(&g, &mut scratch, |_| true);
                 }
-                let _ = digest(&f, &mut scratch);
+                let _ = digest(&f, &mut scratch, |_| true);
             }
         }
         // A length past the limit, or an LZ4 claim past what LZ4 can do.
@@ -502,7 +508,7 @@ mod tests {
         frame.extend_from_slice(&(block.len() as u32).to_be_bytes());
         frame.extend_from_slice(&1000u32.to_be_bytes());
         frame.extend_from_slice(&block);
-        let e = digest(&frame, &mut Vec::new()).unwrap_err();
+        let e = digest(&frame, &mut Vec::new(), |_| false).unwrap_err();
         assert!(e.contains("length spelled"), "{e}");
     }
 

@@ -351,6 +351,30 @@ pub struct RecordLine {
     pub payload: String,
 }
 
+/// A record as verification reads it: its columns, the digest of its
+/// events, and its Merkle leaf if it was asked for and its events read.
+pub type Digested = (Record, Digest, Option<Hash>);
+
+/// A record's digest and, with `leaf`, its leaf in its chain's Merkle tree
+/// (its link hash with the root of its event hashes, docs/FORMAT.md,
+/// "Merkle trees"), from one pass over its events. No leaf if its events
+/// cannot be read: the chain's checks report that.
+pub fn digest_record<'a>(
+    r: &Record,
+    segments: impl IntoIterator<Item = &'a [u8]>,
+    payload: &'a [u8],
+    leaf: bool,
+) -> (Digest, Option<Hash>) {
+    if !leaf {
+        return (record::digest(r, segments, payload), None);
+    }
+    let (d, hashes) = record::digest_and_hashes(r, segments, payload);
+    let leaf = hashes.map(|h| {
+        audit_log_core::tree::record_leaf(&r.link_hash, &audit_log_core::tree::events_root(&h))
+    });
+    (d, leaf)
+}
+
 /// A record read back from its line: the columns, and the bytes.
 pub struct StoredRecord {
     pub record: Record,
@@ -429,22 +453,28 @@ impl RecordLine {
         }
     }
 
-    /// A record line's columns and the digest of its events. A payload
-    /// with no segments (most records) is decoded into `scratch`, which the
-    /// caller reuses from line to line: no allocation per record.
-    pub fn digest(line: &[u8], scratch: &mut Vec<u8>) -> Result<(Record, Digest), String> {
+    /// A record line's columns, the digest of its events and, if `leaf`
+    /// says so of the record, its leaf (see [`digest_record`]). A payload with no segments
+    /// (most records) is decoded into `scratch`, which the caller reuses
+    /// from line to line: no allocation per record.
+    pub fn digest(
+        line: &[u8],
+        scratch: &mut Vec<u8>,
+        leaf: impl Fn(&Record) -> bool,
+    ) -> Result<Digested, String> {
         match exact::record(line) {
             Some(f) if f.segments.is_empty() => {
                 let record = f.record()?;
                 scratch.clear();
                 base64_into(f.payload, "the payload", scratch)?;
-                let d = record::digest(&record, [], scratch);
-                Ok((record, d))
+                let (d, l) = digest_record(&record, [], scratch, leaf(&record));
+                Ok((record, d, l))
             }
             _ => {
                 let r = Self::parse(line)?;
-                let d = record::digest(&r.record, r.segments.iter().map(Vec::as_slice), &r.payload);
-                Ok((r.record, d))
+                let segments = r.segments.iter().map(Vec::as_slice);
+                let (d, l) = digest_record(&r.record, segments, &r.payload, leaf(&r.record));
+                Ok((r.record, d, l))
             }
         }
     }
@@ -769,7 +799,10 @@ mod tests {
                         record::digest(&r.record, r.segments.iter().map(Vec::as_slice), &r.payload);
                     (r.record, d)
                 });
-                assert_eq!(RecordLine::digest(&l, &mut scratch), by_json);
+                assert_eq!(
+                    RecordLine::digest(&l, &mut scratch, |_| false).map(|(r, d, _)| (r, d)),
+                    by_json
+                );
                 if let Some(f) = exact::record(&l) {
                     direct += 1;
                     assert!(

@@ -22,7 +22,7 @@ use std::time::Instant;
 use audit_log_core::parallel::{map_ordered, map_ordered_bounded};
 use audit_log_core::verify::ProblemKind;
 use audit_log_core::verify::{verify_logical, EncodedEvent, Verdict};
-use audit_log_core::{merkle, tree, ChainHead, Checkpoint, Hash, Link, TreeHead};
+use audit_log_core::{merkle, ChainHead, Checkpoint, Hash, Link, TreeHead};
 use sha2::{Digest, Sha256};
 
 use audit_log_core::record::{self, Digest as RecordDigest, Record};
@@ -264,17 +264,21 @@ impl<'a> Scanner<'a> {
     /// A record line of a records export (or a binary export's record
     /// frame), in file order.
     fn record(&mut self, n: u64, head: ChainHead, event_count: i64) {
-        let at = self.at(n);
-        let s = &mut self.s;
-        s.link_lines += 1;
-        let last = s
+        self.s.link_lines += 1;
+        let last = self
+            .s
             .record_heads
             .last_key_value()
             .map(|(_, h)| (h.chain, h.seq));
         if last.is_some_and(|p| p >= (head.chain, head.seq)) {
-            s.problems
+            // (The place is only spelled out for a problem: this runs for
+            // every record.)
+            let at = self.at(n);
+            self.s
+                .problems
                 .push(format!("{at}: records out of (chain_id, seq) order"));
         }
+        let s = &mut self.s;
         s.event_lines += u64::try_from(event_count).unwrap_or(0);
         s.record_heads.insert(head.chain, head);
     }
@@ -748,19 +752,20 @@ fn stream_records(
     });
     type Parsed = (Record, RecordDigest, ChainHead, Option<Hash>);
     let parse_one = |raw: &[u8], scratch: &mut Vec<u8>| -> Result<Parsed, String> {
-        let digested = if binary {
-            binary::digest(raw, scratch)
-        } else {
-            RecordLine::digest(trim(raw), scratch)
-        };
-        digested.map(|(r, d)| {
-            let head = ChainHead::from(&r);
-            // Only for a record that a checkpoint's tree covers: read and
-            // hashed again.
-            let covered = sizes
+        // A leaf, from the same pass over the events, only for a record
+        // that a checkpoint's tree covers.
+        let covered = |r: &Record| {
+            sizes
                 .as_ref()
-                .is_some_and(|s| s.get(&r.chain_id).is_some_and(|&size| r.seq <= size));
-            let leaf = covered.then(|| record_leaf_of(raw, binary)).flatten();
+                .is_some_and(|s| s.get(&r.chain_id).is_some_and(|&size| r.seq <= size))
+        };
+        let digested = if binary {
+            binary::digest(raw, scratch, covered)
+        } else {
+            RecordLine::digest(trim(raw), scratch, covered)
+        };
+        digested.map(|(r, d, leaf)| {
+            let head = ChainHead::from(&r);
             (r, d, head, leaf)
         })
     };
@@ -830,24 +835,6 @@ fn stream_records(
         return Err(e);
     }
     Ok((scanner.into_inner().finish_with(digest), verdict))
-}
-
-/// A record's leaf in its chain's Merkle tree (docs/FORMAT.md, "Merkle
-/// trees"), from its line or frame; None if its events cannot be read
-/// (the chain's checks report it).
-fn record_leaf_of(raw: &[u8], binary: bool) -> Option<Hash> {
-    let stored = if binary {
-        binary::parse(raw).and_then(|f| f.stored())
-    } else {
-        RecordLine::parse(trim(raw))
-    }
-    .ok()?;
-    let segments = stored.segments.iter().map(Vec::as_slice);
-    let hashes = tree::event_hashes(segments, &stored.payload).ok()?;
-    Some(tree::record_leaf(
-        &stored.record.link_hash,
-        &tree::events_root(&hashes),
-    ))
 }
 
 /// A checkpoint's Merkle trees (format v2), recomputed offline from the

@@ -403,17 +403,44 @@ pub fn digest<'a>(
     segments: impl IntoIterator<Item = &'a [u8]>,
     payload: &'a [u8],
 ) -> Digest {
+    digest_each(r, segments, payload, |_| {}).0
+}
+
+/// As [`digest`], with each event's hash too, in order (for the record's
+/// leaf in its chain's Merkle tree): None if the payload is not a
+/// sequence of events.
+pub fn digest_and_hashes<'a>(
+    r: &Record,
+    segments: impl IntoIterator<Item = &'a [u8]>,
+    payload: &'a [u8],
+) -> (Digest, Option<Vec<Hash>>) {
+    let mut hashes = Vec::new();
+    let (d, whole) = digest_each(r, segments, payload, |h| hashes.push(h));
+    (d, whole.then_some(hashes))
+}
+
+/// The digest, handing each event's hash to `each`; and whether the
+/// payload was a whole sequence of events.
+fn digest_each<'a>(
+    r: &Record,
+    segments: impl IntoIterator<Item = &'a [u8]>,
+    payload: &'a [u8],
+    mut each: impl FnMut(Hash),
+) -> (Digest, bool) {
     let mut b = DigestBuilder::default();
     for e in merged(segments, payload) {
         match e {
-            Ok(e) => b.push(e),
+            Ok(e) => {
+                b.push(e);
+                each(b.last_hash());
+            }
             Err(_) => {
                 b.malformed("its payload is not a sequence of events");
-                break;
+                return (b.finish(r), false);
             }
         }
     }
-    b.finish(r)
+    (b.finish(r), true)
 }
 
 fn short(h: &Hash) -> String {
