@@ -397,12 +397,10 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         // A row of common column types is encoded from its datums (rowenc),
         // unless it is to be redacted or keyed for history(): those work on
         // the jsonb.
-        let direct = !opts.history && opts.redact_columns.is_empty() && rowenc::handles(desc);
+        let direct = !opts.history && opts.redact_columns.is_empty();
         let row = |t: pg_sys::HeapTuple| -> Result<Json, AuditError> {
             if direct {
-                if let Some(encoded) =
-                    with_canonical_output(|| rowenc::encode(t, desc, &opts.exclude_columns))
-                {
+                if let Some(encoded) = rowenc::encode(t, desc, &opts.exclude_columns) {
                     return Ok(Json { raw: None, encoded });
                 }
             }

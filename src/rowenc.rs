@@ -13,8 +13,8 @@
 //!   the row the usual way;
 //! - `text`, `varchar`: a string of the value's bytes;
 //! - `date`, `timestamp`, `timestamptz`: a string, from PostgreSQL's own
-//!   `JsonEncodeDateTime`, which to_jsonb calls (under the canonical output
-//!   settings, as to_jsonb runs: UTC);
+//!   `JsonEncodeDateTime`, which to_jsonb calls, at offset 0 for a
+//!   timestamptz (to_jsonb runs under the canonical output settings: UTC);
 //! - NULL: `null`. Dropped columns are left out, as to_jsonb leaves them.
 //!
 //! A row with a column of any other type (a domain too, even over one of
@@ -23,8 +23,8 @@
 
 use std::ffi::CStr;
 
-use audit_log_core::encoding::JsonBuilder;
-use pgrx::pg_sys;
+use audit_log_core::encoding::{put_len, tag};
+use pgrx::{pg_sys, varlena};
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -58,24 +58,65 @@ fn kind(t: pg_sys::Oid) -> Option<Kind> {
 /// estimate of jsonb's own overhead matters.
 const MAX_DIRECT_BYTES: usize = 16 << 20;
 
-/// Whether every column of `desc` is of a type encoded here.
+/// The decimal text of an integer, into `buf`: to_jsonb's number for it.
+fn int_text(v: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut n = v.unsigned_abs();
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
+}
+
+/// A string or number value: its tag, length and bytes.
+fn put_scalar(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    out.push(tag);
+    put_len(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+/// The bytes of a varlena datum, detoasted only if it is stored out of
+/// line or compressed (the common inline value is read in place), and its
+/// size once detoasted.
 ///
 /// # Safety
-/// `desc` is a valid tuple descriptor.
-pub unsafe fn handles(desc: pg_sys::TupleDesc) -> bool {
+/// `d` is a non-null varlena datum.
+unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> (*const pg_sys::varlena, usize) {
     // SAFETY: by the caller's contract.
-    unsafe { crate::pgcompat::attrs(desc) }
-        .iter()
-        .all(|a| a.attisdropped || kind(a.atttypid).is_some())
+    unsafe {
+        let v = d.cast_mut_ptr::<pg_sys::varlena>();
+        if varlena::varatt_is_1b_e(v) || varlena::varatt_is_4b_c(v) {
+            let size = pg_sys::toast_raw_datum_size(d);
+            (pg_sys::pg_detoast_datum_packed(v).cast_const(), size)
+        } else {
+            (v.cast_const(), varlena::varsize_any(v))
+        }
+    }
 }
 
 /// The canonical encoding of `to_jsonb(tuple)` without the columns named in
 /// `exclude` (as `jsonb_delete` leaves it), or None if a column needs
 /// to_jsonb itself.
 ///
+/// It is written straight into one buffer, members in byte order of their
+/// names (the order jsonb keeps): no intermediate value, no allocation per
+/// column.
+///
+/// No output setting of the session changes it: to_jsonb's rendering of
+/// these types depends only on TimeZone, for timestamptz, which is set to
+/// UTC here (what `capture::with_canonical_output` gives to_jsonb).
+///
 /// # Safety
-/// `tuple` is a heap tuple of `desc`; the canonical output settings are in
-/// force (`capture::with_canonical_output`).
+/// `tuple` is a heap tuple of `desc`.
 pub unsafe fn encode(
     tuple: pg_sys::HeapTuple,
     desc: pg_sys::TupleDesc,
@@ -84,48 +125,71 @@ pub unsafe fn encode(
     // SAFETY: by the caller's contract, tuple and desc go together; every
     // datum read is of the type its attribute says.
     unsafe {
-        if !handles(desc) {
-            return None;
-        }
         let attrs = crate::pgcompat::attrs(desc);
-        let mut values = vec![pg_sys::Datum::from(0); attrs.len()];
-        let mut nulls = vec![false; attrs.len()];
-        pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        let mut b = JsonBuilder::new();
-        let mut size = 0usize;
-        b.begin_object();
+        // The members: (name, attribute index, kind, type). A relation's column
+        // names are unique, so the order is total.
+        let mut members = Vec::with_capacity(attrs.len());
         for (i, a) in attrs.iter().enumerate() {
             if a.attisdropped {
                 continue;
             }
+            let k = kind(a.atttypid)?;
             let name = CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
             if exclude.iter().any(|c| c.as_bytes() == name) {
                 continue;
             }
-            b.key(name);
+            members.push((name, i, k, a.atttypid));
+        }
+        members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut values = vec![pg_sys::Datum::from(0); attrs.len()];
+        let mut nulls = vec![false; attrs.len()];
+        pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let mut out = Vec::with_capacity(64 + members.len() * 40);
+        out.push(tag::OBJECT);
+        put_len(&mut out, members.len());
+        let mut size = 0usize;
+        let mut digits = [0u8; 20];
+        for &(name, i, k, typid) in &members {
+            put_len(&mut out, name.len());
+            out.extend_from_slice(name);
             size += name.len();
             if nulls[i] {
-                b.null();
+                out.push(tag::NULL);
                 continue;
             }
             let d = values[i];
-            match kind(a.atttypid)? {
-                Kind::Bool => b.bool(d.value() != 0),
-                Kind::Int2 => b.number(&(d.value() as i16).to_string()),
-                Kind::Int4 => b.number(&(d.value() as i32).to_string()),
-                Kind::Int8 => b.number(&(d.value() as i64).to_string()),
+            match k {
+                Kind::Bool => out.push(if d.value() != 0 {
+                    tag::TRUE
+                } else {
+                    tag::FALSE
+                }),
+                Kind::Int2 => put_scalar(
+                    &mut out,
+                    tag::NUMBER,
+                    int_text(i64::from(d.value() as i16), &mut digits),
+                ),
+                Kind::Int4 => put_scalar(
+                    &mut out,
+                    tag::NUMBER,
+                    int_text(i64::from(d.value() as i32), &mut digits),
+                ),
+                Kind::Int8 => put_scalar(
+                    &mut out,
+                    tag::NUMBER,
+                    int_text(d.value() as i64, &mut digits),
+                ),
                 Kind::Text => {
-                    // The size is known without detoasting the value.
-                    size += pg_sys::toast_raw_datum_size(d);
+                    let (v, raw) = varlena_bytes(d);
+                    size += raw;
                     if size > MAX_DIRECT_BYTES {
                         return None;
                     }
-                    let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                    b.string(pgrx::varlena_to_byte_slice(v));
+                    put_scalar(&mut out, tag::STRING, pgrx::varlena_to_byte_slice(v));
                 }
                 Kind::Numeric => {
-                    let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                    let bytes = std::slice::from_raw_parts(v as *const u8, pgrx::varsize_any(v));
+                    let (v, _) = varlena_bytes(d);
+                    let bytes = std::slice::from_raw_parts(v.cast::<u8>(), varlena::varsize_any(v));
                     let text = audit_log_core::jsonb::numeric_text(bytes).ok()?;
                     // NaN and the infinities are strings in to_jsonb.
                     if !text.as_bytes().last().is_some_and(u8::is_ascii_digit) {
@@ -135,21 +199,21 @@ pub unsafe fn encode(
                     if size > MAX_DIRECT_BYTES {
                         return None;
                     }
-                    b.number(&text);
+                    put_scalar(&mut out, tag::NUMBER, text.as_bytes());
                 }
                 Kind::DateTime => {
-                    let s = pg_sys::JsonEncodeDateTime(
-                        std::ptr::null_mut(),
-                        d,
-                        a.atttypid,
-                        std::ptr::null(),
-                    );
-                    b.string(CStr::from_ptr(s).to_bytes());
-                    pg_sys::pfree(s.cast());
+                    // Written into our buffer: nothing to palloc or free.
+                    // A timestamptz is rendered at offset 0 (UTC) whatever
+                    // the session's TimeZone; a date or timestamp has no
+                    // zone. JsonEncodeDateTime's style is fixed (ISO 8601),
+                    // so no setting of the session enters the text.
+                    let mut buf = [0 as std::ffi::c_char; pg_sys::MAXDATELEN as usize + 1];
+                    let utc: std::ffi::c_int = 0;
+                    let s = pg_sys::JsonEncodeDateTime(buf.as_mut_ptr(), d, typid, &utc);
+                    put_scalar(&mut out, tag::STRING, CStr::from_ptr(s).to_bytes());
                 }
             }
         }
-        b.end();
-        Some(b.finish())
+        Some(out)
     }
 }

@@ -97,9 +97,9 @@ mod tests {
                     .or_raise();
                 }
                 let via_jsonb = crate::capture::json_from_datum(d, false).encoded;
-                let straight = crate::capture::with_canonical_output(|| {
-                    crate::rowenc::encode(t, desc, &exclude)
-                });
+                // As capture calls it: in the session's own output settings,
+                // which rowenc does not depend on.
+                let straight = crate::rowenc::encode(t, desc, &exclude);
                 if let Some(e) = straight {
                     direct += 1;
                     if e != via_jsonb {
