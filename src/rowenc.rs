@@ -90,7 +90,7 @@ fn put_scalar(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
 ///
 /// # Safety
 /// `d` is a non-null varlena datum.
-unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> (*const pg_sys::varlena, usize) {
+unsafe fn varlena_bytes(d: pg_sys::Datum) -> (*const pg_sys::varlena, usize) {
     // SAFETY: by the caller's contract.
     unsafe {
         let v = d.cast_mut_ptr::<pg_sys::varlena>();
