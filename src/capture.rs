@@ -19,7 +19,7 @@ use crate::fmgr::c_function;
 use crate::jsonb;
 use crate::options::{self, Op};
 use crate::rowenc;
-use crate::txstate::{self, Pending};
+use crate::txstate;
 
 /// A jsonb value as hashed and stored (its canonical encoding, read from
 /// the binary form by `jsonb::encode`), and its binary form if asked for.
@@ -217,19 +217,72 @@ fn client_addr() -> Option<String> {
     })
 }
 
+thread_local! {
+    /// Role names by OID, for session_user_name and current_user_name:
+    /// nearly every event repeats the last ones. Each entry carries the
+    /// generation it was read in; a change to pg_authid (a rename, a drop)
+    /// starts a new generation, so no name outlives its catalog row.
+    static ROLE_NAMES: RefCell<Vec<(pg_sys::Oid, u64, String)>> = const { RefCell::new(Vec::new()) };
+    static ROLE_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Syscache callback on pg_authid: forget every role name read so far.
+/// Called by PostgreSQL while it processes invalidations, possibly in the
+/// middle of one of our own lookups, so it only bumps a counter.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn forget_role_names(
+    _arg: pg_sys::Datum,
+    _cache: std::ffi::c_int,
+    _hash: u32,
+) {
+    ROLE_GENERATION.set(ROLE_GENERATION.get().wrapping_add(1));
+}
+
+/// Register the role-name cache's invalidation (from _PG_init).
+pub fn register_callbacks() {
+    // SAFETY: registers a callback for the life of the backend; AUTHOID is a syscache.
+    unsafe {
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::AUTHOID as i32,
+            Some(forget_role_names),
+            pg_sys::Datum::from(0),
+        );
+    }
+}
+
 fn role_name(oid: pg_sys::Oid) -> String {
+    let generation = ROLE_GENERATION.get();
+    let hit = ROLE_NAMES.with_borrow(|names| {
+        names
+            .iter()
+            .find(|(o, g, _)| *o == oid && *g == generation)
+            .map(|(_, _, n)| n.clone())
+    });
+    if let Some(name) = hit {
+        return name;
+    }
     // SAFETY: noerr = true returns NULL for a dropped role.
     let p = unsafe { pg_sys::GetUserNameFromId(oid, true) };
-    if p.is_null() {
-        return format!("role {}", oid.to_u32());
-    }
-    // SAFETY: p is a palloc'd cstring.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    let name = if p.is_null() {
+        format!("role {}", oid.to_u32())
+    } else {
+        // SAFETY: p is a palloc'd cstring.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    };
+    // Read before the lookup: an invalidation during it makes the entry stale.
+    ROLE_NAMES.with_borrow_mut(|names| {
+        names.retain(|(_, g, _)| *g == generation);
+        if names.len() >= 8 {
+            names.clear();
+        }
+        names.push((oid, generation, name.clone()));
+    });
+    name
 }
 
 fn application_name() -> Option<String> {
-    // SAFETY: returns a pointer to the GUC's current value, or NULL.
-    let p = unsafe { pg_sys::GetConfigOption(c"application_name".as_ptr(), true, false) };
+    // SAFETY: the GUC's variable: a cstring the GUC machinery owns, or NULL.
+    let p = unsafe { pg_sys::application_name };
     if p.is_null() {
         return None;
     }
@@ -260,14 +313,10 @@ pub fn record(
     let client_addr = client_addr();
     let context = current_context()?;
     let context_value = context.map(|j| EventJson::Encoded(j.encoded));
-    // SAFETY: reads transaction state.
-    let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    txstate::append(|state, id, tx_seq, tx_first, prev_hash| {
-        let old_value = old_row.map(|j| EventJson::Encoded(j.encoded));
-        let new_value = new_row.map(|j| EventJson::Encoded(j.encoded));
+    txstate::append(|tx_id, id, tx_seq, tx_first| {
         let event = Event {
             id,
-            tx_id: state.tx_id,
+            tx_id,
             tx_seq,
             tx_first,
             recorded_at,
@@ -280,21 +329,36 @@ pub fn record(
             table_schema,
             table_name,
             op: op.to_string(),
-            old_row: old_value,
-            new_row: new_value,
-            prev_hash,
+            old_row: old_row.map(|j| EventJson::Encoded(j.encoded)),
+            new_row: new_row.map(|j| EventJson::Encoded(j.encoded)),
+            prev_hash: ZERO_HASH,
             hash: ZERO_HASH,
         };
-        let mut canonical = Vec::with_capacity(256);
-        audit_log_core::encoding::encode_event(&event, &mut canonical);
-        let hash = audit_log_core::hash::event_hash_from_encoding(&prev_hash, &canonical);
-        Pending {
-            subid,
-            tx_seq,
-            canonical,
-            hash,
-            row_key,
-        }
+        // Its encoding's size, to allocate once: the fixed fields and tags
+        // take less than 80 bytes.
+        let size = 80
+            + [
+                &event.session_user_name,
+                &event.current_user_name,
+                &event.table_schema,
+                &event.table_name,
+                &event.op,
+            ]
+            .iter()
+            .map(|t| 4 + t.len())
+            .sum::<usize>()
+            + [&event.application_name, &event.client_addr]
+                .iter()
+                .map(|t| t.as_ref().map_or(0, |t| 4 + t.len()))
+                .sum::<usize>()
+            + [&event.context, &event.old_row, &event.new_row]
+                .iter()
+                .map(|j| match j {
+                    Some(EventJson::Encoded(b)) => b.len(),
+                    _ => 64,
+                })
+                .sum::<usize>();
+        (event, size, row_key)
     })
 }
 

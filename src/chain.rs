@@ -199,7 +199,7 @@ struct Sealed {
     last_event: i64,
     event_count: i64,
     segments: i32,
-    payload: Vec<u8>,
+    payload: store::Bytea,
 }
 
 fn sealed_row(r: &crate::scan::Row) -> Option<Sealed> {
@@ -210,7 +210,7 @@ fn sealed_row(r: &crate::scan::Row) -> Option<Sealed> {
         last_event: r.i64(p::LAST_EVENT)?,
         event_count: r.i64(p::EVENT_COUNT)?,
         segments: r.i32(p::SEGMENTS)?,
-        payload: r.slice(p::PAYLOAD)?.to_vec(),
+        payload: store::Bytea::from_slice(r.slice(p::PAYLOAD)?),
     })
 }
 
@@ -256,7 +256,7 @@ pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
     };
     // SAFETY: a transaction-level lock, released at the end of commit.
     unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, false) };
-    for s in sealed(oids)? {
+    for mut s in sealed(oids)? {
         let parts = if s.segments != 0 {
             // SAFETY: a snapshot registered for the read and released after it.
             let snapshot = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) };
@@ -274,7 +274,11 @@ pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
             last_event: s.last_event,
         };
         let probe = record(s.tx_id, &head, 0, 0);
-        let d = audit_log_core::record::digest(&probe, parts.iter().map(Vec::as_slice), &s.payload);
+        let d = audit_log_core::record::digest(
+            &probe,
+            parts.iter().map(Vec::as_slice),
+            s.payload.bytes(),
+        );
         link(
             s.tx_id,
             oids,
@@ -283,7 +287,7 @@ pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
                 ..head
             },
             s.segments,
-            &s.payload,
+            &mut s.payload,
         )?;
         crate::store::delete_where(
             oids.prepared,
@@ -300,7 +304,7 @@ pub fn link(
     oids: &Oids,
     head: &Head,
     segments: i32,
-    payload: &[u8],
+    payload: &mut store::Bytea,
 ) -> Result<(), AuditError> {
     let chain = choose_chain();
     let (seq, prev) = read_head(oids, chain)?;

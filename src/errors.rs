@@ -72,6 +72,8 @@ pub enum AuditError {
     BadContext(String),
     #[error("a transaction can record at most 2147483647 audited changes; this one has {0}")]
     TooManyEvents(i64),
+    #[error("the audited changes to store at once take {0} bytes, more than a bytea value can hold (1 GB)")]
+    PayloadTooLarge(usize),
     #[error("the head of audit chain {chain} (link seq {seq}) is damaged: its link_hash is not a 32-byte hash; refusing to extend the chain")]
     ChainDamaged { chain: i32, seq: i64 },
     #[error("no column is redacted in this database yet, so there is no redaction salt")]
@@ -124,7 +126,9 @@ impl AuditError {
             AuditError::Invalid(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             AuditError::NoRetention => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::NoSuchColumn(..) => ERRCODE_UNDEFINED_COLUMN,
-            AuditError::TooManyEvents(_) => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            AuditError::TooManyEvents(_) | AuditError::PayloadTooLarge(_) => {
+                ERRCODE_PROGRAM_LIMIT_EXCEEDED
+            }
             AuditError::ChainDamaged { .. } => ERRCODE_DATA_CORRUPTED,
             AuditError::NotTrigger => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             AuditError::NoSalt => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -193,7 +197,7 @@ impl AuditError {
                  call audit_log.set_context(jsonb), or RESET audit_log.context."
                     .into(),
             ),
-            AuditError::TooManyEvents(_) => {
+            AuditError::TooManyEvents(_) | AuditError::PayloadTooLarge(_) => {
                 Some("Split the change into several transactions.".into())
             }
             AuditError::ChainDamaged { .. } | AuditError::TreeDamaged { .. } => Some(

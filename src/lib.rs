@@ -100,6 +100,7 @@ pub extern "C-unwind" fn _PG_init() {
         GucFlags::default(),
     );
     txstate::register_callbacks();
+    capture::register_callbacks();
     ddl_guard::register_callbacks();
 }
 

@@ -77,6 +77,85 @@ fn bytes_datum(b: &[u8]) -> pg_sys::Datum {
     }
 }
 
+/// A bytea value built in Rust memory: room for the 4-byte varlena header,
+/// then the bytes. It is handed to heap_form_tuple as it is, so a large
+/// payload (a 1 MB segment) is not first copied into palloc'd memory.
+pub struct Bytea(Vec<u8>);
+
+const VARHDRSZ: usize = 4;
+
+impl Default for Bytea {
+    fn default() -> Self {
+        Bytea(vec![0; VARHDRSZ])
+    }
+}
+
+impl Bytea {
+    pub fn from_slice(b: &[u8]) -> Bytea {
+        let mut v = Vec::with_capacity(VARHDRSZ + b.len());
+        v.extend_from_slice(&[0; VARHDRSZ]);
+        v.extend_from_slice(b);
+        Bytea(v)
+    }
+
+    /// The value's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0[VARHDRSZ..]
+    }
+
+    /// How many bytes the value has.
+    pub fn byte_len(&self) -> usize {
+        self.0.len() - VARHDRSZ
+    }
+
+    /// Append with `f`, which may only add bytes; returns where they start.
+    pub fn append(&mut self, f: impl FnOnce(&mut Vec<u8>)) -> usize {
+        let at = self.byte_len();
+        f(&mut self.0);
+        at
+    }
+
+    pub fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
+    }
+
+    /// Cut the value to its first `len` bytes.
+    pub fn truncate(&mut self, len: usize) {
+        self.0.truncate(VARHDRSZ + len);
+    }
+
+    /// The bytes from `at` on, as a value of their own; this one keeps the rest.
+    pub fn split_off(&mut self, at: usize) -> Bytea {
+        if at == 0 {
+            return std::mem::take(self);
+        }
+        let mut tail = Vec::with_capacity(VARHDRSZ + self.byte_len() - at);
+        tail.extend_from_slice(&[0; VARHDRSZ]);
+        tail.extend_from_slice(&self.0[VARHDRSZ + at..]);
+        self.truncate(at);
+        Bytea(tail)
+    }
+
+    /// The value as a datum, valid while `self` is neither changed nor dropped.
+    fn datum(&mut self) -> Result<pg_sys::Datum, AuditError> {
+        let size = self.0.len();
+        // A 4-byte header holds sizes below 1 GB (MaxAllocSize).
+        if size > 0x3FFF_FFFF {
+            return Err(AuditError::PayloadTooLarge(self.byte_len()));
+        }
+        let p = self.0.as_mut_ptr().cast::<pg_sys::varlena>();
+        // The header is read as a u32: malloc aligns every allocation to
+        // 16 bytes, and Vec<u8> takes its memory from malloc.
+        if !p.cast::<u32>().is_aligned() {
+            return Err(AuditError::Internal("unaligned payload buffer".into()));
+        }
+        // SAFETY: p points to `size` bytes, the first four for the header,
+        // aligned for it (checked above).
+        unsafe { pgrx::set_varsize_4b(p, size as i32) };
+        Ok(pg_sys::Datum::from(p))
+    }
+}
+
 /// An open audit table with its indexes, for a batch of inserts.
 struct Target {
     rel: pg_sys::Relation,
@@ -165,7 +244,7 @@ pub fn insert_record(
     oids: &Oids,
     r: &Record,
     segments: i32,
-    payload: &[u8],
+    payload: &mut Bytea,
 ) -> Result<(), AuditError> {
     let target = Target::open(oids.records, &records::COLUMNS)?;
     let mut nulls = [false; records::COLUMNS.len()];
@@ -179,7 +258,7 @@ pub fn insert_record(
         pg_sys::Datum::from(to_pg_timestamp(r.committed_at)),
         pg_sys::Datum::from(segments),
         bytes_datum(&r.link_hash),
-        bytes_datum(payload),
+        payload.datum()?,
     ];
     target.insert(&mut values, &mut nulls);
     Ok(())
@@ -191,7 +270,7 @@ pub fn insert_prepared(
     tx_id: u64,
     (first_event, last_event, event_count): (i64, i64, i64),
     segments: i32,
-    payload: &[u8],
+    payload: &mut Bytea,
 ) -> Result<(), AuditError> {
     let target = Target::open(oids.prepared, &prepared::COLUMNS)?;
     let mut nulls = [false; prepared::COLUMNS.len()];
@@ -201,7 +280,7 @@ pub fn insert_prepared(
         pg_sys::Datum::from(last_event),
         pg_sys::Datum::from(event_count),
         pg_sys::Datum::from(segments),
-        bytes_datum(payload),
+        payload.datum()?,
     ];
     target.insert(&mut values, &mut nulls);
     Ok(())
@@ -212,14 +291,14 @@ pub fn insert_segment(
     oids: &Oids,
     first_event: i64,
     part: i32,
-    payload: &[u8],
+    payload: &mut Bytea,
 ) -> Result<(), AuditError> {
     let target = Target::open(oids.segments, &segments::COLUMNS)?;
     let mut nulls = [false; 3];
     let mut values = [
         pg_sys::Datum::from(first_event),
         pg_sys::Datum::from(part),
-        bytes_datum(payload),
+        payload.datum()?,
     ];
     target.insert(&mut values, &mut nulls);
     Ok(())

@@ -6,7 +6,8 @@
 use std::cell::RefCell;
 use std::ffi::c_void;
 
-use audit_log_core::{Hash, ZERO_HASH};
+use audit_log_core::model::Event;
+use audit_log_core::ZERO_HASH;
 use pgrx::pg_guard;
 use pgrx::pg_sys;
 
@@ -15,17 +16,18 @@ use crate::chain::{self, Head};
 use crate::errors::{AuditError, OrRaise};
 use crate::store;
 
-/// An event captured in this transaction and not yet written.
-pub struct Pending {
+/// An event captured in this transaction and not yet written. Its canonical
+/// encoding (what its hash covers, and what is stored) is in the
+/// transaction's payload, from `at` on.
+struct Pending {
     /// The subtransaction that captured it: a rollback to before it drops it.
-    pub subid: pg_sys::SubTransactionId,
-    pub tx_seq: i64,
-    /// The event's canonical encoding: what its hash covers, and what is stored.
-    pub canonical: Vec<u8>,
-    pub hash: Hash,
+    subid: pg_sys::SubTransactionId,
+    tx_seq: i64,
+    /// Where it starts in the payload (at its length).
+    at: usize,
     /// The row's primary key, hashed with its table, for history(); only
     /// for tables enabled with `history => true`.
-    pub row_key: Option<i64>,
+    row_key: Option<i64>,
 }
 
 pub struct TxState {
@@ -35,8 +37,12 @@ pub struct TxState {
     pub head: Head,
     /// The head as it was when each open subtransaction started.
     saved: Vec<(pg_sys::SubTransactionId, Head)>,
+    /// The events not yet written, in tx_seq order, and their encodings as
+    /// a payload (docs/FORMAT.md). Events captured later are always further
+    /// on, so what a savepoint's rollback drops, and what a spill writes,
+    /// is the payload's tail.
     buffer: Vec<Pending>,
-    buffered_bytes: usize,
+    payload: store::Bytea,
     /// Segments written, by the subtransaction that wrote them: a rollback
     /// removes the segment (MVCC), and it must leave the count too.
     segments: Vec<pg_sys::SubTransactionId>,
@@ -63,7 +69,7 @@ impl TxState {
             },
             saved: Vec::new(),
             buffer: Vec::new(),
-            buffered_bytes: 0,
+            payload: store::Bytea::default(),
             segments: Vec::new(),
         })
     }
@@ -78,17 +84,19 @@ fn current_subid() -> pg_sys::SubTransactionId {
     unsafe { pg_sys::GetCurrentSubTransactionId() }
 }
 
-/// Append one event to the transaction's chain. `build` receives the event's
-/// id, position, the id of the transaction's first event and the
-/// predecessor's hash, and returns the hashed event.
+/// Append one event to the transaction's chain. `build` receives the
+/// transaction's id, the event's id, its position and the id of the
+/// transaction's first event, and returns the event, an estimate of its
+/// encoding's size, and its row key for history().
 pub fn append(
-    build: impl FnOnce(&TxState, i64, i64, i64, Hash) -> Pending,
+    build: impl FnOnce(u64, i64, i64, i64) -> (Event, usize, Option<i64>),
 ) -> Result<i64, AuditError> {
     let fresh = if STATE.with_borrow(Option::is_none) {
         Some(TxState::new()?)
     } else {
         None
     };
+    let subid = current_subid();
     let spill = STATE.with_borrow_mut(|state| {
         if let Some(f) = fresh {
             *state = Some(f);
@@ -108,16 +116,33 @@ pub fn append(
         } else {
             s.head.first_event
         };
-        let pending = build(s, id, s.head.count + 1, first, s.head.hash);
-        s.head.hash = pending.hash;
-        s.head.count += 1;
-        if s.head.count == 1 {
+        let tx_seq = s.head.count + 1;
+        let (event, size, row_key) = build(s.tx_id, id, tx_seq, first);
+        // Encoded straight into the payload, after its length.
+        s.payload.reserve(4 + size);
+        let at = s.payload.append(|buf| {
+            let len_at = buf.len();
+            buf.extend_from_slice(&[0; 4]);
+            audit_log_core::encoding::encode_event(&event, buf);
+            let len = (buf.len() - len_at - 4) as u32;
+            buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        });
+        s.head.hash = audit_log_core::hash::event_hash_from_encoding(
+            &s.head.hash,
+            &s.payload.bytes()[at + 4..],
+        );
+        s.head.count = tx_seq;
+        if tx_seq == 1 {
             s.head.first_event = id;
         }
         s.head.last_event = id;
-        s.buffered_bytes += pending.canonical.len() + 4;
-        s.buffer.push(pending);
-        Ok((id, s.buffered_bytes > SPILL_BYTES))
+        s.buffer.push(Pending {
+            subid,
+            tx_seq,
+            at,
+            row_key,
+        });
+        Ok((id, s.payload.byte_len() > SPILL_BYTES))
     })?;
     let (id, spill) = spill;
     if spill {
@@ -145,34 +170,28 @@ unsafe fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64 {
 /// merge the segments and the record's payload by tx_seq.
 fn spill_segment() -> Result<(), AuditError> {
     let sub = current_subid();
-    let Some((oids, first, part, payload, keys)) = STATE.with_borrow_mut(|s| {
+    let Some((oids, first, part, mut payload, keys)) = STATE.with_borrow_mut(|s| {
         let s = s.as_mut()?;
         let from = s.buffer.iter().position(|p| p.subid >= sub)?;
         let batch: Vec<Pending> = s.buffer.drain(from..).collect();
-        s.buffered_bytes = s.buffer.iter().map(|p| p.canonical.len() + 4).sum();
+        let payload = s.payload.split_off(batch[0].at);
         s.segments.push(sub);
         let first = s.head.first_event;
         let part = i32::try_from(batch[0].tx_seq).ok()?;
-        let (payload, keys) = pack(first, &batch);
-        Some((s.oids, first, part, payload, keys))
+        Some((s.oids, first, part, payload, row_keys(first, &batch)))
     }) else {
         return Ok(());
     };
     store::insert_row_keys(&oids, &keys)?;
-    store::insert_segment(&oids, first, part, &payload)
+    store::insert_segment(&oids, first, part, &mut payload)
 }
 
-/// Events as a payload, and their history() entries.
-fn pack(first: i64, batch: &[Pending]) -> (Vec<u8>, Vec<(i64, i64, i32)>) {
-    let mut payload = Vec::with_capacity(batch.iter().map(|p| p.canonical.len() + 4).sum());
-    let mut keys = Vec::new();
-    for p in batch {
-        audit_log_core::record::put_event(&mut payload, &p.canonical);
-        if let Some(k) = p.row_key {
-            keys.push((k, first, p.tx_seq as i32));
-        }
-    }
-    (payload, keys)
+/// The history() entries of a batch of events.
+fn row_keys(first: i64, batch: &[Pending]) -> Vec<(i64, i64, i32)> {
+    batch
+        .iter()
+        .filter_map(|p| Some((p.row_key?, first, p.tx_seq as i32)))
+        .collect()
 }
 
 /// Make the transaction's event count `n`, as if it had captured that many
@@ -192,7 +211,7 @@ pub fn pretend_event_count(n: i64) {
 pub fn pending_payload() -> Option<(i64, Vec<u8>)> {
     STATE.with_borrow(|s| {
         let s = s.as_ref()?;
-        Some((s.head.first_event, pack(s.head.first_event, &s.buffer).0))
+        Some((s.head.first_event, s.payload.bytes().to_vec()))
     })
 }
 
@@ -207,7 +226,7 @@ struct Unwritten {
     oids: Oids,
     head: Head,
     segments: i32,
-    payload: Vec<u8>,
+    payload: store::Bytea,
     keys: Vec<(i64, i64, i32)>,
 }
 
@@ -216,7 +235,8 @@ fn unwritten() -> Result<Option<Unwritten>, AuditError> {
         .with_borrow_mut(|s| {
             let s = s.as_mut().filter(|s| s.head.count > 0)?;
             let batch = std::mem::take(&mut s.buffer);
-            let (payload, keys) = pack(s.head.first_event, &batch);
+            let payload = std::mem::take(&mut s.payload);
+            let keys = row_keys(s.head.first_event, &batch);
             Some((s.tx_id, s.oids, s.head, s.segments.len(), payload, keys))
         })
         .map(|(tx_id, oids, head, segments, payload, keys)| {
@@ -234,20 +254,20 @@ fn unwritten() -> Result<Option<Unwritten>, AuditError> {
 }
 
 fn pre_commit() -> Result<(), AuditError> {
-    let Some(u) = unwritten()? else {
+    let Some(mut u) = unwritten()? else {
         return Ok(());
     };
     // Before the chain lock, which only the record's insert needs.
     store::insert_row_keys(&u.oids, &u.keys)?;
     chain::link_prepared(&u.oids)?;
-    chain::link(u.tx_id, &u.oids, &u.head, u.segments, &u.payload)
+    chain::link(u.tx_id, &u.oids, &u.head, u.segments, &mut u.payload)
 }
 
 /// PREPARE TRANSACTION: seal the events in the transaction itself. Its
 /// COMMIT PREPARED makes them visible for a later commit to link; ROLLBACK
 /// PREPARED removes them.
 fn pre_prepare() -> Result<(), AuditError> {
-    let Some(u) = unwritten()? else {
+    let Some(mut u) = unwritten()? else {
         return Ok(());
     };
     store::insert_row_keys(&u.oids, &u.keys)?;
@@ -257,7 +277,7 @@ fn pre_prepare() -> Result<(), AuditError> {
         u.tx_id,
         (h.first_event, h.last_event, h.count),
         u.segments,
-        &u.payload,
+        &mut u.payload,
     )
 }
 
@@ -299,9 +319,12 @@ unsafe extern "C-unwind" fn on_subxact(
                     s.head = head;
                 }
                 s.saved.retain(|(id, _)| *id < my_subid);
-                // Subtransactions started after this one are its descendants.
-                s.buffer.retain(|p| p.subid < my_subid);
-                s.buffered_bytes = s.buffer.iter().map(|p| p.canonical.len() + 4).sum();
+                // Subtransactions started after this one are its
+                // descendants, and their events are the buffer's tail.
+                if let Some(from) = s.buffer.iter().position(|p| p.subid >= my_subid) {
+                    s.payload.truncate(s.buffer[from].at);
+                    s.buffer.truncate(from);
+                }
                 s.segments.retain(|&id| id < my_subid);
             }
             _ => {}

@@ -403,7 +403,6 @@ pub fn numeric_text(varlena: &[u8]) -> Result<String, Malformed> {
 /// `get_str_from_var` of PostgreSQL's numeric.c: base-10000 digits, the
 /// weight of the first, and the number of decimal places to print.
 pub fn numeric_digits_text(neg: bool, weight: i32, dscale: u16, digits: &[i16]) -> String {
-    use std::fmt::Write;
     let mut out = String::with_capacity(8 + 4 * digits.len() + usize::from(dscale));
     if neg {
         out.push('-');
@@ -422,11 +421,7 @@ pub fn numeric_digits_text(neg: bool, weight: i32, dscale: u16, digits: &[i16]) 
         d = 0;
         while d <= weight {
             // The first group is printed without leading zeros.
-            let _ = if d == 0 {
-                write!(out, "{}", digit(d))
-            } else {
-                write!(out, "{:04}", digit(d))
-            };
+            push_group(&mut out, digit(d), d != 0);
             d += 1;
         }
     }
@@ -435,13 +430,39 @@ pub fn numeric_digits_text(neg: bool, weight: i32, dscale: u16, digits: &[i16]) 
         let end = out.len() + usize::from(dscale);
         let mut i = 0;
         while i < dscale {
-            let _ = write!(out, "{:04}", digit(d));
+            push_group(&mut out, digit(d), true);
             d += 1;
             i += 4;
         }
         out.truncate(end);
     }
     out
+}
+
+/// One base-10000 digit in decimal: four digits with leading zeros when
+/// `pad`, else without (`{:04}` and `{}`, written by hand: this runs for
+/// every numeric captured or read).
+fn push_group(out: &mut String, g: i16, pad: bool) {
+    if !(0..10_000).contains(&g) {
+        // Not a valid digit (a damaged value): as numeric.c would print it.
+        use std::fmt::Write;
+        let _ = if pad {
+            write!(out, "{g:04}")
+        } else {
+            write!(out, "{g}")
+        };
+        return;
+    }
+    let g = g as u16;
+    let ds = [g / 1000, g / 100 % 10, g / 10 % 10, g % 10];
+    let skip = if pad {
+        0
+    } else {
+        ds[..3].iter().take_while(|&&x| x == 0).count()
+    };
+    for &x in &ds[skip..] {
+        out.push(char::from(b'0' + x as u8));
+    }
 }
 
 #[cfg(test)]
@@ -558,6 +579,23 @@ mod tests {
         for &(neg, w, ds, digits, want) in cases {
             let v = numeric(neg, w, ds, digits);
             assert_eq!(numeric_text(&v).unwrap(), want, "{neg} {w} {ds} {digits:?}");
+        }
+    }
+
+    #[test]
+    fn digit_groups_print_as_format_does() {
+        // Every i16, valid digit or not, padded and not.
+        for g in i16::MIN..=i16::MAX {
+            for pad in [false, true] {
+                let mut got = String::new();
+                push_group(&mut got, g, pad);
+                let want = if pad {
+                    format!("{g:04}")
+                } else {
+                    format!("{g}")
+                };
+                assert_eq!(got, want, "{g} {pad}");
+            }
         }
     }
 
