@@ -188,6 +188,25 @@ fn scan_head(oids: &Oids, chain: i32, at_least: Option<i64>) -> Option<(i64, Opt
     }
 }
 
+thread_local! {
+    /// The prepared table (by OID) in which this backend found nothing to
+    /// link, on a server where no transaction can be prepared.
+    static NOTHING_TO_LINK: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether max_prepared_transactions allows PREPARE TRANSACTION (it is 0
+/// by default, and can only change at a server restart).
+fn prepared_transactions_allowed() -> bool {
+    // SAFETY: reads a GUC's current value as text; NULL if unknown.
+    let p = unsafe { pg_sys::GetConfigOption(c"max_prepared_transactions".as_ptr(), true, false) };
+    if p.is_null() {
+        return true;
+    }
+    // SAFETY: a cstring owned by the GUC machinery.
+    let text = unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
+    text != b"0"
+}
+
 /// "aulg" 0xA3: one linker of prepared transactions at a time.
 const PREPARED_FIELD4: u16 = 0xA3;
 
@@ -231,6 +250,9 @@ fn sealed(oids: &Oids) -> Result<Vec<Sealed>, AuditError> {
 /// (before its own link) and by checkpoint(): a prepared transaction never
 /// holds a chain, and ROLLBACK PREPARED leaves nothing to link.
 pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
+    if NOTHING_TO_LINK.with(|n| n.get() == Some(oids.prepared)) {
+        return Ok(());
+    }
     // SAFETY: the table's size, through the relation cache; an empty table
     // (nothing was ever prepared) costs one lseek.
     let empty = unsafe {
@@ -240,6 +262,12 @@ pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
         n == 0
     };
     if empty || sealed(oids)?.is_empty() {
+        if !prepared_transactions_allowed() {
+            // No transaction can PREPARE while the server runs (the setting
+            // only changes at a restart), so no row can appear in the table
+            // after this: the backend need not look again.
+            NOTHING_TO_LINK.with(|n| n.set(Some(oids.prepared)));
+        }
         return Ok(());
     }
     // One linker at a time; what another linked before we got the lock is
