@@ -84,21 +84,45 @@ fn put_scalar(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// The bytes of a varlena datum, detoasted only if it is stored out of
-/// line or compressed (the common inline value is read in place), and its
-/// size once detoasted.
+/// Whether a varlena datum is stored out of line or compressed: only then
+/// does reading it take a detoast.
 ///
 /// # Safety
 /// `d` is a non-null varlena datum.
-unsafe fn varlena_bytes(d: pg_sys::Datum) -> (*const pg_sys::varlena, usize) {
+unsafe fn toasted(d: pg_sys::Datum) -> bool {
+    let v = d.cast_mut_ptr::<pg_sys::varlena>();
+    // SAFETY: by the caller's contract.
+    unsafe { varlena::varatt_is_1b_e(v) || varlena::varatt_is_4b_c(v) }
+}
+
+/// A varlena datum's size once detoasted, without detoasting it.
+///
+/// # Safety
+/// `d` is a non-null varlena datum.
+unsafe fn raw_size(d: pg_sys::Datum) -> usize {
     // SAFETY: by the caller's contract.
     unsafe {
-        let v = d.cast_mut_ptr::<pg_sys::varlena>();
-        if varlena::varatt_is_1b_e(v) || varlena::varatt_is_4b_c(v) {
-            let size = pg_sys::toast_raw_datum_size(d);
-            (pg_sys::pg_detoast_datum_packed(v).cast_const(), size)
+        if toasted(d) {
+            pg_sys::toast_raw_datum_size(d)
         } else {
-            (v.cast_const(), varlena::varsize_any(v))
+            varlena::varsize_any(d.cast_mut_ptr::<pg_sys::varlena>())
+        }
+    }
+}
+
+/// A varlena datum's value in memory: read in place when it is inline and
+/// uncompressed (the common case), else detoasted.
+///
+/// # Safety
+/// `d` is a non-null varlena datum.
+unsafe fn detoasted(d: pg_sys::Datum) -> *const pg_sys::varlena {
+    let v = d.cast_mut_ptr::<pg_sys::varlena>();
+    // SAFETY: by the caller's contract.
+    unsafe {
+        if toasted(d) {
+            pg_sys::pg_detoast_datum_packed(v).cast_const()
+        } else {
+            v.cast_const()
         }
     }
 }
@@ -180,15 +204,17 @@ pub unsafe fn encode(
                     int_text(d.value() as i64, &mut digits),
                 ),
                 Kind::Text => {
-                    let (v, raw) = varlena_bytes(d);
-                    size += raw;
+                    // Sized before it is detoasted: a value too large for
+                    // this path is never read twice.
+                    size += raw_size(d);
                     if size > MAX_DIRECT_BYTES {
                         return None;
                     }
+                    let v = detoasted(d);
                     put_scalar(&mut out, tag::STRING, pgrx::varlena_to_byte_slice(v));
                 }
                 Kind::Numeric => {
-                    let (v, _) = varlena_bytes(d);
+                    let v = detoasted(d);
                     let bytes = std::slice::from_raw_parts(v.cast::<u8>(), varlena::varsize_any(v));
                     let text = audit_log_core::jsonb::numeric_text(bytes).ok()?;
                     // NaN and the infinities are strings in to_jsonb.

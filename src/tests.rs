@@ -143,22 +143,36 @@ mod tests {
              -- Rows stored before the column existed: its default is read
              -- from the catalog, by both ways.
              ALTER TABLE enc ADD COLUMN added numeric DEFAULT 0.00;
-             INSERT INTO enc (b, t, added) VALUES (true, 'after', -0.000);",
+             INSERT INTO enc (b, t, added) VALUES (true, 'after', -0.000);
+             -- Values stored inline with a 4-byte header, uncompressed (t,
+             -- and m in the second row) and compressed (m in the first):
+             -- rowenc reads the first in place and detoasts the second.
+             ALTER TABLE enc ADD COLUMN m text;
+             INSERT INTO enc (b, t, m) VALUES (true, repeat('é', 300), repeat('ab', 3000)),
+                                              (false, NULL, repeat('x', 500));",
         )
         .unwrap();
         let got = |sql: &str| -> (i64, i64, i64) {
             let (r, d, x) = Spi::get_three::<i64, i64, i64>(sql).unwrap();
             (r.unwrap(), d.unwrap(), x.unwrap())
         };
-        // Six rows taken straight, all equal; the NaN and -Infinity rows declined.
+        // The three kinds of stored values are there.
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM enc WHERE pg_column_compression(m) IS NOT NULL
+                    AND pg_column_size(m) < 2000 AND pg_column_size(t) = 604"
+            ),
+            1
+        );
+        // Eight rows taken straight, all equal; the NaN and -Infinity rows declined.
         assert_eq!(
             got("SELECT * FROM tests.row_encodings('enc'::regclass, '{}')"),
-            (8, 6, 0)
+            (10, 8, 0)
         );
         // Excluded columns are left out as jsonb_delete leaves them out.
         assert_eq!(
             got("SELECT * FROM tests.row_encodings('enc'::regclass, '{t,tz,nope}')"),
-            (8, 6, 0)
+            (10, 8, 0)
         );
         // A row past 16 MB takes to_jsonb, which refuses (past 256 MB) what
         // the views could not read back as jsonb.
@@ -195,7 +209,7 @@ mod tests {
             ),
             count("SELECT count(*) FROM enc WHERE b")
         );
-        assert_eq!(count("SELECT count(*) FROM enc WHERE b"), 4);
+        assert_eq!(count("SELECT count(*) FROM enc WHERE b"), 5);
     }
 
     #[pg_test]

@@ -173,11 +173,12 @@ fn spill_segment() -> Result<(), AuditError> {
     let Some((oids, first, part, mut payload, keys)) = STATE.with_borrow_mut(|s| {
         let s = s.as_mut()?;
         let from = s.buffer.iter().position(|p| p.subid >= sub)?;
+        // tx_seq is below 2^31 (append refuses more); read before any change.
+        let part = i32::try_from(s.buffer[from].tx_seq).ok()?;
         let batch: Vec<Pending> = s.buffer.drain(from..).collect();
         let payload = s.payload.split_off(batch[0].at);
         s.segments.push(sub);
         let first = s.head.first_event;
-        let part = i32::try_from(batch[0].tx_seq).ok()?;
         Some((s.oids, first, part, payload, row_keys(first, &batch)))
     }) else {
         return Ok(());
@@ -259,7 +260,7 @@ fn pre_commit() -> Result<(), AuditError> {
     };
     // Before the chain lock, which only the record's insert needs.
     store::insert_row_keys(&u.oids, &u.keys)?;
-    chain::link_prepared(&u.oids)?;
+    chain::link_prepared_at_commit(&u.oids)?;
     chain::link(u.tx_id, &u.oids, &u.head, u.segments, &mut u.payload)
 }
 

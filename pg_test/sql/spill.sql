@@ -62,6 +62,27 @@ ROLLBACK;
 SELECT count(*) AS orphan_segments FROM audit_log.segments g
  WHERE NOT EXISTS (SELECT 1 FROM audit_log.records r WHERE r.first_event = g.first_event);
 
+-- 5. Events of a released savepoint, then of the transaction itself, stay
+--    in memory while a savepoint nested deeper spills; rolling back the
+--    savepoint around it drops exactly its events (spilled and not), and
+--    keeps the earlier ones, in order.
+BEGIN;
+SAVEPOINT c;
+INSERT INTO s VALUES (120001, 'released');
+RELEASE c;
+INSERT INTO s VALUES (120002, 'parent');
+SAVEPOINT d;
+SAVEPOINT e;
+INSERT INTO s SELECT g, repeat('u', 200) FROM generate_series(130001, 142000) g;
+RELEASE e;
+INSERT INTO s VALUES (142001, 'in d');
+ROLLBACK TO d;
+INSERT INTO s VALUES (120003, 'after');
+COMMIT;
+SELECT * FROM shape() WHERE first_id >= 120001;
+SELECT count(*) AS rolled_back_rows_in_the_log FROM audit_log.events
+ WHERE table_name = 's' AND (new_row->>'id')::int BETWEEN 130001 AND 142001;
+
 -- The table and the log agree, and the log verifies.
 SELECT (SELECT count(*) FROM s) AS table_rows,
        (SELECT count(*) FROM audit_log.events WHERE table_name = 's' AND op = 'INSERT') AS insert_events;
