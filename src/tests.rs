@@ -34,6 +34,7 @@ mod tests {
             name!(new_row, Option<String>),
             name!(prev_hash, Vec<u8>),
             name!(hash, Vec<u8>),
+            name!(current_user_name, String),
         ),
     > {
         use crate::errors::{AuditError, OrRaise};
@@ -56,6 +57,7 @@ mod tests {
                     text(e.new_row),
                     e.prev_hash.to_vec(),
                     e.hash.to_vec(),
+                    e.current_user_name,
                 ));
             }
         }
@@ -111,6 +113,26 @@ mod tests {
             pg_sys::table_close(r, pg_sys::AccessShareLock as i32);
         }
         TableIterator::new(vec![(rows, direct, differ)])
+    }
+
+    /// Role names are cached per backend: a role renamed after its name was
+    /// recorded is recorded by its new name from the next event on.
+    #[pg_test]
+    fn a_renamed_role_is_recorded_by_its_new_name() {
+        setup();
+        Spi::run(
+            "CREATE ROLE al_before; GRANT ALL ON t TO al_before;
+             SET ROLE al_before; INSERT INTO t VALUES (1, 'a'); RESET ROLE;
+             ALTER ROLE al_before RENAME TO al_after;
+             SET ROLE al_after; INSERT INTO t VALUES (2, 'b'); RESET ROLE;",
+        )
+        .unwrap();
+        let who = Spi::get_one::<String>(
+            "SELECT string_agg(current_user_name, ',' ORDER BY tx_seq)
+               FROM tests.pending() WHERE op = 'INSERT'",
+        )
+        .unwrap();
+        assert_eq!(who.as_deref(), Some("al_before,al_after"));
     }
 
     /// rowenc gives to_jsonb's own value, byte for byte, for every kind of
