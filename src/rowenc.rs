@@ -11,7 +11,9 @@
 //! - `numeric`: a number, `numeric_out`'s text (scale kept: 1.50 stays
 //!   1.50); NaN and the infinities, which to_jsonb turns into strings, send
 //!   the row the usual way;
-//! - `text`, `varchar`: a string of the value's bytes;
+//! - `text`, `varchar`, `char(n)`: a string of the value's bytes (a
+//!   `char(n)` with its padding, as `bpcharout` prints it);
+//! - `uuid`: a string, `uuid_out`'s lowercase 8-4-4-4-12 hex;
 //! - `date`, `timestamp`, `timestamptz`: a string, from PostgreSQL's own
 //!   `JsonEncodeDateTime`, which to_jsonb calls, at offset 0 for a
 //!   timestamptz (to_jsonb runs under the canonical output settings: UTC);
@@ -33,6 +35,7 @@ enum Kind {
     Int4,
     Int8,
     Text,
+    Uuid,
     Numeric,
     DateTime,
 }
@@ -43,7 +46,10 @@ fn kind(t: pg_sys::Oid) -> Option<Kind> {
         pg_sys::INT2OID => Kind::Int2,
         pg_sys::INT4OID => Kind::Int4,
         pg_sys::INT8OID => Kind::Int8,
-        pg_sys::TEXTOID | pg_sys::VARCHAROID => Kind::Text,
+        // to_jsonb prints these with their output functions, which give
+        // the stored bytes (bpchar keeps its padding).
+        pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID => Kind::Text,
+        pg_sys::UUIDOID => Kind::Uuid,
         pg_sys::NUMERICOID => Kind::Numeric,
         pg_sys::DATEOID | pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID => Kind::DateTime,
         _ => return None,
@@ -75,6 +81,22 @@ fn int_text(v: i64, buf: &mut [u8; 20]) -> &[u8] {
         buf[at] = b'-';
     }
     &buf[at..]
+}
+
+/// `uuid_out`: lowercase hex, hyphens after the 4th, 6th, 8th and 10th byte.
+fn uuid_text(b: &[u8]) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in b.iter().take(16).enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0xF)];
+        at += 2;
+    }
+    out
 }
 
 /// A string or number value: its tag, length and bytes.
@@ -212,6 +234,11 @@ pub unsafe fn encode(
                     }
                     let v = detoasted(d);
                     put_scalar(&mut out, tag::STRING, pgrx::varlena_to_byte_slice(v));
+                }
+                Kind::Uuid => {
+                    // SAFETY: a uuid is 16 bytes passed by reference.
+                    let b = std::slice::from_raw_parts(d.cast_mut_ptr::<u8>().cast_const(), 16);
+                    put_scalar(&mut out, tag::STRING, &uuid_text(b));
                 }
                 Kind::Numeric => {
                     let v = detoasted(d);

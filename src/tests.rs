@@ -171,7 +171,13 @@ mod tests {
              -- rowenc reads the first in place and detoasts the second.
              ALTER TABLE enc ADD COLUMN m text;
              INSERT INTO enc (b, t, m) VALUES (true, repeat('é', 300), repeat('ab', 3000)),
-                                              (false, NULL, repeat('x', 500));",
+                                              (false, NULL, repeat('x', 500));
+             -- char(n) with its padding, and uuids.
+             ALTER TABLE enc ADD COLUMN ch char(5), ADD COLUMN u uuid;
+             INSERT INTO enc (b, ch, u) VALUES
+               (true, 'ab', 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'),
+               (false, '', '00000000-0000-0000-0000-000000000000'),
+               (NULL, 'abcde', 'ffffffff-ffff-ffff-ffff-ffffffffffff');",
         )
         .unwrap();
         let got = |sql: &str| -> (i64, i64, i64) {
@@ -186,15 +192,15 @@ mod tests {
             ),
             1
         );
-        // Eight rows taken straight, all equal; the NaN and -Infinity rows declined.
+        // Eleven rows taken straight, all equal; the NaN and -Infinity rows declined.
         assert_eq!(
             got("SELECT * FROM tests.row_encodings('enc'::regclass, '{}')"),
-            (10, 8, 0)
+            (13, 11, 0)
         );
         // Excluded columns are left out as jsonb_delete leaves them out.
         assert_eq!(
             got("SELECT * FROM tests.row_encodings('enc'::regclass, '{t,tz,nope}')"),
-            (10, 8, 0)
+            (13, 11, 0)
         );
         // A row past 16 MB takes to_jsonb, which refuses (past 256 MB) what
         // the views could not read back as jsonb.
@@ -231,7 +237,7 @@ mod tests {
             ),
             count("SELECT count(*) FROM enc WHERE b")
         );
-        assert_eq!(count("SELECT count(*) FROM enc WHERE b"), 5);
+        assert_eq!(count("SELECT count(*) FROM enc WHERE b"), 6);
     }
 
     #[pg_test]
