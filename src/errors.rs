@@ -74,6 +74,8 @@ pub enum AuditError {
     TooManyEvents(i64),
     #[error("the audited changes to store at once take {0} bytes, more than a bytea value can hold (1 GB)")]
     PayloadTooLarge(usize),
+    #[error("out of memory: audit_log could not allocate {0} bytes for the transaction's audited changes")]
+    OutOfMemory(usize),
     #[error("the head of audit chain {chain} (link seq {seq}) is damaged: its link_hash is not a 32-byte hash; refusing to extend the chain")]
     ChainDamaged { chain: i32, seq: i64 },
     #[error("no column is redacted in this database yet, so there is no redaction salt")]
@@ -129,6 +131,7 @@ impl AuditError {
             AuditError::TooManyEvents(_) | AuditError::PayloadTooLarge(_) => {
                 ERRCODE_PROGRAM_LIMIT_EXCEEDED
             }
+            AuditError::OutOfMemory(_) => ERRCODE_OUT_OF_MEMORY,
             AuditError::ChainDamaged { .. } => ERRCODE_DATA_CORRUPTED,
             AuditError::NotTrigger => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             AuditError::NoSalt => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -233,7 +233,11 @@ pub unsafe fn encode(
                         return None;
                     }
                     let v = detoasted(d);
-                    put_scalar(&mut out, tag::STRING, pgrx::varlena_to_byte_slice(v));
+                    let bytes = pgrx::varlena_to_byte_slice(v);
+                    // A large value where memory is short takes to_jsonb,
+                    // whose allocations fail as an ERROR, not an abort.
+                    out.try_reserve(5 + bytes.len()).ok()?;
+                    put_scalar(&mut out, tag::STRING, bytes);
                 }
                 Kind::Uuid => {
                     // SAFETY: a uuid is 16 bytes passed by reference.

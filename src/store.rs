@@ -115,8 +115,12 @@ impl Bytea {
         at
     }
 
-    pub fn reserve(&mut self, n: usize) {
-        self.0.reserve(n);
+    /// Room for `n` more bytes, or an ERROR (not an abort) when memory is
+    /// short: a transaction's payload is the largest allocation of capture.
+    pub fn try_reserve(&mut self, n: usize) -> Result<(), AuditError> {
+        self.0
+            .try_reserve(n)
+            .map_err(|_| AuditError::OutOfMemory(self.0.len().saturating_add(n)))
     }
 
     /// Cut the value to its first `len` bytes.

@@ -119,7 +119,7 @@ pub fn append(
         let tx_seq = s.head.count + 1;
         let (event, size, row_key) = build(s.tx_id, id, tx_seq, first);
         // Encoded straight into the payload, after its length.
-        s.payload.reserve(4 + size);
+        s.payload.try_reserve(4 + size)?;
         let at = s.payload.append(|buf| {
             let len_at = buf.len();
             buf.extend_from_slice(&[0; 4]);
