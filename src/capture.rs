@@ -334,31 +334,7 @@ pub fn record(
             prev_hash: ZERO_HASH,
             hash: ZERO_HASH,
         };
-        // Its encoding's size, to allocate once: the fixed fields and tags
-        // take less than 80 bytes.
-        let size = 80
-            + [
-                &event.session_user_name,
-                &event.current_user_name,
-                &event.table_schema,
-                &event.table_name,
-                &event.op,
-            ]
-            .iter()
-            .map(|t| 4 + t.len())
-            .sum::<usize>()
-            + [&event.application_name, &event.client_addr]
-                .iter()
-                .map(|t| t.as_ref().map_or(0, |t| 4 + t.len()))
-                .sum::<usize>()
-            + [&event.context, &event.old_row, &event.new_row]
-                .iter()
-                .map(|j| match j {
-                    Some(EventJson::Encoded(b)) => b.len(),
-                    _ => 64,
-                })
-                .sum::<usize>();
-        (event, size, row_key)
+        (event, row_key)
     })
 }
 

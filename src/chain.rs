@@ -207,6 +207,17 @@ fn prepared_transactions_allowed() -> bool {
     text != b"0"
 }
 
+/// link_prepared at an audited commit: it skips the check once its backend
+/// found nothing to link on a server where nothing can be prepared (a
+/// restore that loads rows into the table is linked by checkpoint(), which
+/// always checks, and by every new session).
+pub fn link_prepared_at_commit(oids: &Oids) -> Result<(), AuditError> {
+    if NOTHING_TO_LINK.with(|n| n.get() == Some(oids.prepared)) {
+        return Ok(());
+    }
+    link_prepared(oids)
+}
+
 /// "aulg" 0xA3: one linker of prepared transactions at a time.
 const PREPARED_FIELD4: u16 = 0xA3;
 
@@ -250,21 +261,6 @@ fn sealed(oids: &Oids) -> Result<Vec<Sealed>, AuditError> {
 /// (before its own link) and by checkpoint(): a prepared transaction never
 /// holds a chain, and ROLLBACK PREPARED leaves nothing to link.
 pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
-    link_prepared_if(oids, false)
-}
-
-/// link_prepared at an audited commit: it skips the check once its backend
-/// found nothing to link on a server where nothing can be prepared (a
-/// restore that loads rows into the table is linked by checkpoint(), which
-/// always checks, and by every new session).
-pub fn link_prepared_at_commit(oids: &Oids) -> Result<(), AuditError> {
-    link_prepared_if(oids, true)
-}
-
-fn link_prepared_if(oids: &Oids, at_commit: bool) -> Result<(), AuditError> {
-    if at_commit && NOTHING_TO_LINK.with(|n| n.get() == Some(oids.prepared)) {
-        return Ok(());
-    }
     // SAFETY: the table's size, through the relation cache; an empty table
     // (nothing was ever prepared) costs one lseek.
     let empty = unsafe {

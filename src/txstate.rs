@@ -86,10 +86,10 @@ fn current_subid() -> pg_sys::SubTransactionId {
 
 /// Append one event to the transaction's chain. `build` receives the
 /// transaction's id, the event's id, its position and the id of the
-/// transaction's first event, and returns the event, an estimate of its
-/// encoding's size, and its row key for history().
+/// transaction's first event, and returns the event and its row key for
+/// history().
 pub fn append(
-    build: impl FnOnce(u64, i64, i64, i64) -> (Event, usize, Option<i64>),
+    build: impl FnOnce(u64, i64, i64, i64) -> (Event, Option<i64>),
 ) -> Result<i64, AuditError> {
     let fresh = if STATE.with_borrow(Option::is_none) {
         Some(TxState::new()?)
@@ -117,15 +117,12 @@ pub fn append(
             s.head.first_event
         };
         let tx_seq = s.head.count + 1;
-        let (event, size, row_key) = build(s.tx_id, id, tx_seq, first);
+        let (event, row_key) = build(s.tx_id, id, tx_seq, first);
         // Encoded straight into the payload, after its length.
-        s.payload.try_reserve(4 + size)?;
+        s.payload
+            .try_reserve(4 + audit_log_core::encoding::event_size_hint(&event))?;
         let at = s.payload.append(|buf| {
-            let len_at = buf.len();
-            buf.extend_from_slice(&[0; 4]);
-            audit_log_core::encoding::encode_event(&event, buf);
-            let len = (buf.len() - len_at - 4) as u32;
-            buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+            audit_log_core::record::encode_event_into(buf, &event);
         });
         s.head.hash = audit_log_core::hash::event_hash_from_encoding(
             &s.head.hash,

@@ -146,6 +146,34 @@ pub fn encode_event(e: &Event, buf: &mut Vec<u8>) {
     put_opt_json(buf, e.new_row.as_ref());
 }
 
+/// About how many bytes [`encode_event`] writes for `e`: exact for every
+/// field but a JSON value not yet encoded (a configuration event's
+/// details), counted as 64. For reserving room once, before encoding.
+pub fn event_size_hint(e: &Event) -> usize {
+    let json = |j: &Option<Json>| match j {
+        None => 1,
+        Some(Json::Encoded(b)) => 1 + b.len(),
+        Some(Json::Value(_)) => 64,
+    };
+    let opt_text = |t: &Option<String>| t.as_ref().map_or(1, |t| 5 + t.len());
+    5 * 8
+        + [
+            &e.session_user_name,
+            &e.current_user_name,
+            &e.table_schema,
+            &e.table_name,
+            &e.op,
+        ]
+        .iter()
+        .map(|t| 4 + t.len())
+        .sum::<usize>()
+        + opt_text(&e.application_name)
+        + opt_text(&e.client_addr)
+        + json(&e.context)
+        + json(&e.old_row)
+        + json(&e.new_row)
+}
+
 /// The canonical encoding of a link: every field but `prev_link_hash` and `link_hash`.
 pub fn encode_link(l: &Link, buf: &mut Vec<u8>) {
     put_i64(buf, i64::from(l.chain_id));

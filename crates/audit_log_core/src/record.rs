@@ -27,6 +27,17 @@ pub fn put_event(payload: &mut Vec<u8>, canonical: &[u8]) {
     payload.extend_from_slice(canonical);
 }
 
+/// Encode `e` at the end of a payload, after its length, without a buffer
+/// of its own; returns where its canonical encoding starts in `payload`.
+pub fn encode_event_into(payload: &mut Vec<u8>, e: &Event) -> usize {
+    let len_at = payload.len();
+    payload.extend_from_slice(&[0; 4]);
+    crate::encoding::encode_event(e, payload);
+    let len = payload.len() - len_at - 4;
+    payload[len_at..len_at + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    len_at + 4
+}
+
 /// The canonical encodings of a payload's events, in order.
 pub fn events(payload: &[u8]) -> impl Iterator<Item = Result<&[u8], Malformed>> {
     let mut pos = 0usize;
@@ -803,6 +814,7 @@ pub fn verify_records<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::encoding::encode_event;
 
     fn event(id: i64, tx_seq: i64) -> Event {
@@ -828,6 +840,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_event_encoded_in_place_is_framed_as_put_event_frames_it() {
+        let mut e = event(12, 3);
+        // The rows as capture hands them: already encoded.
+        let mut row = Vec::new();
+        crate::encoding::encode_json(&serde_json::json!({"id": 12, "v": "x"}), &mut row);
+        e.new_row = Some(Json::Encoded(row.clone()));
+        e.old_row = Some(Json::Encoded(row));
+        e.application_name = Some("psql".into());
+        let mut canonical = Vec::new();
+        crate::encoding::encode_event(&e, &mut canonical);
+        let mut want = b"prefix".to_vec();
+        put_event(&mut want, &canonical);
+        let mut got = b"prefix".to_vec();
+        let at = encode_event_into(&mut got, &e);
+        assert_eq!(got, want);
+        assert_eq!(&got[at..], &canonical[..]);
+        // The size hint is exact for an event whose JSON is encoded.
+        assert_eq!(crate::encoding::event_size_hint(&e), canonical.len());
+    }
     /// A record of `n` events with ids 100·seq + 10, + 12, + 14, … and its payload.
     fn record(chain: i32, seq: i64, prev: Hash, n: i64) -> (Record, Vec<u8>) {
         let base = 1000 * i64::from(chain) + 100 * seq + 10;
