@@ -437,12 +437,12 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         // A row of common column types is encoded from its datums (rowenc),
         // unless it is to be redacted or keyed for history(): those work on
         // the jsonb.
-        let direct = !opts.history && opts.redact_columns.is_empty();
+        let plan = (!opts.history && opts.redact_columns.is_empty())
+            .then(|| rowenc::Plan::new(desc, &opts.exclude_columns))
+            .flatten();
         let row = |t: pg_sys::HeapTuple| -> Result<Json, AuditError> {
-            if direct {
-                if let Some(encoded) = rowenc::encode(t, desc, &opts.exclude_columns) {
-                    return Ok(Json { raw: None, encoded });
-                }
+            if let Some(encoded) = plan.as_ref().and_then(|p| p.encode(t)) {
+                return Ok(Json { raw: None, encoded });
             }
             // Options work on the datums with PostgreSQL's own jsonb
             // functions, which never walk nested values, so any depth is fine.

@@ -149,128 +149,147 @@ unsafe fn detoasted(d: pg_sys::Datum) -> *const pg_sys::varlena {
     }
 }
 
-/// The canonical encoding of `to_jsonb(tuple)` without the columns named in
-/// `exclude` (as `jsonb_delete` leaves it), or None if a column needs
-/// to_jsonb itself.
+/// How to write `to_jsonb(tuple)` without the columns named in `exclude`
+/// (as `jsonb_delete` leaves it) for rows of one descriptor: made once per
+/// row change, it encodes both of an UPDATE's rows.
 ///
-/// It is written straight into one buffer, members in byte order of their
+/// A row is written straight into one buffer, members in byte order of their
 /// names (the order jsonb keeps): no intermediate value, no allocation per
 /// column.
 ///
 /// No output setting of the session changes it: to_jsonb's rendering of
 /// these types depends only on TimeZone, for timestamptz, which is set to
 /// UTC here (what `capture::with_canonical_output` gives to_jsonb).
-///
-/// # Safety
-/// `tuple` is a heap tuple of `desc`.
-pub unsafe fn encode(
-    tuple: pg_sys::HeapTuple,
+pub struct Plan<'a> {
     desc: pg_sys::TupleDesc,
-    exclude: &[String],
-) -> Option<Vec<u8>> {
-    // SAFETY: by the caller's contract, tuple and desc go together; every
-    // datum read is of the type its attribute says.
-    unsafe {
-        let attrs = crate::pgcompat::attrs(desc);
-        // The members: (name, attribute index, kind, type). A relation's column
-        // names are unique, so the order is total.
+    /// (name, attribute index, kind, type), in byte order of the names. A
+    /// relation's column names are unique, so the order is total.
+    members: Vec<(&'a [u8], usize, Kind, pg_sys::Oid)>,
+}
+
+impl<'a> Plan<'a> {
+    /// The plan for rows of `desc` without the columns named in `exclude`,
+    /// or None if a column is of a type that needs to_jsonb.
+    ///
+    /// # Safety
+    /// `desc` is a valid tuple descriptor that outlives the plan.
+    pub unsafe fn new(desc: pg_sys::TupleDesc, exclude: &[String]) -> Option<Plan<'a>> {
+        // SAFETY: by the caller's contract.
+        let attrs = unsafe { crate::pgcompat::attrs(desc) };
         let mut members = Vec::with_capacity(attrs.len());
         for (i, a) in attrs.iter().enumerate() {
             if a.attisdropped {
                 continue;
             }
             let k = kind(a.atttypid)?;
-            let name = CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
+            // SAFETY: attname is a NUL-terminated NameData of the descriptor.
+            let name = unsafe { CStr::from_ptr(a.attname.data.as_ptr()) }.to_bytes();
             if exclude.iter().any(|c| c.as_bytes() == name) {
                 continue;
             }
             members.push((name, i, k, a.atttypid));
         }
         members.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut values = vec![pg_sys::Datum::from(0); attrs.len()];
-        let mut nulls = vec![false; attrs.len()];
-        pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        let mut out = Vec::with_capacity(64 + members.len() * 40);
-        out.push(tag::OBJECT);
-        put_len(&mut out, members.len());
-        let mut size = 0usize;
-        let mut digits = [0u8; 20];
-        for &(name, i, k, typid) in &members {
-            put_len(&mut out, name.len());
-            out.extend_from_slice(name);
-            size += name.len();
-            if nulls[i] {
-                out.push(tag::NULL);
-                continue;
+        Some(Plan { desc, members })
+    }
+
+    /// The canonical encoding of `to_jsonb(tuple)` without the excluded
+    /// columns, or None if a value needs to_jsonb (NaN, a row too large).
+    ///
+    /// # Safety
+    /// `tuple` is a heap tuple of the plan's descriptor.
+    pub unsafe fn encode(&self, tuple: pg_sys::HeapTuple) -> Option<Vec<u8>> {
+        // SAFETY: by the caller's contract, tuple and desc go together; every
+        // datum read is of the type its attribute says.
+        unsafe {
+            let (desc, members) = (self.desc, &self.members);
+            let natts = usize::try_from((*desc).natts).unwrap_or(0);
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut nulls = vec![false; natts];
+            pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let mut out = Vec::with_capacity(64 + members.len() * 40);
+            out.push(tag::OBJECT);
+            put_len(&mut out, members.len());
+            let mut size = 0usize;
+            let mut digits = [0u8; 20];
+            for &(name, i, k, typid) in members {
+                put_len(&mut out, name.len());
+                out.extend_from_slice(name);
+                size += name.len();
+                if nulls[i] {
+                    out.push(tag::NULL);
+                    continue;
+                }
+                let d = values[i];
+                match k {
+                    Kind::Bool => out.push(if d.value() != 0 {
+                        tag::TRUE
+                    } else {
+                        tag::FALSE
+                    }),
+                    Kind::Int2 => put_scalar(
+                        &mut out,
+                        tag::NUMBER,
+                        int_text(i64::from(d.value() as i16), &mut digits),
+                    ),
+                    Kind::Int4 => put_scalar(
+                        &mut out,
+                        tag::NUMBER,
+                        int_text(i64::from(d.value() as i32), &mut digits),
+                    ),
+                    Kind::Int8 => put_scalar(
+                        &mut out,
+                        tag::NUMBER,
+                        int_text(d.value() as i64, &mut digits),
+                    ),
+                    Kind::Text => {
+                        // Sized before it is detoasted: a value too large for
+                        // this path is never read twice.
+                        size += raw_size(d);
+                        if size > MAX_DIRECT_BYTES {
+                            return None;
+                        }
+                        let v = detoasted(d);
+                        let bytes = pgrx::varlena_to_byte_slice(v);
+                        // A large value where memory is short takes to_jsonb,
+                        // whose allocations fail as an ERROR, not an abort.
+                        out.try_reserve(5 + bytes.len()).ok()?;
+                        put_scalar(&mut out, tag::STRING, bytes);
+                    }
+                    Kind::Uuid => {
+                        // SAFETY: a uuid is 16 bytes passed by reference.
+                        let b = std::slice::from_raw_parts(d.cast_mut_ptr::<u8>().cast_const(), 16);
+                        put_scalar(&mut out, tag::STRING, &uuid_text(b));
+                    }
+                    Kind::Numeric => {
+                        let v = detoasted(d);
+                        let bytes =
+                            std::slice::from_raw_parts(v.cast::<u8>(), varlena::varsize_any(v));
+                        let text = audit_log_core::jsonb::numeric_text(bytes).ok()?;
+                        // NaN and the infinities are strings in to_jsonb.
+                        if !text.as_bytes().last().is_some_and(u8::is_ascii_digit) {
+                            return None;
+                        }
+                        size += text.len();
+                        if size > MAX_DIRECT_BYTES {
+                            return None;
+                        }
+                        put_scalar(&mut out, tag::NUMBER, text.as_bytes());
+                    }
+                    Kind::DateTime => {
+                        // Written into our buffer: nothing to palloc or free.
+                        // A timestamptz is rendered at offset 0 (UTC) whatever
+                        // the session's TimeZone; a date or timestamp has no
+                        // zone. JsonEncodeDateTime's style is fixed (ISO 8601),
+                        // so no setting of the session enters the text.
+                        let mut buf = [0 as std::ffi::c_char; pg_sys::MAXDATELEN as usize + 1];
+                        let utc: std::ffi::c_int = 0;
+                        let s = pg_sys::JsonEncodeDateTime(buf.as_mut_ptr(), d, typid, &utc);
+                        put_scalar(&mut out, tag::STRING, CStr::from_ptr(s).to_bytes());
+                    }
+                }
             }
-            let d = values[i];
-            match k {
-                Kind::Bool => out.push(if d.value() != 0 {
-                    tag::TRUE
-                } else {
-                    tag::FALSE
-                }),
-                Kind::Int2 => put_scalar(
-                    &mut out,
-                    tag::NUMBER,
-                    int_text(i64::from(d.value() as i16), &mut digits),
-                ),
-                Kind::Int4 => put_scalar(
-                    &mut out,
-                    tag::NUMBER,
-                    int_text(i64::from(d.value() as i32), &mut digits),
-                ),
-                Kind::Int8 => put_scalar(
-                    &mut out,
-                    tag::NUMBER,
-                    int_text(d.value() as i64, &mut digits),
-                ),
-                Kind::Text => {
-                    // Sized before it is detoasted: a value too large for
-                    // this path is never read twice.
-                    size += raw_size(d);
-                    if size > MAX_DIRECT_BYTES {
-                        return None;
-                    }
-                    let v = detoasted(d);
-                    let bytes = pgrx::varlena_to_byte_slice(v);
-                    // A large value where memory is short takes to_jsonb,
-                    // whose allocations fail as an ERROR, not an abort.
-                    out.try_reserve(5 + bytes.len()).ok()?;
-                    put_scalar(&mut out, tag::STRING, bytes);
-                }
-                Kind::Uuid => {
-                    // SAFETY: a uuid is 16 bytes passed by reference.
-                    let b = std::slice::from_raw_parts(d.cast_mut_ptr::<u8>().cast_const(), 16);
-                    put_scalar(&mut out, tag::STRING, &uuid_text(b));
-                }
-                Kind::Numeric => {
-                    let v = detoasted(d);
-                    let bytes = std::slice::from_raw_parts(v.cast::<u8>(), varlena::varsize_any(v));
-                    let text = audit_log_core::jsonb::numeric_text(bytes).ok()?;
-                    // NaN and the infinities are strings in to_jsonb.
-                    if !text.as_bytes().last().is_some_and(u8::is_ascii_digit) {
-                        return None;
-                    }
-                    size += text.len();
-                    if size > MAX_DIRECT_BYTES {
-                        return None;
-                    }
-                    put_scalar(&mut out, tag::NUMBER, text.as_bytes());
-                }
-                Kind::DateTime => {
-                    // Written into our buffer: nothing to palloc or free.
-                    // A timestamptz is rendered at offset 0 (UTC) whatever
-                    // the session's TimeZone; a date or timestamp has no
-                    // zone. JsonEncodeDateTime's style is fixed (ISO 8601),
-                    // so no setting of the session enters the text.
-                    let mut buf = [0 as std::ffi::c_char; pg_sys::MAXDATELEN as usize + 1];
-                    let utc: std::ffi::c_int = 0;
-                    let s = pg_sys::JsonEncodeDateTime(buf.as_mut_ptr(), d, typid, &utc);
-                    put_scalar(&mut out, tag::STRING, CStr::from_ptr(s).to_bytes());
-                }
-            }
+            Some(out)
         }
-        Some(out)
     }
 }

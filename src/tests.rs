@@ -101,7 +101,7 @@ mod tests {
                 let via_jsonb = crate::capture::json_from_datum(d, false).encoded;
                 // As capture calls it: in the session's own output settings,
                 // which rowenc does not depend on.
-                let straight = crate::rowenc::encode(t, desc, &exclude);
+                let straight = crate::rowenc::Plan::new(desc, &exclude).and_then(|p| p.encode(t));
                 if let Some(e) = straight {
                     direct += 1;
                     if e != via_jsonb {
