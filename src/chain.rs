@@ -293,16 +293,6 @@ pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
     // SAFETY: a transaction-level lock, released at the end of commit.
     unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, false) };
     for mut s in sealed(oids)? {
-        let parts = if s.segments != 0 {
-            // SAFETY: a snapshot registered for the read and released after it.
-            let snapshot = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) };
-            let parts = crate::store::read_segments(oids, snapshot, s.first_event);
-            // SAFETY: registered above.
-            unsafe { pg_sys::UnregisterSnapshot(snapshot) };
-            parts?
-        } else {
-            Vec::new()
-        };
         let head = Head {
             hash: ZERO_HASH,
             count: s.event_count,
@@ -310,11 +300,19 @@ pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
             last_event: s.last_event,
         };
         let probe = record(s.tx_id, &head, 0, 0);
-        let d = audit_log_core::record::digest(
-            &probe,
-            parts.iter().map(Vec::as_slice),
-            s.payload.bytes(),
-        );
+        let d = if s.segments != 0 {
+            // SAFETY: a snapshot registered for the read and released after
+            // it; the segments' scan ends inside digest_streamed.
+            let snapshot = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) };
+            let d = crate::store::segments(oids, snapshot, s.first_event).and_then(|parts| {
+                audit_log_core::record::digest_streamed(&probe, parts, s.payload.bytes())
+            });
+            // SAFETY: registered above.
+            unsafe { pg_sys::UnregisterSnapshot(snapshot) };
+            d?
+        } else {
+            audit_log_core::record::digest(&probe, [], s.payload.bytes())
+        };
         link(
             s.tx_id,
             oids,

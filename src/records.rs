@@ -12,9 +12,9 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::catalog;
-use crate::errors::AuditError;
+use crate::errors::{AuditError, OrRaise};
 use crate::scan::{Ordered, Row, SnapshotGuard};
-use crate::store::{read_segments, records};
+use crate::store::{read_or_stream, records, segment_after, Spilled};
 use pgrx::pg_sys::panic::ErrorReport;
 
 /// A stored hash, or one no record hashes to if it is not 32 bytes.
@@ -144,14 +144,22 @@ pub fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
     let snap = snapshot.0;
     // In the order records lie on disk: verify_records puts each chain in
     // order, holding back the few that come before their predecessor.
-    let records = Ordered::sequential(oids.records, snap, read_row)?.map(move |r| {
-        let mut read = r?;
-        if let Read::Raw(raw) = &mut read {
-            if raw.segments != 0 {
-                raw.parts = read_segments(&oids, snap, raw.record.first_event)?;
-            }
+    let records = Ordered::sequential(oids.records, snap, read_row)?.map(move |r| match r? {
+        Read::Raw(mut raw) if raw.segments != 0 => {
+            let (record, payload) = (&raw.record, &raw.payload);
+            let first = record.first_event;
+            let read = read_or_stream(&oids, snap, first, payload.len(), |all| {
+                record::digest_streamed(record, all, payload)
+            })?;
+            Ok(match read {
+                Spilled::Whole(parts) => {
+                    raw.parts = parts;
+                    Read::Raw(raw)
+                }
+                Spilled::Streamed(d) => Read::Done(raw.record, d),
+            })
         }
-        Ok::<_, AuditError>(read)
+        read => Ok::<_, AuditError>(read),
     });
     // Chains that purge() shortened start from their anchors, each of which
     // a PURGE event in the log must record.
@@ -177,15 +185,54 @@ pub fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
     })
 }
 
-/// The segments of one transaction, for the views (a superuser's edit of
-/// `segments` to a bad value reads as no segments, which verify() reports).
-fn transaction_parts(first_event: i64, segments: i32) -> Result<Vec<Vec<u8>>, AuditError> {
-    if segments == 0 {
-        return Ok(Vec::new());
+/// The events of one transaction for the `events` view, decoded one row at
+/// a time: its segments are read one at a time, each when the one before is
+/// used up, so that no transaction, however large, is held whole.
+struct TxEvents {
+    cursor: record::Cursor<Vec<u8>>,
+    first_event: i64,
+    /// The part of the segment read last.
+    part: Option<i32>,
+    prev: Hash,
+    rows: usize,
+    stopped: bool,
+}
+
+impl TxEvents {
+    fn next_event(&mut self) -> Result<Option<audit_log_core::model::Event>, AuditError> {
+        if self.stopped {
+            return Ok(None);
+        }
+        if self.cursor.wants_segment() {
+            let oids = catalog::lookup()?;
+            let snapshot = SnapshotGuard::active();
+            let next = segment_after(&oids, snapshot.0, self.first_event, self.part)?;
+            self.part = next.as_ref().map(|(part, _)| *part);
+            self.cursor.give_segment(next.map(|(_, bytes)| bytes));
+        }
+        let ev = match self.cursor.next() {
+            None => None,
+            Some(e) => match e.and_then(|e| record::decode_event(e, self.first_event, self.prev)) {
+                Ok(ev) => Some(ev),
+                Err(_) => {
+                    pgrx::warning!(
+                        "audit_log: the record of event {} is unreadable past event {}",
+                        self.first_event,
+                        self.rows
+                    );
+                    None
+                }
+            },
+        };
+        match &ev {
+            Some(ev) => {
+                self.prev = ev.hash;
+                self.rows += 1;
+            }
+            None => self.stopped = true,
+        }
+        Ok(ev)
     }
-    let oids = catalog::lookup()?;
-    let snapshot = SnapshotGuard::active();
-    read_segments(&oids, snapshot.0, first_event)
 }
 
 fn ts(micros: i64) -> TimestampWithTimeZone {
@@ -266,39 +313,37 @@ fn record_events(
     >,
     ErrorReport,
 > {
-    {
-        let parts = transaction_parts(first_event, segments)?;
-        let mut rows = Vec::new();
-        for ev in record::decoded(parts.iter().map(Vec::as_slice), payload, first_event) {
-            let Ok(ev) = ev else {
-                pgrx::warning!(
-                    "audit_log: the record of event {first_event} is unreadable past event {}",
-                    rows.len()
-                );
-                break;
-            };
-            rows.push((
-                ev.id,
-                ev.tx_id as i64,
-                i32::try_from(ev.tx_seq).unwrap_or(i32::MAX),
-                ts(ev.recorded_at),
-                ts(ev.statement_at),
-                ev.session_user_name,
-                ev.current_user_name,
-                ev.application_name,
-                ev.client_addr,
-                json_bytes(ev.context),
-                ev.table_schema,
-                ev.table_name,
-                ev.op,
-                json_bytes(ev.old_row),
-                json_bytes(ev.new_row),
-                ev.prev_hash.to_vec(),
-                ev.hash.to_vec(),
-            ));
-        }
-        Ok(TableIterator::new(rows))
-    }
+    let mut events = TxEvents {
+        cursor: record::Cursor::new(payload.to_vec(), segments != 0),
+        first_event,
+        part: None,
+        prev: ZERO_HASH,
+        rows: 0,
+        stopped: false,
+    };
+    let rows = std::iter::from_fn(move || {
+        let ev = events.next_event().or_raise()?;
+        Some((
+            ev.id,
+            ev.tx_id as i64,
+            i32::try_from(ev.tx_seq).unwrap_or(i32::MAX),
+            ts(ev.recorded_at),
+            ts(ev.statement_at),
+            ev.session_user_name,
+            ev.current_user_name,
+            ev.application_name,
+            ev.client_addr,
+            json_bytes(ev.context),
+            ev.table_schema,
+            ev.table_name,
+            ev.op,
+            json_bytes(ev.old_row),
+            json_bytes(ev.new_row),
+            ev.prev_hash.to_vec(),
+            ev.hash.to_vec(),
+        ))
+    });
+    Ok(TableIterator::new(rows))
 }
 
 /// The hash of a record's last event: the `last_event_hash` of format v1's
@@ -316,11 +361,18 @@ fn record_last_hash(
     segments: i32,
     payload: &[u8],
 ) -> Result<Vec<u8>, ErrorReport> {
-    let parts = transaction_parts(first_event, segments)?;
+    let oids = catalog::lookup()?;
+    let snapshot = SnapshotGuard::active();
     let mut h = ZERO_HASH;
-    let all: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    for e in record::merged(all, payload).flatten() {
-        h = audit_log_core::hash::event_hash_from_encoding(&h, e);
-    }
+    let parts = (segments != 0)
+        .then(|| crate::store::segments(&oids, snapshot.0, first_event))
+        .transpose()?;
+    // An unreadable part is passed over, as the view's rows stop at it.
+    record::for_each_merged(parts.into_iter().flatten(), payload, |e| {
+        if let Ok(e) = e {
+            h = audit_log_core::hash::event_hash_from_encoding(&h, e);
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
     Ok(h.to_vec())
 }

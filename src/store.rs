@@ -41,6 +41,7 @@ pub mod records {
 pub mod segments {
     pub const COLUMNS: [&str; 3] = ["first_event", "part", "payload"];
     pub const FIRST_EVENT: usize = 0;
+    pub const PART: usize = 1;
     pub const PAYLOAD: usize = 2;
 }
 
@@ -330,12 +331,13 @@ fn segment_row(r: &crate::scan::Row) -> Option<Vec<u8>> {
     r.slice(segments::PAYLOAD).map(<[u8]>::to_vec)
 }
 
-/// The payloads of a transaction's segments, in order.
-pub fn read_segments(
+/// The payloads of a transaction's segments, in order, each read from the
+/// table only when the one before has been taken.
+pub fn segments(
     oids: &Oids,
     snapshot: pg_sys::Snapshot,
     first_event: i64,
-) -> Result<Vec<Vec<u8>>, AuditError> {
+) -> Result<crate::scan::Ordered<Vec<u8>>, AuditError> {
     crate::scan::Ordered::open_where(
         oids.segments,
         oids.segments_pkey,
@@ -346,8 +348,81 @@ pub fn read_segments(
             pg_sys::Datum::from(first_event),
         )],
         segment_row,
+    )
+}
+
+/// The first segment of the transaction `first_event` after `after` (its
+/// part), with its part: for a reader that takes them one at a time over
+/// several calls, without a scan kept open between them.
+pub fn segment_after(
+    oids: &Oids,
+    snapshot: pg_sys::Snapshot,
+    first_event: i64,
+    after: Option<i32>,
+) -> Result<Option<(i32, Vec<u8>)>, AuditError> {
+    let mut keys = vec![(
+        segments::FIRST_EVENT as i16 + 1,
+        pg_sys::BTEqualStrategyNumber,
+        pg_sys::F_INT8EQ,
+        pg_sys::Datum::from(first_event),
+    )];
+    if let Some(part) = after {
+        keys.push((
+            segments::PART as i16 + 1,
+            pg_sys::BTGreaterStrategyNumber,
+            pg_sys::F_INT4GT,
+            pg_sys::Datum::from(part),
+        ));
+    }
+    let row = |r: &crate::scan::Row| Some((r.i32(segments::PART)?, segment_row(r)?));
+    crate::scan::Ordered::open_keys(
+        oids.segments,
+        oids.segments_pkey,
+        snapshot,
+        crate::scan::scan_keys(&keys),
+        row,
     )?
-    .collect()
+    .next()
+    .transpose()
+}
+
+/// How many bytes of a transaction's events (its payload and segments)
+/// readers hold at once to hand them to a worker thread. A transaction
+/// larger than that is hashed by the session as its segments are read, one
+/// at a time, so that no transaction, however large its writer made it,
+/// makes verify(), the tree or a view hold it whole.
+pub const TX_BYTES_HELD: usize = 64 << 20;
+
+/// A transaction's segments: read whole, or past [`TX_BYTES_HELD`] what
+/// `stream` made of all of them, read one at a time.
+pub enum Spilled<S> {
+    Whole(Vec<Vec<u8>>),
+    Streamed(S),
+}
+
+/// Read the segments of the transaction `first_event` whole if they and
+/// its payload (`payload_len` bytes) fit in [`TX_BYTES_HELD`]; otherwise hand
+/// them all, those already read first, to `stream`.
+pub fn read_or_stream<S>(
+    oids: &Oids,
+    snapshot: pg_sys::Snapshot,
+    first_event: i64,
+    payload_len: usize,
+    stream: impl FnOnce(&mut dyn Iterator<Item = Result<Vec<u8>, AuditError>>) -> Result<S, AuditError>,
+) -> Result<Spilled<S>, AuditError> {
+    let mut rest = segments(oids, snapshot, first_event)?;
+    let mut held = Vec::new();
+    let mut bytes = payload_len;
+    while let Some(part) = rest.next() {
+        let part = part?;
+        bytes = bytes.saturating_add(part.len());
+        held.push(part);
+        if bytes > TX_BYTES_HELD {
+            let mut all = held.into_iter().map(Ok).chain(rest);
+            return Ok(Spilled::Streamed(stream(&mut all)?));
+        }
+    }
+    Ok(Spilled::Whole(held))
 }
 
 /// Delete, without firing triggers, every row of `relid` visible to the

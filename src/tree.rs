@@ -7,12 +7,15 @@
 
 use std::collections::HashMap;
 
+use std::ops::ControlFlow;
+
 use audit_log_core::merkle::{self, consistency_path, inclusion_path, tree_root};
 use audit_log_core::model::Checkpoint;
 use audit_log_core::record::Record;
 use audit_log_core::tree::{
-    self as core_tree, event_hashes, events_root, record_leaf, ChainConsistency, Consistency,
-    HeadLeaf, ProvenRecord, TileSource, Tiled, CONSISTENCY_FORMAT, TILE_WIDTH,
+    self as core_tree, event_hashes, events_root, record_leaf, summary, ChainConsistency,
+    Consistency, EventsSummary, HeadLeaf, ProvenRecord, TileSource, Tiled, CONSISTENCY_FORMAT,
+    TILE_WIDTH,
 };
 use audit_log_core::{Hash, TreeHead, ZERO_HASH};
 use pgrx::prelude::*;
@@ -22,7 +25,7 @@ use crate::catalog::{self, Oids};
 use crate::errors::AuditError;
 use crate::records::hash_of;
 use crate::scan::{scan_keys, select_at, Arg, Ordered, Row, SnapshotGuard, Val};
-use crate::store::{read_segments, records};
+use crate::store::{read_or_stream, records, Spilled};
 use pgrx::pg_sys::panic::ErrorReport;
 
 /// A record as integration reads it: its columns, and its payload (a copy,
@@ -34,9 +37,10 @@ struct LeafRow {
     /// The payload, for a worker; empty when the session hashed it in place.
     payload: Vec<u8>,
     parts: Vec<Vec<u8>>,
-    /// (count, last event hash, events root), hashed in place; or the
-    /// payload could not be read (an empty list).
-    hashed: Option<(usize, Hash, Hash)>,
+    /// What the leaf needs of its events when the session hashed them: in
+    /// place (a small payload that could not be read counts as no events),
+    /// or one segment at a time (a transaction past TX_BYTES_HELD).
+    hashed: Option<Result<EventsSummary, &'static str>>,
     prev: Hash,
 }
 
@@ -45,19 +49,11 @@ struct LeafRow {
 /// rule too).
 const HASH_IN_PLACE: usize = 4096;
 
-fn digest_of(hashes: &[Hash]) -> (usize, Hash, Hash) {
-    (
-        hashes.len(),
-        hashes.last().copied().unwrap_or(ZERO_HASH),
-        events_root(hashes),
-    )
-}
-
 fn leaf_row(r: &Row) -> Option<LeafRow> {
     let segments = r.i32(records::SEGMENTS).unwrap_or(0);
     let payload = r.slice(records::PAYLOAD).unwrap_or_default();
     let hashed = (segments == 0 && payload.len() <= HASH_IN_PLACE)
-        .then(|| digest_of(&event_hashes([], payload).unwrap_or_default()));
+        .then(|| Ok(summary(&event_hashes([], payload).unwrap_or_default())));
     Some(LeafRow {
         record: crate::records::record_columns(r),
         segments,
@@ -82,21 +78,35 @@ impl LeafRow {
 /// hash before it; otherwise what is wrong. Runs on worker threads.
 fn leaf_of(row: &LeafRow) -> Result<Hash, &'static str> {
     let digest = match row.hashed {
-        Some(d) => d,
+        Some(d) => d?,
         None => payload_digest(&row.parts, &row.payload)?,
     };
     checked_leaf(&row.record, &row.prev, digest)
 }
 
-/// (count, last event hash, events root) of a transaction's events.
+/// What a record's leaf needs of its transaction's events.
 pub(crate) fn payload_digest(
     parts: &[Vec<u8>],
     payload: &[u8],
-) -> Result<(usize, Hash, Hash), &'static str> {
-    Ok(digest_of(
+) -> Result<EventsSummary, &'static str> {
+    Ok(summary(
         &event_hashes(parts.iter().map(Vec::as_slice), payload)
             .map_err(|_| "its payload is unreadable")?,
     ))
+}
+
+/// A transaction's segments, for a worker to hash with its payload; or,
+/// past TX_BYTES_HELD, what its leaf needs of its events, hashed here one
+/// segment at a time.
+pub(crate) fn segments_or_summary(
+    oids: &Oids,
+    snap: pg_sys::Snapshot,
+    first_event: i64,
+    payload: &[u8],
+) -> Result<Spilled<Result<EventsSummary, &'static str>>, AuditError> {
+    read_or_stream(oids, snap, first_event, payload.len(), |all| {
+        Ok(core_tree::summary_streamed(all, payload)?.map_err(|_| "its payload is unreadable"))
+    })
 }
 
 /// The leaf of record `r`, whose events have `digest`, if its link
@@ -265,7 +275,18 @@ impl ChainTiles {
                             .ok_or_else(|| damaged(chain, r.seq, "its predecessor is missing"))?,
                     };
                     if row.segments != 0 {
-                        row.parts = read_segments(&self.oids, self.snap, r.first_event)?;
+                        match segments_or_summary(
+                            &self.oids,
+                            self.snap,
+                            r.first_event,
+                            &row.payload,
+                        )? {
+                            Spilled::Whole(parts) => row.parts = parts,
+                            Spilled::Streamed(d) => {
+                                row.hashed = Some(d);
+                                row.payload = Vec::new();
+                            }
+                        }
                     }
                     Ok(())
                 })();
@@ -801,12 +822,13 @@ fn candidates(snap: pg_sys::Snapshot, id: i64, lo: i64) -> Result<Vec<(i32, i64)
     )?))
 }
 
-/// A record read whole: its columns, its events' canonical encodings (its
-/// segments merged with its payload) and their hashes.
+/// A record read for a proof: its columns, its events' hashes (its segments
+/// merged with its payload, read one segment at a time), and the canonical
+/// encoding of the one event asked for, with its tx_seq, if it holds it.
 struct Whole {
     record: Record,
-    events: Vec<Vec<u8>>,
     hashes: Vec<Hash>,
+    event: Option<(i64, Vec<u8>)>,
 }
 
 fn read_whole(
@@ -814,6 +836,7 @@ fn read_whole(
     snap: pg_sys::Snapshot,
     chain: i32,
     seq: i64,
+    want: Option<i64>,
 ) -> Result<Option<Whole>, AuditError> {
     let mut rows = Ordered::open_keys(
         oids.records,
@@ -839,25 +862,32 @@ fn read_whole(
         return Ok(None);
     };
     drop(rows);
-    let parts = if segments != 0 {
-        read_segments(&oids, snap, record.first_event)?
-    } else {
-        Vec::new()
-    };
-    let all: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    let mut events = Vec::new();
-    for e in audit_log_core::record::merged(all.iter().copied(), &payload) {
-        events.push(
-            e.map_err(|_| damaged(chain, seq, "its payload is unreadable"))?
-                .to_vec(),
-        );
+    let parts = (segments != 0)
+        .then(|| crate::store::segments(&oids, snap, record.first_event))
+        .transpose()?;
+    let mut hashes = Vec::new();
+    let mut event = None;
+    let mut unreadable = false;
+    let mut prev = ZERO_HASH;
+    audit_log_core::record::for_each_merged(parts.into_iter().flatten(), &payload, |e| {
+        let Ok(e) = e else {
+            unreadable = true;
+            return ControlFlow::Break(());
+        };
+        prev = audit_log_core::hash::event_hash_from_encoding(&prev, e);
+        hashes.push(prev);
+        if want.is_some() && audit_log_core::record::header(e).is_ok_and(|h| Some(h.id) == want) {
+            event = Some((hashes.len() as i64, e.to_vec()));
+        }
+        ControlFlow::Continue(())
+    })?;
+    if unreadable {
+        return Err(damaged(chain, seq, "its payload is unreadable"));
     }
-    let hashes = event_hashes(all, &payload)
-        .map_err(|_| damaged(chain, seq, "its payload is unreadable"))?;
     Ok(Some(Whole {
         record,
-        events,
         hashes,
+        event,
     }))
 }
 
@@ -874,15 +904,11 @@ fn find_event(
             if !seen.insert((chain, seq)) {
                 continue;
             }
-            let Some(w) = read_whole(oids, snap, chain, seq)? else {
+            let Some(w) = read_whole(oids, snap, chain, seq, Some(id))? else {
                 continue;
             };
-            let at = w
-                .events
-                .iter()
-                .position(|e| audit_log_core::record::header(e).is_ok_and(|h| h.id == id));
-            if let Some(i) = at {
-                return Ok(Some((w, i as i64 + 1)));
+            if let Some(tx_seq) = w.event.as_ref().map(|(tx_seq, _)| *tx_seq) {
+                return Ok(Some((w, tx_seq)));
             }
         }
         if lo == i64::MIN {
@@ -996,7 +1022,11 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
     let src = &mut tiles.source;
     let r = &whole.record;
     let hashes = &whole.hashes;
-    let canonical = whole.events[(tx_seq - 1) as usize].clone();
+    let canonical = whole
+        .event
+        .as_ref()
+        .map(|(_, e)| e.clone())
+        .ok_or_else(|| AuditError::Internal("the event left its record".into()))?;
     let prev_link_hash = src
         .link_hash_at(seq - 1)?
         .ok_or_else(|| damaged(chain, seq, "its predecessor is missing"))?;
@@ -1167,7 +1197,7 @@ fn consistency_impl(old: Checkpoint) -> Result<JsonB, AuditError> {
     // path of that leaf, so that a witness checks the heads it signs.
     let mut heads = Vec::new();
     for t in &new.trees {
-        let whole = read_whole(oids, snapshot.0, t.chain, t.size)?
+        let whole = read_whole(oids, snapshot.0, t.chain, t.size, None)?
             .ok_or_else(|| damaged(t.chain, t.size, "the head record is missing"))?;
         let mut tiles = Tiled::new(ChainTiles::new(t.chain, oids, snapshot.0)?);
         let path = inclusion_path(&mut tiles, (t.size - 1) as u64, t.size as u64)?

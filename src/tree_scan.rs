@@ -23,10 +23,10 @@ use crate::catalog;
 use crate::errors::AuditError;
 use crate::records::{block_signals, record_columns, verify_threads};
 use crate::scan::{select_at, Arg, Ordered, Row, SnapshotGuard, Val};
-use crate::store::{read_segments, records};
+use crate::store::{records, Spilled};
 use crate::tree::{
-    checked_leaf, insert_tiles, lock_chain_tiles, payload_digest, seq_range_keys, stored_tiles,
-    ChainTiles,
+    checked_leaf, insert_tiles, lock_chain_tiles, payload_digest, segments_or_summary,
+    seq_range_keys, stored_tiles, ChainTiles,
 };
 
 /// `audit_log.integration_scan_leaves`: backlogs of fewer leaves than this
@@ -63,6 +63,9 @@ struct Scanned {
     segments: i32,
     payload: Vec<u8>,
     parts: Vec<Vec<u8>>,
+    /// What the leaf needs of the events of a transaction past
+    /// TX_BYTES_HELD, which the session hashed one segment at a time.
+    summary: Option<Result<audit_log_core::tree::EventsSummary, &'static str>>,
     prev: Hash,
 }
 
@@ -70,7 +73,9 @@ struct Scanned {
 /// the record back: its buffers are freed by the session that allocated
 /// them (a free in another thread takes the allocator's locks).
 fn leaf(s: Scanned) -> (Result<Hash, ()>, Scanned) {
-    let leaf = payload_digest(&s.parts, &s.payload)
+    let leaf = s
+        .summary
+        .unwrap_or_else(|| payload_digest(&s.parts, &s.payload))
         .and_then(|d| checked_leaf(&s.record, &s.prev, d))
         .map_err(|_| ());
     (leaf, s)
@@ -222,6 +227,7 @@ fn scanned(row: &Row, run: usize) -> Scanned {
         segments: row.i32(records::SEGMENTS).unwrap_or(0),
         payload: row.slice(records::PAYLOAD).unwrap_or_default().to_vec(),
         parts: Vec::new(),
+        summary: None,
         prev: ZERO_HASH,
     }
 }
@@ -444,8 +450,13 @@ pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<u64, AuditError> {
         let input = std::iter::from_fn(|| loop {
             if let Some(mut s) = p.ready.pop_front() {
                 if s.segments != 0 {
-                    match read_segments(&p.oids, p.snap, s.record.first_event) {
-                        Ok(parts) => s.parts = parts,
+                    let first = s.record.first_event;
+                    match segments_or_summary(&p.oids, p.snap, first, &s.payload) {
+                        Ok(Spilled::Whole(parts)) => s.parts = parts,
+                        Ok(Spilled::Streamed(d)) => {
+                            s.summary = Some(d);
+                            s.payload = Vec::new();
+                        }
                         Err(e) => return Some(Err(e)),
                     }
                 }

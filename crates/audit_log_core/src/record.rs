@@ -14,6 +14,7 @@
 //! hash of the record before it in the chain.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 
 use crate::encoding::decode::{Malformed, Reader};
 use crate::encoding::put_len;
@@ -38,28 +39,34 @@ pub fn encode_event_into(payload: &mut Vec<u8>, e: &Event) -> usize {
     len_at + 4
 }
 
+/// The event framed at `at` in a payload or segment, and where the next one
+/// starts; None at the end.
+pub fn event_at(buf: &[u8], at: usize) -> Option<Result<(&[u8], usize), Malformed>> {
+    if at >= buf.len() {
+        return None;
+    }
+    let Some(len) = buf.get(at..at + 4) else {
+        return Some(Err(Malformed(at)));
+    };
+    let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let end = (at + 4).saturating_add(n);
+    Some(match buf.get(at + 4..end) {
+        Some(e) => Ok((e, end)),
+        None => Err(Malformed(at)),
+    })
+}
+
 /// The canonical encodings of a payload's events, in order.
 pub fn events(payload: &[u8]) -> impl Iterator<Item = Result<&[u8], Malformed>> {
     let mut pos = 0usize;
-    std::iter::from_fn(move || {
-        if pos == payload.len() {
-            return None;
+    std::iter::from_fn(move || match event_at(payload, pos)? {
+        Ok((e, next)) => {
+            pos = next;
+            Some(Ok(e))
         }
-        let at = pos;
-        let Some(len) = payload.get(pos..pos + 4) else {
+        Err(m) => {
             pos = payload.len();
-            return Some(Err(Malformed(at)));
-        };
-        let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        match payload.get(pos + 4..(pos + 4).saturating_add(n)) {
-            Some(e) => {
-                pos += 4 + n;
-                Some(Ok(e))
-            }
-            None => {
-                pos = payload.len();
-                Some(Err(Malformed(at)))
-            }
+            Some(Err(m))
         }
     })
 }
@@ -264,6 +271,143 @@ pub fn merged<'a>(
         (Some(_), _) => a.next(),
         (None, _) => b.next(),
     })
+}
+
+/// A transaction's events in the order of [`merged`], pulled one at a time
+/// from owned segments given one at a time: no more than one segment is
+/// held, however large the transaction. For readers that cannot hold a
+/// borrow across events (a set-returning function, called once per row);
+/// [`for_each_merged`] drives one with a callback.
+pub struct Cursor<P> {
+    payload: P,
+    at: usize,
+    segment: Vec<u8>,
+    seg_at: usize,
+    /// An empty segment was given: no segment is ever empty.
+    empty_segment: bool,
+    segments_done: bool,
+}
+
+impl<P: AsRef<[u8]>> Cursor<P> {
+    /// A transaction's payload, and whether it has segments to come.
+    pub fn new(payload: P, has_segments: bool) -> Self {
+        Cursor {
+            payload,
+            at: 0,
+            segment: Vec::new(),
+            seg_at: 0,
+            empty_segment: false,
+            segments_done: !has_segments,
+        }
+    }
+
+    /// The segment given last is used up: give the next one (or None)
+    /// before asking for the next event.
+    pub fn wants_segment(&self) -> bool {
+        !self.segments_done && self.seg_at >= self.segment.len()
+    }
+
+    /// The next segment in order of `part`, or None when there is no other.
+    pub fn give_segment(&mut self, segment: Option<Vec<u8>>) {
+        match segment {
+            Some(s) => {
+                self.empty_segment |= s.is_empty();
+                self.segment = s;
+                self.seg_at = 0;
+            }
+            None => {
+                self.segment = Vec::new();
+                self.seg_at = 0;
+                self.segments_done = true;
+            }
+        }
+    }
+
+    /// The next event, or the first part that is not one (after which
+    /// readers stop). Call only when no segment is wanted.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<Result<&[u8], Malformed>> {
+        if std::mem::take(&mut self.empty_segment) {
+            return Some(Err(Malformed(0)));
+        }
+        let key = |e: &Option<Result<(&[u8], usize), Malformed>>| match e {
+            Some(Ok((b, _))) => header(b).map_or(i64::MIN, |h| h.tx_seq),
+            _ => i64::MIN,
+        };
+        let payload = self.payload.as_ref();
+        let from_segment = event_at(&self.segment, self.seg_at);
+        let from_payload = event_at(payload, self.at);
+        // As merged(): the payload's event first only if strictly lower.
+        let take_segment = match (&from_segment, &from_payload) {
+            (Some(_), Some(_)) => key(&from_payload) >= key(&from_segment),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let (taken, pos, end) = if take_segment {
+            (from_segment?, &mut self.seg_at, self.segment.len())
+        } else {
+            (from_payload?, &mut self.at, payload.len())
+        };
+        Some(match taken {
+            Ok((e, next)) => {
+                *pos = next;
+                Ok(e)
+            }
+            Err(m) => {
+                *pos = end;
+                Err(m)
+            }
+        })
+    }
+}
+
+/// The events of a transaction in the order of [`merged`], when its
+/// segments come one at a time and are owned (read from storage as they
+/// are needed): no more than one segment is held, however large the
+/// transaction. `each` gets every event, or the first part that is not an
+/// event, and can stop the walk with `ControlFlow::Break`. An error of the
+/// segment stream is returned as it is.
+pub fn for_each_merged<E>(
+    segments: impl IntoIterator<Item = Result<Vec<u8>, E>>,
+    payload: &[u8],
+    mut each: impl FnMut(Result<&[u8], Malformed>) -> ControlFlow<()>,
+) -> Result<(), E> {
+    let mut segments = segments.into_iter();
+    let mut c = Cursor::new(payload, true);
+    loop {
+        if c.wants_segment() {
+            c.give_segment(segments.next().transpose()?);
+        }
+        match c.next() {
+            None => return Ok(()),
+            Some(e) => {
+                if each(e).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// [`digest`] of a transaction whose segments come one at a time (see
+/// [`for_each_merged`]).
+pub fn digest_streamed<E>(
+    r: &Record,
+    segments: impl IntoIterator<Item = Result<Vec<u8>, E>>,
+    payload: &[u8],
+) -> Result<Digest, E> {
+    let mut b = DigestBuilder::default();
+    for_each_merged(segments, payload, |e| match e {
+        Ok(e) => {
+            b.push(e);
+            ControlFlow::Continue(())
+        }
+        Err(_) => {
+            b.malformed("its payload is not a sequence of events");
+            ControlFlow::Break(())
+        }
+    })?;
+    Ok(b.finish(r))
 }
 
 fn note(f: &mut Option<Box<(ProblemKind, String)>>, kind: ProblemKind, why: String) {
@@ -1124,6 +1268,113 @@ mod tests {
         // An empty segment beside the events (no segment is ever empty).
         assert!(digest(&r, [&p[..0]], &p).fault.is_some());
         assert!(digest(&r, [&p[..cut], &p[..0]], &p[cut..]).fault.is_some());
+    }
+
+    /// Every way of putting six events into segments and a payload, and of
+    /// cutting the spilled ones into segments: read one segment at a time,
+    /// the events come as `merged` gives them, and hash to the same digest;
+    /// a damaged stream stops where `merged`'s reader stops.
+    #[test]
+    fn segments_read_one_at_a_time_merge_as_when_held_whole() {
+        let (r, p) = record(0, 1, ZERO_HASH, 6);
+        let each: Vec<&[u8]> = events(&p).collect::<Result<_, _>>().unwrap();
+        let framed = |es: &[&[u8]]| {
+            let mut out = Vec::new();
+            for e in es {
+                put_event(&mut out, e);
+            }
+            out
+        };
+        let streamed = |segs: &[Vec<u8>], payload: &[u8]| {
+            let mut got: Vec<Result<Vec<u8>, Malformed>> = Vec::new();
+            let owned = segs.iter().cloned().map(Ok::<_, ()>);
+            for_each_merged(owned, payload, |e| {
+                let stop = e.is_err();
+                got.push(e.map(<[u8]>::to_vec));
+                if stop {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+            got
+        };
+        let held = |segs: &[Vec<u8>], payload: &[u8]| {
+            let mut got: Vec<Result<Vec<u8>, Malformed>> = Vec::new();
+            for e in merged(segs.iter().map(Vec::as_slice), payload) {
+                let stop = e.is_err();
+                got.push(e.map(<[u8]>::to_vec));
+                if stop {
+                    break;
+                }
+            }
+            got
+        };
+        let whole = digest(&r, [], &p);
+        let mut cases = 0;
+        for spilled in 0u32..64 {
+            let (seg_events, pay_events): (Vec<_>, Vec<_>) =
+                (0..6).partition(|i| spilled & (1 << i) != 0);
+            let payload = framed(&pay_events.iter().map(|&i| each[i]).collect::<Vec<_>>());
+            let cuts = seg_events.len().saturating_sub(1);
+            for cut in 0u32..(1 << cuts) {
+                let mut segs: Vec<Vec<u8>> = Vec::new();
+                let mut run: Vec<&[u8]> = Vec::new();
+                for (n, &i) in seg_events.iter().enumerate() {
+                    run.push(each[i]);
+                    if n == seg_events.len() - 1 || cut & (1 << n) != 0 {
+                        segs.push(framed(&run));
+                        run.clear();
+                    }
+                }
+                assert_eq!(streamed(&segs, &payload), held(&segs, &payload));
+                assert_eq!(
+                    digest_streamed(&r, segs.iter().cloned().map(Ok::<_, ()>), &payload),
+                    Ok(digest(&r, segs.iter().map(Vec::as_slice), &payload))
+                );
+                if segs.is_empty() {
+                    assert_eq!(digest(&r, [], &payload).fault.is_none(), spilled == 0);
+                }
+                // Damaged: an empty segment first, or a torn one last.
+                let mut bad = segs.clone();
+                bad.insert(0, Vec::new());
+                assert_eq!(streamed(&bad, &payload), held(&bad, &payload));
+                let mut bad = segs.clone();
+                bad.push(vec![0, 0, 0, 9, 1]);
+                assert_eq!(streamed(&bad, &payload), held(&bad, &payload));
+                let torn = digest_streamed(&r, bad.iter().cloned().map(Ok::<_, ()>), &payload);
+                assert!(torn.is_ok_and(|d| d.fault.is_some()));
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, 365);
+        // The tree's summary, streamed, for transactions of 0 to 9 events
+        // (each size a different shape of tree), in two segments and a payload.
+        for n in 0..10 {
+            let (_, p) = record(0, 1, ZERO_HASH, n);
+            let hashes = crate::tree::event_hashes([], &p).unwrap();
+            let list: Vec<&[u8]> = events(&p).collect::<Result<_, _>>().unwrap();
+            let a = list.len() / 3;
+            let b = 2 * list.len() / 3;
+            let segs = [framed(&list[..a]), framed(&list[a..b])]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .map(Ok::<_, ()>);
+            assert_eq!(
+                crate::tree::summary_streamed(segs, &framed(&list[b..])),
+                Ok(Ok(crate::tree::summary(&hashes)))
+            );
+        }
+        let torn = [Ok::<_, ()>(vec![0, 0, 0, 9, 1])];
+        assert!(crate::tree::summary_streamed(torn, &p).unwrap().is_err());
+        assert!(whole.fault.is_none());
+        // An error reading a segment is the caller's, not a verdict.
+        let failing = [Ok(p.clone()), Err("lost the connection")];
+        assert_eq!(
+            digest_streamed(&r, failing, &[]),
+            Err("lost the connection")
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! tile it cuts through, since their records are gone.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -25,7 +26,7 @@ use crate::encoding::decode::Malformed;
 use crate::hash::{event_hash_from_encoding, Hash, ZERO_HASH};
 use crate::merkle::{self, leaf_hash, root_from_inclusion, Subtrees};
 use crate::model::{hex_hash, Checkpoint, Event, TreeHead};
-use crate::record::{decode_event, header, merged, Record};
+use crate::record::{decode_event, for_each_merged, header, merged, Record};
 
 pub const LEAF_TAG: &[u8] = b"audit_log:leaf:v1\0";
 /// Height of a tile: 256 hashes.
@@ -63,6 +64,47 @@ pub fn event_hashes<'a>(
         out.push(prev);
     }
     Ok(out)
+}
+
+/// What a record's leaf needs of its transaction's events: their number,
+/// the last one's hash and their [`events_root`].
+pub type EventsSummary = (usize, Hash, Hash);
+
+/// The [`EventsSummary`] of a list of event hashes.
+pub fn summary(event_hashes: &[Hash]) -> EventsSummary {
+    (
+        event_hashes.len(),
+        event_hashes.last().copied().unwrap_or(ZERO_HASH),
+        events_root(event_hashes),
+    )
+}
+
+/// The [`EventsSummary`] of a transaction whose segments come one at a time
+/// (see [`for_each_merged`]), holding one segment and a hash per level of
+/// the events' tree instead of every event's hash; `Ok(Err(_))` if its
+/// events are not a sequence of events.
+pub fn summary_streamed<E>(
+    segments: impl IntoIterator<Item = Result<Vec<u8>, E>>,
+    payload: &[u8],
+) -> Result<Result<EventsSummary, Malformed>, E> {
+    let mut prev = ZERO_HASH;
+    let mut tree = merkle::Builder::default();
+    let mut bad = None;
+    for_each_merged(segments, payload, |e| match e {
+        Ok(e) => {
+            prev = event_hash_from_encoding(&prev, e);
+            tree.push(leaf_hash(&prev));
+            ControlFlow::Continue(())
+        }
+        Err(m) => {
+            bad = Some(m);
+            ControlFlow::Break(())
+        }
+    })?;
+    Ok(match bad {
+        Some(m) => Err(m),
+        None => Ok((tree.size() as usize, prev, tree.root())),
+    })
 }
 
 /// Where a stored tree's hashes come from. Every call is for one chain.
