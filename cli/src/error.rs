@@ -42,6 +42,23 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// What a database error says: the server's own message, SQLSTATE and hint
+/// (`Display` of the client library's error says only "db error").
+pub fn db_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.hint() {
+            Some(h) => format!("{} ({}; {h})", db.message(), db.code().code()),
+            None => format!("{} ({})", db.message(), db.code().code()),
+        },
+        // Not from the server (a refused connection, a lost one): the
+        // client's error and its cause.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 /// A helper's message (a connection, a key file, a query) is trouble.
 impl From<String> for Error {
     fn from(message: String) -> Error {

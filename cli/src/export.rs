@@ -36,7 +36,8 @@ pub enum Format {
 }
 
 pub fn connect(dsn: &str) -> Result<Client, String> {
-    Client::connect(dsn, NoTls).map_err(|e| format!("cannot connect: {e}"))
+    Client::connect(dsn, NoTls)
+        .map_err(|e| format!("cannot connect: {}", crate::error::db_message(&e)))
 }
 
 /// Microseconds since the Unix epoch (negative before it).
@@ -78,7 +79,8 @@ pub fn current_checkpoint(client: &mut Client) -> Result<(Value, Checkpoint), cr
         .query_one("SELECT audit_log.checkpoint()::text", &[])
         .map_err(|e| {
             Error::trouble(format!(
-                "audit_log.checkpoint() (is audit_log installed, and may this role use it?): {e}"
+                "audit_log.checkpoint() (is audit_log installed, and may this role use it?): {}",
+                crate::error::db_message(&e)
             ))
         })?
         .get(0);
@@ -210,7 +212,12 @@ pub fn export(
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
-        .map_err(|e| format!("cannot start a read-only transaction: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "cannot start a read-only transaction: {}",
+                crate::error::db_message(&e)
+            )
+        })?;
     let meta = match source {
         None => tx.query_one(
             "SELECT pg_current_snapshot()::text, audit_log.checkpoint()::text",
@@ -223,7 +230,8 @@ pub fn export(
     }
     .map_err(|e| {
         format!(
-            "reading the log's identity (is audit_log installed, and may this role use it?): {e}"
+            "reading the log's identity (is audit_log installed, and may this role use it?): {}",
+            crate::error::db_message(&e)
         )
     })?;
     let snapshot: String = meta.get(0);
@@ -240,7 +248,7 @@ pub fn export(
                     &format!("SELECT chain_id, seq, link_hash, last_event FROM {schema}.anchors ORDER BY chain_id"),
                     &[],
                 )
-                .map_err(|e| format!("reading {schema}.anchors: {e}"))?
+                .map_err(|e| format!("reading {schema}.anchors: {}", crate::error::db_message(&e)))?
             {
                 out.push(ChainHead {
                     chain: r.get(0),
@@ -284,7 +292,7 @@ pub fn export(
             &format!("WITH new_links AS ({new_links}) SELECT coalesce(sum(event_count), 0)::bigint FROM new_links"),
             &params,
         )
-        .map_err(|e| e.to_string())?
+        .map_err(|e| crate::error::db_message(&e))?
         .get(0);
 
     let sink: Box<dyn Write> = match out {
@@ -340,7 +348,7 @@ pub fn export(
             &mut heads,
         )?,
     };
-    tx.commit().map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| crate::error::db_message(&e))?;
 
     let end = End {
         kind: "end".into(),
@@ -392,10 +400,13 @@ fn write_records(
     );
     let mut rows = tx
         .query_raw(sql.as_str(), params.iter().copied())
-        .map_err(|e| format!("reading records: {e}"))?;
+        .map_err(|e| format!("reading records: {}", crate::error::db_message(&e)))?;
     let (mut events, mut records) = (0u64, 0u64);
     let mut frame = Vec::new();
-    while let Some(row) = rows.next().map_err(|e| format!("reading records: {e}"))? {
+    while let Some(row) = rows
+        .next()
+        .map_err(|e| format!("reading records: {}", crate::error::db_message(&e)))?
+    {
         let tx_text: String = row.get(2);
         let r = Record {
             chain_id: row.get(0),
@@ -456,9 +467,12 @@ fn write_logical(
     );
     let mut rows = tx
         .query_raw(events_sql.as_str(), params.iter().copied())
-        .map_err(|e| format!("reading events: {e}"))?;
+        .map_err(|e| format!("reading events: {}", crate::error::db_message(&e)))?;
     let mut events = 0u64;
-    while let Some(r) = rows.next().map_err(|e| format!("reading events: {e}"))? {
+    while let Some(r) = rows
+        .next()
+        .map_err(|e| format!("reading events: {}", crate::error::db_message(&e)))?
+    {
         let tx_text: String = r.get(1);
         let e = Event {
             id: r.get(0),
@@ -494,9 +508,12 @@ fn write_logical(
     );
     let mut rows = tx
         .query_raw(links_sql.as_str(), params.iter().copied())
-        .map_err(|e| format!("reading links: {e}"))?;
+        .map_err(|e| format!("reading links: {}", crate::error::db_message(&e)))?;
     let mut links = 0u64;
-    while let Some(r) = rows.next().map_err(|e| format!("reading links: {e}"))? {
+    while let Some(r) = rows
+        .next()
+        .map_err(|e| format!("reading links: {}", crate::error::db_message(&e)))?
+    {
         let tx_text: String = r.get(2);
         let l = Link {
             chain_id: r.get(0),

@@ -104,22 +104,16 @@ pub fn fetch(
             "SELECT audit_log.prove($1, $2::text::jsonb)::text",
             &[&event, &cp_text],
         )
-        .map_err(|e| Error::trouble(format!("audit_log.prove(): {}", server_message(&e))))?
+        .map_err(|e| {
+            Error::trouble(format!(
+                "audit_log.prove(): {}",
+                crate::error::db_message(&e)
+            ))
+        })?
         .get(0);
     let p = parse_proof(&text).map_err(|e| Error::trouble(format!("audit_log.prove(): {e}")))?;
     let proven = check(&p, &cp, key.as_deref())?;
     let pretty = serde_json::to_string_pretty(&p).map_err(|e| Error::trouble(e.to_string()))?;
     std::fs::write(out, pretty + "\n").map_err(|e| Error::Io(out.to_path_buf(), e))?;
     Ok(proven)
-}
-
-/// The server's own message (and hint), not the client library's wrapping.
-pub fn server_message(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.hint() {
-            Some(h) => format!("{} ({}; {h})", db.message(), db.code().code()),
-            None => format!("{} ({})", db.message(), db.code().code()),
-        },
-        None => e.to_string(),
-    }
 }

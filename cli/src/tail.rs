@@ -209,7 +209,12 @@ fn anchors(client: &mut Client) -> Result<Vec<ChainHead>, Error> {
             "SELECT chain_id, seq, link_hash, last_event FROM audit_log.anchors ORDER BY chain_id",
             &[],
         )
-        .map_err(|e| Error::trouble(format!("reading audit_log.anchors: {e}")))?;
+        .map_err(|e| {
+            Error::trouble(format!(
+                "reading audit_log.anchors: {}",
+                crate::error::db_message(&e)
+            ))
+        })?;
     rows.iter()
         .map(|r| {
             Ok(ChainHead {
@@ -429,7 +434,7 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
     // compile, which takes longer than running it (150 ms against 50 ms).
     client
         .batch_execute("SET jit = off")
-        .map_err(|e| Error::trouble(format!("SET jit = off: {e}")))?;
+        .map_err(|e| Error::trouble(format!("SET jit = off: {}", crate::error::db_message(&e))))?;
     let (_, cp) = current_checkpoint(&mut client)?;
     let mut state = match old {
         Some(s) => {
@@ -549,7 +554,7 @@ fn anchor_before(client: &mut Client, r: &Record) -> Result<Option<ChainHead>, E
             "SELECT seq, link_hash, last_event FROM audit_log.anchors WHERE chain_id = $1 AND seq = $2",
             &[&r.chain_id, &(r.seq - 1)],
         )
-        .map_err(|e| Error::trouble(format!("reading audit_log.anchors: {e}")))?;
+        .map_err(|e| Error::trouble(format!("reading audit_log.anchors: {}", crate::error::db_message(&e))))?;
     row.map(|row| {
         Ok(ChainHead {
             chain: r.chain_id,
@@ -589,7 +594,12 @@ fn poll(client: &mut Client, heads: &[ChainHead], batch: i64) -> Result<Vec<Fetc
               ORDER BY r.chain_id, r.seq",
             &[&chains, &seqs, &batch],
         )
-        .map_err(|e| Error::trouble(format!("reading new records: {e}")))?;
+        .map_err(|e| {
+            Error::trouble(format!(
+                "reading new records: {}",
+                crate::error::db_message(&e)
+            ))
+        })?;
     rows.iter()
         .map(|row| {
             let tx_text: String = row.get(2);

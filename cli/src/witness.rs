@@ -175,11 +175,11 @@ fn consistent_checkpoint(
             // The server's own refusal: the log does not extend the checkpoint.
             Some("22023") | Some("XX001") => Error::Refused(format!(
                 "audit_log.consistency(): {}",
-                crate::prove::server_message(&e)
+                crate::error::db_message(&e)
             )),
             _ => Error::trouble(format!(
                 "audit_log.consistency(): {}",
-                crate::prove::server_message(&e)
+                crate::error::db_message(&e)
             )),
         })?
         .get(0);
