@@ -247,13 +247,17 @@ fn sealed_row(r: &crate::scan::Row) -> Option<Sealed> {
 /// The committed prepared transactions waiting to be linked, under the
 /// latest snapshot (the statement's may predate their COMMIT PREPARED).
 fn sealed(oids: &Oids) -> Result<Vec<Sealed>, AuditError> {
-    // SAFETY: a snapshot registered for the scan and released after it.
-    let snapshot = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) };
-    let rows = crate::scan::Ordered::open(oids.prepared, oids.prepared_pkey, snapshot, sealed_row)
-        .and_then(|scan| scan.collect::<Result<Vec<_>, _>>());
-    // SAFETY: registered above.
-    unsafe { pg_sys::UnregisterSnapshot(snapshot) };
-    rows
+    let snapshot = crate::scan::SnapshotGuard::latest();
+    // Whoever commits: an application role that cannot read the table links
+    // them too (it never sees what it read).
+    crate::scan::Ordered::open_where_for_extension(
+        oids.prepared,
+        oids.prepared_pkey,
+        snapshot.0,
+        &[],
+        sealed_row,
+    )?
+    .collect()
 }
 
 /// Link every committed prepared transaction into a chain, as a record
@@ -301,15 +305,10 @@ pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
         };
         let probe = record(s.tx_id, &head, 0, 0);
         let d = if s.segments != 0 {
-            // SAFETY: a snapshot registered for the read and released after
-            // it; the segments' scan ends inside digest_streamed.
-            let snapshot = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) };
-            let d = crate::store::segments(oids, snapshot, s.first_event).and_then(|parts| {
-                audit_log_core::record::digest_streamed(&probe, parts, s.payload.bytes())
-            });
-            // SAFETY: registered above.
-            unsafe { pg_sys::UnregisterSnapshot(snapshot) };
-            d?
+            // Read one at a time: a prepared transaction can be of any size.
+            let snapshot = crate::scan::SnapshotGuard::latest();
+            let parts = crate::store::segments_for_extension(oids, snapshot.0, s.first_event)?;
+            audit_log_core::record::digest_streamed(&probe, parts, s.payload.bytes())?
         } else {
             audit_log_core::record::digest(&probe, [], s.payload.bytes())
         };

@@ -85,16 +85,6 @@ pub struct Ordered<T, F = fn(&Row) -> Option<T>> {
 }
 
 impl<T> Ordered<T> {
-    /// `snapshot` must stay registered while the scan is open.
-    pub fn open(
-        relid: pg_sys::Oid,
-        indexid: pg_sys::Oid,
-        snapshot: pg_sys::Snapshot,
-        convert: fn(&Row) -> Option<T>,
-    ) -> Result<Self, AuditError> {
-        Self::open_where(relid, indexid, snapshot, &[], convert)
-    }
-
     /// Every row, in the order they lie on disk (a sequential scan).
     pub fn sequential(
         relid: pg_sys::Oid,
@@ -104,8 +94,9 @@ impl<T> Ordered<T> {
         Self::open_where(relid, pg_sys::InvalidOid, snapshot, &[], convert)
     }
 
-    /// As `open`, for the rows whose leading index columns equal `keys`
-    /// (each: the index column's heap attno, its equality function, a value).
+    /// The rows whose leading index columns equal `keys` (each: the index
+    /// column's heap attno, its equality function, a value), in the index's
+    /// order. `snapshot` must stay registered while the scan is open.
     pub fn open_where(
         relid: pg_sys::Oid,
         indexid: pg_sys::Oid,
@@ -116,7 +107,29 @@ impl<T> Ordered<T> {
         Self::open_keys(relid, indexid, snapshot, equality_keys(keys), convert)
     }
 
-    /// As `open`, for the rows that match `scankeys` (made by [`scan_keys`]).
+    /// As `open_where`, without checking the calling role's privilege on
+    /// the table: for what the extension reads for itself in the caller's
+    /// transaction and never hands to it (the committed prepared
+    /// transactions an audited commit links, by any role that writes to an
+    /// audited table).
+    pub fn open_where_for_extension(
+        relid: pg_sys::Oid,
+        indexid: pg_sys::Oid,
+        snapshot: pg_sys::Snapshot,
+        keys: &[(i16, u32, pg_sys::Datum)],
+        convert: fn(&Row) -> Option<T>,
+    ) -> Result<Self, AuditError> {
+        Ordered::with_access(
+            relid,
+            indexid,
+            snapshot,
+            equality_keys(keys),
+            convert,
+            false,
+        )
+    }
+
+    /// As `open_where`, for the rows that match `scankeys` (made by [`scan_keys`]).
     pub fn open_keys(
         relid: pg_sys::Oid,
         indexid: pg_sys::Oid,
@@ -157,17 +170,30 @@ impl<T, F: FnMut(&Row) -> Option<T>> Ordered<T, F> {
         relid: pg_sys::Oid,
         indexid: pg_sys::Oid,
         snapshot: pg_sys::Snapshot,
+        scankeys: Vec<pg_sys::ScanKeyData>,
+        convert: F,
+    ) -> Result<Self, AuditError> {
+        Self::with_access(relid, indexid, snapshot, scankeys, convert, true)
+    }
+
+    /// `check_caller`: refuse a caller without SELECT on the table.
+    fn with_access(
+        relid: pg_sys::Oid,
+        indexid: pg_sys::Oid,
+        snapshot: pg_sys::Snapshot,
         mut scankeys: Vec<pg_sys::ScanKeyData>,
         convert: F,
+        check_caller: bool,
     ) -> Result<Self, AuditError> {
         // SAFETY: a privilege check, then a plain ordered index scan under a
         // registered snapshot, with AccessShareLock like any SELECT.
         unsafe {
-            if pg_sys::pg_class_aclcheck(
-                relid,
-                pg_sys::GetUserId(),
-                pg_sys::ACL_SELECT as pg_sys::AclMode,
-            ) != pg_sys::AclResult::ACLCHECK_OK
+            if check_caller
+                && pg_sys::pg_class_aclcheck(
+                    relid,
+                    pg_sys::GetUserId(),
+                    pg_sys::ACL_SELECT as pg_sys::AclMode,
+                ) != pg_sys::AclResult::ACLCHECK_OK
             {
                 let name = pg_sys::get_rel_name(relid);
                 let name = if name.is_null() {
@@ -307,9 +333,19 @@ impl SnapshotGuard {
     }
 }
 
+impl SnapshotGuard {
+    /// The latest snapshot: what has committed by now, whatever the
+    /// statement's snapshot saw (for the committed prepared transactions,
+    /// whose COMMIT PREPARED can be newer than the statement).
+    pub fn latest() -> Self {
+        // SAFETY: inside a transaction, as every caller is.
+        SnapshotGuard(unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) })
+    }
+}
+
 impl Drop for SnapshotGuard {
     fn drop(&mut self) {
-        // SAFETY: registered in `active`.
+        // SAFETY: registered by the constructor.
         unsafe { pg_sys::UnregisterSnapshot(self.0) }
     }
 }

@@ -332,7 +332,8 @@ fn segment_row(r: &crate::scan::Row) -> Option<Vec<u8>> {
 }
 
 /// The payloads of a transaction's segments, in order, each read from the
-/// table only when the one before has been taken.
+/// table only when the one before has been taken; for a caller with SELECT
+/// on the table.
 pub fn segments(
     oids: &Oids,
     snapshot: pg_sys::Snapshot,
@@ -342,13 +343,33 @@ pub fn segments(
         oids.segments,
         oids.segments_pkey,
         snapshot,
-        &[(
-            segments::FIRST_EVENT as i16 + 1,
-            pg_sys::F_INT8EQ,
-            pg_sys::Datum::from(first_event),
-        )],
+        &segment_key(first_event),
         segment_row,
     )
+}
+
+/// As [`segments`], read by the extension for itself: what an audited
+/// commit reads to link a committed prepared transaction, whoever commits.
+pub fn segments_for_extension(
+    oids: &Oids,
+    snapshot: pg_sys::Snapshot,
+    first_event: i64,
+) -> Result<crate::scan::Ordered<Vec<u8>>, AuditError> {
+    crate::scan::Ordered::open_where_for_extension(
+        oids.segments,
+        oids.segments_pkey,
+        snapshot,
+        &segment_key(first_event),
+        segment_row,
+    )
+}
+
+fn segment_key(first_event: i64) -> [(i16, u32, pg_sys::Datum); 1] {
+    [(
+        segments::FIRST_EVENT as i16 + 1,
+        pg_sys::F_INT8EQ,
+        pg_sys::Datum::from(first_event),
+    )]
 }
 
 /// The first segment of the transaction `first_event` after `after` (its
@@ -390,8 +411,12 @@ pub fn segment_after(
 /// readers hold at once to hand them to a worker thread. A transaction
 /// larger than that is hashed by the session as its segments are read, one
 /// at a time, so that no transaction, however large its writer made it,
-/// makes verify(), the tree or a view hold it whole.
-pub const TX_BYTES_HELD: usize = 64 << 20;
+/// makes verify(), the tree or a view hold it whole. With the batches of
+/// `records::BATCH_BYTES` (two in flight per worker, each closed once past
+/// its budget), verify() holds at most 2 × threads × (8 + 32) MB of
+/// events: 160 MB with 2 workers, 640 MB with the default's most, 8.
+/// Bulk statements of up to 32 MB of events are still hashed on workers.
+pub const TX_BYTES_HELD: usize = 32 << 20;
 
 /// A transaction's segments: read whole, or past [`TX_BYTES_HELD`] what
 /// `stream` made of all of them, read one at a time.

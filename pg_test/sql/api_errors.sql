@@ -80,6 +80,22 @@ ROLLBACK PREPARED 'p3';
 SELECT count(*) AS waiting_for_a_link FROM audit_log.prepared;
 SELECT audit_log.checkpoint() IS NOT NULL AS checkpoint_taken;
 SELECT count(*) AS waiting_for_a_link FROM audit_log.prepared;
+-- The next audited commit links a committed prepared transaction whoever
+-- commits: here an application role that may not read the log (it used to
+-- fail with 42501 on audit_log.prepared, once the table had held a row).
+CREATE ROLE al_errors_app;
+GRANT INSERT ON base TO al_errors_app;
+BEGIN;
+INSERT INTO base VALUES (4);
+PREPARE TRANSACTION 'p4';
+COMMIT PREPARED 'p4';
+SET ROLE al_errors_app;
+INSERT INTO base VALUES (5);
+SELECT count(*) FROM audit_log.prepared;   -- what it may not read
+RESET ROLE;
+SELECT count(*) AS waiting_for_a_link FROM audit_log.prepared;
+DROP OWNED BY al_errors_app;
+DROP ROLE al_errors_app;
 BEGIN;
 SELECT 1;
 PREPARE TRANSACTION 'p2';   -- nothing audited
