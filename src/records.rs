@@ -47,9 +47,9 @@ pub enum Read {
 }
 
 /// Payload bytes handed to a worker in one batch: with two batches a
-/// worker in flight, what a transaction's size can make the session hold is
-/// bounded by bytes, not only by a number of records (one transaction is
-/// still read whole).
+/// worker in flight, what the session holds is bounded by bytes, not only
+/// by a number of records (a batch closes past this, so one can be larger
+/// by one transaction of up to `store::TX_BYTES_HELD`).
 pub(crate) const BATCH_BYTES: usize = 8 << 20;
 
 /// The bytes of a payload and its segments.
@@ -361,12 +361,16 @@ fn record_last_hash(
     segments: i32,
     payload: &[u8],
 ) -> Result<Vec<u8>, ErrorReport> {
-    let oids = catalog::lookup()?;
-    let snapshot = SnapshotGuard::active();
     let mut h = ZERO_HASH;
-    let parts = (segments != 0)
-        .then(|| crate::store::segments(&oids, snapshot.0, first_event))
-        .transpose()?;
+    let snapshot = (segments != 0).then(SnapshotGuard::active);
+    let parts = match &snapshot {
+        Some(s) => Some(crate::store::segments(
+            &catalog::lookup()?,
+            s.0,
+            first_event,
+        )?),
+        None => None,
+    };
     // An unreadable part is passed over, as the view's rows stop at it.
     record::for_each_merged(parts.into_iter().flatten(), payload, |e| {
         if let Ok(e) = e {

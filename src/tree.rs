@@ -13,9 +13,8 @@ use audit_log_core::merkle::{self, consistency_path, inclusion_path, tree_root};
 use audit_log_core::model::Checkpoint;
 use audit_log_core::record::Record;
 use audit_log_core::tree::{
-    self as core_tree, event_hashes, events_root, record_leaf, summary, ChainConsistency,
-    Consistency, EventsSummary, HeadLeaf, ProvenRecord, TileSource, Tiled, CONSISTENCY_FORMAT,
-    TILE_WIDTH,
+    self as core_tree, event_hashes, record_leaf, summary, ChainConsistency, Consistency,
+    EventsSummary, HeadLeaf, ProvenRecord, TileSource, Tiled, CONSISTENCY_FORMAT, TILE_WIDTH,
 };
 use audit_log_core::{Hash, TreeHead, ZERO_HASH};
 use pgrx::prelude::*;
@@ -822,11 +821,13 @@ fn candidates(snap: pg_sys::Snapshot, id: i64, lo: i64) -> Result<Vec<(i32, i64)
     )?))
 }
 
-/// A record read for a proof: its columns, its events' hashes (its segments
-/// merged with its payload, read one segment at a time), and the canonical
-/// encoding of the one event asked for, with its tx_seq, if it holds it.
+/// A record read for a proof: its columns, its events' root (its segments
+/// merged with its payload, read one segment at a time) and, when one event
+/// was asked for, every event's hash and that event's canonical encoding
+/// with its tx_seq, if it holds it.
 struct Whole {
     record: Record,
+    events_root: Hash,
     hashes: Vec<Hash>,
     event: Option<(i64, Vec<u8>)>,
 }
@@ -866,6 +867,7 @@ fn read_whole(
         .then(|| crate::store::segments(&oids, snap, record.first_event))
         .transpose()?;
     let mut hashes = Vec::new();
+    let mut tree = merkle::Builder::default();
     let mut event = None;
     let mut unreadable = false;
     let mut prev = ZERO_HASH;
@@ -875,9 +877,15 @@ fn read_whole(
             return ControlFlow::Break(());
         };
         prev = audit_log_core::hash::event_hash_from_encoding(&prev, e);
-        hashes.push(prev);
-        if want.is_some() && audit_log_core::record::header(e).is_ok_and(|h| Some(h.id) == want) {
-            event = Some((hashes.len() as i64, e.to_vec()));
+        tree.push(merkle::leaf_hash(&prev));
+        if want.is_some() {
+            hashes.push(prev);
+        }
+        if event.is_none()
+            && want.is_some()
+            && audit_log_core::record::header(e).is_ok_and(|h| Some(h.id) == want)
+        {
+            event = Some((tree.size() as i64, e.to_vec()));
         }
         ControlFlow::Continue(())
     })?;
@@ -886,6 +894,7 @@ fn read_whole(
     }
     Ok(Some(Whole {
         record,
+        events_root: tree.root(),
         hashes,
         event,
     }))
@@ -1204,7 +1213,7 @@ fn consistency_impl(old: Checkpoint) -> Result<JsonB, AuditError> {
             .ok_or_else(|| AuditError::Internal("head outside its tree".into()))?;
         heads.push(HeadLeaf {
             chain: t.chain,
-            events_root: events_root(&whole.hashes),
+            events_root: whole.events_root,
             path,
         });
     }

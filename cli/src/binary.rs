@@ -8,7 +8,8 @@
 use std::borrow::Cow;
 use std::io::{self, BufRead};
 
-use audit_log_core::record::Record;
+use audit_log_core::record::{self, Record};
+use audit_log_core::tree::record_leaf;
 
 use crate::format::{digest_record, Digested, StoredRecord};
 
@@ -41,6 +42,17 @@ pub fn write_record(
 ) -> Result<(), String> {
     let count = u32::try_from(segments.len())
         .map_err(|_| format!("record {}/{}: too many segments", r.chain_id, r.seq))?;
+    write_head(out, r, count);
+    for blob in segments.iter().map(Vec::as_slice).chain([payload]) {
+        write_blob(out, r, blob)?;
+    }
+    Ok(())
+}
+
+/// The start of a record's frame, up to its blobs: `count` segments, then
+/// the payload, each appended by [`write_blob`], make the rest. An exporter
+/// writes them one at a time, as it reads them.
+pub fn write_head(out: &mut Vec<u8>, r: &Record, count: u32) {
     out.push(RECORD_FRAME);
     out.extend_from_slice(&r.chain_id.to_be_bytes());
     for n in [
@@ -55,10 +67,11 @@ pub fn write_record(
     }
     out.extend_from_slice(&r.link_hash);
     out.extend_from_slice(&count.to_be_bytes());
-    for blob in segments.iter().map(Vec::as_slice).chain([payload]) {
-        put_blob(out, blob).map_err(|m| format!("record {}/{}: {m}", r.chain_id, r.seq))?;
-    }
-    Ok(())
+}
+
+/// Append one blob of record `r`'s frame.
+pub fn write_blob(out: &mut Vec<u8>, r: &Record, blob: &[u8]) -> Result<(), String> {
+    put_blob(out, blob).map_err(|m| format!("record {}/{}: {m}", r.chain_id, r.seq))
 }
 
 fn put_blob(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
@@ -343,12 +356,21 @@ pub fn digest(
             let (d, l) = digest_record(&f.record, [], bytes, leaf(&f.record));
             Ok((f.record, d, l))
         }
-        _ => {
-            let s = f.stored()?;
-            let segments = s.segments.iter().map(Vec::as_slice);
-            let (d, l) = digest_record(&s.record, segments, &s.payload, leaf(&s.record));
-            Ok((s.record, d, l))
+        // The payload first, then the segments decompressed one at a time
+        // as the merge reaches them: a transaction is never held whole.
+        [segments @ .., payload] => {
+            let payload = payload.decoded()?;
+            let parts = segments.iter().map(|b| b.decoded().map(Cow::into_owned));
+            let r = &f.record;
+            let (d, l) = if leaf(r) {
+                let (d, root) = record::digest_and_root_streamed(r, parts, &payload)?;
+                (d, root.map(|root| record_leaf(&r.link_hash, &root)))
+            } else {
+                (record::digest_streamed(r, parts, &payload)?, None)
+            };
+            Ok((f.record, d, l))
         }
+        [] => Err("a frame without its payload".into()),
     }
 }
 

@@ -390,55 +390,100 @@ fn write_records(
     progress: &mut Progress,
     heads: &mut BTreeMap<i32, ChainHead>,
 ) -> Result<(u64, u64), String> {
+    // The binary export writes a record's segments one at a time, as it
+    // reads them, so that no transaction is held whole (here or in the
+    // server); the records export has them on the record's one line.
+    let segments_sql = if binary {
+        format!(
+            "(SELECT count(*) FROM {schema}.segments s WHERE s.first_event = r.first_event)::int"
+        )
+    } else {
+        format!(
+            "ARRAY(SELECT s.payload FROM {schema}.segments s
+                    WHERE s.first_event = r.first_event ORDER BY s.part)"
+        )
+    };
     let sql = format!(
         "SELECT r.chain_id, r.seq, r.tx_id::text, r.first_event, r.last_event, r.event_count,
                 r.committed_at, r.link_hash, coalesce(r.payload, ''::bytea),
-                CASE WHEN r.segments <> 0 THEN ARRAY(
-                    SELECT s.payload FROM {schema}.segments s
-                     WHERE s.first_event = r.first_event ORDER BY s.part) END
+                CASE WHEN r.segments <> 0 THEN {segments_sql} END
            FROM ({new_records}) r ORDER BY r.chain_id, r.seq"
     );
-    let mut rows = tx
-        .query_raw(sql.as_str(), params.iter().copied())
-        .map_err(|e| format!("reading records: {}", crate::error::db_message(&e)))?;
+    let parts_sql = format!(
+        "SELECT coalesce(s.payload, ''::bytea) FROM {schema}.segments s
+          WHERE s.first_event = $1 ORDER BY s.part"
+    );
+    let db = |e: postgres::Error| format!("reading records: {}", crate::error::db_message(&e));
+    // Read in batches through a portal: between two, the segments of a
+    // batch's records are read with queries of their own.
+    let portal = tx.bind(sql.as_str(), &params[..]).map_err(db)?;
     let (mut events, mut records) = (0u64, 0u64);
     let mut frame = Vec::new();
-    while let Some(row) = rows
-        .next()
-        .map_err(|e| format!("reading records: {}", crate::error::db_message(&e)))?
-    {
-        let tx_text: String = row.get(2);
-        let r = Record {
-            chain_id: row.get(0),
-            seq: row.get(1),
-            tx_id: tx_text.parse().map_err(|_| format!("tx_id {tx_text:?}"))?,
-            first_event: row.get(3),
-            last_event: row.get(4),
-            event_count: row.get(5),
-            committed_at: micros(row.get(6)),
-            link_hash: hash(row.get(7)),
-        };
-        let payload: Vec<u8> = row.get(8);
-        let segments: Option<Vec<Option<Vec<u8>>>> = row.get(9);
-        let segments: Vec<Vec<u8>> = segments
-            .unwrap_or_default()
-            .into_iter()
-            .map(Option::unwrap_or_default)
-            .collect();
-        if binary {
-            frame.clear();
-            crate::binary::write_record(&mut frame, &r, &segments, &payload)?;
-            w.put(&frame)?;
-        } else {
-            w.put(
-                &line(&RecordLine::from_record(&r, &segments, &payload))
-                    .map_err(|e| e.to_string())?,
-            )?;
+    loop {
+        let batch = tx.query_portal(&portal, 64).map_err(db)?;
+        if batch.is_empty() {
+            break;
         }
-        heads.insert(r.chain_id, ChainHead::from(&r));
-        events += u64::try_from(r.event_count).unwrap_or(0);
-        records += 1;
-        progress.advance(r.event_count.max(0));
+        for row in batch {
+            let tx_text: String = row.get(2);
+            let r = Record {
+                chain_id: row.get(0),
+                seq: row.get(1),
+                tx_id: tx_text.parse().map_err(|_| format!("tx_id {tx_text:?}"))?,
+                first_event: row.get(3),
+                last_event: row.get(4),
+                event_count: row.get(5),
+                committed_at: micros(row.get(6)),
+                link_hash: hash(row.get(7)),
+            };
+            let payload: Vec<u8> = row.get(8);
+            if binary {
+                let count: Option<i32> = row.get(9);
+                let count = u32::try_from(count.unwrap_or(0)).unwrap_or(0);
+                frame.clear();
+                crate::binary::write_head(&mut frame, &r, count);
+                w.put(&frame)?;
+                if count > 0 {
+                    let mut written = 0u32;
+                    let mut parts = tx
+                        .query_raw(
+                            parts_sql.as_str(),
+                            [&r.first_event as &(dyn postgres::types::ToSql + Sync)],
+                        )
+                        .map_err(db)?;
+                    while let Some(part) = parts.next().map_err(db)? {
+                        frame.clear();
+                        crate::binary::write_blob(&mut frame, &r, part.get(0))?;
+                        w.put(&frame)?;
+                        written += 1;
+                    }
+                    if written != count {
+                        return Err(format!(
+                            "record {}/{}: {written} segments read where {count} were counted",
+                            r.chain_id, r.seq
+                        ));
+                    }
+                }
+                frame.clear();
+                crate::binary::write_blob(&mut frame, &r, &payload)?;
+                w.put(&frame)?;
+            } else {
+                let segments: Option<Vec<Option<Vec<u8>>>> = row.get(9);
+                let segments: Vec<Vec<u8>> = segments
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Option::unwrap_or_default)
+                    .collect();
+                w.put(
+                    &line(&RecordLine::from_record(&r, &segments, &payload))
+                        .map_err(|e| e.to_string())?,
+                )?;
+            }
+            heads.insert(r.chain_id, ChainHead::from(&r));
+            events += u64::try_from(r.event_count).unwrap_or(0);
+            records += 1;
+            progress.advance(r.event_count.max(0));
+        }
     }
     if binary {
         w.put(&[crate::binary::END_OF_FRAMES])?;

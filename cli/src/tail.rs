@@ -254,7 +254,13 @@ fn check_heads(client: &mut Client, s: &State, cp: &Checkpoint, path: &Path) -> 
                LEFT JOIN audit_log.anchors a ON a.chain_id = h.chain_id",
             &[&chains, &seqs],
         )
-        .map_err(|e| Error::trouble(format!("reading the heads of {}: {e}", path.display())))?;
+        .map_err(|e| {
+            Error::trouble(format!(
+                "reading the heads of {}: {}",
+                path.display(),
+                crate::error::db_message(&e)
+            ))
+        })?;
     let by_chain: BTreeMap<i32, &ChainHead> = s.heads.iter().map(|h| (h.chain, h)).collect();
     for r in rows {
         let (chain, seq): (i32, i64) = (r.get(0), r.get(1));

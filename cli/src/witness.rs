@@ -116,7 +116,12 @@ pub fn run(
                 "SELECT ok, events_checked, problem FROM audit_log.verify($1::text::jsonb)",
                 &[&last_text],
             )
-            .map_err(|e| Error::trouble(format!("audit_log.verify(checkpoint): {e}")))?;
+            .map_err(|e| {
+                Error::trouble(format!(
+                    "audit_log.verify(checkpoint): {}",
+                    crate::error::db_message(&e)
+                ))
+            })?;
         let ok: bool = row.get(0);
         let checked: i64 = row.get(1);
         let problem: Option<String> = row.get(2);

@@ -5,18 +5,20 @@
 # (`ulimit -v`, 1 GB for the postmaster and every backend) and the owner
 # inserts 1,500 rows of 1 MB in one statement: 1.5 GB of events, which
 # spill to segments as they are captured (compressed, they take a few MB on
-# disk). Then verify() (in the session and with worker threads, and against
+# disk); then as much again in a prepared transaction, linked by the next
+# commit. Then verify() (in the session and with worker threads, and against
 # a checkpoint), checkpoint(), the events and links views, and prove() of an
 # event inside it must work without the server crashing, and a changed byte
-# in one segment must still be caught, verify() naming the transaction.
-# Before readers streamed segments, each of them read the whole transaction
+# in one segment must still be caught, verify() naming the transaction. The
+# CLI's binary export and offline verify must do the same under a limit of
+# their own. Before readers streamed segments, each of them read the whole transaction
 # into memory: here that failed the allocation and took the whole cluster
 # down.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)
 dir=${AUDIT_LOG_LARGE_DIR:-/tmp/audit_log_large_tx}
-export PGHOST=$dir PGPORT=${AUDIT_LOG_LARGE_PORT:-55507} PGUSER=postgres
+export PGHOST=$dir PGPORT=${AUDIT_LOG_LARGE_PORT:-55512} PGUSER=postgres
 db=al_large
 limit_kb=1048576     # ulimit -v for the postmaster: 1 GB of address space
 rows=1500            # of 1 MB each, in one transaction
@@ -34,8 +36,10 @@ fi
 rm -rf "$dir"; mkdir -p "$dir/work"; chown postgres:postgres "$dir"; chmod 777 "$dir/work"
 work=$dir/work
 cleanup() {
+    local rc=$?
     runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
-    rm -rf "$dir"
+    # On failure the server's log stays, for the reader of the output.
+    if [ "$rc" = 0 ]; then rm -rf "$dir"; else echo "large_tx: the server's log is in $dir/server.log" >&2; fi
 }
 trap cleanup EXIT
 runuser -u postgres -- "$BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1
@@ -45,6 +49,7 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir'
 fsync = off
 max_wal_size = '4GB'
+max_prepared_transactions = 2
 CONF
 # `ulimit -v` sets the limit of this shell; pg_ctl, the postmaster and every
 # backend inherit it.
@@ -71,23 +76,43 @@ CREATE TABLE big (id int PRIMARY KEY, v text);
 ALTER TABLE big OWNER TO large_owner;
 SELECT audit_log.enable('big');
 SQL
-as_owner -c "INSERT INTO big VALUES (0, 'before')"
-as_owner -c "INSERT INTO big SELECT g, repeat(chr(65 + g % 26), 1000000) FROM generate_series(1, $rows) g"
-as_owner -c "UPDATE big SET v = 'after' WHERE id = 0"
+# From one session, so on one chain: 300 single-row transactions (a chain
+# past one tile of its Merkle tree, which checkpoint() can integrate by a
+# sequential scan), then the large one.
+{
+    for i in $(seq 1 300); do echo "INSERT INTO big VALUES (-$i, 'before');"; done
+    echo "INSERT INTO big SELECT g, repeat(chr(65 + g % 26), 1000000) FROM generate_series(1, $rows) g;"
+} | as_owner
+# Another as large, prepared and committed: the next audited commit links it.
+as_owner <<SQL
+BEGIN;
+INSERT INTO big SELECT g, repeat(chr(97 + g % 26), 1000000) FROM generate_series($rows + 1, 2 * $rows) g;
+PREPARE TRANSACTION 'large';
+COMMIT PREPARED 'large';
+SQL
+as_owner -c "UPDATE big SET v = 'after' WHERE id = -1"
 no_crash
-first=$(q -c "SELECT first_event FROM audit_log.records WHERE event_count = $rows")
-[ -n "$first" ] || fail "no record of $rows events: $(q -c "SELECT event_count, segments FROM audit_log.records")"
+first=$(q -c "SELECT min(first_event) FROM audit_log.records WHERE event_count = $rows")
+[ "$(q -c "SELECT count(*) FROM audit_log.records WHERE event_count = $rows")" = 2 ] ||
+    fail "not two records of $rows events: $(q -c "SELECT event_count, segments FROM audit_log.records WHERE event_count > 1")"
 seg=$(q -c "SELECT count(*) || ' segments, ' || pg_size_pretty(sum(pg_column_size(payload))) || ' stored, ' || pg_size_pretty(sum(octet_length(payload))) || ' of events' FROM audit_log.segments WHERE first_event = $first")
-lap; echo "  the owner wrote $rows rows of 1 MB in one transaction (event $first on): $seg $took"
+lap; echo "  the owner wrote $rows rows of 1 MB in one transaction (event $first on): $seg; another as large prepared, committed and linked $took"
 
 # verify(), in the session's thread and in two worker threads; a checkpoint
 # (the tree's leaf of the transaction); verify() against it.
-events=$((rows + 3))   # with the ENABLE event and the rows before and after
+events=$((2 * rows + 302))   # with the ENABLE event, the 300 before and the UPDATE after
 for threads in 0 2; do
     v=$(as_auditor -c "SET audit_log.verify_threads = $threads" \
         -c "SELECT ok, events_checked, coalesce(problem, '') FROM audit_log.verify()")
     [ "$v" = "t|$events|" ] || fail "verify() with verify_threads = $threads: $v"
 done
+# The tree's leaves by one sequential scan (then rolled back), and through
+# the primary key.
+q -c "BEGIN" -c "SET LOCAL audit_log.integration_scan_leaves = 1" -c "SET LOCAL client_min_messages = debug1" \
+    -c "SELECT audit_log.checkpoint()" -c "ROLLBACK" >/dev/null 2>"$work/scan.log" ||
+    fail "checkpoint() by a sequential scan: $(cat "$work/scan.log")"
+grep -q "leaves of [0-9]* chain(s) by one sequential scan" "$work/scan.log" ||
+    fail "checkpoint() did not integrate by a sequential scan: $(cat "$work/scan.log")"
 cp=$(as_auditor -c "SELECT audit_log.checkpoint()")
 echo "$cp" >"$work/cp.json"
 for threads in 0 2; do
@@ -95,7 +120,7 @@ for threads in 0 2; do
     [ "$v" = "t|" ] || fail "verify(checkpoint) with verify_threads = $threads: $v"
 done
 no_crash
-lap; echo "  verify() with 0 and 2 worker threads, checkpoint() and verify(checkpoint) ok over $events events $took"
+lap; echo "  verify() with 0 and 2 worker threads, checkpoint() (by a scan and through the primary key) and verify(checkpoint) ok over $events events $took"
 
 # The views: every event of the transaction, its values whole, and its last
 # event's hash as the link covers it.
@@ -108,7 +133,7 @@ no_crash
 lap; echo "  the events view reads its $rows events (1.5 GB of values), the links view its last event's hash $took"
 
 # prove() of an event in the middle of the transaction, checked by the CLI.
-mid=$(as_auditor -c "SELECT id FROM audit_log.events WHERE tx_seq = $((rows / 2)) AND id >= $first AND table_name = 'big'")
+mid=$(as_auditor -c "SELECT id FROM audit_log.events WHERE tx_seq = $((rows / 2)) AND tx_id = (SELECT tx_id FROM audit_log.records WHERE first_event = $first)")
 as_auditor -c "SELECT audit_log.prove($mid)" >"$work/proof.json"
 out=$(audit-log verify-proof "$work/proof.json" --checkpoint "$work/cp.json" 2>&1) || fail "verify-proof of event $mid: $out"
 echo "$out" | head -1 | grep -q "\"id\":$mid," || fail "verify-proof did not print event $mid: $(echo "$out" | head -c 300)"
@@ -129,16 +154,30 @@ v=$(as_auditor -c "SELECT ok FROM audit_log.verify()")
 [ "$v" = t ] || fail "verify() after the edit was rolled back: $v"
 no_crash
 lap; echo "  a byte changed in segment $part is caught (content_changed at event $first) with 0 and 2 worker threads $took"
-# An export puts a record's segments on its one line: a transaction this
-# large does not fit one (the server refuses to build it, out of memory
-# under this limit). The CLI must say what the server said, not crash it.
+# Offline. The binary export writes a transaction's segments one at a time
+# and `audit-log verify` reads them so, both under a 512 MB address-space
+# limit of their own; a flipped byte in the file is caught. The records
+# export puts a record's segments on its one line, which a transaction this
+# large does not fit (the server refuses to build it, out of memory here):
+# the CLI must then say what the server said, not crash it.
 dsn="host=$PGHOST port=$PGPORT user=large_auditor dbname=$db"
+out=$( (ulimit -v 524288 && audit-log export --dsn "$dsn" --format binary --out "$work/log.bin") 2>&1) ||
+    fail "the binary export under ulimit -v 512 MB: $out"
+out=$( (ulimit -v 524288 && audit-log verify --checkpoint "$work/cp.json" "$work/log.bin") 2>&1) ||
+    fail "audit-log verify of the binary export under ulimit -v 512 MB: $out"
+echo "$out" | grep -q "^events checked: $events," || fail "audit-log verify counted otherwise: $out"
+python3 -c "
+import sys
+b = bytearray(open(sys.argv[1], 'rb').read()); b[len(b) // 2] ^= 1
+open(sys.argv[2], 'wb').write(b)" "$work/log.bin" "$work/bad.bin"
+if out=$(audit-log verify "$work/bad.bin" 2>&1); then fail "a flipped byte in the middle of the binary export verified: $out"; fi
+lap; echo "  the binary export ($(stat -c %s "$work/log.bin") bytes) and audit-log verify --checkpoint, each under a 512 MB limit, hold; a flipped byte is caught $took"
 if out=$(audit-log export --dsn "$dsn" --format records --out "$work/records.jsonl" 2>&1); then
-    out=$(audit-log verify "$work/records.jsonl" 2>&1) || fail "audit-log verify of the export: $out"
-    echo "  the CLI exported and verified it: $(echo "$out" | head -1)"
+    out=$(audit-log verify "$work/records.jsonl" 2>&1) || fail "audit-log verify of the records export: $out"
+    echo "  the CLI exported it as records and verified them: $(echo "$out" | head -1)"
 else
-    echo "$out" | grep -qE "\((53200|54000|XX000)\)" || fail "the export failed without the server's reason: $out"
-    echo "  the CLI's export refuses it with the server's reason: $out"
+    echo "$out" | grep -qE "reading records: .*\((53200|54000)\)" || fail "the records export failed without the server's reason: $out"
+    echo "  the records export refuses it with the server's reason: $out"
 fi
 no_crash
-echo "large_tx: a 1.5 GB transaction under a 1 GB address-space limit is verified, checkpointed, read through the views and proven, one segment at a time; an edit in it is caught; no crash"
+echo "large_tx: a 1.5 GB transaction under a 1 GB address-space limit is verified, checkpointed, read through the views, proven, exported and verified offline, one segment at a time; an edit in it is caught; no crash"

@@ -396,18 +396,47 @@ pub fn digest_streamed<E>(
     segments: impl IntoIterator<Item = Result<Vec<u8>, E>>,
     payload: &[u8],
 ) -> Result<Digest, E> {
+    Ok(digest_each_streamed(r, segments, payload, |_| {})?.0)
+}
+
+/// [`digest_and_hashes`] of a transaction whose segments come one at a
+/// time, with the root of its events' Merkle tree (`tree::events_root`)
+/// instead of every event's hash: None if the payload is not a sequence of
+/// events.
+pub fn digest_and_root_streamed<E>(
+    r: &Record,
+    segments: impl IntoIterator<Item = Result<Vec<u8>, E>>,
+    payload: &[u8],
+) -> Result<(Digest, Option<Hash>), E> {
+    let mut tree = crate::merkle::Builder::default();
+    let (d, whole) = digest_each_streamed(r, segments, payload, |h| {
+        tree.push(crate::merkle::leaf_hash(&h))
+    })?;
+    Ok((d, whole.then(|| tree.root())))
+}
+
+/// As `digest_each`, over segments that come one at a time.
+fn digest_each_streamed<E>(
+    r: &Record,
+    segments: impl IntoIterator<Item = Result<Vec<u8>, E>>,
+    payload: &[u8],
+    mut each: impl FnMut(Hash),
+) -> Result<(Digest, bool), E> {
     let mut b = DigestBuilder::default();
+    let mut whole = true;
     for_each_merged(segments, payload, |e| match e {
         Ok(e) => {
             b.push(e);
+            each(b.last_hash());
             ControlFlow::Continue(())
         }
         Err(_) => {
             b.malformed("its payload is not a sequence of events");
+            whole = false;
             ControlFlow::Break(())
         }
     })?;
-    Ok(b.finish(r))
+    Ok((b.finish(r), whole))
 }
 
 fn note(f: &mut Option<Box<(ProblemKind, String)>>, kind: ProblemKind, why: String) {
@@ -1343,7 +1372,17 @@ mod tests {
                 let mut bad = segs.clone();
                 bad.push(vec![0, 0, 0, 9, 1]);
                 assert_eq!(streamed(&bad, &payload), held(&bad, &payload));
+                let (d, hashes) = digest_and_hashes(&r, segs.iter().map(Vec::as_slice), &payload);
+                assert_eq!(
+                    digest_and_root_streamed(&r, segs.iter().cloned().map(Ok::<_, ()>), &payload),
+                    Ok((d, hashes.map(|h| crate::tree::events_root(&h))))
+                );
                 let torn = digest_streamed(&r, bad.iter().cloned().map(Ok::<_, ()>), &payload);
+                let (d, hashes) = digest_and_hashes(&r, bad.iter().map(Vec::as_slice), &payload);
+                assert_eq!(
+                    digest_and_root_streamed(&r, bad.iter().cloned().map(Ok::<_, ()>), &payload),
+                    Ok((d, hashes.map(|h| crate::tree::events_root(&h))))
+                );
                 assert!(torn.is_ok_and(|d| d.fault.is_some()));
                 cases += 1;
             }
