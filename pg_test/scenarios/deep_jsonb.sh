@@ -26,40 +26,13 @@ t0=$(date +%s.%N)
 # took: the time since the previous call, for the step just done.
 lap() { local t; t=$(date +%s.%N); took=$(awk -v a="$t0" -v b="$t" 'BEGIN { printf "(%.1f s)", b - a }'); t0=$t; }
 
-# A cluster left running by an earlier run is stopped before its directory goes.
-if [ -f "$dir/data/postmaster.pid" ]; then
-    runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
-fi
-rm -rf "$dir"; mkdir -p "$dir/work"; chown postgres:postgres "$dir"; chmod 755 "$dir/work"
-work=$dir/work
-cleanup() {
-    runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-runuser -u postgres -- "$BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1
-cat >>"$dir/data/postgresql.conf" <<CONF
-port = $PGPORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$dir'
-fsync = on
+# shellcheck source=../lib/own_cluster.sh
+. "$here/lib/own_cluster.sh"
+# `ulimit -s` raises the soft and hard limits of the server's stack.
+own_cluster_start "-s $stack_kb" "fsync = on
 synchronous_commit = on
-max_stack_depth = '$max_stack'
-CONF
-# RUST_BACKTRACE on, as in cluster.sh. `ulimit -s` raises the soft and hard
-# limits of this shell only; pg_ctl and the postmaster inherit them.
-runuser -u postgres -- bash -c "ulimit -s $stack_kb && exec env RUST_BACKTRACE=1 '$BIN/pg_ctl' -D '$dir/data' -l '$dir/server.log' -w start" >/dev/null ||
-    fail "cluster did not start with ulimit -s $stack_kb and max_stack_depth $max_stack: $(tail -5 "$dir/server.log" 2>/dev/null)"
-# The server instance: after a backend crash the postmaster reinitializes and
-# restarts every child, the checkpointer too, but pg_postmaster_start_time()
-# stays the same, so both are compared.
-instance() { psql -X -At -d postgres -c "SELECT pg_postmaster_start_time() || ', checkpointer ' || pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"; }
-no_crash() {
-    local now; now=$(instance)
-    [ "$now" = "$started" ] || fail "the server restarted: it was $started, now $now"
-    ! grep -E -m1 "terminated by signal|reinitializing" "$dir/server.log" || fail "a backend crashed (server log above)"
-}
-started=$(instance)
+max_stack_depth = '$max_stack'"
+work=$dir/work
 lap; echo "  cluster on port $PGPORT, ulimit -s $stack_kb, max_stack_depth $(psql -X -At -d postgres -c 'SHOW max_stack_depth') $took"
 
 psql -X -q -d postgres -c "CREATE DATABASE $db"

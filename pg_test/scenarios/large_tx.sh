@@ -30,40 +30,12 @@ command -v audit-log >/dev/null || fail "audit-log is not on PATH (scripts/insta
 t0=$(date +%s.%N)
 lap() { local t; t=$(date +%s.%N); took=$(awk -v a="$t0" -v b="$t" 'BEGIN { printf "(%.1f s)", b - a }'); t0=$t; }
 
-if [ -f "$dir/data/postmaster.pid" ]; then
-    runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
-fi
-rm -rf "$dir"; mkdir -p "$dir/work"; chown postgres:postgres "$dir"; chmod 777 "$dir/work"
-work=$dir/work
-cleanup() {
-    local rc=$?
-    runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
-    # On failure the server's log stays, for the reader of the output.
-    if [ "$rc" = 0 ]; then rm -rf "$dir"; else echo "large_tx: the server's log is in $dir/server.log" >&2; fi
-}
-trap cleanup EXIT
-runuser -u postgres -- "$BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1
-cat >>"$dir/data/postgresql.conf" <<CONF
-port = $PGPORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$dir'
-fsync = off
+# shellcheck source=../lib/own_cluster.sh
+. "$here/lib/own_cluster.sh"
+own_cluster_start "-v $limit_kb" "fsync = off
 max_wal_size = '4GB'
-max_prepared_transactions = 2
-CONF
-# `ulimit -v` sets the limit of this shell; pg_ctl, the postmaster and every
-# backend inherit it.
-runuser -u postgres -- bash -c "ulimit -v $limit_kb && exec env RUST_BACKTRACE=1 '$BIN/pg_ctl' -D '$dir/data' -l '$dir/server.log' -w start" >/dev/null ||
-    fail "cluster did not start with ulimit -v $limit_kb: $(tail -5 "$dir/server.log" 2>/dev/null)"
-# After a backend crash the postmaster restarts every child, the
-# checkpointer too, but pg_postmaster_start_time() stays: both are compared.
-instance() { psql -X -At -d postgres -c "SELECT pg_postmaster_start_time() || ', checkpointer ' || pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"; }
-no_crash() {
-    local now; now=$(instance)
-    [ "$now" = "$started" ] || fail "the server restarted: it was $started, now $now"
-    ! grep -E -m1 "terminated by signal|reinitializing|panicked" "$dir/server.log" || fail "a backend crashed (server log above)"
-}
-started=$(instance)
+max_prepared_transactions = 2"
+work=$dir/work
 lap; echo "  cluster on port $PGPORT, ulimit -v $limit_kb kB $took"
 
 psql -X -q -d postgres -c "CREATE DATABASE $db"
