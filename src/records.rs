@@ -189,49 +189,37 @@ pub fn run_verify(cp: Option<&Checkpoint>) -> Result<Verdict, AuditError> {
 /// a time: its segments are read one at a time, each when the one before is
 /// used up, so that no transaction, however large, is held whole.
 struct TxEvents {
-    cursor: record::Cursor<Vec<u8>>,
+    events: record::DecodedCursor<Vec<u8>>,
     first_event: i64,
     /// The part of the segment read last.
     part: Option<i32>,
-    prev: Hash,
     rows: usize,
-    stopped: bool,
 }
 
 impl TxEvents {
     fn next_event(&mut self) -> Result<Option<audit_log_core::model::Event>, AuditError> {
-        if self.stopped {
-            return Ok(None);
-        }
-        if self.cursor.wants_segment() {
+        if self.events.wants_segment() {
             let oids = catalog::lookup()?;
             let snapshot = SnapshotGuard::active();
             let next = segment_after(&oids, snapshot.0, self.first_event, self.part)?;
             self.part = next.as_ref().map(|(part, _)| *part);
-            self.cursor.give_segment(next.map(|(_, bytes)| bytes));
+            self.events.give_segment(next.map(|(_, bytes)| bytes));
         }
-        let ev = match self.cursor.next() {
-            None => None,
-            Some(e) => match e.and_then(|e| record::decode_event(e, self.first_event, self.prev)) {
-                Ok(ev) => Some(ev),
-                Err(_) => {
-                    pgrx::warning!(
-                        "audit_log: the record of event {} is unreadable past event {}",
-                        self.first_event,
-                        self.rows
-                    );
-                    None
-                }
-            },
-        };
-        match &ev {
-            Some(ev) => {
-                self.prev = ev.hash;
+        match self.events.next_event() {
+            None => Ok(None),
+            Some(Ok(ev)) => {
                 self.rows += 1;
+                Ok(Some(ev))
             }
-            None => self.stopped = true,
+            Some(Err(_)) => {
+                pgrx::warning!(
+                    "audit_log: the record of event {} is unreadable past event {}",
+                    self.first_event,
+                    self.rows
+                );
+                Ok(None)
+            }
         }
-        Ok(ev)
     }
 }
 
@@ -314,12 +302,10 @@ fn record_events(
     ErrorReport,
 > {
     let mut events = TxEvents {
-        cursor: record::Cursor::new(payload.to_vec(), segments != 0),
+        events: record::DecodedCursor::new(payload.to_vec(), segments != 0, first_event),
         first_event,
         part: None,
-        prev: ZERO_HASH,
         rows: 0,
-        stopped: false,
     };
     let rows = std::iter::from_fn(move || {
         let ev = events.next_event().or_raise()?;

@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime};
 
-use audit_log_core::record::{decoded, digest, Follower, Record};
+use audit_log_core::record::{digest, digest_streamed, DecodedCursor, Follower, Record};
 use audit_log_core::time::format_rfc3339;
 use audit_log_core::verify::ProblemKind;
 use audit_log_core::{ChainHead, Checkpoint, Event};
-use postgres::Client;
+use postgres::{Client, GenericClient, IsolationLevel};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -480,13 +480,32 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
         lags: Lags::default(),
     };
     loop {
-        let records = poll(&mut client, &follower.heads(), o.batch)?;
+        // One snapshot for a poll: a record's segments are read twice (to
+        // check the record, then to ship its events), and must be the same.
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(|e| {
+                Error::trouble(format!(
+                    "starting a read-only transaction: {}",
+                    crate::error::db_message(&e)
+                ))
+            })?;
+        let records = poll(&mut tx, &follower.heads(), o.batch)?;
         let found = records.len();
         let mut buf = Vec::new();
+        let mut shipped = 0u64;
         let mut committed = Vec::with_capacity(found);
         for (r, segments, payload) in merge_by_time(records) {
-            let segs = segments.iter().map(Vec::as_slice);
-            let d = digest(&r, segs.clone(), &payload);
+            // A transaction's segments are read one at a time, never whole:
+            // a table's owner can make one larger than this process's memory.
+            let d = if segments == 0 {
+                digest(&r, [], &payload)
+            } else {
+                digest_streamed(&r, segment_rows(&mut tx, r.first_event)?, &payload)?
+            };
             let mut stepped = follower.step(&r, &d);
             // Records purged before they were shipped: the chain goes on
             // from the anchor the purge left, and the gap is said.
@@ -494,7 +513,7 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
                 .as_ref()
                 .is_err_and(|p| p.kind == ProblemKind::LinkMissing)
             {
-                if let Some(a) = anchor_before(&mut client, &r)? {
+                if let Some(a) = anchor_before(&mut tx, &r)? {
                     let from = follower
                         .heads()
                         .iter()
@@ -516,23 +535,51 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
                     r.chain_id, r.seq
                 ))
             })?;
-            for e in decoded(segs, &payload, r.first_event) {
-                let e = e.map_err(|m| {
-                    Error::Refused(format!("record {}/{}: {m:?}", r.chain_id, r.seq))
-                })?;
+            let unreadable = |m| Error::Refused(format!("record {}/{}: {m:?}", r.chain_id, r.seq));
+            let mut events = DecodedCursor::new(&payload[..], segments != 0, r.first_event);
+            let mut parts = match segments {
+                0 => None,
+                _ => Some(segment_rows(&mut tx, r.first_event)?),
+            };
+            let mut last = None;
+            loop {
+                if events.wants_segment() {
+                    events.give_segment(parts.as_mut().and_then(Iterator::next).transpose()?);
+                }
+                let Some(e) = events.next_event() else { break };
+                let e = e.map_err(unreadable)?;
                 write_line(&mut buf, o.feed, &source, &r, &e)?;
+                last = Some(e.hash);
                 stats.events += 1;
+                // A large transaction's lines go out as they are made; the
+                // state is saved after the poll, as for any other.
+                if buf.len() >= FLUSH_BYTES {
+                    shipped += lines(&buf);
+                    sink.write(&buf)?;
+                    buf.clear();
+                }
+            }
+            // The events shipped are those the record was checked against.
+            if last.unwrap_or(audit_log_core::ZERO_HASH) != d.last_hash {
+                return Err(Error::Refused(format!(
+                    "record {}/{} read otherwise the second time: not shipped",
+                    r.chain_id, r.seq
+                )));
             }
             stats.records += 1;
             committed.push(r.committed_at);
         }
-        if !buf.is_empty() {
+        tx.commit().map_err(|e| {
+            Error::trouble(format!("ending a poll: {}", crate::error::db_message(&e)))
+        })?;
+        if shipped > 0 || !buf.is_empty() {
+            shipped += lines(&buf);
             sink.write(&buf)?;
             let written_at = micros(SystemTime::now());
             for c in &committed {
                 stats.lags.push((written_at - c).max(0) as f64 / 1000.0);
             }
-            state.events += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+            state.events += shipped;
             state.heads = follower.heads();
             state.out_bytes = sink.bytes();
             save_state(&o.state, &state)?;
@@ -551,10 +598,44 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
     Ok(stats)
 }
 
-type Fetched = (Record, Vec<Vec<u8>>, Vec<u8>);
+/// A record, how many segments it has, and its payload.
+type Fetched = (Record, i32, Vec<u8>);
+
+/// Lines of a large transaction written before the poll ends.
+const FLUSH_BYTES: usize = 8 << 20;
+
+fn lines(buf: &[u8]) -> u64 {
+    buf.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// The payloads of the segments of the transaction `first_event`, in order,
+/// read as they are taken.
+fn segment_rows(
+    client: &mut impl GenericClient,
+    first_event: i64,
+) -> Result<impl Iterator<Item = Result<Vec<u8>, Error>> + '_, Error> {
+    let db = |e: postgres::Error| {
+        Error::trouble(format!(
+            "reading segments: {}",
+            crate::error::db_message(&e)
+        ))
+    };
+    let mut rows = client
+        .query_raw(
+            "SELECT coalesce(payload, ''::bytea) FROM audit_log.segments
+              WHERE first_event = $1 ORDER BY part",
+            [&first_event as &(dyn postgres::types::ToSql + Sync)],
+        )
+        .map_err(db)?;
+    Ok(std::iter::from_fn(move || {
+        use postgres::fallible_iterator::FallibleIterator;
+        rows.next().map_err(db).transpose()
+    })
+    .map(|row| row.map(|row| row.get(0))))
+}
 
 /// The anchor a purge left just before `r` in its chain, if there is one.
-fn anchor_before(client: &mut Client, r: &Record) -> Result<Option<ChainHead>, Error> {
+fn anchor_before(client: &mut impl GenericClient, r: &Record) -> Result<Option<ChainHead>, Error> {
     let row = client
         .query_opt(
             "SELECT seq, link_hash, last_event FROM audit_log.anchors WHERE chain_id = $1 AND seq = $2",
@@ -575,7 +656,11 @@ fn anchor_before(client: &mut Client, r: &Record) -> Result<Option<ChainHead>, E
 /// Up to `batch` records of each chain after its head, in seq order per
 /// chain. Chains are found by a skip scan of the records' primary key, so a
 /// poll costs a few index probes per chain whatever the log's size.
-fn poll(client: &mut Client, heads: &[ChainHead], batch: i64) -> Result<Vec<Fetched>, Error> {
+fn poll(
+    client: &mut impl GenericClient,
+    heads: &[ChainHead],
+    batch: i64,
+) -> Result<Vec<Fetched>, Error> {
     let chains: Vec<i32> = heads.iter().map(|h| h.chain).collect();
     let seqs: Vec<i64> = heads.iter().map(|h| h.seq).collect();
     let rows = client
@@ -587,9 +672,9 @@ fn poll(client: &mut Client, heads: &[ChainHead], batch: i64) -> Result<Vec<Fetc
                    FROM c WHERE c.id IS NOT NULL)
              SELECT r.chain_id, r.seq, r.tx_id::text, r.first_event, r.last_event, r.event_count,
                     r.committed_at, r.link_hash, r.payload,
-                    CASE WHEN r.segments <> 0 THEN ARRAY(
-                        SELECT s.payload FROM audit_log.segments s
-                         WHERE s.first_event = r.first_event ORDER BY s.part) END
+                    CASE WHEN r.segments <> 0 THEN (
+                        SELECT count(*) FROM audit_log.segments s
+                         WHERE s.first_event = r.first_event)::int ELSE 0 END
                FROM c
                LEFT JOIN unnest($1::int[], $2::bigint[]) AS h(chain_id, seq) ON h.chain_id = c.id
               CROSS JOIN LATERAL (
@@ -621,13 +706,7 @@ fn poll(client: &mut Client, heads: &[ChainHead], batch: i64) -> Result<Vec<Fetc
                 committed_at: micros(row.get(6)),
                 link_hash: hash(row.get(7)),
             };
-            let segments: Option<Vec<Option<Vec<u8>>>> = row.get(9);
-            let segments = segments
-                .unwrap_or_default()
-                .into_iter()
-                .map(Option::unwrap_or_default)
-                .collect();
-            Ok((r, segments, row.get(8)))
+            Ok((r, row.get(9), row.get(8)))
         })
         .collect()
 }

@@ -361,6 +361,53 @@ impl<P: AsRef<[u8]>> Cursor<P> {
     }
 }
 
+/// A transaction's events decoded one at a time, as [`decoded`] gives
+/// them (each with its hash chained on the one before, stopping after the
+/// first unreadable one), from segments given one at a time as the
+/// [`Cursor`] within asks for them.
+pub struct DecodedCursor<P> {
+    cursor: Cursor<P>,
+    tx_first: i64,
+    /// The hash of the last event decoded; None once an event was
+    /// unreadable or the events ended.
+    prev: Option<Hash>,
+}
+
+impl<P: AsRef<[u8]>> DecodedCursor<P> {
+    /// A transaction's payload, whether it has segments to come, and the
+    /// id of its first event.
+    pub fn new(payload: P, has_segments: bool, tx_first: i64) -> Self {
+        DecodedCursor {
+            cursor: Cursor::new(payload, has_segments),
+            tx_first,
+            prev: Some(ZERO_HASH),
+        }
+    }
+
+    /// See [`Cursor::wants_segment`].
+    pub fn wants_segment(&self) -> bool {
+        self.prev.is_some() && self.cursor.wants_segment()
+    }
+
+    /// See [`Cursor::give_segment`].
+    pub fn give_segment(&mut self, segment: Option<Vec<u8>>) {
+        self.cursor.give_segment(segment);
+    }
+
+    /// The next event, or why it cannot be read (the last item then).
+    pub fn next_event(&mut self) -> Option<Result<Event, Malformed>> {
+        let prev = self.prev.take()?;
+        let ev = self
+            .cursor
+            .next()?
+            .and_then(|e| decode_event(e, self.tx_first, prev));
+        if let Ok(ev) = &ev {
+            self.prev = Some(ev.hash);
+        }
+        Some(ev)
+    }
+}
+
 /// The events of a transaction in the order of [`merged`], when its
 /// segments come one at a time and are owned (read from storage as they
 /// are needed): no more than one segment is held, however large the
@@ -1388,6 +1435,36 @@ mod tests {
             }
         }
         assert_eq!(cases, 365);
+        // Decoded one at a time, as decoded() decodes them whole: whole,
+        // spilled in two, and torn.
+        let list: Vec<&[u8]> = events(&p).collect::<Result<_, _>>().unwrap();
+        let spills = [
+            (vec![], p.clone()),
+            (
+                vec![framed(&list[..2]), framed(&list[2..4])],
+                framed(&list[4..]),
+            ),
+            (
+                vec![framed(&list[..2]), vec![0, 0, 0, 9, 1]],
+                framed(&list[4..]),
+            ),
+        ];
+        for (segs, payload) in spills {
+            let want: Vec<_> = decoded(segs.iter().map(Vec::as_slice), &payload, 10).collect();
+            let mut c = DecodedCursor::new(&payload, !segs.is_empty(), 10);
+            let mut given = segs.into_iter();
+            let mut got = Vec::new();
+            loop {
+                if c.wants_segment() {
+                    c.give_segment(given.next());
+                }
+                match c.next_event() {
+                    Some(e) => got.push(e),
+                    None => break,
+                }
+            }
+            assert_eq!(got, want);
+        }
         // The tree's summary, streamed, for transactions of 0 to 9 events
         // (each size a different shape of tree), in two segments and a payload.
         for n in 0..10 {
