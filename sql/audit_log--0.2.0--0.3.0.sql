@@ -12,6 +12,21 @@
 -- EXTENSION.
 \echo Use "ALTER EXTENSION audit_log UPDATE TO '0.3.0'" to load this file. \quit
 
+-- The log's text (names, rows as JSON) is UTF-8, as docs/FORMAT.md
+-- requires and every verifier reads it: in a database of another encoding,
+-- 0.2.0 stored its bytes as they are, and a non-ASCII value would
+-- make the rest of its transaction unreadable in audit_log.events.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION 'audit_log needs a database encoded in UTF8; this one is %', pg_catalog.getdatabaseencoding()
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Create the database with ENCODING ''UTF8'' (and a UTF-8 locale, or TEMPLATE template0), then install audit_log there; this database''s log can stay on 0.2.0.';
+    END IF;
+END
+$encoding$;
+
+
 COMMENT ON FUNCTION audit_log.verify() IS 'Recompute every event hash and link of the log; ok, or the first bad event and what is wrong with it. A failure also raises a WARNING and notifies audit_log_alert. Requires audit_log_auditor.';
 COMMENT ON FUNCTION audit_log.checkpoint() IS 'Every chain''s head (seq, link hash, last event) and Merkle tree (size, root), to keep outside the database: audit_log.verify(checkpoint) or audit_log.consistency(checkpoint) later proves that the log extends it, and audit_log.prove(event, checkpoint) that it holds an event. Requires audit_log_auditor.';
 

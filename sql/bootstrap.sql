@@ -1,6 +1,20 @@
 -- audit_log schema, part 1: tables, roles and privileges.
 -- Runs before the extension's functions are created.
 
+-- The log's text (names, rows as JSON) is UTF-8, as docs/FORMAT.md
+-- requires and every verifier reads it: in a database of another encoding,
+-- capture would store its bytes as they are, and a non-ASCII value would
+-- make the rest of its transaction unreadable in audit_log.events.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION 'audit_log needs a database encoded in UTF8; this one is %', pg_catalog.getdatabaseencoding()
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Create the database with ENCODING ''UTF8'' (and a UTF-8 locale, or TEMPLATE template0), then install audit_log there.';
+    END IF;
+END
+$encoding$;
+
 DO $roles$
 BEGIN
     -- Roles are cluster-wide: a second database that installs the extension reuses them.

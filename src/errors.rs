@@ -74,6 +74,8 @@ pub enum AuditError {
     TooManyEvents(i64),
     #[error("the audited changes to store at once take {0} bytes, more than a bytea value can hold (1 GB)")]
     PayloadTooLarge(usize),
+    #[error("a recorded JSON value takes {0} bytes as text, more than a text or jsonb value can hold (1 GB); the event itself is recorded whole")]
+    JsonTextTooLarge(usize),
     #[error("out of memory: audit_log could not allocate {0} bytes for the transaction's audited changes")]
     OutOfMemory(usize),
     #[error("the head of audit chain {chain} (link seq {seq}) is damaged: its link_hash is not a 32-byte hash; refusing to extend the chain")]
@@ -128,9 +130,9 @@ impl AuditError {
             AuditError::Invalid(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             AuditError::NoRetention => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::NoSuchColumn(..) => ERRCODE_UNDEFINED_COLUMN,
-            AuditError::TooManyEvents(_) | AuditError::PayloadTooLarge(_) => {
-                ERRCODE_PROGRAM_LIMIT_EXCEEDED
-            }
+            AuditError::TooManyEvents(_)
+            | AuditError::PayloadTooLarge(_)
+            | AuditError::JsonTextTooLarge(_) => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             AuditError::OutOfMemory(_) => ERRCODE_OUT_OF_MEMORY,
             AuditError::ChainDamaged { .. } => ERRCODE_DATA_CORRUPTED,
             AuditError::NotTrigger => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
@@ -203,6 +205,12 @@ impl AuditError {
             AuditError::TooManyEvents(_) | AuditError::PayloadTooLarge(_) => {
                 Some("Split the change into several transactions.".into())
             }
+            AuditError::JsonTextTooLarge(_) => Some(
+                "Leave old_row and new_row out of the query for that event (select its other \
+                 columns, or filter on them first); audit_log.verify() and the CLI's exports \
+                 read it whole."
+                    .into(),
+            ),
             AuditError::ChainDamaged { .. } | AuditError::TreeDamaged { .. } => Some(
                 "Someone with superuser rights changed audit_log.records. Run \
                  SELECT * FROM audit_log.verify() to see what changed, and restore the log."

@@ -254,10 +254,22 @@ AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION audit_log.canonical_json_text(bytea) IS 'A JSON value in the canonical encoding of docs/FORMAT.md, as JSON text.';
 "#)]
 fn canonical_json_text(encoded: &[u8]) -> Result<String, ErrorReport> {
-    Ok(audit_log_core::encoding::decode::Reader::new(encoded)
-        .json_text()
-        .map_err(|e| AuditError::Invalid(format!("not a canonical JSON value: {e}")))?)
+    use audit_log_core::encoding::decode::Reader;
+    let bad = |e| AuditError::Invalid(format!("not a canonical JSON value: {e}"));
+    // JSON text escapes a control character in six bytes, so a value
+    // recorded whole can be too long for a text datum (1 GB with its
+    // header): past a sixth of that, its length is counted before it is made.
+    if encoded.len() > MAX_TEXT / 6 {
+        let n = Reader::new(encoded).json_text_len().map_err(bad)?;
+        if n > MAX_TEXT {
+            return Err(AuditError::JsonTextTooLarge(n).into());
+        }
+    }
+    Ok(Reader::new(encoded).json_text().map_err(bad)?)
 }
+
+/// The longest text a datum holds: 1 GB less its 4-byte header.
+const MAX_TEXT: usize = 0x3FFF_FFFF - 4;
 
 /// The events of one record, as rows: the `audit_log.events` view.
 #[allow(clippy::type_complexity)]

@@ -160,28 +160,50 @@ unsafe fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64 {
     unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal_raw(relid, check_permissions)) }
 }
 
-/// Write buffered events as a segment, without any lock. Only events of the
+/// Write buffered events as segments, without any lock. Only events of the
 /// current subtransaction (and of its committed children) can be written
 /// now: written inside the current subtransaction, an outer level's event
 /// would vanish if this one rolled back. Those stay in memory, and verifiers
 /// merge the segments and the record's payload by tx_seq.
+///
+/// Each segment is one run of consecutive tx_seq (docs/FORMAT.md): events
+/// kept in memory by an outer level can sit between runs already written
+/// (an event before a savepoint, then the savepoint's spilled events, then
+/// after its RELEASE the events that follow), so the events written now
+/// make one segment per run.
 fn spill_segment() -> Result<(), AuditError> {
     let sub = current_subid();
-    let Some((oids, first, part, mut payload, keys)) = STATE.with_borrow_mut(|s| {
+    let Some((oids, first, runs, keys)) = STATE.with_borrow_mut(|s| {
         let s = s.as_mut()?;
         let from = s.buffer.iter().position(|p| p.subid >= sub)?;
         // tx_seq is below 2^31 (append refuses more); read before any change.
-        let part = i32::try_from(s.buffer[from].tx_seq).ok()?;
+        i32::try_from(s.buffer.last()?.tx_seq).ok()?;
         let batch: Vec<Pending> = s.buffer.drain(from..).collect();
-        let payload = s.payload.split_off(batch[0].at);
-        s.segments.push(sub);
+        let base = batch[0].at;
+        let mut payload = s.payload.split_off(base);
+        let starts =
+            (0..batch.len()).filter(|&i| i == 0 || batch[i].tx_seq != batch[i - 1].tx_seq + 1);
+        let starts: Vec<usize> = starts.collect();
+        // From the last run back, each split off the batch's payload.
+        let mut runs = Vec::with_capacity(starts.len());
+        for &i in starts.iter().rev() {
+            runs.push((
+                batch[i].tx_seq as i32,
+                payload.split_off(batch[i].at - base),
+            ));
+            s.segments.push(sub);
+        }
+        runs.reverse();
         let first = s.head.first_event;
-        Some((s.oids, first, part, payload, row_keys(first, &batch)))
+        Some((s.oids, first, runs, row_keys(first, &batch)))
     }) else {
         return Ok(());
     };
     store::insert_row_keys(&oids, &keys)?;
-    store::insert_segment(&oids, first, part, &mut payload)
+    for (part, mut payload) in runs {
+        store::insert_segment(&oids, first, part, &mut payload)?;
+    }
+    Ok(())
 }
 
 /// The history() entries of a batch of events.

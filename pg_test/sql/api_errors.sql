@@ -113,3 +113,27 @@ SELECT ok FROM audit_log.verify();
 RESET statement_timeout;
 \c postgres
 DROP DATABASE al_errors;
+-- A database not encoded in UTF8 is refused: the log's text is UTF-8.
+CREATE DATABASE al_errors_latin1 ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C';
+\c al_errors_latin1
+\set VERBOSITY default
+CREATE EXTENSION audit_log;
+\c postgres
+DROP DATABASE al_errors_latin1;
+-- A value whose JSON text would pass 1 GB (a control character takes six
+-- bytes as \u00XX) is recorded whole. The events view cannot show it as
+-- jsonb: it says so for that value (54000, not an error from inside), and
+-- the event's other columns read.
+CREATE DATABASE al_errors_wide;
+\c al_errors_wide
+SET client_min_messages = warning;
+CREATE EXTENSION audit_log;
+CREATE TABLE wide_text (id int, v text);
+SELECT audit_log.enable('wide_text');
+INSERT INTO wide_text VALUES (1, repeat(chr(1), 180000000));
+SELECT op, tx_seq FROM audit_log.events WHERE table_name = 'wide_text';
+\set VERBOSITY default
+SELECT new_row->>'id' FROM audit_log.events WHERE table_name = 'wide_text';
+SELECT ok, events_checked FROM audit_log.verify();
+\c postgres
+DROP DATABASE al_errors_wide;

@@ -83,6 +83,31 @@ SELECT * FROM shape() WHERE first_id >= 120001;
 SELECT count(*) AS rolled_back_rows_in_the_log FROM audit_log.events
  WHERE table_name = 's' AND (new_row->>'id')::int BETWEEN 130001 AND 142001;
 
+-- 6. An event kept in memory by the transaction, then a savepoint whose
+--    events spill, released, then more events that spill at the
+--    transaction's own level: what is written then is not one run of
+--    tx_seq (the event before the savepoint, then the savepoint's last
+--    events and those after it), so each run is a segment of its own (one
+--    segment holding both read as if events were missing). The same with a
+--    PL/pgSQL exception block that succeeds.
+BEGIN;
+INSERT INTO s VALUES (150001, 'kept');
+SAVEPOINT f;
+INSERT INTO s SELECT g, repeat('t', 200) FROM generate_series(150002, 162000) g;
+RELEASE f;
+INSERT INTO s SELECT g, repeat('t', 200) FROM generate_series(162001, 174000) g;
+COMMIT;
+BEGIN;
+INSERT INTO s VALUES (180001, 'kept');
+DO $$ BEGIN
+  INSERT INTO s SELECT g, repeat('r', 200) FROM generate_series(180002, 192000) g;
+EXCEPTION WHEN raise_exception THEN NULL;
+END $$;
+INSERT INTO s SELECT g, repeat('r', 200) FROM generate_series(192001, 204000) g;
+COMMIT;
+SELECT * FROM shape() WHERE first_id >= 150001;
+SELECT ok, events_checked, problem FROM audit_log.verify();
+
 -- The table and the log agree, and the log verifies.
 SELECT (SELECT count(*) FROM s) AS table_rows,
        (SELECT count(*) FROM audit_log.events WHERE table_name = 's' AND op = 'INSERT') AS insert_events;

@@ -9,7 +9,6 @@
 //! refused.
 
 use std::borrow::Cow;
-use std::fmt::Write;
 
 use crate::encoding::JsonBuilder;
 
@@ -287,8 +286,8 @@ pub(crate) fn is_number(b: &[u8]) -> bool {
 /// `s` as a JSON string, quoted and escaped as `serde_json` writes it: `"`,
 /// `\` and control characters only, with the short escapes where JSON has
 /// them and `\u00XX` (lowercase hex) otherwise.
-pub(crate) fn write_escaped(out: &mut String, s: &str) {
-    out.push('"');
+pub(crate) fn write_escaped(out: &mut impl TextOut, s: &str) {
+    out.push_str("\"");
     let mut from = 0;
     for (i, c) in s.char_indices() {
         let short = match c {
@@ -304,14 +303,40 @@ pub(crate) fn write_escaped(out: &mut String, s: &str) {
         };
         out.push_str(&s[from..i]);
         if short.is_empty() {
-            let _ = write!(out, "\\u{:04x}", c as u32);
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let b = c as usize;
+            let esc = [b'\\', b'u', b'0', b'0', HEX[b >> 4], HEX[b & 15]];
+            // ASCII only, so always UTF-8.
+            out.push_str(std::str::from_utf8(&esc).unwrap_or_default());
         } else {
             out.push_str(short);
         }
         from = i + 1;
     }
     out.push_str(&s[from..]);
-    out.push('"');
+    out.push_str("\"");
+}
+
+/// Where JSON text goes: a `String`, or a count of its bytes (to know a
+/// value's length before making it).
+pub(crate) trait TextOut {
+    fn push_str(&mut self, s: &str);
+}
+
+impl TextOut for String {
+    fn push_str(&mut self, s: &str) {
+        String::push_str(self, s);
+    }
+}
+
+/// The length of the text pushed, in bytes.
+#[derive(Default)]
+pub(crate) struct Count(pub usize);
+
+impl TextOut for Count {
+    fn push_str(&mut self, s: &str) {
+        self.0 = self.0.saturating_add(s.len());
+    }
 }
 
 #[cfg(test)]
@@ -325,6 +350,31 @@ mod tests {
         let mut buf = Vec::new();
         encode_json(&v, &mut buf);
         buf
+    }
+
+    /// The length counted without making the text is the text's: escapes
+    /// of every kind, keys, nesting, numbers and empty containers.
+    #[test]
+    fn json_text_len_is_the_length_of_json_text() {
+        for text in [
+            r#"null"#,
+            r#""""#,
+            r#""\u0001\u001f \" \\ \b\f\n\r\t é 😀""#,
+            r#"{"a\u0002": [1, -2.50, true, false, null, {}, []], "b": {"c": "\n"}}"#,
+            r#"[[[[["deep"]]]], 1e5, 0]"#,
+        ] {
+            let enc = via_serde(text);
+            let made = Reader::new(&enc).json_text().unwrap();
+            assert_eq!(
+                Reader::new(&enc).json_text_len().unwrap(),
+                made.len(),
+                "{text}"
+            );
+        }
+        let controls = "\u{1}".repeat(1000);
+        let mut enc = Vec::new();
+        encode_json(&Value::String(controls), &mut enc);
+        assert_eq!(Reader::new(&enc).json_text_len().unwrap(), 6 * 1000 + 2);
     }
 
     #[test]

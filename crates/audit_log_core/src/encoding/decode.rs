@@ -3,7 +3,7 @@
 //! export, a row's key). A `json` item is walked with an explicit stack, so
 //! any nesting depth reads without recursion.
 
-use crate::json_text::{is_number, write_escaped};
+use crate::json_text::{is_number, write_escaped, Count, TextOut};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("malformed canonical encoding at byte {0}")]
@@ -72,7 +72,7 @@ impl<'a> Reader<'a> {
     /// has one form), as its bytes.
     pub fn json(&mut self) -> Result<&'a [u8], Malformed> {
         let start = self.pos;
-        self.walk(None)?;
+        self.walk::<Count>(None)?;
         Ok(&self.bytes[start..self.pos])
     }
 
@@ -85,7 +85,15 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn walk(&mut self, mut out: Option<&mut String>) -> Result<(), Malformed> {
+    /// The length in bytes of what [`Reader::json_text`] would return,
+    /// without making it.
+    pub fn json_text_len(&mut self) -> Result<usize, Malformed> {
+        let mut n = Count::default();
+        self.walk(Some(&mut n))?;
+        Ok(n.0)
+    }
+
+    fn walk<O: TextOut>(&mut self, mut out: Option<&mut O>) -> Result<(), Malformed> {
         let mut stack: Vec<Open<'a>> = Vec::new();
         self.value(&mut stack, out.as_deref_mut())?;
         while let Some(top) = stack.last_mut() {
@@ -93,14 +101,14 @@ impl<'a> Reader<'a> {
                 let close = if top.object { '}' } else { ']' };
                 stack.pop();
                 if let Some(o) = out.as_deref_mut() {
-                    o.push(close);
+                    o.push_str(if close == '}' { "}" } else { "]" });
                 }
                 continue;
             }
             top.left -= 1;
             if !top.first {
                 if let Some(o) = out.as_deref_mut() {
-                    o.push(',');
+                    o.push_str(",");
                 }
             }
             top.first = false;
@@ -113,7 +121,7 @@ impl<'a> Reader<'a> {
                 top.last_key = Some(k.as_bytes());
                 if let Some(o) = out.as_deref_mut() {
                     write_escaped(o, k);
-                    o.push(':');
+                    o.push_str(":");
                 }
             }
             self.value(&mut stack, out.as_deref_mut())?;
@@ -123,10 +131,10 @@ impl<'a> Reader<'a> {
 
     /// One tag and what follows it, but for an array's or object's items,
     /// which are left to the caller's loop.
-    fn value(
+    fn value<O: TextOut>(
         &mut self,
         stack: &mut Vec<Open<'a>>,
-        out: Option<&mut String>,
+        out: Option<&mut O>,
     ) -> Result<(), Malformed> {
         use super::tag;
         let at = self.pos;
