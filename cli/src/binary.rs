@@ -324,6 +324,36 @@ pub fn parse(frame: &[u8]) -> Result<Frame<'_>, String> {
 }
 
 impl Frame<'_> {
+    /// The record's events in tx_seq order, decoded one at a time, its
+    /// payload first and its segments decompressed as the merge reaches
+    /// them (so a transaction is never held whole): `each` gets every
+    /// event, or why the next cannot be read (the last call then), and can
+    /// stop early. A blob that does not decompress is an error.
+    pub fn for_each_event(
+        &self,
+        mut each: impl FnMut(Result<audit_log_core::Event, String>) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), String> {
+        let Some((payload, segments)) = self.blobs.split_last() else {
+            return Err("a frame without its payload".into());
+        };
+        let payload = payload.decoded()?;
+        let mut events =
+            record::DecodedCursor::new(&payload[..], !segments.is_empty(), self.record.first_event);
+        let mut segments = segments.iter();
+        loop {
+            if events.wants_segment() {
+                let next = segments.next().map(Blob::decoded).transpose()?;
+                events.give_segment(next.map(Cow::into_owned));
+            }
+            let Some(e) = events.next_event() else {
+                return Ok(());
+            };
+            if each(e.map_err(|m| m.to_string())).is_break() {
+                return Ok(());
+            }
+        }
+    }
+
     /// The record with its segments and payload decompressed.
     pub fn stored(&self) -> Result<StoredRecord, String> {
         let mut blobs = self

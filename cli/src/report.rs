@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 
 use audit_log_core::encoding::decode::Reader;
 use audit_log_core::model::Json;
-use audit_log_core::record;
 use audit_log_core::time::format_rfc3339;
 use audit_log_core::Event;
 
@@ -194,23 +193,11 @@ pub fn for_each_event(path: &Path, mut f: impl FnMut(&Event)) -> Result<u64, Str
     let records = header.is_some_and(|h| h.format == RECORDS_FORMAT || h.format == BINARY_FORMAT);
     let mut unreadable = 0u64;
     if records {
-        let io = |e: std::io::Error| format!("{}: {e}", path.display());
-        for r in crate::verify_file::stored_records(path).map_err(io)? {
-            let Some(r) = r.map_err(io)? else {
-                unreadable += 1;
-                continue;
-            };
-            let segments = r.segments.iter().map(Vec::as_slice);
-            for e in record::decoded(segments, &r.payload, r.record.first_event) {
-                match e {
-                    Ok(e) => f(&e),
-                    Err(_) => {
-                        unreadable += 1;
-                        break;
-                    }
-                }
-            }
-        }
+        crate::verify_file::for_each_event(path, |e| match e {
+            Some(e) => f(e),
+            None => unreadable += 1,
+        })
+        .map_err(|e| format!("{}: {e}", path.display()))?;
         return Ok(unreadable);
     }
     for line in lines {

@@ -573,49 +573,80 @@ fn purge_claims(path: &Path) -> Result<Vec<ChainHead>, Error> {
 /// record's events are decoded (only logs that purge() shortened need this).
 fn purge_claims_records(path: &Path) -> Result<Vec<ChainHead>, Error> {
     let mut out = Vec::new();
-    for r in stored_records(path).map_err(|e| Error::Io(path.to_path_buf(), e))? {
-        let Some(r) = r.map_err(|e| Error::Io(path.to_path_buf(), e))? else {
-            continue; // a damaged record is reported by the second pass
+    // A damaged record is reported by the second pass.
+    for_each_event(path, |e| {
+        let Some(e) = e else { return };
+        if e.op != "PURGE" || e.table_schema != "audit_log" {
+            return;
+        }
+        let Some(audit_log_core::model::Json::Encoded(row)) = &e.new_row else {
+            return;
         };
-        let segments = r.segments.iter().map(Vec::as_slice);
-        for e in record::decoded(segments, &r.payload, r.record.first_event) {
-            let Ok(e) = e else { break };
-            if e.op != "PURGE" || e.table_schema != "audit_log" {
-                continue;
-            }
-            let Some(audit_log_core::model::Json::Encoded(row)) = &e.new_row else {
-                continue;
-            };
-            let Ok(text) = audit_log_core::encoding::decode::Reader::new(row).json_text() else {
-                continue;
-            };
+        if let Ok(text) = audit_log_core::encoding::decode::Reader::new(row).json_text() {
             out.extend(anchors_of_purge(&text));
         }
-    }
+    })
+    .map_err(|e| Error::Io(path.to_path_buf(), e))?;
     Ok(out)
 }
 
-/// The records of a records export of either form, in file order: None
-/// for one that cannot be read (verification reports why). A binary
-/// export's records stop at a damaged frame.
-pub fn stored_records(
+/// The events of a records export of either form, record after record in
+/// file order, each record's in tx_seq order: `each` gets Some(event), or
+/// None for a record that cannot be read and for the first unreadable
+/// event of a record (whose other events are then passed over). A binary
+/// export's transactions are read one segment at a time.
+pub fn for_each_event(
     path: &Path,
-) -> io::Result<Box<dyn Iterator<Item = io::Result<Option<crate::format::StoredRecord>>>>> {
+    mut each: impl FnMut(Option<&audit_log_core::Event>),
+) -> io::Result<()> {
+    use std::ops::ControlFlow::{Break, Continue};
     let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
     let mut header = Vec::new();
     r.read_until(b'\n', &mut header)?;
     let binary =
         serde_json::from_slice::<Header>(trim(&header)).is_ok_and(|h| h.format == BINARY_FORMAT);
     if binary {
-        return Ok(Box::new(binary::frames(r).map(|f| {
-            f.map(|f| binary::parse(&f).and_then(|f| f.stored()).ok())
-        })));
+        for f in binary::frames(r) {
+            let f = f?;
+            let read = binary::parse(&f).and_then(|f| {
+                f.for_each_event(|e| match e {
+                    Ok(e) => {
+                        each(Some(&e));
+                        Continue(())
+                    }
+                    Err(_) => {
+                        each(None);
+                        Break(())
+                    }
+                })
+            });
+            if read.is_err() {
+                each(None);
+            }
+        }
+        return Ok(());
     }
-    Ok(Box::new(r.split(b'\n').filter_map(|l| match l {
-        Ok(l) if l.starts_with(RECORD_PREFIX) => Some(Ok(RecordLine::parse(&l).ok())),
-        Ok(_) => None,
-        Err(e) => Some(Err(e)),
-    })))
+    for l in r.split(b'\n') {
+        let l = l?;
+        if !l.starts_with(RECORD_PREFIX) {
+            continue;
+        }
+        let Ok(r) = RecordLine::parse(&l) else {
+            each(None);
+            continue;
+        };
+        let segments = r.segments.iter().map(Vec::as_slice);
+        for e in record::decoded(segments, &r.payload, r.record.first_event) {
+            match e {
+                Ok(e) => each(Some(&e)),
+                Err(_) => {
+                    each(None);
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The anchors a PURGE event's details record.

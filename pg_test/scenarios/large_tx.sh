@@ -138,12 +138,15 @@ out=$( (ulimit -v 524288 && audit-log export --dsn "$dsn" --format binary --out 
 out=$( (ulimit -v 524288 && audit-log verify --checkpoint "$work/cp.json" "$work/log.bin") 2>&1) ||
     fail "audit-log verify of the binary export under ulimit -v 512 MB: $out"
 echo "$out" | grep -q "^events checked: $events," || fail "audit-log verify counted otherwise: $out"
+out=$( (ulimit -v 524288 && audit-log report --out "$work/report.html" "$work/log.bin") 2>&1) ||
+    fail "audit-log report of the binary export under ulimit -v 512 MB: $out"
+grep -q "3,302\|3302" "$work/report.html" || fail "the report does not count the $events events"
 python3 -c "
 import sys
 b = bytearray(open(sys.argv[1], 'rb').read()); b[len(b) // 2] ^= 1
 open(sys.argv[2], 'wb').write(b)" "$work/log.bin" "$work/bad.bin"
 if out=$(audit-log verify "$work/bad.bin" 2>&1); then fail "a flipped byte in the middle of the binary export verified: $out"; fi
-lap; echo "  the binary export ($(stat -c %s "$work/log.bin") bytes) and audit-log verify --checkpoint, each under a 512 MB limit, hold; a flipped byte is caught $took"
+lap; echo "  the binary export ($(stat -c %s "$work/log.bin") bytes), audit-log verify --checkpoint and audit-log report of it, each under a 512 MB limit, hold; a flipped byte is caught $took"
 # The live feed ships every event of both (3 GB of lines), under the same
 # limit, checking each record before it ships it; a second run has nothing new.
 tail_feed() { (ulimit -v 524288 && audit-log tail --dsn "$dsn" --state "$work/tail.state" --out "$work/feed.jsonl" --once) 2>&1; }
