@@ -35,6 +35,21 @@ pub enum Format {
     Binary,
 }
 
+/// A read-only transaction with one snapshot for all it reads.
+pub fn snapshot(client: &mut Client) -> Result<postgres::Transaction<'_>, String> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(|e| {
+            format!(
+                "cannot start a read-only transaction: {}",
+                crate::error::db_message(&e)
+            )
+        })
+}
+
 pub fn connect(dsn: &str) -> Result<Client, String> {
     Client::connect(dsn, NoTls)
         .map_err(|e| format!("cannot connect: {}", crate::error::db_message(&e)))
@@ -207,17 +222,7 @@ pub fn export(
     }
     let continued = since.map(previous_heads).transpose()?;
     let mut client = connect(dsn)?;
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(|e| {
-            format!(
-                "cannot start a read-only transaction: {}",
-                crate::error::db_message(&e)
-            )
-        })?;
+    let mut tx = snapshot(&mut client)?;
     let meta = match source {
         None => tx.query_one(
             "SELECT pg_current_snapshot()::text, audit_log.checkpoint()::text",

@@ -26,11 +26,11 @@ use audit_log_core::record::{digest, digest_streamed, DecodedCursor, Follower, R
 use audit_log_core::time::format_rfc3339;
 use audit_log_core::verify::ProblemKind;
 use audit_log_core::{ChainHead, Checkpoint, Event};
-use postgres::{Client, GenericClient, IsolationLevel};
+use postgres::{Client, GenericClient};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::export::{connect, current_checkpoint, hash, micros};
+use crate::export::{connect, current_checkpoint, hash, micros, snapshot};
 use crate::format::EventLine;
 use crate::siem::{ecs, ocsf, Source};
 
@@ -482,17 +482,7 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
     loop {
         // One snapshot for a poll: a record's segments are read twice (to
         // check the record, then to ship its events), and must be the same.
-        let mut tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .map_err(|e| {
-                Error::trouble(format!(
-                    "starting a read-only transaction: {}",
-                    crate::error::db_message(&e)
-                ))
-            })?;
+        let mut tx = snapshot(&mut client)?;
         let records = poll(&mut tx, &follower.heads(), o.batch)?;
         let found = records.len();
         let mut buf = Vec::new();
