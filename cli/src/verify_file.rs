@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use audit_log_core::parallel::{map_ordered, map_ordered_bounded};
+use audit_log_core::parallel::map_ordered_bounded;
 use audit_log_core::verify::ProblemKind;
 use audit_log_core::verify::{verify_logical, EncodedEvent, Verdict};
 use audit_log_core::{merkle, ChainHead, Checkpoint, Hash, Link, TreeHead};
@@ -1058,6 +1058,9 @@ fn merge(into: &mut Verdict, v: Verdict) {
     into.problems.extend(v.problems);
 }
 
+/// Bytes of event lines handed to a worker in one batch.
+const LINE_BYTES: usize = 8 << 20;
+
 /// The second pass: stream the events of one file (parsed and encoded on
 /// worker threads, in order) into the verifier of the logical form.
 fn verify_one(
@@ -1083,7 +1086,12 @@ fn verify_one(
     };
     let mut last_key: Option<(i64, i64)> = None;
     let verdict = std::thread::scope(|scope| {
-        let events = map_ordered(scope, lines, threads, || {}, parse).filter_map(|r| match r {
+        // Batches bounded by bytes too: an event line can be of any size
+        // (a row of 1 GB), and a batch of a thousand of them would be held
+        // at once.
+        let weigh = |(_, raw): &(u64, Vec<u8>)| raw.len();
+        let events = map_ordered_bounded(scope, lines, threads, || {}, parse, weigh, LINE_BYTES);
+        let events = events.filter_map(|r| match r {
             Ok(Ok(e)) => {
                 if last_key.is_some_and(|k| k >= (e.tx_first, e.tx_seq)) {
                     damaged.borrow_mut().push(format!(
