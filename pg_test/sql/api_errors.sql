@@ -117,7 +117,9 @@ DROP DATABASE al_errors;
 CREATE DATABASE al_errors_latin1 ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C';
 \c al_errors_latin1
 \set VERBOSITY default
+\set SHOW_CONTEXT never
 CREATE EXTENSION audit_log;
+\set SHOW_CONTEXT errors
 \c postgres
 DROP DATABASE al_errors_latin1;
 -- A value whose JSON text would pass 1 GB (a control character takes six
