@@ -210,12 +210,15 @@ fn prepared_transactions_allowed() -> bool {
 /// link_prepared at an audited commit: it skips the check once its backend
 /// found nothing to link on a server where nothing can be prepared (a
 /// restore that loads rows into the table is linked by checkpoint(), which
-/// always checks, and by every new session).
+/// always checks, and by every new session). It never waits for another
+/// linker: one that holds the lock links them (or an open transaction that
+/// called checkpoint() does, when it commits), and a commit must not wait
+/// on a reader's transaction, where no statement_timeout applies.
 pub fn link_prepared_at_commit(oids: &Oids) -> Result<(), AuditError> {
     if NOTHING_TO_LINK.with(|n| n.get() == Some(oids.prepared)) {
         return Ok(());
     }
-    link_prepared(oids)
+    link_prepared(oids, false)
 }
 
 /// "aulg" 0xA3: one linker of prepared transactions at a time.
@@ -263,8 +266,9 @@ fn sealed(oids: &Oids) -> Result<Vec<Sealed>, AuditError> {
 /// Link every committed prepared transaction into a chain, as a record
 /// with the commit time of its linking. Called by each audited commit
 /// (before its own link) and by checkpoint(): a prepared transaction never
-/// holds a chain, and ROLLBACK PREPARED leaves nothing to link.
-pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
+/// holds a chain, and ROLLBACK PREPARED leaves nothing to link. With
+/// `wait` false, another linker's lock makes it link nothing.
+pub fn link_prepared(oids: &Oids, wait: bool) -> Result<(), AuditError> {
     // SAFETY: the table's size, through the relation cache; an empty table
     // (nothing was ever prepared) costs one lseek.
     let empty = unsafe {
@@ -295,7 +299,10 @@ pub fn link_prepared(oids: &Oids) -> Result<(), AuditError> {
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     };
     // SAFETY: a transaction-level lock, released at the end of commit.
-    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, false) };
+    let got = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, !wait) };
+    if got == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+        return Ok(());
+    }
     for mut s in sealed(oids)? {
         let head = Head {
             hash: ZERO_HASH,

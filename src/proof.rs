@@ -179,7 +179,7 @@ pub(crate) fn take_checkpoint() -> Result<Checkpoint, AuditError> {
     // Committed prepared transactions join the chains first, so that the
     // checkpoint covers them; not on a standby or in a read-only transaction.
     if crate::tree::can_write() {
-        crate::chain::link_prepared(&catalog::lookup()?)?;
+        crate::chain::link_prepared(&catalog::lookup()?, true)?;
     }
     // New records join the trees' tiles here, off the commit path.
     catalog::pinned(crate::tree::integrate_all)?;

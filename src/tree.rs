@@ -646,7 +646,9 @@ pub(crate) fn lock_chain_tiles(chain: i32, wait: bool) -> bool {
             locktag_field1: pg_sys::MyDatabaseId.to_u32(),
             locktag_field2: 0x6175_6c67,
             locktag_field3: chain as u32,
-            locktag_field4: 0xA3,
+            // Its own kind: 0xA3 with field3 0 is the linkers' lock of
+            // prepared transactions (chain.rs), which chain 0 used to share.
+            locktag_field4: 0xA4,
             locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
             locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
         };

@@ -171,4 +171,27 @@ else
     echo "  the records export refuses it with the server's reason: $out"
 fi
 no_crash
+# An auditor's open transaction that linked a committed prepared
+# transaction (in checkpoint()) holds the linkers' lock until it ends. An
+# audited commit meanwhile links nothing and waits for nothing: it used to
+# wait at COMMIT, where no statement_timeout applies, so one open reader
+# stopped every role's audited writes. (The 60 s is a guard against the
+# hang, not a measurement: the commit takes milliseconds.)
+as_owner -c "BEGIN" -c "INSERT INTO big VALUES (-1000, 'prepared')" -c "PREPARE TRANSACTION 'held'" -c "COMMIT PREPARED 'held'"
+as_auditor -c "BEGIN" -c "SELECT audit_log.checkpoint() IS NOT NULL" -c "SELECT pg_sleep(300)" -c "COMMIT" >/dev/null 2>&1 &
+reader=$!
+held() { q -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 0 AND objsubid = 163 AND granted"; }  # 0, 0xA3
+for _ in $(seq 1 300); do [ "$(held)" = 1 ] && break; sleep 0.1; done
+[ "$(held)" = 1 ] || fail "the reader's checkpoint() did not take the linkers' lock"
+out=$(timeout 60 psql -X -q -v ON_ERROR_STOP=1 -At -d $db -U large_owner -c "SET lock_timeout = '10s'" \
+        -c "INSERT INTO big VALUES (-1001, 'while a reader holds the lock')" 2>&1) ||
+    fail "an audited commit waited for the reader's open transaction: $out"
+q -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE usename = 'large_auditor' AND state = 'active'" >/dev/null
+wait "$reader" || true
+# The reader's transaction rolled back: the next audited commit links it.
+as_owner -c "INSERT INTO big VALUES (-1002, 'after the reader')"
+[ "$(q -c "SELECT count(*) FROM audit_log.prepared")" = 0 ] || fail "the prepared transaction was not linked after the reader ended"
+[ "$(as_auditor -c "SELECT ok FROM audit_log.verify()")" = t ] || fail "verify() after the reader"
+no_crash
+lap; echo "  an audited commit goes on while an auditor's open transaction holds the linkers' lock; the next one links $took"
 echo "large_tx: a 1.5 GB transaction under a 1 GB address-space limit is verified, checkpointed, read through the views, proven, exported and verified offline, and fed to a SIEM, one segment at a time; an edit in it is caught; no crash"
