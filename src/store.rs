@@ -413,10 +413,11 @@ pub fn segment_after(
 /// at a time, so that no transaction, however large its writer made it,
 /// makes verify(), the tree or a view hold it whole. With the batches of
 /// `records::BATCH_BYTES` (two in flight per worker, each closed once past
-/// its budget), verify() holds at most 2 × threads × (8 + 32) MB of
-/// events: 160 MB with 2 workers, 640 MB with the default's most, 8.
-/// Bulk statements of up to 32 MB of events are still hashed on workers.
-pub const TX_BYTES_HELD: usize = 32 << 20;
+/// its budget), verify() holds at most 2 × threads × (8 + 64) MB of
+/// events: 288 MB with 2 workers, 1.1 GB with the default's most, 8. At
+/// 32 MB, bench/verify.sh's bulk statements of 200,000 rows (45 MB) were
+/// hashed in the session alone, at half the speed.
+pub const TX_BYTES_HELD: usize = 64 << 20;
 
 /// A transaction's segments: read whole, or past [`TX_BYTES_HELD`] what
 /// `stream` made of all of them, read one at a time.
