@@ -41,6 +41,8 @@ struct LeafRow {
     /// or one segment at a time (a transaction past TX_BYTES_HELD).
     hashed: Option<Result<EventsSummary, &'static str>>,
     prev: Hash,
+    /// Bytes of events in the payload.
+    payload_len: usize,
 }
 
 /// Payloads up to this size are hashed by the session as it reads them:
@@ -64,6 +66,7 @@ fn leaf_row(r: &Row) -> Option<LeafRow> {
         parts: Vec::new(),
         hashed,
         prev: ZERO_HASH,
+        payload_len: payload.len(),
     })
 }
 
@@ -177,7 +180,23 @@ pub struct ChainTiles {
     /// audit_log's own log, which keeps tiles; a collected source's has
     /// none here, and its tree is computed from its records.
     own_log: bool,
+    /// Leaves computed from the records in the chain's incomplete last
+    /// tile (index `tail.0`, set by [`ChainTiles::keep_tail`]'s caller):
+    /// kept so that the tile can be stored without hashing them again.
+    tail: Option<(u64, HashMap<u64, Hash>)>,
+    /// Bytes of events hashed to compute leaves (a transaction read one
+    /// segment at a time counts as [`crate::store::TX_BYTES_HELD`]).
+    hashed_bytes: usize,
 }
+
+/// checkpoint() stores the leaves of a chain's incomplete last tile (a
+/// level-0 tile narrower than 256) once computing them from the records
+/// hashed this many bytes of events: the next checkpoint reads them from
+/// it and hashes only the records after. Without it a table's owner could
+/// make every checkpoint rehash the same large transactions until 255
+/// more records follow them on their chains. One stored tile, at most
+/// 8 kB, per 8 MB of events hashed.
+const KEEP_TAIL_BYTES: usize = 8 << 20;
 
 impl ChainTiles {
     pub(crate) fn new(chain: i32, oids: Oids, snap: pg_sys::Snapshot) -> Result<Self, AuditError> {
@@ -200,7 +219,50 @@ impl ChainTiles {
             purged,
             leaf_tiles: HashMap::new(),
             own_log: catalog::has_tiles(),
+            tail: None,
+            hashed_bytes: 0,
         })
+    }
+
+    /// Stored tiles narrower than 256 may stand for records that are still
+    /// in the log: not in `verify(checkpoint)`, which trusts only the
+    /// leaves of purged records.
+    fn trusts_partial(&self) -> bool {
+        self.own_log && self.trust_below.is_none()
+    }
+
+    /// Keep the leaves computed from records in the tile that holds leaf
+    /// `size - 1`, if that tile is incomplete, for [`ChainTiles::keep_tail`].
+    pub(crate) fn watch_tail(&mut self, size: u64) {
+        self.tail = (!size.is_multiple_of(TILE_WIDTH) && self.trusts_partial())
+            .then(|| (size / TILE_WIDTH, HashMap::new()));
+    }
+
+    /// Store the leaves of the chain's incomplete last tile (of a tree of
+    /// `size` records) if computing them cost [`KEEP_TAIL_BYTES`] or more,
+    /// and this transaction may write tiles. As the extension's owner; a
+    /// chain whose tiles another transaction is integrating is left to it.
+    pub(crate) fn keep_tail(&mut self, size: u64) -> Result<(), AuditError> {
+        let t = size / TILE_WIDTH;
+        if self.hashed_bytes < KEEP_TAIL_BYTES
+            || self.tail.as_ref().is_none_or(|(tile, _)| *tile != t)
+            || !integrates()
+        {
+            return Ok(());
+        }
+        let leaves = self.leaves(t * TILE_WIDTH, size)?;
+        if !lock_chain_tiles(self.chain, false) {
+            return Ok(());
+        }
+        let chain = self.chain;
+        catalog::as_owner(|| insert_tiles(chain, 0, &[(t, &leaves, merkle::root(&leaves))]))?;
+        pgrx::debug1!(
+            "audit_log: stored the {} leaves of chain {chain}'s incomplete tile {t} ({} MB of events hashed)",
+            leaves.len(),
+            self.hashed_bytes >> 20
+        );
+        self.hashed_bytes = 0;
+        Ok(())
     }
 
     fn trusted(&self, level: u32, t: u64) -> bool {
@@ -247,6 +309,7 @@ impl ChainTiles {
         let mut expect = lo as i64 + 1;
         let mut prev: Option<(i64, Hash)> = None;
         let mut failed: Option<AuditError> = None;
+        let mut hashed = 0usize;
         let batches = std::iter::from_fn(|| {
             if failed.is_some() {
                 return None;
@@ -284,6 +347,7 @@ impl ChainTiles {
                             Spilled::Streamed(d) => {
                                 row.hashed = Some(d);
                                 row.payload = Vec::new();
+                                hashed += crate::store::TX_BYTES_HELD;
                             }
                         }
                     }
@@ -296,6 +360,7 @@ impl ChainTiles {
                 prev = Some((row.record.seq, row.record.link_hash));
                 expect += 1;
                 bytes += row.weight();
+                hashed += row.payload_len + row.parts.iter().map(Vec::len).sum::<usize>();
                 batch.push(row);
                 if batch.len() == LEAF_BATCH {
                     break;
@@ -304,7 +369,7 @@ impl ChainTiles {
             (!batch.is_empty()).then_some(Ok::<_, AuditError>(batch))
         });
         let mut out = Vec::with_capacity((hi - lo) as usize);
-        let hashed = std::thread::scope(|scope| -> Result<(), AuditError> {
+        let hashed_ok = std::thread::scope(|scope| -> Result<(), AuditError> {
             let leaves = audit_log_core::parallel::map_ordered_bounded(
                 scope,
                 batches,
@@ -326,10 +391,11 @@ impl ChainTiles {
             }
             Ok(())
         });
+        self.hashed_bytes = self.hashed_bytes.saturating_add(hashed);
         if let Some(e) = failed {
             return Err(e);
         }
-        hashed?;
+        hashed_ok?;
         Ok(out)
     }
 
@@ -425,11 +491,17 @@ impl TileSource for ChainTiles {
         let base = t * TILE_WIDTH;
         let mut out = Vec::new();
         let mut at = lo;
-        // Leaves whose records a purge removed are only in a tile.
+        // Leaves whose records a purge removed are only in a tile; where
+        // partial tiles are trusted, a stored one spares hashing records.
         let purged_end = hi.min(self.purged);
-        if at < purged_end {
+        let from_tile = if self.trusts_partial() {
+            hi
+        } else {
+            purged_end
+        };
+        if at < from_tile {
             if let Some(p) = self.leaf_tile(t)? {
-                while at < purged_end && ((at - base) as usize) < p.len() {
+                while at < from_tile && ((at - base) as usize) < p.len() {
                     out.push(p[(at - base) as usize]);
                     at += 1;
                 }
@@ -438,8 +510,24 @@ impl TileSource for ChainTiles {
                 return Err(self.unavailable(at));
             }
         }
+        let watched = match &mut self.tail {
+            Some((tile, kept)) if *tile == t => Some(kept),
+            _ => None,
+        };
+        if let Some(kept) = watched {
+            while let Some(h) = (at < hi).then(|| kept.get(&at)).flatten() {
+                out.push(*h);
+                at += 1;
+            }
+        }
         if at < hi {
-            out.extend(self.all_record_leaves(at, hi)?);
+            let computed = self.all_record_leaves(at, hi)?;
+            if let Some((tile, kept)) = &mut self.tail {
+                if *tile == t {
+                    kept.extend((at..).zip(computed.iter().copied()));
+                }
+            }
+            out.extend(computed);
         }
         Ok(out)
     }
@@ -749,9 +837,17 @@ pub fn trees(heads: &[audit_log_core::ChainHead]) -> Result<Vec<TreeHead>, Audit
     }
     let oids = catalog::lookup()?;
     let snapshot = SnapshotGuard::fresh();
+    let mut hashed = 0usize;
     for h in heads {
-        let root = ChainTiles::new(h.chain, oids, snapshot.0)
-            .and_then(|src| tree_root(&mut Tiled::new(src), h.seq.max(0) as u64));
+        let size = h.seq.max(0) as u64;
+        let root = ChainTiles::new(h.chain, oids, snapshot.0).and_then(|mut src| {
+            src.watch_tail(size);
+            let mut tiled = Tiled::new(src);
+            let root = tree_root(&mut tiled, size)?;
+            hashed = hashed.saturating_add(tiled.source.hashed_bytes);
+            tiled.source.keep_tail(size)?;
+            Ok(root)
+        });
         match root {
             Ok(root) => out.push(TreeHead {
                 chain: h.chain,
@@ -765,6 +861,10 @@ pub fn trees(heads: &[audit_log_core::ChainHead]) -> Result<Vec<TreeHead>, Audit
             Err(e) => return Err(e),
         }
     }
+    pgrx::debug1!(
+        "audit_log: the checkpoint's trees hashed {} kB of events",
+        hashed >> 10
+    );
     Ok(out)
 }
 
