@@ -168,6 +168,7 @@ thread_local! {
 
 /// The current application context as jsonb (raw, encoded), or None.
 fn current_context() -> Result<Option<Json>, AuditError> {
+    crate::ensure_settings();
     let Some(text) = CONTEXT.get() else {
         return Ok(None);
     };

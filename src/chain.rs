@@ -62,6 +62,7 @@ fn lock_chain(chain: i32, wait: bool) -> bool {
 /// deadlock detector sees, so a cycle through a chain lock is broken
 /// rather than spun on forever.
 fn choose_chain() -> i32 {
+    crate::ensure_settings();
     let k = CHAINS.get().max(1);
     // SAFETY: reads a process-global.
     let start = unsafe { pg_sys::MyProcPid }.rem_euclid(k);

@@ -61,6 +61,37 @@ pub extern "C-unwind" fn _PG_init() {
     // precedence for std's Backtrace::capture. This runs before any thread
     // of ours exists, and the variable is read once per process.
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    ensure_settings();
+    txstate::register_callbacks();
+    capture::register_callbacks();
+    ddl_guard::register_callbacks();
+}
+
+thread_local! {
+    static SETTINGS_DEFINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Define audit_log's settings, once, unless the backend is in parallel
+/// mode: the library can first load while a parallel query runs (in its
+/// workers, or in the session for the events view's functions), and
+/// defining a setting then re-applies what ALTER DATABASE or ALTER ROLE
+/// set for it, which PostgreSQL refuses in parallel mode with a WARNING to
+/// the client. Parallel workers never need them; the session defines them
+/// when it first reads one (every reader calls this first), or loads again.
+pub(crate) fn ensure_settings() {
+    if SETTINGS_DEFINED.get() {
+        return;
+    }
+    // SAFETY: reads backend state: the worker number (-1 outside parallel
+    // workers) and whether a parallel operation is under way.
+    if unsafe { pg_sys::ParallelWorkerNumber >= 0 || pg_sys::IsInParallelMode() } {
+        return;
+    }
+    SETTINGS_DEFINED.set(true);
+    define_settings();
+}
+
+fn define_settings() {
     GucRegistry::define_int_guc(
         c"audit_log.chains",
         c"Number of commit chains (K) that transactions are linked into.",
@@ -99,9 +130,6 @@ pub extern "C-unwind" fn _PG_init() {
         GucContext::Userset,
         GucFlags::default(),
     );
-    txstate::register_callbacks();
-    capture::register_callbacks();
-    ddl_guard::register_callbacks();
 }
 
 /// Required by `cargo pgrx test`.

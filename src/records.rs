@@ -121,6 +121,7 @@ impl RawRecord {
 pub static VERIFY_THREADS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(-1);
 
 pub(crate) fn verify_threads() -> usize {
+    crate::ensure_settings();
     match VERIFY_THREADS.get() {
         n if n >= 0 => n as usize,
         _ => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),

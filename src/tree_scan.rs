@@ -326,6 +326,7 @@ impl Tiles {
 /// integrate it from one sequential scan. Chains another transaction is
 /// integrating are left alone.
 pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<u64, AuditError> {
+    crate::ensure_settings();
     let Ok(min) = u64::try_from(SCAN_MIN_LEAVES.get()) else {
         return Ok(0);
     };
