@@ -27,6 +27,12 @@ END
 $encoding$;
 
 
+-- A prepared transaction's row keeps the hash of its last event, computed
+-- as it was captured, so that the commit that links it (anyone's) does not
+-- hash all its events again. Rows prepared before have none.
+ALTER TABLE audit_log.prepared ADD COLUMN last_event_hash bytea;
+COMMENT ON COLUMN audit_log.prepared.last_event_hash IS 'The hash of the transaction''s last event, computed as it was captured: its link covers it without hashing the events again. NULL in rows prepared before 0.3.0, which are hashed when linked.';
+
 COMMENT ON FUNCTION audit_log.verify() IS 'Recompute every event hash and link of the log; ok, or the first bad event and what is wrong with it. A failure also raises a WARNING and notifies audit_log_alert. Requires audit_log_auditor.';
 COMMENT ON FUNCTION audit_log.checkpoint() IS 'Every chain''s head (seq, link hash, last event) and Merkle tree (size, root), to keep outside the database: audit_log.verify(checkpoint) or audit_log.consistency(checkpoint) later proves that the log extends it, and audit_log.prove(event, checkpoint) that it holds an event. Requires audit_log_auditor.';
 

@@ -110,10 +110,12 @@ CREATE TABLE audit_log.prepared (
     event_count bigint  NOT NULL,
     segments    integer NOT NULL,
     payload     bytea   NOT NULL,
+    last_event_hash bytea,
     CONSTRAINT prepared_pkey PRIMARY KEY (first_event)
 );
 ALTER TABLE audit_log.prepared ALTER COLUMN payload SET STORAGE EXTENDED;
 COMMENT ON TABLE audit_log.prepared IS 'Events of prepared transactions (two-phase commit) not yet linked into a chain; the next audited commit or audit_log.checkpoint() links each committed one as a record.';
+COMMENT ON COLUMN audit_log.prepared.last_event_hash IS 'The hash of the transaction''s last event, computed as it was captured: its link covers it without hashing the events again. NULL in rows prepared before 0.3.0, which are hashed when linked.';
 
 -- audit_log.history(): where a row's versions are, for tables enabled with
 -- history => true (one index entry per row change; none for other tables).

@@ -234,6 +234,8 @@ struct Sealed {
     event_count: i64,
     segments: i32,
     payload: store::Bytea,
+    /// The last event's hash as captured (rows prepared since 0.3.0).
+    last_event_hash: Option<Hash>,
 }
 
 fn sealed_row(r: &crate::scan::Row) -> Option<Sealed> {
@@ -245,6 +247,9 @@ fn sealed_row(r: &crate::scan::Row) -> Option<Sealed> {
         event_count: r.i64(p::EVENT_COUNT)?,
         segments: r.i32(p::SEGMENTS)?,
         payload: store::Bytea::from_slice(r.slice(p::PAYLOAD)?),
+        last_event_hash: r
+            .slice(p::LAST_EVENT_HASH)
+            .and_then(|b| Hash::try_from(b).ok()),
     })
 }
 
@@ -311,20 +316,37 @@ pub fn link_prepared(oids: &Oids, wait: bool) -> Result<(), AuditError> {
             first_event: s.first_event,
             last_event: s.last_event,
         };
-        let probe = record(s.tx_id, &head, 0, 0);
-        let d = if s.segments != 0 {
-            // Read one at a time: a prepared transaction can be of any size.
-            let snapshot = crate::scan::SnapshotGuard::latest();
-            let parts = crate::store::segments_for_extension(oids, snapshot.0, s.first_event)?;
-            audit_log_core::record::digest_streamed(&probe, parts, s.payload.bytes())?
-        } else {
-            audit_log_core::record::digest(&probe, [], s.payload.bytes())
+        // The hash sealed at PREPARE, as an ordinary commit links the one
+        // its capture computed; rows prepared before 0.3.0 are hashed here.
+        let last_hash = match s.last_event_hash {
+            Some(h) => {
+                pgrx::debug1!(
+                    "audit_log: linking prepared transaction {} (events {}..{}) with its sealed hash",
+                    s.tx_id,
+                    s.first_event,
+                    s.last_event
+                );
+                h
+            }
+            None => {
+                let probe = record(s.tx_id, &head, 0, 0);
+                let d = if s.segments != 0 {
+                    // Read one at a time: a prepared transaction can be of any size.
+                    let snapshot = crate::scan::SnapshotGuard::latest();
+                    let parts =
+                        crate::store::segments_for_extension(oids, snapshot.0, s.first_event)?;
+                    audit_log_core::record::digest_streamed(&probe, parts, s.payload.bytes())?
+                } else {
+                    audit_log_core::record::digest(&probe, [], s.payload.bytes())
+                };
+                d.last_hash
+            }
         };
         link(
             s.tx_id,
             oids,
             &Head {
-                hash: d.last_hash,
+                hash: last_hash,
                 ..head
             },
             s.segments,

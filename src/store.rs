@@ -47,13 +47,14 @@ pub mod segments {
 
 /// `audit_log.prepared`, by column.
 pub mod prepared {
-    pub const COLUMNS: [&str; 6] = [
+    pub const COLUMNS: [&str; 7] = [
         "first_event",
         "tx_id",
         "last_event",
         "event_count",
         "segments",
         "payload",
+        "last_event_hash",
     ];
     pub const FIRST_EVENT: usize = 0;
     pub const TX_ID: usize = 1;
@@ -61,6 +62,8 @@ pub mod prepared {
     pub const EVENT_COUNT: usize = 3;
     pub const SEGMENTS: usize = 4;
     pub const PAYLOAD: usize = 5;
+    /// New in 0.3.0: absent from a schema not yet updated, NULL in its rows.
+    pub const LAST_EVENT_HASH: usize = 6;
 }
 
 /// `audit_log.row_keys`, by column.
@@ -276,8 +279,22 @@ pub fn insert_prepared(
     (first_event, last_event, event_count): (i64, i64, i64),
     segments: i32,
     payload: &mut Bytea,
+    last_event_hash: &audit_log_core::Hash,
 ) -> Result<(), AuditError> {
-    let target = Target::open(oids.prepared, &prepared::COLUMNS)?;
+    // A 0.2.0 schema (the library updated, ALTER EXTENSION not yet run) has
+    // no last_event_hash: the row goes without it, and is hashed when linked.
+    let (target, width) = match Target::open(oids.prepared, &prepared::COLUMNS) {
+        Ok(t) => (t, prepared::COLUMNS.len()),
+        Err(AuditError::NotInstalled(_)) => (
+            Target::open(
+                oids.prepared,
+                &prepared::COLUMNS[..prepared::LAST_EVENT_HASH],
+            )?,
+            prepared::LAST_EVENT_HASH,
+        ),
+        Err(e) => return Err(e),
+    };
+    let mut hash = Bytea::from_slice(last_event_hash);
     let mut nulls = [false; prepared::COLUMNS.len()];
     let mut values = [
         pg_sys::Datum::from(first_event),
@@ -286,8 +303,9 @@ pub fn insert_prepared(
         pg_sys::Datum::from(event_count),
         pg_sys::Datum::from(segments),
         payload.datum()?,
+        hash.datum()?,
     ];
-    target.insert(&mut values, &mut nulls);
+    target.insert(&mut values[..width], &mut nulls[..width]);
     Ok(())
 }
 

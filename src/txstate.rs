@@ -298,6 +298,7 @@ fn pre_prepare() -> Result<(), AuditError> {
         (h.first_event, h.last_event, h.count),
         u.segments,
         &mut u.payload,
+        &h.hash,
     )
 }
 

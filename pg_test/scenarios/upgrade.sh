@@ -88,6 +88,11 @@ SQL
     q "$db" -c "SELECT audit_log.checkpoint()" >"$work/cp.json"
     before=$(q "$db" -c "SELECT ok || ' ' || events_checked FROM audit_log.verify()")
     [ "${before%% *}" = true ] || fail "$db: the log does not verify before the upgrade: $before"
+    # A prepared transaction committed before the update and linked after
+    # it, by the first new commit: the old table has no last_event_hash, so
+    # its events are hashed when it is linked.
+    q "$db" -c "BEGIN" -c "INSERT INTO acct VALUES (8000, 'prepared before upgrade', 1, NULL)" \
+        -c "PREPARE TRANSACTION 'up_$db'" -c "COMMIT PREPARED 'up_$db'"
 
     q "$db" -c "ALTER EXTENSION audit_log UPDATE"
     [ "$(q "$db" -c "SELECT extversion FROM pg_extension WHERE extname = 'audit_log'")" = "$current" ] ||
@@ -104,13 +109,17 @@ SQL
     against=$(q "$db" -c "SELECT ok FROM audit_log.verify('$(cat "$work/cp.json")'::jsonb)")
     [ "$against" = t ] || fail "$db: the log does not extend the checkpoint taken before the upgrade"
 
-    # New writes chain on from the old heads.
+    # New writes chain on from the old heads; the first links the prepared
+    # transaction too.
+    [ "$(q "$db" -c "SELECT count(*) || ' ' || bool_and(last_event_hash IS NULL) FROM audit_log.prepared")" = "1 true" ] ||
+        fail "$db: the prepared transaction's row after the update: $(q "$db" -c "SELECT first_event, last_event_hash FROM audit_log.prepared")"
     heads_before=$(q "$db" -c "SELECT coalesce(sum(seq), 0) FROM (SELECT max(seq) AS seq FROM audit_log.records GROUP BY chain_id) h")
     q "$db" -c "INSERT INTO acct VALUES (9000, 'after upgrade', 1, '{}')" -c "UPDATE acct SET owner = 'after upgrade' WHERE id = 7"
     heads_after=$(q "$db" -c "SELECT coalesce(sum(seq), 0) FROM (SELECT max(seq) AS seq FROM audit_log.records GROUP BY chain_id) h")
-    [ "$heads_after" -eq $((heads_before + 2)) ] || fail "$db: two new transactions moved the chain heads by $((heads_after - heads_before)), not 2"
+    [ "$heads_after" -eq $((heads_before + 3)) ] || fail "$db: two new transactions and the prepared one moved the chain heads by $((heads_after - heads_before)), not 3"
+    [ "$(q "$db" -c "SELECT count(*) FROM audit_log.prepared")" = 0 ] || fail "$db: the prepared transaction was not linked"
     now=$(q "$db" -c "SELECT ok || ' ' || events_checked FROM audit_log.verify()")
-    [ "$now" = "true $(( ${before#* } + 2 ))" ] || fail "$db: after new writes verify() says '$now' (before: '$before')"
+    [ "$now" = "true $(( ${before#* } + 3 ))" ] || fail "$db: after new writes verify() says '$now' (before: '$before')"
     [ "$(q "$db" -c "SELECT ok FROM audit_log.verify('$(cat "$work/cp.json")'::jsonb)")" = t ] ||
         fail "$db: the log with new writes does not extend the pre-upgrade checkpoint"
     hist=$(q "$db" -c "SELECT string_agg(coalesce(new_row->>'owner', '-'), ',' ORDER BY event_id) FROM audit_log.history('acct', '{\"id\": 7}')")
