@@ -177,8 +177,13 @@ pub(crate) fn take_checkpoint() -> Result<Checkpoint, AuditError> {
     // No purge runs while the heads and trees are read.
     crate::retention::lock_purge_shared();
     // Committed prepared transactions join the chains first, so that the
-    // checkpoint covers them; not on a standby or in a read-only transaction.
-    if crate::tree::can_write() {
+    // checkpoint covers them; not on a standby or in a read-only
+    // transaction, nor in a transaction block: there the links would be
+    // the caller's to commit, and a checkpoint that names them describes a
+    // log that never was if the block rolls back (or is prepared, then
+    // rolled back). The next audited commit links them then.
+    // SAFETY: reads the transaction's block state.
+    if crate::tree::can_write() && !unsafe { pg_sys::IsTransactionBlock() } {
         crate::chain::link_prepared(&catalog::lookup()?, true)?;
     }
     // New records join the trees' tiles here, off the commit path.

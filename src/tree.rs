@@ -487,6 +487,16 @@ impl TileSource for ChainTiles {
     }
 
     fn leaves(&mut self, lo: u64, hi: u64) -> Result<Vec<Hash>, AuditError> {
+        let trust = self.trusts_partial();
+        self.leaves_from(lo, hi, trust)
+    }
+}
+
+impl ChainTiles {
+    /// Leaves `lo..hi` (within one level-0 tile): those of purged records
+    /// from the widest stored tile; with `partial`, the others too as far
+    /// as that tile goes; then from the records.
+    fn leaves_from(&mut self, lo: u64, hi: u64, partial: bool) -> Result<Vec<Hash>, AuditError> {
         let t = lo / TILE_WIDTH;
         let base = t * TILE_WIDTH;
         let mut out = Vec::new();
@@ -494,11 +504,7 @@ impl TileSource for ChainTiles {
         // Leaves whose records a purge removed are only in a tile; where
         // partial tiles are trusted, a stored one spares hashing records.
         let purged_end = hi.min(self.purged);
-        let from_tile = if self.trusts_partial() {
-            hi
-        } else {
-            purged_end
-        };
+        let from_tile = if partial { hi } else { purged_end };
         if at < from_tile {
             if let Some(p) = self.leaf_tile(t)? {
                 while at < from_tile && ((at - base) as usize) < p.len() {
@@ -558,10 +564,13 @@ impl ChainTiles {
     fn leaves_run(&mut self, lo: u64, hi: u64) -> Result<Vec<Hash>, AuditError> {
         let mut out = Vec::with_capacity((hi - lo) as usize);
         let mut at = lo;
-        // Tiles a purge cut through, one at a time; then the records.
+        // Tiles a purge cut through, one at a time; then the records. A
+        // stored tile is read for purged leaves only: a tile integrated
+        // here holds leaves recomputed from every record still in the log,
+        // never a checkpoint's partial tile.
         while at < hi && at < self.purged {
             let end = hi.min((at / TILE_WIDTH + 1) * TILE_WIDTH);
-            out.extend(self.leaves(at, end)?);
+            out.extend(self.leaves_from(at, end, false)?);
             at = end;
         }
         if at < hi {
@@ -716,7 +725,7 @@ pub fn integrate(
         if let Some(p) = partial_at.filter(|p| p % TILE_WIDTH != 0) {
             let t = p / TILE_WIDTH;
             if t >= from.max(to) {
-                let leaves = src.leaves(t * TILE_WIDTH, p)?;
+                let leaves = src.leaves_from(t * TILE_WIDTH, p, false)?;
                 insert_tiles(chain, 0, &[(t, &leaves, merkle::root(&leaves))])?;
             }
         }

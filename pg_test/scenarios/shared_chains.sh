@@ -2,10 +2,10 @@
 # Chains shared by many sessions. Eight clients write through two chains
 # (audit_log.chains = 2, set for the database), so each chain passes from
 # backend to backend all the time, and the chains' primary key gets entries
-# of every kind between one backend's links: other sessions' links, links
-# rolled back with their transaction (a checkpoint() that linked committed
-# prepared transactions, then ROLLBACK), and links rolled back to a
-# savepoint in a transaction that then commits its own link. Every
+# of every kind between one backend's links, with prepared transactions
+# linked by other sessions' commits, and checkpoint() calls in transaction
+# blocks that roll back, whole or to a savepoint (they link nothing: their
+# links would be theirs to commit). Every
 # committed transaction must have exactly one record, the chains no gap and
 # no fork, replaying the events must give the tables, and verify() must
 # hold. Then a parallel query over the events view, in a session that had
@@ -63,4 +63,4 @@ out=$(wl_q -c "DO \$\$ BEGIN PERFORM set_config(CASE WHEN current_setting('serve
 # The library loaded during that query: the session still defines the
 # setting afterwards, and its next commit takes one of the two chains.
 case "$out" in "$WL_EVENTS"$'\n'[01]) ;; *) wl_fail "a parallel read of the events view with the database's audit_log.chains, then a commit: $out" ;; esac
-echo "shared_chains: $LOAD_TX scripts, $WL_TX transactions committed through 2 chains ($WL_EVENTS events) with links of other sessions, rolled back and rolled back to a savepoint between a backend's own; one record each, no gap or fork, replay matches, verify holds; the database's setting raises no warning in a parallel query"
+echo "shared_chains: $LOAD_TX scripts, $WL_TX transactions committed through 2 chains ($WL_EVENTS events) with prepared transactions and checkpoints in blocks rolled back; one record each, no gap or fork, replay matches, verify holds; the database's setting raises no warning in a parallel query"

@@ -78,6 +78,13 @@ SELECT count(*) AS prepared, (SELECT count(*) FROM audit_log.prepared) AS sealed
 COMMIT PREPARED 'p1';
 ROLLBACK PREPARED 'p3';
 SELECT count(*) AS waiting_for_a_link FROM audit_log.prepared;
+-- Not inside a transaction block, whose links would be the block's to
+-- commit: a checkpoint that named them would describe a log that never was
+-- once the block rolled back (or was prepared, then rolled back).
+BEGIN;
+SELECT audit_log.checkpoint() IS NOT NULL AS checkpoint_in_a_block;
+SELECT count(*) AS still_waiting FROM audit_log.prepared;
+ROLLBACK;
 SELECT audit_log.checkpoint() IS NOT NULL AS checkpoint_taken;
 SELECT count(*) AS waiting_for_a_link FROM audit_log.prepared;
 -- The next audited commit links a committed prepared transaction whoever
