@@ -33,6 +33,19 @@ $encoding$;
 ALTER TABLE audit_log.prepared ADD COLUMN last_event_hash bytea;
 COMMENT ON COLUMN audit_log.prepared.last_event_hash IS 'The hash of the transaction''s last event, computed as it was captured: its link covers it without hashing the events again. NULL in rows prepared before 0.3.0, which are hashed when linked.';
 
+-- Segments that are not runs of tx_seq, which 0.2.0 could write (a
+-- savepoint released between two spills): verify() reports their
+-- transactions changed. repair_segments() lays them out as runs, changing
+-- no event; the admin runs it (see the CHANGELOG).
+CREATE FUNCTION audit_log."repair_segments"()
+RETURNS TABLE ("transactions" bigint, "segments_before" bigint, "segments_after" bigint)
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'repair_segments_wrapper';
+COMMENT ON FUNCTION audit_log.repair_segments() IS 'Lay out as runs of tx_seq the segments of transactions written before 0.3.0 that are not (a savepoint defect that makes verify() report them changed). No event or hash changes: a transaction is rewritten only if its new layout recomputes its stored link. Recorded as a REPAIR event. Requires audit_log_admin.';
+REVOKE ALL ON FUNCTION audit_log.repair_segments() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log.repair_segments() TO audit_log_admin;
+
 COMMENT ON FUNCTION audit_log.verify() IS 'Recompute every event hash and link of the log; ok, or the first bad event and what is wrong with it. A failure also raises a WARNING and notifies audit_log_alert. Requires audit_log_auditor.';
 COMMENT ON FUNCTION audit_log.checkpoint() IS 'Every chain''s head (seq, link hash, last event) and Merkle tree (size, root), to keep outside the database: audit_log.verify(checkpoint) or audit_log.consistency(checkpoint) later proves that the log extends it, and audit_log.prove(event, checkpoint) that it holds an event. Requires audit_log_auditor.';
 

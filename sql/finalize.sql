@@ -105,7 +105,8 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA audit_log FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_log.enable(regclass, text[], text[], text[], boolean, boolean, boolean, boolean),
     audit_log.disable(regclass),
     audit_log.enable_schema(text), audit_log.disable_schema(text),
-    audit_log.set_retention(interval), audit_log.purge(timestamptz)
+    audit_log.set_retention(interval), audit_log.purge(timestamptz),
+    audit_log.repair_segments()
     TO audit_log_admin;
 GRANT EXECUTE ON FUNCTION audit_log.verify(), audit_log.verify(jsonb), audit_log.checkpoint()
     TO audit_log_auditor;

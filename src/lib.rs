@@ -36,6 +36,7 @@ mod pgcompat;
 mod proof;
 mod records;
 mod relstate;
+mod repair;
 mod retention;
 mod rowenc;
 mod scan;

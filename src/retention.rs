@@ -274,7 +274,7 @@ fn purge_impl(
 
 /// One purge at a time per database: the tag is like the chain locks', with
 /// a field4 no SQL function produces.
-fn lock_purge() {
+pub(crate) fn lock_purge() {
     purge_lock(pg_sys::ExclusiveLock);
 }
 

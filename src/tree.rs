@@ -1182,7 +1182,7 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
     Ok(JsonB(value))
 }
 
-fn raw_row(r: &Row) -> Option<(Record, i32, Vec<u8>)> {
+pub(crate) fn raw_row(r: &Row) -> Option<(Record, i32, Vec<u8>)> {
     Some((
         crate::records::record_columns(r),
         r.i32(records::SEGMENTS).unwrap_or(0),

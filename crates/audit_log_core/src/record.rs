@@ -273,6 +273,64 @@ pub fn merged<'a>(
     })
 }
 
+/// A segment as stored: its `part` (the `tx_seq` of its first event) and
+/// its framed events.
+pub type Segment = (i32, Vec<u8>);
+
+/// A transaction's segments (`part`, bytes), in order of `part`, laid out
+/// as FORMAT.md requires: each one run of consecutive `tx_seq` starting at
+/// its `part`. None if they already are. Otherwise the same events with
+/// every segment that is not a run cut where its `tx_seq` jumps, each
+/// piece its own segment, named by its first `tx_seq`: before 0.3.0, a
+/// transaction that kept an event in memory, spilled inside a savepoint it
+/// then released, and spilled again, wrote the kept event and the later
+/// ones as one segment. No event changes, so no hash does; the caller
+/// checks that the new layout recomputes the record's link before it
+/// writes it. An error if a segment is empty or unreadable, or two pieces
+/// would start at the same `tx_seq`.
+pub fn runs_layout(segments: &[Segment]) -> Result<Option<Vec<Segment>>, Malformed> {
+    // Per segment: the byte offsets where a new run starts, with its tx_seq.
+    let mut cuts: Vec<Vec<(usize, i64)>> = Vec::with_capacity(segments.len());
+    let mut all_runs = true;
+    for (part, bytes) in segments {
+        let mut starts = Vec::new();
+        let mut expect: Option<i64> = None;
+        let mut at = 0usize;
+        while let Some(e) = event_at(bytes, at) {
+            let (canonical, next) = e?;
+            let seq = header(canonical)?.tx_seq;
+            if expect != Some(seq) {
+                starts.push((at, seq));
+            }
+            expect = seq.checked_add(1);
+            at = next;
+        }
+        match starts.first() {
+            None => return Err(Malformed(0)),
+            Some(&(_, first)) => {
+                all_runs &= starts.len() == 1 && first == i64::from(*part);
+            }
+        }
+        cuts.push(starts);
+    }
+    if all_runs {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for ((_, bytes), starts) in segments.iter().zip(&cuts) {
+        for (i, &(from, seq)) in starts.iter().enumerate() {
+            let to = starts.get(i + 1).map_or(bytes.len(), |&(next, _)| next);
+            let part = i32::try_from(seq).map_err(|_| Malformed(from))?;
+            out.push((part, bytes[from..to].to_vec()));
+        }
+    }
+    out.sort_by_key(|(part, _)| *part);
+    if out.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(Malformed(0));
+    }
+    Ok(Some(out))
+}
+
 /// A transaction's events in the order of [`merged`], pulled one at a time
 /// from owned segments given one at a time: no more than one segment is
 /// held, however large the transaction. For readers that cannot hold a
@@ -1080,6 +1138,55 @@ mod tests {
         // The size hint is exact for an event whose JSON is encoded.
         assert_eq!(crate::encoding::event_size_hint(&e), canonical.len());
     }
+    /// Framed events of `tx_seq` values `seqs`, as a segment holds them.
+    fn framed(seqs: &[i64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &s in seqs {
+            encode_event_into(&mut out, &event(100 + s, s));
+        }
+        out
+    }
+
+    #[test]
+    fn runs_layout_leaves_runs_alone_and_cuts_a_segment_that_is_not_one() {
+        // As capture writes them now: runs, in order of part.
+        let good = vec![(1, framed(&[1, 2, 3])), (4, framed(&[4, 5]))];
+        assert_eq!(runs_layout(&good), Ok(None));
+        // As 0.2.0 wrote them: event 3 kept in memory while 4..6 spilled in
+        // a savepoint (segment 4), then 3 and 7..9 spilled as one (segment 3).
+        let bad = vec![(3, framed(&[3, 7, 8, 9])), (4, framed(&[4, 5, 6]))];
+        let fixed = runs_layout(&bad).unwrap().unwrap();
+        assert_eq!(
+            fixed,
+            vec![
+                (3, framed(&[3])),
+                (4, framed(&[4, 5, 6])),
+                (7, framed(&[7, 8, 9]))
+            ]
+        );
+        assert_eq!(runs_layout(&fixed), Ok(None));
+        // The events, merged with a payload, come out in tx_seq order, as
+        // those of the layout capture would have written.
+        let payload = framed(&[1, 2, 10]);
+        let order = |segs: &[(i32, Vec<u8>)]| -> Vec<i64> {
+            merged(segs.iter().map(|(_, b)| b.as_slice()), &payload)
+                .map(|e| header(e.unwrap()).unwrap().tx_seq)
+                .collect()
+        };
+        assert_eq!(order(&fixed), (1..=10).collect::<Vec<_>>());
+        assert_ne!(order(&bad), (1..=10).collect::<Vec<_>>());
+        // A segment whose part is not its first tx_seq is cut too.
+        assert_eq!(
+            runs_layout(&[(2, framed(&[3, 4]))]),
+            Ok(Some(vec![(3, framed(&[3, 4]))]))
+        );
+        // Refused: an empty or unreadable segment, and two pieces that
+        // would start at the same tx_seq (an event twice).
+        assert!(runs_layout(&[(1, Vec::new())]).is_err());
+        assert!(runs_layout(&[(1, vec![0, 0, 0, 9, 1])]).is_err());
+        assert!(runs_layout(&[(1, framed(&[1, 5])), (5, framed(&[5, 6]))]).is_err());
+    }
+
     /// A record of `n` events with ids 100·seq + 10, + 12, + 14, … and its payload.
     fn record(chain: i32, seq: i64, prev: Hash, n: i64) -> (Record, Vec<u8>) {
         let base = 1000 * i64::from(chain) + 100 * seq + 10;
