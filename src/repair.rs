@@ -17,8 +17,8 @@ use audit_log_core::record::{digest, runs_layout};
 
 use crate::catalog::{self, require_admin};
 use crate::errors::AuditError;
-use crate::scan::{scan_keys, select_at, Ordered, SnapshotGuard, Val};
-use crate::store::{self, records, segments, Bytea};
+use crate::scan::{select_at, SnapshotGuard, Val};
+use crate::store::{self, segments, Bytea};
 use pgrx::pg_sys::panic::ErrorReport;
 
 /// A transaction whose segments hold more than this is not read whole for
@@ -109,30 +109,9 @@ fn repair_one(
     chain: i32,
     seq: i64,
 ) -> Result<Option<Repaired>, AuditError> {
-    let mut rows = Ordered::open_keys(
-        oids.records,
-        oids.records_pkey,
-        snap,
-        scan_keys(&[
-            (
-                records::CHAIN_ID as i16 + 1,
-                pg_sys::BTEqualStrategyNumber,
-                pg_sys::F_INT4EQ,
-                pg_sys::Datum::from(chain),
-            ),
-            (
-                records::SEQ as i16 + 1,
-                pg_sys::BTEqualStrategyNumber,
-                pg_sys::F_INT8EQ,
-                pg_sys::Datum::from(seq),
-            ),
-        ]),
-        crate::tree::raw_row,
-    )?;
-    let Some((record, _, payload)) = rows.next().transpose()? else {
+    let Some((record, _, payload)) = crate::tree::record_at(oids, snap, chain, seq)? else {
         return Ok(None);
     };
-    drop(rows);
     let first = record.first_event;
     let mut old: Vec<(i32, Vec<u8>)> = Vec::new();
     let mut held = payload.len();

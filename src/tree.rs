@@ -943,13 +943,14 @@ struct Whole {
     event: Option<(i64, Vec<u8>)>,
 }
 
-fn read_whole(
-    oids: Oids,
+/// Record `seq` of `chain`: its columns, how many segments it has, and its
+/// payload; None if there is no such record.
+pub(crate) fn record_at(
+    oids: &Oids,
     snap: pg_sys::Snapshot,
     chain: i32,
     seq: i64,
-    want: Option<i64>,
-) -> Result<Option<Whole>, AuditError> {
+) -> Result<Option<(Record, i32, Vec<u8>)>, AuditError> {
     let mut rows = Ordered::open_keys(
         oids.records,
         oids.records_pkey,
@@ -970,10 +971,19 @@ fn read_whole(
         ]),
         raw_row,
     )?;
-    let Some((record, segments, payload)) = rows.next().transpose()? else {
+    rows.next().transpose()
+}
+
+fn read_whole(
+    oids: Oids,
+    snap: pg_sys::Snapshot,
+    chain: i32,
+    seq: i64,
+    want: Option<i64>,
+) -> Result<Option<Whole>, AuditError> {
+    let Some((record, segments, payload)) = record_at(&oids, snap, chain, seq)? else {
         return Ok(None);
     };
-    drop(rows);
     let parts = (segments != 0)
         .then(|| crate::store::segments(&oids, snap, record.first_event))
         .transpose()?;
@@ -1182,7 +1192,7 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
     Ok(JsonB(value))
 }
 
-pub(crate) fn raw_row(r: &Row) -> Option<(Record, i32, Vec<u8>)> {
+fn raw_row(r: &Row) -> Option<(Record, i32, Vec<u8>)> {
     Some((
         crate::records::record_columns(r),
         r.i32(records::SEGMENTS).unwrap_or(0),
