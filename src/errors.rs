@@ -38,6 +38,8 @@ pub enum AuditError {
     JsonCast(String),
     #[error("{0} must run at READ COMMITTED isolation")]
     ReadCommittedOnly(&'static str),
+    #[error("cannot PREPARE a transaction that took an audit_log checkpoint (checkpoint() or consistency()): prepared, it would keep the log's locks, and any links it made, for as long as it stays prepared")]
+    PrepareAfterCheckpoint,
     #[error(
         "{0}: a permanent object cannot depend on a temporary one while audit_log is installed"
     )]
@@ -115,6 +117,7 @@ impl AuditError {
             AuditError::DependsOnTemp(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::JsonCast(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
             AuditError::ReadCommittedOnly(_) => ERRCODE_INVALID_TRANSACTION_STATE,
+            AuditError::PrepareAfterCheckpoint => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::TargetChanged(_) => ERRCODE_T_R_SERIALIZATION_FAILURE,
             AuditError::Unlogged { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::DetachConcurrently(_) => ERRCODE_FEATURE_NOT_SUPPORTED,

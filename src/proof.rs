@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::catalog;
 use crate::errors::AuditError;
 use crate::records::{hash_of, run_verify};
+use crate::scan::{select_at, SnapshotGuard, Val};
 use pgrx::pg_sys::panic::ErrorReport;
 
 pub(crate) type VerifyRow = (bool, i64, Option<i64>, Option<String>);
@@ -176,23 +177,64 @@ pub(crate) fn take_checkpoint() -> Result<Checkpoint, AuditError> {
     }
     // No purge runs while the heads and trees are read.
     crate::retention::lock_purge_shared();
-    // Committed prepared transactions join the chains first, so that the
-    // checkpoint covers them; not on a standby or in a read-only
-    // transaction, nor in a transaction block: there the links would be
-    // the caller's to commit, and a checkpoint that names them describes a
-    // log that never was if the block rolls back (or is prepared, then
-    // rolled back). The next audited commit links them then.
-    // SAFETY: reads the transaction's block state.
-    if crate::tree::can_write() && !unsafe { pg_sys::IsTransactionBlock() } {
-        crate::chain::link_prepared(&catalog::lookup()?, true)?;
+    let writes = crate::tree::can_write();
+    // A checkpoint reaches its caller before the caller's transaction ends,
+    // and that transaction can still roll back (a pipeline, a DO block, a
+    // row streamed before a later one fails): a checkpoint must never name
+    // a link it made itself. So it is taken before this call links, and if
+    // an earlier call in this transaction linked, it sees only what has
+    // committed.
+    let earlier = CHECKPOINT_WORK.get();
+    if writes {
+        CHECKPOINT_WORK.set(true);
     }
     // New records join the trees' tiles here, off the commit path.
     catalog::pinned(crate::tree::integrate_all)?;
+    let snapshot = if earlier {
+        SnapshotGuard::committed()
+    } else {
+        SnapshotGuard::fresh()
+    };
     // SAFETY: a plain read of the cluster's identity.
     let sysid = unsafe { pg_sys::GetSystemIdentifier() };
-    let mut cp = checkpoint_of(Some(catalog::database_name()), Some(sysid.to_string()))?;
-    cp.trees = catalog::pinned(|| crate::tree::trees(&cp.chains))?;
+    let mut cp = checkpoint_at(
+        snapshot.0,
+        Some(catalog::database_name()),
+        Some(sysid.to_string()),
+    )?;
+    cp.trees = catalog::pinned(|| crate::tree::trees(&cp.chains, snapshot.0))?;
+    // Then committed prepared transactions join the chains, for the next
+    // checkpoint to cover; not on a standby or in a read-only transaction,
+    // nor in a transaction block, where an auditor's open transaction would
+    // hold the linkers' lock. Never waiting for another linker.
+    // SAFETY: reads the transaction's block state.
+    if writes && !unsafe { pg_sys::IsTransactionBlock() } {
+        crate::chain::link_prepared(&catalog::lookup()?, false)?;
+    }
     Ok(cp)
+}
+
+thread_local! {
+    /// This transaction called checkpoint() where it may write: it may
+    /// have linked records it has not committed, and holds locks of the
+    /// log's (tiles, purge, the linkers') that a prepared transaction would
+    /// keep. Cleared when the transaction ends.
+    static CHECKPOINT_WORK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The transaction ends: see CHECKPOINT_WORK.
+pub(crate) fn at_xact_end() {
+    CHECKPOINT_WORK.set(false);
+}
+
+/// PREPARE TRANSACTION of a transaction that called checkpoint() is
+/// refused: prepared, it would keep the log's locks and its links for as
+/// long as it stays prepared.
+pub(crate) fn may_prepare() -> Result<(), AuditError> {
+    if CHECKPOINT_WORK.get() {
+        return Err(AuditError::PrepareAfterCheckpoint);
+    }
+    Ok(())
 }
 
 pub(crate) fn checkpoint_json(cp: &Checkpoint) -> Result<JsonB, AuditError> {
@@ -225,19 +267,26 @@ pub(crate) fn checkpoint_of(
     database: Option<String>,
     system_identifier: Option<String>,
 ) -> Result<Checkpoint, AuditError> {
-    let chains = Spi::connect(|c| -> Result<Vec<ChainHead>, AuditError> {
-        let t = c.select(&heads_sql(&catalog::log_schema_sql()), None, &[])?;
-        let mut out = Vec::new();
-        for r in t {
-            out.push(ChainHead {
-                chain: r.get::<i32>(1)?.unwrap_or(-1),
-                seq: r.get::<i64>(2)?.unwrap_or(0),
-                link_hash: hash_of(r.get(3)?),
-                last_event: r.get::<i64>(4)?.unwrap_or(0),
-            });
-        }
-        Ok(out)
-    })?;
+    let snapshot = SnapshotGuard::fresh();
+    checkpoint_at(snapshot.0, database, system_identifier)
+}
+
+/// [`checkpoint_of`] under `snap`.
+fn checkpoint_at(
+    snap: pg_sys::Snapshot,
+    database: Option<String>,
+    system_identifier: Option<String>,
+) -> Result<Checkpoint, AuditError> {
+    let rows = select_at(snap, &heads_sql(&catalog::log_schema_sql()), &[])?;
+    let chains = rows
+        .iter()
+        .map(|r| ChainHead {
+            chain: r.first().and_then(Val::int).unwrap_or(-1) as i32,
+            seq: r.get(1).and_then(Val::int).unwrap_or(0),
+            link_hash: hash_of(r.get(2).and_then(Val::bytes)),
+            last_event: r.get(3).and_then(Val::int).unwrap_or(0),
+        })
+        .collect();
     // SAFETY: a plain read of the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let cp = Checkpoint {

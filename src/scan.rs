@@ -334,6 +334,20 @@ impl SnapshotGuard {
 }
 
 impl SnapshotGuard {
+    /// What has committed by now, and nothing of this transaction's own:
+    /// a copy of the latest snapshot whose command id is the first, under
+    /// which no row this transaction (or any of its subtransactions) wrote
+    /// is visible.
+    pub fn committed() -> Self {
+        // SAFETY: inside a transaction; RegisterSnapshot copies the static
+        // latest snapshot, and only this guard holds the copy it changes.
+        unsafe {
+            let s = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+            (*s).curcid = pg_sys::FirstCommandId;
+            SnapshotGuard(s)
+        }
+    }
+
     /// The latest snapshot: what has committed by now, whatever the
     /// statement's snapshot saw (for the committed prepared transactions,
     /// whose COMMIT PREPARED can be newer than the statement).

@@ -838,18 +838,20 @@ pub fn integrate_all() -> Result<(), AuditError> {
 /// has a chain with a damaged record: the checkpoint still names its head
 /// (an export or a verify() of a tampered log needs one), and a witness
 /// that held its tree refuses a checkpoint without it.
-pub fn trees(heads: &[audit_log_core::ChainHead]) -> Result<Vec<TreeHead>, AuditError> {
+pub fn trees(
+    heads: &[audit_log_core::ChainHead],
+    snap: pg_sys::Snapshot,
+) -> Result<Vec<TreeHead>, AuditError> {
     let mut out = Vec::new();
     // An older version's schema, not yet updated: checkpoints as it made them.
     if !catalog::has_tiles() {
         return Ok(out);
     }
     let oids = catalog::lookup()?;
-    let snapshot = SnapshotGuard::fresh();
     let mut hashed = 0usize;
     for h in heads {
         let size = h.seq.max(0) as u64;
-        let root = ChainTiles::new(h.chain, oids, snapshot.0).and_then(|mut src| {
+        let root = ChainTiles::new(h.chain, oids, snap).and_then(|mut src| {
             src.watch_tail(size);
             let mut tiled = Tiled::new(src);
             let root = tree_root(&mut tiled, size)?;

@@ -287,6 +287,7 @@ fn pre_commit() -> Result<(), AuditError> {
 /// COMMIT PREPARED makes them visible for a later commit to link; ROLLBACK
 /// PREPARED removes them.
 fn pre_prepare() -> Result<(), AuditError> {
+    crate::proof::may_prepare()?;
     let Some(mut u) = unwritten()? else {
         return Ok(());
     };
@@ -312,7 +313,10 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
         | XACT_EVENT_ABORT
         | XACT_EVENT_PREPARE
         | XACT_EVENT_PARALLEL_COMMIT
-        | XACT_EVENT_PARALLEL_ABORT => clear(),
+        | XACT_EVENT_PARALLEL_ABORT => {
+            clear();
+            crate::proof::at_xact_end();
+        }
         _ => {}
     }
 }

@@ -63,4 +63,22 @@ out=$(wl_q -c "DO \$\$ BEGIN PERFORM set_config(CASE WHEN current_setting('serve
 # The library loaded during that query: the session still defines the
 # setting afterwards, and its next commit takes one of the two chains.
 case "$out" in "$WL_EVENTS"$'\n'[01]) ;; *) wl_fail "a parallel read of the events view with the database's audit_log.chains, then a commit: $out" ;; esac
-echo "shared_chains: $LOAD_TX scripts, $WL_TX transactions committed through 2 chains ($WL_EVENTS events) with prepared transactions and checkpoints in blocks rolled back; one record each, no gap or fork, replay matches, verify holds; the database's setting raises no warning in a parallel query"
+# A checkpoint reaches its caller before the caller's transaction ends:
+# one handed out by a statement that then fails must not name links that
+# statement made (of a committed prepared transaction, which the next
+# audited commit links elsewhere), nor may a second one in the same
+# transaction name the first one's.
+prepared_then() {
+    wl_q -c "BEGIN" -c "INSERT INTO t3 VALUES ($1, 0)" -c "PREPARE TRANSACTION 'sc_$1'" -c "COMMIT PREPARED 'sc_$1'"
+    out=$(wl_q -c "DO \$\$ BEGIN $2 RAISE EXCEPTION 'rolled back'; END \$\$" 2>&1 || true)
+    cp=$(sed -n 's/^NOTICE:  CP=//p' <<<"$out")
+    [ -n "$cp" ] || wl_fail "no checkpoint in: $out"
+    [ "$(wl_q -c "SELECT count(*) FROM audit_log.prepared")" = 1 ] || wl_fail "the rolled-back statement's link stayed"
+    wl_q -c "INSERT INTO t2 VALUES ($1, 0)"
+    [ "$(wl_q -c "SELECT count(*) FROM audit_log.prepared")" = 0 ] || wl_fail "the next audited commit did not link it"
+    v=$(wl_q -c "SELECT ok || ' ' || coalesce(problem, '') FROM audit_log.verify('$cp')")
+    [ "$v" = "true " ] || wl_fail "a checkpoint from a statement that rolled back ($2): $v"
+}
+prepared_then -11 "RAISE NOTICE 'CP=%', audit_log.checkpoint();"
+prepared_then -12 "PERFORM audit_log.checkpoint(); RAISE NOTICE 'CP=%', audit_log.checkpoint();"
+echo "shared_chains: $LOAD_TX scripts, $WL_TX transactions committed through 2 chains ($WL_EVENTS events) with prepared transactions and checkpoints in blocks rolled back; one record each, no gap or fork, replay matches, verify holds; the database's setting raises no warning in a parallel query; checkpoints from statements that roll back hold"

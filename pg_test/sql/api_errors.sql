@@ -85,6 +85,12 @@ BEGIN;
 SELECT audit_log.checkpoint() IS NOT NULL AS checkpoint_in_a_block;
 SELECT count(*) AS still_waiting FROM audit_log.prepared;
 ROLLBACK;
+-- Nor may a transaction that took a checkpoint be prepared: it would keep
+-- the log's locks for as long as it stayed prepared.
+BEGIN;
+SELECT audit_log.checkpoint() IS NOT NULL AS checkpoint_taken;
+PREPARE TRANSACTION 'after_a_checkpoint';   -- 0A000
+SELECT count(*) AS prepared FROM pg_prepared_xacts WHERE gid = 'after_a_checkpoint';
 SELECT audit_log.checkpoint() IS NOT NULL AS checkpoint_taken;
 SELECT count(*) AS waiting_for_a_link FROM audit_log.prepared;
 -- The next audited commit links a committed prepared transaction whoever
