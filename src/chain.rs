@@ -309,6 +309,7 @@ pub fn link_prepared(oids: &Oids, wait: bool) -> Result<(), AuditError> {
     if got == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
         return Ok(());
     }
+    crate::proof::note_log_work();
     for mut s in sealed(oids)? {
         let head = Head {
             hash: ZERO_HASH,

@@ -175,16 +175,16 @@ pub(crate) fn take_checkpoint() -> Result<Checkpoint, AuditError> {
             action: "take a checkpoint".into(),
         });
     }
-    // No purge runs while the heads and trees are read.
-    crate::retention::lock_purge_shared();
-    let writes = crate::tree::can_write();
     // A checkpoint reaches its caller before the caller's transaction ends,
     // and that transaction can still roll back (a pipeline, a DO block, a
     // row streamed before a later one fails): a checkpoint must never name
     // a link it made itself. So it is taken before this call links, and if
-    // an earlier call in this transaction linked, it sees only what has
-    // committed.
+    // earlier work of this transaction may have linked, it sees only what
+    // has committed. (Read before this call takes any of the log's locks.)
     let earlier = CHECKPOINT_WORK.get();
+    // No purge runs while the heads and trees are read.
+    crate::retention::lock_purge_shared();
+    let writes = crate::tree::can_write();
     if writes {
         CHECKPOINT_WORK.set(true);
     }
@@ -215,11 +215,17 @@ pub(crate) fn take_checkpoint() -> Result<Checkpoint, AuditError> {
 }
 
 thread_local! {
-    /// This transaction called checkpoint() where it may write: it may
-    /// have linked records it has not committed, and holds locks of the
-    /// log's (tiles, purge, the linkers') that a prepared transaction would
-    /// keep. Cleared when the transaction ends.
+    /// This transaction did the log's own work: called checkpoint() where
+    /// it may write (it may have linked records it has not committed), or
+    /// took one of the log's own locks (the purge lock, a chain's tiles,
+    /// the linkers'), which a prepared transaction would keep. Cleared when
+    /// the transaction ends.
     static CHECKPOINT_WORK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This transaction took one of the log's own locks, or linked.
+pub(crate) fn note_log_work() {
+    CHECKPOINT_WORK.set(true);
 }
 
 /// The transaction ends: see CHECKPOINT_WORK.
@@ -227,9 +233,9 @@ pub(crate) fn at_xact_end() {
     CHECKPOINT_WORK.set(false);
 }
 
-/// PREPARE TRANSACTION of a transaction that called checkpoint() is
-/// refused: prepared, it would keep the log's locks and its links for as
-/// long as it stays prepared.
+/// PREPARE TRANSACTION of a transaction that did the log's own work is
+/// refused: prepared, it would keep the log's locks and any links it made
+/// for as long as it stays prepared.
 pub(crate) fn may_prepare() -> Result<(), AuditError> {
     if CHECKPOINT_WORK.get() {
         return Err(AuditError::PrepareAfterCheckpoint);

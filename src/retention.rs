@@ -301,6 +301,7 @@ fn purge_lock(mode: u32) {
         };
         pg_sys::LockAcquire(&tag, mode as i32, false, false);
     }
+    crate::proof::note_log_work();
 }
 
 fn delete_record(oids: &Oids, chain: i32, seq: i64) -> Result<(), AuditError> {

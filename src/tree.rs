@@ -749,8 +749,12 @@ pub(crate) fn lock_chain_tiles(chain: i32, wait: bool) -> bool {
             locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
             locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
         };
-        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, !wait)
-            != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+        let got = pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, !wait)
+            != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL;
+        if got {
+            crate::proof::note_log_work();
+        }
+        got
     }
 }
 
