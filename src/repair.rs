@@ -62,6 +62,9 @@ fn repair_impl() -> Result<(i64, i64, i64), AuditError> {
     }
     // No purge removes a record, and no other repair rewrites it, meanwhile.
     crate::retention::lock_purge();
+    // What an earlier call in this statement rewrote is seen as rewritten.
+    // SAFETY: inside a transaction, as every SQL function is.
+    unsafe { pg_sys::CommandCounterIncrement() };
     let repaired = catalog::as_owner(|| {
         let oids = catalog::lookup()?;
         let snapshot = SnapshotGuard::latest();
@@ -133,7 +136,7 @@ fn repair_one(
         Ok(Some(new)) => new,
         Err(_) => {
             pgrx::warning!(
-                "audit_log.repair_segments(): transaction {first} (record {chain}/{seq}) has a segment that is not a sequence of events: left as it is (verify() names what is wrong)"
+                "audit_log.repair_segments(): transaction {first} (record {chain}/{seq}): its segments cannot be laid out as runs (a segment that is not a sequence of events, or an event stored twice): left as they are (verify() names what is wrong)"
             );
             return Ok(None);
         }

@@ -121,10 +121,13 @@ SELECT tx_first AS kept_tx FROM audit_log.events WHERE new_row->>'id' = '150001'
 SELECT max(part) AS last_part FROM audit_log.segments WHERE first_event = :kept_tx \gset
 BEGIN;
 ALTER TABLE audit_log.segments DISABLE TRIGGER USER;
+ALTER TABLE audit_log.records DISABLE TRIGGER USER;
 UPDATE audit_log.segments SET payload = payload ||
        (SELECT payload FROM audit_log.segments WHERE first_event = :kept_tx AND part = :last_part)
  WHERE first_event = :kept_tx AND part = 1;
 DELETE FROM audit_log.segments WHERE first_event = :kept_tx AND part = :last_part;
+UPDATE audit_log.records SET segments = segments - 1 WHERE first_event = :kept_tx;   -- as 0.2.0 counted them
+ALTER TABLE audit_log.records ENABLE TRIGGER USER;
 ALTER TABLE audit_log.segments ENABLE TRIGGER USER;
 COMMIT;
 SET client_min_messages = error;   -- verify()'s failure also raises a WARNING
@@ -153,6 +156,17 @@ UPDATE audit_log.segments SET payload = payload ||
 DELETE FROM audit_log.segments WHERE first_event = :kept_tx AND part = :last_part;
 SELECT * FROM audit_log.repair_segments();
 SELECT count(*) AS segments_left_joined FROM audit_log.segments WHERE first_event = :kept_tx AND part = 1 AND octet_length(payload) > 1000;
+ROLLBACK;
+-- Twice in one statement, where a repair is due: the second call sees
+-- what the first rewrote.
+BEGIN;
+ALTER TABLE audit_log.segments DISABLE TRIGGER USER;
+SELECT max(part) AS last_part FROM audit_log.segments WHERE first_event = :kept_tx \gset
+UPDATE audit_log.segments SET payload = payload ||
+       (SELECT payload FROM audit_log.segments WHERE first_event = :kept_tx AND part = :last_part)
+ WHERE first_event = :kept_tx AND part = 1;
+DELETE FROM audit_log.segments WHERE first_event = :kept_tx AND part = :last_part;
+SELECT call, (audit_log.repair_segments()).transactions FROM generate_series(1, 2) call;
 ROLLBACK;
 -- An application role may not call it.
 CREATE ROLE al_spill_app;
