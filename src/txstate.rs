@@ -46,6 +46,11 @@ pub struct TxState {
     /// Segments written, by the subtransaction that wrote them: a rollback
     /// removes the segment (MVCC), and it must leave the count too.
     segments: Vec<pg_sys::SubTransactionId>,
+    /// Spill once the payload passes this many bytes: SPILL_BYTES more than
+    /// a spill left in memory. Inside a subtransaction, a spill can write
+    /// only its own events, and those of outer levels stay: counted against
+    /// a flat SPILL_BYTES, they made every later spill a small segment.
+    spill_at: usize,
 }
 
 /// Spill buffered events to a segment once this many bytes are waiting.
@@ -71,6 +76,7 @@ impl TxState {
             buffer: Vec::new(),
             payload: store::Bytea::default(),
             segments: Vec::new(),
+            spill_at: SPILL_BYTES,
         })
     }
 }
@@ -139,7 +145,7 @@ pub fn append(
             at,
             row_key,
         });
-        Ok((id, s.payload.byte_len() > SPILL_BYTES))
+        Ok((id, s.payload.byte_len() > s.spill_at))
     })?;
     let (id, spill) = spill;
     if spill {
@@ -194,6 +200,7 @@ fn spill_segment() -> Result<(), AuditError> {
             s.segments.push(sub);
         }
         runs.reverse();
+        s.spill_at = s.payload.byte_len().saturating_add(SPILL_BYTES);
         let first = s.head.first_event;
         Some((s.oids, first, runs, row_keys(first, &batch)))
     }) else {
@@ -350,6 +357,9 @@ unsafe extern "C-unwind" fn on_subxact(
                     s.payload.truncate(s.buffer[from].at);
                     s.buffer.truncate(from);
                 }
+                s.spill_at = s
+                    .spill_at
+                    .min(s.payload.byte_len().saturating_add(SPILL_BYTES));
                 s.segments.retain(|&id| id < my_subid);
             }
             _ => {}

@@ -178,6 +178,22 @@ RESET ROLE;
 DROP ROLE al_spill_app;
 DROP ROLE al_spill_admin;
 
+-- 8. Spilled events inside a savepoint leave the transaction's own unspilled
+--    events in memory; counted against a flat 1 MB, they made every later
+--    spill a small segment (29 of them here, most of 150 kB). A spill now
+--    comes 1 MB after what the last one left in memory.
+BEGIN;
+INSERT INTO s SELECT g, repeat('u', 200) FROM generate_series(210001, 222000) g;
+SAVEPOINT g;
+INSERT INTO s SELECT g, repeat('u', 200) FROM generate_series(230001, 242000) g;
+ROLLBACK TO g;
+INSERT INTO s SELECT g, repeat('u', 200) FROM generate_series(250001, 262000) g;
+COMMIT;
+SELECT count(*) AS segments, min(octet_length(payload)) > 900000 AS each_about_1_mb
+  FROM audit_log.segments
+ WHERE first_event = (SELECT tx_first FROM audit_log.events WHERE new_row->>'id' = '210001');
+SELECT * FROM shape() WHERE first_id >= 210001;
+
 -- The table and the log agree, and the log verifies.
 SELECT (SELECT count(*) FROM s) AS table_rows,
        (SELECT count(*) FROM audit_log.events WHERE table_name = 's' AND op = 'INSERT') AS insert_events;
