@@ -38,7 +38,7 @@ pub enum AuditError {
     JsonCast(String),
     #[error("{0} must run at READ COMMITTED isolation")]
     ReadCommittedOnly(&'static str),
-    #[error("cannot PREPARE a transaction that did audit_log's own work (checkpoint(), consistency(), prove(), verify(checkpoint), purge(), repair_segments()): prepared, it would keep the log's locks, and any links it made, for as long as it stays prepared")]
+    #[error("cannot PREPARE a transaction that took audit_log's own locks (checkpoint(), consistency(), prove(), verify(checkpoint), purge() or repair_segments() take them): prepared, it would keep them, and any links it made, for as long as it stays prepared")]
     PrepareAfterCheckpoint,
     #[error(
         "{0}: a permanent object cannot depend on a temporary one while audit_log is installed"

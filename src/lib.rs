@@ -78,7 +78,9 @@ thread_local! {
 /// defining a setting then re-applies what ALTER DATABASE or ALTER ROLE
 /// set for it, which PostgreSQL refuses in parallel mode with a WARNING to
 /// the client. Parallel workers never need them; the session defines them
-/// when it first reads one (every reader calls this first), or loads again.
+/// when it first reads one (every reader calls this first). A reader in
+/// parallel mode before that gets the built-in default (none reads one
+/// there today).
 pub(crate) fn ensure_settings() {
     if SETTINGS_DEFINED.get() {
         return;

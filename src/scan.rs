@@ -337,7 +337,8 @@ impl SnapshotGuard {
     /// What has committed by now, and nothing of this transaction's own:
     /// a copy of the latest snapshot whose command id is the first, under
     /// which no row this transaction (or any of its subtransactions) wrote
-    /// is visible.
+    /// is visible. Only for direct scans and [`select_at`], which runs its
+    /// query read-only so that SPI keeps the command id as it is.
     pub fn committed() -> Self {
         // SAFETY: inside a transaction; RegisterSnapshot copies the static
         // latest snapshot, and only this guard holds the copy it changes.

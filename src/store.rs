@@ -285,13 +285,16 @@ pub fn insert_prepared(
     // no last_event_hash: the row goes without it, and is hashed when linked.
     let (target, width) = match Target::open(oids.prepared, &prepared::COLUMNS) {
         Ok(t) => (t, prepared::COLUMNS.len()),
-        Err(AuditError::NotInstalled(_)) => (
-            Target::open(
+        Err(first @ AuditError::NotInstalled(_)) => {
+            match Target::open(
                 oids.prepared,
                 &prepared::COLUMNS[..prepared::LAST_EVENT_HASH],
-            )?,
-            prepared::LAST_EVENT_HASH,
-        ),
+            ) {
+                Ok(t) => (t, prepared::LAST_EVENT_HASH),
+                // Neither layout: say what this version expects.
+                Err(_) => return Err(first),
+            }
+        }
         Err(e) => return Err(e),
     };
     let mut hash = Bytea::from_slice(last_event_hash);
