@@ -184,10 +184,9 @@ pub(crate) fn take_checkpoint() -> Result<Checkpoint, AuditError> {
     let earlier = CHECKPOINT_WORK.get();
     // No purge runs while the heads and trees are read.
     crate::retention::lock_purge_shared();
+    // (The locks and links this call takes mark the transaction themselves:
+    // note_log_work.)
     let writes = crate::tree::can_write();
-    if writes {
-        CHECKPOINT_WORK.set(true);
-    }
     // New records join the trees' tiles here, off the commit path.
     catalog::pinned(crate::tree::integrate_all)?;
     let snapshot = if earlier {
