@@ -17,6 +17,7 @@ use pgrx::pg_sys;
 
 use crate::catalog::Oids;
 use crate::errors::AuditError;
+use crate::locks::LogLock;
 use crate::store::{self, records};
 
 /// The head of a transaction's own chain of events: what its record links.
@@ -28,11 +29,6 @@ pub struct Head {
     pub last_event: i64,
 }
 
-/// "aulg": tells our locks apart in pg_locks (objid holds the chain id).
-const LOCK_KEY: u32 = 0x6175_6c67;
-/// pg_advisory_lock(bigint) uses 1 and (int, int) uses 2; nothing in SQL makes 0xA1.
-const LOCK_FIELD4: u16 = 0xA1;
-
 /// Default 64: the chain's lock spans the commit's WAL flush, so K bounds how
 /// many audited commits can be in flight (and batched by group commit) at
 /// once. Measured on 2 cores at 32 clients: K = 8 gave 0.46x the unaudited
@@ -40,19 +36,7 @@ const LOCK_FIELD4: u16 = 0xA1;
 pub static CHAINS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(64);
 
 fn lock_chain(chain: i32, wait: bool) -> bool {
-    // SAFETY: MyDatabaseId is set in any backend that can run a transaction.
-    let database = unsafe { pg_sys::MyDatabaseId };
-    let tag = pg_sys::LOCKTAG {
-        locktag_field1: database.to_u32(),
-        locktag_field2: LOCK_KEY,
-        locktag_field3: chain as u32,
-        locktag_field4: LOCK_FIELD4,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    };
-    // SAFETY: a transaction-level lock, released at the end of commit or abort.
-    let r = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, !wait) };
-    r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    LogLock::Chain(chain).acquire(pg_sys::ExclusiveLock, wait)
 }
 
 /// Lock a chain: the first free one from a per-backend starting point.
@@ -223,9 +207,6 @@ pub fn link_prepared_at_commit(oids: &Oids) -> Result<(), AuditError> {
     link_prepared(oids, false)
 }
 
-/// "aulg" 0xA3: one linker of prepared transactions at a time.
-const PREPARED_FIELD4: u16 = 0xA3;
-
 /// A committed prepared transaction's sealed events, as read from
 /// `audit_log.prepared`.
 struct Sealed {
@@ -280,6 +261,25 @@ fn sealed(oids: &Oids) -> Result<Vec<Sealed>, AuditError> {
     .collect()
 }
 
+/// How many committed prepared transactions wait to be linked, under the
+/// latest snapshot (their payloads are not read).
+pub fn committed_prepared(oids: &Oids) -> Result<usize, AuditError> {
+    let snapshot = crate::scan::SnapshotGuard::latest();
+    let rows = crate::scan::Ordered::open_where_for_extension(
+        oids.prepared,
+        oids.prepared_pkey,
+        snapshot.0,
+        &[],
+        |_| Some(()),
+    )?;
+    let mut n = 0;
+    for r in rows {
+        r?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Link every committed prepared transaction into a chain, as a record
 /// with the commit time of its linking. Called by each audited commit
 /// (before its own link) and by checkpoint(): a prepared transaction never
@@ -305,19 +305,7 @@ pub fn link_prepared(oids: &Oids, wait: bool) -> Result<(), AuditError> {
     }
     // One linker at a time; what another linked before we got the lock is
     // gone from the table by then (it commits before releasing it).
-    // SAFETY: MyDatabaseId is set in any backend that runs a transaction.
-    let database = unsafe { pg_sys::MyDatabaseId };
-    let tag = pg_sys::LOCKTAG {
-        locktag_field1: database.to_u32(),
-        locktag_field2: LOCK_KEY,
-        locktag_field3: 0,
-        locktag_field4: PREPARED_FIELD4,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    };
-    // SAFETY: a transaction-level lock, released at the end of commit.
-    let got = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, !wait) };
-    if got == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+    if !LogLock::Linkers.acquire(pg_sys::ExclusiveLock, wait) {
         return Ok(());
     }
     crate::proof::note_log_work();

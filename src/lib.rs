@@ -31,6 +31,7 @@ mod errors;
 mod fmgr;
 mod history;
 mod jsonb;
+mod locks;
 mod options;
 mod pgcompat;
 mod proof;

@@ -289,18 +289,7 @@ pub fn lock_purge_shared() {
 }
 
 fn purge_lock(mode: u32) {
-    // SAFETY: a transaction-level lock, released at commit or abort.
-    unsafe {
-        let tag = pg_sys::LOCKTAG {
-            locktag_field1: pg_sys::MyDatabaseId.to_u32(),
-            locktag_field2: 0x6175_6c67,
-            locktag_field3: 0,
-            locktag_field4: 0xA2,
-            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-        };
-        pg_sys::LockAcquire(&tag, mode as i32, false, false);
-    }
+    crate::locks::LogLock::Purge.acquire(mode, true);
     crate::proof::note_log_work();
 }
 

@@ -734,28 +734,13 @@ pub fn integrate(
 }
 
 /// The lock on integrating one chain's tiles, held to the end of the
-/// transaction: an advisory lock tag like the chain locks', with a field4
-/// no SQL function produces. False if `wait` is off and another holds it.
+/// transaction. False if `wait` is off and another holds it.
 pub(crate) fn lock_chain_tiles(chain: i32, wait: bool) -> bool {
-    // SAFETY: a transaction-level lock, released at commit or abort.
-    unsafe {
-        let tag = pg_sys::LOCKTAG {
-            locktag_field1: pg_sys::MyDatabaseId.to_u32(),
-            locktag_field2: 0x6175_6c67,
-            locktag_field3: chain as u32,
-            // Its own kind: 0xA3 with field3 0 is the linkers' lock of
-            // prepared transactions (chain.rs), which chain 0 used to share.
-            locktag_field4: 0xA4,
-            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-        };
-        let got = pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, !wait)
-            != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL;
-        if got {
-            crate::proof::note_log_work();
-        }
-        got
+    let got = crate::locks::LogLock::Tiles(chain).acquire(pg_sys::ExclusiveLock, wait);
+    if got {
+        crate::proof::note_log_work();
     }
+    got
 }
 
 /// Every chain's head seq, in chain order.
