@@ -209,6 +209,15 @@ pub(crate) fn take_checkpoint() -> Result<Checkpoint, AuditError> {
     // SAFETY: reads the transaction's block state.
     if writes && !unsafe { pg_sys::IsTransactionBlock() } {
         crate::chain::link_prepared(&catalog::lookup()?, false)?;
+    } else if writes {
+        // An auditor whose client opens a block for every statement would
+        // otherwise never learn why its checkpoints leave them out.
+        let n = crate::chain::committed_prepared(&catalog::lookup()?)?;
+        if n > 0 {
+            pgrx::notice!(
+                "audit_log: {n} committed prepared transaction(s) are in no chain yet, so no checkpoint covers them: checkpoint() in a transaction block links none; the next audited commit, or checkpoint() outside a block, does"
+            );
+        }
     }
     Ok(cp)
 }

@@ -81,7 +81,14 @@ committed=$((committed + 1)) rolled_back=$((rolled_back + 1))
 # has run since).
 waiting=$(wl_q -c "SELECT count(*) FROM audit_log.prepared")
 [ "$waiting" = 1 ] || wl_fail "expected the crash-surviving COMMIT PREPARED to wait for a link, found $waiting"
-wl_q -c "SELECT audit_log.checkpoint()" >/dev/null
+# Inside a transaction block it links none, and says so (an auditor whose
+# client opens a block for every statement would otherwise never know).
+note=$(wl_q -c "BEGIN" -c "SELECT audit_log.checkpoint() IS NOT NULL" -c "COMMIT" 2>&1 >/dev/null)
+case $note in *"1 committed prepared transaction(s) are in no chain yet"*) ;;
+    *) wl_fail "checkpoint() in a block did not say that a prepared transaction waits: $note" ;; esac
+[ "$(wl_q -c "SELECT count(*) FROM audit_log.prepared")" = 1 ] || wl_fail "checkpoint() in a block linked the prepared transaction"
+note=$(wl_q -c "SELECT audit_log.checkpoint() IS NOT NULL" 2>&1 >/dev/null)
+[ -z "$note" ] || wl_fail "checkpoint() outside a block said: $note"
 [ "$(wl_q -c "SELECT count(*) FROM audit_log.prepared")" = 0 ] || wl_fail "checkpoint() did not link the committed prepared transaction"
 
 left=$(wl_q -c "SELECT count(*) FROM pg_prepared_xacts")
