@@ -13,6 +13,7 @@
 use audit_log_core::record::Record;
 use audit_log_core::time::from_pg_timestamp;
 use audit_log_core::{Hash, ZERO_HASH};
+use pgrx::pg_guard;
 use pgrx::pg_sys;
 
 use crate::catalog::Oids;
@@ -174,34 +175,59 @@ fn scan_head(oids: &Oids, chain: i32, at_least: Option<i64>) -> Option<(i64, Opt
 }
 
 thread_local! {
-    /// The prepared table (by OID) in which this backend found nothing to
-    /// link, on a server where no transaction can be prepared.
-    static NOTHING_TO_LINK: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
+    /// The prepared table whose relcache invalidations count, and how many
+    /// this backend has processed (for any table, when the whole cache
+    /// was reset).
+    static PREPARED_TABLE: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
+    static PREPARED_INVALS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The prepared table in which this backend found nothing to link, and
+    /// the count of invalidations read before it looked.
+    static NOTHING_TO_LINK: std::cell::Cell<Option<(pg_sys::Oid, u64)>> = const { std::cell::Cell::new(None) };
 }
 
-/// Whether max_prepared_transactions allows PREPARE TRANSACTION (it is 0
-/// by default, and can only change at a server restart).
-fn prepared_transactions_allowed() -> bool {
-    // SAFETY: reads a GUC's current value as text; NULL if unknown.
-    let p = unsafe { pg_sys::GetConfigOption(c"max_prepared_transactions".as_ptr(), true, false) };
-    if p.is_null() {
-        return true;
+/// A relcache invalidation. PREPARE of a transaction with audited changes
+/// sends one for the prepared table, which PostgreSQL delivers to every
+/// backend after COMMIT PREPARED has made the row visible: the next
+/// audited commit of each backend then looks in the table again.
+#[pg_guard]
+unsafe extern "C-unwind" fn prepared_table_invalidated(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    if relid == pg_sys::InvalidOid || relid == PREPARED_TABLE.get() {
+        PREPARED_INVALS.set(PREPARED_INVALS.get().wrapping_add(1));
     }
-    // SAFETY: a cstring owned by the GUC machinery.
-    let text = unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
-    text != b"0"
 }
 
-/// link_prepared at an audited commit: it skips the check once its backend
-/// found nothing to link on a server where nothing can be prepared (a
-/// restore that loads rows into the table is linked by checkpoint(), which
-/// always checks, and by every new session). It never waits for another
+/// Register the prepared table's invalidation (from _PG_init).
+pub fn register_callbacks() {
+    // SAFETY: registers a callback for the life of the backend.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(
+            Some(prepared_table_invalidated),
+            pg_sys::Datum::from(0),
+        );
+    }
+}
+
+/// At PREPARE of a transaction with audited changes: have every backend's
+/// next audited commit look for it once COMMIT PREPARED makes it visible.
+pub fn announce_prepared(oids: &Oids) {
+    // SAFETY: queues an invalidation message in this transaction, which
+    // PREPARE keeps and COMMIT PREPARED sends.
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(oids.prepared) };
+}
+
+/// link_prepared at an audited commit. It skips the check (a table open
+/// and an lseek) once its backend found nothing to link, until a PREPARE's
+/// invalidation arrives (above), or the cache is reset. Rows that come
+/// without a PREPARE of this version (a restore, a transaction prepared
+/// under 0.2.0's library) are linked by checkpoint(), which always looks,
+/// and by every new session. It never waits for another
 /// linker: one that holds the lock links them (a checkpoint() outside a
 /// transaction block holds it until its statement's transaction ends), and
 /// a commit must not wait on a reader's transaction, where no
 /// statement_timeout applies.
 pub fn link_prepared_at_commit(oids: &Oids) -> Result<(), AuditError> {
-    if NOTHING_TO_LINK.with(|n| n.get() == Some(oids.prepared)) {
+    PREPARED_TABLE.set(oids.prepared);
+    if NOTHING_TO_LINK.get() == Some((oids.prepared, PREPARED_INVALS.get())) {
         return Ok(());
     }
     link_prepared(oids, false)
@@ -286,6 +312,10 @@ pub fn committed_prepared(oids: &Oids) -> Result<usize, AuditError> {
 /// holds a chain, and ROLLBACK PREPARED leaves nothing to link. With
 /// `wait` false, another linker's lock makes it link nothing.
 pub fn link_prepared(oids: &Oids, wait: bool) -> Result<(), AuditError> {
+    // Read before the snapshot that looks: a COMMIT PREPARED that snapshot
+    // misses sends its invalidation after it, which changes the count.
+    PREPARED_TABLE.set(oids.prepared);
+    let invals = PREPARED_INVALS.get();
     // SAFETY: the table's size, through the relation cache; an empty table
     // (nothing was ever prepared) costs one lseek.
     let empty = unsafe {
@@ -295,12 +325,7 @@ pub fn link_prepared(oids: &Oids, wait: bool) -> Result<(), AuditError> {
         n == 0
     };
     if empty || sealed(oids)?.is_empty() {
-        if !prepared_transactions_allowed() {
-            // No transaction can PREPARE while the server runs (the setting
-            // only changes at a restart), so no row can appear in the table
-            // after this: the backend need not look again.
-            NOTHING_TO_LINK.with(|n| n.set(Some(oids.prepared)));
-        }
+        NOTHING_TO_LINK.set(Some((oids.prepared, invals)));
         return Ok(());
     }
     // One linker at a time; what another linked before we got the lock is

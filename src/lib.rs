@@ -66,6 +66,7 @@ pub extern "C-unwind" fn _PG_init() {
     ensure_settings();
     txstate::register_callbacks();
     capture::register_callbacks();
+    chain::register_callbacks();
     ddl_guard::register_callbacks();
 }
 

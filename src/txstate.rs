@@ -299,6 +299,7 @@ fn pre_prepare() -> Result<(), AuditError> {
         return Ok(());
     };
     store::insert_row_keys(&u.oids, &u.keys)?;
+    crate::chain::announce_prepared(&u.oids);
     let h = &u.head;
     store::insert_prepared(
         &u.oids,

@@ -60,6 +60,23 @@ rc=0; wait $load || rc=$?
 wl_load_done "$out" "$rc"
 load_tx=$LOAD_TX
 
+# A session that found nothing to link stops looking at each commit (a
+# table open and an lseek) until a PREPARE's invalidation arrives, which
+# PostgreSQL sends at COMMIT PREPARED: its next audited commit still links
+# what another session prepared and committed meanwhile.
+audited_tx() { echo "BEGIN; INSERT INTO t1 VALUES ($1, 0); INSERT INTO witness VALUES (pg_current_xact_id()); COMMIT;"; }
+waiting=$(wl_q <<SQL
+$(audited_tx -1)
+$(audited_tx -2)
+\! psql -X -q -v ON_ERROR_STOP=1 -d $WL_DB -c "BEGIN" -c "INSERT INTO t1 VALUES (-3, 0)" -c "INSERT INTO witness VALUES (pg_current_xact_id())" -c "PREPARE TRANSACTION 'late'" -c "COMMIT PREPARED 'late'"
+SELECT count(*) FROM audit_log.prepared;
+$(audited_tx -4)
+SELECT count(*) FROM audit_log.prepared;
+SQL
+)
+[ "$waiting" = "1
+0" ] || wl_fail "a long-lived session's audited commit did not link a transaction committed prepared meanwhile (prepared rows before and after it: $waiting)"
+
 # Prepared across a crash: one to commit and one to roll back after the
 # restart, with the load killed mid-flight: its clients abort by losing the
 # server (exit 2) and by nothing else, after finishing transactions.
