@@ -199,8 +199,11 @@ pub fn lookup() -> Result<Oids, AuditError> {
             events_seq: pg_sys::InvalidOid,
         });
     }
+    if let Some(oids) = OIDS.get() {
+        return Ok(oids);
+    }
     let ns = schema_oid().ok_or_else(|| AuditError::NotInstalled("schema audit_log".into()))?;
-    Ok(Oids {
+    let oids = Oids {
         records: relid(ns, c"records")?,
         records_pkey: relid(ns, c"records_pkey")?,
         segments: relid(ns, c"segments")?,
@@ -209,7 +212,40 @@ pub fn lookup() -> Result<Oids, AuditError> {
         prepared: relid(ns, c"prepared")?,
         prepared_pkey: relid(ns, c"prepared_pkey")?,
         events_seq: relid(ns, c"events_id_seq")?,
-    })
+    };
+    OIDS.set(Some(oids));
+    Ok(oids)
+}
+
+thread_local! {
+    /// audit_log's own relations, found by name (nine catalog lookups,
+    /// which every audited transaction made): kept until a change to
+    /// pg_class or pg_namespace reaches this backend's caches, which a
+    /// DROP, a CREATE or a rename of them (committed, or rolled back in
+    /// this backend) always does, and so does a reset of the caches.
+    static OIDS: std::cell::Cell<Option<Oids>> = const { std::cell::Cell::new(None) };
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn forget_oids(_arg: pg_sys::Datum, _cache: std::ffi::c_int, _hash: u32) {
+    OIDS.set(None);
+}
+
+/// Register the cache of [`lookup`]'s OIDs' invalidation (from _PG_init).
+pub fn register_callbacks() {
+    // SAFETY: registers callbacks for the life of the backend; both are syscaches.
+    unsafe {
+        for cache in [
+            pg_sys::SysCacheIdentifier::RELNAMENSP,
+            pg_sys::SysCacheIdentifier::NAMESPACENAME,
+        ] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(forget_oids),
+                pg_sys::Datum::from(0),
+            );
+        }
+    }
 }
 
 /// The role that owns the extension (the superuser that ran CREATE EXTENSION).

@@ -67,6 +67,7 @@ pub extern "C-unwind" fn _PG_init() {
     txstate::register_callbacks();
     capture::register_callbacks();
     chain::register_callbacks();
+    catalog::register_callbacks();
     ddl_guard::register_callbacks();
 }
 

@@ -129,5 +129,23 @@ got=$(q -c "SELECT string_agg(session_user_name || ': ' || (new_row->'before'->>
 want="postgres: id integer, v text, c integer -> id integer, w text, c integer ; al_dc_b: id integer, w text, c integer -> id integer, w text, c integer, d integer"
 [ "$got" = "$want" ] || fail "the same-table interleaving was recorded as '$got', expected '$want'"
 
+# A session keeps the log's relations it found by name until the catalog
+# changes: after another session drops and recreates the extension, its next
+# audited write goes to the new log (stale OIDs would fail to open, or write
+# where no reader looks).
+got=$(q <<SQL
+CREATE TABLE dc_oids (id int PRIMARY KEY);
+SELECT audit_log.enable('dc_oids') \g /dev/null
+INSERT INTO dc_oids VALUES (1);
+INSERT INTO dc_oids VALUES (2);
+\! psql -X -q -v ON_ERROR_STOP=1 -d $db -c "SET client_min_messages = warning" -c "DROP EXTENSION audit_log CASCADE" -c "CREATE EXTENSION audit_log" -c "SELECT audit_log.enable('dc_oids')" >/dev/null
+INSERT INTO dc_oids VALUES (3);
+SELECT string_agg(new_row->>'id', ',' ORDER BY id) FROM audit_log.events WHERE table_name = 'dc_oids' AND op = 'INSERT';
+SELECT ok FROM audit_log.verify();
+SQL
+)
+[ "$got" = "3
+t" ] || fail "after another session recreated the extension, this session's insert was recorded as '$got', expected only row 3 in the new log, verified"
+
 psql -X -q -d postgres -c "DROP DATABASE $db" -c "DROP ROLE al_dc_a" -c "DROP ROLE al_dc_b"
 echo "ddl_concurrency: B's ALTER TABLE, waiting for its lock while A disabled dc_x and renamed dc_z, succeeded; log has A's DISABLE and A's one rename, B's one ADD COLUMN on dc_y only; verify ok (${v#* } events); on the same table, B's event starts from A's committed rename"
