@@ -1,6 +1,6 @@
-//! Where audit_log's own objects are. OIDs are looked up once per transaction
-//! (they change with DROP/CREATE EXTENSION, and after a restore) and never
-//! enter a hash.
+//! Where audit_log's own objects are. OIDs are looked up by name and kept
+//! until pg_class or pg_namespace changes (they change with DROP/CREATE
+//! EXTENSION, and after a restore), and never enter a hash.
 
 use std::ffi::CStr;
 
@@ -202,8 +202,23 @@ pub fn lookup() -> Result<Oids, AuditError> {
     if let Some(oids) = OIDS.get() {
         return Ok(oids);
     }
+    // A catalog lookup can read invalidations (a cache miss locks
+    // pg_class), and a DROP and CREATE EXTENSION committed meanwhile would
+    // mix old OIDs with new: gather them again until none came.
+    for _ in 0..3 {
+        let generation = OIDS_GENERATION.get();
+        let oids = own_oids()?;
+        if OIDS_GENERATION.get() == generation {
+            OIDS.set(Some(oids));
+            return Ok(oids);
+        }
+    }
+    own_oids()
+}
+
+fn own_oids() -> Result<Oids, AuditError> {
     let ns = schema_oid().ok_or_else(|| AuditError::NotInstalled("schema audit_log".into()))?;
-    let oids = Oids {
+    Ok(Oids {
         records: relid(ns, c"records")?,
         records_pkey: relid(ns, c"records_pkey")?,
         segments: relid(ns, c"segments")?,
@@ -212,9 +227,7 @@ pub fn lookup() -> Result<Oids, AuditError> {
         prepared: relid(ns, c"prepared")?,
         prepared_pkey: relid(ns, c"prepared_pkey")?,
         events_seq: relid(ns, c"events_id_seq")?,
-    };
-    OIDS.set(Some(oids));
-    Ok(oids)
+    })
 }
 
 thread_local! {
@@ -224,11 +237,13 @@ thread_local! {
     /// DROP, a CREATE or a rename of them (committed, or rolled back in
     /// this backend) always does, and so does a reset of the caches.
     static OIDS: std::cell::Cell<Option<Oids>> = const { std::cell::Cell::new(None) };
+    static OIDS_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn forget_oids(_arg: pg_sys::Datum, _cache: std::ffi::c_int, _hash: u32) {
     OIDS.set(None);
+    OIDS_GENERATION.set(OIDS_GENERATION.get().wrapping_add(1));
 }
 
 /// Register the cache of [`lookup`]'s OIDs' invalidation (from _PG_init).

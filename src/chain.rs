@@ -181,14 +181,35 @@ thread_local! {
     static PREPARED_TABLE: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
     static PREPARED_INVALS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// The prepared table in which this backend found nothing to link, and
-    /// the count of invalidations read before it looked.
+    /// the count of invalidations read before it looked. Forgotten when a
+    /// transaction or subtransaction aborts: its snapshot may have missed
+    /// rows only because it had linked (deleted) them itself, and the
+    /// rollback brings them back with no invalidation to announce them.
     static NOTHING_TO_LINK: std::cell::Cell<Option<(pg_sys::Oid, u64)>> = const { std::cell::Cell::new(None) };
+    /// This transaction linked prepared transactions (a checkpoint() in a
+    /// DO block or function): its commit does not look again, as the rows
+    /// it deleted in the current command still show to its own snapshot.
+    static LINKED_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The transaction ends (commit, abort or PREPARE).
+pub fn at_xact_end(aborted: bool) {
+    LINKED_HERE.set(false);
+    if aborted {
+        NOTHING_TO_LINK.set(None);
+    }
+}
+
+/// A subtransaction rolls back: see NOTHING_TO_LINK.
+pub fn at_subxact_abort() {
+    NOTHING_TO_LINK.set(None);
 }
 
 /// A relcache invalidation. PREPARE of a transaction with audited changes
-/// sends one for the prepared table, which PostgreSQL delivers to every
-/// backend after COMMIT PREPARED has made the row visible: the next
-/// audited commit of each backend then looks in the table again.
+/// queues one for the prepared table, which PostgreSQL keeps with the
+/// prepared transaction and sends to every backend of the database after
+/// COMMIT PREPARED has made the row visible: each backend's next audited
+/// commit in a transaction that has read it looks in the table again.
 #[pg_guard]
 unsafe extern "C-unwind" fn prepared_table_invalidated(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     if relid == pg_sys::InvalidOid || relid == PREPARED_TABLE.get() {
@@ -227,7 +248,7 @@ pub fn announce_prepared(oids: &Oids) {
 /// statement_timeout applies.
 pub fn link_prepared_at_commit(oids: &Oids) -> Result<(), AuditError> {
     PREPARED_TABLE.set(oids.prepared);
-    if NOTHING_TO_LINK.get() == Some((oids.prepared, PREPARED_INVALS.get())) {
+    if LINKED_HERE.get() || NOTHING_TO_LINK.get() == Some((oids.prepared, PREPARED_INVALS.get())) {
         return Ok(());
     }
     link_prepared(oids, false)
@@ -334,6 +355,7 @@ pub fn link_prepared(oids: &Oids, wait: bool) -> Result<(), AuditError> {
         return Ok(());
     }
     crate::proof::note_log_work();
+    LINKED_HERE.set(true);
     for mut s in sealed(oids)? {
         let head = Head {
             hash: ZERO_HASH,

@@ -215,7 +215,7 @@ pub(crate) fn take_checkpoint() -> Result<Checkpoint, AuditError> {
         let n = crate::chain::committed_prepared(&catalog::lookup()?)?;
         if n > 0 {
             pgrx::notice!(
-                "audit_log: {n} committed prepared transaction(s) are in no chain yet, so no checkpoint covers them: checkpoint() in a transaction block links none; the next audited commit, or checkpoint() outside a block, does"
+                "audit_log: {n} committed prepared transaction(s) are in no chain yet, so no checkpoint covers them: checkpoint() in a transaction block links none; checkpoint() outside a transaction block links them, and so do audited commits"
             );
         }
     }

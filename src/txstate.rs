@@ -299,7 +299,6 @@ fn pre_prepare() -> Result<(), AuditError> {
         return Ok(());
     };
     store::insert_row_keys(&u.oids, &u.keys)?;
-    crate::chain::announce_prepared(&u.oids);
     let h = &u.head;
     store::insert_prepared(
         &u.oids,
@@ -308,7 +307,10 @@ fn pre_prepare() -> Result<(), AuditError> {
         u.segments,
         &mut u.payload,
         &h.hash,
-    )
+    )?;
+    // After the insert, which holds the table's lock.
+    crate::chain::announce_prepared(&u.oids);
+    Ok(())
 }
 
 #[pg_guard]
@@ -324,6 +326,10 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
         | XACT_EVENT_PARALLEL_ABORT => {
             clear();
             crate::proof::at_xact_end();
+            crate::chain::at_xact_end(matches!(
+                event,
+                XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT
+            ));
         }
         _ => {}
     }
@@ -337,6 +343,9 @@ unsafe extern "C-unwind" fn on_subxact(
     _arg: *mut c_void,
 ) {
     use pg_sys::SubXactEvent::*;
+    if event == SUBXACT_EVENT_ABORT_SUB {
+        crate::chain::at_subxact_abort();
+    }
     STATE.with_borrow_mut(|state| {
         let Some(s) = state.as_mut() else { return };
         match event {

@@ -131,8 +131,7 @@ want="postgres: id integer, v text, c integer -> id integer, w text, c integer ;
 
 # A session keeps the log's relations it found by name until the catalog
 # changes: after another session drops and recreates the extension, its next
-# audited write goes to the new log (stale OIDs would fail to open, or write
-# where no reader looks).
+# audited write goes to the new log (stale OIDs would fail to open).
 got=$(q <<SQL
 CREATE TABLE dc_oids (id int PRIMARY KEY);
 SELECT audit_log.enable('dc_oids') \g /dev/null
