@@ -247,7 +247,6 @@ pub fn announce_prepared(oids: &Oids) {
 /// a commit must not wait on a reader's transaction, where no
 /// statement_timeout applies.
 pub fn link_prepared_at_commit(oids: &Oids) -> Result<(), AuditError> {
-    PREPARED_TABLE.set(oids.prepared);
     if LINKED_HERE.get() || NOTHING_TO_LINK.get() == Some((oids.prepared, PREPARED_INVALS.get())) {
         return Ok(());
     }
@@ -292,9 +291,13 @@ fn sealed_row(r: &crate::scan::Row) -> Option<Sealed> {
     })
 }
 
-/// The committed prepared transactions waiting to be linked, under the
-/// latest snapshot (the statement's may predate their COMMIT PREPARED).
-fn sealed(oids: &Oids) -> Result<Vec<Sealed>, AuditError> {
+/// The committed prepared transactions waiting to be linked, each made
+/// into a T, under the latest snapshot (the statement's may predate their
+/// COMMIT PREPARED).
+fn committed_rows<T>(
+    oids: &Oids,
+    convert: fn(&crate::scan::Row) -> Option<T>,
+) -> Result<Vec<T>, AuditError> {
     let snapshot = crate::scan::SnapshotGuard::latest();
     // Whoever commits: an application role that cannot read the table links
     // them too (it never sees what it read).
@@ -303,28 +306,19 @@ fn sealed(oids: &Oids) -> Result<Vec<Sealed>, AuditError> {
         oids.prepared_pkey,
         snapshot.0,
         &[],
-        sealed_row,
+        convert,
     )?
     .collect()
 }
 
-/// How many committed prepared transactions wait to be linked, under the
-/// latest snapshot (their payloads are not read).
+fn sealed(oids: &Oids) -> Result<Vec<Sealed>, AuditError> {
+    committed_rows(oids, sealed_row)
+}
+
+/// How many committed prepared transactions wait to be linked (their
+/// payloads are not read).
 pub fn committed_prepared(oids: &Oids) -> Result<usize, AuditError> {
-    let snapshot = crate::scan::SnapshotGuard::latest();
-    let rows = crate::scan::Ordered::open_where_for_extension(
-        oids.prepared,
-        oids.prepared_pkey,
-        snapshot.0,
-        &[],
-        |_| Some(()),
-    )?;
-    let mut n = 0;
-    for r in rows {
-        r?;
-        n += 1;
-    }
-    Ok(n)
+    Ok(committed_rows(oids, |_| Some(()))?.len())
 }
 
 /// Link every committed prepared transaction into a chain, as a record
@@ -354,7 +348,6 @@ pub fn link_prepared(oids: &Oids, wait: bool) -> Result<(), AuditError> {
     if !LogLock::Linkers.acquire(pg_sys::ExclusiveLock, wait) {
         return Ok(());
     }
-    crate::proof::note_log_work();
     LINKED_HERE.set(true);
     for mut s in sealed(oids)? {
         let head = Head {

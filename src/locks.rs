@@ -37,7 +37,8 @@ impl LogLock {
     }
 
     /// Take the lock in `mode` until the transaction ends; with `wait`
-    /// off, false if another holds a conflicting one.
+    /// off, false if another holds a conflicting one. A transaction that
+    /// holds one of these cannot be prepared (proof::may_prepare).
     pub fn acquire(self, mode: u32, wait: bool) -> bool {
         let (object, kind) = self.object_and_kind();
         let tag = pg_sys::LOCKTAG {
@@ -51,6 +52,10 @@ impl LogLock {
         };
         // SAFETY: a transaction-level lock, released at commit or abort.
         let r = unsafe { pg_sys::LockAcquire(&tag, mode as i32, false, !wait) };
-        r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+        let got = r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL;
+        if got {
+            crate::proof::note_log_work();
+        }
+        got
     }
 }

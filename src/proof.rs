@@ -184,8 +184,8 @@ pub(crate) fn take_checkpoint() -> Result<Checkpoint, AuditError> {
     let earlier = CHECKPOINT_WORK.get();
     // No purge runs while the heads and trees are read.
     crate::retention::lock_purge_shared();
-    // (The locks and links this call takes mark the transaction themselves:
-    // note_log_work.)
+    // (The locks this call takes mark the transaction themselves:
+    // LogLock::acquire.)
     let writes = crate::tree::can_write();
     // New records join the trees' tiles here, off the commit path.
     catalog::pinned(crate::tree::integrate_all)?;
@@ -225,9 +225,9 @@ pub(crate) fn take_checkpoint() -> Result<Checkpoint, AuditError> {
 thread_local! {
     /// This transaction did the log's own work: called checkpoint() where
     /// it may write (it may have linked records it has not committed), or
-    /// took one of the log's own locks (the purge lock, a chain's tiles,
-    /// the linkers'), which a prepared transaction would keep. Cleared when
-    /// the transaction ends.
+    /// took one of the log's own locks (locks::LogLock: the purge lock, a
+    /// chain's tiles, the linkers', and at commit a chain's), which a
+    /// prepared transaction would keep. Cleared when the transaction ends.
     static CHECKPOINT_WORK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 

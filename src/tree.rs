@@ -736,11 +736,7 @@ pub fn integrate(
 /// The lock on integrating one chain's tiles, held to the end of the
 /// transaction. False if `wait` is off and another holds it.
 pub(crate) fn lock_chain_tiles(chain: i32, wait: bool) -> bool {
-    let got = crate::locks::LogLock::Tiles(chain).acquire(pg_sys::ExclusiveLock, wait);
-    if got {
-        crate::proof::note_log_work();
-    }
-    got
+    crate::locks::LogLock::Tiles(chain).acquire(pg_sys::ExclusiveLock, wait)
 }
 
 /// Every chain's head seq, in chain order.
