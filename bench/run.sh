@@ -21,7 +21,9 @@
 # audit_log with history => true on bulk_t, timed on the bulk statements only.
 # Workloads: single-row INSERT and UPDATE at 1, 8 and 32 clients, a multi-statement
 # transaction and pgbench's built-in tpcb-like (all four pgbench tables audited,
-# TPCB_SCALE, default 1) at 8 clients, then a 100k-row INSERT and a 50k-row UPDATE.
+# TPCB_SCALE, default 1) at 8 clients, the single-row INSERT and UPDATE at 1 client
+# again "apart" (pgbench pinned to CPU 0, its backend to CPU 1; with 2 CPUs or
+# more), then a 100k-row INSERT and a 50k-row UPDATE.
 # WAL bytes per transaction for each, and for single-row INSERTs (1 client) their
 # ratio to no auditing (issue target: audit_log <= 2.5x).
 # Then bench/ddl.sh: the DDL guard's cost per DDL statement, on its own cluster.
@@ -188,12 +190,34 @@ script_opt() {  # variant workload -> pgbench's script: the variant's own, the s
     elif [ -f "$scripts/$2.sql" ]; then echo "-f $scripts/$2.sql"
     else echo "-b $2"; fi
 }
-tps() {  # variant workload clients -> tps; WAL bytes per transaction into $scripts/wal.*
-    local out start n
+# "apart": pgbench on CPU 0 and its one backend on CPU 1, as with a client on
+# another machine. Left to the scheduler on 2 CPUs, a client and its backend
+# share one CPU in some runs and in others the backend is moved to the
+# client's CPU at each query, differently for each variant: pinned, every
+# variant runs the same way (docs/PERFORMANCE.md, "The 1-client gap";
+# PLACEMENT in bench/cpu.sh).
+pgbench_placed() {  # variant clients placement pgbench-args...: pgbench's output
+    local db=b_$1 clients=$2 place=$3 pid= i rc=0
+    shift 3
+    if [ "$place" != apart ]; then pgbench "$@"; return; fi
+    taskset -c 0 pgbench "$@" >"$scripts/pgbench.out" 2>&1 &
+    local bench=$!
+    for i in $(seq 1 200); do
+        pid=$(q postgres -c "SELECT pid FROM pg_stat_activity WHERE datname = '$db' AND application_name = 'pgbench'")
+        [ -n "$pid" ] && break
+        sleep 0.01
+    done
+    [ -n "$pid" ] && taskset -p -c 1 "$pid" >/dev/null
+    wait "$bench" || rc=$?
+    cat "$scripts/pgbench.out"
+    return "$rc"
+}
+tps() {  # variant workload clients [placement] -> tps; WAL bytes per transaction into $scripts/wal.*
+    local out start n key=$3${4:+.$4}
     start=$(lsn)
-    out=$(pgbench -n $(script_opt "$1" "$2") -c "$3" -j $(( $3 < 2 ? 1 : 2 )) -T "$secs" "b_$1" 2>&1) || { echo 0; return; }
+    out=$(pgbench_placed "$1" "$3" "${4:-free}" -n $(script_opt "$1" "$2") -c "$3" -j $(( $3 < 2 ? 1 : 2 )) -T "$secs" "b_$1" 2>&1) || { echo 0; return; }
     n=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
-    echo "$(( $(wal_since "$start") / (n > 0 ? n : 1) ))" | tee -a "$scripts/walall.$1.$2.$3" >"$scripts/wal.$1.$2.$3"
+    echo "$(( $(wal_since "$start") / (n > 0 ? n : 1) ))" | tee -a "$scripts/walall.$1.$2.$key" >"$scripts/wal.$1.$2.$key"
     echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -205,13 +229,14 @@ declare -A res
 # pgbench_branches row, so its row lock (held until the commit's WAL flush)
 # serializes them, as pgbench's documentation warns for scale < clients.
 workloads=("insert 1" "insert 8" "insert 32" "update 1" "update 8" "update 32" "multi 8" "tpcb-like 8")
+[ "$(nproc)" -ge 2 ] && workloads+=("insert 1 apart" "update 1 apart")
 for r in $(seq 1 "$rounds"); do
     for w in "${workloads[@]}"; do
         set -- $w
         for v in "${variants[@]}"; do
-            res["$1 $2 $v"]+="$(tps "$v" "$1" "$2") "
+            res["$1 $2${3:+ $3} $v"]+="$(tps "$v" "$1" "$2" "${3:-}") "
         done
-        echo "bench: round $r/$rounds $1 x$2 done" >&2
+        echo "bench: round $r/$rounds $1 x$2${3:+ $3} done" >&2
     done
     for v in "${variants[@]}" "${extra[@]}"; do
         # A statement over the limit counts as the limit, and is shown as ">".
@@ -297,7 +322,7 @@ cols=(audit_log floor pgaudit diy_jsonb diy_chain)   # after none, in this order
 row() {  # KEY LABEL tps|ms: one line of the table; after floor, audit_log's ratio minus the floor's
     local key=$1 base m r cell line al=-
     base=$(median ${res["$key none"]})
-    line=$(printf '| %-22s | %9.0f |' "$2" "$base")
+    line=$(printf '| %-28s | %9.0f |' "$2" "$base")
     for v in "${cols[@]}"; do
         m=$(median ${res["$key $v"]}) r=$(ratio "$m" "$base")
         if [ "$3" = ms ] && awk -v m="$m" -v l="$((bulk_limit * 1000))" 'BEGIN { exit !(m >= l) }'; then
@@ -317,11 +342,14 @@ echo "audit_log benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemT
 echo "medians of $rounds interleaved rounds, ${secs}s each; throughput in tps, ratio = variant / none;"
 echo "vs floor = audit_log's ratio minus the floor's (for the ms rows, + is slower); tpcb-like at scale $tpcb_scale"
 echo
-printf '| %-22s | %9s | %16s | %16s | %8s | %16s | %16s | %16s |\n' workload none audit_log floor "vs floor" pgaudit diy_jsonb diy_chain
-printf '|%s|\n' "------------------------|-----------|------------------|------------------|----------|------------------|------------------|------------------"
+printf '| %-28s | %9s | %16s | %16s | %8s | %16s | %16s | %16s |\n' workload none audit_log floor "vs floor" pgaudit diy_jsonb diy_chain
+printf '|%s|\n' "------------------------------|-----------|------------------|------------------|----------|------------------|------------------|------------------"
+label() {  # workload clients [placement] -> the table's label
+    echo "$1, $2 client(s)${3:+, $3}"
+}
 for w in "${workloads[@]}"; do
     set -- $w
-    row "$1 $2" "$1, $2 client(s)" tps
+    row "$1 $2${3:+ $3}" "$(label "$@")" tps
 done
 row bulk_insert "INSERT 100k rows (ms)" ms
 row bulk_update "UPDATE 50k rows (ms)" ms
@@ -340,16 +368,16 @@ echo "history => true on bulk_t: $(hist_row bulk_insert "INSERT 100k rows"), $(h
 echo
 echo "WAL written per transaction (bytes; per row for the bulk statements; ratio = variant / none), last round:"
 echo
-printf '| %-22s | %9s | %16s | %16s | %16s | %16s | %16s |\n' workload none "${cols[@]}"
-printf '|%s|\n' "------------------------|-----------|------------------|------------------|------------------|------------------|------------------"
+printf '| %-28s | %9s | %16s | %16s | %16s | %16s | %16s |\n' workload none "${cols[@]}"
+printf '|%s|\n' "------------------------------|-----------|------------------|------------------|------------------|------------------|------------------"
 for w in "${workloads[@]}" bulk_insert bulk_update; do
     set -- $w
-    case $1 in bulk_insert) label="INSERT 100k rows" ;; bulk_update) label="UPDATE 50k rows" ;; *) label="$1, $2 client(s)" ;; esac
-    line=$(printf '| %-22s |' "$label")
-    base=$(cat "$scripts/wal.none.$1${2:+.$2}" 2>/dev/null || echo -)
+    case $1 in bulk_insert) lbl="INSERT 100k rows" ;; bulk_update) lbl="UPDATE 50k rows" ;; *) lbl=$(label "$@") ;; esac
+    line=$(printf '| %-28s |' "$lbl")
+    base=$(cat "$scripts/wal.none.$1${2:+.$2}${3:+.$3}" 2>/dev/null || echo -)
     line+=$(printf ' %9s |' "$base")
     for v in "${cols[@]}"; do
-        f="$scripts/wal.$v.$1${2:+.$2}"
+        f="$scripts/wal.$v.$1${2:+.$2}${3:+.$3}"
         if [ -f "$f" ]; then
             wal=$(cat "$f") cell=$(printf '%7s (%5sx)' "$wal" "$(ratio "$wal" "${base/-/0}")")
         else
