@@ -203,11 +203,16 @@ pgbench_placed() {  # variant clients placement pgbench-args...: pgbench's outpu
     taskset -c 0 pgbench "$@" >"$scripts/pgbench.out" 2>&1 &
     local bench=$!
     for i in $(seq 1 200); do
-        pid=$(q postgres -c "SELECT pid FROM pg_stat_activity WHERE datname = '$db' AND application_name = 'pgbench'")
+        pid=$(q postgres -c "SELECT pid FROM pg_stat_activity WHERE datname = '$db' AND application_name = 'pgbench'
+                             ORDER BY backend_start DESC LIMIT 1")
         [ -n "$pid" ] && break
         sleep 0.01
     done
-    [ -n "$pid" ] && taskset -p -c 1 "$pid" >/dev/null
+    if [ -n "$pid" ]; then
+        taskset -p -c 1 "$pid" >/dev/null
+    else
+        echo "bench: pgbench's backend in $db not found, so not pinned" >&2
+    fi
     wait "$bench" || rc=$?
     cat "$scripts/pgbench.out"
     return "$rc"
