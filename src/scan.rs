@@ -273,6 +273,9 @@ impl<T, F: FnMut(&Row) -> Option<T>> Iterator for Ordered<T, F> {
                     self.done = true;
                     return None;
                 }
+                if self.idx.is_null() {
+                    prefetch_around((*tup).t_data.cast::<u8>(), (*tup).t_len as usize);
+                }
                 let old = pg_sys::MemoryContextSwitchTo(self.row_cx);
                 pg_sys::heap_deform_tuple(
                     tup,
@@ -291,6 +294,38 @@ impl<T, F: FnMut(&Row) -> Option<T>> Iterator for Ordered<T, F> {
             }
         }
     }
+}
+
+/// Ask the CPU for a sequential scan's next tuples while this one is read.
+/// A heap page fills from its end, so the tuples that follow in a scan lie
+/// below this one in memory, where hardware prefetchers look late: the
+/// first touch of each tuple was a cache miss (`heap_deform_tuple` loading
+/// its header, 8% of `verify()`'s time on one core). This tuple's own
+/// lines are asked for at once too, so their misses overlap. A prefetch
+/// never faults, so lines before the page's start cost only the request.
+#[inline]
+fn prefetch_around(data: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        const LINE: usize = 64;
+        // About two records of the log ahead.
+        const AHEAD: usize = 768;
+        let mut at = 0;
+        while at < len.min(4096) {
+            // SAFETY: a prefetch hint, which reads nothing and cannot fault.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(data.wrapping_add(at).cast()) };
+            at += LINE;
+        }
+        let mut back = LINE;
+        while back <= AHEAD {
+            // SAFETY: as above; the address is only a hint.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(data.wrapping_sub(back).cast()) };
+            back += LINE;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, len);
 }
 
 impl<T, F> Drop for Ordered<T, F> {
