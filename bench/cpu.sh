@@ -65,7 +65,7 @@ for r in $(seq 1 "$rounds"); do
         pid=
         while [ -z "$pid" ]; do
             sleep 0.02
-            pid=$(psql -X -At -d cpu -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbench'")
+            pid=$(psql -X -At -d cpu -c "SELECT pid FROM pg_stat_activity WHERE datname = 'cpu' AND application_name = 'pgbench' ORDER BY backend_start DESC LIMIT 1")
         done
         [ -n "$backend_cpu" ] && taskset -p -c "$backend_cpu" "$pid" >/dev/null
         read -r c0 w0 m0 u0 k0 < <(sched "$pid")
