@@ -196,9 +196,9 @@ script_opt() {  # variant workload -> pgbench's script: the variant's own, the s
 # client's CPU at each query, differently for each variant: pinned, every
 # variant runs the same way (docs/PERFORMANCE.md, "The 1-client gap";
 # PLACEMENT in bench/cpu.sh).
-pgbench_placed() {  # variant clients placement pgbench-args...: pgbench's output
-    local db=b_$1 clients=$2 place=$3 pid= i rc=0
-    shift 3
+pgbench_placed() {  # variant placement pgbench-args...: pgbench's output
+    local db=b_$1 place=$2 pid= i rc=0
+    shift 2
     if [ "$place" != apart ]; then pgbench "$@"; return; fi
     taskset -c 0 pgbench "$@" >"$scripts/pgbench.out" 2>&1 &
     local bench=$!
@@ -220,7 +220,7 @@ pgbench_placed() {  # variant clients placement pgbench-args...: pgbench's outpu
 tps() {  # variant workload clients [placement] -> tps; WAL bytes per transaction into $scripts/wal.*
     local out start n key=$3${4:+.$4}
     start=$(lsn)
-    out=$(pgbench_placed "$1" "$3" "${4:-free}" -n $(script_opt "$1" "$2") -c "$3" -j $(( $3 < 2 ? 1 : 2 )) -T "$secs" "b_$1" 2>&1) || { echo 0; return; }
+    out=$(pgbench_placed "$1" "${4:-free}" -n $(script_opt "$1" "$2") -c "$3" -j $(( $3 < 2 ? 1 : 2 )) -T "$secs" "b_$1" 2>&1) || { echo 0; return; }
     n=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
     echo "$(( $(wal_since "$start") / (n > 0 ? n : 1) ))" | tee -a "$scripts/walall.$1.$2.$key" >"$scripts/wal.$1.$2.$key"
     echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
