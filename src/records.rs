@@ -315,7 +315,13 @@ fn record_events(
     ErrorReport,
 > {
     let mut events = TxEvents {
-        events: record::DecodedCursor::new(payload.to_vec(), segments != 0, first_event),
+        // Called without the record's tx_id, which packed (version 2)
+        // frames need: none is written yet, and one read here is unreadable.
+        events: record::DecodedCursor::new(
+            payload.to_vec(),
+            segments != 0,
+            record::Base::without_tx_id(first_event),
+        ),
         first_event,
         part: None,
         rows: 0,
@@ -370,10 +376,12 @@ fn record_last_hash(
         )?),
         None => None,
     };
-    // An unreadable part is passed over, as the view's rows stop at it.
+    // An unreadable part is passed over, as the view's rows stop at it; so
+    // is a packed (version 2) frame, which needs the record's tx_id.
+    let base = record::Base::without_tx_id(first_event);
     record::for_each_merged(parts.into_iter().flatten(), payload, |e| {
-        if let Ok(e) = e {
-            h = audit_log_core::hash::event_hash_from_encoding(&h, e);
+        if let Ok(e @ record::Framed::V1(_)) = e {
+            h = e.hash(&h, base);
         }
         std::ops::ControlFlow::Continue(())
     })?;

@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 
 use audit_log_core::merkle::{self, consistency_path, inclusion_path, tree_root};
 use audit_log_core::model::Checkpoint;
-use audit_log_core::record::Record;
+use audit_log_core::record::{Base, Framed, Record};
 use audit_log_core::tree::{
     self as core_tree, event_hashes, record_leaf, summary, ChainConsistency, Consistency,
     EventsSummary, HeadLeaf, ProvenRecord, TileSource, Tiled, CONSISTENCY_FORMAT, TILE_WIDTH,
@@ -51,12 +51,17 @@ struct LeafRow {
 const HASH_IN_PLACE: usize = 4096;
 
 fn leaf_row(r: &Row) -> Option<LeafRow> {
+    let record = crate::records::record_columns(r);
+    let base = record.base();
     let segments = r.i32(records::SEGMENTS).unwrap_or(0);
     let payload = r.slice(records::PAYLOAD).unwrap_or_default();
-    let hashed = (segments == 0 && payload.len() <= HASH_IN_PLACE)
-        .then(|| Ok(summary(&event_hashes([], payload).unwrap_or_default())));
+    let hashed = (segments == 0 && payload.len() <= HASH_IN_PLACE).then(|| {
+        Ok(summary(
+            &event_hashes([], payload, base).unwrap_or_default(),
+        ))
+    });
     Some(LeafRow {
-        record: crate::records::record_columns(r),
+        record,
         segments,
         payload: if hashed.is_some() {
             Vec::new()
@@ -81,7 +86,7 @@ impl LeafRow {
 fn leaf_of(row: &LeafRow) -> Result<Hash, &'static str> {
     let digest = match row.hashed {
         Some(d) => d?,
-        None => payload_digest(&row.parts, &row.payload)?,
+        None => payload_digest(&row.parts, &row.payload, row.record.base())?,
     };
     checked_leaf(&row.record, &row.prev, digest)
 }
@@ -90,9 +95,10 @@ fn leaf_of(row: &LeafRow) -> Result<Hash, &'static str> {
 pub(crate) fn payload_digest(
     parts: &[Vec<u8>],
     payload: &[u8],
+    base: Base,
 ) -> Result<EventsSummary, &'static str> {
     Ok(summary(
-        &event_hashes(parts.iter().map(Vec::as_slice), payload)
+        &event_hashes(parts.iter().map(Vec::as_slice), payload, base)
             .map_err(|_| "its payload is unreadable")?,
     ))
 }
@@ -103,11 +109,12 @@ pub(crate) fn payload_digest(
 pub(crate) fn segments_or_summary(
     oids: &Oids,
     snap: pg_sys::Snapshot,
-    first_event: i64,
+    base: Base,
     payload: &[u8],
 ) -> Result<Spilled<Result<EventsSummary, &'static str>>, AuditError> {
-    read_or_stream(oids, snap, first_event, payload.len(), |all| {
-        Ok(core_tree::summary_streamed(all, payload)?.map_err(|_| "its payload is unreadable"))
+    read_or_stream(oids, snap, base.first_event, payload.len(), |all| {
+        Ok(core_tree::summary_streamed(all, payload, base)?
+            .map_err(|_| "its payload is unreadable"))
     })
 }
 
@@ -337,12 +344,7 @@ impl ChainTiles {
                             .ok_or_else(|| damaged(chain, r.seq, "its predecessor is missing"))?,
                     };
                     if row.segments != 0 {
-                        match segments_or_summary(
-                            &self.oids,
-                            self.snap,
-                            r.first_event,
-                            &row.payload,
-                        )? {
+                        match segments_or_summary(&self.oids, self.snap, r.base(), &row.payload)? {
                             Spilled::Whole(parts) => row.parts = parts,
                             Spilled::Streamed(d) => {
                                 row.hashed = Some(d);
@@ -979,21 +981,25 @@ fn read_whole(
     let mut event = None;
     let mut unreadable = false;
     let mut prev = ZERO_HASH;
+    let base = record.base();
     audit_log_core::record::for_each_merged(parts.into_iter().flatten(), &payload, |e| {
         let Ok(e) = e else {
             unreadable = true;
             return ControlFlow::Break(());
         };
-        prev = audit_log_core::hash::event_hash_from_encoding(&prev, e);
+        prev = e.hash(&prev, base);
         tree.push(merkle::leaf_hash(&prev));
         if want.is_some() {
             hashes.push(prev);
         }
-        if event.is_none()
-            && want.is_some()
-            && audit_log_core::record::header(e).is_ok_and(|h| Some(h.id) == want)
-        {
-            event = Some((tree.size() as i64, e.to_vec()));
+        if event.is_none() && want.is_some() && e.header(base).is_ok_and(|h| Some(h.id) == want) {
+            // A packed (version 2) frame's proof needs its own form, which
+            // comes with the writer of version 2; unreadable until then.
+            let Framed::V1(c) = e else {
+                unreadable = true;
+                return ControlFlow::Break(());
+            };
+            event = Some((tree.size() as i64, c.to_vec()));
         }
         ControlFlow::Continue(())
     })?;

@@ -75,7 +75,7 @@ struct Scanned {
 fn leaf(s: Scanned) -> (Result<Hash, ()>, Scanned) {
     let leaf = s
         .summary
-        .unwrap_or_else(|| payload_digest(&s.parts, &s.payload))
+        .unwrap_or_else(|| payload_digest(&s.parts, &s.payload, s.record.base()))
         .and_then(|d| checked_leaf(&s.record, &s.prev, d))
         .map_err(|_| ());
     (leaf, s)
@@ -451,8 +451,8 @@ pub fn integrate_by_scan(heads: &[(i32, i64)]) -> Result<u64, AuditError> {
         let input = std::iter::from_fn(|| loop {
             if let Some(mut s) = p.ready.pop_front() {
                 if s.segments != 0 {
-                    let first = s.record.first_event;
-                    match segments_or_summary(&p.oids, p.snap, first, &s.payload) {
+                    let base = s.record.base();
+                    match segments_or_summary(&p.oids, p.snap, base, &s.payload) {
                         Ok(Spilled::Whole(parts)) => s.parts = parts,
                         Ok(Spilled::Streamed(d)) => {
                             s.summary = Some(d);

@@ -235,10 +235,14 @@ pub fn pretend_event_count(n: i64) {
 /// The events this transaction holds in memory, as a payload, with the id
 /// of its first event (tests only: committed events are in the log).
 #[cfg(any(test, feature = "pg_test"))]
-pub fn pending_payload() -> Option<(i64, Vec<u8>)> {
+pub fn pending_payload() -> Option<(audit_log_core::record::Base, Vec<u8>)> {
     STATE.with_borrow(|s| {
         let s = s.as_ref()?;
-        Some((s.head.first_event, s.payload.bytes().to_vec()))
+        let base = audit_log_core::record::Base {
+            first_event: s.head.first_event,
+            tx_id: s.tx_id,
+        };
+        Some((base, s.payload.bytes().to_vec()))
     })
 }
 

@@ -338,7 +338,7 @@ impl Frame<'_> {
         };
         let payload = payload.decoded()?;
         let mut events =
-            record::DecodedCursor::new(&payload[..], !segments.is_empty(), self.record.first_event);
+            record::DecodedCursor::new(&payload[..], !segments.is_empty(), self.record.base());
         let mut segments = segments.iter();
         loop {
             if events.wants_segment() {

@@ -526,7 +526,7 @@ pub fn run(o: &Options) -> Result<Stats, Error> {
                 ))
             })?;
             let unreadable = |m| Error::Refused(format!("record {}/{}: {m:?}", r.chain_id, r.seq));
-            let mut events = DecodedCursor::new(&payload[..], segments != 0, r.first_event);
+            let mut events = DecodedCursor::new(&payload[..], segments != 0, r.base());
             let mut parts = match segments {
                 0 => None,
                 _ => Some(segment_rows(&mut tx, r.first_event)?),

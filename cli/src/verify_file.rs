@@ -636,7 +636,7 @@ pub fn for_each_event(
             continue;
         };
         let segments = r.segments.iter().map(Vec::as_slice);
-        for e in record::decoded(segments, &r.payload, r.record.first_event) {
+        for e in record::decoded(segments, &r.payload, r.record.base()) {
             match e {
                 Ok(e) => each(Some(&e)),
                 Err(_) => {

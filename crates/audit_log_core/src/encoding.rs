@@ -18,6 +18,7 @@ use crate::model::{Event, Json, Link};
 
 mod builder;
 pub mod decode;
+pub mod packed;
 
 pub use builder::JsonBuilder;
 

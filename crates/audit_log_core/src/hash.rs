@@ -11,6 +11,8 @@ pub type Hash = [u8; 32];
 pub const ZERO_HASH: Hash = [0u8; 32];
 
 pub const EVENT_TAG: &[u8] = b"audit_log:event:v1\0";
+/// Events stored packed (`encoding::packed`) hash under their own tag.
+pub const EVENT_TAG_V2: &[u8] = b"audit_log:event:v2\0";
 pub const LINK_TAG: &[u8] = b"audit_log:link:v1\0";
 
 /// `SHA-256(EVENT_TAG || prev_hash || canonical(event))`. The event's own
@@ -24,6 +26,16 @@ pub fn event_hash(event: &Event) -> Hash {
 /// The same hash when the canonical bytes are already at hand.
 pub fn event_hash_from_encoding(prev_hash: &Hash, canonical: &[u8]) -> Hash {
     sha256_of(&[EVENT_TAG, prev_hash, canonical])
+}
+
+/// `SHA-256(EVENT_TAG_V2 || prev_hash || i64 id || u64 tx_id || i64 tx_seq || body)`:
+/// the hash of an event stored packed, over the body its frame stores.
+pub fn event_hash_v2(prev_hash: &Hash, id: i64, tx_id: u64, tx_seq: i64, body: &[u8]) -> Hash {
+    let mut ids = [0u8; 24];
+    ids[..8].copy_from_slice(&id.to_be_bytes());
+    ids[8..16].copy_from_slice(&tx_id.to_be_bytes());
+    ids[16..].copy_from_slice(&tx_seq.to_be_bytes());
+    sha256_of(&[EVENT_TAG_V2, prev_hash, &ids, body])
 }
 
 /// Blocks of a message short enough to be assembled on the stack.

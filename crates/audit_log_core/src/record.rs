@@ -16,7 +16,11 @@
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
+use std::borrow::Cow;
+
 use crate::encoding::decode::{Malformed, Reader};
+pub use crate::encoding::packed::Base;
+use crate::encoding::packed::{self, Frame};
 use crate::encoding::put_len;
 use crate::hash::{event_hash_from_encoding, Hash, ZERO_HASH};
 use crate::model::{ChainHead, Checkpoint, Event, Json, Link};
@@ -39,11 +43,72 @@ pub fn encode_event_into(payload: &mut Vec<u8>, e: &Event) -> usize {
     len_at + 4
 }
 
+/// One event as a payload frames it: version 1, its canonical encoding
+/// after a `u32` length; or version 2, packed (`encoding::packed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framed<'a> {
+    V1(&'a [u8]),
+    V2(Frame<'a>),
+}
+
+impl<'a> Framed<'a> {
+    /// Its position in the transaction, which orders segments and payload.
+    pub fn tx_seq(&self) -> Result<i64, Malformed> {
+        match self {
+            Framed::V1(c) => header(c).map(|h| h.tx_seq),
+            Framed::V2(f) => Ok(f.tx_seq),
+        }
+    }
+
+    /// Its ids: a version 2 frame takes its transaction's from `base`.
+    pub fn header(&self, base: Base) -> Result<Header, Malformed> {
+        match self {
+            Framed::V1(c) => header(c),
+            Framed::V2(f) => Ok(Header {
+                id: f.id(base.first_event),
+                tx_id: base.tx_id,
+                tx_seq: f.tx_seq,
+            }),
+        }
+    }
+
+    /// Its event hash, chained on `prev`, by its version's rule.
+    pub fn hash(&self, prev: &Hash, base: Base) -> Hash {
+        match self {
+            Framed::V1(c) => event_hash_from_encoding(prev, c),
+            Framed::V2(f) => f.hash(prev, base),
+        }
+    }
+
+    /// Its version 1 canonical encoding, which decoders read.
+    pub fn canonical(&self, base: Base) -> Result<Cow<'a, [u8]>, Malformed> {
+        match self {
+            Framed::V1(c) => Ok(Cow::Borrowed(c)),
+            Framed::V2(f) => {
+                let mut out = Vec::new();
+                packed::unpack(f, base, &mut out)?;
+                Ok(Cow::Owned(out))
+            }
+        }
+    }
+
+    /// The version of its hash: 1 or 2.
+    pub fn version(&self) -> u8 {
+        match self {
+            Framed::V1(_) => 1,
+            Framed::V2(_) => 2,
+        }
+    }
+}
+
 /// The event framed at `at` in a payload or segment, and where the next one
 /// starts; None at the end.
-pub fn event_at(buf: &[u8], at: usize) -> Option<Result<(&[u8], usize), Malformed>> {
+pub fn event_at(buf: &[u8], at: usize) -> Option<Result<(Framed<'_>, usize), Malformed>> {
     if at >= buf.len() {
         return None;
+    }
+    if buf[at] == packed::FRAME {
+        return Some(packed::frame_at(buf, at).map(|(f, next)| (Framed::V2(f), next)));
     }
     let Some(len) = buf.get(at..at + 4) else {
         return Some(Err(Malformed(at)));
@@ -51,13 +116,13 @@ pub fn event_at(buf: &[u8], at: usize) -> Option<Result<(&[u8], usize), Malforme
     let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
     let end = (at + 4).saturating_add(n);
     Some(match buf.get(at + 4..end) {
-        Some(e) => Ok((e, end)),
+        Some(e) => Ok((Framed::V1(e), end)),
         None => Err(Malformed(at)),
     })
 }
 
-/// The canonical encodings of a payload's events, in order.
-pub fn events(payload: &[u8]) -> impl Iterator<Item = Result<&[u8], Malformed>> {
+/// A payload's events, in order.
+pub fn events(payload: &[u8]) -> impl Iterator<Item = Result<Framed<'_>, Malformed>> {
     let mut pos = 0usize;
     std::iter::from_fn(move || match event_at(payload, pos)? {
         Ok((e, next)) => {
@@ -103,6 +168,13 @@ fn opt<'a, T>(
 /// canonical items, and the hashes given by its place in the transaction.
 /// `tx_first` is the id of the transaction's first event.
 pub fn decode_event(canonical: &[u8], tx_first: i64, prev_hash: Hash) -> Result<Event, Malformed> {
+    let mut e = decode_fields(canonical, tx_first, prev_hash)?;
+    e.hash = event_hash_from_encoding(&prev_hash, canonical);
+    Ok(e)
+}
+
+/// [`decode_event`] but for its hash, left zero.
+fn decode_fields(canonical: &[u8], tx_first: i64, prev_hash: Hash) -> Result<Event, Malformed> {
     let mut r = Reader::new(canonical);
     let json = |r: &mut Reader| r.json().map(|b| Json::Encoded(b.to_vec()));
     let id = r.i64()?;
@@ -141,8 +213,21 @@ pub fn decode_event(canonical: &[u8], tx_first: i64, prev_hash: Hash) -> Result<
         old_row,
         new_row,
         prev_hash,
-        hash: event_hash_from_encoding(&prev_hash, canonical),
+        hash: ZERO_HASH,
     })
+}
+
+/// An event read back from its frame, with the hash its version gives it.
+pub fn decode_framed(f: &Framed, base: Base, prev_hash: Hash) -> Result<Event, Malformed> {
+    match f {
+        Framed::V1(c) => decode_event(c, base.first_event, prev_hash),
+        Framed::V2(v2) => {
+            let c = f.canonical(base)?;
+            let mut e = decode_fields(&c, base.first_event, prev_hash)?;
+            e.hash = v2.hash(&prev_hash, base);
+            Ok(e)
+        }
+    }
 }
 
 /// A transaction's events decoded, in tx_seq order (segments merged with
@@ -151,13 +236,13 @@ pub fn decode_event(canonical: &[u8], tx_first: i64, prev_hash: Hash) -> Result<
 pub fn decoded<'a>(
     segments: impl IntoIterator<Item = &'a [u8]>,
     payload: &'a [u8],
-    tx_first: i64,
+    base: Base,
 ) -> impl Iterator<Item = Result<Event, Malformed>> + 'a {
     let segments: Vec<&'a [u8]> = segments.into_iter().collect();
     let mut prev = Some(ZERO_HASH);
     merged(segments, payload).map_while(move |e| {
         let p = prev.take()?;
-        let ev = e.and_then(|e| decode_event(e, tx_first, p));
+        let ev = e.and_then(|e| decode_framed(&e, base, p));
         if let Ok(ev) = &ev {
             prev = Some(ev.hash);
         }
@@ -192,6 +277,14 @@ impl From<&Record> for ChainHead {
 }
 
 impl Record {
+    /// What its events' frames take from it.
+    pub fn base(&self) -> Base {
+        Base {
+            first_event: self.first_event,
+            tx_id: self.tx_id,
+        }
+    }
+
     /// The v1 link this record stands for, chained to `prev` and holding
     /// `last_event_hash`, with its hash recomputed.
     pub fn link(&self, prev: Hash, last_event_hash: Hash) -> Link {
@@ -251,9 +344,9 @@ pub struct Digest {
 pub fn merged<'a>(
     segments: impl IntoIterator<Item = &'a [u8]>,
     payload: &'a [u8],
-) -> impl Iterator<Item = Result<&'a [u8], Malformed>> {
-    let key = |e: &Result<&[u8], Malformed>| match e {
-        Ok(b) => header(b).map_or(i64::MIN, |h| h.tx_seq),
+) -> impl Iterator<Item = Result<Framed<'a>, Malformed>> {
+    let key = |e: &Result<Framed, Malformed>| match e {
+        Ok(f) => f.tx_seq().unwrap_or(i64::MIN),
         Err(_) => i64::MIN,
     };
     // A segment holds at least one event: its part is its first event's
@@ -297,8 +390,8 @@ pub fn runs_layout(segments: &[Segment]) -> Result<Option<Vec<Segment>>, Malform
         let mut expect: Option<i64> = None;
         let mut at = 0usize;
         while let Some(e) = event_at(bytes, at) {
-            let (canonical, next) = e?;
-            let seq = header(canonical)?.tx_seq;
+            let (framed, next) = e?;
+            let seq = framed.tx_seq()?;
             if expect != Some(seq) {
                 starts.push((at, seq));
             }
@@ -384,12 +477,12 @@ impl<P: AsRef<[u8]>> Cursor<P> {
     /// The next event, or the first part that is not one (after which
     /// readers stop). Call only when no segment is wanted.
     #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Option<Result<&[u8], Malformed>> {
+    pub fn next(&mut self) -> Option<Result<Framed<'_>, Malformed>> {
         if std::mem::take(&mut self.empty_segment) {
             return Some(Err(Malformed(0)));
         }
-        let key = |e: &Option<Result<(&[u8], usize), Malformed>>| match e {
-            Some(Ok((b, _))) => header(b).map_or(i64::MIN, |h| h.tx_seq),
+        let key = |e: &Option<Result<(Framed, usize), Malformed>>| match e {
+            Some(Ok((f, _))) => f.tx_seq().unwrap_or(i64::MIN),
             _ => i64::MIN,
         };
         let payload = self.payload.as_ref();
@@ -425,19 +518,19 @@ impl<P: AsRef<[u8]>> Cursor<P> {
 /// [`Cursor`] within asks for them.
 pub struct DecodedCursor<P> {
     cursor: Cursor<P>,
-    tx_first: i64,
+    base: Base,
     /// The hash of the last event decoded; None once an event was
     /// unreadable or the events ended.
     prev: Option<Hash>,
 }
 
 impl<P: AsRef<[u8]>> DecodedCursor<P> {
-    /// A transaction's payload, whether it has segments to come, and the
-    /// id of its first event.
-    pub fn new(payload: P, has_segments: bool, tx_first: i64) -> Self {
+    /// A transaction's payload, whether it has segments to come, and what
+    /// its frames take from its record.
+    pub fn new(payload: P, has_segments: bool, base: Base) -> Self {
         DecodedCursor {
             cursor: Cursor::new(payload, has_segments),
-            tx_first,
+            base,
             prev: Some(ZERO_HASH),
         }
     }
@@ -458,7 +551,7 @@ impl<P: AsRef<[u8]>> DecodedCursor<P> {
         let ev = self
             .cursor
             .next()?
-            .and_then(|e| decode_event(e, self.tx_first, prev));
+            .and_then(|e| decode_framed(&e, self.base, prev));
         if let Ok(ev) = &ev {
             self.prev = Some(ev.hash);
         }
@@ -475,7 +568,7 @@ impl<P: AsRef<[u8]>> DecodedCursor<P> {
 pub fn for_each_merged<E>(
     segments: impl IntoIterator<Item = Result<Vec<u8>, E>>,
     payload: &[u8],
-    mut each: impl FnMut(Result<&[u8], Malformed>) -> ControlFlow<()>,
+    mut each: impl FnMut(Result<Framed, Malformed>) -> ControlFlow<()>,
 ) -> Result<(), E> {
     let mut segments = segments.into_iter();
     let mut c = Cursor::new(payload, true);
@@ -527,11 +620,11 @@ fn digest_each_streamed<E>(
     payload: &[u8],
     mut each: impl FnMut(Hash),
 ) -> Result<(Digest, bool), E> {
-    let mut b = DigestBuilder::default();
+    let mut b = DigestBuilder::new(r.base());
     let mut whole = true;
     for_each_merged(segments, payload, |e| match e {
         Ok(e) => {
-            b.push(e);
+            b.push(&e);
             each(b.last_hash());
             ControlFlow::Continue(())
         }
@@ -557,10 +650,13 @@ fn note(f: &mut Option<Box<(ProblemKind, String)>>, kind: ProblemKind, why: Stri
 pub struct DigestBuilder {
     d: Digest,
     tx_id: Option<u64>,
+    /// What version 2 frames take from the transaction's record.
+    base: Base,
 }
 
-impl Default for DigestBuilder {
-    fn default() -> Self {
+impl DigestBuilder {
+    /// For the transaction `base` names (its link's first event and tx_id).
+    pub fn new(base: Base) -> Self {
         DigestBuilder {
             d: Digest {
                 count: 0,
@@ -570,16 +666,15 @@ impl Default for DigestBuilder {
                 fault: None,
             },
             tx_id: None,
+            base,
         }
     }
-}
 
-impl DigestBuilder {
-    /// The next event's canonical encoding.
-    pub fn push(&mut self, e: &[u8]) {
+    /// The next event.
+    pub fn push(&mut self, e: &Framed) {
         let d = &mut self.d;
         d.count += 1;
-        match header(e) {
+        match e.header(self.base) {
             Ok(h) => {
                 if h.tx_seq != d.count {
                     // A later position: events before it are gone; an
@@ -622,7 +717,7 @@ impl DigestBuilder {
                 format!("event {} of the payload is unreadable", d.count),
             ),
         }
-        d.last_hash = event_hash_from_encoding(&d.last_hash, e);
+        d.last_hash = e.hash(&d.last_hash, self.base);
     }
 
     /// How many events were pushed.
@@ -716,11 +811,11 @@ fn digest_each<'a>(
     payload: &'a [u8],
     mut each: impl FnMut(Hash),
 ) -> (Digest, bool) {
-    let mut b = DigestBuilder::default();
+    let mut b = DigestBuilder::new(r.base());
     for e in merged(segments, payload) {
         match e {
             Ok(e) => {
-                b.push(e);
+                b.push(&e);
                 each(b.last_hash());
             }
             Err(_) => {
@@ -1093,6 +1188,19 @@ pub fn verify_records<E>(
 mod tests {
     use super::*;
 
+    /// A version 1 frame's canonical encoding (these tests build v1).
+    fn v1(f: Framed<'_>) -> &[u8] {
+        match f {
+            Framed::V1(c) => c,
+            Framed::V2(_) => panic!("a version 2 frame"),
+        }
+    }
+
+    const BASE: Base = Base {
+        first_event: 10,
+        tx_id: 77,
+    };
+
     use crate::encoding::encode_event;
 
     fn event(id: i64, tx_seq: i64) -> Event {
@@ -1138,6 +1246,109 @@ mod tests {
         // The size hint is exact for an event whose JSON is encoded.
         assert_eq!(crate::encoding::event_size_hint(&e), canonical.len());
     }
+    /// Packed (version 2) frames of the events of `tx_seq` values `seqs`
+    /// (ids 100 + tx_seq) of a transaction whose first event is 101.
+    fn packed_frames(seqs: &[i64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &s in seqs {
+            let mut c = Vec::new();
+            encode_event(&event(100 + s, s), &mut c);
+            crate::encoding::packed::pack(&c, 101, &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn packed_payloads_hash_decode_and_merge_like_framed_ones() {
+        let base = Base {
+            first_event: 101,
+            tx_id: 77,
+        };
+        let n = 6;
+        let mut want = Vec::new();
+        let mut prev = ZERO_HASH;
+        for s in 1..=n {
+            let e = event(100 + s, s);
+            let mut c = Vec::new();
+            encode_event(&e, &mut c);
+            let mut f = Vec::new();
+            crate::encoding::packed::pack(&c, 101, &mut f).unwrap();
+            // 0xA2, the id's and tx_seq's varints and the body's length,
+            // one byte each here, then the body.
+            assert_eq!(f[0], crate::encoding::packed::FRAME);
+            assert_eq!(usize::from(f[3]), f.len() - 4);
+            prev = crate::hash::event_hash_v2(&prev, 100 + s, 77, s, &f[4..]);
+            want.push(Event {
+                tx_first: 101,
+                prev_hash: if s == 1 {
+                    ZERO_HASH
+                } else {
+                    want.last().map_or(ZERO_HASH, |w: &Event| w.hash)
+                },
+                hash: prev,
+                ..e
+            });
+        }
+        let r = Record {
+            chain_id: 0,
+            seq: 1,
+            tx_id: 77,
+            first_event: 101,
+            last_event: 100 + n,
+            event_count: n,
+            committed_at: 5,
+            link_hash: ZERO_HASH,
+        };
+        let whole = packed_frames(&(1..=n).collect::<Vec<_>>());
+        // The packed form is smaller than the canonical one it stands for.
+        assert!(whole.len() + 30 * n as usize <= framed(&(1..=n).collect::<Vec<_>>()).len());
+        let d = digest(&r, [], &whole);
+        assert!(d.fault.is_none(), "{:?}", d.fault);
+        assert_eq!(
+            (d.count, d.first_id, d.last_id),
+            (n, Some(101), Some(100 + n))
+        );
+        assert_eq!(d.last_hash, prev);
+        // Spilled in two segments, merged with the rest in memory.
+        let segs = [packed_frames(&[1, 2]), packed_frames(&[4, 5])];
+        let rest = packed_frames(&[3, 6]);
+        assert_eq!(digest(&r, segs.iter().map(Vec::as_slice), &rest), d);
+        let got: Vec<Event> = decoded(segs.iter().map(Vec::as_slice), &rest, base)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // The same fields (rows compared encoded) and hashes.
+        let key = |e: &Event| {
+            let mut c = Vec::new();
+            encode_event(e, &mut c);
+            (c, e.tx_first, e.prev_hash, e.hash)
+        };
+        assert_eq!(
+            got.iter().map(key).collect::<Vec<_>>(),
+            want.iter().map(key).collect::<Vec<_>>()
+        );
+        // Not knowing the tx_id, a reader cannot decode them.
+        let blind = Base::without_tx_id(101);
+        assert!(decoded([], &whole, blind).next().unwrap().is_err());
+        // Any byte changed: the digest sees it (a fault, or another hash).
+        for i in 0..whole.len() {
+            let mut bad = whole.clone();
+            bad[i] ^= 0x01;
+            let b = digest(&r, [], &bad);
+            assert!(b.fault.is_some() || b.last_hash != d.last_hash, "byte {i}");
+        }
+        // Another tx_id or first event in the record: other hashes.
+        let other = Record {
+            tx_id: 78,
+            ..r.clone()
+        };
+        assert_ne!(digest(&other, [], &whole).last_hash, d.last_hash);
+        let moved = Record {
+            first_event: 102,
+            ..r.clone()
+        };
+        assert!(digest(&moved, [], &whole).fault.is_some());
+    }
+
     /// Framed events of `tx_seq` values `seqs`, as a segment holds them.
     fn framed(seqs: &[i64]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -1170,7 +1381,7 @@ mod tests {
         let payload = framed(&[1, 2, 10]);
         let order = |segs: &[(i32, Vec<u8>)]| -> Vec<i64> {
             merged(segs.iter().map(|(_, b)| b.as_slice()), &payload)
-                .map(|e| header(e.unwrap()).unwrap().tx_seq)
+                .map(|e| e.unwrap().tx_seq().unwrap())
                 .collect()
         };
         assert_eq!(order(&fixed), (1..=10).collect::<Vec<_>>());
@@ -1271,7 +1482,7 @@ mod tests {
             let mut prev = ZERO_HASH;
             events(p)
                 .map(|e| {
-                    let e = decode_event(e.unwrap(), r.first_event, prev).unwrap();
+                    let e = decode_event(v1(e.unwrap()), r.first_event, prev).unwrap();
                     prev = e.hash;
                     e
                 })
@@ -1311,7 +1522,7 @@ mod tests {
         );
         // An event dropped from a payload, the count adjusted.
         let mut t = log.clone();
-        let first = events(&t[2].1).next().unwrap().unwrap().len() + 4;
+        let first = v1(events(&t[2].1).next().unwrap().unwrap()).len() + 4;
         t[2].1.drain(..first);
         t[2].0.event_count -= 1;
         assert_eq!(
@@ -1432,14 +1643,14 @@ mod tests {
             let mut it = events(&p);
             it.next();
             it.next();
-            p.len() - it.map(|e| e.unwrap().len() + 4).sum::<usize>()
+            p.len() - it.map(|e| v1(e.unwrap()).len() + 4).sum::<usize>()
         };
         let whole = digest(&r, [], &p);
         assert!(whole.fault.is_none());
         // A spilled prefix.
         assert_eq!(digest(&r, [&p[..cut]], &p[cut..]), whole);
         // Spilled in two runs.
-        let mid = cut + events(&p[cut..]).next().unwrap().unwrap().len() + 4;
+        let mid = cut + v1(events(&p[cut..]).next().unwrap().unwrap()).len() + 4;
         assert_eq!(digest(&r, [&p[..cut], &p[mid..]], &p[cut..mid]), whole);
         // A run that a savepoint left in memory between two spilled ones.
         assert_eq!(
@@ -1460,7 +1671,10 @@ mod tests {
     #[test]
     fn segments_read_one_at_a_time_merge_as_when_held_whole() {
         let (r, p) = record(0, 1, ZERO_HASH, 6);
-        let each: Vec<&[u8]> = events(&p).collect::<Result<_, _>>().unwrap();
+        let each: Vec<&[u8]> = events(&p)
+            .map(|e| e.map(v1))
+            .collect::<Result<_, _>>()
+            .unwrap();
         let framed = |es: &[&[u8]]| {
             let mut out = Vec::new();
             for e in es {
@@ -1473,7 +1687,7 @@ mod tests {
             let owned = segs.iter().cloned().map(Ok::<_, ()>);
             for_each_merged(owned, payload, |e| {
                 let stop = e.is_err();
-                got.push(e.map(<[u8]>::to_vec));
+                got.push(e.map(|e| v1(e).to_vec()));
                 if stop {
                     ControlFlow::Break(())
                 } else {
@@ -1487,7 +1701,7 @@ mod tests {
             let mut got: Vec<Result<Vec<u8>, Malformed>> = Vec::new();
             for e in merged(segs.iter().map(Vec::as_slice), payload) {
                 let stop = e.is_err();
-                got.push(e.map(<[u8]>::to_vec));
+                got.push(e.map(|e| v1(e).to_vec()));
                 if stop {
                     break;
                 }
@@ -1544,7 +1758,10 @@ mod tests {
         assert_eq!(cases, 365);
         // Decoded one at a time, as decoded() decodes them whole: whole,
         // spilled in two, and torn.
-        let list: Vec<&[u8]> = events(&p).collect::<Result<_, _>>().unwrap();
+        let list: Vec<&[u8]> = events(&p)
+            .map(|e| e.map(v1))
+            .collect::<Result<_, _>>()
+            .unwrap();
         let spills = [
             (vec![], p.clone()),
             (
@@ -1557,8 +1774,8 @@ mod tests {
             ),
         ];
         for (segs, payload) in spills {
-            let want: Vec<_> = decoded(segs.iter().map(Vec::as_slice), &payload, 10).collect();
-            let mut c = DecodedCursor::new(&payload, !segs.is_empty(), 10);
+            let want: Vec<_> = decoded(segs.iter().map(Vec::as_slice), &payload, BASE).collect();
+            let mut c = DecodedCursor::new(&payload, !segs.is_empty(), BASE);
             let mut given = segs.into_iter();
             let mut got = Vec::new();
             loop {
@@ -1576,8 +1793,11 @@ mod tests {
         // (each size a different shape of tree), in two segments and a payload.
         for n in 0..10 {
             let (_, p) = record(0, 1, ZERO_HASH, n);
-            let hashes = crate::tree::event_hashes([], &p).unwrap();
-            let list: Vec<&[u8]> = events(&p).collect::<Result<_, _>>().unwrap();
+            let hashes = crate::tree::event_hashes([], &p, BASE).unwrap();
+            let list: Vec<&[u8]> = events(&p)
+                .map(|e| e.map(v1))
+                .collect::<Result<_, _>>()
+                .unwrap();
             let a = list.len() / 3;
             let b = 2 * list.len() / 3;
             let segs = [framed(&list[..a]), framed(&list[a..b])]
@@ -1585,12 +1805,14 @@ mod tests {
                 .filter(|s| !s.is_empty())
                 .map(Ok::<_, ()>);
             assert_eq!(
-                crate::tree::summary_streamed(segs, &framed(&list[b..])),
+                crate::tree::summary_streamed(segs, &framed(&list[b..]), BASE),
                 Ok(Ok(crate::tree::summary(&hashes)))
             );
         }
         let torn = [Ok::<_, ()>(vec![0, 0, 0, 9, 1])];
-        assert!(crate::tree::summary_streamed(torn, &p).unwrap().is_err());
+        assert!(crate::tree::summary_streamed(torn, &p, BASE)
+            .unwrap()
+            .is_err());
         assert!(whole.fault.is_none());
         // An error reading a segment is the caller's, not a verdict.
         let failing = [Ok(p.clone()), Err("lost the connection")];

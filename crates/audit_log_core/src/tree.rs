@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::encoding::decode::Malformed;
-use crate::hash::{event_hash_from_encoding, Hash, ZERO_HASH};
+use crate::hash::{Hash, ZERO_HASH};
 use crate::merkle::{self, leaf_hash, root_from_inclusion, Subtrees};
 use crate::model::{hex_hash, Checkpoint, Event, TreeHead};
-use crate::record::{decode_event, for_each_merged, header, merged, Record};
+use crate::record::{decode_event, for_each_merged, header, merged, Base, Record};
 
 pub const LEAF_TAG: &[u8] = b"audit_log:leaf:v1\0";
 /// Height of a tile: 256 hashes.
@@ -56,11 +56,12 @@ pub fn record_leaf(link_hash: &Hash, events_root: &Hash) -> Hash {
 pub fn event_hashes<'a>(
     segments: impl IntoIterator<Item = &'a [u8]>,
     payload: &'a [u8],
+    base: Base,
 ) -> Result<Vec<Hash>, Malformed> {
     let mut prev = ZERO_HASH;
     let mut out = Vec::new();
     for e in merged(segments, payload) {
-        prev = event_hash_from_encoding(&prev, e?);
+        prev = e?.hash(&prev, base);
         out.push(prev);
     }
     Ok(out)
@@ -86,13 +87,14 @@ pub fn summary(event_hashes: &[Hash]) -> EventsSummary {
 pub fn summary_streamed<E>(
     segments: impl IntoIterator<Item = Result<Vec<u8>, E>>,
     payload: &[u8],
+    base: Base,
 ) -> Result<Result<EventsSummary, Malformed>, E> {
     let mut prev = ZERO_HASH;
     let mut tree = merkle::Builder::default();
     let mut bad = None;
     for_each_merged(segments, payload, |e| match e {
         Ok(e) => {
-            prev = event_hash_from_encoding(&prev, e);
+            prev = e.hash(&prev, base);
             tree.push(leaf_hash(&prev));
             ControlFlow::Continue(())
         }

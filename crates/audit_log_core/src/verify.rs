@@ -18,7 +18,7 @@ use std::fmt;
 use crate::encoding::encode_event;
 use crate::hash::{Hash, ZERO_HASH};
 use crate::model::{ChainHead, Checkpoint, Event, Link};
-use crate::record::{verify_records, DigestBuilder, Record};
+use crate::record::{verify_records, Base, DigestBuilder, Framed, Record};
 
 /// The kinds of break, by the name `verify()` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -287,7 +287,10 @@ pub fn verify_logical<E>(
                 committed_at: l.committed_at,
                 link_hash: l.link_hash,
             };
-            let d = built[i].take().unwrap_or_default().finish(&r);
+            let d = built[i]
+                .take()
+                .unwrap_or_else(|| DigestBuilder::new(r.base()))
+                .finish(&r);
             if d.fault.is_none() && d.last_hash != l.last_event_hash && !located.contains(&l.first_event) {
                 // The link holds another hash of its last event: that event
                 // was rewritten, its own hash recomputed.
@@ -331,7 +334,8 @@ struct TxRead {
     key: Option<i64>,
     /// Its link, by index.
     link: Option<usize>,
-    digest: DigestBuilder,
+    /// Made at its first event.
+    digest: Option<DigestBuilder>,
     /// The stated hash and id of the previous event.
     prev: Option<(Hash, i64)>,
     /// Its events of another tx_id than its link's, and whether any has
@@ -348,9 +352,16 @@ impl TxRead {
     }
 
     fn event(&mut self, e: &EncodedEvent, links: &[Link], v: &mut Verdict) {
-        let position = self.digest.count() + 1;
+        let tx_id = crate::record::header(&e.canonical).map(|h| h.tx_id).ok();
+        let digest = self.digest.get_or_insert_with(|| {
+            DigestBuilder::new(Base {
+                first_event: e.tx_first,
+                tx_id: tx_id.unwrap_or(0),
+            })
+        });
+        let position = digest.count() + 1;
         let own = crate::hash::event_hash_from_encoding(&e.prev_hash, &e.canonical);
-        let recomputed_prev = self.digest.last_hash();
+        let recomputed_prev = digest.last_hash();
         if own != e.hash {
             self.problem(
                 v,
@@ -399,7 +410,6 @@ impl TxRead {
             // An event of another tx_id than its link's was moved in; if
             // all of them differ, the link is what changed (the record
             // reports that), so these wait for the end of the transaction.
-            let tx_id = crate::record::header(&e.canonical).map(|h| h.tx_id).ok();
             match tx_id {
                 Some(t) if t != l.tx_id => self.foreign.push((
                     e.id,
@@ -422,7 +432,9 @@ impl TxRead {
                 );
             }
         }
-        self.digest.push(&e.canonical);
+        if let Some(d) = self.digest.as_mut() {
+            d.push(&Framed::V1(&e.canonical));
+        }
         self.prev = Some((e.hash, e.id));
     }
 
@@ -442,7 +454,12 @@ impl TxRead {
         if self.located {
             located.insert(key);
         }
-        let digest = std::mem::take(&mut self.digest);
+        let digest = self.digest.take().unwrap_or_else(|| {
+            DigestBuilder::new(Base {
+                first_event: key,
+                tx_id: 0,
+            })
+        });
         match by_first.get(&key) {
             Some(&i) if built[i].is_none() => built[i] = Some(digest),
             Some(_) => v.push(

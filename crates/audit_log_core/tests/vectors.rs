@@ -147,3 +147,41 @@ fn merkle_vectors() {
         "3560191803028444b232018ac047fdb561c09c23a7a6876c85e08b5e4d48e9f3"
     );
 }
+
+/// FORMAT.md, "Packed events": the vector event as a version 2 frame, and
+/// its version 2 hash. (Checked against an independent Python encoder.)
+#[test]
+fn packed_vector() {
+    use audit_log_core::encoding::packed::{frame_at, pack, Base};
+    use audit_log_core::record::{digest, Record};
+    let mut canonical = Vec::new();
+    encode_event(&vector_event(), &mut canonical);
+    let mut frame = Vec::new();
+    pack(&canonical, 42, &mut frame).unwrap();
+    let (f, _) = frame_at(&frame, 0).unwrap();
+    let base = Base {
+        first_event: 42,
+        tx_id: 777,
+    };
+    assert_eq!(
+        hex::encode(&frame),
+        "a2000167000647484622224080890f036170700001047073716c0000067075626c6963066f72646572730655504441544501060306616d6f756e74030531302e3530026964030131046e6f74650402c3a901060306616d6f756e7403023131026964030131046e6f746500"
+    );
+    let v2 = "258f1633a95a6cbeeecd1d2e77a484acd2b5c7234b7a664f0a99dccb714a5f55";
+    assert_eq!(hex::encode(f.hash(&ZERO_HASH, base)), v2);
+    let r = Record {
+        chain_id: 3,
+        seq: 1,
+        tx_id: 777,
+        first_event: 42,
+        last_event: 42,
+        event_count: 1,
+        committed_at: 1_767_225_600_200_000,
+        link_hash: ZERO_HASH,
+    };
+    let d = digest(&r, [], &frame);
+    assert_eq!(d.fault, None);
+    assert_eq!(hex::encode(d.last_hash), v2);
+    // 107 bytes for the 196 of its version 1 frame.
+    assert_eq!((frame.len(), 4 + canonical.len()), (107, 196));
+}
