@@ -1,8 +1,9 @@
 -- audit_log 0.2.0 -> 0.3.0: ALTER EXTENSION audit_log UPDATE.
 --
 -- What 0.3.0 adds is mostly in the library (the records export and the
--- report of the audit-log CLI, a faster single-core verify()), and the
--- storage format is still version 2 (docs/FORMAT.md). In SQL, verify() and
+-- report of the audit-log CLI, a faster single-core verify()). The storage
+-- format is still version 2 (docs/FORMAT.md), and its payloads now hold
+-- packed event frames, which the views read with their records' tx_id. In SQL, verify() and
 -- checkpoint() gain the comments every other function has, and central
 -- collection arrives (audit_log.source_id(), collect(), verify_source()).
 -- pg_test/scenarios/upgrade.sh checks that the result equals a fresh
@@ -344,3 +345,129 @@ END
 $tiles$;
 REVOKE ALL ON FUNCTION audit_log.prove(bigint, jsonb), audit_log.consistency(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_log.prove(bigint, jsonb), audit_log.consistency(jsonb) TO audit_log_auditor;
+
+-- Packed events (format version 2 frames, docs/FORMAT.md): about 60% of
+-- the bytes of version 1, hashed as stored. Their ids come from their record,
+-- so the views' functions take its tx_id too. The library writes packed
+-- frames once this script has run (before, its frames are version 1, which
+-- 0.2.0's functions, still in the library, read).
+CREATE FUNCTION audit_log."record_events"("first_event" bigint, "tx_id" bigint, "segments" integer, "payload" bytea)
+RETURNS TABLE ("id" bigint, "tx_id" bigint, "tx_seq" integer, "recorded_at" timestamptz,
+    "statement_at" timestamptz, "session_user_name" text, "current_user_name" text,
+    "application_name" text, "client_addr" text, "context" bytea, "table_schema" text,
+    "table_name" text, "op" text, "old_row" bytea, "new_row" bytea, "prev_hash" bytea, "hash" bytea)
+STABLE PARALLEL SAFE STRICT LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'record_events_of_wrapper';
+COMMENT ON FUNCTION audit_log.record_events(bigint, bigint, integer, bytea) IS 'The events of one record of audit_log.records (with its segments), as rows, each with its recomputed hash. audit_log.events is built on it.';
+CREATE FUNCTION audit_log."record_last_hash"("first_event" bigint, "tx_id" bigint, "segments" integer, "payload" bytea)
+RETURNS bytea
+STABLE PARALLEL SAFE STRICT LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'record_last_hash_of_wrapper';
+COMMENT ON FUNCTION audit_log.record_last_hash(bigint, bigint, integer, bytea) IS 'The recomputed hash of the last event of one record of audit_log.records: what its link covers.';
+CREATE OR REPLACE VIEW audit_log.events AS
+SELECT e.id, e.tx_id::text::xid8 AS tx_id, e.tx_seq, e.recorded_at, e.statement_at,
+       e.session_user_name, e.current_user_name, e.application_name,
+       e.client_addr::inet AS client_addr, audit_log.canonical_json_text(e.context)::jsonb AS context,
+       e.table_schema, e.table_name, e.op,
+       audit_log.canonical_json_text(e.old_row)::jsonb AS old_row,
+       audit_log.canonical_json_text(e.new_row)::jsonb AS new_row,
+       e.prev_hash, e.hash, r.first_event AS tx_first, r.committed_at
+  FROM audit_log.records r
+ CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.tx_id::text::bigint, r.segments, r.payload) e;
+CREATE OR REPLACE VIEW audit_log.links AS
+SELECT r.chain_id, r.seq, r.tx_id, r.event_count, r.first_event, r.last_event,
+       audit_log.record_last_hash(r.first_event, r.tx_id::text::bigint, r.segments, r.payload) AS last_event_hash,
+       r.committed_at,
+       CASE WHEN r.seq = 1 THEN '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea
+            ELSE coalesce((SELECT p.link_hash FROM audit_log.records p
+                            WHERE p.chain_id = r.chain_id AND p.seq = r.seq - 1),
+                          (SELECT a.link_hash FROM audit_log.anchors a
+                            WHERE a.chain_id = r.chain_id AND a.seq = r.seq - 1))
+       END AS prev_link_hash,
+       r.link_hash
+  FROM audit_log.records r;
+CREATE OR REPLACE FUNCTION audit_log.history(target regclass, key jsonb)
+RETURNS TABLE (event_id bigint, tx_id xid8, recorded_at timestamptz, op text,
+               session_user_name text, current_user_name text, context jsonb,
+               old_row jsonb, new_row jsonb)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    leaves regclass[];
+    keys bigint[];
+    s text;
+    t text;
+    missing text;
+BEGIN
+    IF target IS NULL OR key IS NULL THEN
+        RAISE EXCEPTION 'audit_log.history: target and key must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT n.nspname, c.relname INTO s, t
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', target::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF jsonb_typeof(key) <> 'object' OR key = '{}' THEN
+        RAISE EXCEPTION 'audit_log.history: key must be a JSON object naming the row''s key columns, such as {"id": 42}'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(quote_ident(k2), ', ') INTO missing
+      FROM jsonb_object_keys(key) AS k2
+     WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                        WHERE a.attrelid = target AND a.attname = k2 AND a.attnum > 0 AND NOT a.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'audit_log.history: %.% has no column %', quote_ident(s), quote_ident(t), missing
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    -- A partitioned table's events are recorded under its partitions' names.
+    SELECT pg_catalog.array_agg(p.relid) INTO leaves
+      FROM pg_catalog.pg_partition_tree(target) p WHERE p.isleaf;
+    leaves := coalesce(leaves, ARRAY[target]);
+    SELECT pg_catalog.array_agg(audit_log.row_key_of(l, key)) INTO keys
+      FROM pg_catalog.unnest(leaves) l;
+    -- The index serves tables enabled with history => true (every leaf).
+    IF pg_catalog.array_position(keys, NULL) IS NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_catalog.unnest(leaves) l
+         WHERE NOT coalesce((SELECT (a.options->>'history')::boolean FROM audit_log.audited_tables a
+                              WHERE a.relid = l), false)
+           AND NOT coalesce((SELECT (a.options->>'history')::boolean FROM audit_log.audited_tables a
+                              WHERE a.relid = target), false)) THEN
+        RETURN QUERY
+            SELECT e.id, e.tx_id::text::xid8, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
+                   audit_log.canonical_json_text(e.context)::jsonb,
+                   audit_log.canonical_json_text(e.old_row)::jsonb,
+                   audit_log.canonical_json_text(e.new_row)::jsonb
+              FROM (SELECT DISTINCT k.first_event, k.tx_seq FROM audit_log.row_keys k
+                     WHERE k.row_key = ANY (keys)) k
+              JOIN audit_log.records r ON r.first_event = k.first_event
+             CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.tx_id::text::bigint, r.segments, r.payload) e
+             WHERE e.tx_seq = k.tx_seq
+               AND (e.table_schema, e.table_name) IN (
+                   SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
+                     JOIN pg_catalog.pg_class c ON c.oid = l
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
+             ORDER BY e.id;
+    ELSE
+        RETURN QUERY
+            SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
+                   e.context, e.old_row, e.new_row
+              FROM audit_log.events e
+             WHERE (e.table_schema, e.table_name) IN (
+                   SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
+                     JOIN pg_catalog.pg_class c ON c.oid = l
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
+               AND (e.old_row @> key OR e.new_row @> key)
+             ORDER BY e.id;
+    END IF;
+END
+$$;
+DROP FUNCTION audit_log.record_events(bigint, integer, bytea);
+DROP FUNCTION audit_log.record_last_hash(bigint, integer, bytea);
+REVOKE ALL ON FUNCTION audit_log.record_events(bigint, bigint, integer, bytea),
+    audit_log.record_last_hash(bigint, bigint, integer, bytea) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log.record_events(bigint, bigint, integer, bytea),
+    audit_log.record_last_hash(bigint, bigint, integer, bytea) TO audit_log_auditor;

@@ -41,13 +41,13 @@ SELECT e.id, e.tx_id::text::xid8 AS tx_id, e.tx_seq, e.recorded_at, e.statement_
        audit_log.canonical_json_text(e.new_row)::jsonb AS new_row,
        e.prev_hash, e.hash, r.first_event AS tx_first, r.committed_at
   FROM audit_log.records r
- CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.segments, r.payload) e;
+ CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.tx_id::text::bigint, r.segments, r.payload) e;
 COMMENT ON VIEW audit_log.events IS 'Audit events, one per captured row change or configuration change, unpacked from audit_log.records. hash and prev_hash are recomputed; see docs/FORMAT.md.';
 COMMENT ON COLUMN audit_log.events.committed_at IS 'When the event''s transaction was linked (its commit): a time range on this column reads only the records in it, through a BRIN index.';
 
 CREATE VIEW audit_log.links AS
 SELECT r.chain_id, r.seq, r.tx_id, r.event_count, r.first_event, r.last_event,
-       audit_log.record_last_hash(r.first_event, r.segments, r.payload) AS last_event_hash,
+       audit_log.record_last_hash(r.first_event, r.tx_id::text::bigint, r.segments, r.payload) AS last_event_hash,
        r.committed_at,
        CASE WHEN r.seq = 1 THEN '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea
             ELSE coalesce((SELECT p.link_hash FROM audit_log.records p
@@ -60,10 +60,10 @@ SELECT r.chain_id, r.seq, r.tx_id, r.event_count, r.first_event, r.last_event,
 COMMENT ON VIEW audit_log.links IS 'One commit link per record of audit_log.records, with the columns of format v1: last_event_hash recomputed, prev_link_hash the stored hash of the record before.';
 
 GRANT SELECT ON audit_log.events, audit_log.links TO audit_log_auditor;
-REVOKE ALL ON FUNCTION audit_log.record_events(bigint, integer, bytea),
-    audit_log.record_last_hash(bigint, integer, bytea), audit_log.canonical_json_text(bytea) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION audit_log.record_events(bigint, integer, bytea),
-    audit_log.record_last_hash(bigint, integer, bytea), audit_log.canonical_json_text(bytea) TO audit_log_auditor;
+REVOKE ALL ON FUNCTION audit_log.record_events(bigint, bigint, integer, bytea),
+    audit_log.record_last_hash(bigint, bigint, integer, bytea), audit_log.canonical_json_text(bytea) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log.record_events(bigint, bigint, integer, bytea),
+    audit_log.record_last_hash(bigint, bigint, integer, bytea), audit_log.canonical_json_text(bytea) TO audit_log_auditor;
 
 -- The capture triggers' functions (src/capture.rs). No SET clause: they run
 -- for every audited row, and run no SQL.
@@ -198,7 +198,7 @@ BEGIN
               FROM (SELECT DISTINCT k.first_event, k.tx_seq FROM audit_log.row_keys k
                      WHERE k.row_key = ANY (keys)) k
               JOIN audit_log.records r ON r.first_event = k.first_event
-             CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.segments, r.payload) e
+             CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.tx_id::text::bigint, r.segments, r.payload) e
              WHERE e.tx_seq = k.tx_seq
                AND (e.table_schema, e.table_name) IN (
                    SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l

@@ -24,6 +24,11 @@ pub struct Oids {
     pub prepared: pg_sys::Oid,
     pub prepared_pkey: pg_sys::Oid,
     pub events_seq: pg_sys::Oid,
+    /// Events are written packed (format version 2 frames): the schema is
+    /// 0.3.0's, whose views read them. A 0.2.0 schema (the library updated,
+    /// ALTER EXTENSION not yet run) gets version 1 frames, which its views
+    /// read.
+    pub packed: bool,
 }
 
 fn relid(ns: pg_sys::Oid, name: &CStr) -> Result<pg_sys::Oid, AuditError> {
@@ -77,6 +82,13 @@ pub fn database_name() -> String {
             CStr::from_ptr(db).to_string_lossy().into_owned()
         }
     }
+}
+
+/// Whether audit_log's own schema is 0.3.0's (ALTER EXTENSION UPDATE has
+/// run, or it was installed so): audit_log.tiles came with 0.3.0, as did
+/// the views' functions that read packed frames, with the record's tx_id.
+pub fn schema_reads_packed() -> bool {
+    schema_oid().is_some_and(|ns| relid(ns, c"tiles").is_ok())
 }
 
 pub fn schema_oid() -> Option<pg_sys::Oid> {
@@ -197,6 +209,7 @@ pub fn lookup() -> Result<Oids, AuditError> {
             prepared: pg_sys::InvalidOid,
             prepared_pkey: pg_sys::InvalidOid,
             events_seq: pg_sys::InvalidOid,
+            packed: false,
         });
     }
     if let Some(oids) = OIDS.get() {
@@ -227,6 +240,7 @@ fn own_oids() -> Result<Oids, AuditError> {
         prepared: relid(ns, c"prepared")?,
         prepared_pkey: relid(ns, c"prepared_pkey")?,
         events_seq: relid(ns, c"events_id_seq")?,
+        packed: schema_reads_packed(),
     })
 }
 

@@ -272,10 +272,31 @@ fn canonical_json_text(encoded: &[u8]) -> Result<String, ErrorReport> {
 /// The longest text a datum holds: 1 GB less its 4-byte header.
 const MAX_TEXT: usize = 0x3FFF_FFFF - 4;
 
+/// One row of the `audit_log.events` view, but for the columns it adds.
+type EventRow = (
+    i64,
+    i64,
+    i32,
+    TimestampWithTimeZone,
+    TimestampWithTimeZone,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    String,
+    String,
+    String,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<u8>,
+    Vec<u8>,
+);
+
 /// The events of one record, as rows: the `audit_log.events` view.
 #[allow(clippy::type_complexity)]
 #[pg_extern(sql = r#"
-CREATE FUNCTION audit_log."record_events"("first_event" bigint, "segments" integer, "payload" bytea)
+CREATE FUNCTION audit_log."record_events"("first_event" bigint, "tx_id" bigint, "segments" integer, "payload" bytea)
 RETURNS TABLE ("id" bigint, "tx_id" bigint, "tx_seq" integer, "recorded_at" timestamptz,
     "statement_at" timestamptz, "session_user_name" text, "current_user_name" text,
     "application_name" text, "client_addr" text, "context" bytea, "table_schema" text,
@@ -283,8 +304,51 @@ RETURNS TABLE ("id" bigint, "tx_id" bigint, "tx_seq" integer, "recorded_at" time
 STABLE PARALLEL SAFE STRICT LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION audit_log.record_events(bigint, integer, bytea) IS 'The events of one record of audit_log.records (with its segments), as rows, each with its recomputed hash. audit_log.events is built on it.';
+COMMENT ON FUNCTION audit_log.record_events(bigint, bigint, integer, bytea) IS 'The events of one record of audit_log.records (with its segments), as rows, each with its recomputed hash. audit_log.events is built on it.';
 "#)]
+fn record_events_of(
+    first_event: i64,
+    tx_id: i64,
+    segments: i32,
+    payload: &[u8],
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(id, i64),
+            name!(tx_id, i64),
+            name!(tx_seq, i32),
+            name!(recorded_at, TimestampWithTimeZone),
+            name!(statement_at, TimestampWithTimeZone),
+            name!(session_user_name, String),
+            name!(current_user_name, String),
+            name!(application_name, Option<String>),
+            name!(client_addr, Option<String>),
+            name!(context, Option<Vec<u8>>),
+            name!(table_schema, String),
+            name!(table_name, String),
+            name!(op, String),
+            name!(old_row, Option<Vec<u8>>),
+            name!(new_row, Option<Vec<u8>>),
+            name!(prev_hash, Vec<u8>),
+            name!(hash, Vec<u8>),
+        ),
+    >,
+    ErrorReport,
+> {
+    let base = record::Base {
+        first_event,
+        tx_id: tx_id as u64,
+    };
+    Ok(TableIterator::new(event_rows(base, segments, payload)))
+}
+
+/// 0.2.0's `record_events(first_event, segments, payload)`, without the
+/// record's tx_id: for a 0.2.0 schema's views until ALTER EXTENSION UPDATE
+/// replaces them. Such a schema gets version 1 frames, which need no tx_id;
+/// a packed one read here is unreadable. No SQL of this version declares it.
+#[allow(clippy::type_complexity)]
+#[pg_extern(sql = false)]
 fn record_events(
     first_event: i64,
     segments: i32,
@@ -314,19 +378,18 @@ fn record_events(
     >,
     ErrorReport,
 > {
+    let base = record::Base::without_tx_id(first_event);
+    Ok(TableIterator::new(event_rows(base, segments, payload)))
+}
+
+fn event_rows(base: record::Base, segments: i32, payload: &[u8]) -> impl Iterator<Item = EventRow> {
     let mut events = TxEvents {
-        // Called without the record's tx_id, which packed (version 2)
-        // frames need: none is written yet, and one read here is unreadable.
-        events: record::DecodedCursor::new(
-            payload.to_vec(),
-            segments != 0,
-            record::Base::without_tx_id(first_event),
-        ),
-        first_event,
+        events: record::DecodedCursor::new(payload.to_vec(), segments != 0, base),
+        first_event: base.first_event,
         part: None,
         rows: 0,
     };
-    let rows = std::iter::from_fn(move || {
+    std::iter::from_fn(move || {
         let ev = events.next_event().or_raise()?;
         Some((
             ev.id,
@@ -347,43 +410,75 @@ fn record_events(
             ev.prev_hash.to_vec(),
             ev.hash.to_vec(),
         ))
-    });
-    Ok(TableIterator::new(rows))
+    })
 }
 
 /// The hash of a record's last event: the `last_event_hash` of format v1's
 /// link, for the `audit_log.links` view.
 #[pg_extern(sql = r#"
-CREATE FUNCTION audit_log."record_last_hash"("first_event" bigint, "segments" integer, "payload" bytea)
+CREATE FUNCTION audit_log."record_last_hash"("first_event" bigint, "tx_id" bigint, "segments" integer, "payload" bytea)
 RETURNS bytea
 STABLE PARALLEL SAFE STRICT LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION audit_log.record_last_hash(bigint, integer, bytea) IS 'The recomputed hash of the last event of one record of audit_log.records: what its link covers.';
+COMMENT ON FUNCTION audit_log.record_last_hash(bigint, bigint, integer, bytea) IS 'The recomputed hash of the last event of one record of audit_log.records: what its link covers.';
 "#)]
+fn record_last_hash_of(
+    first_event: i64,
+    tx_id: i64,
+    segments: i32,
+    payload: &[u8],
+) -> Result<Vec<u8>, ErrorReport> {
+    let base = record::Base {
+        first_event,
+        tx_id: tx_id as u64,
+    };
+    last_hash(base, segments, payload)
+}
+
+/// 0.2.0's `record_last_hash(first_event, segments, payload)`: see
+/// [`record_events`].
+#[pg_extern(sql = false)]
 fn record_last_hash(
     first_event: i64,
     segments: i32,
     payload: &[u8],
 ) -> Result<Vec<u8>, ErrorReport> {
+    last_hash(record::Base::without_tx_id(first_event), segments, payload)
+}
+
+fn last_hash(base: record::Base, segments: i32, payload: &[u8]) -> Result<Vec<u8>, ErrorReport> {
     let mut h = ZERO_HASH;
     let snapshot = (segments != 0).then(SnapshotGuard::active);
     let parts = match &snapshot {
         Some(s) => Some(crate::store::segments(
             &catalog::lookup()?,
             s.0,
-            first_event,
+            base.first_event,
         )?),
         None => None,
     };
-    // An unreadable part is passed over, as the view's rows stop at it; so
-    // is a packed (version 2) frame, which needs the record's tx_id.
-    let base = record::Base::without_tx_id(first_event);
+    // An unreadable part is passed over, as the view's rows stop at it. A
+    // packed frame read without the record's tx_id (0.2.0's function, in a
+    // schema that should not hold one) is an error, not a wrong hash.
+    let mut blind = false;
     record::for_each_merged(parts.into_iter().flatten(), payload, |e| {
-        if let Ok(e @ record::Framed::V1(_)) = e {
-            h = e.hash(&h, base);
+        match e {
+            Ok(e) if !base.knows_tx_id() && e.version() == 2 => {
+                blind = true;
+                return std::ops::ControlFlow::Break(());
+            }
+            Ok(e) => h = e.hash(&h, base),
+            Err(_) => {}
         }
         std::ops::ControlFlow::Continue(())
     })?;
+    if blind {
+        return Err(AuditError::Invalid(format!(
+            "the record of event {} holds packed events, which this schema's record_last_hash() cannot read: run ALTER EXTENSION audit_log UPDATE",
+            base.first_event
+        ))
+        .into());
+    }
     Ok(h.to_vec())
 }

@@ -307,13 +307,20 @@ fn delete_record(oids: &Oids, chain: i32, seq: i64) -> Result<(), AuditError> {
 /// The anchors that the log's PURGE events record (the events' integrity is
 /// verified with every other event).
 pub fn claimed_anchors() -> Result<Vec<audit_log_core::ChainHead>, AuditError> {
+    // A 0.2.0 schema (the library updated, ALTER EXTENSION not yet run) has
+    // 0.2.0's record_events(), without the tx_id: its log is version 1.
+    let record_events = if crate::catalog::schema_reads_packed() {
+        "audit_log.record_events(r.first_event, r.tx_id::text::bigint, r.segments, r.payload)"
+    } else {
+        "audit_log.record_events(r.first_event, r.segments, r.payload)"
+    };
     Spi::connect(|c| {
         let t = c.select(
             &format!("SELECT (a->>'chain')::int, (a->>'seq')::int8, a->>'link_hash', (a->>'last_event')::int8
                FROM (SELECT e.* FROM {}.records r
-                      CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.segments, r.payload) e
+                      CROSS JOIN LATERAL {record_events} e
                      -- Only the records that can hold a PURGE event are unpacked.
-                     WHERE r.segments > 0 OR pg_catalog.position(r.payload, '\\x0000000550555247'::pg_catalog.bytea) > 0) x,
+                     WHERE r.segments > 0 OR pg_catalog.position(r.payload, '\\x055055524745'::pg_catalog.bytea) > 0) x,
                     LATERAL (SELECT x.op, x.table_schema,
                                     audit_log.canonical_json_text(x.new_row)::pg_catalog.jsonb AS new_row) e,
                     LATERAL pg_catalog.jsonb_array_elements(

@@ -924,12 +924,13 @@ fn candidates(snap: pg_sys::Snapshot, id: i64, lo: i64) -> Result<Vec<(i32, i64)
 /// A record read for a proof: its columns, its events' root (its segments
 /// merged with its payload, read one segment at a time) and, when one event
 /// was asked for, every event's hash and that event's canonical encoding
-/// with its tx_seq, if it holds it.
+/// with its tx_seq, if it holds it: its bytes as stored (a canonical
+/// encoding, or a packed frame), and whether they are packed.
 struct Whole {
     record: Record,
     events_root: Hash,
     hashes: Vec<Hash>,
-    event: Option<(i64, Vec<u8>)>,
+    event: Option<(i64, Vec<u8>, bool)>,
 }
 
 /// Record `seq` of `chain`: its columns, how many segments it has, and its
@@ -993,13 +994,11 @@ fn read_whole(
             hashes.push(prev);
         }
         if event.is_none() && want.is_some() && e.header(base).is_ok_and(|h| Some(h.id) == want) {
-            // A packed (version 2) frame's proof needs its own form, which
-            // comes with the writer of version 2; unreadable until then.
-            let Framed::V1(c) = e else {
-                unreadable = true;
-                return ControlFlow::Break(());
-            };
-            event = Some((tree.size() as i64, c.to_vec()));
+            // The proof shows it as its record stores it.
+            event = Some(match e {
+                Framed::V1(c) => (tree.size() as i64, c.to_vec(), false),
+                Framed::V2(f) => (tree.size() as i64, f.to_bytes(), true),
+            });
         }
         ControlFlow::Continue(())
     })?;
@@ -1030,7 +1029,7 @@ fn find_event(
             let Some(w) = read_whole(oids, snap, chain, seq, Some(id))? else {
                 continue;
             };
-            if let Some(tx_seq) = w.event.as_ref().map(|(tx_seq, _)| *tx_seq) {
+            if let Some(tx_seq) = w.event.as_ref().map(|(tx_seq, _, _)| *tx_seq) {
                 return Ok(Some((w, tx_seq)));
             }
         }
@@ -1145,10 +1144,10 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
     let src = &mut tiles.source;
     let r = &whole.record;
     let hashes = &whole.hashes;
-    let canonical = whole
+    let (bytes, packed) = whole
         .event
         .as_ref()
-        .map(|(_, e)| e.clone())
+        .map(|(_, e, p)| (e.as_slice(), *p))
         .ok_or_else(|| AuditError::Internal("the event left its record".into()))?;
     let prev_link_hash = src
         .link_hash_at(seq - 1)?
@@ -1170,7 +1169,12 @@ fn prove_impl(event_id: i64, cp: Option<Checkpoint>) -> Result<JsonB, AuditError
         Some(catalog::database_name()),
         record,
         hashes,
-        &canonical,
+        &match packed {
+            false => Framed::V1(bytes),
+            true => audit_log_core::encoding::packed::frame_at(bytes, 0)
+                .map(|(f, _)| Framed::V2(f))
+                .map_err(|_| AuditError::Internal("the event left its record".into()))?,
+        },
         tx_seq,
         tree,
         path,

@@ -124,16 +124,33 @@ pub fn append(
         };
         let tx_seq = s.head.count + 1;
         let (event, row_key) = build(s.tx_id, id, tx_seq, first);
-        // Encoded straight into the payload, after its length.
+        // Encoded straight into the payload: packed (version 2), or as
+        // version 1 for a 0.2.0 schema. The size hint is version 1's, which
+        // a packed frame does not pass but for strings over 256 MB.
         s.payload
             .try_reserve(4 + audit_log_core::encoding::event_size_hint(&event))?;
+        let mut packed = Ok(());
         let at = s.payload.append(|buf| {
-            audit_log_core::record::encode_event_into(buf, &event);
+            if s.oids.packed {
+                packed = audit_log_core::encoding::packed::encode_event(&event, first, buf);
+            } else {
+                audit_log_core::record::encode_event_into(buf, &event);
+            }
         });
-        s.head.hash = audit_log_core::hash::event_hash_from_encoding(
-            &s.head.hash,
-            &s.payload.bytes()[at + 4..],
-        );
+        let base = audit_log_core::record::Base {
+            first_event: first,
+            tx_id: s.tx_id,
+        };
+        s.head.hash = match packed.map(|()| audit_log_core::record::event_at(s.payload.bytes(), at))
+        {
+            Ok(Some(Ok((framed, _)))) => framed.hash(&s.head.hash, base),
+            _ => {
+                s.payload.truncate(at);
+                return Err(AuditError::Internal(format!(
+                    "event {id} could not be encoded"
+                )));
+            }
+        };
         s.head.count = tx_seq;
         if tx_seq == 1 {
             s.head.first_event = id;

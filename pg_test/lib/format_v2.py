@@ -70,6 +70,8 @@ import struct
 import sys
 
 EVENT_TAG = b"audit_log:event:v1\0"
+EVENT_TAG_V2 = b"audit_log:event:v2\0"
+FRAME = 0xA2  # the first byte of a packed (version 2) event frame
 LINK_TAG = b"audit_log:link:v1\0"
 ZERO = bytes(32)
 
@@ -190,18 +192,41 @@ def u64(v):
     return struct.pack(">Q", v)
 
 
-def text(s):
+def varint(n):
+    """Unsigned LEB128, shortest form."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def zigzag(v):
+    return ((v << 1) ^ (v >> 63)) & ((1 << 64) - 1)
+
+
+def unzigzag(n):
+    return (n >> 1) ^ -(n & 1)
+
+
+def length(n, packed=False):
+    return varint(n) if packed else struct.pack(">I", n)
+
+
+def text(s, packed=False):
     b = s.encode("utf-8")
-    return struct.pack(">I", len(b)) + b
+    return length(len(b), packed) + b
 
 
 def opt(v, enc):
     return b"\x00" if v is None else b"\x01" + enc(v)
 
 
-def enc_json(v):
-    """The `json` encoding, with a stack of work instead of recursion.
-    Bytes on the stack are already encoded (an object's keys)."""
+def enc_json(v, packed=False):
+    """The `json` encoding (packed: with varint lengths and counts), with a
+    stack of work instead of recursion. Bytes on the stack are already
+    encoded (an object's keys)."""
     out = []
     todo = [v]
     while todo:
@@ -215,18 +240,18 @@ def enc_json(v):
         elif x is True:
             out.append(b"\x02")
         elif isinstance(x, Num):
-            out.append(b"\x03" + text(str(x)))
+            out.append(b"\x03" + text(str(x), packed))
         elif isinstance(x, str):
-            out.append(b"\x04" + text(x))
+            out.append(b"\x04" + text(x, packed))
         elif isinstance(x, list):
-            out.append(b"\x05" + struct.pack(">I", len(x)))
+            out.append(b"\x05" + length(len(x), packed))
             todo.extend(reversed(x))
         elif isinstance(x, dict):
             items = sorted(x.items(), key=lambda kv: kv[0].encode("utf-8"))
-            out.append(b"\x06" + struct.pack(">I", len(items)))
+            out.append(b"\x06" + length(len(items), packed))
             for k, val in reversed(items):
                 todo.append(val)
-                todo.append(text(k))
+                todo.append(text(k, packed))
         else:
             raise TypeError(f"not JSON: {type(x).__name__}")
     return b"".join(out)
@@ -246,11 +271,12 @@ _JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)
 class Reader:
     """Reads the primitive encodings of FORMAT.md from bytes, checking each."""
 
-    __slots__ = ("b", "pos")
+    __slots__ = ("b", "pos", "packed")
 
-    def __init__(self, b):
+    def __init__(self, b, packed=False):
         self.b = b
         self.pos = 0
+        self.packed = packed  # lengths and counts as varints (a packed body)
 
     def take(self, n):
         end = self.pos + n
@@ -269,9 +295,26 @@ class Reader:
     def u32(self):
         return struct.unpack(">I", self.take(4))[0]
 
+    def varint(self, limit=64):
+        """Unsigned LEB128 in its shortest form, below 2**limit."""
+        at, v, shift = self.pos, 0, 0
+        while True:
+            b = self.take(1)[0]
+            v |= (b & 0x7F) << shift
+            if b < 0x80:
+                if (b == 0 and shift > 0) or v >> limit:
+                    raise Malformed(f"the varint at byte {at} is not in its shortest form, or too large")
+                return v
+            shift += 7
+            if shift > 63:
+                raise Malformed(f"the varint at byte {at} runs past 10 bytes")
+
+    def length(self):
+        return self.varint(32) if self.packed else self.u32()
+
     def raw_text(self):
         at = self.pos
-        b = self.take(self.u32())
+        b = self.take(self.length())
         try:
             b.decode("utf-8")
         except UnicodeDecodeError:
@@ -308,7 +351,7 @@ class Reader:
             elif tag == 0x02:
                 value = True
             elif tag == 0x03:
-                n = self.take(self.u32())
+                n = self.take(self.length())
                 if not _JSON_NUMBER.fullmatch(n):
                     raise Malformed(f"number {n[:40]!r} at byte {at} is not a JSON number")
                 value = Num(n.decode("ascii")) if build else None
@@ -316,9 +359,10 @@ class Reader:
                 s = self.raw_text()
                 value = s.decode("utf-8") if build else None
             elif tag in (0x05, 0x06):
-                count = self.u32()
-                # An item takes at least 1 byte, a member at least 5.
-                if count * (5 if tag == 0x06 else 1) > len(self.b) - self.pos:
+                count = self.length()
+                # An item takes at least 1 byte, a member at least 5 (2 packed:
+                # an empty key's length, and a tag).
+                if count * ((2 if self.packed else 5) if tag == 0x06 else 1) > len(self.b) - self.pos:
                     raise Malformed(f"a container at byte {at} claims {count} items, more than the bytes left")
                 container = ({} if tag == 0x06 else []) if build else None
                 stack.append([count, tag == 0x06, None, container, None])
@@ -362,13 +406,51 @@ def decode_event(canonical):
     """An event's canonical encoding, decoded in full (every field read and
     checked, nothing left over). Returns its id, tx_id, tx_seq, table_schema,
     op, where its new_row starts (the last field), and for a PURGE event of
-    the log its new_row as a value."""
+    the log its new_row as a value; with what its hash covers (version 1)."""
     r = Reader(canonical)
     e = {"id": r.i64(), "tx_id": r.u64(), "tx_seq": r.i64()}
     r.i64()  # recorded_at
     r.i64()  # statement_at
     r.text()  # session_user_name
     r.text()  # current_user_name
+    e["tag"], e["hashed"] = EVENT_TAG, canonical
+    return rest_of_event(r, e)
+
+
+def decode_packed(frame, first_event, tx_id):
+    """A packed (version 2) frame, its ids from its record's first event and
+    tx_id, decoded in full as decode_event decodes a canonical encoding;
+    new_row_at is in the body. The frame's own bytes are kept ("frame"),
+    and its body ("body")."""
+    r = Reader(frame)
+    if r.take(1)[0] != FRAME:
+        raise Malformed("a packed frame starts with 0xA2")
+    # The id's distance wraps around on 64 bits, as FORMAT.md says.
+    delta = unzigzag(r.varint())
+    e = {"id": (first_event + delta + (1 << 63)) % (1 << 64) - (1 << 63), "tx_id": tx_id, "tx_seq": r.varint()}
+    if e["tx_seq"] >= (1 << 63):
+        raise Malformed("a tx_seq of 2**63 or more")
+    n = r.varint()
+    body = r.take(n)
+    if r.pos != len(frame):
+        raise Malformed(f"{len(frame) - r.pos} byte(s) after the frame's body")
+    b = Reader(body, packed=True)
+    b.i64()  # recorded_at
+    b.varint()  # recorded_at - statement_at, zigzag
+    session = b.raw_text()
+    at = b.pos
+    marker = b.take(1)[0]
+    if marker not in (0, 1) or (marker == 1 and b.raw_text() == session):
+        raise Malformed(f"the current user at byte {at} is not in its one form")
+    e["tag"] = EVENT_TAG_V2
+    e["hashed"] = i64(e["id"]) + u64(tx_id) + i64(e["tx_seq"]) + body
+    e["frame"], e["body"] = frame, body
+    return rest_of_event(b, e)
+
+
+def rest_of_event(r, e):
+    """The fields after the users, alike in both versions but for how
+    lengths are spelt."""
     r.opt(r.text)  # application_name
     r.opt(r.text)  # client_addr
     r.opt(r.json)  # context
@@ -379,16 +461,33 @@ def decode_event(canonical):
     e["new_row_at"] = r.pos
     purge = e["table_schema"] == "audit_log" and e["op"] == "PURGE"
     new_row = r.opt(lambda: r.json(build=purge))
-    if r.pos != len(canonical):
-        raise Malformed(f"{len(canonical) - r.pos} byte(s) after the event's last field")
+    if r.pos != len(r.b):
+        raise Malformed(f"{len(r.b) - r.pos} byte(s) after the event's last field")
     e["purge"] = new_row if purge else None
     return e
 
 
+def packed_frame(id_delta, tx_seq, body):
+    return bytes([FRAME]) + varint(zigzag(id_delta)) + varint(tx_seq) + varint(len(body)) + body
+
+
 def split(payload):
-    """A payload's events: each a u32 length and that many bytes."""
+    """A payload's events, as stored: each a u32 length and that many bytes
+    (version 1: the canonical encoding), or a packed frame (version 2, its
+    whole bytes)."""
     out, pos = [], 0
     while pos < len(payload):
+        if payload[pos] == FRAME:
+            r = Reader(payload)
+            r.pos = pos + 1
+            r.varint()
+            r.varint()
+            n = r.varint()
+            if r.pos + n > len(payload):
+                raise Malformed(f"the frame at byte {pos} ({n} bytes) runs past the payload's end ({len(payload)})")
+            out.append(payload[pos:r.pos + n])
+            pos = r.pos + n
+            continue
         if pos + 4 > len(payload):
             raise Malformed(f"a length prefix at byte {pos} runs past the payload's end ({len(payload)})")
         n = struct.unpack_from(">I", payload, pos)[0]
@@ -400,7 +499,14 @@ def split(payload):
 
 
 def join(events):
-    return b"".join(struct.pack(">I", len(c)) + c for c in events)
+    return b"".join(c if c[:1] == bytes([FRAME]) else struct.pack(">I", len(c)) + c for c in events)
+
+
+def decode_stored(c, rec):
+    """One event as split() gives it, of the record rec."""
+    if c[:1] == bytes([FRAME]):
+        return decode_packed(c, rec["first_event"], rec["tx_id"])
+    return decode_event(c)
 
 
 def record_events(rec, segs):
@@ -415,12 +521,12 @@ def record_events(rec, segs):
         if not evs:
             raise Malformed(f"segment {s['first_event']}/{s['part']} holds no event")
         for i, c in enumerate(evs):
-            d = decode_event(c)
+            d = decode_stored(c, rec)
             if d["tx_seq"] != s["part"] + i:
                 raise Malformed(f"segment {s['first_event']}/{s['part']}: its event {i + 1} (id {d['id']}) "
                                 f"is at tx_seq {d['tx_seq']}, not {s['part'] + i}")
             spilled.append((c, d, ("segment", s["part"], i)))
-    kept = [(c, decode_event(c), ("payload", i)) for i, c in enumerate(split(rec["payload"]))]
+    kept = [(c, decode_stored(c, rec), ("payload", i)) for i, c in enumerate(split(rec["payload"]))]
     out, i, j = [], 0, 0
     while i < len(spilled) or j < len(kept):
         if j < len(kept) and (i == len(spilled) or kept[j][1]["tx_seq"] < spilled[i][1]["tx_seq"]):
@@ -444,7 +550,7 @@ def digest(rec, events):
         if last is not None and d["id"] <= last:
             raise Malformed(f"event {d['id']} follows event {last}")
         last = d["id"]
-        h = hashlib.sha256(EVENT_TAG + h + c).digest()
+        h = hashlib.sha256(d["tag"] + h + d["hashed"]).digest()
     if not events:
         raise Malformed("it holds no event")
     if len(events) != rec["event_count"]:
@@ -604,7 +710,11 @@ def rewrite_dump(records, segments, anchors, event_id, new_row, whole_chain):
     if found is None:
         raise ValueError(f"no record holds event {event_id}")
     k, rec, evs, (canonical, d, where) = found
-    forged = canonical[:d["new_row_at"]] + b"\x01" + enc_json(parse_json(new_row))
+    if "body" in d:
+        body = d["body"][:d["new_row_at"]] + b"\x01" + enc_json(parse_json(new_row), packed=True)
+        forged = packed_frame(d["id"] - rec["first_event"], d["tx_seq"], body)
+    else:
+        forged = canonical[:d["new_row_at"]] + b"\x01" + enc_json(parse_json(new_row))
     sql = []
     if where[0] == "payload":
         kept = split(rec["payload"])
@@ -656,7 +766,25 @@ def event_hash(e, prev):
         + text(e["table_schema"]) + text(e["table_name"]) + text(e["op"])
         + opt(rows["old_row"], bytes) + opt(rows["new_row"], bytes)
     )
-    return hashlib.sha256(EVENT_TAG + prev + canonical).digest()
+    h = hashlib.sha256(EVENT_TAG + prev + canonical).digest()
+    if h.hex() == e["hash"]:
+        return h
+    # The logical form does not say how the record stored the event: its
+    # stated hash is its own if it is the version 2 hash of its packed body.
+    rows_v2 = e["rows_v2"]
+    pt = lambda s: text(s, packed=True)  # noqa: E731
+    apart = (e["recorded_at"] - e["statement_at"] + (1 << 63)) % (1 << 64) - (1 << 63)
+    session, current = e["session_user_name"], e["current_user_name"]
+    body = (
+        i64(e["recorded_at"]) + varint(zigzag(apart)) + pt(session)
+        + (b"\x00" if current == session else b"\x01" + pt(current))
+        + opt(e["application_name"], pt) + opt(e["client_addr"], pt)
+        + opt(rows_v2["context"], bytes)
+        + pt(e["table_schema"]) + pt(e["table_name"]) + pt(e["op"])
+        + opt(rows_v2["old_row"], bytes) + opt(rows_v2["new_row"], bytes)
+    )
+    h2 = hashlib.sha256(EVENT_TAG_V2 + prev + i64(e["id"]) + u64(e["tx_id"]) + i64(e["tx_seq"]) + body).digest()
+    return h2 if h2.hex() == e["hash"] else h
 
 
 def link_hash(l, prev):
@@ -689,6 +817,7 @@ def from_export(rec):
     e["session_user_name"] = rec["session_user"]
     e["current_user_name"] = rec["current_user"]
     e["rows"] = {c: enc_json(rec[c]) if c in rec else None for c in ROWS}
+    e["rows_v2"] = {c: enc_json(rec[c], packed=True) if c in rec else None for c in ROWS}
     return e
 
 
@@ -861,9 +990,11 @@ def first_tx_seq(payload):
     its first event. 0 if that event is unreadable: record_events reports
     the segment then, before it looks at the part."""
     try:
-        n = struct.unpack_from(">I", payload, 0)[0]
-        return decode_event(payload[4:4 + n])["tx_seq"] if 4 + n <= len(payload) else 0
-    except (struct.error, Malformed):
+        first = split(payload)[0]
+        if first[:1] == bytes([FRAME]):
+            return decode_packed(first, 0, 0)["tx_seq"]
+        return decode_event(first)["tx_seq"]
+    except (struct.error, Malformed, IndexError):
         return 0
 
 
@@ -1218,8 +1349,8 @@ def consistency_holds(first, second, first_root, second_root, proof):
 
 def event_hashes(events):
     h, out = ZERO, []
-    for c, _, _ in events:
-        h = hashlib.sha256(EVENT_TAG + h + c).digest()
+    for _, d, _ in events:
+        h = hashlib.sha256(d["tag"] + h + d["hashed"]).digest()
         out.append(h)
     return out
 
@@ -1255,8 +1386,14 @@ def check_proof(proof, checkpoint):
               proof["tree"]["root"], *proof["path"], *proof["event_path"]]:
         if not (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)):
             raise Problem("a hash is not 64 lowercase hex digits")
-    canonical = bytes.fromhex(proof["event"])
-    d = decode_event(canonical)
+    stored = bytes.fromhex(proof["event"])
+    version = proof.get("event_hash_version", 1)
+    if version == 1:
+        d = decode_event(stored)
+    elif version == 2:
+        d = decode_packed(stored, rec["first_event"], rec["tx_id"])
+    else:
+        raise Problem(f"event_hash_version {version!r} is not 1 or 2")
     if d["id"] != proof["event_id"] or d["tx_id"] != rec["tx_id"]:
         raise Problem("the event is not the one named, or not of the record's transaction")
     if not rec["first_event"] <= d["id"] <= rec["last_event"] or not 1 <= d["tx_seq"] <= rec["event_count"]:
@@ -1264,7 +1401,7 @@ def check_proof(proof, checkpoint):
     prev = bytes.fromhex(proof["prev_event_hash"])
     if (d["tx_seq"] == 1) != (prev == ZERO):
         raise Problem("prev_event_hash is zero exactly for tx_seq 1")
-    h = hashlib.sha256(EVENT_TAG + prev + canonical).digest()
+    h = hashlib.sha256(d["tag"] + prev + d["hashed"]).digest()
     last = bytes.fromhex(rec["last_event_hash"])
     if d["tx_seq"] == rec["event_count"] and h != last:
         raise Problem("the last event's hash is not last_event_hash")
@@ -1322,7 +1459,17 @@ def check_consistency(c, old):
 
 
 def self_test():
-    """The vectors of FORMAT.md, "Merkle trees", and RFC 9162's example."""
+    """The vectors of FORMAT.md ("Packed events", "Merkle trees") and RFC
+    9162's example."""
+    frame = bytes.fromhex(
+        "a2000167000647484622224080890f036170700001047073716c0000067075626c6963066f7264657273065550444154450106"
+        "0306616d6f756e74030531302e3530026964030131046e6f74650402c3a901060306616d6f756e7403023131026964030131046e"
+        "6f746500")
+    d = decode_packed(frame, 42, 777)
+    assert (d["id"], d["tx_seq"], d["op"]) == (42, 1, "UPDATE")
+    h = hashlib.sha256(d["tag"] + ZERO + d["hashed"]).hexdigest()
+    assert h == "258f1633a95a6cbeeecd1d2e77a484acd2b5c7234b7a664f0a99dccb714a5f55", h
+    assert packed_frame(0, 1, d["body"]) == frame
     d = [leaf_hash(bytes([i])) for i in range(7)]
     assert mth(d).hex() == "3560191803028444b232018ac047fdb561c09c23a7a6876c85e08b5e4d48e9f3"
     assert leaf_hash(b"").hex() == "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"

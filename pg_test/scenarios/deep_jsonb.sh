@@ -102,8 +102,8 @@ done
 lap; echo "  verify() and verify(checkpoint) ok over $events events, with 0 and 2 worker threads $took"
 
 # A superuser edits the innermost string of the 100,000-deep new_row, in the
-# stored bytes of its record: in the canonical encoding the string is the tag
-# 0x04, its u32 length (9) and its bytes. v2 locates an edit to its
+# stored bytes of its record: in a packed frame the string is the tag 0x04,
+# its length as a varint (9) and its bytes. v2 locates an edit to its
 # transaction (its first event): the INSERT is alone in its transaction, so
 # that is the event itself.
 target=$(q -c "SELECT id FROM audit_log.events WHERE table_name = 'deep' AND op = 'INSERT' AND new_row->>'id' = '2'")
@@ -112,10 +112,10 @@ target=$(q -c "SELECT id FROM audit_log.events WHERE table_name = 'deep' AND op 
 for threads in 0 2; do
     v=$(q -c "SET client_min_messages = error" -c "BEGIN" -c "ALTER TABLE audit_log.records DISABLE TRIGGER USER" \
           -c "UPDATE audit_log.records SET payload = decode(replace(encode(payload, 'hex'),
-                  '0400000009' || encode('core-100k', 'hex'), '0400000009' || encode('core-100K', 'hex')), 'hex')
+                  '0409' || encode('core-100k', 'hex'), '0409' || encode('core-100K', 'hex')), 'hex')
               WHERE first_event = $target" \
           -c "SELECT count(*) FROM audit_log.records WHERE first_event = $target
-                AND position('\x0400000009'::bytea || 'core-100K'::bytea IN payload) > 0" \
+                AND position('\x0409'::bytea || 'core-100K'::bytea IN payload) > 0" \
           -c "SET audit_log.verify_threads = $threads" \
           -c "SELECT ok, first_bad_event, split_part(problem, ':', 1) FROM audit_log.verify()" -c "ROLLBACK")
     [ "$v" = "1
@@ -159,7 +159,7 @@ lap; echo "  format_v2.py on the edited export: exit 1 $took"
 set +e
 out=$({ echo "SET client_min_messages = error; BEGIN; ALTER TABLE audit_log.records DISABLE TRIGGER USER;"
         echo "UPDATE audit_log.records SET payload = decode(replace(encode(payload, 'hex'),
-                '0400000009' || encode('core-100k', 'hex'), '0400000009' || encode('core-100K', 'hex')), 'hex')
+                '0409' || encode('core-100k', 'hex'), '0409' || encode('core-100K', 'hex')), 'hex')
               WHERE first_event = $target;"
         cat "$here/lib/dump_log.sql"; echo "ROLLBACK;"; } | q | $py verify 2>&1)
 rc=$?

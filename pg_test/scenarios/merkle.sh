@@ -41,7 +41,7 @@ run witness --dsn "$dsn" --state "$work/w" --key "$work/key"; expect 0 "first wi
 # 1. Load, with checkpoints and proofs taken by an auditor meanwhile. One
 # transaction spills its events to segments (past 1 MB).
 pgbench -n -c 4 -j 2 -T 8 -f "$WL_SCRIPT" "$WL_DB" >"$work/pgbench.out" 2>&1 & load=$!
-wl_q -c "INSERT INTO t3 SELECT g, g FROM generate_series(100000, 112000) g"
+wl_q -c "INSERT INTO t3 SELECT g, g FROM generate_series(100000, 125000) g"
 n=0
 while kill -0 $load 2>/dev/null; do
     aq -c "SELECT audit_log.checkpoint()" >"$work/cp_$n.json"
@@ -240,7 +240,7 @@ load() { pgbench -n -c 4 -j 2 -T "$1" -f "$WL_SCRIPT" "$WL_DB" >"$work/pgbench_s
 purge_before() { wl_q -c "SELECT * FROM audit_log.purge((SELECT committed_at FROM audit_log.records ORDER BY committed_at DESC OFFSET $1 LIMIT 1))" >/dev/null; }
 copy() { psql -X -q -d postgres -c "CREATE DATABASE al_proofs_$2 TEMPLATE al_proofs_$1"; }
 wl_q -c "SELECT audit_log.set_retention('0')" >/dev/null
-load 3 & l=$!; wl_q -c "INSERT INTO t3 SELECT g, g FROM generate_series(200000, 212000) g"; wait $l
+load 3 & l=$!; wl_q -c "INSERT INTO t3 SELECT g, g FROM generate_series(200000, 225000) g"; wait $l
 wl_q -c "SELECT audit_log.checkpoint()" >/dev/null
 load 3
 copy scan scan_f; copy scan scan_g

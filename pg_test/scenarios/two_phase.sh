@@ -20,17 +20,17 @@ wl_q -c "CREATE TABLE plain (id int PRIMARY KEY)"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
-# An audited prepared transaction: rows of t1 keyed from $2 * 10000. One in
-# three is large (8,000 rows, past the 1 MB that makes it spill segments
+# An audited prepared transaction: rows of t1 keyed from $2 * 100000. One in
+# three is large (20,000 rows, past the 1 MB that makes it spill segments
 # before PREPARE); each also rolls a savepoint back.
 prepare() {  # $1: gid, $2: key base
     local rows=3
-    [ $(($2 % 3)) = 0 ] && rows=8000
+    [ $(($2 % 3)) = 0 ] && rows=20000
     wl_q -c "BEGIN" \
          -c "SELECT set_config('audit_log.context', '{\"xa\": \"$1\"}', true)" \
-         -c "INSERT INTO t1 SELECT $2 * 10000 + g, g FROM generate_series(1, $rows) g" \
-         -c "SAVEPOINT s" -c "DELETE FROM t1 WHERE k = $2 * 10000 + 1" -c "ROLLBACK TO s" \
-         -c "UPDATE t1 SET v = v + 1 WHERE k = $2 * 10000 + 1" \
+         -c "INSERT INTO t1 SELECT $2 * 100000 + g, g FROM generate_series(1, $rows) g" \
+         -c "SAVEPOINT s" -c "DELETE FROM t1 WHERE k = $2 * 100000 + 1" -c "ROLLBACK TO s" \
+         -c "UPDATE t1 SET v = v + 1 WHERE k = $2 * 100000 + 1" \
          -c "INSERT INTO witness VALUES (pg_current_xact_id())" \
          -c "PREPARE TRANSACTION '$1'" >/dev/null
 }

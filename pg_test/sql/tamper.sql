@@ -1,8 +1,8 @@
 -- A superuser who bypasses the guards: every kind of change is detected and
 -- named. Each case runs in a transaction that is rolled back afterwards.
 -- Storage format v2: the log is audit_log.records, one row per committed
--- transaction, whose payload holds the canonical encoding of each of its
--- events (docs/FORMAT.md); audit_log.events and audit_log.links are views
+-- transaction, whose payload holds the packed frame of each of its events
+-- (docs/FORMAT.md); audit_log.events and audit_log.links are views
 -- over it. The tampering below is done to the records themselves, byte by
 -- byte, as a forger who has read docs/FORMAT.md would do it.
 CREATE DATABASE al_tamper;
@@ -48,38 +48,72 @@ CREATE FUNCTION changed() RETURNS TABLE (id bigint, change text) LANGUAGE sql AS
       OR to_jsonb(a) - 'hash' - 'prev_hash' <> to_jsonb(b) - 'hash' - 'prev_hash'
    ORDER BY 1 $$;
 
--- The forger's tools, from docs/FORMAT.md. A payload is, per event, a u32
--- byte length and the event's canonical encoding: evs() splits one into
--- its events, pack() joins events into one, put() replaces its n-th event.
+-- The forger's tools, from docs/FORMAT.md. A payload is a run of packed
+-- event frames: 0xA2, varints of the id's distance from the record's first
+-- event (zigzag) and of tx_seq, the body's length as a varint, the body.
+-- evs() splits one into its events, each its frame without the length
+-- (head, then body); pack() frames such events again; put() replaces the
+-- n-th event of a payload; head() makes the start of a frame.
+CREATE FUNCTION varint(n bigint) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE out bytea := '';
+BEGIN
+  WHILE n >= 128 LOOP
+    out := out || set_byte('\x00'::bytea, 0, ((n & 127) | 128)::int);
+    n := n >> 7;
+  END LOOP;
+  RETURN out || set_byte('\x00'::bytea, 0, n::int);
+END $$;
+-- The varint at pos (0-based, as get_byte counts), and where it ends.
+CREATE FUNCTION get_varint(p bytea, pos int, OUT v bigint, OUT next int) LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE b int; s int := 0;
+BEGIN
+  v := 0; next := pos;
+  LOOP
+    b := get_byte(p, next); next := next + 1;
+    v := v | ((b & 127)::bigint << s); s := s + 7;
+    EXIT WHEN b < 128;
+  END LOOP;
+END $$;
+-- How many bytes an event's head takes (0xA2, id, tx_seq): its body follows.
+CREATE FUNCTION head_len(e bytea) RETURNS int LANGUAGE sql IMMUTABLE AS $$
+  SELECT (get_varint(e, (get_varint(e, 1)).next)).next $$;
+CREATE FUNCTION head(id_delta bigint, tx_seq bigint) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
+  SELECT '\xa2'::bytea || varint((id_delta << 1) # (id_delta >> 63)) || varint(tx_seq) $$;
+CREATE FUNCTION body(e bytea) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
+  SELECT substring(e FROM head_len(e) + 1) $$;
 CREATE FUNCTION evs(p bytea) RETURNS bytea[] LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
   out bytea[] := '{}';
-  pos int := 0;  -- 0-based, as get_byte counts
-  n int;
+  pos int := 0;
+  h int;
+  l record;
 BEGIN
   WHILE pos < length(p) LOOP
-    n := (get_byte(p, pos) << 24) | (get_byte(p, pos + 1) << 16) | (get_byte(p, pos + 2) << 8) | get_byte(p, pos + 3);
-    out := array_append(out, substring(p FROM pos + 5 FOR n));
-    pos := pos + 4 + n;
+    IF get_byte(p, pos) <> 162 THEN RAISE EXCEPTION 'evs: no frame at byte %', pos; END IF;
+    h := head_len(substring(p FROM pos + 1)) + pos;
+    l := get_varint(p, h);
+    out := array_append(out, substring(p FROM pos + 1 FOR h - pos) || substring(p FROM l.next + 1 FOR l.v::int));
+    pos := l.next + l.v::int;
   END LOOP;
   RETURN out;
 END $$;
 CREATE FUNCTION pack(e bytea[]) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
-  SELECT coalesce(string_agg(int4send(length(x)) || x, ''::bytea ORDER BY i), ''::bytea)
+  SELECT coalesce(string_agg(substring(x FROM 1 FOR head_len(x)) || varint(length(x) - head_len(x)) || body(x),
+                             ''::bytea ORDER BY i), ''::bytea)
     FROM unnest(e) WITH ORDINALITY AS u(x, i) $$;
 CREATE FUNCTION put(p bytea, n int, e bytea) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE a bytea[] := evs(p);
 BEGIN a[n] := e; RETURN pack(a); END $$;
--- An event's encoding starts with i64 id (bytes 1..8), u64 tx_id (9..16),
--- i64 tx_seq (17..24), i64 recorded_at (25..32, µs since 1970), i64
--- statement_at (33..40), then session_user_name as text (from byte 41).
+-- A body starts with i64 recorded_at (µs since 1970), the statement's
+-- start as a varint distance from it, then session_user_name as text and
+-- the current user (0x00: the same).
 CREATE FUNCTION set_i64(e bytea, at int, v bigint) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
   SELECT overlay(e PLACING int8send(v) FROM at FOR 8) $$;
 CREATE FUNCTION get_i64(e bytea, at int) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
   SELECT ('x' || encode(substring(e FROM at FOR 8), 'hex'))::bit(64)::bigint $$;
--- text: u32 byte length and UTF-8; a JSON string: tag 0x04, then text.
+-- text: a varint byte length and UTF-8; a JSON string: tag 0x04, then text.
 CREATE FUNCTION txt(s text) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
-  SELECT int4send(octet_length(s)) || convert_to(s, 'UTF8') $$;
+  SELECT varint(octet_length(s)) || convert_to(s, 'UTF8') $$;
 CREATE FUNCTION jstr(s text) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
   SELECT '\x04'::bytea || txt(s) $$;
 -- The first occurrence of old in b replaced by new (an error if there is none).
@@ -101,7 +135,7 @@ BEGIN
                     decode(repeat('00', 32), 'hex'))
         || int8send(r.chain_id) || int8send(r.seq) || int8send(r.tx_id::text::bigint)
         || int8send(r.event_count) || int8send(r.first_event) || int8send(r.last_event)
-        || audit_log.record_last_hash(r.first_event, r.segments, r.payload)
+        || audit_log.record_last_hash(r.first_event, r.tx_id::text::bigint, r.segments, r.payload)
         || int8send((extract(epoch FROM r.committed_at) * 1000000)::bigint))
      WHERE chain_id = 0 AND seq = r.seq;
   END LOOP;
@@ -147,15 +181,17 @@ UPDATE audit_log.records SET payload =
 SELECT * FROM changed();
 SELECT * FROM check_log(); ROLLBACK;
 
-BEGIN; SELECT unguard();   -- a time: event 5 recorded a second later
+BEGIN; SELECT unguard();   -- a time: event 5 recorded a second later (and its statement start, stored as a distance from it)
 UPDATE audit_log.records SET payload =
-  put(payload, 1, set_i64((evs(payload))[1], 25, get_i64((evs(payload))[1], 25) + 1000000)) WHERE seq = 3;
+  put(payload, 1, set_i64((evs(payload))[1], head_len((evs(payload))[1]) + 1,
+                          get_i64((evs(payload))[1], head_len((evs(payload))[1]) + 1) + 1000000)) WHERE seq = 3;
 SELECT * FROM changed();
 SELECT * FROM check_log(); ROLLBACK;
 
-BEGIN; SELECT unguard();   -- an actor: event 6's session user made mallory
+BEGIN; SELECT unguard();   -- an actor: event 6's session user made mallory (its current user stays postgres)
 UPDATE audit_log.records SET payload =
-  put(payload, 1, overlay((evs(payload))[1] PLACING txt('mallory') FROM 41 FOR length(txt('postgres')))) WHERE seq = 4;
+  put(payload, 1, subst((evs(payload))[1], txt('postgres') || '\x00'::bytea,
+                        txt('mallory') || '\x01'::bytea || txt('postgres'))) WHERE seq = 4;
 SELECT * FROM changed();
 SELECT * FROM check_log(); ROLLBACK;
 
@@ -178,24 +214,25 @@ SELECT * FROM check_log(); ROLLBACK;
 -- Inserting into records needs no guard disabled (only the owner may), but
 -- a forged record does not hash to the link hash it must carry. Here, a
 -- transaction of its own (tx 999999) with one event (1000), a copy of event
--- 5 with another row, and a copy of the head's link hash.
+-- 5 with another row, and a copy of the head's link hash. (A frame takes
+-- its id and tx_id from its record: the copy is event 1000 of tx 999999.)
 BEGIN;
 INSERT INTO audit_log.records
 SELECT 0, 6, '999999', 1000, 1000, 1, clock_timestamp(), 0, link_hash,
-       pack(ARRAY[subst(set_i64(set_i64((evs(payload))[1], 1, 1000), 9, 999999),
-                        txt('v') || jstr('d'), txt('v') || jstr('forged'))])
+       pack(ARRAY[subst((evs(payload))[1], txt('v') || jstr('d'), txt('v') || jstr('forged'))])
   FROM audit_log.records WHERE seq = 3;
 SELECT * FROM changed();
 SELECT * FROM check_log(); ROLLBACK;
 
 BEGIN; SELECT unguard();   -- a forged event (1001, a copy of event 5) slipped into a committed transaction
-UPDATE audit_log.records SET payload = pack(ARRAY[(evs(payload))[1], set_i64(set_i64((evs(payload))[1], 1, 1001), 17, 2)]),
+UPDATE audit_log.records SET payload = pack(ARRAY[(evs(payload))[1], head(1001 - 5, 2) || body((evs(payload))[1])]),
   event_count = 2, last_event = 1001 WHERE seq = 3;
 SELECT * FROM changed();
 SELECT * FROM check_log(); ROLLBACK;
 
 BEGIN; SELECT unguard();   -- an event moved into another transaction: event 8 from record 0/5 to the end of 0/2
-UPDATE audit_log.records SET payload = payload || int4send(length(e)) || e, event_count = 4, last_event = 8
+-- (as it was, id 8 at tx_seq 2; its tx_id is now its new record's)
+UPDATE audit_log.records SET payload = payload || pack(ARRAY[head(8 - 2, 2) || body(e)]), event_count = 4, last_event = 8
   FROM (SELECT (evs(payload))[2] AS e FROM audit_log.records WHERE seq = 5) m WHERE seq = 2;
 UPDATE audit_log.records SET payload = pack((evs(payload))[1:1]), event_count = 1, last_event = 7 WHERE seq = 5;
 SELECT * FROM changed();

@@ -26,7 +26,7 @@ use crate::encoding::decode::Malformed;
 use crate::hash::{Hash, ZERO_HASH};
 use crate::merkle::{self, leaf_hash, root_from_inclusion, Subtrees};
 use crate::model::{hex_hash, Checkpoint, Event, TreeHead};
-use crate::record::{decode_event, for_each_merged, header, merged, Base, Record};
+use crate::record::{decode_framed, for_each_merged, header, merged, Base, Framed, Record};
 
 pub const LEAF_TAG: &[u8] = b"audit_log:leaf:v1\0";
 /// Height of a tile: 256 hashes.
@@ -249,8 +249,13 @@ pub struct EventProof {
     #[serde(default)]
     pub database: Option<String>,
     pub event_id: i64,
-    /// The event's canonical encoding, in hex.
+    /// The event as its record stores it, in hex: its canonical encoding
+    /// (version 1), or its packed frame (version 2).
     pub event: String,
+    /// Which rule hashes the event (docs/FORMAT.md): 1 or 2, as `event`
+    /// holds it. Absent in a proof of a version 1 event.
+    #[serde(default = "version_1", skip_serializing_if = "is_version_1")]
+    pub event_hash_version: u8,
     #[serde(with = "hex_hash")]
     pub prev_event_hash: Hash,
     /// The event's inclusion path in its transaction's events tree.
@@ -261,6 +266,14 @@ pub struct EventProof {
     /// The record's inclusion path in its chain's tree.
     #[serde(with = "hex_list")]
     pub path: Vec<Hash>,
+}
+
+fn version_1() -> u8 {
+    1
+}
+
+fn is_version_1(v: &u8) -> bool {
+    *v == 1
 }
 
 impl EventProof {
@@ -278,9 +291,23 @@ impl EventProof {
     pub fn check(&self) -> Result<Event, ProofError> {
         let r = &self.record;
         let bytes = hex::decode(&self.event).map_err(|e| invalid(format!("event: {e}")))?;
-        let ev = decode_event(&bytes, r.first_event, self.prev_event_hash)
-            .map_err(|_| invalid("the event's encoding is unreadable"))?;
-        let h = header(&bytes).map_err(|_| invalid("the event's encoding is unreadable"))?;
+        let unreadable = || invalid("the event's encoding is unreadable");
+        let base = Base {
+            first_event: r.first_event,
+            tx_id: r.tx_id,
+        };
+        let framed = match self.event_hash_version {
+            1 => Framed::V1(&bytes),
+            2 => match crate::encoding::packed::frame_at(&bytes, 0) {
+                Ok((f, end)) if end == bytes.len() => Framed::V2(f),
+                _ => return Err(unreadable()),
+            },
+            v => return Err(invalid(format!("event_hash_version {v} is not 1 or 2"))),
+        };
+        let ev = decode_framed(&framed, base, self.prev_event_hash).map_err(|_| unreadable())?;
+        let canonical = framed.canonical(base).map_err(|_| unreadable())?;
+        let bytes = canonical.as_ref();
+        let h = header(bytes).map_err(|_| unreadable())?;
         if h.id != self.event_id {
             return Err(invalid(format!(
                 "the encoded event is {}, not {}",
@@ -373,7 +400,7 @@ pub fn prove_event(
     database: Option<String>,
     record: ProvenRecord,
     event_hashes: &[Hash],
-    canonical: &[u8],
+    event: &Framed,
     tx_seq: i64,
     tree: TreeHead,
     path: Vec<Hash>,
@@ -381,12 +408,21 @@ pub fn prove_event(
     let at = usize::try_from(tx_seq.checked_sub(1)?).ok()?;
     let leaves: Vec<Hash> = event_hashes.iter().map(|h| leaf_hash(h)).collect();
     let event_path = merkle::inclusion_proof(&leaves, at)?;
-    let event_id = header(canonical).ok()?.id;
+    let base = Base {
+        first_event: record.first_event,
+        tx_id: record.tx_id,
+    };
+    let event_id = event.header(base).ok()?.id;
+    let (bytes, event_hash_version) = match event {
+        Framed::V1(c) => (c.to_vec(), 1),
+        Framed::V2(f) => (f.to_bytes(), 2),
+    };
     Some(EventProof {
         format: PROOF_FORMAT.into(),
         database,
         event_id,
-        event: hex::encode(canonical),
+        event: hex::encode(bytes),
+        event_hash_version,
         prev_event_hash: if at == 0 {
             ZERO_HASH
         } else {

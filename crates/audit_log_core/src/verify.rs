@@ -360,7 +360,22 @@ impl TxRead {
             })
         });
         let position = digest.count() + 1;
-        let own = crate::hash::event_hash_from_encoding(&e.prev_hash, &e.canonical);
+        // The logical form does not say how its record stored the event:
+        // packed (version 2) or not. Its stated hash is its own if it is
+        // either version's, which no other content has (the two hash under
+        // tags of their own).
+        let v1 = crate::hash::event_hash_from_encoding(&e.prev_hash, &e.canonical);
+        let mut frame = Vec::new();
+        let packed = v1 != e.hash
+            && crate::encoding::packed::pack(&e.canonical, e.tx_first, &mut frame).is_ok()
+            && crate::encoding::packed::frame_at(&frame, 0).is_ok_and(|(f, _)| {
+                let base = Base {
+                    first_event: e.tx_first,
+                    tx_id: tx_id.unwrap_or(0),
+                };
+                f.hash(&e.prev_hash, base) == e.hash
+            });
+        let own = if packed { e.hash } else { v1 };
         let recomputed_prev = digest.last_hash();
         if own != e.hash {
             self.problem(
@@ -433,7 +448,10 @@ impl TxRead {
             }
         }
         if let Some(d) = self.digest.as_mut() {
-            d.push(&Framed::V1(&e.canonical));
+            match crate::encoding::packed::frame_at(&frame, 0) {
+                Ok((f, _)) if packed => d.push(&Framed::V2(f)),
+                _ => d.push(&Framed::V1(&e.canonical)),
+            }
         }
         self.prev = Some((e.hash, e.id));
     }

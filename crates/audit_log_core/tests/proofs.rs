@@ -8,6 +8,7 @@ mod common;
 use audit_log_core::encoding::encode_event;
 use audit_log_core::merkle::{self, consistency_path, inclusion_path, tree_root};
 use audit_log_core::model::{Checkpoint, CHECKPOINT_FORMAT};
+use audit_log_core::record::Framed;
 use audit_log_core::tree::{
     events_root, prove_event, record_leaf, Consistency, EventProof, HeadLeaf, ProofError,
     ProvenRecord, TileSource, Tiled, CONSISTENCY_FORMAT, TILE_WIDTH,
@@ -89,7 +90,16 @@ fn prove(log: &Log, event_id: i64) -> EventProof {
         root: merkle::root(&lv),
     };
     let path = merkle::inclusion_proof(&lv, (l.seq - 1) as usize).unwrap();
-    prove_event(None, record, &hs, &canonical, e.tx_seq, tree, path).unwrap()
+    prove_event(
+        None,
+        record,
+        &hs,
+        &Framed::V1(&canonical),
+        e.tx_seq,
+        tree,
+        path,
+    )
+    .unwrap()
 }
 
 #[test]

@@ -139,13 +139,17 @@ impl<'a> Reader<'a> {
         use super::tag;
         let at = self.pos;
         let t = self.u8()?;
+        // A level costs bytes of memory for each of input: past what the
+        // allocator gives, the value is unreadable (an error, not an abort).
         let mut open = |left: usize, object: bool| {
+            stack.try_reserve(1).map_err(|_| Malformed(at))?;
             stack.push(Open {
                 left,
                 object,
                 first: true,
                 last_key: None,
-            })
+            });
+            Ok(())
         };
         let text: &str = match t {
             tag::NULL => "null",
@@ -166,11 +170,11 @@ impl<'a> Reader<'a> {
                 return Ok(());
             }
             tag::ARRAY => {
-                open(self.len()?, false);
+                open(self.len()?, false)?;
                 "["
             }
             tag::OBJECT => {
-                open(self.len()?, true);
+                open(self.len()?, true)?;
                 "{"
             }
             _ => return Err(Malformed(at)),

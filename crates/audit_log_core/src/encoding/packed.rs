@@ -32,6 +32,7 @@
 
 use super::decode::Malformed;
 use super::tag;
+use crate::model::{Event, Json};
 
 /// The first byte of a version 2 frame.
 pub const FRAME: u8 = 0xA2;
@@ -186,8 +187,11 @@ impl Dir {
 
     /// One `json` item, walked with a stack of its own (no recursion).
     fn json(self, r: &mut In, out: &mut Vec<u8>) -> Result<(), Malformed> {
-        // Per open array or object: items left, and whether keys come.
-        let mut open: Vec<(usize, bool)> = Vec::new();
+        // Per open array or object: items left, and whether keys come (bit
+        // 32). A level is 8 bytes here for 2 of packed input, and a value
+        // too deep for memory is an error, not an abort.
+        const OBJECT: u64 = 1 << 32;
+        let mut open: Vec<u64> = Vec::new();
         loop {
             let at = r.at;
             let t = r.u8()?;
@@ -200,19 +204,20 @@ impl Dir {
                 tag::ARRAY | tag::OBJECT => {
                     let n = self.len(r)?;
                     self.put_len(out, n);
-                    open.push((n, t == tag::OBJECT));
+                    open.try_reserve(1).map_err(|_| Malformed(at))?;
+                    open.push(n as u64 | if t == tag::OBJECT { OBJECT } else { 0 });
                 }
                 _ => return Err(Malformed(at)),
             }
             loop {
                 match open.last_mut() {
                     None => return Ok(()),
-                    Some((0, _)) => {
+                    Some(top) if *top & (OBJECT - 1) == 0 => {
                         open.pop();
                     }
-                    Some((left, object)) => {
-                        *left -= 1;
-                        if *object {
+                    Some(top) => {
+                        *top -= 1;
+                        if *top & OBJECT != 0 {
                             self.text(r, out)?;
                         }
                         break;
@@ -236,6 +241,9 @@ pub fn pack(canonical: &[u8], first_event: i64, out: &mut Vec<u8>) -> Result<(),
     let tx_seq = r.i64()?;
     let recorded_at = r.i64()?;
     let statement_at = r.i64()?;
+    if tx_seq < 0 {
+        return Err(Malformed(16));
+    }
     out.push(FRAME);
     put_varint(out, zigzag(id.wrapping_sub(first_event)));
     put_varint(out, tx_seq as u64);
@@ -268,13 +276,90 @@ pub fn pack(canonical: &[u8], first_event: i64, out: &mut Vec<u8>) -> Result<(),
     if r.at != canonical.len() {
         return Err(Malformed(r.at));
     }
+    close_body(out, len_at, body_at);
+    Ok(())
+}
+
+/// Append the version 2 frame of `e`, whose transaction's first event is
+/// `first_event`: what [`pack`] makes of its canonical encoding, without
+/// making that. Rows already encoded (version 1, as capture encodes them)
+/// are converted as they are copied. An error if one of them is not a
+/// `json` item.
+pub fn encode_event(e: &Event, first_event: i64, out: &mut Vec<u8>) -> Result<(), Malformed> {
+    if e.tx_seq < 0 {
+        return Err(Malformed(0));
+    }
+    let d = Dir::Pack;
+    out.push(FRAME);
+    put_varint(out, zigzag(e.id.wrapping_sub(first_event)));
+    put_varint(out, e.tx_seq as u64);
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 5]);
+    let body_at = out.len();
+    out.extend_from_slice(&e.recorded_at.to_be_bytes());
+    put_varint(out, zigzag(e.recorded_at.wrapping_sub(e.statement_at)));
+    let text = |out: &mut Vec<u8>, t: &str| {
+        put_varint(out, t.len() as u64);
+        out.extend_from_slice(t.as_bytes());
+    };
+    let opt_text = |out: &mut Vec<u8>, t: Option<&str>| match t {
+        None => out.push(0),
+        Some(t) => {
+            out.push(1);
+            text(out, t);
+        }
+    };
+    let opt_json = |out: &mut Vec<u8>, j: Option<&Json>| -> Result<(), Malformed> {
+        let Some(j) = j else {
+            out.push(0);
+            return Ok(());
+        };
+        out.push(1);
+        let made;
+        let v1: &[u8] = match j {
+            Json::Encoded(b) => b,
+            Json::Value(v) => {
+                let mut b = Vec::new();
+                super::encode_json(v, &mut b);
+                made = b;
+                &made
+            }
+        };
+        let mut r = In { b: v1, at: 0 };
+        d.json(&mut r, out)?;
+        if r.at != v1.len() {
+            return Err(Malformed(r.at));
+        }
+        Ok(())
+    };
+    text(out, &e.session_user_name);
+    if e.current_user_name == e.session_user_name {
+        out.push(0);
+    } else {
+        out.push(1);
+        text(out, &e.current_user_name);
+    }
+    opt_text(out, e.application_name.as_deref());
+    opt_text(out, e.client_addr.as_deref());
+    opt_json(out, e.context.as_ref())?;
+    text(out, &e.table_schema);
+    text(out, &e.table_name);
+    text(out, &e.op);
+    opt_json(out, e.old_row.as_ref())?;
+    opt_json(out, e.new_row.as_ref())?;
+    close_body(out, len_at, body_at);
+    Ok(())
+}
+
+/// Write the length of the body that starts at `body_at` where room for
+/// it was left at `len_at`, and close the gap.
+fn close_body(out: &mut Vec<u8>, len_at: usize, body_at: usize) {
     let body_len = out.len() - body_at;
     let mut len = Vec::with_capacity(5);
     put_varint(&mut len, body_len as u64);
     out.copy_within(body_at.., len_at + len.len());
     out[len_at..len_at + len.len()].copy_from_slice(&len);
     out.truncate(len_at + len.len() + body_len);
-    Ok(())
 }
 
 /// A version 2 frame read from a payload: the event's place and its body.
@@ -287,6 +372,17 @@ pub struct Frame<'a> {
 }
 
 impl Frame<'_> {
+    /// The frame's bytes, as a payload stores them.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 16);
+        out.push(FRAME);
+        put_varint(&mut out, zigzag(self.id_delta));
+        put_varint(&mut out, self.tx_seq as u64);
+        put_varint(&mut out, self.body.len() as u64);
+        out.extend_from_slice(self.body);
+        out
+    }
+
     pub fn id(&self, first_event: i64) -> i64 {
         first_event.wrapping_add(self.id_delta)
     }
@@ -311,7 +407,8 @@ pub fn frame_at(buf: &[u8], at: usize) -> Result<(Frame<'_>, usize), Malformed> 
         return Err(Malformed(at));
     }
     let id_delta = unzigzag(r.varint()?);
-    let tx_seq = r.varint()? as i64;
+    let at_seq = r.at;
+    let tx_seq = i64::try_from(r.varint()?).map_err(|_| Malformed(at_seq))?;
     let n = r.varint()?;
     let n = usize::try_from(n).map_err(|_| Malformed(at))?;
     let body = r.take(n)?;
@@ -335,7 +432,15 @@ pub fn unpack(f: &Frame, base: Base, out: &mut Vec<u8>) -> Result<(), Malformed>
     }
     let d = Dir::Unpack;
     let mut r = In { b: f.body, at: 0 };
-    out.reserve(f.body.len() + 64);
+    // A row's version 1 encoding is about 1.5 times its packed body (a
+    // length of one byte becomes four): room for that, or an error.
+    out.try_reserve(
+        f.body
+            .len()
+            .saturating_add(f.body.len() / 2)
+            .saturating_add(64),
+    )
+    .map_err(|_| Malformed(0))?;
     out.extend_from_slice(&f.id(base.first_event).to_be_bytes());
     out.extend_from_slice(&base.tx_id.to_be_bytes());
     out.extend_from_slice(&f.tx_seq.to_be_bytes());
@@ -374,9 +479,11 @@ pub fn unpack(f: &Frame, base: Base, out: &mut Vec<u8>) -> Result<(), Malformed>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encoding::encode_event;
-    use crate::model::{Event, Json};
     use crate::ZERO_HASH;
+
+    fn encode_v1(e: &Event, buf: &mut Vec<u8>) {
+        crate::encoding::encode_event(e, buf)
+    }
 
     const BASE: Base = Base {
         first_event: 100,
@@ -409,7 +516,7 @@ mod tests {
 
     fn canonical(e: &Event) -> Vec<u8> {
         let mut v = Vec::new();
-        encode_event(e, &mut v);
+        encode_v1(e, &mut v);
         v
     }
 
@@ -417,8 +524,28 @@ mod tests {
         let c = canonical(e);
         let mut framed = Vec::new();
         pack(&c, first_event, &mut framed).unwrap();
+        // Encoded from the event, rows as values or encoded: the same.
+        let mut direct = b"before".to_vec();
+        encode_event(e, first_event, &mut direct).unwrap();
+        assert_eq!(&direct[6..], &framed[..]);
+        let mut encoded = e.clone();
+        for j in [
+            &mut encoded.context,
+            &mut encoded.old_row,
+            &mut encoded.new_row,
+        ] {
+            if let Some(Json::Value(v)) = j {
+                let mut b = Vec::new();
+                crate::encoding::encode_json(v, &mut b);
+                *j = Some(Json::Encoded(b));
+            }
+        }
+        let mut direct = Vec::new();
+        encode_event(&encoded, first_event, &mut direct).unwrap();
+        assert_eq!(direct, framed);
         let (f, end) = frame_at(&framed, 0).unwrap();
         assert_eq!(end, framed.len());
+        assert_eq!(f.to_bytes(), framed);
         assert_eq!((f.id(first_event), f.tx_seq), (e.id, e.tx_seq));
         let base = Base {
             first_event,
