@@ -83,16 +83,9 @@ fn link_vector() {
     );
 }
 
-#[test]
-fn record_vector() {
-    use audit_log_core::record::{digest, put_event, verify_records, Record};
-    let mut canonical = Vec::new();
-    encode_event(&vector_event(), &mut canonical);
-    let mut payload = Vec::new();
-    put_event(&mut payload, &canonical);
-    assert_eq!(hex::encode(&payload[..4]), "000000c0");
-    assert_eq!(payload.len(), 4 + 192);
-    let mut r = Record {
+/// The record of the vector event's transaction, its link hash not set.
+fn vector_record() -> audit_log_core::record::Record {
+    audit_log_core::record::Record {
         chain_id: 3,
         seq: 1,
         tx_id: 777,
@@ -101,7 +94,19 @@ fn record_vector() {
         event_count: 1,
         committed_at: 1_767_225_600_200_000,
         link_hash: ZERO_HASH,
-    };
+    }
+}
+
+#[test]
+fn record_vector() {
+    use audit_log_core::record::{digest, put_event, verify_records};
+    let mut canonical = Vec::new();
+    encode_event(&vector_event(), &mut canonical);
+    let mut payload = Vec::new();
+    put_event(&mut payload, &canonical);
+    assert_eq!(hex::encode(&payload[..4]), "000000c0");
+    assert_eq!(payload.len(), 4 + 192);
+    let mut r = vector_record();
     let d = digest(&r, [], &payload);
     assert_eq!(d.fault, None);
     assert_eq!(
@@ -153,7 +158,7 @@ fn merkle_vectors() {
 #[test]
 fn packed_vector() {
     use audit_log_core::encoding::packed::{frame_at, pack, Base};
-    use audit_log_core::record::{digest, Record};
+    use audit_log_core::record::digest;
     let mut canonical = Vec::new();
     encode_event(&vector_event(), &mut canonical);
     let mut frame = Vec::new();
@@ -169,16 +174,7 @@ fn packed_vector() {
     );
     let v2 = "258f1633a95a6cbeeecd1d2e77a484acd2b5c7234b7a664f0a99dccb714a5f55";
     assert_eq!(hex::encode(f.hash(&ZERO_HASH, base)), v2);
-    let r = Record {
-        chain_id: 3,
-        seq: 1,
-        tx_id: 777,
-        first_event: 42,
-        last_event: 42,
-        event_count: 1,
-        committed_at: 1_767_225_600_200_000,
-        link_hash: ZERO_HASH,
-    };
+    let r = vector_record();
     let d = digest(&r, [], &frame);
     assert_eq!(d.fault, None);
     assert_eq!(hex::encode(d.last_hash), v2);

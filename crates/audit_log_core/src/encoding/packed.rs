@@ -185,6 +185,20 @@ impl Dir {
         }
     }
 
+    /// The fields after the users, alike in both versions but for their
+    /// lengths: application_name, client_addr, context, table_schema,
+    /// table_name, op, old_row and new_row.
+    fn rest(self, r: &mut In, out: &mut Vec<u8>) -> Result<(), Malformed> {
+        self.opt(r, out, |r, o| self.text(r, o).map(drop))?;
+        self.opt(r, out, |r, o| self.text(r, o).map(drop))?;
+        self.opt(r, out, |r, o| self.json(r, o))?;
+        for _ in 0..3 {
+            self.text(r, out)?;
+        }
+        self.opt(r, out, |r, o| self.json(r, o))?;
+        self.opt(r, out, |r, o| self.json(r, o))
+    }
+
     /// One `json` item, walked with a stack of its own (no recursion).
     fn json(self, r: &mut In, out: &mut Vec<u8>) -> Result<(), Malformed> {
         // Per open array or object: items left, and whether keys come (bit
@@ -265,14 +279,7 @@ pub fn pack(canonical: &[u8], first_event: i64, out: &mut Vec<u8>) -> Result<(),
         d.put_len(out, n);
         out.extend_from_slice(current);
     }
-    d.opt(&mut r, out, |r, o| d.text(r, o).map(drop))?;
-    d.opt(&mut r, out, |r, o| d.text(r, o).map(drop))?;
-    d.opt(&mut r, out, |r, o| d.json(r, o))?;
-    for _ in 0..3 {
-        d.text(&mut r, out)?;
-    }
-    d.opt(&mut r, out, |r, o| d.json(r, o))?;
-    d.opt(&mut r, out, |r, o| d.json(r, o))?;
+    d.rest(&mut r, out)?;
     if r.at != canonical.len() {
         return Err(Malformed(r.at));
     }
@@ -462,14 +469,7 @@ pub fn unpack(f: &Frame, base: Base, out: &mut Vec<u8>) -> Result<(), Malformed>
         }
         _ => return Err(Malformed(at)),
     }
-    d.opt(&mut r, out, |r, o| d.text(r, o).map(drop))?;
-    d.opt(&mut r, out, |r, o| d.text(r, o).map(drop))?;
-    d.opt(&mut r, out, |r, o| d.json(r, o))?;
-    for _ in 0..3 {
-        d.text(&mut r, out)?;
-    }
-    d.opt(&mut r, out, |r, o| d.json(r, o))?;
-    d.opt(&mut r, out, |r, o| d.json(r, o))?;
+    d.rest(&mut r, out)?;
     if r.at != f.body.len() {
         return Err(Malformed(r.at));
     }
