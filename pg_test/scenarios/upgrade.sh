@@ -88,6 +88,10 @@ SQL
     q "$db" -c "SELECT audit_log.checkpoint()" >"$work/cp.json"
     before=$(q "$db" -c "SELECT ok || ' ' || events_checked FROM audit_log.verify()")
     [ "${before%% *}" = true ] || fail "$db: the log does not verify before the upgrade: $before"
+    # This library wrote those events (the schema is $old's): as version 1
+    # frames, which $old's views read; none starts with a packed frame's 0xA2.
+    packed() { q "$db" -c "SELECT count(*) FROM audit_log.records WHERE octet_length(payload) > 0 AND get_byte(payload, 0) = 162"; }
+    [ "$(packed)" = 0 ] || fail "$db: packed frames written under the $old schema, whose views cannot read them"
     # A prepared transaction committed before the update and linked after
     # it, by the first new commit: the old table has no last_event_hash, so
     # its events are hashed when it is linked.
@@ -120,6 +124,8 @@ SQL
     [ "$(q "$db" -c "SELECT count(*) FROM audit_log.prepared")" = 0 ] || fail "$db: the prepared transaction was not linked"
     now=$(q "$db" -c "SELECT ok || ' ' || events_checked FROM audit_log.verify()")
     [ "$now" = "true $(( ${before#* } + 3 ))" ] || fail "$db: after new writes verify() says '$now' (before: '$before')"
+    # The two new transactions are packed; the prepared one was sealed before.
+    [ "$(packed)" = 2 ] || fail "$db: $(packed) records of packed frames after the update, not the 2 new transactions"
     [ "$(q "$db" -c "SELECT ok FROM audit_log.verify('$(cat "$work/cp.json")'::jsonb)")" = t ] ||
         fail "$db: the log with new writes does not extend the pre-upgrade checkpoint"
     hist=$(q "$db" -c "SELECT string_agg(coalesce(new_row->>'owner', '-'), ',' ORDER BY event_id) FROM audit_log.history('acct', '{\"id\": 7}')")
