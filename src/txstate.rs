@@ -129,28 +129,46 @@ pub fn append(
         // a packed frame does not pass but for strings over 256 MB.
         s.payload
             .try_reserve(4 + audit_log_core::encoding::event_size_hint(&event))?;
-        let mut packed = Ok(());
+        // A packed frame is hashed from its body as encode_event left it; a
+        // version 1 frame by reading it back.
+        let mut hashed = None;
         let at = s.payload.append(|buf| {
             if s.oids.packed {
-                packed = audit_log_core::encoding::packed::encode_event(&event, first, buf);
+                let start = buf.len();
+                hashed = audit_log_core::encoding::packed::encode_event(&event, first, buf)
+                    .ok()
+                    .map(|body_at| {
+                        audit_log_core::hash::event_hash_v2(
+                            &s.head.hash,
+                            id,
+                            s.tx_id,
+                            tx_seq,
+                            &buf[body_at..],
+                        )
+                    });
+                if hashed.is_none() {
+                    buf.truncate(start);
+                }
             } else {
+                let start = buf.len();
                 audit_log_core::record::encode_event_into(buf, &event);
+                let base = audit_log_core::record::Base {
+                    first_event: first,
+                    tx_id: s.tx_id,
+                };
+                hashed = match audit_log_core::record::event_at(buf, start) {
+                    Some(Ok((framed, _))) => Some(framed.hash(&s.head.hash, base)),
+                    _ => None,
+                };
             }
         });
-        let base = audit_log_core::record::Base {
-            first_event: first,
-            tx_id: s.tx_id,
+        let Some(hash) = hashed else {
+            s.payload.truncate(at);
+            return Err(AuditError::Internal(format!(
+                "event {id} could not be encoded"
+            )));
         };
-        s.head.hash = match packed.map(|()| audit_log_core::record::event_at(s.payload.bytes(), at))
-        {
-            Ok(Some(Ok((framed, _)))) => framed.hash(&s.head.hash, base),
-            _ => {
-                s.payload.truncate(at);
-                return Err(AuditError::Internal(format!(
-                    "event {id} could not be encoded"
-                )));
-            }
-        };
+        s.head.hash = hash;
         s.head.count = tx_seq;
         if tx_seq == 1 {
             s.head.first_event = id;

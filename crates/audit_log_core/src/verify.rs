@@ -201,6 +201,7 @@ pub fn verify_logical<E>(
             tx = TxRead {
                 key: Some(e.tx_first),
                 link: by_first.get(&e.tx_first).copied(),
+                packed: tx.packed,
                 ..TxRead::default()
             };
             if e.id != e.tx_first {
@@ -343,6 +344,9 @@ struct TxRead {
     foreign: Vec<(i64, String)>,
     native: bool,
     located: bool,
+    /// The last event's hash, in this transaction or the one before, was
+    /// of version 2.
+    packed: bool,
 }
 
 impl TxRead {
@@ -363,21 +367,37 @@ impl TxRead {
         // The logical form does not say how its record stored the event:
         // packed (version 2) or not. Its stated hash is its own if it is
         // either version's, which no other content has (the two hash under
-        // tags of their own).
-        let v1 = crate::hash::event_hash_from_encoding(&e.prev_hash, &e.canonical);
+        // tags of their own). The version that matched the last event is
+        // tried first.
+        let is_v1 = || crate::hash::event_hash_from_encoding(&e.prev_hash, &e.canonical) == e.hash;
+        let is_v2 = |frame: &mut Vec<u8>| {
+            crate::encoding::packed::pack(&e.canonical, e.tx_first, frame).is_ok()
+                && crate::encoding::packed::frame_at(frame, 0).is_ok_and(|(f, _)| {
+                    let base = Base {
+                        first_event: e.tx_first,
+                        tx_id: tx_id.unwrap_or(0),
+                    };
+                    f.hash(&e.prev_hash, base) == e.hash
+                })
+        };
         let mut frame = Vec::new();
-        let packed = v1 != e.hash
-            && crate::encoding::packed::pack(&e.canonical, e.tx_first, &mut frame).is_ok()
-            && crate::encoding::packed::frame_at(&frame, 0).is_ok_and(|(f, _)| {
-                let base = Base {
-                    first_event: e.tx_first,
-                    tx_id: tx_id.unwrap_or(0),
-                };
-                f.hash(&e.prev_hash, base) == e.hash
-            });
-        let own = if packed { e.hash } else { v1 };
+        // Which version's hash it is: Some(true) for version 2.
+        let version2 = if self.packed {
+            if is_v2(&mut frame) {
+                Some(true)
+            } else {
+                is_v1().then_some(false)
+            }
+        } else if is_v1() {
+            Some(false)
+        } else {
+            is_v2(&mut frame).then_some(true)
+        };
+        let matched = version2.is_some();
+        let packed = version2 == Some(true);
+        self.packed = version2.unwrap_or(self.packed);
         let recomputed_prev = digest.last_hash();
-        if own != e.hash {
+        if !matched {
             self.problem(
                 v,
                 ProblemKind::ContentChanged,

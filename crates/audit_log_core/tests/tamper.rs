@@ -444,3 +444,48 @@ fn anchors_must_be_claimed_by_a_purge() {
         assert_eq!(v.problems[0].kind, ProblemKind::AnchorUnproven);
     }
 }
+
+/// A log whose events are hashed as stored packed (version 2), and one
+/// transaction of both versions (a library updated inside it): the
+/// logical form verifies, and an edit of either version's event is caught.
+fn mixed_log() -> Log {
+    let mut log = Log::new();
+    for t in 0..6u64 {
+        let rows: Vec<_> = (0..3).map(|r| json!({"id": t * 10 + r})).collect();
+        // Transactions 0-1 version 1, 2-3 version 2, 4 mixed, 5 version 1.
+        log.commit_versions(t as i32 % 2, 2000 + t, &rows, |i| match t {
+            2 | 3 => true,
+            4 => i == 1,
+            _ => false,
+        });
+    }
+    log
+}
+
+#[test]
+fn packed_and_mixed_versions_verify() {
+    let log = mixed_log();
+    assert_ne!(log.events[6].hash, event_hash(&log.events[6]));
+    assert_eq!(log.events[6].hash, common::packed_hash(&log.events[6]));
+    let v = log.verify(None);
+    assert!(v.ok(), "{:?}", v.problems);
+    assert_eq!(v.events_checked as usize, log.events.len());
+    let cp = log.checkpoint();
+    assert!(log.verify(Some(&cp)).ok());
+}
+
+#[test]
+fn edits_of_either_version_are_detected() {
+    // Event 7 (version 2), 13 and 14 (version 1 and 2 in one transaction),
+    // 16 (version 1 after version 2).
+    for id in [7, 13, 14, 15, 16] {
+        let mut log = mixed_log();
+        let e = log.events.iter_mut().find(|e| e.id == id).unwrap();
+        e.new_row = Some(json!({"id": -1}).into());
+        assert_eq!(
+            first(&log, None),
+            (ProblemKind::ContentChanged, Some(id)),
+            "event {id}"
+        );
+    }
+}

@@ -258,16 +258,13 @@ pub fn pack(canonical: &[u8], first_event: i64, out: &mut Vec<u8>) -> Result<(),
     if tx_seq < 0 {
         return Err(Malformed(16));
     }
-    out.push(FRAME);
-    put_varint(out, zigzag(id.wrapping_sub(first_event)));
-    put_varint(out, tx_seq as u64);
-    // The body's length goes before it: write the body after room for
-    // the longest varint of a length, then close the gap.
-    let len_at = out.len();
-    out.extend_from_slice(&[0; 5]);
-    let body_at = out.len();
-    out.extend_from_slice(&recorded_at.to_be_bytes());
-    put_varint(out, zigzag(recorded_at.wrapping_sub(statement_at)));
+    let open = open_frame(
+        out,
+        id.wrapping_sub(first_event),
+        tx_seq,
+        recorded_at,
+        statement_at,
+    );
     let session = d.text(&mut r, out)?;
     // The current user: 0x00 when it is the session user.
     let n = r.len4()?;
@@ -283,7 +280,7 @@ pub fn pack(canonical: &[u8], first_event: i64, out: &mut Vec<u8>) -> Result<(),
     if r.at != canonical.len() {
         return Err(Malformed(r.at));
     }
-    close_body(out, len_at, body_at);
+    open.close(out);
     Ok(())
 }
 
@@ -291,20 +288,20 @@ pub fn pack(canonical: &[u8], first_event: i64, out: &mut Vec<u8>) -> Result<(),
 /// `first_event`: what [`pack`] makes of its canonical encoding, without
 /// making that. Rows already encoded (version 1, as capture encodes them)
 /// are converted as they are copied. An error if one of them is not a
-/// `json` item.
-pub fn encode_event(e: &Event, first_event: i64, out: &mut Vec<u8>) -> Result<(), Malformed> {
+/// `json` item. Returns where the frame's body starts in `out` (it runs to
+/// the end), for the writer to hash it without reading the frame back.
+pub fn encode_event(e: &Event, first_event: i64, out: &mut Vec<u8>) -> Result<usize, Malformed> {
     if e.tx_seq < 0 {
         return Err(Malformed(0));
     }
     let d = Dir::Pack;
-    out.push(FRAME);
-    put_varint(out, zigzag(e.id.wrapping_sub(first_event)));
-    put_varint(out, e.tx_seq as u64);
-    let len_at = out.len();
-    out.extend_from_slice(&[0; 5]);
-    let body_at = out.len();
-    out.extend_from_slice(&e.recorded_at.to_be_bytes());
-    put_varint(out, zigzag(e.recorded_at.wrapping_sub(e.statement_at)));
+    let open = open_frame(
+        out,
+        e.id.wrapping_sub(first_event),
+        e.tx_seq,
+        e.recorded_at,
+        e.statement_at,
+    );
     let text = |out: &mut Vec<u8>, t: &str| {
         put_varint(out, t.len() as u64);
         out.extend_from_slice(t.as_bytes());
@@ -354,19 +351,52 @@ pub fn encode_event(e: &Event, first_event: i64, out: &mut Vec<u8>) -> Result<()
     text(out, &e.op);
     opt_json(out, e.old_row.as_ref())?;
     opt_json(out, e.new_row.as_ref())?;
-    close_body(out, len_at, body_at);
-    Ok(())
+    Ok(open.close(out))
 }
 
-/// Write the length of the body that starts at `body_at` where room for
-/// it was left at `len_at`, and close the gap.
-fn close_body(out: &mut Vec<u8>, len_at: usize, body_at: usize) {
-    let body_len = out.len() - body_at;
-    let mut len = Vec::with_capacity(5);
-    put_varint(&mut len, body_len as u64);
-    out.copy_within(body_at.., len_at + len.len());
-    out[len_at..len_at + len.len()].copy_from_slice(&len);
-    out.truncate(len_at + len.len() + body_len);
+/// A frame whose header and first body fields are written, and whose
+/// body's length is not yet known.
+struct OpenFrame {
+    /// Where room for the longest varint of a length was left.
+    len_at: usize,
+    body_at: usize,
+}
+
+/// Start a frame in `out`: its header and the body's two times. The body's
+/// length goes before the body: room is left for the longest varint of a
+/// length, and [`OpenFrame::close`] closes the gap.
+fn open_frame(
+    out: &mut Vec<u8>,
+    id_delta: i64,
+    tx_seq: i64,
+    recorded_at: i64,
+    statement_at: i64,
+) -> OpenFrame {
+    out.push(FRAME);
+    put_varint(out, zigzag(id_delta));
+    put_varint(out, tx_seq as u64);
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 5]);
+    let body_at = out.len();
+    out.extend_from_slice(&recorded_at.to_be_bytes());
+    put_varint(out, zigzag(recorded_at.wrapping_sub(statement_at)));
+    OpenFrame { len_at, body_at }
+}
+
+impl OpenFrame {
+    /// Write the body's length before it, close the gap, and return where
+    /// the body now starts.
+    fn close(self, out: &mut Vec<u8>) -> usize {
+        let OpenFrame { len_at, body_at } = self;
+        let body_len = out.len() - body_at;
+        let mut len = Vec::with_capacity(5);
+        put_varint(&mut len, body_len as u64);
+        let start = len_at + len.len();
+        out.copy_within(body_at.., start);
+        out[len_at..start].copy_from_slice(&len);
+        out.truncate(start + body_len);
+        start
+    }
 }
 
 /// A version 2 frame read from a payload: the event's place and its body.
@@ -525,9 +555,9 @@ mod tests {
         let mut framed = Vec::new();
         pack(&c, first_event, &mut framed).unwrap();
         // Encoded from the event, rows as values or encoded: the same.
-        let mut direct = b"before".to_vec();
-        encode_event(e, first_event, &mut direct).unwrap();
-        assert_eq!(&direct[6..], &framed[..]);
+        let mut prefixed = b"before".to_vec();
+        let body_at = encode_event(e, first_event, &mut prefixed).unwrap();
+        assert_eq!(&prefixed[6..], &framed[..]);
         let mut encoded = e.clone();
         for j in [
             &mut encoded.context,
@@ -545,6 +575,8 @@ mod tests {
         assert_eq!(direct, framed);
         let (f, end) = frame_at(&framed, 0).unwrap();
         assert_eq!(end, framed.len());
+        // The body's start that encode_event returns is the frame's.
+        assert_eq!(&prefixed[body_at..], f.body);
         assert_eq!(f.to_bytes(), framed);
         assert_eq!((f.id(first_event), f.tx_seq), (e.id, e.tx_seq));
         let base = Base {
