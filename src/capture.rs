@@ -7,9 +7,8 @@ use std::cell::RefCell;
 use std::ffi::CStr;
 use std::rc::Rc;
 
-use audit_log_core::model::Json as EventJson;
+use audit_log_core::model::EventRef;
 use audit_log_core::time::from_pg_timestamp;
-use audit_log_core::{Event, ZERO_HASH};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::Value;
@@ -197,10 +196,10 @@ fn text_to_jsonb(text: &str) -> Result<Json, AuditError> {
 
 thread_local! {
     /// The client address never changes within a session.
-    static CLIENT_ADDR: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
+    static CLIENT_ADDR: RefCell<Option<Option<Rc<str>>>> = const { RefCell::new(None) };
 }
 
-fn client_addr() -> Option<String> {
+fn client_addr() -> Option<Rc<str>> {
     CLIENT_ADDR.with_borrow_mut(|c| {
         c.get_or_insert_with(|| {
             // SAFETY: inet_client_addr takes no arguments and returns NULL for Unix sockets.
@@ -208,11 +207,9 @@ fn client_addr() -> Option<String> {
             // SAFETY: d is an inet datum.
             let out = unsafe { pgrx::direct_function_call_as_datum(pg_sys::inet_out, &[Some(d)]) }?;
             // SAFETY: inet_out returns a palloc'd cstring.
-            Some(
-                unsafe { CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>()) }
-                    .to_string_lossy()
-                    .into_owned(),
-            )
+            Some(Rc::from(
+                unsafe { CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>()) }.to_string_lossy(),
+            ))
         })
         .clone()
     })
@@ -223,7 +220,7 @@ thread_local! {
     /// nearly every event repeats the last ones. Each entry carries the
     /// generation it was read in; a change to pg_authid (a rename, a drop)
     /// starts a new generation, so no name outlives its catalog row.
-    static ROLE_NAMES: RefCell<Vec<(pg_sys::Oid, u64, String)>> = const { RefCell::new(Vec::new()) };
+    static ROLE_NAMES: RefCell<Vec<(pg_sys::Oid, u64, Rc<str>)>> = const { RefCell::new(Vec::new()) };
     static ROLE_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
@@ -251,7 +248,7 @@ pub fn register_callbacks() {
     }
 }
 
-fn role_name(oid: pg_sys::Oid) -> String {
+fn role_name(oid: pg_sys::Oid) -> Rc<str> {
     let generation = ROLE_GENERATION.get();
     let hit = ROLE_NAMES.with_borrow(|names| {
         names
@@ -264,11 +261,11 @@ fn role_name(oid: pg_sys::Oid) -> String {
     }
     // SAFETY: noerr = true returns NULL for a dropped role.
     let p = unsafe { pg_sys::GetUserNameFromId(oid, true) };
-    let name = if p.is_null() {
-        format!("role {}", oid.to_u32())
+    let name: Rc<str> = if p.is_null() {
+        Rc::from(format!("role {}", oid.to_u32()))
     } else {
         // SAFETY: p is a palloc'd cstring.
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        Rc::from(unsafe { CStr::from_ptr(p) }.to_string_lossy())
     };
     // Read before the lookup: an invalidation during it makes the entry stale.
     ROLE_NAMES.with_borrow_mut(|names| {
@@ -281,21 +278,24 @@ fn role_name(oid: pg_sys::Oid) -> String {
     name
 }
 
-fn application_name() -> Option<String> {
+/// The session's application_name, borrowed from the GUC machinery: valid
+/// until the setting changes, which no code run while an event is encoded
+/// does.
+fn application_name() -> Option<std::borrow::Cow<'static, str>> {
     // SAFETY: the GUC's variable: a cstring the GUC machinery owns, or NULL.
     let p = unsafe { pg_sys::application_name };
     if p.is_null() {
         return None;
     }
-    // SAFETY: p is a valid cstring owned by the GUC machinery.
-    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    // SAFETY: p is a valid cstring owned by the GUC machinery (see above).
+    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy();
     (!s.is_empty()).then_some(s)
 }
 
 /// Record one event in the current transaction.
 pub fn record(
-    table_schema: String,
-    table_name: String,
+    table_schema: &str,
+    table_name: &str,
     op: &str,
     old_row: Option<Json>,
     new_row: Option<Json>,
@@ -313,27 +313,23 @@ pub fn record(
     let application_name = application_name();
     let client_addr = client_addr();
     let context = current_context()?;
-    let context_value = context.map(|j| EventJson::Encoded(j.encoded));
-    txstate::append(|tx_id, id, tx_seq, tx_first| {
-        let event = Event {
+    txstate::append(|tx_id, id, tx_seq| {
+        let event = EventRef {
             id,
             tx_id,
             tx_seq,
-            tx_first,
             recorded_at,
             statement_at,
-            session_user_name: session_user,
-            current_user_name: current_user,
-            application_name,
-            client_addr,
-            context: context_value,
+            session_user_name: &session_user,
+            current_user_name: &current_user,
+            application_name: application_name.as_deref(),
+            client_addr: client_addr.as_deref(),
+            context: context.as_ref().map(|j| &j.encoded[..]),
             table_schema,
             table_name,
-            op: op.to_string(),
-            old_row: old_row.map(|j| EventJson::Encoded(j.encoded)),
-            new_row: new_row.map(|j| EventJson::Encoded(j.encoded)),
-            prev_hash: ZERO_HASH,
-            hash: ZERO_HASH,
+            op,
+            old_row: old_row.as_ref().map(|j| &j.encoded[..]),
+            new_row: new_row.as_ref().map(|j| &j.encoded[..]),
         };
         (event, row_key)
     })
@@ -347,28 +343,27 @@ pub fn record_config(
     details: Value,
 ) -> Result<(), AuditError> {
     let details = json_from_value(&details)?;
-    record(
-        schema.to_string(),
-        table.to_string(),
-        op,
-        None,
-        Some(details),
-        None,
-    )
-    .map(|_| ())
+    record(schema, table, op, None, Some(details), None).map(|_| ())
 }
 
-pub unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
+/// A relation's schema and name, borrowed where they can be: the name from
+/// the relation cache, the schema from the copy the syscache lookup makes
+/// in the current memory context.
+///
+/// # Safety
+/// `rel` is an open relation, and it stays open, and the current memory
+/// context is not reset, while the names are used (`'a`).
+pub unsafe fn relation_names<'a>(
+    rel: pg_sys::Relation,
+) -> (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>) {
     // SAFETY: by the caller's contract, rel is an open relation.
     unsafe {
-        let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
-            .to_string_lossy()
-            .into_owned();
+        let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
         let ns = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
         let schema = if ns.is_null() {
-            String::new()
+            std::borrow::Cow::Borrowed("")
         } else {
-            CStr::from_ptr(ns).to_string_lossy().into_owned()
+            CStr::from_ptr(ns).to_string_lossy()
         };
         (schema, name)
     }
@@ -494,7 +489,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             (o, _) => o,
         };
         let channel = opts.notify.then(|| opts.channel_for(&schema, &name));
-        let id = record(schema.clone(), name.clone(), op.as_str(), old, new, row_key)?;
+        let id = record(&schema, &name, op.as_str(), old, new, row_key)?;
         if let Some(channel) = channel {
             notify(&channel, id, op.as_str(), &schema, &name);
         }
@@ -602,7 +597,7 @@ fn capture_stmt_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             // SAFETY: the trigger manager hands us a valid relation.
             let (schema, name) = unsafe { relation_names(td.tg_relation) };
             let op = Op::Truncate.as_str();
-            let id = record(schema.clone(), name.clone(), op, None, None, None)?;
+            let id = record(&schema, &name, op, None, None, None)?;
             if opts.notify {
                 notify(&opts.channel_for(&schema, &name), id, op, &schema, &name);
             }

@@ -35,7 +35,9 @@ fn row_key_of(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> Result<Option<
             return Err(AuditError::NoSuchRelation(target.to_u32()).into());
         }
         let names = primary_key_names(rel);
+        // Owned: the relation is closed below.
         let (schema, table) = crate::capture::relation_names(rel);
+        let (schema, table) = (schema.into_owned(), table.into_owned());
         pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
         (names, schema, table)
     };

@@ -283,21 +283,18 @@ pub fn of_trigger(td: &pg_sys::TriggerData) -> Result<Rc<Options>, AuditError> {
         if t.tgnargs < 1 || t.tgargs.is_null() {
             None
         } else {
-            Some(
-                std::ffi::CStr::from_ptr(*t.tgargs)
-                    .to_string_lossy()
-                    .into_owned(),
-            )
+            // Borrowed: the argument is copied only the first time it is seen.
+            Some(std::ffi::CStr::from_ptr(*t.tgargs).to_string_lossy())
         }
     };
     let Some(arg) = arg else {
         return Ok(Rc::new(Options::default()));
     };
-    if let Some(o) = PARSED.with_borrow(|m| m.get(&arg).cloned()) {
+    if let Some(o) = PARSED.with_borrow(|m| m.get(&*arg).cloned()) {
         return Ok(o);
     }
     let o = Rc::new(Options::parse(&arg)?);
-    PARSED.with_borrow_mut(|m| m.insert(arg, o.clone()));
+    PARSED.with_borrow_mut(|m| m.insert(arg.into_owned(), o.clone()));
     Ok(o)
 }
 

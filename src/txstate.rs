@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::ffi::c_void;
 
-use audit_log_core::model::Event;
+use audit_log_core::model::EventRef;
 use audit_log_core::ZERO_HASH;
 use pgrx::pg_guard;
 use pgrx::pg_sys;
@@ -91,11 +91,10 @@ fn current_subid() -> pg_sys::SubTransactionId {
 }
 
 /// Append one event to the transaction's chain. `build` receives the
-/// transaction's id, the event's id, its position and the id of the
-/// transaction's first event, and returns the event and its row key for
-/// history().
-pub fn append(
-    build: impl FnOnce(u64, i64, i64, i64) -> (Event, Option<i64>),
+/// transaction's id, the event's id and its position, and returns the event
+/// and its row key for history().
+pub fn append<'a>(
+    build: impl FnOnce(u64, i64, i64) -> (EventRef<'a>, Option<i64>),
 ) -> Result<i64, AuditError> {
     let fresh = if STATE.with_borrow(Option::is_none) {
         Some(TxState::new()?)
@@ -123,19 +122,18 @@ pub fn append(
             s.head.first_event
         };
         let tx_seq = s.head.count + 1;
-        let (event, row_key) = build(s.tx_id, id, tx_seq, first);
+        let (event, row_key) = build(s.tx_id, id, tx_seq);
         // Encoded straight into the payload: packed (version 2), or as
         // version 1 for a 0.2.0 schema. The size hint is version 1's, which
         // a packed frame does not pass but for strings over 256 MB.
-        s.payload
-            .try_reserve(4 + audit_log_core::encoding::event_size_hint(&event))?;
+        s.payload.try_reserve(4 + event.size_hint())?;
         // A packed frame is hashed from its body as encode_event left it; a
         // version 1 frame by reading it back.
         let mut hashed = None;
         let at = s.payload.append(|buf| {
             if s.oids.packed {
                 let start = buf.len();
-                hashed = audit_log_core::encoding::packed::encode_event(&event, first, buf)
+                hashed = audit_log_core::encoding::packed::encode(&event, first, buf)
                     .ok()
                     .map(|body_at| {
                         audit_log_core::hash::event_hash_v2(
@@ -151,7 +149,7 @@ pub fn append(
                 }
             } else {
                 let start = buf.len();
-                audit_log_core::record::encode_event_into(buf, &event);
+                audit_log_core::record::encode_event_into(buf, &event.to_event(first));
                 let base = audit_log_core::record::Base {
                     first_event: first,
                     tx_id: s.tx_id,

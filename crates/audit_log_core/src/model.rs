@@ -59,6 +59,76 @@ pub struct Event {
     pub hash: Hash,
 }
 
+/// An event as capture has it, borrowed: its names from caches and the
+/// session, its JSON values already encoded (each one `json` item of the
+/// canonical encoding). What the writer encodes, without building an
+/// [`Event`] of owned strings per row change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventRef<'a> {
+    pub id: i64,
+    pub tx_id: u64,
+    pub tx_seq: i64,
+    pub recorded_at: i64,
+    pub statement_at: i64,
+    pub session_user_name: &'a str,
+    pub current_user_name: &'a str,
+    pub application_name: Option<&'a str>,
+    pub client_addr: Option<&'a str>,
+    pub context: Option<&'a [u8]>,
+    pub table_schema: &'a str,
+    pub table_name: &'a str,
+    pub op: &'a str,
+    pub old_row: Option<&'a [u8]>,
+    pub new_row: Option<&'a [u8]>,
+}
+
+impl EventRef<'_> {
+    /// The owned event, in the transaction whose first event is `tx_first`
+    /// (its hashes left zero).
+    pub fn to_event(&self, tx_first: i64) -> Event {
+        let json = |j: Option<&[u8]>| j.map(|b| Json::Encoded(b.to_vec()));
+        Event {
+            id: self.id,
+            tx_id: self.tx_id,
+            tx_seq: self.tx_seq,
+            tx_first,
+            recorded_at: self.recorded_at,
+            statement_at: self.statement_at,
+            session_user_name: self.session_user_name.into(),
+            current_user_name: self.current_user_name.into(),
+            application_name: self.application_name.map(Into::into),
+            client_addr: self.client_addr.map(Into::into),
+            context: json(self.context),
+            table_schema: self.table_schema.into(),
+            table_name: self.table_name.into(),
+            op: self.op.into(),
+            old_row: json(self.old_row),
+            new_row: json(self.new_row),
+            prev_hash: crate::ZERO_HASH,
+            hash: crate::ZERO_HASH,
+        }
+    }
+
+    /// The length of its version 1 encoding, which its packed frame does
+    /// not pass but for strings over 256 MB: for reserving room once.
+    pub fn size_hint(&self) -> usize {
+        let text = |t: &str| 4 + t.len();
+        let opt_text = |t: Option<&str>| t.map_or(1, |t| 1 + text(t));
+        let json = |j: Option<&[u8]>| j.map_or(1, |b| 1 + b.len());
+        5 * 8
+            + text(self.session_user_name)
+            + text(self.current_user_name)
+            + opt_text(self.application_name)
+            + opt_text(self.client_addr)
+            + json(self.context)
+            + text(self.table_schema)
+            + text(self.table_name)
+            + text(self.op)
+            + json(self.old_row)
+            + json(self.new_row)
+    }
+}
+
 /// One committed transaction appended to one of the K chains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {

@@ -32,7 +32,7 @@
 
 use super::decode::Malformed;
 use super::tag;
-use crate::model::{Event, Json};
+use crate::model::{Event, EventRef, Json};
 
 /// The first byte of a version 2 frame.
 pub const FRAME: u8 = 0xA2;
@@ -286,11 +286,51 @@ pub fn pack(canonical: &[u8], first_event: i64, out: &mut Vec<u8>) -> Result<(),
 
 /// Append the version 2 frame of `e`, whose transaction's first event is
 /// `first_event`: what [`pack`] makes of its canonical encoding, without
-/// making that. Rows already encoded (version 1, as capture encodes them)
-/// are converted as they are copied. An error if one of them is not a
-/// `json` item. Returns where the frame's body starts in `out` (it runs to
-/// the end), for the writer to hash it without reading the frame back.
+/// making that. An error if a JSON value already encoded is not one `json`
+/// item. Returns where the frame's body starts in `out` (it runs to the
+/// end).
 pub fn encode_event(e: &Event, first_event: i64, out: &mut Vec<u8>) -> Result<usize, Malformed> {
+    let (context, old_row, new_row) = (
+        encoded(&e.context),
+        encoded(&e.old_row),
+        encoded(&e.new_row),
+    );
+    let r = EventRef {
+        id: e.id,
+        tx_id: e.tx_id,
+        tx_seq: e.tx_seq,
+        recorded_at: e.recorded_at,
+        statement_at: e.statement_at,
+        session_user_name: &e.session_user_name,
+        current_user_name: &e.current_user_name,
+        application_name: e.application_name.as_deref(),
+        client_addr: e.client_addr.as_deref(),
+        context: context.as_deref(),
+        table_schema: &e.table_schema,
+        table_name: &e.table_name,
+        op: &e.op,
+        old_row: old_row.as_deref(),
+        new_row: new_row.as_deref(),
+    };
+    encode(&r, first_event, out)
+}
+
+/// A JSON value's encoding: borrowed if it has one, else made here.
+fn encoded(j: &Option<Json>) -> Option<std::borrow::Cow<'_, [u8]>> {
+    j.as_ref().map(|j| match j {
+        Json::Encoded(b) => std::borrow::Cow::Borrowed(&b[..]),
+        Json::Value(v) => {
+            let mut b = Vec::new();
+            super::encode_json(v, &mut b);
+            std::borrow::Cow::Owned(b)
+        }
+    })
+}
+
+/// [`encode_event`] of a borrowed event, as capture writes it. Its JSON
+/// values (version 1, as capture encodes them) are converted as they are
+/// copied.
+pub fn encode(e: &EventRef, first_event: i64, out: &mut Vec<u8>) -> Result<usize, Malformed> {
     if e.tx_seq < 0 {
         return Err(Malformed(0));
     }
@@ -313,22 +353,12 @@ pub fn encode_event(e: &Event, first_event: i64, out: &mut Vec<u8>) -> Result<us
             text(out, t);
         }
     };
-    let opt_json = |out: &mut Vec<u8>, j: Option<&Json>| -> Result<(), Malformed> {
-        let Some(j) = j else {
+    let opt_json = |out: &mut Vec<u8>, j: Option<&[u8]>| -> Result<(), Malformed> {
+        let Some(v1) = j else {
             out.push(0);
             return Ok(());
         };
         out.push(1);
-        let made;
-        let v1: &[u8] = match j {
-            Json::Encoded(b) => b,
-            Json::Value(v) => {
-                let mut b = Vec::new();
-                super::encode_json(v, &mut b);
-                made = b;
-                &made
-            }
-        };
         let mut r = In { b: v1, at: 0 };
         d.json(&mut r, out)?;
         if r.at != v1.len() {
@@ -336,21 +366,21 @@ pub fn encode_event(e: &Event, first_event: i64, out: &mut Vec<u8>) -> Result<us
         }
         Ok(())
     };
-    text(out, &e.session_user_name);
+    text(out, e.session_user_name);
     if e.current_user_name == e.session_user_name {
         out.push(0);
     } else {
         out.push(1);
-        text(out, &e.current_user_name);
+        text(out, e.current_user_name);
     }
-    opt_text(out, e.application_name.as_deref());
-    opt_text(out, e.client_addr.as_deref());
-    opt_json(out, e.context.as_ref())?;
-    text(out, &e.table_schema);
-    text(out, &e.table_name);
-    text(out, &e.op);
-    opt_json(out, e.old_row.as_ref())?;
-    opt_json(out, e.new_row.as_ref())?;
+    opt_text(out, e.application_name);
+    opt_text(out, e.client_addr);
+    opt_json(out, e.context)?;
+    text(out, e.table_schema);
+    text(out, e.table_name);
+    text(out, e.op);
+    opt_json(out, e.old_row)?;
+    opt_json(out, e.new_row)?;
     Ok(open.close(out))
 }
 
@@ -573,6 +603,39 @@ mod tests {
         let mut direct = Vec::new();
         encode_event(&encoded, first_event, &mut direct).unwrap();
         assert_eq!(direct, framed);
+        // Borrowed, as capture has it: the same frame, the same event back,
+        // and version 1's exact size.
+        fn bytes(j: &Option<Json>) -> Option<&[u8]> {
+            match j {
+                Some(Json::Encoded(b)) => Some(b),
+                _ => None,
+            }
+        }
+        let r = EventRef {
+            id: e.id,
+            tx_id: e.tx_id,
+            tx_seq: e.tx_seq,
+            recorded_at: e.recorded_at,
+            statement_at: e.statement_at,
+            session_user_name: &e.session_user_name,
+            current_user_name: &e.current_user_name,
+            application_name: e.application_name.as_deref(),
+            client_addr: e.client_addr.as_deref(),
+            context: bytes(&encoded.context),
+            table_schema: &e.table_schema,
+            table_name: &e.table_name,
+            op: &e.op,
+            old_row: bytes(&encoded.old_row),
+            new_row: bytes(&encoded.new_row),
+        };
+        let mut borrowed = Vec::new();
+        encode(&r, first_event, &mut borrowed).unwrap();
+        assert_eq!(borrowed, framed);
+        let mut owned = r.to_event(e.tx_first);
+        (owned.prev_hash, owned.hash) = (e.prev_hash, e.hash);
+        assert_eq!(owned, encoded);
+        assert_eq!(r.size_hint(), crate::encoding::event_size_hint(&encoded));
+        assert_eq!(r.size_hint(), c.len());
         let (f, end) = frame_at(&framed, 0).unwrap();
         assert_eq!(end, framed.len());
         // The body's start that encode_event returns is the frame's.
