@@ -13,6 +13,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::Value;
 
+use crate::catalog;
 use crate::errors::{AuditError, OrRaise};
 use crate::fmgr::c_function;
 use crate::jsonb;
@@ -299,6 +300,7 @@ pub fn record(
     op: &str,
     old_row: Option<Json>,
     new_row: Option<Json>,
+    rows_packed: bool,
     row_key: Option<i64>,
 ) -> Result<i64, AuditError> {
     // SAFETY: plain reads of session state.
@@ -330,6 +332,7 @@ pub fn record(
             op,
             old_row: old_row.as_ref().map(|j| &j.encoded[..]),
             new_row: new_row.as_ref().map(|j| &j.encoded[..]),
+            rows_packed,
         };
         (event, row_key)
     })
@@ -343,7 +346,7 @@ pub fn record_config(
     details: Value,
 ) -> Result<(), AuditError> {
     let details = json_from_value(&details)?;
-    record(schema, table, op, None, Some(details), None).map(|_| ())
+    record(schema, table, op, None, Some(details), false, None).map(|_| ())
 }
 
 /// A relation's schema and name, borrowed where they can be: the name from
@@ -436,14 +439,26 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         let plan = (!opts.history && opts.redact_columns.is_empty())
             .then(|| rowenc::Plan::new(desc, &opts.exclude_columns))
             .flatten();
+        // Rows that rowenc writes are written packed, as the payload stores
+        // them, when the payload is packed (a 0.3.0 schema) and no option
+        // reads them back (changed_only compares them in version 1). Both
+        // rows of an event are in the same form.
+        let packed = plan.is_some() && !opts.changed_only && catalog::lookup()?.packed;
         let row = |t: pg_sys::HeapTuple| -> Result<Json, AuditError> {
-            if let Some(encoded) = plan.as_ref().and_then(|p| p.encode(t)) {
+            if let Some(encoded) = plan.as_ref().and_then(|p| p.encode(t, packed)) {
                 return Ok(Json { raw: None, encoded });
             }
             // Options work on the datums with PostgreSQL's own jsonb
             // functions, which never walk nested values, so any depth is fine.
             let d = opts.apply(row_to_jsonb(t, desc))?;
-            Ok(json_from_datum(d, opts.history))
+            let mut j = json_from_datum(d, opts.history);
+            if packed {
+                let mut p = Vec::new();
+                audit_log_core::encoding::packed::json_pack(&j.encoded, &mut p)
+                    .map_err(|e| AuditError::Internal(format!("row encoding: {e:?}")))?;
+                j.encoded = p;
+            }
+            Ok(j)
         };
         let old = (op != Op::Insert)
             .then(|| row(td.tg_trigtuple))
@@ -489,7 +504,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             (o, _) => o,
         };
         let channel = opts.notify.then(|| opts.channel_for(&schema, &name));
-        let id = record(&schema, &name, op.as_str(), old, new, row_key)?;
+        let id = record(&schema, &name, op.as_str(), old, new, packed, row_key)?;
         if let Some(channel) = channel {
             notify(&channel, id, op.as_str(), &schema, &name);
         }
@@ -597,7 +612,7 @@ fn capture_stmt_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             // SAFETY: the trigger manager hands us a valid relation.
             let (schema, name) = unsafe { relation_names(td.tg_relation) };
             let op = Op::Truncate.as_str();
-            let id = record(&schema, &name, op, None, None, None)?;
+            let id = record(&schema, &name, op, None, None, false, None)?;
             if opts.notify {
                 notify(&opts.channel_for(&schema, &name), id, op, &schema, &name);
             }

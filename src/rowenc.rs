@@ -25,6 +25,7 @@
 
 use std::ffi::CStr;
 
+use audit_log_core::encoding::packed::put_varint;
 use audit_log_core::encoding::{put_len, tag};
 use pgrx::{pg_sys, varlena};
 
@@ -99,10 +100,19 @@ fn uuid_text(b: &[u8]) -> [u8; 36] {
     out
 }
 
+/// A length or count: 4 bytes (version 1), or a varint (packed).
+fn put_n(out: &mut Vec<u8>, n: usize, packed: bool) {
+    if packed {
+        put_varint(out, n as u64);
+    } else {
+        put_len(out, n);
+    }
+}
+
 /// A string or number value: its tag, length and bytes.
-fn put_scalar(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+fn put_scalar(out: &mut Vec<u8>, tag: u8, bytes: &[u8], packed: bool) {
     out.push(tag);
-    put_len(out, bytes.len());
+    put_n(out, bytes.len(), packed);
     out.extend_from_slice(bytes);
 }
 
@@ -195,10 +205,13 @@ impl<'a> Plan<'a> {
 
     /// The canonical encoding of `to_jsonb(tuple)` without the excluded
     /// columns, or None if a value needs to_jsonb (NaN, a row too large).
+    /// `packed`: in the packed form that payloads store
+    /// (`audit_log_core::encoding::packed::json_pack`'s), lengths and
+    /// counts as varints, so that it is copied into the payload as it is.
     ///
     /// # Safety
     /// `tuple` is a heap tuple of the plan's descriptor.
-    pub unsafe fn encode(&self, tuple: pg_sys::HeapTuple) -> Option<Vec<u8>> {
+    pub unsafe fn encode(&self, tuple: pg_sys::HeapTuple, packed: bool) -> Option<Vec<u8>> {
         // SAFETY: by the caller's contract, tuple and desc go together; every
         // datum read is of the type its attribute says.
         unsafe {
@@ -209,11 +222,11 @@ impl<'a> Plan<'a> {
             pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
             let mut out = Vec::with_capacity(64 + members.len() * 40);
             out.push(tag::OBJECT);
-            put_len(&mut out, members.len());
+            put_n(&mut out, members.len(), packed);
             let mut size = 0usize;
             let mut digits = [0u8; 20];
             for &(name, i, k, typid) in members {
-                put_len(&mut out, name.len());
+                put_n(&mut out, name.len(), packed);
                 out.extend_from_slice(name);
                 size += name.len();
                 if nulls[i] {
@@ -231,16 +244,19 @@ impl<'a> Plan<'a> {
                         &mut out,
                         tag::NUMBER,
                         int_text(i64::from(d.value() as i16), &mut digits),
+                        packed,
                     ),
                     Kind::Int4 => put_scalar(
                         &mut out,
                         tag::NUMBER,
                         int_text(i64::from(d.value() as i32), &mut digits),
+                        packed,
                     ),
                     Kind::Int8 => put_scalar(
                         &mut out,
                         tag::NUMBER,
                         int_text(d.value() as i64, &mut digits),
+                        packed,
                     ),
                     Kind::Text => {
                         // Sized before it is detoasted: a value too large for
@@ -254,12 +270,12 @@ impl<'a> Plan<'a> {
                         // A large value where memory is short takes to_jsonb,
                         // whose allocations fail as an ERROR, not an abort.
                         out.try_reserve(5 + bytes.len()).ok()?;
-                        put_scalar(&mut out, tag::STRING, bytes);
+                        put_scalar(&mut out, tag::STRING, bytes, packed);
                     }
                     Kind::Uuid => {
                         // SAFETY: a uuid is 16 bytes passed by reference.
                         let b = std::slice::from_raw_parts(d.cast_mut_ptr::<u8>().cast_const(), 16);
-                        put_scalar(&mut out, tag::STRING, &uuid_text(b));
+                        put_scalar(&mut out, tag::STRING, &uuid_text(b), packed);
                     }
                     Kind::Numeric => {
                         let v = detoasted(d);
@@ -274,7 +290,7 @@ impl<'a> Plan<'a> {
                         if size > MAX_DIRECT_BYTES {
                             return None;
                         }
-                        put_scalar(&mut out, tag::NUMBER, text.as_bytes());
+                        put_scalar(&mut out, tag::NUMBER, text.as_bytes(), packed);
                     }
                     Kind::DateTime => {
                         // Written into our buffer: nothing to palloc or free.
@@ -285,7 +301,7 @@ impl<'a> Plan<'a> {
                         let mut buf = [0 as std::ffi::c_char; pg_sys::MAXDATELEN as usize + 1];
                         let utc: std::ffi::c_int = 0;
                         let s = pg_sys::JsonEncodeDateTime(buf.as_mut_ptr(), d, typid, &utc);
-                        put_scalar(&mut out, tag::STRING, CStr::from_ptr(s).to_bytes());
+                        put_scalar(&mut out, tag::STRING, CStr::from_ptr(s).to_bytes(), packed);
                     }
                 }
             }

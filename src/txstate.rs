@@ -149,15 +149,17 @@ pub fn append<'a>(
                 }
             } else {
                 let start = buf.len();
-                audit_log_core::record::encode_event_into(buf, &event.to_event(first));
                 let base = audit_log_core::record::Base {
                     first_event: first,
                     tx_id: s.tx_id,
                 };
-                hashed = match audit_log_core::record::event_at(buf, start) {
-                    Some(Ok((framed, _))) => Some(framed.hash(&s.head.hash, base)),
-                    _ => None,
-                };
+                hashed = event.to_event(first).ok().and_then(|e| {
+                    audit_log_core::record::encode_event_into(buf, &e);
+                    match audit_log_core::record::event_at(buf, start) {
+                        Some(Ok((framed, _))) => Some(framed.hash(&s.head.hash, base)),
+                        _ => None,
+                    }
+                });
             }
         });
         let Some(hash) = hashed else {

@@ -80,14 +80,25 @@ pub struct EventRef<'a> {
     pub op: &'a str,
     pub old_row: Option<&'a [u8]>,
     pub new_row: Option<&'a [u8]>,
+    /// The rows are already packed (`encoding::packed::json_pack`'s form),
+    /// as capture writes them for a packed payload.
+    pub rows_packed: bool,
 }
 
 impl EventRef<'_> {
     /// The owned event, in the transaction whose first event is `tx_first`
-    /// (its hashes left zero).
-    pub fn to_event(&self, tx_first: i64) -> Event {
+    /// (its hashes left zero), its rows of version 1. An error if a packed
+    /// row is not one `json` item.
+    pub fn to_event(&self, tx_first: i64) -> Result<Event, crate::encoding::decode::Malformed> {
         let json = |j: Option<&[u8]>| j.map(|b| Json::Encoded(b.to_vec()));
-        Event {
+        let row = |j: Option<&[u8]>| match j {
+            Some(b) if self.rows_packed => {
+                let mut v1 = Vec::with_capacity(b.len() * 2);
+                crate::encoding::packed::json_unpack(b, &mut v1).map(|()| Some(Json::Encoded(v1)))
+            }
+            j => Ok(json(j)),
+        };
+        Ok(Event {
             id: self.id,
             tx_id: self.tx_id,
             tx_seq: self.tx_seq,
@@ -102,15 +113,16 @@ impl EventRef<'_> {
             table_schema: self.table_schema.into(),
             table_name: self.table_name.into(),
             op: self.op.into(),
-            old_row: json(self.old_row),
-            new_row: json(self.new_row),
+            old_row: row(self.old_row)?,
+            new_row: row(self.new_row)?,
             prev_hash: crate::ZERO_HASH,
             hash: crate::ZERO_HASH,
-        }
+        })
     }
 
-    /// The length of its version 1 encoding, which its packed frame does
-    /// not pass but for strings over 256 MB: for reserving room once.
+    /// The length of its version 1 encoding (of its packed frame, when its
+    /// rows are packed), which a packed frame does not pass but for strings
+    /// over 256 MB: for reserving room once.
     pub fn size_hint(&self) -> usize {
         let text = |t: &str| 4 + t.len();
         let opt_text = |t: Option<&str>| t.map_or(1, |t| 1 + text(t));

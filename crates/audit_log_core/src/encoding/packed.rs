@@ -311,6 +311,7 @@ pub fn encode_event(e: &Event, first_event: i64, out: &mut Vec<u8>) -> Result<us
         op: &e.op,
         old_row: old_row.as_deref(),
         new_row: new_row.as_deref(),
+        rows_packed: false,
     };
     encode(&r, first_event, out)
 }
@@ -328,8 +329,8 @@ fn encoded(j: &Option<Json>) -> Option<std::borrow::Cow<'_, [u8]>> {
 }
 
 /// [`encode_event`] of a borrowed event, as capture writes it. Its JSON
-/// values (version 1, as capture encodes them) are converted as they are
-/// copied.
+/// values of version 1 are converted as they are copied; its rows, when
+/// `rows_packed`, are copied as they are.
 pub fn encode(e: &EventRef, first_event: i64, out: &mut Vec<u8>) -> Result<usize, Malformed> {
     if e.tx_seq < 0 {
         return Err(Malformed(0));
@@ -353,15 +354,21 @@ pub fn encode(e: &EventRef, first_event: i64, out: &mut Vec<u8>) -> Result<usize
             text(out, t);
         }
     };
-    let opt_json = |out: &mut Vec<u8>, j: Option<&[u8]>| -> Result<(), Malformed> {
-        let Some(v1) = j else {
+    let opt_json = |out: &mut Vec<u8>, j: Option<&[u8]>, packed: bool| -> Result<(), Malformed> {
+        let Some(j) = j else {
             out.push(0);
             return Ok(());
         };
         out.push(1);
-        let mut r = In { b: v1, at: 0 };
+        if packed {
+            // The writer's own encoding, copied as it is.
+            debug_assert!(json_unpack(j, &mut Vec::new()).is_ok());
+            out.extend_from_slice(j);
+            return Ok(());
+        }
+        let mut r = In { b: j, at: 0 };
         d.json(&mut r, out)?;
-        if r.at != v1.len() {
+        if r.at != j.len() {
             return Err(Malformed(r.at));
         }
         Ok(())
@@ -375,13 +382,34 @@ pub fn encode(e: &EventRef, first_event: i64, out: &mut Vec<u8>) -> Result<usize
     }
     opt_text(out, e.application_name);
     opt_text(out, e.client_addr);
-    opt_json(out, e.context)?;
+    opt_json(out, e.context, false)?;
     text(out, e.table_schema);
     text(out, e.table_name);
     text(out, e.op);
-    opt_json(out, e.old_row)?;
-    opt_json(out, e.new_row)?;
+    opt_json(out, e.old_row, e.rows_packed)?;
+    opt_json(out, e.new_row, e.rows_packed)?;
     Ok(open.close(out))
+}
+
+/// Convert one `json` item of version 1 to its packed form (lengths and
+/// counts as varints), appended to `out`. An error if `v1` is not exactly
+/// one item.
+pub fn json_pack(v1: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
+    convert_json(Dir::Pack, v1, out)
+}
+
+/// Convert one packed `json` item back to version 1, appended to `out`.
+pub fn json_unpack(v2: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
+    convert_json(Dir::Unpack, v2, out)
+}
+
+fn convert_json(d: Dir, j: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
+    let mut r = In { b: j, at: 0 };
+    d.json(&mut r, out)?;
+    if r.at != j.len() {
+        return Err(Malformed(r.at));
+    }
+    Ok(())
 }
 
 /// A frame whose header and first body fields are written, and whose
@@ -627,15 +655,41 @@ mod tests {
             op: &e.op,
             old_row: bytes(&encoded.old_row),
             new_row: bytes(&encoded.new_row),
+            rows_packed: false,
         };
         let mut borrowed = Vec::new();
         encode(&r, first_event, &mut borrowed).unwrap();
         assert_eq!(borrowed, framed);
-        let mut owned = r.to_event(e.tx_first);
+        let mut owned = r.to_event(e.tx_first).unwrap();
         (owned.prev_hash, owned.hash) = (e.prev_hash, e.hash);
         assert_eq!(owned, encoded);
         assert_eq!(r.size_hint(), crate::encoding::event_size_hint(&encoded));
         assert_eq!(r.size_hint(), c.len());
+        // Its rows packed beforehand, as capture packs them: the same
+        // frame, and the same event back, with rows of version 1.
+        let pack_row = |j: Option<&[u8]>| {
+            j.map(|b| {
+                let mut v2 = Vec::new();
+                json_pack(b, &mut v2).unwrap();
+                let mut back = Vec::new();
+                json_unpack(&v2, &mut back).unwrap();
+                assert_eq!(back, b);
+                v2
+            })
+        };
+        let (old2, new2) = (pack_row(r.old_row), pack_row(r.new_row));
+        let p = EventRef {
+            old_row: old2.as_deref(),
+            new_row: new2.as_deref(),
+            rows_packed: true,
+            ..r
+        };
+        let mut from_packed = Vec::new();
+        encode(&p, first_event, &mut from_packed).unwrap();
+        assert_eq!(from_packed, framed);
+        let mut owned = p.to_event(e.tx_first).unwrap();
+        (owned.prev_hash, owned.hash) = (e.prev_hash, e.hash);
+        assert_eq!(owned, encoded);
         let (f, end) = frame_at(&framed, 0).unwrap();
         assert_eq!(end, framed.len());
         // The body's start that encode_event returns is the frame's.
