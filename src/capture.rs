@@ -13,7 +13,6 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::Value;
 
-use crate::catalog;
 use crate::errors::{AuditError, OrRaise};
 use crate::fmgr::c_function;
 use crate::jsonb;
@@ -279,18 +278,34 @@ fn role_name(oid: pg_sys::Oid) -> Rc<str> {
     name
 }
 
-/// The session's application_name, borrowed from the GUC machinery: valid
-/// until the setting changes, which no code run while an event is encoded
-/// does.
-fn application_name() -> Option<std::borrow::Cow<'static, str>> {
+thread_local! {
+    /// The last application_name read, as an event holds it.
+    static APPLICATION_NAME: RefCell<Option<Rc<str>>> = const { RefCell::new(None) };
+}
+
+/// The session's application_name: nearly every event repeats the last
+/// one, which is kept, compared byte for byte with the setting each time,
+/// and shared; only a changed name is copied.
+fn application_name() -> Option<Rc<str>> {
     // SAFETY: the GUC's variable: a cstring the GUC machinery owns, or NULL.
     let p = unsafe { pg_sys::application_name };
     if p.is_null() {
         return None;
     }
-    // SAFETY: p is a valid cstring owned by the GUC machinery (see above).
-    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy();
-    (!s.is_empty()).then_some(s)
+    // SAFETY: p is a valid cstring owned by the GUC machinery; it is copied
+    // or compared here, and not held.
+    let bytes = unsafe { CStr::from_ptr(p) }.to_bytes();
+    if bytes.is_empty() {
+        return None;
+    }
+    APPLICATION_NAME.with_borrow_mut(|last| {
+        if let Some(name) = last.as_ref().filter(|n| n.as_bytes() == bytes) {
+            return Some(name.clone());
+        }
+        let name: Rc<str> = Rc::from(String::from_utf8_lossy(bytes));
+        *last = Some(name.clone());
+        Some(name)
+    })
 }
 
 /// Record one event in the current transaction.
@@ -349,26 +364,49 @@ pub fn record_config(
     record(schema, table, op, None, Some(details), false, None).map(|_| ())
 }
 
-/// A relation's schema and name, borrowed where they can be: the name from
-/// the relation cache, the schema from the copy the syscache lookup makes
-/// in the current memory context.
+/// A relation's schema and name, as events record them.
+pub struct RelationNames<'a> {
+    /// Borrowed from the copy that the syscache lookup makes in the
+    /// current memory context.
+    pub schema: std::borrow::Cow<'a, str>,
+    /// A copy of the relation cache's name: an invalidation rebuilds that
+    /// entry in place (a concurrent ANALYZE rewrites it), so it is not
+    /// borrowed.
+    name: pg_sys::NameData,
+}
+
+impl RelationNames<'_> {
+    pub fn name(&self) -> std::borrow::Cow<'_, str> {
+        // SAFETY: NameData is NAMEDATALEN bytes; reading them as u8 is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                self.name.data.as_ptr().cast::<u8>(),
+                std::mem::size_of_val(&self.name.data),
+            )
+        };
+        match CStr::from_bytes_until_nul(bytes) {
+            Ok(c) => c.to_string_lossy(),
+            Err(_) => String::from_utf8_lossy(bytes),
+        }
+    }
+}
+
+/// The schema and name of `rel`.
 ///
 /// # Safety
-/// `rel` is an open relation, and it stays open, and the current memory
-/// context is not reset, while the names are used (`'a`).
-pub unsafe fn relation_names<'a>(
-    rel: pg_sys::Relation,
-) -> (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>) {
+/// `rel` is an open relation, and the current memory context is not reset
+/// while the schema is used (`'a`).
+pub unsafe fn relation_names<'a>(rel: pg_sys::Relation) -> RelationNames<'a> {
     // SAFETY: by the caller's contract, rel is an open relation.
     unsafe {
-        let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
+        let name = (*(*rel).rd_rel).relname;
         let ns = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
         let schema = if ns.is_null() {
             std::borrow::Cow::Borrowed("")
         } else {
             CStr::from_ptr(ns).to_string_lossy()
         };
-        (schema, name)
+        RelationNames { schema, name }
     }
 }
 
@@ -443,7 +481,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         // them, when the payload is packed (a 0.3.0 schema) and no option
         // reads them back (changed_only compares them in version 1). Both
         // rows of an event are in the same form.
-        let packed = plan.is_some() && !opts.changed_only && catalog::lookup()?.packed;
+        let packed = plan.is_some() && !opts.changed_only && txstate::writes_packed()?;
         let row = |t: pg_sys::HeapTuple| -> Result<Json, AuditError> {
             if let Some(encoded) = plan.as_ref().and_then(|p| p.encode(t, packed)) {
                 return Ok(Json { raw: None, encoded });
@@ -453,7 +491,10 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             let d = opts.apply(row_to_jsonb(t, desc))?;
             let mut j = json_from_datum(d, opts.history);
             if packed {
+                // Held twice for a moment: room for it, or an ERROR.
                 let mut p = Vec::new();
+                p.try_reserve(j.encoded.len())
+                    .map_err(|_| AuditError::OutOfMemory(j.encoded.len()))?;
                 audit_log_core::encoding::packed::json_pack(&j.encoded, &mut p)
                     .map_err(|e| AuditError::Internal(format!("row encoding: {e:?}")))?;
                 j.encoded = p;
@@ -475,7 +516,9 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             // Only excluded columns changed (or nothing did).
             return Ok(());
         }
-        let (schema, name) = relation_names(rel);
+        let names = relation_names(rel);
+        let name = names.name();
+        let (schema, name) = (&*names.schema, &*name);
         // The row's identity: its key before the change, or after an INSERT.
         let key = if opts.history {
             primary_key_names(rel)
@@ -488,7 +531,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             let text = audit_log_core::jsonb::key_text(payload, &names)
                 .ok()
                 .flatten()?;
-            Some(audit_log_core::jsonb::row_key_hash(&schema, &name, &text))
+            Some(audit_log_core::jsonb::row_key_hash(schema, name, &text))
         });
         // changed_only: the old row keeps what the UPDATE changed (its key
         // was taken above, from the whole row).
@@ -503,10 +546,10 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             }
             (o, _) => o,
         };
-        let channel = opts.notify.then(|| opts.channel_for(&schema, &name));
-        let id = record(&schema, &name, op.as_str(), old, new, packed, row_key)?;
+        let channel = opts.notify.then(|| opts.channel_for(schema, name));
+        let id = record(schema, name, op.as_str(), old, new, packed, row_key)?;
         if let Some(channel) = channel {
-            notify(&channel, id, op.as_str(), &schema, &name);
+            notify(&channel, id, op.as_str(), schema, name);
         }
         Ok(())
     }
@@ -610,11 +653,13 @@ fn capture_stmt_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         let opts = options::of_trigger(td)?;
         if opts.records(Op::Truncate) {
             // SAFETY: the trigger manager hands us a valid relation.
-            let (schema, name) = unsafe { relation_names(td.tg_relation) };
+            let names = unsafe { relation_names(td.tg_relation) };
+            let name = names.name();
+            let (schema, name) = (&*names.schema, &*name);
             let op = Op::Truncate.as_str();
-            let id = record(&schema, &name, op, None, None, false, None)?;
+            let id = record(schema, name, op, None, None, false, None)?;
             if opts.notify {
-                notify(&opts.channel_for(&schema, &name), id, op, &schema, &name);
+                notify(&opts.channel_for(schema, name), id, op, schema, name);
             }
         }
     }

@@ -36,8 +36,9 @@ fn row_key_of(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> Result<Option<
         }
         let names = primary_key_names(rel);
         // Owned: the relation is closed below.
-        let (schema, table) = crate::capture::relation_names(rel);
-        let (schema, table) = (schema.into_owned(), table.into_owned());
+        let rel_names = crate::capture::relation_names(rel);
+        let table = rel_names.name().into_owned();
+        let schema = rel_names.schema.into_owned();
         pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
         (names, schema, table)
     };

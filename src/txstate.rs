@@ -90,6 +90,17 @@ fn current_subid() -> pg_sys::SubTransactionId {
     unsafe { pg_sys::GetCurrentSubTransactionId() }
 }
 
+/// Whether this transaction's events are written packed: its state's
+/// choice once it has one (a schema updated since does not change it), else
+/// the schema's. Capture writes rows in the same form, so that they are
+/// copied into the payload as they are.
+pub fn writes_packed() -> Result<bool, AuditError> {
+    match STATE.with_borrow(|s| s.as_ref().map(|s| s.oids.packed)) {
+        Some(packed) => Ok(packed),
+        None => Ok(catalog::lookup()?.packed),
+    }
+}
+
 /// Append one event to the transaction's chain. `build` receives the
 /// transaction's id, the event's id and its position, and returns the event
 /// and its row key for history().
@@ -123,12 +134,20 @@ pub fn append<'a>(
         };
         let tx_seq = s.head.count + 1;
         let (event, row_key) = build(s.tx_id, id, tx_seq);
+        // The ids that the hash below covers are the frame's.
+        let event = EventRef {
+            id,
+            tx_id: s.tx_id,
+            tx_seq,
+            ..event
+        };
         // Encoded straight into the payload: packed (version 2), or as
-        // version 1 for a 0.2.0 schema. The size hint is version 1's, which
-        // a packed frame does not pass but for strings over 256 MB.
+        // version 1 for a 0.2.0 schema. The size hint is the event's
+        // version 1 encoding (with its rows as given), which a packed frame
+        // does not pass but for strings over 256 MB.
         s.payload.try_reserve(4 + event.size_hint())?;
-        // A packed frame is hashed from its body as encode_event left it; a
-        // version 1 frame by reading it back.
+        // A packed frame is hashed from its body as packed::encode left it;
+        // a version 1 frame by reading it back.
         let mut hashed = None;
         let at = s.payload.append(|buf| {
             if s.oids.packed {

@@ -54,6 +54,30 @@ UPDATE wide3 SET a = a WHERE id = 1;
 DELETE FROM wide3;
 SELECT op, old_row, new_row FROM audit_log.events WHERE table_name = 'wide3' ORDER BY id;
 SELECT op, old_row FROM audit_log.history('wide3', '{"id": 1}');
+-- The same options where capture encodes rows from their datums (no
+-- redaction, no history): skipping, changed_only, and a value that takes
+-- to_jsonb (NaN) beside one that does not, in one UPDATE's two rows.
+CREATE TABLE plain (id int PRIMARY KEY, a text, n numeric, seen timestamptz);
+SELECT audit_log.enable('plain', exclude_columns => '{seen}', skip_unchanged_updates => true);
+CREATE TABLE plain2 (id int PRIMARY KEY, a text, n numeric);
+SELECT audit_log.enable('plain2', changed_only => true);
+INSERT INTO plain VALUES (1, 'x', 1.5, now()), (2, 'y', 2, now());
+UPDATE plain SET seen = now() + interval '1 day';  -- only an excluded column: skipped
+UPDATE plain SET n = 'NaN' WHERE id = 1;           -- old row from its datums, new row through to_jsonb
+UPDATE plain SET n = 'NaN' WHERE id = 1;           -- unchanged, both through to_jsonb: skipped
+UPDATE plain SET n = 3 WHERE id = 1;               -- and back
+INSERT INTO plain2 VALUES (1, 'x', 1), (2, 'y', 'NaN');
+UPDATE plain2 SET a = 'z' WHERE id = 1;            -- old row: only a
+UPDATE plain2 SET n = 4 WHERE id = 2;              -- old row (NaN) through to_jsonb: only n
+SELECT table_name, op, old_row, new_row FROM audit_log.events
+ WHERE table_name IN ('plain', 'plain2') AND op <> 'ENABLE' ORDER BY id;
+-- Each row's last event holds the row as to_jsonb has it.
+SELECT t, bool_and(e.new_row = r) AS as_to_jsonb, count(*) FROM (
+    SELECT 'plain' AS t, id, to_jsonb(p) - 'seen' AS r FROM plain p
+    UNION ALL SELECT 'plain2', id, to_jsonb(p) FROM plain2 p) x
+  CROSS JOIN LATERAL (SELECT new_row FROM audit_log.events
+                       WHERE table_name = x.t AND (new_row->>'id')::int = x.id ORDER BY id DESC LIMIT 1) e
+ GROUP BY t ORDER BY t;
 -- Bad options.
 \set VERBOSITY sqlstate
 SELECT audit_log.enable('people', operations => '{INSERT, MERGE}');

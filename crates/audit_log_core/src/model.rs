@@ -61,8 +61,9 @@ pub struct Event {
 
 /// An event as capture has it, borrowed: its names from caches and the
 /// session, its JSON values already encoded (each one `json` item of the
-/// canonical encoding). What the writer encodes, without building an
-/// [`Event`] of owned strings per row change.
+/// canonical encoding, or for the rows, packed when `rows_packed`). What
+/// the writer encodes, without building an [`Event`] of owned strings per
+/// row change.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EventRef<'a> {
     pub id: i64,
@@ -93,7 +94,10 @@ impl EventRef<'_> {
         let json = |j: Option<&[u8]>| j.map(|b| Json::Encoded(b.to_vec()));
         let row = |j: Option<&[u8]>| match j {
             Some(b) if self.rows_packed => {
-                let mut v1 = Vec::with_capacity(b.len() * 2);
+                // A length of one byte becomes four: room for that, or an error.
+                let mut v1 = Vec::new();
+                v1.try_reserve(b.len().saturating_mul(2))
+                    .map_err(|_| crate::encoding::decode::Malformed(0))?;
                 crate::encoding::packed::json_unpack(b, &mut v1).map(|()| Some(Json::Encoded(v1)))
             }
             j => Ok(json(j)),
@@ -120,9 +124,9 @@ impl EventRef<'_> {
         })
     }
 
-    /// The length of its version 1 encoding (of its packed frame, when its
-    /// rows are packed), which a packed frame does not pass but for strings
-    /// over 256 MB: for reserving room once.
+    /// The length of its version 1 encoding, its rows counted as given
+    /// (packed rows are shorter than in version 1), which a packed frame
+    /// does not pass but for strings over 256 MB: for reserving room once.
     pub fn size_hint(&self) -> usize {
         let text = |t: &str| 4 + t.len();
         let opt_text = |t: Option<&str>| t.map_or(1, |t| 1 + text(t));

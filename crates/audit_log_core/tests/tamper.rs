@@ -476,8 +476,9 @@ fn packed_and_mixed_versions_verify() {
 
 #[test]
 fn edits_of_either_version_are_detected() {
-    // Event 7 (version 2), 13 and 14 (version 1 and 2 in one transaction),
-    // 16 (version 1 after version 2).
+    // Event 7 (version 2); 13, 14 and 15 (version 1, 2 and 1 in one
+    // transaction: 15 is version 1 after version 2); 16 (version 1 in a
+    // transaction after that one).
     for id in [7, 13, 14, 15, 16] {
         let mut log = mixed_log();
         let e = log.events.iter_mut().find(|e| e.id == id).unwrap();
