@@ -215,67 +215,130 @@ fn client_addr() -> Option<Rc<str>> {
     })
 }
 
+/// Names by OID, read from a syscache and kept: nearly every event repeats
+/// the last ones. Each entry carries the generation it was read in; a
+/// change to the catalog (a rename, a drop) starts a new generation, so no
+/// name outlives its catalog row.
+struct NameCache {
+    names: RefCell<Vec<(pg_sys::Oid, u64, Rc<str>)>>,
+    generation: std::cell::Cell<u64>,
+}
+
+impl NameCache {
+    const fn new() -> Self {
+        NameCache {
+            names: RefCell::new(Vec::new()),
+            generation: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Called by PostgreSQL's invalidation processing, possibly in the
+    /// middle of one of our own lookups, so it only bumps a counter.
+    fn forget(&self) {
+        self.generation.set(self.generation.get().wrapping_add(1));
+    }
+
+    fn get(&self, oid: pg_sys::Oid, lookup: impl FnOnce() -> Rc<str>) -> Rc<str> {
+        let generation = self.generation.get();
+        let hit = self
+            .names
+            .borrow()
+            .iter()
+            .find(|(o, g, _)| *o == oid && *g == generation)
+            .map(|(_, _, n)| n.clone());
+        if let Some(name) = hit {
+            return name;
+        }
+        let name = lookup();
+        // The generation was read before the lookup: an invalidation
+        // during it makes the entry stale.
+        let mut names = self.names.borrow_mut();
+        names.retain(|(_, g, _)| *g == generation);
+        if names.len() >= 8 {
+            names.clear();
+        }
+        names.push((oid, generation, name.clone()));
+        name
+    }
+}
+
 thread_local! {
-    /// Role names by OID, for session_user_name and current_user_name:
-    /// nearly every event repeats the last ones. Each entry carries the
-    /// generation it was read in; a change to pg_authid (a rename, a drop)
-    /// starts a new generation, so no name outlives its catalog row.
-    static ROLE_NAMES: RefCell<Vec<(pg_sys::Oid, u64, Rc<str>)>> = const { RefCell::new(Vec::new()) };
-    static ROLE_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Role names, for session_user_name and current_user_name (pg_authid).
+    static ROLE_NAMES: NameCache = const { NameCache::new() };
+    /// Schema names, for table_schema (pg_namespace).
+    static SCHEMA_NAMES: NameCache = const { NameCache::new() };
 }
 
 /// Syscache callback on pg_authid: forget every role name read so far.
-/// Called by PostgreSQL while it processes invalidations, possibly in the
-/// middle of one of our own lookups, so it only bumps a counter.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn forget_role_names(
     _arg: pg_sys::Datum,
     _cache: std::ffi::c_int,
     _hash: u32,
 ) {
-    ROLE_GENERATION.set(ROLE_GENERATION.get().wrapping_add(1));
+    ROLE_NAMES.with(NameCache::forget);
 }
 
-/// Register the role-name cache's invalidation (from _PG_init).
+/// Syscache callback on pg_namespace: forget every schema name read so far.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn forget_schema_names(
+    _arg: pg_sys::Datum,
+    _cache: std::ffi::c_int,
+    _hash: u32,
+) {
+    SCHEMA_NAMES.with(NameCache::forget);
+}
+
+/// Register the name caches' invalidations (from _PG_init).
 pub fn register_callbacks() {
-    // SAFETY: registers a callback for the life of the backend; AUTHOID is a syscache.
+    // SAFETY: registers callbacks for the life of the backend; AUTHOID and
+    // NAMESPACEOID are syscaches.
     unsafe {
         pg_sys::CacheRegisterSyscacheCallback(
             pg_sys::SysCacheIdentifier::AUTHOID as i32,
             Some(forget_role_names),
             pg_sys::Datum::from(0),
         );
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
+            Some(forget_schema_names),
+            pg_sys::Datum::from(0),
+        );
+    }
+}
+
+/// A palloc'd cstring (or NULL) as a name: `what oid` when NULL.
+fn name_from(p: *const std::ffi::c_char, what: &str, oid: pg_sys::Oid) -> Rc<str> {
+    if p.is_null() {
+        Rc::from(format!("{what} {}", oid.to_u32()))
+    } else {
+        // SAFETY: p is a valid cstring, copied here.
+        Rc::from(unsafe { CStr::from_ptr(p) }.to_string_lossy())
     }
 }
 
 fn role_name(oid: pg_sys::Oid) -> Rc<str> {
-    let generation = ROLE_GENERATION.get();
-    let hit = ROLE_NAMES.with_borrow(|names| {
-        names
-            .iter()
-            .find(|(o, g, _)| *o == oid && *g == generation)
-            .map(|(_, _, n)| n.clone())
-    });
-    if let Some(name) = hit {
-        return name;
-    }
-    // SAFETY: noerr = true returns NULL for a dropped role.
-    let p = unsafe { pg_sys::GetUserNameFromId(oid, true) };
-    let name: Rc<str> = if p.is_null() {
-        Rc::from(format!("role {}", oid.to_u32()))
-    } else {
-        // SAFETY: p is a palloc'd cstring.
-        Rc::from(unsafe { CStr::from_ptr(p) }.to_string_lossy())
-    };
-    // Read before the lookup: an invalidation during it makes the entry stale.
-    ROLE_NAMES.with_borrow_mut(|names| {
-        names.retain(|(_, g, _)| *g == generation);
-        if names.len() >= 8 {
-            names.clear();
-        }
-        names.push((oid, generation, name.clone()));
-    });
-    name
+    ROLE_NAMES.with(|c| {
+        c.get(oid, || {
+            // SAFETY: noerr = true returns NULL for a dropped role.
+            name_from(unsafe { pg_sys::GetUserNameFromId(oid, true) }, "role", oid)
+        })
+    })
+}
+
+/// A schema's name, or "" for one that is gone.
+fn schema_name(oid: pg_sys::Oid) -> Rc<str> {
+    SCHEMA_NAMES.with(|c| {
+        c.get(oid, || {
+            // SAFETY: a syscache lookup; NULL for a missing schema.
+            let p = unsafe { pg_sys::get_namespace_name(oid) };
+            if p.is_null() {
+                Rc::from("")
+            } else {
+                name_from(p, "schema", oid)
+            }
+        })
+    })
 }
 
 thread_local! {
@@ -365,17 +428,15 @@ pub fn record_config(
 }
 
 /// A relation's schema and name, as events record them.
-pub struct RelationNames<'a> {
-    /// Borrowed from the copy that the syscache lookup makes in the
-    /// current memory context.
-    pub schema: std::borrow::Cow<'a, str>,
+pub struct RelationNames {
+    pub schema: Rc<str>,
     /// A copy of the relation cache's name: an invalidation rebuilds that
     /// entry in place (a concurrent ANALYZE rewrites it), so it is not
     /// borrowed.
     name: pg_sys::NameData,
 }
 
-impl RelationNames<'_> {
+impl RelationNames {
     pub fn name(&self) -> std::borrow::Cow<'_, str> {
         // SAFETY: NameData is NAMEDATALEN bytes; reading them as u8 is sound.
         let bytes = unsafe {
@@ -394,19 +455,13 @@ impl RelationNames<'_> {
 /// The schema and name of `rel`.
 ///
 /// # Safety
-/// `rel` is an open relation, and the current memory context is not reset
-/// while the schema is used (`'a`).
-pub unsafe fn relation_names<'a>(rel: pg_sys::Relation) -> RelationNames<'a> {
+/// `rel` is an open relation.
+pub unsafe fn relation_names(rel: pg_sys::Relation) -> RelationNames {
     // SAFETY: by the caller's contract, rel is an open relation.
-    unsafe {
-        let name = (*(*rel).rd_rel).relname;
-        let ns = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
-        let schema = if ns.is_null() {
-            std::borrow::Cow::Borrowed("")
-        } else {
-            CStr::from_ptr(ns).to_string_lossy()
-        };
-        RelationNames { schema, name }
+    let (name, namespace) = unsafe { ((*(*rel).rd_rel).relname, (*(*rel).rd_rel).relnamespace) };
+    RelationNames {
+        schema: schema_name(namespace),
+        name,
     }
 }
 

@@ -38,7 +38,7 @@ fn row_key_of(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> Result<Option<
         // Owned: the relation is closed below.
         let rel_names = crate::capture::relation_names(rel);
         let table = rel_names.name().into_owned();
-        let schema = rel_names.schema.into_owned();
+        let schema = rel_names.schema.to_string();
         pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
         (names, schema, table)
     };

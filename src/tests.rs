@@ -35,6 +35,7 @@ mod tests {
             name!(prev_hash, Vec<u8>),
             name!(hash, Vec<u8>),
             name!(current_user_name, String),
+            name!(table_schema, String),
         ),
     > {
         use crate::errors::{AuditError, OrRaise};
@@ -58,6 +59,7 @@ mod tests {
                     e.prev_hash.to_vec(),
                     e.hash.to_vec(),
                     e.current_user_name,
+                    e.table_schema,
                 ));
             }
         }
@@ -137,6 +139,25 @@ mod tests {
                FROM tests.pending() WHERE op = 'INSERT'",
         )?;
         assert_eq!(who.as_deref(), Some("al_before,al_after"));
+        Ok(())
+    }
+
+    /// Schema names are cached per backend too: a table whose schema is
+    /// renamed is recorded under the new name from the next event on.
+    #[pg_test]
+    fn a_renamed_schema_is_recorded_by_its_new_name() -> Result<(), pgrx::spi::Error> {
+        Spi::run(
+            "CREATE SCHEMA al_s1; CREATE TABLE al_s1.t (id int PRIMARY KEY);
+             SELECT audit_log.enable('al_s1.t');
+             INSERT INTO al_s1.t VALUES (1);
+             ALTER SCHEMA al_s1 RENAME TO al_s2;
+             INSERT INTO al_s2.t VALUES (2);",
+        )?;
+        let schemas = Spi::get_one::<String>(
+            "SELECT string_agg(table_schema, ',' ORDER BY tx_seq)
+               FROM tests.pending() WHERE op = 'INSERT'",
+        )?;
+        assert_eq!(schemas.as_deref(), Some("al_s1,al_s2"));
         Ok(())
     }
 

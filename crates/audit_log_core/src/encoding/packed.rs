@@ -295,7 +295,18 @@ pub fn encode_event(e: &Event, first_event: i64, out: &mut Vec<u8>) -> Result<us
         encoded(&e.old_row),
         encoded(&e.new_row),
     );
-    let r = EventRef {
+    let r = borrowed(
+        e,
+        [context.as_deref(), old_row.as_deref(), new_row.as_deref()],
+    );
+    encode(&r, first_event, out)
+}
+
+/// `e` borrowed, with the encodings of its context, old row and new row
+/// (version 1).
+fn borrowed<'a>(e: &'a Event, json: [Option<&'a [u8]>; 3]) -> EventRef<'a> {
+    let [context, old_row, new_row] = json;
+    EventRef {
         id: e.id,
         tx_id: e.tx_id,
         tx_seq: e.tx_seq,
@@ -305,15 +316,14 @@ pub fn encode_event(e: &Event, first_event: i64, out: &mut Vec<u8>) -> Result<us
         current_user_name: &e.current_user_name,
         application_name: e.application_name.as_deref(),
         client_addr: e.client_addr.as_deref(),
-        context: context.as_deref(),
+        context,
         table_schema: &e.table_schema,
         table_name: &e.table_name,
         op: &e.op,
-        old_row: old_row.as_deref(),
-        new_row: new_row.as_deref(),
+        old_row,
+        new_row,
         rows_packed: false,
-    };
-    encode(&r, first_event, out)
+    }
 }
 
 /// A JSON value's encoding: borrowed if it has one, else made here.
@@ -639,27 +649,17 @@ mod tests {
                 _ => None,
             }
         }
-        let r = EventRef {
-            id: e.id,
-            tx_id: e.tx_id,
-            tx_seq: e.tx_seq,
-            recorded_at: e.recorded_at,
-            statement_at: e.statement_at,
-            session_user_name: &e.session_user_name,
-            current_user_name: &e.current_user_name,
-            application_name: e.application_name.as_deref(),
-            client_addr: e.client_addr.as_deref(),
-            context: bytes(&encoded.context),
-            table_schema: &e.table_schema,
-            table_name: &e.table_name,
-            op: &e.op,
-            old_row: bytes(&encoded.old_row),
-            new_row: bytes(&encoded.new_row),
-            rows_packed: false,
-        };
-        let mut borrowed = Vec::new();
-        encode(&r, first_event, &mut borrowed).unwrap();
-        assert_eq!(borrowed, framed);
+        let r = super::borrowed(
+            e,
+            [
+                bytes(&encoded.context),
+                bytes(&encoded.old_row),
+                bytes(&encoded.new_row),
+            ],
+        );
+        let mut from_ref = Vec::new();
+        encode(&r, first_event, &mut from_ref).unwrap();
+        assert_eq!(from_ref, framed);
         let mut owned = r.to_event(e.tx_first).unwrap();
         (owned.prev_hash, owned.hash) = (e.prev_hash, e.hash);
         assert_eq!(owned, encoded);
