@@ -148,6 +148,40 @@ SQL
     out=$(python3 "$here/lib/format_v2.py" proof "$work/p5.json" "$work/cp2.json" 2>&1) || fail "$db: the proof does not hold: $out"
     upgrades=$((upgrades + 1))
     echo "  $old -> $current: schema as a fresh install; ${now#* } events verify (SQL, checkpoint, CLI, Python); writes chain on; trees built, an old event proves"
+
+    # The update run inside an audited transaction, between its events (one
+    # row of them through to_jsonb): the transaction keeps the frames it
+    # began with, the next one is packed, and all of it verifies.
+    mix=${db}_mix
+    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $mix" -c "CREATE DATABASE $mix" 2>/dev/null
+    q "$mix" <<SQL >/dev/null
+SET client_min_messages = warning;
+CREATE EXTENSION audit_log VERSION '$old';
+CREATE TABLE t (id int PRIMARY KEY, v text, n numeric);
+SELECT audit_log.enable('t');
+BEGIN;
+INSERT INTO t VALUES (1, 'a', 1.5);
+ALTER EXTENSION audit_log UPDATE;
+INSERT INTO t VALUES (2, 'b', 'NaN');
+UPDATE t SET v = 'c' WHERE id = 1;
+COMMIT;
+INSERT INTO t VALUES (3, 'after', 3);
+SQL
+    [ "$(q "$mix" -c "SELECT extversion FROM pg_extension WHERE extname = 'audit_log'")" = "$current" ] ||
+        fail "$mix: ALTER EXTENSION UPDATE in an audited transaction did not reach $current"
+    [ "$(q "$mix" -c "SELECT ok || ' ' || events_checked FROM audit_log.verify()")" = "true 5" ] ||
+        fail "$mix: after an update inside an audited transaction verify() says $(q "$mix" -c "SELECT * FROM audit_log.verify()")"
+    [ "$(q "$mix" -c "SELECT count(*) FROM audit_log.records WHERE get_byte(payload, 0) = 162")" = 1 ] ||
+        fail "$mix: not only the transaction after the update is packed"
+    rows=$(q "$mix" -c "SELECT string_agg(op || ' ' || new_row::text, '; ' ORDER BY id) FROM audit_log.events WHERE op <> 'ENABLE'")
+    [ "$rows" = "$(q "$mix" -c "SELECT 'INSERT ' || jsonb_build_object('id', 1, 'v', 'a', 'n', 1.5)::text || '; INSERT ' ||
+        jsonb_build_object('id', 2, 'v', 'b', 'n', 'NaN')::text || '; UPDATE ' || to_jsonb(t1)::text || '; INSERT ' || to_jsonb(t3)::text
+        FROM t t1, t t3 WHERE t1.id = 1 AND t3.id = 3")" ] || fail "$mix: the events read back as: $rows"
+    q "$mix" -f "$here/lib/dump_log.sql" >"$work/mix.jsonl"
+    out=$(python3 "$here/lib/format_v2.py" verify <"$work/mix.jsonl" 2>&1) || fail "$mix: format_v2.py refuses the log: $out"
+    "$cli" export --dsn "host=$PGHOST port=$PGPORT user=postgres dbname=$mix" --format binary --out "$work/mix.bin" 2>/dev/null
+    out=$("$cli" verify "$work/mix.bin" 2>&1) || fail "$mix: the CLI refuses the log: $out"
+    echo "  ALTER EXTENSION UPDATE inside an audited transaction: its events stay version 1, the next are packed; verify (SQL, CLI, Python)"
 done
 [ "$upgrades" -gt 0 ] || fail "no upgrade tested"
 echo "upgrade: $upgrades released version(s) upgrade in place to $current"
