@@ -61,11 +61,25 @@ impl Base {
 }
 
 pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+    // Pushed byte by byte: the writer's hot path, where a copy of one or
+    // two bytes costs more than the pushes.
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
         v >>= 7;
     }
     buf.push(v as u8);
+}
+
+/// `v` as a varint, in `buf`.
+fn varint_bytes(mut v: u64, buf: &mut [u8; 10]) -> &[u8] {
+    let mut n = 0;
+    while v >= 0x80 {
+        buf[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    buf[n] = v as u8;
+    &buf[..=n]
 }
 
 pub fn zigzag(v: i64) -> u64 {
@@ -136,6 +150,44 @@ impl<'a> In<'a> {
     }
 }
 
+/// Where a conversion writes: a buffer, or a count of the bytes it would
+/// write (to reserve exactly that much first).
+trait Sink {
+    fn put(&mut self, b: u8);
+    fn put_all(&mut self, s: &[u8]);
+    fn put_varint(&mut self, v: u64) {
+        let mut buf = [0u8; 10];
+        self.put_all(varint_bytes(v, &mut buf));
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, b: u8) {
+        self.push(b);
+    }
+
+    fn put_all(&mut self, s: &[u8]) {
+        self.extend_from_slice(s);
+    }
+
+    fn put_varint(&mut self, v: u64) {
+        put_varint(self, v);
+    }
+}
+
+/// Counts what would be written.
+struct Count(usize);
+
+impl Sink for Count {
+    fn put(&mut self, _: u8) {
+        self.0 = self.0.saturating_add(1);
+    }
+
+    fn put_all(&mut self, s: &[u8]) {
+        self.0 = self.0.saturating_add(s.len());
+    }
+}
+
 /// Which way a conversion goes: how lengths are read and written.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -153,31 +205,31 @@ impl Dir {
         }
     }
 
-    fn put_len(self, out: &mut Vec<u8>, n: usize) {
+    fn put_len(self, out: &mut impl Sink, n: usize) {
         match self {
-            Dir::Pack => put_varint(out, n as u64),
-            Dir::Unpack => out.extend_from_slice(&(n as u32).to_be_bytes()),
+            Dir::Pack => out.put_varint(n as u64),
+            Dir::Unpack => out.put_all(&(n as u32).to_be_bytes()),
         }
     }
 
     /// A `text`: its length, converted, then its bytes.
-    fn text<'a>(self, r: &mut In<'a>, out: &mut Vec<u8>) -> Result<&'a [u8], Malformed> {
+    fn text<'a>(self, r: &mut In<'a>, out: &mut impl Sink) -> Result<&'a [u8], Malformed> {
         let n = self.len(r)?;
         let s = r.take(n)?;
         self.put_len(out, n);
-        out.extend_from_slice(s);
+        out.put_all(s);
         Ok(s)
     }
 
-    fn opt(
+    fn opt<S: Sink>(
         self,
         r: &mut In,
-        out: &mut Vec<u8>,
-        f: impl FnOnce(&mut In, &mut Vec<u8>) -> Result<(), Malformed>,
+        out: &mut S,
+        f: impl FnOnce(&mut In, &mut S) -> Result<(), Malformed>,
     ) -> Result<(), Malformed> {
         let at = r.at;
         let m = r.u8()?;
-        out.push(m);
+        out.put(m);
         match m {
             0 => Ok(()),
             1 => f(r, out),
@@ -188,7 +240,7 @@ impl Dir {
     /// The fields after the users, alike in both versions but for their
     /// lengths: application_name, client_addr, context, table_schema,
     /// table_name, op, old_row and new_row.
-    fn rest(self, r: &mut In, out: &mut Vec<u8>) -> Result<(), Malformed> {
+    fn rest(self, r: &mut In, out: &mut impl Sink) -> Result<(), Malformed> {
         self.opt(r, out, |r, o| self.text(r, o).map(drop))?;
         self.opt(r, out, |r, o| self.text(r, o).map(drop))?;
         self.opt(r, out, |r, o| self.json(r, o))?;
@@ -200,7 +252,7 @@ impl Dir {
     }
 
     /// One `json` item, walked with a stack of its own (no recursion).
-    fn json(self, r: &mut In, out: &mut Vec<u8>) -> Result<(), Malformed> {
+    fn json(self, r: &mut In, out: &mut impl Sink) -> Result<(), Malformed> {
         // Per open array or object: items left, and whether keys come (bit
         // 32). A level is 8 bytes here for 2 of packed input, and a value
         // too deep for memory is an error, not an abort.
@@ -209,7 +261,7 @@ impl Dir {
         loop {
             let at = r.at;
             let t = r.u8()?;
-            out.push(t);
+            out.put(t);
             match t {
                 tag::NULL | tag::FALSE | tag::TRUE => {}
                 tag::NUMBER | tag::STRING => {
@@ -530,35 +582,46 @@ pub fn frame_at(buf: &[u8], at: usize) -> Result<(Frame<'_>, usize), Malformed> 
 /// The version 1 canonical encoding of a version 2 event, appended to
 /// `out`: for decoders, which read version 1. An error if the body is not
 /// one in its only form (shortest varints, a current user equal to the
-/// session user given as 0x00).
+/// session user given as 0x00), or if there is no memory for it.
 pub fn unpack(f: &Frame, base: Base, out: &mut Vec<u8>) -> Result<(), Malformed> {
+    // Room first, or an error (never an abort while writing): a small body
+    // gets about 1.5 times its length (a length of one byte becomes four);
+    // a large one, which can be a hostile row nested deep (2 bytes a level
+    // packed, 5 unpacked), is measured by a first pass over it.
+    let room = if f.body.len() <= UNPACK_MEASURED {
+        f.body.len() + f.body.len() / 2 + 64
+    } else {
+        let mut n = Count(0);
+        unpack_into(f, base, &mut n)?;
+        out.try_reserve_exact(n.0).map_err(|_| Malformed(0))?;
+        return unpack_into(f, base, out);
+    };
+    out.try_reserve(room).map_err(|_| Malformed(0))?;
+    unpack_into(f, base, out)
+}
+
+/// Bodies larger than this are measured before they are unpacked.
+const UNPACK_MEASURED: usize = 1 << 20;
+
+fn unpack_into(f: &Frame, base: Base, out: &mut impl Sink) -> Result<(), Malformed> {
     if !base.knows_tx_id() {
         return Err(Malformed(0));
     }
     let d = Dir::Unpack;
     let mut r = In { b: f.body, at: 0 };
-    // A row's version 1 encoding is about 1.5 times its packed body (a
-    // length of one byte becomes four): room for that, or an error.
-    out.try_reserve(
-        f.body
-            .len()
-            .saturating_add(f.body.len() / 2)
-            .saturating_add(64),
-    )
-    .map_err(|_| Malformed(0))?;
-    out.extend_from_slice(&f.id(base.first_event).to_be_bytes());
-    out.extend_from_slice(&base.tx_id.to_be_bytes());
-    out.extend_from_slice(&f.tx_seq.to_be_bytes());
+    out.put_all(&f.id(base.first_event).to_be_bytes());
+    out.put_all(&base.tx_id.to_be_bytes());
+    out.put_all(&f.tx_seq.to_be_bytes());
     let recorded_at = r.i64()?;
     let statement_at = recorded_at.wrapping_sub(unzigzag(r.varint()?));
-    out.extend_from_slice(&recorded_at.to_be_bytes());
-    out.extend_from_slice(&statement_at.to_be_bytes());
+    out.put_all(&recorded_at.to_be_bytes());
+    out.put_all(&statement_at.to_be_bytes());
     let session = d.text(&mut r, out)?;
     let at = r.at;
     match r.u8()? {
         0 => {
             d.put_len(out, session.len());
-            out.extend_from_slice(session);
+            out.put_all(session);
         }
         1 => {
             if d.text(&mut r, out)? == session {
@@ -864,5 +927,42 @@ mod tests {
         let mut long = c.clone();
         long.push(0);
         assert!(pack(&long, 100, &mut Vec::new()).is_err());
+    }
+
+    /// A body past UNPACK_MEASURED, nested deep (2 bytes a level packed, 5
+    /// unpacked): unpacked into exactly the room its first pass measured,
+    /// so the buffer never grows while it is written.
+    #[test]
+    fn a_large_deep_body_is_unpacked_into_measured_room() {
+        let depth = 600_000;
+        let mut row = Vec::with_capacity(depth * 5 + 1);
+        for _ in 0..depth {
+            row.push(tag::ARRAY);
+            row.extend_from_slice(&1u32.to_be_bytes());
+        }
+        row.push(tag::NULL);
+        let mut e = event(100, 1, "app", None, None);
+        e.new_row = Some(Json::Encoded(row));
+        let c = canonical(&e);
+        let mut framed = Vec::new();
+        pack(&c, 100, &mut framed).unwrap();
+        let (f, _) = frame_at(&framed, 0).unwrap();
+        assert!(f.body.len() > UNPACK_MEASURED);
+        let base = Base {
+            first_event: 100,
+            tx_id: e.tx_id,
+        };
+        let mut back = Vec::new();
+        unpack(&f, base, &mut back).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.capacity(), back.len());
+        // A body cut short fails in the measuring pass, with nothing written.
+        let cut = Frame {
+            body: &f.body[..f.body.len() - 1],
+            ..f
+        };
+        let mut none = Vec::new();
+        assert!(unpack(&cut, base, &mut none).is_err());
+        assert!(none.is_empty());
     }
 }
