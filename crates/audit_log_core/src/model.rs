@@ -94,10 +94,7 @@ impl EventRef<'_> {
         let json = |j: Option<&[u8]>| j.map(|b| Json::Encoded(b.to_vec()));
         let row = |j: Option<&[u8]>| match j {
             Some(b) if self.rows_packed => {
-                // A length of one byte becomes four: room for that, or an error.
                 let mut v1 = Vec::new();
-                v1.try_reserve(b.len().saturating_mul(2))
-                    .map_err(|_| crate::encoding::decode::Malformed(0))?;
                 crate::encoding::packed::json_unpack(b, &mut v1).map(|()| Some(Json::Encoded(v1)))
             }
             j => Ok(json(j)),

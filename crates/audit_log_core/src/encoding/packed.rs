@@ -461,11 +461,16 @@ pub fn json_pack(v1: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
 }
 
 /// Convert one packed `json` item back to version 1, appended to `out`.
+/// Room for it is measured first and reserved, or an error (a row nested
+/// deep is 2 bytes a level packed and 5 unpacked).
 pub fn json_unpack(v2: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
+    let mut n = Count(0);
+    convert_json(Dir::Unpack, v2, &mut n)?;
+    out.try_reserve_exact(n.0).map_err(|_| Malformed(0))?;
     convert_json(Dir::Unpack, v2, out)
 }
 
-fn convert_json(d: Dir, j: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
+fn convert_json(d: Dir, j: &[u8], out: &mut impl Sink) -> Result<(), Malformed> {
     let mut r = In { b: j, at: 0 };
     d.json(&mut r, out)?;
     if r.at != j.len() {
