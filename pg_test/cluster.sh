@@ -4,6 +4,8 @@
 #   pg_test/cluster.sh start DIR PORT     (prints nothing on success)
 #   pg_test/cluster.sh stop DIR
 # The server is Debian's PostgreSQL 15, or the one whose pg_config PG_CONFIG names.
+# audit_log is in shared_preload_libraries (its chain heads in shared memory),
+# unless AUDIT_LOG_PRELOAD=0: then commits read each head from the index.
 set -euo pipefail
 BIN=$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)
 cmd=$1 dir=$2
@@ -25,6 +27,9 @@ max_connections = 100
 fsync = on
 synchronous_commit = on
 CONF
+    if [ "${AUDIT_LOG_PRELOAD:-1}" != 0 ]; then
+        echo "shared_preload_libraries = 'audit_log'" >>"$dir/data/postgresql.conf"
+    fi
     # RUST_BACKTRACE on: a Rust backtrace that reached a client would show in
     # the golden tests' output. audit_log must keep them out whatever the setting.
     runuser -u postgres -- env RUST_BACKTRACE=1 "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null

@@ -18,6 +18,7 @@ use pgrx::pg_sys;
 
 use crate::catalog::Oids;
 use crate::errors::AuditError;
+use crate::heads;
 use crate::locks::LogLock;
 use crate::store::{self, records};
 
@@ -410,13 +411,22 @@ pub fn link(
     payload: &mut store::Bytea,
 ) -> Result<(), AuditError> {
     let chain = choose_chain();
-    let (seq, prev) = read_head(oids, chain)?;
+    let target = store::Records::open(oids)?;
+    // SAFETY: the relation is open while target is.
+    let key = unsafe { heads::Key::new(target.relation(), chain) };
+    let (seq, prev) = match heads::get(&key) {
+        Some(h) => h,
+        None => read_head(oids, chain)?,
+    };
     // SAFETY: reads the clock.
     let now = from_pg_timestamp(unsafe { pg_sys::GetCurrentTimestamp() });
     let mut r = record(tx_id, head, chain, seq + 1);
     r.committed_at = now;
     r.link_hash = r.link(prev, head.hash).link_hash;
-    store::insert_record(oids, &r, segments, payload)
+    heads::inserting(key);
+    target.insert(&r, segments, payload)?;
+    heads::inserted(r.seq, r.link_hash);
+    Ok(())
 }
 
 /// The record of a transaction with this head, at `seq` of `chain`, before

@@ -29,6 +29,7 @@ mod ddl_guard;
 mod ddl_parse;
 mod errors;
 mod fmgr;
+mod heads;
 mod history;
 mod jsonb;
 mod locks;
@@ -64,6 +65,7 @@ pub extern "C-unwind" fn _PG_init() {
     // of ours exists, and the variable is read once per process.
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
     ensure_settings();
+    heads::request();
     txstate::register_callbacks();
     capture::register_callbacks();
     chain::register_callbacks();

@@ -247,29 +247,37 @@ impl Drop for Target {
     }
 }
 
-/// Append a committed transaction's record.
-pub fn insert_record(
-    oids: &Oids,
-    r: &Record,
-    segments: i32,
-    payload: &mut Bytea,
-) -> Result<(), AuditError> {
-    let target = Target::open(oids.records, &records::COLUMNS)?;
-    let mut nulls = [false; records::COLUMNS.len()];
-    let mut values = [
-        pg_sys::Datum::from(r.chain_id),
-        pg_sys::Datum::from(r.seq),
-        pg_sys::Datum::from(r.tx_id),
-        pg_sys::Datum::from(r.first_event),
-        pg_sys::Datum::from(r.last_event),
-        pg_sys::Datum::from(r.event_count),
-        pg_sys::Datum::from(to_pg_timestamp(r.committed_at)),
-        pg_sys::Datum::from(segments),
-        bytes_datum(&r.link_hash),
-        payload.datum()?,
-    ];
-    target.insert(&mut values, &mut nulls);
-    Ok(())
+/// `audit_log.records`, open to append committed transactions' records.
+pub struct Records(Target);
+
+impl Records {
+    pub fn open(oids: &Oids) -> Result<Records, AuditError> {
+        Target::open(oids.records, &records::COLUMNS).map(Records)
+    }
+
+    /// The open relation (valid while `self` is).
+    pub fn relation(&self) -> pg_sys::Relation {
+        self.0.rel
+    }
+
+    /// Append a committed transaction's record.
+    pub fn insert(&self, r: &Record, segments: i32, payload: &mut Bytea) -> Result<(), AuditError> {
+        let mut nulls = [false; records::COLUMNS.len()];
+        let mut values = [
+            pg_sys::Datum::from(r.chain_id),
+            pg_sys::Datum::from(r.seq),
+            pg_sys::Datum::from(r.tx_id),
+            pg_sys::Datum::from(r.first_event),
+            pg_sys::Datum::from(r.last_event),
+            pg_sys::Datum::from(r.event_count),
+            pg_sys::Datum::from(to_pg_timestamp(r.committed_at)),
+            pg_sys::Datum::from(segments),
+            bytes_datum(&r.link_hash),
+            payload.datum()?,
+        ];
+        self.0.insert(&mut values, &mut nulls);
+        Ok(())
+    }
 }
 
 /// Seal a transaction's events at PREPARE TRANSACTION.

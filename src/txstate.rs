@@ -383,6 +383,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
         | XACT_EVENT_PARALLEL_COMMIT
         | XACT_EVENT_PARALLEL_ABORT => {
             clear();
+            crate::heads::at_xact_end(event == XACT_EVENT_COMMIT);
             crate::proof::at_xact_end();
             crate::chain::at_xact_end(matches!(
                 event,
@@ -402,6 +403,7 @@ unsafe extern "C-unwind" fn on_subxact(
 ) {
     use pg_sys::SubXactEvent::*;
     if event == SUBXACT_EVENT_ABORT_SUB {
+        crate::heads::at_subxact_abort(my_subid);
         crate::chain::at_subxact_abort();
     }
     STATE.with_borrow_mut(|state| {
