@@ -17,6 +17,8 @@
 #              writes, per event, measured once per run) into a table with a
 #              two-column primary key. Nothing that stores the event durably in the
 #              same transaction can write less: the physical limit (issue 11).
+# The cluster preloads pgaudit and audit_log (the README's recommended setup: the
+# chain heads in shared memory), for every variant alike.
 # Besides, not in the pgbench workloads: audit_hist (database b_audit_hist) is
 # audit_log with history => true on bulk_t, timed on the bulk statements only.
 # Workloads: single-row INSERT and UPDATE at 1, 8 and 32 clients, a multi-statement
@@ -43,7 +45,7 @@ command -v perf >/dev/null 2>&1 || true
 bash "$root/pg_test/cluster.sh" start "$dir" "$port"
 trap 'bash "$root/pg_test/cluster.sh" stop "$dir"' EXIT
 cat >>"$dir/data/postgresql.conf" <<CONF
-shared_preload_libraries = 'pgaudit'
+shared_preload_libraries = 'pgaudit,audit_log'
 shared_buffers = '1GB'
 max_wal_size = '8GB'
 checkpoint_timeout = '30min'

@@ -414,8 +414,18 @@ pub fn link(
     let target = store::Records::open(oids)?;
     // SAFETY: the relation is open while target is.
     let key = unsafe { heads::Key::new(target.relation(), chain) };
-    let (seq, prev) = match heads::get(&key) {
-        Some(h) => h,
+    // The head kept in shared memory, if its record is still there as it
+    // was; otherwise (a superuser's edit, a restart) read from the index.
+    let (seq, prev) = match heads::get(&key).filter(|h| target.holds(h.at, chain, h.seq, &h.hash)) {
+        Some(h) => {
+            if debugging() {
+                pgrx::debug2!(
+                    "audit_log: the head of chain {chain} (link {}) from shared memory",
+                    h.seq
+                );
+            }
+            (h.seq, h.hash)
+        }
         None => read_head(oids, chain)?,
     };
     // SAFETY: reads the clock.
@@ -424,9 +434,20 @@ pub fn link(
     r.committed_at = now;
     r.link_hash = r.link(prev, head.hash).link_hash;
     heads::inserting(key);
-    target.insert(&r, segments, payload)?;
-    heads::inserted(r.seq, r.link_hash);
+    let at = target.insert(&r, segments, payload)?;
+    heads::inserted(heads::Head {
+        seq: r.seq,
+        hash: r.link_hash,
+        at,
+    });
     Ok(())
+}
+
+/// Whether a DEBUG2 message goes anywhere (checked before it is formatted).
+fn debugging() -> bool {
+    let debug2 = pg_sys::DEBUG2 as i32;
+    // SAFETY: reads two settings of the backend.
+    unsafe { pg_sys::client_min_messages <= debug2 || pg_sys::log_min_messages <= debug2 }
 }
 
 /// The record of a transaction with this head, at `seq` of `chain`, before

@@ -14,16 +14,22 @@
 //! - A commit that ends otherwise (an abort after its link was inserted, a
 //!   savepoint rolled back over a link, PREPARE) clears the slot instead.
 //!   Clearing is always safe: the next commit reads the index.
+//! - The slot also says where the head's record is stored, and the commit
+//!   that uses it first fetches that tuple (under SnapshotSelf, by TID: far
+//!   cheaper than the index scan) and compares its chain, seq and link
+//!   hash. A record deleted or rewritten by a superuser, a database made
+//!   again from a template under the same OID, or an OID reused after
+//!   wraparound, fails the check, and the head is read from the index: the
+//!   chain goes on exactly as without the cache.
 //! - The key names the database, the records table and its relfilenode: a
 //!   dropped and recreated extension, or a TRUNCATE, never meets an old head.
 //! - A crash resets shared memory with the server; a standby has no slots
 //!   filled, and one promoted starts empty.
 //!
-//! A superuser's SQL write to `audit_log.records` (which the guards refuse
-//! to anyone else) does not pass here: a deleted newest link leaves a gap
-//! that verify() reports, where an index read would have chained over it;
-//! a link inserted past the head makes the next commit on that chain fail
-//! once on the primary key, and clears the slot.
+//! One difference remains: a record that a superuser inserts past a
+//! chain's head (the guards refuse it to anyone else) is not seen, so the
+//! next commit on that chain fails once on the primary key (23505); its
+//! abort clears the slot, and the commit after it reads the index.
 
 use pgrx::pg_sys;
 use std::cell::RefCell;
@@ -68,8 +74,10 @@ impl Key {
     }
 }
 
-/// 1024 slots of 64 bytes: every chain of a log (at most 1024) has its own.
+/// 1024 slots of 64 bytes (64 kB): every chain of a log (at most 1024)
+/// has its own.
 const SLOTS: usize = 1024;
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -78,6 +86,8 @@ struct Slot {
     /// 0: empty.
     seq: i64,
     hash: Hash,
+    /// Where the head's record is stored.
+    at: pg_sys::ItemPointerData,
 }
 
 const EMPTY: Slot = Slot {
@@ -89,6 +99,10 @@ const EMPTY: Slot = Slot {
     },
     seq: 0,
     hash: [0; 32],
+    at: pg_sys::ItemPointerData {
+        ip_blkid: pg_sys::BlockIdData { bi_hi: 0, bi_lo: 0 },
+        ip_posid: 0,
+    },
 };
 
 #[repr(C)]
@@ -104,13 +118,13 @@ static mut SHARED: *mut Shared = std::ptr::null_mut();
 static mut PREV_REQUEST: Option<unsafe extern "C-unwind" fn()> = None;
 static mut PREV_STARTUP: Option<unsafe extern "C-unwind" fn()> = None;
 
-fn shared() -> Option<&'static Shared> {
+/// The shared struct, if the server reserved it. Only ever used as a raw
+/// pointer: other backends read and write it too.
+fn shared() -> Option<*mut Shared> {
     // SAFETY: SHARED is set once in the postmaster's startup hook (and again
     // at a crash restart, before any backend forks) and read-only after.
-    unsafe {
-        let p = SHARED;
-        p.as_ref()
-    }
+    let p = unsafe { SHARED };
+    (!p.is_null()).then_some(p)
 }
 
 /// Reserve the memory, from _PG_init: only while the server loads
@@ -188,7 +202,7 @@ struct Written {
     key: Key,
     /// None: not known to be the head (its insert failed, or a savepoint
     /// rolled it back): the slot is cleared.
-    head: Option<(i64, Hash)>,
+    head: Option<Head>,
     subxact: pg_sys::SubTransactionId,
 }
 
@@ -196,33 +210,58 @@ thread_local! {
     static WRITTEN: RefCell<Vec<Written>> = const { RefCell::new(Vec::new()) };
 }
 
-fn with_slots<T>(
-    mode: pg_sys::LWLockMode::Type,
-    f: impl FnOnce(&mut [Slot; SLOTS]) -> T,
-) -> Option<T> {
+/// `f` on a copy of `key`'s slot, read under the lock shared.
+fn read_slot<T>(key: &Key, f: impl FnOnce(Slot) -> T) -> Option<T> {
     let s = shared()?;
-    // SAFETY: the slots are only touched under their LWLock, exclusively to
-    // write; an ERROR cannot occur while it is held (f does not raise), and
-    // LWLocks are released at abort anyway.
+    // SAFETY: s points to the initialized struct; the slot is copied out
+    // while the lock is held shared, and writers hold it exclusively.
+    let slot = unsafe {
+        let lock = (*s).lock;
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
+        let slot = (&raw const (*s).slots[key.slot()]).read();
+        pg_sys::LWLockRelease(lock);
+        slot
+    };
+    Some(f(slot))
+}
+
+/// `f` on the slots, under the lock held exclusively. `f` must not raise
+/// an ERROR or panic (the lock would stay held until the abort releases it).
+fn write_slots(f: impl FnOnce(&mut [Slot; SLOTS])) {
+    let Some(s) = shared() else { return };
+    // SAFETY: s points to the initialized struct; holding its lock
+    // exclusively, this backend is the only one to reach the slots until
+    // it releases it, so the &mut is unique for f's call.
     unsafe {
-        pg_sys::LWLockAcquire(s.lock, mode);
-        let slots = &mut (*(&raw const s.slots).cast_mut());
-        let r = f(slots);
-        pg_sys::LWLockRelease(s.lock);
-        Some(r)
+        let lock = (*s).lock;
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        f(&mut (*s).slots);
+        pg_sys::LWLockRelease(lock);
     }
 }
 
-/// The head of the chain `key` (seq, link hash), if known without reading
-/// the index: this transaction's own link first, then the shared slot.
-pub fn get(key: &Key) -> Option<(i64, Hash)> {
+/// A chain's newest link: its seq, its link hash, and where its record is.
+#[derive(Clone, Copy)]
+pub struct Head {
+    pub seq: i64,
+    pub hash: Hash,
+    pub at: pg_sys::ItemPointerData,
+}
+
+/// The head of the chain `key`, if known without reading the index: this
+/// transaction's own link first, then the shared slot. The caller checks
+/// that the record is still there as it was (`store::Records::holds`).
+pub fn get(key: &Key) -> Option<Head> {
     if let Some(w) = WRITTEN.with_borrow(|w| w.iter().rev().find(|w| w.key == *key).map(|w| w.head))
     {
         return w;
     }
-    with_slots(pg_sys::LWLockMode::LW_SHARED, |slots| {
-        let s = &slots[key.slot()];
-        (s.key == *key && s.seq > 0).then_some((s.seq, s.hash))
+    read_slot(key, |s| {
+        (s.key == *key && s.seq > 0).then_some(Head {
+            seq: s.seq,
+            hash: s.hash,
+            at: s.at,
+        })
     })
     .flatten()
 }
@@ -244,11 +283,11 @@ pub fn inserting(key: Key) {
     });
 }
 
-/// The link `inserting` announced is in: (seq, link hash) is the head.
-pub fn inserted(seq: i64, hash: Hash) {
+/// The link `inserting` announced is in: it is the chain's head.
+pub fn inserted(head: Head) {
     WRITTEN.with_borrow_mut(|w| {
         if let Some(last) = w.last_mut() {
-            last.head = Some((seq, hash));
+            last.head = Some(head);
         }
     });
 }
@@ -269,7 +308,7 @@ pub fn at_xact_end(committed: bool) {
     if written.is_empty() {
         return;
     }
-    with_slots(pg_sys::LWLockMode::LW_EXCLUSIVE, |slots| {
+    write_slots(|slots| {
         // Per key, its last link decides.
         for (i, w) in written.iter().enumerate() {
             if written[i + 1..].iter().any(|later| later.key == w.key) {
@@ -277,11 +316,12 @@ pub fn at_xact_end(committed: bool) {
             }
             let slot = &mut slots[w.key.slot()];
             match w.head.filter(|_| committed) {
-                Some((seq, hash)) => {
+                Some(h) => {
                     *slot = Slot {
                         key: w.key,
-                        seq,
-                        hash,
+                        seq: h.seq,
+                        hash: h.hash,
+                        at: h.at,
                     }
                 }
                 // Only a slot of this key: another chain's head may be there.

@@ -45,3 +45,24 @@ pub fn detach_concurrently(pc: &pg_sys::PartitionCmd) -> bool {
     #[cfg(not(feature = "pg13"))]
     return pc.concurrent;
 }
+
+/// `heap_fetch` without keeping the buffer of a tuple it does not return
+/// (PostgreSQL 15 added the `keep_buf` argument; before, it never kept it).
+///
+/// # Safety
+/// As `heap_fetch`: an open relation, a registered or static snapshot, a
+/// tuple whose `t_self` is set. On true, `*buf` is pinned: release it.
+pub unsafe fn heap_fetch(
+    rel: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+    tuple: pg_sys::HeapTuple,
+    buf: *mut pg_sys::Buffer,
+) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14"))]
+        return pg_sys::heap_fetch(rel, snapshot, tuple, buf);
+        #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+        return pg_sys::heap_fetch(rel, snapshot, tuple, buf, false);
+    }
+}

@@ -6,6 +6,7 @@
 
 use audit_log_core::record::Record;
 use audit_log_core::time::to_pg_timestamp;
+use audit_log_core::Hash;
 use pgrx::pg_sys;
 
 use crate::catalog::Oids;
@@ -223,7 +224,8 @@ impl Target {
         }
     }
 
-    fn insert(&self, values: &mut [pg_sys::Datum], nulls: &mut [bool]) {
+    /// Insert a row; returns where it went.
+    fn insert(&self, values: &mut [pg_sys::Datum], nulls: &mut [bool]) -> pg_sys::ItemPointerData {
         // SAFETY: values/nulls match the relation's descriptor (checked in open).
         unsafe {
             let tup = pg_sys::heap_form_tuple(
@@ -232,7 +234,9 @@ impl Target {
                 nulls.as_mut_ptr(),
             );
             pg_sys::CatalogTupleInsertWithInfo(self.rel, tup, self.indexes);
+            let at = (*tup).t_self;
             pg_sys::heap_freetuple(tup);
+            at
         }
     }
 }
@@ -260,8 +264,58 @@ impl Records {
         self.0.rel
     }
 
-    /// Append a committed transaction's record.
-    pub fn insert(&self, r: &Record, segments: i32, payload: &mut Bytea) -> Result<(), AuditError> {
+    /// Whether the record at `at` is there, as the transaction sees it
+    /// (SnapshotSelf: committed, or its own), and is link `seq` of `chain`
+    /// with this link hash: a chain's head as it was stored.
+    pub fn holds(
+        &self,
+        at: pg_sys::ItemPointerData,
+        chain: i32,
+        seq: i64,
+        link_hash: &Hash,
+    ) -> bool {
+        // SAFETY: a fetch by TID from the open relation, under SnapshotSelf;
+        // the tuple's columns are read while its buffer is pinned, then the
+        // pin goes.
+        unsafe {
+            let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+            tuple.t_self = at;
+            let mut buf: pg_sys::Buffer = 0;
+            if !crate::pgcompat::heap_fetch(
+                self.0.rel,
+                &raw mut pg_sys::SnapshotSelfData,
+                &mut tuple,
+                &mut buf,
+            ) {
+                return false;
+            }
+            let desc = (*self.0.rel).rd_att;
+            let mut values = [pg_sys::Datum::from(0); records::COLUMNS.len()];
+            let mut nulls = [true; records::COLUMNS.len()];
+            // The payload is only pointed to, never detoasted.
+            pg_sys::heap_deform_tuple(&mut tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let same = !nulls[records::CHAIN_ID]
+                && !nulls[records::SEQ]
+                && !nulls[records::LINK_HASH]
+                && values[records::CHAIN_ID].value() as i32 == chain
+                && values[records::SEQ].value() as i64 == seq
+                && {
+                    let v =
+                        pg_sys::pg_detoast_datum_packed(values[records::LINK_HASH].cast_mut_ptr());
+                    pgrx::varlena_to_byte_slice(v) == link_hash.as_slice()
+                };
+            pg_sys::ReleaseBuffer(buf);
+            same
+        }
+    }
+
+    /// Append a committed transaction's record; returns where it went.
+    pub fn insert(
+        &self,
+        r: &Record,
+        segments: i32,
+        payload: &mut Bytea,
+    ) -> Result<pg_sys::ItemPointerData, AuditError> {
         let mut nulls = [false; records::COLUMNS.len()];
         let mut values = [
             pg_sys::Datum::from(r.chain_id),
@@ -275,8 +329,7 @@ impl Records {
             bytes_datum(&r.link_hash),
             payload.datum()?,
         ];
-        self.0.insert(&mut values, &mut nulls);
-        Ok(())
+        Ok(self.0.insert(&mut values, &mut nulls))
     }
 }
 

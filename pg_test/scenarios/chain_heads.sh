@@ -5,11 +5,15 @@
 # primary key. This runs on both (PostgreSQL 15's test cluster preloads the
 # library, 18's does not) and checks, through one chain:
 # - eight clients' commits, each linked once, with no gap or fork;
-# - after a restart (shared memory empty), the chain goes on from the index;
-# - a superuser deletes the newest link: with the heads in shared memory the
-#   next commit links past the hole and verify() reports the missing link;
-#   reading the index, it takes the hole's place and only a checkpoint would
-#   show the loss (the README's threat model says so);
+# - preloaded, a commit takes its head from shared memory (its DEBUG2 says
+#   so), and never otherwise; after a restart the first commit reads the
+#   index;
+# - a superuser deletes the newest link: the head in memory fails its check
+#   (its record is gone), so the chain goes on from the index exactly as
+#   without the cache;
+# - a superuser appends a record past the head: preloaded, the next commit
+#   fails once on the primary key (the one difference, README's threat
+#   model), then the chain links past it; verify() reports the record;
 # - the extension dropped and created again starts its chain at 1, not at
 #   the old log's head.
 set -euo pipefail
@@ -20,8 +24,9 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 q() { psql -X -q -v ON_ERROR_STOP=1 -At -d "$db" "$@"; }
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>/dev/null
 psql -X -q -d postgres -c "ALTER DATABASE $db SET audit_log.chains = 1"
-script=$(mktemp /tmp/audit_log_heads.XXXXXX); chmod 644 "$script"
-trap 'rm -f "$script"' EXIT
+work=$(mktemp -d /tmp/audit_log_heads.XXXXXX); chmod 755 "$work"
+script=$work/insert.sql
+trap 'rm -rf "$work"' EXIT
 q <<'SQL' >/dev/null
 SET client_min_messages = warning;
 CREATE EXTENSION audit_log;
@@ -48,44 +53,67 @@ cat >"$script" <<'PGB'
 \set k random(1, 100000000)
 INSERT INTO t VALUES (:k, 1) ON CONFLICT (k) DO UPDATE SET v = t.v + 1;
 PGB
-"$BIN/pgbench" -n -c 8 -j 2 -t 50 -f "$script" "$db" >/dev/null 2>&1 || fail "pgbench failed"
+"$BIN/pgbench" -n -c 8 -j 2 -t 50 -f "$script" "$db" >"$work/pgbench.out" 2>&1 ||
+    fail "pgbench failed: $(tail -5 "$work/pgbench.out")"
 chain_whole "8 clients, 50 commits each" $((base + 400))
 verify_ok "after 8 clients"
 
-runuser -u postgres -- "$BIN/pg_ctl" -D "$PGHOST/data" -m fast -w restart -l "$PGHOST/server.log" >/dev/null
-q -c "INSERT INTO t VALUES (-1, 0)"
-head=$((base + 401))
+# Whether a commit took its chain's head from shared memory (its DEBUG2).
+from_memory() {  # SQL...
+    local out
+    out=$(q -c "SET client_min_messages = debug2" "$@" 2>&1) || fail "$* failed: $out"
+    if grep -q "audit_log: the head of chain 0 (link [0-9]*) from shared memory" <<<"$out"; then echo yes; else echo no; fi
+}
+expect_memory() {  # WHAT EXPECTED SQL...
+    local what=$1 want=$2; shift 2
+    local got; got=$(from_memory "$@")
+    [ "$got" = "$want" ] || fail "$what: the commit took its head from shared memory: $got, expected $want"
+}
+warm=$([ "$preloaded" = t ] && echo yes || echo no)
+expect_memory "a commit after 400" "$warm" -c "INSERT INTO t VALUES (-1, 0)"
+
+# A restart empties shared memory: the first commit reads the index.
+runuser -u postgres -- "$BIN/pg_ctl" -D "$PGHOST/data" -m fast -w stop >/dev/null
+runuser -u postgres -- env RUST_BACKTRACE=1 "$BIN/pg_ctl" -D "$PGHOST/data" -l "$PGHOST/server.log" -w start >/dev/null
+expect_memory "the first commit after a restart" no -c "INSERT INTO t VALUES (-2, 0)"
+expect_memory "the second commit after a restart" "$warm" -c "INSERT INTO t VALUES (-3, 0)"
+head=$((base + 403))
 chain_whole "after a restart" $head
 verify_ok "after a restart"
 
-# The newest link goes, by a superuser who disables the guards (the
-# transaction is linked too: it changed an audit table); then a commit.
-deleted=$(q <<'SQL' | grep -x '[0-9]*'
-BEGIN;
-ALTER TABLE audit_log.records DISABLE TRIGGER USER;
-DELETE FROM audit_log.records WHERE chain_id = 0 AND seq = (SELECT max(seq) FROM audit_log.records WHERE chain_id = 0)
-RETURNING seq;
-ALTER TABLE audit_log.records ENABLE TRIGGER USER;
-COMMIT;
-SQL
-)
-[ "$deleted" = "$head" ] || fail "the superuser's DELETE removed seq '$deleted', not the head $head"
-q -c "INSERT INTO t VALUES (-2, 0)"
-left=$(q -c "SELECT count(*) FILTER (WHERE seq = $deleted) || ' ' || max(seq) FROM audit_log.records WHERE chain_id = 0")
-problem=$(q -c "SELECT ok || ' ' || coalesce(problem, '') FROM audit_log.verify()" 2>/dev/null)
+# A superuser deletes the newest link, with the guards disabled. That
+# transaction is linked too (it changed an audit table): the head in
+# memory is no longer there, so it reads the index and takes the deleted
+# link's place, exactly as without the cache.
+deleted=$(from_memory -c "BEGIN" -c "ALTER TABLE audit_log.records DISABLE TRIGGER USER" \
+    -c "DELETE FROM audit_log.records WHERE chain_id = 0 AND seq = $head" \
+    -c "ALTER TABLE audit_log.records ENABLE TRIGGER USER" -c "COMMIT")
+[ "$deleted" = no ] || fail "the commit that deleted the head took that head from shared memory"
+chain_whole "a deleted head" $head
+verify_ok "a deleted head"
+expect_memory "a commit after the deleted head" "$warm" -c "INSERT INTO t VALUES (-4, 0)"
+head=$((head + 1))
+
+# A superuser appends a record past the head (a copy of it, one seq on).
+# The index sees it; shared memory does not, so there the next commit
+# fails once on the primary key and the one after it links past it.
+q -c "INSERT INTO audit_log.records SELECT chain_id, seq + 1, tx_id, first_event, last_event, event_count,
+        committed_at, segments, link_hash, payload FROM audit_log.records WHERE chain_id = 0 AND seq = $head"
 if [ "$preloaded" = t ]; then
-    [ "${left% *}" = 0 ] && [ "${left#* }" -gt "$deleted" ] ||
-        fail "preloaded: after the deleted head $deleted, chain 0 has (records at $deleted, last seq) $left: the hole was filled"
-    case $problem in
-        "false link_missing: chain 0 lacks records $deleted..$deleted "*) ;;
-        *) fail "preloaded: verify() did not report the deleted link $deleted: $problem" ;;
-    esac
-    what="the next commits link past it and verify() reports the hole (${problem#false })"
+    err=$(q -c "INSERT INTO t VALUES (-5, 0)" 2>&1) && fail "preloaded: the commit after an appended record did not fail"
+    grep -q "duplicate key value violates unique constraint" <<<"$err" || fail "preloaded: the commit after an appended record failed otherwise: $err"
+    appended="the next commit fails once (23505), the one after it links past it"
 else
-    chain_whole "not preloaded: the commits after the deleted head" "${left#* }"
-    [ "$problem" = "true " ] || fail "not preloaded: verify() says $problem"
-    what="the next commit takes its seq and verify() holds (a checkpoint would show it)"
+    appended="the next commit links past it"
 fi
+q -c "INSERT INTO t VALUES (-6, 0)"
+last=$(q -c "SELECT max(seq) FROM audit_log.records WHERE chain_id = 0")
+[ "$last" = $((head + 2)) ] || fail "after a record appended at $((head + 1)), the commit linked at $last, not $((head + 2))"
+problem=$(q -c "SELECT ok || ' ' || coalesce(problem, '') FROM audit_log.verify()" 2>/dev/null)
+case $problem in
+    "false "*) ;;
+    *) fail "verify() missed the appended record: $problem" ;;
+esac
 
 # A log created again never meets the old one's head.
 q <<'SQL' >/dev/null
@@ -93,9 +121,9 @@ SET client_min_messages = warning;
 DROP EXTENSION audit_log CASCADE;
 CREATE EXTENSION audit_log;
 SELECT audit_log.enable('t');
-INSERT INTO t VALUES (-3, 0);
+INSERT INTO t VALUES (-7, 0);
 SQL
 chain_whole "a recreated extension" "$(q -c "SELECT count(*) FROM audit_log.records")"
 verify_ok "a recreated extension"
 psql -X -q -d postgres -c "DROP DATABASE $db"
-echo "chain_heads (preloaded: $preloaded): 400 commits of 8 clients and one after a restart linked without gap; a deleted head: $what; a recreated log starts at seq 1"
+echo "chain_heads (preloaded: $preloaded): 400 commits of 8 clients linked without gap, heads from shared memory: $warm (after a restart: from the index first); a deleted head is refilled as without the cache; a record appended past the head: $appended; a recreated log starts at seq 1"

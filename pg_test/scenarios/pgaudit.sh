@@ -39,7 +39,7 @@ cat >>"$dir/data/postgresql.conf" <<CONF
 port = $PGPORT
 listen_addresses = ''
 unix_socket_directories = '$dir'
-shared_preload_libraries = 'pgaudit'
+shared_preload_libraries = 'pgaudit,audit_log'
 pgaudit.log = 'read, ddl, role'
 pgaudit.log_catalog = off
 pgaudit.log_parameter = off
