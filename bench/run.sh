@@ -360,6 +360,17 @@ for w in "${workloads[@]}"; do
 done
 row bulk_insert "INSERT 100k rows (ms)" ms
 row bulk_update "UPDATE 50k rows (ms)" ms
+# The spread behind each median: audit_log's ratio minus the floor's in
+# each round, where the two ran next to each other against the same "none".
+echo
+echo "vs floor, round by round (in the rounds' order):"
+for w in "${workloads[@]}"; do
+    set -- $w
+    k="$1 $2${3:+ $3}"
+    echo "  $(label "$@"): $(awk -v n="${res["$k none"]}" -v a="${res["$k audit_log"]}" -v f="${res["$k floor"]}" 'BEGIN {
+        c = split(n, N, " "); split(a, A, " "); split(f, F, " ")
+        for (i = 1; i <= c; i++) printf "%s%+.2f", (i > 1 ? ", " : ""), A[i] / N[i] - F[i] / N[i] }')"
+done
 # audit_log with history => true on bulk_t (b_audit_hist), bulk statements only.
 hist_row() {  # KEY LABEL: its median ms, ratio to none, and audit_log's for comparison
     local m base al
