@@ -419,10 +419,9 @@ pub fn link(
     let (seq, prev) = match heads::get(&key).filter(|h| target.holds(h.at, chain, h.seq, &h.hash)) {
         Some(h) => {
             if debugging() {
-                pgrx::debug2!(
-                    "audit_log: the head of chain {chain} (link {}) from shared memory",
-                    h.seq
-                );
+                // Not the seq: an application role may see its DEBUG2
+                // lines, and the seq counts the chain's transactions.
+                pgrx::debug2!("audit_log: the head of chain {chain} from shared memory");
             }
             (h.seq, h.hash)
         }
