@@ -24,7 +24,7 @@ for i in $(seq 1 "$crashes"); do
     sleep 2
     runuser -u postgres -- "$BIN/pg_ctl" -D "$data" -m immediate -w stop >/dev/null
     rc=0; wait $pid || rc=$?
-    runuser -u postgres -- "$BIN/pg_ctl" -D "$data" -l "$dir/server.log" -w start >/dev/null
+    runuser -u postgres -- env RUST_BACKTRACE=1 "$BIN/pg_ctl" -D "$data" -l "$dir/server.log" -w start >/dev/null
     wait_ready
     wl_load_crashed "$out" "$rc"
     wl_check_load "$cp" "$min_tx" "$LOAD_TX"

@@ -183,7 +183,7 @@ sleep 3
 runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
 wait $load || true
 kill $looper 2>/dev/null || true; wait $looper 2>/dev/null || true
-runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+runuser -u postgres -- env RUST_BACKTRACE=1 "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
 wait_ready
 wl_q -c "INSERT INTO t1 VALUES (-5, 1) ON CONFLICT DO NOTHING"
 wl_q -c "SELECT audit_log.checkpoint()" >"$work/cp_crash.json"
