@@ -416,7 +416,11 @@ pub fn link(
     let key = unsafe { heads::Key::new(target.relation(), chain) };
     // The head kept in shared memory, if its record is still there as it
     // was; otherwise (a superuser's edit, a restart) read from the index.
-    let (seq, prev) = match heads::get(&key).filter(|h| target.holds(h.at, chain, h.seq, &h.hash)) {
+    let cached = heads::get(&key);
+    // From here, an ERROR (in the check, the index read or the insert)
+    // clears the slot when the transaction aborts.
+    heads::inserting(key);
+    let (seq, prev) = match cached.filter(|h| target.holds(h.at, chain, h.seq, &h.hash)) {
         Some(h) => {
             if debugging() {
                 // Not the seq: an application role may see its DEBUG2
@@ -432,7 +436,6 @@ pub fn link(
     let mut r = record(tx_id, head, chain, seq + 1);
     r.committed_at = now;
     r.link_hash = r.link(prev, head.hash).link_hash;
-    heads::inserting(key);
     let at = target.insert(&r, segments, payload)?;
     heads::inserted(heads::Head {
         seq: r.seq,

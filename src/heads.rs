@@ -17,10 +17,12 @@
 //! - The slot also says where the head's record is stored, and the commit
 //!   that uses it first fetches that tuple (under SnapshotSelf, by TID: far
 //!   cheaper than the index scan) and compares its chain, seq and link
-//!   hash. A record deleted or rewritten by a superuser, a database made
-//!   again from a template under the same OID, or an OID reused after
-//!   wraparound, fails the check, and the head is read from the index: the
-//!   chain goes on exactly as without the cache.
+//!   hash. A record deleted or rewritten by a superuser (its page even cut
+//!   off by VACUUM), a database made again from a template under the same
+//!   OID, or an OID reused after wraparound, fails the check, and the head
+//!   is read from the index: the chain goes on exactly as without the
+//!   cache. The slot is marked before the check, so an ERROR there clears
+//!   it too.
 //! - The key names the database, the records table and its relfilenode: a
 //!   dropped and recreated extension, or a TRUNCATE, never meets an old head.
 //! - A crash resets shared memory with the server; a standby has no slots

@@ -278,6 +278,17 @@ impl Records {
         // the tuple's columns are read while its buffer is pinned, then the
         // pin goes.
         unsafe {
+            // A block past the end (the table truncated by VACUUM after a
+            // superuser deleted its newest records) would make the fetch
+            // raise an ERROR: the record is simply not there.
+            let block = (u32::from(at.ip_blkid.bi_hi) << 16) | u32::from(at.ip_blkid.bi_lo);
+            let nblocks = pg_sys::RelationGetNumberOfBlocksInFork(
+                self.0.rel,
+                pg_sys::ForkNumber::MAIN_FORKNUM,
+            );
+            if block >= nblocks {
+                return false;
+            }
             let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
             tuple.t_self = at;
             let mut buf: pg_sys::Buffer = 0;

@@ -11,6 +11,8 @@
 # - a superuser deletes the newest link: the head in memory fails its check
 #   (its record is gone), so the chain goes on from the index exactly as
 #   without the cache;
+# - a superuser deletes the last 100 links and VACUUM truncates the table
+#   under the head in memory: the next commit reads the index, no ERROR;
 # - a superuser appends a record past the head: preloaded, the next commit
 #   fails once on the primary key (the one difference, README's threat
 #   model), then the chain links past it; verify() reports the record;
@@ -94,6 +96,27 @@ verify_ok "a deleted head"
 expect_memory "a commit after the deleted head" "$warm" -c "INSERT INTO t VALUES (-4, 0)"
 head=$((head + 1))
 
+# A superuser deletes the chain's last 100 links without a link of its own
+# (the guards hidden from the relation cache, no DDL), and VACUUM cuts the
+# emptied pages off the table: the head in memory now points past its end.
+# The next commit reads the index and goes on from what is left (only a
+# checkpoint would show the loss), on both paths.
+size_before=$(q -c "SELECT pg_relation_size('audit_log.records')")
+q <<SQL
+BEGIN;
+UPDATE pg_catalog.pg_class SET relhastriggers = false WHERE oid = 'audit_log.records'::regclass;
+DELETE FROM audit_log.records WHERE chain_id = 0 AND seq > $head - 100;
+UPDATE pg_catalog.pg_class SET relhastriggers = true WHERE oid = 'audit_log.records'::regclass;
+COMMIT;
+SQL
+q -c "VACUUM audit_log.records"
+size_after=$(q -c "SELECT pg_relation_size('audit_log.records')")
+[ "$size_after" -lt "$size_before" ] || fail "VACUUM did not truncate audit_log.records ($size_before bytes, then $size_after)"
+out=$(q -c "INSERT INTO t VALUES (-8, 0)" 2>&1) || fail "the commit after a truncated head failed: $out"
+head=$((head - 99))
+chain_whole "a head truncated away" $head
+verify_ok "a head truncated away"
+
 # A superuser appends a record past the head (a copy of it, one seq on).
 # The index sees it; shared memory does not, so there the next commit
 # fails once on the primary key and the one after it links past it.
@@ -126,4 +149,4 @@ SQL
 chain_whole "a recreated extension" "$(q -c "SELECT count(*) FROM audit_log.records")"
 verify_ok "a recreated extension"
 psql -X -q -d postgres -c "DROP DATABASE $db"
-echo "chain_heads (preloaded: $preloaded): 400 commits of 8 clients linked without gap, heads from shared memory: $warm (after a restart: from the index first); a deleted head is refilled as without the cache; a record appended past the head: $appended; a recreated log starts at seq 1"
+echo "chain_heads (preloaded: $preloaded): 400 commits of 8 clients linked without gap, heads from shared memory: $warm (after a restart: from the index first); a deleted head is refilled as without the cache, and one truncated away by VACUUM too; a record appended past the head: $appended; a recreated log starts at seq 1"
