@@ -827,17 +827,21 @@ mod tests {
         }
     }
 
+    /// A version 1 row of `depth` arrays, each holding the next, around a null.
+    fn nested_arrays(depth: usize) -> Vec<u8> {
+        let mut row = Vec::with_capacity(depth * 5 + 1);
+        for _ in 0..depth {
+            row.push(tag::ARRAY);
+            row.extend_from_slice(&1u32.to_be_bytes());
+        }
+        row.push(tag::NULL);
+        row
+    }
+
     #[test]
     fn deep_values_need_no_recursion() {
-        let depth = 200_000;
-        let mut v = Vec::new();
-        for _ in 0..depth {
-            v.push(tag::ARRAY);
-            v.extend_from_slice(&1u32.to_be_bytes());
-        }
-        v.push(tag::NULL);
         let mut e = event(100, 1, "app", None, None);
-        e.new_row = Some(Json::Encoded(v));
+        e.new_row = Some(Json::Encoded(nested_arrays(200_000)));
         round_trip(&e, 100);
     }
 
@@ -939,15 +943,8 @@ mod tests {
     /// so the buffer never grows while it is written.
     #[test]
     fn a_large_deep_body_is_unpacked_into_measured_room() {
-        let depth = 600_000;
-        let mut row = Vec::with_capacity(depth * 5 + 1);
-        for _ in 0..depth {
-            row.push(tag::ARRAY);
-            row.extend_from_slice(&1u32.to_be_bytes());
-        }
-        row.push(tag::NULL);
         let mut e = event(100, 1, "app", None, None);
-        e.new_row = Some(Json::Encoded(row));
+        e.new_row = Some(Json::Encoded(nested_arrays(600_000)));
         let c = canonical(&e);
         let mut framed = Vec::new();
         pack(&c, 100, &mut framed).unwrap();
