@@ -69,16 +69,6 @@ fn choose_chain() -> i32 {
     start
 }
 
-/// A stored link hash, or None if it is not 32 bytes (damaged).
-fn detoast_hash(d: pg_sys::Datum) -> Option<Hash> {
-    // SAFETY: d is a non-null bytea from a links tuple.
-    unsafe {
-        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-        let bytes = pgrx::varlena_to_byte_slice(v);
-        bytes.try_into().ok()
-    }
-}
-
 thread_local! {
     /// Per chain, the highest seq this backend has seen committed: a lower
     /// bound on the chain's head (chains only grow), keyed by the links table.
@@ -164,7 +154,7 @@ fn scan_head(oids: &Oids, chain: i32, at_least: Option<i64>) -> Option<(i64, Opt
             let hash = if nulls[records::LINK_HASH] {
                 None
             } else {
-                detoast_hash(values[records::LINK_HASH])
+                store::hash_datum(values[records::LINK_HASH])
             };
             Some((seq, hash))
         };

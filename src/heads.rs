@@ -306,10 +306,17 @@ pub fn at_subxact_abort(subxact: pg_sys::SubTransactionId) {
 
 /// The transaction ends, committed or not, its chain locks still held.
 pub fn at_xact_end(committed: bool) {
-    let written = WRITTEN.take();
-    if written.is_empty() {
-        return;
-    }
+    // The list keeps its room for the next transaction.
+    WRITTEN.with_borrow_mut(|written| {
+        if !written.is_empty() {
+            settle(written, committed);
+            written.clear();
+        }
+    });
+}
+
+/// Write or clear the slots of the links `written`.
+fn settle(written: &[Written], committed: bool) {
     write_slots(|slots| {
         // Per key, its last link decides.
         for (i, w) in written.iter().enumerate() {

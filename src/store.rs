@@ -251,6 +251,16 @@ impl Drop for Target {
     }
 }
 
+/// A stored link hash (a non-null bytea of `audit_log.records`), or None
+/// if it is not 32 bytes (damaged).
+pub fn hash_datum(d: pg_sys::Datum) -> Option<Hash> {
+    // SAFETY: d is a non-null bytea from a records tuple.
+    unsafe {
+        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+        pgrx::varlena_to_byte_slice(v).try_into().ok()
+    }
+}
+
 /// `audit_log.records`, open to append committed transactions' records.
 pub struct Records(Target);
 
@@ -310,11 +320,7 @@ impl Records {
                 && !nulls[records::LINK_HASH]
                 && values[records::CHAIN_ID].value() as i32 == chain
                 && values[records::SEQ].value() as i64 == seq
-                && {
-                    let v =
-                        pg_sys::pg_detoast_datum_packed(values[records::LINK_HASH].cast_mut_ptr());
-                    pgrx::varlena_to_byte_slice(v) == link_hash.as_slice()
-                };
+                && hash_datum(values[records::LINK_HASH]).as_ref() == Some(link_hash);
             pg_sys::ReleaseBuffer(buf);
             same
         }
