@@ -775,9 +775,9 @@ fn summarize_brin() -> Result<(), AuditError> {
         return Ok(());
     }
     let done = catalog::as_owner(|| {
-        // Only the index prove() uses: autovacuum summarizes the other.
+        // The index prove() uses to find an event's record.
         Spi::run(
-            "SELECT pg_catalog.brin_summarize_new_values('audit_log.records_first_event_idx'::regclass)",
+            "SELECT pg_catalog.brin_summarize_new_values('audit_log.records_committed_at_first_event_idx'::regclass)",
         )?;
         Ok(())
     });
