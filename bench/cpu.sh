@@ -33,21 +33,9 @@ dir=${BENCH_DIR:-/tmp/audit_log_bench_cpu} port=${BENCH_PORT:-55457}
 bash "$root/pg_test/cluster.sh" start "$dir" "$port"
 trap 'bash "$root/pg_test/cluster.sh" stop "$dir"' EXIT
 export PGHOST=$dir PGPORT=$port PGUSER=postgres PGOPTIONS="-c client_min_messages=warning"
-psql -X -q -d postgres -c "CREATE DATABASE cpu"
-cols="id bigserial PRIMARY KEY, a int NOT NULL, b text NOT NULL, c numeric NOT NULL, d timestamptz NOT NULL"
-psql -X -q -v ON_ERROR_STOP=1 -d cpu -c "CREATE EXTENSION audit_log" \
-    -c "CREATE TABLE t_none ($cols)" -c "CREATE TABLE t_floor ($cols)" -c "CREATE TABLE t_audit_log ($cols)" \
-    -c "CREATE TABLE floor_log (tx xid8 NOT NULL, n int NOT NULL, pad text NOT NULL, PRIMARY KEY (tx, n))" \
-    -c "SELECT audit_log.enable('t_audit_log')" >/dev/null
-# The record audit_log writes for this statement, for the floor's row.
-psql -X -q -d cpu -c "INSERT INTO t_audit_log (a, b, c, d) VALUES (1, 'new customer', 99.95, now())"
-pad=$(psql -X -At -d cpu -c "SELECT pg_column_size(r.*) FROM audit_log.records r ORDER BY committed_at DESC LIMIT 1")
-values="(a, b, c, d) VALUES (1, 'new customer', 99.95, now());"
-echo "INSERT INTO t_none $values" >"$dir/none.sql"
-echo "WITH f AS (INSERT INTO floor_log VALUES (pg_current_xact_id(), 1, repeat('x', $pad))) INSERT INTO t_floor $values" >"$dir/floor.sql"
-echo "INSERT INTO t_audit_log $values" >"$dir/audit_log.sql"
-chmod 644 "$dir"/*.sql
-echo "single-row INSERT, 1 client, synchronous_commit = $sync, placement $placement, $secs s a run; floor row $pad bytes"
+. "$here/single_row.sh"
+single_row_setup cpu "$dir"
+echo "single-row INSERT, 1 client, synchronous_commit = $sync, placement $placement, $secs s a run; floor row $size bytes"
 # on-CPU ns, runqueue-wait ns (schedstat), migrations (sched) of a process
 # and user and system CPU ticks (stat)
 sched() {

@@ -29,30 +29,13 @@ BIN=$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)
 bash "$root/pg_test/cluster.sh" start "$dir" "$port"
 trap 'bash "$root/pg_test/cluster.sh" stop "$dir"' EXIT
 export PGHOST=$dir PGPORT=$port PGUSER=postgres PGOPTIONS="-c client_min_messages=warning"
-psql -X -q -d postgres -c "CREATE DATABASE instr"
-cols="id bigserial PRIMARY KEY, a int NOT NULL, b text NOT NULL, c numeric NOT NULL, d timestamptz NOT NULL"
-psql -X -q -v ON_ERROR_STOP=1 -d instr -c "CREATE EXTENSION audit_log" \
-    -c "CREATE TABLE t_none ($cols)" -c "CREATE TABLE t_floor ($cols)" -c "CREATE TABLE t_audit_log ($cols)" \
-    -c "CREATE TABLE floor_log (tx xid8 NOT NULL, n int NOT NULL, pad text NOT NULL, PRIMARY KEY (tx, n))" \
-    -c "ALTER TABLE floor_log ALTER pad SET STORAGE EXTERNAL" \
-    -c "SELECT audit_log.enable('t_audit_log')" >/dev/null
-values="(a, b, c, d) VALUES (1, 'new customer', 99.95, now())"
-# The floor's row is padded to the size of the record audit_log writes.
-psql -X -q -d instr -c "INSERT INTO t_audit_log $values"
-size=$(psql -X -At -d instr -c "SELECT pg_column_size(r.*) FROM audit_log.records r ORDER BY committed_at DESC LIMIT 1")
-pad=$(psql -X -At -d instr -c "SELECT greatest(0, p - (pg_column_size(ROW('0'::xid8, 0, repeat('x', p))) - $size))
-                               FROM (SELECT $size - pg_column_size(ROW('0'::xid8, 0, ''::text)) AS p) s")
+. "$here/single_row.sh"
+single_row_setup instr "$dir"
 bash "$root/pg_test/cluster.sh" stop "$dir"
-statement() {
-    case $1 in
-        floor) echo "WITH f AS (INSERT INTO floor_log VALUES (pg_current_xact_id(), 1, repeat('x', $pad))) INSERT INTO t_floor $values;" ;;
-        *) echo "INSERT INTO t_$1 $values;" ;;
-    esac
-}
 # Instructions of one single-user backend running `count` statements.
 count() {
     local v=$1 count=$2 out="$dir/callgrind.$1.$2"
-    statement "$v" | awk -v n="$count" '{ for (i = 0; i < n; i++) print }' >"$dir/$v.$count.sql"
+    awk -v n="$count" '{ for (i = 0; i < n; i++) print }' "$dir/$v.sql" >"$dir/$v.$count.sql"
     chmod 644 "$dir/$v.$count.sql"
     runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$BIN/postgres" --single -D "$dir/data" -c synchronous_commit=off instr \
@@ -61,7 +44,8 @@ count() {
         echo "bench/instr.sh: $v failed:" >&2; grep -m3 ERROR "$dir/$v.$count.log" >&2; exit 1
     fi
     local total
-    total=$(awk '/^summary:/ {print $2}' "$out")
+    total=$(awk '/^summary:/ {print $2}' "$out" 2>/dev/null)
+    [ -n "$total" ] || { echo "bench/instr.sh: no count for $v (see $dir/$v.$count.log)" >&2; exit 1; }
     [ "${KEEP:-0}" = 1 ] || rm -f "$out"
     echo "$total"
 }
