@@ -15,10 +15,13 @@
 # The server runs in single-user mode (postgres --single), one statement a
 # transaction, synchronous_commit off, with the library preloaded unless
 # AUDIT_LOG_PRELOAD=0. Each variant runs N, then 2N statements; the
-# difference divided by N leaves out the start and the end of the process.
+# difference divided by N leaves out most of the start and the end of the
+# process (the shutdown checkpoint's work still grows with N).
 # With KEEP=1 the callgrind files stay in the cluster's directory for
 # callgrind_annotate.
 set -euo pipefail
+# A failure inside $(count ...) stops the script too.
+shopt -s inherit_errexit
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 n=${N:-1000}
@@ -39,9 +42,12 @@ count() {
     chmod 644 "$dir/$v.$count.sql"
     runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$BIN/postgres" --single -D "$dir/data" -c synchronous_commit=off instr \
-        <"$dir/$v.$count.sql" >"$dir/$v.$count.log" 2>&1
-    if grep -q "ERROR" "$dir/$v.$count.log"; then
-        echo "bench/instr.sh: $v failed:" >&2; grep -m3 ERROR "$dir/$v.$count.log" >&2; exit 1
+        <"$dir/$v.$count.sql" >"$dir/$v.$count.log" 2>&1 ||
+        { echo "bench/instr.sh: the backend of $v failed (see $dir/$v.$count.log)" >&2; exit 1; }
+    # A backend that stopped early (a FATAL) would give a small count that
+    # looks plausible: any error fails the run.
+    if grep -Eq "(ERROR|FATAL|PANIC):" "$dir/$v.$count.log"; then
+        echo "bench/instr.sh: $v failed:" >&2; grep -E -m3 "(ERROR|FATAL|PANIC):" "$dir/$v.$count.log" >&2; exit 1
     fi
     local total
     total=$(awk '/^summary:/ {print $2}' "$out" 2>/dev/null)

@@ -760,7 +760,8 @@ fn chain_seqs(rows: Vec<Vec<Val>>) -> Vec<(i32, i64)> {
         .collect()
 }
 
-/// BRIN ranges of the first_event index filled since the last call are
+/// BRIN ranges of the records' index (committed_at, first_event) filled
+/// since the last call are
 /// summarized, so that prove() finds an event's record by id in a few pages
 /// (autovacuum summarizes too, later). As the owner. Not while another
 /// session holds a conflicting lock on the records: autovacuum's VACUUM
@@ -906,7 +907,7 @@ pub fn check_trees(cp: &Checkpoint) -> Result<Vec<(TreeHead, String)>, AuditErro
 }
 
 /// The records whose id range holds `id`, newest first, found through the
-/// BRIN index on first_event with a widening window. Ranges overlap (ids
+/// BRIN index (its first_event column) with a widening window. Ranges overlap (ids
 /// of concurrent transactions interleave), so each candidate is looked in.
 fn candidates(snap: pg_sys::Snapshot, id: i64, lo: i64) -> Result<Vec<(i32, i64)>, AuditError> {
     // Without statistics (a log never analyzed) the planner would scan the
