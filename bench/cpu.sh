@@ -33,7 +33,7 @@ dir=${BENCH_DIR:-/tmp/audit_log_bench_cpu} port=${BENCH_PORT:-55457}
 bash "$root/pg_test/cluster.sh" start "$dir" "$port"
 trap 'bash "$root/pg_test/cluster.sh" stop "$dir"' EXIT
 export PGHOST=$dir PGPORT=$port PGUSER=postgres PGOPTIONS="-c client_min_messages=warning"
-. "$here/single_row.sh"
+. "$here/floor.sh"
 single_row_setup cpu "$dir"
 echo "single-row INSERT, 1 client, synchronous_commit = $sync, placement $placement, $secs s a run; floor row $size bytes"
 # on-CPU ns, runqueue-wait ns (schedstat), migrations (sched) of a process

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instructions per single-row INSERT transaction, counted by valgrind's
-# callgrind in one backend, for none, floor and audit_log (bench/cpu.sh's
+# callgrind in one backend, for none, floor and audit_log (bench/floor.sh's
 # three tables in one database). A count does not move with the load on
 # the machine, so two builds or two schemas differ by what they execute,
 # even when the difference is smaller than a timed run's spread. It leaves
@@ -32,7 +32,7 @@ BIN=$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)
 bash "$root/pg_test/cluster.sh" start "$dir" "$port"
 trap 'bash "$root/pg_test/cluster.sh" stop "$dir"' EXIT
 export PGHOST=$dir PGPORT=$port PGUSER=postgres PGOPTIONS="-c client_min_messages=warning"
-. "$here/single_row.sh"
+. "$here/floor.sh"
 single_row_setup instr "$dir"
 bash "$root/pg_test/cluster.sh" stop "$dir"
 # Instructions of one single-user backend running `count` statements.

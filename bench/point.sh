@@ -13,6 +13,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
+. "$here/floor.sh"
 workload=${WORKLOAD:-insert} clients=${CLIENTS:-8} rounds=${ROUNDS:-3} secs=${SECONDS_PER_RUN:-6}
 rows=${ROWS:-100000}
 case $workload in
@@ -51,8 +52,7 @@ else
 fi
 PGAPPNAME=pgbench q p_audit_log -c "${stmt//:id/$((rows / 2))}"
 size=$(q p_audit_log -c "SELECT pg_column_size(r.*) FROM audit_log.records r ORDER BY committed_at DESC LIMIT 1")
-pad=$(q p_floor -c "SELECT greatest(0, p - (pg_column_size(ROW('0'::xid8, 0, repeat('x', p))) - $size))
-                    FROM (SELECT $size - pg_column_size(ROW('0'::xid8, 0, ''::text)) AS p) s")
+pad=$(floor_pad p_floor "$size")
 printf '%s\n%s;\n' "$set_id" "$stmt" >"$dir/none.sql"
 cp "$dir/none.sql" "$dir/audit_log.sql"
 printf '%s\nWITH f AS (INSERT INTO floor_log VALUES (pg_current_xact_id(), 1, repeat(%s, %s))) %s;\n' \

@@ -32,6 +32,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
+. "$here/floor.sh"
 rounds=${ROUNDS:-3} secs=${SECONDS_PER_RUN:-8} verify_events=${VERIFY_EVENTS:-1000000}
 rows=${TABLE_ROWS:-100000} tpcb_scale=${TPCB_SCALE:-1}
 bulk_limit=${BULK_LIMIT_SECONDS:-90}   # the PL/pgSQL chain's bulk load is quadratic
@@ -134,8 +135,7 @@ measure() {  # KEY SQL: the record size per event that SQL writes into esize[KEY
     esize[$1]=$(q b_audit_log -c "SELECT round(sum(pg_column_size(r.*))::numeric / sum(r.event_count))::int
                                   FROM audit_log.records r WHERE r.first_event > $before")
     [ -n "${esize[$1]}" ] || { echo "bench: no audit_log record for $1: $2" >&2; exit 1; }
-    pad[$1]=$(q b_floor -c "SELECT greatest(0, p - (pg_column_size(ROW('0'::xid8, 0, repeat('x', p))) - ${esize[$1]}))
-                            FROM (SELECT ${esize[$1]} - pg_column_size(ROW('0'::xid8, 0, ''::text)) AS p) s")
+    pad[$1]=$(floor_pad b_floor "${esize[$1]}")
 }
 mid=$(( rows / 2 ))
 measure insert "INSERT INTO bench_t (a, b, c, d) VALUES (1, 'new customer', 99.95, now())"

@@ -1,5 +1,15 @@
-# Sourced by bench/cpu.sh and bench/instr.sh: in the running cluster that
-# PGHOST/PGPORT/PGUSER name, database $1 with three tables for the
+# The floor variant of the benchmarks, sourced by bench/run.sh, point.sh,
+# cpu.sh and instr.sh, in the running cluster that PGHOST/PGPORT/PGUSER name.
+
+# The length of the floor's padding that makes its row (tx, n, pad), as
+# pg_column_size measures it in database $1, $2 bytes: the size of the
+# audit_log record it stands for.
+floor_pad() {
+    psql -X -At -v ON_ERROR_STOP=1 -d "$1" -c "SELECT greatest(0, p - (pg_column_size(ROW('0'::xid8, 0, repeat('x', p))) - $2))
+                                               FROM (SELECT $2 - pg_column_size(ROW('0'::xid8, 0, ''::text)) AS p) s"
+}
+
+# For bench/cpu.sh and bench/instr.sh: database $1 with three tables for the
 # single-row INSERT of bench/run.sh: t_none (not audited), t_floor (not
 # audited; its statement also inserts, in a CTE, a row of the size of
 # audit_log's record into floor_log, whose primary key has two columns)
@@ -17,12 +27,11 @@ single_row_setup() {
         -c "ALTER TABLE floor_log ALTER pad SET STORAGE EXTERNAL" \
         -c "SELECT audit_log.enable('t_audit_log')" >/dev/null
     # The record audit_log writes for this statement; the floor's row is
-    # padded to the same size (as bench/point.sh and bench/run.sh do).
+    # padded to the same size.
     psql -X -q -d "$db" -c "INSERT INTO t_audit_log $values"
     size=$(psql -X -At -d "$db" -c "SELECT pg_column_size(r.*) FROM audit_log.records r ORDER BY committed_at DESC LIMIT 1")
     local pad
-    pad=$(psql -X -At -d "$db" -c "SELECT greatest(0, p - (pg_column_size(ROW('0'::xid8, 0, repeat('x', p))) - $size))
-                                   FROM (SELECT $size - pg_column_size(ROW('0'::xid8, 0, ''::text)) AS p) s")
+    pad=$(floor_pad "$db" "$size")
     echo "INSERT INTO t_none $values" >"$dir/none.sql"
     echo "WITH f AS (INSERT INTO floor_log VALUES (pg_current_xact_id(), 1, repeat('x', $pad))) INSERT INTO t_floor $values" >"$dir/floor.sql"
     echo "INSERT INTO t_audit_log $values" >"$dir/audit_log.sql"
