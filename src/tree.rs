@@ -761,13 +761,12 @@ fn chain_seqs(rows: Vec<Vec<Val>>) -> Vec<(i32, i64)> {
 }
 
 /// BRIN ranges of the records' index (committed_at, first_event) filled
-/// since the last call are
-/// summarized, so that prove() finds an event's record by id in a few pages
-/// (autovacuum summarizes too, later). As the owner. Not while another
-/// session holds a conflicting lock on the records: autovacuum's VACUUM
-/// after a large load (which summarizes the same ranges itself; waiting for
-/// it held up a checkpoint by 1.2 s), its ANALYZE, or another checkpoint's
-/// summary. The next checkpoint catches up.
+/// since the last call are summarized, so that prove() finds an event's
+/// record by id in a few pages (autovacuum summarizes too, later). As the
+/// owner. Not while another session holds a conflicting lock on the
+/// records: autovacuum's VACUUM after a large load (which summarizes the
+/// same ranges itself; waiting for it held up a checkpoint by 1.2 s), its
+/// ANALYZE, or another checkpoint's summary. The next checkpoint catches up.
 fn summarize_brin() -> Result<(), AuditError> {
     let records = catalog::lookup()?.records;
     let lock = pg_sys::ShareUpdateExclusiveLock as pg_sys::LOCKMODE;
@@ -907,8 +906,9 @@ pub fn check_trees(cp: &Checkpoint) -> Result<Vec<(TreeHead, String)>, AuditErro
 }
 
 /// The records whose id range holds `id`, newest first, found through the
-/// BRIN index (its first_event column) with a widening window. Ranges overlap (ids
-/// of concurrent transactions interleave), so each candidate is looked in.
+/// BRIN index (its first_event column) with a widening window. Ranges
+/// overlap (ids of concurrent transactions interleave), so each candidate
+/// is looked in.
 fn candidates(snap: pg_sys::Snapshot, id: i64, lo: i64) -> Result<Vec<(i32, i64)>, AuditError> {
     // Without statistics (a log never analyzed) the planner would scan the
     // whole log rather than use the BRIN index. Unwound with pinned()'s level.

@@ -58,6 +58,17 @@ q al_up_fresh -c "SET client_min_messages = warning" -c "CREATE EXTENSION audit_
 q al_up_fresh -f "$here/lib/extension_schema.sql" >"$work/fresh.schema"
 [ "$(wc -l <"$work/fresh.schema")" -gt 100 ] || fail "the schema description of a fresh install is too short: $(wc -l <"$work/fresh.schema") lines"
 
+# The log of database $1 verifies offline: the independent Python
+# implementation on its raw storage, and the CLI on a binary export (against
+# checkpoint file $2 when given).
+offline_ok() {
+    local out
+    q "$1" -f "$here/lib/dump_log.sql" >"$work/$1.jsonl"
+    out=$(python3 "$here/lib/format_v2.py" verify <"$work/$1.jsonl" 2>&1) || fail "$1: format_v2.py refuses the log: $out"
+    "$cli" export --dsn "host=$PGHOST port=$PGPORT user=postgres dbname=$1" --format binary --out "$work/$1.bin" 2>/dev/null
+    out=$("$cli" verify "$work/$1.bin" ${2:+--checkpoint "$2"} 2>&1) || fail "$1: the CLI refuses the log: $out"
+}
+
 upgrades=0
 for frozen in "$root"/sql/archive/audit_log--*.sql; do
     old=$(basename "$frozen" .sql); old=${old#audit_log--}
@@ -177,10 +188,7 @@ SQL
     [ "$rows" = "$(q "$mix" -c "SELECT 'INSERT ' || jsonb_build_object('id', 1, 'v', 'a', 'n', 1.5)::text || '; INSERT ' ||
         jsonb_build_object('id', 2, 'v', 'b', 'n', 'NaN')::text || '; UPDATE ' || to_jsonb(t1)::text || '; INSERT ' || to_jsonb(t3)::text
         FROM t t1, t t3 WHERE t1.id = 1 AND t3.id = 3")" ] || fail "$mix: the events read back as: $rows"
-    q "$mix" -f "$here/lib/dump_log.sql" >"$work/mix.jsonl"
-    out=$(python3 "$here/lib/format_v2.py" verify <"$work/mix.jsonl" 2>&1) || fail "$mix: format_v2.py refuses the log: $out"
-    "$cli" export --dsn "host=$PGHOST port=$PGPORT user=postgres dbname=$mix" --format binary --out "$work/mix.bin" 2>/dev/null
-    out=$("$cli" verify "$work/mix.bin" 2>&1) || fail "$mix: the CLI refuses the log: $out"
+    offline_ok "$mix"
     echo "  ALTER EXTENSION UPDATE inside an audited transaction: its events stay version 1, the next are packed; verify (SQL, CLI, Python)"
 
     # purge() between the library's update and ALTER EXTENSION UPDATE: the
@@ -227,12 +235,9 @@ SQL
                         AND ('$old_tiles'::boolean OR NOT EXISTS (SELECT FROM jsonb_array_elements(c->'trees') t WHERE (t->>'chain')::int = $purged_chain))
                      FROM (SELECT pg_read_file('$work/pcp.json')::jsonb AS c) s")" = t ] ||
         fail "$pg: the checkpoint after the purge has the wrong trees (purged chain $purged_chain, tiles under $old: $old_tiles): $(cat "$work/pcp.json")"
-    q "$pg" -f "$here/lib/dump_log.sql" >"$work/purged.jsonl"
-    out=$(python3 "$here/lib/format_v2.py" verify <"$work/purged.jsonl" 2>&1) || fail "$pg: format_v2.py refuses the purged log: $out"
     [ "$(q "$pg" -c "SELECT ok FROM audit_log.verify('$(cat "$work/pcp.json")'::jsonb)")" = t ] ||
         fail "$pg: the log does not verify against its own checkpoint after the purge: $(q "$pg" -c "SELECT * FROM audit_log.verify('$(cat "$work/pcp.json")'::jsonb)")"
-    "$cli" export --dsn "host=$PGHOST port=$PGPORT user=postgres dbname=$pg" --format binary --out "$work/purged.bin" 2>/dev/null
-    out=$("$cli" verify "$work/purged.bin" --checkpoint "$work/pcp.json" 2>&1) || fail "$pg: the CLI refuses the purged log: $out"
+    offline_ok "$pg" "$work/pcp.json"
     echo "  purge() under the $old schema with this library: ${purged%% *} transactions of ${purged#* } events removed and anchored; after the update it verifies (SQL, checkpoint, CLI, Python); trees as documented"
 done
 [ "$upgrades" -gt 0 ] || fail "no upgrade tested"
