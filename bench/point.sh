@@ -7,7 +7,8 @@
 # its ratio to "none" in the same round, then the medians. For a point of
 # bench/run.sh's table that falls outside the floor's band: run.sh also
 # runs pgaudit and two triggers between these three, and its cluster holds
-# seven databases.
+# seven databases. ORDER (default "none floor audit_log") is the order of
+# the variants in each round, to see whether a run pays for the one before.
 #
 #   CLIENTS=32 WORKLOAD=update bash bench/point.sh
 set -euo pipefail
@@ -31,7 +32,9 @@ CONF
 runuser -u postgres -- "$(/usr/bin/pg_config --bindir)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w restart >/dev/null
 export PGHOST=$dir PGPORT=$port PGUSER=postgres PGOPTIONS="-c client_min_messages=warning"
 q() { local db=$1; shift; psql -X -q -v ON_ERROR_STOP=1 -At -d "$db" "$@"; }
-variants=(none floor audit_log)
+read -r -a variants <<<"${ORDER:-none floor audit_log}"
+[ "$(printf '%s\n' "${variants[@]}" | sort | tr '\n' ' ')" = "audit_log floor none " ] ||
+    { echo "bench/point.sh: ORDER names none, floor and audit_log once each, not '${ORDER:-}'" >&2; exit 2; }
 for v in "${variants[@]}"; do
     psql -X -q -d postgres -c "CREATE DATABASE p_$v"
     q "p_$v" -c "CREATE TABLE bench_t (id bigserial PRIMARY KEY, a int NOT NULL, b text NOT NULL, c numeric NOT NULL, d timestamptz NOT NULL)" \
@@ -59,15 +62,17 @@ printf '%s\nWITH f AS (INSERT INTO floor_log VALUES (pg_current_xact_id(), 1, re
     "$set_id" "'x'" "$pad" "$stmt" >"$dir/floor.sql"
 chmod 644 "$dir"/*.sql
 echo "single-row $workload, $clients client(s), $rounds interleaved rounds of $secs s; record $size bytes (the floor's row too)"
-declare -A tps
+declare -A tps round
 for r in $(seq 1 "$rounds"); do
     for v in "${variants[@]}"; do
         out=$(pgbench -n -c "$clients" -j "$(( clients < 2 ? 1 : 2 ))" -T "$secs" -f "$dir/$v.sql" "p_$v" 2>&1)
         t=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -1)
         [ -n "$t" ] || { echo "bench/point.sh: pgbench failed for $v: $out" >&2; exit 1; }
-        tps[$v]+="$t "
-        [ "$v" = none ] && base=$t
-        awk -v r="$r" -v v="$v" -v t="$t" -v b="$base" 'BEGIN { printf "round %s %-9s %9.0f tps  %.2fx none\n", r, v, t, t / b }'
+        tps[$v]+="$t " round[$v]=$t
+    done
+    for v in "${variants[@]}"; do
+        awk -v r="$r" -v v="$v" -v t="${round[$v]}" -v b="${round[none]}" \
+            'BEGIN { printf "round %s %-9s %9.0f tps  %.2fx none\n", r, v, t, t / b }'
     done
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

@@ -237,15 +237,24 @@ declare -A res
 # serializes them, as pgbench's documentation warns for scale < clients.
 workloads=("insert 1" "insert 8" "insert 32" "update 1" "update 8" "update 32" "multi 8" "tpcb-like 8")
 [ "$(nproc)" -ge 2 ] && workloads+=("insert 1 apart" "update 1 apart")
+# Each round and workload runs the variants in its own order, the same in
+# every run of this script: a variant that always ran after the same one
+# would pay for that one's aftermath (its autovacuum, its dirty buffers) in
+# every round.
+shuffled() {  # ROUND WORKLOAD VARIANT...: the variants in that round's order
+    local r=$1 w=$2 v
+    shift 2
+    for v in "$@"; do printf '%s %s\n' "$(printf '%s' "$r $w $v" | md5sum | cut -c1-8)" "$v"; done | sort | cut -d' ' -f2
+}
 for r in $(seq 1 "$rounds"); do
     for w in "${workloads[@]}"; do
         set -- $w
-        for v in "${variants[@]}"; do
+        for v in $(shuffled "$r" "$w" "${variants[@]}"); do
             res["$1 $2${3:+ $3} $v"]+="$(tps "$v" "$1" "$2" "${3:-}") "
         done
         echo "bench: round $r/$rounds $1 x$2${3:+ $3} done" >&2
     done
-    for v in "${variants[@]}" "${extra[@]}"; do
+    for v in $(shuffled "$r" bulk "${variants[@]}" "${extra[@]}"); do
         # A statement over the limit counts as the limit, and is shown as ">".
         # The floor writes one record of an event's size per row, in the same statement.
         fl_ins="" fl_upd=""
@@ -325,9 +334,17 @@ hist_keys=$(q b_audit_hist -c "SELECT pg_total_relation_size('audit_log.row_keys
 diy_size=$(q b_diy_jsonb -c "SELECT pg_total_relation_size('diy_audit') / greatest(count(*), 1) FROM diy_audit")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+# audit_log's ratio minus the floor's in each round, each against the "none"
+# of its own round: the machine's speed drifts between rounds, and a
+# difference taken within one round does not mix two speeds.
+differences() {  # KEY: one per round, in the rounds' order
+    awk -v n="${res["$1 none"]}" -v a="${res["$1 audit_log"]}" -v f="${res["$1 floor"]}" 'BEGIN {
+        c = split(n, N, " "); split(a, A, " "); split(f, F, " ")
+        for (i = 1; i <= c; i++) printf "%+.2f\n", (N[i] > 0 ? A[i] / N[i] - F[i] / N[i] : 0) }'
+}
 cols=(audit_log floor pgaudit diy_jsonb diy_chain)   # after none, in this order
-row() {  # KEY LABEL tps|ms: one line of the table; after floor, audit_log's ratio minus the floor's
-    local key=$1 base m r cell line al=-
+row() {  # KEY LABEL tps|ms: one line of the table; after floor, the median of differences()
+    local key=$1 base m r cell line
     base=$(median ${res["$key none"]})
     line=$(printf '| %-28s | %9.0f |' "$2" "$base")
     for v in "${cols[@]}"; do
@@ -338,16 +355,16 @@ row() {  # KEY LABEL tps|ms: one line of the table; after floor, audit_log's rat
             cell=$(printf '%7.0f (%5sx)' "$m" "$r")
         fi
         line+=$(printf ' %16s |' "$cell")
-        [ "$v" = audit_log ] && al=$r
-        [ "$v" = floor ] && line+=$(printf ' %8s |' "$(awk -v a="$al" -v f="$r" 'BEGIN {
-            if (a == "-" || f == "-") print "-"; else printf "%+.2f", a - f }')")
+        # shellcheck disable=SC2046
+        [ "$v" = floor ] && line+=$(printf ' %8s |' "$(printf '%+.2f' "$(median $(differences "$key"))")")
     done
     echo "$line"
 }
 echo
 echo "audit_log benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), PostgreSQL $(q postgres -c 'SHOW server_version' | cut -d' ' -f1), synchronous_commit on"
 echo "medians of $rounds interleaved rounds, ${secs}s each; throughput in tps, ratio = variant / none;"
-echo "vs floor = audit_log's ratio minus the floor's (for the ms rows, + is slower); tpcb-like at scale $tpcb_scale"
+echo "vs floor = audit_log's ratio minus the floor's, each round against its own none, median of the rounds"
+echo "(for the ms rows, + is slower); variants in a different order in each round; tpcb-like at scale $tpcb_scale"
 echo
 printf '| %-28s | %9s | %16s | %16s | %8s | %16s | %16s | %16s |\n' workload none audit_log floor "vs floor" pgaudit diy_jsonb diy_chain
 printf '|%s|\n' "------------------------------|-----------|------------------|------------------|----------|------------------|------------------|------------------"
@@ -361,15 +378,13 @@ done
 row bulk_insert "INSERT 100k rows (ms)" ms
 row bulk_update "UPDATE 50k rows (ms)" ms
 # The spread behind each median: audit_log's ratio minus the floor's in
-# each round, where the two ran next to each other against the same "none".
+# each round, against that round's own "none".
 echo
 echo "vs floor, round by round (in the rounds' order):"
 for w in "${workloads[@]}"; do
     set -- $w
     k="$1 $2${3:+ $3}"
-    echo "  $(label "$@"): $(awk -v n="${res["$k none"]}" -v a="${res["$k audit_log"]}" -v f="${res["$k floor"]}" 'BEGIN {
-        c = split(n, N, " "); split(a, A, " "); split(f, F, " ")
-        for (i = 1; i <= c; i++) printf "%s%+.2f", (i > 1 ? ", " : ""), A[i] / N[i] - F[i] / N[i] }')"
+    echo "  $(label "$@"): $(differences "$k" | paste -sd, | sed 's/,/, /g')"
 done
 # audit_log with history => true on bulk_t (b_audit_hist), bulk statements only.
 hist_row() {  # KEY LABEL: its median ms, ratio to none, and audit_log's for comparison
