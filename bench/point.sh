@@ -26,8 +26,8 @@ bash "$root/pg_test/cluster.sh" start "$dir" "$port"
 trap 'bash "$root/pg_test/cluster.sh" stop "$dir"' EXIT
 cat >>"$dir/data/postgresql.conf" <<CONF
 shared_buffers = '1GB'
-max_wal_size = '8GB'
-checkpoint_timeout = '30min'
+max_wal_size = '64GB'
+checkpoint_timeout = '1d'
 CONF
 runuser -u postgres -- "$(/usr/bin/pg_config --bindir)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w restart >/dev/null
 export PGHOST=$dir PGPORT=$port PGUSER=postgres PGOPTIONS="-c client_min_messages=warning"
