@@ -244,10 +244,13 @@ workloads=("insert 1" "insert 8" "insert 32" "update 1" "update 8" "update 32" "
 # every run of this script: a variant that always ran after the same one
 # would pay for that one's aftermath (its autovacuum, its dirty buffers) in
 # every round.
+# Over a few rounds the orders are not balanced (one variant can follow
+# another in two rounds of three): BENCH_SEED (default 0) draws others.
+seed=${BENCH_SEED:-0}
 shuffled() {  # ROUND WORKLOAD VARIANT...: the variants in that round's order
     local r=$1 w=$2 v
     shift 2
-    for v in "$@"; do printf '%s %s\n' "$(printf '%s' "$r $w $v" | md5sum | cut -c1-8)" "$v"; done | sort | cut -d' ' -f2
+    for v in "$@"; do printf '%s %s\n' "$(printf '%s' "$seed $r $w $v" | md5sum | cut -c1-8)" "$v"; done | sort | cut -d' ' -f2
 }
 for r in $(seq 1 "$rounds"); do
     for w in "${workloads[@]}"; do
@@ -340,14 +343,27 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 # audit_log's ratio minus the floor's in each round, each against the "none"
 # of its own round: the machine's speed drifts between rounds, and a
 # difference taken within one round does not mix two speeds.
-differences() {  # KEY: one per round, in the rounds' order
-    awk -v n="${res["$1 none"]}" -v a="${res["$1 audit_log"]}" -v f="${res["$1 floor"]}" 'BEGIN {
+# A round where one of the three failed (0 tps) or, for a bulk statement,
+# hit the limit (LIMIT, in ms) has no difference: it is left out, and a key
+# left with none shows "-".
+differences() {  # KEY [LIMIT]: one per round that has one, in the rounds' order
+    awk -v n="${res["$1 none"]}" -v a="${res["$1 audit_log"]}" -v f="${res["$1 floor"]}" \
+        -v limit="${2:-0}" 'BEGIN {
         c = split(n, N, " "); split(a, A, " "); split(f, F, " ")
-        for (i = 1; i <= c; i++) printf "%+.2f\n", (N[i] > 0 ? A[i] / N[i] - F[i] / N[i] : 0) }'
+        for (i = 1; i <= c; i++)
+            if (N[i] > 0 && A[i] > 0 && F[i] > 0 && (limit == 0 || (N[i] < limit && A[i] < limit && F[i] < limit)))
+                printf "%+.2f\n", A[i] / N[i] - F[i] / N[i] }'
+}
+paired() {  # KEY [LIMIT]: the median of differences(), or "-"
+    local d
+    d=$(differences "$@")
+    # shellcheck disable=SC2086
+    if [ -n "$d" ]; then printf '%+.2f' "$(median $d)"; else echo -; fi
 }
 cols=(audit_log floor pgaudit diy_jsonb diy_chain)   # after none, in this order
 row() {  # KEY LABEL tps|ms: one line of the table; after floor, the median of differences()
-    local key=$1 base m r cell line
+    local key=$1 base m r cell line limit=""
+    if [ "$3" = ms ]; then limit=$((bulk_limit * 1000)); fi
     base=$(median ${res["$key none"]})
     line=$(printf '| %-28s | %9.0f |' "$2" "$base")
     for v in "${cols[@]}"; do
@@ -358,15 +374,14 @@ row() {  # KEY LABEL tps|ms: one line of the table; after floor, the median of d
             cell=$(printf '%7.0f (%5sx)' "$m" "$r")
         fi
         line+=$(printf ' %16s |' "$cell")
-        # shellcheck disable=SC2046
-        [ "$v" = floor ] && line+=$(printf ' %8s |' "$(printf '%+.2f' "$(median $(differences "$key"))")")
+        [ "$v" = floor ] && line+=$(printf ' %8s |' "$(paired "$key" "$limit")")
     done
     echo "$line"
 }
 echo
 echo "audit_log benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), PostgreSQL $(q postgres -c 'SHOW server_version' | cut -d' ' -f1), synchronous_commit on"
 echo "medians of $rounds interleaved rounds, ${secs}s each; throughput in tps, ratio = variant / none;"
-echo "vs floor = audit_log's ratio minus the floor's, each round against its own none, median of the rounds"
+echo "vs floor = audit_log's ratio minus the floor's, each round against its own none, median of the rounds (not the columns' difference)"
 echo "(for the ms rows, + is slower); variants in a different order in each round; tpcb-like at scale $tpcb_scale"
 echo
 printf '| %-28s | %9s | %16s | %16s | %8s | %16s | %16s | %16s |\n' workload none audit_log floor "vs floor" pgaudit diy_jsonb diy_chain
@@ -381,7 +396,7 @@ done
 row bulk_insert "INSERT 100k rows (ms)" ms
 row bulk_update "UPDATE 50k rows (ms)" ms
 # The spread behind each median: audit_log's ratio minus the floor's in
-# each round, against that round's own "none".
+# each round, against that round's own "none" (rounds without one left out).
 echo
 echo "vs floor, round by round (in the rounds' order):"
 for w in "${workloads[@]}"; do
