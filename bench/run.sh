@@ -4,6 +4,7 @@
 #
 #   bash bench/run.sh                 (needs the README's setup; installs pgaudit)
 #   ROUNDS=3 SECONDS_PER_RUN=10 VERIFY_EVENTS=1000000 bash bench/run.sh
+#   BENCH_SEED=1 bash bench/run.sh    (other orders of the variants in the rounds)
 #
 # Variants, each in its own database of one throwaway PostgreSQL 15 cluster:
 #   none       no auditing
