@@ -9,6 +9,20 @@ floor_pad() {
                                                FROM (SELECT $2 - pg_column_size(ROW('0'::xid8, 0, ''::text)) AS p) s"
 }
 
+# audit_log's ratio minus the floor's in each round, each against the "none"
+# of its own round (the machine's speed drifts between rounds; a difference
+# taken within one round does not mix two speeds), one line per round. The
+# arguments are the rounds' figures, space-separated, in the rounds' order.
+# A round where one of the three is 0 (a failed run) or, with LIMIT, at or
+# over it (a bulk statement that timed out) has no difference: left out.
+floor_differences() {  # NONE AUDIT_LOG FLOOR [LIMIT]
+    awk -v n="$1" -v a="$2" -v f="$3" -v limit="${4:-0}" 'BEGIN {
+        c = split(n, N, " "); split(a, A, " "); split(f, F, " ")
+        for (i = 1; i <= c; i++)
+            if (N[i] > 0 && A[i] > 0 && F[i] > 0 && (limit == 0 || (N[i] < limit && A[i] < limit && F[i] < limit)))
+                printf "%+.2f\n", A[i] / N[i] - F[i] / N[i] }'
+}
+
 # For bench/cpu.sh and bench/instr.sh: database $1 with three tables for the
 # single-row INSERT of bench/run.sh: t_none (not audited), t_floor (not
 # audited; its statement also inserts, in a CTE, a row of the size of

@@ -81,8 +81,6 @@ n=$(median ${tps[none]}) f=$(median ${tps[floor]}) a=$(median ${tps[audit_log]})
 # vs floor as bench/run.sh gives it: the median over the rounds of
 # audit_log's ratio minus the floor's, each against its own round's none.
 # shellcheck disable=SC2046
-d=$(median $(awk -v n="${tps[none]}" -v a="${tps[audit_log]}" -v f="${tps[floor]}" 'BEGIN {
-    c = split(n, N, " "); split(a, A, " "); split(f, F, " ")
-    for (i = 1; i <= c; i++) printf "%+.4f\n", A[i] / N[i] - F[i] / N[i] }'))
+d=$(median $(floor_differences "${tps[none]}" "${tps[audit_log]}" "${tps[floor]}"))
 awk -v n="$n" -v f="$f" -v a="$a" -v d="$d" 'BEGIN {
     printf "medians: none %.0f, floor %.0f (%.2fx), audit_log %.0f (%.2fx); vs floor (median of the rounds) %+.2f\n", n, f, f / n, a, a / n, d }'

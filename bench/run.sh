@@ -341,19 +341,10 @@ hist_keys=$(q b_audit_hist -c "SELECT pg_total_relation_size('audit_log.row_keys
 diy_size=$(q b_diy_jsonb -c "SELECT pg_total_relation_size('diy_audit') / greatest(count(*), 1) FROM diy_audit")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-# audit_log's ratio minus the floor's in each round, each against the "none"
-# of its own round: the machine's speed drifts between rounds, and a
-# difference taken within one round does not mix two speeds.
-# A round where one of the three failed (0 tps) or, for a bulk statement,
-# hit the limit (LIMIT, in ms) has no difference: it is left out, and a key
-# left with none shows "-".
+# audit_log's ratio minus the floor's per round (floor_differences); for a
+# bulk statement, LIMIT (ms) leaves out the rounds that timed out.
 differences() {  # KEY [LIMIT]: one per round that has one, in the rounds' order
-    awk -v n="${res["$1 none"]}" -v a="${res["$1 audit_log"]}" -v f="${res["$1 floor"]}" \
-        -v limit="${2:-0}" 'BEGIN {
-        c = split(n, N, " "); split(a, A, " "); split(f, F, " ")
-        for (i = 1; i <= c; i++)
-            if (N[i] > 0 && A[i] > 0 && F[i] > 0 && (limit == 0 || (N[i] < limit && A[i] < limit && F[i] < limit)))
-                printf "%+.2f\n", A[i] / N[i] - F[i] / N[i] }'
+    floor_differences "${res["$1 none"]}" "${res["$1 audit_log"]}" "${res["$1 floor"]}" "${2:-0}"
 }
 paired() {  # KEY [LIMIT]: the median of differences(), or "-"
     local d
