@@ -3,12 +3,14 @@
 //! The transaction takes the first chain it can lock without waiting (it waits
 //! only if all K are busy), reads that chain's head, and appends a link. The
 //! lock is held from here to the end of commit, never across the body of the
-//! transaction. Its tag is an advisory tag with a `field4` that no SQL function
-//! produces (they use 1 and 2), so no application can take or hold it. The
-//! head is read with SnapshotSelf, which sees every committed link whatever
-//! the isolation level, and takes no SSI predicate locks: reading it with the
-//! transaction's snapshot would fork the chain under REPEATABLE READ, and
-//! predicate locks would add serialization failures.
+//! transaction. With the library preloaded, the lock is a word in shared
+//! memory (`heads`); otherwise it is an advisory lock whose tag has a
+//! `field4` that no SQL function produces (they use 1 and 2). Either way no
+//! application can take or hold it. The head is read with SnapshotSelf,
+//! which sees every committed link whatever the isolation level, and takes
+//! no SSI predicate locks: reading it with the transaction's snapshot would
+//! fork the chain under REPEATABLE READ, and predicate locks would add
+//! serialization failures.
 
 use audit_log_core::record::Record;
 use audit_log_core::time::from_pg_timestamp;
@@ -41,22 +43,46 @@ fn lock_chain(chain: i32, wait: bool) -> bool {
     LogLock::Chain(chain).acquire(pg_sys::ExclusiveLock, wait)
 }
 
-/// Lock a chain: the first free one from a per-backend starting point.
-/// When all K are busy, look again a few times after short sleeps (a
-/// commit that holds its chain for long then delays no one while others
-/// come free), then queue for one chain with a real lock wait: a wait the
-/// deadlock detector sees, so a cycle through a chain lock is broken
-/// rather than spun on forever.
-fn choose_chain() -> i32 {
+/// Lock a chain of the records table `rel`: the first free one from a
+/// per-backend starting point. When all K are busy, look again a few times
+/// after short sleeps (a commit that holds its chain for long then delays
+/// no one while others come free), then queue for one chain with a real
+/// lock wait: a wait the deadlock detector sees, so a cycle through a chain
+/// lock is broken rather than spun on forever.
+///
+/// With the library preloaded, a chain's lock is a word at its place in
+/// shared memory (`heads::lock`): a compare-and-swap, where the lock
+/// manager's advisory lock costs a trip through its shared hash tables to
+/// take and another to release. Then the advisory lock only orders the
+/// commits that queue for the word. Every backend of a server locks chains
+/// the same way.
+fn choose_chain(rel: pg_sys::Relation) -> i32 {
     crate::ensure_settings();
     let k = CHAINS.get().max(1);
     // SAFETY: reads a process-global.
     let start = unsafe { pg_sys::MyProcPid }.rem_euclid(k);
+    // SAFETY: rel is the open records table (the caller's).
+    let key = |c: i32| unsafe { heads::Key::new(rel, c) };
+    // A lock word names its holder by its top-level transaction id,
+    // assigned here if it has none yet (the record's insert would).
+    // SAFETY: reads, or assigns, the transaction's id.
+    let me = unsafe { pg_sys::GetTopFullTransactionId() }.value;
+    // Either way, a transaction that holds a chain cannot be prepared
+    // (proof::may_prepare).
+    let try_lock = |c: i32| match heads::try_lock(&key(c), me) {
+        Some(got) => {
+            if got {
+                crate::proof::note_log_work();
+            }
+            got
+        }
+        None => lock_chain(c, false),
+    };
     let mut nap_us: i64 = 50;
     for _ in 0..8 {
         for i in 0..k {
             let c = (start + i) % k;
-            if lock_chain(c, false) {
+            if try_lock(c) {
                 return c;
             }
         }
@@ -65,7 +91,15 @@ fn choose_chain() -> i32 {
         unsafe { pg_sys::pg_usleep(nap_us) };
         nap_us = (nap_us * 2).min(5_000);
     }
-    lock_chain(start, true);
+    if heads::lock(&key(start), me, || {
+        lock_chain(start, true);
+    })
+    .is_some()
+    {
+        crate::proof::note_log_work();
+    } else {
+        lock_chain(start, true);
+    }
     start
 }
 
@@ -400,8 +434,8 @@ pub fn link(
     segments: i32,
     payload: &mut store::Bytea,
 ) -> Result<(), AuditError> {
-    let chain = choose_chain();
     let target = store::Records::open(oids)?;
+    let chain = choose_chain(target.relation());
     // SAFETY: the relation is open while target is.
     let key = unsafe { heads::Key::new(target.relation(), chain) };
     // The head kept in shared memory, if its record is still there as it

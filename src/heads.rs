@@ -1,44 +1,62 @@
-//! The chains' heads in shared memory, so that a commit does not read its
-//! chain's head from the records' primary key.
+//! The chains in shared memory: each chain's lock, and its newest link, so
+//! that a commit neither goes through the lock manager nor reads its chain's
+//! head from the records' primary key.
 //!
 //! Available only when the library is in `shared_preload_libraries` (the
-//! memory is reserved when the server starts). Without it, or for a chain
-//! it does not hold, a commit reads the head by index scan as before
-//! (`chain::read_head`); both give the same (seq, link hash).
+//! memory is reserved when the server starts). Without it, a chain is
+//! locked by an advisory lock (`locks::LogLock::Chain`) and its head read by
+//! index scan (`chain::read_head`); both ways give the same (seq, link hash).
 //!
-//! Why it is right:
-//! - A slot is written only at XACT_EVENT_COMMIT of a transaction that
-//!   linked into that chain: after its commit record, while it still holds
-//!   the chain's lock. Every link goes through `chain::link` under that
-//!   lock, so the slot holds the chain's newest committed link, or nothing.
+//! Each chain has a place: a log's K chains take K consecutive places from
+//! one found by hashing the log's identity (database, records table,
+//! relfilenode), so two logs' ranges may overlap, and then share those
+//! places. A place holds:
+//! - the chain's lock: the top-level transaction id of its holder, set by a
+//!   compare-and-swap. A commit that finds every chain busy queues for one
+//!   (on the chain's advisory lock, in order of arrival) and then waits on
+//!   its holder's transaction id: ordinary lock waits, which the deadlock
+//!   detector sees and a cancel ends. The holder clears the word when its
+//!   transaction ends (`at_xact_end`), before that id's lock is released,
+//!   so a word still naming an ended transaction was left behind: the
+//!   waiter takes it over, and the server log says so;
+//! - the head: the chain's newest committed link, read and written only by
+//!   the lock's holder.
+//!
+//! Why the head is right:
+//! - It is written only at XACT_EVENT_COMMIT of a transaction that linked
+//!   into that chain: after its commit record, while it still holds the
+//!   chain's lock. Every link goes through `chain::link` under that lock,
+//!   so the place holds the chain's newest committed link, or nothing.
 //! - A commit that ends otherwise (an abort after its link was inserted, a
-//!   savepoint rolled back over a link, PREPARE) clears the slot instead.
+//!   savepoint rolled back over a link, PREPARE) clears it instead.
 //!   Clearing is always safe: the next commit reads the index.
-//! - The slot also says where the head's record is stored, and the commit
+//! - The place also says where the head's record is stored, and the commit
 //!   that uses it first fetches that tuple (under SnapshotSelf, by TID: far
 //!   cheaper than the index scan) and compares its chain, seq and link
 //!   hash. A record deleted or rewritten by a superuser (its page even cut
 //!   off by VACUUM), a database made again from a template under the same
 //!   OID, or an OID reused after wraparound, fails the check, and the head
 //!   is read from the index: the chain goes on exactly as without the
-//!   cache. The slot is marked before the check, so an ERROR there clears
+//!   cache. The place is marked before the check, so an ERROR there clears
 //!   it too.
 //! - The key names the database, the records table and its relfilenode: a
-//!   dropped and recreated extension, or a TRUNCATE, never meets an old head.
-//! - A crash resets shared memory with the server; a standby has no slots
-//!   filled, and one promoted starts empty.
+//!   dropped and recreated extension, or a TRUNCATE, never meets an old
+//!   head.
+//! - A crash resets shared memory with the server; a standby has no heads,
+//!   and one promoted starts empty.
 //!
 //! One difference remains: a record that a superuser inserts past a
 //! chain's head (the guards refuse it to anyone else) is not seen, so the
 //! next commit on that chain fails once on the primary key (23505); its
-//! abort clears the slot, and the commit after it reads the index.
+//! abort clears the head, and the commit after it reads the index.
 
 use pgrx::pg_sys;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use audit_log_core::Hash;
 
-/// Which chain of which log: a slot's key.
+/// Which chain of which log: a place's key.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Key {
@@ -66,21 +84,30 @@ impl Key {
         }
     }
 
-    fn slot(&self) -> usize {
-        // Consecutive chains of one log take consecutive slots.
-        let base = (self.db.to_u32() as usize)
-            .wrapping_mul(0x9E37_79B1)
-            .wrapping_add((self.records.to_u32() as usize).wrapping_mul(0x85EB_CA6B))
-            .wrapping_add((self.relfilenode.to_u32() as usize).wrapping_mul(0xC2B2_AE35));
-        base.wrapping_add(self.chain as usize) % SLOTS
+    /// The key's place: a hash of the log's identity, plus the chain, so
+    /// that the chains of one log never share a place.
+    fn place(&self) -> usize {
+        let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+        for w in [
+            self.db.to_u32(),
+            self.records.to_u32(),
+            self.relfilenode.to_u32(),
+        ] {
+            h = (h ^ u64::from(w)).wrapping_mul(0x0000_0100_0000_01B3);
+            h ^= h >> 29;
+        }
+        let base = (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize;
+        base.wrapping_add(self.chain as usize) % PLACES
     }
 }
 
-/// 1024 slots of 64 bytes (64 kB): every chain of a log (at most 1024)
-/// has its own.
-const SLOTS: usize = 1024;
-const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+/// 4096 places of 128 bytes (512 kB). The K chains of a log (at most 1024)
+/// take K consecutive places; two logs whose ranges overlap share those
+/// places' locks and heads: a commit that finds a chain busy takes
+/// another, and a head not found is read from the index.
+const PLACES: usize = 4096;
 
+/// A chain's newest committed link, as its place keeps it.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Slot {
@@ -107,10 +134,22 @@ const EMPTY: Slot = Slot {
     },
 };
 
+/// One chain's place, on cache lines of its own.
+#[repr(C, align(128))]
+struct Place {
+    /// The chain's lock: the top-level FullTransactionId of the
+    /// transaction that links into it, or 0.
+    owner: AtomicU64,
+    /// How many commits queue for the lock (`lock`): while any do, a
+    /// commit that only looks for a free chain passes this one by.
+    waiters: AtomicU32,
+    /// Read and written only by the lock's holder.
+    head: UnsafeCell<Slot>,
+}
+
 #[repr(C)]
 struct Shared {
-    lock: *mut pg_sys::LWLock,
-    slots: [Slot; SLOTS],
+    places: [Place; PLACES],
 }
 
 const NAME: &std::ffi::CStr = c"audit_log chain heads";
@@ -156,7 +195,6 @@ unsafe fn reserve() {
     // SAFETY: the caller's promise.
     unsafe {
         pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>());
-        pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), 1);
     }
 }
 
@@ -188,10 +226,12 @@ unsafe extern "C-unwind" fn on_startup() {
         let p = pg_sys::ShmemInitStruct(NAME.as_ptr(), std::mem::size_of::<Shared>(), &mut found)
             .cast::<Shared>();
         if !found {
-            (&raw mut (*p).lock)
-                .write(&raw mut (*pg_sys::GetNamedLWLockTranche(NAME.as_ptr())).lock);
-            for i in 0..SLOTS {
-                (&raw mut (*p).slots[i]).write(EMPTY);
+            for i in 0..PLACES {
+                (&raw mut (*p).places[i]).write(Place {
+                    owner: AtomicU64::new(0),
+                    waiters: AtomicU32::new(0),
+                    head: UnsafeCell::new(EMPTY),
+                });
             }
         }
         SHARED = p;
@@ -203,7 +243,7 @@ unsafe extern "C-unwind" fn on_startup() {
 struct Written {
     key: Key,
     /// None: not known to be the head (its insert failed, or a savepoint
-    /// rolled it back): the slot is cleared.
+    /// rolled it back): its head is cleared.
     head: Option<Head>,
     subxact: pg_sys::SubTransactionId,
 }
@@ -212,34 +252,125 @@ thread_local! {
     static WRITTEN: RefCell<Vec<Written>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `f` on a copy of `key`'s slot, read under the lock shared.
-fn read_slot<T>(key: &Key, f: impl FnOnce(Slot) -> T) -> Option<T> {
-    let s = shared()?;
-    // SAFETY: s points to the initialized struct; the slot is copied out
-    // while the lock is held shared, and writers hold it exclusively.
-    let slot = unsafe {
-        let lock = (*s).lock;
-        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
-        let slot = (&raw const (*s).slots[key.slot()]).read();
-        pg_sys::LWLockRelease(lock);
-        slot
-    };
-    Some(f(slot))
+thread_local! {
+    /// The places whose lock this transaction holds, released when it ends.
+    static OWNED: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// The place this backend queues for, counted in its `waiters`.
+    static WAITING: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// `f` on the slots, under the lock held exclusively. `f` must not raise
-/// an ERROR or panic (the lock would stay held until the abort releases it).
-fn write_slots(f: impl FnOnce(&mut [Slot; SLOTS])) {
-    let Some(s) = shared() else { return };
-    // SAFETY: s points to the initialized struct; holding its lock
-    // exclusively, this backend is the only one to reach the slots until
-    // it releases it, so the &mut is unique for f's call.
-    unsafe {
-        let lock = (*s).lock;
-        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        f(&mut (*s).slots);
-        pg_sys::LWLockRelease(lock);
+/// The place of index `i`, if the server reserved the memory.
+fn place(i: usize) -> Option<&'static Place> {
+    let s = shared()?;
+    // SAFETY: s points to the initialized struct, which lives as long as
+    // the server; a place's words are atomics, and its head is behind an
+    // UnsafeCell that only the lock's holder goes through.
+    Some(unsafe { &(*s).places[i] })
+}
+
+impl Place {
+    fn try_lock(&'static self, i: usize, me: u64) -> Result<(), u64> {
+        match self
+            .owner
+            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                OWNED.with_borrow_mut(|o| o.push(i));
+                Ok(())
+            }
+            Err(held) if held == me => Ok(()),
+            Err(held) => Err(held),
+        }
     }
+}
+
+/// Lock `key`'s chain for this transaction (`me`, its top-level
+/// FullTransactionId) without waiting. False if another transaction holds
+/// it or commits queue for it; None without shared memory.
+pub fn try_lock(key: &Key, me: u64) -> Option<bool> {
+    let i = key.place();
+    let p = place(i)?;
+    // Reads first: a failed compare-and-swap still takes the line.
+    let held = p.owner.load(Ordering::Acquire);
+    if held == me {
+        return Some(true);
+    }
+    if held != 0 || p.waiters.load(Ordering::Acquire) != 0 {
+        return Some(false);
+    }
+    Some(p.try_lock(i, me).is_ok())
+}
+
+/// Lock `key`'s chain, waiting as long as it takes. Commits queue in the
+/// order they came, on the chain's advisory lock (`chain_queue`, taken in
+/// `LockAcquire`'s wait, held to the end of the transaction), and the first
+/// in the queue waits for the holder's transaction to end: a lock wait on
+/// its transaction id. Both are ordinary lock waits, which the deadlock
+/// detector sees and a cancel ends. A holder clears its word when its
+/// transaction ends (`at_xact_end`), before its transaction id's lock is
+/// released: a word still naming an ended transaction was left behind (it
+/// never should be), and the waiter takes it over. None without shared
+/// memory.
+pub fn lock(key: &Key, me: u64, chain_queue: impl FnOnce()) -> Option<()> {
+    let i = key.place();
+    let p = place(i)?;
+    if p.owner.load(Ordering::Acquire) == me {
+        return Some(());
+    }
+    stop_waiting();
+    p.waiters.fetch_add(1, Ordering::AcqRel);
+    WAITING.set(Some(i));
+    chain_queue();
+    while let Err(held) = p.try_lock(i, me) {
+        // SAFETY: waits on the lock of a transaction id that is not this
+        // transaction's (held != me); its low 32 bits are the xid.
+        unsafe {
+            pg_sys::XactLockTableWait(
+                pg_sys::TransactionId::from(held as u32),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                pg_sys::XLTW_Oper::XLTW_None,
+            )
+        };
+        if p.owner
+            .compare_exchange(held, me, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            OWNED.with_borrow_mut(|o| o.push(i));
+            pgrx::log!(
+                "audit_log: the lock of chain {} was left behind by transaction {held}, which has ended; taken over",
+                key.chain
+            );
+            break;
+        }
+    }
+    stop_waiting();
+    Some(())
+}
+
+/// Leave the queue counted in `waiters` (locked, or on an ERROR).
+fn stop_waiting() {
+    if let Some(p) = WAITING.take().and_then(place) {
+        p.waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Release the chains this transaction holds.
+fn unlock_all() {
+    stop_waiting();
+    OWNED.with_borrow_mut(|owned| {
+        for p in owned.drain(..).filter_map(place) {
+            p.owner.store(0, Ordering::Release);
+        }
+    });
+}
+
+/// The head kept at the place of `key`, whose chain this transaction holds.
+fn read_slot(key: &Key) -> Option<Slot> {
+    let p = place(key.place())?;
+    // SAFETY: the caller holds the chain, and only its holder reads or
+    // writes its head.
+    Some(unsafe { p.head.get().read() })
 }
 
 /// A chain's newest link: its seq, its link hash, and where its record is.
@@ -251,25 +382,24 @@ pub struct Head {
 }
 
 /// The head of the chain `key`, if known without reading the index: this
-/// transaction's own link first, then the shared slot. The caller checks
+/// transaction's own link first, then its place. The caller checks
 /// that the record is still there as it was (`store::Records::holds`).
 pub fn get(key: &Key) -> Option<Head> {
     if let Some(w) = WRITTEN.with_borrow(|w| w.iter().rev().find(|w| w.key == *key).map(|w| w.head))
     {
         return w;
     }
-    read_slot(key, |s| {
+    read_slot(key).and_then(|s| {
         (s.key == *key && s.seq > 0).then_some(Head {
             seq: s.seq,
             hash: s.hash,
             at: s.at,
         })
     })
-    .flatten()
 }
 
 /// This transaction is about to insert a link into `key`'s chain: if it
-/// does not commit, the slot is cleared.
+/// does not commit, its head is cleared.
 pub fn inserting(key: Key) {
     if shared().is_none() {
         return;
@@ -294,9 +424,13 @@ pub fn inserted(head: Head) {
     });
 }
 
-/// A subtransaction rolls back: links it inserted are gone (and its
-/// chain locks released).
+/// A subtransaction rolls back: links it inserted are gone, and a wait for
+/// a chain's lock it was in ended with an ERROR. A chain's word it locked
+/// stays held to the end of the transaction (the advisory lock, without
+/// preloading, is released with the subtransaction): held longer, it only
+/// makes other commits take another chain.
 pub fn at_subxact_abort(subxact: pg_sys::SubTransactionId) {
+    stop_waiting();
     WRITTEN.with_borrow_mut(|w| {
         for x in w.iter_mut().filter(|x| x.subxact >= subxact) {
             x.head = None;
@@ -304,7 +438,8 @@ pub fn at_subxact_abort(subxact: pg_sys::SubTransactionId) {
     });
 }
 
-/// The transaction ends, committed or not, its chain locks still held.
+/// The transaction ends, committed or not: its links settle their chains'
+/// heads, then it releases its chains.
 pub fn at_xact_end(committed: bool) {
     // The list keeps its room for the next transaction.
     WRITTEN.with_borrow_mut(|written| {
@@ -313,30 +448,35 @@ pub fn at_xact_end(committed: bool) {
             written.clear();
         }
     });
+    unlock_all();
 }
 
-/// Write or clear the slots of the links `written`.
+/// Write or clear the heads of the chains of the links `written`, which
+/// this transaction holds.
 fn settle(written: &[Written], committed: bool) {
-    write_slots(|slots| {
-        // Per key, its last link decides.
-        for (i, w) in written.iter().enumerate() {
-            if written[i + 1..].iter().any(|later| later.key == w.key) {
-                continue;
-            }
-            let slot = &mut slots[w.key.slot()];
-            match w.head.filter(|_| committed) {
-                Some(h) => {
-                    *slot = Slot {
-                        key: w.key,
-                        seq: h.seq,
-                        hash: h.hash,
-                        at: h.at,
-                    }
-                }
-                // Only a slot of this key: another chain's head may be there.
-                None if slot.key == w.key => *slot = EMPTY,
-                None => {}
-            }
+    // Per key, its last link decides.
+    for (i, w) in written.iter().enumerate() {
+        if written[i + 1..].iter().any(|later| later.key == w.key) {
+            continue;
         }
-    });
+        let Some(p) = place(w.key.place()) else {
+            return;
+        };
+        // SAFETY: this transaction holds the chain of every link it wrote,
+        // and only a chain's holder reads or writes its head.
+        let slot = unsafe { &mut *p.head.get() };
+        match w.head.filter(|_| committed) {
+            Some(h) => {
+                *slot = Slot {
+                    key: w.key,
+                    seq: h.seq,
+                    hash: h.hash,
+                    at: h.at,
+                }
+            }
+            // Only a head of this key: another chain may share the place.
+            None if slot.key == w.key => *slot = EMPTY,
+            None => {}
+        }
+    }
 }

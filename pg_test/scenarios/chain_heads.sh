@@ -16,6 +16,9 @@
 # - a superuser appends a record past the head: preloaded, the next commit
 #   fails once on the primary key (the one difference, README's threat
 #   model), then the chain links past it; verify() reports the record;
+# - the chain's lock, held by a checkpoint() in a DO block: a
+#   cycle through it is broken by the deadlock detector, a commit waiting
+#   for it can be cancelled, and the holder's death releases it;
 # - the extension dropped and created again starts its chain at 1, not at
 #   the old log's head.
 set -euo pipefail
@@ -117,6 +120,126 @@ head=$((head - 99))
 chain_whole "a head truncated away" $head
 verify_ok "a head truncated away"
 
+# The chain's lock (a word in shared memory when preloaded, an advisory
+# lock otherwise). A checkpoint() in a DO block links the committed
+# prepared transactions and holds chain 0 (the only one) until the block's
+# transaction ends; a commit queued behind it waits in a lock wait that a
+# cancel interrupts, the deadlock detector sees, and a holder's death ends.
+# Session A: seal a prepared transaction, link it with checkpoint() in a
+# DO block (which then takes advisory lock 4242, so that others can see it
+# is there), wait for another session to wait on a lock, then run $2
+# (PL/pgSQL).
+hold_chain() {  # NAME PLPGSQL
+    q -c "BEGIN" -c "INSERT INTO t VALUES (nextval('ids'), 0)" -c "PREPARE TRANSACTION 'heads_$1'" \
+        -c "COMMIT PREPARED 'heads_$1'"
+    PGAPPNAME=heads_a timeout 120 psql -X -q -v ON_ERROR_STOP=1 -At -d "$db" >"$work/$1.a" 2>&1 <<SQL &
+DO \$\$ BEGIN
+  PERFORM audit_log.checkpoint();
+  PERFORM pg_advisory_xact_lock(4242);
+  FOR i IN 1..2400 LOOP
+    PERFORM pg_stat_clear_snapshot();
+    EXIT WHEN EXISTS (SELECT 1 FROM pg_locks JOIN pg_stat_activity USING (pid)
+                      WHERE NOT granted AND application_name = 'heads_b');
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+  $2
+END \$\$;
+SQL
+    a_pid=$!
+    wait_for "session A's checkpoint() to link" \
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND objsubid = 1 AND granted"
+}
+wait_for() {  # WHAT SQL-GIVING-1
+    for _ in $(seq 1 1200); do
+        [ "$(q -c "$2")" = 1 ] && return 0
+        sleep 0.05
+    done
+    fail "timed out waiting for $1"
+}
+# Session B: change the row k = -100 (its lock), then commit: its commit
+# waits for the chain.
+commit_behind() {  # NAME
+    PGAPPNAME=heads_b timeout 120 psql -X -q -v ON_ERROR_STOP=1 -At -d "$db" \
+        -c "BEGIN" -c "UPDATE t SET v = v + 1 WHERE k = -100" -c "COMMIT" >"$work/$1.b" 2>&1 &
+    b_pid=$!
+    wait_for "session B's commit to wait for the chain" \
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'heads_b' AND wait_event_type = 'Lock'"
+    # Preloaded, B queued on the chain's advisory lock (granted: it is
+    # first) and waits on A's transaction id, and A's lock is the word
+    # alone; otherwise both are the advisory lock. (Not while A goes on to
+    # wait for B's row.)
+    [ "$1" = deadlock ] && return 0
+    local got
+    got=$(q -c "SELECT string_agg(x, ' ' ORDER BY x) FROM (
+                  SELECT a.application_name || ':' || l.locktype || ':' || coalesce(l.objsubid::text, '-')
+                         || ':' || l.granted AS x
+                    FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                   WHERE a.application_name IN ('heads_a', 'heads_b')
+                     AND (l.locktype = 'transactionid' AND NOT l.granted AND a.application_name = 'heads_b'
+                          OR l.locktype = 'advisory' AND l.objsubid = 161)) s")
+    if [ "$preloaded" = t ]; then want="heads_b:advisory:161:true heads_b:transactionid:-:false"
+    else want="heads_a:advisory:161:true heads_b:advisory:161:false"; fi
+    [ "$got" = "$want" ] || fail "$1: the chain's lock and its waiter: $got, expected $want"
+}
+q -c "CREATE SEQUENCE ids START 1000" -c "INSERT INTO t VALUES (-100, 0)"
+v0=$(q -c "SELECT v FROM t WHERE k = -100")
+# The events recorded for the row k = -100.
+events() { q -c "SELECT count(*) FROM audit_log.events WHERE new_row->>'k' = '-100'"; }
+e0=$(events)
+
+# A cycle: A holds the chain and then waits for B's row; B holds the row
+# and waits for the chain. The deadlock detector ends one of them (40P01).
+hold_chain deadlock "PERFORM v FROM t WHERE k = -100 FOR UPDATE;"
+commit_behind deadlock
+a_rc=0; wait "$a_pid" || a_rc=$?
+b_rc=0; wait "$b_pid" || b_rc=$?
+dead=$(cat "$work/deadlock.a" "$work/deadlock.b" | grep -c "deadlock detected" || true)
+[ "$dead" = 1 ] && [ $((a_rc == 0)) != $((b_rc == 0)) ] ||
+    fail "a cycle through the chain's lock: A exit $a_rc ($(cat "$work/deadlock.a")), B exit $b_rc ($(cat "$work/deadlock.b")); expected one deadlock error"
+v1=$(q -c "SELECT v FROM t WHERE k = -100")
+[ "$v1" = $((v0 + (b_rc == 0 ? 1 : 0))) ] || fail "after the deadlock, v is $v1 (before $v0, B exit $b_rc)"
+e1=$(events)
+[ "$e1" = $((e0 + (b_rc == 0 ? 1 : 0))) ] || fail "after the deadlock, $e1 events of the row (before $e0, B exit $b_rc)"
+chain_whole "after a deadlock through the chain's lock" "$(q -c "SELECT count(*) FROM audit_log.records WHERE chain_id = 0")"
+verify_ok "after a deadlock through the chain's lock"
+
+# A cancel interrupts B's wait: B's commit fails (57014) and leaves nothing.
+hold_chain cancel "FOR i IN 1..2400 LOOP
+    PERFORM pg_stat_clear_snapshot();
+    EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_locks JOIN pg_stat_activity USING (pid)
+                          WHERE NOT granted AND application_name = 'heads_b');
+    PERFORM pg_sleep(0.05);
+  END LOOP;"
+commit_behind cancel
+q -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'heads_b'" >/dev/null
+b_rc=0; wait "$b_pid" || b_rc=$?
+[ "$b_rc" != 0 ] && grep -q "canceling statement due to user request" "$work/cancel.b" ||
+    fail "a cancelled wait for the chain: B exit $b_rc ($(cat "$work/cancel.b"))"
+a_rc=0; wait "$a_pid" || a_rc=$?
+[ "$a_rc" = 0 ] || fail "the holder after a cancelled waiter: exit $a_rc ($(cat "$work/cancel.a"))"
+[ "$(q -c "SELECT v FROM t WHERE k = -100")" = "$v1" ] || fail "the cancelled commit changed t"
+[ "$(events)" = "$e1" ] || fail "the cancelled commit left an event"
+chain_whole "after a cancelled wait for the chain" "$(q -c "SELECT count(*) FROM audit_log.records WHERE chain_id = 0")"
+verify_ok "after a cancelled wait for the chain"
+
+# The holder dies (terminated): its transaction aborts and releases the
+# chain, and B commits. The prepared transaction A had linked is in no
+# chain again (B looked while A held it), and the next checkpoint() links it.
+hold_chain terminate "PERFORM pg_sleep(60);"
+commit_behind terminate
+q -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'heads_a'" >/dev/null
+b_rc=0; wait "$b_pid" || b_rc=$?
+[ "$b_rc" = 0 ] || fail "a commit behind a terminated holder: exit $b_rc ($(cat "$work/terminate.b"))"
+wait "$a_pid" || true
+[ "$(q -c "SELECT v FROM t WHERE k = -100")" = $((v1 + 1)) ] || fail "the commit behind a terminated holder did not change t"
+[ "$(events)" = $((e1 + 1)) ] || fail "the commit behind a terminated holder left no event"
+[ "$(q -c "SELECT count(*) FROM audit_log.prepared")" = 1 ] || fail "the prepared transaction A had linked is not waiting to be linked again"
+q -c "SELECT audit_log.checkpoint() IS NOT NULL" >/dev/null
+[ "$(q -c "SELECT count(*) FROM audit_log.prepared")" = 0 ] || fail "checkpoint() did not link the prepared transaction A had linked"
+head=$(q -c "SELECT count(*) FROM audit_log.records WHERE chain_id = 0")
+chain_whole "after a terminated holder" "$head"
+verify_ok "after a terminated holder"
+
 # A superuser appends a record past the head (a copy of it, one seq on).
 # The index sees it; shared memory does not, so there the next commit
 # fails once on the primary key and the one after it links past it.
@@ -148,5 +271,8 @@ INSERT INTO t VALUES (-7, 0);
 SQL
 chain_whole "a recreated extension" "$(q -c "SELECT count(*) FROM audit_log.records")"
 verify_ok "a recreated extension"
+# No word was ever left behind for a waiter to take over.
+! grep -q "was left behind by transaction" "$PGHOST/server.log" ||
+    fail "a chain's lock was taken over: $(grep -m1 "was left behind by transaction" "$PGHOST/server.log")"
 psql -X -q -d postgres -c "DROP DATABASE $db"
-echo "chain_heads (preloaded: $preloaded): 400 commits of 8 clients linked without gap, heads from shared memory: $warm (after a restart: from the index first); a deleted head is refilled as without the cache, and one truncated away by VACUUM too; a record appended past the head: $appended; a recreated log starts at seq 1"
+echo "chain_heads (preloaded: $preloaded): 400 commits of 8 clients linked without gap, heads from shared memory: $warm (after a restart: from the index first); a deleted head is refilled as without the cache, and one truncated away by VACUUM too; a record appended past the head: $appended; a recreated log starts at seq 1; a wait for the chain's lock ends in a deadlock error, a cancel or the holder's death"
