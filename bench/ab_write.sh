@@ -49,8 +49,8 @@ for round in $(seq 1 "$rounds"); do
         done
     done
 done
-median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END {print v[int((NR + 1) / 2)]}'; }
+. "$here/stats.sh"
 for c in $clients; do
-    ma=$(echo "${tps[A,$c]}" | median) mb=$(echo "${tps[B,$c]}" | median)
+    ma=$(median ${tps[A,$c]}) mb=$(median ${tps[B,$c]})
     echo "single-row INSERT, $c client(s): A $ma tps (${tps[A,$c]# }), B $mb tps (${tps[B,$c]# }): B/A $(awk "BEGIN {printf \"%.3f\", $mb / $ma}")"
 done

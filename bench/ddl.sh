@@ -108,7 +108,7 @@ run() {  # run WORKLOAD DB SETTINGS(normal|hostile) ITERATIONS [keep] -> per-sta
     done < <(sed -n '/^statement latencies/,$p' <<<"$out" | awk 'NR > 1 { print $1 }')
 }
 mean() { printf '%s\n' "$@" | awk '{s += $1} END {print s / NR}'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+. "$here/stats.sh"
 
 configs=("plain normal" "audited normal" "plain hostile" "audited hostile")
 for c in "${configs[@]}"; do   # warm-up: caches, catalog bloat's first steps

@@ -75,7 +75,7 @@ for r in $(seq 1 "$rounds"); do
             'BEGIN { printf "round %s %-9s %9.0f tps  %.2fx none\n", r, v, t, t / b }'
     done
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+. "$here/stats.sh"
 # shellcheck disable=SC2086
 n=$(median ${tps[none]}) f=$(median ${tps[floor]}) a=$(median ${tps[audit_log]})
 # vs floor as bench/run.sh gives it: the median over the rounds of

@@ -231,7 +231,7 @@ tps() {  # variant workload clients [placement] -> tps; WAL bytes per transactio
     echo "$(( $(wal_since "$start") / (n > 0 ? n : 1) ))" | tee -a "$scripts/walall.$1.$2.$key" >"$scripts/wal.$1.$2.$key"
     echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+. "$here/stats.sh"
 
 declare -A res
 # tpcb-like runs in every variant: audit_log, pgaudit and the two triggers cover

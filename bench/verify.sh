@@ -24,7 +24,7 @@ bash "$root/pg_test/cluster.sh" start "$dir" "$port"
 [ -n "${KEEP:-}" ] || trap 'bash "$root/pg_test/cluster.sh" stop "$dir"' EXIT
 export PGHOST=$dir PGPORT=$port PGUSER=postgres PGOPTIONS="-c client_min_messages=warning"
 q() { psql -X -q -v ON_ERROR_STOP=1 -At -d bench "$@"; }
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+. "$here/stats.sh"
 psql -X -q -d postgres -c "CREATE DATABASE bench"
 q -c "CREATE EXTENSION audit_log" \
   -c "CREATE TABLE t (id bigserial PRIMARY KEY, a int, b text)" \
