@@ -7,10 +7,22 @@
 //! locked by an advisory lock (`locks::LogLock::Chain`) and its head read by
 //! index scan (`chain::read_head`); both ways give the same (seq, link hash).
 //!
-//! Each chain has a place: a log's K chains take K consecutive places from
-//! one found by hashing the log's identity (database, records table,
-//! relfilenode), so two logs' ranges may overlap, and then share those
-//! places. A place holds:
+//! Each chain has a place. A directory in shared memory gives places in
+//! blocks of 64 consecutive ones, a block to each 64 chains of a log
+//! (database, records table, relfilenode): the first commit on the server
+//! to use one of those chains takes the next free block, under the
+//! directory's LWLock, and the server log names it; every backend then
+//! remembers it. Blocks are never given back before the server restarts,
+//! so a chain's place never changes while any backend may hold it, and two
+//! logs never share a given block: no database's commits wait for
+//! another's (one that waits for a standby's `remote_apply` while it holds
+//! its chain, say). A log dropped and created again, or a records table
+//! rewritten (TRUNCATE, VACUUM FULL, CLUSTER, SET TABLESPACE) or copied
+//! (CREATE DATABASE from a template), is a new log and takes new blocks.
+//! When all 224 are given, logs that need a block from then on hash to
+//! places in a region of 2048 kept for them, and may share those; the
+//! server log says so once. Sharing is safe, only slower: a place's key
+//! tells whose head it holds. A place holds:
 //! - the chain's lock: the top-level transaction id of its holder, set by a
 //!   compare-and-swap. A commit that finds every chain busy queues for one
 //!   (on the chain's advisory lock, in order of arrival) and then waits on
@@ -51,6 +63,8 @@
 //! abort clears the head, and the commit after it reads the index.
 
 use pgrx::pg_sys;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -84,9 +98,59 @@ impl Key {
         }
     }
 
-    /// The key's place: a hash of the log's identity, plus the chain, so
-    /// that the chains of one log never share a place.
+    /// Which block of places the chain's log uses for this chain.
+    fn owner(&self) -> Owner {
+        Owner {
+            db: self.db,
+            records: self.records,
+            relfilenode: self.relfilenode,
+            block: self.chain.div_euclid(BLOCK as i32),
+        }
+    }
+
+    /// The key's place, in the block its log was given (`base_of`), or,
+    /// when the directory is full, in the shared region at a hash of the
+    /// log's identity.
     fn place(&self) -> usize {
+        let owner = self.owner();
+        let base = BASES.with_borrow(|b| b.get(&owner).copied());
+        let base = base.unwrap_or_else(|| {
+            let b = base_of(owner);
+            BASES.with_borrow_mut(|m| m.insert(owner, b));
+            b
+        });
+        let offset = self.chain.rem_euclid(BLOCK as i32) as usize;
+        match base {
+            Base::Given(first) => first + offset,
+            Base::Hashed(h) => GIVEN_PLACES + (h + offset) % SHARED_PLACES,
+        }
+    }
+}
+
+/// The log and block of chains a block of places belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Owner {
+    db: pg_sys::Oid,
+    records: pg_sys::Oid,
+    relfilenode: pg_sys::Oid,
+    /// chain / BLOCK.
+    block: i32,
+}
+
+/// Where a block of a log's chains is.
+#[derive(Clone, Copy, Debug)]
+enum Base {
+    /// A block of its own: its first place.
+    Given(usize),
+    /// The directory was full: at this offset into the shared region.
+    Hashed(usize),
+}
+
+impl Owner {
+    /// The block's offset into the shared region, from a hash of the log's
+    /// identity.
+    fn hashed(&self) -> usize {
         let mut h: u64 = 0xCBF2_9CE4_8422_2325;
         for w in [
             self.db.to_u32(),
@@ -97,15 +161,103 @@ impl Key {
             h ^= h >> 29;
         }
         let base = (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize;
-        base.wrapping_add(self.chain as usize) % PLACES
+        base.wrapping_add((self.block as usize).wrapping_mul(BLOCK)) % SHARED_PLACES
     }
 }
 
-/// 4096 places of 128 bytes (512 kB). The K chains of a log (at most 1024)
-/// take K consecutive places; two logs whose ranges overlap share those
-/// places' locks and heads: a commit that finds a chain busy takes
-/// another, and a head not found is read from the index.
-const PLACES: usize = 4096;
+/// 16384 places of 128 bytes (2 MB): 224 blocks of 64 that the directory
+/// gives, one to a log's 64 chains, then a region of 2048 that logs share
+/// once the directory is full (so that they never share a given block).
+const PLACES: usize = 16384;
+const BLOCK: usize = 64;
+const BLOCKS: usize = 224;
+const GIVEN_PLACES: usize = BLOCKS * BLOCK;
+const SHARED_PLACES: usize = PLACES - GIVEN_PLACES;
+
+/// Which block belongs to whom: blocks 0..used, in the order given.
+/// Read and written under `DIRECTORY_LOCK`.
+#[repr(C)]
+struct Directory {
+    used: usize,
+    /// The server log has said the directory is full.
+    said_full: bool,
+    blocks: [Owner; BLOCKS],
+}
+
+thread_local! {
+    /// The blocks this backend has looked up: a block's place never
+    /// changes while the server runs, so this is never stale.
+    static BASES: RefCell<std::collections::HashMap<Owner, Base>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+/// A line in the server log only (never sent to a client, whatever its
+/// `client_min_messages`).
+fn server_log(message: String) {
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        message,
+        "audit_log",
+    )
+    .report(PgLogLevel::LOG_SERVER_ONLY);
+}
+
+/// Where `owner`'s block is: found in the directory, or given the next
+/// free block, or hashed into the shared region when none is free. The
+/// same answer in every backend, for as long as the server runs: blocks
+/// are only ever added, each under the lock, and once the directory is
+/// full it stays so.
+fn base_of(owner: Owner) -> Base {
+    let (Some(s), Some(lock)) = (shared(), directory_lock()) else {
+        return Base::Hashed(owner.hashed());
+    };
+    // SAFETY: the directory is read and written only under its lock, held
+    // exclusively here (rarely: once per backend and block); nothing in
+    // between can raise an ERROR.
+    let (found, given, first_full) = unsafe {
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        // Only this backend touches the directory while it holds the lock.
+        let d: &mut Directory = &mut (*s).directory;
+        let used = d.used;
+        let r = match d.blocks[..used].iter().position(|o| *o == owner) {
+            Some(b) => (Some(b), false, false),
+            None if used < BLOCKS => {
+                d.blocks[used] = owner;
+                d.used = used + 1;
+                (Some(used), true, false)
+            }
+            None => {
+                let first = !d.said_full;
+                d.said_full = true;
+                (None, false, first)
+            }
+        };
+        pg_sys::LWLockRelease(lock);
+        r
+    };
+    if let (Some(b), true) = (found, given) {
+        let chains = owner.block as usize * BLOCK;
+        server_log(format!(
+            "audit_log: chains {}..{} of the log {} (relfilenode {}) in database {} have places {}..{} in shared memory",
+            chains,
+            chains + BLOCK - 1,
+            owner.records.to_u32(),
+            owner.relfilenode.to_u32(),
+            owner.db.to_u32(),
+            b * BLOCK,
+            b * BLOCK + BLOCK - 1
+        ));
+    }
+    if first_full {
+        server_log(format!(
+            "audit_log: all {BLOCKS} blocks of chain places in shared memory are given; logs that need one from now on share {SHARED_PLACES} places, found by hashing, until the server restarts"
+        ));
+    }
+    match found {
+        Some(b) => Base::Given(b * BLOCK),
+        None => Base::Hashed(owner.hashed()),
+    }
+}
 
 /// A chain's newest committed link, as its place keeps it.
 #[repr(C)]
@@ -150,11 +302,16 @@ struct Place {
 #[repr(C)]
 struct Shared {
     places: [Place; PLACES],
+    directory: Directory,
 }
 
 const NAME: &std::ffi::CStr = c"audit_log chain heads";
+/// The directory's LWLock tranche (pg_stat_activity shows it as the wait
+/// event of a backend that waits for it).
+const TRANCHE: &std::ffi::CStr = c"audit_log chain places";
 
 static mut SHARED: *mut Shared = std::ptr::null_mut();
+static mut DIRECTORY_LOCK: *mut pg_sys::LWLock = std::ptr::null_mut();
 #[cfg(not(any(feature = "pg13", feature = "pg14")))]
 static mut PREV_REQUEST: Option<unsafe extern "C-unwind" fn()> = None;
 static mut PREV_STARTUP: Option<unsafe extern "C-unwind" fn()> = None;
@@ -166,6 +323,13 @@ fn shared() -> Option<*mut Shared> {
     // at a crash restart, before any backend forks) and read-only after.
     let p = unsafe { SHARED };
     (!p.is_null()).then_some(p)
+}
+
+/// The directory's lock, if the server reserved it.
+fn directory_lock() -> Option<*mut pg_sys::LWLock> {
+    // SAFETY: set with SHARED, in the postmaster, and read-only after.
+    let l = unsafe { DIRECTORY_LOCK };
+    (!l.is_null()).then_some(l)
 }
 
 /// Reserve the memory, from _PG_init: only while the server loads
@@ -195,6 +359,7 @@ unsafe fn reserve() {
     // SAFETY: the caller's promise.
     unsafe {
         pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>());
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
     }
 }
 
@@ -233,7 +398,18 @@ unsafe extern "C-unwind" fn on_startup() {
                     head: UnsafeCell::new(EMPTY),
                 });
             }
+            (&raw mut (*p).directory).write(Directory {
+                used: 0,
+                said_full: false,
+                blocks: [Owner {
+                    db: pg_sys::InvalidOid,
+                    records: pg_sys::InvalidOid,
+                    relfilenode: pg_sys::InvalidOid,
+                    block: 0,
+                }; BLOCKS],
+            });
         }
+        DIRECTORY_LOCK = &raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock;
         SHARED = p;
         pg_sys::LWLockRelease(init_lock);
     }
@@ -288,6 +464,7 @@ impl Place {
 /// FullTransactionId) without waiting. False if another transaction holds
 /// it or commits queue for it; None without shared memory.
 pub fn try_lock(key: &Key, me: u64) -> Option<bool> {
+    shared()?;
     let i = key.place();
     let p = place(i)?;
     // Reads first: a failed compare-and-swap still takes the line.
@@ -312,6 +489,7 @@ pub fn try_lock(key: &Key, me: u64) -> Option<bool> {
 /// never should be), and the waiter takes it over. None without shared
 /// memory.
 pub fn lock(key: &Key, me: u64, chain_queue: impl FnOnce()) -> Option<()> {
+    shared()?;
     let i = key.place();
     let p = place(i)?;
     if p.owner.load(Ordering::Acquire) == me {
@@ -367,6 +545,7 @@ fn unlock_all() {
 
 /// The head kept at the place of `key`, whose chain this transaction holds.
 fn read_slot(key: &Key) -> Option<Slot> {
+    shared()?;
     let p = place(key.place())?;
     // SAFETY: the caller holds the chain, and only its holder reads or
     // writes its head.

@@ -20,7 +20,9 @@
 #   cycle through it is broken by the deadlock detector, a commit waiting
 #   for it can be cancelled, and the holder's death releases it;
 # - the extension dropped and created again starts its chain at 1, not at
-#   the old log's head.
+#   the old log's head;
+# - logs in other databases: preloaded, each has places of its own, and a
+#   chain held in one database delays no commit in another.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)
@@ -271,8 +273,70 @@ INSERT INTO t VALUES (-7, 0);
 SQL
 chain_whole "a recreated extension" "$(q -c "SELECT count(*) FROM audit_log.records")"
 verify_ok "a recreated extension"
+# Two more logs, each of one chain, in databases of their own. Preloaded,
+# each log's chains have a block of places of their own (the server log
+# names it as it is given): no two of these three logs share one. Either
+# way, a transaction that holds the only chain of one log does not delay a
+# commit in the other (under a lock timeout), and does delay one in its
+# own (which then fails, 55P03).
+for x in al_heads_x al_heads_y; do
+    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $x" -c "CREATE DATABASE $x" \
+        -c "ALTER DATABASE $x SET audit_log.chains = 1" 2>/dev/null
+    psql -X -q -v ON_ERROR_STOP=1 -d "$x" >/dev/null <<'SQL'
+SET client_min_messages = warning;
+CREATE EXTENSION audit_log;
+CREATE TABLE t (k int PRIMARY KEY, v int);
+SELECT audit_log.enable('t');
+INSERT INTO t VALUES (1, 0);
+SQL
+done
+if [ "$preloaded" = t ]; then
+    # "chains 0..63 of the log R (relfilenode F) in database D have places
+    # P..Q": the latest such line for each log (the directory starts empty
+    # at each restart, and each of these logs has committed since the last).
+    ranges=""
+    for x in "$db" al_heads_x al_heads_y; do
+        ids=$(psql -X -At -d "$x" -c "SELECT 'audit_log.records'::regclass::oid || ' (relfilenode '
+                                             || pg_relation_filenode('audit_log.records') || ') in database ' || oid
+                                        FROM pg_database WHERE datname = current_database()")
+        r=$(grep -o "chains 0\.\.63 of the log $ids have places [0-9]*\.\.[0-9]*" "$PGHOST/server.log" | tail -1 |
+            sed 's/.* have places //' || true)
+        [ -n "$r" ] || fail "the server log names no places for the chains of $x's log ($ids)"
+        ranges="$ranges $r"
+    done
+    [ "$(tr ' ' '\n' <<<"$ranges" | grep . | sort -u | wc -l)" = 3 ] ||
+        fail "the logs of three databases were given places $ranges: shared"
+else
+    ranges=" (advisory locks per database)"
+fi
+q -c "BEGIN" -c "INSERT INTO t VALUES (nextval('ids'), 0)" -c "PREPARE TRANSACTION 'heads_other'" \
+    -c "COMMIT PREPARED 'heads_other'"
+# As in hold_chain: a checkpoint() in a DO block (one statement, its own
+# transaction) links the prepared transaction and holds the chain.
+PGAPPNAME=heads_hold timeout 120 psql -X -q -v ON_ERROR_STOP=1 -At -d "$db" \
+    -c "DO \$\$ BEGIN PERFORM audit_log.checkpoint(); PERFORM pg_advisory_xact_lock(4343); PERFORM pg_sleep(60); END \$\$" \
+    >"$work/hold.out" 2>&1 &
+hold_pid=$!
+wait_for "a transaction to hold $db's chain" \
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4343 AND objsubid = 1 AND granted"
+for x in al_heads_x al_heads_y; do
+    out=$(PGOPTIONS="-c lock_timeout=5s" psql -X -q -v ON_ERROR_STOP=1 -At -d "$x" -c "INSERT INTO t VALUES (2, 0)" 2>&1) ||
+        fail "a commit in $x while $db's chain is held: $out"
+done
+out=$(PGOPTIONS="-c lock_timeout=1s" psql -X -q -v ON_ERROR_STOP=1 -At -d "$db" -c "INSERT INTO t VALUES (-9, 0)" 2>&1) &&
+    fail "a commit in $db did not wait for its own chain, held by another transaction"
+grep -q "lock timeout" <<<"$out" || fail "a commit in $db behind its held chain failed otherwise: $out"
+q -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'heads_hold'" >/dev/null
+wait "$hold_pid" || true
+for x in al_heads_x al_heads_y; do
+    v=$(psql -X -At -d "$x" -c "SELECT ok || ' ' || (SELECT count(*) FROM audit_log.events WHERE op = 'INSERT')
+                                FROM audit_log.verify()")
+    [ "$v" = "true 2" ] || fail "$x's log after the commits beside a held chain: verify() and INSERT events: $v, expected true 2"
+    psql -X -q -d postgres -c "DROP DATABASE $x"
+done
+
 # No word was ever left behind for a waiter to take over.
 ! grep -q "was left behind by transaction" "$PGHOST/server.log" ||
     fail "a chain's lock was taken over: $(grep -m1 "was left behind by transaction" "$PGHOST/server.log")"
 psql -X -q -d postgres -c "DROP DATABASE $db"
-echo "chain_heads (preloaded: $preloaded): 400 commits of 8 clients linked without gap, heads from shared memory: $warm (after a restart: from the index first); a deleted head is refilled as without the cache, and one truncated away by VACUUM too; a record appended past the head: $appended; a recreated log starts at seq 1; a wait for the chain's lock ends in a deadlock error, a cancel or the holder's death"
+echo "chain_heads (preloaded: $preloaded): 400 commits of 8 clients linked without gap, heads from shared memory: $warm (after a restart: from the index first); a deleted head is refilled as without the cache, and one truncated away by VACUUM too; a record appended past the head: $appended; a recreated log starts at seq 1; a wait for the chain's lock ends in a deadlock error, a cancel or the holder's death; three logs' places:$ranges, and a chain held in one database delays no commit in another"
