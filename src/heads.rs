@@ -9,16 +9,16 @@
 //!
 //! Each chain has a place. A directory in shared memory gives places in
 //! blocks of 64 consecutive ones, a block to each 64 chains of a log
-//! (database, records table, relfilenode): the first commit on the server
+//! (database, records table): the first commit on the server
 //! to use one of those chains takes the next free block, under the
 //! directory's LWLock, and the server log names it; every backend then
 //! remembers it. Blocks are never given back before the server restarts,
 //! so a chain's place never changes while any backend may hold it, and two
 //! logs never share a given block: no database's commits wait for
 //! another's (one that waits for a standby's `remote_apply` while it holds
-//! its chain, say). A log dropped and created again, or a records table
-//! rewritten (TRUNCATE, VACUUM FULL, CLUSTER, SET TABLESPACE) or copied
-//! (CREATE DATABASE from a template), is a new log and takes new blocks.
+//! its chain, say). A records table rewritten (TRUNCATE, VACUUM FULL)
+//! keeps its blocks; a log dropped and created again, or copied (CREATE
+//! DATABASE from a template), is a new log and takes new blocks.
 //! When all 224 are given, logs that need a block from then on hash to
 //! places in a region of 2048 kept for them, and may share those; the
 //! server log says so once. Sharing is safe, only slower: a place's key
@@ -103,7 +103,6 @@ impl Key {
         Owner {
             db: self.db,
             records: self.records,
-            relfilenode: self.relfilenode,
             block: self.chain.div_euclid(BLOCK as i32),
         }
     }
@@ -127,13 +126,17 @@ impl Key {
     }
 }
 
-/// The log and block of chains a block of places belongs to.
+/// The log and block of chains a block of places belongs to. Not the
+/// relfilenode: a records table rewritten (TRUNCATE, VACUUM FULL) keeps its
+/// blocks, so a database owner's VACUUM FULL cannot use the directory up.
+/// Its chains then have the same places, and so the same locks, as before
+/// the rewrite (the rewrite's lock orders the two), and the heads' keys
+/// (`Key`, which names the relfilenode) keep old heads from being used.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 struct Owner {
     db: pg_sys::Oid,
     records: pg_sys::Oid,
-    relfilenode: pg_sys::Oid,
     /// chain / BLOCK.
     block: i32,
 }
@@ -152,11 +155,7 @@ impl Owner {
     /// identity.
     fn hashed(&self) -> usize {
         let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-        for w in [
-            self.db.to_u32(),
-            self.records.to_u32(),
-            self.relfilenode.to_u32(),
-        ] {
+        for w in [self.db.to_u32(), self.records.to_u32()] {
             h = (h ^ u64::from(w)).wrapping_mul(0x0000_0100_0000_01B3);
             h ^= h >> 29;
         }
@@ -238,11 +237,10 @@ fn base_of(owner: Owner) -> Base {
     if let (Some(b), true) = (found, given) {
         let chains = owner.block as usize * BLOCK;
         server_log(format!(
-            "audit_log: chains {}..{} of the log {} (relfilenode {}) in database {} have places {}..{} in shared memory",
+            "audit_log: chains {}..{} of the log {} in database {} have places {}..{} in shared memory",
             chains,
             chains + BLOCK - 1,
             owner.records.to_u32(),
-            owner.relfilenode.to_u32(),
             owner.db.to_u32(),
             b * BLOCK,
             b * BLOCK + BLOCK - 1
@@ -404,7 +402,6 @@ unsafe extern "C-unwind" fn on_startup() {
                 blocks: [Owner {
                     db: pg_sys::InvalidOid,
                     records: pg_sys::InvalidOid,
-                    relfilenode: pg_sys::InvalidOid,
                     block: 0,
                 }; BLOCKS],
             });
@@ -418,6 +415,9 @@ unsafe extern "C-unwind" fn on_startup() {
 /// A link this transaction inserted: its chain's new head once it commits.
 struct Written {
     key: Key,
+    /// Its place, found when the link was announced (while its chain was
+    /// locked), so that the end of the transaction never looks it up.
+    place: usize,
     /// None: not known to be the head (its insert failed, or a savepoint
     /// rolled it back): its head is cleared.
     head: Option<Head>,
@@ -585,9 +585,11 @@ pub fn inserting(key: Key) {
     }
     // SAFETY: reads the transaction's state.
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    let place = key.place();
     WRITTEN.with_borrow_mut(|w| {
         w.push(Written {
             key,
+            place,
             head: None,
             subxact,
         })
@@ -638,7 +640,7 @@ fn settle(written: &[Written], committed: bool) {
         if written[i + 1..].iter().any(|later| later.key == w.key) {
             continue;
         }
-        let Some(p) = place(w.key.place()) else {
+        let Some(p) = place(w.place) else {
             return;
         };
         // SAFETY: this transaction holds the chain of every link it wrote,

@@ -23,7 +23,7 @@ SQL
 )
 heard=$(echo "$out" | grep -c 'Asynchronous notification "audit_log:public.orders"' || true)
 [ "$heard" = 3 ] || fail "expected 3 notifications (2 inserts, 1 update; none for the rollback), heard $heard: $out"
-echo "$out" | grep -q '"op": "UPDATE"' || echo "$out" | grep -q '"op":"UPDATE"' || fail "no UPDATE payload: $out"
+grep -q <<<"$out" '"op": "UPDATE"' || grep -q <<<"$out" '"op":"UPDATE"' || fail "no UPDATE payload: $out"
 echo "  notify: 3 committed changes announced on audit_log:public.orders, none for a rolled-back one"
 
 # A failed verification: a WARNING, and a notification for monitoring.
@@ -37,8 +37,8 @@ SELECT ok FROM audit_log.verify();
 SELECT 1;
 SQL
 )
-echo "$out" | grep -q 'WARNING:  audit_log.verify() failed: content_changed' || fail "no WARNING: $out"
-echo "$out" | grep -q 'Asynchronous notification "audit_log_alert" with payload ".*content_changed' || fail "no alert: $out"
+grep -q <<<"$out" 'WARNING:  audit_log.verify() failed: content_changed' || fail "no WARNING: $out"
+grep -q <<<"$out" 'Asynchronous notification "audit_log_alert" with payload ".*content_changed' || fail "no alert: $out"
 echo "  verify(): WARNING and a notification on audit_log_alert for monitoring"
 psql -X -q -d postgres -c "DROP DATABASE $db"
 echo "alerts: per-table notifications and verification alerts arrive"

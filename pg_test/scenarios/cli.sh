@@ -44,8 +44,8 @@ run checkpoint --dsn "$dsn" --key "$work/key" --out "$work/cp1.json"; expect 0 c
 run export --dsn "$dsn" --out "$work/e1.jsonl"; expect 0 export
 run verify "$work/e1.jsonl" --checkpoint "$work/cp1.json" --pub "$work/key.pub"; expect 0 "verify of an untouched export"
 sql_checked=$(q -c "SELECT events_checked FROM audit_log.verify()")
-echo "$out" | grep -q "events checked: $sql_checked," || fail "offline verify checked other than the server's $sql_checked events: $out"
-echo "$out" | grep -q "the log extends the checkpoint" || fail "no checkpoint proof: $out"
+grep -q <<<"$out" "events checked: $sql_checked," || fail "offline verify checked other than the server's $sql_checked events: $out"
+grep -q <<<"$out" "the log extends the checkpoint" || fail "no checkpoint proof: $out"
 echo "  export of $sql_checked events verifies offline, against a signed checkpoint too"
 
 # Tampering with the export. fix_end rewrites the end line to match the edited
@@ -88,8 +88,8 @@ first=$(grep -m1 '"type":"event".*900\.50' "$work/byte.jsonl" | python3 -c 'impo
 run verify "$work/byte.jsonl"; expect 1 "an edited byte"
 fix_end "$work/byte.jsonl"
 run verify "$work/byte.jsonl"; expect 1 "an edited byte with the end line rewritten"
-echo "$out" | grep -q "first bad event: $first" || fail "edited event $first not named: $out"
-echo "$out" | grep -q "problem: content_changed" || fail "edit not reported as content_changed: $out"
+grep -q <<<"$out" "first bad event: $first" || fail "edited event $first not named: $out"
+grep -q <<<"$out" "problem: content_changed" || fail "edit not reported as content_changed: $out"
 for t in "delete:del lines[events[len(events) // 2]]" \
          "swap:a, b = events[3], events[10]; lines[a], lines[b] = lines[b], lines[a]" \
          "swaplink:a, b = links[0], links[1]; lines[a], lines[b] = lines[b], lines[a]" \
@@ -109,7 +109,7 @@ lines[:] = [l for l in lines if not (l.startswith(b"{\"type\":\"event\"") or l.s
 fix_end "$work/tail.jsonl"
 run verify "$work/tail.jsonl"; expect 0 "a consistent prefix, with no checkpoint"
 run verify "$work/tail.jsonl" --checkpoint "$work/cp1.json" --pub "$work/key.pub"; expect 1 "a dropped tail against the checkpoint"
-echo "$out" | grep -q "truncated" || fail "dropped tail not reported as truncated: $out"
+grep -q <<<"$out" "truncated" || fail "dropped tail not reported as truncated: $out"
 echo "  an edited byte, a deleted line, swapped lines, a changed hash and a dropped tail are all detected"
 
 # The offline verdict names the same first bad event as the server's, for a
@@ -173,17 +173,17 @@ want=$(( $(q -c "SELECT count(*) FROM audit_log.records") - $(records_in "$work/
 run verify "$work/r1.jsonl" "$work/r2.jsonl"; expect 0 "a records export and its continuation"
 [ "$(counts)" = "$(server_counts)" ] || fail "a records export and its continuation verify '$(counts)', the server '$(server_counts)'"
 run verify "$work/r1.jsonl" "$work/r2.jsonl" --checkpoint "$work/cp2.json" --pub "$work/key.pub"; expect 0 "records exports against the checkpoint"
-echo "$out" | grep -q "the log extends the checkpoint" || fail "no checkpoint proof for the records exports: $out"
+grep -q <<<"$out" "the log extends the checkpoint" || fail "no checkpoint proof for the records exports: $out"
 run verify "$work/r1.jsonl" --checkpoint "$work/cp2.json" --pub "$work/key.pub"; expect 1 "a records export that ends before the checkpoint"
-echo "$out" | grep -q "truncated" || fail "a records export short of the checkpoint not reported as truncated: $out"
+grep -q <<<"$out" "truncated" || fail "a records export short of the checkpoint not reported as truncated: $out"
 run verify "$work/r2.jsonl"; expect 1 "a records continuation on its own"
 pyverify "$work/r2.jsonl"; expect 0 "format_v2.py on the records continuation, from its anchors"
 # Formats mixed: e2, the logical continuation of e1, does not continue the
 # records export r1 (of a later log), nor does r2 the logical e1.
 run verify "$work/r1.jsonl" "$work/e2.jsonl"; expect 1 "a logical continuation after a records export it does not continue"
-echo "$out" | grep -q "does not continue the file before it" || fail "the mixed files not reported as discontinuous: $out"
+grep -q <<<"$out" "does not continue the file before it" || fail "the mixed files not reported as discontinuous: $out"
 run verify "$work/e1.jsonl" "$work/r2.jsonl"; expect 1 "a records continuation after a logical export it does not continue"
-echo "$out" | grep -q "does not continue the file before it" || fail "the mixed files not reported as discontinuous: $out"
+grep -q <<<"$out" "does not continue the file before it" || fail "the mixed files not reported as discontinuous: $out"
 # Tampering with the records export: the CLI and format_v2.py both refuse it,
 # before and after the end line is rewritten to match (fix_end).
 tamper_records() { # tamper_records NAME PYTHON-EXPRESSION-ON-lines
@@ -216,25 +216,25 @@ for l in open(sys.argv[1]):
 refused rbyte "a byte edited in a payload"
 fix_end "$work/rbyte.jsonl"
 refused rbyte "a byte edited in a payload, with the end line rewritten"
-! echo "$cli_out" | grep -q "file problem" || fail "the rewritten end line should leave only the chain to tell: $cli_out"
-echo "$cli_out" | grep -q "first bad event: $first" || fail "the edited record (first event $first) not named: $cli_out"
-echo "$cli_out" | grep -q "problem: content_changed" || fail "the edited payload not reported as content_changed: $cli_out"
-echo "$out" | grep -q "events $first\.\..*(content_changed)" || fail "format_v2.py did not name the edited record (first event $first): $out"
+! grep -q <<<"$cli_out" "file problem" || fail "the rewritten end line should leave only the chain to tell: $cli_out"
+grep -q <<<"$cli_out" "first bad event: $first" || fail "the edited record (first event $first) not named: $cli_out"
+grep -q <<<"$cli_out" "problem: content_changed" || fail "the edited payload not reported as content_changed: $cli_out"
+grep -q <<<"$out" "events $first\.\..*(content_changed)" || fail "format_v2.py did not name the edited record (first event $first): $out"
 # (b) A record line deleted, from the middle of the chain.
 tamper_records rdelete 'del lines[records[len(records) // 2]]'
 refused rdelete "a record line deleted"
 fix_end "$work/rdelete.jsonl"
 refused rdelete "a record line deleted, with the end line rewritten"
-! echo "$cli_out" | grep -q "file problem" || fail "the rewritten end line should leave only the chain to tell: $cli_out"
-echo "$cli_out" | grep -q "link_missing" || fail "the deleted record not reported as link_missing: $cli_out"
-echo "$out" | grep -q "(link_missing)" || fail "format_v2.py on the deleted record: $out"
+! grep -q <<<"$cli_out" "file problem" || fail "the rewritten end line should leave only the chain to tell: $cli_out"
+grep -q <<<"$cli_out" "link_missing" || fail "the deleted record not reported as link_missing: $cli_out"
+grep -q <<<"$out" "(link_missing)" || fail "format_v2.py on the deleted record: $out"
 # (c) Two record lines swapped.
 tamper_records rswap 'a, b = records[1], records[-2]; lines[a], lines[b] = lines[b], lines[a]'
 refused rswap "two record lines swapped"
 fix_end "$work/rswap.jsonl"
 refused rswap "two record lines swapped, with the end line rewritten"
-echo "$cli_out" | grep -q "out of (chain_id, seq) order" || fail "the swapped records not reported out of order: $cli_out"
-echo "$out" | grep -q "out of (chain_id, seq) order" || fail "format_v2.py on the swapped records: $out"
+grep -q <<<"$cli_out" "out of (chain_id, seq) order" || fail "the swapped records not reported out of order: $cli_out"
+grep -q <<<"$out" "out of (chain_id, seq) order" || fail "format_v2.py on the swapped records: $out"
 echo "  records export: $r_counts as the server and the logical export, by format_v2.py too; its continuation verifies, against a checkpoint too; an edited payload byte, a deleted record, swapped records and mixed files that do not continue each other are refused"
 
 # The binary export (audit_log.export.v3): the same records in frames, larger
@@ -260,7 +260,7 @@ pyverify "$work/b1.bin"; expect 0 "format_v2.py on an untouched binary export"
     fail "format_v2.py on the binary export, unlike the server: $out"
 # The auditor's report reads it as it reads a records export.
 run report "$work/b1.bin" --out "$work/b1.html"; expect 0 "report of a binary export"
-echo "$out" | grep -q "intact: $(q -c "SELECT events_checked FROM audit_log.verify()") events" || fail "the report of the binary export: $out"
+grep -q <<<"$out" "intact: $(q -c "SELECT events_checked FROM audit_log.verify()") events" || fail "the report of the binary export: $out"
 # Continued in binary after a binary export, and after a records export;
 # checked against a checkpoint taken after both (the first file's heads are
 # found by a pass of their own).
@@ -269,8 +269,8 @@ run checkpoint --dsn "$dsn" --key "$work/key" --out "$work/cp3.json"; expect 0 "
 run export --dsn "$dsn" --format binary --since "$work/b1.bin" --out "$work/b2.bin"; expect 0 "binary export --since a binary export"
 run export --dsn "$dsn" --format binary --since "$work/r3.jsonl" --out "$work/b3.bin"; expect 0 "binary export --since a records export"
 run verify "$work/b1.bin" "$work/b2.bin" --checkpoint "$work/cp3.json" --pub "$work/key.pub"; expect 0 "a binary export and its continuation, against a checkpoint"
-echo "$out" | grep -q "the log extends the checkpoint" || fail "no checkpoint proof for the binary exports: $out"
-echo "$out" | grep -q "trees checked: 1 of the checkpoint's 1" || fail "the checkpoint's tree not recomputed offline: $out"
+grep -q <<<"$out" "the log extends the checkpoint" || fail "no checkpoint proof for the binary exports: $out"
+grep -q <<<"$out" "trees checked: 1 of the checkpoint's 1" || fail "the checkpoint's tree not recomputed offline: $out"
 # A checkpoint whose tree root does not match the log (heads intact): the
 # offline verifier recomputes the tree and refuses it, as verify(checkpoint) does.
 q -c "SELECT audit_log.checkpoint()" | python3 -c 'import json, sys
@@ -279,7 +279,7 @@ json.dump(cp, open(sys.argv[1], "w"))' "$work/cp_root.json"
 [ "$(q -c "SELECT ok FROM audit_log.verify(pg_read_file('$work/cp_root.json')::jsonb)")" = f ] ||
     fail "verify(checkpoint) accepts a checkpoint whose tree root was changed"
 run verify "$work/b1.bin" "$work/b2.bin" --checkpoint "$work/cp_root.json"; expect 1 "a checkpoint whose tree root was changed, offline"
-echo "$out" | grep -q "problem: chain_rewritten: chain 0's first [0-9]* records have root" || fail "the changed tree root, offline: $out"
+grep -q <<<"$out" "problem: chain_rewritten: chain 0's first [0-9]* records have root" || fail "the changed tree root, offline: $out"
 [ "$(counts)" = "$(server_counts)" ] || fail "a binary export and its continuation verify '$(counts)', the server '$(server_counts)'"
 run verify "$work/r3.jsonl" "$work/b3.bin" --checkpoint "$work/cp3.json" --pub "$work/key.pub"; expect 0 "a records export continued in binary, against a checkpoint"
 run verify "$work/b1.bin" --checkpoint "$work/cp3.json" --pub "$work/key.pub"; expect 1 "a binary export that ends before the checkpoint"
@@ -308,15 +308,15 @@ refused_bin() { # refused_bin NAME WHAT
 }
 tamper_binary bbyte 'i = data.index(b"100.50"); data[i] = ord("9")'
 refused_bin bbyte "a byte edited in a binary export's payload, with the end line rewritten"
-echo "$cli_out" | grep -q "problem: content_changed" || fail "the edited binary payload not reported as content_changed: $cli_out"
-! echo "$cli_out" | grep -q "file problem" || fail "the rewritten end line should leave only the chain to tell: $cli_out"
-echo "$out" | grep -q "(content_changed)" || fail "format_v2.py on the edited binary payload: $out"
+grep -q <<<"$cli_out" "problem: content_changed" || fail "the edited binary payload not reported as content_changed: $cli_out"
+! grep -q <<<"$cli_out" "file problem" || fail "the rewritten end line should leave only the chain to tell: $cli_out"
+grep -q <<<"$out" "(content_changed)" || fail "format_v2.py on the edited binary payload: $out"
 head -c $(( b1 / 2 )) "$work/b1.bin" >"$work/bcut.bin"
 refused_bin bcut "a binary export cut in the middle"
-echo "$cli_out" | grep -q "damaged record frame\|no end line" || fail "the cut binary export: $cli_out"
+grep -q <<<"$cli_out" "damaged record frame\|no end line" || fail "the cut binary export: $cli_out"
 tamper_binary bhuge 'data[first + 85:first + 89] = b"\xff\xff\xff\xff"'
 refused_bin bhuge "a frame claiming 4294967295 segments"
-echo "$cli_out" | grep -q "damaged record frame" || fail "the huge segment count: $cli_out"
+grep -q <<<"$cli_out" "damaged record frame" || fail "the huge segment count: $cli_out"
 tamper_binary blz4 'k, hit = first, None
 while hit is None:  # the first LZ4 blob: walk the frames by their lengths
     assert data[k] == 0x52
@@ -353,7 +353,7 @@ run witness --dsn "$dsn" --state "$work/w" --key "$work/key"; expect 0 "first wi
 q -c "UPDATE acct SET balance = 0 WHERE id = 5"
 run export --dsn "$dsn" --out "$work/e3.jsonl"; expect 0 "export for the witness"
 run witness --dsn "$dsn" --state "$work/w" --key "$work/key" --export "$work/e3.jsonl"; expect 0 "second witness run"
-echo "$out" | grep -q "verified offline" || fail "witness did not verify the export: $out"
+grep -q <<<"$out" "verified offline" || fail "witness did not verify the export: $out"
 before=$(sha256sum "$work/w/latest.json")
 target=$(q -c "SELECT id FROM audit_log.events WHERE table_name = 'acct' ORDER BY id LIMIT 1 OFFSET 5")
 { echo "BEGIN; ALTER TABLE audit_log.records DISABLE TRIGGER USER;"
@@ -364,9 +364,9 @@ q -f "$work/forge.sql" >/dev/null
     fail "the forgery did not change event $target"
 [ "$(q -c "SELECT ok FROM audit_log.verify()")" = t ] || fail "the recomputed chain should pass a plain verify()"
 run witness --dsn "$dsn" --state "$work/w" --key "$work/key"; expect 1 "witness after a recomputed chain"
-echo "$out" | grep -q "chain_rewritten\|fork\|rewritten since" || fail "witness did not name the rewrite: $out"
+grep -q <<<"$out" "chain_rewritten\|fork\|rewritten since" || fail "witness did not name the rewrite: $out"
 run witness --dsn "$dsn" --state "$work/w" --key "$work/key" --full; expect 1 "witness --full after a recomputed chain"
-echo "$out" | grep -q "chain_rewritten\|fork" || fail "witness --full did not name the rewrite: $out"
+grep -q <<<"$out" "chain_rewritten\|fork" || fail "witness --full did not name the rewrite: $out"
 [ "$(sha256sum "$work/w/latest.json")" = "$before" ] || fail "the witness stored a checkpoint after refusing"
 echo "  witness: $(echo "$out" | head -1 | cut -c1-160)"
 # After a purge, a whole export starts from the server's anchors and verifies.

@@ -131,7 +131,7 @@ cli export --dsn "host=$PGHOST port=$PGPORT user=deep_auditor dbname=$db" --out 
 [ $rc = 0 ] || fail "export: exit $rc: $out"
 cli verify "$work/e.jsonl"
 [ $rc = 0 ] || fail "offline verify of the export: exit $rc: $out"
-echo "$out" | grep -q "events checked: $events," || fail "offline verify checked other than $events events: $out"
+grep -q <<<"$out" "events checked: $events," || fail "offline verify checked other than $events events: $out"
 # One byte of the innermost string, then the end line recomputed as an
 # attacker would, so that only the event hash can tell.
 python3 - "$work/e.jsonl" "$work/bad.jsonl" <<'PY'
@@ -146,7 +146,7 @@ open(sys.argv[2], 'wb').write(b"".join(body) + json.dumps(end, separators=(",", 
 PY
 cli verify "$work/bad.jsonl"
 [ $rc = 1 ] || fail "offline verify of an export edited deep inside a row: exit $rc, expected 1: $out"
-echo "$out" | grep -q "first bad event: $target" || fail "offline verify did not name event $target: $out"
+grep -q <<<"$out" "first bad event: $target" || fail "offline verify did not name event $target: $out"
 lap; echo "  audit-log export and verify: ok; one byte edited 100,000 levels down: exit 1, event $target $took"
 
 # The independent verifier, on a dump of the log and on the edited export.

@@ -59,7 +59,7 @@ bal=$(q -d "$db" -c "SELECT bal FROM auto.acct WHERE id = 1")
 [ "$(q -d "$db" -c "SELECT ok FROM audit_log.verify()")" = t ] || fail "verify() failed"
 # Without the race, the same command is refused outright (a rounding rewrite).
 err=$(psql -X -q -At -d "$db" -U al_race_app -c "ALTER TABLE auto.acct ALTER COLUMN bal TYPE numeric(12,0)" 2>&1 || true)
-echo "$err" | grep -q "would change recorded values" || fail "the plain rewrite was not refused: $err"
+grep -q <<<"$err" "would change recorded values" || fail "the plain rewrite was not refused: $err"
 rm -f "$out"
 q -d postgres -c "DROP DATABASE $db" -c "DROP ROLE al_race_app"
 echo "guard race: a decoy dropped while the command waited: the rewrite of the audited table was refused, its values kept"

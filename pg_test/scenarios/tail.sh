@@ -173,13 +173,13 @@ INSERT INTO t1 SELECT g, g FROM generate_series(1, 300) g;
 SQL
 cp "$state" "$work/copy.state"
 run tail --dsn "host=$PGHOST port=$PGPORT user=postgres dbname=al_tail_other" --state "$work/copy.state" --once
-[ "$rc" = 1 ] && echo "$out" | grep -q "is not a position in this log" \
+[ "$rc" = 1 ] && grep -q <<<"$out" "is not a position in this log" \
     || wl_fail "a state file from another database: exit $rc: $out"
 run tail --dsn "$dsn" --state "$state" --format ocsf --once
-[ "$rc" = 2 ] && echo "$out" | grep -q "belongs to a native feed" || wl_fail "another feed's state: exit $rc: $out"
+[ "$rc" = 2 ] && grep -q <<<"$out" "belongs to a native feed" || wl_fail "another feed's state: exit $rc: $out"
 cp "$feed" "$work/cut.jsonl"; truncate -s -10 "$work/cut.jsonl"
 run tail --dsn "$dsn" --state "$work/copy.state" --out "$work/cut.jsonl" --once
-[ "$rc" = 2 ] && echo "$out" | grep -q "truncated or replaced" || wl_fail "a cut output file: exit $rc: $out"
+[ "$rc" = 2 ] && grep -q <<<"$out" "truncated or replaced" || wl_fail "a cut output file: exit $rc: $out"
 psql -X -q -d postgres -c "DROP DATABASE al_tail_other" 2>/dev/null
 
 # A record edited by a superuser before it was shipped is not shipped.
@@ -190,7 +190,7 @@ wl_q -c "ALTER TABLE audit_log.records DISABLE TRIGGER USER" \
      -c "UPDATE audit_log.records SET payload = decode(replace(encode(payload, 'hex'), encode('UPDATE', 'hex'), encode('DELETE', 'hex')), 'hex') WHERE $bad BETWEEN first_event AND last_event" \
      -c "ALTER TABLE audit_log.records ENABLE TRIGGER USER" >/dev/null
 run tail --dsn "$dsn" --state "$state" --out "$feed" --once
-[ "$rc" = 1 ] && echo "$out" | grep -q "does not continue its chain, so it was not shipped" \
+[ "$rc" = 1 ] && grep -q <<<"$out" "does not continue its chain, so it was not shipped" \
     || wl_fail "an edited record: exit $rc: $out"
 grep -q "\"id\":$bad," "$feed" && wl_fail "the edited event $bad was shipped"
 [ "$(wc -l <"$feed")" -le $((before + 1)) ] || wl_fail "more than the insert before it was shipped"
