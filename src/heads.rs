@@ -515,10 +515,10 @@ pub fn lock(key: &Key, me: u64, chain_queue: impl FnOnce()) -> Option<()> {
             .is_ok()
         {
             OWNED.with_borrow_mut(|o| o.push(i));
-            pgrx::log!(
+            server_log(format!(
                 "audit_log: the lock of chain {} was left behind by transaction {held}, which has ended; taken over",
                 key.chain
-            );
+            ));
             break;
         }
     }
