@@ -9,20 +9,24 @@
 //!
 //! Each chain has a place. A directory in shared memory gives places in
 //! blocks of 64 consecutive ones, a block to each 64 chains of a log
-//! (database, records table): the first commit on the server
-//! to use one of those chains takes the next free block, under the
-//! directory's LWLock, and the server log names it; every backend then
-//! remembers it. Blocks are never given back before the server restarts,
-//! so a chain's place never changes while any backend may hold it, and two
-//! logs never share a given block: no database's commits wait for
-//! another's (one that waits for a standby's `remote_apply` while it holds
-//! its chain, say). A records table rewritten (TRUNCATE, VACUUM FULL)
-//! keeps its blocks; a log dropped and created again, or copied (CREATE
-//! DATABASE from a template), is a new log and takes new blocks.
-//! When all 224 are given, logs that need a block from then on hash to
-//! places in a region of 2048 kept for them, and may share those; the
-//! server log says so once. Sharing is safe, only slower: a place's key
-//! tells whose head it holds. A place holds:
+//! (database, records table): the first look-up on the server of one of
+//! those chains (a commit that tries it) takes the next free block, under
+//! the directory's LWLock, and the server log names it; every backend then
+//! remembers it. A block is given back only once its database no longer
+//! exists (no backend can be connected to it then), so a chain's place
+//! never changes while any backend may hold it, and two logs never share
+//! a given block: while the directory has free blocks, no database's
+//! commits wait for another's (one that waits for a standby's
+//! `remote_apply` while it holds its chain, say). A records table
+//! rewritten (TRUNCATE, VACUUM FULL) keeps its blocks; a log dropped and
+//! created again, or copied (CREATE DATABASE from a template), is a new
+//! log and takes new blocks. When all 224 are given, a look-up that finds
+//! none free first gives back the blocks of databases that were dropped
+//! (a CREATEDB role's copies, say); if none was, the log hashes to places
+//! in a region of 2048 kept for such logs, and may share them, and so do
+//! its database's other logs and blocks from then on, until that database
+//! is dropped; the server log says so once. Sharing is safe, only slower:
+//! a place's key tells whose head it holds. A place holds:
 //! - the chain's lock: the top-level transaction id of its holder, set by a
 //!   compare-and-swap. A commit that finds every chain busy queues for one
 //!   (on the chain's advisory lock, in order of arrival) and then waits on
@@ -112,12 +116,19 @@ impl Key {
     /// log's identity.
     fn place(&self) -> usize {
         let owner = self.owner();
-        let base = BASES.with_borrow(|b| b.get(&owner).copied());
-        let base = base.unwrap_or_else(|| {
-            let b = base_of(owner);
-            BASES.with_borrow_mut(|m| m.insert(owner, b));
-            b
-        });
+        let base = match LAST.get() {
+            Some((o, b)) if o == owner => b,
+            _ => {
+                let base = BASES.with_borrow(|b| b.get(&owner).copied());
+                let base = base.unwrap_or_else(|| {
+                    let b = base_of(owner);
+                    BASES.with_borrow_mut(|m| m.insert(owner, b));
+                    b
+                });
+                LAST.set(Some((owner, base)));
+                base
+            }
+        };
         let offset = self.chain.rem_euclid(BLOCK as i32) as usize;
         match base {
             Base::Given(first) => first + offset,
@@ -173,21 +184,54 @@ const BLOCKS: usize = 224;
 const GIVEN_PLACES: usize = BLOCKS * BLOCK;
 const SHARED_PLACES: usize = PLACES - GIVEN_PLACES;
 
-/// Which block belongs to whom: blocks 0..used, in the order given.
-/// Read and written under `DIRECTORY_LOCK`.
+/// Which block belongs to whom. Blocks 0..used have been given; an entry
+/// whose database is InvalidOid (no real database's) was given back and is
+/// free. Read and written under `DIRECTORY_LOCK`.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct Directory {
     used: usize,
-    /// The server log has said the directory is full.
+    /// The server log has said the directory is full (since blocks were
+    /// last given back).
     said_full: bool,
     blocks: [Owner; BLOCKS],
+    /// Databases some of whose blocks were hashed into the shared region
+    /// (`hashed[..hashed_dbs]`): their backends remember those places, so
+    /// none of their blocks is given a place of its own until they are
+    /// dropped. When more than `HASHED_DBS` databases have been, every
+    /// block not given by then is hashed until the server restarts
+    /// (`hashed_dbs` is then `usize::MAX`).
+    hashed_dbs: usize,
+    hashed: [pg_sys::Oid; HASHED_DBS],
 }
+
+const HASHED_DBS: usize = 64;
+
+impl Directory {
+    const EMPTY: Directory = Directory {
+        used: 0,
+        said_full: false,
+        blocks: [FREE; BLOCKS],
+        hashed_dbs: 0,
+        hashed: [pg_sys::InvalidOid; HASHED_DBS],
+    };
+}
+
+const FREE: Owner = Owner {
+    db: pg_sys::InvalidOid,
+    records: pg_sys::InvalidOid,
+    block: 0,
+};
 
 thread_local! {
     /// The blocks this backend has looked up: a block's place never
-    /// changes while the server runs, so this is never stale.
+    /// changes while its log's database exists, so this is never stale
+    /// (a backend's logs are all in its own database).
     static BASES: RefCell<std::collections::HashMap<Owner, Base>> =
         RefCell::new(std::collections::HashMap::new());
+    /// The block looked up last: a commit asks for its chain's place
+    /// three times, and for one log's block nearly always.
+    static LAST: Cell<Option<(Owner, Base)>> = const { Cell::new(None) };
 }
 
 /// A line in the server log only (never sent to a client, whatever its
@@ -201,59 +245,212 @@ fn server_log(message: String) {
     .report(PgLogLevel::LOG_SERVER_ONLY);
 }
 
-/// Where `owner`'s block is: found in the directory, or given the next
-/// free block, or hashed into the shared region when none is free. The
-/// same answer in every backend, for as long as the server runs: blocks
-/// are only ever added, each under the lock, and once the directory is
-/// full it stays so.
+/// What the directory answered under its exclusive lock.
+enum Taken {
+    /// The owner's block: already given, or given now.
+    Block { index: usize, given: bool },
+    /// Hashed into the shared region; `first`: the server log is yet to
+    /// say that the directory is full.
+    Hashed { first: bool },
+    /// No free block, and blocks of dropped databases may be given back:
+    /// the directory is copied into the caller's buffer.
+    Full,
+}
+
+/// Where `owner`'s block is: found in the directory, or given a free
+/// block, or, when none is free and no database that had one has been
+/// dropped, hashed into the shared region. Every backend of the owner's
+/// database gets the same answer for as long as the database exists: a
+/// block is given back only when its database no longer exists
+/// (`give_back`), a database with connected backends cannot be dropped,
+/// and a database that had a block hashed never gets a block of its own.
 fn base_of(owner: Owner) -> Base {
     let (Some(s), Some(lock)) = (shared(), directory_lock()) else {
         return Base::Hashed(owner.hashed());
     };
+    // SAFETY: the directory is read under its lock, shared here: most
+    // look-ups find a block that another backend was given.
+    let found = unsafe {
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
+        let d: &Directory = &(*s).directory;
+        let b = d.blocks[..d.used].iter().position(|o| *o == owner);
+        pg_sys::LWLockRelease(lock);
+        b
+    };
+    if let Some(b) = found {
+        return Base::Given(b * BLOCK);
+    }
+    let mut copy = Directory::EMPTY;
+    let mut gave_back = false;
+    loop {
+        match take(s, lock, owner, (!gave_back).then_some(&mut copy)) {
+            Taken::Block { index, given } => {
+                if given {
+                    let chains = owner.block as usize * BLOCK;
+                    server_log(format!(
+                        "audit_log: chains {}..{} of the log {} in database {} have places {}..{} in shared memory",
+                        chains,
+                        chains + BLOCK - 1,
+                        owner.records.to_u32(),
+                        owner.db.to_u32(),
+                        index * BLOCK,
+                        index * BLOCK + BLOCK - 1
+                    ));
+                }
+                return Base::Given(index * BLOCK);
+            }
+            Taken::Full => {
+                gave_back = true;
+                give_back(s, lock, &copy);
+            }
+            Taken::Hashed { first } => {
+                if first {
+                    server_log(format!(
+                        "audit_log: all {BLOCKS} blocks of chain places in shared memory are given, to logs in databases that exist; logs that need one from now on share {SHARED_PLACES} places, found by hashing"
+                    ));
+                }
+                return Base::Hashed(owner.hashed());
+            }
+        }
+    }
+}
+
+/// `owner`'s place, found or given, under the directory's exclusive lock.
+/// With `copy`, a full directory is copied there and answers `Full` (for
+/// `give_back`); without, it hashes the owner.
+fn take(
+    s: *mut Shared,
+    lock: *mut pg_sys::LWLock,
+    owner: Owner,
+    copy: Option<&mut Directory>,
+) -> Taken {
     // SAFETY: the directory is read and written only under its lock, held
     // exclusively here (rarely: once per backend and block); nothing in
-    // between can raise an ERROR.
-    let (found, given, first_full) = unsafe {
+    // between can raise an ERROR or allocate.
+    unsafe {
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         // Only this backend touches the directory while it holds the lock.
         let d: &mut Directory = &mut (*s).directory;
         let used = d.used;
-        let r = match d.blocks[..used].iter().position(|o| *o == owner) {
-            Some(b) => (Some(b), false, false),
-            None if used < BLOCKS => {
-                d.blocks[used] = owner;
-                d.used = used + 1;
-                (Some(used), true, false)
+        let hashed_db = d.hashed_dbs == usize::MAX || d.hashed[..d.hashed_dbs].contains(&owner.db);
+        let r = if let Some(b) = d.blocks[..used].iter().position(|o| *o == owner) {
+            Taken::Block {
+                index: b,
+                given: false,
             }
-            None => {
-                let first = !d.said_full;
-                d.said_full = true;
-                (None, false, first)
+        } else if hashed_db {
+            Taken::Hashed { first: false }
+        } else if let Some(b) = d.blocks[..used].iter().position(|o| *o == FREE) {
+            d.blocks[b] = owner;
+            Taken::Block {
+                index: b,
+                given: true,
             }
+        } else if used < BLOCKS {
+            d.blocks[used] = owner;
+            d.used = used + 1;
+            Taken::Block {
+                index: used,
+                given: true,
+            }
+        } else if let Some(buf) = copy {
+            *buf = *d;
+            Taken::Full
+        } else {
+            // From now on, this database's blocks are hashed.
+            if d.hashed_dbs < HASHED_DBS {
+                d.hashed[d.hashed_dbs] = owner.db;
+                d.hashed_dbs += 1;
+            } else {
+                d.hashed_dbs = usize::MAX;
+            }
+            let first = !d.said_full;
+            d.said_full = true;
+            Taken::Hashed { first }
         };
         pg_sys::LWLockRelease(lock);
         r
+    }
+}
+
+/// Give back the blocks of databases that no longer exist (a CREATEDB
+/// role's copies, made and dropped, would otherwise use the directory up
+/// until a restart), and forget that such databases had blocks hashed.
+/// Looked up in `pg_database` without the directory's lock (a catalog
+/// read can raise an ERROR), then freed under it. No backend can be using
+/// such a block: a database is dropped only when no backend is connected
+/// to it, and a backend's logs are all in its own database. Should a new
+/// database get a dropped one's OID before its block is freed (OIDs wrap
+/// around), its chains may share places with another log's: slower,
+/// never wrong, as in the shared region (a place's key names the
+/// database, the log and its relfilenode).
+fn give_back(s: *mut Shared, lock: *mut pg_sys::LWLock, copy: &Directory) {
+    let hashed = if copy.hashed_dbs == usize::MAX {
+        &[][..]
+    } else {
+        &copy.hashed[..copy.hashed_dbs]
     };
-    if let (Some(b), true) = (found, given) {
-        let chains = owner.block as usize * BLOCK;
-        server_log(format!(
-            "audit_log: chains {}..{} of the log {} in database {} have places {}..{} in shared memory",
-            chains,
-            chains + BLOCK - 1,
-            owner.records.to_u32(),
-            owner.db.to_u32(),
-            b * BLOCK,
-            b * BLOCK + BLOCK - 1
-        ));
+    let dbs = copy.blocks[..copy.used]
+        .iter()
+        .map(|o| o.db)
+        .chain(hashed.iter().copied());
+    let mut gone: Vec<pg_sys::Oid> = Vec::new();
+    // SAFETY: in a transaction (a commit's pre-commit work); reads the
+    // shared catalog pg_database through the syscache, after taking in
+    // the invalidations of databases created or dropped since.
+    unsafe {
+        pg_sys::AcceptInvalidationMessages();
+        for db in dbs {
+            if db == pg_sys::InvalidOid || db == pg_sys::MyDatabaseId || gone.contains(&db) {
+                continue;
+            }
+            let exists = pg_sys::SearchSysCacheExists(
+                pg_sys::SysCacheIdentifier::DATABASEOID as i32,
+                pg_sys::Datum::from(db),
+                pg_sys::Datum::from(0),
+                pg_sys::Datum::from(0),
+                pg_sys::Datum::from(0),
+            );
+            if !exists {
+                gone.push(db);
+            }
+        }
     }
-    if first_full {
-        server_log(format!(
-            "audit_log: all {BLOCKS} blocks of chain places in shared memory are given; logs that need one from now on share {SHARED_PLACES} places, found by hashing, until the server restarts"
-        ));
+    if gone.is_empty() {
+        return;
     }
-    match found {
-        Some(b) => Base::Given(b * BLOCK),
-        None => Base::Hashed(owner.hashed()),
+    // SAFETY: as in `take`.
+    let freed = unsafe {
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let d: &mut Directory = &mut (*s).directory;
+        let used = d.used;
+        let mut freed = 0;
+        for o in d.blocks[..used].iter_mut().filter(|o| gone.contains(&o.db)) {
+            *o = FREE;
+            freed += 1;
+        }
+        if d.hashed_dbs != usize::MAX {
+            let mut kept = 0;
+            for i in 0..d.hashed_dbs {
+                if !gone.contains(&d.hashed[i]) {
+                    d.hashed[kept] = d.hashed[i];
+                    kept += 1;
+                }
+            }
+            d.hashed_dbs = kept;
+        }
+        if freed > 0 {
+            d.said_full = false;
+        }
+        pg_sys::LWLockRelease(lock);
+        freed
+    };
+    if freed > 0 {
+        let dbs: Vec<String> = gone.iter().map(|d| d.to_u32().to_string()).collect();
+        server_log(format!(
+            "audit_log: {freed} blocks of chain places are free again: their databases ({}) no longer exist",
+            dbs.join(", ")
+        ));
     }
 }
 
@@ -396,15 +593,7 @@ unsafe extern "C-unwind" fn on_startup() {
                     head: UnsafeCell::new(EMPTY),
                 });
             }
-            (&raw mut (*p).directory).write(Directory {
-                used: 0,
-                said_full: false,
-                blocks: [Owner {
-                    db: pg_sys::InvalidOid,
-                    records: pg_sys::InvalidOid,
-                    block: 0,
-                }; BLOCKS],
-            });
+            (&raw mut (*p).directory).write(Directory::EMPTY);
         }
         DIRECTORY_LOCK = &raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock;
         SHARED = p;
