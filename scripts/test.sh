@@ -42,4 +42,4 @@ echo "install: audit_log installed into $("$pg18" --sharedir)/extension"
 PG_CONFIG=$pg18 AUDIT_LOG_PRELOAD=0 AUDIT_LOG_TEST_DIR=/tmp/audit_log_pg_test18 AUDIT_LOG_TEST_PORT=55434 \
     bash pg_test/run.sh $(sed -n 's/^test: //p' pg_test/schedule) \
     concurrency.sh crash.sh two_phase.sh dump_restore.sh upgrade.sh standby.sh failover.sh collect.sh cli.sh independent.sh \
-    merkle.sh shared_chains.sh chain_heads.sh
+    merkle.sh shared_chains.sh chain_heads.sh chain_places.sh
