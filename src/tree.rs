@@ -1263,6 +1263,16 @@ fn consistency_impl(old: Checkpoint) -> Result<JsonB, AuditError> {
     let mut proofs = Vec::new();
     for o in &old.trees {
         let Some(n) = new.trees.iter().find(|t| t.chain == o.chain) else {
+            // The chain is here but has no tree (checkpoint() warned why):
+            // say why, not that the checkpoint is another log's.
+            if let Some(h) = new.chains.iter().find(|h| h.chain == o.chain) {
+                let mut tiles = Tiled::new(ChainTiles::new(o.chain, oids, snapshot.0)?);
+                tree_root(&mut tiles, h.seq.max(0) as u64)?;
+                return Err(AuditError::TreeUnavailable {
+                    chain: o.chain,
+                    why: "the current checkpoint has none".into(),
+                });
+            }
             return Err(AuditError::BadCheckpoint(format!(
                 "chain {} is not in this log (a checkpoint of another database?)",
                 o.chain

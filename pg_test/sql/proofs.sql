@@ -154,6 +154,17 @@ SELECT audit_log.prove(640);                                    -- XX001
 \set VERBOSITY default
 ROLLBACK;
 
+-- The chain's newest record (in no tile yet) edited: the current checkpoint
+-- has no tree for the chain, and consistency() says that a record is
+-- damaged (XX001), not that the old checkpoint is of another log.
+BEGIN; SELECT unguard();
+UPDATE audit_log.records SET payload = overlay(payload PLACING '\x00' FROM length(payload) - 1)
+ WHERE seq = (SELECT max(seq) FROM audit_log.records);
+SET LOCAL client_min_messages = error;   -- checkpoint()'s warning names the record too
+SELECT audit_log.consistency(:'cp1');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+
 -- A purge keeps proofs working for what remains: tiles up to the anchor,
 -- and the leaves of the tile it cuts through.
 SELECT audit_log.set_retention('0');
