@@ -10,23 +10,24 @@
 //! Each chain has a place. A directory in shared memory gives places in
 //! blocks of 64 consecutive ones, a block to each 64 chains of a log
 //! (database, records table): the first look-up on the server of one of
-//! those chains (a commit that tries it) takes the next free block, under
-//! the directory's LWLock, and the server log names it; every backend then
-//! remembers it. A block is given back only once its database no longer
-//! exists (no backend can be connected to it then), so a chain's place
-//! never changes while any backend may hold it, and two logs never share
-//! a given block: while the directory has free blocks, no database's
-//! commits wait for another's (one that waits for a standby's
-//! `remote_apply` while it holds its chain, say). A records table
-//! rewritten (TRUNCATE, VACUUM FULL) keeps its blocks; a log dropped and
-//! created again, or copied (CREATE DATABASE from a template), is a new
-//! log and takes new blocks. When all 224 are given, a look-up that finds
-//! none free first gives back the blocks of databases that were dropped
-//! (a CREATEDB role's copies, say); if none was, the log hashes to places
-//! in a region of 2048 kept for such logs, and may share them, and so do
-//! its database's other logs and blocks from then on, until that database
-//! is dropped; the server log says so once. Sharing is safe, only slower:
-//! a place's key tells whose head it holds. A place holds:
+//! those chains (a commit that tries it) takes a free block, under the
+//! directory's LWLock, and the server log names it; every backend then
+//! remembers it. A block is given back only while no backend is connected
+//! to its database, so a chain's place never changes while any backend
+//! may hold or remember it, and two logs never share a given block: while
+//! blocks are free, no database's commits wait for another's (one that
+//! waits for a standby's `remote_apply` while it holds its chain, say). A
+//! records table rewritten (TRUNCATE, VACUUM FULL) keeps its blocks; a log
+//! dropped and created again, or copied (CREATE DATABASE from a
+//! template), is a new log and takes new blocks. When all 224 are given, a
+//! look-up that finds none free first gives back the blocks of databases
+//! that no backend is connected to (dropped, or idle: a CREATEDB role's
+//! copies cannot use the directory up), emptying their places; if there
+//! are none, the log hashes to places in a region of 2048 kept for such
+//! logs, and may share them, and so do its database's other blocks while
+//! another of its backends is connected; the server log says so. Sharing
+//! is safe, only slower: a place's key tells whose head it holds. A place
+//! holds:
 //! - the chain's lock: the top-level transaction id of its holder, set by a
 //!   compare-and-swap. A commit that finds every chain busy queues for one
 //!   (on the chain's advisory lock, in order of arrival) and then waits on
@@ -188,7 +189,6 @@ const SHARED_PLACES: usize = PLACES - GIVEN_PLACES;
 /// whose database is InvalidOid (no real database's) was given back and is
 /// free. Read and written under `DIRECTORY_LOCK`.
 #[repr(C)]
-#[derive(Clone, Copy)]
 struct Directory {
     used: usize,
     /// The server log has said the directory is full (since blocks were
@@ -196,16 +196,17 @@ struct Directory {
     said_full: bool,
     blocks: [Owner; BLOCKS],
     /// Databases some of whose blocks were hashed into the shared region
-    /// (`hashed[..hashed_dbs]`): their backends remember those places, so
-    /// none of their blocks is given a place of its own until they are
-    /// dropped. When more than `HASHED_DBS` databases have been, every
+    /// (`hashed[..hashed_dbs]`) while they had backends: those backends
+    /// remember the places, so none of the database's blocks is given a
+    /// place of its own until no backend is connected to it. Should more
+    /// than `HASHED_DBS` databases with backends have been hashed, every
     /// block not given by then is hashed until the server restarts
     /// (`hashed_dbs` is then `usize::MAX`).
     hashed_dbs: usize,
     hashed: [pg_sys::Oid; HASHED_DBS],
 }
 
-const HASHED_DBS: usize = 64;
+const HASHED_DBS: usize = 1024;
 
 impl Directory {
     const EMPTY: Directory = Directory {
@@ -252,18 +253,22 @@ enum Taken {
     /// Hashed into the shared region; `first`: the server log is yet to
     /// say that the directory is full.
     Hashed { first: bool },
-    /// No free block, and blocks of dropped databases may be given back:
-    /// the directory is copied into the caller's buffer.
-    Full,
+}
+
+/// Databases whose blocks were given back, for the server log.
+struct Freed {
+    blocks: usize,
+    dbs: [pg_sys::Oid; BLOCKS],
+    n: usize,
 }
 
 /// Where `owner`'s block is: found in the directory, or given a free
-/// block, or, when none is free and no database that had one has been
-/// dropped, hashed into the shared region. Every backend of the owner's
-/// database gets the same answer for as long as the database exists: a
-/// block is given back only when its database no longer exists
-/// (`give_back`), a database with connected backends cannot be dropped,
-/// and a database that had a block hashed never gets a block of its own.
+/// block, or, when none is free, one of a database that no backend is
+/// connected to (`give_back`), or else hashed into the shared region.
+/// Every backend of the owner's database gets the same answer for as long
+/// as any of them is connected: a block is given back only when none is,
+/// and a database that had a block hashed while it had backends gets no
+/// block of its own until none is.
 fn base_of(owner: Owner) -> Base {
     let (Some(s), Some(lock)) = (shared(), directory_lock()) else {
         return Base::Hashed(owner.hashed());
@@ -280,177 +285,191 @@ fn base_of(owner: Owner) -> Base {
     if let Some(b) = found {
         return Base::Given(b * BLOCK);
     }
-    let mut copy = Directory::EMPTY;
-    let mut gave_back = false;
-    loop {
-        match take(s, lock, owner, (!gave_back).then_some(&mut copy)) {
-            Taken::Block { index, given } => {
-                if given {
-                    let chains = owner.block as usize * BLOCK;
-                    server_log(format!(
-                        "audit_log: chains {}..{} of the log {} in database {} have places {}..{} in shared memory",
-                        chains,
-                        chains + BLOCK - 1,
-                        owner.records.to_u32(),
-                        owner.db.to_u32(),
-                        index * BLOCK,
-                        index * BLOCK + BLOCK - 1
-                    ));
-                }
-                return Base::Given(index * BLOCK);
-            }
-            Taken::Full => {
-                gave_back = true;
-                give_back(s, lock, &copy);
-            }
-            Taken::Hashed { first } => {
-                if first {
-                    server_log(format!(
-                        "audit_log: all {BLOCKS} blocks of chain places in shared memory are given, to logs in databases that exist; logs that need one from now on share {SHARED_PLACES} places, found by hashing"
-                    ));
-                }
-                return Base::Hashed(owner.hashed());
-            }
-        }
-    }
-}
-
-/// `owner`'s place, found or given, under the directory's exclusive lock.
-/// With `copy`, a full directory is copied there and answers `Full` (for
-/// `give_back`); without, it hashes the owner.
-fn take(
-    s: *mut Shared,
-    lock: *mut pg_sys::LWLock,
-    owner: Owner,
-    copy: Option<&mut Directory>,
-) -> Taken {
-    // SAFETY: the directory is read and written only under its lock, held
-    // exclusively here (rarely: once per backend and block); nothing in
-    // between can raise an ERROR or allocate.
-    unsafe {
-        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        // Only this backend touches the directory while it holds the lock.
-        let d: &mut Directory = &mut (*s).directory;
-        let used = d.used;
-        let hashed_db = d.hashed_dbs == usize::MAX || d.hashed[..d.hashed_dbs].contains(&owner.db);
-        let r = if let Some(b) = d.blocks[..used].iter().position(|o| *o == owner) {
-            Taken::Block {
-                index: b,
-                given: false,
-            }
-        } else if hashed_db {
-            Taken::Hashed { first: false }
-        } else if let Some(b) = d.blocks[..used].iter().position(|o| *o == FREE) {
-            d.blocks[b] = owner;
-            Taken::Block {
-                index: b,
-                given: true,
-            }
-        } else if used < BLOCKS {
-            d.blocks[used] = owner;
-            d.used = used + 1;
-            Taken::Block {
-                index: used,
-                given: true,
-            }
-        } else if let Some(buf) = copy {
-            *buf = *d;
-            Taken::Full
-        } else {
-            // From now on, this database's blocks are hashed.
-            if d.hashed_dbs < HASHED_DBS {
-                d.hashed[d.hashed_dbs] = owner.db;
-                d.hashed_dbs += 1;
-            } else {
-                d.hashed_dbs = usize::MAX;
-            }
-            let first = !d.said_full;
-            d.said_full = true;
-            Taken::Hashed { first }
-        };
-        pg_sys::LWLockRelease(lock);
-        r
-    }
-}
-
-/// Give back the blocks of databases that no longer exist (a CREATEDB
-/// role's copies, made and dropped, would otherwise use the directory up
-/// until a restart), and forget that such databases had blocks hashed.
-/// Looked up in `pg_database` without the directory's lock (a catalog
-/// read can raise an ERROR), then freed under it. No backend can be using
-/// such a block: a database is dropped only when no backend is connected
-/// to it, and a backend's logs are all in its own database. Should a new
-/// database get a dropped one's OID before its block is freed (OIDs wrap
-/// around), its chains may share places with another log's: slower,
-/// never wrong, as in the shared region (a place's key names the
-/// database, the log and its relfilenode).
-fn give_back(s: *mut Shared, lock: *mut pg_sys::LWLock, copy: &Directory) {
-    let hashed = if copy.hashed_dbs == usize::MAX {
-        &[][..]
-    } else {
-        &copy.hashed[..copy.hashed_dbs]
+    let mut freed = Freed {
+        blocks: 0,
+        dbs: [pg_sys::InvalidOid; BLOCKS],
+        n: 0,
     };
-    let dbs = copy.blocks[..copy.used]
-        .iter()
-        .map(|o| o.db)
-        .chain(hashed.iter().copied());
-    let mut gone: Vec<pg_sys::Oid> = Vec::new();
-    // SAFETY: in a transaction (a commit's pre-commit work); reads the
-    // shared catalog pg_database through the syscache, after taking in
-    // the invalidations of databases created or dropped since.
-    unsafe {
-        pg_sys::AcceptInvalidationMessages();
-        for db in dbs {
-            if db == pg_sys::InvalidOid || db == pg_sys::MyDatabaseId || gone.contains(&db) {
-                continue;
-            }
-            let exists = pg_sys::SearchSysCacheExists(
-                pg_sys::SysCacheIdentifier::DATABASEOID as i32,
-                pg_sys::Datum::from(db),
-                pg_sys::Datum::from(0),
-                pg_sys::Datum::from(0),
-                pg_sys::Datum::from(0),
-            );
-            if !exists {
-                gone.push(db);
-            }
-        }
-    }
-    if gone.is_empty() {
-        return;
-    }
-    // SAFETY: as in `take`.
-    let freed = unsafe {
+    // SAFETY: the directory, and the places of blocks given back, are
+    // written only under its lock, held exclusively here (rarely: once per
+    // backend and block, and once per database with the directory full);
+    // nothing in between can raise an ERROR or allocate.
+    let taken = unsafe {
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let d: &mut Directory = &mut (*s).directory;
-        let used = d.used;
-        let mut freed = 0;
-        for o in d.blocks[..used].iter_mut().filter(|o| gone.contains(&o.db)) {
-            *o = FREE;
-            freed += 1;
-        }
-        if d.hashed_dbs != usize::MAX {
-            let mut kept = 0;
-            for i in 0..d.hashed_dbs {
-                if !gone.contains(&d.hashed[i]) {
-                    d.hashed[kept] = d.hashed[i];
-                    kept += 1;
-                }
-            }
-            d.hashed_dbs = kept;
-        }
-        if freed > 0 {
-            d.said_full = false;
-        }
+        let t = take(s, owner, &mut freed);
         pg_sys::LWLockRelease(lock);
-        freed
+        t
     };
-    if freed > 0 {
-        let dbs: Vec<String> = gone.iter().map(|d| d.to_u32().to_string()).collect();
+    if freed.blocks > 0 {
+        let dbs: Vec<String> = freed.dbs[..freed.n]
+            .iter()
+            .map(|d| d.to_u32().to_string())
+            .collect();
         server_log(format!(
-            "audit_log: {freed} blocks of chain places are free again: their databases ({}) no longer exist",
+            "audit_log: {} blocks of chain places are free again: no backend is connected to their databases ({})",
+            freed.blocks,
             dbs.join(", ")
         ));
+    }
+    match taken {
+        Taken::Block { index, given } => {
+            if given {
+                let chains = owner.block as usize * BLOCK;
+                server_log(format!(
+                    "audit_log: chains {}..{} of the log {} in database {} have places {}..{} in shared memory",
+                    chains,
+                    chains + BLOCK - 1,
+                    owner.records.to_u32(),
+                    owner.db.to_u32(),
+                    index * BLOCK,
+                    index * BLOCK + BLOCK - 1
+                ));
+            }
+            Base::Given(index * BLOCK)
+        }
+        Taken::Hashed { first } => {
+            if first {
+                server_log(format!(
+                    "audit_log: all {BLOCKS} blocks of chain places in shared memory are given, to databases with backends connected; logs that need one from now on share {SHARED_PLACES} places, found by hashing"
+                ));
+            }
+            Base::Hashed(owner.hashed())
+        }
+    }
+}
+
+/// `owner`'s place, found or given.
+///
+/// # Safety
+/// The caller holds the directory's lock exclusively.
+unsafe fn take(s: *mut Shared, owner: Owner, freed: &mut Freed) -> Taken {
+    // SAFETY: the caller's lock; s points to the initialized struct.
+    let d: &mut Directory = unsafe { &mut (*s).directory };
+    if let Some(b) = d.blocks[..d.used].iter().position(|o| *o == owner) {
+        return Taken::Block {
+            index: b,
+            given: false,
+        };
+    }
+    // A database whose blocks were hashed keeps hashing while another
+    // backend of it is connected (this one does not know this block yet).
+    if d.hashed_dbs == usize::MAX
+        || (d.hashed[..d.hashed_dbs].contains(&owner.db) && backends(owner.db) > 1)
+    {
+        return Taken::Hashed { first: false };
+    }
+    let free = |d: &Directory| d.blocks[..d.used].iter().position(|o| *o == FREE);
+    let mut b = free(d);
+    if b.is_none() && d.used < BLOCKS {
+        d.used += 1;
+        b = Some(d.used - 1);
+    }
+    if b.is_none() {
+        // SAFETY: the caller's lock.
+        unsafe { give_back(s, freed) };
+        b = free(d);
+    }
+    if let Some(b) = b {
+        d.blocks[b] = owner;
+        return Taken::Block {
+            index: b,
+            given: true,
+        };
+    }
+    // From now on, this database's blocks are hashed, while it has
+    // backends. A full list first forgets databases that have none.
+    if d.hashed_dbs == HASHED_DBS {
+        let mut kept = 0;
+        for i in 0..HASHED_DBS {
+            let db = d.hashed[i];
+            if connected(db) {
+                d.hashed[kept] = db;
+                kept += 1;
+            }
+        }
+        d.hashed_dbs = kept;
+    }
+    if d.hashed_dbs < HASHED_DBS {
+        d.hashed[d.hashed_dbs] = owner.db;
+        d.hashed_dbs += 1;
+    } else {
+        d.hashed_dbs = usize::MAX;
+    }
+    let first = !d.said_full;
+    d.said_full = true;
+    Taken::Hashed { first }
+}
+
+/// How many backends are connected to `db` (a prepared transaction is not
+/// one). Takes ProcArrayLock shared, after the directory's lock (never the
+/// other way round); raises no ERROR.
+fn backends(db: pg_sys::Oid) -> i32 {
+    // SAFETY: reads the proc array under its own lock.
+    unsafe { pg_sys::CountDBBackends(db) }
+}
+
+fn connected(db: pg_sys::Oid) -> bool {
+    backends(db) > 0
+}
+
+/// Give back the blocks of databases that no backend is connected to (a
+/// role with CREATEDB that copies a database holding a log, commits in the
+/// copy and drops it, would otherwise use the directory up until a
+/// restart; an idle database's log takes a block again when it next
+/// commits), emptying their places, and forget such databases in the
+/// list of those hashed. No process can be using or remembering such a
+/// block: a backend is in the proc array, counted for its database, from
+/// before its first look-up to after its last transaction has ended, and
+/// one that connects later looks up under the directory's lock, after
+/// this. A database that was dropped, or another given its OID later
+/// (`CREATE DATABASE … OID`), finds its places empty.
+///
+/// # Safety
+/// The caller holds the directory's lock exclusively.
+unsafe fn give_back(s: *mut Shared, freed: &mut Freed) {
+    // SAFETY: the caller's lock; s points to the initialized struct.
+    let d: &mut Directory = unsafe { &mut (*s).directory };
+    let mut kept = [pg_sys::InvalidOid; BLOCKS];
+    let mut n_kept = 0;
+    // SAFETY: reads this backend's database.
+    let mine = unsafe { pg_sys::MyDatabaseId };
+    for i in 0..d.used {
+        let db = d.blocks[i].db;
+        if db == pg_sys::InvalidOid || db == mine || kept[..n_kept].contains(&db) {
+            continue;
+        }
+        if connected(db) {
+            kept[n_kept] = db;
+            n_kept += 1;
+            continue;
+        }
+        for b in i..d.used {
+            if d.blocks[b].db == db {
+                d.blocks[b] = FREE;
+                for p in b * BLOCK..(b + 1) * BLOCK {
+                    // SAFETY: no backend uses this block's places (above);
+                    // its head is reset under the directory's lock.
+                    unsafe { *(*s).places[p].head.get() = EMPTY };
+                }
+                freed.blocks += 1;
+            }
+        }
+        freed.dbs[freed.n] = db;
+        freed.n += 1;
+    }
+    if d.hashed_dbs != usize::MAX {
+        let mut kept = 0;
+        for i in 0..d.hashed_dbs {
+            let db = d.hashed[i];
+            if db == mine || connected(db) {
+                d.hashed[kept] = db;
+                kept += 1;
+            }
+        }
+        d.hashed_dbs = kept;
+    }
+    if freed.blocks > 0 {
+        d.said_full = false;
     }
 }
 

@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # The directory of chain places in shared memory (src/heads.rs), attacked
 # by a role with CREATEDB, as a tenant of a shared cluster could: it copies
-# a database that holds a log, commits in the copy, and drops it, to take
-# every block of places so that other databases' logs must share places.
-# On a cluster of its own, with the library preloaded:
-# - the role's copies take blocks until all 224 are given; a database
-#   created then gets none, and the server log says so (its chains hash into
-#   the shared region), and its commits, from many backends at once, still
-#   make one gapless chain each that verify() accepts;
-# - the role drops two copies: the next database to need a block is given
-#   one of theirs, and the server log names exactly the two dropped
-#   databases; the database that hashed keeps hashing (its backends must
-#   agree on a chain's place), and still verifies;
+# a database that holds a log and commits in each copy, to take every block
+# of places so that other databases' logs must share places. All of a
+# database's backends must always agree on a chain's place: two places for
+# one chain would let two commits take it at once. On a cluster of its own,
+# with the library preloaded, one session holds a backend in each copy
+# (dblink) while the role works:
+# - the template and 223 copies take all 224 blocks; the next database is
+#   given the template's, which no backend is connected to, and the server
+#   log names the template;
+# - with every block's database connected, the next database gets none
+#   (its chains hash into the shared region) and the server log says so;
+#   its commits from 80 backends still verify;
+# - the session leaves two copies and the role drops one: a new database
+#   is given one of their blocks, and the server log names exactly those
+#   two databases; a new backend of the database that hashed, while
+#   another of its backends is connected, still hashes though a block is
+#   free, and once none is, the next is given that block;
+# - the dropped copy's OID given to a new database (CREATE DATABASE … OID,
+#   the attacker's way to meet old places again): it commits and
+#   verifies;
 # - nothing crashed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,8 +32,8 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 . "$here/lib/own_cluster.sh"
 own_cluster_start "-c 0" "shared_preload_libraries = 'audit_log'
 fsync = off
-max_connections = 40"
-log=$dir/server.log
+max_connections = 300"
+log=$dir/server.log work=$dir/work
 q() { local db=$1; shift; psql -X -q -v ON_ERROR_STOP=1 -At -d "$db" "$@"; }
 as_copier() { local db=$1; shift; psql -X -q -v ON_ERROR_STOP=1 -At -U copier -d "$db" "$@"; }
 
@@ -33,6 +42,7 @@ as_copier() { local db=$1; shift; psql -X -q -v ON_ERROR_STOP=1 -At -U copier -d
 q postgres <<'SQL'
 CREATE ROLE copier LOGIN CREATEDB;
 CREATE DATABASE tpl OWNER copier;
+CREATE EXTENSION dblink;
 SQL
 q tpl <<'SQL' >/dev/null
 SET client_min_messages = warning;
@@ -42,60 +52,104 @@ ALTER TABLE t OWNER TO copier;
 SELECT audit_log.enable('t');
 SQL
 
-# Commits from N new backends, two at a time.
-commits() {  # DB N
-    seq 1 "$2" | xargs -P 2 -I{} psql -X -q -v ON_ERROR_STOP=1 -U copier -d "$1" -c "INSERT INTO t (v) VALUES ({})"
+# The holding session: a psql that reads from a FIFO; hold SQL runs SQL in
+# it and waits for it to finish.
+mkfifo "$work/hold.in"
+psql -X -q -v ON_ERROR_STOP=1 -At -d postgres <"$work/hold.in" >"$work/hold.out" 2>&1 &
+exec 7>"$work/hold.in"
+marks=0
+hold() {
+    marks=$((marks + 1))
+    printf '%s\n\\! touch %s\n' "$1" "$work/mark.$marks" >&7
+    for _ in $(seq 1 600); do [ -f "$work/mark.$marks" ] && return 0; sleep 0.2; done
+    fail "the holding session did not finish: $(tail -5 "$work/hold.out")"
+}
+# A backend of the session in DB, as the role, that commits once.
+connect() { hold "SELECT dblink_connect('$1', 'dbname=$1 user=copier host=$dir port=$PGPORT') || dblink_exec('$1', 'INSERT INTO t (v) VALUES (0)');"; }
+disconnect() {  # DB...: the session's backends leave, and are gone
+    local db
+    for db in "$@"; do hold "SELECT dblink_disconnect('$db');"; done
+    local list; list=$(printf "'%s'," "$@"); list=${list%,}
+    for _ in $(seq 1 100); do
+        [ "$(q postgres -c "SELECT count(*) FROM pg_stat_activity WHERE datname IN ($list)")" = 0 ] && return 0
+        sleep 0.1
+    done
+    fail "backends of $* did not leave"
+}
+# Commits from N new backends, P (2) at a time.
+commits() {  # DB N [P]
+    seq 1 "$2" | xargs -P "${3:-2}" -I{} psql -X -q -v ON_ERROR_STOP=1 -U copier -d "$1" -c "INSERT INTO t (v) VALUES ({})"
 }
 oid() { q postgres -c "SELECT oid FROM pg_database WHERE datname = '$1'"; }
-given_to() { grep -c "of the log [0-9]* in database $1 have places" "$log" || true; }
-full_line="all 224 blocks of chain places in shared memory are given"
-
-# The role copies the template and commits in each copy until every block
-# is given (the template's ENABLE took one).
 given() { grep -c "have places [0-9]*\.\.[0-9]* in shared memory" "$log" || true; }
+given_to() { grep -c "of the log [0-9]* in database $1 have places" "$log" || true; }
+freed_lines() { grep -o "blocks of chain places are free again: no backend is connected to their databases ([0-9, ]*)" "$log" || true; }
+freed_dbs() {  # the databases of the Nth line
+    freed_lines | sed -n "${1}p" | grep -o "([0-9, ]*)" | tr -d '() ' | tr ',' '\n' | sort -n | paste -sd ' '
+}
+full_line="all 224 blocks of chain places in shared memory are given"
+check() {  # DB EVENTS: verify() accepts the log, which holds EVENTS inserts into t
+    local got
+    got=$(q "$1" -c "SELECT (SELECT bool_and(ok) FROM audit_log.verify()) || ' ' || (SELECT count(*) FROM audit_log.events WHERE table_name = 't' AND op = 'INSERT')")
+    [ "$got" = "true $2" ] || fail "$1: verify() and the inserts into t: '$got', expected 'true $2'"
+}
+
+# The role copies the template; the session commits in each copy and stays.
 n=$((224 - $(given)))
 seq 1 $n | sed 's/.*/CREATE DATABASE c& TEMPLATE tpl STRATEGY FILE_COPY;/' | as_copier postgres
-seq 1 $n | xargs -P 2 -I{} psql -X -q -v ON_ERROR_STOP=1 -U copier -d c{} -c "INSERT INTO t (v) VALUES (1)"
+hold "SELECT count(dblink_connect('c' || g, format('dbname=c%s user=copier host=%s port=%s', g, '$dir', $PGPORT))) FROM generate_series(1, $n) g;
+SELECT count(dblink_exec('c' || g, 'INSERT INTO t (v) VALUES (0)')) FROM generate_series(1, $n) g;"
 [ "$(given)" = 224 ] || fail "$n copies and the template took $(given) blocks, not 224"
 ! grep -q "$full_line" "$log" || fail "the server log says the directory is full before a log found it so"
 echo "  the template and $n copies took all 224 blocks"
 
-# A database created now gets no block: its log hashes into the shared
-# region. Commits from many backends at once still make one chain of
-# commits per link, with no gap or fork.
+# The directory is full, but no backend is connected to the template.
 as_copier postgres -c "CREATE DATABASE late TEMPLATE tpl STRATEGY FILE_COPY"
-late=$(oid late)
-commits late 80
-[ "$(given_to "$late")" = 0 ] || fail "a database created with the directory full was given a block"
+connect late
+[ "$(given_to "$(oid late)")" = 1 ] || fail "a database created with the directory full got no block, though the template's was idle"
+[ "$(freed_dbs 1)" = "$(oid tpl)" ] || fail "the blocks given back were those of databases '$(freed_dbs 1)', expected the template's $(oid tpl)"
+
+# Every block's database has a backend: a new database hashes, and its
+# commits from many backends at once make gapless chains.
+as_copier postgres -c "CREATE DATABASE hashed TEMPLATE tpl STRATEGY FILE_COPY"
+h=$(oid hashed)
+connect hashed
+commits hashed 80
+[ "$(given_to "$h")" = 0 ] || fail "a database created with every block in use was given one"
 grep -q "$full_line" "$log" || fail "the server log does not say that the directory is full"
-check() {  # DB EVENTS: verify() accepts the log, which holds EVENTS rows of t
-    local got
-    got=$(q "$1" -c "SELECT (SELECT bool_and(ok) FROM audit_log.verify()) || ' ' || (SELECT count(*) FROM audit_log.events WHERE table_name = 't' AND op = 'INSERT')")
-    [ "$got" = "true $2" ] || fail "$1: verify() and the events of t: '$got', expected 'true $2'"
-}
-check late 80
+[ "$(freed_lines | wc -l)" = 1 ] || fail "blocks were given back though every database had a backend"
+check hashed 81
 
-# The role drops two copies: the next database that needs a block gets one
-# of theirs (the other stays free), and the server log names the two
-# databases.
+# The session leaves c1 and c2, and the role drops c1: a new database gets
+# one of their two blocks, and the server log names both.
 c1=$(oid c1) c2=$(oid c2)
-as_copier postgres -c "DROP DATABASE c1" -c "DROP DATABASE c2"
+disconnect c1 c2
+as_copier postgres -c "DROP DATABASE c1"
 as_copier postgres -c "CREATE DATABASE fresh TEMPLATE tpl STRATEGY FILE_COPY"
-fresh=$(oid fresh)
-commits fresh 40
-free=$(grep -o "blocks of chain places are free again: their databases ([0-9, ]*) no longer exist" "$log" || true)
-[ -n "$free" ] || fail "no block was given back after two copies were dropped"
-dbs=$(grep -o "([0-9, ]*)" <<<"$free" | tr -d '() ' | tr ',' '\n' | sort -n | paste -sd ' ')
+commits fresh 3
+[ "$(given_to "$(oid fresh)")" = 1 ] || fail "a database created after two copies were left was given $(given_to "$(oid fresh)") blocks, not 1"
 want=$(printf '%s\n' "$c1" "$c2" | sort -n | paste -sd ' ')
-[ "$dbs" = "$want" ] || fail "the blocks given back were those of databases $dbs, expected the dropped $want"
-[ "$(given_to "$fresh")" = 1 ] || fail "a database created after two copies were dropped was given $(given_to "$fresh") blocks, not 1"
-check fresh 40
+[ "$(freed_dbs 2)" = "$want" ] || fail "the blocks given back were those of databases '$(freed_dbs 2)', expected $want"
+check fresh 3
 
-# The database that hashed keeps hashing, though a block is free: a block
-# given to it now would put a chain at two places, one remembered by its
-# older backends.
-commits late 40
-[ "$(given_to "$late")" = 0 ] || fail "the database that hashed was given a block later"
-check late 120
+# The database that hashed, with the session's backend still in it: a new
+# backend hashes too, though a block is free (the session's backend
+# remembers the hashed places). Once no other backend is connected, the
+# next is given that block, and the chain goes on.
+commits hashed 20
+[ "$(given_to "$h")" = 0 ] || fail "the database that hashed was given a block while another of its backends remembered its places"
+disconnect hashed
+commits hashed 20 1
+[ "$(given_to "$h")" = 1 ] || fail "the database that hashed got $(given_to "$h") blocks once no other backend was connected, not 1"
+check hashed 121
+
+# The dropped copy's OID, given to a new copy (its log has the dropped
+# one's identity, down to the relfilenode): it commits and verifies.
+as_copier postgres -c "CREATE DATABASE again OID $c1 TEMPLATE tpl STRATEGY FILE_COPY"
+commits again 10
+check again 10
+hold "SELECT count(dblink_disconnect(c)) FROM unnest(dblink_get_connections()) c;"
+exec 7>&-
+wait
 no_crash
-echo "  chain places: a full directory gives back dropped databases' blocks"
+echo "  chain places: a full directory gives back idle and dropped databases' blocks, and a database's backends never disagree on a place"
