@@ -51,11 +51,15 @@
 //!   that uses it first fetches that tuple (under SnapshotSelf, by TID: far
 //!   cheaper than the index scan) and compares its chain, seq and link
 //!   hash. A record deleted or rewritten by a superuser (its page even cut
-//!   off by VACUUM), a database made again from a template under the same
-//!   OID, or an OID reused after wraparound, fails the check, and the head
-//!   is read from the index: the chain goes on exactly as without the
-//!   cache. The place is marked before the check, so an ERROR there clears
-//!   it too.
+//!   off by VACUUM) fails the check, and the head is read from the index:
+//!   the chain goes on exactly as without the cache. The place is marked
+//!   before the check, so an ERROR there clears it too. A block given back
+//!   is emptied, so a database made under a dropped one's OID (`CREATE
+//!   DATABASE … OID`, or wraparound) never meets its heads in a given
+//!   block; in the shared region it can, and then fails the check, unless
+//!   its records table holds the very record that the head names (copied
+//!   from a copy of the dropped database): then its next commit on that
+//!   chain fails once on the primary key, as below.
 //! - The key names the database, the records table and its relfilenode: a
 //!   dropped and recreated extension, or a TRUNCATE, never meets an old
 //!   head.
@@ -63,9 +67,11 @@
 //!   and one promoted starts empty.
 //!
 //! One difference remains: a record that a superuser inserts past a
-//! chain's head (the guards refuse it to anyone else) is not seen, so the
-//! next commit on that chain fails once on the primary key (23505); its
-//! abort clears the head, and the commit after it reads the index.
+//! chain's head (the guards refuse it to anyone else), or that a database
+//! copied under a dropped one's OID holds past the head the shared region
+//! kept (above), is not seen, so the next commit on that chain fails once
+//! on the primary key (23505); its abort clears the head, and the commit
+//! after it reads the index.
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -226,8 +232,8 @@ const FREE: Owner = Owner {
 
 thread_local! {
     /// The blocks this backend has looked up: a block's place never
-    /// changes while its log's database exists, so this is never stale
-    /// (a backend's logs are all in its own database).
+    /// changes while a backend of its database is connected, so this is
+    /// never stale (a backend's logs are all in its own database).
     static BASES: RefCell<std::collections::HashMap<Owner, Base>> =
         RefCell::new(std::collections::HashMap::new());
     /// The block looked up last: a commit asks for its chain's place
@@ -377,7 +383,14 @@ unsafe fn take(s: *mut Shared, owner: Owner, freed: &mut Freed) -> Taken {
         };
     }
     // From now on, this database's blocks are hashed, while it has
-    // backends. A full list first forgets databases that have none.
+    // backends: listed once (a database that reconnects alone, again and
+    // again, must not fill the list). A full list first forgets databases
+    // that have no backend.
+    if d.hashed[..d.hashed_dbs].contains(&owner.db) {
+        let first = !d.said_full;
+        d.said_full = true;
+        return Taken::Hashed { first };
+    }
     if d.hashed_dbs == HASHED_DBS {
         let mut kept = 0;
         for i in 0..HASHED_DBS {

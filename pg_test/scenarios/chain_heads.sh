@@ -114,9 +114,16 @@ DELETE FROM audit_log.records WHERE chain_id = 0 AND seq > $head - 100;
 UPDATE pg_catalog.pg_class SET relhastriggers = true WHERE oid = 'audit_log.records'::regclass;
 COMMIT;
 SQL
-q -c "VACUUM audit_log.records"
-size_after=$(q -c "SELECT pg_relation_size('audit_log.records')")
-[ "$size_after" -lt "$size_before" ] || fail "VACUUM did not truncate audit_log.records ($size_before bytes, then $size_after)"
+# A snapshot another process holds for a moment (an autovacuum's ANALYZE
+# in this database) keeps the deleted links, or its lock the truncation:
+# VACUUM is tried again, for up to 30 s.
+for _ in $(seq 1 30); do
+    q -c "VACUUM audit_log.records"
+    size_after=$(q -c "SELECT pg_relation_size('audit_log.records')")
+    [ "$size_after" -lt "$size_before" ] && break
+    sleep 1
+done
+[ "$size_after" -lt "$size_before" ] || fail "VACUUM did not truncate audit_log.records in 30 s ($size_before bytes, then $size_after)"
 out=$(q -c "INSERT INTO t VALUES (-8, 0)" 2>&1) || fail "the commit after a truncated head failed: $out"
 head=$((head - 99))
 chain_whole "a head truncated away" $head

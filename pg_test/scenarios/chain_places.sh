@@ -12,7 +12,9 @@
 #   log names the template;
 # - with every block's database connected, the next database gets none
 #   (its chains hash into the shared region) and the server log says so;
-#   its commits from 80 backends still verify;
+#   its commits from 80 backends still verify; 1,100 backends of it that
+#   each connect alone hash too, and do not fill the list of hashed
+#   databases;
 # - the session leaves two copies and the role drops one: a new database
 #   is given one of their blocks, and the server log names exactly those
 #   two databases; a new backend of the database that hashed, while
@@ -30,8 +32,14 @@ export PGHOST=$dir PGPORT=${AUDIT_LOG_PLACES_PORT:-55514} PGUSER=postgres
 fail() { echo "FAIL: $*" >&2; exit 1; }
 # shellcheck source=../lib/own_cluster.sh
 . "$here/lib/own_cluster.sh"
+# No autovacuum: a worker in a database counts as a backend connected to
+# it, and would keep the block this scenario expects to be given back.
+# Only its Unix socket: a TCP port here can be taken by another client's
+# ephemeral port.
 own_cluster_start "-c 0" "shared_preload_libraries = 'audit_log'
+listen_addresses = ''
 fsync = off
+autovacuum = off
 max_connections = 300"
 log=$dir/server.log work=$dir/work
 q() { local db=$1; shift; psql -X -q -v ON_ERROR_STOP=1 -At -d "$db" "$@"; }
@@ -120,6 +128,18 @@ grep -q "$full_line" "$log" || fail "the server log does not say that the direct
 [ "$(freed_lines | wc -l)" = 1 ] || fail "blocks were given back though every database had a backend"
 check hashed 81
 
+# Its only backends, one at a time, 1,100 times, each alone (pgbench -C):
+# each asks for its chain's place, finds none free and hashes. The list of
+# hashed databases must name it once, not fill up (more than 1,024 names
+# would hash every later log until a restart: fresh, below, would get no
+# block). Then the session takes a backend in it again.
+disconnect hashed
+printf 'INSERT INTO t (v) VALUES (1);\n' >"$work/one.sql"
+"$BIN/pgbench" -n -C -c 1 -t 1100 -U copier -f "$work/one.sql" hashed >"$work/pgbench.out" 2>&1 ||
+    fail "pgbench in hashed: $(tail -3 "$work/pgbench.out")"
+[ "$(given_to "$h")" = 0 ] || fail "a database was given a block with every block's database connected"
+connect hashed
+
 # The session leaves c1 and c2, and the role drops c1: a new database gets
 # one of their two blocks, and the server log names both.
 c1=$(oid c1) c2=$(oid c2)
@@ -141,7 +161,7 @@ commits hashed 20
 disconnect hashed
 commits hashed 20 1
 [ "$(given_to "$h")" = 1 ] || fail "the database that hashed got $(given_to "$h") blocks once no other backend was connected, not 1"
-check hashed 121
+check hashed 1222
 
 # The dropped copy's OID, given to a new copy (its log has the dropped
 # one's identity, down to the relfilenode): it commits and verifies.
