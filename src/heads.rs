@@ -384,25 +384,12 @@ unsafe fn take(s: *mut Shared, owner: Owner, freed: &mut Freed) -> Taken {
     }
     // From now on, this database's blocks are hashed, while it has
     // backends: listed once (a database that reconnects alone, again and
-    // again, must not fill the list). A full list first forgets databases
-    // that have no backend.
+    // again, must not fill the list). `give_back` has just forgotten the
+    // databases that have no backend, so a list still full is one of
+    // databases all connected. (Not usize::MAX here: checked above.)
     if d.hashed[..d.hashed_dbs].contains(&owner.db) {
-        let first = !d.said_full;
-        d.said_full = true;
-        return Taken::Hashed { first };
-    }
-    if d.hashed_dbs == HASHED_DBS {
-        let mut kept = 0;
-        for i in 0..HASHED_DBS {
-            let db = d.hashed[i];
-            if connected(db) {
-                d.hashed[kept] = db;
-                kept += 1;
-            }
-        }
-        d.hashed_dbs = kept;
-    }
-    if d.hashed_dbs < HASHED_DBS {
+        // Already listed.
+    } else if d.hashed_dbs < HASHED_DBS {
         d.hashed[d.hashed_dbs] = owner.db;
         d.hashed_dbs += 1;
     } else {
