@@ -6,13 +6,20 @@ export DEBIAN_FRONTEND=noninteractive
 need=()
 # chromium: the report scenario renders audit-log's HTML report headless;
 # postgresql-15-pgaudit: the pgaudit scenario runs both side by side.
-for p in postgresql-15 postgresql-server-dev-15 postgresql-15-pgaudit libclang-dev clang sudo python3 chromium; do
+# locales: the golden tests render money in a session with another lc_monetary.
+for p in postgresql-15 postgresql-server-dev-15 postgresql-15-pgaudit libclang-dev clang sudo python3 chromium locales; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     apt-get update -qq
     apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# A locale whose money reads differently from C's (1.234,56 € against
+# $1,234.56), for a hostile session in pg_test/sql/hostile.sql.
+if ! locale -a 2>/dev/null | grep -qx 'de_DE.utf8'; then
+    echo "setup: generating the de_DE.UTF-8 locale"
+    localedef -i de_DE -f UTF-8 de_DE.UTF-8
 fi
 # Debian's package starts a cluster on 5432; audit_log never uses it.
 export PATH="$HOME/.cargo/bin:$PATH"

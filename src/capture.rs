@@ -43,55 +43,6 @@ pub(crate) unsafe fn json_from_datum(d: pg_sys::Datum, keep_raw: bool) -> Json {
     }
 }
 
-unsafe extern "C" {
-    // utils/bytea.h, which pgrx does not bind: 1 is BYTEA_OUTPUT_HEX.
-    #[link_name = "bytea_output"]
-    static BYTEA_OUTPUT: std::ffi::c_int;
-}
-
-/// Whether every setting that changes how to_jsonb renders a value has its
-/// canonical value: floats at shortest-exact precision (extra_float_digits
-/// 1), ISO dates, intervals in the postgres style, hex bytea, and a UTC
-/// clock. Any role may change these for its session; left alone, a session
-/// with extra_float_digits = -15 would record 1049.99 as 1000.
-fn output_settings_canonical() -> bool {
-    // SAFETY: plain reads of the backend's GUC variables.
-    unsafe {
-        let mut offset: std::ffi::c_long = 0;
-        pg_sys::extra_float_digits == 1
-            && pg_sys::DateStyle == pg_sys::USE_ISO_DATES as i32
-            && pg_sys::IntervalStyle == pg_sys::INTSTYLE_POSTGRES as i32
-            && BYTEA_OUTPUT == 1
-            && !pg_sys::quote_all_identifiers
-            && pg_sys::pg_get_timezone_offset(pg_sys::session_timezone, &mut offset)
-            && offset == 0
-    }
-}
-
-/// Run `f` with the output settings at their canonical values (only when
-/// they are not already: the common case costs a few reads).
-pub(crate) fn with_canonical_output<T>(f: impl FnOnce() -> T) -> T {
-    if output_settings_canonical() {
-        return f();
-    }
-    // SAFETY: a GUC nest level undone right after, or by abort processing.
-    let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    for (name, value) in [
-        (c"extra_float_digits", c"1"),
-        (c"DateStyle", c"ISO, MDY"),
-        (c"IntervalStyle", c"postgres"),
-        (c"bytea_output", c"hex"),
-        (c"TimeZone", c"UTC"),
-        (c"quote_all_identifiers", c"off"),
-    ] {
-        crate::catalog::set_in_nest_level(name, value);
-    }
-    let out = f();
-    // SAFETY: undo exactly what was done above.
-    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
-    out
-}
-
 /// `to_jsonb(row)`, as a jsonb datum, rendered with the canonical output
 /// settings. to_jsonb learns its argument's type from the call expression,
 /// so give it one naming the table's row type.
@@ -116,7 +67,7 @@ pub(crate) unsafe fn row_to_jsonb(
             pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
         )
         .cast();
-        with_canonical_output(|| {
+        crate::rendering::canonical_output(crate::rendering::depends(desc), || {
             pg_sys::FunctionCall1Coll(&mut flinfo, pg_sys::InvalidOid, composite)
         })
     }

@@ -38,6 +38,7 @@ mod pgcompat;
 mod proof;
 mod records;
 mod relstate;
+mod rendering;
 mod repair;
 mod retention;
 mod rowenc;

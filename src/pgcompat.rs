@@ -66,3 +66,9 @@ pub unsafe fn heap_fetch(
         return pg_sys::heap_fetch(rel, snapshot, tuple, buf, false);
     }
 }
+
+/// The `money` type (`CASHOID` in PostgreSQL 13's headers).
+#[cfg(feature = "pg13")]
+pub const MONEYOID: pg_sys::Oid = pg_sys::CASHOID;
+#[cfg(not(feature = "pg13"))]
+pub const MONEYOID: pg_sys::Oid = pg_sys::MONEYOID;

@@ -169,7 +169,7 @@ unsafe fn detoasted(d: pg_sys::Datum) -> *const pg_sys::varlena {
 ///
 /// No output setting of the session changes it: to_jsonb's rendering of
 /// these types depends only on TimeZone, for timestamptz, which is set to
-/// UTC here (what `capture::with_canonical_output` gives to_jsonb).
+/// UTC here (what `rendering::canonical_output` gives to_jsonb).
 pub struct Plan<'a> {
     desc: pg_sys::TupleDesc,
     /// (name, attribute index, kind, type), in byte order of the names. A

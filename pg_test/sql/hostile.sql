@@ -100,6 +100,37 @@ DROP TABLE acct;
 RESET ROLE;
 SELECT op, table_name, new_row->>'command' AS command FROM audit_log.events ORDER BY id DESC LIMIT 1;
 SELECT ok FROM audit_log.verify();
+-- Settings of the session decide how money and names read. The log
+-- renders them its own way, whatever the role sets: the currency and
+-- separators of lc_monetary C, and a name's schema unless it is in
+-- pg_catalog, through domains, arrays, ranges and composite types too.
+CREATE SCHEMA al_app_s AUTHORIZATION al_app;
+SET ROLE al_app;
+CREATE TABLE al_app_s.accounts (id int);
+CREATE FUNCTION al_app_s.fee(integer) RETURNS integer LANGUAGE sql AS $$ SELECT $1 $$;
+CREATE DOMAIN amount AS money;
+CREATE TYPE amounts AS RANGE (subtype = money);
+CREATE TYPE entry AS (amount amount, account regclass);
+CREATE TABLE pay (id int PRIMARY KEY, m money, d amount, ms money[], r amounts, e entry[],
+                  c regclass, f regprocedure, t regtype, n text);
+RESET ROLE;
+SELECT audit_log.enable('pay');
+SET ROLE al_app;
+SET lc_monetary = 'de_DE.UTF-8';
+SET search_path = al_app_s, public;
+INSERT INTO pay VALUES (1, 1234.56::numeric, 1234.56::numeric,
+  ARRAY[1234.56::numeric::money, (-0.5)::numeric::money],
+  amounts(1::numeric::money, 1234.56::numeric::money),
+  ARRAY[ROW(1234.56::numeric, 'accounts')::entry],
+  'accounts', 'fee(integer)', 'amount', 'n');
+UPDATE pay SET n = 'm' WHERE id = 1;
+-- How the session itself reads them.
+SELECT m, c, f, t FROM pay;
+RESET lc_monetary;
+RESET search_path;
+RESET ROLE;
+SELECT op, old_row, new_row FROM audit_log.events WHERE table_name = 'pay' ORDER BY id;
+SELECT ok FROM audit_log.verify();
 \c postgres
 DROP DATABASE al_hostile;
 DROP OWNED BY al_app CASCADE;
