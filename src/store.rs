@@ -251,6 +251,37 @@ impl Drop for Target {
     }
 }
 
+/// Whether block `block` of the open relation `rel` exists, for a caller
+/// that holds a lock on it (RowExclusiveLock, as for any INSERT), so that
+/// VACUUM cannot truncate it meanwhile.
+///
+/// Asked at every commit for the block of the chain's head, the newest
+/// record, which is nearly always in shared buffers: a block there exists
+/// (truncation drops a relation's buffers past its new end before it
+/// shortens the file, and a buffer that another backend is extending the
+/// relation into only makes the fetch wait and read a new page). Only a
+/// block that is not there costs a system call for the file's size. The
+/// look-up in the buffer pool never reads the file (it asks the kernel to
+/// read ahead instead), but it would raise an ERROR for a block in a
+/// segment file that no longer exists: a block past the first segment
+/// takes the system call.
+///
+/// # Safety
+/// `rel` is open and locked, and is not a temporary relation.
+unsafe fn block_exists(rel: pg_sys::Relation, block: pg_sys::BlockNumber) -> bool {
+    let main = pg_sys::ForkNumber::MAIN_FORKNUM;
+    // SAFETY: by the caller's contract; a look-up in the shared buffer
+    // mapping table, and a file size asked of the storage manager.
+    unsafe {
+        if block < pg_sys::RELSEG_SIZE
+            && pg_sys::PrefetchBuffer(rel, main, block).recent_buffer != 0
+        {
+            return true;
+        }
+        block < pg_sys::RelationGetNumberOfBlocksInFork(rel, main)
+    }
+}
+
 /// A stored link hash (a non-null bytea of `audit_log.records`), or None
 /// if it is not 32 bytes (damaged).
 pub fn hash_datum(d: pg_sys::Datum) -> Option<Hash> {
@@ -292,11 +323,7 @@ impl Records {
             // superuser deleted its newest records) would make the fetch
             // raise an ERROR: the record is simply not there.
             let block = (u32::from(at.ip_blkid.bi_hi) << 16) | u32::from(at.ip_blkid.bi_lo);
-            let nblocks = pg_sys::RelationGetNumberOfBlocksInFork(
-                self.0.rel,
-                pg_sys::ForkNumber::MAIN_FORKNUM,
-            );
-            if block >= nblocks {
+            if !block_exists(self.0.rel, block) {
                 return false;
             }
             let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
