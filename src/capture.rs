@@ -43,6 +43,94 @@ pub(crate) unsafe fn json_from_datum(d: pg_sys::Datum, keep_raw: bool) -> Json {
     }
 }
 
+/// Whether two versions of a row hold the same stored value in every
+/// column not named in `exclude` (dropped columns aside), compared as
+/// stored (after detoasting), not as rendered.
+///
+/// An UPDATE whose rows render the same may still have changed a value in
+/// a way the rendering cannot show: `to_jsonb` drops an array's lower
+/// bounds (`'{7,8}'` and `'[5:6]={7,8}'`, where `a[1]` reads 7 in one and
+/// NULL in the other), writes a float's `-0` as `0`, and reads a json
+/// value into jsonb (whitespace, key order and duplicate keys go).
+/// `skip_unchanged_updates` skips only an UPDATE that changed nothing
+/// stored, so such a change is still an event, even if its two rows read
+/// the same.
+///
+/// # Safety
+/// Both tuples are of the relation whose descriptor is `desc`.
+unsafe fn stored_values_equal(
+    old: pg_sys::HeapTuple,
+    new: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+    exclude: &[String],
+) -> bool {
+    // SAFETY: by the caller's contract; deform reads the tuples into
+    // arrays of the descriptor's width, and datum_image_eq compares two
+    // values of one attribute's type.
+    unsafe {
+        let attrs = crate::pgcompat::attrs(desc);
+        let n = attrs.len();
+        let (mut ov, mut on) = (vec![pg_sys::Datum::from(0); n], vec![true; n]);
+        let (mut nv, mut nn) = (vec![pg_sys::Datum::from(0); n], vec![true; n]);
+        pg_sys::heap_deform_tuple(old, desc, ov.as_mut_ptr(), on.as_mut_ptr());
+        pg_sys::heap_deform_tuple(new, desc, nv.as_mut_ptr(), nn.as_mut_ptr());
+        attrs.iter().enumerate().all(|(i, a)| {
+            if a.attisdropped {
+                return true;
+            }
+            let name = CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
+            if exclude.iter().any(|c| c.as_bytes() == name) {
+                return true;
+            }
+            match (on[i], nn[i]) {
+                (true, true) => true,
+                (false, false) => same_image(ov[i], nv[i], a.attbyval, a.attlen),
+                _ => false,
+            }
+        })
+    }
+}
+
+/// Whether two non-null values of one attribute are stored alike: the
+/// same bytes, a varlena's after detoasting (PostgreSQL's
+/// `datum_image_eq`, which pgrx does not bind).
+///
+/// # Safety
+/// Both are values of an attribute with this `byval` and `len`.
+unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) -> bool {
+    if byval {
+        return a == b;
+    }
+    // SAFETY: by the caller's contract, a and b point to values of this
+    // length (a fixed length, a varlena, or a C string).
+    unsafe {
+        match len {
+            -1 => {
+                let bytes = |d: pg_sys::Datum| {
+                    let p = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                    pgrx::varlena_to_byte_slice(p)
+                };
+                // Unchanged values (a toast pointer kept by the UPDATE)
+                // are the same bytes, header and all: no detoasting.
+                let (pa, pb) = (
+                    a.cast_mut_ptr::<pg_sys::varlena>(),
+                    b.cast_mut_ptr::<pg_sys::varlena>(),
+                );
+                let raw = |p: *mut pg_sys::varlena| {
+                    std::slice::from_raw_parts(p.cast::<u8>(), pgrx::varsize_any(p))
+                };
+                raw(pa) == raw(pb) || bytes(a) == bytes(b)
+            }
+            -2 => CStr::from_ptr(a.cast_mut_ptr()) == CStr::from_ptr(b.cast_mut_ptr()),
+            n => {
+                let n = usize::try_from(n).unwrap_or(0);
+                std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), n)
+                    == std::slice::from_raw_parts(b.cast_mut_ptr::<u8>(), n)
+            }
+        }
+    }
+}
+
 /// `to_jsonb(row)`, as a jsonb datum, rendered with the canonical output
 /// settings. to_jsonb learns its argument's type from the call expression,
 /// so give it one naming the table's row type.
@@ -518,6 +606,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         if opts.skip_unchanged_updates
             && op == Op::Update
             && old.as_ref().map(|j| &j.encoded) == new.as_ref().map(|j| &j.encoded)
+            && stored_values_equal(td.tg_trigtuple, td.tg_newtuple, desc, &opts.exclude_columns)
         {
             // Only excluded columns changed (or nothing did).
             return Ok(());
