@@ -338,7 +338,25 @@ fn unwritten() -> Result<Option<Unwritten>, AuditError> {
         .transpose()
 }
 
+/// At the end of the transaction (PRE_COMMIT, PRE_PREPARE), where every
+/// subtransaction has ended: events that outer levels kept in memory while
+/// deeper ones spilled are written as segments too, once they pass
+/// SPILL_BYTES. Each level could keep up to SPILL_BYTES, so a transaction
+/// of many nested savepoints made one record of any size, which every
+/// reader then holds whole; the record's own payload now stays below it.
+fn spill_rest() -> Result<(), AuditError> {
+    let large = STATE.with_borrow(|s| {
+        s.as_ref()
+            .is_some_and(|s| s.payload.byte_len() > SPILL_BYTES)
+    });
+    if large {
+        spill_segment()?;
+    }
+    Ok(())
+}
+
 fn pre_commit() -> Result<(), AuditError> {
+    spill_rest()?;
     let Some(mut u) = unwritten()? else {
         return Ok(());
     };
@@ -353,6 +371,7 @@ fn pre_commit() -> Result<(), AuditError> {
 /// PREPARED removes them.
 fn pre_prepare() -> Result<(), AuditError> {
     crate::proof::may_prepare()?;
+    spill_rest()?;
     let Some(mut u) = unwritten()? else {
         return Ok(());
     };

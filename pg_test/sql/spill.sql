@@ -194,6 +194,31 @@ SELECT count(*) AS segments, min(octet_length(payload)) > 900000 AS each_about_1
  WHERE first_event = (SELECT tx_first FROM audit_log.events WHERE new_row->>'id' = '210001');
 SELECT * FROM shape() WHERE first_id >= 210001;
 
+-- 9. Events that a transaction keeps in memory while its savepoints spill
+--    (each spill leaves room for 1 MB more at its own level) are written
+--    as segments at commit once they pass 1 MB: the record's own payload
+--    stays under it, however many such rounds (here four of 3,000 rows
+--    kept, 5,000 spilled), and the events stay complete and in order.
+BEGIN;
+DO $$
+BEGIN
+  FOR r IN 0..3 LOOP
+    INSERT INTO s SELECT g, repeat('k', 200) FROM generate_series(300001 + r * 10000, 303000 + r * 10000) g;
+    BEGIN
+      INSERT INTO s SELECT g, repeat('k', 200) FROM generate_series(305001 + r * 10000, 310000 + r * 10000) g;
+    EXCEPTION WHEN division_by_zero THEN NULL;  -- a subtransaction
+    END;
+  END LOOP;
+END $$;
+COMMIT;
+SELECT octet_length(r.payload) < 1048576 AS record_under_1_mb
+  FROM audit_log.records r
+ WHERE r.first_event = (SELECT tx_first FROM audit_log.events WHERE new_row->>'id' = '300001');
+SELECT * FROM shape() WHERE first_id >= 300001;
+SELECT bool_and(ordered) AS ids_in_event_order FROM (
+  SELECT (new_row->>'id')::int > lag((new_row->>'id')::int, 1, 0) OVER (ORDER BY id) AS ordered
+    FROM audit_log.events WHERE table_name = 's' AND (new_row->>'id')::int >= 300001) x;
+
 -- The table and the log agree, and the log verifies.
 SELECT (SELECT count(*) FROM s) AS table_rows,
        (SELECT count(*) FROM audit_log.events WHERE table_name = 's' AND op = 'INSERT') AS insert_events;
