@@ -65,8 +65,8 @@ unsafe fn stored_values_equal(
     exclude: &[String],
 ) -> bool {
     // SAFETY: by the caller's contract; deform reads the tuples into
-    // arrays of the descriptor's width, and datum_image_eq compares two
-    // values of one attribute's type.
+    // arrays of the descriptor's width, and same_image compares two values
+    // of one attribute's type.
     unsafe {
         let attrs = crate::pgcompat::attrs(desc);
         let n = attrs.len();
@@ -132,11 +132,13 @@ unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) 
 }
 
 /// `to_jsonb(row)`, as a jsonb datum, rendered with the canonical output
-/// settings. to_jsonb learns its argument's type from the call expression,
-/// so give it one naming the table's row type.
+/// settings and those that `depends` (of `desc`) names. to_jsonb learns its
+/// argument's type from the call expression, so give it one naming the
+/// table's row type.
 pub(crate) unsafe fn row_to_jsonb(
     tuple: pg_sys::HeapTuple,
     desc: pg_sys::TupleDesc,
+    depends: crate::rendering::Depends,
 ) -> pg_sys::Datum {
     // SAFETY: by the caller's contract, tuple belongs to a relation whose descriptor is desc.
     unsafe {
@@ -155,7 +157,7 @@ pub(crate) unsafe fn row_to_jsonb(
             pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
         )
         .cast();
-        crate::rendering::canonical_output(crate::rendering::depends(desc), || {
+        crate::rendering::canonical_output(depends, || {
             pg_sys::FunctionCall1Coll(&mut flinfo, pg_sys::InvalidOid, composite)
         })
     }
@@ -576,13 +578,17 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         // reads them back (changed_only compares them in version 1). Both
         // rows of an event are in the same form.
         let packed = plan.is_some() && !opts.changed_only && txstate::writes_packed()?;
+        // What to_jsonb's rendering of these rows reads: found once for
+        // both rows of an UPDATE, and only if one takes to_jsonb.
+        let depends = std::cell::OnceCell::new();
         let row = |t: pg_sys::HeapTuple| -> Result<Json, AuditError> {
             if let Some(encoded) = plan.as_ref().and_then(|p| p.encode(t, packed)) {
                 return Ok(Json { raw: None, encoded });
             }
             // Options work on the datums with PostgreSQL's own jsonb
             // functions, which never walk nested values, so any depth is fine.
-            let d = opts.apply(row_to_jsonb(t, desc))?;
+            let depends = *depends.get_or_init(|| crate::rendering::depends(desc));
+            let d = opts.apply(row_to_jsonb(t, desc, depends))?;
             let mut j = json_from_datum(d, opts.history);
             if packed {
                 // Held twice for a moment: room for it, or an ERROR.

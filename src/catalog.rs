@@ -351,6 +351,14 @@ pub fn set_in_nest_level(name: &CStr, value: &CStr) {
     }
 }
 
+/// Whether setting `name` has the value `value` now.
+pub fn setting_is(name: &CStr, value: &CStr) -> bool {
+    // SAFETY: a read of a setting's current value; NULL if unknown.
+    let now = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    // SAFETY: a non-null result is a valid C string owned by the GUC machinery.
+    !now.is_null() && unsafe { CStr::from_ptr(now) } == value
+}
+
 /// Planner settings that a session may change and that would otherwise
 /// reach audit_log's own small catalog queries: with every join method and
 /// scan switched off, their estimated cost passes jit_above_cost and each
@@ -386,10 +394,7 @@ pub fn pinned<T>(f: impl FnOnce() -> Result<T, AuditError>) -> Result<T, AuditEr
     set_in_nest_level(c"search_path", c"pg_catalog, pg_temp");
     for (name, value) in PLANNER {
         // Most sessions have most of these already: a read is cheaper.
-        // SAFETY: a read of a setting's current value; NULL if unknown.
-        let now = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
-        // SAFETY: a non-null result is a valid C string owned by the GUC machinery.
-        if now.is_null() || unsafe { CStr::from_ptr(now) } != value {
+        if !setting_is(name, value) {
             set_in_nest_level(name, value);
         }
     }

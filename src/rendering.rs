@@ -28,6 +28,8 @@ use std::ffi::CStr;
 
 use pgrx::pg_sys;
 
+use crate::catalog::{set_in_nest_level, setting_is};
+
 unsafe extern "C" {
     // utils/bytea.h, which pgrx does not bind: 1 is BYTEA_OUTPUT_HEX.
     #[link_name = "bytea_output"]
@@ -192,20 +194,12 @@ fn canonical() -> bool {
     }
 }
 
-/// Whether setting `name` has the value `value` now.
-fn is(name: &CStr, value: &CStr) -> bool {
-    // SAFETY: a read of a setting's current value; NULL if unknown.
-    let now = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
-    // SAFETY: a non-null result is a valid C string owned by the GUC machinery.
-    !now.is_null() && unsafe { CStr::from_ptr(now) } == value
-}
-
 /// Run `f` with the output settings at their canonical values, and those
 /// of `depends` too (each set only when it is not already: the common case
 /// costs a few reads).
 pub fn canonical_output<T>(depends: Depends, f: impl FnOnce() -> T) -> T {
-    let monetary = depends.monetary && !is(c"lc_monetary", MONETARY);
-    let search_path = depends.search_path && !is(c"search_path", SEARCH_PATH);
+    let monetary = depends.monetary && !setting_is(c"lc_monetary", MONETARY);
+    let search_path = depends.search_path && !setting_is(c"search_path", SEARCH_PATH);
     if canonical() && !monetary && !search_path {
         return f();
     }
@@ -219,13 +213,13 @@ pub fn canonical_output<T>(depends: Depends, f: impl FnOnce() -> T) -> T {
         (c"TimeZone", c"UTC"),
         (c"quote_all_identifiers", c"off"),
     ] {
-        crate::catalog::set_in_nest_level(name, value);
+        set_in_nest_level(name, value);
     }
     if monetary {
-        crate::catalog::set_in_nest_level(c"lc_monetary", MONETARY);
+        set_in_nest_level(c"lc_monetary", MONETARY);
     }
     if search_path {
-        crate::catalog::set_in_nest_level(c"search_path", SEARCH_PATH);
+        set_in_nest_level(c"search_path", SEARCH_PATH);
     }
     let out = f();
     // SAFETY: undo exactly what was done above.

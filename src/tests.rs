@@ -89,7 +89,7 @@ mod tests {
                     break;
                 }
                 rows += 1;
-                let mut d = crate::capture::row_to_jsonb(t, desc);
+                let mut d = crate::capture::row_to_jsonb(t, desc, crate::rendering::depends(desc));
                 for c in &exclude {
                     d = pgrx::direct_function_call_as_datum(
                         pg_sys::jsonb_delete,
