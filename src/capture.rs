@@ -647,12 +647,192 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             }
             (o, _) => o,
         };
+        // A row's events in the order of its changes. PostgreSQL runs a
+        // statement's AFTER ROW triggers once it has changed all its rows,
+        // and a statement nested in one of them (in a trigger that fires
+        // before ours, or on another row) runs its own first: its change
+        // to a row version whose event still waits here is recorded
+        // before it. That nested event remembers the version; this one,
+        // finding it, refuses. A foreign key's cascade queues its events
+        // after the statement's, in order, and is not nested.
+        if op != Op::Insert {
+            note_nested_change(rel, td.tg_trigslot);
+        }
+        let made = match op {
+            Op::Insert => td.tg_trigslot,
+            Op::Update => td.tg_newslot,
+            _ => std::ptr::null_mut(),
+        };
+        if !made.is_null() && changed_before_capture(rel, made) {
+            return Err(AuditError::ChangedBeforeCapture(format!(
+                "{}.{}",
+                crate::relstate::quote_ident(schema),
+                crate::relstate::quote_ident(name)
+            )));
+        }
         let channel = opts.notify.then(|| opts.channel_for(schema, name));
         let id = record(schema, name, op.as_str(), old, new, packed, row_key)?;
         if let Some(channel) = channel {
             notify(&channel, id, op.as_str(), schema, name);
         }
         Ok(())
+    }
+}
+
+/// A heap tuple in an AFTER ROW trigger's slot, as the page holds it: the
+/// trigger manager fetched it by its ctid for this trigger, so its header
+/// shows the changes made to it since. Only a heap table's buffer slot has
+/// one; others give None.
+///
+/// # Safety
+/// `slot` is null or a trigger's valid slot, holding its tuple.
+unsafe fn slot_heap_tuple(
+    slot: *mut pg_sys::TupleTableSlot,
+) -> Option<(pg_sys::HeapTuple, pg_sys::Buffer)> {
+    // SAFETY: by the caller's contract.
+    unsafe {
+        if slot.is_null()
+            || !std::ptr::eq((*slot).tts_ops, &raw const pg_sys::TTSOpsBufferHeapTuple)
+        {
+            return None;
+        }
+        let bslot = slot.cast::<pg_sys::BufferHeapTupleTableSlot>();
+        let tuple = (*bslot).base.tuple;
+        (!tuple.is_null() && !(*tuple).t_data.is_null()).then_some((tuple, (*bslot).buffer))
+    }
+}
+
+/// The transaction that updated or deleted this tuple, if one did and it
+/// is this one (not a lock, not a rolled-back subtransaction's change).
+///
+/// # Safety
+/// As `slot_heap_tuple`.
+unsafe fn updated_here(slot: *mut pg_sys::TupleTableSlot) -> Option<pg_sys::TransactionId> {
+    // SAFETY: the tuple lies in its pinned buffer (or in the slot's memory
+    // when the buffer is invalid); its header is read under the buffer's
+    // share lock, but for the first look.
+    unsafe {
+        let (tuple, buffer) = slot_heap_tuple(slot)?;
+        let header = (*tuple).t_data;
+        // The common case, read without the lock: no xmax at all. Only this
+        // backend could set one that is not a lock, and it is here; others
+        // can only add locks and hint bits.
+        let invalid = pg_sys::HEAP_XMAX_INVALID as u16;
+        if std::ptr::read_volatile(&raw const (*header).t_infomask) & invalid != 0 {
+            return None;
+        }
+        let locked = buffer != pg_sys::InvalidBuffer as pg_sys::Buffer;
+        if locked {
+            pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+        }
+        let mask = (*header).t_infomask;
+        let updater = if mask & invalid != 0 || xmax_is_locked_only(mask) {
+            None
+        } else if mask & pg_sys::HEAP_XMAX_IS_MULTI as u16 != 0 {
+            Some(pg_sys::HeapTupleGetUpdateXid(header))
+        } else {
+            Some((*header).t_choice.t_heap.t_xmax)
+        };
+        if locked {
+            pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+        }
+        updater.filter(|&xid| pg_sys::TransactionIdIsCurrentTransactionId(xid))
+    }
+}
+
+/// `HEAP_XMAX_IS_LOCKED_ONLY`: the xmax only locks the row.
+fn xmax_is_locked_only(mask: u16) -> bool {
+    let lock_only = pg_sys::HEAP_XMAX_LOCK_ONLY as u16;
+    let multi_or_lock = (pg_sys::HEAP_XMAX_IS_MULTI | pg_sys::HEAP_LOCK_MASK) as u16;
+    mask & lock_only != 0 || mask & multi_or_lock == pg_sys::HEAP_XMAX_EXCL_LOCK as u16
+}
+
+/// A row version's identity: its table, its ctid, and the transaction that
+/// changed it.
+type Changed = (u32, u32, u16, u32);
+
+thread_local! {
+    /// Row versions made in this transaction whose UPDATE or DELETE was
+    /// recorded from a statement nested in a trigger, where it can come
+    /// before the row version's own event, which waits in an outer
+    /// statement's queue. Kept for the current top-level statement (its
+    /// start time), so only as many as its nested statements changed.
+    static CHANGED_NESTED: RefCell<(pg_sys::TimestampTz, std::collections::HashSet<Changed>)> =
+        RefCell::new((0, std::collections::HashSet::new()));
+}
+
+/// `f` on the set above, emptied first if it is another statement's.
+fn with_changed_nested<T>(f: impl FnOnce(&mut std::collections::HashSet<Changed>) -> T) -> T {
+    // SAFETY: reads the statement's start time.
+    let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    CHANGED_NESTED.with_borrow_mut(|(at, set)| {
+        if *at != now {
+            *at = now;
+            set.clear();
+            set.shrink_to(64);
+        }
+        f(set)
+    })
+}
+
+/// # Safety
+/// `tuple` is valid.
+unsafe fn changed_key(
+    rel: pg_sys::Relation,
+    tuple: pg_sys::HeapTuple,
+    xid: pg_sys::TransactionId,
+) -> Changed {
+    // SAFETY: by the caller's contract.
+    unsafe {
+        let tid = (*tuple).t_self;
+        let block = (u32::from(tid.ip_blkid.bi_hi) << 16) | u32::from(tid.ip_blkid.bi_lo);
+        ((*rel).rd_id.to_u32(), block, tid.ip_posid, xid.into_inner())
+    }
+}
+
+/// Called for an UPDATE or DELETE event: if it is recorded from a nested
+/// statement (trigger depth 2 or more, ours included) and changes a row
+/// version this transaction made, remember that version as changed.
+///
+/// # Safety
+/// `rel` and `slot` are the trigger's.
+unsafe fn note_nested_change(rel: pg_sys::Relation, slot: *mut pg_sys::TupleTableSlot) {
+    // SAFETY: by the caller's contract.
+    unsafe {
+        let Some((tuple, _)) = slot_heap_tuple(slot) else {
+            return;
+        };
+        let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
+        if !pg_sys::TransactionIdIsCurrentTransactionId(xmin) {
+            return;
+        }
+        let depth = pgrx::direct_function_call::<i32>(pg_sys::pg_trigger_depth, &[]);
+        if depth.unwrap_or(0) < 2 {
+            return;
+        }
+        if let Some(xid) = updated_here(slot) {
+            let key = changed_key(rel, tuple, xid);
+            with_changed_nested(|set| set.insert(key));
+        }
+    }
+}
+
+/// Called for an INSERT or UPDATE event: whether the row version it makes
+/// was changed since by a nested statement whose event is already recorded.
+///
+/// # Safety
+/// `rel` and `slot` are the trigger's.
+unsafe fn changed_before_capture(rel: pg_sys::Relation, slot: *mut pg_sys::TupleTableSlot) -> bool {
+    // SAFETY: by the caller's contract.
+    unsafe {
+        let Some(xid) = updated_here(slot) else {
+            return false;
+        };
+        let Some((tuple, _)) = slot_heap_tuple(slot) else {
+            return false;
+        };
+        let key = changed_key(rel, tuple, xid);
+        with_changed_nested(|set| set.contains(&key))
     }
 }
 

@@ -94,6 +94,8 @@ pub enum AuditError {
     NoSuchEvent(i64),
     #[error("event {0} is not in the audit log: it is older than what audit_log.purge() left")]
     EventPurged(i64),
+    #[error("a row of audited table {0} was changed again, by a statement run from a trigger, before audit_log recorded the change that made it; refused, as the log would record the two changes out of order")]
+    ChangedBeforeCapture(String),
     #[error("audit_log internal error: {0}")]
     Internal(String),
 }
@@ -144,6 +146,7 @@ impl AuditError {
             AuditError::TreeDamaged { .. } => ERRCODE_DATA_CORRUPTED,
             AuditError::NoSuchEvent(_) => ERRCODE_UNDEFINED_OBJECT,
             AuditError::EventPurged(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            AuditError::ChangedBeforeCapture(_) => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
             AuditError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -227,6 +230,13 @@ impl AuditError {
             AuditError::EventPurged(_) => Some(
                 "audit_log.purge() removed it. A proof made before the purge still \
                  verifies against its checkpoint."
+                    .into(),
+            ),
+            AuditError::ChangedBeforeCapture(_) => Some(
+                "PostgreSQL runs a table's AFTER ROW triggers in the byte order of their names, \
+                 once the statement has changed all its rows. Change a row in its own BEFORE ROW \
+                 trigger, or in an AFTER trigger that is FOR EACH STATEMENT, or whose name sorts \
+                 after \"audit_log_capture_row\" and that changes only the row it fires for."
                     .into(),
             ),
             AuditError::UnsupportedIndex(_) => {

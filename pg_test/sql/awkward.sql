@@ -98,6 +98,16 @@ DELETE FROM parent WHERE id = 1;
 SELECT table_name, op, old_row, new_row FROM audit_log.events
  WHERE table_name IN ('parent', 'child') AND op <> 'ENABLE' ORDER BY id;
 
+-- A json value that jsonb refuses cannot be recorded: the write fails
+-- with PostgreSQL's own error (README, "Not covered"), and nothing is
+-- recorded.
+CREATE TABLE doc (id int PRIMARY KEY, body json);
+SELECT audit_log.enable('doc');
+INSERT INTO doc VALUES (1, '{"a": "\u0000"}');
+INSERT INTO doc VALUES (2, '[1e131072]');
+INSERT INTO doc VALUES (3, '{"a": "\u0041"}');
+SELECT op, new_row FROM audit_log.events WHERE table_name = 'doc' AND op <> 'ENABLE' ORDER BY id;
+
 -- Dropping an audited table keeps its events and records the drop.
 DROP TABLE child;
 SELECT op, table_name, new_row->>'command' AS command FROM audit_log.events ORDER BY id DESC LIMIT 1;
