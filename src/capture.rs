@@ -653,8 +653,9 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         // before ours, or on another row) runs its own first: its change
         // to a row version whose event still waits here is recorded
         // before it. That nested event remembers the version; this one,
-        // finding it, refuses. A foreign key's cascade queues its events
-        // after the statement's, in order, and is not nested.
+        // following the row's later versions, finds it and refuses. A
+        // foreign key's cascade queues its events after the statement's,
+        // in order, and is not nested.
         if op != Op::Insert {
             note_nested_change(rel, td.tg_trigslot);
         }
@@ -702,18 +703,20 @@ unsafe fn slot_heap_tuple(
     }
 }
 
-/// The transaction that updated or deleted this tuple, if one did and it
-/// is this one (not a lock, not a rolled-back subtransaction's change).
+/// The transaction that updated or deleted a heap tuple, if one did and it
+/// is this one (not a lock, not a rolled-back subtransaction's change), and
+/// the ctid of what replaced it (its own for a DELETE).
 ///
 /// # Safety
-/// As `slot_heap_tuple`.
-unsafe fn updated_here(slot: *mut pg_sys::TupleTableSlot) -> Option<pg_sys::TransactionId> {
-    // SAFETY: the tuple lies in its pinned buffer (or in the slot's memory
-    // when the buffer is invalid); its header is read under the buffer's
-    // share lock, but for the first look.
+/// `header` lies in `buffer`, pinned (or in local memory when `buffer` is
+/// invalid).
+unsafe fn updated_here(
+    header: pg_sys::HeapTupleHeader,
+    buffer: pg_sys::Buffer,
+) -> Option<(pg_sys::TransactionId, pg_sys::ItemPointerData)> {
+    // SAFETY: by the caller's contract; the header is read under the
+    // buffer's share lock, but for the first look.
     unsafe {
-        let (tuple, buffer) = slot_heap_tuple(slot)?;
-        let header = (*tuple).t_data;
         // The common case, read without the lock: no xmax at all. Only this
         // backend could set one that is not a lock, and it is here; others
         // can only add locks and hint bits.
@@ -733,10 +736,13 @@ unsafe fn updated_here(slot: *mut pg_sys::TupleTableSlot) -> Option<pg_sys::Tran
         } else {
             Some((*header).t_choice.t_heap.t_xmax)
         };
+        let next = (*header).t_ctid;
         if locked {
             pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
         }
-        updater.filter(|&xid| pg_sys::TransactionIdIsCurrentTransactionId(xid))
+        updater
+            .filter(|&xid| pg_sys::TransactionIdIsCurrentTransactionId(xid))
+            .map(|xid| (xid, next))
     }
 }
 
@@ -751,23 +757,33 @@ fn xmax_is_locked_only(mask: u16) -> bool {
 /// changed it.
 type Changed = (u32, u32, u16, u32);
 
+/// Whose the set below is: a top-level statement's start time and its
+/// transaction.
+type ChangedScope = (pg_sys::TimestampTz, u32);
+
 thread_local! {
     /// Row versions made in this transaction whose UPDATE or DELETE was
     /// recorded from a statement nested in a trigger, where it can come
     /// before the row version's own event, which waits in an outer
-    /// statement's queue. Kept for the current top-level statement (its
-    /// start time), so only as many as its nested statements changed.
-    static CHANGED_NESTED: RefCell<(pg_sys::TimestampTz, std::collections::HashSet<Changed>)> =
-        RefCell::new((0, std::collections::HashSet::new()));
+    /// statement's queue. Kept for the current top-level statement and
+    /// transaction, so only as many as its nested statements changed.
+    static CHANGED_NESTED: RefCell<(ChangedScope, std::collections::HashSet<Changed>)> =
+        RefCell::new(((0, 0), std::collections::HashSet::new()));
 }
 
-/// `f` on the set above, emptied first if it is another statement's.
+/// `f` on the set above, emptied first if it is another statement's or
+/// another transaction's.
 fn with_changed_nested<T>(f: impl FnOnce(&mut std::collections::HashSet<Changed>) -> T) -> T {
-    // SAFETY: reads the statement's start time.
-    let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    // SAFETY: reads the statement's start time and the transaction's id.
+    let scope = unsafe {
+        (
+            pg_sys::GetCurrentStatementStartTimestamp(),
+            pg_sys::GetTopTransactionIdIfAny().into_inner(),
+        )
+    };
     CHANGED_NESTED.with_borrow_mut(|(at, set)| {
-        if *at != now {
-            *at = now;
+        if *at != scope {
+            *at = scope;
             set.clear();
             set.shrink_to(64);
         }
@@ -775,31 +791,27 @@ fn with_changed_nested<T>(f: impl FnOnce(&mut std::collections::HashSet<Changed>
     })
 }
 
-/// # Safety
-/// `tuple` is valid.
-unsafe fn changed_key(
+fn changed_key(
     rel: pg_sys::Relation,
-    tuple: pg_sys::HeapTuple,
+    tid: pg_sys::ItemPointerData,
     xid: pg_sys::TransactionId,
 ) -> Changed {
-    // SAFETY: by the caller's contract.
-    unsafe {
-        let tid = (*tuple).t_self;
-        let block = (u32::from(tid.ip_blkid.bi_hi) << 16) | u32::from(tid.ip_blkid.bi_lo);
-        ((*rel).rd_id.to_u32(), block, tid.ip_posid, xid.into_inner())
-    }
+    let block = (u32::from(tid.ip_blkid.bi_hi) << 16) | u32::from(tid.ip_blkid.bi_lo);
+    // SAFETY: rel is the trigger's open relation.
+    let oid = unsafe { (*rel).rd_id.to_u32() };
+    (oid, block, tid.ip_posid, xid.into_inner())
 }
 
-/// Called for an UPDATE or DELETE event: if it is recorded from a nested
-/// statement (trigger depth 2 or more, ours included) and changes a row
-/// version this transaction made, remember that version as changed.
+/// Called for a recorded UPDATE or DELETE event: if it is recorded from a
+/// nested statement (trigger depth 2 or more, ours included) and changes a
+/// row version this transaction made, remember that version as changed.
 ///
 /// # Safety
 /// `rel` and `slot` are the trigger's.
 unsafe fn note_nested_change(rel: pg_sys::Relation, slot: *mut pg_sys::TupleTableSlot) {
     // SAFETY: by the caller's contract.
     unsafe {
-        let Some((tuple, _)) = slot_heap_tuple(slot) else {
+        let Some((tuple, buffer)) = slot_heap_tuple(slot) else {
             return;
         };
         let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
@@ -810,29 +822,64 @@ unsafe fn note_nested_change(rel: pg_sys::Relation, slot: *mut pg_sys::TupleTabl
         if depth.unwrap_or(0) < 2 {
             return;
         }
-        if let Some(xid) = updated_here(slot) {
-            let key = changed_key(rel, tuple, xid);
+        if let Some((xid, _)) = updated_here((*tuple).t_data, buffer) {
+            let key = changed_key(rel, (*tuple).t_self, xid);
             with_changed_nested(|set| set.insert(key));
         }
     }
 }
 
-/// Called for an INSERT or UPDATE event: whether the row version it makes
-/// was changed since by a nested statement whose event is already recorded.
+/// Called for an INSERT or UPDATE event: whether the row version it makes,
+/// or one that replaced it since in this transaction, was changed by a
+/// nested statement whose event is already recorded. The versions between
+/// may have been changed without an event (an operation the table does not
+/// record, an UPDATE that `skip_unchanged_updates` skipped), so the whole
+/// chain of this transaction's versions is followed.
 ///
 /// # Safety
 /// `rel` and `slot` are the trigger's.
 unsafe fn changed_before_capture(rel: pg_sys::Relation, slot: *mut pg_sys::TupleTableSlot) -> bool {
-    // SAFETY: by the caller's contract.
+    // SAFETY: by the caller's contract; each later version is fetched by
+    // its ctid into a pinned buffer, released before the next.
     unsafe {
-        let Some(xid) = updated_here(slot) else {
+        let Some((tuple, buffer)) = slot_heap_tuple(slot) else {
             return false;
         };
-        let Some((tuple, _)) = slot_heap_tuple(slot) else {
+        let Some(first) = updated_here((*tuple).t_data, buffer) else {
             return false;
         };
-        let key = changed_key(rel, tuple, xid);
-        with_changed_nested(|set| set.contains(&key))
+        let mut tid = (*tuple).t_self;
+        let mut step = Some(first);
+        while let Some((xid, next)) = step {
+            if with_changed_nested(|set| set.contains(&changed_key(rel, tid, xid))) {
+                return true;
+            }
+            // A DELETE points to itself; a row moved to another partition
+            // leaves a marker, and its later versions there are not
+            // followed.
+            let same = |a: &pg_sys::ItemPointerData, b: &pg_sys::ItemPointerData| {
+                (a.ip_blkid.bi_hi, a.ip_blkid.bi_lo, a.ip_posid)
+                    == (b.ip_blkid.bi_hi, b.ip_blkid.bi_lo, b.ip_posid)
+            };
+            if same(&next, &tid) || u32::from(next.ip_posid) == pg_sys::MovedPartitionsOffsetNumber
+            {
+                return false;
+            }
+            let mut later: pg_sys::HeapTupleData = std::mem::zeroed();
+            later.t_self = next;
+            let mut buf: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+            let any = &raw mut pg_sys::SnapshotAnyData;
+            if !crate::pgcompat::heap_fetch(rel, any, &mut later, &mut buf) {
+                if buf != pg_sys::InvalidBuffer as pg_sys::Buffer {
+                    pg_sys::ReleaseBuffer(buf);
+                }
+                return false;
+            }
+            step = updated_here(later.t_data, buf);
+            pg_sys::ReleaseBuffer(buf);
+            tid = next;
+        }
+        false
     }
 }
 

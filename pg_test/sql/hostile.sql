@@ -203,6 +203,54 @@ DROP TRIGGER a_lock ON ord;
 CREATE TRIGGER a_lock AFTER UPDATE ON ord FOR EACH ROW EXECUTE FUNCTION ord_lock('true');
 UPDATE ord SET owner = 'frank' WHERE id = 1;
 DROP TRIGGER a_lock ON ord;
+-- A change without an event first (an UPDATE that skip_unchanged_updates
+-- skips, an operation the table does not record), then one with an event:
+-- the row's later versions are followed, and it is refused too.
+CREATE TABLE sess (id int PRIMARY KEY, owner text, seen int);
+CREATE FUNCTION sess_steal() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF pg_trigger_depth() = 1 THEN
+    UPDATE sess SET seen = 1 WHERE id = NEW.id;
+    UPDATE sess SET owner = 'mallory' WHERE id = NEW.id;
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TABLE ins (id int PRIMARY KEY, owner text);
+CREATE FUNCTION ins_steal() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF pg_trigger_depth() = 1 THEN
+    UPDATE ins SET owner = 'mallory' WHERE id = NEW.id;
+    DELETE FROM ins WHERE id = NEW.id;
+  END IF;
+  RETURN NULL;
+END $$;
+RESET ROLE;
+SELECT audit_log.enable('sess', exclude_columns => '{seen}', skip_unchanged_updates => true);
+SELECT audit_log.enable('ins', operations => '{INSERT,DELETE}');
+SET ROLE al_app;
+INSERT INTO sess VALUES (1, 'alice', 0);
+CREATE TRIGGER a_first AFTER UPDATE ON sess FOR EACH ROW EXECUTE FUNCTION sess_steal();
+UPDATE sess SET owner = 'bob' WHERE id = 1;
+CREATE TRIGGER a_first AFTER INSERT ON ins FOR EACH ROW EXECUTE FUNCTION ins_steal();
+INSERT INTO ins VALUES (1, 'alice');
+-- One nested change without an event is no reason to refuse.
+CREATE FUNCTION sess_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF pg_trigger_depth() = 1 THEN
+    UPDATE sess SET seen = seen + 1 WHERE id = NEW.id;
+  END IF;
+  RETURN NULL;
+END $$;
+DROP TRIGGER a_first ON sess;
+CREATE TRIGGER a_first AFTER UPDATE ON sess FOR EACH ROW EXECUTE FUNCTION sess_seen();
+UPDATE sess SET owner = 'bob' WHERE id = 1;
+DROP TRIGGER a_first ON sess;
+DROP TRIGGER a_first ON ins;
+RESET ROLE;
+SELECT * FROM sess;
+SELECT table_name, op, old_row, new_row FROM audit_log.events
+ WHERE table_name IN ('sess', 'ins') AND op <> 'ENABLE' ORDER BY id;
+SET ROLE al_app;
 -- After audit_log, on the row it fires for: recorded in order.
 CREATE TRIGGER z_touch AFTER INSERT OR UPDATE ON ord FOR EACH ROW EXECUTE FUNCTION ord_touch();
 INSERT INTO ord VALUES (3, 'erin');
