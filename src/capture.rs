@@ -561,6 +561,13 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
     };
     let opts = options::of_trigger(td)?;
     if !opts.records(op) {
+        if op == Op::Delete && opts.records(Op::Insert) {
+            // A row moved to another partition leaves by a DELETE here and
+            // arrives by an INSERT there, whose event is recorded: a nested
+            // move is remembered as a change though its DELETE is not.
+            // SAFETY: the trigger's relation and slot.
+            unsafe { note_nested_change(td.tg_relation, td.tg_trigslot, true) };
+        }
         return Ok(());
     }
     // SAFETY: the trigger manager hands us a valid relation and tuples.
@@ -657,7 +664,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         // foreign key's cascade queues its events after the statement's,
         // in order, and is not nested.
         if op != Op::Insert {
-            note_nested_change(rel, td.tg_trigslot);
+            note_nested_change(rel, td.tg_trigslot, false);
         }
         let made = match op {
             Op::Insert => td.tg_trigslot,
@@ -805,10 +812,16 @@ fn changed_key(
 /// Called for a recorded UPDATE or DELETE event: if it is recorded from a
 /// nested statement (trigger depth 2 or more, ours included) and changes a
 /// row version this transaction made, remember that version as changed.
+/// With `moved_only`, only if the change moved the row to another
+/// partition.
 ///
 /// # Safety
 /// `rel` and `slot` are the trigger's.
-unsafe fn note_nested_change(rel: pg_sys::Relation, slot: *mut pg_sys::TupleTableSlot) {
+unsafe fn note_nested_change(
+    rel: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+    moved_only: bool,
+) {
     // SAFETY: by the caller's contract.
     unsafe {
         let Some((tuple, buffer)) = slot_heap_tuple(slot) else {
@@ -822,7 +835,10 @@ unsafe fn note_nested_change(rel: pg_sys::Relation, slot: *mut pg_sys::TupleTabl
         if depth.unwrap_or(0) < 2 {
             return;
         }
-        if let Some((xid, _)) = updated_here((*tuple).t_data, buffer) {
+        if let Some((xid, next)) = updated_here((*tuple).t_data, buffer) {
+            if moved_only && u32::from(next.ip_posid) != pg_sys::MovedPartitionsOffsetNumber {
+                return;
+            }
             let key = changed_key(rel, (*tuple).t_self, xid);
             with_changed_nested(|set| set.insert(key));
         }

@@ -233,6 +233,24 @@ CREATE TRIGGER a_first AFTER UPDATE ON sess FOR EACH ROW EXECUTE FUNCTION sess_s
 UPDATE sess SET owner = 'bob' WHERE id = 1;
 CREATE TRIGGER a_first AFTER INSERT ON ins FOR EACH ROW EXECUTE FUNCTION ins_steal();
 INSERT INTO ins VALUES (1, 'alice');
+-- A row that a nested statement moves to another partition arrives there
+-- by an INSERT, recorded first, also where DELETEs are not recorded.
+CREATE TABLE pt (id int, k int, v text) PARTITION BY LIST (k);
+CREATE TABLE pt1 PARTITION OF pt FOR VALUES IN (1);
+CREATE TABLE pt2 PARTITION OF pt FOR VALUES IN (2);
+CREATE FUNCTION pt_move() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF pg_trigger_depth() = 1 THEN
+    UPDATE pt SET k = 2, v = 'moved' WHERE id = NEW.id;
+  END IF;
+  RETURN NULL;
+END $$;
+RESET ROLE;
+SELECT audit_log.enable('pt', operations => '{INSERT,UPDATE}');
+SET ROLE al_app;
+CREATE TRIGGER a_first AFTER INSERT ON pt FOR EACH ROW EXECUTE FUNCTION pt_move();
+INSERT INTO pt VALUES (1, 1, 'alice');
+DROP TRIGGER a_first ON pt;
 -- One nested change without an event is no reason to refuse.
 CREATE FUNCTION sess_seen() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -249,7 +267,7 @@ DROP TRIGGER a_first ON ins;
 RESET ROLE;
 SELECT * FROM sess;
 SELECT table_name, op, old_row, new_row FROM audit_log.events
- WHERE table_name IN ('sess', 'ins') AND op <> 'ENABLE' ORDER BY id;
+ WHERE table_name IN ('sess', 'ins', 'pt1', 'pt2') AND op <> 'ENABLE' ORDER BY id;
 SET ROLE al_app;
 -- After audit_log, on the row it fires for: recorded in order.
 CREATE TRIGGER z_touch AFTER INSERT OR UPDATE ON ord FOR EACH ROW EXECUTE FUNCTION ord_touch();
