@@ -566,7 +566,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             // arrives by an INSERT there, whose event is recorded: a nested
             // move is remembered as a change though its DELETE is not.
             // SAFETY: the trigger's relation and slot.
-            unsafe { note_nested_change(td.tg_relation, td.tg_trigslot, true) };
+            unsafe { note_nested_change(td.tg_relation, td.tg_trigslot, true)? };
         }
         return Ok(());
     }
@@ -660,11 +660,11 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         // before ours, or on another row) runs its own first: its change
         // to a row version whose event still waits here is recorded
         // before it. That nested event remembers the version; this one,
-        // following the row's later versions, finds it and refuses. A
-        // foreign key's cascade queues its events after the statement's,
-        // in order, and is not nested.
+        // following the row's later versions, finds it and refuses. The
+        // statement's own foreign-key cascades queue their events after
+        // its own, in order, and are not nested.
         if op != Op::Insert {
-            note_nested_change(rel, td.tg_trigslot, false);
+            note_nested_change(rel, td.tg_trigslot, false)?;
         }
         let made = match op {
             Op::Insert => td.tg_trigslot,
@@ -791,8 +791,8 @@ fn with_changed_nested<T>(f: impl FnOnce(&mut std::collections::HashSet<Changed>
     CHANGED_NESTED.with_borrow_mut(|(at, set)| {
         if *at != scope {
             *at = scope;
-            set.clear();
-            set.shrink_to(64);
+            // A large set from a statement before is given back.
+            *set = std::collections::HashSet::new();
         }
         f(set)
     })
@@ -821,27 +821,35 @@ unsafe fn note_nested_change(
     rel: pg_sys::Relation,
     slot: *mut pg_sys::TupleTableSlot,
     moved_only: bool,
-) {
+) -> Result<(), AuditError> {
     // SAFETY: by the caller's contract.
     unsafe {
         let Some((tuple, buffer)) = slot_heap_tuple(slot) else {
-            return;
+            return Ok(());
         };
         let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
         if !pg_sys::TransactionIdIsCurrentTransactionId(xmin) {
-            return;
+            return Ok(());
         }
         let depth = pgrx::direct_function_call::<i32>(pg_sys::pg_trigger_depth, &[]);
         if depth.unwrap_or(0) < 2 {
-            return;
+            return Ok(());
         }
         if let Some((xid, next)) = updated_here((*tuple).t_data, buffer) {
             if moved_only && u32::from(next.ip_posid) != pg_sys::MovedPartitionsOffsetNumber {
-                return;
+                return Ok(());
             }
             let key = changed_key(rel, (*tuple).t_self, xid);
-            with_changed_nested(|set| set.insert(key));
+            // Room for it, or an ERROR (a failed allocation would abort
+            // the backend).
+            let size = std::mem::size_of::<Changed>();
+            with_changed_nested(|set| {
+                set.try_reserve(1)
+                    .map(|()| set.insert(key))
+                    .map_err(|_| AuditError::OutOfMemory(size.saturating_mul(set.len().max(1))))
+            })?;
         }
+        Ok(())
     }
 }
 
@@ -891,7 +899,13 @@ unsafe fn changed_before_capture(rel: pg_sys::Relation, slot: *mut pg_sys::Tuple
                 }
                 return false;
             }
-            step = updated_here(later.t_data, buf);
+            // The version there is the one this transaction made by that
+            // change (as heap_get_latest_tid checks), or the chain ends.
+            step = if (*later.t_data).t_choice.t_heap.t_xmin == xid {
+                updated_here(later.t_data, buf)
+            } else {
+                None
+            };
             pg_sys::ReleaseBuffer(buf);
             tid = next;
         }
