@@ -563,10 +563,10 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
     if !opts.records(op) {
         if op == Op::Delete && opts.records(Op::Insert) {
             // A row moved to another partition leaves by a DELETE here and
-            // arrives by an INSERT there, whose event is recorded: a nested
-            // move is remembered as a change though its DELETE is not.
+            // arrives by an INSERT there, whose event is recorded: the move
+            // is remembered as a change though its DELETE is not.
             // SAFETY: the trigger's relation and slot.
-            unsafe { note_nested_change(td.tg_relation, td.tg_trigslot, true)? };
+            unsafe { note_change(td.tg_relation, td.tg_trigslot, true)? };
         }
         return Ok(());
     }
@@ -656,15 +656,21 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         };
         // A row's events in the order of its changes. PostgreSQL runs a
         // statement's AFTER ROW triggers once it has changed all its rows,
-        // and a statement nested in one of them (in a trigger that fires
-        // before ours, or on another row) runs its own first: its change
-        // to a row version whose event still waits here is recorded
-        // before it. That nested event remembers the version; this one,
-        // following the row's later versions, finds it and refuses. The
-        // statement's own foreign-key cascades queue their events after
-        // its own, in order, and are not nested.
+        // and a statement run before that (from a function the statement
+        // calls, or from one of those triggers: one that fires before ours,
+        // or on another row) runs its own first: its change to a row
+        // version whose event still waits here is recorded before it.
+        // That event remembers the version; this one, following the row's
+        // later versions, finds it and refuses. The statement's own
+        // foreign-key cascades queue their events after its own, in order.
         if op != Op::Insert {
-            note_nested_change(rel, td.tg_trigslot, false)?;
+            note_change(rel, td.tg_trigslot, false)?;
+            let new = (op == Op::Update).then_some(td.tg_newtuple);
+            if key_taken_before_capture(rel, td.tg_trigslot, new, &opts) {
+                return Err(AuditError::KeyTakenBeforeCapture(
+                    crate::relstate::qualified(schema, name),
+                ));
+            }
         }
         let made = match op {
             Op::Insert => td.tg_trigslot,
@@ -672,14 +678,15 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             _ => std::ptr::null_mut(),
         };
         if !made.is_null() && changed_before_capture(rel, made) {
-            return Err(AuditError::ChangedBeforeCapture(format!(
-                "{}.{}",
-                crate::relstate::quote_ident(schema),
-                crate::relstate::quote_ident(name)
-            )));
+            return Err(AuditError::ChangedBeforeCapture(
+                crate::relstate::qualified(schema, name),
+            ));
         }
         let channel = opts.notify.then(|| opts.channel_for(schema, name));
         let id = record(schema, name, op.as_str(), old, new, packed, row_key)?;
+        if !made.is_null() {
+            note_made(rel, made)?;
+        }
         if let Some(channel) = channel {
             notify(&channel, id, op.as_str(), schema, name);
         }
@@ -764,23 +771,33 @@ fn xmax_is_locked_only(mask: u16) -> bool {
 /// changed it.
 type Changed = (u32, u32, u16, u32);
 
-/// Whose the set below is: a top-level statement's start time and its
+/// Whose the record below is: a top-level statement's start time and its
 /// transaction.
-type ChangedScope = (pg_sys::TimestampTz, u32);
+type RecordedScope = (pg_sys::TimestampTz, u32);
 
-thread_local! {
+/// What the current top-level statement recorded of the rows its
+/// transaction made, to keep each row's events in the order of its changes.
+#[derive(Default)]
+struct Recorded {
     /// Row versions made in this transaction whose UPDATE or DELETE was
-    /// recorded from a statement nested in a trigger, where it can come
-    /// before the row version's own event, which waits in an outer
-    /// statement's queue. Kept for the current top-level statement and
-    /// transaction, so only as many as its nested statements changed.
-    static CHANGED_NESTED: RefCell<(ChangedScope, std::collections::HashSet<Changed>)> =
-        RefCell::new(((0, 0), std::collections::HashSet::new()));
+    /// recorded, which can come before the row version's own event when
+    /// that waits in an outer statement's queue. At most as many as the
+    /// statement changed of the rows its transaction made.
+    changed: std::collections::HashSet<Changed>,
+    /// Per table, the latest command that made a row version whose INSERT
+    /// or UPDATE event was recorded: a DELETE whose command came before it
+    /// may have had its key taken by a row recorded first.
+    made: std::collections::HashMap<u32, pg_sys::CommandId>,
 }
 
-/// `f` on the set above, emptied first if it is another statement's or
+thread_local! {
+    static RECORDED: RefCell<(RecordedScope, Recorded)> =
+        RefCell::new(((0, 0), Recorded::default()));
+}
+
+/// `f` on the record above, emptied first if it is another statement's or
 /// another transaction's.
-fn with_changed_nested<T>(f: impl FnOnce(&mut std::collections::HashSet<Changed>) -> T) -> T {
+fn with_recorded<T>(f: impl FnOnce(&mut Recorded) -> T) -> T {
     // SAFETY: reads the statement's start time and the transaction's id.
     let scope = unsafe {
         (
@@ -788,13 +805,13 @@ fn with_changed_nested<T>(f: impl FnOnce(&mut std::collections::HashSet<Changed>
             pg_sys::GetTopTransactionIdIfAny().into_inner(),
         )
     };
-    CHANGED_NESTED.with_borrow_mut(|(at, set)| {
+    RECORDED.with_borrow_mut(|(at, rec)| {
         if *at != scope {
             *at = scope;
             // A large set from a statement before is given back.
-            *set = std::collections::HashSet::new();
+            *rec = Recorded::default();
         }
-        f(set)
+        f(rec)
     })
 }
 
@@ -809,15 +826,20 @@ fn changed_key(
     (oid, block, tid.ip_posid, xid.into_inner())
 }
 
-/// Called for a recorded UPDATE or DELETE event: if it is recorded from a
-/// nested statement (trigger depth 2 or more, ours included) and changes a
-/// row version this transaction made, remember that version as changed.
-/// With `moved_only`, only if the change moved the row to another
-/// partition.
+/// Called for a recorded UPDATE or DELETE event: if it changes a row
+/// version this transaction made, remember that version as changed. With
+/// `moved_only`, only if the change moved the row to another partition.
+///
+/// Every depth counts: a statement run from a function that the outer
+/// statement calls (in its expressions, a default, a CHECK, a policy, a
+/// trigger's WHEN) fires its triggers at depth 1, as a top-level one does,
+/// and nothing a trigger can see tells the two apart. A top-level statement
+/// that changes rows its transaction made remembers them until the next
+/// top-level statement.
 ///
 /// # Safety
 /// `rel` and `slot` are the trigger's.
-unsafe fn note_nested_change(
+unsafe fn note_change(
     rel: pg_sys::Relation,
     slot: *mut pg_sys::TupleTableSlot,
     moved_only: bool,
@@ -831,10 +853,6 @@ unsafe fn note_nested_change(
         if !pg_sys::TransactionIdIsCurrentTransactionId(xmin) {
             return Ok(());
         }
-        let depth = pgrx::direct_function_call::<i32>(pg_sys::pg_trigger_depth, &[]);
-        if depth.unwrap_or(0) < 2 {
-            return Ok(());
-        }
         if let Some((xid, next)) = updated_here((*tuple).t_data, buffer) {
             if moved_only && u32::from(next.ip_posid) != pg_sys::MovedPartitionsOffsetNumber {
                 return Ok(());
@@ -843,7 +861,8 @@ unsafe fn note_nested_change(
             // Room for it, or an ERROR (a failed allocation would abort
             // the backend).
             let size = std::mem::size_of::<Changed>();
-            with_changed_nested(|set| {
+            with_recorded(|rec| {
+                let set = &mut rec.changed;
                 set.try_reserve(1)
                     .map(|()| set.insert(key))
                     .map_err(|_| AuditError::OutOfMemory(size.saturating_mul(set.len().max(1))))
@@ -855,7 +874,7 @@ unsafe fn note_nested_change(
 
 /// Called for an INSERT or UPDATE event: whether the row version it makes,
 /// or one that replaced it since in this transaction, was changed by a
-/// nested statement whose event is already recorded. The versions between
+/// statement whose event is already recorded. The versions between
 /// may have been changed without an event (an operation the table does not
 /// record, an UPDATE that `skip_unchanged_updates` skipped), so the whole
 /// chain of this transaction's versions is followed.
@@ -875,7 +894,7 @@ unsafe fn changed_before_capture(rel: pg_sys::Relation, slot: *mut pg_sys::Tuple
         let mut tid = (*tuple).t_self;
         let mut step = Some(first);
         while let Some((xid, next)) = step {
-            if with_changed_nested(|set| set.contains(&changed_key(rel, tid, xid))) {
+            if with_recorded(|rec| rec.changed.contains(&changed_key(rel, tid, xid))) {
                 return true;
             }
             // A DELETE points to itself; a row moved to another partition
@@ -910,6 +929,177 @@ unsafe fn changed_before_capture(rel: pg_sys::Relation, slot: *mut pg_sys::Tuple
             tid = next;
         }
         false
+    }
+}
+
+/// Called once an INSERT or UPDATE event is recorded: its table's latest
+/// command that made a row version with a recorded event.
+///
+/// # Safety
+/// `rel` and `slot` are the trigger's; the slot holds the version made.
+unsafe fn note_made(
+    rel: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> Result<(), AuditError> {
+    // SAFETY: by the caller's contract; the version was made by this
+    // transaction, so its cmin is this backend's to read.
+    unsafe {
+        let Some((tuple, _)) = slot_heap_tuple(slot) else {
+            return Ok(());
+        };
+        let cid = pg_sys::HeapTupleHeaderGetCmin((*tuple).t_data);
+        let oid = (*rel).rd_id.to_u32();
+        with_recorded(|rec| {
+            if let Some(c) = rec.made.get_mut(&oid) {
+                *c = (*c).max(cid);
+                return Ok(());
+            }
+            rec.made
+                .try_reserve(1)
+                .map_err(|_| AuditError::OutOfMemory(std::mem::size_of::<(u32, u32)>()))?;
+            rec.made.insert(oid, cid);
+            Ok(())
+        })
+    }
+}
+
+/// Called for a DELETE event, or an UPDATE event (with `new`): whether the
+/// row's key (its primary key's values before the change) was given, by a
+/// command run after the one changing this row, to a row version of this
+/// transaction whose INSERT or UPDATE event is already recorded. Such a
+/// command ran from a trigger or a function while this event waited, and
+/// the log would show the key's new row before the change that freed the
+/// key. Only looked for when the table has such a later event in this
+/// statement; an UPDATE that keeps its key cannot free it.
+///
+/// # Safety
+/// `rel` and `slot` are the trigger's; `new` is the UPDATE's new tuple.
+unsafe fn key_taken_before_capture(
+    rel: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+    new: Option<pg_sys::HeapTuple>,
+    opts: &options::Options,
+) -> bool {
+    // SAFETY: by the caller's contract. The old version's cmax and the
+    // later versions' cmin are this transaction's; the primary key is
+    // opened and scanned under AccessShareLock with its own operators and
+    // collations, and the scan is ended before return.
+    unsafe {
+        let Some((tuple, buffer)) = slot_heap_tuple(slot) else {
+            return false;
+        };
+        let oid = (*rel).rd_id.to_u32();
+        let Some(latest) = with_recorded(|rec| rec.made.get(&oid).copied()) else {
+            return false;
+        };
+        if updated_here((*tuple).t_data, buffer).is_none() {
+            return false;
+        }
+        let cmax = pg_sys::HeapTupleHeaderGetCmax((*tuple).t_data);
+        if latest <= cmax {
+            return false;
+        }
+        if !(*rel).rd_indexvalid {
+            pg_sys::list_free(pg_sys::RelationGetIndexList(rel));
+        }
+        let pk = (*rel).rd_pkindex;
+        if pk == pg_sys::InvalidOid {
+            return false;
+        }
+        let desc = (*rel).rd_att;
+        let attrs = crate::pgcompat::attrs(desc);
+        let n = attrs.len();
+        let (mut ov, mut on) = (vec![pg_sys::Datum::from(0); n], vec![true; n]);
+        pg_sys::heap_deform_tuple(tuple, desc, ov.as_mut_ptr(), on.as_mut_ptr());
+        let (mut nv, mut nn) = (vec![pg_sys::Datum::from(0); n], vec![true; n]);
+        if let Some(t) = new {
+            pg_sys::heap_deform_tuple(t, desc, nv.as_mut_ptr(), nn.as_mut_ptr());
+        }
+        let idx = pg_sys::index_open(pk, pg_sys::AccessShareLock as i32);
+        let nkeys = (*(*idx).rd_index).indnkeyatts as usize;
+        let columns = (*(*idx).rd_index).indkey.values.as_slice(nkeys).to_vec();
+        let mut keys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); nkeys];
+        let mut usable = true;
+        let mut kept = new.is_some();
+        for (i, &attno) in columns.iter().enumerate() {
+            let Some(a) = usize::try_from(attno)
+                .ok()
+                .and_then(|a| a.checked_sub(1))
+                .filter(|&a| a < n && !on[a])
+            else {
+                usable = false;
+                break;
+            };
+            if new.is_some() {
+                let att = &attrs[a];
+                kept &= !nn[a] && same_image(ov[a], nv[a], att.attbyval, att.attlen);
+            }
+            let family = *(*idx).rd_opfamily.add(i);
+            let input = *(*idx).rd_opcintype.add(i);
+            let op = pg_sys::get_opfamily_member(
+                family,
+                input,
+                input,
+                pg_sys::BTEqualStrategyNumber as i16,
+            );
+            if op == pg_sys::InvalidOid {
+                usable = false;
+                break;
+            }
+            pg_sys::ScanKeyEntryInitialize(
+                &mut keys[i],
+                0,
+                attno,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::InvalidOid,
+                *(*idx).rd_indcollation.add(i),
+                pg_sys::get_opcode(op),
+                ov[a],
+            );
+        }
+        pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
+        if !usable || kept {
+            return false;
+        }
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pk,
+            true,
+            &raw mut pg_sys::SnapshotAnyData,
+            nkeys as i32,
+            keys.as_mut_ptr(),
+        );
+        let own = (*tuple).t_self;
+        let mut taken = false;
+        loop {
+            let t = pg_sys::systable_getnext(scan);
+            if t.is_null() {
+                break;
+            }
+            let h = (*t).t_data;
+            let tid = (*t).t_self;
+            if (tid.ip_blkid.bi_hi, tid.ip_blkid.bi_lo, tid.ip_posid)
+                == (own.ip_blkid.bi_hi, own.ip_blkid.bi_lo, own.ip_posid)
+            {
+                continue;
+            }
+            if !pg_sys::TransactionIdIsCurrentTransactionId((*h).t_choice.t_heap.t_xmin)
+                || pg_sys::HeapTupleHeaderGetCmin(h) <= cmax
+            {
+                continue;
+            }
+            let made_by = if (*h).t_infomask & pg_sys::HEAP_UPDATED as u16 != 0 {
+                Op::Update
+            } else {
+                Op::Insert
+            };
+            if opts.records(made_by) {
+                taken = true;
+                break;
+            }
+        }
+        pg_sys::systable_endscan(scan);
+        taken
     }
 }
 

@@ -90,11 +90,7 @@ pub(crate) fn judge_drop(tag: &str, detaching: &[pg_sys::Oid]) -> Result<(), Aud
         if !recorded.insert(key.clone()) {
             continue;
         }
-        let quoted = format!(
-            "{}.{}",
-            relstate::quote_ident(schema),
-            relstate::quote_ident(table)
-        );
+        let quoted = relstate::qualified(schema, table);
         if let Some(&oid) = tables.get(&key) {
             capture::record_config(
                 schema,

@@ -94,8 +94,10 @@ pub enum AuditError {
     NoSuchEvent(i64),
     #[error("event {0} is not in the audit log: it is older than what audit_log.purge() left")]
     EventPurged(i64),
-    #[error("a row of audited table {0} was changed again, by a statement run from a trigger, before audit_log recorded the change that made it; refused, as the log would record the two changes out of order")]
+    #[error("a row of audited table {0} was changed again, by a statement run from a trigger or a function, before audit_log recorded the change that made it; refused, as the log would record the two changes out of order")]
     ChangedBeforeCapture(String),
+    #[error("a row of audited table {0} lost its key, and a statement run from a trigger or a function gave that key to another row before audit_log recorded the first change; refused, as the log would record the two changes out of order")]
+    KeyTakenBeforeCapture(String),
     #[error("audit_log internal error: {0}")]
     Internal(String),
 }
@@ -146,7 +148,9 @@ impl AuditError {
             AuditError::TreeDamaged { .. } => ERRCODE_DATA_CORRUPTED,
             AuditError::NoSuchEvent(_) => ERRCODE_UNDEFINED_OBJECT,
             AuditError::EventPurged(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            AuditError::ChangedBeforeCapture(_) => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
+            AuditError::ChangedBeforeCapture(_) | AuditError::KeyTakenBeforeCapture(_) => {
+                ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION
+            }
             AuditError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -232,11 +236,13 @@ impl AuditError {
                  verifies against its checkpoint."
                     .into(),
             ),
-            AuditError::ChangedBeforeCapture(_) => Some(
+            AuditError::ChangedBeforeCapture(_) | AuditError::KeyTakenBeforeCapture(_) => Some(
                 "PostgreSQL runs a table's AFTER ROW triggers in the byte order of their names, \
-                 once the statement has changed all its rows. Change a row in its own BEFORE ROW \
-                 trigger, or in an AFTER trigger that is FOR EACH STATEMENT, or whose name sorts \
-                 after \"audit_log_capture_row\" and that changes only the row it fires for."
+                 once the statement has changed all its rows; a statement run before that, from a \
+                 function the statement calls or from an earlier trigger, is recorded first. Change \
+                 a row in its own BEFORE ROW trigger, or in an AFTER trigger that is FOR EACH \
+                 STATEMENT, or whose name sorts after \"audit_log_capture_row\" and that changes \
+                 only the row it fires for."
                     .into(),
             ),
             AuditError::UnsupportedIndex(_) => {

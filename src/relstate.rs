@@ -55,8 +55,13 @@ impl RelState {
 
     /// `"schema"."name"`, quoted for SQL.
     pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+        qualified(&self.schema, &self.name)
     }
+}
+
+/// `schema.name`, each part quoted as quote_ident() does.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
 /// An identifier quoted as PostgreSQL's quote_ident() does: only if needed.

@@ -190,11 +190,24 @@ INSERT INTO ord VALUES (2, 'carol');
 CREATE TRIGGER z_others AFTER UPDATE ON ord FOR EACH ROW EXECUTE FUNCTION ord_others();
 UPDATE ord SET owner = 'dave';
 DROP TRIGGER z_others ON ord;
--- Not detected (README, "Not covered"): a function the statement calls,
--- outside any trigger, on a row the statement made before: the function's
--- UPDATE is recorded before the statement's INSERT.
+-- A function the statement calls, outside any trigger, on a row the
+-- statement made before (its triggers fire at depth 1, as a top-level
+-- statement's do): in the statement's own expressions, and in a column
+-- default. Refused too.
 INSERT INTO ord SELECT 3, 'erin' UNION ALL SELECT 4, ord_set(3, 'mallory')::text;
-DELETE FROM ord WHERE id IN (3, 4);
+ALTER TABLE ord ALTER n SET DEFAULT coalesce(ord_set(3, 'mallory'), 0);
+INSERT INTO ord (id, owner) VALUES (3, 'erin'), (4, 'frank');
+ALTER TABLE ord ALTER n SET DEFAULT 0;
+-- Recorded, in order: such a function changing a row an earlier
+-- transaction made; one top-level statement (a DO block) making a row and
+-- changing it twice.
+INSERT INTO ord VALUES (5, 'erin', ord_set(1, 'heidi'));
+DO $$ BEGIN
+  INSERT INTO ord VALUES (6, 'ivan');
+  UPDATE ord SET owner = 'judy' WHERE id = 6;
+  UPDATE ord SET n = n + 1 WHERE id = 6;
+END $$;
+DELETE FROM ord WHERE id IN (5, 6);
 -- A row locked, then changed in a block of its own that commits: refused;
 -- the same change rolled back by the block leaves only the lock: recorded.
 CREATE TRIGGER a_lock AFTER UPDATE ON ord FOR EACH ROW EXECUTE FUNCTION ord_lock('false');
@@ -279,6 +292,41 @@ SELECT * FROM ord ORDER BY id;
 SELECT op, coalesce(old_row, new_row)->>'id' AS row_id, old_row->>'owner' AS old_owner, new_row->>'owner' AS new_owner,
        old_row->>'n' AS old_n, new_row->>'n' AS new_n
   FROM audit_log.events WHERE table_name = 'ord' ORDER BY id;
+-- A key freed by a DELETE or a key-changing UPDATE whose event still
+-- waits, given to another row by a nested statement whose event is
+-- recorded first: history() of that key would read the new row, then the
+-- key's removal. Refused (27000). The same INSERT from a trigger after
+-- audit_log's, and one top-level statement that frees a key and then takes
+-- it, are recorded in order.
+SET ROLE al_app;
+CREATE TABLE keyed (id int PRIMARY KEY, v text);
+CREATE FUNCTION keyed_back() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF pg_trigger_depth() = 1 AND (TG_OP = 'DELETE' OR OLD.id <> NEW.id) THEN
+    INSERT INTO keyed VALUES (OLD.id, 'mallory');
+  END IF;
+  RETURN NULL;
+END $$;
+RESET ROLE;
+SELECT audit_log.enable('keyed', history => true);
+SET ROLE al_app;
+INSERT INTO keyed VALUES (1, 'alice'), (2, 'bob');
+CREATE TRIGGER a_first AFTER DELETE OR UPDATE ON keyed FOR EACH ROW EXECUTE FUNCTION keyed_back();
+DELETE FROM keyed WHERE id = 1;
+UPDATE keyed SET id = 10 WHERE id = 1;
+UPDATE keyed SET v = 'carol' WHERE id = 1;
+DROP TRIGGER a_first ON keyed;
+CREATE TRIGGER z_back AFTER DELETE ON keyed FOR EACH ROW EXECUTE FUNCTION keyed_back();
+DELETE FROM keyed WHERE id = 1;
+DROP TRIGGER z_back ON keyed;
+DO $$ BEGIN
+  DELETE FROM keyed WHERE id = 2;
+  INSERT INTO keyed VALUES (2, 'dave');
+END $$;
+RESET ROLE;
+SELECT * FROM keyed ORDER BY id;
+SELECT op, old_row, new_row FROM audit_log.history('keyed', '{"id": 1}');
+SELECT op, old_row, new_row FROM audit_log.history('keyed', '{"id": 2}');
 -- A foreign key's cascade is queued after the statement's own events, so
 -- a self-referencing ON UPDATE CASCADE is recorded in order, also when the
 -- statement changed the rows it cascades to.
