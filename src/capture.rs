@@ -8,6 +8,7 @@ use std::ffi::CStr;
 use std::rc::Rc;
 
 use audit_log_core::model::EventRef;
+use audit_log_core::ranges::RangeSet;
 use audit_log_core::time::from_pg_timestamp;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -767,9 +768,10 @@ fn xmax_is_locked_only(mask: u16) -> bool {
     mask & lock_only != 0 || mask & multi_or_lock == pg_sys::HEAP_XMAX_EXCL_LOCK as u16
 }
 
-/// A row version's identity: its table, its ctid, and the transaction that
-/// changed it.
-type Changed = (u32, u32, u16, u32);
+/// A row version's identity: its table and the table's storage file (a
+/// TRUNCATE or a rewrite in the transaction starts the ctids again in a new
+/// one), its ctid, and the transaction that changed it.
+type Changed = (u32, u32, u32, u16, u32);
 
 /// Whose the record below is: a top-level statement's start time and its
 /// transaction.
@@ -784,10 +786,12 @@ struct Recorded {
     /// that waits in an outer statement's queue. At most as many as the
     /// statement changed of the rows its transaction made.
     changed: std::collections::HashSet<Changed>,
-    /// Per table, the latest command that made a row version whose INSERT
-    /// or UPDATE event was recorded: a DELETE whose command came before it
-    /// may have had its key taken by a row recorded first.
-    made: std::collections::HashMap<u32, pg_sys::CommandId>,
+    /// Per table, the commands that made a row version whose INSERT or
+    /// UPDATE event was recorded: a DELETE whose command came before one of
+    /// them may have had its key taken by a row recorded first. A command
+    /// made by a foreign-key cascade queues its events behind the waiting
+    /// one, so it is not here until they are recorded.
+    made: std::collections::HashMap<u32, RangeSet>,
 }
 
 thread_local! {
@@ -822,8 +826,8 @@ fn changed_key(
 ) -> Changed {
     let block = (u32::from(tid.ip_blkid.bi_hi) << 16) | u32::from(tid.ip_blkid.bi_lo);
     // SAFETY: rel is the trigger's open relation.
-    let oid = unsafe { (*rel).rd_id.to_u32() };
-    (oid, block, tid.ip_posid, xid.into_inner())
+    let (oid, file) = unsafe { ((*rel).rd_id.to_u32(), crate::pgcompat::relfile_number(rel)) };
+    (oid, file, block, tid.ip_posid, xid.into_inner())
 }
 
 /// Called for a recorded UPDATE or DELETE event: if it changes a row
@@ -932,8 +936,8 @@ unsafe fn changed_before_capture(rel: pg_sys::Relation, slot: *mut pg_sys::Tuple
     }
 }
 
-/// Called once an INSERT or UPDATE event is recorded: its table's latest
-/// command that made a row version with a recorded event.
+/// Called once an INSERT or UPDATE event is recorded: its command is one
+/// that made a row version of its table with a recorded event.
 ///
 /// # Safety
 /// `rel` and `slot` are the trigger's; the slot holds the version made.
@@ -950,15 +954,14 @@ unsafe fn note_made(
         let cid = pg_sys::HeapTupleHeaderGetCmin((*tuple).t_data);
         let oid = (*rel).rd_id.to_u32();
         with_recorded(|rec| {
-            if let Some(c) = rec.made.get_mut(&oid) {
-                *c = (*c).max(cid);
-                return Ok(());
+            let full = |n: usize| AuditError::OutOfMemory(n.saturating_mul(8));
+            if !rec.made.contains_key(&oid) {
+                rec.made.try_reserve(1).map_err(|_| full(1))?;
             }
-            rec.made
-                .try_reserve(1)
-                .map_err(|_| AuditError::OutOfMemory(std::mem::size_of::<(u32, u32)>()))?;
-            rec.made.insert(oid, cid);
-            Ok(())
+            let commands = rec.made.entry(oid).or_default();
+            commands
+                .try_insert(cid)
+                .map_err(|_| full(commands.ranges()))
         })
     }
 }
@@ -989,7 +992,7 @@ unsafe fn key_taken_before_capture(
             return false;
         };
         let oid = (*rel).rd_id.to_u32();
-        let Some(latest) = with_recorded(|rec| rec.made.get(&oid).copied()) else {
+        let Some(latest) = with_recorded(|rec| rec.made.get(&oid).and_then(RangeSet::max)) else {
             return false;
         };
         if updated_here((*tuple).t_data, buffer).is_none() {
@@ -1083,8 +1086,14 @@ unsafe fn key_taken_before_capture(
             {
                 continue;
             }
-            if !pg_sys::TransactionIdIsCurrentTransactionId((*h).t_choice.t_heap.t_xmin)
-                || pg_sys::HeapTupleHeaderGetCmin(h) <= cmax
+            if !pg_sys::TransactionIdIsCurrentTransactionId((*h).t_choice.t_heap.t_xmin) {
+                continue;
+            }
+            // Made after this row's change, by a command whose events are
+            // recorded: not by a cascade whose events wait behind this one.
+            let cmin = pg_sys::HeapTupleHeaderGetCmin(h);
+            if cmin <= cmax
+                || !with_recorded(|rec| rec.made.get(&oid).is_some_and(|c| c.contains(cmin)))
             {
                 continue;
             }

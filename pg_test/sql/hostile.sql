@@ -336,6 +336,58 @@ INSERT INTO node VALUES (1, NULL), (2, 1);
 UPDATE node SET id = id + 10;
 UPDATE node SET id = 1 WHERE id = 11;
 SELECT op, old_row, new_row FROM audit_log.events WHERE table_name = 'node' ORDER BY id;
+-- A TRUNCATE or a rewrite starts a table again in a new file, whose row
+-- versions take the ctids of the ones changed before it in the same
+-- transaction: they are other versions. Recorded, in order.
+CREATE TABLE tr (id int PRIMARY KEY, parent int REFERENCES tr ON UPDATE CASCADE, v int);
+SELECT audit_log.enable('tr');
+DO $$ BEGIN
+  INSERT INTO tr SELECT g, NULL, 0 FROM generate_series(1, 6) g;
+  UPDATE tr SET v = 1;
+  TRUNCATE tr;
+  INSERT INTO tr VALUES (1, NULL, 0);
+  INSERT INTO tr VALUES (2, 1, 0);
+  UPDATE tr SET id = id + 10;
+END $$;
+TRUNCATE tr;
+DO $$ BEGIN
+  INSERT INTO tr SELECT g, NULL, 0 FROM generate_series(1, 6) g;
+  UPDATE tr SET v = 1 WHERE id < 7;
+  DELETE FROM tr WHERE id < 7;
+  ALTER TABLE tr ALTER v TYPE bigint;
+  INSERT INTO tr VALUES (7, NULL, 0);
+  INSERT INTO tr VALUES (8, 7, 0);
+  UPDATE tr SET id = id + 10 WHERE id IN (7, 8);
+END $$;
+SELECT string_agg(op || ' ' || coalesce(old_row->>'id', '-') || '>' || coalesce(new_row->>'id', '-')
+                  || coalesce(' ^' || (new_row->>'parent'), ''), ', ' ORDER BY id) AS tr_events
+  FROM audit_log.events WHERE table_name = 'tr' GROUP BY tx_id ORDER BY min(id);
+-- A statement whose foreign key cascades to an audited table, where a
+-- trigger records another change to that table before the cascade's
+-- events: a cascade that gives a key to a row after another cascade freed
+-- it queues its events in that order. Recorded, in order, whether the
+-- other change comes from a row trigger on the cascaded rows or from a
+-- statement trigger on the first table.
+CREATE TABLE p3 (id int PRIMARY KEY, code text UNIQUE);
+CREATE TABLE c3 (code text REFERENCES p3 (code) ON UPDATE CASCADE, n int,
+                 touched int DEFAULT 0, PRIMARY KEY (code, n));
+SELECT audit_log.enable('c3', history => true);
+CREATE FUNCTION c3_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF pg_trigger_depth() = 1 THEN
+    UPDATE c3 SET touched = touched + 1 WHERE code = coalesce(NEW.code, 'q');
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER zz_touch AFTER UPDATE ON c3 FOR EACH ROW EXECUTE FUNCTION c3_touch();
+INSERT INTO p3 VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'q');
+INSERT INTO c3 VALUES ('a', 1), ('b', 1), ('c', 1), ('q', 1);
+UPDATE p3 SET code = CASE code WHEN 'a' THEN 'x' WHEN 'b' THEN 'a' WHEN 'c' THEN 'b' ELSE code END;
+DROP TRIGGER zz_touch ON c3;
+CREATE TRIGGER p3_touch AFTER UPDATE ON p3 FOR EACH STATEMENT EXECUTE FUNCTION c3_touch();
+UPDATE p3 SET code = CASE code WHEN 'x' THEN 'y' WHEN 'a' THEN 'x' WHEN 'b' THEN 'a' ELSE code END;
+SELECT * FROM c3 ORDER BY code;
+SELECT op, old_row, new_row FROM audit_log.history('c3', '{"code": "a", "n": 1}');
 SELECT ok FROM audit_log.verify();
 \c postgres
 DROP DATABASE al_hostile;

@@ -12,6 +12,7 @@
 //! - [`merkle`]: RFC 9162 Merkle trees, inclusion and consistency proofs;
 //! - [`tree`]: a chain's Merkle tree, its tiles, event and consistency proofs;
 //! - [`parallel`]: an order-keeping parallel map, to verify on several cores;
+//! - [`ranges`]: a set of integers kept as ranges (the extension's command ids);
 //! - [`verify`]: chain, link and checkpoint verification over streams;
 //! - [`time`]: the fixed UTC timestamp representation.
 
@@ -25,6 +26,7 @@ pub mod jsonb;
 pub mod merkle;
 pub mod model;
 pub mod parallel;
+pub mod ranges;
 pub mod record;
 pub mod time;
 pub mod tree;
