@@ -667,7 +667,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         if op != Op::Insert {
             note_change(rel, td.tg_trigslot, false)?;
             let new = (op == Op::Update).then_some(td.tg_newtuple);
-            if key_taken_before_capture(rel, td.tg_trigslot, new, &opts) {
+            if key_taken_before_capture(rel, td.tg_trigslot, KeyOf::Removed(new), &opts) {
                 return Err(AuditError::KeyTakenBeforeCapture(
                     crate::relstate::qualified(schema, name),
                 ));
@@ -680,6 +680,11 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         };
         if !made.is_null() && changed_before_capture(rel, made) {
             return Err(AuditError::ChangedBeforeCapture(
+                crate::relstate::qualified(schema, name),
+            ));
+        }
+        if !made.is_null() && key_taken_before_capture(rel, made, KeyOf::Held, &opts) {
+            return Err(AuditError::KeyTakenBeforeCapture(
                 crate::relstate::qualified(schema, name),
             ));
         }
@@ -768,10 +773,12 @@ fn xmax_is_locked_only(mask: u16) -> bool {
     mask & lock_only != 0 || mask & multi_or_lock == pg_sys::HEAP_XMAX_EXCL_LOCK as u16
 }
 
-/// A row version's identity: its table and the table's storage file (a
-/// TRUNCATE or a rewrite in the transaction starts the ctids again in a new
-/// one), its ctid, and the transaction that changed it.
-type Changed = (u32, u32, u32, u16, u32);
+/// A row version's identity: its table, its ctid, the command that made it
+/// and the transaction that changed it. A TRUNCATE or a rewrite in the
+/// transaction starts the table's ctids again (in a new file, or in the
+/// same one when the table is new in the subtransaction); the versions
+/// made after it come from later commands.
+type Changed = (u32, u32, u16, pg_sys::CommandId, u32);
 
 /// Whose the record below is: a top-level statement's start time and its
 /// transaction.
@@ -819,15 +826,26 @@ fn with_recorded<T>(f: impl FnOnce(&mut Recorded) -> T) -> T {
     })
 }
 
-fn changed_key(
+/// The identity of a row version this transaction made and then changed.
+///
+/// # Safety
+/// `rel` is an open relation; `header` is the version at `tid`, whose xmin
+/// is this transaction's.
+unsafe fn changed_key(
     rel: pg_sys::Relation,
     tid: pg_sys::ItemPointerData,
+    header: pg_sys::HeapTupleHeader,
     xid: pg_sys::TransactionId,
 ) -> Changed {
     let block = (u32::from(tid.ip_blkid.bi_hi) << 16) | u32::from(tid.ip_blkid.bi_lo);
-    // SAFETY: rel is the trigger's open relation.
-    let (oid, file) = unsafe { ((*rel).rd_id.to_u32(), crate::pgcompat::relfile_number(rel)) };
-    (oid, file, block, tid.ip_posid, xid.into_inner())
+    // SAFETY: by the caller's contract.
+    let (oid, made_by) = unsafe {
+        (
+            (*rel).rd_id.to_u32(),
+            pg_sys::HeapTupleHeaderGetCmin(header),
+        )
+    };
+    (oid, block, tid.ip_posid, made_by, xid.into_inner())
 }
 
 /// Called for a recorded UPDATE or DELETE event: if it changes a row
@@ -861,7 +879,10 @@ unsafe fn note_change(
             if moved_only && u32::from(next.ip_posid) != pg_sys::MovedPartitionsOffsetNumber {
                 return Ok(());
             }
-            let key = changed_key(rel, (*tuple).t_self, xid);
+            let key = changed_key(rel, (*tuple).t_self, (*tuple).t_data, xid);
+            // The command that changed it, for the key check: a version
+            // that held a key and whose change is recorded shows the key.
+            let cid = pg_sys::HeapTupleHeaderGetCmax((*tuple).t_data);
             // Room for it, or an ERROR (a failed allocation would abort
             // the backend).
             let size = std::mem::size_of::<Changed>();
@@ -871,6 +892,7 @@ unsafe fn note_change(
                     .map(|()| set.insert(key))
                     .map_err(|_| AuditError::OutOfMemory(size.saturating_mul(set.len().max(1))))
             })?;
+            note_command(rel, cid)?;
         }
         Ok(())
     }
@@ -896,9 +918,10 @@ unsafe fn changed_before_capture(rel: pg_sys::Relation, slot: *mut pg_sys::Tuple
             return false;
         };
         let mut tid = (*tuple).t_self;
-        let mut step = Some(first);
-        while let Some((xid, next)) = step {
-            if with_recorded(|rec| rec.changed.contains(&changed_key(rel, tid, xid))) {
+        let (mut xid, mut next) = first;
+        let mut key = changed_key(rel, tid, (*tuple).t_data, xid);
+        loop {
+            if with_recorded(|rec| rec.changed.contains(&key)) {
                 return true;
             }
             // A DELETE points to itself; a row moved to another partition
@@ -924,15 +947,22 @@ unsafe fn changed_before_capture(rel: pg_sys::Relation, slot: *mut pg_sys::Tuple
             }
             // The version there is the one this transaction made by that
             // change (as heap_get_latest_tid checks), or the chain ends.
-            step = if (*later.t_data).t_choice.t_heap.t_xmin == xid {
+            let made_here = (*later.t_data).t_choice.t_heap.t_xmin == xid;
+            let step = if made_here {
                 updated_here(later.t_data, buf)
             } else {
                 None
             };
+            let Some((by, after)) = step else {
+                pg_sys::ReleaseBuffer(buf);
+                return false;
+            };
+            xid = by;
+            key = changed_key(rel, next, later.t_data, xid);
             pg_sys::ReleaseBuffer(buf);
             tid = next;
+            next = after;
         }
-        false
     }
 }
 
@@ -951,42 +981,70 @@ unsafe fn note_made(
         let Some((tuple, _)) = slot_heap_tuple(slot) else {
             return Ok(());
         };
-        let cid = pg_sys::HeapTupleHeaderGetCmin((*tuple).t_data);
-        let oid = (*rel).rd_id.to_u32();
-        with_recorded(|rec| {
-            let full = |n: usize| AuditError::OutOfMemory(n.saturating_mul(8));
-            if !rec.made.contains_key(&oid) {
-                rec.made.try_reserve(1).map_err(|_| full(1))?;
-            }
-            let commands = rec.made.entry(oid).or_default();
-            commands
-                .try_insert(cid)
-                .map_err(|_| full(commands.ranges()))
-        })
+        note_command(rel, pg_sys::HeapTupleHeaderGetCmin((*tuple).t_data))
     }
 }
 
-/// Called for a DELETE event, or an UPDATE event (with `new`): whether the
-/// row's key (its primary key's values before the change) was given, by a
-/// command run after the one changing this row, to a row version of this
-/// transaction whose INSERT or UPDATE event is already recorded. Such a
-/// command ran from a trigger or a function while this event waited, and
-/// the log would show the key's new row before the change that freed the
-/// key. Only looked for when the table has such a later event in this
-/// statement; an UPDATE that keeps its key cannot free it.
+/// Remember `cid` as a command with a recorded event on `rel` of a row
+/// version this transaction made: its INSERT or UPDATE, or the UPDATE or
+/// DELETE of such a version.
 ///
 /// # Safety
-/// `rel` and `slot` are the trigger's; `new` is the UPDATE's new tuple.
+/// `rel` is an open relation.
+unsafe fn note_command(rel: pg_sys::Relation, cid: pg_sys::CommandId) -> Result<(), AuditError> {
+    // SAFETY: by the caller's contract.
+    let oid = unsafe { (*rel).rd_id.to_u32() };
+    with_recorded(|rec| {
+        let full = |n: usize| AuditError::OutOfMemory(n.saturating_mul(8));
+        // One lookup for a statement's every row after its first.
+        if let Some(commands) = rec.made.get_mut(&oid) {
+            return commands
+                .try_insert(cid)
+                .map_err(|_| full(commands.ranges()));
+        }
+        let mut commands = RangeSet::new();
+        commands.try_insert(cid).map_err(|_| full(1))?;
+        rec.made.try_reserve(1).map_err(|_| full(1))?;
+        rec.made.insert(oid, commands);
+        Ok(())
+    })
+}
+
+/// Which key a row's event is about, for [`key_taken_before_capture`].
+#[derive(Clone, Copy)]
+enum KeyOf {
+    /// A DELETE's row, or an UPDATE's old row (with its new tuple): the key
+    /// it frees, unless the UPDATE keeps it.
+    Removed(Option<pg_sys::HeapTuple>),
+    /// An INSERT's row, or an UPDATE's new row, in a table whose primary key
+    /// is deferrable: two rows can hold its key within the statement.
+    Held,
+}
+
+/// Whether the key of this row (its primary key's values: before a DELETE
+/// or a key-changing UPDATE; after an INSERT or UPDATE where the key is
+/// deferrable) was held, after this row's change, by another row version of
+/// this transaction with a recorded event: its INSERT or UPDATE, or its own
+/// UPDATE or DELETE. Such a command ran from a trigger or a function while
+/// this event waited, and `history()` of the key would show the other row
+/// before this change. Only looked for when the table has an event
+/// recorded in this statement from a later command; a foreign-key
+/// cascade's rows, whose events wait behind this one, do not count.
+///
+/// # Safety
+/// `rel` and `slot` are the trigger's: the row version the key is read
+/// from (the old one for `Removed`, the new one for `Held`); a `Removed`
+/// tuple is the UPDATE's new tuple.
 unsafe fn key_taken_before_capture(
     rel: pg_sys::Relation,
     slot: *mut pg_sys::TupleTableSlot,
-    new: Option<pg_sys::HeapTuple>,
+    of: KeyOf,
     opts: &options::Options,
 ) -> bool {
-    // SAFETY: by the caller's contract. The old version's cmax and the
-    // later versions' cmin are this transaction's; the primary key is
-    // opened and scanned under AccessShareLock with its own operators and
-    // collations, and the scan is ended before return.
+    // SAFETY: by the caller's contract. The row's command and the other
+    // versions' are this transaction's; the primary key is opened and
+    // scanned under AccessShareLock with its own operators and collations,
+    // and the scan is ended before return.
     unsafe {
         let Some((tuple, buffer)) = slot_heap_tuple(slot) else {
             return false;
@@ -995,17 +1053,26 @@ unsafe fn key_taken_before_capture(
         let Some(latest) = with_recorded(|rec| rec.made.get(&oid).and_then(RangeSet::max)) else {
             return false;
         };
-        if updated_here((*tuple).t_data, buffer).is_none() {
+        // The command of this row's change.
+        let since = match of {
+            KeyOf::Removed(_) => {
+                if updated_here((*tuple).t_data, buffer).is_none() {
+                    return false;
+                }
+                pg_sys::HeapTupleHeaderGetCmax((*tuple).t_data)
+            }
+            KeyOf::Held => {
+                let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
+                if !pg_sys::TransactionIdIsCurrentTransactionId(xmin) {
+                    return false;
+                }
+                pg_sys::HeapTupleHeaderGetCmin((*tuple).t_data)
+            }
+        };
+        if latest <= since {
             return false;
         }
-        let cmax = pg_sys::HeapTupleHeaderGetCmax((*tuple).t_data);
-        if latest <= cmax {
-            return false;
-        }
-        if !(*rel).rd_indexvalid {
-            pg_sys::list_free(pg_sys::RelationGetIndexList(rel));
-        }
-        let pk = (*rel).rd_pkindex;
+        let pk = primary_key_index(rel);
         if pk == pg_sys::InvalidOid {
             return false;
         }
@@ -1014,17 +1081,27 @@ unsafe fn key_taken_before_capture(
         let n = attrs.len();
         let (mut ov, mut on) = (vec![pg_sys::Datum::from(0); n], vec![true; n]);
         pg_sys::heap_deform_tuple(tuple, desc, ov.as_mut_ptr(), on.as_mut_ptr());
+        let new = match of {
+            KeyOf::Removed(new) => new,
+            KeyOf::Held => None,
+        };
         let (mut nv, mut nn) = (vec![pg_sys::Datum::from(0); n], vec![true; n]);
         if let Some(t) = new {
             pg_sys::heap_deform_tuple(t, desc, nv.as_mut_ptr(), nn.as_mut_ptr());
         }
         let idx = pg_sys::index_open(pk, pg_sys::AccessShareLock as i32);
+        // A key checked at once is held by one row at a time: an UPDATE
+        // that keeps it frees nothing, and an INSERT takes it from no one.
+        let immediate = (*(*idx).rd_index).indimmediate;
         let nkeys = (*(*idx).rd_index).indnkeyatts as usize;
         let columns = (*(*idx).rd_index).indkey.values.as_slice(nkeys).to_vec();
         let mut keys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); nkeys];
-        let mut usable = true;
+        let mut usable = !(immediate && matches!(of, KeyOf::Held));
         let mut kept = new.is_some();
         for (i, &attno) in columns.iter().enumerate() {
+            if !usable {
+                break;
+            }
             let Some(a) = usize::try_from(attno)
                 .ok()
                 .and_then(|a| a.checked_sub(1))
@@ -1061,7 +1138,7 @@ unsafe fn key_taken_before_capture(
             );
         }
         pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
-        if !usable || kept {
+        if !usable || (kept && immediate) {
             return false;
         }
         let scan = pg_sys::systable_beginscan(
@@ -1092,9 +1169,7 @@ unsafe fn key_taken_before_capture(
             // Made after this row's change, by a command whose events are
             // recorded: not by a cascade whose events wait behind this one.
             let cmin = pg_sys::HeapTupleHeaderGetCmin(h);
-            if cmin <= cmax
-                || !with_recorded(|rec| rec.made.get(&oid).is_some_and(|c| c.contains(cmin)))
-            {
+            if cmin <= since {
                 continue;
             }
             let made_by = if (*h).t_infomask & pg_sys::HEAP_UPDATED as u16 != 0 {
@@ -1102,7 +1177,18 @@ unsafe fn key_taken_before_capture(
             } else {
                 Op::Insert
             };
-            if opts.records(made_by) {
+            let made_recorded = opts.records(made_by)
+                && with_recorded(|rec| rec.made.get(&oid).is_some_and(|c| c.contains(cmin)));
+            // Or changed since, with its UPDATE or DELETE recorded (its
+            // INSERT or UPDATE may not be): its old row shows the key.
+            let version_buffer = slot_heap_tuple((*scan).slot)
+                .map_or(pg_sys::InvalidBuffer as pg_sys::Buffer, |(_, b)| b);
+            let change_recorded = !made_recorded
+                && updated_here(h, version_buffer).is_some_and(|(xid, _)| {
+                    let key = changed_key(rel, tid, h, xid);
+                    with_recorded(|rec| rec.changed.contains(&key))
+                });
+            if made_recorded || change_recorded {
                 taken = true;
                 break;
             }
@@ -1138,6 +1224,41 @@ thread_local! {
         RefCell::new(std::collections::HashMap::new());
 }
 
+/// A table's primary key index, if it has one. The relcache knows it unless
+/// the key is deferrable (it keeps only keys checked at once); that one is
+/// found among the table's indexes.
+///
+/// # Safety
+/// `rel` is an open relation.
+unsafe fn primary_key_index(rel: pg_sys::Relation) -> pg_sys::Oid {
+    // SAFETY: by the caller's contract; each index is opened and closed
+    // under AccessShareLock, and the list is freed.
+    unsafe {
+        if !(*rel).rd_indexvalid {
+            pg_sys::list_free(pg_sys::RelationGetIndexList(rel));
+        }
+        let mut pk = (*rel).rd_pkindex;
+        if pk != pg_sys::InvalidOid || !(*(*rel).rd_rel).relhasindex {
+            return pk;
+        }
+        let list = pg_sys::RelationGetIndexList(rel);
+        if !list.is_null() {
+            for i in 0..(*list).length {
+                let oid = (*(*list).elements.add(i as usize)).oid_value;
+                let idx = pg_sys::index_open(oid, pg_sys::AccessShareLock as i32);
+                let primary = (*(*idx).rd_index).indisprimary;
+                pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
+                if primary {
+                    pk = oid;
+                    break;
+                }
+            }
+        }
+        pg_sys::list_free(list);
+        pk
+    }
+}
+
 /// The attribute name of column `attno` (1-based) now, if it exists.
 unsafe fn attname<'a>(desc: pg_sys::TupleDesc, attno: i16) -> Option<&'a CStr> {
     // SAFETY: by the caller's contract, desc is a valid tuple descriptor.
@@ -1159,6 +1280,9 @@ unsafe fn attname<'a>(desc: pg_sys::TupleDesc, attno: i16) -> Option<&'a CStr> {
 pub unsafe fn primary_key_names(rel: pg_sys::Relation) -> Option<Rc<[String]>> {
     // SAFETY: by the caller's contract, rel is an open relation.
     unsafe {
+        // Only a key checked at once, as the relcache keeps it: a table
+        // whose key is deferrable has its history() searched by content,
+        // as it always had.
         if !(*rel).rd_indexvalid {
             pg_sys::list_free(pg_sys::RelationGetIndexList(rel));
         }

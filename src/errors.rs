@@ -96,7 +96,7 @@ pub enum AuditError {
     EventPurged(i64),
     #[error("a row of audited table {0} was changed again, by a statement run from a trigger or a function, before audit_log recorded the change that made it; refused, as the log would record the two changes out of order")]
     ChangedBeforeCapture(String),
-    #[error("a row of audited table {0} lost its key, and a statement run from a trigger or a function gave that key to another row before audit_log recorded the first change; refused, as the log would record the two changes out of order")]
+    #[error("the key of a row of audited table {0} was given to another row by a statement run from a trigger or a function, whose change audit_log recorded before this row's earlier change; refused, as the log would record the two changes out of order")]
     KeyTakenBeforeCapture(String),
     #[error("audit_log internal error: {0}")]
     Internal(String),
@@ -241,7 +241,8 @@ impl AuditError {
                  once the statement has changed all its rows; a statement run before that, from a \
                  function the statement calls or from an earlier trigger, is recorded first. Change \
                  a row in its own BEFORE ROW trigger, or in an AFTER trigger that is FOR EACH \
-                 STATEMENT, or whose name sorts after \"audit_log_capture_row\" and that changes \
+                 STATEMENT on its own table (a foreign-key cascade's rows are recorded after the \
+                 statement triggers of the table it comes from), or whose name sorts after \"audit_log_capture_row\" and that changes \
                  only the row it fires for."
                     .into(),
             ),

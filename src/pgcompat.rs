@@ -72,20 +72,3 @@ pub unsafe fn heap_fetch(
 pub const MONEYOID: pg_sys::Oid = pg_sys::CASHOID;
 #[cfg(not(feature = "pg13"))]
 pub const MONEYOID: pg_sys::Oid = pg_sys::MONEYOID;
-
-/// The number of a relation's current storage file (its relfilenode): a
-/// TRUNCATE or a rewrite in the transaction gives the table a new one, whose
-/// row versions start again at the first ctid. PostgreSQL 16 renamed the
-/// field (`rd_node.relNode` became `rd_locator.relNumber`).
-///
-/// # Safety
-/// `rel` is an open relation.
-pub unsafe fn relfile_number(rel: pg_sys::Relation) -> u32 {
-    // SAFETY: the caller's contract.
-    unsafe {
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-        return (*rel).rd_node.relNode.to_u32();
-        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-        return (*rel).rd_locator.relNumber.to_u32();
-    }
-}

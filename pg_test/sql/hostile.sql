@@ -388,6 +388,67 @@ CREATE TRIGGER p3_touch AFTER UPDATE ON p3 FOR EACH STATEMENT EXECUTE FUNCTION c
 UPDATE p3 SET code = CASE code WHEN 'x' THEN 'y' WHEN 'a' THEN 'x' WHEN 'b' THEN 'a' ELSE code END;
 SELECT * FROM c3 ORDER BY code;
 SELECT op, old_row, new_row FROM audit_log.history('c3', '{"code": "a", "n": 1}');
+-- A table new in the subtransaction is truncated in place, in the same
+-- file: the row versions after a second TRUNCATE are other versions too.
+-- One nested change without an event: recorded.
+CREATE TABLE tt (id int PRIMARY KEY, owner text);
+CREATE FUNCTION tt_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE tt SET owner = 'touched' WHERE id = NEW.id;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER a_first AFTER INSERT ON tt FOR EACH ROW WHEN (NEW.owner = 'touch')
+  EXECUTE FUNCTION tt_touch();
+SELECT audit_log.enable('tt', operations => '{INSERT, DELETE}');
+DO $$ BEGIN
+  TRUNCATE tt;
+  INSERT INTO tt VALUES (1, 'a');
+  DELETE FROM tt;
+  TRUNCATE tt;
+  INSERT INTO tt VALUES (1, 'touch');
+END $$;
+SELECT * FROM tt;
+SELECT op, old_row, new_row FROM audit_log.events WHERE table_name = 'tt' AND op <> 'ENABLE' ORDER BY id;
+-- A deferrable primary key can be held by two rows within a statement: a
+-- nested statement that gives a waiting INSERT's key to another row and
+-- moves that row on is refused; the same after audit_log's trigger is
+-- recorded in order.
+CREATE TABLE dk (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v text);
+SELECT audit_log.enable('dk', history => true);
+CREATE FUNCTION dk_twin() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.v = 'alice' THEN
+    INSERT INTO dk VALUES (NEW.id, 'mallory');
+    UPDATE dk SET id = NEW.id + 100 WHERE v = 'mallory';
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER a_first AFTER INSERT ON dk FOR EACH ROW EXECUTE FUNCTION dk_twin();
+INSERT INTO dk VALUES (1, 'alice');
+DROP TRIGGER a_first ON dk;
+CREATE TRIGGER z_twin AFTER INSERT ON dk FOR EACH ROW EXECUTE FUNCTION dk_twin();
+INSERT INTO dk VALUES (1, 'alice');
+SELECT op, old_row, new_row FROM audit_log.history('dk', '{"id": 1}');
+-- A key passed on by an operation the table does not record, then shown by
+-- one it does: the other row's DELETE, recorded while the first row's
+-- DELETE waits. Refused; recorded in order after audit_log's trigger.
+CREATE TABLE k2 (id int PRIMARY KEY, v text);
+SELECT audit_log.enable('k2', history => true, operations => '{INSERT, DELETE}');
+INSERT INTO k2 VALUES (1, 'alice'), (2, 'bob');
+CREATE FUNCTION k2_pass() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF pg_trigger_depth() = 1 THEN
+    UPDATE k2 SET id = OLD.id WHERE id = 2;
+    DELETE FROM k2 WHERE id = OLD.id;
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER a_first AFTER DELETE ON k2 FOR EACH ROW EXECUTE FUNCTION k2_pass();
+DELETE FROM k2 WHERE id = 1;
+DROP TRIGGER a_first ON k2;
+CREATE TRIGGER z_pass AFTER DELETE ON k2 FOR EACH ROW EXECUTE FUNCTION k2_pass();
+DELETE FROM k2 WHERE id = 1;
+SELECT op, old_row, new_row FROM audit_log.history('k2', '{"id": 1}');
 SELECT ok FROM audit_log.verify();
 \c postgres
 DROP DATABASE al_hostile;
