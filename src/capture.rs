@@ -667,7 +667,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         if op != Op::Insert {
             note_change(rel, td.tg_trigslot, false)?;
             let new = (op == Op::Update).then_some(td.tg_newtuple);
-            if key_taken_before_capture(rel, td.tg_trigslot, KeyOf::Removed(new), &opts) {
+            if key_taken_before_capture(rel, td.tg_trigslot, new, &opts) {
                 return Err(AuditError::KeyTakenBeforeCapture(
                     crate::relstate::qualified(schema, name),
                 ));
@@ -680,11 +680,6 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         };
         if !made.is_null() && changed_before_capture(rel, made) {
             return Err(AuditError::ChangedBeforeCapture(
-                crate::relstate::qualified(schema, name),
-            ));
-        }
-        if !made.is_null() && key_taken_before_capture(rel, made, KeyOf::Held, &opts) {
-            return Err(AuditError::KeyTakenBeforeCapture(
                 crate::relstate::qualified(schema, name),
             ));
         }
@@ -1010,35 +1005,31 @@ unsafe fn note_command(rel: pg_sys::Relation, cid: pg_sys::CommandId) -> Result<
     })
 }
 
-/// Which key a row's event is about, for [`key_taken_before_capture`].
-#[derive(Clone, Copy)]
-enum KeyOf {
-    /// A DELETE's row, or an UPDATE's old row (with its new tuple): the key
-    /// it frees, unless the UPDATE keeps it.
-    Removed(Option<pg_sys::HeapTuple>),
-    /// An INSERT's row, or an UPDATE's new row, in a table whose primary key
-    /// is deferrable: two rows can hold its key within the statement.
-    Held,
-}
-
-/// Whether the key of this row (its primary key's values: before a DELETE
-/// or a key-changing UPDATE; after an INSERT or UPDATE where the key is
-/// deferrable) was held, after this row's change, by another row version of
-/// this transaction with a recorded event: its INSERT or UPDATE, or its own
-/// UPDATE or DELETE. Such a command ran from a trigger or a function while
-/// this event waited, and `history()` of the key would show the other row
-/// before this change. Only looked for when the table has an event
-/// recorded in this statement from a later command; a foreign-key
-/// cascade's rows, whose events wait behind this one, do not count.
+/// Called for a DELETE event, or an UPDATE event (with `new`): whether the
+/// row's key (its primary key's values before the change) was held, after
+/// this row's change, by another row version of this transaction with a
+/// recorded event: its INSERT or UPDATE, or its own UPDATE or DELETE. Such
+/// a command ran from a trigger or a function while this event waited, and
+/// `history()` of the key would show the other row before the change that
+/// freed the key. Only looked for when the table has an event recorded in
+/// this statement from a later command; a foreign-key cascade's rows, whose
+/// events wait behind this one, do not count. An UPDATE that keeps its key
+/// cannot free it.
+///
+/// Only a key checked at once (before PostgreSQL 18 the relcache keeps no
+/// other as the table's primary key): it is held by one row at a time, so
+/// a version holding it made by a later command was made after this row's
+/// change. A deferrable
+/// key can be held by two rows, and a BEFORE trigger's statement runs
+/// first under a later command, so the command ids do not tell the order
+/// (README, "Not detected").
 ///
 /// # Safety
-/// `rel` and `slot` are the trigger's: the row version the key is read
-/// from (the old one for `Removed`, the new one for `Held`); a `Removed`
-/// tuple is the UPDATE's new tuple.
+/// `rel` and `slot` are the trigger's; `new` is the UPDATE's new tuple.
 unsafe fn key_taken_before_capture(
     rel: pg_sys::Relation,
     slot: *mut pg_sys::TupleTableSlot,
-    of: KeyOf,
+    new: Option<pg_sys::HeapTuple>,
     opts: &options::Options,
 ) -> bool {
     // SAFETY: by the caller's contract. The row's command and the other
@@ -1053,26 +1044,18 @@ unsafe fn key_taken_before_capture(
         let Some(latest) = with_recorded(|rec| rec.made.get(&oid).and_then(RangeSet::max)) else {
             return false;
         };
+        if updated_here((*tuple).t_data, buffer).is_none() {
+            return false;
+        }
         // The command of this row's change.
-        let since = match of {
-            KeyOf::Removed(_) => {
-                if updated_here((*tuple).t_data, buffer).is_none() {
-                    return false;
-                }
-                pg_sys::HeapTupleHeaderGetCmax((*tuple).t_data)
-            }
-            KeyOf::Held => {
-                let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
-                if !pg_sys::TransactionIdIsCurrentTransactionId(xmin) {
-                    return false;
-                }
-                pg_sys::HeapTupleHeaderGetCmin((*tuple).t_data)
-            }
-        };
+        let since = pg_sys::HeapTupleHeaderGetCmax((*tuple).t_data);
         if latest <= since {
             return false;
         }
-        let pk = primary_key_index(rel);
+        if !(*rel).rd_indexvalid {
+            pg_sys::list_free(pg_sys::RelationGetIndexList(rel));
+        }
+        let pk = (*rel).rd_pkindex;
         if pk == pg_sys::InvalidOid {
             return false;
         }
@@ -1081,22 +1064,16 @@ unsafe fn key_taken_before_capture(
         let n = attrs.len();
         let (mut ov, mut on) = (vec![pg_sys::Datum::from(0); n], vec![true; n]);
         pg_sys::heap_deform_tuple(tuple, desc, ov.as_mut_ptr(), on.as_mut_ptr());
-        let new = match of {
-            KeyOf::Removed(new) => new,
-            KeyOf::Held => None,
-        };
         let (mut nv, mut nn) = (vec![pg_sys::Datum::from(0); n], vec![true; n]);
         if let Some(t) = new {
             pg_sys::heap_deform_tuple(t, desc, nv.as_mut_ptr(), nn.as_mut_ptr());
         }
         let idx = pg_sys::index_open(pk, pg_sys::AccessShareLock as i32);
-        // A key checked at once is held by one row at a time: an UPDATE
-        // that keeps it frees nothing, and an INSERT takes it from no one.
-        let immediate = (*(*idx).rd_index).indimmediate;
         let nkeys = (*(*idx).rd_index).indnkeyatts as usize;
         let columns = (*(*idx).rd_index).indkey.values.as_slice(nkeys).to_vec();
         let mut keys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); nkeys];
-        let mut usable = !(immediate && matches!(of, KeyOf::Held));
+        // PostgreSQL 18's relcache keeps a deferrable primary key too.
+        let mut usable = (*(*idx).rd_index).indimmediate;
         let mut kept = new.is_some();
         for (i, &attno) in columns.iter().enumerate() {
             if !usable {
@@ -1138,7 +1115,7 @@ unsafe fn key_taken_before_capture(
             );
         }
         pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
-        if !usable || (kept && immediate) {
+        if !usable || kept {
             return false;
         }
         let scan = pg_sys::systable_beginscan(
@@ -1224,41 +1201,6 @@ thread_local! {
         RefCell::new(std::collections::HashMap::new());
 }
 
-/// A table's primary key index, if it has one. The relcache knows it unless
-/// the key is deferrable (it keeps only keys checked at once); that one is
-/// found among the table's indexes.
-///
-/// # Safety
-/// `rel` is an open relation.
-unsafe fn primary_key_index(rel: pg_sys::Relation) -> pg_sys::Oid {
-    // SAFETY: by the caller's contract; each index is opened and closed
-    // under AccessShareLock, and the list is freed.
-    unsafe {
-        if !(*rel).rd_indexvalid {
-            pg_sys::list_free(pg_sys::RelationGetIndexList(rel));
-        }
-        let mut pk = (*rel).rd_pkindex;
-        if pk != pg_sys::InvalidOid || !(*(*rel).rd_rel).relhasindex {
-            return pk;
-        }
-        let list = pg_sys::RelationGetIndexList(rel);
-        if !list.is_null() {
-            for i in 0..(*list).length {
-                let oid = (*(*list).elements.add(i as usize)).oid_value;
-                let idx = pg_sys::index_open(oid, pg_sys::AccessShareLock as i32);
-                let primary = (*(*idx).rd_index).indisprimary;
-                pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
-                if primary {
-                    pk = oid;
-                    break;
-                }
-            }
-        }
-        pg_sys::list_free(list);
-        pk
-    }
-}
-
 /// The attribute name of column `attno` (1-based) now, if it exists.
 unsafe fn attname<'a>(desc: pg_sys::TupleDesc, attno: i16) -> Option<&'a CStr> {
     // SAFETY: by the caller's contract, desc is a valid tuple descriptor.
@@ -1280,9 +1222,6 @@ unsafe fn attname<'a>(desc: pg_sys::TupleDesc, attno: i16) -> Option<&'a CStr> {
 pub unsafe fn primary_key_names(rel: pg_sys::Relation) -> Option<Rc<[String]>> {
     // SAFETY: by the caller's contract, rel is an open relation.
     unsafe {
-        // Only a key checked at once, as the relcache keeps it: a table
-        // whose key is deferrable has its history() searched by content,
-        // as it always had.
         if !(*rel).rd_indexvalid {
             pg_sys::list_free(pg_sys::RelationGetIndexList(rel));
         }
