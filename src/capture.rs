@@ -1052,13 +1052,9 @@ unsafe fn key_taken_before_capture(
         if latest <= since {
             return false;
         }
-        if !(*rel).rd_indexvalid {
-            pg_sys::list_free(pg_sys::RelationGetIndexList(rel));
-        }
-        let pk = (*rel).rd_pkindex;
-        if pk == pg_sys::InvalidOid {
+        let Some(pk) = primary_key_index(rel) else {
             return false;
-        }
+        };
         let desc = (*rel).rd_att;
         let attrs = crate::pgcompat::attrs(desc);
         let n = attrs.len();
@@ -1201,6 +1197,23 @@ thread_local! {
         RefCell::new(std::collections::HashMap::new());
 }
 
+/// A table's primary key index, as the relcache keeps it (before
+/// PostgreSQL 18, only a key checked at once).
+///
+/// # Safety
+/// `rel` is an open relation.
+unsafe fn primary_key_index(rel: pg_sys::Relation) -> Option<pg_sys::Oid> {
+    // SAFETY: by the caller's contract; the index list fills the relcache
+    // entry's fields and is freed.
+    unsafe {
+        if !(*rel).rd_indexvalid {
+            pg_sys::list_free(pg_sys::RelationGetIndexList(rel));
+        }
+        let pk = (*rel).rd_pkindex;
+        (pk != pg_sys::InvalidOid).then_some(pk)
+    }
+}
+
 /// The attribute name of column `attno` (1-based) now, if it exists.
 unsafe fn attname<'a>(desc: pg_sys::TupleDesc, attno: i16) -> Option<&'a CStr> {
     // SAFETY: by the caller's contract, desc is a valid tuple descriptor.
@@ -1222,13 +1235,7 @@ unsafe fn attname<'a>(desc: pg_sys::TupleDesc, attno: i16) -> Option<&'a CStr> {
 pub unsafe fn primary_key_names(rel: pg_sys::Relation) -> Option<Rc<[String]>> {
     // SAFETY: by the caller's contract, rel is an open relation.
     unsafe {
-        if !(*rel).rd_indexvalid {
-            pg_sys::list_free(pg_sys::RelationGetIndexList(rel));
-        }
-        let pk = (*rel).rd_pkindex;
-        if pk == pg_sys::InvalidOid {
-            return None;
-        }
+        let pk = primary_key_index(rel)?;
         let relid = (*rel).rd_id;
         let desc = (*rel).rd_att;
         let hit = PRIMARY_KEYS.with_borrow(|m| {
