@@ -788,11 +788,12 @@ struct Recorded {
     /// that waits in an outer statement's queue. At most as many as the
     /// statement changed of the rows its transaction made.
     changed: std::collections::HashSet<Changed>,
-    /// Per table, the commands that made a row version whose INSERT or
-    /// UPDATE event was recorded: a DELETE whose command came before one of
-    /// them may have had its key taken by a row recorded first. A command
-    /// made by a foreign-key cascade queues its events behind the waiting
-    /// one, so it is not here until they are recorded.
+    /// Per table, the commands with a recorded event on a row version this
+    /// transaction made (its INSERT or UPDATE, or its UPDATE or DELETE): a
+    /// DELETE whose command came before one of them may have had its key
+    /// taken by a row recorded first. A foreign-key cascade queues its
+    /// events behind the waiting one, so its command is not here until
+    /// they are recorded.
     made: std::collections::HashMap<u32, RangeSet>,
 }
 
@@ -1016,13 +1017,11 @@ unsafe fn note_command(rel: pg_sys::Relation, cid: pg_sys::CommandId) -> Result<
 /// events wait behind this one, do not count. An UPDATE that keeps its key
 /// cannot free it.
 ///
-/// Only a key checked at once (before PostgreSQL 18 the relcache keeps no
-/// other as the table's primary key): it is held by one row at a time, so
-/// a version holding it made by a later command was made after this row's
-/// change. A deferrable
-/// key can be held by two rows, and a BEFORE trigger's statement runs
-/// first under a later command, so the command ids do not tell the order
-/// (README, "Not detected").
+/// Only a key checked at once: it is held by one row at a time, so a
+/// version holding it made by a later command was made after this row's
+/// change. A deferrable key can be held by two rows, and a BEFORE
+/// trigger's statement runs first under a later command, so the command
+/// ids do not tell the order (README, "Not detected").
 ///
 /// # Safety
 /// `rel` and `slot` are the trigger's; `new` is the UPDATE's new tuple.
@@ -1055,6 +1054,12 @@ unsafe fn key_taken_before_capture(
         let Some(pk) = primary_key_index(rel) else {
             return false;
         };
+        let idx = pg_sys::index_open(pk, pg_sys::AccessShareLock as i32);
+        // PostgreSQL 18's relcache keeps a deferrable primary key too.
+        if !(*(*idx).rd_index).indimmediate {
+            pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
+            return false;
+        }
         let desc = (*rel).rd_att;
         let attrs = crate::pgcompat::attrs(desc);
         let n = attrs.len();
@@ -1064,17 +1069,12 @@ unsafe fn key_taken_before_capture(
         if let Some(t) = new {
             pg_sys::heap_deform_tuple(t, desc, nv.as_mut_ptr(), nn.as_mut_ptr());
         }
-        let idx = pg_sys::index_open(pk, pg_sys::AccessShareLock as i32);
         let nkeys = (*(*idx).rd_index).indnkeyatts as usize;
         let columns = (*(*idx).rd_index).indkey.values.as_slice(nkeys).to_vec();
         let mut keys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); nkeys];
-        // PostgreSQL 18's relcache keeps a deferrable primary key too.
-        let mut usable = (*(*idx).rd_index).indimmediate;
+        let mut usable = true;
         let mut kept = new.is_some();
         for (i, &attno) in columns.iter().enumerate() {
-            if !usable {
-                break;
-            }
             let Some(a) = usize::try_from(attno)
                 .ok()
                 .and_then(|a| a.checked_sub(1))

@@ -241,9 +241,9 @@ impl AuditError {
                  once the statement has changed all its rows; a statement run before that, from a \
                  function the statement calls or from an earlier trigger, is recorded first. Change \
                  a row in its own BEFORE ROW trigger, or in an AFTER trigger that is FOR EACH \
-                 STATEMENT on its own table (a foreign-key cascade's rows are recorded after the \
-                 statement triggers of the table it comes from), or whose name sorts after \"audit_log_capture_row\" and that changes \
-                 only the row it fires for."
+                 STATEMENT on its own table (a foreign-key cascade's rows are recorded after \
+                 the statement triggers of the table it comes from), or whose name sorts after \
+                 \"audit_log_capture_row\" and that changes only the row it fires for."
                     .into(),
             ),
             AuditError::UnsupportedIndex(_) => {
