@@ -19,7 +19,7 @@ use crate::fmgr::c_function;
 use crate::jsonb;
 use crate::options::{self, Op};
 use crate::rowenc;
-use crate::txstate;
+use crate::txstate::{self, RowKeys};
 
 /// A jsonb value as hashed and stored (its canonical encoding, read from
 /// the binary form by `jsonb::encode`), and its binary form if asked for.
@@ -421,7 +421,7 @@ pub fn record(
     old_row: Option<Json>,
     new_row: Option<Json>,
     rows_packed: bool,
-    row_key: Option<i64>,
+    row_keys: RowKeys,
 ) -> Result<i64, AuditError> {
     // SAFETY: plain reads of session state.
     let (session_user, current_user, recorded_at, statement_at) = unsafe {
@@ -454,7 +454,7 @@ pub fn record(
             new_row: new_row.as_ref().map(|j| &j.encoded[..]),
             rows_packed,
         };
-        (event, row_key)
+        (event, row_keys)
     })
 }
 
@@ -466,7 +466,16 @@ pub fn record_config(
     details: Value,
 ) -> Result<(), AuditError> {
     let details = json_from_value(&details)?;
-    record(schema, table, op, None, Some(details), false, None).map(|_| ())
+    record(
+        schema,
+        table,
+        op,
+        None,
+        Some(details),
+        false,
+        RowKeys::default(),
+    )
+    .map(|_| ())
 }
 
 /// A relation's schema and name, as events record them.
@@ -628,19 +637,28 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
         let names = relation_names(rel);
         let name = names.name();
         let (schema, name) = (&*names.schema, &*name);
-        // The row's identity: its key before the change, or after an INSERT.
+        // The row's identity: its key before the change, or after an INSERT;
+        // and the key after an UPDATE that changed it, so that history()
+        // of the new key starts with the change that gave it.
         let key = if opts.history {
             primary_key_names(rel)
         } else {
             None
         };
-        let row_key = key.and_then(|names| {
-            let row = old.as_ref().or(new.as_ref())?;
-            let payload = row.raw.as_ref()?.get(pg_sys::VARHDRSZ..)?;
-            let text = audit_log_core::jsonb::key_text(payload, &names)
+        let key_of = |row: Option<&Json>, names: &[String]| {
+            let payload = row?.raw.as_ref()?.get(pg_sys::VARHDRSZ..)?;
+            let text = audit_log_core::jsonb::key_text(payload, names)
                 .ok()
                 .flatten()?;
             Some(audit_log_core::jsonb::row_key_hash(schema, name, &text))
+        };
+        let row_keys = key.map_or_else(RowKeys::default, |names| {
+            let key = key_of(old.as_ref().or(new.as_ref()), &names);
+            let moved_to = (op == Op::Update)
+                .then(|| key_of(new.as_ref(), &names))
+                .flatten()
+                .filter(|k| Some(*k) != key);
+            RowKeys { key, moved_to }
         });
         // changed_only: the old row keeps what the UPDATE changed (its key
         // was taken above, from the whole row).
@@ -684,7 +702,7 @@ fn capture_row_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             ));
         }
         let channel = opts.notify.then(|| opts.channel_for(schema, name));
-        let id = record(schema, name, op.as_str(), old, new, packed, row_key)?;
+        let id = record(schema, name, op.as_str(), old, new, packed, row_keys)?;
         if !made.is_null() {
             note_made(rel, made)?;
         }
@@ -1055,11 +1073,6 @@ unsafe fn key_taken_before_capture(
             return false;
         };
         let idx = pg_sys::index_open(pk, pg_sys::AccessShareLock as i32);
-        // PostgreSQL 18's relcache keeps a deferrable primary key too.
-        if !(*(*idx).rd_index).indimmediate {
-            pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
-            return false;
-        }
         let desc = (*rel).rd_att;
         let attrs = crate::pgcompat::attrs(desc);
         let n = attrs.len();
@@ -1197,8 +1210,11 @@ thread_local! {
         RefCell::new(std::collections::HashMap::new());
 }
 
-/// A table's primary key index, as the relcache keeps it (before
-/// PostgreSQL 18, only a key checked at once).
+/// A table's primary key index, if the key is checked at once. A
+/// deferrable key is no key to audit_log, on any version: two rows can hold
+/// it within a statement, so neither history() row keys nor the key check
+/// use it (README, "Not detected"); history() searches such a table's
+/// events by content.
 ///
 /// # Safety
 /// `rel` is an open relation.
@@ -1209,8 +1225,7 @@ unsafe fn primary_key_index(rel: pg_sys::Relation) -> Option<pg_sys::Oid> {
         if !(*rel).rd_indexvalid {
             pg_sys::list_free(pg_sys::RelationGetIndexList(rel));
         }
-        let pk = (*rel).rd_pkindex;
-        (pk != pg_sys::InvalidOid).then_some(pk)
+        crate::pgcompat::immediate_primary_key(rel)
     }
 }
 
@@ -1284,7 +1299,7 @@ fn capture_stmt_impl(trigger: &PgTrigger<'_>) -> Result<(), AuditError> {
             let name = names.name();
             let (schema, name) = (&*names.schema, &*name);
             let op = Op::Truncate.as_str();
-            let id = record(schema, name, op, None, None, false, None)?;
+            let id = record(schema, name, op, None, None, false, RowKeys::default())?;
             if opts.notify {
                 notify(&opts.channel_for(schema, name), id, op, schema, name);
             }

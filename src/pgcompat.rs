@@ -72,3 +72,22 @@ pub unsafe fn heap_fetch(
 pub const MONEYOID: pg_sys::Oid = pg_sys::CASHOID;
 #[cfg(not(feature = "pg13"))]
 pub const MONEYOID: pg_sys::Oid = pg_sys::MONEYOID;
+
+/// A table's primary key index as the relcache keeps it, if the key is
+/// checked at once. Before PostgreSQL 18 the relcache keeps only such a
+/// key; 18 keeps a deferrable one too (flagged `rd_ispkdeferrable`), which
+/// is left out here so that every version sees the same keys.
+///
+/// # Safety
+/// `rel` is an open relation whose index list is valid (`rd_indexvalid`).
+pub unsafe fn immediate_primary_key(rel: pg_sys::Relation) -> Option<pg_sys::Oid> {
+    // SAFETY: by the caller's contract, reads of the relcache entry.
+    unsafe {
+        #[cfg(feature = "pg18")]
+        if (*rel).rd_ispkdeferrable {
+            return None;
+        }
+        let pk = (*rel).rd_pkindex;
+        (pk != pg_sys::InvalidOid).then_some(pk)
+    }
+}

@@ -25,9 +25,18 @@ struct Pending {
     tx_seq: i64,
     /// Where it starts in the payload (at its length).
     at: usize,
-    /// The row's primary key, hashed with its table, for history(); only
-    /// for tables enabled with `history => true`.
-    row_key: Option<i64>,
+    /// Its history() entries; only for tables enabled with `history => true`.
+    row_keys: RowKeys,
+}
+
+/// The keys that history() finds an event under: the row's primary key,
+/// hashed with its table, before the change (after an INSERT), and, for an
+/// UPDATE that changed it, the key after. A row's history then shows how it
+/// came by its key, and the key's earlier holder how it gave it up.
+#[derive(Clone, Copy, Default)]
+pub struct RowKeys {
+    pub key: Option<i64>,
+    pub moved_to: Option<i64>,
 }
 
 pub struct TxState {
@@ -103,9 +112,9 @@ pub fn writes_packed() -> Result<bool, AuditError> {
 
 /// Append one event to the transaction's chain. `build` receives the
 /// transaction's id, the event's id and its position, and returns the event
-/// and its row key for history().
+/// and its row keys for history().
 pub fn append<'a>(
-    build: impl FnOnce(u64, i64, i64) -> (EventRef<'a>, Option<i64>),
+    build: impl FnOnce(u64, i64, i64) -> (EventRef<'a>, RowKeys),
 ) -> Result<i64, AuditError> {
     let fresh = if STATE.with_borrow(Option::is_none) {
         Some(TxState::new()?)
@@ -133,7 +142,7 @@ pub fn append<'a>(
             s.head.first_event
         };
         let tx_seq = s.head.count + 1;
-        let (event, row_key) = build(s.tx_id, id, tx_seq);
+        let (event, row_keys) = build(s.tx_id, id, tx_seq);
         // The ids that the hash below covers are the frame's.
         let event = EventRef {
             id,
@@ -197,7 +206,7 @@ pub fn append<'a>(
             subid,
             tx_seq,
             at,
-            row_key,
+            row_keys,
         });
         Ok((id, s.payload.byte_len() > s.spill_at))
     })?;
@@ -271,7 +280,13 @@ fn spill_segment() -> Result<(), AuditError> {
 fn row_keys(first: i64, batch: &[Pending]) -> Vec<(i64, i64, i32)> {
     batch
         .iter()
-        .filter_map(|p| Some((p.row_key?, first, p.tx_seq as i32)))
+        .flat_map(|p| {
+            let seq = p.tx_seq as i32;
+            [p.row_keys.key, p.row_keys.moved_to]
+                .into_iter()
+                .flatten()
+                .map(move |k| (k, first, seq))
+        })
         .collect()
 }
 

@@ -81,5 +81,58 @@ v=$(q -f /tmp/al_forge2.sql | tail -3 | tr '\n' ' ')
 case "$v" in "t t| f|"*"chain_rewritten"*) ;; *) fail "recomputed chain (event $target forged) not caught by the checkpoint: $v" ;; esac
 echo "  whole chain recomputed: event $target reads as forged, verify() passes, verify(checkpoint) says: ${v#t t| }"
 rm -f /tmp/al_forge1.sql /tmp/al_forge2.sql
+
+# Segments. No hash covers a segment's part, which only orders a
+# transaction's segments: the two verifiers agree on a part edited in place
+# (the order unchanged: both pass) and on two parts swapped (the events out
+# of order: both fail, at the same record). A savepoint keeps the outer
+# level's first event in memory while its own events spill, so the
+# transaction's payload and segments interleave.
+q <<'SQL' >/dev/null
+BEGIN;
+INSERT INTO "Ünïcødé" (id, s) VALUES (1000, 'kept in memory');
+SAVEPOINT a;
+INSERT INTO "Ünïcødé" (id, s) SELECT g, repeat(md5(g::text), 12) FROM generate_series(1001, 7000) g;
+RELEASE a;
+INSERT INTO "Ünïcødé" (id, s) VALUES (7001, 'after');
+COMMIT;
+SQL
+read -r sfirst p1 p2 <<<"$(q -F ' ' -c "SELECT first_event, min(part), (array_agg(part ORDER BY part))[2]
+    FROM audit_log.segments GROUP BY first_event HAVING count(*) >= 2 ORDER BY first_event DESC LIMIT 1")"
+[ -n "$p2" ] || fail "the savepoint's transaction spilled fewer than two segments"
+[ "$(q -c "SELECT octet_length(payload) > 0 FROM audit_log.records WHERE first_event = $sfirst")" = t ] ||
+    fail "the spilled transaction kept no event in its record's payload"
+out=$(dump | $py verify) || fail "format_v2.py on the savepoint's spilled transaction: $out"
+read -r schain sseq <<<"$(q -F ' ' -c "SELECT chain_id, seq FROM audit_log.records WHERE first_event = $sfirst")"
+edit() { # edit SQL: verify() and format_v2.py on the segments so edited, rolled back
+    { echo "BEGIN; ALTER TABLE audit_log.segments DISABLE TRIGGER USER; $1"
+      echo "SELECT ok, coalesce(first_bad_event::text, ''), coalesce(problem, '') FROM audit_log.verify();"
+      echo "ROLLBACK;"; } | q | tail -1
+}
+pyedit() {
+    set +e
+    pyout=$({ echo "BEGIN; ALTER TABLE audit_log.segments DISABLE TRIGGER USER; $1"
+              cat "$here/lib/dump_log.sql"; echo "ROLLBACK;"; } | q | $py verify)
+    pyrc=$?
+    set -e
+}
+moved="UPDATE audit_log.segments SET part = $p1 - 1 WHERE first_event = $sfirst AND part = $p1;"
+v=$(edit "$moved")
+case "$v" in "t||") ;; *) fail "verify() on a segment's part moved without changing the order: $v" ;; esac
+pyedit "$moved"
+[ "$pyrc" = 0 ] || fail "format_v2.py on a segment's part moved without changing the order (verify() passes it): exit $pyrc: $pyout"
+echo "  a segment's part moved, the order kept: verify() and format_v2.py pass it"
+swapped="UPDATE audit_log.segments SET part = -1 WHERE first_event = $sfirst AND part = $p1;
+UPDATE audit_log.segments SET part = $p1 WHERE first_event = $sfirst AND part = $p2;
+UPDATE audit_log.segments SET part = $p2 WHERE first_event = $sfirst AND part = -1;"
+v=$(edit "$swapped")
+case "$v" in "f|"*) ;; *) fail "verify() on two segments' parts swapped: $v" ;; esac
+bad=$(cut -d'|' -f2 <<<"$v")
+[ "$(q -c "SELECT tx_first FROM audit_log.events WHERE id = ${bad:-0}")" = "$sfirst" ] ||
+    fail "verify() on two segments' parts swapped names no event of transaction $sfirst: $v"
+pyedit "$swapped"
+case "$pyrc $pyout" in "1 record $schain/$sseq "*) ;;
+    *) fail "format_v2.py on two segments' parts swapped: exit $pyrc, not at record $schain/$sseq: $pyout" ;; esac
+echo "  two segments' parts swapped: verify() says ${v#f|}; format_v2.py: $pyout"
 psql -X -q -d postgres -c "DROP DATABASE al_indep"
 echo "independent: the Python implementation of FORMAT.md agrees with every stored hash; forgeries detected"
