@@ -206,6 +206,10 @@ BEGIN
                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
              ORDER BY e.id;
     ELSE
+        -- By content: row events whose row before or after has each of the
+        -- key's members, equal as jsonb (5 and 5.0 alike; an array or an
+        -- object only to the same one, where @> would take one containing
+        -- it). Configuration events are not row versions.
         RETURN QUERY
             SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
                    e.context, e.old_row, e.new_row
@@ -214,7 +218,13 @@ BEGIN
                    SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
                      JOIN pg_catalog.pg_class c ON c.oid = l
                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
-               AND (e.old_row @> key OR e.new_row @> key)
+               AND e.op IN ('INSERT', 'UPDATE', 'DELETE')
+               AND ((e.old_row @> key AND NOT EXISTS (
+                         SELECT FROM pg_catalog.jsonb_each(key) m
+                          WHERE e.old_row -> m.key IS DISTINCT FROM m.value))
+                 OR (e.new_row @> key AND NOT EXISTS (
+                         SELECT FROM pg_catalog.jsonb_each(key) m
+                          WHERE e.new_row -> m.key IS DISTINCT FROM m.value)))
              ORDER BY e.id;
     END IF;
 END

@@ -72,6 +72,21 @@ SELECT op, old_row->>'name' AS old_name, new_row->>'name' AS new_name
   FROM audit_log.history('nokey', '{"email": "a@example.com"}');
 -- Any columns of a keyed table work too, by content.
 SELECT op FROM audit_log.history('acct', '{"owner": "bob"}');
+-- By content, values are compared for equality as jsonb: an array is not
+-- found by a shorter one it contains, a number by any scale; and a
+-- configuration event (whose details can name the same members) is no
+-- row version.
+CREATE TABLE tagged ("table" text, tags text[], amount numeric);
+SELECT audit_log.enable('tagged');
+INSERT INTO tagged VALUES ('x', '{a,b}', 5.000), ('y', '{a}', 7);
+INSERT INTO tagged SELECT new_row->>'table', '{c}', 1 FROM audit_log.events
+ WHERE table_name = 'tagged' AND op = 'ENABLE';
+SELECT audit_log.enable('tagged', changed_only => true);
+SELECT op, new_row->>'table' AS t FROM audit_log.history('tagged', '{"tags": ["a"]}');
+SELECT op, new_row->>'table' AS t FROM audit_log.history('tagged', '{"amount": 5}');
+SELECT op, new_row->>'tags' AS tags FROM audit_log.history('tagged',
+       jsonb_build_object('table', (SELECT new_row->>'table' FROM audit_log.events
+                                     WHERE table_name = 'tagged' AND op = 'ENABLE')));
 -- The lookup by primary key uses the index, not a scan of the log.
 INSERT INTO acct SELECT g, 'owner ' || g, g FROM generate_series(100, 20099) g;
 ANALYZE audit_log.row_keys;
