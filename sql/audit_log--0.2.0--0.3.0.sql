@@ -34,6 +34,13 @@ $encoding$;
 ALTER TABLE audit_log.prepared ADD COLUMN last_event_hash bytea;
 COMMENT ON COLUMN audit_log.prepared.last_event_hash IS 'The hash of the transaction''s last event, computed as it was captured: its link covers it without hashing the events again. NULL in rows prepared before 0.3.0, which are hashed when linked.';
 
+-- history(): where the row_keys index starts to hold every change of a
+-- table (history => true turned on, or its primary key changed), so that
+-- the events before are searched by content. Unknown for 0.2.0's changes:
+-- NULL, as for a table enabled with history => true (see the CHANGELOG).
+ALTER TABLE audit_log.audited_tables ADD COLUMN history_since bigint;
+COMMENT ON COLUMN audit_log.audited_tables.history_since IS 'With history => true: the event (OPTIONS, or DDL that changed the primary key) from which audit_log.row_keys holds every change of the table; history() searches the events before it by content. NULL: since the table was enabled.';
+
 -- One BRIN index over commit time and first event instead of one on each:
 -- a query on either column uses it, and each commit updates one index, not
 -- two. Building it reads the records once (BRIN builds are fast).
@@ -395,6 +402,22 @@ SELECT r.chain_id, r.seq, r.tx_id, r.event_count, r.first_event, r.last_event,
        END AS prev_link_hash,
        r.link_hash
   FROM audit_log.records r;
+-- history()'s search by content: a row (before or after a change) whose
+-- members named by the key equal the key's, as jsonb (5 and 5.0 alike; an
+-- array or an object only the same one, where @> would take one holding
+-- it). @> first, which is cheaper and implied. Operators qualified, so
+-- that the function can be inlined into history()'s query.
+CREATE FUNCTION audit_log.key_matches("row" jsonb, key jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+SELECT "row" OPERATOR(pg_catalog.@>) key AND NOT EXISTS (
+    SELECT FROM pg_catalog.jsonb_each(key) m
+     WHERE NOT coalesce("row" OPERATOR(pg_catalog.->) m.key OPERATOR(pg_catalog.=) m.value, false))
+$$;
+COMMENT ON FUNCTION audit_log.key_matches(jsonb, jsonb) IS 'Whether a row''s members named by key equal key''s, as jsonb: history()''s search by content.';
+REVOKE ALL ON FUNCTION audit_log.key_matches(jsonb, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log.key_matches(jsonb, jsonb) TO audit_log_auditor;
+
 CREATE OR REPLACE FUNCTION audit_log.history(target regclass, key jsonb)
 RETURNS TABLE (event_id bigint, tx_id xid8, recorded_at timestamptz, op text,
                session_user_name text, current_user_name text, context jsonb,
@@ -405,6 +428,7 @@ AS $$
 DECLARE
     leaves regclass[];
     keys bigint[];
+    since bigint;
     s text;
     t text;
     missing text;
@@ -443,7 +467,12 @@ BEGIN
                               WHERE a.relid = l), false)
            AND NOT coalesce((SELECT (a.options->>'history')::boolean FROM audit_log.audited_tables a
                               WHERE a.relid = target), false)) THEN
+        -- Changes recorded before history => true was set, or before the
+        -- primary key last changed, are not in the index: searched by content.
+        SELECT pg_catalog.max(a.history_since) INTO since FROM audit_log.audited_tables a
+         WHERE a.relid = target OR a.relid = ANY (leaves);
         RETURN QUERY
+            SELECT DISTINCT ON (h.id) h.* FROM (
             SELECT e.id, e.tx_id::text::xid8, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
                    audit_log.canonical_json_text(e.context)::jsonb,
                    audit_log.canonical_json_text(e.old_row)::jsonb,
@@ -457,12 +486,20 @@ BEGIN
                    SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
                      JOIN pg_catalog.pg_class c ON c.oid = l
                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
-             ORDER BY e.id;
+            UNION ALL
+            SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
+                   e.context, e.old_row, e.new_row
+              FROM audit_log.events e
+             WHERE since IS NOT NULL AND e.id < since
+               AND (e.table_schema, e.table_name) IN (
+                   SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
+                     JOIN pg_catalog.pg_class c ON c.oid = l
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
+               AND e.op IN ('INSERT', 'UPDATE', 'DELETE')
+               AND (audit_log.key_matches(e.old_row, key) OR audit_log.key_matches(e.new_row, key))
+            ) h
+             ORDER BY h.id;
     ELSE
-        -- By content: row events whose row before or after has each of the
-        -- key's members, equal as jsonb (5 and 5.0 alike; an array or an
-        -- object only to the same one, where @> would take one containing
-        -- it). Configuration events are not row versions.
         RETURN QUERY
             SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
                    e.context, e.old_row, e.new_row
@@ -472,12 +509,7 @@ BEGIN
                      JOIN pg_catalog.pg_class c ON c.oid = l
                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
                AND e.op IN ('INSERT', 'UPDATE', 'DELETE')
-               AND ((e.old_row @> key AND NOT EXISTS (
-                         SELECT FROM pg_catalog.jsonb_each(key) m
-                          WHERE e.old_row -> m.key IS DISTINCT FROM m.value))
-                 OR (e.new_row @> key AND NOT EXISTS (
-                         SELECT FROM pg_catalog.jsonb_each(key) m
-                          WHERE e.new_row -> m.key IS DISTINCT FROM m.value)))
+               AND (audit_log.key_matches(e.old_row, key) OR audit_log.key_matches(e.new_row, key))
              ORDER BY e.id;
     END IF;
 END

@@ -132,9 +132,11 @@ CREATE TABLE audit_log.audited_tables (
     relid      regclass    NOT NULL PRIMARY KEY,
     enabled_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     enabled_by text        NOT NULL DEFAULT pg_catalog."session_user"(),
-    options    jsonb       NOT NULL DEFAULT '{}'
+    options    jsonb       NOT NULL DEFAULT '{}',
+    history_since bigint
 );
 COMMENT ON COLUMN audit_log.audited_tables.options IS 'Capture options given to enable(): operations, exclude_columns, redact_columns, skip_unchanged_updates, notify. {} records everything.';
+COMMENT ON COLUMN audit_log.audited_tables.history_since IS 'With history => true: the event (OPTIONS, or DDL that changed the primary key) from which audit_log.row_keys holds every change of the table; history() searches the events before it by content. NULL: since the table was enabled.';
 
 CREATE TABLE audit_log.audited_schemas (
     nspname    text        NOT NULL PRIMARY KEY,

@@ -142,6 +142,22 @@ GRANT EXECUTE ON FUNCTION audit_log.set_context(jsonb, boolean) TO PUBLIC;
 -- history => true, an index lookup in row_keys; otherwise a search of that
 -- table's events by content. The table is named as it is
 -- now: events recorded under an earlier name of the table are not found.
+-- history()'s search by content: a row (before or after a change) whose
+-- members named by the key equal the key's, as jsonb (5 and 5.0 alike; an
+-- array or an object only the same one, where @> would take one holding
+-- it). @> first, which is cheaper and implied. Operators qualified, so
+-- that the function can be inlined into history()'s query.
+CREATE FUNCTION audit_log.key_matches("row" jsonb, key jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+SELECT "row" OPERATOR(pg_catalog.@>) key AND NOT EXISTS (
+    SELECT FROM pg_catalog.jsonb_each(key) m
+     WHERE NOT coalesce("row" OPERATOR(pg_catalog.->) m.key OPERATOR(pg_catalog.=) m.value, false))
+$$;
+COMMENT ON FUNCTION audit_log.key_matches(jsonb, jsonb) IS 'Whether a row''s members named by key equal key''s, as jsonb: history()''s search by content.';
+REVOKE ALL ON FUNCTION audit_log.key_matches(jsonb, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log.key_matches(jsonb, jsonb) TO audit_log_auditor;
+
 CREATE FUNCTION audit_log.history(target regclass, key jsonb)
 RETURNS TABLE (event_id bigint, tx_id xid8, recorded_at timestamptz, op text,
                session_user_name text, current_user_name text, context jsonb,
@@ -152,6 +168,7 @@ AS $$
 DECLARE
     leaves regclass[];
     keys bigint[];
+    since bigint;
     s text;
     t text;
     missing text;
@@ -190,7 +207,12 @@ BEGIN
                               WHERE a.relid = l), false)
            AND NOT coalesce((SELECT (a.options->>'history')::boolean FROM audit_log.audited_tables a
                               WHERE a.relid = target), false)) THEN
+        -- Changes recorded before history => true was set, or before the
+        -- primary key last changed, are not in the index: searched by content.
+        SELECT pg_catalog.max(a.history_since) INTO since FROM audit_log.audited_tables a
+         WHERE a.relid = target OR a.relid = ANY (leaves);
         RETURN QUERY
+            SELECT DISTINCT ON (h.id) h.* FROM (
             SELECT e.id, e.tx_id::text::xid8, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
                    audit_log.canonical_json_text(e.context)::jsonb,
                    audit_log.canonical_json_text(e.old_row)::jsonb,
@@ -204,12 +226,20 @@ BEGIN
                    SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
                      JOIN pg_catalog.pg_class c ON c.oid = l
                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
-             ORDER BY e.id;
+            UNION ALL
+            SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
+                   e.context, e.old_row, e.new_row
+              FROM audit_log.events e
+             WHERE since IS NOT NULL AND e.id < since
+               AND (e.table_schema, e.table_name) IN (
+                   SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
+                     JOIN pg_catalog.pg_class c ON c.oid = l
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
+               AND e.op IN ('INSERT', 'UPDATE', 'DELETE')
+               AND (audit_log.key_matches(e.old_row, key) OR audit_log.key_matches(e.new_row, key))
+            ) h
+             ORDER BY h.id;
     ELSE
-        -- By content: row events whose row before or after has each of the
-        -- key's members, equal as jsonb (5 and 5.0 alike; an array or an
-        -- object only to the same one, where @> would take one containing
-        -- it). Configuration events are not row versions.
         RETURN QUERY
             SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
                    e.context, e.old_row, e.new_row
@@ -219,12 +249,7 @@ BEGIN
                      JOIN pg_catalog.pg_class c ON c.oid = l
                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
                AND e.op IN ('INSERT', 'UPDATE', 'DELETE')
-               AND ((e.old_row @> key AND NOT EXISTS (
-                         SELECT FROM pg_catalog.jsonb_each(key) m
-                          WHERE e.old_row -> m.key IS DISTINCT FROM m.value))
-                 OR (e.new_row @> key AND NOT EXISTS (
-                         SELECT FROM pg_catalog.jsonb_each(key) m
-                          WHERE e.new_row -> m.key IS DISTINCT FROM m.value)))
+               AND (audit_log.key_matches(e.old_row, key) OR audit_log.key_matches(e.new_row, key))
              ORDER BY e.id;
     END IF;
 END

@@ -465,6 +465,16 @@ pub fn record_config(
     op: &str,
     details: Value,
 ) -> Result<(), AuditError> {
+    record_config_id(schema, table, op, details).map(|_| ())
+}
+
+/// As [`record_config`], returning the event's id.
+pub fn record_config_id(
+    schema: &str,
+    table: &str,
+    op: &str,
+    details: Value,
+) -> Result<i64, AuditError> {
     let details = json_from_value(&details)?;
     record(
         schema,
@@ -475,7 +485,22 @@ pub fn record_config(
         false,
         RowKeys::default(),
     )
-    .map(|_| ())
+}
+
+/// History from `event` on: the row_keys index holds every change of
+/// `table` (a table, or a partition, whose own listing and its ancestors'
+/// are marked) recorded after this event, and history() searches the ones
+/// before by content. Run as the owner.
+pub fn mark_history_since(table: pg_sys::Oid, event: i64) -> Result<(), AuditError> {
+    crate::triggers::internal_ddl(|| {
+        Spi::run_with_args(
+            "UPDATE audit_log.audited_tables SET history_since = $2
+              WHERE relid = $1
+                 OR relid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors($1))",
+            &[table.into(), event.into()],
+        )?;
+        Ok(())
+    })
 }
 
 /// A relation's schema and name, as events record them.

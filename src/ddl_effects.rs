@@ -20,7 +20,12 @@ pub(crate) fn superuser() -> bool {
 
 /// Record a DDL event on a table.
 pub(crate) fn record_ddl(st: &RelState, details: serde_json::Value) -> Result<(), AuditError> {
-    capture::record_config(&st.schema, &st.name, "DDL", details)
+    record_ddl_id(st, details).map(|_| ())
+}
+
+/// As [`record_ddl`], returning the event's id.
+pub(crate) fn record_ddl_id(st: &RelState, details: serde_json::Value) -> Result<i64, AuditError> {
+    capture::record_config_id(&st.schema, &st.name, "DDL", details)
 }
 
 /// The options of an audited relation's row trigger (its parent's, for a partition).
@@ -173,11 +178,14 @@ pub(crate) fn attached(
     if !p.audited() {
         return Ok(());
     }
-    record_ddl(
+    let id = record_ddl_id(
         &c,
         json!({"command": tag, "table": c.quoted(), "attached_to": p.quoted(),
                "options": options_of(&p)?.to_value()}),
-    )
+    )?;
+    // The child's changes before the attach are not in the history()
+    // index under the parent (it may have had no history, or another key).
+    capture::mark_history_since(parent, id)
 }
 
 /// A partition detached from an audited table stays audited on its own,
@@ -195,6 +203,19 @@ pub(crate) fn detached(
     }
     let opts = options_of(&p)?;
     triggers::enable_detached(child, &c, &opts)?;
+    // Its history() index entries are its parent's, complete from the
+    // same event on.
+    triggers::internal_ddl(|| {
+        Spi::run_with_args(
+            "UPDATE audit_log.audited_tables SET history_since = (
+                 SELECT pg_catalog.max(a.history_since) FROM audit_log.audited_tables a
+                  WHERE a.relid = $2
+                     OR a.relid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors($2)))
+              WHERE relid = $1",
+            &[child.into(), parent.into()],
+        )?;
+        Ok(())
+    })?;
     record_ddl(
         &c,
         json!({"command": tag, "table": c.quoted(), "detached_from": p.quoted(),

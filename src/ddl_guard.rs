@@ -444,7 +444,13 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
             was.persistence,
             &was.attnames,
         );
-        if (same && !start.rewrites) || !relstate::relation_changed(oid, start.cid) {
+        // A primary key added, dropped, made of other columns or renamed:
+        // the command holds the lock that such a change takes, so it made
+        // the change. history() keys name the key's columns.
+        let key_changed = was.primary_key != now.primary_key;
+        if !key_changed
+            && ((same && !start.rewrites) || !relstate::relation_changed(oid, start.cid))
+        {
             continue;
         }
         let mut details = json!({
@@ -452,6 +458,10 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
             "before": {"schema": was.schema, "table": was.name, "columns": was.columns},
             "after": {"schema": now.schema, "table": now.name, "columns": now.columns},
         });
+        if key_changed {
+            details["primary_key"] = json!({"before": was.primary_key.as_deref(),
+                                            "after": now.primary_key.as_deref()});
+        }
         if now.persistence != was.persistence {
             details["persistence"] = json!({"before": (was.persistence as char).to_string(),
                                             "after": (now.persistence as char).to_string()});
@@ -473,7 +483,12 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
                 details["added_column_values"] = json!(filled);
             }
         }
-        record_ddl(&now, details)?;
+        let id = crate::ddl_effects::record_ddl_id(&now, details)?;
+        // The history() index holds no change made before under another
+        // key: history() searches those by content.
+        if key_changed {
+            capture::mark_history_since(oid, id)?;
+        }
         if !now.is_partition {
             follow_renamed_columns(oid, was, &now)?;
         }

@@ -41,6 +41,9 @@ pub struct RelState {
     pub is_partition: bool,
     pub row: Option<CaptureTrigger>,
     pub stmt: Option<CaptureTrigger>,
+    /// The names of its primary key's columns, as history() keys name
+    /// them (none for a deferrable key); read only with a row trigger.
+    pub primary_key: Option<std::rc::Rc<[String]>>,
 }
 
 impl RelState {
@@ -146,6 +149,11 @@ pub fn rel_state(oid: pg_sys::Oid) -> Option<RelState> {
             kind: form.relkind as u8,
             persistence: form.relpersistence as u8,
             is_partition: form.relispartition,
+            primary_key: if row.is_some() {
+                crate::capture::primary_key_names(rel)
+            } else {
+                None
+            },
             row,
             stmt,
         };

@@ -331,12 +331,17 @@ pub fn enable_with(oid: pg_sys::Oid, t: &Target, opts: &Options) -> Result<(), A
             )?;
             Ok(())
         })?;
-        return capture::record_config(
+        let id = capture::record_config_id(
             &t.schema,
             &t.name,
             "OPTIONS",
             json!({"table": t.qualified, "old": old.to_value(), "new": opts.to_value()}),
-        );
+        )?;
+        // The index holds the table's changes from here on only.
+        if opts.history && !old.history {
+            capture::mark_history_since(oid, id)?;
+        }
+        return Ok(());
     }
     if fully_audited(t)? {
         // Repair partitions' statement triggers all the same: cheap and idempotent.

@@ -48,6 +48,48 @@ UPDATE slim SET v = 'y' WHERE id = 5;
 SELECT op, old_row, new_row FROM audit_log.history('slim', '{"id": 4}');
 SELECT op, old_row, new_row FROM audit_log.history('slim', '{"id": 5}');
 SELECT count(*) AS none FROM audit_log.history('acct', '{"id": 99}');
+-- The index holds a table's changes from history => true on, under its
+-- current primary key: history() searches the changes before by content,
+-- so neither turning history on late nor re-adding the key hides them.
+CREATE TABLE late (id int PRIMARY KEY, v text);
+SELECT audit_log.enable('late');
+INSERT INTO late VALUES (1, 'before history'), (2, 'other');
+SELECT audit_log.enable('late', history => true);
+UPDATE late SET v = 'after' WHERE id = 1;
+SELECT op, new_row->>'v' AS v FROM audit_log.history('late', '{"id": 1}');
+CREATE TABLE rekey (id int PRIMARY KEY DEFERRABLE, v text);
+SELECT audit_log.enable('rekey', history => true);
+INSERT INTO rekey VALUES (1, 'a'), (2, 'b');
+UPDATE rekey SET v = 'embezzle' WHERE id = 1;
+ALTER TABLE rekey DROP CONSTRAINT rekey_pkey;
+ALTER TABLE rekey ADD PRIMARY KEY (id);
+UPDATE rekey SET v = 'clean' WHERE id = 1;
+SELECT op, new_row->>'v' AS v FROM audit_log.history('rekey', '{"id": 1}');
+ALTER TABLE rekey RENAME COLUMN id TO ident;
+UPDATE rekey SET v = 'renamed' WHERE ident = 2;
+SELECT op, coalesce(new_row->>'id', new_row->>'ident') AS key, new_row->>'v' AS v
+  FROM audit_log.history('rekey', '{"ident": 2}');
+-- A table attached to a partitioned table brings changes the parent's
+-- index does not hold; a partition detached keeps its parent's mark.
+CREATE TABLE hp (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+CREATE TABLE hc (id int PRIMARY KEY, v text);
+SELECT audit_log.enable('hp', history => true), audit_log.enable('hc');
+INSERT INTO hc VALUES (150, 'x');
+UPDATE hc SET v = 'y';
+ALTER TABLE hp ATTACH PARTITION hc FOR VALUES FROM (100) TO (200);
+UPDATE hp SET v = 'z' WHERE id = 150;
+SELECT op, new_row->>'v' AS v FROM audit_log.history('hp', '{"id": 150}');
+CREATE TABLE hq (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+CREATE TABLE hq1 PARTITION OF hq FOR VALUES FROM (0) TO (100);
+SELECT audit_log.enable('hq');
+INSERT INTO hq VALUES (5, 'a');
+SELECT audit_log.enable('hq', history => true);
+UPDATE hq SET v = 'b';
+ALTER TABLE hq DETACH PARTITION hq1;
+SELECT op, new_row->>'v' AS v FROM audit_log.history('hq1', '{"id": 5}');
+-- Each change of the key is recorded.
+SELECT op, new_row->'primary_key' AS primary_key FROM audit_log.events
+ WHERE table_name = 'rekey' AND op = 'DDL' ORDER BY id;
 -- A deferrable primary key counts as none, on every version (PostgreSQL
 -- 18's relcache keeps it, 15's does not): no row keys, a search by content.
 CREATE TABLE dkey (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v text);
