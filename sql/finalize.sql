@@ -169,6 +169,8 @@ DECLARE
     leaves regclass[];
     keys bigint[];
     since bigint;
+    leaf_schemas text[];
+    leaf_names text[];
     s text;
     t text;
     missing text;
@@ -198,6 +200,11 @@ BEGIN
     SELECT pg_catalog.array_agg(p.relid) INTO leaves
       FROM pg_catalog.pg_partition_tree(target) p WHERE p.isleaf;
     leaves := coalesce(leaves, ARRAY[target]);
+    SELECT pg_catalog.array_agg(n.nspname::text), pg_catalog.array_agg(c.relname::text)
+      INTO leaf_schemas, leaf_names
+      FROM pg_catalog.unnest(leaves) l
+      JOIN pg_catalog.pg_class c ON c.oid = l
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
     SELECT pg_catalog.array_agg(audit_log.row_key_of(l, key)) INTO keys
       FROM pg_catalog.unnest(leaves) l;
     -- The index serves tables enabled with history => true (every leaf).
@@ -223,18 +230,14 @@ BEGIN
              CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.tx_id::text::bigint, r.segments, r.payload) e
              WHERE e.tx_seq = k.tx_seq
                AND (e.table_schema, e.table_name) IN (
-                   SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
-                     JOIN pg_catalog.pg_class c ON c.oid = l
-                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
+                   SELECT * FROM unnest(leaf_schemas, leaf_names))
             UNION ALL
             SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
                    e.context, e.old_row, e.new_row
               FROM audit_log.events e
              WHERE since IS NOT NULL AND e.id < since
                AND (e.table_schema, e.table_name) IN (
-                   SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
-                     JOIN pg_catalog.pg_class c ON c.oid = l
-                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
+                   SELECT * FROM unnest(leaf_schemas, leaf_names))
                AND e.op IN ('INSERT', 'UPDATE', 'DELETE')
                AND (audit_log.key_matches(e.old_row, key) OR audit_log.key_matches(e.new_row, key))
             ) h
@@ -245,9 +248,7 @@ BEGIN
                    e.context, e.old_row, e.new_row
               FROM audit_log.events e
              WHERE (e.table_schema, e.table_name) IN (
-                   SELECT n.nspname::text, c.relname::text FROM pg_catalog.unnest(leaves) l
-                     JOIN pg_catalog.pg_class c ON c.oid = l
-                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
+                   SELECT * FROM unnest(leaf_schemas, leaf_names))
                AND e.op IN ('INSERT', 'UPDATE', 'DELETE')
                AND (audit_log.key_matches(e.old_row, key) OR audit_log.key_matches(e.new_row, key))
              ORDER BY e.id;
