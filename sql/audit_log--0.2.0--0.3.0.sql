@@ -40,6 +40,12 @@ COMMENT ON COLUMN audit_log.prepared.last_event_hash IS 'The hash of the transac
 -- NULL, as for a table enabled with history => true (see the CHANGELOG).
 ALTER TABLE audit_log.audited_tables ADD COLUMN history_since bigint;
 COMMENT ON COLUMN audit_log.audited_tables.history_since IS 'With history => true: the event (OPTIONS, or DDL that changed the primary key) from which audit_log.row_keys holds every change of the table; history() searches the events before it by content. NULL: since the table was enabled.';
+-- 0.3.0 files a numeric key by its value (5.000 as 5) and an UPDATE of
+-- the key under both keys; 0.2.0's entries do neither. So history()
+-- searches the changes recorded before this update by content, until
+-- audit_log.index_history() files them again (see the CHANGELOG).
+UPDATE audit_log.audited_tables SET history_since = (SELECT pg_catalog.nextval('audit_log.events_id_seq'))
+ WHERE coalesce((options->>'history')::boolean, false);
 
 -- One BRIN index over commit time and first event instead of one on each:
 -- a query on either column uses it, and each commit updates one index, not
@@ -492,13 +498,20 @@ BEGIN
                AND (e.table_schema, e.table_name) IN (
                    SELECT * FROM unnest(leaf_schemas, leaf_names))
             UNION ALL
-            SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
-                   e.context, e.old_row, e.new_row
-              FROM audit_log.events e
-             WHERE since IS NOT NULL AND e.id < since
-               AND (e.table_schema, e.table_name) IN (
+            -- From the records themselves, not audit_log.events: the bound
+            -- on first_event reads only the records before the mark.
+            SELECT e.id, e.tx_id::text::xid8, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
+                   audit_log.canonical_json_text(e.context)::jsonb, e.old_row, e.new_row
+              FROM audit_log.records r
+             CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.tx_id::text::bigint, r.segments, r.payload) e0
+             CROSS JOIN LATERAL (SELECT e0.id, e0.tx_id, e0.recorded_at, e0.op, e0.session_user_name,
+                                        e0.current_user_name, e0.context,
+                                        audit_log.canonical_json_text(e0.old_row)::jsonb AS old_row,
+                                        audit_log.canonical_json_text(e0.new_row)::jsonb AS new_row) e
+             WHERE since IS NOT NULL AND r.first_event < since AND e0.id < since
+               AND (e0.table_schema, e0.table_name) IN (
                    SELECT * FROM unnest(leaf_schemas, leaf_names))
-               AND e.op IN ('INSERT', 'UPDATE', 'DELETE')
+               AND e0.op IN ('INSERT', 'UPDATE', 'DELETE')
                AND (audit_log.key_matches(e.old_row, key) OR audit_log.key_matches(e.new_row, key))
             ) h
              ORDER BY h.id;
@@ -515,6 +528,18 @@ BEGIN
     END IF;
 END
 $$;
+CREATE FUNCTION audit_log."row_key_in"("target" regclass, "row" jsonb) RETURNS bigint
+STABLE PARALLEL SAFE STRICT LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'row_key_in_wrapper';
+COMMENT ON FUNCTION audit_log.row_key_in(regclass, jsonb) IS 'The events.row_key of a whole row of a table under its current primary key; NULL if the row lacks a key column. Used by audit_log.index_history().';
+CREATE FUNCTION audit_log."index_history"("target" regclass) RETURNS bigint
+VOLATILE PARALLEL UNSAFE LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'index_history_wrapper';
+COMMENT ON FUNCTION audit_log.index_history(regclass) IS 'File every recorded change of a table enabled with history => true (every partition of its partitioned table) in audit_log.row_keys under its current primary key, and clear audited_tables.history_since, so that audit_log.history() finds them through the index. Reads the whole log once; recorded as an INDEX_HISTORY event. Returns the number of entries added. Requires audit_log_admin.';
+REVOKE ALL ON FUNCTION audit_log.index_history(regclass), audit_log.row_key_in(regclass, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log.index_history(regclass) TO audit_log_admin;
 DROP FUNCTION audit_log.record_events(bigint, integer, bytea);
 DROP FUNCTION audit_log.record_last_hash(bigint, integer, bytea);
 REVOKE ALL ON FUNCTION audit_log.record_events(bigint, bigint, integer, bytea),

@@ -232,13 +232,20 @@ BEGIN
                AND (e.table_schema, e.table_name) IN (
                    SELECT * FROM unnest(leaf_schemas, leaf_names))
             UNION ALL
-            SELECT e.id, e.tx_id, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
-                   e.context, e.old_row, e.new_row
-              FROM audit_log.events e
-             WHERE since IS NOT NULL AND e.id < since
-               AND (e.table_schema, e.table_name) IN (
+            -- From the records themselves, not audit_log.events: the bound
+            -- on first_event reads only the records before the mark.
+            SELECT e.id, e.tx_id::text::xid8, e.recorded_at, e.op, e.session_user_name, e.current_user_name,
+                   audit_log.canonical_json_text(e.context)::jsonb, e.old_row, e.new_row
+              FROM audit_log.records r
+             CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.tx_id::text::bigint, r.segments, r.payload) e0
+             CROSS JOIN LATERAL (SELECT e0.id, e0.tx_id, e0.recorded_at, e0.op, e0.session_user_name,
+                                        e0.current_user_name, e0.context,
+                                        audit_log.canonical_json_text(e0.old_row)::jsonb AS old_row,
+                                        audit_log.canonical_json_text(e0.new_row)::jsonb AS new_row) e
+             WHERE since IS NOT NULL AND r.first_event < since AND e0.id < since
+               AND (e0.table_schema, e0.table_name) IN (
                    SELECT * FROM unnest(leaf_schemas, leaf_names))
-               AND e.op IN ('INSERT', 'UPDATE', 'DELETE')
+               AND e0.op IN ('INSERT', 'UPDATE', 'DELETE')
                AND (audit_log.key_matches(e.old_row, key) OR audit_log.key_matches(e.new_row, key))
             ) h
              ORDER BY h.id;
@@ -260,6 +267,8 @@ COMMENT ON FUNCTION audit_log.history(regclass, jsonb) IS
 REVOKE ALL ON FUNCTION audit_log.history(regclass, jsonb), audit_log.row_key_of(regclass, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_log.history(regclass, jsonb), audit_log.row_key_of(regclass, jsonb)
     TO audit_log_auditor;
+REVOKE ALL ON FUNCTION audit_log.index_history(regclass), audit_log.row_key_in(regclass, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log.index_history(regclass) TO audit_log_admin;
 
 -- Central collection (docs: README, "Collecting many databases' logs").
 -- This log's identity as a source: made on first call, then fixed.

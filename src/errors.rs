@@ -38,6 +38,8 @@ pub enum AuditError {
     JsonCast(String),
     #[error("{0} must run at READ COMMITTED isolation")]
     ReadCommittedOnly(&'static str),
+    #[error("{0} cannot run in a transaction that has recorded changes: they reach the log only at its commit")]
+    EventsPending(&'static str),
     #[error("cannot PREPARE a transaction that took audit_log's own locks (checkpoint(), consistency(), prove(), verify(checkpoint), purge() or repair_segments() take them): prepared, it would keep them, and any links it made, for as long as it stays prepared")]
     PrepareAfterCheckpoint,
     #[error(
@@ -64,6 +66,8 @@ pub enum AuditError {
     Invalid(String),
     #[error("no retention is set: call audit_log.set_retention() before audit_log.purge()")]
     NoRetention,
+    #[error("{0} is not audited with history => true, so there is no history index to fill")]
+    NoHistory(String),
     #[error("schema \"{0}\" does not exist")]
     NoSuchSchema(String),
     #[error("invalid capture option: {0}")]
@@ -120,7 +124,9 @@ impl AuditError {
             AuditError::AuditedToView(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             AuditError::DependsOnTemp(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::JsonCast(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            AuditError::ReadCommittedOnly(_) => ERRCODE_INVALID_TRANSACTION_STATE,
+            AuditError::ReadCommittedOnly(_) | AuditError::EventsPending(_) => {
+                ERRCODE_INVALID_TRANSACTION_STATE
+            }
             AuditError::PrepareAfterCheckpoint => ERRCODE_FEATURE_NOT_SUPPORTED,
             AuditError::TargetChanged(_) => ERRCODE_T_R_SERIALIZATION_FAILURE,
             AuditError::Unlogged { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -135,7 +141,9 @@ impl AuditError {
             AuditError::BadOption(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             AuditError::NoSuchSchema(_) => ERRCODE_INVALID_SCHEMA_NAME,
             AuditError::Invalid(_) => ERRCODE_INVALID_PARAMETER_VALUE,
-            AuditError::NoRetention => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            AuditError::NoRetention | AuditError::NoHistory(_) => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             AuditError::NoSuchColumn(..) => ERRCODE_UNDEFINED_COLUMN,
             AuditError::TooManyEvents(_)
             | AuditError::PayloadTooLarge(_)
@@ -168,6 +176,12 @@ impl AuditError {
             AuditError::UnknownSource(_) => Some(
                 "audit_log.sources lists the sources this database collects; audit_log.collect() adds one.".into(),
             ),
+            AuditError::NoHistory(_) => Some(
+                "audit_log.enable(..., history => true) starts the index; audit_log.history() \
+                 searches the events of other tables by content."
+                    .into(),
+            ),
+            AuditError::EventsPending(_) => Some("Run it in a transaction of its own.".into()),
             AuditError::NoSalt => Some(
                 "The salt is made by the first audit_log.enable(..., redact_columns => ...)."
                     .into(),

@@ -290,6 +290,12 @@ fn row_keys(first: i64, batch: &[Pending]) -> Vec<(i64, i64, i32)> {
         .collect()
 }
 
+/// This transaction's id and how many events it has captured so far
+/// (they reach the log at its commit); `None` before its first.
+pub fn captured() -> Option<(u64, i64)> {
+    STATE.with_borrow(|s| s.as_ref().map(|s| (s.tx_id, s.head.count)))
+}
+
 /// Make the transaction's event count `n`, as if it had captured that many
 /// (tests only: 2^31 real events cannot be made in a test).
 #[cfg(any(test, feature = "pg_test"))]

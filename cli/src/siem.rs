@@ -280,7 +280,9 @@ fn ocsf_activity(op: &str) -> (u32, &'static str, u32, &'static str) {
         "DELETE" | "TRUNCATE" => (6005, "Datastore Activity", 7, "Delete"),
         "ENABLE" | "ENABLE_SCHEMA" => (6003, "API Activity", 1, "Create"),
         "DISABLE" | "DISABLE_SCHEMA" | "DROP" | "PURGE" => (6003, "API Activity", 4, "Delete"),
-        "OPTIONS" | "RETENTION" | "DDL" | "REPAIR" => (6003, "API Activity", 3, "Update"),
+        "OPTIONS" | "RETENTION" | "DDL" | "REPAIR" | "INDEX_HISTORY" => {
+            (6003, "API Activity", 3, "Update")
+        }
         _ => (6003, "API Activity", 99, "Other"),
     }
 }

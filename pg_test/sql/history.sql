@@ -87,6 +87,55 @@ SELECT audit_log.enable('hq', history => true);
 UPDATE hq SET v = 'b';
 ALTER TABLE hq DETACH PARTITION hq1;
 SELECT op, new_row->>'v' AS v FROM audit_log.history('hq1', '{"id": 5}');
+-- index_history() files the changes before a mark under the table's
+-- current key, and clears the mark: history() then reads the index only,
+-- and lists the same changes as before.
+CREATE TEMP TABLE marked AS
+SELECT v.t, v.k, (SELECT array_agg(h.event_id ORDER BY h.event_id) FROM audit_log.history(v.t, v.k) h) AS ids,
+       (SELECT count(*) FROM audit_log.row_keys x
+         WHERE x.row_key = ANY (SELECT audit_log.row_key_of(l.relid, v.k)
+                                  FROM pg_partition_tree(v.t) l WHERE l.isleaf
+                                UNION SELECT audit_log.row_key_of(v.t, v.k))) AS entries
+  FROM (VALUES ('late'::regclass, '{"id": 1}'::jsonb), ('rekey', '{"ident": 1}'), ('rekey', '{"ident": 2}'),
+               ('hp', '{"id": 150}'), ('hq1', '{"id": 5}')) v(t, k);
+SELECT relid::text AS marked FROM audit_log.audited_tables WHERE history_since IS NOT NULL ORDER BY 1;
+-- Several in one statement: each call's own event does not stop the next.
+SELECT t::text, audit_log.index_history(t) AS added
+  FROM (VALUES ('late'::regclass), ('rekey'), ('hc')) v(t);
+SELECT audit_log.index_history('hq1') AS added;
+SELECT relid::text AS still_marked FROM audit_log.audited_tables WHERE history_since IS NOT NULL ORDER BY 1;
+SELECT m.t::text, m.k, m.entries AS entries_before,
+       (SELECT count(*) FROM audit_log.row_keys x
+         WHERE x.row_key = ANY (SELECT audit_log.row_key_of(l.relid, m.k)
+                                  FROM pg_partition_tree(m.t) l WHERE l.isleaf
+                                UNION SELECT audit_log.row_key_of(m.t, m.k))) AS entries_after,
+       m.ids IS NOT DISTINCT FROM (SELECT array_agg(h.event_id ORDER BY h.event_id)
+                                    FROM audit_log.history(m.t, m.k) h) AS same
+  FROM marked m ORDER BY 1, 2::text;
+SELECT audit_log.index_history('late') AS added_again;
+-- Each call is recorded, with the marks it cleared.
+SELECT table_name, new_row->'marks_cleared' AS marks_cleared, new_row->'entries_added' AS added
+  FROM audit_log.events WHERE op = 'INDEX_HISTORY' ORDER BY id;
+-- A table with inheritance children is indexed like any other.
+CREATE TABLE inh_p (id int PRIMARY KEY, v text);
+SELECT audit_log.enable('inh_p', history => true);
+INSERT INTO inh_p VALUES (1, 'a');
+CREATE TABLE inh_c () INHERITS (inh_p);
+SELECT audit_log.index_history('inh_p') AS added;
+-- A numeric key is filed by its value: any scale finds it.
+CREATE TABLE price (id numeric(8, 2) PRIMARY KEY, v text);
+SELECT audit_log.enable('price', history => true);
+INSERT INTO price VALUES (5, 'a'), (5.5, 'b');
+UPDATE price SET v = 'c' WHERE id = 5;
+SELECT k, audit_log.row_key_of('price', k) = audit_log.row_key_of('price', '{"id": 5}') AS same_key,
+       (SELECT array_agg(new_row->>'v' ORDER BY event_id) FROM audit_log.history('price', k)) AS versions
+  FROM (VALUES ('{"id": 5}'::jsonb), ('{"id": 5.00}'), ('{"id": 5.0}'), ('{"id": 5.5}'), ('{"id": 5.50}')) v(k);
+-- At any depth, as jsonb equality compares them.
+CREATE TABLE arrk (id numeric[] PRIMARY KEY, v text);
+SELECT audit_log.enable('arrk', history => true);
+INSERT INTO arrk VALUES ('{5.0,1}', 'a');
+SELECT k, (SELECT array_agg(new_row->>'v') FROM audit_log.history('arrk', k)) AS versions
+  FROM (VALUES ('{"id": [5, 1]}'::jsonb), ('{"id": [5.00, 1.0]}'), ('{"id": [1, 5]}')) v(k);
 -- Each change of the key is recorded.
 SELECT op, new_row->'primary_key' AS primary_key FROM audit_log.events
  WHERE table_name = 'rekey' AND op = 'DDL' ORDER BY id;
@@ -153,12 +202,25 @@ SELECT * FROM audit_log.history('acct', '[1]');
 SELECT * FROM audit_log.history('acct', '{}');
 SELECT * FROM audit_log.history('acct', '{"nope": 1}');
 SELECT * FROM audit_log.history(424242::oid::regclass, '{"id": 1}');
+SELECT audit_log.index_history(NULL);
+SELECT audit_log.index_history('nokey');
+SELECT audit_log.index_history(424242::oid::regclass);
+SELECT audit_log.index_history('audit_log.records');
+BEGIN;
+INSERT INTO late VALUES (77, 'not yet in the log');
+SELECT audit_log.index_history('late');
+ROLLBACK;
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT audit_log.index_history('late');
+ROLLBACK;
 \set VERBOSITY default
 SELECT * FROM audit_log.history('acct', '{"nope": 1, "id": 1}');
 -- Only auditors may read history.
 CREATE ROLE al_nobody;
 SET ROLE al_nobody;
 SELECT * FROM audit_log.history('acct', '{"id": 1}');
+-- Only admins may index.
+SELECT audit_log.index_history('acct');
 RESET ROLE;
 SELECT ok FROM audit_log.verify();
 \c postgres

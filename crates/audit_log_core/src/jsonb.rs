@@ -272,20 +272,72 @@ pub fn key_text<S: AsRef<str>>(data: &[u8], names: &[S]) -> Result<Option<String
             JENTRY_ISNULL => out.push_str("null"),
             JENTRY_ISBOOL_FALSE => out.push_str("false"),
             JENTRY_ISBOOL_TRUE => out.push_str("true"),
-            JENTRY_ISNUMERIC => out.push_str(&numeric_text(&area[from..end])?),
+            JENTRY_ISNUMERIC => out.push_str(key_number(&numeric_text(&area[from..end])?)),
             JENTRY_ISCONTAINER => {
                 // Through the canonical encoding: members in byte order.
                 let encoded = encode_jsonb(&area[from..end])?;
                 let text = Reader::new(&encoded)
                     .json_text()
                     .map_err(|_| Malformed("container"))?;
-                out.push_str(&text);
+                key_numbers_in(&text, &mut out);
             }
             _ => return Err(Malformed("unknown entry type")),
         }
     }
     out.push('}');
     Ok(Some(out))
+}
+
+/// A number of a key as its value, whatever its scale: `5.000` and `5.0`
+/// as `5`, `-0.0` as `0`, so that a lookup finds what jsonb equality finds.
+fn key_number(text: &str) -> &str {
+    let t = match text.split_once('.') {
+        Some((whole, fraction)) if fraction.bytes().all(|b| b.is_ascii_digit()) => {
+            let kept = fraction.trim_end_matches('0');
+            &text[..whole.len() + usize::from(!kept.is_empty()) + kept.len()]
+        }
+        _ => text,
+    };
+    if t == "-0" {
+        "0"
+    } else {
+        t
+    }
+}
+
+/// JSON text with each number in it written by [`key_number`], as jsonb
+/// equality compares numbers at any depth (`[5.0]` equals `[5]`).
+fn key_numbers_in(json: &str, out: &mut String) {
+    let mut rest = json;
+    while let Some(at) = rest.find(|c: char| c == '"' || c == '-' || c.is_ascii_digit()) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if rest.starts_with('"') {
+            // A string, to its closing quote: an escaped one does not end it.
+            let mut end = 1;
+            let bytes = rest.as_bytes();
+            while end < bytes.len() && bytes[end] != b'"' {
+                end += if bytes[end] == b'\\' { 2 } else { 1 };
+            }
+            let end = (end + 1).min(rest.len());
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+        } else {
+            let end = rest
+                .find(|c: char| {
+                    !(c == '-'
+                        || c == '+'
+                        || c == '.'
+                        || c == 'e'
+                        || c == 'E'
+                        || c.is_ascii_digit())
+                })
+                .unwrap_or(rest.len());
+            out.push_str(key_number(&rest[..end]));
+            rest = &rest[end..];
+        }
+    }
+    out.push_str(rest);
 }
 
 /// The number of members of a top-level jsonb object, or `None` for any
@@ -687,7 +739,7 @@ mod tests {
             key_text(&row, &["tags", "amount", "ok"])
                 .unwrap()
                 .as_deref(),
-            Some(r#"{"amount":1.50,"ok":true,"tags":["b",null]}"#)
+            Some(r#"{"amount":1.5,"ok":true,"tags":["b",null]}"#)
         );
         assert_eq!(key_text(&row, &["missing"]).unwrap(), None);
         assert_eq!(object_len(&row).unwrap(), Some(5));
@@ -697,6 +749,40 @@ mod tests {
         assert_ne!(h, row_key_hash("public", "u", r#"{"id":42}"#));
         assert_ne!(h, row_key_hash("publi", "ct", r#"{"id":42}"#));
         assert_eq!(key_text(&write(&J::Arr(vec![])), &["id"]).unwrap(), None);
+    }
+
+    #[test]
+    fn key_numbers_are_compared_by_value() {
+        for (text, want) in [
+            ("5", "5"),
+            ("5.000", "5"),
+            ("5.0", "5"),
+            ("100.50", "100.5"),
+            ("-0.00", "0"),
+            ("-0", "0"),
+            ("0.001", "0.001"),
+            ("-12.30", "-12.3"),
+            ("10", "10"),
+            ("NaN", "NaN"),
+            ("-Infinity", "-Infinity"),
+        ] {
+            assert_eq!(key_number(text), want, "{text}");
+        }
+        let key = |scale, digits: &[i16]| {
+            let row = write(&J::Obj(vec![(
+                "id",
+                J::Num(numeric(false, 0, scale, digits)),
+            )]));
+            key_text(&row, &["id"]).unwrap().unwrap()
+        };
+        assert_eq!(key(3, &[5]), key(0, &[5]));
+        let mut nested = String::new();
+        key_numbers_in(
+            r#"[5.000,{"a\"1.0":-0.0,"b":[10,2.50]},"x 3.0"]"#,
+            &mut nested,
+        );
+        assert_eq!(nested, r#"[5,{"a\"1.0":0,"b":[10,2.5]},"x 3.0"]"#);
+        assert_ne!(key(1, &[5, 1000]), key(0, &[5]));
     }
 
     #[test]
