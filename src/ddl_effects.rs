@@ -156,13 +156,24 @@ pub(crate) fn schema_renamed(tag: &str, old: &str, new: &str) -> Result<(), Audi
             Ok(())
         })?;
     }
-    capture::record_config(
+    let id = capture::record_config_id(
         new,
         "",
         "DDL",
         json!({"command": tag, "schema_before": old, "schema_after": new,
                "audited_tables": audited, "enable_schema": listed}),
-    )
+    )?;
+    // Its tables' changes so far are filed under the old name: history()
+    // searches them by content (the schema may get that name back).
+    internal_ddl(|| {
+        Spi::run_with_args(
+            "UPDATE audit_log.audited_tables a SET history_since = $2
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = a.relid AND n.nspname = $1",
+            &[new.into(), id.into()],
+        )?;
+        Ok(())
+    })
 }
 
 /// An audited table attached as a partition of an audited table: it is now

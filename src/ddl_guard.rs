@@ -485,8 +485,10 @@ fn judge_end(tag: &str) -> Result<(), AuditError> {
         }
         let id = crate::ddl_effects::record_ddl_id(&now, details)?;
         // The history() index holds no change made before under another
-        // key: history() searches those by content.
-        if key_changed {
+        // key, or another name (a table renamed back to a name it had
+        // finds that name's changes before index_history() ran under the
+        // other): history() searches those by content.
+        if key_changed || (&was.schema, &was.name) != (&now.schema, &now.name) {
             capture::mark_history_since(oid, id)?;
         }
         if !now.is_partition {

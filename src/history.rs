@@ -25,31 +25,44 @@ COMMENT ON FUNCTION audit_log.row_key_of(regclass, jsonb) IS 'The events.row_key
 /// `key` is the jsonb's binary form (the bytes after its varlena header),
 /// read by the same `key_text` that capture uses, so the two always agree.
 fn row_key_of(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> Result<Option<i64>, ErrorReport> {
+    use audit_log_core::jsonb::{key_text, object_len};
     let target = target.ok_or(AuditError::NullArgument("target"))?;
     let key = key.ok_or(AuditError::NullArgument("key"))?;
-    Ok(key_hash(target, key, true)?)
+    let bad = |e: audit_log_core::jsonb::Malformed| AuditError::Internal(e.to_string());
+    Ok(key_hash(target, |names| {
+        // Exactly the key's columns: as many members, and each of them present.
+        if object_len(key).map_err(bad)? != Some(names.len()) {
+            return Ok(None);
+        }
+        key_text(key, names).map_err(bad)
+    })?)
 }
 
-/// The row_key of a whole row of `target` (an event's old or new row),
-/// under the table's current primary key and name; NULL if the row lacks a
-/// key column. index_history() files earlier events by it.
+/// The row_key of a whole row of `target` in the canonical encoding (an
+/// event's old or new row, as audit_log.record_events() gives it), under
+/// the table's current primary key and name; NULL if the row lacks a key
+/// column. index_history() files earlier events by it.
 #[pg_extern(sql = r#"
-CREATE FUNCTION audit_log."row_key_in"("target" regclass, "row" jsonb) RETURNS bigint
+CREATE FUNCTION audit_log."row_key_in"("target" regclass, "row" bytea) RETURNS bigint
 STABLE PARALLEL SAFE STRICT LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION audit_log.row_key_in(regclass, jsonb) IS 'The events.row_key of a whole row of a table under its current primary key; NULL if the row lacks a key column. Used by audit_log.index_history().';
+COMMENT ON FUNCTION audit_log.row_key_in(regclass, bytea) IS 'The events.row_key of a whole row of a table (in the canonical encoding) under its current primary key; NULL if the row lacks a key column. Used by audit_log.index_history().';
 "#)]
 fn row_key_in(target: pg_sys::Oid, row: &[u8]) -> Result<Option<i64>, ErrorReport> {
-    Ok(key_hash(target, row, false)?)
+    Ok(key_hash(target, |names| {
+        audit_log_core::encoding::decode::key_text(row, names)
+            .map_err(|e| AuditError::Internal(format!("a stored row: {e}")))
+    })?)
 }
 
-/// The key hash of `value` (a jsonb's binary form) for `target`: of
-/// exactly its primary key's members when `exact`, else of those members
-/// of a larger object. `None` when the table has no usable primary key or
-/// the value does not hold it.
-fn key_hash(target: pg_sys::Oid, value: &[u8], exact: bool) -> Result<Option<i64>, AuditError> {
-    use audit_log_core::jsonb::{key_text, object_len, row_key_hash};
+/// The key hash for `target` of the key text `text` makes from its primary
+/// key's column names. `None` when the table has no usable primary key or
+/// `text` gives none.
+fn key_hash(
+    target: pg_sys::Oid,
+    text: impl FnOnce(&[String]) -> Result<Option<String>, AuditError>,
+) -> Result<Option<i64>, AuditError> {
     // SAFETY: try_relation_open returns NULL for a missing relation; the
     // lock is the one any SELECT takes.
     let (names, schema, table) = unsafe {
@@ -68,14 +81,7 @@ fn key_hash(target: pg_sys::Oid, value: &[u8], exact: bool) -> Result<Option<i64
     let Some(names) = names else {
         return Ok(None);
     };
-    let bad = |e: audit_log_core::jsonb::Malformed| AuditError::Internal(e.to_string());
-    // Exactly the key's columns: as many members, and each of them present.
-    if exact && object_len(value).map_err(bad)? != Some(names.len()) {
-        return Ok(None);
-    }
-    Ok(key_text(value, &names)
-        .map_err(bad)?
-        .map(|text| row_key_hash(&schema, &table, &text)))
+    Ok(text(&names)?.map(|t| audit_log_core::jsonb::row_key_hash(&schema, &table, &t)))
 }
 
 /// Index a table's earlier events for history(), and clear its marks.
@@ -103,7 +109,9 @@ fn index_history(target: Option<pg_sys::Oid>) -> Result<i64, ErrorReport> {
     // Its own INDEX_HISTORY events (several tables indexed in one
     // transaction) are the exception.
     let captured = crate::txstate::captured();
-    if captured.is_some_and(|(_, n)| n > 0) && captured != OWN_EVENTS.get() {
+    if captured.is_some_and(|(_, n, _)| n > 0)
+        && captured.map(|(tx, _, last)| (tx, last)) != OWN_EVENTS.get()
+    {
         return Err(AuditError::EventsPending("index_history()").into());
     }
     let t = crate::triggers::describe(target)?;
@@ -181,14 +189,14 @@ fn index_history(target: Option<pg_sys::Oid>) -> Result<i64, ErrorReport> {
             "entries_added": added,
         }),
     )?;
-    OWN_EVENTS.set(crate::txstate::captured());
+    OWN_EVENTS.set(crate::txstate::captured().map(|(tx, _, last)| (tx, last)));
     Ok(added)
 }
 
 thread_local! {
-    /// The transaction and its event count right after index_history()
-    /// recorded its event: if nothing was captured since, another call in
-    /// the same transaction may go on.
+    /// The transaction and the id of the event index_history() recorded
+    /// last: if no event was captured after it (even one rolled back with
+    /// it), another call in the same transaction may go on.
     static OWN_EVENTS: std::cell::Cell<Option<(u64, i64)>> = const { std::cell::Cell::new(None) };
 }
 
@@ -303,8 +311,7 @@ WITH leaves AS (
      CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.tx_id::text::bigint, r.segments, r.payload) e
       JOIN leaves l ON l.nspname = e.table_schema AND l.relname = e.table_name
      CROSS JOIN LATERAL (VALUES (e.old_row), (e.new_row)) v(encoded)
-     CROSS JOIN LATERAL (SELECT audit_log.row_key_in(l.relid::regclass,
-                           audit_log.canonical_json_text(v.encoded)::jsonb) AS row_key) k
+     CROSS JOIN LATERAL (SELECT audit_log.row_key_in(l.relid::regclass, v.encoded) AS row_key) k
      WHERE e.op IN ('INSERT', 'UPDATE', 'DELETE')
        AND k.row_key IS NOT NULL
 ), added AS (

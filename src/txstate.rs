@@ -51,6 +51,8 @@ pub struct TxState {
     /// on, so what a savepoint's rollback drops, and what a spill writes,
     /// is the payload's tail.
     buffer: Vec<Pending>,
+    /// The id of the last event captured, kept by a rollback to a savepoint.
+    last_id: i64,
     payload: store::Bytea,
     /// Segments written, by the subtransaction that wrote them: a rollback
     /// removes the segment (MVCC), and it must leave the count too.
@@ -83,6 +85,7 @@ impl TxState {
             },
             saved: Vec::new(),
             buffer: Vec::new(),
+            last_id: 0,
             payload: store::Bytea::default(),
             segments: Vec::new(),
             spill_at: SPILL_BYTES,
@@ -142,6 +145,7 @@ pub fn append<'a>(
             s.head.first_event
         };
         let tx_seq = s.head.count + 1;
+        s.last_id = id;
         let (event, row_keys) = build(s.tx_id, id, tx_seq);
         // The ids that the hash below covers are the frame's.
         let event = EventRef {
@@ -290,10 +294,11 @@ fn row_keys(first: i64, batch: &[Pending]) -> Vec<(i64, i64, i32)> {
         .collect()
 }
 
-/// This transaction's id and how many events it has captured so far
-/// (they reach the log at its commit); `None` before its first.
-pub fn captured() -> Option<(u64, i64)> {
-    STATE.with_borrow(|s| s.as_ref().map(|s| (s.tx_id, s.head.count)))
+/// This transaction's id, how many events it holds (they reach the log at
+/// its commit), and the id of the last it captured, whether or not a
+/// rollback to a savepoint dropped it since; `None` before its first.
+pub fn captured() -> Option<(u64, i64, i64)> {
+    STATE.with_borrow(|s| s.as_ref().map(|s| (s.tx_id, s.head.count, s.last_id)))
 }
 
 /// Make the transaction's event count `n`, as if it had captured that many

@@ -122,6 +122,20 @@ SELECT audit_log.enable('inh_p', history => true);
 INSERT INTO inh_p VALUES (1, 'a');
 CREATE TABLE inh_c () INHERITS (inh_p);
 SELECT audit_log.index_history('inh_p') AS added;
+-- A table renamed away and back: the changes filed under the first name
+-- before the mark are found again, since each rename marks the table.
+CREATE TABLE rn (id int PRIMARY KEY, v int);
+SELECT audit_log.enable('rn');
+INSERT INTO rn VALUES (1, 1);
+UPDATE rn SET v = 2 WHERE id = 1;
+SELECT audit_log.enable('rn', history => true);
+ALTER TABLE rn RENAME TO rn_tmp;
+SELECT audit_log.index_history('rn_tmp') AS added;
+ALTER TABLE rn_tmp RENAME TO rn;
+UPDATE rn SET v = 3 WHERE id = 1;
+SELECT op, new_row->>'v' AS v FROM audit_log.history('rn', '{"id": 1}');
+SELECT audit_log.index_history('rn') AS added;
+SELECT op, new_row->>'v' AS v FROM audit_log.history('rn', '{"id": 1}');
 -- A numeric key is filed by its value: any scale finds it.
 CREATE TABLE price (id numeric(8, 2) PRIMARY KEY, v text);
 SELECT audit_log.enable('price', history => true);
@@ -211,6 +225,14 @@ INSERT INTO late VALUES (77, 'not yet in the log');
 SELECT audit_log.index_history('late');
 ROLLBACK;
 BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT audit_log.index_history('late');
+ROLLBACK;
+-- A rollback to a savepoint does not make a change the calls' own event.
+BEGIN;
+SAVEPOINT a;
+SELECT audit_log.index_history('late') IS NOT NULL AS indexed;
+ROLLBACK TO a;
+INSERT INTO late VALUES (78, 'not yet in the log');
 SELECT audit_log.index_history('late');
 ROLLBACK;
 \set VERBOSITY default

@@ -307,7 +307,7 @@ fn key_number(text: &str) -> &str {
 
 /// JSON text with each number in it written by [`key_number`], as jsonb
 /// equality compares numbers at any depth (`[5.0]` equals `[5]`).
-fn key_numbers_in(json: &str, out: &mut String) {
+pub(crate) fn key_numbers_in(json: &str, out: &mut String) {
     let mut rest = json;
     while let Some(at) = rest.find(|c: char| c == '"' || c == '-' || c.is_ascii_digit()) {
         out.push_str(&rest[..at]);
@@ -776,6 +776,40 @@ mod tests {
             key_text(&row, &["id"]).unwrap().unwrap()
         };
         assert_eq!(key(3, &[5]), key(0, &[5]));
+        // The same key text from the row's canonical encoding (an event's
+        // stored row), which index_history() files earlier events by.
+        let row = write(&J::Obj(vec![
+            ("id", J::Num(numeric(false, 0, 3, &[5]))),
+            (
+                "deep",
+                J::Arr(vec![J::Arr(vec![J::Num(numeric(false, 0, 1, &[7]))])]),
+            ),
+            (
+                "k\"ey",
+                J::Arr(vec![
+                    J::Num(numeric(false, 0, 2, &[1, 5000])),
+                    J::Str("2.0"),
+                ]),
+            ),
+        ]));
+        let canonical_row = encode_jsonb(&row).unwrap();
+        for names in [
+            &["id"][..],
+            &["k\"ey", "id"],
+            &["deep"],
+            &["nope"],
+            &["id", "nope"],
+        ] {
+            assert_eq!(
+                crate::encoding::decode::key_text(&canonical_row, names).unwrap(),
+                key_text(&row, names).unwrap(),
+                "{names:?}"
+            );
+        }
+        assert_eq!(
+            key_text(&row, &["k\"ey", "id"]).unwrap().as_deref(),
+            Some(r#"{"id":5,"k\"ey":[1.5,"2.0"]}"#)
+        );
         let mut nested = String::new();
         key_numbers_in(
             r#"[5.000,{"a\"1.0":-0.0,"b":[10,2.50]},"x 3.0"]"#,

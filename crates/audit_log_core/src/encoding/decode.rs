@@ -186,6 +186,47 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// As [`crate::jsonb::key_text`], from a row in the canonical encoding (an
+/// event's `old_row` or `new_row`): the named members of a top-level object
+/// as compact JSON text, in byte order of their names, numbers by value.
+/// `None` when the value is not an object or lacks a name. Members other
+/// than the key's are skipped without being read, so a deep one costs no
+/// stack.
+pub fn key_text<S: AsRef<str>>(encoded: &[u8], names: &[S]) -> Result<Option<String>, Malformed> {
+    let mut r = Reader::new(encoded);
+    if r.u8()? != super::tag::OBJECT {
+        return Ok(None);
+    }
+    let n = r.len()?;
+    let mut found: Vec<(&str, &[u8])> = Vec::with_capacity(names.len());
+    for _ in 0..n {
+        let k = r.str()?;
+        let v = r.json()?;
+        if names.iter().any(|name| name.as_ref() == k) {
+            found.push((k, v));
+        }
+    }
+    if !r.is_empty() {
+        return Err(Malformed(r.pos));
+    }
+    let mut sorted: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+    sorted.sort_unstable();
+    let mut out = String::from("{");
+    for (i, name) in sorted.iter().enumerate() {
+        let Some(&(_, v)) = found.iter().find(|(k, _)| k == name) else {
+            return Ok(None);
+        };
+        if i > 0 {
+            out.push(',');
+        }
+        write_escaped(&mut out, name);
+        out.push(':');
+        crate::jsonb::key_numbers_in(&Reader::new(v).json_text()?, &mut out);
+    }
+    out.push('}');
+    Ok(Some(out))
+}
+
 /// The members of a canonical object, as (key, value's encoding).
 fn members(object: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     let mut r = Reader::new(object);
