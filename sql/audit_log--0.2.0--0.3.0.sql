@@ -528,17 +528,17 @@ BEGIN
     END IF;
 END
 $$;
-CREATE FUNCTION audit_log."row_key_in"("target" regclass, "row" bytea) RETURNS bigint
-STABLE PARALLEL SAFE STRICT LANGUAGE c
+CREATE FUNCTION audit_log."row_key_in"("target" regclass, "row" bytea, "rest" bytea) RETURNS bigint
+STABLE PARALLEL SAFE LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'row_key_in_wrapper';
-COMMENT ON FUNCTION audit_log.row_key_in(regclass, bytea) IS 'The events.row_key of a whole row of a table (in the canonical encoding) under its current primary key; NULL if the row lacks a key column. Used by audit_log.index_history().';
+COMMENT ON FUNCTION audit_log.row_key_in(regclass, bytea, bytea) IS 'The events.row_key of a row of a table (in the canonical encoding; members it lacks taken from rest) under the table''s current primary key; NULL if it lacks a key column. Used by audit_log.index_history().';
 CREATE FUNCTION audit_log."index_history"("target" regclass) RETURNS bigint
 VOLATILE PARALLEL UNSAFE LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'index_history_wrapper';
 COMMENT ON FUNCTION audit_log.index_history(regclass) IS 'File every recorded change of a table enabled with history => true (every partition of its partitioned table) in audit_log.row_keys under its current primary key, and clear audited_tables.history_since, so that audit_log.history() finds them through the index. Reads the whole log once; recorded as an INDEX_HISTORY event. Returns the number of entries added. Requires audit_log_admin.';
-REVOKE ALL ON FUNCTION audit_log.index_history(regclass), audit_log.row_key_in(regclass, bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit_log.index_history(regclass), audit_log.row_key_in(regclass, bytea, bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_log.index_history(regclass) TO audit_log_admin;
 DROP FUNCTION audit_log.record_events(bigint, integer, bytea);
 DROP FUNCTION audit_log.record_last_hash(bigint, integer, bytea);

@@ -267,7 +267,7 @@ COMMENT ON FUNCTION audit_log.history(regclass, jsonb) IS
 REVOKE ALL ON FUNCTION audit_log.history(regclass, jsonb), audit_log.row_key_of(regclass, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_log.history(regclass, jsonb), audit_log.row_key_of(regclass, jsonb)
     TO audit_log_auditor;
-REVOKE ALL ON FUNCTION audit_log.index_history(regclass), audit_log.row_key_in(regclass, bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit_log.index_history(regclass), audit_log.row_key_in(regclass, bytea, bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_log.index_history(regclass) TO audit_log_admin;
 
 -- Central collection (docs: README, "Collecting many databases' logs").

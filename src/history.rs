@@ -40,18 +40,26 @@ fn row_key_of(target: Option<pg_sys::Oid>, key: Option<&[u8]>) -> Result<Option<
 
 /// The row_key of a whole row of `target` in the canonical encoding (an
 /// event's old or new row, as audit_log.record_events() gives it), under
-/// the table's current primary key and name; NULL if the row lacks a key
-/// column. index_history() files earlier events by it.
+/// the table's current primary key and name, with the members it lacks
+/// taken from `rest` (the new row, for an old row recorded with
+/// changed_only); NULL if neither holds a key column.
 #[pg_extern(sql = r#"
-CREATE FUNCTION audit_log."row_key_in"("target" regclass, "row" bytea) RETURNS bigint
-STABLE PARALLEL SAFE STRICT LANGUAGE c
+CREATE FUNCTION audit_log."row_key_in"("target" regclass, "row" bytea, "rest" bytea) RETURNS bigint
+STABLE PARALLEL SAFE LANGUAGE c
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION audit_log.row_key_in(regclass, bytea) IS 'The events.row_key of a whole row of a table (in the canonical encoding) under its current primary key; NULL if the row lacks a key column. Used by audit_log.index_history().';
+COMMENT ON FUNCTION audit_log.row_key_in(regclass, bytea, bytea) IS 'The events.row_key of a row of a table (in the canonical encoding; members it lacks taken from rest) under the table''s current primary key; NULL if it lacks a key column. Used by audit_log.index_history().';
 "#)]
-fn row_key_in(target: pg_sys::Oid, row: &[u8]) -> Result<Option<i64>, ErrorReport> {
+fn row_key_in(
+    target: Option<pg_sys::Oid>,
+    row: Option<&[u8]>,
+    rest: Option<&[u8]>,
+) -> Result<Option<i64>, ErrorReport> {
+    let (Some(target), Some(row)) = (target, row) else {
+        return Ok(None);
+    };
     Ok(key_hash(target, |names| {
-        audit_log_core::encoding::decode::key_text(row, names)
+        audit_log_core::encoding::decode::key_text(row, rest, names)
             .map_err(|e| AuditError::Internal(format!("a stored row: {e}")))
     })?)
 }
@@ -298,8 +306,9 @@ fn wait_for_writers(tree: &[pg_sys::Oid]) {
     }
 }
 
-/// The leaves' row events, each filed under the key of its old row and of
-/// its new row (the same key once), unless already filed so. One pass over
+/// The leaves' row events, each filed under the key of its old row (an
+/// UPDATE's unchanged key columns from its new row, for changed_only) and
+/// of its new row (the same key once), unless already filed so. One pass over
 /// the log for all of them.
 const INDEX_LEAVES: &str = "
 WITH leaves AS (
@@ -310,8 +319,8 @@ WITH leaves AS (
       FROM audit_log.records r
      CROSS JOIN LATERAL audit_log.record_events(r.first_event, r.tx_id::text::bigint, r.segments, r.payload) e
       JOIN leaves l ON l.nspname = e.table_schema AND l.relname = e.table_name
-     CROSS JOIN LATERAL (VALUES (e.old_row), (e.new_row)) v(encoded)
-     CROSS JOIN LATERAL (SELECT audit_log.row_key_in(l.relid::regclass, v.encoded) AS row_key) k
+     CROSS JOIN LATERAL (VALUES (e.old_row, e.new_row), (e.new_row, NULL)) v(encoded, rest)
+     CROSS JOIN LATERAL (SELECT audit_log.row_key_in(l.relid::regclass, v.encoded, v.rest) AS row_key) k
      WHERE e.op IN ('INSERT', 'UPDATE', 'DELETE')
        AND k.row_key IS NOT NULL
 ), added AS (

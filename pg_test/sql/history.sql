@@ -150,6 +150,15 @@ SELECT audit_log.enable('arrk', history => true);
 INSERT INTO arrk VALUES ('{5.0,1}', 'a');
 SELECT k, (SELECT array_agg(new_row->>'v') FROM audit_log.history('arrk', k)) AS versions
   FROM (VALUES ('{"id": [5, 1]}'::jsonb), ('{"id": [5.00, 1.0]}'), ('{"id": [1, 5]}')) v(k);
+-- changed_only keeps in an UPDATE's old row what it changed: the old
+-- key takes the unchanged key columns from the new row.
+CREATE TABLE ck (a int, b int, v text, PRIMARY KEY (a, b));
+SELECT audit_log.enable('ck', changed_only => true);
+INSERT INTO ck VALUES (1, 1, 'x');
+UPDATE ck SET b = 2 WHERE a = 1;
+SELECT audit_log.enable('ck', history => true, changed_only => true);
+SELECT audit_log.index_history('ck') AS added;
+SELECT op, old_row, new_row FROM audit_log.history('ck', '{"a": 1, "b": 1}');
 -- Each change of the key is recorded.
 SELECT op, new_row->'primary_key' AS primary_key FROM audit_log.events
  WHERE table_name = 'rekey' AND op = 'DDL' ORDER BY id;

@@ -801,11 +801,27 @@ mod tests {
             &["id", "nope"],
         ] {
             assert_eq!(
-                crate::encoding::decode::key_text(&canonical_row, names).unwrap(),
+                crate::encoding::decode::key_text(&canonical_row, None, names).unwrap(),
                 key_text(&row, names).unwrap(),
                 "{names:?}"
             );
         }
+        // A member the row lacks is taken from the rest, never one it has.
+        let changed = encode_jsonb(&write(&J::Obj(vec![(
+            "id",
+            J::Num(numeric(false, 0, 0, &[6])),
+        )])))
+        .unwrap();
+        assert_eq!(
+            crate::encoding::decode::key_text(&changed, Some(&canonical_row), &["id", "deep"])
+                .unwrap()
+                .as_deref(),
+            Some(r#"{"deep":[[7]],"id":6}"#)
+        );
+        assert_eq!(
+            crate::encoding::decode::key_text(&changed, None, &["id", "deep"]).unwrap(),
+            None
+        );
         assert_eq!(
             key_text(&row, &["k\"ey", "id"]).unwrap().as_deref(),
             Some(r#"{"id":5,"k\"ey":[1.5,"2.0"]}"#)

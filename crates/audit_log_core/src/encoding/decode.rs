@@ -192,22 +192,32 @@ impl<'a> Reader<'a> {
 /// `None` when the value is not an object or lacks a name. Members other
 /// than the key's are skipped without being read, so a deep one costs no
 /// stack.
-pub fn key_text<S: AsRef<str>>(encoded: &[u8], names: &[S]) -> Result<Option<String>, Malformed> {
-    let mut r = Reader::new(encoded);
-    if r.u8()? != super::tag::OBJECT {
-        return Ok(None);
-    }
-    let n = r.len()?;
+///
+/// `rest`, when given, supplies the members `encoded` lacks: an UPDATE's
+/// new row for its old row recorded with `changed_only`, which keeps only
+/// what changed (a key column that did not change is the same in both).
+pub fn key_text<S: AsRef<str>>(
+    encoded: &[u8],
+    rest: Option<&[u8]>,
+    names: &[S],
+) -> Result<Option<String>, Malformed> {
     let mut found: Vec<(&str, &[u8])> = Vec::with_capacity(names.len());
-    for _ in 0..n {
-        let k = r.str()?;
-        let v = r.json()?;
-        if names.iter().any(|name| name.as_ref() == k) {
-            found.push((k, v));
+    for row in std::iter::once(encoded).chain(rest) {
+        let mut r = Reader::new(row);
+        if r.u8()? != super::tag::OBJECT {
+            return Ok(None);
         }
-    }
-    if !r.is_empty() {
-        return Err(Malformed(r.pos));
+        let n = r.len()?;
+        for _ in 0..n {
+            let k = r.str()?;
+            let v = r.json()?;
+            if names.iter().any(|name| name.as_ref() == k) && !found.iter().any(|f| f.0 == k) {
+                found.push((k, v));
+            }
+        }
+        if !r.is_empty() {
+            return Err(Malformed(r.pos));
+        }
     }
     let mut sorted: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
     sorted.sort_unstable();
