@@ -135,10 +135,16 @@ pub(crate) fn schema_renamed(tag: &str, old: &str, new: &str) -> Result<(), Audi
             &[old.into()],
         )?
         .unwrap_or(false);
+        // Audited tables, and partitions audited through a root that may
+        // be in another schema.
         let audited = Spi::get_one_with_args::<i64>(
-            "SELECT count(*) FROM audit_log.audited_tables a
-               JOIN pg_catalog.pg_class c ON c.oid = a.relid
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+            "SELECT count(*) FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+                AND EXISTS (SELECT FROM audit_log.audited_tables a
+                             WHERE a.relid = c.oid
+                                OR (c.relispartition AND a.relid IN (
+                                    SELECT p.relid FROM pg_catalog.pg_partition_ancestors(c.oid) p)))",
             &[new.into()],
         )?
         .unwrap_or(0);
@@ -164,12 +170,20 @@ pub(crate) fn schema_renamed(tag: &str, old: &str, new: &str) -> Result<(), Audi
                "audited_tables": audited, "enable_schema": listed}),
     )?;
     // Its tables' changes so far are filed under the old name: history()
-    // searches them by content (the schema may get that name back).
+    // searches them by content (the schema may get that name back). A
+    // partition's root, in whatever schema, is marked with it.
     internal_ddl(|| {
         Spi::run_with_args(
             "UPDATE audit_log.audited_tables a SET history_since = $2
-               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.oid = a.relid AND n.nspname = $1",
+              WHERE a.relid IN (
+                    SELECT p.relid FROM pg_catalog.pg_class c
+                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     CROSS JOIN LATERAL pg_catalog.pg_partition_ancestors(c.oid) p
+                     WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relispartition
+                    UNION ALL
+                    SELECT c.oid FROM pg_catalog.pg_class c
+                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND c.relkind IN ('r', 'p'))",
             &[new.into(), id.into()],
         )?;
         Ok(())
