@@ -172,22 +172,22 @@ pub(crate) fn schema_renamed(tag: &str, old: &str, new: &str) -> Result<(), Audi
     // Its tables' changes so far are filed under the old name: history()
     // searches them by content (the schema may get that name back). A
     // partition's root, in whatever schema, is marked with it.
-    internal_ddl(|| {
-        Spi::run_with_args(
-            "UPDATE audit_log.audited_tables a SET history_since = $2
-              WHERE a.relid IN (
-                    SELECT p.relid FROM pg_catalog.pg_class c
-                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                     CROSS JOIN LATERAL pg_catalog.pg_partition_ancestors(c.oid) p
-                     WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relispartition
-                    UNION ALL
-                    SELECT c.oid FROM pg_catalog.pg_class c
-                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                     WHERE n.nspname = $1 AND c.relkind IN ('r', 'p'))",
-            &[new.into(), id.into()],
-        )?;
-        Ok(())
-    })
+    let tables = Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
+        let mut out = Vec::new();
+        for r in c.select(
+            "SELECT c.oid FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
+            None,
+            &[new.into()],
+        )? {
+            out.extend(r.get::<pg_sys::Oid>(1)?);
+        }
+        Ok(out)
+    })?;
+    tables
+        .into_iter()
+        .try_for_each(|t| capture::mark_history_since(t, id))
 }
 
 /// An audited table attached as a partition of an audited table: it is now

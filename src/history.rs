@@ -191,8 +191,7 @@ fn index_history(target: Option<pg_sys::Oid>) -> Result<i64, ErrorReport> {
         "INDEX_HISTORY",
         serde_json::json!({
             "table": root.qualified,
-            "tables": leaves.iter().map(|l| crate::triggers::describe(l.0).map(|d| d.qualified))
-                .collect::<Result<Vec<_>, _>>()?,
+            "tables": leaves.iter().map(|l| &l.3).collect::<Vec<_>>(),
             "marks_cleared": cleared,
             "entries_added": added,
         }),
@@ -254,13 +253,16 @@ fn lock_tree(table: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>, AuditError> {
 }
 
 /// The tables of `tree` that capture files under a key: plain tables with
-/// history => true on them or on an ancestor; with schema and name.
-fn history_tables(tree: &[pg_sys::Oid]) -> Result<Vec<(pg_sys::Oid, String, String)>, AuditError> {
+/// history => true on them or on an ancestor; with schema, name and the
+/// name as regclass prints it.
+type Leaf = (pg_sys::Oid, String, String, String);
+
+fn history_tables(tree: &[pg_sys::Oid]) -> Result<Vec<Leaf>, AuditError> {
     crate::triggers::internal_ddl(|| {
         Spi::connect(|c| {
             let mut out = Vec::new();
             for r in c.select(
-                "SELECT c.oid, n.nspname::text, c.relname::text
+                "SELECT c.oid, n.nspname::text, c.relname::text, c.oid::regclass::text
                    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE c.oid = ANY ($1) AND c.relkind = 'r'
                     AND EXISTS (SELECT FROM audit_log.audited_tables a
@@ -271,12 +273,13 @@ fn history_tables(tree: &[pg_sys::Oid]) -> Result<Vec<(pg_sys::Oid, String, Stri
                 None,
                 &[tree.to_vec().into()],
             )? {
-                if let (Some(oid), Some(schema), Some(name)) = (
+                if let (Some(oid), Some(schema), Some(name), Some(qualified)) = (
                     r.get::<pg_sys::Oid>(1)?,
                     r.get::<String>(2)?,
                     r.get::<String>(3)?,
+                    r.get::<String>(4)?,
                 ) {
-                    out.push((oid, schema, name));
+                    out.push((oid, schema, name, qualified));
                 }
             }
             Ok(out)
