@@ -52,7 +52,7 @@ UPDATE audit_log.audited_tables SET history_since = (SELECT pg_catalog.nextval('
 -- two. Building it reads the records once (BRIN builds are fast).
 DROP INDEX audit_log.records_committed_at_idx;
 DROP INDEX audit_log.records_first_event_idx;
-CREATE INDEX records_committed_at_first_event_idx ON audit_log.records USING brin (committed_at, first_event) WITH (pages_per_range = 16);
+CREATE INDEX records_committed_at_first_event_idx ON audit_log.records USING brin (committed_at, first_event) WITH (pages_per_range = 16, autosummarize = on);
 
 -- Segments that are not runs of tx_seq, which 0.2.0 could write (a
 -- savepoint released between two spills): verify() reports their

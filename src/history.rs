@@ -124,6 +124,15 @@ fn index_history(target: Option<pg_sys::Oid>) -> Result<i64, ErrorReport> {
     }
     let t = crate::triggers::describe(target)?;
     let tree = lock_tree(target)?;
+    // Changes this statement made before calling it (a data-modifying
+    // WITH) are captured only at its end: the same check, for them.
+    // SAFETY: reads this backend's queue of after-trigger events.
+    if tree
+        .iter()
+        .any(|&oid| unsafe { pg_sys::AfterTriggerPendingOnRel(oid) })
+    {
+        return Err(AuditError::EventsPending("index_history()").into());
+    }
     // The marks to clear, locked: a concurrent mark (DDL, enable(), an
     // ATTACH) either came first and is seen, or waits and is kept.
     let marks = crate::triggers::internal_ddl(|| {

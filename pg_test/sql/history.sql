@@ -249,6 +249,11 @@ ROLLBACK;
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT audit_log.index_history('late');
 ROLLBACK;
+-- Changes of the same statement, not captured until it ends.
+BEGIN;
+WITH w AS (INSERT INTO late VALUES (79, 'same statement') RETURNING id)
+SELECT audit_log.index_history('late') FROM w;
+ROLLBACK;
 -- A rollback to a savepoint does not make a change the calls' own event.
 BEGIN;
 SAVEPOINT a;
