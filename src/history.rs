@@ -126,11 +126,11 @@ fn index_history(target: Option<pg_sys::Oid>) -> Result<i64, ErrorReport> {
     let tree = lock_tree(target)?;
     // Changes this statement made before calling it (a data-modifying
     // WITH) are captured only at its end: the same check, for them.
-    // SAFETY: reads this backend's queue of after-trigger events.
-    if tree
-        .iter()
-        .any(|&oid| unsafe { pg_sys::AfterTriggerPendingOnRel(oid) })
-    {
+    let pending = |oid: pg_sys::Oid| {
+        // SAFETY: reads this backend's queue of after-trigger events.
+        unsafe { pg_sys::AfterTriggerPendingOnRel(oid) }
+    };
+    if tree.iter().copied().any(pending) {
         return Err(AuditError::EventsPending("index_history()").into());
     }
     // The marks to clear, locked: a concurrent mark (DDL, enable(), an
