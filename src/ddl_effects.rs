@@ -137,20 +137,26 @@ pub(crate) fn schema_renamed(tag: &str, old: &str, new: &str) -> Result<(), Audi
         .unwrap_or(false);
         // Audited tables, and partitions audited through a root that may
         // be in another schema.
-        let audited = Spi::get_one_with_args::<i64>(
-            "SELECT count(*) FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
-                AND EXISTS (SELECT FROM audit_log.audited_tables a
-                             WHERE a.relid = c.oid
-                                OR (c.relispartition AND a.relid IN (
-                                    SELECT p.relid FROM pg_catalog.pg_partition_ancestors(c.oid) p)))",
-            &[new.into()],
-        )?
-        .unwrap_or(0);
+        let audited = Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
+            let mut out = Vec::new();
+            for r in c.select(
+                "SELECT c.oid FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+                    AND EXISTS (SELECT FROM audit_log.audited_tables a
+                                 WHERE a.relid = c.oid
+                                    OR (c.relispartition AND a.relid IN (
+                                        SELECT p.relid FROM pg_catalog.pg_partition_ancestors(c.oid) p)))",
+                None,
+                &[new.into()],
+            )? {
+                out.extend(r.get::<pg_sys::Oid>(1)?);
+            }
+            Ok(out)
+        })?;
         Ok((listed, audited))
     })?;
-    if !listed && audited == 0 {
+    if !listed && audited.is_empty() {
         return Ok(());
     }
     if listed {
@@ -167,25 +173,12 @@ pub(crate) fn schema_renamed(tag: &str, old: &str, new: &str) -> Result<(), Audi
         "",
         "DDL",
         json!({"command": tag, "schema_before": old, "schema_after": new,
-               "audited_tables": audited, "enable_schema": listed}),
+               "audited_tables": audited.len(), "enable_schema": listed}),
     )?;
     // Its tables' changes so far are filed under the old name: history()
     // searches them by content (the schema may get that name back). A
     // partition's root, in whatever schema, is marked with it.
-    let tables = Spi::connect(|c| -> Result<Vec<pg_sys::Oid>, AuditError> {
-        let mut out = Vec::new();
-        for r in c.select(
-            "SELECT c.oid FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
-            None,
-            &[new.into()],
-        )? {
-            out.extend(r.get::<pg_sys::Oid>(1)?);
-        }
-        Ok(out)
-    })?;
-    tables
+    audited
         .into_iter()
         .try_for_each(|t| capture::mark_history_since(t, id))
 }
